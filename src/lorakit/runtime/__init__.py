@@ -1,0 +1,1 @@
+"""Process-level concerns: device and dtype choice, seeding, logging."""

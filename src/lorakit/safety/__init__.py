@@ -1,0 +1,1 @@
+"""Clinical safety probes shipped with lorakit."""
