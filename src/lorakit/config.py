@@ -108,6 +108,7 @@ class TrainingConfig(_Section):
         "auto", description="'auto' = bf16 where the GPU supports it, fp16 with loss scaling otherwise, fp32 on CPU."
     )
     gradient_checkpointing: bool = False
+    packing: bool = Field(False, description="Pack examples into max_length rows, isolated per example.")
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainingConfig:
@@ -122,6 +123,8 @@ class DataConfig(_Section):
     validation_split: float = Field(0.1, ge=0.0, lt=1.0)
     test_split: float = Field(0.1, ge=0.0, lt=1.0)
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="Added to every conversation, in training and chat.")
+    allow_phi: bool = Field(False, description="Train even if the privacy scan finds identifiers (`--allow-phi`).")
+    skip_invalid: bool = Field(False, description="Train on the valid lines only (`--skip-invalid`).")
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> DataConfig:

@@ -1,0 +1,1 @@
+"""Thin typer commands: parse -> load config -> one library call -> rich output."""

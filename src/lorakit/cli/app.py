@@ -1,0 +1,87 @@
+"""The `lorakit` command: registers the command groups and maps LorakitError to a message + exit code.
+
+This is the one place that turns known errors into user-facing messages; `--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+
+from lorakit.errors import LorakitError
+
+__all__ = ["app", "main", "run_cli", "console", "err_console"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="lorakit",
+    help="Fine-tune, evaluate and chat with LoRA/QLoRA medical-education assistants on one GPU.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+    logging.getLogger("lorakit").setLevel(level)
+    for noisy in ("transformers", "peft", "accelerate", "huggingface_hub", "urllib3", "httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+
+
+def _register() -> None:
+    """Import the command modules; each adds its commands to `app`."""
+    from lorakit.cli import chat, data, doctor, train  # noqa: F401
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run one command line and return its exit code; known errors become one message, no traceback."""
+    import click
+
+    _register()
+    try:
+        result = app(args=argv, prog_name="lorakit", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except LorakitError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+        if exc.hint:
+            err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run_cli(sys.argv[1:]))

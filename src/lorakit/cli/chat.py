@@ -1,0 +1,1 @@
+"""`lorakit chat RUN_DIR`."""
