@@ -1,0 +1,51 @@
+"""Held-out loss: cross-entropy per supervised (answer) token over a whole split, and its perplexity."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+
+from lorakit.data.collate import collate_padded
+from lorakit.data.masking import IGNORE_INDEX
+from lorakit.data.render import TokenizedExample
+
+__all__ = ["split_loss", "perplexity"]
+
+
+@torch.no_grad()
+def split_loss(
+    model, examples: list[TokenizedExample], *, batch_size: int, pad_token_id: int, autocast_dtype: torch.dtype | None = None
+) -> float | None:
+    """Token-weighted mean loss (not a mean of batch means, which would over-weight short batches)."""
+    if not examples:
+        return None
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss, total_tokens = 0.0, 0
+    context = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = collate_padded(examples[start : start + batch_size], pad_token_id)
+            tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            if tokens == 0:
+                continue
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with context:
+                output = model(**batch, num_items_in_batch=tokens)
+            total_loss += float(output.loss) * tokens
+            total_tokens += tokens
+    finally:
+        model.train(was_training)
+    return total_loss / total_tokens if total_tokens else None
+
+
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss), capped to avoid overflow on a diverged model.
+
+    >>> round(perplexity(math.log(4.0)), 6)
+    4.0
+    """
+    return None if loss is None else math.exp(min(loss, 50.0))

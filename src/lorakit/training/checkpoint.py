@@ -1,0 +1,192 @@
+"""Atomic, verifiable checkpoints and exact resume.
+
+A checkpoint folder holds the adapter (safetensors), optimizer/scheduler state, RNG states, the data
+position, early-stopping state, the resolved config, and a manifest with the sha256 of every file. It is
+staged and renamed into place, so a crash mid-save leaves the previous checkpoint as the latest good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from lorakit.errors import CheckpointError
+from lorakit.runtime.atomic_files import atomic_directory
+from lorakit.runtime.logging import get_logger
+
+__all__ = [
+    "TrainerState",
+    "checkpoint_dir",
+    "save_checkpoint",
+    "list_checkpoints",
+    "verify_checkpoint",
+    "latest_good_checkpoint",
+    "load_checkpoint",
+    "check_same_run",
+    "sha256_file",
+]
+
+log = get_logger("training.checkpoint")
+
+CHECKPOINTS = "checkpoints"
+MANIFEST = "checkpoint_manifest.json"
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+@dataclass
+class TrainerState:
+    """Everything besides tensors that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    early_stopping: dict = field(default_factory=dict)
+    log_history: list[dict] = field(default_factory=list)
+    micro_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"step-{step:08d}"
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{index}"] = state
+    return tensors
+
+
+def _python_numpy_rng() -> dict:
+    version, internal, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached)],
+    }
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor], states: dict) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+
+
+def save_checkpoint(
+    run_dir: Path,
+    *,
+    model,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler,
+    state: TrainerState,
+    identity: dict,
+    config_yaml: str,
+    keep: int,
+) -> Path:
+    """Write checkpoint `step-N` atomically, then delete all but the newest `keep` checkpoints."""
+    from lorakit.model.adapters import lora_state_dict
+
+    target = checkpoint_dir(run_dir, state.step)
+    with atomic_directory(target) as staging:
+        save_file(lora_state_dict(model), staging / "adapter_model.safetensors")
+        model.peft_config["default"].save_pretrained(staging)
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), staging / "scaler.pt")
+        save_file(_rng_tensors(), staging / "rng.safetensors")
+        trainer_state = {"trainer": asdict(state), "rng": _python_numpy_rng(), "identity": identity}
+        (staging / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        (staging / "config.yaml").write_text(config_yaml)
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        (staging / MANIFEST).write_text(json.dumps({"step": state.step, "files": files}, indent=1))
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Completed checkpoint folders, oldest first (staging folders start with a dot and are ignored)."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name))
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None if every file matches its recorded sha256, else what is wrong."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return "no checkpoint manifest"
+    try:
+        recorded = json.loads(manifest_path.read_text())["files"]
+    except (ValueError, KeyError):
+        return "unreadable checkpoint manifest"
+    for name, digest in recorded.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if sha256_file(file) != digest:
+            return f"{name} does not match its recorded sha256"
+    return None
+
+
+def latest_good_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint that verifies; corrupt newer ones are reported and skipped."""
+    for path in reversed(list_checkpoints(run_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        log.warning("Checkpoint %s is damaged (%s); falling back to the previous one", path.name, problem)
+    return None
+
+
+def check_same_run(saved: dict, current: dict) -> None:
+    """Refuse to resume when the data, model or LoRA shape changed since the checkpoint."""
+    changed = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    if changed:
+        details = "; ".join(f"{key}: checkpoint has {saved.get(key)!r}, config now has {current.get(key)!r}" for key in changed)
+        raise CheckpointError(
+            f"Cannot resume: {', '.join(changed)} changed since the checkpoint ({details}).",
+            hint="Restore the original data/model/LoRA settings, or start a new run in another output_dir.",
+        )
+
+
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler) -> tuple[TrainerState, dict]:
+    """Restore weights, optimizer, scheduler, scaler and RNG in place; returns the trainer state and identity."""
+    from peft import set_peft_model_state_dict
+
+    data = json.loads((path / "trainer_state.json").read_text())
+    set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    device = next(p.device for p in model.parameters() if p.requires_grad)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if scaler is not None and (path / "scaler.pt").is_file():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+    _restore_rng(load_file(path / "rng.safetensors"), data["rng"])
+    return TrainerState(**data["trainer"]), data["identity"]

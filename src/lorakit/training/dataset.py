@@ -1,0 +1,75 @@
+"""From the configured train files to tokenized train/validation/test splits."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorakit.config import RunConfig
+from lorakit.data.records import Conversation, read_conversations
+from lorakit.data.render import TokenizedExample, render_conversation
+from lorakit.data.splits import Splits, split_conversations
+from lorakit.runtime.logging import get_logger
+
+__all__ = ["PreparedData", "files_sha256", "read_train_conversations", "prepare_data"]
+
+log = get_logger("training.dataset")
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    splits: Splits[TokenizedExample]
+    data_sha256: str
+    truncated: int
+    without_targets: int
+    source_urls: list[str] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
+
+
+def files_sha256(paths: list[str]) -> str:
+    """One hash over the bytes of every train file, in order; recorded in manifests, checked on resume."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_train_conversations(config: RunConfig, tokenizer) -> tuple[list[Conversation], dict]:
+    """All conversations of the configured train files (the one place train files are read)."""
+    conversations: list[Conversation] = []
+    for path in config.data.train_files:
+        conversations.extend(read_conversations(path))
+    return conversations, {}
+
+
+def _tokenize(conversations: list[Conversation], tokenizer, config: RunConfig) -> list[TokenizedExample]:
+    return [
+        render_conversation(c, tokenizer, config.data.system_prompt, config.model.max_length) for c in conversations
+    ]
+
+
+def prepare_data(config: RunConfig, tokenizer) -> PreparedData:
+    """Read, split (by seed and content), render and mask; drop examples left with nothing to learn."""
+    for path in config.data.train_files:
+        Path(path)  # existence is checked by the reader with an actionable error
+    conversations, notes = read_train_conversations(config, tokenizer)
+    by_split = split_conversations(conversations, config.data.validation_split, config.data.test_split, config.seed)
+    tokenized = {name: _tokenize(getattr(by_split, name), tokenizer, config) for name in ("train", "validation", "test")}
+    truncated = sum(example.truncated for examples in tokenized.values() for example in examples)
+    without_targets = sum(example.trained_tokens == 0 for examples in tokenized.values() for example in examples)
+    if truncated:
+        log.warning("%d examples are longer than model.max_length=%d tokens and were truncated", truncated, config.model.max_length)
+    if without_targets:
+        log.warning("%d examples have no answer tokens left after truncation and are skipped", without_targets)
+    kept = {name: [e for e in examples if e.trained_tokens > 0] for name, examples in tokenized.items()}
+    return PreparedData(
+        splits=Splits(**kept),
+        data_sha256=files_sha256(config.data.train_files),
+        truncated=truncated,
+        without_targets=without_targets,
+        source_urls=sorted({url for c in conversations for url in c.source_urls}),
+        notes=notes,
+    )

@@ -1,0 +1,319 @@
+"""The training recipe, top to bottom: setup -> (resume) -> steps -> final adapter + manifest.
+
+A plain PyTorch loop rather than the HF Trainer, because exact resume (data position, RNG, early stopping),
+per-step fault handling and token-weighted gradient accumulation must be visible and testable here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lorakit.config import RunConfig, dump_config
+from lorakit.data.masking import IGNORE_INDEX
+from lorakit.errors import CheckpointError, TrainingError
+from lorakit.evaluation.loss import perplexity, split_loss
+from lorakit.model.adapters import attach_lora, resolve_target_modules, trainable_parameter_count
+from lorakit.model.load import ModelSource, load_base_model, load_tokenizer, resolve_model_source
+from lorakit.model.quantize import nf4_config, wants_4bit
+from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text
+from lorakit.runtime.device import compute_dtype, pick_device
+from lorakit.runtime.seed import seed_everything
+from lorakit.training.batches import collate_group, epoch_groups
+from lorakit.training.checkpoint import (
+    TrainerState,
+    check_same_run,
+    latest_good_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from lorakit.training.dataset import PreparedData, prepare_data
+from lorakit.training.early_stop import EarlyStopping
+from lorakit.training.manifest import build_manifest
+from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter, plot_loss_curve
+
+__all__ = ["TrainResult", "TrainingSession", "train", "build_session"]
+
+FINAL = "final"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter_dir: Path
+    steps: int
+    stopped_early: bool
+    metrics: dict
+
+
+@dataclass
+class TrainingSession:
+    """Everything a step needs, built once by `build_session`."""
+
+    config: RunConfig
+    source: ModelSource
+    tokenizer: object
+    model: torch.nn.Module
+    data: PreparedData
+    device: torch.device
+    dtype: torch.dtype
+    quantized: bool
+    identity: dict
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return self.dtype if self.dtype != torch.float32 else None
+
+
+def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSession:
+    """Load tokenizer, data, base model and LoRA; the order puts cheap failures (data) before slow ones."""
+    device = pick_device()
+    dtype = compute_dtype(config.training.precision, device)
+    quantized = wants_4bit(config.model.quantization, device)
+    source = resolve_model_source(config.model)
+    tokenizer = load_tokenizer(source, config.model)
+    data = prepare_data(config, tokenizer)
+    if not data.splits.train:
+        raise TrainingError("No training examples are left after splitting; add data or lower the split fractions.")
+    model = load_base_model(source, config.model, device, dtype, nf4_config(dtype) if quantized else None)
+    targets = resolve_target_modules(model, config.lora.target_modules)
+    model = attach_lora(model, config.lora, quantized=quantized, gradient_checkpointing=config.training.gradient_checkpointing)
+    trainable, total = trainable_parameter_count(model)
+    reporter.message(
+        f"{source.model_id}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable (LoRA r={config.lora.r} on "
+        f"{', '.join(targets)}), {'nf4 4-bit' if quantized else str(dtype).removeprefix('torch.')} on {device.type}"
+    )
+    sizes = data.splits.sizes()
+    reporter.message(f"data: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test examples"
+                     + (f", {data.truncated} truncated to {config.model.max_length} tokens" if data.truncated else ""))
+    identity = {
+        "model_id": source.model_id,
+        "model_revision": source.revision,
+        "data_sha256": data.data_sha256,
+        "lora_r": config.lora.r,
+        "lora_alpha": config.lora.alpha,
+        "lora_target_modules": targets,
+        "max_length": config.model.max_length,
+        "system_prompt_sha256": hashlib.sha256(config.data.system_prompt.encode()).hexdigest(),
+        "seed": config.seed,
+        "effective_batch_size": config.training.batch_size * config.training.gradient_accumulation_steps,
+    }
+    return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity)
+
+
+def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    holds_run = (run_dir / "checkpoints").exists() or (run_dir / FINAL).exists()
+    if holds_run and not resume and not overwrite:
+        raise CheckpointError(
+            f"{run_dir} already holds a training run.",
+            hint="Pass --resume to continue it, --overwrite to start again from scratch, or set another output_dir.",
+        )
+    if overwrite and not resume:
+        for name in ("checkpoints", FINAL, "tensorboard", "metrics.jsonl", "manifest.json", "loss_curve.png"):
+            target = run_dir / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _finished_steps(run_dir: Path) -> int | None:
+    import json
+
+    manifest = run_dir / FINAL / "manifest.json"
+    return json.loads(manifest.read_text())["metrics"]["steps"] if manifest.is_file() else None
+
+
+def train(
+    config: RunConfig, *, resume: bool = False, overwrite: bool = False, reporter: ProgressReporter | None = None
+) -> TrainResult:
+    """Fine-tune `config.model` with LoRA on `config.data`; write checkpoints and the final adapter to output_dir."""
+    reporter = reporter or SilentReporter()
+    run_dir = Path(config.output_dir)
+    _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    seed_everything(config.seed)
+    session = build_session(config, reporter)
+    params = [p for p in session.model.parameters() if p.requires_grad]
+    from lorakit.training.schedule import build_optimizer, build_scheduler
+
+    optimizer = build_optimizer(session.model, config.training)
+    scheduler = build_scheduler(optimizer, config.training)
+    scaler = torch.amp.GradScaler("cuda") if session.dtype == torch.float16 else None
+    state = TrainerState()
+    stopper = EarlyStopping(config.training.early_stopping_patience, config.training.early_stopping_min_delta)
+    if resume:
+        state = _resume(run_dir, session, optimizer, scheduler, scaler, stopper, reporter)
+    sink = MetricsSink(run_dir, state.log_history, state.step)
+    try:
+        stopped_early = _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, sink, reporter, run_dir)
+    finally:
+        sink.close()
+        reporter.finish()
+    save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, state=state,
+                    identity=session.identity, config_yaml=dump_config(config), keep=config.training.save_total_limit)
+    return _finish(run_dir, session, state, stopper, stopped_early, reporter)
+
+
+def _resume(run_dir, session, optimizer, scheduler, scaler, stopper, reporter) -> TrainerState:
+    checkpoint = latest_good_checkpoint(run_dir)
+    finished = _finished_steps(run_dir)
+    if checkpoint is None:
+        raise CheckpointError(f"{run_dir} has no checkpoint to resume from.", hint="Start the run without --resume.")
+    state, identity = load_checkpoint(checkpoint, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    check_same_run(identity, session.identity)
+    if finished is not None and state.step >= session.config.training.max_steps:
+        raise CheckpointError(
+            f"The run in {run_dir} is already finished ({finished} steps); its adapter is in {run_dir / FINAL}.",
+            hint="To train longer, raise training.max_steps and pass --resume again.",
+        )
+    stopper.load_state_dict(state.early_stopping) if state.early_stopping else None
+    reporter.message(f"resumed from {checkpoint.name} (step {state.step})")
+    return state
+
+
+def _next_micro_batches(session: TrainingSession, state: TrainerState) -> list[list[int]]:
+    """The example-index groups for one optimizer step; advances the data position in `state`."""
+    cfg = session.config
+    examples = session.data.splits.train
+    groups = epoch_groups(examples, cfg.training.batch_size, cfg.seed, state.epoch)
+    chosen = []
+    for _ in range(cfg.training.gradient_accumulation_steps):
+        if state.batch_in_epoch >= len(groups):
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            groups = epoch_groups(examples, cfg.training.batch_size, cfg.seed, state.epoch)
+        chosen.append(groups[state.batch_in_epoch])
+        state.batch_in_epoch += 1
+    return chosen
+
+
+def _numerical_fault(session: TrainingSession, step: int, groups: list[list[int]], what: str) -> TrainingError:
+    examples = session.data.splits.train
+    ids = ", ".join(f"{examples[i].source}:{examples[i].line}" for group in groups for i in group)
+    advice = "Lower training.learning_rate (e.g. by 10x)"
+    if session.dtype == torch.float16:
+        advice += " and use training.precision: bf16 if the GPU supports it (fp16 overflows more easily)"
+    return TrainingError(
+        f"{what} at step {step}; examples in this batch: {ids}. The last good checkpoint is kept.",
+        hint=f"{advice}, then resume with --resume.",
+    )
+
+
+def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> tuple[float, int]:
+    """One optimizer step over several micro-batches; loss is normalised by the step's answer tokens, so
+    micro-batch 1 x accumulation 4 equals micro-batch 4 x accumulation 1."""
+    cfg = session.config.training
+    pad_id = session.tokenizer.pad_token_id
+    batches = [collate_group(session.data.splits.train, group, pad_id) for group in groups]
+    target_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    autocast = torch.autocast(session.device.type, dtype=session.autocast_dtype) if session.autocast_dtype else nullcontext()
+    session.model.train()
+    step_loss, seen_tokens = 0.0, 0
+    for batch in batches:
+        seen_tokens += int(batch["attention_mask"].sum())
+        batch = {k: v.to(session.device) for k, v in batch.items()}
+        with autocast:
+            loss = session.model(**batch, num_items_in_batch=target_tokens).loss
+        if not torch.isfinite(loss):
+            raise _numerical_fault(session, step, groups, f"The loss became {float(loss)}")
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        step_loss += float(loss.detach())
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+    if scaler is None and not torch.isfinite(grad_norm):
+        raise _numerical_fault(session, step, groups, f"The gradient norm became {float(grad_norm)}")
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step on inf/nan gradients and lowers the scale
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, seen_tokens
+
+
+def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, sink, reporter, run_dir) -> bool:
+    cfg = session.config.training
+    reporter.start(cfg.max_steps, state.step)
+    window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    while state.step < cfg.max_steps:
+        groups = _next_micro_batches(session, state)
+        loss, tokens = _train_step(session, groups, params, optimizer, scheduler, scaler, state.step + 1)
+        state.step += 1
+        window_loss, window_steps, window_tokens = window_loss + loss, window_steps + 1, window_tokens + tokens
+        record = {"step": state.step}
+        if state.step % cfg.logging_steps == 0 or state.step == cfg.max_steps:
+            elapsed = time.perf_counter() - window_start
+            record.update(train_loss=window_loss / window_steps, learning_rate=scheduler.get_last_lr()[0],
+                          tokens_per_second=window_tokens / max(elapsed, 1e-9), epoch=state.epoch)
+            window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+        stop = False
+        if session.data.splits.validation and (state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps):
+            val_loss = split_loss(session.model, session.data.splits.validation, batch_size=cfg.batch_size,
+                                  pad_token_id=session.tokenizer.pad_token_id, autocast_dtype=session.autocast_dtype)
+            stop = stopper.update(state.step, val_loss)
+            record["val_loss"] = val_loss
+        if len(record) > 1:
+            state.log_history.append(record)
+            sink.write(record)
+        reporter.step(state.step, record)
+        state.early_stopping = stopper.state_dict()
+        if stop:
+            reporter.message(f"early stopping at step {state.step}: validation loss has not improved for "
+                             f"{stopper.patience} evaluations (best {stopper.best_loss:.4f} at step {stopper.best_step})")
+            return True
+        if state.step % cfg.save_steps == 0 and state.step < cfg.max_steps:
+            save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                            state=state, identity=session.identity, config_yaml=dump_config(session.config),
+                            keep=cfg.save_total_limit)
+    return False
+
+
+def _finish(run_dir: Path, session: TrainingSession, state: TrainerState, stopper: EarlyStopping,
+            stopped_early: bool, reporter: ProgressReporter) -> TrainResult:
+    """Test loss, then the final adapter folder (weights, tokenizer, config, manifest) written atomically."""
+    cfg = session.config
+    test_loss = split_loss(session.model, session.data.splits.test, batch_size=cfg.training.batch_size,
+                           pad_token_id=session.tokenizer.pad_token_id, autocast_dtype=session.autocast_dtype)
+    last_train = next((r["train_loss"] for r in reversed(state.log_history) if "train_loss" in r), None)
+    metrics = {
+        "steps": state.step,
+        "stopped_early": stopped_early,
+        "final_train_loss": last_train,
+        "best_val_loss": None if math.isinf(stopper.best_loss) else stopper.best_loss,
+        "best_val_step": stopper.best_step or None,
+        "test_loss": test_loss,
+        "test_perplexity": perplexity(test_loss),
+    }
+    manifest = build_manifest(
+        identity=session.identity,
+        seed=cfg.seed,
+        split_sizes=session.data.splits.sizes(),
+        data={"train_files": cfg.data.train_files, "sha256": session.data.data_sha256, "truncated": session.data.truncated,
+              "skipped_without_answer_tokens": session.data.without_targets, "source_urls": session.data.source_urls,
+              **session.data.notes},
+        metrics=metrics,
+        settings={"quantized_4bit": session.quantized, "dtype": str(session.dtype).removeprefix("torch."),
+                  "device": session.device.type, "allow_phi": cfg.data.allow_phi, "skip_invalid": cfg.data.skip_invalid},
+    )
+    import json
+
+    manifest_text = json.dumps(manifest, indent=2)
+    adapter_dir = run_dir / FINAL
+    with atomic_directory(adapter_dir) as staging:
+        session.model.save_pretrained(staging, safe_serialization=True)
+        session.tokenizer.save_pretrained(staging)
+        (staging / "config.yaml").write_text(dump_config(cfg))
+        (staging / "manifest.json").write_text(manifest_text)
+    atomic_write_text(run_dir / "manifest.json", manifest_text)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    plot_loss_curve(state.log_history, run_dir / "loss_curve.png")
+    if test_loss is not None:
+        reporter.message(f"test loss {test_loss:.4f} (perplexity {perplexity(test_loss):.2f})")
+    reporter.message(f"adapter saved to {adapter_dir}")
+    return TrainResult(run_dir, adapter_dir, state.step, stopped_early, metrics)

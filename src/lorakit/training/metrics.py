@@ -1,0 +1,86 @@
+"""Training metrics: one record per log step, to metrics.jsonl, TensorBoard and the progress reporter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["ProgressReporter", "SilentReporter", "MetricsSink", "plot_loss_curve"]
+
+
+class ProgressReporter(Protocol):
+    """What the loop tells its caller; the CLI renders it with rich, tests can record it."""
+
+    def start(self, total_steps: int, first_step: int) -> None: ...
+    def step(self, step: int, metrics: dict) -> None: ...
+    def message(self, text: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+class SilentReporter:
+    def start(self, total_steps: int, first_step: int) -> None:
+        pass
+
+    def step(self, step: int, metrics: dict) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class MetricsSink:
+    """metrics.jsonl (rewritten from the checkpoint's history on resume) plus TensorBoard event files."""
+
+    def __init__(self, run_dir: Path, history: list[dict], first_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = run_dir / "metrics.jsonl"
+        self.path.write_text("".join(json.dumps(record) + "\n" for record in history))
+        # purge_step drops events a killed run wrote after its last checkpoint, so curves do not double back.
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=first_step + 1 if first_step else None)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value, record["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def plot_loss_curve(history: list[dict], path: Path) -> Path | None:
+    """Training and validation loss against step, as a PNG; None when nothing was logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["train_loss"]) for r in history if "train_loss" in r]
+    validation = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
+    if not train and not validation:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        axis.plot(*zip(*train), label="training loss", color="#1f77b4")
+    if validation:
+        axis.plot(*zip(*validation), "o-", label="validation loss", color="#d62728")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss (cross-entropy per answer token)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    from lorakit.runtime.atomic_files import atomic_write_bytes
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

@@ -1,0 +1,25 @@
+"""Optimizer and learning-rate schedule over the trainable (LoRA) parameters only."""
+
+from __future__ import annotations
+
+import torch
+
+from lorakit.config import TrainingConfig
+
+__all__ = ["build_optimizer", "build_scheduler"]
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert params, "LoRA must leave some parameters trainable"
+    use_fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.999), fused=use_fused or None
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps)

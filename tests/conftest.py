@@ -1,0 +1,111 @@
+"""Shared fixtures: tiny random Llama and Phi3 models built from the fixture tokenizer, saved as safetensors
+folders and reloaded through lorakit's real loader."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+TOKENIZER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "smollm2-tokenizer"
+
+
+def _tiny_config(architecture: str):
+    from transformers import LlamaConfig, Phi3Config
+
+    common = dict(
+        vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=1,
+        eos_token_id=2, pad_token_id=2,
+    )
+    if architecture == "llama":
+        return LlamaConfig(**common)
+    return Phi3Config(**common, partial_rotary_factor=0.75)
+
+
+def build_tiny_model(directory: Path, architecture: str = "llama", seed: int = 0) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(_tiny_config(architecture))
+    model.save_pretrained(directory, safe_serialization=True)
+    AutoTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    assert TOKENIZER_DIR.is_dir(), f"fixture tokenizer missing at {TOKENIZER_DIR}"
+    return TOKENIZER_DIR
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-phi3"), "phi3")
+
+
+QA_PAIRS = [
+    ("What is hypertension?", "Persistently high blood pressure in the arteries."),
+    ("What does the heart do?", "It pumps blood through the body."),
+    ("What is insulin?", "A hormone that lowers blood glucose."),
+    ("What are platelets?", "Cell fragments that help blood clot."),
+    ("What is anemia?", "A shortage of healthy red blood cells or hemoglobin."),
+    ("What do kidneys do?", "They filter waste from the blood into urine."),
+    ("What is a fever?", "A body temperature above the normal range."),
+    ("What is asthma?", "A chronic condition that narrows the airways."),
+    ("What is a vaccine?", "A preparation that trains the immune system."),
+    ("What are antibiotics for?", "Treating bacterial infections, not viral ones."),
+    ("What is cholesterol?", "A fatty substance carried in the blood by lipoproteins."),
+    ("What is a stroke?", "Brain injury from blocked or bleeding blood vessels."),
+]
+
+
+def write_qa_jsonl(path: Path, pairs=QA_PAIRS) -> Path:
+    path.write_text("".join(json.dumps({"instruction": q, "response": a}) + "\n" for q, a in pairs))
+    return path
+
+
+@pytest.fixture
+def qa_file(tmp_path) -> Path:
+    return write_qa_jsonl(tmp_path / "qa.jsonl")
+
+
+def tiny_run_config(model_dir: Path, data_file: Path, output_dir: Path, **training):
+    """A RunConfig for a few fast CPU steps on a tiny model."""
+    from lorakit.config import RunConfig
+
+    train = dict(batch_size=2, gradient_accumulation_steps=1, max_steps=4, learning_rate=1e-2, logging_steps=1,
+                 eval_steps=2, save_steps=2, save_total_limit=3, lr_scheduler="constant")
+    train.update(training)
+    return RunConfig.model_validate({
+        "seed": 7,
+        "output_dir": str(output_dir),
+        "model": {"name": str(model_dir), "max_length": 128},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+        "training": train,
+        "data": {"train_file": str(data_file), "validation_split": 0.2, "test_split": 0.2, "system_prompt": "Be careful."},
+        "inference": {"max_new_tokens": 8, "temperature": 0.0, "disclaimer": "Not medical advice."},
+    })
+
+
+@pytest.fixture
+def cleanup_dir():
+    made = []
+    yield made.append
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
