@@ -1,0 +1,136 @@
+"""Isolated attention for packed rows: each example attends only to itself, positions restart per example.
+
+Why a registered implementation rather than transformers' own masks: transformers 5.x builds a block-diagonal
+mask from packed `position_ids` only when `attention_mask is None` AND no KV cache is in use. A model called
+in training with its default `use_cache=True`, or with an all-ones attention mask, silently lets the second
+example attend to the first (tests/model/test_attention.py measures a logit error of about 0.5-0.8 on a tiny
+Phi-3). Flash kernels also do not read dense masks, so a mask would push SDPA onto a slower kernel.
+
+`lorakit_varlen` reads the example boundaries (`cu_seq_lens_q`, written by data/packing.collate_packed, or
+derived from `position_ids`) and runs
+- on CUDA in bf16/fp16: PyTorch's variable-length flash attention (`torch.nn.attention.varlen`), one kernel
+  for the whole packed row, no mask, no padding;
+- elsewhere (CPU, fp32, old PyTorch): causal SDPA per example, the plain-PyTorch reference.
+No mask function is registered for it, so transformers builds none.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+from lorakit.runtime.logging import get_logger
+
+__all__ = ["VARLEN_ATTENTION", "register_varlen_attention", "use_varlen_attention", "varlen_attention_forward"]
+
+log = get_logger("model.attention")
+
+VARLEN_ATTENTION = "lorakit_varlen"
+
+
+def register_varlen_attention() -> str:
+    """Make `lorakit_varlen` a valid `attn_implementation` for every transformers model (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
+    return VARLEN_ATTENTION
+
+
+def use_varlen_attention(model) -> None:
+    """Switch a loaded transformers model (or a peft wrapper around one) to isolated packed attention."""
+    register_varlen_attention()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.set_attn_implementation(VARLEN_ATTENTION)
+
+
+def _boundaries_from_positions(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """cu_seq_lens and the longest example of a flat packed row, from positions that restart at 0."""
+    flat = position_ids.reshape(-1)
+    starts = torch.nonzero(flat == 0).flatten()
+    cu = torch.cat([starts, flat.new_tensor([flat.numel()])]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
+
+@functools.cache
+def _flash_varlen():
+    """PyTorch's varlen flash attention and how its causal flag is spelled in this version, or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    parameters = inspect.signature(varlen_attn).parameters
+    causal = {"is_causal": True} if "is_causal" in parameters else {"window_size": (-1, 0)}
+    return varlen_attn, causal, "enable_gqa" in parameters
+
+
+def _flash_attention(query, key, value, cu, max_length: int, scaling: float) -> torch.Tensor | None:
+    """query [T, Hq, D], key/value [T, Hkv, D] -> [T, Hq, D] with one flash kernel; None if unavailable."""
+    found = _flash_varlen()
+    if found is None:
+        return None
+    varlen_attn, causal, has_gqa = found
+    groups = query.shape[1] // key.shape[1]
+    extra = dict(causal)
+    if groups > 1:
+        if has_gqa:
+            extra["enable_gqa"] = True
+        else:
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    return varlen_attn(query, key, value, cu, cu, max_length, max_length, scale=scaling, **extra)
+
+
+def _per_example_attention(query, key, value, cu: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The reference: causal SDPA on each example's slice. query [Hq, T, D] -> [T, Hq, D]."""
+    groups = query.shape[0] // key.shape[0]
+    outputs = []
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        q, k, v = query[:, start:end], key[:, start:end], value[:, start:end]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=0), v.repeat_interleave(groups, dim=0)
+        outputs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling))
+    return torch.cat(outputs, dim=1).transpose(0, 1)
+
+
+def varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    position_ids: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention interface: query [B, Hq, T, D], key/value [B, Hkv, T, D] -> ([B, T, Hq, D], None).
+
+    A batch of several rows is treated as rows of one example each (right padding is harmless under a
+    causal mask: real tokens never see the pads after them); one packed row uses the example boundaries.
+    """
+    assert dropout == 0.0, "attention dropout is not supported by lorakit_varlen"
+    batch, _, length, head_dim = query.shape
+    scaling = head_dim**-0.5 if scaling is None else scaling
+    if cu_seq_lens_q is not None:
+        assert batch == 1, "cu_seq_lens describe one flat packed row"
+        cu, max_length = cu_seq_lens_q.to(device=query.device, dtype=torch.int32), int(max_length_q)
+    elif position_ids is not None and batch == 1:
+        cu, max_length = _boundaries_from_positions(position_ids.to(query.device))
+    else:
+        cu = torch.arange(0, (batch + 1) * length, length, device=query.device, dtype=torch.int32)
+        max_length = length
+    if sliding_window is not None and sliding_window < max_length:
+        raise ValueError(f"lorakit_varlen does not implement sliding windows ({sliding_window} < {max_length} tokens)")
+    # [B, H, T, D] -> [B*T, H, D]: the layout variable-length kernels take.
+    q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], head_dim) for t in (query, key, value))
+    output = None
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16):
+        output = _flash_attention(q.contiguous(), k.contiguous(), v.contiguous(), cu, max_length, scaling)
+    if output is None:
+        output = _per_example_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), cu, scaling)
+    return output.reshape(batch, length, output.shape[1], head_dim), None
