@@ -1,0 +1,116 @@
+"""Exact duplicates, near-duplicates and train/validation/test leakage, in memory that stays small.
+
+Each example is kept as two 64-bit hashes plus its file and line (about 20 bytes, whatever its length),
+and compared once at the end, so checking a large file never holds its text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from array import array
+
+import numpy as np
+
+from lorakit.data.conversation import Conversation
+from lorakit.data.issues import Issue
+
+__all__ = ["exact_text", "near_text", "DuplicateIndex"]
+
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+def exact_text(conversation: Conversation) -> str:
+    return "\x1e".join(f"{m.role}\x1f{m.content}" for m in conversation.messages)
+
+
+def near_text(conversation: Conversation) -> str:
+    """The text with case, spacing and punctuation ignored: what near-duplicates share.
+
+    >>> from lorakit.data.conversation import Message
+    >>> near_text(Conversation((Message("user", "What is  BP?"), Message("assistant", "Blood-pressure."))))
+    'user\\x1fwhat is bp\\x1eassistant\\x1fblood pressure'
+    """
+    return "\x1e".join(f"{m.role}\x1f{_NOT_WORD.sub(' ', m.content.lower()).strip()}" for m in conversation.messages)
+
+
+def _hash64(text: str) -> int:
+    data = text.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+class DuplicateIndex:
+    """Collects examples from files with a split role ("train", "validation", "test"); `issues()` compares them."""
+
+    def __init__(self) -> None:
+        self._files: list[tuple[str, str]] = []
+        self._exact = array("Q")
+        self._near = array("Q")
+        self._file = array("I")
+        self._line = array("I")
+
+    def add_file(self, path: str, role: str) -> int:
+        self._files.append((path, role))
+        return len(self._files) - 1
+
+    def add(self, file_index: int, line: int, conversation: Conversation) -> None:
+        self._exact.append(_hash64(exact_text(conversation)))
+        self._near.append(_hash64(near_text(conversation)))
+        self._file.append(file_index)
+        self._line.append(line)
+
+    def _where(self, entry: int) -> str:
+        return f"{self._files[self._file[entry]][0]}:{self._line[entry]}"
+
+    def _role(self, entry: int) -> str:
+        return self._files[self._file[entry]][1]
+
+    def issues(self) -> list[Issue]:
+        """Leakage errors across roles first; then duplicate warnings within a role (the first copy is kept)."""
+        found: list[Issue] = []
+        reported: set[int] = set()
+        for group in _groups(self._near):
+            first = group[0]
+            for entry in group[1:]:
+                if self._role(entry) != self._role(first):
+                    reported.add(entry)
+                    found.append(self._issue(entry, "error", "split-leakage",
+                                 f"the same example as {self._where(first)} is in the {self._role(first)} split "
+                                 f"and in the {self._role(entry)} split (leakage)",
+                                 "Remove it from one of the files: evaluating on training examples overstates quality."))
+        for group in _groups(self._exact):
+            for entry in group[1:]:
+                if entry not in reported and self._role(entry) == self._role(group[0]):
+                    reported.add(entry)
+                    found.append(self._issue(entry, "warning", "duplicate", f"exact duplicate of {self._where(group[0])}",
+                                             "Delete one copy: duplicates over-weight an example."))
+        for group in _groups(self._near):
+            same_role = [entry for entry in group if self._role(entry) == self._role(group[0])]
+            for entry in same_role[1:]:
+                if entry not in reported:
+                    found.append(self._issue(entry, "warning", "near-duplicate",
+                                 f"near-duplicate of {self._where(group[0])} (same text ignoring case, spacing "
+                                 "and punctuation)", "Delete one copy, or make them genuinely different."))
+        return found
+
+    def _issue(self, entry: int, severity, code: str, message: str, hint: str) -> Issue:
+        return Issue(self._files[self._file[entry]][0], self._line[entry], severity, code, message, hint=hint)
+
+
+def _groups(hashes: array) -> list[list[int]]:
+    """Indices sharing a hash, each group in insertion order; only groups of two or more.
+
+    >>> _groups(array("Q", [5, 7, 5, 9, 7, 5]))
+    [[0, 2, 5], [1, 4]]
+    """
+    if len(hashes) < 2:
+        return []
+    keys = np.frombuffer(hashes, dtype=np.uint64)
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts_group = np.ones(len(ordered), dtype=bool)
+    starts_group[1:] = ordered[1:] != ordered[:-1]
+    starts = np.flatnonzero(starts_group)
+    sizes = np.diff(np.append(starts, len(ordered)))
+    groups = [order[start:start + size].tolist() for start, size in zip(starts[sizes > 1], sizes[sizes > 1])]
+    return sorted(groups, key=lambda group: group[0])

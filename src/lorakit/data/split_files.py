@@ -1,0 +1,69 @@
+"""`lorakit data split`: write deterministic train/validation/test files from checked data.
+
+The split itself is `splits.split_conversations` (seeded content hash, so duplicates stay on one side).
+Single question/answer examples are written in the instruction format, anything else as `messages`;
+either way each example renders exactly as it did in the input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from lorakit.data.conversation import Conversation
+from lorakit.data.splits import split_conversations
+from lorakit.data.validate import DataChecker, refusal_error
+
+__all__ = ["record_for", "write_split_files"]
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def record_for(conversation: Conversation) -> dict:
+    """The JSON record of a conversation: instruction/response for one exchange, else messages.
+
+    >>> from lorakit.data.conversation import Message
+    >>> record_for(Conversation((Message("user", "Q?"), Message("assistant", "A."))))
+    {'instruction': 'Q?', 'response': 'A.'}
+    """
+    roles = [message.role for message in conversation.messages]
+    stripped = all(message.content == message.content.strip() for message in conversation.messages)
+    if roles == ["user", "assistant"] and stripped:  # reads back as the same conversation
+        record = {"instruction": conversation.messages[0].content, "response": conversation.messages[1].content}
+    else:
+        record = {"messages": [{"role": m.role, "content": m.content} for m in conversation.messages]}
+    if conversation.source_urls:
+        record["source_urls"] = list(conversation.source_urls)
+    return record
+
+
+def _write_jsonl(path: Path, conversations: list[Conversation]) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "w", encoding="utf-8", newline="\n") as handle:
+            for conversation in conversations:
+                handle.write(json.dumps(record_for(conversation), ensure_ascii=False) + "\n")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_split_files(paths: Sequence[str | Path], out_dir: str | Path, validation_fraction: float,
+                      test_fraction: float, seed: int, format: str = "auto") -> dict[str, tuple[Path, int]]:
+    """Check the inputs (refusing on errors), split, and write `<out_dir>/{train,validation,test}.jsonl`."""
+    checker = DataChecker(format, scan_phi=False)
+    conversations = [c for path in paths for c in checker.read(path, role="train")]
+    report = checker.finish()
+    if report.errors:
+        raise refusal_error([str(p) for p in paths], report, action="nothing was written")
+    splits = split_conversations(conversations, validation_fraction, test_fraction, seed)
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in SPLIT_NAMES:
+        path = directory / f"{name}.jsonl"
+        _write_jsonl(path, getattr(splits, name))
+        written[name] = (path, len(getattr(splits, name)))
+    return written
