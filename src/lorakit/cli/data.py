@@ -1,21 +1,235 @@
-"""`lorakit data ...`: check, stats, redact and split datasets before a GPU is touched."""
+"""`lorakit data ...`: check, redact, describe and split datasets before a GPU is touched."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
+from rich.table import Table
+from rich.text import Text
 
 from lorakit.cli.app import app, console
-from lorakit.data.records import read_conversations
+from lorakit.config import DEFAULT_SYSTEM_PROMPT, DataConfig, ModelConfig, RunConfig, load_config
+from lorakit.data.formats import FORMATS
+from lorakit.data.issues import DataReport, Issue
+from lorakit.errors import ConfigError, ModelLoadError
 
-data_app = typer.Typer(help="Validate, scan and describe training data.", no_args_is_help=True)
+data_app = typer.Typer(help="Validate, scan, redact, describe and split training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+_FORMAT_HELP = f"Record format: auto (detected per file) or one of {', '.join(FORMATS)}. Overrides data.format."
+_DEFAULTS = {  # the config's defaults, so that `data split` splits like training does
+    "validation_split": DataConfig.model_fields["validation_split"].default,
+    "test_split": DataConfig.model_fields["test_split"].default,
+    "seed": RunConfig.model_fields["seed"].default,
+}
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
+
+
+def _config(config_path: Path | None, overrides: list[str]) -> RunConfig | None:
+    if config_path is None and not overrides:
+        return None
+    if config_path is None:
+        raise ConfigError("--set", ["--set needs --config (the data section requires data.train_file)"])
+    return load_config(config_path, overrides)
+
+
+def _files(files: list[Path], config: RunConfig | None) -> list[str]:
+    if files:
+        return [str(path) for path in files]
+    if config is not None:
+        return config.data.train_files
+    raise typer.BadParameter("name the data files, or pass --config to check data.train_file", param_hint="FILES")
+
+
+def _tokenizer(tokenizer_dir: Path | None, config: RunConfig | None):
+    """The tokenizer to count with: --tokenizer DIR, else the config's model; None when neither is given."""
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        if not tokenizer_dir.is_dir():
+            raise ModelLoadError(f"--tokenizer: {tokenizer_dir} is not a folder with tokenizer files.")
+        return AutoTokenizer.from_pretrained(tokenizer_dir)
+    if config is None:
+        return None
+    from lorakit.model.load import load_tokenizer, resolve_model_source
+
+    return load_tokenizer(resolve_model_source(config.model), config.model)
+
+
+def _format(value: str | None, config: RunConfig | None) -> str:
+    if value is None:
+        return config.data.format if config is not None else "auto"
+    if value not in ("auto", *FORMATS):
+        raise typer.BadParameter(f"'{value}' is not one of auto, {', '.join(FORMATS)}", param_hint="--format")
+    return value
+
+
+def _max_length(max_length: int | None, config: RunConfig | None) -> int:
+    if max_length is not None:
+        return max_length
+    return (config.model if config is not None else ModelConfig()).max_length
+
+
+def _print_issue(issue: Issue) -> None:
+    line = Text(issue.location() + ": ", style="bold")
+    line.append(issue.severity, style=_SEVERITY_STYLE[issue.severity])
+    line.append(": " + (f"field '{issue.field}': " if issue.field else "") + issue.message)
+    console.print(line, soft_wrap=True, highlight=False)
+    if issue.hint:
+        console.print(Text("    fix: " + issue.hint, style="dim"), soft_wrap=True, highlight=False)
+
+
+def _print_report(report: DataReport, strict: bool) -> None:
+    for issue in report.sorted_issues():
+        _print_issue(issue)
+    for summary in report.files:
+        kind = summary.format or "unknown format"
+        console.print(Text(f"{summary.path}: {kind}, {summary.records} records, {summary.valid} valid "
+                           f"({summary.role} split)"), soft_wrap=True, highlight=False)
+    errors, warnings = len(report.errors), len(report.warnings)
+    if not errors and not warnings:
+        console.print(Text(f"ok: {report.examples} examples, no problems found", style="green"), highlight=False)
+        return
+    verdict = "failed" if report.exit_code(strict) else "ok"
+    note = " (--strict: warnings fail)" if strict and warnings and not errors else ""
+    console.print(Text(f"{verdict}: {report.examples} valid examples; {errors} error(s), {warnings} warning(s){note}",
+                       style="bold red" if report.exit_code(strict) else "yellow"), soft_wrap=True, highlight=False)
 
 
 @data_app.command("check")
-def check(files: list[Path] = typer.Argument(..., help="JSONL data files.")) -> None:
-    """Validate every line of the data files."""
-    for path in files:
-        count = sum(1 for _ in read_conversations(path))
-        console.print(f"{path}: {count} examples, no errors")
+def check(
+    files: list[Path] = typer.Argument(None, help="Data files (.jsonl, .json) or saved dataset folders."),
+    config_path: Path | None = typer.Option(None, "--config", "-c", help="Run config: its data, model and max_length."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set model.max_length=1024."),
+    format: str | None = typer.Option(None, "--format", help=_FORMAT_HELP),
+    tokenizer_dir: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer folder for the length check "
+                                              "(default: the config's model; no length check without either)."),
+    max_length: int | None = typer.Option(None, "--max-length", min=1, help="Token limit (default: model.max_length)."),
+    validation: list[Path] = typer.Option([], "--validation", help="A validation-split file (checked for leakage)."),
+    test: list[Path] = typer.Option([], "--test", help="A test-split file (checked for leakage)."),
+    strict: bool = typer.Option(False, "--strict", help="Warnings fail too (exit 2)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    scan_phi: bool = typer.Option(True, "--phi-scan/--no-phi-scan", help="Scan for patient identifiers."),
+    allow_phi: bool = typer.Option(False, "--allow-phi", help="Privacy findings are warnings, not errors."),
+) -> None:
+    """Report every problem in the data files, each with file:line, field and fix. Exit 0 clean, 2 on errors."""
+    from lorakit.data.validate import check_files
+
+    config = _config(config_path, overrides)
+    paths = _files(list(files or []) + list(validation) + list(test), config)
+    roles = {str(p): "validation" for p in validation} | {str(p): "test" for p in test}
+    roles |= {str(p): "train" for p in files or [] if validation or test}
+    tokenizer = _tokenizer(tokenizer_dir, config)
+    report = check_files(
+        paths,
+        format=_format(format, config),
+        tokenizer=tokenizer,
+        max_length=_max_length(max_length, config) if tokenizer is not None else None,
+        scan_phi=scan_phi,
+        allow_phi=allow_phi or (config.data.allow_phi if config else False),
+        system_prompt=config.data.system_prompt if config else DEFAULT_SYSTEM_PROMPT,
+        roles=roles,
+    )
+    if as_json:
+        console.out(json.dumps(report.to_json(), indent=2, ensure_ascii=False), highlight=False)
+    else:
+        _print_report(report, strict)
+        if tokenizer is None:
+            console.print(Text("note: lengths were not checked; pass --tokenizer DIR or --config", style="dim"),
+                          highlight=False)
+    raise typer.Exit(report.exit_code(strict))
+
+
+@data_app.command("redact")
+def redact(
+    source: Path = typer.Argument(..., metavar="IN", help="Data file (or saved dataset folder) to read."),
+    target: Path = typer.Argument(..., metavar="OUT", help="Where to write the redacted copy (.jsonl or .json)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (never IN)."),
+) -> None:
+    """Write a copy with e-mails, phones, SSNs, MRNs, birth dates, addresses, IPs and names replaced."""
+    from lorakit.data.redact import redact_file
+
+    summary = redact_file(source, target, overwrite=overwrite)
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(summary.by_kind.items())) or "nothing found"
+    console.print(Text(f"{target}: {summary.records} records, {summary.changed_records} redacted ({kinds})"),
+                  soft_wrap=True, highlight=False)
+    if summary.unparsed_lines:
+        console.print(Text(f"note: {len(summary.unparsed_lines)} line(s) are not valid JSON and were redacted as "
+                           "plain text; run `lorakit data check` on the output", style="yellow"), highlight=False)
+
+
+@data_app.command("stats")
+def stats(
+    files: list[Path] = typer.Argument(None, help="Data files (default: the config's data.train_file)."),
+    config_path: Path | None = typer.Option(None, "--config", "-c", help="Run config: model (tokenizer), max_length."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value."),
+    format: str | None = typer.Option(None, "--format", help=_FORMAT_HELP),
+    tokenizer_dir: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer folder (default: the config's model)."),
+    max_length: int | None = typer.Option(None, "--max-length", min=1, help="Token limit (default: model.max_length)."),
+    histogram: Path | None = typer.Option(None, "--histogram", help="PNG path (default: <first file>.lengths.png)."),
+    no_histogram: bool = typer.Option(False, "--no-histogram", help="Do not write the PNG."),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+) -> None:
+    """Token counts under the model's tokenizer and chat template: lengths, truncation, trained vs context."""
+    from lorakit.data.stats import token_stats, write_histogram
+    from lorakit.data.validate import DataChecker
+
+    config = _config(config_path, overrides)
+    paths = _files(list(files or []), config)
+    tokenizer = _tokenizer(tokenizer_dir, config)
+    if tokenizer is None:
+        raise typer.BadParameter("statistics need a tokenizer: pass --tokenizer DIR or --config", param_hint="--tokenizer")
+    checker = DataChecker(_format(format, config), scan_phi=False)
+    system_prompt = config.data.system_prompt if config else DEFAULT_SYSTEM_PROMPT
+    result = token_stats((c for p in paths for c in checker.read(p)), tokenizer, system_prompt,
+                         _max_length(max_length, config))
+    report = checker.finish()
+    png = None if no_histogram or not result.examples else write_histogram(
+        result, histogram or Path(Path(paths[0]).name + ".lengths.png"), Path(paths[0]).name)
+    if as_json:
+        console.out(json.dumps({**result.to_json(), "histogram": str(png) if png else None,
+                                "skipped_records_with_errors": len(report.errors)}, indent=2), highlight=False)
+        return
+    _print_stats(result, png, len(report.errors))
+
+
+def _print_stats(result, png: Path | None, errors: int) -> None:
+    table = Table(title="token statistics (system prompt and chat template included)", show_header=False)
+    values = result.to_json()
+    table.add_row("examples", str(result.examples))
+    table.add_row("tokens", f"{result.tokens} (mean {values['mean_tokens']})")
+    for name, value in values["percentiles"].items():
+        table.add_row(f"length {name}", str(value))
+    table.add_row("truncated", f"{result.truncated} ({result.truncated_share:.1%}) at max_length {result.max_length}")
+    total = result.trained_tokens + result.context_tokens
+    share = f" ({result.trained_tokens / total:.1%})" if total else ""
+    table.add_row("trained tokens", f"{result.trained_tokens}{share}: assistant turns, after truncation")
+    table.add_row("context tokens", f"{result.context_tokens}: system prompt, user turns, template")
+    console.print(table)
+    if png is not None:
+        console.print(Text(f"histogram: {png}"), highlight=False, soft_wrap=True)
+    if errors:
+        console.print(Text(f"note: {errors} error(s) in the data; those records are not counted. "
+                           "Run `lorakit data check`.", style="yellow"), highlight=False, soft_wrap=True)
+
+
+@data_app.command("split")
+def split(
+    files: list[Path] = typer.Argument(..., help="Data files to split."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for train.jsonl, validation.jsonl, test.jsonl."),
+    validation_fraction: float = typer.Option(_DEFAULTS["validation_split"], "--validation", min=0.0, max=0.9,
+                                              help="Share for validation."),
+    test_fraction: float = typer.Option(_DEFAULTS["test_split"], "--test", min=0.0, max=0.9, help="Share for test."),
+    seed: int = typer.Option(_DEFAULTS["seed"], "--seed", help="Same seed and data, same split."),
+    format: str | None = typer.Option(None, "--format", help=_FORMAT_HELP),
+) -> None:
+    """Write deterministic train/validation/test files (seeded content hash: duplicates stay on one side)."""
+    from lorakit.data.split_files import write_split_files
+
+    if validation_fraction + test_fraction >= 0.9:
+        raise typer.BadParameter("--validation + --test must be below 0.9 so that data is left to train on")
+    written = write_split_files(files, out_dir, validation_fraction, test_fraction, seed, _format(format, None))
+    for name, (path, count) in written.items():
+        console.print(Text(f"{name}: {count} examples -> {path}"), highlight=False, soft_wrap=True)

@@ -102,6 +102,15 @@ class DataReport:
         order = {summary.path: index for index, summary in enumerate(self.files)}
         return sorted(self.issues, key=lambda i: (order.get(i.path, -1), i.line or 0, i.column or 0))
 
+    def manifest_notes(self) -> dict:
+        """What the run manifest records about the data check (counts and line numbers, never text)."""
+        return {
+            "formats": {summary.path: summary.format for summary in self.files},
+            "check_warnings": len(self.warnings),
+            "phi_findings_allowed": len(self.phi_findings),
+            "skipped_invalid_lines": [f"{path}:{line}" for path, line in self.skipped],
+        }
+
     def to_json(self) -> dict:
         return {
             "ok": not self.errors,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lorakit.data.formats import detect_format
 from lorakit.data.issues import Issue
 
 __all__ = ["RawRecord", "Source", "open_sources", "role_from_name", "DATASET_MARKERS"]
@@ -168,6 +169,7 @@ def _could_continue(text: str, exc: Exception) -> bool:
 def _join_record(lines: _Lines, first: str) -> tuple[Any, int] | None:
     """Read on until the lines so far parse as one JSON value; un-read them all when they never do."""
     consumed: list[tuple[int, int, bytes]] = []
+    in_object = first.lstrip().startswith("{")
     parts = [first]
     size = len(first)
     while len(consumed) < _MAX_JOINED_LINES and size < _MAX_JOINED_BYTES:
@@ -176,17 +178,17 @@ def _join_record(lines: _Lines, first: str) -> tuple[Any, int] | None:
             break
         consumed.append(item)
         try:
-            text = item[2].decode("utf-8")
+            text = item[2].decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             break
         stripped = text.strip()
-        if stripped.startswith("{") and isinstance(_loads(stripped)[0], dict):
-            break  # the next record starts: the first line was simply broken
+        if in_object and stripped.startswith("{") and detect_format(_loads(stripped)[0]) is not None:
+            break  # the next record starts: the first line was simply cut short
         parts.append(text)
         size += len(text)
         if stripped.endswith(("}", "]")):
             try:
-                value = json.loads("".join(parts), strict=False)
+                value = json.loads("\n".join(parts), strict=False)
             except (ValueError, RecursionError):
                 continue
             return value, item[0]
@@ -209,6 +211,7 @@ def _read_jsonl(path: str, digest) -> Iterator[RawRecord | Issue]:
                 offset += len(_UTF8_BOM)
                 problems.append(_bom_issue(path, number))
             text, decode_issue = _decode(raw, path, number, offset)
+            text = text.rstrip("\r\n")  # so that JSON errors point into the line, not past its end
             problems += [decode_issue] if decode_issue else []
             if not text.strip():
                 yield from problems
