@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorakit.config import RunConfig
-from lorakit.data.records import Conversation, read_conversations
-from lorakit.data.render import TokenizedExample, render_conversation
+from lorakit.data.records import Conversation
+from lorakit.data.render import TokenizedExample
 from lorakit.data.splits import Splits, split_conversations
+from lorakit.data.token_cache import render_cached
+from lorakit.data.validate import load_checked_conversations
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["PreparedData", "files_sha256", "read_train_conversations", "prepare_data"]
@@ -38,17 +40,15 @@ def files_sha256(paths: list[str]) -> str:
 
 
 def read_train_conversations(config: RunConfig, tokenizer) -> tuple[list[Conversation], dict]:
-    """All conversations of the configured train files (the one place train files are read)."""
-    conversations: list[Conversation] = []
-    for path in config.data.train_files:
-        conversations.extend(read_conversations(path))
-    return conversations, {}
+    """All conversations of the configured train files (the one place train files are read), checked like
+    `lorakit data check`: errors and privacy findings raise a DataError here, before the model is loaded."""
+    conversations, report = load_checked_conversations(config.data, tokenizer, config.model.max_length)
+    return conversations, report.manifest_notes()
 
 
 def _tokenize(conversations: list[Conversation], tokenizer, config: RunConfig) -> list[TokenizedExample]:
-    return [
-        render_conversation(c, tokenizer, config.data.system_prompt, config.model.max_length) for c in conversations
-    ]
+    """render_conversation for each, batched and cached on disk (keyed by data, tokenizer, template, prompt)."""
+    return render_cached(conversations, tokenizer, config.data.system_prompt, config.model.max_length)
 
 
 def prepare_data(config: RunConfig, tokenizer) -> PreparedData:
