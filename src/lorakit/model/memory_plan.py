@@ -1,0 +1,273 @@
+"""Predict peak GPU memory of a LoRA/QLoRA training step from the model's config.json alone, and pick the
+fastest settings that fit a GPU.
+
+The estimate counts what PyTorch keeps alive at the peak of a step (`torch.cuda.max_memory_allocated`), for
+lorakit's own training path: frozen base weights (nf4 with double quantization, or bf16/fp16), fp32 LoRA
+weights + gradients + AdamW moments, the activations autograd saves for backward in each decoder layer
+(all of them, or only the layer input for checkpointed layers), one layer's recompute and gradients during
+backward, and the fused linear cross-entropy (no [tokens, vocab] logits). Every term is in `MemoryEstimate`,
+so a wrong prediction shows which term was wrong. CUDA's own context is not allocated through PyTorch; the
+fit check adds it separately (`CUDA_CONTEXT_BYTES`).
+
+The speed model only ranks candidates; it is not a prediction of tokens/s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+__all__ = [
+    "GIB",
+    "CUDA_CONTEXT_BYTES",
+    "ModelShape",
+    "TrainSettings",
+    "MemoryEstimate",
+    "Candidate",
+    "estimate_peak_memory",
+    "layer_activation_bytes",
+    "checkpointed_layer_count",
+    "plan_settings",
+]
+
+GIB = 1024**3
+# CUDA context + cuBLAS/cuDNN handles, outside PyTorch's allocator (about 0.5 GiB on recent drivers).
+CUDA_CONTEXT_BYTES = int(0.5 * GIB)
+# Share of allocated memory the caching allocator typically holds on top (fragmentation), for the fit check.
+ALLOCATOR_SLACK = 0.08
+# nf4: 4 bits per weight + one 8-bit absmax per 64 weights + one fp32 scale per 256 absmax blocks (double quant).
+NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
+# fp32 LoRA weight, its gradient, AdamW's two moments.
+LORA_STATE_BYTES_PER_PARAM = 16
+# Micro-batches past this many tokens barely speed up a step; bigger ones only cost memory.
+MAX_TOKENS_PER_MICRO_BATCH = 16384
+_FUSED_PROJECTION_MODELS = {"phi3"}  # qkv_proj and gate_up_proj are single linear layers
+_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a decoder-only transformer that memory depends on, read from config.json."""
+
+    model_type: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied_embeddings: bool
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModelShape:
+        required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        missing = [key for key in required if key not in config]
+        if missing:
+            raise ValueError(f"config.json lacks {', '.join(missing)}; cannot plan memory for this model")
+        heads = config["num_attention_heads"]
+        return cls(
+            model_type=config.get("model_type", "unknown"),
+            hidden=config["hidden_size"],
+            intermediate=config["intermediate_size"],
+            layers=config["num_hidden_layers"],
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads,  # absent or null means no grouped-query attention
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            vocab=config["vocab_size"],
+            tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each linear layer in one decoder layer, by module name."""
+        q, kv, d, i = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.hidden, self.intermediate
+        if self.model_type in _FUSED_PROJECTION_MODELS:
+            return {"qkv_proj": (d, q + 2 * kv), "o_proj": (q, d), "gate_up_proj": (d, 2 * i), "down_proj": (i, d)}
+        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
+                "gate_proj": (d, i), "up_proj": (d, i), "down_proj": (i, d)}
+
+    @property
+    def linear_params_per_layer(self) -> int:
+        return sum(a * b for a, b in self.linears().values())
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def head_params(self) -> int:
+        """The LM head's own parameters (0 when tied to the input embeddings)."""
+        return 0 if self.tied_embeddings else self.vocab * self.hidden
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What a training step's memory depends on, besides the model."""
+
+    quantization: Literal["nf4", "none"]
+    dtype_bytes: int  # compute/storage dtype of frozen weights and activations: 2 (bf16/fp16) or 4 (fp32)
+    lora_rank: int
+    lora_targets: tuple[str, ...] | Literal["all-linear"]
+    lora_dropout: bool
+    tokens_per_micro_batch: int  # micro-batch x max_length; with packing, the token budget of one packed row
+    checkpoint_every: int | None = None  # None: no checkpointing; 1: every layer; k: every k-th layer
+    offload_activations: bool = False  # keep checkpointed layer inputs in pinned CPU memory
+    fused_kernels: bool = True  # liger RMSNorm/RoPE/SwiGLU (CUDA); False: the model's own PyTorch modules
+    mask_bytes: int = 1  # bytes per element of a dropout mask: 1 on CUDA (bool); the dtype's size on CPU
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    lora_states: int
+    saved_activations: int
+    backward_working: int
+    loss: int
+    dequantize_buffer: int
+
+    @property
+    def peak_allocated(self) -> int:
+        return (self.weights + self.lora_states + self.saved_activations + self.backward_working + self.loss
+                + self.dequantize_buffer)
+
+    def peak_on_gpu(self) -> int:
+        """What the GPU must have free: allocated peak + allocator slack + CUDA context."""
+        return int(self.peak_allocated * (1 + ALLOCATOR_SLACK)) + CUDA_CONTEXT_BYTES
+
+    def rows(self) -> list[tuple[str, float]]:
+        """(term, GiB) for display."""
+        terms = ("weights", "lora_states", "saved_activations", "backward_working", "loss", "dequantize_buffer")
+        return [(term, getattr(self, term) / GIB) for term in terms] + [("peak_allocated", self.peak_allocated / GIB)]
+
+
+def _adapted(shape: ModelShape, targets: tuple[str, ...] | str) -> dict[str, tuple[int, int]]:
+    linears = shape.linears()
+    if targets == "all-linear":
+        return linears
+    return {name: dims for name, dims in linears.items() if name in targets}
+
+
+def lora_parameter_count(shape: ModelShape, settings: TrainSettings) -> int:
+    return shape.layers * sum(settings.lora_rank * (a + b) for a, b in _adapted(shape, settings.lora_targets).values())
+
+
+def layer_activation_bytes(shape: ModelShape, settings: TrainSettings) -> int:
+    """Bytes per token that autograd saves in one decoder layer that is not checkpointed.
+
+    Counted tensor by tensor for lorakit's path (see tests/model/test_memory_plan.py, which measures the plain
+    PyTorch path on CPU with saved-tensor hooks).
+    """
+    b, d, i = settings.dtype_bytes, shape.hidden, shape.intermediate
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    adapted = _adapted(shape, settings.lora_targets)
+    # RMSNorm x2: liger keeps its input (the residual stream); PyTorch's keeps an fp32 copy of it.
+    total = 2 * d * (b if settings.fused_kernels else 4)
+    # Attention: roped q and k, a contiguous v, the output (variable-length flash), and fp32 log-sum-exp.
+    total += (2 * q + 2 * kv) * b + shape.heads * 4
+    # SwiGLU keeps gate and up (liger); PyTorch's also keeps silu(gate).
+    total += (2 * i if settings.fused_kernels else 3 * i) * b
+    # Inputs of the linear layers: nf4 layers keep theirs; LoRA keeps a dropout mask + dropped copy, or the input.
+    inputs = {"norm1": d, "attn_out": q, "norm2": d, "act": i}  # attn_out is already kept by attention
+    consumer = {"q_proj": "norm1", "k_proj": "norm1", "v_proj": "norm1", "qkv_proj": "norm1", "o_proj": "attn_out",
+                "gate_proj": "norm2", "up_proj": "norm2", "gate_up_proj": "norm2", "down_proj": "act"}
+    kept = {"norm1", "norm2", "act"} if settings.quantization == "nf4" else set()
+    for name, (fan_in, _) in adapted.items():
+        total += settings.lora_rank * b  # lora_A output, kept by lora_B
+        if settings.lora_dropout:
+            total += fan_in * (settings.mask_bytes + b)
+        else:
+            kept.add(consumer[name])
+    kept.discard("attn_out")
+    total += sum(inputs[name] for name in kept) * b
+    return total
+
+
+def checkpointed_layer_count(layers: int, checkpoint_every: int | None) -> int:
+    """How many layers `checkpoint_every` checkpoints.
+
+    >>> [checkpointed_layer_count(32, k) for k in (None, 1, 2, 3, 4)]
+    [0, 32, 16, 11, 8]
+    """
+    return 0 if checkpoint_every is None else math.ceil(layers / checkpoint_every)
+
+
+def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEstimate:
+    b, tokens, d, i = settings.dtype_bytes, settings.tokens_per_micro_batch, shape.hidden, shape.intermediate
+    linear = shape.layers * shape.linear_params_per_layer
+    other = shape.embedding_params + shape.head_params + shape.layers * 2 * d + d  # embeddings, head, norms
+    if settings.quantization == "nf4":
+        weights = int(linear * NF4_BYTES_PER_PARAM) + other * b
+        largest = max(a * c for a, c in shape.linears().values())
+        dequantize = largest * b  # one linear's weight, dequantized for its matmul, then freed
+    else:
+        weights, dequantize = (linear + other) * b, 0
+    per_layer = layer_activation_bytes(shape, settings)
+    checkpointed = checkpointed_layer_count(shape.layers, settings.checkpoint_every)
+    layer_input = d * b
+    on_gpu_checkpoints = 0 if settings.offload_activations else checkpointed * layer_input
+    saved = tokens * (on_gpu_checkpoints + (shape.layers - checkpointed) * per_layer + layer_input)
+    # During backward: one layer's recomputed activations (if any layer is checkpointed) and its gradients.
+    gradients = (2 * i + 3 * d) * b
+    working = tokens * ((per_layer if checkpointed else 0) + gradients)
+    # Fused linear cross-entropy: final hidden states, selected rows, their gradient and one logits chunk.
+    loss = tokens * d * b * 4
+    return MemoryEstimate(
+        weights=weights,
+        lora_states=lora_parameter_count(shape, settings) * LORA_STATE_BYTES_PER_PARAM,
+        saved_activations=saved,
+        backward_working=working,
+        loss=loss,
+        dequantize_buffer=dequantize,
+    )
+
+
+def relative_step_time(shape: ModelShape, settings: TrainSettings) -> float:
+    """Seconds per token up to a constant, for ranking only: recompute costs a forward pass (+50% of a LoRA
+    step's matmuls) per checkpointed layer, small micro-batches underuse the GPU, nf4 dequantizes each
+    weight twice per step, and offload waits on PCIe."""
+    recompute = 1 + 0.5 * checkpointed_layer_count(shape.layers, settings.checkpoint_every) / shape.layers
+    utilisation = settings.tokens_per_micro_batch / (settings.tokens_per_micro_batch + 1024)
+    quantized = 1.3 if settings.quantization == "nf4" else 1.0
+    offload = 1.1 if settings.offload_activations else 1.0
+    return recompute * quantized * offload / utilisation
+
+
+@dataclass(frozen=True)
+class Candidate:
+    settings: TrainSettings
+    micro_batch: int
+    estimate: MemoryEstimate
+    relative_time: float
+    fits: bool
+
+
+def plan_settings(
+    shape: ModelShape,
+    base: TrainSettings,
+    *,
+    max_length: int,
+    gpu_memory_bytes: int,
+    micro_batches: tuple[int, ...] | None = None,
+    checkpointing: tuple[int | None, ...] | None = None,
+    quantizations: tuple[str, ...] | None = None,
+) -> list[Candidate]:
+    """Every candidate (micro-batch x checkpointing x quantization, then offload as a last resort), fastest
+    first; the first one with `fits` is the plan. Fixed settings are passed as one-element tuples."""
+    micro_batches = micro_batches or tuple(
+        m for m in (1, 2, 4, 8, 16, 32, 64) if m == 1 or m * max_length <= MAX_TOKENS_PER_MICRO_BATCH
+    )
+    checkpointing = checkpointing or (None, 4, 3, 2, 1)
+    quantizations = quantizations or (base.quantization,)
+    candidates = []
+    for quantization in quantizations:
+        for micro_batch in micro_batches:
+            for every in checkpointing:
+                for offload in (False, True) if every == 1 else (False,):
+                    settings = replace(base, quantization=quantization, tokens_per_micro_batch=micro_batch * max_length,
+                                       checkpoint_every=every, offload_activations=offload)
+                    estimate = estimate_peak_memory(shape, settings)
+                    candidates.append(Candidate(settings, micro_batch, estimate, relative_step_time(shape, settings),
+                                                estimate.peak_on_gpu() <= gpu_memory_bytes))
+    # Fastest first; among equally fast, the one that leaves the most memory.
+    return sorted(candidates, key=lambda c: (not c.fits, round(c.relative_time, 3), c.estimate.peak_allocated))

@@ -1,0 +1,150 @@
+"""From a RunConfig and the model's config.json to concrete training settings: the memory planner applied
+to `auto` settings (quantization, micro-batch, gradient checkpointing) for one GPU's memory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig, RunConfig
+from lorakit.errors import ConfigError, HubAccessError
+from lorakit.model.memory_plan import GIB, Candidate, ModelShape, TrainSettings, plan_settings
+
+__all__ = ["TrainingPlan", "ResolvedSettings", "read_model_config_json", "plan_training", "resolve_auto_settings", "device_memory_bytes", "parse_memory_size"]
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    quantization: str  # "nf4" or "none"
+    micro_batch: int
+    checkpoint_every: int | None
+    offload_activations: bool
+    chosen: Candidate
+    candidates: list[Candidate]
+    gpu_memory_bytes: int
+
+    @property
+    def checkpointing_text(self) -> str:
+        every = self.checkpoint_every
+        text = "none" if every is None else "all layers" if every == 1 else f"every {every}th layer"
+        return text + (", offloaded to CPU" if self.offload_activations else "")
+
+
+def parse_memory_size(text: str) -> int:
+    """'8GB', '8GiB', '7.5G', '8000MB' or a bare number of GiB -> bytes. GB means GiB, as GPUs are sold.
+
+    >>> parse_memory_size("8GB") == parse_memory_size("8") == 8 * 1024**3
+    True
+    >>> parse_memory_size("512MiB")
+    536870912
+    """
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"G": GIB, "M": 1024**2, "T": 1024**4}
+    scale = units.get(cleaned[-1:], None)
+    number = cleaned[:-1] if scale else cleaned
+    try:
+        value = float(number) * (scale or GIB)
+    except ValueError:
+        raise ConfigError("--gpu-memory", [f"'{text}' is not a memory size; write e.g. 8GB or 12GiB"]) from None
+    if value <= 0:
+        raise ConfigError("--gpu-memory", [f"'{text}' must be positive"])
+    return int(value)
+
+
+def read_model_config_json(model: ModelConfig) -> dict:
+    """The model's config.json: from a local folder, the GGUF header, or the Hub (that one file, no weights)."""
+    path = Path(model.name).expanduser()
+    if model.name == EMBEDDED_MODEL_ALIAS or model.name.endswith(".gguf"):
+        from transformers import AutoConfig
+
+        from lorakit.model.gguf_cache import embedded_gguf_path
+
+        gguf = embedded_gguf_path() if model.name == EMBEDDED_MODEL_ALIAS else path
+        return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).to_dict()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError("model.name", [f"{path} has no config.json; it is not a transformers model folder"])
+        return json.loads((path / "config.json").read_text())
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return json.loads(Path(hf_hub_download(model.name, "config.json", revision=model.revision)).read_text())
+    except (HfHubHTTPError, OSError) as exc:
+        raise HubAccessError(
+            f"Could not fetch config.json of {model.name} ({type(exc).__name__}).",
+            hint="Check model.name, your network and `hf auth login`; or point model.name at a local folder.",
+        ) from None
+
+
+def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, *, dtype_bytes: int,
+                  nf4_available: bool, cuda: bool = True) -> TrainingPlan:
+    """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given."""
+    training = config.training
+    shape = ModelShape.from_config(model_config)
+    quantization = config.model.quantization
+    quantizations = (("none", "nf4") if nf4_available else ("none",)) if quantization == "auto" else (quantization,)
+    base = TrainSettings(
+        quantization=quantizations[0], dtype_bytes=dtype_bytes, lora_rank=config.lora.r,
+        lora_targets=config.lora.target_modules if config.lora.target_modules == "all-linear" else tuple(config.lora.target_modules),
+        lora_dropout=config.lora.dropout > 0, tokens_per_micro_batch=config.model.max_length,
+        fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes,
+    )
+    fixed_checkpointing = {True: (1,), False: (None,)}.get(training.gradient_checkpointing)
+    candidates = plan_settings(
+        shape, base, max_length=config.model.max_length, gpu_memory_bytes=gpu_memory_bytes,
+        micro_batches=None if training.batch_size == "auto" else (training.batch_size,),
+        checkpointing=fixed_checkpointing, quantizations=quantizations,
+    )
+    chosen = candidates[0]
+    if not chosen.fits:
+        smallest = min(candidates, key=lambda c: c.estimate.peak_on_gpu())
+        raise ConfigError("memory plan", [
+            f"{model_config.get('model_type', 'this model')} at model.max_length={config.model.max_length} needs at least "
+            f"{smallest.estimate.peak_on_gpu() / GIB:.1f} GiB of GPU memory (micro-batch {smallest.micro_batch}, "
+            f"{smallest.settings.quantization}, every layer checkpointed), but {gpu_memory_bytes / GIB:.1f} GiB is available.",
+            "Lower model.max_length, use model.quantization: nf4 (or auto), or pick a smaller model.",
+        ])
+    settings = chosen.settings
+    return TrainingPlan(settings.quantization, chosen.micro_batch, settings.checkpoint_every,
+                        settings.offload_activations, chosen, candidates, gpu_memory_bytes)
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """`config` with no `auto` left in training.batch_size, training.gradient_checkpointing and
+    model.quantization, plus what the config has no field for."""
+
+    config: RunConfig
+    checkpoint_every: int | None
+    offload_activations: bool
+    plan: TrainingPlan | None
+
+
+def device_memory_bytes(cuda: bool) -> int:
+    """Total memory of the GPU in use, or of the machine (CPU training)."""
+    import os
+
+    import torch
+
+    if cuda:
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, dtype_bytes: int,
+                          nf4_available: bool) -> ResolvedSettings:
+    """Run the planner when anything is `auto` (against GPU memory, or RAM on CPU); fixed settings stay."""
+    training = config.training
+    if "auto" not in (training.batch_size, training.gradient_checkpointing, config.model.quantization):
+        every = 1 if training.gradient_checkpointing else None
+        return ResolvedSettings(config, every, False, None)
+    plan = plan_training(config, model_config, device_memory_bytes(cuda), dtype_bytes=dtype_bytes,
+                         nf4_available=nf4_available and cuda, cuda=cuda)
+    resolved = config.model_copy(update={
+        "training": training.model_copy(update={"batch_size": plan.micro_batch,
+                                                "gradient_checkpointing": plan.checkpoint_every is not None}),
+        "model": config.model.model_copy(update={"quantization": plan.quantization}),
+    })
+    return ResolvedSettings(resolved, plan.checkpoint_every, plan.offload_activations, plan)
