@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -88,7 +88,10 @@ class LoraSettings(_Section):
 
 
 class TrainingConfig(_Section):
-    batch_size: int = Field(4, ge=1, description="Micro-batch size (examples per forward pass).")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        4, description="Micro-batch size (examples per forward pass; with packing, rows of max_length tokens). "
+        "'auto' = the fastest that fits the GPU (`lorakit plan`)."
+    )
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_steps: int = Field(100, ge=1, description="Optimizer steps.")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak LR; '2e-4' written as a string is accepted.")
@@ -107,7 +110,9 @@ class TrainingConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="'auto' = bf16 where the GPU supports it, fp16 with loss scaling otherwise, fp32 on CPU."
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        False, description="'auto' = the memory planner checkpoints all, every k-th or no layers (and may offload them)."
+    )
     packing: bool = Field(False, description="Pack examples into max_length rows, isolated per example.")
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ import torch
 from lorakit.data.collate import collate_padded
 from lorakit.data.masking import IGNORE_INDEX
 from lorakit.data.render import TokenizedExample
+from lorakit.model.kernels import causal_lm_loss
 
 __all__ = ["split_loss", "perplexity"]
 
@@ -34,8 +35,8 @@ def split_loss(
                 continue
             batch = {k: v.to(device) for k, v in batch.items()}
             with context:
-                output = model(**batch, num_items_in_batch=tokens)
-            total_loss += float(output.loss) * tokens
+                loss = causal_lm_loss(model, batch, num_items_in_batch=tokens)  # no [tokens, vocab] logits
+            total_loss += float(loss) * tokens
             total_tokens += tokens
     finally:
         model.train(was_training)

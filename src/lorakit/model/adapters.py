@@ -60,7 +60,10 @@ def attach_lora(model: nn.Module, settings: LoraSettings, *, quantized: bool, gr
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     targets = resolve_target_modules(model, settings.target_modules)
-    if quantized:
+    if quantized and model.get_input_embeddings().weight.dtype == torch.float16:
+        # fp16 compute: peft's QLoRA recipe upcasts embeddings and norms to fp32 for stability. With bf16 we
+        # skip it: the fp32 copy doubles Phi-4-mini's 0.6B-parameter tied embedding and turns the LM head
+        # into an fp32 matmul (get_peft_model freezes the base weights either way).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

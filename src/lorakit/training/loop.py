@@ -20,13 +20,17 @@ from lorakit.config import RunConfig, dump_config
 from lorakit.data.masking import IGNORE_INDEX
 from lorakit.errors import CheckpointError, TrainingError
 from lorakit.evaluation.loss import perplexity, split_loss
-from lorakit.model.adapters import attach_lora, resolve_target_modules, trainable_parameter_count
-from lorakit.model.load import ModelSource, load_base_model, load_tokenizer, resolve_model_source
-from lorakit.model.quantize import nf4_config, wants_4bit
+from lorakit.model.adapters import resolve_target_modules, trainable_parameter_count
+from lorakit.model.checkpointing import activation_offload
+from lorakit.model.kernels import causal_lm_loss
+from lorakit.model.load import ModelSource, load_base_model, load_tokenizer, read_model_config, resolve_model_source
+from lorakit.model.quantize import bitsandbytes_available, nf4_config, wants_4bit
+from lorakit.model.run_plan import resolve_auto_settings
+from lorakit.model.trainable import make_trainable
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text
 from lorakit.runtime.device import compute_dtype, pick_device
 from lorakit.runtime.seed import seed_everything
-from lorakit.training.batches import collate_group, epoch_groups
+from lorakit.training.batches import collate_group, epoch_groups, packed_epoch_groups
 from lorakit.training.checkpoint import (
     TrainerState,
     check_same_run,
@@ -66,6 +70,7 @@ class TrainingSession:
     dtype: torch.dtype
     quantized: bool
     identity: dict
+    offload_activations: bool = False  # planned: checkpointed activations live in CPU memory
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -76,15 +81,24 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     """Load tokenizer, data, base model and LoRA; the order puts cheap failures (data) before slow ones."""
     device = pick_device()
     dtype = compute_dtype(config.training.precision, device)
-    quantized = wants_4bit(config.model.quantization, device)
     source = resolve_model_source(config.model)
+    # `auto` batch size, checkpointing and quantization: the memory planner, from config.json alone.
+    resolved = resolve_auto_settings(config, read_model_config(source), cuda=device.type == "cuda",
+                                     dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available())
+    config = resolved.config
+    if resolved.plan is not None:
+        reporter.message(f"memory plan: {config.model.quantization}, micro-batch {config.training.batch_size}, "
+                         f"checkpointing {resolved.plan.checkpointing_text}, predicted peak "
+                         f"{resolved.plan.chosen.estimate.peak_allocated / 2**30:.1f} GiB")
+    quantized = wants_4bit(config.model.quantization, device)
     tokenizer = load_tokenizer(source, config.model)
     data = prepare_data(config, tokenizer)
     if not data.splits.train:
         raise TrainingError("No training examples are left after splitting; add data or lower the split fractions.")
     model = load_base_model(source, config.model, device, dtype, nf4_config(dtype) if quantized else None)
     targets = resolve_target_modules(model, config.lora.target_modules)
-    model = attach_lora(model, config.lora, quantized=quantized, gradient_checkpointing=config.training.gradient_checkpointing)
+    model = make_trainable(model, config, device=device, quantized=quantized, checkpoint_every=resolved.checkpoint_every,
+                           offload_activations=resolved.offload_activations)
     trainable, total = trainable_parameter_count(model)
     reporter.message(
         f"{source.model_id}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable (LoRA r={config.lora.r} on "
@@ -105,7 +119,8 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         "seed": config.seed,
         "effective_batch_size": config.training.batch_size * config.training.gradient_accumulation_steps,
     }
-    return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity)
+    return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
+                           resolved.offload_activations)
 
 
 def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -180,12 +195,18 @@ def _next_micro_batches(session: TrainingSession, state: TrainerState) -> list[l
     """The example-index groups for one optimizer step; advances the data position in `state`."""
     cfg = session.config
     examples = session.data.splits.train
-    groups = epoch_groups(examples, cfg.training.batch_size, cfg.seed, state.epoch)
+
+    def groups_of(epoch: int) -> list[list[int]]:
+        if cfg.training.packing:  # one micro-batch = one best-fit bin of batch_size x max_length tokens
+            return packed_epoch_groups(examples, cfg.training.batch_size * cfg.model.max_length, cfg.seed, epoch)
+        return epoch_groups(examples, cfg.training.batch_size, cfg.seed, epoch)
+
+    groups = groups_of(state.epoch)
     chosen = []
     for _ in range(cfg.training.gradient_accumulation_steps):
         if state.batch_in_epoch >= len(groups):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            groups = epoch_groups(examples, cfg.training.batch_size, cfg.seed, state.epoch)
+            groups = groups_of(state.epoch)
         chosen.append(groups[state.batch_in_epoch])
         state.batch_in_epoch += 1
     return chosen
@@ -208,16 +229,16 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
     micro-batch 1 x accumulation 4 equals micro-batch 4 x accumulation 1."""
     cfg = session.config.training
     pad_id = session.tokenizer.pad_token_id
-    batches = [collate_group(session.data.splits.train, group, pad_id) for group in groups]
+    batches = [collate_group(session.data.splits.train, group, pad_id, packed=cfg.packing) for group in groups]
     target_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
     autocast = torch.autocast(session.device.type, dtype=session.autocast_dtype) if session.autocast_dtype else nullcontext()
     session.model.train()
     step_loss, seen_tokens = 0.0, 0
     for batch in batches:
-        seen_tokens += int(batch["attention_mask"].sum())
-        batch = {k: v.to(session.device) for k, v in batch.items()}
-        with autocast:
-            loss = session.model(**batch, num_items_in_batch=target_tokens).loss
+        seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        batch = {k: v.to(session.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with autocast, activation_offload(session.offload_activations):
+            loss = causal_lm_loss(session.model, batch, num_items_in_batch=target_tokens)  # no full-vocab logits
         if not torch.isfinite(loss):
             raise _numerical_fault(session, step, groups, f"The loss became {float(loss)}")
         (scaler.scale(loss) if scaler is not None else loss).backward()
