@@ -27,6 +27,3 @@ def write_lines(tmp_path):
 
     return write
 
-
-def qa(question: str = "What is BP?", answer: str = "Blood pressure.") -> dict:
-    return {"instruction": question, "response": answer}

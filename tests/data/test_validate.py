@@ -10,7 +10,9 @@ from lorakit.data.render import render_conversation
 from lorakit.data.validate import check_files, load_checked_conversations
 from lorakit.errors import DataError
 
-from conftest import qa  # tests/data/conftest.py
+
+def qa(question: str = "What is BP?", answer: str = "Blood pressure.") -> dict:
+    return {"instruction": question, "response": answer}
 
 
 def headlines(report):

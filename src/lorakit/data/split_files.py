@@ -1,8 +1,8 @@
 """`lorakit data split`: write deterministic train/validation/test files from checked data.
 
 The split itself is `splits.split_conversations` (seeded content hash, so duplicates stay on one side).
-Single question/answer examples are written in the instruction format, anything else as `messages`;
-either way each example renders exactly as it did in the input.
+Data made only of single question/answer exchanges is written in the instruction format, anything else
+as `messages` (one format for all three files); either way each example renders exactly as in the input.
 """
 
 from __future__ import annotations
@@ -16,21 +16,26 @@ from lorakit.data.conversation import Conversation
 from lorakit.data.splits import split_conversations
 from lorakit.data.validate import DataChecker, refusal_error
 
-__all__ = ["record_for", "write_split_files"]
+__all__ = ["SPLIT_NAMES", "record_for", "write_split_files"]
 
 SPLIT_NAMES = ("train", "validation", "test")
 
 
-def record_for(conversation: Conversation) -> dict:
-    """The JSON record of a conversation: instruction/response for one exchange, else messages.
+def _is_single_exchange(conversation: Conversation) -> bool:
+    """One user question and one answer, without surrounding spaces: reads back identically as instruction/response."""
+    roles = [message.role for message in conversation.messages]
+    return roles == ["user", "assistant"] and all(m.content == m.content.strip() for m in conversation.messages)
+
+
+def record_for(conversation: Conversation, format: str) -> dict:
+    """The JSON record of a conversation in the "instruction" or "messages" format.
 
     >>> from lorakit.data.conversation import Message
-    >>> record_for(Conversation((Message("user", "Q?"), Message("assistant", "A."))))
+    >>> record_for(Conversation((Message("user", "Q?"), Message("assistant", "A."))), "instruction")
     {'instruction': 'Q?', 'response': 'A.'}
     """
-    roles = [message.role for message in conversation.messages]
-    stripped = all(message.content == message.content.strip() for message in conversation.messages)
-    if roles == ["user", "assistant"] and stripped:  # reads back as the same conversation
+    if format == "instruction":
+        assert _is_single_exchange(conversation), "only single exchanges are written as instruction/response"
         record = {"instruction": conversation.messages[0].content, "response": conversation.messages[1].content}
     else:
         record = {"messages": [{"role": m.role, "content": m.content} for m in conversation.messages]}
@@ -39,12 +44,12 @@ def record_for(conversation: Conversation) -> dict:
     return record
 
 
-def _write_jsonl(path: Path, conversations: list[Conversation]) -> None:
+def _write_jsonl(path: Path, conversations: list[Conversation], format: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     try:
         with open(partial, "w", encoding="utf-8", newline="\n") as handle:
             for conversation in conversations:
-                handle.write(json.dumps(record_for(conversation), ensure_ascii=False) + "\n")
+                handle.write(json.dumps(record_for(conversation, format), ensure_ascii=False) + "\n")
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -59,11 +64,13 @@ def write_split_files(paths: Sequence[str | Path], out_dir: str | Path, validati
     if report.errors:
         raise refusal_error([str(p) for p in paths], report, action="nothing was written")
     splits = split_conversations(conversations, validation_fraction, test_fraction, seed)
+    # One format for all three files (formats are detected per file).
+    output_format = "instruction" if all(_is_single_exchange(c) for c in conversations) else "messages"
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
     for name in SPLIT_NAMES:
         path = directory / f"{name}.jsonl"
-        _write_jsonl(path, getattr(splits, name))
+        _write_jsonl(path, getattr(splits, name), output_format)
         written[name] = (path, len(getattr(splits, name)))
     return written
