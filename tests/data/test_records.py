@@ -7,6 +7,8 @@ import pytest
 from lorakit.data.records import Conversation, Message, conversation_from_record, read_conversations
 from lorakit.errors import DataError
 
+from data_files import write_lines  # noqa: F401  (fixture)
+
 
 def test_reads_every_format_in_one_call_per_file(write_lines):
     guide = write_lines("guide.jsonl", {"instruction": "Q1", "response": "A1", "source_urls": ["https://a"]})

@@ -10,6 +10,8 @@ from lorakit.data.phi_scan import scan_text
 from lorakit.data.redact import redact_file, redact_text
 from lorakit.errors import DataError
 
+from data_files import write_lines  # noqa: F401  (fixture)
+
 IDENTIFIERS = ["jane.doe@example.org", "555-123-4567", "123-45-6789", "00123456", "03/14/1962", "123 Main Street",
                "192.168.1.20", "Jane Doe"]
 DIRTY = {"instruction": "Patient: Jane Doe, DOB: 03/14/1962, MRN: 00123456. Mail jane.doe@example.org",

@@ -10,6 +10,8 @@ import pytest
 from lorakit.data.issues import Issue
 from lorakit.data.sources import RawRecord, open_sources, role_from_name
 
+from data_files import write_lines  # noqa: F401  (fixture)
+
 
 def read_all(path):
     items = []

@@ -8,6 +8,8 @@ from lorakit.data.records import read_conversations
 from lorakit.data.split_files import write_split_files
 from lorakit.errors import DataError
 
+from data_files import write_lines  # noqa: F401  (fixture)
+
 
 def qa(question: str = "What is BP?", answer: str = "Blood pressure.") -> dict:
     return {"instruction": question, "response": answer}

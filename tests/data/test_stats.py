@@ -6,6 +6,8 @@ from lorakit.data.records import read_conversations
 from lorakit.data.render import render_conversation
 from lorakit.data.stats import token_stats, write_histogram
 
+from data_files import write_lines  # noqa: F401  (fixture)
+
 
 def qa(question: str = "What is BP?", answer: str = "Blood pressure.") -> dict:
     return {"instruction": question, "response": answer}

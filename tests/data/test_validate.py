@@ -10,6 +10,8 @@ from lorakit.data.render import render_conversation
 from lorakit.data.validate import check_files, load_checked_conversations
 from lorakit.errors import DataError
 
+from data_files import write_lines  # noqa: F401  (fixture)
+
 
 def qa(question: str = "What is BP?", answer: str = "Blood pressure.") -> dict:
     return {"instruction": question, "response": answer}

@@ -1,4 +1,8 @@
-"""Helpers for the data tests: hand-made data files written into tmp_path."""
+"""Helpers for the data tests: hand-made data files written into tmp_path.
+
+A plain module, not a conftest.py: a second conftest would shadow `tests/conftest.py` for tests that import
+helpers from it. Test modules import the fixture: `from data_files import write_lines`.
+"""
 
 from __future__ import annotations
 
