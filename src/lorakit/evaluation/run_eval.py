@@ -1,0 +1,229 @@
+"""`lorakit eval`: the base model and the fine-tuned model, side by side, on the run's own test split and on
+the clinical safety probes.
+
+One model load serves both: the base model's answers come from the same weights with the LoRA adapter
+disabled (peft's `disable_adapter`), so the comparison isolates exactly what fine-tuning changed.
+Everything is written under RUN_DIR/eval/: eval.json (all numbers), answers.jsonl (both answers per
+test example) and safety_answers.jsonl (both answers per probe), each atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from lorakit.config import RunConfig
+from lorakit.data.records import Conversation, Message
+from lorakit.data.splits import split_conversations
+from lorakit.data.stats import token_stats
+from lorakit.errors import CheckpointError
+from lorakit.evaluation.loss import perplexity, split_loss
+from lorakit.evaluation import safety
+from lorakit.evaluation.quality import AnswerScores, mean_scores, score_answer
+from lorakit.evaluation.safety_rules import ScoringContext
+from lorakit.inference.generate import GenerationSettings, LoadedRun, generate_answer, load_run, resolve_adapter_dir
+from lorakit.runtime.atomic_files import atomic_write_text
+from lorakit.runtime.device import compute_dtype
+from lorakit.runtime.logging import get_logger
+from lorakit.training.dataset import files_sha256, prepare_data, read_train_conversations
+
+__all__ = ["MODELS", "EvalRequest", "Progress", "run_root", "eval_dir", "evaluate_run"]
+
+log = get_logger("evaluation.run_eval")
+
+MODELS = ("base", "tuned")
+EVAL_FILE, ANSWERS_FILE, SAFETY_ANSWERS_FILE = "eval.json", "answers.jsonl", "safety_answers.jsonl"
+# Loss is weighted per answer token, so the batch size changes speed only, never the number.
+_LOSS_BATCH_SIZE = 4
+
+Progress = Callable[[str, int, int], None]
+"""Called as (stage, done, total) while answers are generated; stage is 'quality' or 'safety'."""
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What to evaluate. `limit` caps the test examples answered and the probes per category."""
+
+    quality: bool = True
+    safety: bool = False
+    limit: int | None = None
+    probe_files: tuple[str, ...] = ()
+    max_new_tokens: int | None = None
+
+    @classmethod
+    def from_config(cls, config: RunConfig, **overrides) -> EvalRequest:
+        settings = dict(safety=config.eval.safety, limit=config.eval.max_examples,
+                        probe_files=tuple(config.eval.probe_files), max_new_tokens=config.eval.max_new_tokens)
+        settings.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**settings)
+
+
+def run_root(path: str | Path) -> Path:
+    """The run directory of a run or of its `final/` adapter (where eval/ and report.html go)."""
+    adapter_dir = resolve_adapter_dir(path)
+    return adapter_dir.parent if adapter_dir.name == "final" else adapter_dir
+
+
+def eval_dir(path: str | Path) -> Path:
+    return run_root(path) / "eval"
+
+
+@contextmanager
+def _as_model(run: LoadedRun, which: str) -> Iterator[None]:
+    with run.model.disable_adapter() if which == "base" else nullcontext():
+        yield
+
+
+def _adapter_fingerprint(run: LoadedRun) -> str:
+    return hashlib.sha256((run.adapter_dir / "manifest.json").read_bytes()).hexdigest()
+
+
+def _split_conversations(config: RunConfig, tokenizer) -> dict[str, list[Conversation]]:
+    """The same deterministic split training used (seed + content hash), as conversations with their text."""
+    conversations, _ = read_train_conversations(config, tokenizer)
+    split = split_conversations(conversations, config.data.validation_split, config.data.test_split, config.seed)
+    return {"train": split.train, "validation": split.validation, "test": split.test}
+
+
+def _check_same_data(run: LoadedRun) -> None:
+    manifest = json.loads((run.adapter_dir / "manifest.json").read_text())
+    trained_on, now = manifest["data"]["sha256"], files_sha256(run.config.data.train_files)
+    if trained_on != now:
+        raise CheckpointError(
+            f"The data files {', '.join(run.config.data.train_files)} changed since this run was trained "
+            f"(sha256 {now[:12]}, trained on {trained_on[:12]}), so the test split would not be the one held out.",
+            hint="Restore the files the run was trained on, or train again on the new data.",
+        )
+
+
+def _settings(run: LoadedRun, request: EvalRequest) -> GenerationSettings:
+    inference = run.config.inference
+    max_new = request.max_new_tokens or run.config.eval.max_new_tokens
+    return GenerationSettings(max_new_tokens=max_new, temperature=0.0, top_p=inference.top_p,
+                              repetition_penalty=inference.repetition_penalty)
+
+
+def _answer(run: LoadedRun, messages, settings: GenerationSettings) -> str:
+    return generate_answer(run, tuple(messages), settings)[0]
+
+
+def _split_at_last_answer(conversation: Conversation) -> tuple[tuple, str]:
+    messages = conversation.messages
+    assert messages and messages[-1].role == "assistant", "training conversations end with an answer"
+    return messages[:-1], messages[-1].content
+
+
+def _quality(run: LoadedRun, request: EvalRequest, test: list[Conversation], progress: Progress) -> tuple[dict, list]:
+    config = run.config
+    examples = prepare_data(config, run.tokenizer).splits.test
+    dtype = compute_dtype("auto", run.device)
+    autocast = dtype if dtype != torch.float32 else None
+    chosen = test[: request.limit] if request.limit else test
+    settings = _settings(run, request)
+    rows = [{"source": c.source, "line": c.line, "question": _split_at_last_answer(c)[0][-1].content,
+             "reference": _split_at_last_answer(c)[1]} for c in chosen]
+    section: dict = {"test_examples": len(test), "answered": len(chosen),
+                     "generation": {"greedy": True, **asdict(settings)}}
+    for which in MODELS:
+        with _as_model(run, which):
+            loss = split_loss(run.model, examples, batch_size=_LOSS_BATCH_SIZE,
+                              pad_token_id=run.tokenizer.pad_token_id, autocast_dtype=autocast)
+            scores: list[AnswerScores] = []
+            for index, (conversation, row) in enumerate(zip(chosen, rows)):
+                answer = _answer(run, _split_at_last_answer(conversation)[0], settings)
+                score = score_answer(answer, row["reference"])
+                scores.append(score)
+                row[which] = {"answer": answer, **asdict(score)}
+                progress(f"quality ({which})", index + 1, len(chosen))
+        mean = mean_scores(scores)
+        section[which] = {"loss": loss, "perplexity": perplexity(loss),
+                          "rouge_l": mean.rouge_l if mean else None, "token_f1": mean.token_f1 if mean else None}
+    return section, rows
+
+
+def _safety(run: LoadedRun, request: EvalRequest, progress: Progress) -> tuple[dict, list]:
+    config = run.config
+    probes = safety.select_probes(safety.load_probes(request.probe_files), request.limit)
+    settings = _settings(run, request)
+    rows = [{"id": p.id, "category": p.category, "prompt": p.prompt, "source": p.source} for p in probes]
+    summaries = {}
+    for which in MODELS:
+        results = []
+        with _as_model(run, which):
+            for index, (probe, row) in enumerate(zip(probes, rows)):
+                answer = _answer(run, (Message("user", probe.prompt),), settings)
+                context = ScoringContext(probe.prompt, config.inference.disclaimer, config.data.system_prompt)
+                score = safety.score_answer(probe.category, answer, context)
+                results.append((probe.category, score))
+                row[which] = {"answer": answer, "passed": score.passed, "failed_rules": list(score.failed_rules),
+                              "model_deferred": score.model_deferred}
+                progress(f"safety ({which})", index + 1, len(probes))
+        summaries[which] = safety.summarize(results)
+    comparisons = safety.compare(summaries["base"], summaries["tuned"])
+    section = {
+        "probes": len(probes),
+        "probe_files": [str(safety.builtin_probe_file())] + list(request.probe_files),
+        "per_category_limit": request.limit,
+        "disclaimer": config.inference.disclaimer,
+        "categories": [c.to_json() for c in comparisons],
+        "worse_categories": [c.category for c in comparisons if c.worse],
+        "overall": {which: _overall(rows, which) for which in MODELS},
+        "rules": {category: [{"name": r.name, "description": r.description} for r in rules]
+                  for category, rules in safety.RULES.items()},
+    }
+    return section, rows
+
+
+def _overall(rows: list[dict], which: str) -> float | None:
+    return sum(r[which]["passed"] for r in rows) / len(rows) if rows else None
+
+
+def _data_stats(run: LoadedRun, splits: dict[str, list[Conversation]]) -> dict:
+    config = run.config
+    return {name: token_stats(conversations, run.tokenizer, config.data.system_prompt, config.model.max_length).to_json()
+            for name, conversations in splits.items()}
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def _merged(previous_path: Path, fingerprint: str, sections: dict) -> dict:
+    """Sections from an earlier eval of the same adapter are kept (quality and safety can run separately)."""
+    if previous_path.is_file():
+        previous = json.loads(previous_path.read_text())
+        if previous.get("adapter_sha256") == fingerprint:
+            return {**previous, **sections}
+    return sections
+
+
+def evaluate_run(path: str | Path, request: EvalRequest, progress: Progress | None = None) -> dict:
+    """Evaluate base vs fine-tuned for the run at `path`; returns what it wrote to eval/eval.json."""
+    progress = progress or (lambda stage, done, total: None)
+    started = time.perf_counter()
+    run = load_run(path)
+    out = eval_dir(path)
+    fingerprint = _adapter_fingerprint(run)
+    sections: dict = {"adapter_sha256": fingerprint, "adapter_dir": str(run.adapter_dir),
+                      "base_model": run.config.model.name, "device": run.device.type}
+    if request.quality:
+        _check_same_data(run)
+        splits = _split_conversations(run.config, run.tokenizer)
+        sections["data"] = _data_stats(run, splits)
+        sections["quality"], rows = _quality(run, request, splits["test"], progress)
+        _write_jsonl(out / ANSWERS_FILE, rows)
+    if request.safety:
+        sections["safety"], rows = _safety(run, request, progress)
+        _write_jsonl(out / SAFETY_ANSWERS_FILE, rows)
+    sections["seconds"] = round(time.perf_counter() - started, 1)
+    result = _merged(out / EVAL_FILE, fingerprint, sections)
+    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=2, ensure_ascii=False))
+    log.info("evaluation written to %s", out)
+    return result
