@@ -27,6 +27,9 @@ _DEFAULTS = {  # the config's defaults, so that `data split` splits like trainin
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 
 
+# Option problems are raised as ConfigError (exit 2, one message) like every other user-fixable problem.
+
+
 def _config(config_path: Path | None, overrides: list[str]) -> RunConfig | None:
     if config_path is None and not overrides:
         return None
@@ -40,7 +43,7 @@ def _files(files: list[Path], config: RunConfig | None) -> list[str]:
         return [str(path) for path in files]
     if config is not None:
         return config.data.train_files
-    raise typer.BadParameter("name the data files, or pass --config to check data.train_file", param_hint="FILES")
+    raise ConfigError("FILES", ["name the data files, or pass --config to use data.train_file"])
 
 
 def _tokenizer(tokenizer_dir: Path | None, config: RunConfig | None):
@@ -62,7 +65,7 @@ def _format(value: str | None, config: RunConfig | None) -> str:
     if value is None:
         return config.data.format if config is not None else "auto"
     if value not in ("auto", *FORMATS):
-        raise typer.BadParameter(f"'{value}' is not one of auto, {', '.join(FORMATS)}", param_hint="--format")
+        raise ConfigError("--format", [f"'{value}' is not one of auto, {', '.join(FORMATS)}"])
     return value
 
 
@@ -180,7 +183,7 @@ def stats(
     paths = _files(list(files or []), config)
     tokenizer = _tokenizer(tokenizer_dir, config)
     if tokenizer is None:
-        raise typer.BadParameter("statistics need a tokenizer: pass --tokenizer DIR or --config", param_hint="--tokenizer")
+        raise ConfigError("--tokenizer", ["statistics need a tokenizer: pass --tokenizer DIR or --config"])
     checker = DataChecker(_format(format, config), scan_phi=False)
     system_prompt = config.data.system_prompt if config else DEFAULT_SYSTEM_PROMPT
     result = token_stats((c for p in paths for c in checker.read(p)), tokenizer, system_prompt,
@@ -229,7 +232,7 @@ def split(
     from lorakit.data.split_files import write_split_files
 
     if validation_fraction + test_fraction >= 0.9:
-        raise typer.BadParameter("--validation + --test must be below 0.9 so that data is left to train on")
+        raise ConfigError("--validation/--test", ["their sum must be below 0.9 so that data is left to train on"])
     written = write_split_files(files, out_dir, validation_fraction, test_fraction, seed, _format(format, None))
     for name, (path, count) in written.items():
         console.print(Text(f"{name}: {count} examples -> {path}"), highlight=False, soft_wrap=True)
