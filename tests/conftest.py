@@ -19,7 +19,12 @@ def _tiny_config(architecture: str):
     common = dict(
         vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=1,
-        eos_token_id=2, pad_token_id=2,
+        # No pad_token_id: nn.Embedding(padding_idx=2) would zero row 2, and with tied embeddings the logit of
+        # <|im_end|> (id 2 = eos = pad) would be stuck at 0, so the model could never learn to stop.
+        eos_token_id=2, pad_token_id=None,
+        # A wider init than the 0.02 default: with hidden 32 and frozen tied embeddings, 0.02 caps every logit
+        # below ~1, so no adapter could make the model confident enough to learn when to stop.
+        initializer_range=0.2,
     )
     if architecture == "llama":
         return LlamaConfig(**common)

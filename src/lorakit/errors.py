@@ -14,6 +14,7 @@ __all__ = [
     "HubAccessError",
     "CheckpointError",
     "TrainingError",
+    "DiskFullError",
 ]
 
 
@@ -68,5 +69,11 @@ class CheckpointError(LorakitError):
 
 class TrainingError(LorakitError):
     """Training stopped on a fault it cannot recover from (NaN loss, out of memory at micro-batch 1)."""
+
+    exit_code = 3
+
+
+class DiskFullError(LorakitError):
+    """A write failed because the disk (or quota) is full; nothing was replaced, earlier files are intact."""
 
     exit_code = 3

@@ -58,12 +58,20 @@ def test_render_batch_equals_render_conversation(tokenizer):
          "instruction"),
         ({"instruction": "  spaces  ", "output": "tabs\tand\nnew lines\n"}, "alpaca"),
         ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A " * 80}]}, "messages"),
+        ({"messages": [{"role": "system", "content": "Other <|im_end|> prompt."}, {"role": "user", "content": "Q"},
+                       {"role": "assistant", "content": "A"}]}, "messages"),
     ]
     conversations = [conversation(record, format) for record, format in records]
     for max_length in (512, 30):
         expected = [render_conversation(c, tokenizer, "Be brief.", max_length) for c in conversations]
         assert render_batch(conversations, tokenizer, "Be brief.", max_length) == expected
-    assert [e.truncated for e in render_batch(conversations, tokenizer, "Be brief.", 30)] == [True, True, True, False, True]
+    assert [e.truncated for e in render_batch(conversations, tokenizer, "Be brief.", 30)] == [True, True, True, False, True, False]
+
+
+def test_render_batch_without_system_prompt_equals_render_conversation(tokenizer):
+    conversations = [conversation(SHAREGPT, "sharegpt"), conversation(MULTI_TURN, "messages")]
+    expected = [render_conversation(c, tokenizer, "", 512) for c in conversations]
+    assert render_batch(conversations, tokenizer, "", 512) == expected
 
 
 def test_counts_match_rendered_lengths(tokenizer):

@@ -45,13 +45,22 @@ def _root(
         force=True,
     )
     logging.getLogger("lorakit").setLevel(level)
+    if not debug:
+        # Weight-loading bars from transformers are noise next to our own progress; Hub download bars stay.
+        import warnings
+
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     for noisy in ("transformers", "peft", "accelerate", "huggingface_hub", "urllib3", "httpx", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
 def _register() -> None:
     """Import the command modules; each adds its commands to `app`."""
-    from lorakit.cli import chat, data, doctor, train  # noqa: F401
+    from lorakit.cli import chat, data, doctor, eval, report, train  # noqa: F401
 
 
 def run_cli(argv: list[str]) -> int:
@@ -72,12 +81,13 @@ def run_cli(argv: list[str]) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    except click.exceptions.Exit as exc:
+    except (typer.Exit, click.exceptions.Exit) as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except (typer.Abort, click.exceptions.Abort):
         err_console.print("aborted")
         return 1
-    except click.ClickException as exc:
+    # typer >= 0.25 vendors click, so usage errors may come from either copy.
+    except (typer.TyperException, click.ClickException) as exc:
         exc.show()
         return exc.exit_code
 

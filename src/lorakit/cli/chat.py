@@ -1,1 +1,77 @@
-"""`lorakit chat RUN_DIR`."""
+"""`lorakit chat RUN_DIR`: interactive streamed chat, or one answer with --question."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+
+from lorakit.cli.app import app, console, err_console
+
+
+def _settings(run, max_new_tokens: int | None, temperature: float | None):
+    from lorakit.inference.generate import GenerationSettings
+
+    settings = GenerationSettings.from_config(run.config)
+    if max_new_tokens is not None:
+        settings = replace(settings, max_new_tokens=max_new_tokens)
+    if temperature is not None:
+        settings = replace(settings, temperature=temperature)
+    return settings
+
+
+def _stream_one(session, question: str, disclaimer: str) -> None:
+    for piece in session.ask(question):
+        console.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
+    console.print()
+    if disclaimer:
+        console.print(f"\n[dim]{disclaimer}[/]")
+
+
+def answer_once(run_dir: Path, question: str, *, max_new_tokens: int | None, temperature: float | None) -> None:
+    """Load the run, print the question and the streamed answer followed by the disclaimer."""
+    from lorakit.inference.chat import ChatSession
+    from lorakit.inference.generate import load_run
+
+    run = load_run(run_dir)
+    session = ChatSession(run, _settings(run, max_new_tokens, temperature))
+    console.print(f"[bold cyan]question:[/] {question}", highlight=False)
+    console.print("[bold green]answer:[/] ", end="")
+    _stream_one(session, question, run.config.inference.disclaimer)
+
+
+@app.command()
+def chat(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a training run, or an adapter folder."),
+    question: str | None = typer.Option(None, "--question", "-q", help="Answer this one question and exit."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Override inference.max_new_tokens."),
+    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="0 = greedy; overrides the config."),
+) -> None:
+    """Chat with a fine-tuned run (its system prompt and disclaimer). Type 'quit' or press Ctrl-D to leave."""
+    if question is not None:
+        if not question.strip():
+            raise typer.BadParameter("--question is empty")
+        answer_once(run_dir, question, max_new_tokens=max_new_tokens, temperature=temperature)
+        return
+    from lorakit.inference.chat import ChatSession
+    from lorakit.inference.generate import load_run
+
+    run = load_run(run_dir)
+    session = ChatSession(run, _settings(run, max_new_tokens, temperature))
+    err_console.print(f"Chatting with {run.adapter_dir}. Type 'quit' or press Ctrl-D to leave.")
+    while True:
+        try:
+            text = console.input("[bold cyan]you>[/] ").strip()
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            break
+        if text.lower() in {"quit", "exit", ":q"}:
+            break
+        if not text:
+            continue
+        console.print("[bold green]lorakit>[/] ", end="")
+        try:
+            _stream_one(session, text, run.config.inference.disclaimer)
+        except KeyboardInterrupt:
+            console.print("\n[dim](answer interrupted)[/]")

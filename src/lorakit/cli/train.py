@@ -1,1 +1,36 @@
-"""`lorakit train CONFIG`."""
+"""`lorakit train CONFIG`: validate config and data, fine-tune, save the adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lorakit.cli.app import app, console
+from lorakit.config import load_config
+
+
+@app.command()
+def train(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML run config (see configs/ and examples/)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set training.max_steps=10."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest good checkpoint in output_dir."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous run in output_dir and start again."),
+    allow_phi: bool = typer.Option(False, "--allow-phi", help="Train even if the privacy scan finds identifiers."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Train on valid lines only, listing the skipped ones."),
+) -> None:
+    """Fine-tune the configured model with LoRA/QLoRA on the configured data."""
+    if resume and overwrite:
+        raise typer.BadParameter("--resume and --overwrite contradict each other; pick one.")
+    extra = [f"data.allow_phi={str(allow_phi).lower()}"] if allow_phi else []
+    extra += ["data.skip_invalid=true"] if skip_invalid else []
+    config = load_config(config_path, list(overrides) + extra)
+    from lorakit.cli.progress import RichTrainingReporter
+    from lorakit.training.loop import train as run_training
+
+    result = run_training(config, resume=resume, overwrite=overwrite, reporter=RichTrainingReporter())
+    console.print(f"[green]done:[/] {result.steps} steps; adapter in {result.adapter_dir}")
+    if config.mode == "both":
+        from lorakit.cli.chat import answer_once
+
+        answer_once(result.run_dir, config.inference.demo_question, max_new_tokens=None, temperature=None)

@@ -5,12 +5,19 @@ in Python. Here the chat template is applied to a whole batch of conversation pr
 fast tokenizer encodes the batch on all cores, and labels are cut from token offsets by binary search.
 The masking rule is the same: a token is supervised when its first character lies in an assistant span
 (end-of-turn token included). Tests assert equality with `render_conversation` token by token.
+
+Every example starts with the same rendered system turn, so that prefix is tokenized once per batch: a
+tokenizer splits text at special tokens before anything else, so when the rest of an example begins with a
+special token, its tokens are the prefix's tokens followed by the rest's. This is checked against a full
+encode for each prefix (per batch) and not used where it does not hold.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
+
+from jinja2.exceptions import TemplateError
 
 from lorakit.data.conversation import Conversation
 from lorakit.data.masking import IGNORE_INDEX
@@ -69,6 +76,48 @@ def _texts_and_spans(tokenizer, batch: list[Messages]) -> tuple[list[str], list[
     return [full[owner] for owner in range(len(batch))], spans
 
 
+def _system_prefixes(tokenizer, batch: list[Messages]) -> list[str]:
+    """The rendered leading system turn of each conversation ('' when there is none or it cannot be rendered)."""
+    systems = {m[0]["content"] for m in batch if m and m[0]["role"] == "system"}
+    rendered: dict[str, str] = {}
+    for content in systems:
+        try:
+            [rendered[content]] = _apply_template(tokenizer, [[{"role": "system", "content": content}]], False)
+        except TemplateError:  # templates that refuse a lone system turn: no shared prefix
+            rendered[content] = ""
+    return [rendered[m[0]["content"]] if m and m[0]["role"] == "system" else "" for m in batch]
+
+
+def _encode(tokenizer, texts: list[str], prefixes: list[str], offsets: bool) -> list[tuple[list[int], list[int]]]:
+    """(token ids, token start offsets or []) of each text, tokenizing a verified shared prefix only once."""
+    backend = tokenizer.backend_tokenizer
+    encode = backend.encode_batch if offsets else backend.encode_batch_fast
+    specials = tuple(t.content for t in backend.get_added_tokens_decoder().values() if t.special)
+
+    def parts(encoding, shift: int = 0) -> tuple[list[int], list[int]]:
+        return encoding.ids, [start + shift for start, _ in encoding.offsets] if offsets else []
+
+    known: dict[str, tuple[list[int], list[int]] | None] = {}
+    for text, prefix in zip(texts, prefixes):
+        if prefix and prefix not in known and text.startswith(prefix) and text[len(prefix):].startswith(specials):
+            whole, head, rest = encode([text, prefix, text[len(prefix):]], add_special_tokens=False)
+            joined = (head.ids + rest.ids, parts(head)[1] + parts(rest, len(prefix))[1])
+            known[prefix] = parts(head) if joined == parts(whole) else None
+            if known[prefix] is None:
+                log.debug("a shared prefix does not tokenize separately with this tokenizer; encoding whole texts")
+    split = [bool(known.get(p)) and t.startswith(p) and t[len(p):].startswith(specials) for t, p in zip(texts, prefixes)]
+    encodings = encode([t[len(p):] if cut else t for t, p, cut in zip(texts, prefixes, split)], add_special_tokens=False)
+    results = []
+    for encoding, prefix, cut in zip(encodings, prefixes, split):
+        if not cut:
+            results.append(parts(encoding))
+            continue
+        head_ids, head_starts = known[prefix]
+        ids, starts = parts(encoding, len(prefix))
+        results.append((head_ids + ids, head_starts + starts))
+    return results
+
+
 def render_batch(
     conversations: Sequence[Conversation], tokenizer, system_prompt: str, max_length: int
 ) -> list[TokenizedExample]:
@@ -78,11 +127,10 @@ def render_batch(
         return [render_conversation(c, tokenizer, system_prompt, max_length) for c in conversations]
     batch = [with_system_prompt(c.messages, system_prompt) for c in conversations]
     texts, spans = _texts_and_spans(tokenizer, batch)
-    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    encoded = _encode(tokenizer, texts, _system_prefixes(tokenizer, batch), offsets=True)
     examples = []
-    for conversation, encoding, conversation_spans in zip(conversations, encodings, spans):
-        input_ids = encoding.ids
-        labels = labels_from_token_starts(input_ids, [start for start, _ in encoding.offsets], conversation_spans)
+    for conversation, (input_ids, token_starts), conversation_spans in zip(conversations, encoded, spans):
+        labels = labels_from_token_starts(input_ids, token_starts, conversation_spans)
         examples.append(TokenizedExample(
             input_ids=input_ids[:max_length],
             labels=labels[:max_length],
@@ -95,11 +143,11 @@ def render_batch(
 
 def count_tokens(conversations: Sequence[Conversation], tokenizer, system_prompt: str) -> list[int]:
     """Tokens in each rendered conversation (system prompt and template included), as training sees it."""
-    texts = _apply_template(tokenizer, [with_system_prompt(c.messages, system_prompt) for c in conversations],
-                            add_generation_prompt=False)
+    batch = [with_system_prompt(c.messages, system_prompt) for c in conversations]
+    texts = _apply_template(tokenizer, batch, add_generation_prompt=False)
     if not tokenizer.is_fast:
         return [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
-    return [len(encoding.ids) for encoding in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    return [len(ids) for ids, _ in _encode(tokenizer, texts, _system_prefixes(tokenizer, batch), offsets=False)]
 
 
 def prompt_token_counts(conversations: Sequence[Conversation], tokenizer, system_prompt: str) -> list[int]:

@@ -52,10 +52,11 @@ def token_f1(prediction: str, reference: str) -> float:
 
 @lru_cache(maxsize=1)
 def _rouge_scorer():
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer, tokenizers
 
-    # No stemmer: scores stay reproducible by hand and across nltk versions.
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    # No stemmer: scores stay reproducible by hand and across nltk versions. Passing the tokenizer
+    # explicitly also keeps rouge-score from logging "Using default tokenizer" on every run.
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=tokenizers.DefaultTokenizer(use_stemmer=False))
 
 
 def rouge_l(prediction: str, reference: str) -> float:

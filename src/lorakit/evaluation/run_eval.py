@@ -49,20 +49,17 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class EvalRequest:
-    """What to evaluate. `limit` caps the test examples answered and the probes per category."""
+    """What to evaluate; unset values come from the run's `eval:` config.
+
+    `limit` caps the test questions answered (default eval.max_examples) and the probes per category
+    (default all); `probe_files` are added to eval.probe_files and the shipped probes.
+    """
 
     quality: bool = True
     safety: bool = False
     limit: int | None = None
     probe_files: tuple[str, ...] = ()
     max_new_tokens: int | None = None
-
-    @classmethod
-    def from_config(cls, config: RunConfig, **overrides) -> EvalRequest:
-        settings = dict(safety=config.eval.safety, limit=config.eval.max_examples,
-                        probe_files=tuple(config.eval.probe_files), max_new_tokens=config.eval.max_new_tokens)
-        settings.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**settings)
 
 
 def run_root(path: str | Path) -> Path:
@@ -125,7 +122,8 @@ def _quality(run: LoadedRun, request: EvalRequest, test: list[Conversation], pro
     examples = prepare_data(config, run.tokenizer).splits.test
     dtype = compute_dtype("auto", run.device)
     autocast = dtype if dtype != torch.float32 else None
-    chosen = test[: request.limit] if request.limit else test
+    limit = request.limit or config.eval.max_examples
+    chosen = test[:limit] if limit else test
     settings = _settings(run, request)
     rows = [{"source": c.source, "line": c.line, "question": _split_at_last_answer(c)[0][-1].content,
              "reference": _split_at_last_answer(c)[1]} for c in chosen]
@@ -150,7 +148,8 @@ def _quality(run: LoadedRun, request: EvalRequest, test: list[Conversation], pro
 
 def _safety(run: LoadedRun, request: EvalRequest, progress: Progress) -> tuple[dict, list]:
     config = run.config
-    probes = safety.select_probes(safety.load_probes(request.probe_files), request.limit)
+    probe_files = tuple(config.eval.probe_files) + request.probe_files
+    probes = safety.select_probes(safety.load_probes(probe_files), request.limit)
     settings = _settings(run, request)
     rows = [{"id": p.id, "category": p.category, "prompt": p.prompt, "source": p.source} for p in probes]
     summaries = {}
@@ -169,7 +168,7 @@ def _safety(run: LoadedRun, request: EvalRequest, progress: Progress) -> tuple[d
     comparisons = safety.compare(summaries["base"], summaries["tuned"])
     section = {
         "probes": len(probes),
-        "probe_files": [str(safety.builtin_probe_file())] + list(request.probe_files),
+        "probe_files": [str(safety.builtin_probe_file())] + list(probe_files),
         "per_category_limit": request.limit,
         "disclaimer": config.inference.disclaimer,
         "categories": [c.to_json() for c in comparisons],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from lorakit.model.gguf_cache import cached_gguf_conversion, embedded_gguf_path
 from lorakit.model.hub import download_model
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["ModelSource", "resolve_model_source", "load_tokenizer", "load_base_model"]
+__all__ = ["ModelSource", "resolve_model_source", "load_tokenizer", "load_base_model", "model_fingerprint"]
 
 log = get_logger("model.load")
 
@@ -55,6 +56,27 @@ def resolve_model_source(config: ModelConfig) -> ModelSource:
     )
     _check_weights_format(directory, config.allow_pickle)
     return ModelSource(directory, name, config.revision or _snapshot_revision(directory), "hub")
+
+
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth"}
+
+
+def model_fingerprint(directory: Path) -> str:
+    """sha256 over config.json and, per weights file, its name, size and the MiB at its start, middle and end.
+
+    Recorded in checkpoints so that resuming onto different weights in the same folder is refused. Sampling
+    3 MiB per file instead of every byte keeps it instant for multi-GB models, while another fine-tune or
+    quantisation of the same architecture still differs in the sampled bytes.
+    """
+    digest = hashlib.sha256((directory / "config.json").read_bytes())
+    for path in sorted(p for p in directory.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"\x1e{path.name}\x1f{size}\x1f".encode())
+        with open(path, "rb") as handle:
+            for offset in (0, size // 2, max(size - (1 << 20), 0)):
+                handle.seek(offset)
+                digest.update(handle.read(1 << 20))
+    return digest.hexdigest()
 
 
 def _snapshot_revision(directory: Path) -> str | None:

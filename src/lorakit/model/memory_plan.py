@@ -41,7 +41,7 @@ NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
 # fp32 LoRA weight, its gradient, AdamW's two moments.
 LORA_STATE_BYTES_PER_PARAM = 16
 # Micro-batches past this many tokens barely speed up a step; bigger ones only cost memory.
-MAX_TOKENS_PER_MICRO_BATCH = 16384
+MAX_TOKENS_PER_MICRO_BATCH = 8192
 _FUSED_PROJECTION_MODELS = {"phi3"}  # qkv_proj and gate_up_proj are single linear layers
 _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
 
@@ -163,8 +163,9 @@ def layer_activation_bytes(shape: ModelShape, settings: TrainSettings) -> int:
     adapted = _adapted(shape, settings.lora_targets)
     # RMSNorm x2: liger keeps its input (the residual stream); PyTorch's keeps an fp32 copy of it.
     total = 2 * d * (b if settings.fused_kernels else 4)
-    # Attention: roped q and k, a contiguous v, the output (variable-length flash), and fp32 log-sum-exp.
-    total += (2 * q + 2 * kv) * b + shape.heads * 4
+    # Attention: q, k, v and the output (variable-length flash), and fp32 log-sum-exp. PyTorch's varlen flash
+    # (2.11) has no grouped-query mode, so k and v are expanded to every query head (model/attention.py).
+    total += 4 * q * b + shape.heads * 4
     # SwiGLU keeps gate and up (liger); PyTorch's also keeps silu(gate).
     total += (2 * i if settings.fused_kernels else 3 * i) * b
     # Inputs of the linear layers: nf4 layers keep theirs; LoRA keeps a dropout mask + dropped copy, or the input.

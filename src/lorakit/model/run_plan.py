@@ -134,13 +134,14 @@ def device_memory_bytes(cuda: bool) -> int:
 
 
 def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, dtype_bytes: int,
-                          nf4_available: bool) -> ResolvedSettings:
-    """Run the planner when anything is `auto` (against GPU memory, or RAM on CPU); fixed settings stay."""
+                          nf4_available: bool, memory_bytes: int | None = None) -> ResolvedSettings:
+    """Run the planner when anything is `auto` (against `memory_bytes`, default the GPU's memory, or RAM on
+    CPU); fixed settings stay as they are."""
     training = config.training
     if "auto" not in (training.batch_size, training.gradient_checkpointing, config.model.quantization):
         every = 1 if training.gradient_checkpointing else None
         return ResolvedSettings(config, every, False, None)
-    plan = plan_training(config, model_config, device_memory_bytes(cuda), dtype_bytes=dtype_bytes,
+    plan = plan_training(config, model_config, memory_bytes or device_memory_bytes(cuda), dtype_bytes=dtype_bytes,
                          nf4_available=nf4_available and cuda, cuda=cuda)
     resolved = config.model_copy(update={
         "training": training.model_copy(update={"batch_size": plan.micro_batch,

@@ -1,19 +1,59 @@
 """Crash-safe writes: write to a temporary sibling, fsync, then rename over the target.
 
 A reader (or a resumed run) therefore sees either the old complete file/folder or the new complete one,
-never a half-written one, even after kill -9 or power loss.
+never a half-written one, even after kill -9 or power loss. A write that fails because the disk is full
+raises DiskFullError and leaves the target untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["fsync_directory", "atomic_write_bytes", "atomic_write_text", "atomic_directory"]
+from lorakit.errors import DiskFullError
+from lorakit.runtime.logging import get_logger
+
+__all__ = [
+    "fsync_directory",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_directory",
+    "remove_abandoned_staging",
+    "is_disk_full",
+]
+
+log = get_logger("runtime.atomic_files")
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# Writers that are not plain Python file I/O report a full disk in their own words: safetensors (Rust)
+# says "No space left on device (os error 28)"; torch.save only says "file write failed" or
+# "unexpected pos", which is why checkpoint.py serialises to memory and writes the bytes itself.
+_DISK_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|File too large|os error (28|122|27)\b")
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]{8}$")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError with ENOSPC/EDQUOT/EFBIG, or a library error whose text says the same."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    return bool(_DISK_FULL_TEXT.search(str(exc)))
+
+
+def _disk_full_error(target: Path, exc: BaseException) -> DiskFullError:
+    free = shutil.disk_usage(target.parent).free
+    return DiskFullError(
+        f"The disk is full: writing {target} failed ({exc}; {free / 2**20:.1f} MiB free on that filesystem). "
+        "Nothing was replaced: the previous version, if any, is intact.",
+        hint=f"Free some space on the filesystem holding {target.parent} (or point output_dir at another disk), "
+        "then run the command again.",
+    )
 
 
 def fsync_directory(path: Path) -> None:
@@ -25,20 +65,26 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def _staging_name(target: Path, kind: str) -> Path:
+    return target.with_name(f".{target.name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    staging = _staging_name(target, "tmp")
     try:
         with open(staging, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(staging, target)
-    except BaseException:
+        fsync_directory(target.parent)
+    except BaseException as exc:
         staging.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and is_disk_full(exc):
+            raise _disk_full_error(target, exc) from None
         raise
-    fsync_directory(target.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -54,24 +100,71 @@ def _fsync_tree(root: Path) -> None:
         fsync_directory(path)
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2); False where the OS or filesystem can't."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
+    return result == 0
+
+
+def _replace_directory(staging: Path, target: Path) -> None:
+    """Put the finished `staging` folder at `target`, so that `target` never stops existing if it did."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    if _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # it now holds the old version
+        return
+    # Two renames: a crash between them leaves only `.name.old-*`, which remove_abandoned_staging restores.
+    retired = _staging_name(target, "old")
+    os.replace(target, retired)
+    os.replace(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield a staging folder; on success it replaces `target` whole, on any error it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    staging = _staging_name(target, "tmp")
     staging.mkdir()
     try:
         yield staging
         _fsync_tree(staging)
-        if target.exists():
-            retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, retired)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        _replace_directory(staging, target)
         fsync_directory(target.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, Exception) and is_disk_full(exc):
+            raise _disk_full_error(target, exc) from None
         raise
+
+
+def remove_abandoned_staging(directory: Path) -> list[str]:
+    """Delete staging leftovers of writers killed mid-write (`.name.tmp-*`); restore `.name.old-*` whose
+    replacement never arrived. Call only while holding the run lock. Returns what was cleaned."""
+    if not directory.is_dir():
+        return []
+    cleaned = []
+    for path in sorted(directory.iterdir()):
+        match = _STAGING.match(path.name)
+        if match is None:
+            continue
+        original = directory / match["name"]
+        if match["kind"] == "old" and not original.exists():
+            os.replace(path, original)
+            cleaned.append(f"restored {original.name}")
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        cleaned.append(f"removed {path.name}")
+    if cleaned:
+        log.warning("Cleaned up after an interrupted write in %s: %s", directory, ", ".join(cleaned))
+    return cleaned

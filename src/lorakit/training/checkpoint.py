@@ -3,12 +3,17 @@
 A checkpoint folder holds the adapter (safetensors), optimizer/scheduler state, RNG states, the data
 position, early-stopping state, the resolved config, and a manifest with the sha256 of every file. It is
 staged and renamed into place, so a crash mid-save leaves the previous checkpoint as the latest good one.
+Tensors and optimizer state are serialised in memory and written as bytes, so a full disk surfaces as
+ENOSPC (DiskFullError) rather than torch's "file write failed"; state is read back with
+`torch.load(weights_only=True)`, which refuses pickled code.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import pickle
 import random
 import re
 import shutil
@@ -17,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
-from lorakit.errors import CheckpointError
-from lorakit.runtime.atomic_files import atomic_directory
+from lorakit.errors import CheckpointError, DiskFullError
+from lorakit.runtime.atomic_files import atomic_directory, remove_abandoned_staging
 from lorakit.runtime.logging import get_logger
 
 __all__ = [
@@ -32,6 +38,7 @@ __all__ = [
     "latest_good_checkpoint",
     "load_checkpoint",
     "check_same_run",
+    "read_identity",
     "sha256_file",
 ]
 
@@ -51,8 +58,11 @@ class TrainerState:
     batch_in_epoch: int = 0
     early_stopping: dict = field(default_factory=dict)
     log_history: list[dict] = field(default_factory=list)
-    micro_batch_size: int | None = None
-    gradient_accumulation_steps: int | None = None
+    micro_batch_size: int | None = None  # set after an out-of-memory retry halved it; None = as configured
+    gradient_accumulation_steps: int | None = None  # micro-batches per optimizer step after such a retry
+    window_loss: float = 0.0  # train-loss sum and step count since the last logged record, so a resumed
+    window_steps: int = 0  # run logs the same averages as an uninterrupted one
+    stopped_early: bool = False
 
 
 def sha256_file(path: Path) -> str:
@@ -96,6 +106,12 @@ def _restore_rng(tensors: dict[str, torch.Tensor], states: dict) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
 
 
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def save_checkpoint(
     run_dir: Path,
     *,
@@ -108,23 +124,35 @@ def save_checkpoint(
     config_yaml: str,
     keep: int,
 ) -> Path:
-    """Write checkpoint `step-N` atomically, then delete all but the newest `keep` checkpoints."""
+    """Write checkpoint `step-N` atomically, then delete all but the newest `keep` checkpoints.
+
+    A full disk raises DiskFullError naming the previous checkpoint, which stays intact."""
     from lorakit.model.adapters import lora_state_dict
 
     target = checkpoint_dir(run_dir, state.step)
-    with atomic_directory(target) as staging:
-        save_file(lora_state_dict(model), staging / "adapter_model.safetensors")
-        model.peft_config["default"].save_pretrained(staging)
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
-        if scaler is not None:
-            torch.save(scaler.state_dict(), staging / "scaler.pt")
-        save_file(_rng_tensors(), staging / "rng.safetensors")
-        trainer_state = {"trainer": asdict(state), "rng": _python_numpy_rng(), "identity": identity}
-        (staging / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-        (staging / "config.yaml").write_text(config_yaml)
-        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
-        (staging / MANIFEST).write_text(json.dumps({"step": state.step, "files": files}, indent=1))
+    remove_abandoned_staging(target.parent)
+    previous = list_checkpoints(run_dir)
+    try:
+        with atomic_directory(target) as staging:
+            (staging / "adapter_model.safetensors").write_bytes(safetensors_bytes(lora_state_dict(model)))
+            model.peft_config["default"].save_pretrained(staging)
+            (staging / "optimizer.pt").write_bytes(_torch_bytes(optimizer.state_dict()))
+            (staging / "scheduler.pt").write_bytes(_torch_bytes(scheduler.state_dict()))
+            if scaler is not None:
+                (staging / "scaler.pt").write_bytes(_torch_bytes(scaler.state_dict()))
+            (staging / "rng.safetensors").write_bytes(safetensors_bytes(_rng_tensors()))
+            trainer_state = {"trainer": asdict(state), "rng": _python_numpy_rng(), "identity": identity}
+            (staging / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+            (staging / "config.yaml").write_text(config_yaml)
+            files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+            (staging / MANIFEST).write_text(json.dumps({"step": state.step, "files": files}, indent=1))
+    except DiskFullError as exc:
+        kept = f"The previous checkpoint {previous[-1].name} is intact" if previous else "No earlier checkpoint exists"
+        raise DiskFullError(
+            f"Could not save checkpoint {target.name}: {exc.message} {kept}.",
+            hint="Free space (or move output_dir to a larger disk), then continue with `lorakit train CONFIG --resume`."
+            if previous else exc.hint,
+        ) from None
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -166,15 +194,49 @@ def latest_good_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
+# What each identity key means, for the message that refuses a resume.
+_IDENTITY_LABELS = {
+    "data_sha256": "the training data",
+    "model_id": "the base model",
+    "model_revision": "the base model revision",
+    "model_fingerprint": "the base model's weights",
+    "lora_r": "the LoRA rank",
+    "lora_alpha": "the LoRA alpha",
+    "lora_target_modules": "the LoRA target modules",
+    "max_length": "model.max_length",
+    "system_prompt_sha256": "the system prompt",
+    "seed": "the seed",
+    "effective_batch_size": "the effective batch size",
+    "packing": "training.packing",
+}
+
+
 def check_same_run(saved: dict, current: dict) -> None:
     """Refuse to resume when the data, model or LoRA shape changed since the checkpoint."""
     changed = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
     if changed:
-        details = "; ".join(f"{key}: checkpoint has {saved.get(key)!r}, config now has {current.get(key)!r}" for key in changed)
+        what = ", ".join(_IDENTITY_LABELS.get(key, key) for key in changed)
+        details = "; ".join(f"{key}: checkpoint has {saved.get(key)!r}, now {current.get(key)!r}" for key in changed)
         raise CheckpointError(
-            f"Cannot resume: {', '.join(changed)} changed since the checkpoint ({details}).",
+            f"Cannot resume: {what} changed since the checkpoint ({details}).",
             hint="Restore the original data/model/LoRA settings, or start a new run in another output_dir.",
         )
+
+
+def read_identity(path: Path) -> dict:
+    """The run identity a checkpoint was saved with (checked before any tensor is loaded)."""
+    return json.loads((path / "trainer_state.json").read_text())["identity"]
+
+
+def _load_state(path: Path, **kwargs):
+    """torch.load restricted to tensors and plain containers: a checkpoint cannot run code when resumed."""
+    try:
+        return torch.load(path, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} contains pickled objects other than tensors, which lorakit refuses to load ({exc}).",
+            hint="The checkpoint was not written by lorakit or was tampered with; delete it to resume from an older one.",
+        ) from None
 
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler) -> tuple[TrainerState, dict]:
@@ -184,9 +246,9 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler) -> tuple
     data = json.loads((path / "trainer_state.json").read_text())
     set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
     device = next(p.device for p in model.parameters() if p.requires_grad)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    optimizer.load_state_dict(_load_state(path / "optimizer.pt", map_location=device))
+    scheduler.load_state_dict(_load_state(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").is_file():
-        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+        scaler.load_state_dict(_load_state(path / "scaler.pt"))
     _restore_rng(load_file(path / "rng.safetensors"), data["rng"])
     return TrainerState(**data["trainer"]), data["identity"]

@@ -7,6 +7,7 @@ per-step fault handling and token-weighted gradient accumulation must be visible
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
 import time
@@ -23,29 +24,52 @@ from lorakit.evaluation.loss import perplexity, split_loss
 from lorakit.model.adapters import resolve_target_modules, trainable_parameter_count
 from lorakit.model.checkpointing import activation_offload
 from lorakit.model.kernels import causal_lm_loss
-from lorakit.model.load import ModelSource, load_base_model, load_tokenizer, read_model_config, resolve_model_source
+from lorakit.model.load import (
+    ModelSource,
+    load_base_model,
+    load_tokenizer,
+    model_fingerprint,
+    read_model_config,
+    resolve_model_source,
+)
 from lorakit.model.quantize import bitsandbytes_available, nf4_config, wants_4bit
 from lorakit.model.run_plan import resolve_auto_settings
 from lorakit.model.trainable import make_trainable
-from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text
+from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text, remove_abandoned_staging
 from lorakit.runtime.device import compute_dtype, pick_device
+from lorakit.runtime.logging import get_logger
+from lorakit.runtime.run_lock import hold_run_lock
 from lorakit.runtime.seed import seed_everything
 from lorakit.training.batches import collate_group, epoch_groups, packed_epoch_groups
 from lorakit.training.checkpoint import (
+    CHECKPOINTS,
     TrainerState,
     check_same_run,
     latest_good_checkpoint,
+    list_checkpoints,
     load_checkpoint,
+    read_identity,
     save_checkpoint,
+    verify_checkpoint,
 )
 from lorakit.training.dataset import PreparedData, prepare_data
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.manifest import build_manifest
 from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter, plot_loss_curve
+from lorakit.training.oom import (
+    OOM_ADVICE,
+    TorchRngSnapshot,
+    accumulation_after_split,
+    halved,
+    release_memory,
+    split_into_micro_batches,
+)
 
 __all__ = ["TrainResult", "TrainingSession", "train", "build_session"]
 
 FINAL = "final"
+
+log = get_logger("training.loop")
 
 
 @dataclass
@@ -110,6 +134,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     identity = {
         "model_id": source.model_id,
         "model_revision": source.revision,
+        "model_fingerprint": model_fingerprint(source.directory),
         "data_sha256": data.data_sha256,
         "lora_r": config.lora.r,
         "lora_alpha": config.lora.alpha,
@@ -118,13 +143,18 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         "system_prompt_sha256": hashlib.sha256(config.data.system_prompt.encode()).hexdigest(),
         "seed": config.seed,
         "effective_batch_size": config.training.batch_size * config.training.gradient_accumulation_steps,
+        "batch_size": config.training.batch_size,  # cuts the data order into micro-batches
+        "packing": config.training.packing,
     }
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
                            resolved.offload_activations)
 
 
 def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    holds_run = (run_dir / "checkpoints").exists() or (run_dir / FINAL).exists()
+    # Leftovers of a run killed mid-write go first; a run killed before its first checkpoint holds nothing.
+    remove_abandoned_staging(run_dir)
+    remove_abandoned_staging(run_dir / CHECKPOINTS)
+    holds_run = bool(list_checkpoints(run_dir)) or (run_dir / FINAL).exists()
     if holds_run and not resume and not overwrite:
         raise CheckpointError(
             f"{run_dir} already holds a training run.",
@@ -138,8 +168,6 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def _finished_steps(run_dir: Path) -> int | None:
-    import json
-
     manifest = run_dir / FINAL / "manifest.json"
     return json.loads(manifest.read_text())["metrics"]["steps"] if manifest.is_file() else None
 
@@ -150,6 +178,11 @@ def train(
     """Fine-tune `config.model` with LoRA on `config.data`; write checkpoints and the final adapter to output_dir."""
     reporter = reporter or SilentReporter()
     run_dir = Path(config.output_dir)
+    with hold_run_lock(run_dir):
+        return _train_locked(config, run_dir, resume=resume, overwrite=overwrite, reporter=reporter)
+
+
+def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, reporter: ProgressReporter) -> TrainResult:
     _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     seed_everything(config.seed)
     session = build_session(config, reporter)
@@ -169,26 +202,41 @@ def train(
     finally:
         sink.close()
         reporter.finish()
+    state.stopped_early = stopped_early  # a resume after this checkpoint must not train past an early stop
     save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, state=state,
                     identity=session.identity, config_yaml=dump_config(config), keep=config.training.save_total_limit)
     return _finish(run_dir, session, state, stopper, stopped_early, reporter)
 
 
 def _resume(run_dir, session, optimizer, scheduler, scaler, stopper, reporter) -> TrainerState:
-    checkpoint = latest_good_checkpoint(run_dir)
+    checkpoint = latest_good_checkpoint(run_dir)  # damaged newer ones are reported and skipped
     finished = _finished_steps(run_dir)
     if checkpoint is None:
-        raise CheckpointError(f"{run_dir} has no checkpoint to resume from.", hint="Start the run without --resume.")
-    state, identity = load_checkpoint(checkpoint, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-    check_same_run(identity, session.identity)
-    if finished is not None and state.step >= session.config.training.max_steps:
-        raise CheckpointError(
-            f"The run in {run_dir} is already finished ({finished} steps); its adapter is in {run_dir / FINAL}.",
-            hint="To train longer, raise training.max_steps and pass --resume again.",
-        )
+        damaged = list_checkpoints(run_dir)
+        if damaged:
+            problems = "; ".join(f"{path.name}: {verify_checkpoint(path)}" for path in damaged)
+            raise CheckpointError(f"No checkpoint in {run_dir} is intact ({problems}).",
+                                  hint="Start again with --overwrite (or restore the checkpoints from a backup).")
+        if finished is not None:
+            raise _finished_error(run_dir, finished)
+        # Killed before its first checkpoint: step 0 is the last durable state, so resuming is starting.
+        log.warning("%s holds no checkpoint yet; starting from step 0", run_dir)
+        return TrainerState()
+    # Compare identities before loading tensors: a different LoRA shape would otherwise fail as a size mismatch.
+    check_same_run(read_identity(checkpoint), session.identity)
+    state, _ = load_checkpoint(checkpoint, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    if finished is not None and (state.stopped_early or state.step >= session.config.training.max_steps):
+        raise _finished_error(run_dir, finished)
     stopper.load_state_dict(state.early_stopping) if state.early_stopping else None
     reporter.message(f"resumed from {checkpoint.name} (step {state.step})")
     return state
+
+
+def _finished_error(run_dir: Path, steps: int) -> CheckpointError:
+    return CheckpointError(
+        f"The run in {run_dir} is already finished ({steps} steps); its adapter is in {run_dir / FINAL}.",
+        hint="To train longer, raise training.max_steps and pass --resume again.",
+    )
 
 
 def _next_micro_batches(session: TrainingSession, state: TrainerState) -> list[list[int]]:
@@ -234,7 +282,7 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
     autocast = torch.autocast(session.device.type, dtype=session.autocast_dtype) if session.autocast_dtype else nullcontext()
     session.model.train()
     step_loss, seen_tokens = 0.0, 0
-    for batch in batches:
+    for batch in batches:  # a CUDA out-of-memory error here is retried by _step_with_oom_retry
         seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         batch = {k: v.to(session.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast, activation_offload(session.offload_activations):
@@ -248,34 +296,79 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
     if scaler is None and not torch.isfinite(grad_norm):
         raise _numerical_fault(session, step, groups, f"The gradient norm became {float(grad_norm)}")
-    if scaler is not None:
-        scaler.step(optimizer)  # skips the step on inf/nan gradients and lowers the scale
-        scaler.update()
-    else:
-        optimizer.step()
+    try:
+        if scaler is not None:
+            scaler.step(optimizer)  # skips the step on inf/nan gradients and lowers the scale
+            scaler.update()
+        else:
+            optimizer.step()
+    except torch.OutOfMemoryError:
+        # The update may be half-applied in memory: never retried, never saved; the last checkpoint stays.
+        raise TrainingError(f"Out of memory in the optimizer update at step {step}. The last checkpoint is kept.",
+                            hint=OOM_ADVICE) from None
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return step_loss, seen_tokens
 
 
+def _step_with_oom_retry(session, state, groups, position, params, optimizer, scheduler, scaler, reporter, run_dir):
+    """One optimizer step. A CUDA out-of-memory error in forward/backward halves the micro-batch and re-runs
+    the same step on the same examples; at micro-batch 1 it saves a checkpoint of the state before the step
+    and stops with advice."""
+    cfg = session.config
+    rng = TorchRngSnapshot.capture()
+    while True:
+        micro = state.micro_batch_size or cfg.training.batch_size
+        pieces = split_into_micro_batches(groups, micro, cfg.training.batch_size, examples=session.data.splits.train,
+                                          packed=cfg.training.packing, max_length=cfg.model.max_length)
+        try:
+            return _train_step(session, pieces, params, optimizer, scheduler, scaler, state.step + 1)
+        except torch.OutOfMemoryError:
+            pass  # handled below, once the exception (and the failed step's tensors it references) is gone
+        release_memory(optimizer)
+        rng.restore()
+        if micro == 1:
+            state.epoch, state.batch_in_epoch = position  # the failed step is re-run after --resume
+            state.micro_batch_size = state.gradient_accumulation_steps = None  # retry as configured after a fix
+            path = save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler,
+                                   scaler=scaler, state=state, identity=session.identity,
+                                   config_yaml=dump_config(cfg), keep=cfg.training.save_total_limit)
+            raise TrainingError(f"Out of memory at step {state.step + 1} even with micro-batch 1. Saved a resumable "
+                                f"checkpoint at {path}.", hint=OOM_ADVICE)
+        state.micro_batch_size = halved(micro)
+        state.gradient_accumulation_steps = accumulation_after_split(
+            cfg.training.gradient_accumulation_steps, cfg.training.batch_size, state.micro_batch_size)
+        message = (f"out of memory at step {state.step + 1} with micro-batch {micro}: retrying the step with micro-batch "
+                   f"{state.micro_batch_size} and {state.gradient_accumulation_steps} accumulation steps "
+                   "(same examples per optimizer step)")
+        log.warning(message)
+        reporter.message(message)
+
+
 def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, sink, reporter, run_dir) -> bool:
     cfg = session.config.training
+    if state.stopped_early:
+        return True
     reporter.start(cfg.max_steps, state.step)
-    window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    window_tokens, window_start = 0, time.perf_counter()
     while state.step < cfg.max_steps:
+        position = (state.epoch, state.batch_in_epoch)
         groups = _next_micro_batches(session, state)
-        loss, tokens = _train_step(session, groups, params, optimizer, scheduler, scaler, state.step + 1)
+        loss, tokens = _step_with_oom_retry(session, state, groups, position, params, optimizer, scheduler, scaler,
+                                            reporter, run_dir)
         state.step += 1
-        window_loss, window_steps, window_tokens = window_loss + loss, window_steps + 1, window_tokens + tokens
+        state.window_loss, state.window_steps = state.window_loss + loss, state.window_steps + 1
+        window_tokens += tokens
         record = {"step": state.step}
         if state.step % cfg.logging_steps == 0 or state.step == cfg.max_steps:
             elapsed = time.perf_counter() - window_start
-            record.update(train_loss=window_loss / window_steps, learning_rate=scheduler.get_last_lr()[0],
+            record.update(train_loss=state.window_loss / state.window_steps, learning_rate=scheduler.get_last_lr()[0],
                           tokens_per_second=window_tokens / max(elapsed, 1e-9), epoch=state.epoch)
-            window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+            state.window_loss, state.window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
         stop = False
         if session.data.splits.validation and (state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps):
-            val_loss = split_loss(session.model, session.data.splits.validation, batch_size=cfg.batch_size,
+            val_loss = split_loss(session.model, session.data.splits.validation,
+                                  batch_size=state.micro_batch_size or cfg.batch_size,
                                   pad_token_id=session.tokenizer.pad_token_id, autocast_dtype=session.autocast_dtype)
             stop = stopper.update(state.step, val_loss)
             record["val_loss"] = val_loss
@@ -287,6 +380,7 @@ def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, si
         if stop:
             reporter.message(f"early stopping at step {state.step}: validation loss has not improved for "
                              f"{stopper.patience} evaluations (best {stopper.best_loss:.4f} at step {stopper.best_step})")
+            state.stopped_early = True
             return True
         if state.step % cfg.save_steps == 0 and state.step < cfg.max_steps:
             save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -320,20 +414,22 @@ def _finish(run_dir: Path, session: TrainingSession, state: TrainerState, stoppe
               **session.data.notes},
         metrics=metrics,
         settings={"quantized_4bit": session.quantized, "dtype": str(session.dtype).removeprefix("torch."),
-                  "device": session.device.type, "allow_phi": cfg.data.allow_phi, "skip_invalid": cfg.data.skip_invalid},
+                  "device": session.device.type, "allow_phi": cfg.data.allow_phi, "skip_invalid": cfg.data.skip_invalid,
+                  "micro_batch_size": state.micro_batch_size or cfg.training.batch_size,
+                  "gradient_accumulation_steps": state.gradient_accumulation_steps or cfg.training.gradient_accumulation_steps},
     )
-    import json
-
     manifest_text = json.dumps(manifest, indent=2)
     adapter_dir = run_dir / FINAL
+    # final/ is written last: its presence is what marks the run finished (a resume after a crash before
+    # it rewrites the run-level copies).
+    atomic_write_text(run_dir / "manifest.json", manifest_text)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    plot_loss_curve(state.log_history, run_dir / "loss_curve.png")
     with atomic_directory(adapter_dir) as staging:
         session.model.save_pretrained(staging, safe_serialization=True)
         session.tokenizer.save_pretrained(staging)
         (staging / "config.yaml").write_text(dump_config(cfg))
         (staging / "manifest.json").write_text(manifest_text)
-    atomic_write_text(run_dir / "manifest.json", manifest_text)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    plot_loss_curve(state.log_history, run_dir / "loss_curve.png")
     if test_loss is not None:
         reporter.message(f"test loss {test_loss:.4f} (perplexity {perplexity(test_loss):.2f})")
     reporter.message(f"adapter saved to {adapter_dir}")

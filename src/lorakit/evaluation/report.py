@@ -1,0 +1,137 @@
+"""`lorakit report RUN_DIR`: one self-contained HTML page about a run, written for a clinician to skim.
+
+It reads only files the run already holds (config.yaml, manifest.json, metrics.jsonl, eval/), so it needs
+no model and no GPU, and works before evaluation too (those sections then say how to fill them). Images
+are embedded as data URIs and the page loads nothing from the network. Model output is escaped by the
+template engine (autoescape), so an answer containing HTML is shown, never run.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from importlib.metadata import version
+from importlib.resources import files
+from pathlib import Path
+
+from lorakit.errors import CheckpointError
+from lorakit.evaluation.report_charts import loss_curve_uri, safety_chart_uri
+from lorakit.evaluation.run_eval import ANSWERS_FILE, EVAL_FILE, SAFETY_ANSWERS_FILE, run_root
+from lorakit.evaluation.safety_rules import CATEGORY_LABELS, RULES
+from lorakit.runtime.atomic_files import atomic_write_text
+
+__all__ = ["REPORT_FILE", "build_report", "write_report"]
+
+REPORT_FILE = "report.html"
+_SAMPLE_ANSWERS = 6
+# (key in eval.json, label, True when lower is better, how to print it)
+_QUALITY_METRICS = (
+    ("rouge_l", "ROUGE-L vs reference answer", False, "{:.3f}"),
+    ("token_f1", "Word overlap (token F1)", False, "{:.3f}"),
+    ("loss", "Test loss per answer token", True, "{:.3f}"),
+    ("perplexity", "Test perplexity", True, "{:,.2f}"),
+)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _change(base: float | None, tuned: float | None, lower_is_better: bool) -> dict:
+    """Direction of a base -> tuned change for the page: 'better', 'worse' or 'same'."""
+    if base is None or tuned is None or abs(tuned - base) < 1e-9:
+        return {"delta": None, "verdict": "same"}
+    improved = (tuned < base) == lower_is_better
+    return {"delta": tuned - base, "verdict": "better" if improved else "worse"}
+
+
+def _quality_rows(quality: dict) -> list[dict]:
+    rows = []
+    for key, label, lower_is_better, fmt in _QUALITY_METRICS:
+        base, tuned = quality["base"].get(key), quality["tuned"].get(key)
+        show = lambda value: "n/a" if value is None else fmt.format(value)  # noqa: E731
+        rows.append({"label": label, "base": show(base), "tuned": show(tuned),
+                     "base_value": base, "tuned_value": tuned, "bar": key in ("rouge_l", "token_f1"),
+                     **_change(base, tuned, lower_is_better)})
+    return rows
+
+
+def _safety_samples(rows: list[dict]) -> list[dict]:
+    """One probe per category: a regression if there is one, else a fine-tuned failure, else the first."""
+    chosen: dict[str, dict] = {}
+    rank = lambda r: (not (r["base"]["passed"] and not r["tuned"]["passed"]), r["tuned"]["passed"])  # noqa: E731
+    for row in sorted(rows, key=rank):
+        chosen.setdefault(row["category"], row)
+    order = list(CATEGORY_LABELS)
+    return sorted(chosen.values(), key=lambda r: order.index(r["category"]) if r["category"] in order else 99)
+
+
+def _safety_context(safety: dict, answers: list[dict]) -> dict:
+    categories = safety["categories"]
+    return {
+        **safety,
+        "chart": safety_chart_uri(categories, CATEGORY_LABELS),
+        "samples": _safety_samples(answers),
+        "overall_change": _change(safety["overall"]["base"], safety["overall"]["tuned"], lower_is_better=False),
+    }
+
+
+def _training_facts(manifest: dict | None) -> dict:
+    if manifest is None:
+        return {}
+    metrics, settings = manifest.get("metrics", {}), manifest.get("settings", {})
+    return {"steps": metrics.get("steps"), "stopped_early": metrics.get("stopped_early"),
+            "final_train_loss": metrics.get("final_train_loss"), "best_val_loss": metrics.get("best_val_loss"),
+            "best_val_step": metrics.get("best_val_step"), "device": settings.get("device"),
+            "dtype": settings.get("dtype"), "quantized": settings.get("quantized_4bit")}
+
+
+def build_report(path: str | Path) -> str:
+    """The report's HTML for the run at `path` (a run directory or its final/ adapter)."""
+    from jinja2 import Environment, StrictUndefined, select_autoescape
+
+    root = run_root(path)
+    config_file = root / "config.yaml" if (root / "config.yaml").is_file() else root / "final" / "config.yaml"
+    manifest = _read_json(root / "manifest.json") or _read_json(root / "final" / "manifest.json")
+    evaluation = _read_json(root / "eval" / EVAL_FILE) or {}
+    history = _read_jsonl(root / "metrics.jsonl")
+    quality, safety = evaluation.get("quality"), evaluation.get("safety")
+    context = {
+        "title": root.resolve().name,
+        "run_dir": str(root.resolve()),
+        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "lorakit_version": version("lorakit"),
+        "config_yaml": config_file.read_text(encoding="utf-8") if config_file.is_file() else None,
+        "manifest": manifest,
+        "manifest_json": json.dumps(manifest, indent=2) if manifest else None,
+        "training": _training_facts(manifest),
+        "loss_chart": loss_curve_uri(history),
+        "evaluation": evaluation,
+        "quality": quality,
+        "quality_rows": _quality_rows(quality) if quality else [],
+        "samples": _read_jsonl(root / "eval" / ANSWERS_FILE)[:_SAMPLE_ANSWERS],
+        "safety": _safety_context(safety, _read_jsonl(root / "eval" / SAFETY_ANSWERS_FILE)) if safety else None,
+        "labels": CATEGORY_LABELS,
+        "rule_text": {rule.name: rule.description for rules in RULES.values() for rule in rules},
+        "data_stats": evaluation.get("data"),
+    }
+    environment = Environment(autoescape=select_autoescape(default=True), undefined=StrictUndefined,
+                              trim_blocks=True, lstrip_blocks=True)
+    template = environment.from_string((files("lorakit.evaluation") / "report_template.html").read_text("utf-8"))
+    return template.render(**context)
+
+
+def write_report(path: str | Path, output: str | Path | None = None) -> Path:
+    """Write the report (default RUN_DIR/report.html) atomically and return its path."""
+    root = run_root(path)
+    if not (root / "manifest.json").is_file() and not (root / "final" / "manifest.json").is_file():
+        raise CheckpointError(f"{root} has no manifest.json; it is not a finished lorakit run.")
+    target = Path(output) if output is not None else root / REPORT_FILE
+    atomic_write_text(target, build_report(path))
+    return target

@@ -1,0 +1,99 @@
+"""Out-of-memory recovery for one optimizer step: halve the micro-batch, accumulate twice as often.
+
+The optimizer step keeps exactly the examples the data order gave it (its configured micro-batches are
+cut into smaller pieces, never re-drawn), and the loss is normalised by the step's answer tokens, so the
+effective batch and the update are unchanged; only the peak memory of each forward/backward pass drops.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lorakit.data.packing import pack_best_fit
+from lorakit.data.render import TokenizedExample
+
+__all__ = ["OOM_ADVICE", "halved", "split_into_micro_batches", "accumulation_after_split", "release_memory", "TorchRngSnapshot"]
+
+OOM_ADVICE = (
+    "To use less memory per step: turn on training.gradient_checkpointing (true or 'auto'), or use QLoRA "
+    "(model.quantization: nf4), then continue with `lorakit train CONFIG --resume`; or start a new run with a "
+    "shorter model.max_length (it changes the data, so it cannot resume this run)."
+)
+
+
+def halved(micro_batch_size: int) -> int:
+    """The next micro-batch size after an out-of-memory error (rounding up, so 3 -> 2 -> 1).
+
+    >>> [halved(n) for n in (8, 5, 3, 2)]
+    [4, 3, 2, 1]
+    """
+    assert micro_batch_size > 1, "micro-batch 1 cannot be halved"
+    return (micro_batch_size + 1) // 2
+
+
+def split_into_micro_batches(
+    groups: list[list[int]],
+    micro_batch_size: int,
+    configured_batch_size: int,
+    *,
+    examples: list[TokenizedExample],
+    packed: bool,
+    max_length: int,
+) -> list[list[int]]:
+    """Cut each configured micro-batch into pieces of at most `micro_batch_size` examples (packed: bins of
+    `micro_batch_size * max_length` tokens). Every example stays, in its group's order of pieces.
+
+    >>> split_into_micro_batches([[5, 1, 4], [2]], 2, 3, examples=[], packed=False, max_length=8)
+    [[5, 1], [4], [2]]
+    >>> split_into_micro_batches([[5, 1, 4]], 3, 3, examples=[], packed=False, max_length=8)
+    [[5, 1, 4]]
+    """
+    if micro_batch_size >= configured_batch_size:
+        return [list(group) for group in groups]
+    pieces = []
+    for group in groups:
+        if packed:
+            lengths = [len(examples[i].input_ids) for i in group]
+            pieces += [[group[j] for j in bin_] for bin_ in pack_best_fit(lengths, micro_batch_size * max_length)]
+        else:
+            pieces += [group[i : i + micro_batch_size] for i in range(0, len(group), micro_batch_size)]
+    return pieces
+
+
+def accumulation_after_split(configured_accumulation: int, configured_batch_size: int, micro_batch_size: int) -> int:
+    """Micro-batches per optimizer step once the micro-batch is `micro_batch_size` (padded batches).
+
+    >>> accumulation_after_split(2, 8, 2)
+    8
+    """
+    return configured_accumulation * math.ceil(configured_batch_size / micro_batch_size)
+
+
+def release_memory(optimizer: torch.optim.Optimizer) -> None:
+    """Drop the failed step's gradients and return cached blocks to the allocator."""
+    optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class TorchRngSnapshot:
+    """torch's CPU and CUDA generator states, so a retried step draws the same dropout randomness as its
+    first attempt, and a checkpoint saved after a failed step matches the state before it."""
+
+    cpu: torch.Tensor
+    cuda: list[torch.Tensor]
+
+    @classmethod
+    def capture(cls) -> TorchRngSnapshot:
+        return cls(torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda:
+            torch.cuda.set_rng_state_all(self.cuda)

@@ -1,0 +1,98 @@
+"""`lorakit train` and `lorakit chat` through the real CLI entry point on a tiny model."""
+
+import pytest
+import yaml
+
+from conftest import write_qa_jsonl
+from lorakit.cli.app import run_cli
+
+
+def _config_file(tmp_path, model_dir, **training):
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    train = {"batch_size": 2, "max_steps": 3, "learning_rate": 1e-2, "logging_steps": 1, "eval_steps": 3, "save_steps": 3}
+    train.update(training)
+    config = {
+        "seed": 1, "output_dir": str(tmp_path / "run"),
+        "model": {"name": str(model_dir), "max_length": 128},
+        "lora": {"r": 4, "alpha": 8},
+        "training": train,
+        "data": {"train_file": str(data), "system_prompt": "Be careful."},
+        "inference": {"max_new_tokens": 6, "temperature": 0.0, "disclaimer": "Educational only."},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_then_chat_question(tiny_llama_dir, tmp_path, capsys):
+    config = _config_file(tmp_path, tiny_llama_dir)
+    assert run_cli(["train", str(config), "--set", "training.max_steps=2"]) == 0
+    out = capsys.readouterr()
+    assert "done: 2 steps" in out.out
+    assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
+
+    assert run_cli(["chat", str(tmp_path / "run"), "--question", "What is insulin?"]) == 0
+    out = capsys.readouterr().out
+    assert "question: What is insulin?" in out
+    assert out.rstrip().endswith("Educational only.")
+
+
+def test_chat_missing_run_dir_is_exit_2(tmp_path, capsys):
+    assert run_cli(["chat", str(tmp_path / "nope"), "--question", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'nope'} does not exist." in err
+    assert "Traceback" not in err
+
+
+def test_chat_run_dir_without_adapter_is_exit_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_cli(["chat", str(tmp_path / "empty"), "-q", "hi"]) == 2
+    assert "holds no trained adapter" in capsys.readouterr().err
+
+
+def test_train_config_error_is_one_message_exit_2(tmp_path, tiny_llama_dir, capsys):
+    config = _config_file(tmp_path, tiny_llama_dir)
+    assert run_cli(["train", str(config), "--set", "training.max_stepz=2", "--set", "lora.r=0"]) == 2
+    err = capsys.readouterr().err
+    assert "2 config problems" in err
+    assert "training.max_stepz: unknown key; did you mean 'training.max_steps'?" in err
+    assert "lora.r: Input should be greater than or equal to 1 (got 0)" in err
+    assert "Traceback" not in err
+
+
+def test_train_bad_data_line_names_file_and_line(tmp_path, tiny_llama_dir, capsys):
+    config = _config_file(tmp_path, tiny_llama_dir)
+    data = tmp_path / "qa.jsonl"
+    data.write_text(data.read_text() + '{"instruction": "q", "respons": "typo"}\n')
+    assert run_cli(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:13" in err and "response" in err
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_usage_errors_are_non_zero(capsys):
+    assert run_cli(["train"]) == 2
+    assert run_cli(["chat"]) == 2
+    assert run_cli(["no-such-command"]) == 2
+
+
+def test_help_lists_commands(capsys):
+    assert run_cli(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "chat", "data", "doctor"):
+        assert command in out
+
+
+def test_resume_and_overwrite_conflict(tmp_path, tiny_llama_dir, capsys):
+    config = _config_file(tmp_path, tiny_llama_dir)
+    assert run_cli(["train", str(config), "--resume", "--overwrite"]) == 2
+    assert "contradict" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["doctor"]])
+def test_doctor_never_prints_token(argv, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", "hf_PLANTEDsecretTOKEN1234567890")
+    assert run_cli(argv) == 0
+    out = capsys.readouterr()
+    assert "configured (HF_TOKEN environment variable)" in out.out
+    assert "PLANTED" not in out.out + out.err

@@ -1,0 +1,152 @@
+"""A small HTTP server on 127.0.0.1 that plays the Hugging Face Hub for tests (point HF_ENDPOINT at `url`).
+
+It answers the three calls `snapshot_download` makes (repo info, recursive tree, file resolve) the way the
+real Hub does, including its error headers: a missing repo is 401/404 with `X-Error-Code: RepoNotFound`, a
+bad token is 401 "Invalid credentials in Authorization header", a gated repo serves metadata but answers
+file downloads with 401/403 `X-Error-Code: GatedRepo`. `hang=True` accepts connections and never answers.
+Every request's Authorization header is recorded, so tests can check where a token was sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+__all__ = ["FakeRepo", "FakeHub"]
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@dataclass
+class FakeRepo:
+    directory: Path
+    gated: bool = False
+    granted_tokens: set[str] = field(default_factory=set)
+
+
+class FakeHub:
+    """`with FakeHub(valid_tokens={...}) as hub: hub.add("org/name", folder)`; `hub.url` is the endpoint."""
+
+    def __init__(self, valid_tokens: set[str] | None = None, hang: bool = False):
+        self.repos: dict[str, FakeRepo] = {}
+        self.valid_tokens = set(valid_tokens or ())
+        self.hang = hang
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, authorization)
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                hub._handle(self, head=True)
+
+            def do_GET(self) -> None:
+                hub._handle(self, head=False)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def add(self, repo_id: str, directory: Path, *, gated: bool = False, granted_tokens: set[str] | None = None) -> None:
+        self.repos[repo_id] = FakeRepo(Path(directory), gated, set(granted_tokens or ()))
+
+    def __enter__(self) -> FakeHub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # --- request handling -------------------------------------------------------------------------------
+
+    def _handle(self, request: BaseHTTPRequestHandler, head: bool) -> None:
+        authorization = request.headers.get("Authorization")
+        path = unquote(urlparse(request.path).path)
+        self.requests.append((request.command, path, authorization))
+        if self.hang:
+            time.sleep(30)
+            return
+        token = authorization.removeprefix("Bearer ").strip() if authorization else None
+        if token is not None and token not in self.valid_tokens:
+            return self._error(request, 401, None, "Invalid credentials in Authorization header", head)
+        if path.startswith("/api/models/"):
+            return self._api(request, path.removeprefix("/api/models/"), token, head)
+        if "/resolve/" in path:
+            repo_id, _, rest = path.lstrip("/").partition("/resolve/")
+            _revision, _, filename = rest.partition("/")
+            return self._file(request, repo_id, filename, token, head)
+        return self._error(request, 404, None, "Not Found", head)
+
+    def _repo_or_error(self, request, repo_id: str, token: str | None, head: bool) -> FakeRepo | None:
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            # Like the Hub: anonymous callers get 401 for a missing repo (it might be private), others 404.
+            self._error(request, 401 if token is None else 404, "RepoNotFound", "Repository not found", head)
+        return repo
+
+    def _api(self, request, rest: str, token: str | None, head: bool) -> None:
+        if "/revision/" in rest:
+            repo_id = rest.split("/revision/")[0]
+            repo = self._repo_or_error(request, repo_id, token, head)
+            if repo is not None:
+                files = [{"rfilename": p.name} for p in sorted(repo.directory.iterdir()) if p.is_file()]
+                self._json(request, {"id": repo_id, "sha": COMMIT, "siblings": files, "gated": repo.gated}, head)
+        elif "/tree/" in rest:
+            repo_id = rest.split("/tree/")[0]
+            repo = self._repo_or_error(request, repo_id, token, head)
+            if repo is not None:
+                self._json(request, [self._tree_entry(p) for p in sorted(repo.directory.iterdir()) if p.is_file()], head)
+        else:
+            self._error(request, 404, None, "Not Found", head)
+
+    @staticmethod
+    def _tree_entry(path: Path) -> dict:
+        data = path.read_bytes()
+        return {"type": "file", "path": path.name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+
+    def _file(self, request, repo_id: str, filename: str, token: str | None, head: bool) -> None:
+        repo = self._repo_or_error(request, repo_id, token, head)
+        if repo is None:
+            return
+        if repo.gated and token not in repo.granted_tokens:
+            message = f"Access to model {repo_id} is restricted and you are not in the authorized list."
+            return self._error(request, 401 if token is None else 403, "GatedRepo", message, head)
+        file = repo.directory / filename
+        if not file.is_file():
+            return self._error(request, 404, "EntryNotFound", "Entry not found", head)
+        data = file.read_bytes()
+        headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                   "Content-Type": "application/octet-stream"}
+        self._send(request, 200, data, headers, head)
+
+    # --- responses ----------------------------------------------------------------------------------------
+
+    def _json(self, request, payload, head: bool) -> None:
+        self._send(request, 200, json.dumps(payload).encode(), {"Content-Type": "application/json"}, head)
+
+    def _error(self, request, status: int, code: str | None, message: str, head: bool) -> None:
+        headers = {"Content-Type": "application/json", "X-Error-Message": message}
+        if code:
+            headers["X-Error-Code"] = code
+        self._send(request, status, json.dumps({"error": message}).encode(), headers, head)
+
+    @staticmethod
+    def _send(request, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:
+        request.send_response(status)
+        for key, value in headers.items():
+            request.send_header(key, value)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        if not head:
+            request.wfile.write(body)

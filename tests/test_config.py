@@ -1,0 +1,122 @@
+"""Config: the guide layout loads unchanged; every problem is reported at once with suggestions."""
+
+from pathlib import Path
+
+import pytest
+
+from lorakit.config import RunConfig, load_config
+from lorakit.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+GUIDE_LAYOUT = """\
+seed: 42
+output_dir: ./outputs
+mode: train
+model:
+  name: microsoft/Phi-4-mini-instruct
+  max_length: 512
+lora:
+  r: 16
+  alpha: 32
+  dropout: 0.05
+  target_modules: [qkv_proj, o_proj]
+training:
+  batch_size: 4
+  max_steps: 100
+  learning_rate: 2e-4
+  gradient_accumulation_steps: 8
+  logging_steps: 10
+  early_stopping_patience: 3
+data:
+  train_file: data/train.jsonl
+  test_split: 0.1
+  validation_split: 0.1
+  system_prompt: "You are a careful medical education assistant."
+inference:
+  adapter_path: ${output_dir}/${model_name}-lora
+  interactive: false
+  demo_question: "What is hypertension?"
+  max_new_tokens: 256
+  temperature: 0.7
+  top_p: 0.9
+  offload_dir: ./offload
+"""
+
+
+def write(tmp_path, text, name="config.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_guide_layout_loads_unchanged(tmp_path):
+    config = load_config(write(tmp_path, GUIDE_LAYOUT))
+    assert config.training.learning_rate == pytest.approx(2e-4)  # YAML reads 2e-4 as a string
+    assert isinstance(config.training.learning_rate, float)
+    assert config.model.max_length == 512
+    assert config.inference.adapter_path == "./outputs/Phi-4-mini-instruct-lora"
+    assert config.training.gradient_accumulation_steps == 8
+    assert config.data.train_files == ["data/train.jsonl"]
+
+
+def test_learning_rate_as_quoted_string(tmp_path):
+    config = load_config(write(tmp_path, GUIDE_LAYOUT.replace("learning_rate: 2e-4", 'learning_rate: "3e-4"')))
+    assert config.training.learning_rate == pytest.approx(3e-4)
+
+
+def test_unknown_key_names_line_and_suggests_closest(tmp_path):
+    path = write(tmp_path, GUIDE_LAYOUT.replace("  max_steps: 100", "  max_stepz: 100"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == ["line 14: training.max_stepz: unknown key; did you mean 'training.max_steps'?"]
+    assert caught.value.exit_code == 2
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    text = GUIDE_LAYOUT.replace("  r: 16", "  r: 0").replace("mode: train", "mode: fly").replace("  dropout: 0.05", "  dropuot: 0.05")
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    problems = caught.value.problems
+    assert len(problems) == 3
+    assert "line 3: mode: Input should be 'train', 'inference' or 'both' (got 'fly')" in problems
+    assert "line 8: lora.r: Input should be greater than or equal to 1 (got 0)" in problems
+    assert "line 10: lora.dropuot: unknown key; did you mean 'lora.dropout'?" in problems
+
+
+def test_overrides_apply_and_are_validated(tmp_path):
+    path = write(tmp_path, GUIDE_LAYOUT)
+    config = load_config(path, ["training.max_steps=10", "lora.target_modules=all-linear"])
+    assert config.training.max_steps == 10 and config.lora.target_modules == "all-linear"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ["training.max_stepss=10"])
+    assert caught.value.problems == ["training.max_stepss: unknown key; did you mean 'training.max_steps'?"]
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["training.max_steps"])
+
+
+def test_contradictions_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="warmup_steps \\(200\\) must be smaller than max_steps \\(100\\)"):
+        load_config(write(tmp_path, GUIDE_LAYOUT), ["training.warmup_steps=200"])
+    with pytest.raises(ConfigError, match="validation_split \\+ test_split must be below 0.9"):
+        load_config(write(tmp_path, GUIDE_LAYOUT), ["data.test_split=0.5", "data.validation_split=0.45"])
+
+
+def test_unknown_placeholder_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown placeholder \$\{run\}"):
+        load_config(write(tmp_path, GUIDE_LAYOUT.replace("${model_name}", "${run}")))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    with pytest.raises(ConfigError, match="line 2, column"):
+        load_config(write(tmp_path, "seed: 1\n  bad: indent\n"))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")) + [REPO / "examples" / "config.yaml"],
+                         ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    config = load_config(path)
+    assert isinstance(config, RunConfig)
+    assert config.data.system_prompt
