@@ -27,6 +27,22 @@ def trained_tiny_run(model_dir: Path, workspace: Path) -> Path:
 
 
 def copy_run(run_dir: Path, target: Path) -> Path:
-    """A private copy of a finished run (without its checkpoints), so a test may write eval/ and reports."""
-    shutil.copytree(run_dir, target, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "eval", "report.html"))
+    """A private copy of a finished run (without checkpoints), so that a test may write eval/ and reports."""
+    shutil.copytree(run_dir, target, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
     return target
+
+
+_EVALUATED: dict[Path, Path] = {}
+# One test question and one probe per category, a few new tokens each: 14 short generations in all.
+TINY_REQUEST = dict(quality=True, safety=True, limit=1, max_new_tokens=3)
+
+
+def evaluated_tiny_run(model_dir: Path, workspace: Path) -> Path:
+    """The tiny run after `evaluate_run` with TINY_REQUEST (once per session); copy it before writing to it."""
+    if model_dir not in _EVALUATED:
+        from lorakit.evaluation.run_eval import EvalRequest, evaluate_run
+
+        run = copy_run(trained_tiny_run(model_dir, workspace), workspace / "evaluated")
+        evaluate_run(run, EvalRequest(**TINY_REQUEST))
+        _EVALUATED[model_dir] = run
+    return _EVALUATED[model_dir]
