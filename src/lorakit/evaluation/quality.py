@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from lorakit.errors import LorakitError
+
 __all__ = ["AnswerScores", "answer_tokens", "token_f1", "rouge_l", "score_answer", "mean_scores"]
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -52,7 +54,11 @@ def token_f1(prediction: str, reference: str) -> float:
 
 @lru_cache(maxsize=1)
 def _rouge_scorer():
-    from rouge_score import rouge_scorer, tokenizers
+    try:
+        from rouge_score import rouge_scorer, tokenizers
+    except ImportError:
+        raise LorakitError("Answer quality needs the rouge-score package, which is not installed.",
+                           hint="pip install 'lorakit[eval]'  (or: pip install rouge-score)") from None
 
     # No stemmer: scores stay reproducible by hand and across nltk versions. Passing the tokenizer
     # explicitly also keeps rouge-score from logging "Using default tokenizer" on every run.
