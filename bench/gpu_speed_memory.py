@@ -32,6 +32,7 @@ from lorakit.config import RunConfig  # noqa: E402
 from lorakit.data.masking import IGNORE_INDEX  # noqa: E402
 from lorakit.data.splits import Splits  # noqa: E402
 from lorakit.model import kernels  # noqa: E402
+from lorakit.model.attention import expands_kv_heads  # noqa: E402
 from lorakit.model.checkpointing import apply_checkpointing  # noqa: E402
 from lorakit.model.load import load_base_model, resolve_model_source  # noqa: E402
 from lorakit.model.memory_plan import GIB, ModelShape, TrainSettings, estimate_peak_memory  # noqa: E402
@@ -138,7 +139,8 @@ def predicted_peak(model_config: dict, config: RunConfig, checkpoint_every, offl
         quantization=config.model.quantization, dtype_bytes=2, lora_rank=config.lora.r,
         lora_targets=config.lora.target_modules if config.lora.target_modules == "all-linear" else tuple(config.lora.target_modules),
         lora_dropout=config.lora.dropout > 0, tokens_per_micro_batch=config.training.batch_size * config.model.max_length,
-        checkpoint_every=checkpoint_every, offload_activations=offload, fused_kernels=fused)
+        checkpoint_every=checkpoint_every, offload_activations=offload, fused_kernels=fused,
+        kv_expanded=expands_kv_heads())
     return estimate_peak_memory(ModelShape.from_config(model_config), settings).peak_allocated
 
 
@@ -188,6 +190,10 @@ def with_training(config: RunConfig, **training) -> RunConfig:
     return config.model_copy(update={"training": config.training.model_copy(update=training)})
 
 
+def with_lora(config: RunConfig, **lora) -> RunConfig:
+    return config.model_copy(update={"lora": config.lora.model_copy(update=lora)})
+
+
 def plan_text(resolved) -> dict:
     return {"micro_batch": resolved.config.training.batch_size, "checkpoint_every": resolved.checkpoint_every,
             "offload": resolved.offload_activations, "quantization": resolved.config.model.quantization}
@@ -230,6 +236,13 @@ def run_all(args, bench: Bench, tokenizer, model_dir: str, shape: dict) -> None:
     kernels.apply_fused_kernels(model.get_base_model(), cuda)
     predicted = predicted_peak(model_config, config, resolved.checkpoint_every, resolved.offload_activations, fused=True)
     bench.guarded("(c) lorakit bf16 LoRA = c2 + liger RMSNorm/RoPE/SwiGLU", lambda: run_lorakit_steps(session, **steps),
+                  predicted=predicted, **plan_text(resolved))
+    for module in model.modules():  # what `lora.dropout: 0` builds: no dropout masks or copies
+        if hasattr(module, "lora_dropout"):
+            module.lora_dropout["default"] = torch.nn.Identity()
+    no_dropout = with_lora(config, dropout=0.0)
+    predicted = predicted_peak(model_config, no_dropout, resolved.checkpoint_every, resolved.offload_activations, fused=True)
+    bench.guarded("(c3) = c with lora.dropout 0 (not the default)", lambda: run_lorakit_steps(session, **steps),
                   predicted=predicted, **plan_text(resolved))
     del model, session
     gc.collect()
