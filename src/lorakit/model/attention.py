@@ -24,7 +24,13 @@ import torch.nn.functional as F
 
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["VARLEN_ATTENTION", "register_varlen_attention", "use_varlen_attention", "varlen_attention_forward"]
+__all__ = [
+    "VARLEN_ATTENTION",
+    "register_varlen_attention",
+    "use_varlen_attention",
+    "varlen_attention_forward",
+    "expands_kv_heads",
+]
 
 log = get_logger("model.attention")
 
@@ -64,6 +70,12 @@ def _flash_varlen():
     parameters = inspect.signature(varlen_attn).parameters
     causal = {"is_causal": True} if "is_causal" in parameters else {"window_size": (-1, 0)}
     return varlen_attn, causal, "enable_gqa" in parameters
+
+
+def expands_kv_heads() -> bool:
+    """Whether grouped-query k/v are repeated to every query head (this PyTorch's varlen flash lacks GQA)."""
+    found = _flash_varlen()
+    return found is None or not found[2]
 
 
 def _flash_attention(query, key, value, cu, max_length: int, scaling: float) -> torch.Tensor | None:

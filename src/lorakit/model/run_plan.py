@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig, RunConfig
 from lorakit.errors import ConfigError, HubAccessError
+from lorakit.model.attention import expands_kv_heads
 from lorakit.model.memory_plan import GIB, Candidate, ModelShape, TrainSettings, plan_settings
 
 __all__ = ["TrainingPlan", "ResolvedSettings", "read_model_config_json", "plan_training", "resolve_auto_settings", "device_memory_bytes", "parse_memory_size"]
@@ -89,7 +90,7 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
         quantization=quantizations[0], dtype_bytes=dtype_bytes, lora_rank=config.lora.r,
         lora_targets=config.lora.target_modules if config.lora.target_modules == "all-linear" else tuple(config.lora.target_modules),
         lora_dropout=config.lora.dropout > 0, tokens_per_micro_batch=config.model.max_length,
-        fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes,
+        fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes, kv_expanded=expands_kv_heads(),
     )
     fixed_checkpointing = {True: (1,), False: (None,)}.get(training.gradient_checkpointing)
     candidates = plan_settings(
