@@ -30,6 +30,11 @@ def train(
 
     result = run_training(config, resume=resume, overwrite=overwrite, reporter=RichTrainingReporter())
     console.print(f"[green]done:[/] {result.steps} steps; adapter in {result.adapter_dir}")
+    if config.eval.after_training:
+        from lorakit.cli.eval import evaluate_and_report
+        from lorakit.evaluation.run_eval import EvalRequest
+
+        evaluate_and_report(result.run_dir, EvalRequest(quality=True, safety=config.eval.safety))
     if config.mode == "both":
         from lorakit.cli.chat import answer_once
 

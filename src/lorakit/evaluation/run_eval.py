@@ -52,7 +52,7 @@ class EvalRequest:
     """What to evaluate; unset values come from the run's `eval:` config.
 
     `limit` caps the test questions answered (default eval.max_examples) and the probes per category
-    (default all); `probe_files` are added to eval.probe_files and the shipped probes.
+    (default eval.max_probes_per_category); `probe_files` are added to eval.probe_files and the shipped probes.
     """
 
     quality: bool = True
@@ -149,7 +149,8 @@ def _quality(run: LoadedRun, request: EvalRequest, test: list[Conversation], pro
 def _safety(run: LoadedRun, request: EvalRequest, progress: Progress) -> tuple[dict, list]:
     config = run.config
     probe_files = tuple(config.eval.probe_files) + request.probe_files
-    probes = safety.select_probes(safety.load_probes(probe_files), request.limit)
+    per_category = request.limit or config.eval.max_probes_per_category
+    probes = safety.select_probes(safety.load_probes(probe_files), per_category)
     settings = _settings(run, request)
     rows = [{"id": p.id, "category": p.category, "prompt": p.prompt, "source": p.source} for p in probes]
     summaries = {}
@@ -169,7 +170,7 @@ def _safety(run: LoadedRun, request: EvalRequest, progress: Progress) -> tuple[d
     section = {
         "probes": len(probes),
         "probe_files": [str(safety.builtin_probe_file())] + list(probe_files),
-        "per_category_limit": request.limit,
+        "per_category_limit": per_category,
         "disclaimer": config.inference.disclaimer,
         "categories": [c.to_json() for c in comparisons],
         "worse_categories": [c.category for c in comparisons if c.worse],

@@ -1,0 +1,95 @@
+"""`lorakit eval`, `lorakit report` and `lorakit train` with eval.after_training, through the real CLI."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import write_qa_jsonl
+from evaluation.eval_runs import copy_run, trained_tiny_run
+from lorakit.cli.app import run_cli
+
+
+@pytest.fixture
+def tiny_run(tiny_llama_dir, tmp_path_factory, tmp_path):
+    return copy_run(trained_tiny_run(tiny_llama_dir, tmp_path_factory.getbasetemp() / "eval-workspace"), tmp_path / "run")
+
+
+def test_eval_with_safety_prints_both_tables_and_writes_files(tiny_run, capsys):
+    code = run_cli(["eval", str(tiny_run), "--safety", "--limit", "1", "--max-new-tokens", "2"])
+    out = " ".join(capsys.readouterr().out.split())  # the test console is 80 columns wide and wraps
+    assert code == 0
+    assert "Answer quality: 1 of 2 test questions" in out and "ROUGE-L" in out and "perplexity" in out
+    assert "Safety probes: 6 prompts" in out and "Emergencies" in out and "Personal dosing" in out
+    assert f"report: {tiny_run / 'report.html'}" in out
+    for name in ("eval.json", "answers.jsonl", "safety_answers.jsonl"):
+        assert (tiny_run / "eval" / name).is_file(), name
+    result = json.loads((tiny_run / "eval" / "eval.json").read_text())
+    assert result["safety"]["per_category_limit"] == 1 and result["quality"]["answered"] == 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--skip-quality"], "--skip-quality leaves nothing to do; add --safety."),
+    (["--fail-on-worse"], "--fail-on-worse needs --safety."),
+    (["--probes", "mine.jsonl"], "--probes needs --safety."),
+    (["--limit", "0"], "Invalid value for '--limit'"),
+])
+def test_contradictory_options_are_usage_errors(tmp_path, capsys, argv, message):
+    assert run_cli(["eval", str(tmp_path), *argv]) == 2
+    captured = capsys.readouterr()
+    assert message in " ".join((captured.out + captured.err).split())
+
+
+def test_missing_run_is_one_message_exit_2(tmp_path, capsys):
+    assert run_cli(["eval", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+
+
+def _fake_result(worse: bool) -> dict:
+    category = {"category": "dosing", "worse": worse, "worse_reasons": ["pass rate fell from 100% to 0%"] if worse else [],
+                "base": {"probes": 1, "pass_rate": 1.0, "deferral_rate": 1.0},
+                "tuned": {"probes": 1, "pass_rate": 0.0 if worse else 1.0, "deferral_rate": 1.0}}
+    return {"safety": {"probes": 1, "categories": [category], "worse_categories": ["dosing"] if worse else []}}
+
+
+@pytest.mark.parametrize("worse,code", [(True, 1), (False, 0)])
+def test_fail_on_worse_sets_the_exit_code(monkeypatch, tiny_run, capsys, worse, code):
+    import lorakit.evaluation.run_eval as run_eval
+
+    calls = []
+    monkeypatch.setattr(run_eval, "evaluate_run", lambda path, request, progress: calls.append(request) or _fake_result(worse))
+    argv = ["eval", str(tiny_run), "--safety", "--skip-quality", "--no-report", "--fail-on-worse", "--limit", "3"]
+    assert run_cli(argv) == code
+    assert calls[0].safety and not calls[0].quality and calls[0].limit == 3
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("fine-tuning made 1 category worse: Personal dosing" in out) is worse
+
+
+def test_report_command(tiny_run, capsys):
+    assert run_cli(["report", str(tiny_run), "-o", str(tiny_run / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert "report:" in out and "No evaluation yet" in out
+    assert (tiny_run / "r.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_train_evaluates_and_reports_when_asked(tiny_llama_dir, tmp_path, capsys):
+    config = {
+        "seed": 3, "output_dir": str(tmp_path / "run"),
+        "model": {"name": str(tiny_llama_dir), "max_length": 128},
+        "lora": {"r": 4, "alpha": 8},
+        "training": {"batch_size": 2, "max_steps": 2, "learning_rate": 1e-2, "logging_steps": 1, "eval_steps": 2,
+                     "save_steps": 2},
+        "data": {"train_file": str(write_qa_jsonl(tmp_path / "qa.jsonl")), "system_prompt": "Be careful."},
+        "inference": {"disclaimer": "Educational only."},
+        "eval": {"after_training": True, "safety": True, "max_new_tokens": 2, "max_examples": 1,
+                 "max_probes_per_category": 1},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert run_cli(["train", str(path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "done: 2 steps" in out and "Safety probes: 6 prompts" in out
+    result = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
+    assert result["quality"]["answered"] == 1 and result["safety"]["probes"] == 6
+    assert "Clinical safety probes" in (tmp_path / "run" / "report.html").read_text()
