@@ -96,3 +96,10 @@ def test_doctor_never_prints_token(argv, monkeypatch, capsys):
     out = capsys.readouterr()
     assert "configured (HF_TOKEN environment variable)" in out.out
     assert "PLANTED" not in out.out + out.err
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    from lorakit.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_cli(["--debug", "chat", str(tmp_path / "nope"), "-q", "hi"])
