@@ -108,6 +108,7 @@ def run_lorakit_steps(session: loop.TrainingSession, *, measured_steps: int, war
     examples = session.data.splits.train
     gc.collect()
     torch.cuda.empty_cache()
+    baseline = torch.cuda.memory_allocated()  # weights and anything an earlier row left behind
     torch.cuda.reset_peak_memory_stats()
     for index in range(warmup_steps + measured_steps):
         if index == warmup_steps:
@@ -122,7 +123,8 @@ def run_lorakit_steps(session: loop.TrainingSession, *, measured_steps: int, war
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     result = {"seconds": seconds, "steps": measured_steps, "lengths": lengths, "targets": targets,
-              "peak_allocated": torch.cuda.max_memory_allocated(), "peak_reserved": torch.cuda.max_memory_reserved()}
+              "peak_allocated": torch.cuda.max_memory_allocated(), "peak_reserved": torch.cuda.max_memory_reserved(),
+              "allocated_before": baseline}
     optimizer.zero_grad(set_to_none=True)
     del optimizer, scheduler
     return result
@@ -208,7 +210,7 @@ def run_all(args, bench: Bench, tokenizer, model_dir: str, shape: dict) -> None:
           f"{sum(lengths) / (512 * len(lengths)):.1%} of 512-padded rows are real tokens", flush=True)
 
     # (a) first: liger patches RoPE module-wide once (b)/(c) load, and (a) must run the model's own code.
-    guide_steps = dict(measured_steps=1, warmup_steps=1) if args.smoke else dict(measured_steps=3, warmup_steps=1)
+    guide_steps = dict(measured_steps=1, warmup_steps=1) if args.smoke else dict(measured_steps=5, warmup_steps=1)
     bench.guarded("(a) guide recipe", lambda: run_guide_recipe(model_dir, tokenizer, examples, **guide_steps))
 
     # (c) bf16 LoRA, built up one optimisation at a time on one loaded model.
@@ -244,6 +246,11 @@ def run_all(args, bench: Bench, tokenizer, model_dir: str, shape: dict) -> None:
     predicted = predicted_peak(model_config, no_dropout, resolved.checkpoint_every, resolved.offload_activations, fused=True)
     bench.guarded("(c3) = c with lora.dropout 0 (not the default)", lambda: run_lorakit_steps(session, **steps),
                   predicted=predicted, **plan_text(resolved))
+    bigger = dataclasses.replace(resolved, config=with_training(no_dropout, batch_size=32))
+    session = session_for(bigger.config, model, tokenizer, examples, quantized=False, offload=False)
+    predicted = predicted_peak(model_config, bigger.config, None, False, fused=True)
+    bench.guarded("(c4) = c3 at 16,384 tokens per micro-batch (not planned)", lambda: run_lorakit_steps(session, **steps),
+                  predicted=predicted, **plan_text(bigger))
     del model, session
     gc.collect()
     torch.cuda.empty_cache()
@@ -268,23 +275,25 @@ def run_all(args, bench: Bench, tokenizer, model_dir: str, shape: dict) -> None:
     unpacked = dataclasses.replace(resolved, config=with_training(config, packing=False))
     qlora_row("(b0) = b without packing (pad to longest)", unpacked, examples, predict=False)
     eight = 8 * GIB
-    resolved8, _ = planned(lorakit_config(model_dir, 512, quantization="nf4"), model_dir, eight)
-    qlora_row("(b8) lorakit QLoRA, planned for 8 GiB", resolved8, examples)
     for length in (2048, 4096):
         config_long = with_training(lorakit_config(model_dir, length, quantization="nf4"), batch_size=1)
         resolved_long, _ = planned(config_long, model_dir, eight)
         rows = rendered_examples(tokenizer, 12, length, seed=length, answer_median_words=length, sigma=0.05)
         qlora_row(f"(L{length}) QLoRA max_length {length}, micro-batch 1, planned for 8 GiB", resolved_long, rows)
+    offloaded = dataclasses.replace(resolved_long, checkpoint_every=1, offload_activations=True)
+    qlora_row("(L4096o) = L4096 with checkpointed inputs offloaded to CPU", offloaded, rows)
+    resolved8, _ = planned(lorakit_config(model_dir, 512, quantization="nf4"), model_dir, eight)
+    qlora_row("(b8) lorakit QLoRA, planned for 8 GiB", resolved8, examples)
 
 
 def print_table(bench: Bench, out: Path) -> None:
     base = next((r for r in bench.rows if r["name"].startswith("(a)") and "tokens_per_s" in r), None)
     header = ("| row | trained tok/s | s/step | tok/step | peak GiB (alloc) | peak GiB (reserved) | MFU | MFU* | "
-              "tok/s vs (a) | peak vs (a) | plan (micro-batch, ckpt every, offload) | planner GiB | planner error |")
+              "tok/s vs (a) | peak vs (a) | plan (micro-batch, ckpt every, offload) | planner GiB | planner error | GiB at start |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in bench.rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | {r['error']} |" + " |" * 11)
+            lines.append(f"| {r['name']} | {r['error']} |" + " |" * 12)
             continue
         alloc, reserved = r["peak_allocated"] / GIB, r["peak_reserved"] / GIB
         ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
@@ -295,7 +304,8 @@ def print_table(bench: Bench, out: Path) -> None:
         error = f"{(predicted - r['peak_allocated']) / r['peak_allocated']:+.1%}" if predicted else "-"
         lines.append(f"| {r['name']} | {r['tokens_per_s']:,.0f} | {r['s_per_step']:.3f} | {r['tokens'] / r['steps']:,.0f} | "
                      f"{alloc:.2f} | {reserved:.2f} | {r['mfu']:.1%} | {r['mfu_targets']:.1%} | {ratio} | {peak_ratio} | "
-                     f"{plan} | {pred} | {error} |")
+                     f"{plan} | {pred} | {error} | {r['allocated_before'] / GIB:.2f} |" if "allocated_before" in r else
+                     f"{plan} | {pred} | {error} | - |")
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     print(table, flush=True)

@@ -62,20 +62,44 @@ def _boundaries_from_positions(position_ids: torch.Tensor) -> tuple[torch.Tensor
 
 @functools.cache
 def _flash_varlen():
-    """PyTorch's varlen flash attention and how its causal flag is spelled in this version, or None."""
+    """PyTorch's varlen flash attention, how its causal flag is spelled in this version, and whether it
+    accepts fewer k/v heads than query heads (grouped-query attention) without expanding them; or None."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
     parameters = inspect.signature(varlen_attn).parameters
     causal = {"is_causal": True} if "is_causal" in parameters else {"window_size": (-1, 0)}
-    return varlen_attn, causal, "enable_gqa" in parameters
+    if "enable_gqa" in parameters:
+        return varlen_attn, causal, {"enable_gqa": True}
+    return varlen_attn, causal, {} if _flash_takes_grouped_heads(varlen_attn, causal) else None
+
+
+def _flash_takes_grouped_heads(varlen_attn, causal: dict) -> bool:
+    """PyTorch 2.11's varlen_attn has no `enable_gqa`, but the flash kernels under it handle grouped heads.
+    Check once, forward and backward, against expanded heads on a tiny input; any failure means expand."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        generator = torch.Generator(device="cuda").manual_seed(0)
+        q = torch.randn(24, 4, 64, device="cuda", dtype=torch.bfloat16, generator=generator, requires_grad=True)
+        k, v = (torch.randn(24, 2, 64, device="cuda", dtype=torch.bfloat16, generator=generator, requires_grad=True)
+                for _ in range(2))
+        cu = torch.tensor([0, 10, 24], device="cuda", dtype=torch.int32)
+        grouped = varlen_attn(q, k, v, cu, cu, 14, 14, **causal)
+        grouped_grads = torch.autograd.grad(grouped.float().square().sum(), (q, k, v))
+        expanded = varlen_attn(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), cu, cu, 14, 14, **causal)
+        expanded_grads = torch.autograd.grad(expanded.float().square().sum(), (q, k, v))
+        return all(torch.allclose(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+                   for a, b in zip((grouped, *grouped_grads), (expanded, *expanded_grads)))
+    except (RuntimeError, ValueError):
+        return False
 
 
 def expands_kv_heads() -> bool:
-    """Whether grouped-query k/v are repeated to every query head (this PyTorch's varlen flash lacks GQA)."""
+    """Whether grouped-query k/v are repeated to every query head before the flash kernel."""
     found = _flash_varlen()
-    return found is None or not found[2]
+    return found is None or found[2] is None
 
 
 def _flash_attention(query, key, value, cu, max_length: int, scaling: float) -> torch.Tensor | None:
@@ -83,14 +107,14 @@ def _flash_attention(query, key, value, cu, max_length: int, scaling: float) -> 
     found = _flash_varlen()
     if found is None:
         return None
-    varlen_attn, causal, has_gqa = found
+    varlen_attn, causal, grouped = found
     groups = query.shape[1] // key.shape[1]
     extra = dict(causal)
     if groups > 1:
-        if has_gqa:
-            extra["enable_gqa"] = True
-        else:
+        if grouped is None:
             key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        else:
+            extra.update(grouped)
     return varlen_attn(query, key, value, cu, cu, max_length, max_length, scale=scaling, **extra)
 
 

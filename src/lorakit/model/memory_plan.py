@@ -233,7 +233,7 @@ def relative_step_time(shape: ModelShape, settings: TrainSettings) -> float:
     recompute = 1 + 0.5 * checkpointed_layer_count(shape.layers, settings.checkpoint_every) / shape.layers
     utilisation = settings.tokens_per_micro_batch / (settings.tokens_per_micro_batch + 1024)
     quantized = 1.3 if settings.quantization == "nf4" else 1.0
-    offload = 1.1 if settings.offload_activations else 1.0
+    offload = 1.35 if settings.offload_activations else 1.0  # measured: +36% per step on an H100 (bench/results)
     return recompute * quantized * offload / utilisation
 
 
