@@ -1,0 +1,308 @@
+"""Issue 4, point 2: crash safety. Writes are staged, fsynced and renamed; damaged checkpoints are reported and
+skipped; and `lorakit train` killed with SIGKILL at random moments, resumed each time, ends with the same
+adapter, bit for bit, as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import tiny_run_config
+from lorakit.errors import CheckpointError
+from lorakit.runtime import atomic_files
+from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text, remove_abandoned_staging
+from lorakit.runtime.run_lock import hold_run_lock
+from lorakit.training.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
+from lorakit.training.loop import train
+from lorakit.training.metrics import SilentReporter
+
+KILLS = int(os.environ.get("LORAKIT_KILL_LOOP_KILLS", "20"))
+
+
+class SimulatedCrash(BaseException):
+    pass
+
+
+class CrashAfterStep(SilentReporter):
+    def __init__(self, step: int):
+        self.crash_step = step
+
+    def step(self, step: int, metrics: dict) -> None:
+        if step == self.crash_step:
+            raise SimulatedCrash(step)
+
+
+# --- staging, fsync, rename ---------------------------------------------------------------------------
+
+
+def test_crash_safety_atomic_directory_leaves_the_old_version_on_error(tmp_path):
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert (target / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging left behind
+    with atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("new")
+    assert (target / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_crash_safety_files_are_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(source, destination):
+        events.append(("rename", str(source), str(destination)))
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(atomic_files.os, "fsync", fsync)
+    monkeypatch.setattr(atomic_files.os, "replace", replace)
+    atomic_write_text(tmp_path / "manifest.json", "{}")
+    staged = events[0][1]
+    assert Path(staged).parent == tmp_path and Path(staged).name.startswith(".manifest.json.tmp-")
+    assert events[1] == ("rename", staged, str(tmp_path / "manifest.json"))
+    assert events[2] == ("fsync", str(tmp_path))
+
+    events.clear()
+    with atomic_directory(tmp_path / "final") as staging:
+        (staging / "adapter_model.safetensors").write_bytes(b"x" * 10)
+        (staging / "manifest.json").write_text("{}")
+    synced = [e[1] for e in events if e[0] == "fsync"]
+    renames = [e for e in events if e[0] == "rename"]
+    assert {str(staging / "adapter_model.safetensors"), str(staging / "manifest.json"), str(staging)} <= set(synced)
+    assert renames == [("rename", str(staging), str(tmp_path / "final"))]
+    assert events.index(renames[0]) > max(i for i, e in enumerate(events) if e[0] == "fsync" and e[1] != str(tmp_path))
+    assert events[-1] == ("fsync", str(tmp_path))
+
+
+def test_crash_safety_abandoned_staging_is_removed_and_an_orphaned_old_version_restored(tmp_path):
+    (tmp_path / ".step-00000004.tmp-0123abcd").mkdir()  # killed while writing step 4
+    (tmp_path / ".step-00000002.old-89abcdef").mkdir()  # killed between the two renames of a replace
+    (tmp_path / ".step-00000002.old-89abcdef" / "x").write_text("kept")
+    (tmp_path / ".manifest.json.tmp-01234567").write_text("{")
+    cleaned = remove_abandoned_staging(tmp_path)
+    assert len(cleaned) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002"]
+    assert (tmp_path / "step-00000002" / "x").read_text() == "kept"
+
+
+def test_crash_safety_a_second_process_cannot_train_into_the_same_run(tiny_llama_dir, qa_file, tmp_path):
+    config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", max_steps=2)
+    with hold_run_lock(tmp_path / "run"):
+        with pytest.raises(CheckpointError, match=r"Another lorakit process \(pid \d+\) is training in"):
+            train(config)
+    assert train(config).steps == 2  # released with the holder
+
+
+# --- damaged checkpoints ----------------------------------------------------------------------------------
+
+
+def _corrupt_flip_a_byte(path: Path) -> None:
+    data = bytearray((path / "adapter_model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (path / "adapter_model.safetensors").write_bytes(bytes(data))
+
+
+def _corrupt_truncate(path: Path) -> None:
+    data = (path / "optimizer.pt").read_bytes()
+    (path / "optimizer.pt").write_bytes(data[: len(data) // 2])
+
+
+def _corrupt_lose_the_manifest(path: Path) -> None:
+    (path / "checkpoint_manifest.json").unlink()
+
+
+def _corrupt_lose_a_file(path: Path) -> None:
+    (path / "rng.safetensors").unlink()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reported"),
+    [
+        (_corrupt_flip_a_byte, "adapter_model.safetensors does not match its recorded sha256"),
+        (_corrupt_truncate, "optimizer.pt does not match its recorded sha256"),
+        (_corrupt_lose_the_manifest, "no checkpoint manifest"),
+        (_corrupt_lose_a_file, "rng.safetensors is missing"),
+    ],
+)
+def test_crash_safety_damaged_checkpoint_is_reported_and_the_previous_good_one_used(
+    tiny_llama_dir, qa_file, tmp_path, caplog, damage, reported
+):
+    settings = dict(max_steps=6, save_steps=2, save_total_limit=3, lr_scheduler="cosine")
+    straight = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "straight", **settings)
+    train(straight)
+    config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", **settings)
+    with pytest.raises(SimulatedCrash):
+        train(config, reporter=CrashAfterStep(5))
+    newest = tmp_path / "run" / "checkpoints" / "step-00000004"
+    damage(newest)
+    assert verify_checkpoint(newest) == reported
+    assert latest_good_checkpoint(tmp_path / "run").name == "step-00000002"
+
+    messages = []
+
+    class Recorder(SilentReporter):
+        def message(self, text: str) -> None:
+            messages.append(text)
+
+    with caplog.at_level(logging.WARNING, logger="lorakit"):
+        train(config, resume=True, reporter=Recorder())
+    assert f"Checkpoint step-00000004 is damaged ({reported}); falling back to the previous one" in caplog.text
+    assert "resumed from step-00000002 (step 2)" in messages
+    a = load_file(tmp_path / "straight" / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "run" / "final" / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crash_safety_no_intact_checkpoint_is_an_error_naming_each_problem(tiny_llama_dir, qa_file, tmp_path):
+    config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", max_steps=4, save_steps=2)
+    with pytest.raises(SimulatedCrash):
+        train(config, reporter=CrashAfterStep(3))
+    _corrupt_truncate(tmp_path / "run" / "checkpoints" / "step-00000002")
+    with pytest.raises(CheckpointError, match=r"No checkpoint in .* is intact \(step-00000002: optimizer.pt does not"):
+        train(config, resume=True)
+
+
+# --- kill -9 in a loop -------------------------------------------------------------------------------------
+
+
+def _kill_loop_config(tmp_path: Path, model_dir: Path, data_file: Path, run_dir: Path) -> Path:
+    config = {
+        "seed": 3,
+        "output_dir": str(run_dir),
+        "model": {"name": str(model_dir), "max_length": 128},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+        "training": {"batch_size": 2, "max_steps": 24, "learning_rate": 0.01, "logging_steps": 1, "eval_steps": 5,
+                     "save_steps": 2, "save_total_limit": 2, "lr_scheduler": "cosine", "warmup_steps": 2},
+        "data": {"train_file": str(data_file), "validation_split": 0.2, "test_split": 0.2, "system_prompt": "Be careful."},
+    }
+    path = tmp_path / f"{run_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", LORAKIT_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+def _start(config: Path, env: dict, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lorakit", "--quiet", "train", str(config), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def _staging_entries(run_dir: Path) -> list[str]:
+    names = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if folder.is_dir():
+            names += [p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    return names
+
+
+def _wait_and_kill(process: subprocess.Popen, run_dir: Path, mode: str, rng: random.Random) -> str | None:
+    """Kill `process` at a moment chosen by `mode`; returns None if it finished first, else what it was doing."""
+    started = time.monotonic()
+    seen_staging: set[str] = set()
+    wanted = rng.randint(1, 3)
+    delay = rng.uniform(0.0, 6.0) if mode == "anytime" else rng.uniform(0.0, 1.5)
+    training_since = None
+    while process.poll() is None:
+        staging = set(_staging_entries(run_dir))
+        if training_since is None and (staging or list_checkpoints(run_dir) != []):
+            training_since = time.monotonic()
+        new = staging - seen_staging
+        seen_staging |= staging
+        fire = (
+            (mode == "checkpoint-write" and any(n.startswith(".step-") for n in new) and len(seen_staging) >= wanted)
+            or (mode == "final-write" and any(n.startswith(".final.") for n in new))
+            or (mode == "anytime" and time.monotonic() - started >= delay)
+            or (mode == "while-training" and training_since is not None and time.monotonic() - training_since >= delay)
+        )
+        if fire:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return "writing " + ", ".join(sorted(staging)) if _staging_entries(run_dir) else "training or starting"
+        time.sleep(0.0005)
+    return None
+
+
+def _check_on_disk_state(run_dir: Path) -> None:
+    """After any kill: every checkpoint under its final name verifies; final/ is absent or complete."""
+    for checkpoint in list_checkpoints(run_dir):
+        assert verify_checkpoint(checkpoint) is None, checkpoint
+    final = run_dir / "final"
+    if final.exists():
+        assert load_file(final / "adapter_model.safetensors")
+        assert json.loads((final / "manifest.json").read_text())["metrics"]["steps"] == 24
+
+
+def _losses(run_dir: Path) -> list[tuple]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in records]
+
+
+@pytest.mark.slow
+def test_crash_safety_kill_9_loop_final_adapter_equals_uninterrupted(tiny_llama_dir, qa_file, tmp_path):
+    env = _env(tmp_path)
+    baseline_dir = tmp_path / "baseline"
+    baseline = _start(_kill_loop_config(tmp_path, tiny_llama_dir, qa_file, baseline_dir), env)
+    assert baseline.wait() == 0, baseline.stderr.read().decode()
+    expected = load_file(baseline_dir / "final" / "adapter_model.safetensors")
+
+    rng = random.Random(20240604)
+    modes = ["checkpoint-write", "while-training", "anytime", "final-write"]
+    kills: dict[str, int] = {}
+    finished_runs, run_index = 0, 0
+    run_dir = tmp_path / f"killed-{run_index}"
+    config = _kill_loop_config(tmp_path, tiny_llama_dir, qa_file, run_dir)
+    total = 0
+    while total < KILLS:
+        mode = rng.choices(modes, weights=[4, 4, 2, 1])[0]
+        process = _start(config, env, "--resume")
+        outcome = _wait_and_kill(process, run_dir, mode, rng)
+        if outcome is None:  # the run finished before this kill: check it, then start a fresh one
+            assert process.returncode == 0, process.stderr.read().decode()
+            assert all(torch.equal(expected[k], v) for k, v in load_file(run_dir / "final" / "adapter_model.safetensors").items())
+            assert _losses(run_dir) == _losses(baseline_dir)
+            finished_runs, run_index = finished_runs + 1, run_index + 1
+            run_dir = tmp_path / f"killed-{run_index}"
+            config = _kill_loop_config(tmp_path, tiny_llama_dir, qa_file, run_dir)
+            continue
+        total += 1
+        key = "mid-write" if outcome.startswith("writing") else "between writes"
+        kills[key] = kills.get(key, 0) + 1
+        _check_on_disk_state(run_dir)
+
+    for _ in range(3):  # resume until finished (a kill during final/ may need one more)
+        process = _start(config, env, "--resume")
+        if process.wait() == 0:
+            break
+    assert process.returncode == 0, process.stderr.read().decode()
+    final = load_file(run_dir / "final" / "adapter_model.safetensors")
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(expected[k], final[k]) for k in expected), "the killed-and-resumed adapter differs"
+    assert _losses(run_dir) == _losses(baseline_dir)
+    assert not _staging_entries(run_dir)
+    print(f"\nkill loop: {total} SIGKILLs ({kills}), {finished_runs + 1} killed runs completed, all bit-identical")
+    assert kills.get("mid-write", 0) >= 3, kills
