@@ -210,7 +210,7 @@ def run_all(args, bench: Bench, tokenizer, model_dir: str, shape: dict) -> None:
           f"{sum(lengths) / (512 * len(lengths)):.1%} of 512-padded rows are real tokens", flush=True)
 
     # (a) first: liger patches RoPE module-wide once (b)/(c) load, and (a) must run the model's own code.
-    guide_steps = dict(measured_steps=1, warmup_steps=1) if args.smoke else dict(measured_steps=5, warmup_steps=1)
+    guide_steps = dict(measured_steps=1, warmup_steps=1) if args.smoke else dict(measured_steps=8, warmup_steps=1)
     bench.guarded("(a) guide recipe", lambda: run_guide_recipe(model_dir, tokenizer, examples, **guide_steps))
 
     # (c) bf16 LoRA, built up one optimisation at a time on one loaded model.
@@ -284,6 +284,8 @@ def run_all(args, bench: Bench, tokenizer, model_dir: str, shape: dict) -> None:
     qlora_row("(L4096o) = L4096 with checkpointed inputs offloaded to CPU", offloaded, rows)
     resolved8, _ = planned(lorakit_config(model_dir, 512, quantization="nf4"), model_dir, eight)
     qlora_row("(b8) lorakit QLoRA, planned for 8 GiB", resolved8, examples)
+    no_offload = dataclasses.replace(resolved8, offload_activations=False)
+    qlora_row("(b8n) = b8 without offload (the planner predicts it does not fit 8 GiB)", no_offload, examples)
 
 
 def print_table(bench: Bench, out: Path) -> None:
@@ -302,10 +304,10 @@ def print_table(bench: Bench, out: Path) -> None:
         predicted = r.get("predicted")
         pred = f"{predicted / GIB:.2f}" if predicted else "-"
         error = f"{(predicted - r['peak_allocated']) / r['peak_allocated']:+.1%}" if predicted else "-"
+        start = f"{r['allocated_before'] / GIB:.2f}" if "allocated_before" in r else "-"
         lines.append(f"| {r['name']} | {r['tokens_per_s']:,.0f} | {r['s_per_step']:.3f} | {r['tokens'] / r['steps']:,.0f} | "
                      f"{alloc:.2f} | {reserved:.2f} | {r['mfu']:.1%} | {r['mfu_targets']:.1%} | {ratio} | {peak_ratio} | "
-                     f"{plan} | {pred} | {error} | {r['allocated_before'] / GIB:.2f} |" if "allocated_before" in r else
-                     f"{plan} | {pred} | {error} | - |")
+                     f"{plan} | {pred} | {error} | {start} |")
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     print(table, flush=True)
