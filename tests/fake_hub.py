@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,6 +36,7 @@ class FakeHub:
         self.repos: dict[str, FakeRepo] = {}
         self.valid_tokens = set(valid_tokens or ())
         self.hang = hang
+        self._stopped = threading.Event()
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, authorization)
         hub = self
 
@@ -65,6 +65,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stopped.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -75,7 +76,7 @@ class FakeHub:
         path = unquote(urlparse(request.path).path)
         self.requests.append((request.command, path, authorization))
         if self.hang:
-            time.sleep(30)
+            self._stopped.wait(30)
             return
         token = authorization.removeprefix("Bearer ").strip() if authorization else None
         if token is not None and token not in self.valid_tokens:

@@ -54,7 +54,7 @@ def _root(
         transformers_logging.disable_progress_bar()
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-    for noisy in ("transformers", "peft", "accelerate", "huggingface_hub", "urllib3", "httpx", "matplotlib"):
+    for noisy in ("transformers", "peft", "accelerate", "huggingface_hub", "urllib3", "httpx", "httpx2", "httpcore", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 

@@ -1,14 +1,14 @@
 """Download a model snapshot from the Hugging Face Hub, turning its failures into actionable messages.
 
-The token comes from huggingface_hub itself (HF_TOKEN or `hf auth login`); lorakit never reads,
-prints or stores it.
+The token comes from huggingface_hub itself (HF_TOKEN or `hf auth login`); lorakit never reads, prints or
+stores it, and only asks whether one is configured to tell "not logged in" from "token rejected".
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import constants, snapshot_download
+from huggingface_hub import constants, get_session, get_token, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -24,59 +24,100 @@ __all__ = ["download_model", "model_page_url"]
 SAFE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
 
+_OFFLINE_HINT = ("Check your network connection, proxy and HF_ENDPOINT. If the model was downloaded before, set "
+                 "HF_HUB_OFFLINE=1 to use the cached copy.")
+
 
 def model_page_url(repo_id: str) -> str:
     return f"{constants.ENDPOINT.rstrip('/')}/{repo_id}"
 
 
+def _bounded_timeout(request) -> None:
+    """Request hook: a timeout for Hub API calls that set none. huggingface_hub sends repo-info and file-list
+    requests without a timeout, so a Hub that accepts the connection and never answers would hang forever;
+    downloads carry their own (HF_HUB_DOWNLOAD_TIMEOUT) and are left alone."""
+    timeout = dict(request.extensions.get("timeout") or {})
+    seconds = float(constants.HF_HUB_ETAG_TIMEOUT)
+    request.extensions["timeout"] = {key: timeout.get(key) or seconds for key in ("connect", "read", "write", "pool")}
+
+
+def _install_timeout_hook() -> None:
+    hooks = get_session().event_hooks
+    if _bounded_timeout not in hooks["request"]:
+        hooks["request"].append(_bounded_timeout)
+
+
 def download_model(repo_id: str, revision: str | None, *, allow_pickle: bool, trust_remote_code: bool) -> Path:
     """Fetch (or reuse from the HF cache) the files needed to load `repo_id`; safetensors only by default."""
     patterns = SAFE_PATTERNS + (PICKLE_PATTERNS if allow_pickle else []) + (["*.py"] if trust_remote_code else [])
-    page = model_page_url(repo_id)
+    _install_timeout_hook()
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-    except GatedRepoError:
+    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+        raise _hub_error(exc, repo_id, revision) from None
+    except OSError as exc:  # DNS failures and similar surface as plain OSError subclasses
         raise HubAccessError(
-            f"{repo_id} is a gated model and this account has no access to it.",
-            hint=f"Request access on the model page {page}, then log in with `hf auth login` "
-            "(or set HF_TOKEN) and run the command again.",
+            f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id} ({type(exc).__name__}).",
+            hint=_OFFLINE_HINT,
         ) from None
-    except RevisionNotFoundError:
-        raise HubAccessError(
-            f"{repo_id} has no revision '{revision}'.", hint=f"Check model.revision against {page}/tree/main."
-        ) from None
-    except RepositoryNotFoundError:
-        raise HubAccessError(
-            f"Model '{repo_id}' was not found on the Hub (or it is private and you are not logged in).",
-            hint=f"Check the spelling of model.name (it should open at {page}); for a private model run "
-            "`hf auth login` first.",
-        ) from None
-    except LocalEntryNotFoundError:
-        if constants.HF_HUB_OFFLINE:
-            raise HubAccessError(
-                f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it.",
-                hint="Unset HF_HUB_OFFLINE to download it, or point model.name at a local directory.",
-            ) from None
-        raise HubAccessError(
-            f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id}.",
-            hint="Check your network connection or proxy. If the model was downloaded before, set "
-            "HF_HUB_OFFLINE=1 to use the cached copy.",
-        ) from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 401:
-            raise HubAccessError(
-                f"The Hub rejected the credentials used to download {repo_id} (401 Unauthorized).",
-                hint="Your token is missing, expired or invalid: run `hf auth login` again, or fix HF_TOKEN.",
-            ) from None
-        raise HubAccessError(
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)  # HfHubHTTPError carries the HTTP response, when there was one
+    return response.status_code if response is not None else None
+
+
+def _hub_error(exc: HfHubHTTPError | LocalEntryNotFoundError, repo_id: str, revision: str | None) -> HubAccessError:
+    """One message per failure: what happened, and the one thing to do about it."""
+    page = model_page_url(repo_id)
+    status = _status(exc)
+    logged_in = get_token() is not None
+    if isinstance(exc, GatedRepoError):
+        who = "your account has not been granted access" if logged_in else "you are not logged in"
+        return HubAccessError(
+            f"{repo_id} is a gated model and {who} ({status} {'Forbidden' if status == 403 else 'Unauthorized'}).",
+            hint=f"Request access on the model page {page}, then log in with `hf auth login` (or set HF_TOKEN) "
+            "and run the command again.",
+        )
+    if isinstance(exc, RevisionNotFoundError):
+        return HubAccessError(f"{repo_id} has no revision '{revision}'.", hint=f"Check model.revision against {page}/tree/main.")
+    if isinstance(exc, RepositoryNotFoundError) and status == 401 and not logged_in:
+        return HubAccessError(
+            f"The Hub refused to serve {repo_id} without a login (401 Unauthorized): it is private or gated, "
+            "or it does not exist.",
+            hint=f"Log in with `hf auth login` (or set HF_TOKEN). If it should be public, check the spelling of "
+            f"model.name (it would open at {page}).",
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return HubAccessError(
+            f"Model '{repo_id}' was not found on the Hub ({status} Not Found), or your account cannot see it.",
+            hint=f"Check the spelling of model.name (owner/name, as it appears at {page}); for a private model, "
+            "log in with `hf auth login` as an account that can see it.",
+        )
+    if isinstance(exc, HfHubHTTPError) and status == 401:
+        return HubAccessError(
+            f"The Hub rejected your token while downloading {repo_id} (401 Unauthorized: invalid credentials).",
+            hint="The token is wrong, expired or revoked: run `hf auth login` again, or fix HF_TOKEN.",
+        )
+    if isinstance(exc, HfHubHTTPError):
+        return HubAccessError(
             f"The Hub answered HTTP {status} while downloading {repo_id}.",
             hint="Try again later; if it persists, check the status of the Hub and your network.",
-        ) from None
-    except OSError as exc:  # connection refused, DNS failure, timeouts surface as OSError subclasses
-        raise HubAccessError(
-            f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id} "
-            f"({type(exc).__name__}).",
-            hint="Check your network connection or proxy. If the model was downloaded before, set "
-            "HF_HUB_OFFLINE=1 to use the cached copy.",
-        ) from None
+        )
+    if constants.HF_HUB_OFFLINE:
+        return HubAccessError(
+            f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it.",
+            hint="Unset HF_HUB_OFFLINE to download it, or point model.name at a local directory.",
+        )
+    return HubAccessError(f"{_unreachable(exc.__cause__)} {constants.ENDPOINT} to download {repo_id}.", hint=_OFFLINE_HINT)
+
+
+def _unreachable(cause: BaseException | None) -> str:
+    """'Connection refused' or 'timed out', from the transport error huggingface_hub chained (httpx classes,
+    told apart by name so that the httpx fork huggingface_hub uses is not imported here)."""
+    name = type(cause).__name__ if cause is not None else ""
+    if "Timeout" in name:
+        return f"The Hugging Face Hub did not answer within {constants.HF_HUB_ETAG_TIMEOUT} s (timeout) at"
+    if name == "ConnectError" and "refused" in str(cause).lower():
+        return "The connection to the Hugging Face Hub was refused at"
+    return f"Could not connect to the Hugging Face Hub ({name or 'network error'}) at"

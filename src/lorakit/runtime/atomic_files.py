@@ -26,6 +26,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_directory",
     "remove_abandoned_staging",
+    "remove_directory",
     "is_disk_full",
 ]
 
@@ -36,7 +37,7 @@ _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # says "No space left on device (os error 28)"; torch.save only says "file write failed" or
 # "unexpected pos", which is why checkpoint.py serialises to memory and writes the bytes itself.
 _DISK_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|File too large|os error (28|122|27)\b")
-_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]{8}$")
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|del)-[0-9a-f]{8}$")
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -148,9 +149,18 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         raise
 
 
+def remove_directory(path: Path) -> None:
+    """Delete a folder so that it disappears whole: renamed away first (atomic), then deleted. A crash
+    mid-delete leaves `.name.del-*`, never a half-deleted folder under its real name."""
+    doomed = _staging_name(path, "del")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def remove_abandoned_staging(directory: Path) -> list[str]:
-    """Delete staging leftovers of writers killed mid-write (`.name.tmp-*`); restore `.name.old-*` whose
-    replacement never arrived. Call only while holding the run lock. Returns what was cleaned."""
+    """Delete leftovers of writers killed mid-write or mid-delete (`.name.tmp-*`, `.name.del-*`); restore
+    `.name.old-*` whose replacement never arrived. Call only while holding the run lock. Returns what was
+    cleaned."""
     if not directory.is_dir():
         return []
     cleaned = []

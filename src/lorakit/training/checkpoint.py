@@ -16,7 +16,6 @@ import json
 import pickle
 import random
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from lorakit.errors import CheckpointError, DiskFullError
-from lorakit.runtime.atomic_files import atomic_directory, remove_abandoned_staging
+from lorakit.runtime.atomic_files import atomic_directory, remove_abandoned_staging, remove_directory
 from lorakit.runtime.logging import get_logger
 
 __all__ = [
@@ -154,7 +153,7 @@ def save_checkpoint(
             if previous else exc.hint,
         ) from None
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_directory(old)
     return target
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -35,7 +34,12 @@ from lorakit.model.load import (
 from lorakit.model.quantize import bitsandbytes_available, nf4_config, wants_4bit
 from lorakit.model.run_plan import resolve_auto_settings
 from lorakit.model.trainable import make_trainable
-from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text, remove_abandoned_staging
+from lorakit.runtime.atomic_files import (
+    atomic_directory,
+    atomic_write_text,
+    remove_abandoned_staging,
+    remove_directory,
+)
 from lorakit.runtime.device import compute_dtype, pick_device
 from lorakit.runtime.logging import get_logger
 from lorakit.runtime.run_lock import hold_run_lock
@@ -163,7 +167,7 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     if overwrite and not resume:
         for name in ("checkpoints", FINAL, "tensorboard", "metrics.jsonl", "manifest.json", "loss_curve.png"):
             target = run_dir / name
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+            remove_directory(target) if target.is_dir() else target.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -1,0 +1,149 @@
+"""Issue 4, point 6: Hub faults against a local server playing the Hub (HF_ENDPOINT on 127.0.0.1).
+
+Each fault runs the real `lorakit train` in a subprocess (huggingface_hub reads HF_* variables at import) and
+must print exactly one error with one hint, no traceback, and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import write_qa_jsonl
+from fake_hub import FakeHub
+
+GOOD_TOKEN = "hf_GoodTokenForTheFakeHub0123456789"
+OTHER_TOKEN = "hf_ValidButNotGrantedAccess987654321"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_train(directory: Path, endpoint: str, repo_id: str, token: str | None, offline: bool = False):
+    directory.mkdir()
+    data = write_qa_jsonl(directory / "qa.jsonl")
+    config = directory / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "output_dir": str(directory / "run"), "model": {"name": repo_id, "max_length": 128},
+        "training": {"batch_size": 2, "max_steps": 1}, "data": {"train_file": str(data)},
+    }))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(directory / "hf-home"), HF_HUB_ETAG_TIMEOUT="1",
+               HF_HUB_DOWNLOAD_TIMEOUT="1", LORAKIT_CACHE_DIR=str(directory / "cache"), COLUMNS="200")
+    if token is not None:
+        env["HF_TOKEN"] = token
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config)], capture_output=True, text=True,
+                            env=env, timeout=180)
+    return result, time.monotonic() - started
+
+
+# name -> (repo id, token, offline, which server); all run at once, each test checks its own outcome.
+SCENARIOS = {
+    "no-token": ("lorakit-tests/private-llama", None, False, "hub"),
+    "bad-token": ("lorakit-tests/tiny-llama", "hf_NotAValidToken", False, "hub"),
+    "gated-403": ("lorakit-tests/gated-llama", OTHER_TOKEN, False, "hub"),
+    "gated-no-token": ("lorakit-tests/gated-llama", None, False, "hub"),
+    "not-found": ("lorakit-tests/tiny-lama", GOOD_TOKEN, False, "hub"),
+    "refused": ("lorakit-tests/tiny-llama", None, False, "closed"),
+    "timeout": ("lorakit-tests/tiny-llama", None, False, "silent"),
+    "offline": ("lorakit-tests/tiny-llama", None, True, "hub"),
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tiny_llama_dir, tmp_path_factory):
+    """Run every scenario's `lorakit train` concurrently (each is mostly interpreter start-up)."""
+    root = tmp_path_factory.mktemp("hub-faults")
+    with FakeHub(valid_tokens={GOOD_TOKEN, OTHER_TOKEN}) as hub, FakeHub(hang=True) as silent:
+        hub.add("lorakit-tests/tiny-llama", tiny_llama_dir)
+        hub.add("lorakit-tests/gated-llama", tiny_llama_dir, gated=True, granted_tokens={GOOD_TOKEN})
+        endpoints = {"hub": hub.url, "silent": silent.url, "closed": f"http://127.0.0.1:{_closed_port()}"}
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = {name: pool.submit(_run_train, root / name, endpoints[server], repo, token, offline)
+                       for name, (repo, token, offline, server) in SCENARIOS.items()}
+            results = {name: future.result() for name, future in futures.items()}
+        yield results, hub
+
+
+def _assert_one_message(result) -> tuple[str, str]:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith("error: ") and lines[1].startswith("hint: "), result.stderr
+    return lines[0], lines[1]
+
+
+def test_hub_faults_401_without_a_token_says_to_log_in(outcomes):
+    error, hint = _assert_one_message(outcomes[0]["no-token"][0])
+    assert "refused to serve lorakit-tests/private-llama without a login (401 Unauthorized)" in error
+    assert "`hf auth login`" in hint and "check the spelling" in hint
+
+
+def test_hub_faults_401_with_a_bad_token_says_the_token_was_rejected(outcomes):
+    result = outcomes[0]["bad-token"][0]
+    error, hint = _assert_one_message(result)
+    assert "rejected your token" in error and "401 Unauthorized" in error
+    assert "`hf auth login`" in hint and "HF_TOKEN" in hint
+    assert "hf_NotAValidToken" not in result.stderr + result.stdout
+
+
+def test_hub_faults_403_gated_names_the_page_and_says_request_access_then_login(outcomes):
+    (result, _), hub = outcomes[0]["gated-403"], outcomes[1]
+    error, hint = _assert_one_message(result)
+    assert "lorakit-tests/gated-llama is a gated model and your account has not been granted access (403" in error
+    assert f"Request access on the model page {hub.url}/lorakit-tests/gated-llama, then log in with `hf auth login`" in hint
+
+
+def test_hub_faults_gated_without_a_token_also_says_request_access(outcomes):
+    error, hint = _assert_one_message(outcomes[0]["gated-no-token"][0])
+    assert "is a gated model and you are not logged in" in error
+    assert "Request access on the model page" in hint and "`hf auth login`" in hint
+
+
+def test_hub_faults_404_says_not_found_and_to_check_the_spelling(outcomes):
+    error, hint = _assert_one_message(outcomes[0]["not-found"][0])
+    assert "Model 'lorakit-tests/tiny-lama' was not found on the Hub (404 Not Found)" in error
+    assert "Check the spelling of model.name" in hint
+
+
+def test_hub_faults_connection_refused_says_so_and_suggests_offline_mode(outcomes):
+    error, hint = _assert_one_message(outcomes[0]["refused"][0])
+    assert "The connection to the Hugging Face Hub was refused" in error
+    assert "HF_HUB_OFFLINE=1" in hint
+
+
+def test_hub_faults_timeout_says_so_within_seconds_and_suggests_offline_mode(outcomes):
+    result, seconds = outcomes[0]["timeout"]
+    error, hint = _assert_one_message(result)
+    assert "did not answer within 1 s (timeout)" in error
+    assert "HF_HUB_OFFLINE=1" in hint
+    assert seconds < 90  # without lorakit's bounded timeout huggingface_hub waits forever
+
+
+def test_hub_faults_offline_with_a_cache_miss(outcomes):
+    error, hint = _assert_one_message(outcomes[0]["offline"][0])
+    assert "not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it" in error
+    assert "Unset HF_HUB_OFFLINE" in hint
+
+
+def test_hub_faults_every_request_went_to_the_configured_endpoint_only(outcomes):
+    hub = outcomes[1]
+    paths = [path for _, path, _ in hub.requests]
+    assert any("/gated-llama/resolve/" in p for p in paths)  # the gated refusal came from a file request
+    assert all(auth in (None, f"Bearer {GOOD_TOKEN}", f"Bearer {OTHER_TOKEN}", "Bearer hf_NotAValidToken")
+               for _, _, auth in hub.requests)
