@@ -6,7 +6,13 @@ import json
 from pathlib import Path
 from typing import Protocol
 
+from lorakit.errors import DiskFullError
+from lorakit.runtime.atomic_files import atomic_write_text, is_disk_full
+from lorakit.runtime.logging import get_logger
+
 __all__ = ["ProgressReporter", "SilentReporter", "MetricsSink", "plot_loss_curve"]
+
+log = get_logger("training.metrics")
 
 
 class ProgressReporter(Protocol):
@@ -39,20 +45,33 @@ class MetricsSink:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = run_dir / "metrics.jsonl"
-        self.path.write_text("".join(json.dumps(record) + "\n" for record in history))
+        atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in history))
         # purge_step drops events a killed run wrote after its last checkpoint, so curves do not double back.
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=first_step + 1 if first_step else None)
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self.writer.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value, record["step"])
-        self.writer.flush()
+        try:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value, record["step"])
+            self.writer.flush()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise DiskFullError(
+                f"The disk is full: could not log step {record['step']} to {self.path.parent} ({exc}).",
+                hint="Free space, then continue with `lorakit train CONFIG --resume` (the log is rebuilt from the checkpoint).",
+            ) from None
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+        except OSError as exc:  # never let a failed final flush hide the error that stopped the run
+            if not is_disk_full(exc):
+                raise
+            log.warning("TensorBoard events could not be flushed: the disk is full")
 
 
 def plot_loss_curve(history: list[dict], path: Path) -> Path | None:
