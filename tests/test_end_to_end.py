@@ -17,7 +17,7 @@ def test_demo_trains_embedded_model_and_answers_from_adapter(tmp_path):
     run_dir = tmp_path / "demo"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "lorakit", "train", "examples/config.yaml",
-               "--set", f"output_dir={run_dir}", "--set", "training.max_steps=4", "--set", "training.batch_size=4",
+               "--set", f"output_dir={run_dir}", "--set", "training.max_steps=4", "--set", "training.warmup_steps=1", "--set", "training.batch_size=4",
                "--set", "training.eval_steps=2", "--set", "training.save_steps=2", "--set", "inference.max_new_tokens=24"]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -17,8 +17,8 @@ from lorakit.errors import LorakitError
 
 __all__ = ["app", "main", "run_cli", "console", "err_console"]
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
     name="lorakit",
