@@ -201,19 +201,26 @@ def plan_text(resolved) -> dict:
             "offload": resolved.offload_activations, "quantization": resolved.config.model.quantization}
 
 
-def run_all(args, bench: Bench, tokenizer, model_dir: str, shape: dict) -> None:
+PHASES = ("guide", "bf16", "qlora")
+
+
+def run_phase(phase: str, args, bench: Bench, tokenizer, model_dir: str) -> None:
+    """One phase per process, so no phase's leftovers (the HF Trainer keeps references to its model, liger
+    patches RoPE module-wide) touch another's memory or code."""
+    examples = rendered_examples(tokenizer, 2048, 512, seed=0)
+    if phase == "guide":
+        guide_steps = dict(measured_steps=1, warmup_steps=1) if args.smoke else dict(measured_steps=8, warmup_steps=1)
+        bench.guarded("(a) guide recipe", lambda: run_guide_recipe(model_dir, tokenizer, examples, **guide_steps))
+    elif phase == "bf16":
+        run_bf16_rows(args, bench, tokenizer, model_dir, examples)
+    else:
+        run_qlora_rows(args, bench, tokenizer, model_dir, examples)
+
+
+def run_bf16_rows(args, bench: Bench, tokenizer, model_dir: str, examples) -> None:
+    """(c) bf16 LoRA, built up one optimisation at a time on one loaded model."""
     cuda, bf16 = torch.device("cuda"), torch.bfloat16
     steps = dict(measured_steps=2, warmup_steps=1) if args.smoke else dict(measured_steps=6, warmup_steps=3)
-    examples = rendered_examples(tokenizer, 2048, 512, seed=0)
-    lengths = [len(e.input_ids) for e in examples]
-    print(f"data: {len(examples)} examples, mean {sum(lengths) / len(lengths):.0f} tokens, "
-          f"{sum(lengths) / (512 * len(lengths)):.1%} of 512-padded rows are real tokens", flush=True)
-
-    # (a) first: liger patches RoPE module-wide once (b)/(c) load, and (a) must run the model's own code.
-    guide_steps = dict(measured_steps=1, warmup_steps=1) if args.smoke else dict(measured_steps=8, warmup_steps=1)
-    bench.guarded("(a) guide recipe", lambda: run_guide_recipe(model_dir, tokenizer, examples, **guide_steps))
-
-    # (c) bf16 LoRA, built up one optimisation at a time on one loaded model.
     from lorakit.model.adapters import attach_lora
     from lorakit.model.attention import use_varlen_attention
 
@@ -251,11 +258,12 @@ def run_all(args, bench: Bench, tokenizer, model_dir: str, shape: dict) -> None:
     predicted = predicted_peak(model_config, bigger.config, None, False, fused=True)
     bench.guarded("(c4) = c3 at 16,384 tokens per micro-batch (not planned)", lambda: run_lorakit_steps(session, **steps),
                   predicted=predicted, **plan_text(bigger))
-    del model, session
-    gc.collect()
-    torch.cuda.empty_cache()
 
-    # (b) QLoRA through make_trainable, the path `lorakit train` takes; then other plans on the same model.
+
+def run_qlora_rows(args, bench: Bench, tokenizer, model_dir: str, examples) -> None:
+    """(b) QLoRA through make_trainable, the path `lorakit train` takes; then other plans on the same model."""
+    cuda, bf16 = torch.device("cuda"), torch.bfloat16
+    steps = dict(measured_steps=2, warmup_steps=1) if args.smoke else dict(measured_steps=6, warmup_steps=3)
     resolved, model_config = planned(lorakit_config(model_dir, 512, quantization="nf4"), model_dir, None)
     config = resolved.config
     model = load_base_model(resolve_model_source(config.model), config.model, cuda, bf16, nf4_config(bf16))
@@ -319,15 +327,23 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[1] / ".fixtures6" / "smollm2-tokenizer"))
     parser.add_argument("--model-dir", default="/tmp/phi4-mini-random")
     parser.add_argument("--smoke", action="store_true", help="2-layer model, few steps: checks the script runs")
+    parser.add_argument("--phase", choices=PHASES, help="internal: run one phase in this process")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    shape = SMOKE if args.smoke else PHI4_MINI
+    if args.phase:
+        from transformers import AutoTokenizer
+
+        environment = json.loads((args.out / "env.json").read_text())
+        bench = Bench(args.out, shape, environment["bf16_matmul_tflops"])
+        run_phase(args.phase, args, bench, AutoTokenizer.from_pretrained(args.tokenizer), args.model_dir)
+        return
     import bitsandbytes
     import liger_kernel  # noqa: F401  (fail now, not after the baseline)
     import peft
     import transformers
     from transformers import AutoTokenizer
 
-    shape = SMOKE if args.smoke else PHI4_MINI
     environment = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
                    "transformers": transformers.__version__, "peft": peft.__version__,
                    "bitsandbytes": bitsandbytes.__version__, "liger_kernel": _version("liger-kernel"),
@@ -338,14 +354,22 @@ def main() -> None:
     started = time.perf_counter()
     build_random_model(Path(args.model_dir), shape)
     print(f"random model saved in {time.perf_counter() - started:.0f}s", flush=True)
+    free, total = torch.cuda.mem_get_info()
+    print(f"memory used outside PyTorch's allocator (CUDA context etc.): "
+          f"{(total - free - torch.cuda.memory_reserved()) / GIB:.2f} GiB", flush=True)
+    lengths = [len(e.input_ids) for e in rendered_examples(AutoTokenizer.from_pretrained(args.tokenizer), 2048, 512, seed=0)]
+    print(f"data: {len(lengths)} examples, mean {sum(lengths) / len(lengths):.0f} tokens, "
+          f"{sum(lengths) / (512 * len(lengths)):.1%} of 512-padded rows are real tokens", flush=True)
+    torch.cuda.empty_cache()
+    import subprocess
+
+    for phase in PHASES:
+        command = [sys.executable, __file__, "--out", str(args.out), "--tokenizer", args.tokenizer,
+                   "--model-dir", args.model_dir, "--phase", phase] + (["--smoke"] if args.smoke else [])
+        print(f"phase {phase}: exit {subprocess.run(command).returncode}", flush=True)
     bench = Bench(args.out, shape, environment["bf16_matmul_tflops"])
-    try:
-        run_all(args, bench, AutoTokenizer.from_pretrained(args.tokenizer), args.model_dir, shape)
-    finally:
-        free, total = torch.cuda.mem_get_info()
-        print(f"memory used outside PyTorch's allocator (CUDA context etc.): "
-              f"{(total - free - torch.cuda.memory_reserved()) / GIB:.2f} GiB", flush=True)
-        print_table(bench, args.out)
+    bench.rows = [json.loads(line) for line in (args.out / "rows.jsonl").read_text().splitlines()]
+    print_table(bench, args.out)
 
 
 def _version(name: str) -> str:

@@ -44,4 +44,5 @@ def apply_checkpointing(model, checkpoint_every: int | None, *, reentrant: bool 
 
 def activation_offload(enabled: bool) -> AbstractContextManager:
     """Context for the forward pass: tensors saved for backward live in pinned CPU memory until needed."""
-    return torch.autograd.graph.save_on_cpu(pin_memory=True) if enabled else nullcontext()
+    # Pinned pages make the copies asynchronous; they need a CUDA runtime to allocate.
+    return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()) if enabled else nullcontext()

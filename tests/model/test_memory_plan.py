@@ -1,0 +1,125 @@
+"""The memory planner: exact parameter counts, predictions within 10% of the H100 measurements recorded in
+bench/results/final, plans that fit, and the checkpointing/offload it asks for leaving the loss unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorakit.config import RunConfig
+from lorakit.errors import ConfigError
+from lorakit.model.checkpointing import activation_offload, apply_checkpointing, decoder_layers
+from lorakit.model.memory_plan import GIB, ModelShape, TrainSettings, estimate_peak_memory, plan_settings
+from lorakit.model.run_plan import parse_memory_size, plan_training, resolve_auto_settings
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "final" / "rows.jsonl"
+PHI4_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+             "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 200064, "tie_word_embeddings": True}
+
+
+def run_config(quantization="nf4", max_length=512, **training) -> RunConfig:
+    return RunConfig.model_validate({
+        "model": {"name": "phi4", "max_length": max_length, "quantization": quantization},
+        "training": {"packing": True, "batch_size": "auto", "gradient_checkpointing": "auto", **training},
+        "data": {"train_file": "x.jsonl"},
+    })
+
+
+def test_shape_counts_phi4_mini_exactly():
+    shape = ModelShape.from_config(PHI4_MINI)
+    assert shape.linears() == {"qkv_proj": (3072, 5120), "o_proj": (3072, 3072), "gate_up_proj": (3072, 16384),
+                               "down_proj": (8192, 3072)}
+    assert shape.layers * shape.linear_params_per_layer == 3_221_225_472
+    assert shape.embedding_params == 614_596_608 and shape.head_params == 0  # tied
+
+
+def test_config_without_sizes_is_rejected():
+    with pytest.raises(ValueError, match="hidden_size"):
+        ModelShape.from_config({"model_type": "llama"})
+
+
+def test_predictions_within_10_percent_of_h100_measurements():
+    """Every lorakit row of the recorded benchmark run (bench/gpu_speed_memory.py) that has a prediction."""
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    checked = [r for r in rows if r.get("predicted")]
+    assert len(checked) >= 3
+    for row in checked:
+        error = (row["predicted"] - row["peak_allocated"]) / row["peak_allocated"]
+        assert abs(error) < 0.10, (row["name"], error)
+
+
+def test_bigger_batches_and_no_checkpointing_cost_memory():
+    shape = ModelShape.from_config(PHI4_MINI)
+    base = TrainSettings("nf4", 2, 16, "all-linear", True, tokens_per_micro_batch=512)
+    peak = lambda **kw: estimate_peak_memory(shape, TrainSettings(**{**base.__dict__, **kw})).peak_allocated
+    assert peak(tokens_per_micro_batch=1024) > peak()
+    assert peak(checkpoint_every=None) > peak(checkpoint_every=2) > peak(checkpoint_every=1)
+    assert peak(checkpoint_every=1, offload_activations=True) < peak(checkpoint_every=1)
+    assert peak(quantization="none") - peak() > 4 * GIB  # bf16 weights of 3.2B linear parameters
+
+
+def test_plan_for_8_gib_fits_and_more_memory_is_never_slower():
+    shape = ModelShape.from_config(PHI4_MINI)
+    base = TrainSettings("nf4", 2, 16, "all-linear", True, tokens_per_micro_batch=512)
+    small = plan_settings(shape, base, max_length=512, gpu_memory_bytes=8 * GIB)[0]
+    large = plan_settings(shape, base, max_length=512, gpu_memory_bytes=80 * GIB)[0]
+    assert small.fits and small.estimate.peak_on_gpu() <= 8 * GIB
+    assert small.settings.checkpoint_every == 1  # a 3.8B model at 8 GiB needs every layer checkpointed
+    assert large.settings.checkpoint_every is None and large.relative_time <= small.relative_time
+
+
+def test_auto_settings_resolve_and_fixed_ones_stay():
+    resolved = resolve_auto_settings(run_config("auto"), PHI4_MINI, cuda=True, dtype_bytes=2, nf4_available=True,
+                                     memory_bytes=8 * GIB)
+    assert resolved.config.model.quantization == "nf4" and isinstance(resolved.config.training.batch_size, int)
+    roomy = resolve_auto_settings(run_config("auto"), PHI4_MINI, cuda=True, dtype_bytes=2, nf4_available=True,
+                                  memory_bytes=80 * GIB)
+    assert roomy.config.model.quantization == "none"  # bf16 LoRA is faster and fits
+    fixed = run_config("nf4", batch_size=2, gradient_checkpointing=True)
+    unchanged = resolve_auto_settings(fixed, PHI4_MINI, cuda=True, dtype_bytes=2, nf4_available=True, memory_bytes=GIB)
+    assert unchanged.config is fixed and unchanged.checkpoint_every == 1 and unchanged.plan is None
+
+
+def test_nothing_fits_names_the_need_and_the_fix():
+    with pytest.raises(ConfigError) as caught:
+        plan_training(run_config("nf4", max_length=4096), PHI4_MINI, 2 * GIB, dtype_bytes=2, nf4_available=True)
+    assert "needs at least" in caught.value.message and "Lower model.max_length" in caught.value.message
+
+
+def test_memory_sizes_parse():
+    assert parse_memory_size("8GB") == parse_memory_size("8 GiB") == 8 * GIB
+    with pytest.raises(ConfigError, match="not a memory size"):
+        parse_memory_size("lots")
+
+
+@pytest.mark.parametrize(("every", "offload"), [(2, False), (1, True)])
+def test_checkpointing_and_offload_keep_loss_and_gradients(every, offload):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = get_peft_model(AutoModelForCausalLM.from_config(config),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).train()
+    ids = torch.randint(0, 49152, (2, 12))
+
+    def loss_and_grads():
+        model.zero_grad()
+        with activation_offload(offload):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    plain_loss, plain_grads = loss_and_grads()
+    chosen = apply_checkpointing(model, every, reentrant=offload)
+    assert chosen == list(range(0, 4, every))
+    assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [i in chosen for i in range(4)]
+    loss, grads = loss_and_grads()
+    assert loss == pytest.approx(plain_loss, rel=1e-6)
+    for a, b in zip(grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert apply_checkpointing(model, None) == []
