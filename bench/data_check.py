@@ -159,7 +159,8 @@ def main() -> None:
     rows = [
         ("baseline: load_dataset(json) + datasets.map tokenize", base_total, "1.00x"),
         ("  of which datasets.map tokenize only", map_s, f"{base_total / map_s:.2f}x"),
-        ("lorakit data check (parse, formats, PHI, duplicates, token lengths)", check_s, f"{base_total / check_s:.2f}x"),
+        ("lorakit data check (parse, formats, PHI, duplicates, token lengths)", check_s,
+         f"{base_total / check_s:.2f}x"),
         ("lorakit tokenize: read + render_batch (ids + assistant labels)", read_s + render_s,
          f"{base_total / (read_s + render_s):.2f}x"),
         ("  of which render_batch only (vs map only)", render_s, f"{map_s / render_s:.2f}x vs map"),
@@ -167,7 +168,8 @@ def main() -> None:
     lines = [
         f"lorakit bench/data_check.py: {n} examples ({size_mib:.0f} MiB JSONL), tokenizer {TOKENIZER.name}, "
         f"max_length {MAX_LENGTH}, default system prompt",
-        f"machine: {os.cpu_count()} CPU cores, python {sys.version.split()[0]}; best of {args.repeats} interleaved runs; "
+        f"machine: {os.cpu_count()} CPU cores, python {sys.version.split()[0]}; "
+        f"best of {args.repeats} interleaved runs; "
         f"data check issues found: {issues} (clean generated data)",
         "",
         f"{'what':<72} {'seconds':>8} {'examples/s':>11} {'speed vs baseline':>18}",
@@ -176,7 +178,8 @@ def main() -> None:
         lines.append(f"{name:<72} {seconds:>8.1f} {n / seconds:>11.0f} {ratio:>18}")
     lines += [
         "",
-        "resident memory of `data check` in a fresh process (MiB; setup = imports + tokenizer, peak sampled every 10 ms):",
+        "resident memory of `data check` in a fresh process "
+        "(MiB; setup = imports + tokenizer, peak sampled every 10 ms):",
         f"  {n // 4:>7} examples: setup {memory_quarter['setup_mib']:.0f}, peak {memory_quarter['peak_mib']:.0f} "
         f"(+{memory_quarter['peak_mib'] - memory_quarter['setup_mib']:.0f})",
         f"  {n:>7} examples: setup {memory_full['setup_mib']:.0f}, peak {memory_full['peak_mib']:.0f} "

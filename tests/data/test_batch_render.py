@@ -54,8 +54,8 @@ def test_sharegpt_mask_token_by_token_with_the_configured_system_prompt(tokenize
 def test_render_batch_equals_render_conversation(tokenizer):
     records = [
         (MULTI_TURN, "messages"), (SHAREGPT, "sharegpt"),
-        ({"instruction": "Qu'est-ce que la pression artérielle ? 血压", "input": "Adulte", "response": "Une force 💓."},
-         "instruction"),
+        ({"instruction": "Qu'est-ce que la pression artérielle ? 血压", "input": "Adulte",
+          "response": "Une force 💓."}, "instruction"),
         ({"instruction": "  spaces  ", "output": "tabs\tand\nnew lines\n"}, "alpaca"),
         ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A " * 80}]}, "messages"),
         ({"messages": [{"role": "system", "content": "Other <|im_end|> prompt."}, {"role": "user", "content": "Q"},
@@ -65,7 +65,8 @@ def test_render_batch_equals_render_conversation(tokenizer):
     for max_length in (512, 30):
         expected = [render_conversation(c, tokenizer, "Be brief.", max_length) for c in conversations]
         assert render_batch(conversations, tokenizer, "Be brief.", max_length) == expected
-    assert [e.truncated for e in render_batch(conversations, tokenizer, "Be brief.", 30)] == [True, True, True, False, True, False]
+    truncated = [e.truncated for e in render_batch(conversations, tokenizer, "Be brief.", 30)]
+    assert truncated == [True, True, True, False, True, False]
 
 
 def test_render_batch_without_system_prompt_equals_render_conversation(tokenizer):

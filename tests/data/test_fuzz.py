@@ -23,7 +23,8 @@ JSON = st.recursive(
     max_leaves=12,
 )
 LINE_PIECES = st.sampled_from([b"{", b"}", b"[", b"]", b'"', b",", b":", b"\n", b"\r\n", b"\xef\xbb\xbf", b"\xff\xfe",
-                               b"\xe9", b" ", b'"instruction"', b'"response"', b'"messages"', b"\\u", b"\\ud800", b"1e999"])
+                               b"\xe9", b" ", b'"instruction"', b'"response"', b'"messages"', b"\\u", b"\\ud800",
+                               b"1e999"])
 
 
 @pytest.fixture(scope="module")

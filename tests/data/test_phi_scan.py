@@ -82,4 +82,5 @@ def test_snippet_masks_every_identifier_in_view_and_never_shows_one_in_full():
         snippet = masked_snippet(text, findings, finding, width=80)
         for other in findings:
             assert text[other.start:other.end] not in snippet
-    assert masked_snippet(text, findings, findings[1], width=10) == "...J*** ***, DOB: 0*/**/****, phone 5**-***-****..."
+    snippet = masked_snippet(text, findings, findings[1], width=10)
+    assert snippet == "...J*** ***, DOB: 0*/**/****, phone 5**-***-****..."

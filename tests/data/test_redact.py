@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from data_files import write_lines
 
 from lorakit.data.phi_scan import scan_text
 from lorakit.data.redact import redact_file, redact_text
 from lorakit.errors import DataError
-
-from data_files import write_lines  # noqa: F401  (fixture)
 
 IDENTIFIERS = ["jane.doe@example.org", "555-123-4567", "123-45-6789", "00123456", "03/14/1962", "123 Main Street",
                "192.168.1.20", "Jane Doe"]
@@ -24,8 +23,8 @@ def test_redact_text_replaces_identifiers_and_keeps_keywords():
     assert redact_text("Patient: Jane Doe, DOB: 03/14/1962") == "Patient: [NAME], DOB: [DOB]"
 
 
-def test_redacted_copy_contains_none_of_the_identifiers_and_the_input_is_unchanged(write_lines, tmp_path):
-    source = write_lines("phi.jsonl", CLEAN, DIRTY, "not json: call 555-123-4567")
+def test_redacted_copy_contains_none_of_the_identifiers_and_the_input_is_unchanged(tmp_path):
+    source = write_lines(tmp_path, "phi.jsonl", CLEAN, DIRTY, "not json: call 555-123-4567")
     before = source.read_bytes()
     summary = redact_file(source, tmp_path / "clean.jsonl")
     text = (tmp_path / "clean.jsonl").read_text()
@@ -52,8 +51,8 @@ def test_json_array_and_nested_messages_are_redacted(tmp_path):
     assert record["messages"][0]["content"] == "I am Mr. [NAME]"
 
 
-def test_refuses_to_write_over_its_input_or_an_existing_file(write_lines, tmp_path):
-    source = write_lines("phi.jsonl", DIRTY)
+def test_refuses_to_write_over_its_input_or_an_existing_file(tmp_path):
+    source = write_lines(tmp_path, "phi.jsonl", DIRTY)
     with pytest.raises(DataError, match="is the input file; redaction never modifies its input"):
         redact_file(source, source, overwrite=True)
     (tmp_path / "exists.jsonl").write_text("keep")

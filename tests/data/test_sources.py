@@ -6,11 +6,10 @@ import hashlib
 import json
 
 import pytest
+from data_files import write_lines
 
 from lorakit.data.issues import Issue
 from lorakit.data.sources import RawRecord, open_sources, role_from_name
-
-from data_files import write_lines  # noqa: F401  (fixture)
 
 
 def read_all(path):
@@ -31,44 +30,45 @@ def headlines(items):
     return sorted(issue.headline() for issue in found)
 
 
-def test_clean_jsonl_gives_records_with_line_numbers_and_the_file_hash(write_lines):
-    path = write_lines("ok.jsonl", {"a": 1}, {"b": 2})
+def test_clean_jsonl_gives_records_with_line_numbers_and_the_file_hash(tmp_path):
+    path = write_lines(tmp_path, "ok.jsonl", {"a": 1}, {"b": 2})
     items, sha = read_all(path)
     assert records(items) == [(1, {"a": 1}), (2, {"b": 2})]
     assert headlines(items) == []
     assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_record_spread_over_several_lines_is_recognised_and_the_next_record_keeps_its_line(write_lines):
-    path = write_lines("spread.jsonl", {"a": 1}, '{"instruction": "Q",', '  "response":', '  "A"}', {"b": 2})
+def test_record_spread_over_several_lines_is_recognised_and_the_next_record_keeps_its_line(tmp_path):
+    path = write_lines(tmp_path, "spread.jsonl", {"a": 1}, '{"instruction": "Q",', '  "response":', '  "A"}', {"b": 2})
     items, _ = read_all(path)
     assert headlines(items) == [f"{path}:2: error: one record is spread over lines 2-4"]
     assert records(items) == [(1, {"a": 1}), (2, {"instruction": "Q", "response": "A"}), (5, {"b": 2})]
 
 
-def test_string_broken_by_a_raw_line_break_is_a_spread_record(write_lines):
-    path = write_lines("broken.jsonl", '{"instruction": "Q", "response": "first line', 'second line"}')
+def test_string_broken_by_a_raw_line_break_is_a_spread_record(tmp_path):
+    path = write_lines(tmp_path, "broken.jsonl", '{"instruction": "Q", "response": "first line', 'second line"}')
     items, _ = read_all(path)
     assert headlines(items) == [f"{path}:1: error: one record is spread over lines 1-2"]
 
 
-def test_broken_line_followed_by_a_good_record_is_invalid_json_not_a_spread_record(write_lines):
-    path = write_lines("cut.jsonl", '{"instruction": "Q", "response":', {"instruction": "Q2", "response": "A2"})
+def test_broken_line_followed_by_a_good_record_is_invalid_json_not_a_spread_record(tmp_path):
+    path = write_lines(tmp_path, "cut.jsonl", '{"instruction": "Q", "response":',
+                       {"instruction": "Q2", "response": "A2"})
     items, _ = read_all(path)
     assert headlines(items) == [f"{path}:1:33: error: invalid JSON: Expecting value"]
     assert records(items) == [(2, {"instruction": "Q2", "response": "A2"})]
 
 
-def test_pretty_printed_messages_record_is_one_spread_record(write_lines):
-    path = write_lines("pretty.jsonl", '{"messages": [', '  {"role": "user", "content": "hi"},',
+def test_pretty_printed_messages_record_is_one_spread_record(tmp_path):
+    path = write_lines(tmp_path, "pretty.jsonl", '{"messages": [', '  {"role": "user", "content": "hi"},',
                        '  {"role": "assistant", "content": "yo"}', "]}")
     items, _ = read_all(path)
     assert headlines(items) == [f"{path}:1: error: one record is spread over lines 1-4"]
     assert [line for line, _ in records(items)] == [1]
 
 
-def test_pretty_printed_array_in_a_jsonl_file(write_lines):
-    path = write_lines("array.jsonl", "[", '  {"a": 1},', '  {"b": 2}', "]")
+def test_pretty_printed_array_in_a_jsonl_file(tmp_path):
+    path = write_lines(tmp_path, "array.jsonl", "[", '  {"a": 1},', '  {"b": 2}', "]")
     items, _ = read_all(path)
     assert headlines(items) == [
         f"{path}:1: error: a JSON array spread over lines 1-4; a .jsonl file has one object per line"]
@@ -87,32 +87,33 @@ def test_pretty_printed_array_in_a_jsonl_file(write_lines):
         ("[" * 100_000, "1: error: invalid JSON: nested too deeply", "A training record"),
     ],
 )
-def test_invalid_json_names_line_column_and_fix(write_lines, line, expected, hint_start):
-    path = write_lines("bad.jsonl", line)
+def test_invalid_json_names_line_column_and_fix(tmp_path, line, expected, hint_start):
+    path = write_lines(tmp_path, "bad.jsonl", line)
     items, _ = read_all(path)
     issues = [item for item in items if isinstance(item, Issue)]
     assert [issue.headline() for issue in issues] == [f"{path}:{expected}"]
     assert issues[0].hint.startswith(hint_start)
 
 
-def test_non_utf8_byte_reports_line_column_and_byte_offset_and_reading_goes_on(write_lines):
-    path = write_lines("latin1.jsonl", {"a": 1}, b'{"b": "caf\xe9"}', {"c": 3})
+def test_non_utf8_byte_reports_line_column_and_byte_offset_and_reading_goes_on(tmp_path):
+    path = write_lines(tmp_path, "latin1.jsonl", {"a": 1}, b'{"b": "caf\xe9"}', {"c": 3})
     items, _ = read_all(path)
     [issue] = [i for item in items if isinstance(item, RawRecord) for i in item.issues]
     assert issue.headline() == f"{path}:2:11: error: not valid UTF-8: byte 0xE9 at byte offset 19 of the file"
-    assert issue.hint == "Re-save the file as UTF-8 (in Windows-1252 this byte is 'é', so it was probably saved that way)."
+    assert issue.hint == ("Re-save the file as UTF-8 (in Windows-1252 this byte is 'é', "
+                          "so it was probably saved that way).")
     assert [line for line, _ in records(items)] == [1, 2, 3]
 
 
-def test_bom_at_file_start_is_a_warning_and_the_record_is_read(write_lines):
-    path = write_lines("bom.jsonl", b'\xef\xbb\xbf{"a": 1}', {"b": 2})
+def test_bom_at_file_start_is_a_warning_and_the_record_is_read(tmp_path):
+    path = write_lines(tmp_path, "bom.jsonl", b'\xef\xbb\xbf{"a": 1}', {"b": 2})
     items, _ = read_all(path)
     assert headlines(items) == [f"{path}:1:1: warning: the file starts with a UTF-8 byte-order mark (BOM)"]
     assert records(items) == [(1, {"a": 1}), (2, {"b": 2})]
 
 
-def test_bom_inside_the_file_points_at_concatenation(write_lines):
-    path = write_lines("cat.jsonl", {"a": 1}, b'\xef\xbb\xbf{"b": 2}')
+def test_bom_inside_the_file_points_at_concatenation(tmp_path):
+    path = write_lines(tmp_path, "cat.jsonl", {"a": 1}, b'\xef\xbb\xbf{"b": 2}')
     items, _ = read_all(path)
     assert headlines(items) == [f"{path}:2:1: warning: a UTF-8 byte-order mark (BOM) starts this line"]
     assert records(items) == [(1, {"a": 1}), (2, {"b": 2})]
@@ -125,8 +126,8 @@ def test_utf16_file_is_one_error(tmp_path):
     assert [i.headline() for i in items] == [f"{path}: error: the file is UTF-16 encoded, not UTF-8"]
 
 
-def test_blank_lines_are_warnings_at_their_lines(write_lines):
-    path = write_lines("blank.jsonl", {"a": 1}, "", "   ", {"b": 2}, "")
+def test_blank_lines_are_warnings_at_their_lines(tmp_path):
+    path = write_lines(tmp_path, "blank.jsonl", {"a": 1}, "", "   ", {"b": 2}, "")
     items, _ = read_all(path)
     assert headlines(items) == [f"{path}:{n}: warning: blank line" for n in (2, 3, 5)]
 
@@ -184,8 +185,8 @@ def test_role_from_name(name, role):
     assert role_from_name(name) == role
 
 
-def test_huge_integer_is_an_issue_not_a_crash(write_lines):
-    path = write_lines("big.jsonl", json.dumps({"a": 1})[:-1] + ', "n": ' + "9" * 5000 + "}")
+def test_huge_integer_is_an_issue_not_a_crash(tmp_path):
+    path = write_lines(tmp_path, "big.jsonl", json.dumps({"a": 1})[:-1] + ', "n": ' + "9" * 5000 + "}")
     items, _ = read_all(path)
     [issue] = [item for item in items if isinstance(item, Issue)]
     assert issue.code == "invalid-json" and issue.line == 1

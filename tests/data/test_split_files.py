@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import pytest
+from data_files import write_lines
 
 from lorakit.data.records import read_conversations
 from lorakit.data.split_files import write_split_files
 from lorakit.errors import DataError
-
-from data_files import write_lines  # noqa: F401  (fixture)
 
 
 def qa(question: str = "What is BP?", answer: str = "Blood pressure.") -> dict:
     return {"instruction": question, "response": answer}
 
 
-def test_split_is_deterministic_complete_and_keeps_duplicates_together(write_lines, tmp_path):
+def test_split_is_deterministic_complete_and_keeps_duplicates_together(tmp_path):
     rows = [qa(f"Question {i}?", f"Answer {i}.") for i in range(20)] + [qa("Question 3?", "Answer 3.")]
     chat = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"},
                          {"role": "assistant", "content": "Hello."}]}
-    sources = [write_lines("qa.jsonl", *rows), write_lines("chat.jsonl", chat)]
+    sources = [write_lines(tmp_path, "qa.jsonl", *rows), write_lines(tmp_path, "chat.jsonl", chat)]
     first = write_split_files(sources, tmp_path / "a", 0.2, 0.2, seed=7)
     second = write_split_files(sources, tmp_path / "b", 0.2, 0.2, seed=7)
     for name in ("train", "validation", "test"):
@@ -33,8 +32,8 @@ def test_split_is_deterministic_complete_and_keeps_duplicates_together(write_lin
     assert len(with_dup) == 1
 
 
-def test_split_refuses_data_with_errors(write_lines, tmp_path):
-    source = write_lines("bad.jsonl", qa(), {"instruction": "Q"})
+def test_split_refuses_data_with_errors(tmp_path):
+    source = write_lines(tmp_path, "bad.jsonl", qa(), {"instruction": "Q"})
     with pytest.raises(DataError, match="1 problem in the data; nothing was written"):
         write_split_files([source], tmp_path / "out", 0.1, 0.1, seed=1)
     assert not (tmp_path / "out").exists()

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from data_files import write_lines
+
 from lorakit.data.records import read_conversations
 from lorakit.data.render import render_conversation
 from lorakit.data.stats import token_stats, write_histogram
-
-from data_files import write_lines  # noqa: F401  (fixture)
 
 
 def qa(question: str = "What is BP?", answer: str = "Blood pressure.") -> dict:
     return {"instruction": question, "response": answer}
 
 
-def test_stats_count_lengths_truncation_and_trained_tokens(write_lines, tokenizer, tmp_path):
-    path = write_lines("d.jsonl", qa("Q", "A"), qa("What is BP?", "Blood pressure."), qa("Q", "word " * 40))
+def test_stats_count_lengths_truncation_and_trained_tokens(tokenizer, tmp_path):
+    path = write_lines(tmp_path, "d.jsonl", qa("Q", "A"), qa("What is BP?", "Blood pressure."), qa("Q", "word " * 40))
     conversations = list(read_conversations(path))
     stats = token_stats(iter(conversations), tokenizer, "Be brief.", max_length=30)
     full = [render_conversation(c, tokenizer, "Be brief.", 10_000) for c in conversations]

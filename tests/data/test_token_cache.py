@@ -35,7 +35,8 @@ def test_default_location_is_under_the_lorakit_cache_root(tokenizer, tmp_path, m
 
 def test_key_depends_on_data_prompt_length_and_template(tokenizer):
     base = cache_key(CONVERSATIONS, tokenizer, "Be brief.", 64)
-    changed_data = CONVERSATIONS[:4] + [Conversation((Message("user", "Other?"), Message("assistant", "A.")), "d.jsonl", 5)]
+    other = Conversation((Message("user", "Other?"), Message("assistant", "A.")), "d.jsonl", 5)
+    changed_data = CONVERSATIONS[:4] + [other]
     assert cache_key(CONVERSATIONS, tokenizer, "Be brief.", 64) == base
     assert cache_key(changed_data, tokenizer, "Be brief.", 64) != base
     assert cache_key(CONVERSATIONS, tokenizer, "Be kind.", 64) != base

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from data_files import write_lines
 
 from lorakit.config import DataConfig
 from lorakit.data.records import read_conversations
 from lorakit.data.render import render_conversation
 from lorakit.data.validate import check_files, load_checked_conversations
 from lorakit.errors import DataError
-
-from data_files import write_lines  # noqa: F401  (fixture)
 
 
 def qa(question: str = "What is BP?", answer: str = "Blood pressure.") -> dict:
@@ -21,17 +20,17 @@ def headlines(report):
     return [issue.headline() for issue in report.sorted_issues()]
 
 
-def test_clean_file_exits_zero_with_counts(write_lines):
-    path = write_lines("ok.jsonl", qa("Q1", "A1"), qa("Q2", "A2"))
+def test_clean_file_exits_zero_with_counts(tmp_path):
+    path = write_lines(tmp_path, "ok.jsonl", qa("Q1", "A1"), qa("Q2", "A2"))
     report = check_files([path])
     assert headlines(report) == []
     assert (report.examples, report.exit_code(), report.exit_code(strict=True)) == (2, 0, 0)
     assert [(f.format, f.records, f.valid, f.role) for f in report.files] == [("instruction", 2, 2, "train")]
 
 
-def test_every_problem_of_a_broken_file_is_reported_in_line_order(write_lines):
+def test_every_problem_of_a_broken_file_is_reported_in_line_order(tmp_path):
     path = write_lines(
-        "broken.jsonl",
+        tmp_path, "broken.jsonl",
         qa("Q1", "A1"),
         '{"instruction": "Q2",', '"response": "A2"}',
         "",
@@ -57,17 +56,17 @@ def test_every_problem_of_a_broken_file_is_reported_in_line_order(write_lines):
     assert (report.files[0].records, report.files[0].valid) == (7, 3)  # line 5 is no record
 
 
-def test_warnings_alone_pass_unless_strict(write_lines):
-    path = write_lines("dup.jsonl", qa(), qa())
+def test_warnings_alone_pass_unless_strict(tmp_path):
+    path = write_lines(tmp_path, "dup.jsonl", qa(), qa())
     report = check_files([path])
     assert (report.exit_code(), report.exit_code(strict=True)) == (0, 2)
 
 
-def test_messages_and_sharegpt_problems_carry_their_field_paths(write_lines):
-    chat = write_lines("chat.jsonl",
+def test_messages_and_sharegpt_problems_carry_their_field_paths(tmp_path):
+    chat = write_lines(tmp_path, "chat.jsonl",
                        {"messages": [{"role": "user", "content": "Q"}, {"role": "doctor", "content": "A"}]},
                        {"messages": [{"role": "user", "content": "Q"}]})
-    share = write_lines("share.jsonl", {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt"}]})
+    share = write_lines(tmp_path, "share.jsonl", {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt"}]})
     report = check_files([chat, share])
     assert headlines(report) == [
         f"{chat}:1: error: field 'messages[1].role': unknown role 'doctor'",
@@ -76,10 +75,11 @@ def test_messages_and_sharegpt_problems_carry_their_field_paths(write_lines):
     ]
 
 
-def test_mixed_formats_across_files_are_each_detected(write_lines, tmp_path):
-    a = write_lines("a.jsonl", qa())
-    b = write_lines("b.jsonl", {"instruction": "Q", "input": "", "output": "A2"})
-    c = write_lines("c.jsonl", {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A3"}]})
+def test_mixed_formats_across_files_are_each_detected(tmp_path):
+    a = write_lines(tmp_path, "a.jsonl", qa())
+    b = write_lines(tmp_path, "b.jsonl", {"instruction": "Q", "input": "", "output": "A2"})
+    c = write_lines(tmp_path, "c.jsonl",
+                    {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A3"}]})
     d = tmp_path / "d.json"
     d.write_text('[{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A4"}]}]')
     report = check_files([a, b, c, d])
@@ -87,24 +87,24 @@ def test_mixed_formats_across_files_are_each_detected(write_lines, tmp_path):
     assert [f.format for f in report.files] == ["instruction", "alpaca", "sharegpt", "messages"]
 
 
-def test_duplicates_across_splits_are_leakage_errors(write_lines):
-    train = write_lines("train.jsonl", qa("Q1", "A1"), qa("Q2", "A2"))
-    test = write_lines("test.jsonl", qa("Q3", "A3"), qa("q2", "A2."))
+def test_duplicates_across_splits_are_leakage_errors(tmp_path):
+    train = write_lines(tmp_path, "train.jsonl", qa("Q1", "A1"), qa("Q2", "A2"))
+    test = write_lines(tmp_path, "test.jsonl", qa("Q3", "A3"), qa("q2", "A2."))
     report = check_files([train, test])
     assert headlines(report) == [
         f"{test}:2: error: the same example as {train}:2 is in the train split and in the test split (leakage)"]
     assert [(f.role, f.valid) for f in report.files] == [("train", 2), ("test", 1)]
 
 
-def test_roles_can_be_given_explicitly(write_lines):
-    a = write_lines("a.jsonl", qa())
-    b = write_lines("b.jsonl", qa())
+def test_roles_can_be_given_explicitly(tmp_path):
+    a = write_lines(tmp_path, "a.jsonl", qa())
+    b = write_lines(tmp_path, "b.jsonl", qa())
     assert [i.code for i in check_files([a, b]).issues] == ["duplicate"]
     assert [i.code for i in check_files([a, b], roles={str(b): "validation"}).issues] == ["split-leakage"]
 
 
-def test_examples_longer_than_max_length_report_their_token_count(write_lines, tokenizer):
-    path = write_lines("long.jsonl", qa("Q", "A"), qa("Q", "word " * 60), qa("word " * 60, "A"))
+def test_examples_longer_than_max_length_report_their_token_count(tmp_path, tokenizer):
+    path = write_lines(tmp_path, "long.jsonl", qa("Q", "A"), qa("Q", "word " * 60), qa("word " * 60, "A"))
     report = check_files([path], tokenizer=tokenizer, max_length=40, system_prompt="Be brief.")
     assert headlines(report) == [
         f"{path}:2: warning: 80 tokens (system prompt and chat template included), more than max_length 40; "
@@ -117,8 +117,8 @@ def test_examples_longer_than_max_length_report_their_token_count(write_lines, t
     assert len(render_conversation(long_answer, tokenizer, "Be brief.", 1000).input_ids) == 80
 
 
-def test_privacy_findings_are_errors_with_masked_snippets_unless_allowed(write_lines):
-    path = write_lines("phi.jsonl", qa("Patient: Jane Doe asks about BP", "Call 555-123-4567."))
+def test_privacy_findings_are_errors_with_masked_snippets_unless_allowed(tmp_path):
+    path = write_lines(tmp_path, "phi.jsonl", qa("Patient: Jane Doe asks about BP", "Call 555-123-4567."))
     report = check_files([path])
     assert headlines(report) == [
         f"{path}:1: error: field 'instruction': possible person's name: \"Patient: J*** *** asks about BP\"",
@@ -137,8 +137,8 @@ def test_empty_and_missing_files(tmp_path):
                                  f"{tmp_path / 'none.jsonl'}: error: file not found"]
 
 
-def test_report_json_is_machine_readable(write_lines):
-    path = write_lines("x.jsonl", qa(), {"instruction": "Q"})
+def test_report_json_is_machine_readable(tmp_path):
+    path = write_lines(tmp_path, "x.jsonl", qa(), {"instruction": "Q"})
     data = check_files([path]).to_json()
     assert (data["ok"], data["examples"], data["errors"], data["warnings"]) == (False, 1, 1, 0)
     assert data["issues"] == [{"path": str(path), "line": 2, "severity": "error", "code": "missing-field",
@@ -150,15 +150,15 @@ def config_for(*paths, **extra) -> DataConfig:
     return DataConfig(train_file=[str(p) for p in paths], system_prompt="Be brief.", **extra)
 
 
-def test_training_gate_returns_conversations_of_clean_data(write_lines, tokenizer):
-    path = write_lines("ok.jsonl", qa("Q1", "A1"), qa("Q2", "A2"))
+def test_training_gate_returns_conversations_of_clean_data(tmp_path, tokenizer):
+    path = write_lines(tmp_path, "ok.jsonl", qa("Q1", "A1"), qa("Q2", "A2"))
     conversations, report = load_checked_conversations(config_for(path), tokenizer, 64)
     assert [(c.line, c.messages[1].content) for c in conversations] == [(1, "A1"), (2, "A2")]
     assert report.data_sha256 is not None and report.skipped == []
 
 
-def test_training_gate_refuses_errors_listing_file_and_line(write_lines, tokenizer):
-    path = write_lines("bad.jsonl", qa(), {"instruction": "Q2"}, "{oops")
+def test_training_gate_refuses_errors_listing_file_and_line(tmp_path, tokenizer):
+    path = write_lines(tmp_path, "bad.jsonl", qa(), {"instruction": "Q2"}, "{oops")
     with pytest.raises(DataError) as caught:
         load_checked_conversations(config_for(path), tokenizer, 64)
     assert caught.value.message == (
@@ -168,16 +168,16 @@ def test_training_gate_refuses_errors_listing_file_and_line(write_lines, tokeniz
     assert "--skip-invalid" in caught.value.hint
 
 
-def test_training_gate_lists_only_the_first_twenty_problems(write_lines, tokenizer):
-    path = write_lines("bad.jsonl", *[{"instruction": f"Q{i}"} for i in range(25)])
+def test_training_gate_lists_only_the_first_twenty_problems(tmp_path, tokenizer):
+    path = write_lines(tmp_path, "bad.jsonl", *[{"instruction": f"Q{i}"} for i in range(25)])
     with pytest.raises(DataError) as caught:
         load_checked_conversations(config_for(path), tokenizer, 64)
     lines = caught.value.message.splitlines()
     assert len(lines) == 22 and lines[-1] == "  ... and 5 more"
 
 
-def test_training_gate_refuses_phi_unless_allowed(write_lines, tokenizer):
-    path = write_lines("phi.jsonl", qa("Mail jane@example.org", "A"), qa("Q2", "A2"))
+def test_training_gate_refuses_phi_unless_allowed(tmp_path, tokenizer):
+    path = write_lines(tmp_path, "phi.jsonl", qa("Mail jane@example.org", "A"), qa("Q2", "A2"))
     with pytest.raises(DataError, match="possible e-mail address") as caught:
         load_checked_conversations(config_for(path), tokenizer, 64)
     assert "jane@example.org" not in str(caught.value) and "--allow-phi" in caught.value.hint
@@ -185,8 +185,8 @@ def test_training_gate_refuses_phi_unless_allowed(write_lines, tokenizer):
     assert len(conversations) == 2 and report.manifest_notes()["phi_findings_allowed"] == 1
 
 
-def test_skip_invalid_trains_on_valid_lines_and_lists_exactly_the_skipped_ones(write_lines, tokenizer, caplog):
-    path = write_lines("mixed.jsonl", qa("Q1", "A1"), {"instruction": "Q2"}, '{"instruction": "Q3",',
+def test_skip_invalid_trains_on_valid_lines_and_lists_exactly_the_skipped_ones(tmp_path, tokenizer, caplog):
+    path = write_lines(tmp_path, "mixed.jsonl", qa("Q1", "A1"), {"instruction": "Q2"}, '{"instruction": "Q3",',
                        '"response": "A3"}', "{oops", qa("Q6", "A6"), qa("Call 555-123-4567", "A7"))
     conversations, report = load_checked_conversations(config_for(path, skip_invalid=True), tokenizer, 64)
     assert [c.line for c in conversations] == [1, 6]
@@ -196,17 +196,38 @@ def test_skip_invalid_trains_on_valid_lines_and_lists_exactly_the_skipped_ones(w
     assert report.manifest_notes()["skipped_invalid_lines"] == [f"{path}:{n}" for n in (2, 3, 4, 5, 7)]
 
 
-def test_skip_invalid_cannot_skip_a_missing_file_or_everything(write_lines, tmp_path, tokenizer):
-    good = write_lines("good.jsonl", qa())
+def test_skip_invalid_cannot_skip_a_missing_file_or_everything(tmp_path, tokenizer):
+    good = write_lines(tmp_path, "good.jsonl", qa())
     with pytest.raises(DataError, match="file not found"):
         load_checked_conversations(config_for(good, tmp_path / "none.jsonl", skip_invalid=True), tokenizer, 64)
-    bad = write_lines("bad.jsonl", {"instruction": "Q"})
+    bad = write_lines(tmp_path, "bad.jsonl", {"instruction": "Q"})
     with pytest.raises(DataError, match="no valid examples are left"):
         load_checked_conversations(config_for(bad, skip_invalid=True), tokenizer, 64)
 
 
-def test_train_files_are_one_split_for_the_gate_whatever_their_names(write_lines, tokenizer):
-    train = write_lines("train.jsonl", qa())
-    test = write_lines("test.jsonl", qa())
+def test_train_files_are_one_split_for_the_gate_whatever_their_names(tmp_path, tokenizer):
+    train = write_lines(tmp_path, "train.jsonl", qa())
+    test = write_lines(tmp_path, "test.jsonl", qa())
     conversations, report = load_checked_conversations(config_for(train, test), tokenizer, 64)
     assert len(conversations) == 2 and [i.code for i in report.issues] == ["duplicate"]
+
+
+def test_a_conversation_the_chat_template_refuses_is_an_error_not_a_crash(tmp_path, tokenizer):
+    strict = "{% for m in messages %}{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]['role'] %}" \
+             "{{ raise_exception('roles must alternate') }}{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    original = tokenizer.chat_template
+    path = write_lines(tmp_path, "chat.jsonl", *[
+        {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]},
+        {"messages": [{"role": "user", "content": "Q"}, {"role": "user", "content": "Q?"},
+                      {"role": "assistant", "content": "A"}]},
+    ])
+    try:
+        tokenizer.chat_template = strict
+        report = check_files([path], tokenizer=tokenizer, max_length=64, system_prompt="")
+    finally:
+        tokenizer.chat_template = original
+    assert headlines(report) == [
+        f"{path}:2: warning: field 'messages[1].role': two user turns in a row",
+        f"{path}:2: error: the model's chat template refuses this conversation: roles must alternate",
+    ]
+    assert report.files[0].valid == 1

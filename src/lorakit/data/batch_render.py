@@ -47,7 +47,8 @@ def labels_from_token_starts(input_ids: list[int], token_starts: list[int], span
 def _apply_template(tokenizer, conversations: list[Messages], add_generation_prompt: bool) -> list[str]:
     if not conversations:
         return []
-    return list(tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=add_generation_prompt))
+    texts = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return list(texts)
 
 
 def _texts_and_spans(tokenizer, batch: list[Messages]) -> tuple[list[str], list[list[tuple[int, int]]]]:
@@ -105,8 +106,10 @@ def _encode(tokenizer, texts: list[str], prefixes: list[str], offsets: bool) -> 
             known[prefix] = parts(head) if joined == parts(whole) else None
             if known[prefix] is None:
                 log.debug("a shared prefix does not tokenize separately with this tokenizer; encoding whole texts")
-    split = [bool(known.get(p)) and t.startswith(p) and t[len(p):].startswith(specials) for t, p in zip(texts, prefixes)]
-    encodings = encode([t[len(p):] if cut else t for t, p, cut in zip(texts, prefixes, split)], add_special_tokens=False)
+    split = [bool(known.get(p)) and t.startswith(p) and t[len(p):].startswith(specials)
+             for t, p in zip(texts, prefixes)]
+    pieces = [t[len(p):] if cut else t for t, p, cut in zip(texts, prefixes, split)]
+    encodings = encode(pieces, add_special_tokens=False)
     results = []
     for encoding, prefix, cut in zip(encodings, prefixes, split):
         if not cut:

@@ -77,12 +77,14 @@ class DuplicateIndex:
                     found.append(self._issue(entry, "error", "split-leakage",
                                  f"the same example as {self._where(first)} is in the {self._role(first)} split "
                                  f"and in the {self._role(entry)} split (leakage)",
-                                 "Remove it from one of the files: evaluating on training examples overstates quality."))
+                                 "Remove it from one of the files: evaluating on training examples overstates "
+                                 "quality."))
         for group in _groups(self._exact):
             for entry in group[1:]:
                 if entry not in reported and self._role(entry) == self._role(group[0]):
                     reported.add(entry)
-                    found.append(self._issue(entry, "warning", "duplicate", f"exact duplicate of {self._where(group[0])}",
+                    found.append(self._issue(entry, "warning", "duplicate",
+                                             f"exact duplicate of {self._where(group[0])}",
                                              "Delete one copy: duplicates over-weight an example."))
         for group in _groups(self._near):
             same_role = [entry for entry in group if self._role(entry) == self._role(group[0])]

@@ -130,6 +130,7 @@ def _redact_records(source: Path, out, summary: RedactionSummary, as_array: bool
             summary.changed_records += bool(counts)
             summary.by_kind.update(counts)
             line = json.dumps(record, ensure_ascii=False)
-            out.write(((",\n" if not first else "") + line if as_array else line + "\n").encode("utf-8", "surrogatepass"))
+            text = ("" if first else ",\n") + line if as_array else line + "\n"
+            out.write(text.encode("utf-8", "surrogatepass"))
             first = False
     out.write(b"\n]\n" if as_array else b"")

@@ -11,6 +11,8 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from jinja2.exceptions import TemplateError
+
 from lorakit.config import DEFAULT_SYSTEM_PROMPT, DataConfig
 from lorakit.data.batch_render import count_tokens, prompt_token_counts
 from lorakit.data.conversation import Conversation
@@ -100,10 +102,26 @@ class DataChecker:
         if len(self._pending_lengths) >= _LENGTH_BATCH:
             self._check_lengths()
 
+    def _token_counts(self, batch: list[Conversation]) -> list[int | None]:
+        """Token counts; None (and an error) for a conversation the model's chat template refuses."""
+        try:
+            return count_tokens(batch, self.tokenizer, self.system_prompt)
+        except TemplateError as exc:
+            if len(batch) > 1:  # find the culprit(s) one by one
+                return [count for c in batch for count in self._token_counts([c])]
+            conversation = batch[0]
+            self._late_errors.add((conversation.source, conversation.line))
+            self.report.issues.append(Issue(
+                conversation.source, conversation.line, "error", "template-error",
+                f"the model's chat template refuses this conversation: {exc}",
+                hint="Reorder or merge the turns as the message says (many templates need user and assistant "
+                     "turns to alternate)."))
+            return [None]
+
     def _check_lengths(self) -> None:
         batch, self._pending_lengths = self._pending_lengths, []
-        counts = count_tokens(batch, self.tokenizer, self.system_prompt)
-        too_long = [(c, n) for c, n in zip(batch, counts) if n > self.max_length]
+        counts = self._token_counts(batch)
+        too_long = [(c, n) for c, n in zip(batch, counts) if n is not None and n > self.max_length]
         if not too_long:
             return
         prompts = prompt_token_counts([c for c, _ in too_long], self.tokenizer, self.system_prompt)
