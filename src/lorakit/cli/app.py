@@ -60,7 +60,7 @@ def _root(
 
 def _register() -> None:
     """Import the command modules; each adds its commands to `app`."""
-    from lorakit.cli import chat, data, doctor, eval, report, train  # noqa: F401
+    from lorakit.cli import chat, data, doctor, eval, plan, report, train  # noqa: F401
 
 
 def run_cli(argv: list[str]) -> int:

@@ -12,7 +12,7 @@ from lorakit.errors import ConfigError, HubAccessError
 from lorakit.model.attention import expands_kv_heads
 from lorakit.model.memory_plan import GIB, Candidate, ModelShape, TrainSettings, plan_settings
 
-__all__ = ["TrainingPlan", "ResolvedSettings", "read_model_config_json", "plan_training", "resolve_auto_settings", "device_memory_bytes", "parse_memory_size"]
+__all__ = ["TrainingPlan", "ResolvedSettings", "read_model_config_json", "plan_training", "resolve_auto_settings", "device_memory_bytes", "parse_memory_size", "plan_run"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class TrainingPlan:
     @property
     def checkpointing_text(self) -> str:
         every = self.checkpoint_every
-        text = "none" if every is None else "all layers" if every == 1 else f"every {every}th layer"
+        text = "none" if every is None else "all layers" if every == 1 else f"1 layer in {every}"
         return text + (", offloaded to CPU" if self.offload_activations else "")
 
 
@@ -150,3 +150,17 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
         "model": config.model.model_copy(update={"quantization": plan.quantization}),
     })
     return ResolvedSettings(resolved, plan.checkpoint_every, plan.offload_activations, plan)
+
+
+def plan_run(config: RunConfig, gpu_memory_bytes: int | None) -> tuple[TrainingPlan, dict]:
+    """`lorakit plan`: the plan for `gpu_memory_bytes` (default: this machine's GPU) and the model's config.json."""
+    if gpu_memory_bytes is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--gpu-memory", ["no CUDA GPU on this machine; say which GPU to plan for, e.g. --gpu-memory 8GB"])
+        gpu_memory_bytes = device_memory_bytes(cuda=True)
+    model_config = read_model_config_json(config.model)
+    dtype_bytes = 4 if config.training.precision == "fp32" else 2
+    plan = plan_training(config, model_config, gpu_memory_bytes, dtype_bytes=dtype_bytes, nf4_available=True)
+    return plan, model_config

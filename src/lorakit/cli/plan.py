@@ -1,0 +1,51 @@
+"""`lorakit plan CONFIG [--gpu-memory 8GB]`: predicted peak GPU memory and the fastest settings that fit,
+from the model's config.json alone (no weights are downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from lorakit.cli.app import app, console
+from lorakit.config import load_config
+from lorakit.model.memory_plan import GIB
+from lorakit.model.run_plan import parse_memory_size, plan_run
+
+
+def _settings_text(candidate) -> str:
+    every = candidate.settings.checkpoint_every
+    checkpointing = "none" if every is None else "all layers" if every == 1 else f"1 layer in {every}"
+    offload = ", offloaded" if candidate.settings.offload_activations else ""
+    return (f"{candidate.settings.quantization}, micro-batch {candidate.micro_batch} "
+            f"({candidate.settings.tokens_per_micro_batch:,} tokens), checkpointing {checkpointing}{offload}")
+
+
+@app.command()
+def plan(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML run config."),
+    gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="GPU memory to plan for, e.g. 8GB (default: this GPU)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set model.max_length=2048."),
+    show: int = typer.Option(5, "--show", min=1, help="How many of the fastest candidates to list."),
+) -> None:
+    """Predict peak GPU memory and pick the fastest quantization, micro-batch and checkpointing that fit."""
+    config = load_config(config_path, list(overrides))
+    chosen_plan, model_config = plan_run(config, parse_memory_size(gpu_memory) if gpu_memory else None)
+    chosen = chosen_plan.chosen
+    console.print(f"[bold]{config.model.name}[/] ({model_config.get('model_type', '?')}), max_length "
+                  f"{config.model.max_length}, LoRA r={config.lora.r}, planned for {chosen_plan.gpu_memory_bytes / GIB:.1f} GiB")
+    console.print(f"[green]plan:[/] {_settings_text(chosen)}")
+    breakdown = Table(title="predicted peak (GiB)", show_header=False)
+    for term, gib in chosen.estimate.rows():
+        breakdown.add_row(term, f"{gib:.2f}")
+    breakdown.add_row("needed on the GPU (+ allocator slack, CUDA context)", f"{chosen.estimate.peak_on_gpu() / GIB:.2f}")
+    console.print(breakdown)
+    candidates = Table(title="fastest candidates")
+    for column in ("settings", "peak GiB", "on GPU GiB", "relative time", "fits"):
+        candidates.add_column(column)
+    for candidate in chosen_plan.candidates[:show]:
+        candidates.add_row(_settings_text(candidate), f"{candidate.estimate.peak_allocated / GIB:.2f}",
+                           f"{candidate.estimate.peak_on_gpu() / GIB:.2f}", f"{candidate.relative_time:.2f}",
+                           "yes" if candidate.fits else "no")
+    console.print(candidates)

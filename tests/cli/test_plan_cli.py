@@ -1,0 +1,48 @@
+"""`lorakit plan`: the real command on a config.json-only model folder, and its error for a missing GPU size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lorakit.cli.app import run_cli
+
+PHI4_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+             "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 200064, "tie_word_embeddings": True}
+
+
+@pytest.fixture
+def plan_config(tmp_path):
+    model = tmp_path / "phi4-mini-config-only"  # config.json and nothing else: no weights are needed
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(PHI4_MINI))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model:\n  name: {model}\n  max_length: 2048\ntraining:\n  batch_size: 1\n"
+                      "  gradient_checkpointing: auto\n  packing: true\ndata:\n  train_file: x.jsonl\n")
+    return config
+
+
+def test_plan_for_8gb_prints_the_fitting_settings(plan_config, capsys):
+    assert run_cli(["plan", str(plan_config), "--gpu-memory", "8GB"]) == 0
+    out = capsys.readouterr().out
+    assert "planned for 8.0 GiB" in out
+    assert "plan: nf4, micro-batch 1 (2,048 tokens), checkpointing all layers" in out
+    assert "peak_allocated" in out
+
+
+def test_plan_that_cannot_fit_exits_with_the_needed_memory(plan_config, capsys):
+    assert run_cli(["plan", str(plan_config), "--gpu-memory", "2GB"]) == 2
+    assert "needs at least" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the GPU's own memory is the default")
+def test_without_gpu_the_memory_size_must_be_given(plan_config, capsys):
+    assert run_cli(["plan", str(plan_config)]) == 2
+    assert "--gpu-memory 8GB" in capsys.readouterr().err
+
+
+def test_bad_memory_size_is_a_config_error(plan_config, capsys):
+    assert run_cli(["plan", str(plan_config), "--gpu-memory", "lots"]) == 2
+    assert "not a memory size" in capsys.readouterr().err
