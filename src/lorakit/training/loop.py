@@ -60,6 +60,7 @@ from lorakit.training.dataset import PreparedData, prepare_data
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.manifest import build_manifest
 from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter, plot_loss_curve
+from lorakit.training.numerics import MIN_LOSS_SCALE, loss_scaler, numerical_fault
 from lorakit.training.oom import (
     OOM_ADVICE,
     TorchRngSnapshot,
@@ -195,7 +196,7 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
 
     optimizer = build_optimizer(session.model, config.training)
     scheduler = build_scheduler(optimizer, config.training)
-    scaler = torch.amp.GradScaler("cuda") if session.dtype == torch.float16 else None
+    scaler = loss_scaler(session.dtype, session.device)
     state = TrainerState()
     stopper = EarlyStopping(config.training.early_stopping_patience, config.training.early_stopping_min_delta)
     if resume:
@@ -265,15 +266,7 @@ def _next_micro_batches(session: TrainingSession, state: TrainerState) -> list[l
 
 
 def _numerical_fault(session: TrainingSession, step: int, groups: list[list[int]], what: str) -> TrainingError:
-    examples = session.data.splits.train
-    ids = ", ".join(f"{examples[i].source}:{examples[i].line}" for group in groups for i in group)
-    advice = "Lower training.learning_rate (e.g. by 10x)"
-    if session.dtype == torch.float16:
-        advice += " and use training.precision: bf16 if the GPU supports it (fp16 overflows more easily)"
-    return TrainingError(
-        f"{what} at step {step}; examples in this batch: {ids}. The last good checkpoint is kept.",
-        hint=f"{advice}, then resume with --resume.",
-    )
+    return numerical_fault(session.data.splits.train, session.dtype, step, groups, what)
 
 
 def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> tuple[float, int]:
@@ -304,6 +297,9 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
         if scaler is not None:
             scaler.step(optimizer)  # skips the step on inf/nan gradients and lowers the scale
             scaler.update()
+            if scaler.get_scale() < MIN_LOSS_SCALE:
+                raise _numerical_fault(session, step, groups, f"The fp16 loss scale fell to {scaler.get_scale()} "
+                                       "(the gradients overflow even unscaled)")
         else:
             optimizer.step()
     except torch.OutOfMemoryError:
