@@ -48,6 +48,9 @@ def loss_curve_uri(history: list[dict]) -> str | None:
         best_step, best = min(validation, key=lambda point: point[1])
         axis.annotate(f"best {best:.3f}", (best_step, best), textcoords="offset points", xytext=(6, 8),
                       fontsize=8, color=VALIDATION_COLOR)
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("loss per answer token")
     axis.legend(frameon=False, fontsize=9)
@@ -74,7 +77,7 @@ def safety_chart_uri(categories: list[dict], labels: dict[str, str]) -> str | No
     axis.set_yticks(list(rows), names)
     axis.set_xlim(0, 108)
     axis.set_xlabel("probes passed (%)")
-    axis.legend(frameon=False, fontsize=9, loc="lower right")
+    axis.legend(frameon=False, fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
     axis.grid(axis="x", alpha=0.25)
     for side in ("top", "right"):
         axis.spines[side].set_visible(False)
