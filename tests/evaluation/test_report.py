@@ -63,3 +63,11 @@ def test_report_before_evaluation_says_how_to_fill_it(tiny_llama_dir, tmp_path_f
 def test_report_of_a_folder_that_is_no_run(tmp_path):
     with pytest.raises(CheckpointError, match="holds no trained adapter"):
         write_report(tmp_path)
+
+
+def test_evaluation_of_an_earlier_adapter_is_not_shown(evaluated):
+    manifest = evaluated / "final" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"seed"', '"retrained": true, "seed"', 1))
+    html = write_report(evaluated).read_text()
+    assert "Evaluation results are out of date" in html
+    assert "The safety probes have not been run" in html and "Sample answers" not in html

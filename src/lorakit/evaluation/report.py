@@ -16,8 +16,9 @@ from pathlib import Path
 
 from lorakit.errors import CheckpointError
 from lorakit.evaluation.report_charts import loss_curve_uri, safety_chart_uri
-from lorakit.evaluation.run_eval import ANSWERS_FILE, EVAL_FILE, SAFETY_ANSWERS_FILE, run_root
+from lorakit.evaluation.run_eval import ANSWERS_FILE, EVAL_FILE, SAFETY_ANSWERS_FILE, adapter_fingerprint, run_root
 from lorakit.evaluation.safety_rules import CATEGORY_LABELS, RULES
+from lorakit.inference.generate import resolve_adapter_dir
 from lorakit.runtime.atomic_files import atomic_write_text
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
@@ -100,6 +101,9 @@ def build_report(path: str | Path) -> str:
     config_file = root / "config.yaml" if (root / "config.yaml").is_file() else root / "final" / "config.yaml"
     manifest = _read_json(root / "manifest.json") or _read_json(root / "final" / "manifest.json")
     evaluation = _read_json(root / "eval" / EVAL_FILE) or {}
+    stale = bool(evaluation) and evaluation.get("adapter_sha256") != adapter_fingerprint(resolve_adapter_dir(path))
+    if stale:  # eval/ of an earlier adapter in the same output_dir (e.g. after `train --overwrite`)
+        evaluation = {}
     history = _read_jsonl(root / "metrics.jsonl")
     quality, safety = evaluation.get("quality"), evaluation.get("safety")
     context = {
@@ -113,9 +117,10 @@ def build_report(path: str | Path) -> str:
         "training": _training_facts(manifest),
         "loss_chart": loss_curve_uri(history),
         "evaluation": evaluation,
+        "stale_evaluation": stale,
         "quality": quality,
         "quality_rows": _quality_rows(quality) if quality else [],
-        "samples": _read_jsonl(root / "eval" / ANSWERS_FILE)[:_SAMPLE_ANSWERS],
+        "samples": _read_jsonl(root / "eval" / ANSWERS_FILE)[:_SAMPLE_ANSWERS] if quality else [],
         "safety": _safety_context(safety, _read_jsonl(root / "eval" / SAFETY_ANSWERS_FILE)) if safety else None,
         "labels": CATEGORY_LABELS,
         "rule_text": {rule.name: rule.description for rules in RULES.values() for rule in rules},

@@ -34,7 +34,7 @@ from lorakit.runtime.device import compute_dtype
 from lorakit.runtime.logging import get_logger
 from lorakit.training.dataset import files_sha256, prepare_data, read_train_conversations
 
-__all__ = ["MODELS", "EvalRequest", "Progress", "run_root", "eval_dir", "evaluate_run"]
+__all__ = ["MODELS", "EvalRequest", "Progress", "run_root", "eval_dir", "adapter_fingerprint", "evaluate_run"]
 
 log = get_logger("evaluation.run_eval")
 
@@ -78,8 +78,9 @@ def _as_model(run: LoadedRun, which: str) -> Iterator[None]:
         yield
 
 
-def _adapter_fingerprint(run: LoadedRun) -> str:
-    return hashlib.sha256((run.adapter_dir / "manifest.json").read_bytes()).hexdigest()
+def adapter_fingerprint(adapter_dir: Path) -> str:
+    """Identifies the adapter an eval belongs to (a retrained run gets a new manifest, so a new fingerprint)."""
+    return hashlib.sha256((adapter_dir / "manifest.json").read_bytes()).hexdigest()
 
 
 def _split_conversations(config: RunConfig, tokenizer) -> dict[str, list[Conversation]]:
@@ -210,7 +211,7 @@ def evaluate_run(path: str | Path, request: EvalRequest, progress: Progress | No
     started = time.perf_counter()
     run = load_run(path)
     out = eval_dir(path)
-    fingerprint = _adapter_fingerprint(run)
+    fingerprint = adapter_fingerprint(run.adapter_dir)
     sections: dict = {"adapter_sha256": fingerprint, "adapter_dir": str(run.adapter_dir),
                       "base_model": run.config.model.name, "device": run.device.type}
     if request.quality:
