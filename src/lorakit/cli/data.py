@@ -89,7 +89,8 @@ def _print_report(report: DataReport, strict: bool) -> None:
         _print_issue(issue)
     for summary in report.files:
         kind = summary.format or "unknown format"
-        console.print(Text(f"{summary.path}: {kind}, {summary.records} records, {summary.valid} valid "
+        records = f"{summary.records} record" + ("" if summary.records == 1 else "s")
+        console.print(Text(f"{summary.path}: {kind}, {records}, {summary.valid} valid "
                            f"({summary.role} split)"), soft_wrap=True, highlight=False)
     errors, warnings = len(report.errors), len(report.warnings)
     if not errors and not warnings:
