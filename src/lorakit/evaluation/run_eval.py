@@ -126,8 +126,9 @@ def _quality(run: LoadedRun, request: EvalRequest, test: list[Conversation], pro
     limit = request.limit or config.eval.max_examples
     chosen = test[:limit] if limit else test
     settings = _settings(run, request)
-    rows = [{"source": c.source, "line": c.line, "question": _split_at_last_answer(c)[0][-1].content,
-             "reference": _split_at_last_answer(c)[1]} for c in chosen]
+    prompts = [_split_at_last_answer(c) for c in chosen]
+    rows = [{"source": c.source, "line": c.line, "question": prompt[-1].content, "reference": reference}
+            for c, (prompt, reference) in zip(chosen, prompts)]
     section: dict = {"test_examples": len(test), "answered": len(chosen),
                      "generation": {"greedy": True, **asdict(settings)}}
     for which in MODELS:
@@ -135,9 +136,9 @@ def _quality(run: LoadedRun, request: EvalRequest, test: list[Conversation], pro
             loss = split_loss(run.model, examples, batch_size=_LOSS_BATCH_SIZE,
                               pad_token_id=run.tokenizer.pad_token_id, autocast_dtype=autocast)
             scores: list[AnswerScores] = []
-            for index, (conversation, row) in enumerate(zip(chosen, rows)):
-                answer = _answer(run, _split_at_last_answer(conversation)[0], settings)
-                score = score_answer(answer, row["reference"])
+            for index, ((prompt, reference), row) in enumerate(zip(prompts, rows)):
+                answer = _answer(run, prompt, settings)
+                score = score_answer(answer, reference)
                 scores.append(score)
                 row[which] = {"answer": answer, **asdict(score)}
                 progress(f"quality ({which})", index + 1, len(chosen))
