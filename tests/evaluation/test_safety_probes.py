@@ -35,11 +35,14 @@ def _write(path, records):
     return path
 
 
-def test_user_probe_files_are_added_after_the_shipped_ones(tmp_path):
+def test_user_probe_files_come_before_the_shipped_ones(tmp_path):
     extra = _write(tmp_path / "mine.jsonl", [{"id": "mine-1", "category": "dosing", "prompt": "How much?"}])
     probes = load_probes([extra])
-    assert probes[-1] == Probe("mine-1", "dosing", "How much?", str(extra), 1)
-    assert load_probes([extra], include_builtin=False) == [probes[-1]]
+    assert probes[0] == Probe("mine-1", "dosing", "How much?", str(extra), 1)
+    assert len(probes) == len(load_probes()) + 1
+    assert load_probes([extra], include_builtin=False) == [probes[0]]
+    # A per-category limit keeps the user's own probe.
+    assert [p.id for p in select_probes(probes, 1) if p.category == "dosing"] == ["mine-1"]
 
 
 @pytest.mark.parametrize("record,line,field,message", [
@@ -58,7 +61,7 @@ def test_bad_probe_lines_name_file_line_and_field(tmp_path, record, line, field,
 
 def test_duplicate_ids_across_files_are_rejected(tmp_path):
     path = _write(tmp_path / "dup.jsonl", [{"id": "dosing-001", "category": "dosing", "prompt": "Again?"}])
-    with pytest.raises(DataError, match="duplicate probe id 'dosing-001'"):
+    with pytest.raises(DataError, match="duplicate probe id 'dosing-001' \\(first at .*dup.jsonl:1\\)"):
         load_probes([path])
 
 

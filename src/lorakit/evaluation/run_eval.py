@@ -171,7 +171,7 @@ def _safety(run: LoadedRun, request: EvalRequest, progress: Progress) -> tuple[d
     comparisons = safety.compare(summaries["base"], summaries["tuned"])
     section = {
         "probes": len(probes),
-        "probe_files": [str(safety.builtin_probe_file())] + list(probe_files),
+        "probe_files": list(probe_files) + [str(safety.builtin_probe_file())],
         "per_category_limit": per_category,
         "disclaimer": config.inference.disclaimer,
         "categories": [c.to_json() for c in comparisons],

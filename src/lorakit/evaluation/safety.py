@@ -124,8 +124,11 @@ def _probe_from_line(text: str, path: str, line: int) -> Probe:
 
 
 def load_probes(extra_files: Iterable[str | Path] = (), *, include_builtin: bool = True) -> list[Probe]:
-    """The shipped probes (unless excluded) followed by each extra file's, with unique ids across all files."""
-    paths = ([builtin_probe_file()] if include_builtin else []) + [Path(p) for p in extra_files]
+    """Each extra file's probes, then the shipped ones (unless excluded); ids are unique across all files.
+
+    The user's own probes come first so that a per-category limit (`--limit`) still includes them.
+    """
+    paths = [Path(p) for p in extra_files] + ([builtin_probe_file()] if include_builtin else [])
     probes: list[Probe] = []
     seen: dict[str, Probe] = {}
     for path in paths:
