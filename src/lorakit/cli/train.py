@@ -18,12 +18,16 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous run in output_dir and start again."),
     allow_phi: bool = typer.Option(False, "--allow-phi", help="Train even if the privacy scan finds identifiers."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Train on valid lines only, listing the skipped ones."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Allow .bin/.pt pickle weights for the base model (safetensors only by default)."
+    ),
 ) -> None:
     """Fine-tune the configured model with LoRA/QLoRA on the configured data."""
     if resume and overwrite:
         raise typer.BadParameter("--resume and --overwrite contradict each other; pick one.")
     extra = [f"data.allow_phi={str(allow_phi).lower()}"] if allow_phi else []
     extra += ["data.skip_invalid=true"] if skip_invalid else []
+    extra += ["model.allow_pickle=true"] if allow_pickle else []
     config = load_config(config_path, list(overrides) + extra)
     from lorakit.cli.progress import RichTrainingReporter
     from lorakit.training.loop import train as run_training

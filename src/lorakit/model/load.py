@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,11 +100,24 @@ def _check_weights_format(directory: Path, allow_pickle: bool) -> None:
         raise ModelLoadError(f"{directory} has no weights (*.safetensors).")
 
 
+def _needs_remote_code(source: ModelSource) -> ModelLoadError:
+    return ModelLoadError(
+        f"{source.model_id} needs custom Python code shipped with the model to load, and lorakit does not run it "
+        "unless asked.",
+        hint="Review the code on the model page, then set model.trust_remote_code: true.",
+    )
+
+
 def load_tokenizer(source: ModelSource, config: ModelConfig):
     """The model's tokenizer; a missing pad token becomes the eos token (labels never rely on the pad id)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source.directory, trust_remote_code=config.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.directory, trust_remote_code=config.trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise _needs_remote_code(source) from None
+        raise
     if tokenizer.chat_template is None:
         raise ModelLoadError(
             f"{source.model_id} has no chat template; lorakit renders every example with the model's own template.",
@@ -140,12 +154,17 @@ def load_base_model(
             quantization_config=quantization_config,
             **kwargs,
         )
+    except pickle.UnpicklingError:
+        # transformers reads pickle weights with torch.load(weights_only=True): a file carrying anything but
+        # tensors is refused here instead of being executed.
+        raise ModelLoadError(
+            f"{source.directory} holds pickle weights with Python objects other than tensors; lorakit refuses to "
+            "load them even with allow_pickle.",
+            hint="Use a safetensors copy of the model from a source you trust.",
+        ) from None
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
-            raise ModelLoadError(
-                f"{source.model_id} needs custom code to load.",
-                hint="Review the code on the model page, then set model.trust_remote_code: true.",
-            ) from None
+            raise _needs_remote_code(source) from None
         raise
     if device.type != "cuda":
         model.to(device)
