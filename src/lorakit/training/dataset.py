@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
-
 from lorakit.config import RunConfig
+from lorakit.data.issues import DataReport
 from lorakit.data.records import Conversation
 from lorakit.data.render import TokenizedExample
 from lorakit.data.splits import Splits, split_conversations
@@ -30,20 +28,16 @@ class PreparedData:
 
 
 def files_sha256(paths: list[str]) -> str:
-    """One hash over the bytes of every train file, in order; recorded in manifests, checked on resume."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    """The hash `lorakit data check` records for these train files (files and saved-dataset folders alike)."""
+    from lorakit.data.validate import check_files
+
+    return check_files(paths, scan_phi=False).data_sha256
 
 
-def read_train_conversations(config: RunConfig, tokenizer) -> tuple[list[Conversation], dict]:
+def read_train_conversations(config: RunConfig, tokenizer) -> tuple[list[Conversation], DataReport]:
     """All conversations of the configured train files (the one place train files are read), checked like
     `lorakit data check`: errors and privacy findings raise a DataError here, before the model is loaded."""
-    conversations, report = load_checked_conversations(config.data, tokenizer, config.model.max_length)
-    return conversations, report.manifest_notes()
+    return load_checked_conversations(config.data, tokenizer, config.model.max_length)
 
 
 def _tokenize(conversations: list[Conversation], tokenizer, config: RunConfig) -> list[TokenizedExample]:
@@ -53,9 +47,7 @@ def _tokenize(conversations: list[Conversation], tokenizer, config: RunConfig) -
 
 def prepare_data(config: RunConfig, tokenizer) -> PreparedData:
     """Read, split (by seed and content), render and mask; drop examples left with nothing to learn."""
-    for path in config.data.train_files:
-        Path(path)  # existence is checked by the reader with an actionable error
-    conversations, notes = read_train_conversations(config, tokenizer)
+    conversations, report = read_train_conversations(config, tokenizer)
     by_split = split_conversations(conversations, config.data.validation_split, config.data.test_split, config.seed)
     tokenized = {name: _tokenize(getattr(by_split, name), tokenizer, config) for name in ("train", "validation", "test")}
     truncated = sum(example.truncated for examples in tokenized.values() for example in examples)
@@ -67,9 +59,9 @@ def prepare_data(config: RunConfig, tokenizer) -> PreparedData:
     kept = {name: [e for e in examples if e.trained_tokens > 0] for name, examples in tokenized.items()}
     return PreparedData(
         splits=Splits(**kept),
-        data_sha256=files_sha256(config.data.train_files),
+        data_sha256=report.data_sha256,  # over files and saved-dataset folders alike
         truncated=truncated,
         without_targets=without_targets,
         source_urls=sorted({url for c in conversations for url in c.source_urls}),
-        notes=notes,
+        notes=report.manifest_notes(),
     )
