@@ -62,7 +62,8 @@ class ModelConfig(_Section):
     revision: str | None = Field(None, description="Hub branch, tag or commit; pinned in the run manifest.")
     max_length: int = Field(512, ge=16, le=131072, description="Tokens per example; longer ones are truncated.")
     quantization: Literal["auto", "none", "nf4"] = Field(
-        "auto", description="'nf4' = QLoRA (needs CUDA + bitsandbytes); 'auto' = nf4 on CUDA, none on CPU."
+        "auto", description="'nf4' = QLoRA (needs CUDA + bitsandbytes); 'auto' = on CUDA the memory planner picks bf16 LoRA "
+        "if it fits the GPU, else nf4 (`lorakit plan`); none on CPU."
     )
     trust_remote_code: bool = Field(False, description="Run Python code shipped with a Hub model. Off by default.")
     allow_pickle: bool = Field(
