@@ -12,7 +12,16 @@ from lorakit.errors import ConfigError, HubAccessError
 from lorakit.model.attention import expands_kv_heads
 from lorakit.model.memory_plan import GIB, Candidate, ModelShape, TrainSettings, plan_settings
 
-__all__ = ["TrainingPlan", "ResolvedSettings", "read_model_config_json", "plan_training", "resolve_auto_settings", "device_memory_bytes", "parse_memory_size", "plan_run"]
+__all__ = [
+    "TrainingPlan",
+    "ResolvedSettings",
+    "read_model_config_json",
+    "plan_training",
+    "resolve_auto_settings",
+    "device_memory_bytes",
+    "parse_memory_size",
+    "plan_run",
+]
 
 
 @dataclass(frozen=True)
