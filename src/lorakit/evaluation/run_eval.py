@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from lorakit.config import RunConfig
 from lorakit.data.records import Conversation, Message
 from lorakit.data.splits import split_conversations
 from lorakit.data.stats import token_stats
@@ -32,7 +31,7 @@ from lorakit.inference.generate import GenerationSettings, LoadedRun, generate_a
 from lorakit.runtime.atomic_files import atomic_write_text
 from lorakit.runtime.device import compute_dtype
 from lorakit.runtime.logging import get_logger
-from lorakit.training.dataset import files_sha256, prepare_data, read_train_conversations
+from lorakit.training.dataset import prepare_data, read_train_conversations
 
 __all__ = ["MODELS", "EvalRequest", "Progress", "run_root", "eval_dir", "adapter_fingerprint", "evaluate_run"]
 
@@ -83,16 +82,19 @@ def adapter_fingerprint(adapter_dir: Path) -> str:
     return hashlib.sha256((adapter_dir / "manifest.json").read_bytes()).hexdigest()
 
 
-def _split_conversations(config: RunConfig, tokenizer) -> dict[str, list[Conversation]]:
-    """The same deterministic split training used (seed + content hash), as conversations with their text."""
-    conversations, _ = read_train_conversations(config, tokenizer)
+def _split_conversations(run: LoadedRun) -> dict[str, list[Conversation]]:
+    """The same deterministic split training used (seed + content hash), as conversations with their text;
+    refused when the data changed since training (the held-out split would not be the one held out)."""
+    config = run.config
+    conversations, report = read_train_conversations(config, run.tokenizer)
+    _check_same_data(run, report.data_sha256)
     split = split_conversations(conversations, config.data.validation_split, config.data.test_split, config.seed)
     return {"train": split.train, "validation": split.validation, "test": split.test}
 
 
-def _check_same_data(run: LoadedRun) -> None:
+def _check_same_data(run: LoadedRun, now: str) -> None:
     manifest = json.loads((run.adapter_dir / "manifest.json").read_text())
-    trained_on, now = manifest["data"]["sha256"], files_sha256(run.config.data.train_files)
+    trained_on = manifest["data"]["sha256"]
     if trained_on != now:
         raise CheckpointError(
             f"The data files {', '.join(run.config.data.train_files)} changed since this run was trained "
@@ -216,8 +218,7 @@ def evaluate_run(path: str | Path, request: EvalRequest, progress: Progress | No
     sections: dict = {"adapter_sha256": fingerprint, "adapter_dir": str(run.adapter_dir),
                       "base_model": run.config.model.name, "device": run.device.type}
     if request.quality:
-        _check_same_data(run)
-        splits = _split_conversations(run.config, run.tokenizer)
+        splits = _split_conversations(run)
         sections["data"] = _data_stats(run, splits)
         sections["quality"], rows = _quality(run, request, splits["test"], progress)
         _write_jsonl(out / ANSWERS_FILE, rows)

@@ -12,7 +12,7 @@ from lorakit.data.token_cache import render_cached
 from lorakit.data.validate import load_checked_conversations
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["PreparedData", "files_sha256", "read_train_conversations", "prepare_data"]
+__all__ = ["PreparedData", "read_train_conversations", "prepare_data"]
 
 log = get_logger("training.dataset")
 
@@ -25,13 +25,6 @@ class PreparedData:
     without_targets: int
     source_urls: list[str] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
-
-
-def files_sha256(paths: list[str]) -> str:
-    """The hash `lorakit data check` records for these train files (files and saved-dataset folders alike)."""
-    from lorakit.data.validate import check_files
-
-    return check_files(paths, scan_phi=False).data_sha256
 
 
 def read_train_conversations(config: RunConfig, tokenizer) -> tuple[list[Conversation], DataReport]:
