@@ -52,6 +52,15 @@ class _Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
+    @field_validator("*")
+    @classmethod
+    def _no_nul_characters(cls, value: Any) -> Any:
+        # YAML can spell "\0"; no file name (or prompt) can hold it, and the OS would reject it mid-run.
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and "\x00" in text for text in texts):
+            raise ValueError("contains a NUL character (\\x00), which no path or text setting can hold")
+        return value
+
 
 class ModelConfig(_Section):
     name: str = Field(
@@ -220,7 +229,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError("--set", [f"'{item}': '{part}' is set both as a value and as a section"])
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError("--set", [f"'{item}': the value is not valid YAML ({reason}); quote it, e.g. "
+                                        f"{key.strip()}='\"...\"'"]) from None
     return nested
 
 

@@ -6,6 +6,7 @@ per-step fault handling and token-weighted gradient accumulation must be visible
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -18,7 +19,7 @@ import torch
 
 from lorakit.config import RunConfig, dump_config
 from lorakit.data.masking import IGNORE_INDEX
-from lorakit.errors import CheckpointError, TrainingError
+from lorakit.errors import CheckpointError, ConfigError, TrainingError
 from lorakit.evaluation.loss import perplexity, split_loss
 from lorakit.model.adapters import resolve_target_modules, trainable_parameter_count
 from lorakit.model.checkpointing import activation_offload
@@ -172,6 +173,15 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _create_output_dir(run_dir: Path) -> Path:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only or missing mount, a name too long, no permission
+        reason = "a file of that name is in the way" if exc.errno == errno.EEXIST else exc.strerror
+        raise ConfigError("output_dir", [f"output_dir: cannot create the folder {run_dir} ({reason})"]) from None
+    return run_dir
+
+
 def _finished_steps(run_dir: Path) -> int | None:
     manifest = run_dir / FINAL / "manifest.json"
     return json.loads(manifest.read_text())["metrics"]["steps"] if manifest.is_file() else None
@@ -182,7 +192,7 @@ def train(
 ) -> TrainResult:
     """Fine-tune `config.model` with LoRA on `config.data`; write checkpoints and the final adapter to output_dir."""
     reporter = reporter or SilentReporter()
-    run_dir = Path(config.output_dir)
+    run_dir = _create_output_dir(Path(config.output_dir))
     with hold_run_lock(run_dir):
         return _train_locked(config, run_dir, resume=resume, overwrite=overwrite, reporter=reporter)
 
