@@ -1,0 +1,222 @@
+"""Issue 4, point 4 on a real GPU: real CUDA out-of-memory errors inside lorakit training steps.
+
+    python bench/oom_real.py --out DIR [--micro-batch 16] [--max-length 1024] [--steps 6]
+
+The CPU tests inject torch.OutOfMemoryError; this script makes the CUDA caching allocator raise it for real by
+capping the process's memory (torch.cuda.set_per_process_memory_fraction), and drives the real
+`lorakit.training.loop.train` on a random Llama-shaped model (bf16 LoRA, padded micro-batches):
+
+  calibrate  two uncapped runs (micro-batch B and B/4) measure the reserved-memory peak per micro-batch row.
+  recover    the cap sits between what B/4 and B/2 rows need: the run must halve twice (B -> B/2 -> B/4), log
+             each halving, finish, and record micro_batch_size B/4 in the manifest. Its adapter is compared
+             with the uncapped B run (same examples per optimizer step; only bf16 summation order differs).
+  give up    after step 2 the cap drops below what micro-batch 1 needs: the run must stop with TrainingError
+             (advice: max_length, gradient checkpointing, QLoRA) and leave a verified checkpoint at step 2;
+             resuming without the cap must finish the run.
+
+Prints a table and writes DIR/oom_real.json and DIR/log.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic_chat import synthetic_conversations  # noqa: E402
+
+from lorakit.config import RunConfig  # noqa: E402
+from lorakit.errors import TrainingError  # noqa: E402
+from lorakit.training import loop  # noqa: E402
+from lorakit.training.checkpoint import list_checkpoints, verify_checkpoint  # noqa: E402
+from lorakit.training.metrics import SilentReporter  # noqa: E402
+
+GIB = 2**30
+LOG: list[str] = []
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+    LOG.append(text)
+
+
+class Recorder(SilentReporter):
+    """Keeps the loop's messages (the out-of-memory notices among them); optionally acts at a step."""
+
+    def __init__(self, at_step: int | None = None, action=None):
+        self.messages: list[str] = []
+        self.at_step, self.action = at_step, action
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+        say(f"    lorakit: {text}")
+
+    def step(self, step: int, metrics: dict) -> None:
+        if step == self.at_step and self.action is not None:
+            self.action()
+
+
+def build_model(directory: Path, tokenizer_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=1024, intermediate_size=4096, num_hidden_layers=8,
+                         num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=4096,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(directory, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)
+
+
+def write_data(path: Path, count: int) -> None:
+    rows = []
+    for conversation in synthetic_conversations(count, seed=1, answer_median_words=900, sigma=0.2, min_answer_words=700):
+        question, answer = (m.content for m in conversation.messages)
+        rows.append(json.dumps({"instruction": question, "response": answer}))
+    path.write_text("\n".join(rows) + "\n")
+
+
+def run_config(args, model_dir: Path, data: Path, run_dir: Path, micro_batch: int, accumulation: int) -> RunConfig:
+    return RunConfig.model_validate({
+        "seed": 11, "output_dir": str(run_dir),
+        "model": {"name": str(model_dir), "max_length": args.max_length, "quantization": "none"},
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+        "training": {"batch_size": micro_batch, "gradient_accumulation_steps": accumulation, "max_steps": args.steps,
+                     "learning_rate": 1e-4, "lr_scheduler": "constant", "precision": "bf16",
+                     "gradient_checkpointing": False, "packing": False, "logging_steps": 1, "save_steps": 2,
+                     "eval_steps": 1000, "save_total_limit": 3},
+        "data": {"train_file": str(data), "validation_split": 0.0, "test_split": 0.0, "allow_phi": True},
+    })
+
+
+def set_cap(bytes_allowed: float | None) -> None:
+    total = torch.cuda.get_device_properties(0).total_memory
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(1.0 if bytes_allowed is None else min(1.0, bytes_allowed / total))
+
+
+def peak_run(config: RunConfig, reporter=None) -> tuple[object, int]:
+    """Train and return (result, peak reserved bytes); memory is released first so peaks are comparable."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    result = loop.train(config, overwrite=True, reporter=reporter or Recorder())
+    peak = torch.cuda.max_memory_reserved()
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result, peak
+
+
+def adapter_difference(a: Path, b: Path) -> float:
+    from safetensors.torch import load_file
+
+    first, second = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    return max(float((first[k].float() - second[k].float()).abs().max()) for k in first)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--micro-batch", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--tokenizer", type=Path,
+                        default=Path(__file__).resolve().parents[1] / ".fixtures6" / "smollm2-tokenizer")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench/oom_real.py needs a CUDA GPU (the CPU tests in tests/training/test_oom.py inject the error).")
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    big, quarter = args.micro_batch, args.micro_batch // 4
+    assert quarter >= 1, "--micro-batch must be at least 4"
+    model_dir, data = args.out / "model", args.out / "data.jsonl"
+    build_model(model_dir, args.tokenizer)
+    write_data(data, count=big * args.steps * 2)
+    say(f"device: {torch.cuda.get_device_name(0)}, {torch.cuda.get_device_properties(0).total_memory / GIB:.1f} GiB; "
+        f"torch {torch.__version__}; micro-batch {big}, max_length {args.max_length}, {args.steps} steps")
+    rows, report = [], {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+
+    # calibrate: reserved peak is linear in rows per micro-batch: P(b) = base + b * per_row.
+    reference, peak_big = peak_run(run_config(args, model_dir, data, args.out / "uncapped", big, 1))
+    _, peak_quarter = peak_run(run_config(args, model_dir, data, args.out / "calibrate-quarter", quarter, 4))
+    per_row = (peak_big - peak_quarter) / (big - quarter)
+    base = peak_quarter - quarter * per_row
+    report["calibration"] = {"peak_reserved_big": peak_big, "peak_reserved_quarter": peak_quarter,
+                             "per_row": per_row, "base": base}
+    say(f"calibration: peak reserved {peak_big / GIB:.2f} GiB at micro-batch {big}, {peak_quarter / GIB:.2f} GiB at "
+        f"{quarter}: {per_row / GIB:.3f} GiB per row on {base / GIB:.2f} GiB")
+
+    # recover: room for 3/8 of B rows (B/4 fits, B/2 does not).
+    cap = base + per_row * big * 3 / 8
+    recorder = Recorder()
+    set_cap(cap)
+    started = time.perf_counter()
+    try:
+        result = loop.train(run_config(args, model_dir, data, args.out / "recover", big, 1), overwrite=True,
+                            reporter=recorder)
+        manifest = json.loads((result.adapter_dir / "manifest.json").read_text())
+        outcome = (f"finished {result.steps} steps, manifest micro_batch_size "
+                   f"{manifest['settings']['micro_batch_size']} x accumulation {manifest['settings']['gradient_accumulation_steps']}")
+        difference = adapter_difference(result.adapter_dir, reference.adapter_dir)
+        ok = manifest["settings"]["micro_batch_size"] < big
+    except Exception as exc:  # reported, not hidden: this is what the GPU run is for
+        outcome, difference, ok = f"FAILED: {type(exc).__name__}: {exc}", math.nan, False
+        say(traceback.format_exc())
+    finally:
+        set_cap(None)
+    notices = [m for m in recorder.messages if m.startswith("out of memory")]
+    rows.append({"scenario": "recover (cap between B/4 and B/2 rows)", "cap_gib": cap / GIB, "oom_notices": notices,
+                 "outcome": outcome, "max_abs_diff_vs_uncapped": difference, "ok": ok and len(notices) >= 1,
+                 "seconds": time.perf_counter() - started})
+
+    # give up: after step 2, less than micro-batch 1 needs; then resume uncapped.
+    run_dir = args.out / "give-up"
+    recorder = Recorder(at_step=2, action=lambda: set_cap(base + per_row * 0.25))
+    outcome, ok = "", False
+    try:
+        loop.train(run_config(args, model_dir, data, run_dir, big, 1), overwrite=True, reporter=recorder)
+        outcome = "UNEXPECTED: finished under a cap below micro-batch 1"
+    except TrainingError as exc:
+        checkpoints = [(p.name, verify_checkpoint(p)) for p in list_checkpoints(run_dir)]
+        outcome = f"stopped: {exc.message} | hint: {exc.hint} | checkpoints {checkpoints}"
+        ok = "micro-batch 1" in exc.message and checkpoints[-1] == ("step-00000002", None)
+    except Exception as exc:
+        outcome = f"FAILED: {type(exc).__name__}: {exc}"
+        say(traceback.format_exc())
+    finally:
+        set_cap(None)
+    say(f"give up: {outcome}")
+    resumed = "not attempted"
+    if ok:
+        try:
+            result = loop.train(run_config(args, model_dir, data, run_dir, big, 1), resume=True, reporter=Recorder())
+            resumed = f"resumed to step {result.steps}; max |adapter - uncapped| {adapter_difference(result.adapter_dir, reference.adapter_dir):.3g}"
+        except Exception as exc:
+            resumed, ok = f"resume FAILED: {type(exc).__name__}: {exc}", False
+            say(traceback.format_exc())
+    rows.append({"scenario": "give up (cap below 1 row after step 2), then resume uncapped",
+                 "cap_gib": (base + per_row * 0.25) / GIB,
+                 "oom_notices": [m for m in recorder.messages if m.startswith("out of memory")],
+                 "outcome": f"{outcome} || {resumed}", "ok": ok})
+
+    report["rows"] = rows
+    (args.out / "oom_real.json").write_text(json.dumps(report, indent=2, default=str))
+    say("\n| scenario | cap GiB | out-of-memory notices | outcome | ok |\n|---|---|---|---|---|")
+    for row in rows:
+        say(f"| {row['scenario']} | {row['cap_gib']:.2f} | {len(row['oom_notices'])}: {'; '.join(row['oom_notices'])} | "
+            f"{row['outcome']} | {'yes' if row['ok'] else 'NO'} |")
+    (args.out / "log.txt").write_text("\n".join(LOG) + "\n")
+    return 0 if all(row["ok"] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
