@@ -40,6 +40,12 @@ class RichTrainingReporter:
         if "val_loss" in metrics:
             fields["val"] = f"{metrics['val_loss']:.4f}"
         self.progress.update(self.task, completed=step, **fields)
+        if fields and not err_console.is_terminal:
+            # Without a terminal (CI logs, nohup, pipes) the live bar never redraws: log one line per log step.
+            task = self.progress.tasks[0]
+            eta = f"{task.time_remaining:.0f}s" if task.time_remaining is not None else "-"
+            err_console.print(f"step {step}/{task.total:.0f}  loss {task.fields['loss']}  val {task.fields['val']}  "
+                              f"{task.fields['tps']} tok/s  ETA {eta}", highlight=False)
 
     def message(self, text: str) -> None:
         (self.progress.console if self.task is not None else err_console).print(text, highlight=False)
