@@ -19,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import tiny_run_config
+from conftest import tiny_run_config, write_qa_jsonl
 from lorakit.errors import CheckpointError
 from lorakit.runtime import atomic_files
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text, remove_abandoned_staging
@@ -28,7 +28,8 @@ from lorakit.training.checkpoint import latest_good_checkpoint, list_checkpoints
 from lorakit.training.loop import train
 from lorakit.training.metrics import SilentReporter
 
-KILLS = int(os.environ.get("LORAKIT_KILL_LOOP_KILLS", "20"))
+KILLS = int(os.environ.get("LORAKIT_KILL_LOOP_KILLS", "20"))  # more, and another seed, for a local soak
+SEED = int(os.environ.get("LORAKIT_KILL_LOOP_SEED", "20240604"))
 
 
 class SimulatedCrash(BaseException):
@@ -117,6 +118,17 @@ def test_crash_safety_a_second_process_cannot_train_into_the_same_run(tiny_llama
 # --- damaged checkpoints ----------------------------------------------------------------------------------
 
 
+DAMAGE_SETTINGS = {"max_steps": 6, "save_steps": 2, "save_total_limit": 3, "lr_scheduler": "cosine"}
+
+
+@pytest.fixture(scope="module")
+def straight_adapter(tiny_llama_dir, tmp_path_factory):
+    """The uncrashed run's adapter, trained once for all damage kinds."""
+    root = tmp_path_factory.mktemp("straight")
+    result = train(tiny_run_config(tiny_llama_dir, write_qa_jsonl(root / "qa.jsonl"), root / "run", **DAMAGE_SETTINGS))
+    return load_file(result.adapter_dir / "adapter_model.safetensors")
+
+
 def _corrupt_flip_a_byte(path: Path) -> None:
     data = bytearray((path / "adapter_model.safetensors").read_bytes())
     data[-1] ^= 0xFF
@@ -146,12 +158,9 @@ def _corrupt_lose_a_file(path: Path) -> None:
     ],
 )
 def test_crash_safety_damaged_checkpoint_is_reported_and_the_previous_good_one_used(
-    tiny_llama_dir, qa_file, tmp_path, caplog, damage, reported
+    tiny_llama_dir, qa_file, tmp_path, caplog, straight_adapter, damage, reported
 ):
-    settings = dict(max_steps=6, save_steps=2, save_total_limit=3, lr_scheduler="cosine")
-    straight = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "straight", **settings)
-    train(straight)
-    config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", **settings)
+    config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", **DAMAGE_SETTINGS)
     with pytest.raises(SimulatedCrash):
         train(config, reporter=CrashAfterStep(5))
     newest = tmp_path / "run" / "checkpoints" / "step-00000004"
@@ -169,9 +178,8 @@ def test_crash_safety_damaged_checkpoint_is_reported_and_the_previous_good_one_u
         train(config, resume=True, reporter=Recorder())
     assert f"Checkpoint step-00000004 is damaged ({reported}); falling back to the previous one" in caplog.text
     assert "resumed from step-00000002 (step 2)" in messages
-    a = load_file(tmp_path / "straight" / "final" / "adapter_model.safetensors")
     b = load_file(tmp_path / "run" / "final" / "adapter_model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(straight_adapter[k], b[k]) for k in straight_adapter)
 
 
 def test_crash_safety_no_intact_checkpoint_is_an_error_naming_each_problem(tiny_llama_dir, qa_file, tmp_path):
@@ -275,7 +283,7 @@ def test_crash_safety_kill_9_loop_final_adapter_equals_uninterrupted(tiny_llama_
     assert baseline.wait() == 0, baseline.stderr.read().decode()
     expected = load_file(baseline_dir / "final" / "adapter_model.safetensors")
 
-    rng = random.Random(20240604)
+    rng = random.Random(SEED)
     modes = ["checkpoint-write", "while-training", "anytime", "final-write"]
     kills: dict[str, int] = {}
     finished_runs, run_index = 0, 0
@@ -283,27 +291,26 @@ def test_crash_safety_kill_9_loop_final_adapter_equals_uninterrupted(tiny_llama_
     config = _kill_loop_config(tmp_path, tiny_llama_dir, qa_file, run_dir)
     total = 0
     while total < KILLS:
-        mode = rng.choices(modes, weights=[4, 4, 2, 1])[0]
-        process = _start(config, env, "--resume")
-        outcome = _wait_and_kill(process, run_dir, mode, rng)
-        if outcome is None:  # the run finished before this kill: check it, then start a fresh one
-            assert process.returncode == 0, process.stderr.read().decode()
+        if (run_dir / "final" / "manifest.json").is_file():  # finished (possibly killed just after): check, start anew
             assert all(torch.equal(expected[k], v) for k, v in load_file(run_dir / "final" / "adapter_model.safetensors").items())
             assert _losses(run_dir) == _losses(baseline_dir)
             finished_runs, run_index = finished_runs + 1, run_index + 1
             run_dir = tmp_path / f"killed-{run_index}"
             config = _kill_loop_config(tmp_path, tiny_llama_dir, qa_file, run_dir)
+        mode = rng.choices(modes, weights=[4, 4, 2, 1])[0]
+        process = _start(config, env, "--resume")
+        outcome = _wait_and_kill(process, run_dir, mode, rng)
+        if outcome is None:  # the run finished before this kill
+            assert process.returncode == 0, process.stderr.read().decode()
             continue
         total += 1
         key = f"{mode}: {outcome.split(' (')[0]}"
         kills[key] = kills.get(key, 0) + 1
         _check_on_disk_state(run_dir)
 
-    for _ in range(3):  # resume until finished (a kill during final/ may need one more)
+    if not (run_dir / "final" / "manifest.json").is_file():  # the last kill left it unfinished: resume once more
         process = _start(config, env, "--resume")
-        if process.wait() == 0:
-            break
-    assert process.returncode == 0, process.stderr.read().decode()
+        assert process.wait() == 0, process.stderr.read().decode()
     final = load_file(run_dir / "final" / "adapter_model.safetensors")
     assert final.keys() == expected.keys()
     assert all(torch.equal(expected[k], final[k]) for k in expected), "the killed-and-resumed adapter differs"
