@@ -30,7 +30,8 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run_train(directory: Path, endpoint: str, repo_id: str, token: str | None, offline: bool = False):
+def _run_lorakit(directory: Path, endpoint: str, repo_id: str, token: str | None, offline: bool = False,
+                 command: str = "train"):
     directory.mkdir()
     data = write_qa_jsonl(directory / "qa.jsonl")
     config = directory / "config.yaml"
@@ -46,12 +47,13 @@ def _run_train(directory: Path, endpoint: str, repo_id: str, token: str | None, 
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config)], capture_output=True, text=True,
-                            env=env, timeout=180)
+    extra = ["--gpu-memory", "8GB"] if command == "plan" else []
+    result = subprocess.run([sys.executable, "-m", "lorakit", command, str(config), *extra], capture_output=True,
+                            text=True, env=env, timeout=180)
     return result, time.monotonic() - started
 
 
-# name -> (repo id, token, offline, which server); all run at once, each test checks its own outcome.
+# name -> (repo id, token, offline, which server[, command]); all run at once, each test checks its own outcome.
 SCENARIOS = {
     "no-token": ("lorakit-tests/private-llama", None, False, "hub"),
     "bad-token": ("lorakit-tests/tiny-llama", "hf_NotAValidToken", False, "hub"),
@@ -61,6 +63,8 @@ SCENARIOS = {
     "refused": ("lorakit-tests/tiny-llama", None, False, "closed"),
     "timeout": ("lorakit-tests/tiny-llama", None, False, "silent"),
     "offline": ("lorakit-tests/tiny-llama", None, True, "hub"),
+    "plan-timeout": ("lorakit-tests/tiny-llama", None, False, "silent", "plan"),
+    "plan-gated": ("lorakit-tests/gated-llama", OTHER_TOKEN, False, "hub", "plan"),
 }
 
 
@@ -73,8 +77,8 @@ def outcomes(tiny_llama_dir, tmp_path_factory):
         hub.add("lorakit-tests/gated-llama", tiny_llama_dir, gated=True, granted_tokens={GOOD_TOKEN})
         endpoints = {"hub": hub.url, "silent": silent.url, "closed": f"http://127.0.0.1:{_closed_port()}"}
         with ThreadPoolExecutor(max_workers=4) as pool:
-            futures = {name: pool.submit(_run_train, root / name, endpoints[server], repo, token, offline)
-                       for name, (repo, token, offline, server) in SCENARIOS.items()}
+            futures = {name: pool.submit(_run_lorakit, root / name, endpoints[server], repo, token, offline, *command)
+                       for name, (repo, token, offline, server, *command) in SCENARIOS.items()}
             results = {name: future.result() for name, future in futures.items()}
         yield results, hub
 
@@ -147,3 +151,11 @@ def test_hub_faults_every_request_went_to_the_configured_endpoint_only(outcomes)
     assert any("/gated-llama/resolve/" in p for p in paths)  # the gated refusal came from a file request
     assert all(auth in (None, f"Bearer {GOOD_TOKEN}", f"Bearer {OTHER_TOKEN}", "Bearer hf_NotAValidToken")
                for _, _, auth in hub.requests)
+
+
+def test_hub_faults_plan_reads_config_json_with_the_same_timeout_and_messages(outcomes):
+    (timeout, seconds), (gated, _) = outcomes[0]["plan-timeout"], outcomes[0]["plan-gated"]
+    error, hint = _assert_one_message(timeout)
+    assert "did not answer within 1 s (timeout)" in error and seconds < 90
+    error, hint = _assert_one_message(gated)
+    assert "is a gated model and your account has not been granted access (403" in error

@@ -19,7 +19,7 @@ from huggingface_hub.errors import (
 
 from lorakit.errors import HubAccessError
 
-__all__ = ["download_model", "model_page_url"]
+__all__ = ["download_model", "download_model_file", "model_page_url"]
 
 SAFE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
@@ -60,6 +60,27 @@ def download_model(repo_id: str, revision: str | None, *, allow_pickle: bool, tr
             f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id} ({type(exc).__name__}).",
             hint=_OFFLINE_HINT,
         ) from None
+
+
+def download_model_file(repo_id: str, filename: str, revision: str | None) -> Path:
+    """One file of a Hub model (e.g. config.json for `lorakit plan`), with the same timeout and messages.
+
+    Through snapshot_download, like the weights: hf_hub_download retries a silent Hub with 60-second
+    timeouts for minutes, while the snapshot's repo-info call fails within HF_HUB_ETAG_TIMEOUT."""
+    _install_timeout_hook()
+    try:
+        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=[filename])) / filename
+    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+        raise _hub_error(exc, repo_id, revision) from None
+    except OSError as exc:
+        raise HubAccessError(
+            f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id} ({type(exc).__name__}).",
+            hint=_OFFLINE_HINT,
+        ) from None
+    if not path.is_file():
+        raise HubAccessError(f"{repo_id} has no {filename}; it is not a transformers model.",
+                             hint=f"Check model.name against {model_page_url(repo_id)}.")
+    return path
 
 
 def _status(exc: BaseException) -> int | None:

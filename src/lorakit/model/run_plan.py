@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig, RunConfig
-from lorakit.errors import ConfigError, HubAccessError
+from lorakit.errors import ConfigError
 from lorakit.model.attention import expands_kv_heads
 from lorakit.model.memory_plan import GIB, Candidate, ModelShape, TrainSettings, plan_settings
 
@@ -76,16 +76,9 @@ def read_model_config_json(model: ModelConfig) -> dict:
         if not (path / "config.json").is_file():
             raise ConfigError("model.name", [f"{path} has no config.json; it is not a transformers model folder"])
         return json.loads((path / "config.json").read_text())
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError
+    from lorakit.model.hub import download_model_file  # the Hub's failures as one message each, with a timeout
 
-    try:
-        return json.loads(Path(hf_hub_download(model.name, "config.json", revision=model.revision)).read_text())
-    except (HfHubHTTPError, OSError) as exc:
-        raise HubAccessError(
-            f"Could not fetch config.json of {model.name} ({type(exc).__name__}).",
-            hint="Check model.name, your network and `hf auth login`; or point model.name at a local folder.",
-        ) from None
+    return json.loads(download_model_file(model.name, "config.json", model.revision).read_text())
 
 
 def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, *, dtype_bytes: int,
