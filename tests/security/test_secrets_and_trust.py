@@ -76,6 +76,7 @@ def test_secrets_the_hf_token_never_appears_in_anything_a_run_writes(tiny_llama_
             ("eval", "eval", str(sandbox / "run"), "--limit", "1", "--max-new-tokens", "4", "--safety"),
             ("train, no access", "train", str(config), "--set", f"output_dir={sandbox / 'run-2'}",
              "--set", "model.name=lorakit-tests/private-llama"),
+            ("doctor", "doctor"),  # reports whether a token is configured
         ]
         outputs = {}
         for name, *args in commands:
@@ -100,6 +101,9 @@ def test_secrets_the_hf_token_never_appears_in_anything_a_run_writes(tiny_llama_
                      "metrics.jsonl"):
         assert (run / expected).exists(), expected  # the search below covers real artifacts
     assert len(written) > 20
+    assert "hugging face token" in outputs["doctor"].stdout.decode().lower()
+    print(f"\ntoken search: {len(written)} files, {sum(p.stat().st_size for p in written)} bytes, "
+          f"{2 * len(outputs)} output streams from {', '.join(outputs)}")
     assert _files_containing(sandbox, CANARY.encode()) == []
     assert _files_containing(sandbox, CANARY[3:].encode()) == []
 
