@@ -53,7 +53,7 @@ def _files_containing(root: Path, needle: bytes) -> list[str]:
 
 
 @pytest.mark.slow
-def test_secrets_the_hf_token_never_appears_in_anything_a_run_writes(tiny_llama_dir, tmp_path):
+def test_secrets_and_trust_the_hf_token_never_appears_in_anything_a_run_writes(tiny_llama_dir, tmp_path):
     sandbox = tmp_path / "sandbox"
     with FakeHub(valid_tokens={CANARY}) as hub:
         # Gated: the download only works because the token is sent, so it is certainly in play.
@@ -123,7 +123,7 @@ def _config_file(tmp_path: Path, model_dir: Path, **model) -> Path:
     return path
 
 
-def test_trust_remote_code_is_off_unless_the_config_sets_it(tmp_path):
+def test_secrets_and_trust_trust_remote_code_is_off_unless_the_config_sets_it(tmp_path):
     assert ModelConfig().trust_remote_code is False
     config = RunConfig.model_validate({"data": {"train_file": "x.jsonl"}})
     assert config.model.trust_remote_code is False and config.model.allow_pickle is False
@@ -154,7 +154,9 @@ def _with_custom_code(tiny_llama_dir: Path, directory: Path, marker: Path, part:
 
 
 @pytest.mark.parametrize("part", ["model", "tokenizer"])
-def test_trust_remote_code_off_refuses_custom_code_without_running_it(tiny_llama_dir, tmp_path, capsys, part):
+def test_secrets_and_trust_trust_remote_code_off_refuses_custom_code_without_running_it(
+    tiny_llama_dir, tmp_path, capsys, part
+):
     marker = tmp_path / "marker"
     model_dir = _with_custom_code(tiny_llama_dir, tmp_path / "custom", marker, part)
     assert run_cli(["train", str(_config_file(tmp_path, model_dir))]) == 2
@@ -164,7 +166,9 @@ def test_trust_remote_code_off_refuses_custom_code_without_running_it(tiny_llama
     assert not marker.exists()
 
 
-def test_trust_remote_code_hub_downloads_no_python_or_pickle_files_by_default(tiny_llama_dir, tmp_path):
+def test_secrets_and_trust_trust_remote_code_hub_downloads_no_python_or_pickle_files_by_default(
+    tiny_llama_dir, tmp_path
+):
     repo = tmp_path / "repo"
     shutil.copytree(tiny_llama_dir, repo)
     (repo / "modeling_custom.py").write_text("raise SystemExit('must never be downloaded')\n")
@@ -208,7 +212,7 @@ def _pickle_model(tiny_llama_dir: Path, directory: Path, *, keep_safetensors: bo
     return directory
 
 
-def test_pickle_weights_are_refused_without_allow_pickle(tiny_llama_dir, tmp_path, capsys):
+def test_secrets_and_trust_pickle_weights_are_refused_without_allow_pickle(tiny_llama_dir, tmp_path, capsys):
     model_dir = _pickle_model(tiny_llama_dir, tmp_path / "pickled", keep_safetensors=False, payload_marker=None)
     assert run_cli(["train", str(_config_file(tmp_path, model_dir))]) == 2
     err = capsys.readouterr().err
@@ -216,21 +220,23 @@ def test_pickle_weights_are_refused_without_allow_pickle(tiny_llama_dir, tmp_pat
     assert "--allow-pickle" in err and "Traceback" not in err
 
 
-def test_pickle_weights_load_with_allow_pickle(tiny_llama_dir, tmp_path, capsys):
+def test_secrets_and_trust_pickle_weights_load_with_allow_pickle(tiny_llama_dir, tmp_path, capsys):
     model_dir = _pickle_model(tiny_llama_dir, tmp_path / "pickled", keep_safetensors=False, payload_marker=None)
     assert run_cli(["train", str(_config_file(tmp_path, model_dir)), "--allow-pickle"]) == 0
     saved = yaml.safe_load((tmp_path / "run" / "final" / "config.yaml").read_text())
     assert saved["model"]["allow_pickle"] is True  # chat/eval of this run load the same way
 
 
-def test_pickle_safetensors_win_over_a_pickle_next_to_them_even_with_allow_pickle(tiny_llama_dir, tmp_path):
+def test_secrets_and_trust_pickle_safetensors_win_over_a_pickle_next_to_them_even_with_allow_pickle(
+    tiny_llama_dir, tmp_path
+):
     marker = tmp_path / "marker"
     model_dir = _pickle_model(tiny_llama_dir, tmp_path / "both", keep_safetensors=True, payload_marker=marker)
     assert run_cli(["train", str(_config_file(tmp_path, model_dir)), "--allow-pickle"]) == 0
     assert not marker.exists()
 
 
-def test_pickle_with_code_inside_is_refused_even_with_allow_pickle(tiny_llama_dir, tmp_path, capsys):
+def test_secrets_and_trust_pickle_with_code_inside_is_refused_even_with_allow_pickle(tiny_llama_dir, tmp_path, capsys):
     marker = tmp_path / "marker"
     model_dir = _pickle_model(tiny_llama_dir, tmp_path / "evil", keep_safetensors=False, payload_marker=marker)
     assert run_cli(["train", str(_config_file(tmp_path, model_dir)), "--allow-pickle"]) == 2
@@ -250,7 +256,7 @@ def _torch_load_calls(path: Path):
             yield node
 
 
-def test_checkpoint_state_every_torch_load_in_lorakit_is_weights_only():
+def test_secrets_and_trust_checkpoint_state_every_torch_load_in_lorakit_is_weights_only():
     calls = [(path, node) for path in SRC.rglob("*.py") for node in _torch_load_calls(path)]
     assert calls, "expected the checkpoint loader to call torch.load"
     for path, node in calls:
@@ -259,7 +265,7 @@ def test_checkpoint_state_every_torch_load_in_lorakit_is_weights_only():
             and flags["weights_only"].value is True, f"{path}:{node.lineno} calls torch.load without weights_only=True"
 
 
-def test_checkpoint_state_with_code_inside_is_refused_on_resume(tiny_llama_dir, qa_file, tmp_path):
+def test_secrets_and_trust_checkpoint_state_with_code_inside_is_refused_on_resume(tiny_llama_dir, qa_file, tmp_path):
     from conftest import tiny_run_config
 
     config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", max_steps=4, save_steps=2)
