@@ -6,9 +6,7 @@ per-step fault handling and token-weighted gradient accumulation must be visible
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -19,8 +17,8 @@ import torch
 
 from lorakit.config import RunConfig, dump_config
 from lorakit.data.masking import IGNORE_INDEX
-from lorakit.errors import CheckpointError, ConfigError, TrainingError
-from lorakit.evaluation.loss import perplexity, split_loss
+from lorakit.errors import TrainingError
+from lorakit.evaluation.loss import split_loss
 from lorakit.model.adapters import resolve_target_modules, trainable_parameter_count
 from lorakit.model.checkpointing import activation_offload
 from lorakit.model.kernels import causal_lm_loss
@@ -35,32 +33,20 @@ from lorakit.model.load import (
 from lorakit.model.quantize import bitsandbytes_available, nf4_config, wants_4bit
 from lorakit.model.run_plan import resolve_auto_settings
 from lorakit.model.trainable import make_trainable
-from lorakit.runtime.atomic_files import (
-    atomic_directory,
-    atomic_write_text,
-    remove_abandoned_staging,
-    remove_directory,
-)
 from lorakit.runtime.device import compute_dtype, pick_device
 from lorakit.runtime.logging import get_logger
 from lorakit.runtime.run_lock import hold_run_lock
 from lorakit.runtime.seed import seed_everything
 from lorakit.training.batches import collate_group, epoch_groups, packed_epoch_groups
 from lorakit.training.checkpoint import (
-    CHECKPOINTS,
     TrainerState,
-    check_same_run,
-    latest_good_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    read_identity,
     save_checkpoint,
-    verify_checkpoint,
 )
 from lorakit.training.dataset import PreparedData, prepare_data
+from lorakit.training.finalize import TrainResult, finalize_run
+from lorakit.training.run_dir import create_output_dir, prepare_run_dir, resume_state
 from lorakit.training.early_stop import EarlyStopping
-from lorakit.training.manifest import build_manifest
-from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter, plot_loss_curve
+from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter
 from lorakit.training.numerics import MIN_LOSS_SCALE, loss_scaler, numerical_fault
 from lorakit.training.oom import (
     OOM_ADVICE,
@@ -73,18 +59,7 @@ from lorakit.training.oom import (
 
 __all__ = ["TrainResult", "TrainingSession", "train", "build_session"]
 
-FINAL = "final"
-
 log = get_logger("training.loop")
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    adapter_dir: Path
-    steps: int
-    stopped_early: bool
-    metrics: dict
 
 
 @dataclass
@@ -156,49 +131,18 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
                            resolved.offload_activations)
 
 
-def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    # Leftovers of a run killed mid-write go first; a run killed before its first checkpoint holds nothing.
-    remove_abandoned_staging(run_dir)
-    remove_abandoned_staging(run_dir / CHECKPOINTS)
-    holds_run = bool(list_checkpoints(run_dir)) or (run_dir / FINAL).exists()
-    if holds_run and not resume and not overwrite:
-        raise CheckpointError(
-            f"{run_dir} already holds a training run.",
-            hint="Pass --resume to continue it, --overwrite to start again from scratch, or set another output_dir.",
-        )
-    if overwrite and not resume:
-        for name in ("checkpoints", FINAL, "tensorboard", "metrics.jsonl", "manifest.json", "loss_curve.png"):
-            target = run_dir / name
-            remove_directory(target) if target.is_dir() else target.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _create_output_dir(run_dir: Path) -> Path:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file in the way, a read-only or missing mount, a name too long, no permission
-        reason = "a file of that name is in the way" if exc.errno == errno.EEXIST else exc.strerror
-        raise ConfigError("output_dir", [f"output_dir: cannot create the folder {run_dir} ({reason})"]) from None
-    return run_dir
-
-
-def _finished_steps(run_dir: Path) -> int | None:
-    manifest = run_dir / FINAL / "manifest.json"
-    return json.loads(manifest.read_text())["metrics"]["steps"] if manifest.is_file() else None
-
-
 def train(
     config: RunConfig, *, resume: bool = False, overwrite: bool = False, reporter: ProgressReporter | None = None
 ) -> TrainResult:
     """Fine-tune `config.model` with LoRA on `config.data`; write checkpoints and the final adapter to output_dir."""
     reporter = reporter or SilentReporter()
-    run_dir = _create_output_dir(Path(config.output_dir))
+    run_dir = create_output_dir(Path(config.output_dir))
     with hold_run_lock(run_dir):
         return _train_locked(config, run_dir, resume=resume, overwrite=overwrite, reporter=reporter)
 
 
 def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, reporter: ProgressReporter) -> TrainResult:
-    _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     seed_everything(config.seed)
     session = build_session(config, reporter)
     params = [p for p in session.model.parameters() if p.requires_grad]
@@ -210,7 +154,7 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     state = TrainerState()
     stopper = EarlyStopping(config.training.early_stopping_patience, config.training.early_stopping_min_delta)
     if resume:
-        state = _resume(run_dir, session, optimizer, scheduler, scaler, stopper, reporter)
+        state = resume_state(run_dir, session, optimizer, scheduler, scaler, stopper, reporter)
     sink = MetricsSink(run_dir, state.log_history, state.step)
     try:
         stopped_early = _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, sink, reporter, run_dir)
@@ -220,38 +164,7 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     state.stopped_early = stopped_early  # a resume after this checkpoint must not train past an early stop
     save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, state=state,
                     identity=session.identity, config_yaml=dump_config(config), keep=config.training.save_total_limit)
-    return _finish(run_dir, session, state, stopper, stopped_early, reporter)
-
-
-def _resume(run_dir, session, optimizer, scheduler, scaler, stopper, reporter) -> TrainerState:
-    checkpoint = latest_good_checkpoint(run_dir)  # damaged newer ones are reported and skipped
-    finished = _finished_steps(run_dir)
-    if checkpoint is None:
-        damaged = list_checkpoints(run_dir)
-        if damaged:
-            problems = "; ".join(f"{path.name}: {verify_checkpoint(path)}" for path in damaged)
-            raise CheckpointError(f"No checkpoint in {run_dir} is intact ({problems}).",
-                                  hint="Start again with --overwrite (or restore the checkpoints from a backup).")
-        if finished is not None:
-            raise _finished_error(run_dir, finished)
-        # Killed before its first checkpoint: step 0 is the last durable state, so resuming is starting.
-        log.warning("%s holds no checkpoint yet; starting from step 0", run_dir)
-        return TrainerState()
-    # Compare identities before loading tensors: a different LoRA shape would otherwise fail as a size mismatch.
-    check_same_run(read_identity(checkpoint), session.identity)
-    state, _ = load_checkpoint(checkpoint, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-    if finished is not None and (state.stopped_early or state.step >= session.config.training.max_steps):
-        raise _finished_error(run_dir, finished)
-    stopper.load_state_dict(state.early_stopping) if state.early_stopping else None
-    reporter.message(f"resumed from {checkpoint.name} (step {state.step})")
-    return state
-
-
-def _finished_error(run_dir: Path, steps: int) -> CheckpointError:
-    return CheckpointError(
-        f"The run in {run_dir} is already finished ({steps} steps); its adapter is in {run_dir / FINAL}.",
-        hint="To train longer, raise training.max_steps and pass --resume again.",
-    )
+    return finalize_run(run_dir, session, state, stopper, stopped_early, reporter)
 
 
 def _next_micro_batches(session: TrainingSession, state: TrainerState) -> list[list[int]]:
@@ -397,50 +310,3 @@ def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, si
                             state=state, identity=session.identity, config_yaml=dump_config(session.config),
                             keep=cfg.save_total_limit)
     return False
-
-
-def _finish(run_dir: Path, session: TrainingSession, state: TrainerState, stopper: EarlyStopping,
-            stopped_early: bool, reporter: ProgressReporter) -> TrainResult:
-    """Test loss, then the final adapter folder (weights, tokenizer, config, manifest) written atomically."""
-    cfg = session.config
-    test_loss = split_loss(session.model, session.data.splits.test, batch_size=cfg.training.batch_size,
-                           pad_token_id=session.tokenizer.pad_token_id, autocast_dtype=session.autocast_dtype)
-    last_train = next((r["train_loss"] for r in reversed(state.log_history) if "train_loss" in r), None)
-    metrics = {
-        "steps": state.step,
-        "stopped_early": stopped_early,
-        "final_train_loss": last_train,
-        "best_val_loss": None if math.isinf(stopper.best_loss) else stopper.best_loss,
-        "best_val_step": stopper.best_step or None,
-        "test_loss": test_loss,
-        "test_perplexity": perplexity(test_loss),
-    }
-    manifest = build_manifest(
-        identity=session.identity,
-        seed=cfg.seed,
-        split_sizes=session.data.splits.sizes(),
-        data={"train_files": cfg.data.train_files, "sha256": session.data.data_sha256, "truncated": session.data.truncated,
-              "skipped_without_answer_tokens": session.data.without_targets, "source_urls": session.data.source_urls,
-              **session.data.notes},
-        metrics=metrics,
-        settings={"quantized_4bit": session.quantized, "dtype": str(session.dtype).removeprefix("torch."),
-                  "device": session.device.type, "allow_phi": cfg.data.allow_phi, "skip_invalid": cfg.data.skip_invalid,
-                  "micro_batch_size": state.micro_batch_size or cfg.training.batch_size,
-                  "gradient_accumulation_steps": state.gradient_accumulation_steps or cfg.training.gradient_accumulation_steps},
-    )
-    manifest_text = json.dumps(manifest, indent=2)
-    adapter_dir = run_dir / FINAL
-    # final/ is written last: its presence is what marks the run finished (a resume after a crash before
-    # it rewrites the run-level copies).
-    atomic_write_text(run_dir / "manifest.json", manifest_text)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    plot_loss_curve(state.log_history, run_dir / "loss_curve.png")
-    with atomic_directory(adapter_dir) as staging:
-        session.model.save_pretrained(staging, safe_serialization=True)
-        session.tokenizer.save_pretrained(staging)
-        (staging / "config.yaml").write_text(dump_config(cfg))
-        (staging / "manifest.json").write_text(manifest_text)
-    if test_loss is not None:
-        reporter.message(f"test loss {test_loss:.4f} (perplexity {perplexity(test_loss):.2f})")
-    reporter.message(f"adapter saved to {adapter_dir}")
-    return TrainResult(run_dir, adapter_dir, state.step, stopped_early, metrics)

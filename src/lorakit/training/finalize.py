@@ -1,0 +1,80 @@
+"""The end of a run: test-split loss, the manifest, the loss curve, and the final adapter folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lorakit.config import dump_config
+from lorakit.evaluation.loss import perplexity, split_loss
+from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text
+from lorakit.training.checkpoint import TrainerState
+from lorakit.training.early_stop import EarlyStopping
+from lorakit.training.manifest import build_manifest
+from lorakit.training.metrics import ProgressReporter, plot_loss_curve
+from lorakit.training.run_dir import FINAL
+
+if TYPE_CHECKING:
+    from lorakit.training.loop import TrainingSession
+
+__all__ = ["TrainResult", "finalize_run"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter_dir: Path
+    steps: int
+    stopped_early: bool
+    metrics: dict
+
+
+
+def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, stopper: EarlyStopping,
+            stopped_early: bool, reporter: ProgressReporter) -> TrainResult:
+    """Test loss, then the final adapter folder (weights, tokenizer, config, manifest) written atomically."""
+    cfg = session.config
+    test_loss = split_loss(session.model, session.data.splits.test, batch_size=cfg.training.batch_size,
+                           pad_token_id=session.tokenizer.pad_token_id, autocast_dtype=session.autocast_dtype)
+    last_train = next((r["train_loss"] for r in reversed(state.log_history) if "train_loss" in r), None)
+    metrics = {
+        "steps": state.step,
+        "stopped_early": stopped_early,
+        "final_train_loss": last_train,
+        "best_val_loss": None if math.isinf(stopper.best_loss) else stopper.best_loss,
+        "best_val_step": stopper.best_step or None,
+        "test_loss": test_loss,
+        "test_perplexity": perplexity(test_loss),
+    }
+    manifest = build_manifest(
+        identity=session.identity,
+        seed=cfg.seed,
+        split_sizes=session.data.splits.sizes(),
+        data={"train_files": cfg.data.train_files, "sha256": session.data.data_sha256, "truncated": session.data.truncated,
+              "skipped_without_answer_tokens": session.data.without_targets, "source_urls": session.data.source_urls,
+              **session.data.notes},
+        metrics=metrics,
+        settings={"quantized_4bit": session.quantized, "dtype": str(session.dtype).removeprefix("torch."),
+                  "device": session.device.type, "allow_phi": cfg.data.allow_phi, "skip_invalid": cfg.data.skip_invalid,
+                  "micro_batch_size": state.micro_batch_size or cfg.training.batch_size,
+                  "gradient_accumulation_steps": state.gradient_accumulation_steps or cfg.training.gradient_accumulation_steps},
+    )
+    manifest_text = json.dumps(manifest, indent=2)
+    adapter_dir = run_dir / FINAL
+    # final/ is written last: its presence is what marks the run finished (a resume after a crash before
+    # it rewrites the run-level copies).
+    atomic_write_text(run_dir / "manifest.json", manifest_text)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    plot_loss_curve(state.log_history, run_dir / "loss_curve.png")
+    with atomic_directory(adapter_dir) as staging:
+        session.model.save_pretrained(staging, safe_serialization=True)
+        session.tokenizer.save_pretrained(staging)
+        (staging / "config.yaml").write_text(dump_config(cfg))
+        (staging / "manifest.json").write_text(manifest_text)
+    if test_loss is not None:
+        reporter.message(f"test loss {test_loss:.4f} (perplexity {perplexity(test_loss):.2f})")
+    reporter.message(f"adapter saved to {adapter_dir}")
+    return TrainResult(run_dir, adapter_dir, state.step, stopped_early, metrics)

@@ -1,0 +1,95 @@
+"""The run directory: creating it, refusing to clobber a previous run, and resuming from its checkpoints."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lorakit.errors import CheckpointError, ConfigError
+from lorakit.runtime.atomic_files import remove_abandoned_staging, remove_directory
+from lorakit.runtime.logging import get_logger
+from lorakit.training.checkpoint import (
+    CHECKPOINTS,
+    TrainerState,
+    check_same_run,
+    latest_good_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_identity,
+    verify_checkpoint,
+)
+
+if TYPE_CHECKING:
+    from lorakit.training.loop import TrainingSession
+
+__all__ = ["FINAL", "create_output_dir", "prepare_run_dir", "finished_steps", "finished_error", "resume_state"]
+
+FINAL = "final"  # the finished adapter; its presence marks the run finished
+
+log = get_logger("training.run_dir")
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train over an existing run unless resuming or overwriting; clear it when overwriting."""
+    # Leftovers of a run killed mid-write go first; a run killed before its first checkpoint holds nothing.
+    remove_abandoned_staging(run_dir)
+    remove_abandoned_staging(run_dir / CHECKPOINTS)
+    holds_run = bool(list_checkpoints(run_dir)) or (run_dir / FINAL).exists()
+    if holds_run and not resume and not overwrite:
+        raise CheckpointError(
+            f"{run_dir} already holds a training run.",
+            hint="Pass --resume to continue it, --overwrite to start again from scratch, or set another output_dir.",
+        )
+    if overwrite and not resume:
+        for name in ("checkpoints", FINAL, "tensorboard", "metrics.jsonl", "manifest.json", "loss_curve.png"):
+            target = run_dir / name
+            remove_directory(target) if target.is_dir() else target.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def create_output_dir(run_dir: Path) -> Path:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only or missing mount, a name too long, no permission
+        reason = "a file of that name is in the way" if exc.errno == errno.EEXIST else exc.strerror
+        raise ConfigError("output_dir", [f"output_dir: cannot create the folder {run_dir} ({reason})"]) from None
+    return run_dir
+
+
+def finished_steps(run_dir: Path) -> int | None:
+    manifest = run_dir / FINAL / "manifest.json"
+    return json.loads(manifest.read_text())["metrics"]["steps"] if manifest.is_file() else None
+
+
+def resume_state(run_dir: Path, session: TrainingSession, optimizer, scheduler, scaler, stopper, reporter) -> TrainerState:
+    """Restore the newest intact checkpoint into the session; refuse a changed or finished run."""
+    checkpoint = latest_good_checkpoint(run_dir)  # damaged newer ones are reported and skipped
+    finished = finished_steps(run_dir)
+    if checkpoint is None:
+        damaged = list_checkpoints(run_dir)
+        if damaged:
+            problems = "; ".join(f"{path.name}: {verify_checkpoint(path)}" for path in damaged)
+            raise CheckpointError(f"No checkpoint in {run_dir} is intact ({problems}).",
+                                  hint="Start again with --overwrite (or restore the checkpoints from a backup).")
+        if finished is not None:
+            raise finished_error(run_dir, finished)
+        # Killed before its first checkpoint: step 0 is the last durable state, so resuming is starting.
+        log.warning("%s holds no checkpoint yet; starting from step 0", run_dir)
+        return TrainerState()
+    # Compare identities before loading tensors: a different LoRA shape would otherwise fail as a size mismatch.
+    check_same_run(read_identity(checkpoint), session.identity)
+    state, _ = load_checkpoint(checkpoint, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    if finished is not None and (state.stopped_early or state.step >= session.config.training.max_steps):
+        raise finished_error(run_dir, finished)
+    stopper.load_state_dict(state.early_stopping) if state.early_stopping else None
+    reporter.message(f"resumed from {checkpoint.name} (step {state.step})")
+    return state
+
+
+def finished_error(run_dir: Path, steps: int) -> CheckpointError:
+    return CheckpointError(
+        f"The run in {run_dir} is already finished ({steps} steps); its adapter is in {run_dir / FINAL}.",
+        hint="To train longer, raise training.max_steps and pass --resume again.",
+    )
