@@ -27,22 +27,12 @@ from lorakit.runtime.run_lock import hold_run_lock
 from lorakit.training.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from lorakit.training.loop import train
 from lorakit.training.metrics import SilentReporter
+from simulated_crash import CrashAfterStep, SimulatedCrash
 
 KILLS = int(os.environ.get("LORAKIT_KILL_LOOP_KILLS", "20"))  # more, and another seed, for a local soak
 SEED = int(os.environ.get("LORAKIT_KILL_LOOP_SEED", "20240604"))
 
 
-class SimulatedCrash(BaseException):
-    pass
-
-
-class CrashAfterStep(SilentReporter):
-    def __init__(self, step: int):
-        self.crash_step = step
-
-    def step(self, step: int, metrics: dict) -> None:
-        if step == self.crash_step:
-            raise SimulatedCrash(step)
 
 
 # --- staging, fsync, rename ---------------------------------------------------------------------------

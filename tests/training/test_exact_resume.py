@@ -19,19 +19,9 @@ from lorakit.errors import CheckpointError
 from lorakit.training.checkpoint import load_checkpoint, save_checkpoint
 from lorakit.training.loop import build_session, train
 from lorakit.training.metrics import SilentReporter
+from simulated_crash import CrashAfterStep, SimulatedCrash
 
 
-class SimulatedCrash(BaseException):
-    """Raised from the progress reporter: the process 'dies' with whatever it had on disk."""
-
-
-class CrashAfterStep(SilentReporter):
-    def __init__(self, step: int):
-        self.crash_step = step
-
-    def step(self, step: int, metrics: dict) -> None:
-        if step == self.crash_step:
-            raise SimulatedCrash(step)
 
 
 def _config(model_dir, data_file, run_dir, **training):
