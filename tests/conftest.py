@@ -114,3 +114,19 @@ def cleanup_dir():
     yield made.append
     for path in made:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def write_config_file(tmp_path: Path, model_dir: Path, *, seed: int, training: dict, **sections) -> Path:
+    """A YAML config (plus tmp_path/qa.jsonl) for running the real `lorakit train` CLI on a tiny model."""
+    import yaml
+
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    config = {
+        "seed": seed, "output_dir": str(tmp_path / "run"), "model": {"name": str(model_dir), "max_length": 128},
+        "lora": {"r": 4, "alpha": 8}, "training": training,
+        "data": {"train_file": str(data), "system_prompt": "Be careful."},
+        **sections,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -1,27 +1,16 @@
 """`lorakit train` and `lorakit chat` through the real CLI entry point on a tiny model."""
 
 import pytest
-import yaml
 
-from conftest import write_qa_jsonl
+from conftest import write_config_file
 from lorakit.cli.app import run_cli
 
 
 def _config_file(tmp_path, model_dir, **training):
-    data = write_qa_jsonl(tmp_path / "qa.jsonl")
-    train = {"batch_size": 2, "max_steps": 3, "learning_rate": 1e-2, "logging_steps": 1, "eval_steps": 3, "save_steps": 3}
-    train.update(training)
-    config = {
-        "seed": 1, "output_dir": str(tmp_path / "run"),
-        "model": {"name": str(model_dir), "max_length": 128},
-        "lora": {"r": 4, "alpha": 8},
-        "training": train,
-        "data": {"train_file": str(data), "system_prompt": "Be careful."},
-        "inference": {"max_new_tokens": 6, "temperature": 0.0, "disclaimer": "Educational only."},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    settings = {"batch_size": 2, "max_steps": 3, "learning_rate": 1e-2, "logging_steps": 1, "eval_steps": 3, "save_steps": 3}
+    settings.update(training)
+    return write_config_file(tmp_path, model_dir, seed=1, training=settings,
+                             inference={"max_new_tokens": 6, "temperature": 0.0, "disclaimer": "Educational only."})
 
 
 def test_train_then_chat_question(tiny_llama_dir, tmp_path, capsys):

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from conftest import tiny_run_config, write_qa_jsonl
+from conftest import tiny_run_config, write_config_file
 from lorakit.cli.app import run_cli
 from lorakit.errors import DiskFullError
 from lorakit.runtime.atomic_files import is_disk_full
@@ -24,16 +23,9 @@ from lorakit.training.metrics import SilentReporter
 
 
 def _config_file(tmp_path: Path, model_dir: Path) -> Path:
-    data = write_qa_jsonl(tmp_path / "qa.jsonl")
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "seed": 5, "output_dir": str(tmp_path / "run"), "model": {"name": str(model_dir), "max_length": 128},
-        "lora": {"r": 4, "alpha": 8},
-        "training": {"batch_size": 2, "max_steps": 6, "learning_rate": 0.01, "logging_steps": 1, "eval_steps": 3,
-                     "save_steps": 2, "save_total_limit": 3},
-        "data": {"train_file": str(data), "system_prompt": "Be careful."},
-    }))
-    return path
+    return write_config_file(tmp_path, model_dir, seed=5, training={
+        "batch_size": 2, "max_steps": 6, "learning_rate": 0.01, "logging_steps": 1, "eval_steps": 3, "save_steps": 2,
+        "save_total_limit": 3})
 
 
 def _half_write_then_enospc(monkeypatch, fail_in: str) -> list[Path]:

@@ -8,9 +8,8 @@ import math
 
 import pytest
 import torch
-import yaml
 
-from conftest import write_qa_jsonl
+from conftest import write_config_file
 from lorakit.cli.app import run_cli
 from lorakit.data.render import TokenizedExample
 from lorakit.training import loop
@@ -19,16 +18,8 @@ from lorakit.training.numerics import loss_scaler, numerical_fault
 
 
 def _config(tmp_path, model_dir):
-    data = write_qa_jsonl(tmp_path / "qa.jsonl")
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "seed": 2, "output_dir": str(tmp_path / "run"), "model": {"name": str(model_dir), "max_length": 128},
-        "lora": {"r": 4, "alpha": 8},
-        "training": {"batch_size": 2, "max_steps": 6, "learning_rate": 0.01, "logging_steps": 1, "eval_steps": 2,
-                     "save_steps": 2},
-        "data": {"train_file": str(data), "system_prompt": "Be careful."},
-    }))
-    return path
+    return write_config_file(tmp_path, model_dir, seed=2, training={
+        "batch_size": 2, "max_steps": 6, "learning_rate": 0.01, "logging_steps": 1, "eval_steps": 2, "save_steps": 2})
 
 
 @pytest.fixture
