@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TOKENIZER = REPO.parent / "shared" / "fixtures" / "smollm2-tokenizer"
+TOKENIZER = REPO / "tests" / "fixtures" / "smollm2-tokenizer"
 MAX_LENGTH = 512
 
 

@@ -324,7 +324,7 @@ def print_table(bench: Bench, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[1] / ".fixtures6" / "smollm2-tokenizer"))
+    parser.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "smollm2-tokenizer"))
     parser.add_argument("--model-dir", default="/tmp/phi4-mini-random")
     parser.add_argument("--smoke", action="store_true", help="2-layer model, few steps: checks the script runs")
     parser.add_argument("--phase", choices=PHASES, help="internal: run one phase in this process")

@@ -130,7 +130,7 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--tokenizer", type=Path,
-                        default=Path(__file__).resolve().parents[1] / ".fixtures6" / "smollm2-tokenizer")
+                        default=Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "smollm2-tokenizer")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench/oom_real.py needs a CUDA GPU (the CPU tests in tests/training/test_oom.py inject the error).")

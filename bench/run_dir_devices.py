@@ -44,7 +44,7 @@ def lorakit(args: list[str], env: dict) -> tuple[int, str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tokenizer", type=Path, default=REPO / ".fixtures6" / "smollm2-tokenizer")
+    parser.add_argument("--tokenizer", type=Path, default=REPO / "tests" / "fixtures" / "smollm2-tokenizer")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lorakit-devices-"))
     work.mkdir(parents=True, exist_ok=True)

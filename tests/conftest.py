@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "smollm2-tokenizer"
+# SmolLM2's tokenizer and ChatML template, extracted once from the embedded GGUF (see tests/fixtures/README.md).
+TOKENIZER_DIR = Path(__file__).resolve().parent / "fixtures" / "smollm2-tokenizer"
 
 
 def _tiny_config(architecture: str):

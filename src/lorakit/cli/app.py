@@ -38,12 +38,7 @@ def _root(
 ) -> None:
     _state["debug"] = debug
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
-        force=True,
-    )
+    logging.basicConfig(level=level, handlers=[_log_handler()], force=True)
     logging.getLogger("lorakit").setLevel(level)
     if not debug:
         # Weight-loading bars from transformers are noise next to our own progress; Hub download bars stay.
@@ -56,6 +51,15 @@ def _root(
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     for noisy in ("transformers", "peft", "accelerate", "huggingface_hub", "urllib3", "httpx", "httpx2", "httpcore", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+
+
+def _log_handler() -> logging.Handler:
+    """Rich on a terminal; off one (CI logs, `| tee`) plain lines that are never wrapped, so they stay greppable."""
+    if err_console.is_terminal:
+        return RichHandler(console=err_console, show_path=False, show_time=False)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
+    return handler
 
 
 def _register() -> None:
