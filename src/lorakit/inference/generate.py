@@ -110,12 +110,21 @@ def _generate_kwargs(run: LoadedRun, messages: tuple[Message, ...], settings: Ge
     return kwargs
 
 
-def stream_answer(run: LoadedRun, messages: tuple[Message, ...], settings: GenerationSettings) -> Iterator[str]:
-    """Yield the answer's text as it is generated (new tokens only, special tokens dropped)."""
-    from transformers import TextIteratorStreamer
+def stream_answer(
+    run: LoadedRun, messages: tuple[Message, ...], settings: GenerationSettings, *, stopping_criteria: list | None = None
+) -> Iterator[str]:
+    """Yield the answer's text as it is generated (new tokens only, special tokens dropped).
+
+    `stopping_criteria` (transformers `StoppingCriteria`) are checked after every new token besides the stop
+    tokens; `lorakit serve` uses one to stop when its client leaves. Consume the iterator to the end: the
+    generation thread is joined there.
+    """
+    from transformers import StoppingCriteriaList, TextIteratorStreamer
 
     streamer = TextIteratorStreamer(run.tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = _generate_kwargs(run, messages, settings)
+    if stopping_criteria:
+        kwargs["stopping_criteria"] = StoppingCriteriaList(stopping_criteria)
     errors: list[BaseException] = []
 
     def work() -> None:
