@@ -18,6 +18,7 @@ from lorakit.errors import ConfigError
 
 __all__ = [
     "EMBEDDED_MODEL_ALIAS",
+    "SEED_MAX",
     "DEFAULT_SYSTEM_PROMPT",
     "DEFAULT_DISCLAIMER",
     "ModelConfig",
@@ -26,12 +27,14 @@ __all__ = [
     "DataConfig",
     "InferenceConfig",
     "EvalConfig",
+    "ServeConfig",
     "RunConfig",
     "load_config",
     "parse_overrides",
 ]
 
 EMBEDDED_MODEL_ALIAS = "smollm2-135m-instruct"
+SEED_MAX = 2**32 - 1  # numpy's seed range; torch's generator seeds derived from it stay below 2**64
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a medical education assistant for students and clinicians in training. Give accurate, "
@@ -88,6 +91,10 @@ class LoraSettings(_Section):
         "all-linear",
         description="Module names to adapt, or 'all-linear' for every linear layer of the architecture.",
     )
+    use_dora: bool = Field(False, description="DoRA: learn a magnitude per output feature next to the LoRA direction "
+                           "(peft `use_dora`); a little slower, more memory per adapted layer.")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r) instead of alpha / r, which keeps "
+                             "high ranks learning (peft `use_rslora`).")
 
     @field_validator("target_modules")
     @classmethod
@@ -124,6 +131,19 @@ class TrainingConfig(_Section):
         False, description="'auto' = the memory planner checkpoints all, every k-th or no layers (and may offload them)."
     )
     packing: bool = Field(False, description="Pack examples into max_length rows, isolated per example.")
+    loraplus_lr_ratio: float | None = Field(
+        None, ge=1, le=1024, description="LoRA+: the B matrices learn this many times faster than the A matrices "
+        "(peft's create_loraplus_optimizer; 16 is the paper's default); null = one learning rate."
+    )
+    neftune_noise_alpha: float | None = Field(
+        None, gt=0, le=100, description="NEFTune: uniform noise of this scale (alpha / sqrt(tokens x hidden)) added to "
+        "the input embeddings while training, never in eval or chat; 5 is a common value; null = off."
+    )
+    tracker: Literal["none", "mlflow", "wandb"] = Field(
+        "none", description="Experiment tracking next to TensorBoard (always on): MLflow (MLFLOW_TRACKING_URI, else a "
+        "local file store in OUTPUT_DIR/mlruns) or Weights & Biases (WANDB_MODE=offline works without an account). "
+        "Metrics, the resolved config and the run manifest are logged; never the data or a token."
+    )
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainingConfig:
@@ -140,6 +160,15 @@ class DataConfig(_Section):
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="Added to every conversation, in training and chat.")
     allow_phi: bool = Field(False, description="Train even if the privacy scan finds identifiers (`--allow-phi`).")
     skip_invalid: bool = Field(False, description="Train on the valid lines only (`--skip-invalid`).")
+
+    @field_validator("train_file")
+    @classmethod
+    def _names_a_file(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("the list of training files is empty; name at least one JSONL file")
+        if any(not name.strip() for name in ([value] if isinstance(value, str) else value)):
+            raise ValueError("a training file name is empty")
+        return value
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> DataConfig:
@@ -175,8 +204,20 @@ class EvalConfig(_Section):
     probe_files: list[str] = Field(default_factory=list, description="Extra safety-probe JSONL files.")
 
 
+class ServeConfig(_Section):
+    """`lorakit serve`: where the OpenAI-compatible server listens and how much load it accepts (not part of a run)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="Loopback by default; another address exposes the model.")
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: str | None = Field(None, min_length=1, description="Required as 'Authorization: Bearer KEY' when set.")
+    queue_size: int = Field(8, ge=1, le=1024, description="Requests waiting behind the one generating; more get 503.")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Larger request bodies are refused (413).")
+    disclaimer: bool = Field(True, description="Append the run's inference.disclaimer to every answer.")
+
+
 class RunConfig(_Section):
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seeds the split, the data order, LoRA init and dropout; "
+                      "0 to 2**32 - 1 (numpy's range).")
     output_dir: str = "runs/lorakit"
     mode: Literal["train", "inference", "both"] = Field(
         "train", description="'both': `lorakit train` answers inference.demo_question when training ends."
@@ -280,14 +321,50 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(error: dict[str, Any], lines: dict[tuple[str, ...], int], source: str) -> str:
+def closest_key(name: str, fields: list[str]) -> str | None:
+    """The field a mistyped key most likely meant: by spelling, or as an abbreviation of its words.
+
+    >>> closest_key("lr", ["max_steps", "learning_rate"]), closest_key("grad_accum", ["gradient_accumulation_steps"])
+    ('learning_rate', 'gradient_accumulation_steps')
+    """
+    close = difflib.get_close_matches(name, fields, n=1, cutoff=0.5)
+    if close:
+        return close[0]
+    words = name.lower().replace("-", "_").split("_")
+    for field in fields:
+        parts = field.split("_")
+        initials = "".join(part[0] for part in parts)
+        if (len(words) == 1 and len(name) >= 2 and initials == name.lower()) or (
+                len(words) > 1 and len(words) <= len(parts) and all(p.startswith(w) for w, p in zip(words, parts))):
+            return field
+    return None
+
+
+def _from_overrides(loc: tuple[str, ...], overridden: set[tuple[str, ...]]) -> bool:
+    """Whether the value at this location was given by a `--set` key (that key or inside its value)."""
+    return any(loc[:len(path)] == path for path in overridden)
+
+
+def _override_paths(nested: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """The key paths `--set` gave values to (the leaves of the overrides' nested dict)."""
+    paths: set[tuple[str, ...]] = set()
+    for key, value in nested.items():
+        path = prefix + (str(key),)
+        paths |= _override_paths(value, path) if isinstance(value, dict) and value else {path}
+    return paths
+
+
+def _describe(error: dict[str, Any], lines: dict[tuple[str, ...], int], source: str,
+              overridden: set[tuple[str, ...]] = frozenset()) -> str:
     loc = tuple(str(p) for p in error["loc"])
     dotted = ".".join(loc) if loc else "(top level)"
     line = lines.get(loc)
     where = f"line {line}: " if line else ""
+    if _from_overrides(loc, overridden):
+        where = "--set "  # the value on the command line, not the file's line for the same key, is at fault
     if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(loc[-1], _fields_at(loc), n=1, cutoff=0.5)
-        suggestion = f"; did you mean '{'.'.join(loc[:-1] + (close[0],))}'?" if close else ""
+        close = closest_key(loc[-1], _fields_at(loc))
+        suggestion = f"; did you mean '{'.'.join(loc[:-1] + (close,))}'?" if close else ""
         return f"{where}{dotted}: unknown key{suggestion}"
     if error["type"] == "missing":
         return f"{dotted}: required field is missing"
@@ -314,12 +391,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ConfigError(source, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the top level must be a mapping of sections (model:, training:, ...)"])
-    merged = _deep_merge(raw, parse_overrides(overrides or []))
+    override_values = parse_overrides(overrides or [])
+    merged = _deep_merge(raw, override_values)
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as exc:
-        lines = _key_lines(text)
-        raise ConfigError(source, [_describe(e, lines, source) for e in exc.errors()]) from None
+        lines, overridden = _key_lines(text), _override_paths(override_values)
+        problems = [_describe(e, lines, source, overridden) for e in exc.errors()]
+        if all(problem.startswith("--set ") for problem in problems):
+            source = "--set"
+        raise ConfigError(source, problems) from None
     except ValueError as exc:  # placeholder expansion
         raise ConfigError(source, [str(exc)]) from None
 

@@ -31,10 +31,20 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from lorakit import __version__
+
+        console.print(f"lorakit {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print lorakit's version and exit."),
 ) -> None:
     _state["debug"] = debug
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
@@ -64,7 +74,7 @@ def _log_handler() -> logging.Handler:
 
 def _register() -> None:
     """Import the command modules; each adds its commands to `app`."""
-    from lorakit.cli import chat, data, doctor, eval, plan, report, train  # noqa: F401
+    from lorakit.cli import chat, data, doctor, eval, plan, report, serve, train  # noqa: F401
 
 
 def run_cli(argv: list[str]) -> int:
