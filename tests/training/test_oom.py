@@ -225,3 +225,18 @@ def test_oom_split_keeps_every_example_padded_and_packed():
     packed = split_into_micro_batches([[0, 1, 2, 3, 4, 5, 6, 7]], 1, 4, examples=examples, packed=True, max_length=16)
     assert sorted(i for piece in packed for i in piece) == list(range(8))
     assert all(sum(lengths[i] for i in piece) <= 16 for piece in packed)
+
+
+def test_oom_halving_also_applies_to_the_test_loss_at_the_end(tiny_llama_dir, qa_file, tmp_path, inject_oom):
+    """Issue 9, point 4: the final test loss ran at the configured micro-batch (4), which had just run out of
+    memory, so a run that recovered by halving crashed at its very end."""
+    injector = OomInjector(max_rows=2)
+    inject_oom(injector)
+    config = _config(tiny_llama_dir, qa_file, tmp_path / "run")
+    config.data.validation_split, config.data.test_split = 0.2, 0.4  # 5 test examples: more than 2 rows per pass
+    result = loop.train(config)
+    assert injector.raised == 1  # the first training step only; validation and test ran at micro-batch 2
+    assert max(injector.rows_seen) == 2
+    metrics = json.loads((result.adapter_dir / "manifest.json").read_text())["metrics"]
+    assert json.loads((result.adapter_dir / "manifest.json").read_text())["split_sizes"]["test"] == 5
+    assert metrics["test_loss"] is not None and metrics["test_loss"] > 0

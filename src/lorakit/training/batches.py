@@ -9,7 +9,21 @@ from lorakit.data.collate import collate_padded
 from lorakit.data.packing import collate_packed, pack_best_fit
 from lorakit.data.render import TokenizedExample
 
-__all__ = ["epoch_groups", "packed_epoch_groups", "collate_group"]
+__all__ = ["epoch_seed", "epoch_groups", "packed_epoch_groups", "collate_group"]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The generator seed of one epoch's data order, inside torch's seed range [0, 2**64) for any seed.
+
+    The config bounds `seed` to 0..2**32-1, where this is `seed * 100_003 + epoch` as it always was (so runs
+    keep their data order); the modulus keeps library callers with other seeds from overflowing torch.
+
+    >>> epoch_seed(42, 3)
+    4200129
+    >>> 0 <= epoch_seed(2**70, 1) < 2**64 and 0 <= epoch_seed(-5, 0) < 2**64
+    True
+    """
+    return (seed * 100_003 + epoch) % 2**64
 
 
 def epoch_groups(examples: list[TokenizedExample], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -18,7 +32,7 @@ def epoch_groups(examples: list[TokenizedExample], batch_size: int, seed: int, e
     >>> epoch_groups([TokenizedExample([1], [1])] * 5, 2, seed=0, epoch=0) == epoch_groups([TokenizedExample([1], [1])] * 5, 2, 0, 0)
     True
     """
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     order = torch.randperm(len(examples), generator=generator).tolist()
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
@@ -30,7 +44,7 @@ def packed_epoch_groups(examples: list[TokenizedExample], capacity_tokens: int, 
     True
     """
     bins = pack_best_fit([len(example.input_ids) for example in examples], capacity_tokens)
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return [bins[i] for i in torch.randperm(len(bins), generator=generator).tolist()]
 
 

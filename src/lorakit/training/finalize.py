@@ -15,6 +15,7 @@ from lorakit.training.checkpoint import TrainerState
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.manifest import build_manifest
 from lorakit.training.metrics import ProgressReporter, plot_loss_curve
+from lorakit.training.oom import micro_batch_in_use
 from lorakit.training.run_dir import FINAL
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
             stopped_early: bool, reporter: ProgressReporter) -> TrainResult:
     """Test loss, then the final adapter folder (weights, tokenizer, config, manifest) written atomically."""
     cfg = session.config
-    test_loss = split_loss(session.model, session.data.splits.test, batch_size=cfg.training.batch_size,
+    # After an out-of-memory halving the configured micro-batch no longer fits: measure with the one that did.
+    test_loss = split_loss(session.model, session.data.splits.test, batch_size=micro_batch_in_use(state, cfg.training),
                            pad_token_id=session.tokenizer.pad_token_id, autocast_dtype=session.autocast_dtype)
     last_train = next((r["train_loss"] for r in reversed(state.log_history) if "train_loss" in r), None)
     metrics = {
@@ -59,7 +61,7 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
         metrics=metrics,
         settings={"quantized_4bit": session.quantized, "dtype": str(session.dtype).removeprefix("torch."),
                   "device": session.device.type, "allow_phi": cfg.data.allow_phi, "skip_invalid": cfg.data.skip_invalid,
-                  "micro_batch_size": state.micro_batch_size or cfg.training.batch_size,
+                  "micro_batch_size": micro_batch_in_use(state, cfg.training),
                   "gradient_accumulation_steps": state.gradient_accumulation_steps or cfg.training.gradient_accumulation_steps},
     )
     manifest_text = json.dumps(manifest, indent=2)

@@ -16,7 +16,7 @@ import torch
 from lorakit.data.packing import pack_best_fit
 from lorakit.data.render import TokenizedExample
 
-__all__ = ["OOM_ADVICE", "halved", "split_into_micro_batches", "accumulation_after_split", "release_memory", "TorchRngSnapshot"]
+__all__ = ["OOM_ADVICE", "halved", "micro_batch_in_use", "split_into_micro_batches", "accumulation_after_split", "release_memory", "TorchRngSnapshot"]
 
 OOM_ADVICE = (
     "To use less memory per step: turn on training.gradient_checkpointing (true or 'auto'), or use QLoRA "
@@ -33,6 +33,15 @@ def halved(micro_batch_size: int) -> int:
     """
     assert micro_batch_size > 1, "micro-batch 1 cannot be halved"
     return (micro_batch_size + 1) // 2
+
+
+def micro_batch_in_use(state, training) -> int:
+    """The micro-batch that fits: the halved one after an out-of-memory retry, else `training.batch_size`.
+
+    Every later forward pass of the run (validation and test loss too) uses it, since the configured one
+    did not fit. `state` is the TrainerState, `training` the TrainingConfig.
+    """
+    return state.micro_batch_size or training.batch_size
 
 
 def split_into_micro_batches(
