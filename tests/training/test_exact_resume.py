@@ -169,8 +169,10 @@ def test_exact_resume_after_an_early_stop_does_not_train_past_it(tiny_llama_dir,
     shutil.rmtree(tmp_path / "run" / "final")  # as if killed between the last checkpoint and final/
     again = train(config, resume=True)
     assert again.stopped_early and again.steps == 4
-    assert_bit_identical(_adapter(tmp_path / "run"), load_file(tmp_path / "run" / "checkpoints" / "step-00000004"
+    # final/ ships the best evaluation (step 2), whose checkpoint was saved when it was the best.
+    assert_bit_identical(_adapter(tmp_path / "run"), load_file(tmp_path / "run" / "checkpoints" / "step-00000002"
                                                                 / "adapter_model.safetensors"))
+    assert again.metrics["adapter_step"] == 2 and again.metrics["last_step"] == 4
 
 
 def test_exact_resume_before_the_first_checkpoint_starts_from_step_0(tiny_llama_dir, qa_file, tmp_path):

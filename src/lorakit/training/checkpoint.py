@@ -32,7 +32,9 @@ __all__ = [
     "TrainerState",
     "checkpoint_dir",
     "save_checkpoint",
+    "best_checkpoint_step",
     "list_checkpoints",
+    "load_adapter_weights",
     "verify_checkpoint",
     "latest_good_checkpoint",
     "load_checkpoint",
@@ -123,7 +125,8 @@ def save_checkpoint(
     config_yaml: str,
     keep: int,
 ) -> Path:
-    """Write checkpoint `step-N` atomically, then delete all but the newest `keep` checkpoints.
+    """Write checkpoint `step-N` atomically, then delete all but the newest `keep` checkpoints and, while early
+    stopping is on, the checkpoint of the best validation loss.
 
     A full disk raises DiskFullError naming the previous checkpoint, which stays intact."""
     from lorakit.model.adapters import lora_state_dict
@@ -152,9 +155,20 @@ def save_checkpoint(
             hint="Free space (or move output_dir to a larger disk), then continue with `lorakit train CONFIG --resume`."
             if previous else exc.hint,
         ) from None
+    best = best_checkpoint_step(state)
     for old in list_checkpoints(run_dir)[:-keep]:
-        remove_directory(old)
+        if best is None or old != checkpoint_dir(run_dir, best):
+            remove_directory(old)
     return target
+
+
+def best_checkpoint_step(state: TrainerState) -> int | None:
+    """The step whose checkpoint rotation keeps besides the newest ones: the best validation loss so far,
+    while early stopping is on (final/ ships those weights when it fires), else None."""
+    stopping = state.early_stopping
+    if not stopping or stopping["patience"] is None or not stopping["best_step"]:
+        return None
+    return stopping["best_step"]
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -236,6 +250,16 @@ def _load_state(path: Path, **kwargs):
             f"{path} contains pickled objects other than tensors, which lorakit refuses to load ({exc}).",
             hint="The checkpoint was not written by lorakit or was tampered with; delete it to resume from an older one.",
         ) from None
+
+
+def load_adapter_weights(path: Path, model) -> None:
+    """Put a verified checkpoint's LoRA weights into `model` (bit-exact); optimizer and RNG are left alone."""
+    from peft import set_peft_model_state_dict
+
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"Checkpoint {path} is damaged ({problem}).")
+    set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
 
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler) -> tuple[TrainerState, dict]:

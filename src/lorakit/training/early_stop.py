@@ -1,4 +1,10 @@
-"""Patience on validation loss; its state is saved in every checkpoint."""
+"""Patience on validation loss; its state is saved in every checkpoint.
+
+While early stopping is on, the loop saves a checkpoint at every evaluation that improves the validation loss
+and rotation never deletes the best one, so that when patience runs out final/ ships the best weights, not
+the last ones (training/finalize.py). A run that reaches max_steps ships its last weights; its manifest
+still names the best step, whose checkpoint is kept.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +34,14 @@ class EarlyStopping:
         else:
             self.evals_without_improvement += 1
         return self.patience is not None and self.evals_without_improvement >= self.patience
+
+    @property
+    def enabled(self) -> bool:
+        return self.patience is not None
+
+    def improved_at(self, step: int) -> bool:
+        """True when the evaluation at `step` set the best validation loss so far."""
+        return self.best_step == step
 
     def state_dict(self) -> dict:
         state = asdict(self)

@@ -1,4 +1,10 @@
-"""The end of a run: test-split loss, the manifest, the loss curve, and the final adapter folder."""
+"""The end of a run: test-split loss, the manifest, the loss curve, and the final adapter folder.
+
+Which weights final/ holds: when early stopping fired, those of the best validation loss (its checkpoint is
+kept out of rotation, training/checkpoint.py); otherwise those of the last step. The manifest's metrics say
+which (`adapter_step`, `adapter_weights`) next to `best_val_step`, `best_val_loss` and `last_step`, and the
+test loss is measured on the weights final/ holds.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ from typing import TYPE_CHECKING
 from lorakit.config import dump_config
 from lorakit.evaluation.loss import perplexity, split_loss
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text
-from lorakit.training.checkpoint import TrainerState
+from lorakit.runtime.logging import get_logger
+from lorakit.training.checkpoint import TrainerState, checkpoint_dir, load_adapter_weights, verify_checkpoint
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.manifest import build_manifest
 from lorakit.training.metrics import ProgressReporter, plot_loss_curve
@@ -23,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainResult", "finalize_run"]
 
+log = get_logger("training.finalize")
+
 
 @dataclass
 class TrainResult:
@@ -33,21 +42,36 @@ class TrainResult:
     metrics: dict
 
 
+def _restore_best_weights(run_dir: Path, session: TrainingSession, stopper: EarlyStopping, last_step: int) -> int:
+    """After an early stop, load the best checkpoint's adapter into the model; returns the step final/ ships."""
+    best = checkpoint_dir(run_dir, stopper.best_step)
+    problem = verify_checkpoint(best) if best.is_dir() else "it was not kept"
+    if problem is not None:  # e.g. a run started before best checkpoints were kept, or a damaged disk
+        log.warning("final/ holds the last weights (step %d), not the best (step %d): the checkpoint %s is unusable "
+                    "(%s)", last_step, stopper.best_step, best, problem)
+        return last_step
+    load_adapter_weights(best, session.model)
+    return stopper.best_step
+
 
 def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, stopper: EarlyStopping,
             stopped_early: bool, reporter: ProgressReporter) -> TrainResult:
     """Test loss, then the final adapter folder (weights, tokenizer, config, manifest) written atomically."""
     cfg = session.config
+    adapter_step = _restore_best_weights(run_dir, session, stopper, state.step) if stopped_early else state.step
     # After an out-of-memory halving the configured micro-batch no longer fits: measure with the one that did.
     test_loss = split_loss(session.model, session.data.splits.test, batch_size=micro_batch_in_use(state, cfg.training),
                            pad_token_id=session.tokenizer.pad_token_id, autocast_dtype=session.autocast_dtype)
     last_train = next((r["train_loss"] for r in reversed(state.log_history) if "train_loss" in r), None)
     metrics = {
         "steps": state.step,
+        "last_step": state.step,
         "stopped_early": stopped_early,
         "final_train_loss": last_train,
         "best_val_loss": None if math.isinf(stopper.best_loss) else stopper.best_loss,
         "best_val_step": stopper.best_step or None,
+        "adapter_step": adapter_step,  # the step whose weights final/ holds
+        "adapter_weights": "best" if adapter_step != state.step else "last",
         "test_loss": test_loss,
         "test_perplexity": perplexity(test_loss),
     }
@@ -78,5 +102,8 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
         (staging / "manifest.json").write_text(manifest_text)
     if test_loss is not None:
         reporter.message(f"test loss {test_loss:.4f} (perplexity {perplexity(test_loss):.2f})")
+    if adapter_step != state.step:
+        reporter.message(f"final/ holds the weights of step {adapter_step} (best validation loss "
+                         f"{stopper.best_loss:.4f}), not those of the last step {state.step}")
     reporter.message(f"adapter saved to {adapter_dir}")
     return TrainResult(run_dir, adapter_dir, state.step, stopped_early, metrics)

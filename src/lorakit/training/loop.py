@@ -305,7 +305,9 @@ def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, si
                              f"{stopper.patience} evaluations (best {stopper.best_loss:.4f} at step {stopper.best_step})")
             state.stopped_early = True
             return True
-        if state.step % cfg.save_steps == 0 and state.step < cfg.max_steps:
+        # A new best is saved too while early stopping is on: final/ ships it if patience runs out (early_stop.py).
+        saves_best = stopper.enabled and stopper.improved_at(state.step)
+        if (state.step % cfg.save_steps == 0 or saves_best) and state.step < cfg.max_steps:
             save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             state=state, identity=session.identity, config_yaml=dump_config(session.config),
                             keep=cfg.save_total_limit)
