@@ -120,3 +120,25 @@ def test_shipped_configs_load(path):
     config = load_config(path)
     assert isinstance(config, RunConfig)
     assert config.data.system_prompt
+
+
+def test_empty_train_file_list_is_named_as_such(tmp_path):
+    """Issue 9, point 4: `train_file: []` used to fail later with advice to lower the split fractions."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, GUIDE_LAYOUT.replace("train_file: data/train.jsonl", "train_file: []")))
+    assert caught.value.problems == ["line 20: data.train_file: the list of training files is empty; "
+                                     "name at least one JSONL file (got [])"]
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("seed, problem", [
+    (2**32, "line 1: seed: Input should be less than or equal to 4294967295 (got 4294967296)"),
+    (180_000_000_000_000, "line 1: seed: Input should be less than or equal to 4294967295 (got 180000000000000)"),
+    (-1, "line 1: seed: Input should be greater than or equal to 0 (got -1)"),
+])
+def test_seed_outside_numpy_range_is_refused(tmp_path, seed, problem):
+    """Issue 9, point 4: a seed of about 1.8e14 or more crashed at training step 1 (torch generator overflow)."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, GUIDE_LAYOUT.replace("seed: 42", f"seed: {seed}")))
+    assert caught.value.problems == [problem]
+    assert load_config(write(tmp_path, GUIDE_LAYOUT.replace("seed: 42", f"seed: {2**32 - 1}"))).seed == 2**32 - 1
