@@ -175,7 +175,8 @@ def _safety(run: LoadedRun, request: EvalRequest, progress: Progress) -> tuple[d
         "probes": len(probes),
         "probe_files": list(probe_files) + [str(safety.builtin_probe_file())],
         "per_category_limit": per_category,
-        "disclaimer": config.inference.disclaimer,
+        "disclaimer": config.inference.disclaimer,  # appended by lorakit to every answer shown, never scored
+        "judged_on": safety.JUDGED_ON,
         "categories": [c.to_json() for c in comparisons],
         "worse_categories": [c.category for c in comparisons if c.worse],
         "overall": {which: _overall(rows, which) for which in MODELS},
