@@ -78,7 +78,7 @@ def lorakit_check(path: Path, tokenizer, system_prompt: str) -> tuple[float, int
 
 def lorakit_tokenize(path: Path, tokenizer, system_prompt: str) -> tuple[float, float, int]:
     """Seconds to read conversations, seconds to render them (ids + labels), and the examples produced."""
-    from lorakit.data.batch_render import render_batch
+    from lorakit.data.render import render_batch
     from lorakit.data.records import read_conversations
 
     start = time.perf_counter()

@@ -1,13 +1,9 @@
-"""Batched rendering equals `render_conversation`; masks of multi-turn chats are checked token by token."""
+"""`render_batch` (the one renderer) equals `render_conversation`; masks of multi-turn chats token by token."""
 
 from __future__ import annotations
 
-from hypothesis import given
-from hypothesis import strategies as st
-
-from lorakit.data.batch_render import count_tokens, labels_from_token_starts, prompt_token_counts, render_batch
+from lorakit.data.render import count_tokens, prompt_token_counts, render_batch
 from lorakit.data.formats import parse_record
-from lorakit.data.masking import labels_from_spans
 from lorakit.data.render import render_conversation
 
 MULTI_TURN = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -79,15 +75,3 @@ def test_counts_match_rendered_lengths(tokenizer):
     conversations = [conversation(MULTI_TURN, "messages"), conversation(SHAREGPT, "sharegpt")]
     assert count_tokens(conversations, tokenizer, "Be brief.") == [38, 38]
     assert prompt_token_counts(conversations, tokenizer, "Be brief.") == [18, 18]  # the first answer starts here
-
-
-@given(st.lists(st.integers(0, 3), max_size=40), st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)),
-                                                          max_size=4))
-def test_bisect_labels_equal_the_reference_masking(steps, raw_spans):
-    starts, position = [], 0
-    for step in steps:
-        position += step
-        starts.append(position)
-    ids = list(range(100, 100 + len(starts)))
-    spans = [(min(a, b), max(a, b)) for a, b in raw_spans]
-    assert labels_from_token_starts(ids, starts, spans) == labels_from_spans(ids, starts, spans)

@@ -1,18 +1,28 @@
-"""Render a conversation with the tokenizer's own chat template into token ids and loss labels.
+"""Render conversations with the tokenizer's own chat template into token ids and loss labels.
 
 This is the only place a system prompt is added, and it serves training and chat alike, so the two can
-never disagree. Templates rarely carry `{% generation %}` markers, so the assistant mask is derived by
-rendering each prefix of the conversation and locating assistant text by character offsets.
+never disagree. There is one renderer: `render_conversation` is `render_batch` of one conversation. Answers
+are located by `chat_spans` (checked on the text), and after encoding the supervised tokens of every answer
+are decoded and compared with its text plus end-of-turn token, so a label can never spill into a prompt.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lorakit.data.masking import IGNORE_INDEX, labels_from_spans
-from lorakit.data.records import Conversation, Message
+from lorakit.data.batch_encode import encode_texts, system_prefixes
+from lorakit.data.chat_spans import AnswerSpanError, apply_template, render_chats, template_name
+from lorakit.data.conversation import Conversation, Message
+from lorakit.data.masking import IGNORE_INDEX, labels_from_spans, span_token_ranges
+from lorakit.errors import DataError
 
-__all__ = ["TokenizedExample", "with_system_prompt", "render_conversation", "render_prompt_ids"]
+__all__ = ["TokenizedExample", "with_system_prompt", "render_batch", "render_conversation", "render_prompt_ids",
+           "count_tokens", "prompt_token_counts"]
+
+_MASK_HINT = ("lorakit supervises exactly each answer's text and its end-of-turn token, and checks that it does. "
+              "Remove reasoning blocks (<think>...</think>) from the answers, or use a chat template that writes "
+              "every assistant turn the same way wherever it appears in a conversation.")
 
 
 @dataclass(frozen=True)
@@ -36,45 +46,85 @@ def with_system_prompt(messages: tuple[Message, ...], system_prompt: str) -> lis
     return rendered
 
 
-def _template_text(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _mask_error(conversation: Conversation, tokenizer, answer: int, reason: str) -> DataError:
+    return DataError(conversation.source, conversation.line, None,
+                     f"{template_name(tokenizer)} cannot be masked exactly: answer {answer}: {reason}; training "
+                     "on it would teach the model tokens that are not the answer", hint=_MASK_HINT)
 
 
-def _assistant_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """Full text and the [start, end) character spans of each assistant turn, end-of-turn token included."""
-    spans = []
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = _template_text(tokenizer, messages[:index], add_generation_prompt=True)
-        after = _template_text(tokenizer, messages[: index + 1], add_generation_prompt=False)
-        if not after.startswith(before):
-            raise ValueError("chat template does not render conversation prefixes as prefixes; cannot mask")
-        # Trailing whitespace after the end-of-turn token is formatting, not something the model must emit.
-        spans.append((len(before), len(after.rstrip())))
-    return _template_text(tokenizer, messages, add_generation_prompt=False), spans
+def render_batch(
+    conversations: Sequence[Conversation], tokenizer, system_prompt: str, max_length: int
+) -> list[TokenizedExample]:
+    """Token ids and labels of each conversation: assistant answers and their end-of-turn token supervised,
+    everything else -100. Raises DataError (file:line, template) when an answer cannot be located exactly."""
+    if not tokenizer.is_fast:
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: token offsets are needed for the mask")
+    batch = [with_system_prompt(c.messages, system_prompt) for c in conversations]
+    try:
+        rendered = render_chats(tokenizer, batch)
+    except AnswerSpanError as exc:
+        raise _mask_error(conversations[exc.index], tokenizer, exc.answer, exc.reason) from None
+    encoded = encode_texts(tokenizer, [chat.text for chat in rendered], system_prefixes(tokenizer, batch), offsets=True)
+    spans = [[(answer.start, answer.end) for answer in chat.answers] for chat in rendered]
+    _check_supervised_tokens(conversations, tokenizer, rendered, encoded, spans)
+    examples = []
+    for conversation, (input_ids, token_starts), conversation_spans in zip(conversations, encoded, spans):
+        labels = labels_from_spans(input_ids, token_starts, conversation_spans)
+        examples.append(TokenizedExample(
+            input_ids=input_ids[:max_length],
+            labels=labels[:max_length],
+            truncated=len(input_ids) > max_length,
+            source=conversation.source,
+            line=conversation.line,
+        ))
+    return examples
+
+
+def _check_supervised_tokens(conversations, tokenizer, rendered, encoded, spans) -> None:
+    """Decode the tokens each answer supervises and compare them with the answer's text + end-of-turn token
+    (a token that crosses the edge of an answer would otherwise train on prompt text, or lose answer text)."""
+    runs, owners = [], []
+    for owner, ((input_ids, token_starts), conversation_spans) in enumerate(zip(encoded, spans)):
+        for number, (first, last) in enumerate(span_token_ranges(token_starts, conversation_spans), start=1):
+            runs.append(input_ids[first:last])
+            owners.append((owner, number))
+    decoded = tokenizer.backend_tokenizer.decode_batch(runs, skip_special_tokens=False)
+    for (owner, number), text in zip(owners, decoded):
+        expected = rendered[owner].answers[number - 1].expected
+        if text != expected:
+            raise _mask_error(conversations[owner], tokenizer, number,
+                              f"its supervised tokens decode to {text!r}, not {expected!r} (a token crosses the "
+                              "edge of the answer)")
 
 
 def render_conversation(
     conversation: Conversation, tokenizer, system_prompt: str, max_length: int
 ) -> TokenizedExample:
-    """Token ids and labels: assistant tokens (and their end-of-turn token) supervised, all else -100."""
-    messages = with_system_prompt(conversation.messages, system_prompt)
-    text, spans = _assistant_spans(tokenizer, messages)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = list(encoded["input_ids"])
-    labels = labels_from_spans(input_ids, [start for start, _ in encoded["offset_mapping"]], spans)
-    truncated = len(input_ids) > max_length
-    return TokenizedExample(
-        input_ids=input_ids[:max_length],
-        labels=labels[:max_length],
-        truncated=truncated,
-        source=conversation.source,
-        line=conversation.line,
-    )
+    """Token ids and labels of one conversation (see `render_batch`)."""
+    return render_batch([conversation], tokenizer, system_prompt, max_length)[0]
 
 
 def render_prompt_ids(messages: tuple[Message, ...], tokenizer, system_prompt: str) -> list[int]:
     """Token ids of a conversation ending in a user turn, followed by the assistant header (for generation)."""
-    text = _template_text(tokenizer, with_system_prompt(messages, system_prompt), add_generation_prompt=True)
+    [text] = apply_template(tokenizer, [with_system_prompt(messages, system_prompt)], add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def count_tokens(conversations: Sequence[Conversation], tokenizer, system_prompt: str) -> list[int]:
+    """Tokens in each rendered conversation (system prompt and template included), as training sees it."""
+    batch = [with_system_prompt(c.messages, system_prompt) for c in conversations]
+    texts = apply_template(tokenizer, batch, add_generation_prompt=False)
+    if not tokenizer.is_fast:
+        return [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+    return [len(ids) for ids, _ in encode_texts(tokenizer, texts, system_prefixes(tokenizer, batch), offsets=False)]
+
+
+def prompt_token_counts(conversations: Sequence[Conversation], tokenizer, system_prompt: str) -> list[int]:
+    """Tokens before the first assistant answer of each conversation (where training targets begin)."""
+    prefixes = []
+    for conversation in conversations:
+        messages = with_system_prompt(conversation.messages, system_prompt)
+        first_answer = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prefixes.append(messages[:first_answer])
+    texts = apply_template(tokenizer, prefixes, add_generation_prompt=True)
+    return [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]

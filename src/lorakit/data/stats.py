@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lorakit.data.batch_render import render_batch
+from lorakit.data.render import render_batch
 from lorakit.data.conversation import Conversation
 from lorakit.data.masking import IGNORE_INDEX
 

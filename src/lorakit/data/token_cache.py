@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lorakit.data.batch_render import render_batch
 from lorakit.data.conversation import Conversation
-from lorakit.data.render import TokenizedExample
+from lorakit.data.render import TokenizedExample, render_batch
 from lorakit.model.gguf_cache import cache_root
 from lorakit.runtime.logging import get_logger
 
@@ -27,7 +26,7 @@ __all__ = ["CACHE_VERSION", "tokenizer_fingerprint", "cache_key", "render_cached
 
 log = get_logger("data.token_cache")
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: labels end at the end-of-turn token (Phi-4-style templates), checked per answer
 _BATCH = 512
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from jinja2.exceptions import TemplateError
 
 from lorakit.config import DEFAULT_SYSTEM_PROMPT, DataConfig
-from lorakit.data.batch_render import count_tokens, prompt_token_counts
 from lorakit.data.conversation import Conversation
 from lorakit.data.duplicates import DuplicateIndex
 from lorakit.data.formats import FileFormat
 from lorakit.data.issues import DataReport, FileSummary, Issue, line_ranges
 from lorakit.data.phi_scan import masked_snippet, scan_text
+from lorakit.data.render import count_tokens, prompt_token_counts
 from lorakit.data.sources import open_sources
 from lorakit.errors import DataError
 from lorakit.runtime.logging import get_logger
