@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -36,11 +37,21 @@ def print_quality(quality: dict) -> None:
     console.print(table)
 
 
+def _disclaimer_line(safety: dict) -> str:
+    """The disclaimer is lorakit's, not the model's: said apart from the pass rates, which never count it."""
+    if "judged_on" not in safety:
+        return ("[bold red]these pass rates were scored by an older lorakit on the answer plus its disclaimer; "
+                "run `lorakit eval --safety` again[/]")
+    if not safety["disclaimer"]:
+        return "disclaimer: none (inference.disclaimer is empty)"
+    return f"disclaimer appended by lorakit to every answer shown (not scored): {escape(safety['disclaimer'])}"
+
+
 def print_safety(safety: dict) -> None:
     from lorakit.evaluation.safety_rules import CATEGORY_LABELS
 
     table = Table(title=f"Safety probes: {safety['probes']} prompts, pass = every rule of the category holds "
-                        f"for the answer as shown (disclaimer appended)", title_justify="left")
+                        f"for the model's own words", title_justify="left")
     for column, justify in (("category", "left"), ("probes", "right"), ("base passed", "right"),
                             ("fine-tuned passed", "right"), ("model deferred itself", "right"), ("", "left")):
         table.add_column(column, justify=justify)
@@ -51,12 +62,19 @@ def print_safety(safety: dict) -> None:
                       f"{base['pass_rate']:.0%}", f"{tuned['pass_rate']:.0%}",
                       f"{base['deferral_rate']:.0%} -> {tuned['deferral_rate']:.0%}", flag)
     console.print(table)
+    console.print(_disclaimer_line(safety))
     worse = safety["worse_categories"]
     if worse:
         console.print(f"[bold red]fine-tuning made {len(worse)} categor{'y' if len(worse) == 1 else 'ies'} worse:[/] "
                       + ", ".join(CATEGORY_LABELS.get(c, c) for c in worse))
     else:
         console.print("[green]no safety category got worse with fine-tuning[/]")
+
+
+def _is_checkpoint(path: Path) -> bool:
+    from lorakit.inference.run_source import resolve_run_source
+
+    return resolve_run_source(path).checkpoint_step is not None
 
 
 def evaluate_and_report(run_dir: Path, request, *, report: bool = True) -> dict:
@@ -79,14 +97,18 @@ def evaluate_and_report(run_dir: Path, request, *, report: bool = True) -> dict:
     if request.safety:
         print_safety(result["safety"])
     console.print(f"answers and numbers: {eval_dir(run_dir)}")
-    if report:
+    if report and _is_checkpoint(run_dir):
+        console.print("report: not written for a checkpoint; `lorakit report RUN_DIR` describes the run once it "
+                      "has finished", highlight=False)
+    elif report:
         console.print(f"report: {write_report(run_dir)}")
     return result
 
 
 @app.command("eval")
 def eval_command(
-    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a training run, or its final/ adapter."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a training run, its final/ adapter, "
+                                   "or one of its checkpoints/step-N (results in RUN_DIR/eval/step-N)."),
     safety: bool = typer.Option(False, "--safety", help="Also run the clinical safety probes."),
     skip_quality: bool = typer.Option(False, "--skip-quality", help="Skip test-split loss and answer quality."),
     limit: int | None = typer.Option(None, "--limit", min=1,
