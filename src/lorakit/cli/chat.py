@@ -43,7 +43,8 @@ def answer_once(run_dir: Path, question: str, *, max_new_tokens: int | None, tem
 
 @app.command()
 def chat(
-    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a training run, or an adapter folder."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR",
+                                   help="output_dir of a training run, its final/ adapter, or one of its checkpoints/step-N."),
     question: str | None = typer.Option(None, "--question", "-q", help="Answer this one question and exit."),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Override inference.max_new_tokens."),
     temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="0 = greedy; overrides the config."),

@@ -71,6 +71,12 @@ def print_safety(safety: dict) -> None:
         console.print("[green]no safety category got worse with fine-tuning[/]")
 
 
+def _is_checkpoint(path: Path) -> bool:
+    from lorakit.inference.run_source import resolve_run_source
+
+    return resolve_run_source(path).checkpoint_step is not None
+
+
 def evaluate_and_report(run_dir: Path, request, *, report: bool = True) -> dict:
     """Evaluate with a progress bar, print the tables, write the report; `lorakit train` calls this too."""
     from lorakit.evaluation.report import write_report
@@ -91,14 +97,18 @@ def evaluate_and_report(run_dir: Path, request, *, report: bool = True) -> dict:
     if request.safety:
         print_safety(result["safety"])
     console.print(f"answers and numbers: {eval_dir(run_dir)}")
-    if report:
+    if report and _is_checkpoint(run_dir):
+        console.print("report: not written for a checkpoint; `lorakit report RUN_DIR` describes the run once it "
+                      "has finished", highlight=False)
+    elif report:
         console.print(f"report: {write_report(run_dir)}")
     return result
 
 
 @app.command("eval")
 def eval_command(
-    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a training run, or its final/ adapter."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a training run, its final/ adapter, "
+                                   "or one of its checkpoints/step-N (results in RUN_DIR/eval/step-N)."),
     safety: bool = typer.Option(False, "--safety", help="Also run the clinical safety probes."),
     skip_quality: bool = typer.Option(False, "--skip-quality", help="Skip test-split loss and answer quality."),
     limit: int | None = typer.Option(None, "--limit", min=1,

@@ -19,6 +19,7 @@ from lorakit.evaluation.report_charts import loss_curve_uri, safety_chart_uri
 from lorakit.evaluation.run_eval import ANSWERS_FILE, EVAL_FILE, SAFETY_ANSWERS_FILE, adapter_fingerprint, run_root
 from lorakit.evaluation.safety_rules import CATEGORY_LABELS, RULES
 from lorakit.inference.generate import resolve_adapter_dir
+from lorakit.inference.run_source import resolve_run_source
 from lorakit.runtime.atomic_files import atomic_write_text
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
@@ -136,6 +137,9 @@ def build_report(path: str | Path) -> str:
 
 def write_report(path: str | Path, output: str | Path | None = None) -> Path:
     """Write the report (default RUN_DIR/report.html) atomically and return its path."""
+    if resolve_run_source(path).checkpoint_step is not None:
+        raise CheckpointError(f"{path} is a checkpoint; a report describes a finished run and its final/ adapter.",
+                              hint="Pass the run folder once training has finished; `lorakit eval` works on checkpoints.")
     root = run_root(path)
     if not (root / "manifest.json").is_file() and not (root / "final" / "manifest.json").is_file():
         raise CheckpointError(f"{root} has no manifest.json; it is not a finished lorakit run.")

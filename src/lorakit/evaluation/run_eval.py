@@ -9,7 +9,6 @@ test example) and safety_answers.jsonl (both answers per probe), each atomically
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +26,8 @@ from lorakit.evaluation.loss import perplexity, split_loss
 from lorakit.evaluation import safety
 from lorakit.evaluation.quality import AnswerScores, mean_scores, score_answer
 from lorakit.evaluation.safety_rules import ScoringContext
-from lorakit.inference.generate import GenerationSettings, LoadedRun, generate_answer, load_run, resolve_adapter_dir
+from lorakit.inference.generate import GenerationSettings, LoadedRun, generate_answer, load_run
+from lorakit.inference.run_source import resolve_run_source
 from lorakit.runtime.atomic_files import atomic_write_text
 from lorakit.runtime.device import compute_dtype
 from lorakit.runtime.logging import get_logger
@@ -62,13 +62,13 @@ class EvalRequest:
 
 
 def run_root(path: str | Path) -> Path:
-    """The run directory of a run or of its `final/` adapter (where eval/ and report.html go)."""
-    adapter_dir = resolve_adapter_dir(path)
-    return adapter_dir.parent if adapter_dir.name == "final" else adapter_dir
+    """The run directory of a run, of its `final/` adapter or of one of its checkpoints (report.html goes there)."""
+    return resolve_run_source(path).run_dir
 
 
 def eval_dir(path: str | Path) -> Path:
-    return run_root(path) / "eval"
+    """RUN/eval, or RUN/eval/step-N when `path` is a checkpoint (inference/run_source.py)."""
+    return resolve_run_source(path).eval_dir
 
 
 @contextmanager
@@ -79,7 +79,7 @@ def _as_model(run: LoadedRun, which: str) -> Iterator[None]:
 
 def adapter_fingerprint(adapter_dir: Path) -> str:
     """Identifies the adapter an eval belongs to (a retrained run gets a new manifest, so a new fingerprint)."""
-    return hashlib.sha256((adapter_dir / "manifest.json").read_bytes()).hexdigest()
+    return resolve_run_source(adapter_dir).fingerprint
 
 
 def _split_conversations(run: LoadedRun) -> dict[str, list[Conversation]]:
@@ -93,8 +93,7 @@ def _split_conversations(run: LoadedRun) -> dict[str, list[Conversation]]:
 
 
 def _check_same_data(run: LoadedRun, now: str) -> None:
-    manifest = json.loads((run.adapter_dir / "manifest.json").read_text())
-    trained_on = manifest["data"]["sha256"]
+    trained_on = run.trained.data_sha256
     if trained_on != now:
         raise CheckpointError(
             f"The data files {', '.join(run.config.data.train_files)} changed since this run was trained "

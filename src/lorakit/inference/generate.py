@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from lorakit.config import RunConfig
 from lorakit.data.records import Message
 from lorakit.data.render import render_prompt_ids
-from lorakit.errors import CheckpointError
+from lorakit.inference.run_source import RunSource, resolve_run_source
 from lorakit.model.load import load_base_model, load_tokenizer, resolve_model_source
 from lorakit.model.quantize import nf4_config
 from lorakit.runtime.device import compute_dtype, pick_device
@@ -43,6 +41,7 @@ class LoadedRun:
     config: RunConfig
     adapter_dir: Path | None
     device: torch.device
+    trained: RunSource | None = None  # the adapter's run folder, data hash and eval folder
 
     @property
     def system_prompt(self) -> str:
@@ -50,36 +49,28 @@ class LoadedRun:
 
 
 def resolve_adapter_dir(path: str | Path) -> Path:
-    """A run directory (its `final/` adapter) or an adapter directory itself."""
-    path = Path(path)
-    for candidate in (path / "final", path):
-        if (candidate / "adapter_config.json").is_file() and (candidate / "config.yaml").is_file():
-            return candidate
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist.", hint="Pass the output_dir of a finished `lorakit train` run.")
-    raise CheckpointError(
-        f"{path} holds no trained adapter (expected {path / 'final' / 'adapter_config.json'}).",
-        hint="Finish training first (`lorakit train CONFIG`, or `--resume` an interrupted run).",
-    )
+    """The adapter folder that `path` names: a run's final/, an adapter folder or a checkpoint (run_source.py)."""
+    return resolve_run_source(path).adapter_dir
 
 
 def load_run(path: str | Path, *, base_only: bool = False) -> LoadedRun:
-    """Base model + the run's adapter (or the base model alone, for comparisons), on GPU when present."""
-    adapter_dir = resolve_adapter_dir(path)
-    config = RunConfig.model_validate(yaml.safe_load((adapter_dir / "config.yaml").read_text()))
-    manifest = json.loads((adapter_dir / "manifest.json").read_text())
+    """Base model + the run's adapter (or the base model alone, for comparisons), on GPU when present.
+
+    `path` is a run folder, its final/ adapter, or a checkpoint of a run that is still training."""
+    trained = resolve_run_source(path)
+    config = trained.config
     device = pick_device()
     dtype = compute_dtype("auto", device)
-    quantized = bool(manifest["settings"].get("quantized_4bit")) and device.type == "cuda"
+    quantized = trained.quantized_4bit and device.type == "cuda"
     source = resolve_model_source(config.model)
     tokenizer = load_tokenizer(source, config.model)
     model = load_base_model(source, config.model, device, dtype, nf4_config(dtype) if quantized else None)
     if not base_only:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir)
+        model = PeftModel.from_pretrained(model, trained.adapter_dir)
     model.eval()
-    return LoadedRun(model, tokenizer, config, None if base_only else adapter_dir, device)
+    return LoadedRun(model, tokenizer, config, None if base_only else trained.adapter_dir, device, trained)
 
 
 def _stop_token_ids(model, tokenizer) -> list[int]:

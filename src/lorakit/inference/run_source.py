@@ -1,0 +1,115 @@
+"""Which trained adapter a path names, and what loading it needs: the resolved config, the data hash it was
+trained on, and where its eval results go.
+
+Three kinds of folder hold an adapter:
+- a finished run (`output_dir`, whose `final/` holds adapter, config.yaml and manifest.json) or that
+  `final/` folder itself (or a copy of it elsewhere);
+- a checkpoint of a run, finished or not (`output_dir/checkpoints/step-N`): adapter weights, config.yaml
+  and trainer_state.json, but no manifest.json, which is only written when training ends.
+Anything else is refused with what was expected, and an unfinished run names the checkpoint to pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorakit.config import RunConfig, load_config
+from lorakit.errors import CheckpointError, ConfigError
+from lorakit.training.checkpoint import CHECKPOINTS, MANIFEST, latest_good_checkpoint, verify_checkpoint
+from lorakit.training.run_dir import FINAL
+
+__all__ = ["RunSource", "resolve_run_source", "load_saved_config"]
+
+_EXPECTED_HINT = ("Pass the output_dir of a `lorakit train` run, its final/ folder, or one of its "
+                  "checkpoints/step-N folders.")
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """A trained adapter and what it was trained with."""
+
+    adapter_dir: Path  # the LoRA weights: final/, an adapter folder, or checkpoints/step-N
+    run_dir: Path  # the run's output_dir (for a copied adapter folder: that folder)
+    config: RunConfig
+    data_sha256: str  # of the training data, as recorded when the adapter was saved
+    quantized_4bit: bool  # the base model was trained in nf4 (only possible on CUDA)
+    fingerprint: str  # sha256 of the adapter's manifest: identifies which adapter an eval belongs to
+    checkpoint_step: int | None = None  # set when the adapter is a checkpoint, not a finished run's final/
+
+    @property
+    def eval_dir(self) -> Path:
+        """RUN/eval for a finished run; RUN/eval/step-N for a checkpoint, so the two never mix."""
+        root = self.run_dir / "eval"
+        return root if self.checkpoint_step is None else root / self.adapter_dir.name
+
+
+def _is_finished_adapter(path: Path) -> bool:
+    return all((path / name).is_file() for name in ("adapter_config.json", "config.yaml", "manifest.json"))
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / MANIFEST).is_file() and (path / "adapter_config.json").is_file()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_saved_config(path: Path) -> RunConfig:
+    """A config.yaml that lorakit saved with an adapter, validated and reported like any config file."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        exc.hint = ("This config.yaml was saved with the adapter; it no longer validates (edited by hand, or written "
+                    "by another lorakit version). Fix the lines named above.")
+        raise
+
+
+def _finished(adapter_dir: Path) -> RunSource:
+    config = load_saved_config(adapter_dir / "config.yaml")
+    manifest_path = adapter_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    run_dir = adapter_dir.parent if adapter_dir.name == FINAL else adapter_dir
+    return RunSource(adapter_dir, run_dir, config, manifest["data"]["sha256"],
+                     bool(manifest["settings"].get("quantized_4bit")), _sha256(manifest_path))
+
+
+def _checkpoint(path: Path) -> RunSource:
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"Checkpoint {path} is damaged ({problem}).",
+                              hint="Pass an older checkpoint of the run (see its checkpoints/ folder).")
+    config = load_saved_config(path / "config.yaml")
+    identity = json.loads((path / "trainer_state.json").read_text())["identity"]
+    step = json.loads((path / MANIFEST).read_text())["step"]
+    # The saved config holds the planner's resolved choice ('nf4' or 'none'), so it says how the base was loaded.
+    quantized = config.model.quantization == "nf4"
+    run_dir = path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
+    return RunSource(path, run_dir, config, identity["data_sha256"], quantized, _sha256(path / MANIFEST), step)
+
+
+def resolve_run_source(path: str | Path) -> RunSource:
+    """The adapter that `path` names: a run folder, its final/, an adapter folder, or a checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist.", hint=_EXPECTED_HINT)
+    if _is_finished_adapter(path / FINAL):
+        return _finished(path / FINAL)
+    if _is_finished_adapter(path):
+        return _finished(path)
+    if _is_checkpoint(path):
+        return _checkpoint(path)
+    newest = latest_good_checkpoint(path) if path.is_dir() else None
+    if newest is not None:
+        raise CheckpointError(
+            f"{path} is an unfinished run: it has no {FINAL}/ adapter yet (written when training ends).",
+            hint=f"Pass its newest checkpoint, {newest}, or finish the run with `lorakit train CONFIG --resume`.",
+        )
+    raise CheckpointError(
+        f"{path} holds no trained adapter: it is neither a run folder (expected {path / FINAL / 'adapter_config.json'}) "
+        f"nor a checkpoint folder (expected {path / MANIFEST}).",
+        hint=_EXPECTED_HINT,
+    )
