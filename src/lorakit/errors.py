@@ -15,6 +15,8 @@ __all__ = [
     "CheckpointError",
     "TrainingError",
     "DiskFullError",
+    "ExportError",
+    "OutputExistsError",
 ]
 
 
@@ -77,3 +79,18 @@ class DiskFullError(LorakitError):
     """A write failed because the disk (or quota) is full; nothing was replaced, earlier files are intact."""
 
     exit_code = 3
+
+
+class ExportError(LorakitError):
+    """An export or upload failed at a named step (load, merge, convert, quantize, write, upload); nothing
+    was left behind, so the command can simply be run again."""
+
+    exit_code = 3
+
+    def __init__(self, step: str, message: str, hint: str | None = None):
+        self.step = step
+        super().__init__(f"export failed at step '{step}': {message}", hint)
+
+
+class OutputExistsError(LorakitError):
+    """The output folder of an export already exists and --overwrite was not given."""

@@ -1,0 +1,44 @@
+"""`lorakit export RUN_DIR --format FORMAT`: merged safetensors, GGUF, Ollama, or a clean adapter folder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from lorakit.cli.app import app, console, err_console
+
+
+def step_printer():
+    """on_step callback: one line per step with the seconds since the export started (stderr)."""
+    started = time.perf_counter()
+
+    def on_step(step: str, description: str) -> None:
+        err_console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/] [bold]{step}[/] {escape(description)}",
+                          highlight=False)
+
+    return on_step
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a finished training run."),
+    format: str = typer.Option(..., "--format", "-f", help="merged | gguf | ollama | adapter"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Folder to create (default RUN_DIR/export/FORMAT)."),
+    quant: str | None = typer.Option(None, "--quant", help="GGUF weights: f16 (default), q8_0 or q4_0."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+) -> None:
+    """Export a fine-tuned run so that other tools (transformers, llama.cpp, Ollama, peft) can use it."""
+    if quant is not None and format not in ("gguf", "ollama"):
+        raise typer.BadParameter(f"--quant applies to --format gguf or ollama, not {format}")
+    from lorakit.export.run_export import ExportRequest, export_run
+
+    result = export_run(run_dir, ExportRequest(format, output, quant or "f16", overwrite), step_printer())
+    console.print(f"exported {format} to {result.output}: {', '.join(result.files)}", highlight=False)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    if format == "ollama":
+        console.print(f"use it: cd {result.output} && ollama create my-model -f Modelfile && ollama run my-model",
+                      highlight=False)

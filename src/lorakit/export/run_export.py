@@ -1,0 +1,172 @@
+"""`lorakit export`: one finished run -> a new folder in one format, written atomically.
+
+Every export checks free disk space first, stages into a hidden sibling folder and renames it into place
+only when complete, so a failure (at a named step: load, merge, convert, quantize, write) leaves neither a
+partial output nor any change in the run directory, and the same command can simply be run again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorakit.errors import ConfigError, DiskFullError, OutputExistsError
+from lorakit.export.disk_estimate import estimated_export_bytes
+from lorakit.export.finished_run import FinishedRun, read_finished_run
+from lorakit.export.gguf_file import GGUF_QUANTS, write_gguf
+from lorakit.export.merge import load_base_for_merge, merge_run, save_merged
+from lorakit.export.model_card import model_card
+from lorakit.export.ollama import modelfile_text, turn_format
+from lorakit.export.steps import ExportSteps
+from lorakit.runtime.atomic_files import atomic_directory
+from lorakit.runtime.logging import get_logger
+
+__all__ = ["FORMATS", "ExportRequest", "ExportResult", "default_output", "export_run"]
+
+log = get_logger("export.run_export")
+
+FORMATS = ("merged", "gguf", "ollama", "adapter")
+_ADAPTER_SKIP = {"README.md"}  # peft's empty template; replaced by a real card
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    format: str
+    output: Path | None = None
+    quant: str = "f16"  # gguf and ollama only
+    overwrite: bool = False
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    files: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def default_output(run: FinishedRun, format: str) -> Path:
+    return run.run_dir / "export" / format
+
+
+def _check_request(run: FinishedRun, request: ExportRequest, output: Path) -> None:
+    problems = []
+    if request.format not in FORMATS:
+        problems.append(f"--format: '{request.format}' is not one of {', '.join(FORMATS)}")
+    if request.quant not in GGUF_QUANTS:
+        problems.append(f"--quant: '{request.quant}' is not one of {', '.join(GGUF_QUANTS)}")
+    if output.resolve().is_relative_to(run.adapter_dir.resolve()):
+        problems.append(f"--output: {output} is inside the run's adapter folder {run.adapter_dir}; pick another folder")
+    if problems:
+        raise ConfigError("lorakit export", problems)
+    if output.exists() and not request.overwrite:
+        raise OutputExistsError(f"{output} already exists; the export was not started.",
+                                hint="Pass --overwrite to replace it, or --output to write somewhere else.")
+
+
+def _check_free_space(output: Path, needed: int) -> None:
+    existing = next(p for p in (output, *output.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise DiskFullError(
+            f"Not enough free disk space for this export: it needs about {needed / 2**30:.2f} GiB and "
+            f"{existing} has {free / 2**30:.2f} GiB free. Nothing was written.",
+            hint="Free some space, or pass --output on a disk with more room (or a smaller --quant).")
+
+
+def _export_adapter(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> list[str]:
+    with steps.step("load", f"adapter files in {run.adapter_dir}"):
+        files = sorted(p for p in run.adapter_dir.iterdir() if p.is_file() and p.name not in _ADAPTER_SKIP)
+    with steps.step("write", f"{len(files)} adapter files"):
+        for path in files:
+            shutil.copy2(path, staging / path.name)
+    return []
+
+
+def _merged(run: FinishedRun, steps: ExportSteps):
+    with steps.step("load", f"base model {run.config.model.name} (unquantized, CPU)"):
+        base = load_base_for_merge(run)
+    with steps.step("merge", f"adapter {run.adapter_dir}"):
+        return merge_run(run, base)
+
+
+def _export_merged(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> list[str]:
+    merged = _merged(run, steps)
+    with steps.step("write", "16-bit safetensors, tokenizer, generation config"):
+        save_merged(merged, staging)
+    return merged.notes
+
+
+def _gguf_name(run: FinishedRun, quant: str) -> str:
+    return f"{run.run_dir.name}-{quant}.gguf"
+
+
+def _export_gguf(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> list[str]:
+    merged = _merged(run, steps)
+    write_gguf(merged, staging / _gguf_name(run, request.quant), request.quant, steps)
+    return merged.notes + [f"GGUF weights: {request.quant} (vectors such as norms stay float32)."]
+
+
+def _export_ollama(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> list[str]:
+    notes = _export_gguf(run, staging, request, steps)
+    with steps.step("convert", "Ollama TEMPLATE from the chat template"):
+        tokenizer = _tokenizer(run)
+        from lorakit.export.stop_tokens import end_of_turn_token
+
+        end_of_turn = end_of_turn_token(tokenizer)[0]
+        stops = list(dict.fromkeys([end_of_turn, tokenizer.eos_token]))
+        inference = run.config.inference
+        text = modelfile_text(_gguf_name(run, request.quant), turn_format(tokenizer, end_of_turn), run.system_prompt,
+                              stops, {"temperature": inference.temperature, "top_p": inference.top_p,
+                                      "repeat_penalty": inference.repetition_penalty},
+                              header=f"Made by lorakit from {run.run_dir.name}. Create it with: "
+                                     f"ollama create {run.run_dir.name.lower()} -f Modelfile\n"
+                                     f"{inference.disclaimer}")
+    with steps.step("write", "Modelfile"):
+        (staging / "Modelfile").write_text(text)
+    return notes
+
+
+def _tokenizer(run: FinishedRun):
+    from lorakit.model.load import load_tokenizer, resolve_model_source
+
+    return load_tokenizer(resolve_model_source(run.config.model), run.config.model)
+
+
+_WRITERS: dict[str, Callable[[FinishedRun, Path, ExportRequest, ExportSteps], list[str]]] = {
+    "adapter": _export_adapter, "merged": _export_merged, "gguf": _export_gguf, "ollama": _export_ollama,
+}
+
+
+def export_run(path: str | Path, request: ExportRequest,
+               on_step: Callable[[str, str], None] | None = None) -> ExportResult:
+    """Export the run at `path`; on_step(step, description) is called as each step starts."""
+    run = read_finished_run(path)
+    output = Path(request.output) if request.output is not None else default_output(run, request.format)
+    _check_request(run, request, output)
+    steps = ExportSteps(on_step)
+    with steps.step("check", "free disk space"):
+        _check_free_space(output, estimated_export_bytes(run, request.format, request.quant))
+    missing = [p for p in (output.parent, *output.parent.parents) if not p.exists()]
+    try:
+        with atomic_directory(output) as staging:
+            notes = _WRITERS[request.format](run, staging, request, steps)
+            with steps.step("write", "model card and export manifest"):
+                (staging / "README.md").write_text(model_card(run, request.format, notes))
+                (staging / "lorakit_export.json").write_text(json.dumps(_export_manifest(run, request, notes), indent=2))
+    except BaseException:
+        for folder in missing:  # parents this export created (e.g. RUN_DIR/export) go too: nothing is left
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    log.info("exported %s to %s", request.format, output)
+    return ExportResult(output, sorted(p.name for p in output.iterdir()), notes)
+
+
+def _export_manifest(run: FinishedRun, request: ExportRequest, notes: list[str]) -> dict:
+    return {"format": request.format, "quant": request.quant if request.format in ("gguf", "ollama") else None,
+            "run_dir": str(run.run_dir), "adapter_dir": str(run.adapter_dir), "base_model": run.manifest["base_model"],
+            "data_sha256": run.manifest["data"].get("sha256"), "dequantized_base": run.quantized_4bit
+            and request.format != "adapter", "notes": notes, "versions": run.manifest["versions"]}
