@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_run_config
+from lorakit.evaluation.report import write_report
 from lorakit.training.checkpoint import TrainerState, best_checkpoint_step, checkpoint_dir
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.loop import train
@@ -53,6 +54,8 @@ def test_early_stop_ships_the_best_checkpoint_which_survives_rotation(tiny_llama
                                                                                       result.steps)
         assert (metrics["adapter_step"], metrics["adapter_weights"]) == (best_step, "best")
         assert metrics["best_val_loss"] == pytest.approx(losses[best_step])
+    html = " ".join(write_report(run).read_text().split())
+    assert f"stopped early (no further improvement); the adapter holds the weights of step {best_step} (the best)" in html
 
 
 def test_a_run_that_reaches_max_steps_ships_its_last_weights_and_names_the_best(tiny_llama_dir, qa_file, tmp_path):

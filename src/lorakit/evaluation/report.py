@@ -92,7 +92,8 @@ def _training_facts(manifest: dict | None) -> dict:
     metrics, settings = manifest.get("metrics", {}), manifest.get("settings", {})
     return {"steps": metrics.get("steps"), "stopped_early": metrics.get("stopped_early"),
             "final_train_loss": metrics.get("final_train_loss"), "best_val_loss": metrics.get("best_val_loss"),
-            "best_val_step": metrics.get("best_val_step"), "device": settings.get("device"),
+            "best_val_step": metrics.get("best_val_step"), "adapter_step": metrics.get("adapter_step"),
+            "device": settings.get("device"),
             "dtype": settings.get("dtype"), "quantized": settings.get("quantized_4bit")}
 
 
