@@ -121,7 +121,9 @@ class TrainingConfig(_Section):
     save_steps: int = Field(50, ge=1, description="Checkpoint interval in optimizer steps.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted.")
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after this many evaluations without validation-loss improvement."
+        None, ge=1, description="Stop after this many evaluations without validation-loss improvement; final/ "
+        "then holds the weights of the best evaluation, whose checkpoint is kept out of rotation (a run that reaches "
+        "max_steps keeps its last weights)."
     )
     early_stopping_min_delta: float = Field(0.0, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
