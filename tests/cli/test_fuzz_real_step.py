@@ -33,7 +33,7 @@ TRAINING = st.fixed_dictionaries({}, optional={
 LORA = st.fixed_dictionaries({}, optional={
     "r": st.integers(1, 64), "alpha": st.floats(1e-3, 1e3, **FINITE), "dropout": st.floats(0, 0.99, **FINITE),
 })
-MODEL = st.fixed_dictionaries({}, optional={"max_length": st.integers(16, 2048)})
+MODEL = st.fixed_dictionaries({}, optional={"max_length": st.integers(16, 3000)})  # the model takes 2048
 DATA = st.fixed_dictionaries({}, optional={
     "validation_split": st.floats(0, 0.45, **FINITE), "test_split": st.floats(0, 0.4, **FINITE),
 })
@@ -78,3 +78,5 @@ def test_fuzz_seed_and_numeric_settings_through_one_real_training_step(
         assert "error:" in err, err
     seed_refused = re.search(r"line \d+: seed: Input should be (greater|less) than or equal to", err)
     assert bool(seed_refused) == (not 0 <= seed <= SEED_MAX), err
+    too_long = model.get("max_length", 128) > 2048
+    assert too_long == ("is more than the model's max_position_embeddings (2048" in err) or not 0 <= seed <= SEED_MAX, err

@@ -15,6 +15,7 @@ from lorakit.model.memory_plan import GIB, Candidate, ModelShape, TrainSettings,
 __all__ = [
     "TrainingPlan",
     "ResolvedSettings",
+    "check_max_length",
     "read_model_config_json",
     "plan_training",
     "resolve_auto_settings",
@@ -81,6 +82,25 @@ def read_model_config_json(model: ModelConfig) -> dict:
     return json.loads(download_model_file(model.name, "config.json", model.revision).read_text())
 
 
+def check_max_length(config: RunConfig, model_config: dict) -> None:
+    """Refuse a model.max_length beyond the positions the model was built for (its config.json), before any
+    weights load: past them, attention sees position embeddings it never learned, silently.
+
+    >>> from lorakit.config import RunConfig
+    >>> config = RunConfig.model_validate({"data": {"train_file": "d.jsonl"}, "model": {"max_length": 4096}})
+    >>> check_max_length(config, {"max_position_embeddings": 4096})
+    >>> check_max_length(config, {"max_position_embeddings": 2048})
+    Traceback (most recent call last):
+    lorakit.errors.ConfigError: model.max_length: 1 config problem:
+      - model.max_length: 4096 is more than the model's max_position_embeddings (2048 in its config.json); set model.max_length to 2048 or less
+    """
+    limit = model_config.get("max_position_embeddings") or model_config.get("n_positions")
+    if isinstance(limit, int) and config.model.max_length > limit:
+        raise ConfigError("model.max_length", [
+            f"model.max_length: {config.model.max_length} is more than the model's max_position_embeddings ({limit} "
+            f"in its config.json); set model.max_length to {limit} or less"])
+
+
 def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, *, dtype_bytes: int,
                   nf4_available: bool, cuda: bool = True) -> TrainingPlan:
     """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given."""
@@ -139,7 +159,8 @@ def device_memory_bytes(cuda: bool) -> int:
 def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, dtype_bytes: int,
                           nf4_available: bool, memory_bytes: int | None = None) -> ResolvedSettings:
     """Run the planner when anything is `auto` (against `memory_bytes`, default the GPU's memory, or RAM on
-    CPU); fixed settings stay as they are."""
+    CPU); fixed settings stay as they are. A max_length the model cannot take is refused first."""
+    check_max_length(config, model_config)
     training = config.training
     if "auto" not in (training.batch_size, training.gradient_checkpointing, config.model.quantization):
         every = 1 if training.gradient_checkpointing else None
@@ -163,6 +184,7 @@ def plan_run(config: RunConfig, gpu_memory_bytes: int | None) -> tuple[TrainingP
             raise ConfigError("--gpu-memory", ["no CUDA GPU on this machine; say which GPU to plan for, e.g. --gpu-memory 8GB"])
         gpu_memory_bytes = device_memory_bytes(cuda=True)
     model_config = read_model_config_json(config.model)
+    check_max_length(config, model_config)
     dtype_bytes = 4 if config.training.precision == "fp32" else 2
     plan = plan_training(config, model_config, gpu_memory_bytes, dtype_bytes=dtype_bytes, nf4_available=True)
     return plan, model_config
