@@ -1,10 +1,11 @@
 """Config: the guide layout loads unchanged; every problem is reported at once with suggestions."""
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from lorakit.config import RunConfig, load_config
+from lorakit.config import InferenceConfig, RunConfig, load_config
 from lorakit.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,12 +51,13 @@ def write(tmp_path, text, name="config.yaml"):
     return path
 
 
-def test_guide_layout_loads_unchanged(tmp_path):
-    config = load_config(write(tmp_path, GUIDE_LAYOUT))
+def test_guide_layout_loads_unchanged(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="lorakit"):
+        config = load_config(write(tmp_path, GUIDE_LAYOUT))
     assert config.training.learning_rate == pytest.approx(2e-4)  # YAML reads 2e-4 as a string
     assert isinstance(config.training.learning_rate, float)
     assert config.model.max_length == 512
-    assert config.inference.adapter_path == "./outputs/Phi-4-mini-instruct-lora"
+    assert config.inference.demo_question == "What is hypertension?"
     assert config.training.gradient_accumulation_steps == 8
     assert config.data.train_files == ["data/train.jsonl"]
 
@@ -102,9 +104,7 @@ def test_contradictions_rejected(tmp_path):
         load_config(write(tmp_path, GUIDE_LAYOUT), ["data.test_split=0.5", "data.validation_split=0.45"])
 
 
-def test_unknown_placeholder_and_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown placeholder \$\{run\}"):
-        load_config(write(tmp_path, GUIDE_LAYOUT.replace("${model_name}", "${run}")))
+def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
 
@@ -142,3 +142,29 @@ def test_seed_outside_numpy_range_is_refused(tmp_path, seed, problem):
         load_config(write(tmp_path, GUIDE_LAYOUT.replace("seed: 42", f"seed: {seed}")))
     assert caught.value.problems == [problem]
     assert load_config(write(tmp_path, GUIDE_LAYOUT.replace("seed: 42", f"seed: {2**32 - 1}"))).seed == 2**32 - 1
+
+
+def test_retired_inference_keys_are_dropped_with_a_warning_that_says_what_does_the_job(tmp_path, caplog):
+    """Issue 9, point 4: inference.adapter_path, .interactive and .offload_dir were validated and documented but
+    read by no code. They are gone; the guide's configs that carry them still load, and say so once per key."""
+    path = write(tmp_path, GUIDE_LAYOUT)
+    with caplog.at_level(logging.WARNING, logger="lorakit"):
+        config = load_config(path, ["inference.offload_dir=/tmp/x"])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} line 25: inference.adapter_path is no longer used and was ignored: the adapter is always written to "
+        "OUTPUT_DIR/final; pass the run folder to `lorakit chat RUN_DIR` or `lorakit eval RUN_DIR`",
+        f"{path} line 26: inference.interactive is no longer used and was ignored: `lorakit chat RUN_DIR` chats "
+        "interactively; `lorakit chat RUN_DIR --question TEXT` answers once",
+        f"{path} line 31: inference.offload_dir is no longer used and was ignored: lorakit loads the whole model on one "
+        "device; model.quantization: nf4 fits it on a smaller GPU",
+    ]
+    assert all(r.levelname == "WARNING" for r in caplog.records)
+    for key in ("adapter_path", "interactive", "offload_dir"):
+        assert key not in InferenceConfig.model_fields and key not in config.inference.model_dump()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lorakit"):  # a config lorakit saved itself: no warning
+        load_config(path, warn_retired=False)
+    assert not caplog.records
+    with pytest.raises(ConfigError) as caught:  # any other unknown inference key is still an error
+        load_config(path, ["inference.adapter_paths=x"])
+    assert caught.value.problems == ["--set inference.adapter_paths: unknown key"]

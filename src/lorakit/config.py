@@ -7,7 +7,6 @@ Every default lives here and nowhere else. The guide layout lorakit grows from (
 from __future__ import annotations
 
 import difflib
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorakit.errors import ConfigError
+from lorakit.runtime.logging import get_logger
 
 __all__ = [
     "EMBEDDED_MODEL_ALIAS",
@@ -32,6 +32,8 @@ __all__ = [
     "load_config",
     "parse_overrides",
 ]
+
+log = get_logger("config")
 
 EMBEDDED_MODEL_ALIAS = "smollm2-135m-instruct"
 SEED_MAX = 2**32 - 1  # numpy's seed range; torch's generator seeds derived from it stay below 2**64
@@ -184,14 +186,11 @@ class DataConfig(_Section):
 
 
 class InferenceConfig(_Section):
-    adapter_path: str = Field("${output_dir}/final", description="Adapter to chat with; ${output_dir}, ${model_name}.")
-    interactive: bool = True
     demo_question: str = "What are the common warning signs of a stroke?"
     max_new_tokens: int = Field(200, ge=1, le=8192)
     temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 = greedy decoding.")
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.1, ge=1.0, le=3.0)
-    offload_dir: str | None = Field(None, description="Folder for weights offloaded from a too-small GPU.")
     disclaimer: str = Field(DEFAULT_DISCLAIMER, description="Appended to every answer; empty string disables.")
 
 
@@ -231,32 +230,30 @@ class RunConfig(_Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
-    @model_validator(mode="after")
-    def _expand_placeholders(self) -> RunConfig:
-        values = {"output_dir": self.output_dir, "model_name": model_short_name(self.model.name)}
-        for field in ("adapter_path", "offload_dir"):
-            text = getattr(self.inference, field)
-            if text is not None:
-                object.__setattr__(self.inference, field, _expand(text, values, f"inference.{field}"))
-        return self
+
+# Keys the guide's configs carry that no lorakit code reads: dropped with a warning that says what does the job,
+# so those configs keep loading (any other unknown key is an error).
+RETIRED_KEYS = {
+    ("inference", "adapter_path"): "the adapter is always written to OUTPUT_DIR/final; pass the run folder to "
+    "`lorakit chat RUN_DIR` or `lorakit eval RUN_DIR`",
+    ("inference", "interactive"): "`lorakit chat RUN_DIR` chats interactively; `lorakit chat RUN_DIR --question TEXT` "
+    "answers once",
+    ("inference", "offload_dir"): "lorakit loads the whole model on one device; model.quantization: nf4 fits it "
+    "on a smaller GPU",
+}
 
 
-def model_short_name(name: str) -> str:
-    """The last path component of a model name, safe for a folder name (`${model_name}`)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.rstrip("/").split("/")[-1].removesuffix(".gguf"))
-
-
-_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
-
-
-def _expand(text: str, values: dict[str, str], where: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        key = match.group(1)
-        if key not in values:
-            raise ValueError(f"{where}: unknown placeholder ${{{key}}}; known: {', '.join(sorted(values))}")
-        return values[key]
-
-    return _PLACEHOLDER.sub(replace, text)
+def _drop_retired_keys(merged: dict[str, Any], text: str, source: str, *, warn: bool) -> dict[str, Any]:
+    for (section, key), instead in RETIRED_KEYS.items():
+        node = merged.get(section)
+        if not (isinstance(node, dict) and key in node):
+            continue
+        merged = {**merged, section: {k: v for k, v in node.items() if k != key}}
+        if warn:
+            line = _key_lines(text).get((section, key))
+            log.warning("%s%s: %s.%s is no longer used and was ignored: %s", source,
+                        f" line {line}" if line else "", section, key, instead)
+    return merged
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -376,8 +373,10 @@ def _describe(error: dict[str, Any], lines: dict[tuple[str, ...], int], source: 
     return f"{where}{dotted}: {message}{value}"
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or none, for defaults), apply `--set` overrides, validate everything at once."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *, warn_retired: bool = True) -> RunConfig:
+    """Read a YAML config (or none, for defaults), apply `--set` overrides, validate everything at once.
+
+    RETIRED_KEYS are dropped, with a warning unless `warn_retired` is off (configs lorakit saved itself)."""
     source = str(path) if path is not None else "--set"
     text = ""
     if path is not None:
@@ -394,7 +393,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the top level must be a mapping of sections (model:, training:, ...)"])
     override_values = parse_overrides(overrides or [])
-    merged = _deep_merge(raw, override_values)
+    merged = _drop_retired_keys(_deep_merge(raw, override_values), text, source, warn=warn_retired)
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as exc:
@@ -403,8 +402,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if all(problem.startswith("--set ") for problem in problems):
             source = "--set"
         raise ConfigError(source, problems) from None
-    except ValueError as exc:  # placeholder expansion
-        raise ConfigError(source, [str(exc)]) from None
 
 
 def dump_config(config: RunConfig) -> str:

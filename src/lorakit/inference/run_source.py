@@ -61,7 +61,7 @@ def _sha256(path: Path) -> str:
 def load_saved_config(path: Path) -> RunConfig:
     """A config.yaml that lorakit saved with an adapter, validated and reported like any config file."""
     try:
-        return load_config(path)
+        return load_config(path, warn_retired=False)
     except ConfigError as exc:
         exc.hint = ("This config.yaml was saved with the adapter; it no longer validates (edited by hand, or written "
                     "by another lorakit version). Fix the lines named above.")
