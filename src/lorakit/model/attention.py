@@ -50,6 +50,10 @@ def use_varlen_attention(model) -> None:
     register_varlen_attention()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(VARLEN_ATTENTION)
+    # Probe the flash kernel now, not in the first forward: inside a checkpointed layer the probe's own
+    # autograd tensors would count as the layer's, and the recompute (probe cached) would save fewer
+    # ("A different number of tensors was saved", seen on an H200 with gradient_checkpointing: true).
+    _flash_varlen()
 
 
 def _boundaries_from_positions(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
