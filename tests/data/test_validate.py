@@ -104,7 +104,7 @@ def test_roles_can_be_given_explicitly(tmp_path):
 
 
 def test_examples_longer_than_max_length_report_their_token_count(tmp_path, tokenizer):
-    path = write_lines(tmp_path, "long.jsonl", qa("Q", "A"), qa("Q", "word " * 60), qa("word " * 60, "A"))
+    path = write_lines(tmp_path, "long.jsonl", qa("Q", "A"), qa("Q", "word " * 60), qa("word " * 60, "B"))
     report = check_files([path], tokenizer=tokenizer, max_length=40, system_prompt="Be brief.")
     assert headlines(report) == [
         f"{path}:2: warning: 80 tokens (system prompt and chat template included), more than max_length 40; "
@@ -219,7 +219,7 @@ def test_a_conversation_the_chat_template_refuses_is_an_error_not_a_crash(tmp_pa
     path = write_lines(tmp_path, "chat.jsonl", *[
         {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]},
         {"messages": [{"role": "user", "content": "Q"}, {"role": "user", "content": "Q?"},
-                      {"role": "assistant", "content": "A"}]},
+                      {"role": "assistant", "content": "B"}]},
     ])
     try:
         tokenizer.chat_template = strict

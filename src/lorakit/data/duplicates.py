@@ -1,6 +1,6 @@
-"""Exact duplicates, near-duplicates and train/validation/test leakage, in memory that stays small.
+"""Exact duplicates, near-duplicates, shared answers and train/validation/test leakage, in small memory.
 
-Each example is kept as two 64-bit hashes plus its file and line (about 20 bytes, whatever its length),
+Each example is kept as three 64-bit hashes plus its file and line (about 30 bytes, whatever its length),
 and compared once at the end, so checking a large file never holds its text.
 """
 
@@ -15,7 +15,9 @@ import numpy as np
 from lorakit.data.conversation import Conversation
 from lorakit.data.issues import Issue
 
-__all__ = ["exact_text", "near_text", "DuplicateIndex"]
+__all__ = ["exact_text", "near_text", "answer_text", "DuplicateIndex"]
+
+_LISTED_RECORDS = 20
 
 _NOT_WORD = re.compile(r"[\W_]+")
 
@@ -34,6 +36,17 @@ def near_text(conversation: Conversation) -> str:
     return "\x1e".join(f"{m.role}\x1f{_NOT_WORD.sub(' ', m.content.lower()).strip()}" for m in conversation.messages)
 
 
+def answer_text(conversation: Conversation) -> str:
+    """What the assistant says, with case, spacing and punctuation ignored: records sharing it share an answer.
+
+    >>> from lorakit.data.conversation import Message
+    >>> answer_text(Conversation((Message("user", "Q?"), Message("assistant", "See a  Doctor."))))
+    'see a doctor'
+    """
+    return "\x1e".join(_NOT_WORD.sub(" ", m.content.lower()).strip() for m in conversation.messages
+                        if m.role == "assistant")
+
+
 def _hash64(text: str) -> int:
     data = text.encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
@@ -46,6 +59,7 @@ class DuplicateIndex:
         self._files: list[tuple[str, str]] = []
         self._exact = array("Q")
         self._near = array("Q")
+        self._answer = array("Q")
         self._file = array("I")
         self._line = array("I")
 
@@ -56,6 +70,7 @@ class DuplicateIndex:
     def add(self, file_index: int, line: int, conversation: Conversation) -> None:
         self._exact.append(_hash64(exact_text(conversation)))
         self._near.append(_hash64(near_text(conversation)))
+        self._answer.append(_hash64(answer_text(conversation)))
         self._file.append(file_index)
         self._line.append(line)
 
@@ -93,6 +108,23 @@ class DuplicateIndex:
                     found.append(self._issue(entry, "warning", "near-duplicate",
                                  f"near-duplicate of {self._where(group[0])} (same text ignoring case, spacing "
                                  "and punctuation)", "Delete one copy, or make them genuinely different."))
+        return found + self._shared_answers()
+
+    def _shared_answers(self) -> list[Issue]:
+        """One warning per group of records that give one answer to different questions, naming every record."""
+        found = []
+        for group in _groups(self._answer):
+            if len({self._near[entry] for entry in group}) < 2:
+                continue  # copies of one record: reported as duplicates above
+            listed = ", ".join(self._where(entry) for entry in group[:_LISTED_RECORDS])
+            more = f" and {len(group) - _LISTED_RECORDS} more" if len(group) > _LISTED_RECORDS else ""
+            roles = list(dict.fromkeys(self._role(entry) for entry in group))
+            across = f" (across the {' and '.join(roles)} splits)" if len(roles) > 1 else ""
+            hint = ("Move them into one split: a test answer seen in training overstates quality." if across else
+                    "Check that the answer fits each question. lorakit's splits (`data split`, and the split in "
+                    "`train`) keep such records on one side, so no test answer was seen in training.")
+            found.append(self._issue(group[0], "warning", "shared-answer", f"{len(group)} records give the same "
+                                     f"answer to different questions{across}: {listed}{more}", hint))
         return found
 
     def _issue(self, entry: int, severity, code: str, message: str, hint: str) -> Issue:
