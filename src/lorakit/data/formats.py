@@ -114,7 +114,12 @@ def _source_urls(collector: _Collector) -> tuple[str, ...]:
         collector.error("wrong-type", "source_urls", f"must be a list of strings, got {json_type(urls)}",
                         "Write it as [\"https://...\", ...], or remove it.")
         return ()
-    return tuple(urls)
+    kept = tuple(url for url in urls if url.strip())
+    if len(kept) < len(urls):  # an empty URL would reach the run manifest and the report
+        empty = len(urls) - len(kept)
+        collector.warning("empty-source-url", "source_urls", f"{empty} empty URL{'s' if empty > 1 else ''} "
+                          f"left out ({len(kept)} kept)", "Delete the empty strings, or the field if no URL is left.")
+    return kept
 
 
 def _instruction_messages(collector: _Collector, response_key: str) -> tuple[Message, ...] | None:
