@@ -10,10 +10,10 @@ from rich.table import Table
 from rich.text import Text
 
 from lorakit.cli.app import app, console
-from lorakit.config import DEFAULT_SYSTEM_PROMPT, DataConfig, ModelConfig, RunConfig, load_config
+from lorakit.config import DEFAULT_SYSTEM_PROMPT, EMBEDDED_MODEL_ALIAS, DataConfig, ModelConfig, RunConfig, load_config
 from lorakit.data.formats import FORMATS
 from lorakit.data.issues import DataReport, Issue
-from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.errors import ConfigError, LorakitError
 
 data_app = typer.Typer(help="Validate, scan, redact, describe and split training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -25,16 +25,19 @@ _DEFAULTS = {  # the config's defaults, so that `data split` splits like trainin
     "seed": RunConfig.model_fields["seed"].default,
 }
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
+_TOKENIZER_HELP = (f"Tokenizer: a model name as in model.name ({EMBEDDED_MODEL_ALIAS}, a Hub id, a .gguf file) or a "
+                   "model or tokenizer folder")
 
 
-# Option problems are raised as ConfigError (exit 2, one message) like every other user-fixable problem.
+# A wrong option value is a ConfigError naming the option; a missing input (no files, no tokenizer) is a LorakitError
+# with a hint; both exit 2 with one message.
 
 
 def _config(config_path: Path | None, overrides: list[str]) -> RunConfig | None:
     if config_path is None and not overrides:
         return None
     if config_path is None:
-        raise ConfigError("--set", ["--set needs --config (the data section requires data.train_file)"])
+        raise LorakitError("--set needs --config: it overrides a value of that config file.")
     return load_config(config_path, overrides)
 
 
@@ -43,17 +46,15 @@ def _files(files: list[Path], config: RunConfig | None) -> list[str]:
         return [str(path) for path in files]
     if config is not None:
         return config.data.train_files
-    raise ConfigError("FILES", ["name the data files, or pass --config to use data.train_file"])
+    raise LorakitError("No data files given.", hint="Name the data files, or pass --config CONFIG to use its data.train_file.")
 
 
-def _tokenizer(tokenizer_dir: Path | None, config: RunConfig | None):
-    """The tokenizer to count with: --tokenizer DIR, else the config's model; None when neither is given."""
-    if tokenizer_dir is not None:
-        from transformers import AutoTokenizer
+def _tokenizer(name: str | None, config: RunConfig | None):
+    """The tokenizer to count with: --tokenizer NAME, else the config's model; None when neither is given."""
+    if name is not None:
+        from lorakit.model.named_tokenizer import load_named_tokenizer
 
-        if not tokenizer_dir.is_dir():
-            raise ModelLoadError(f"--tokenizer: {tokenizer_dir} is not a folder with tokenizer files.")
-        return AutoTokenizer.from_pretrained(tokenizer_dir)
+        return load_named_tokenizer(name)
     if config is None:
         return None
     from lorakit.model.load import load_tokenizer, resolve_model_source
@@ -108,7 +109,7 @@ def check(
     config_path: Path | None = typer.Option(None, "--config", "-c", help="Run config: its data, model and max_length."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set model.max_length=1024."),
     format: str | None = typer.Option(None, "--format", help=_FORMAT_HELP),
-    tokenizer_dir: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer folder for the length check "
+    tokenizer_name: str | None = typer.Option(None, "--tokenizer", help=f"{_TOKENIZER_HELP} for the length check "
                                               "(default: the config's model; no length check without either)."),
     max_length: int | None = typer.Option(None, "--max-length", min=1, help="Token limit (default: model.max_length)."),
     validation: list[Path] = typer.Option([], "--validation", help="A validation-split file (checked for leakage)."),
@@ -125,7 +126,7 @@ def check(
     paths = _files(list(files or []) + list(validation) + list(test), config)
     roles = {str(p): "validation" for p in validation} | {str(p): "test" for p in test}
     roles |= {str(p): "train" for p in files or [] if validation or test}
-    tokenizer = _tokenizer(tokenizer_dir, config)
+    tokenizer = _tokenizer(tokenizer_name, config)
     report = check_files(
         paths,
         format=_format(format, config),
@@ -170,29 +171,31 @@ def stats(
     config_path: Path | None = typer.Option(None, "--config", "-c", help="Run config: model (tokenizer), max_length."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value."),
     format: str | None = typer.Option(None, "--format", help=_FORMAT_HELP),
-    tokenizer_dir: Path | None = typer.Option(None, "--tokenizer",
-                                              help="Tokenizer folder (default: the config's model)."),
+    tokenizer_name: str | None = typer.Option(None, "--tokenizer", help=f"{_TOKENIZER_HELP} (default: the config's model)."),
     max_length: int | None = typer.Option(None, "--max-length", min=1, help="Token limit (default: model.max_length)."),
-    histogram: Path | None = typer.Option(None, "--histogram", help="PNG path (default: <first file>.lengths.png)."),
+    histogram: Path | None = typer.Option(None, "--histogram", help="PNG path (default: next to the first data file, "
+                                          "as <its name>.lengths.png)."),
     no_histogram: bool = typer.Option(False, "--no-histogram", help="Do not write the PNG."),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
 ) -> None:
     """Token counts under the model's tokenizer and chat template: lengths, truncation, trained vs context."""
-    from lorakit.data.stats import token_stats, write_histogram
+    from lorakit.data.stats import default_histogram_path, token_stats, write_histogram
     from lorakit.data.validate import DataChecker
 
     config = _config(config_path, overrides)
     paths = _files(list(files or []), config)
-    tokenizer = _tokenizer(tokenizer_dir, config)
+    tokenizer = _tokenizer(tokenizer_name, config)
     if tokenizer is None:
-        raise ConfigError("--tokenizer", ["statistics need a tokenizer: pass --tokenizer DIR or --config"])
+        raise LorakitError("Token statistics need a tokenizer.",
+                           hint=f"Pass --tokenizer {EMBEDDED_MODEL_ALIAS} (or a Hub id, a model or tokenizer folder, a "
+                           ".gguf file), or --config CONFIG to use its model.")
     checker = DataChecker(_format(format, config), scan_phi=False)
     system_prompt = config.data.system_prompt if config else DEFAULT_SYSTEM_PROMPT
     result = token_stats((c for p in paths for c in checker.read(p)), tokenizer, system_prompt,
                          _max_length(max_length, config))
     report = checker.finish()
     png = None if no_histogram or not result.examples else write_histogram(
-        result, histogram or Path(Path(paths[0]).name + ".lengths.png"), Path(paths[0]).name)
+        result, histogram or default_histogram_path(paths[0]), Path(paths[0]).name)
     if as_json:
         console.out(json.dumps({**result.to_json(), "histogram": str(png) if png else None,
                                 "skipped_records_with_errors": len(report.errors)}, indent=2), highlight=False)

@@ -12,7 +12,7 @@ from lorakit.data.render import render_batch
 from lorakit.data.conversation import Conversation
 from lorakit.data.masking import IGNORE_INDEX
 
-__all__ = ["PERCENTILES", "TokenStats", "token_stats", "write_histogram"]
+__all__ = ["PERCENTILES", "TokenStats", "token_stats", "default_histogram_path", "write_histogram"]
 
 PERCENTILES = (50, 90, 95, 99)
 _BATCH = 512
@@ -82,6 +82,16 @@ def token_stats(conversations: Iterable[Conversation], tokenizer, system_prompt:
     if batch:
         _add_batch(stats, batch, tokenizer, system_prompt)
     return stats
+
+
+def default_histogram_path(data_path: str | Path) -> Path:
+    """Next to the data: `<file>.lengths.png` in the data file's (or saved dataset folder's) own folder.
+
+    >>> str(default_histogram_path("data/qa.jsonl"))
+    'data/qa.jsonl.lengths.png'
+    """
+    data_path = Path(data_path)
+    return data_path.parent / f"{data_path.name}.lengths.png"
 
 
 def write_histogram(stats: TokenStats, path: str | Path, title: str) -> Path:

@@ -6,6 +6,7 @@ stores it, and only asks whether one is configured to tell "not logged in" from 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from huggingface_hub import constants, get_session, get_token, snapshot_download
@@ -19,13 +20,26 @@ from huggingface_hub.errors import (
 
 from lorakit.errors import HubAccessError
 
-__all__ = ["download_model", "download_model_file", "model_page_url"]
+__all__ = ["download_model", "download_model_file", "download_tokenizer", "is_hub_id", "model_page_url"]
 
 SAFE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
+# A tokenizer without the weights (for `lorakit data`): its files plus config.json, which some tokenizers need.
+TOKENIZER_PATTERNS = ["tokenizer*", "*.jinja", "chat_template.json", "special_tokens_map.json", "added_tokens.json",
+                      "vocab*", "merges.txt", "*.model", "*.tiktoken", "config.json", "generation_config.json"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 _OFFLINE_HINT = ("Check your network connection, proxy and HF_ENDPOINT. If the model was downloaded before, set "
                  "HF_HUB_OFFLINE=1 to use the cached copy.")
+
+
+def is_hub_id(name: str) -> bool:
+    """`owner/name`, as the Hub spells a repository.
+
+    >>> is_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct"), is_hub_id("smollm2"), is_hub_id("./a/b")
+    (True, False, False)
+    """
+    return bool(_HUB_ID.match(name))
 
 
 def model_page_url(repo_id: str) -> str:
@@ -56,6 +70,20 @@ def download_model(repo_id: str, revision: str | None, *, allow_pickle: bool, tr
     except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
         raise _hub_error(exc, repo_id, revision) from None
     except OSError as exc:  # DNS failures and similar surface as plain OSError subclasses
+        raise HubAccessError(
+            f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id} ({type(exc).__name__}).",
+            hint=_OFFLINE_HINT,
+        ) from None
+
+
+def download_tokenizer(repo_id: str, revision: str | None) -> Path:
+    """The tokenizer files of a Hub model, never its weights, with the same timeout and messages."""
+    _install_timeout_hook()
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=TOKENIZER_PATTERNS))
+    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+        raise _hub_error(exc, repo_id, revision) from None
+    except OSError as exc:
         raise HubAccessError(
             f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id} ({type(exc).__name__}).",
             hint=_OFFLINE_HINT,

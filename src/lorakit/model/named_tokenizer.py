@@ -1,0 +1,41 @@
+"""A tokenizer named the way `model.name` is, for the `lorakit data` commands: no weights are loaded.
+
+The embedded alias and .gguf files go through the same cached conversion as training (so the counts match
+what training will see); a folder may hold a whole model or only the tokenizer files; a Hub id fetches the
+tokenizer files alone, never the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig
+from lorakit.errors import ModelLoadError
+from lorakit.model.hub import download_tokenizer, is_hub_id
+from lorakit.model.load import ModelSource, load_tokenizer, resolve_model_source
+
+__all__ = ["load_named_tokenizer"]
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _source(name: str, option: str) -> ModelSource:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not any((path / file).is_file() for file in _TOKENIZER_FILES):
+            raise ModelLoadError(f"{option}: {path} holds no tokenizer (no {' or '.join(_TOKENIZER_FILES[:2])}).")
+        return ModelSource(path.resolve(), str(path.resolve()), None, "local")
+    if name == EMBEDDED_MODEL_ALIAS or (name.endswith(".gguf") and path.is_file()):
+        return resolve_model_source(ModelConfig(name=name))
+    if not path.exists() and not name.startswith((".", "/", "~")) and is_hub_id(name):
+        return ModelSource(download_tokenizer(name, None), name, None, "hub")
+    raise ModelLoadError(
+        f"{option}: '{name}' is neither a model or tokenizer folder, a .gguf file, a Hub id (owner/name), nor the "
+        f"embedded model '{EMBEDDED_MODEL_ALIAS}'.",
+        hint=f"For example {option} {EMBEDDED_MODEL_ALIAS}, or {option} microsoft/Phi-4-mini-instruct.",
+    )
+
+
+def load_named_tokenizer(name: str, *, option: str = "--tokenizer"):
+    """The tokenizer (with its chat template) that `name` names; `option` is how the user gave it, for messages."""
+    return load_tokenizer(_source(name, option), ModelConfig(name=name))
