@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 __all__ = ["TurnFormat", "turn_format", "go_template", "modelfile_text"]
 
-_SYSTEM, _USER1, _ASSISTANT, _USER2 = "LKSYSTEM0", "LKUSER1", "LKASSISTANT1", "LKUSER2"
+_SYSTEM, _USER1, _ASSISTANT, _USER2 = "lk_system_0", "lk_user_1", "lk_assistant_1", "lk_user_2"
 
 
 @dataclass(frozen=True)
