@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lorakit.cli.app import err_console
 
-__all__ = ["RichTrainingReporter"]
+__all__ = ["RichTrainingReporter", "PLAIN_LINE_INTERVAL_S"]
+
+# Off a terminal, a progress line at least this often even between log steps, so a CI log shows the run is alive.
+PLAIN_LINE_INTERVAL_S = 120.0
 
 
 class RichTrainingReporter:
-    """Implements lorakit.training.metrics.ProgressReporter on stderr (stdout stays for answers)."""
+    """Implements lorakit.training.metrics.ProgressReporter on stderr (stdout stays for answers).
 
-    def __init__(self) -> None:
+    On a terminal the live bar redraws; off one (CI logs, nohup, `| tee`) it never does, so a plain line is
+    printed at each log step and at least every `interval_s` seconds of `clock`, whatever logging_steps says.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, interval_s: float = PLAIN_LINE_INTERVAL_S) -> None:
+        self.clock, self.interval_s = clock, interval_s
+        self.last_line_at = clock()
         self.progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -29,6 +41,7 @@ class RichTrainingReporter:
         self.task = None
 
     def start(self, total_steps: int, first_step: int) -> None:
+        self.last_line_at = self.clock()
         self.progress.start()
         self.task = self.progress.add_task("train", total=total_steps, completed=first_step, loss="-", val="-", tps="-")
 
@@ -40,8 +53,9 @@ class RichTrainingReporter:
         if "val_loss" in metrics:
             fields["val"] = f"{metrics['val_loss']:.4f}"
         self.progress.update(self.task, completed=step, **fields)
-        if fields and not err_console.is_terminal:
-            # Without a terminal (CI logs, nohup, pipes) the live bar never redraws: log one line per log step.
+        now = self.clock()
+        if not err_console.is_terminal and (fields or now - self.last_line_at >= self.interval_s):
+            self.last_line_at = now
             task = self.progress.tasks[0]
             eta = f"{task.time_remaining:.0f}s" if task.time_remaining is not None else "-"
             err_console.print(f"step {step}/{task.total:.0f}  loss {task.fields['loss']}  val {task.fields['val']}  "

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
 
-from lorakit.cli.app import app, console
+from lorakit.cli.app import app, console, err_console
 from lorakit.config import load_config
+
+
+def resume_point(run_dir: Path) -> str:
+    """Where `--resume` would pick up: the newest checkpoint's step, or step 0."""
+    from lorakit.training.checkpoint import list_checkpoints
+
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        return "no checkpoint was written yet, so it starts again from step 0"
+    return f"from the checkpoint at step {int(checkpoints[-1].name.removeprefix('step-'))}"
 
 
 @app.command()
@@ -32,7 +43,15 @@ def train(
     from lorakit.cli.progress import RichTrainingReporter
     from lorakit.training.loop import train as run_training
 
-    result = run_training(config, resume=resume, overwrite=overwrite, reporter=RichTrainingReporter())
+    try:
+        result = run_training(config, resume=resume, overwrite=overwrite, reporter=RichTrainingReporter())
+    except KeyboardInterrupt:
+        flags = [name for name, given in (("--allow-phi", allow_phi), ("--skip-invalid", skip_invalid),
+                                          ("--allow-pickle", allow_pickle)) if given]
+        command = ["lorakit", "train", str(config_path), *[part for o in overrides for part in ("--set", o)], *flags]
+        err_console.print(f"interrupted: continue with `{shlex.join(command + ['--resume'])}` "
+                          f"({resume_point(Path(config.output_dir))})", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     console.print(f"[green]done:[/] {result.steps} steps; adapter in {result.adapter_dir}")
     if config.eval.after_training:
         from lorakit.cli.eval import evaluate_and_report

@@ -100,7 +100,7 @@ def render_cached(conversations: Sequence[Conversation], tokenizer, system_promp
             log.warning("tokenized-data cache entry %s is damaged (%s); tokenizing again", path, type(exc).__name__)
         else:
             if len(examples) == len(conversations):
-                log.info("tokenized data loaded from cache %s", path)
+                log.debug("tokenized data loaded from cache %s", path)  # every run: not worth a line
                 return examples
             log.warning("tokenized-data cache entry %s does not match the data; tokenizing again", path)
     examples = []

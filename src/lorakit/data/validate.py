@@ -180,7 +180,7 @@ def load_checked_conversations(data: DataConfig, tokenizer, max_length: int) -> 
     if not errors:
         return conversations, report
     if not data.skip_invalid or any(issue.line is None for issue in errors):
-        raise refusal_error(data.train_files, report)
+        raise refusal_error(data.train_files, report, skip_invalid_given=data.skip_invalid)
     bad = {(issue.path, line) for issue in errors for line in issue.lines()}
     kept = [c for c in conversations if (c.source, c.line) not in bad]
     report.skipped = sorted(bad, key=lambda item: (data.train_files.index(item[0])
@@ -194,15 +194,22 @@ def load_checked_conversations(data: DataConfig, tokenizer, max_length: int) -> 
     return kept, report
 
 
-def refusal_error(paths: Sequence[str], report: DataReport, action: str = "training did not start") -> DataError:
-    """The DataError that lists the first problems of a report (with file:line) and says how to proceed."""
+def refusal_error(paths: Sequence[str], report: DataReport, action: str = "training did not start",
+                  skip_invalid_given: bool = False) -> DataError:
+    """The DataError that lists the first problems of a report (with file:line) and says how to proceed.
+
+    `--skip-invalid` is suggested only where it would help: when training, not already given, and every
+    problem is on a line (it skips lines, not a missing or unreadable file)."""
     errors = report.errors
     listed = "\n".join(f"  {issue.headline()}" for issue in errors[:_LISTED_PROBLEMS])
     more = f"\n  ... and {len(errors) - _LISTED_PROBLEMS} more" if len(errors) > _LISTED_PROBLEMS else ""
     noun = "problem" if len(errors) == 1 else "problems"
     hint = "Run `lorakit data check` on the files to see every problem with its fix."
-    if action == "training did not start":
+    whole_file = any(issue.line is None for issue in errors)
+    if action == "training did not start" and not skip_invalid_given and not whole_file:
         hint += " Fix them, or pass --skip-invalid to train on the valid lines only."
+    if action == "training did not start" and skip_invalid_given and whole_file:
+        hint += " --skip-invalid skips invalid lines, not a file that is missing or cannot be read as a whole."
     if any(issue.code.startswith("phi-") for issue in errors):
         hint += (" The privacy scan found possible patient identifiers: redact them (`lorakit data redact IN OUT`),"
                  " or pass --allow-phi if this data may be used.")

@@ -24,7 +24,8 @@ from lorakit.training.checkpoint import (
 if TYPE_CHECKING:
     from lorakit.training.loop import TrainingSession
 
-__all__ = ["FINAL", "create_output_dir", "prepare_run_dir", "finished_steps", "finished_error", "resume_state"]
+__all__ = ["FINAL", "create_output_dir", "first_missing_folder", "remove_unused_run_dir", "prepare_run_dir",
+           "finished_steps", "finished_error", "resume_state"]
 
 FINAL = "final"  # the finished adapter; its presence marks the run finished
 
@@ -56,6 +57,33 @@ def create_output_dir(run_dir: Path) -> Path:
         reason = "a file of that name is in the way" if exc.errno == errno.EEXIST else exc.strerror
         raise ConfigError("output_dir", [f"output_dir: cannot create the folder {run_dir} ({reason})"]) from None
     return run_dir
+
+
+def first_missing_folder(run_dir: Path) -> Path | None:
+    """The outermost folder of `run_dir` that does not exist yet (what creating it will create), or None."""
+    missing = None
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
+
+
+def remove_unused_run_dir(run_dir: Path, created: Path | None) -> None:
+    """Undo `create_output_dir` for a run that failed before writing anything: remove `run_dir` when it holds
+    nothing but the run lock, and the empty folders above it up to `created` (what this run created)."""
+    from lorakit.runtime.run_lock import LOCK_NAME
+
+    if created is None or not run_dir.is_dir() or any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+        return
+    (run_dir / LOCK_NAME).unlink(missing_ok=True)
+    for folder in (run_dir, *run_dir.parents):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run appeared) or already gone
+            return
+        if folder == created:
+            return
 
 
 def finished_steps(run_dir: Path) -> int | None:
