@@ -79,6 +79,11 @@ class ModelConfig(_Section):
         "auto", description="'nf4' = QLoRA (needs CUDA + bitsandbytes); 'auto' = on CUDA the memory planner picks bf16 LoRA "
         "if it fits the GPU, else nf4 (`lorakit plan`); none on CPU."
     )
+    chat_template: str | None = Field(
+        None, description="Override the model's chat template: 'chatml', 'phi4', 'llama3' (shipped with lorakit) or a "
+        "path to a Jinja file. Checked like every training mask (each answer + one end-of-turn special token) and "
+        "refused by name when its turns cannot be located; saved with the adapter. null = the model's own."
+    )
     trust_remote_code: bool = Field(False, description="Run Python code shipped with a Hub model. Off by default.")
     allow_pickle: bool = Field(
         False, description="Allow loading .bin/.pt pickle weights (can execute code). Safetensors only by default."
@@ -145,7 +150,7 @@ class TrainingConfig(_Section):
     )
     tracker: Literal["none", "mlflow", "wandb"] = Field(
         "none", description="Experiment tracking next to TensorBoard (always on): MLflow (MLFLOW_TRACKING_URI, else a "
-        "local file store in OUTPUT_DIR/mlruns) or Weights & Biases (WANDB_MODE=offline works without an account). "
+        "local store, OUTPUT_DIR/mlflow.db) or Weights & Biases (WANDB_MODE=offline works without an account). "
         "Metrics, the resolved config and the run manifest are logged; never the data or a token."
     )
 

@@ -114,3 +114,11 @@ def test_a_saved_config_that_fails_validation_is_a_config_error_with_file_and_li
     assert f"error: {saved}: 1 config problem:\n  - line {line}: lora.r: Input should be greater than or equal to 1 (got 0)" in err
     assert "hint: This config.yaml was saved with the adapter; it no longer validates" in err
     assert "Traceback" not in err and "ValidationError" not in err
+
+
+def test_export_on_a_checkpoint_says_it_needs_a_finished_run(unfinished_run, capsys):
+    checkpoint = unfinished_run / "checkpoints" / "step-00000002"
+    code, _, err = _run(capsys, "export", str(checkpoint), "--format", "adapter", "-o", str(unfinished_run / "out"))
+    assert code == 2
+    assert f"error: {checkpoint} is a checkpoint; export and push need a finished run (its final/ adapter)." in err
+    assert not (unfinished_run / "out").exists()

@@ -6,8 +6,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from lorakit.config import RunConfig
 from lorakit.errors import CheckpointError
 
@@ -33,20 +31,20 @@ class FinishedRun:
 
 def read_finished_run(path: str | Path) -> FinishedRun:
     """The run at `path` (its output_dir, or its final/ folder); CheckpointError when it is not finished."""
-    from lorakit.evaluation.run_eval import EVAL_FILE, adapter_fingerprint, eval_dir, run_root
-    from lorakit.inference.generate import resolve_adapter_dir
+    from lorakit.evaluation.run_eval import EVAL_FILE
+    from lorakit.inference.run_source import resolve_run_source
 
-    adapter_dir = resolve_adapter_dir(path)
-    manifest_path = adapter_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise CheckpointError(f"{adapter_dir} has no manifest.json; it was not written by `lorakit train`.")
-    config = RunConfig.model_validate(yaml.safe_load((adapter_dir / "config.yaml").read_text()))
-    manifest = json.loads(manifest_path.read_text())
-    eval_file = eval_dir(adapter_dir) / EVAL_FILE
+    trained = resolve_run_source(path)  # a saved config.yaml that no longer validates is a ConfigError here
+    if trained.checkpoint_step is not None:
+        raise CheckpointError(f"{path} is a checkpoint; export and push need a finished run (its final/ adapter).",
+                              hint="Finish the run with `lorakit train CONFIG --resume`; `lorakit chat` and "
+                              "`lorakit eval` work on checkpoints.")
+    manifest = json.loads((trained.adapter_dir / "manifest.json").read_text())
+    eval_file = trained.eval_dir / EVAL_FILE
     eval_results = None
     if eval_file.is_file():
         results = json.loads(eval_file.read_text())
         # Numbers of an earlier adapter in the same folder would describe another model.
-        if results.get("adapter_sha256") == adapter_fingerprint(adapter_dir):
+        if results.get("adapter_sha256") == trained.fingerprint:
             eval_results = results
-    return FinishedRun(run_root(adapter_dir), adapter_dir, config, manifest, eval_results)
+    return FinishedRun(trained.run_dir, trained.adapter_dir, trained.config, manifest, eval_results)

@@ -73,9 +73,20 @@ def load_run(path: str | Path, *, base_only: bool = False) -> LoadedRun:
     return LoadedRun(model, tokenizer, config, None if base_only else trained.adapter_dir, device, trained)
 
 
+def _template_end_of_turn_id(tokenizer) -> int | None:
+    """The token the chat template ends answers with (with model.chat_template it may not be the eos)."""
+    from lorakit.data.chat_spans import AnswerSpanError
+    from lorakit.data.chat_template import end_of_turn_token
+
+    try:
+        return tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
+    except AnswerSpanError:  # a template training would refuse; chat still stops at the eos
+        return None
+
+
 def _stop_token_ids(model, tokenizer) -> list[int]:
     """End-of-turn ids: the tokenizer's eos plus any the model's generation config lists (Phi-4: <|end|>)."""
-    ids = {tokenizer.eos_token_id}
+    ids = {tokenizer.eos_token_id, _template_end_of_turn_id(tokenizer)}
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])
     return sorted(i for i in ids if i is not None)

@@ -12,7 +12,7 @@ from torch import nn
 from lorakit.config import LoraSettings
 from lorakit.errors import ConfigError
 
-__all__ = ["FUSED_PROJECTIONS", "linear_module_names", "resolve_target_modules", "attach_lora"]
+__all__ = ["FUSED_PROJECTIONS", "variant_identity", "linear_module_names", "resolve_target_modules", "attach_lora"]
 
 # Separate projection name -> the fused module that contains it (Phi-3/Phi-4 style architectures).
 FUSED_PROJECTIONS = {
@@ -75,6 +75,8 @@ def attach_lora(model: nn.Module, settings: LoraSettings, *, quantized: bool, gr
         target_modules=targets,
         bias="none",
         task_type="CAUSAL_LM",
+        use_dora=settings.use_dora,
+        use_rslora=settings.use_rslora,
     )
     return get_peft_model(model, peft_config)
 
@@ -89,3 +91,15 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def variant_identity(config) -> dict:
+    """The LoRA variants and training tricks a run uses, for the resume check; only those switched on, so runs
+    made before the variants existed resume unchanged."""
+    chosen = {
+        "lora_use_dora": config.lora.use_dora or None,
+        "lora_use_rslora": config.lora.use_rslora or None,
+        "loraplus_lr_ratio": config.training.loraplus_lr_ratio,
+        "neftune_noise_alpha": config.training.neftune_noise_alpha,
+    }
+    return {key: value for key, value in chosen.items() if value is not None}

@@ -118,10 +118,15 @@ def load_tokenizer(source: ModelSource, config: ModelConfig):
         if "trust_remote_code" in str(exc):
             raise _needs_remote_code(source) from None
         raise
-    if tokenizer.chat_template is None:
+    if config.chat_template is not None:
+        from lorakit.data.chat_template import apply_chat_template_override
+
+        apply_chat_template_override(tokenizer, config.chat_template)
+    elif tokenizer.chat_template is None:
         raise ModelLoadError(
             f"{source.model_id} has no chat template; lorakit renders every example with the model's own template.",
-            hint="Use an instruct/chat model (e.g. microsoft/Phi-4-mini-instruct).",
+            hint="Use an instruct/chat model (e.g. microsoft/Phi-4-mini-instruct), or set model.chat_template "
+            "(chatml, phi4, llama3 or a Jinja file).",
         )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

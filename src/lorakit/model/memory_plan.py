@@ -117,6 +117,7 @@ class TrainSettings:
     fused_kernels: bool = True  # liger RMSNorm/RoPE/SwiGLU (CUDA); False: the model's own PyTorch modules
     kv_expanded: bool = True  # attention keeps k/v repeated to every query head (no native GQA in varlen flash)
     mask_bytes: int = 1  # bytes per element of a dropout mask: 1 on CUDA (bool); the dtype's size on CPU
+    dora: bool = False  # lora.use_dora: a magnitude per output feature, two more saved outputs per adapted layer
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,18 @@ def _adapted(shape: ModelShape, targets: tuple[str, ...] | str) -> dict[str, tup
 
 
 def lora_parameter_count(shape: ModelShape, settings: TrainSettings) -> int:
-    return shape.layers * sum(settings.lora_rank * (a + b) for a, b in _adapted(shape, settings.lora_targets).values())
+    adapted = _adapted(shape, settings.lora_targets).values()
+    magnitudes = sum(fan_out for _, fan_out in adapted) if settings.dora else 0  # DoRA: one per output feature
+    return shape.layers * (sum(settings.lora_rank * (a + b) for a, b in adapted) + magnitudes)
+
+
+def dora_transient_bytes(shape: ModelShape, settings: TrainSettings) -> int:
+    """peft's DoRA rebuilds each adapted layer's full weight in every forward (B @ A via an identity matrix of the
+    layer's fan-in, then W + s * BA for the norm), in the adapters' fp32: the largest layer's set, then freed."""
+    if not settings.dora:
+        return 0
+    return max((fan_in * fan_in + 2 * fan_in * fan_out) * 4
+               for fan_in, fan_out in _adapted(shape, settings.lora_targets).values())
 
 
 def layer_activation_bytes(shape: ModelShape, settings: TrainSettings) -> int:
@@ -184,6 +196,8 @@ def layer_activation_bytes(shape: ModelShape, settings: TrainSettings) -> int:
             kept.add(consumer[name])
     kept.discard("attn_out")
     total += sum(inputs[name] for name in kept) * b
+    if settings.dora:  # the magnitude's gradient needs the base and the LoRA outputs (measured on CPU, exact)
+        total += sum(2 * fan_out * b for _, fan_out in adapted.values())
     return total
 
 
@@ -222,7 +236,7 @@ def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEs
         saved_activations=saved,
         backward_working=working,
         loss=loss,
-        dequantize_buffer=dequantize,
+        dequantize_buffer=dequantize + dora_transient_bytes(shape, settings),
     )
 
 

@@ -113,6 +113,7 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
         lora_targets=config.lora.target_modules if config.lora.target_modules == "all-linear" else tuple(config.lora.target_modules),
         lora_dropout=config.lora.dropout > 0, tokens_per_micro_batch=config.model.max_length,
         fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes, kv_expanded=expands_kv_heads(),
+        dora=config.lora.use_dora,
     )
     fixed_checkpointing = {True: (1,), False: (None,)}.get(training.gradient_checkpointing)
     candidates = plan_settings(

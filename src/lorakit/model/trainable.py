@@ -11,7 +11,7 @@ from lorakit.model.attention import use_varlen_attention
 from lorakit.model.checkpointing import apply_checkpointing
 from lorakit.model.kernels import apply_fused_kernels
 
-__all__ = ["make_trainable", "skip_fp32_input_copies"]
+__all__ = ["make_trainable", "skip_fp32_input_copies", "add_neftune_noise"]
 
 
 def skip_fp32_input_copies(model) -> None:
@@ -25,6 +25,16 @@ def skip_fp32_input_copies(model) -> None:
             module.cast_input_dtype_enabled = False
 
 
+def add_neftune_noise(model, alpha: float) -> None:
+    """NEFTune (arXiv:2310.05914): noisy input embeddings in training mode only, so eval, chat and the saved adapter
+    are unaffected. transformers' hook draws from torch's RNG, which checkpoints save, so resume stays exact."""
+    from transformers.integrations.neftune import neftune_post_forward_hook
+
+    embeddings = model.get_input_embeddings()
+    embeddings.neftune_noise_alpha = alpha
+    embeddings.register_forward_hook(neftune_post_forward_hook)
+
+
 def make_trainable(model, config: RunConfig, *, device: torch.device, quantized: bool,
                    checkpoint_every: int | None, offload_activations: bool = False):
     """Wrap `model` for training; returns the peft model. `checkpoint_every`: None, 1 (all) or k."""
@@ -34,6 +44,8 @@ def make_trainable(model, config: RunConfig, *, device: torch.device, quantized:
         skip_fp32_input_copies(model)
     if config.training.packing:
         use_varlen_attention(model)
+    if config.training.neftune_noise_alpha is not None:
+        add_neftune_noise(model, config.training.neftune_noise_alpha)
     # Offloading hands checkpointed inputs to autograd's saved-tensor hooks, which only reentrant checkpoints use.
     apply_checkpointing(model, checkpoint_every, reentrant=offload_activations)
     return model

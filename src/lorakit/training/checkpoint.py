@@ -221,6 +221,11 @@ _IDENTITY_LABELS = {
     "seed": "the seed",
     "effective_batch_size": "the effective batch size",
     "packing": "training.packing",
+    "lora_use_dora": "lora.use_dora",
+    "lora_use_rslora": "lora.use_rslora",
+    "loraplus_lr_ratio": "training.loraplus_lr_ratio",
+    "neftune_noise_alpha": "training.neftune_noise_alpha",
+    "chat_template_sha256": "model.chat_template",
 }
 
 

@@ -17,9 +17,9 @@ import torch
 
 from lorakit.config import RunConfig, dump_config
 from lorakit.data.masking import IGNORE_INDEX
-from lorakit.errors import LorakitError, TrainingError
+from lorakit.errors import TrainingError
 from lorakit.evaluation.loss import split_loss
-from lorakit.model.adapters import resolve_target_modules, trainable_parameter_count
+from lorakit.model.adapters import resolve_target_modules, trainable_parameter_count, variant_identity
 from lorakit.model.checkpointing import activation_offload
 from lorakit.model.kernels import causal_lm_loss
 from lorakit.model.load import (
@@ -44,15 +44,11 @@ from lorakit.training.checkpoint import (
 )
 from lorakit.training.dataset import PreparedData, prepare_data
 from lorakit.training.finalize import TrainResult, finalize_run
-from lorakit.training.run_dir import (
-    create_output_dir,
-    first_missing_folder,
-    prepare_run_dir,
-    remove_unused_run_dir,
-    resume_state,
-)
+from lorakit.training.run_dir import create_output_dir, prepare_run_dir, resume_state
 from lorakit.training.early_stop import EarlyStopping
-from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter, interval_warnings
+from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter
+from lorakit.training.tracking import open_tracker
+from lorakit.data.chat_template import chat_template_identity
 from lorakit.training.numerics import MIN_LOSS_SCALE, loss_scaler, numerical_fault
 from lorakit.training.oom import (
     OOM_ADVICE,
@@ -93,13 +89,6 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     device = pick_device()
     dtype = compute_dtype(config.training.precision, device)
     source = resolve_model_source(config.model)
-    tokenizer = load_tokenizer(source, config.model)
-    data = prepare_data(config, tokenizer)  # first: a data problem is the first and only thing reported
-    if not data.splits.train:
-        raise TrainingError("No training examples are left after splitting; add data or lower the split fractions.")
-    sizes = data.splits.sizes()
-    reporter.message(f"data: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test examples"
-                     + (f", {data.truncated} truncated to {config.model.max_length} tokens" if data.truncated else ""))
     # `auto` batch size, checkpointing and quantization: the memory planner, from config.json alone.
     resolved = resolve_auto_settings(config, read_model_config(source), cuda=device.type == "cuda",
                                      dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available())
@@ -109,6 +98,10 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
                          f"checkpointing {resolved.plan.checkpointing_text}, predicted peak "
                          f"{resolved.plan.chosen.estimate.peak_allocated / 2**30:.1f} GiB")
     quantized = wants_4bit(config.model.quantization, device)
+    tokenizer = load_tokenizer(source, config.model)
+    data = prepare_data(config, tokenizer)
+    if not data.splits.train:
+        raise TrainingError("No training examples are left after splitting; add data or lower the split fractions.")
     model = load_base_model(source, config.model, device, dtype, nf4_config(dtype) if quantized else None)
     targets = resolve_target_modules(model, config.lora.target_modules)
     model = make_trainable(model, config, device=device, quantized=quantized, checkpoint_every=resolved.checkpoint_every,
@@ -118,6 +111,9 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         f"{source.model_id}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable (LoRA r={config.lora.r} on "
         f"{', '.join(targets)}), {'nf4 4-bit' if quantized else str(dtype).removeprefix('torch.')} on {device.type}"
     )
+    sizes = data.splits.sizes()
+    reporter.message(f"data: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test examples"
+                     + (f", {data.truncated} truncated to {config.model.max_length} tokens" if data.truncated else ""))
     identity = {
         "model_id": source.model_id,
         "model_revision": source.revision,
@@ -132,6 +128,8 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         "effective_batch_size": config.training.batch_size * config.training.gradient_accumulation_steps,
         "batch_size": config.training.batch_size,  # cuts the data order into micro-batches
         "packing": config.training.packing,
+        **variant_identity(config),
+        **chat_template_identity(config.model.chat_template),
     }
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
                            resolved.offload_activations)
@@ -142,22 +140,15 @@ def train(
 ) -> TrainResult:
     """Fine-tune `config.model` with LoRA on `config.data`; write checkpoints and the final adapter to output_dir."""
     reporter = reporter or SilentReporter()
-    created = first_missing_folder(Path(config.output_dir))
     run_dir = create_output_dir(Path(config.output_dir))
-    try:
-        with hold_run_lock(run_dir):
-            return _train_locked(config, run_dir, resume=resume, overwrite=overwrite, reporter=reporter)
-    except (LorakitError, KeyboardInterrupt):
-        remove_unused_run_dir(run_dir, created)  # a data error (or Ctrl-C) leaves no empty run folder behind
-        raise
+    with hold_run_lock(run_dir):
+        return _train_locked(config, run_dir, resume=resume, overwrite=overwrite, reporter=reporter)
 
 
 def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, reporter: ProgressReporter) -> TrainResult:
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     seed_everything(config.seed)
     session = build_session(config, reporter)
-    for warning in interval_warnings(session.config.training, has_validation=bool(session.data.splits.validation)):
-        log.warning(warning)
     params = [p for p in session.model.parameters() if p.requires_grad]
     from lorakit.training.schedule import build_optimizer, build_scheduler
 
@@ -168,7 +159,8 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     stopper = EarlyStopping(config.training.early_stopping_patience, config.training.early_stopping_min_delta)
     if resume:
         state = resume_state(run_dir, session, optimizer, scheduler, scaler, stopper, reporter)
-    sink = MetricsSink(run_dir, state.log_history, state.step)
+    tracker = open_tracker(config, run_dir, resume=resume)
+    sink = MetricsSink(run_dir, state.log_history, state.step, tracker=tracker)
     try:
         stopped_early = _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, sink, reporter, run_dir)
     finally:
@@ -177,7 +169,10 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     state.stopped_early = stopped_early  # a resume after this checkpoint must not train past an early stop
     save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, state=state,
                     identity=session.identity, config_yaml=dump_config(config), keep=config.training.save_total_limit)
-    return finalize_run(run_dir, session, state, stopper, stopped_early, reporter)
+    result = finalize_run(run_dir, session, state, stopper, stopped_early, reporter)
+    if tracker is not None:
+        tracker.finish(run_dir)
+    return result
 
 
 def _next_micro_batches(session: TrainingSession, state: TrainerState) -> list[list[int]]:

@@ -6,46 +6,13 @@ import json
 from pathlib import Path
 from typing import Protocol
 
-from lorakit.config import TrainingConfig
 from lorakit.errors import DiskFullError
 from lorakit.runtime.atomic_files import atomic_write_text, is_disk_full
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["ProgressReporter", "SilentReporter", "MetricsSink", "plot_loss_curve", "evaluation_count",
-           "interval_warnings"]
+__all__ = ["ProgressReporter", "SilentReporter", "MetricsSink", "plot_loss_curve"]
 
 log = get_logger("training.metrics")
-
-
-def evaluation_count(max_steps: int, eval_steps: int) -> int:
-    """Validation evaluations in a run: every `eval_steps` optimizer steps, and once more at the last step.
-
-    >>> evaluation_count(4, 50), evaluation_count(100, 50), evaluation_count(100, 30)
-    (1, 2, 4)
-    """
-    return max_steps // eval_steps + (1 if max_steps % eval_steps else 0)
-
-
-def interval_warnings(training: TrainingConfig, has_validation: bool) -> list[str]:
-    """What the step intervals silently rule out in this run (one sentence each, naming keys, values and the fix).
-
-    Intervals longer than the run mean one log line, one evaluation or no checkpoint before the end; too few
-    evaluations mean early stopping can never fire.
-    """
-    steps, warnings = training.max_steps, []
-    if training.logging_steps > steps:
-        warnings.append(f"training.logging_steps={training.logging_steps} exceeds training.max_steps={steps}: the "
-                        f"training loss is logged once, at the last step; set logging_steps to at most {steps}")
-    if has_validation and training.eval_steps > steps:
-        warnings.append(f"training.eval_steps={training.eval_steps} exceeds training.max_steps={steps}: the "
-                        f"validation loss is computed once, at the last step; set eval_steps to at most {steps}")
-    if training.save_steps > steps:
-        warnings.append(f"training.save_steps={training.save_steps} exceeds training.max_steps={steps}: no checkpoint "
-                        f"is written before the end, so an interrupted run restarts from step 0; set save_steps to "
-                        f"at most {steps}")
-    patience = training.early_stopping_patience
-    if patience is None:
-        return warnings
 
 
 class ProgressReporter(Protocol):
@@ -74,22 +41,26 @@ class SilentReporter:
 class MetricsSink:
     """metrics.jsonl (rewritten from the checkpoint's history on resume) plus TensorBoard event files."""
 
-    def __init__(self, run_dir: Path, history: list[dict], first_step: int):
+    def __init__(self, run_dir: Path, history: list[dict], first_step: int, tracker=None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = run_dir / "metrics.jsonl"
         atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in history))
         # purge_step drops events a killed run wrote after its last checkpoint, so curves do not double back.
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=first_step + 1 if first_step else None)
+        self.tracker = tracker  # MLflow / W&B (training/tracking.py), or None
 
     def write(self, record: dict) -> None:
         try:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value, record["step"])
+            scalars = {key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key: value
+                       for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, record["step"])
             self.writer.flush()
+            if self.tracker is not None:
+                self.tracker.log_metrics(record["step"], scalars)
         except OSError as exc:
             if not is_disk_full(exc):
                 raise

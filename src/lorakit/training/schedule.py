@@ -13,6 +13,14 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
     params = [p for p in model.parameters() if p.requires_grad]
     assert params, "LoRA must leave some parameters trainable"
     use_fused = all(p.is_cuda for p in params)
+    if config.loraplus_lr_ratio is not None:
+        # LoRA+: B matrices at lr x ratio, A matrices at lr (peft's grouping; the schedule scales every group).
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(
+            model, torch.optim.AdamW, lr=config.learning_rate, loraplus_lr_ratio=config.loraplus_lr_ratio,
+            loraplus_weight_decay=config.weight_decay, betas=(0.9, 0.999), fused=use_fused or None,
+        )
     return torch.optim.AdamW(
         params, lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.999), fused=use_fused or None
     )
