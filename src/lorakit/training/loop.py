@@ -17,7 +17,7 @@ import torch
 
 from lorakit.config import RunConfig, dump_config
 from lorakit.data.masking import IGNORE_INDEX
-from lorakit.errors import TrainingError
+from lorakit.errors import LorakitError, TrainingError
 from lorakit.evaluation.loss import split_loss
 from lorakit.model.adapters import resolve_target_modules, trainable_parameter_count, variant_identity
 from lorakit.model.checkpointing import activation_offload
@@ -44,9 +44,15 @@ from lorakit.training.checkpoint import (
 )
 from lorakit.training.dataset import PreparedData, prepare_data
 from lorakit.training.finalize import TrainResult, finalize_run
-from lorakit.training.run_dir import create_output_dir, prepare_run_dir, resume_state
+from lorakit.training.run_dir import (
+    create_output_dir,
+    first_missing_folder,
+    prepare_run_dir,
+    remove_unused_run_dir,
+    resume_state,
+)
 from lorakit.training.early_stop import EarlyStopping
-from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter
+from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter, interval_warnings
 from lorakit.training.tracking import open_tracker
 from lorakit.data.chat_template import chat_template_identity
 from lorakit.training.numerics import MIN_LOSS_SCALE, loss_scaler, numerical_fault
@@ -89,6 +95,13 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     device = pick_device()
     dtype = compute_dtype(config.training.precision, device)
     source = resolve_model_source(config.model)
+    tokenizer = load_tokenizer(source, config.model)
+    data = prepare_data(config, tokenizer)  # first: a data problem is the first and only thing reported
+    if not data.splits.train:
+        raise TrainingError("No training examples are left after splitting; add data or lower the split fractions.")
+    sizes = data.splits.sizes()
+    reporter.message(f"data: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test examples"
+                     + (f", {data.truncated} truncated to {config.model.max_length} tokens" if data.truncated else ""))
     # `auto` batch size, checkpointing and quantization: the memory planner, from config.json alone.
     resolved = resolve_auto_settings(config, read_model_config(source), cuda=device.type == "cuda",
                                      dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available())
@@ -98,10 +111,6 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
                          f"checkpointing {resolved.plan.checkpointing_text}, predicted peak "
                          f"{resolved.plan.chosen.estimate.peak_allocated / 2**30:.1f} GiB")
     quantized = wants_4bit(config.model.quantization, device)
-    tokenizer = load_tokenizer(source, config.model)
-    data = prepare_data(config, tokenizer)
-    if not data.splits.train:
-        raise TrainingError("No training examples are left after splitting; add data or lower the split fractions.")
     model = load_base_model(source, config.model, device, dtype, nf4_config(dtype) if quantized else None)
     targets = resolve_target_modules(model, config.lora.target_modules)
     model = make_trainable(model, config, device=device, quantized=quantized, checkpoint_every=resolved.checkpoint_every,
@@ -111,9 +120,6 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         f"{source.model_id}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable (LoRA r={config.lora.r} on "
         f"{', '.join(targets)}), {'nf4 4-bit' if quantized else str(dtype).removeprefix('torch.')} on {device.type}"
     )
-    sizes = data.splits.sizes()
-    reporter.message(f"data: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test examples"
-                     + (f", {data.truncated} truncated to {config.model.max_length} tokens" if data.truncated else ""))
     identity = {
         "model_id": source.model_id,
         "model_revision": source.revision,
@@ -140,15 +146,22 @@ def train(
 ) -> TrainResult:
     """Fine-tune `config.model` with LoRA on `config.data`; write checkpoints and the final adapter to output_dir."""
     reporter = reporter or SilentReporter()
+    created = first_missing_folder(Path(config.output_dir))
     run_dir = create_output_dir(Path(config.output_dir))
-    with hold_run_lock(run_dir):
-        return _train_locked(config, run_dir, resume=resume, overwrite=overwrite, reporter=reporter)
+    try:
+        with hold_run_lock(run_dir):
+            return _train_locked(config, run_dir, resume=resume, overwrite=overwrite, reporter=reporter)
+    except (LorakitError, KeyboardInterrupt):
+        remove_unused_run_dir(run_dir, created)  # a data error (or Ctrl-C) leaves no empty run folder behind
+        raise
 
 
 def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, reporter: ProgressReporter) -> TrainResult:
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     seed_everything(config.seed)
     session = build_session(config, reporter)
+    for warning in interval_warnings(session.config.training, has_validation=bool(session.data.splits.validation)):
+        log.warning(warning)
     params = [p for p in session.model.parameters() if p.requires_grad]
     from lorakit.training.schedule import build_optimizer, build_scheduler
 

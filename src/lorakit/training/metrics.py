@@ -6,13 +6,46 @@ import json
 from pathlib import Path
 from typing import Protocol
 
+from lorakit.config import TrainingConfig
 from lorakit.errors import DiskFullError
 from lorakit.runtime.atomic_files import atomic_write_text, is_disk_full
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["ProgressReporter", "SilentReporter", "MetricsSink", "plot_loss_curve"]
+__all__ = ["ProgressReporter", "SilentReporter", "MetricsSink", "plot_loss_curve", "evaluation_count",
+           "interval_warnings"]
 
 log = get_logger("training.metrics")
+
+
+def evaluation_count(max_steps: int, eval_steps: int) -> int:
+    """Validation evaluations in a run: every `eval_steps` optimizer steps, and once more at the last step.
+
+    >>> evaluation_count(4, 50), evaluation_count(100, 50), evaluation_count(100, 30)
+    (1, 2, 4)
+    """
+    return max_steps // eval_steps + (1 if max_steps % eval_steps else 0)
+
+
+def interval_warnings(training: TrainingConfig, has_validation: bool) -> list[str]:
+    """What the step intervals silently rule out in this run (one sentence each, naming keys, values and the fix).
+
+    Intervals longer than the run mean one log line, one evaluation or no checkpoint before the end; too few
+    evaluations mean early stopping can never fire.
+    """
+    steps, warnings = training.max_steps, []
+    if training.logging_steps > steps:
+        warnings.append(f"training.logging_steps={training.logging_steps} exceeds training.max_steps={steps}: the "
+                        f"training loss is logged once, at the last step; set logging_steps to at most {steps}")
+    if has_validation and training.eval_steps > steps:
+        warnings.append(f"training.eval_steps={training.eval_steps} exceeds training.max_steps={steps}: the "
+                        f"validation loss is computed once, at the last step; set eval_steps to at most {steps}")
+    if training.save_steps > steps:
+        warnings.append(f"training.save_steps={training.save_steps} exceeds training.max_steps={steps}: no checkpoint "
+                        f"is written before the end, so an interrupted run restarts from step 0; set save_steps to "
+                        f"at most {steps}")
+    patience = training.early_stopping_patience
+    if patience is None:
+        return warnings
 
 
 class ProgressReporter(Protocol):
