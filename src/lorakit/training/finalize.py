@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from lorakit.config import dump_config
 from lorakit.evaluation.loss import perplexity, split_loss
+from lorakit.export.finished_run import FinishedRun
+from lorakit.export.model_card import model_card
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text
 from lorakit.runtime.logging import get_logger
 from lorakit.training.checkpoint import TrainerState, checkpoint_dir, load_adapter_weights, verify_checkpoint
@@ -100,6 +102,9 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
         session.tokenizer.save_pretrained(staging)
         (staging / "config.yaml").write_text(dump_config(cfg))
         (staging / "manifest.json").write_text(manifest_text)
+        # peft's save_pretrained writes an empty template card; replace it with one built from the manifest.
+        card_run = FinishedRun(run_dir, adapter_dir, cfg, manifest, eval_results=None)
+        (staging / "README.md").write_text(model_card(card_run, "adapter"))
     if test_loss is not None:
         reporter.message(f"test loss {test_loss:.4f} (perplexity {perplexity(test_loss):.2f})")
     if adapter_step != state.step:
