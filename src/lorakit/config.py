@@ -208,6 +208,10 @@ class EvalConfig(_Section):
         None, ge=1, description="Cap on safety probes answered per category (all when null); for quick CPU runs."
     )
     probe_files: list[str] = Field(default_factory=list, description="Extra safety-probe JSONL files.")
+    batch_size: int = Field(
+        32, ge=1, description="Prompts answered together in one left-padded batch (base and fine-tuned rows share "
+                              "it); lower it if generation runs out of memory."
+    )
 
 
 class ServeConfig(_Section):

@@ -4,7 +4,9 @@ the clinical safety probes.
 One model load serves both: the base model's answers come from the same weights with the LoRA adapter
 disabled (peft's `disable_adapter`), so the comparison isolates exactly what fine-tuning changed.
 Everything is written under RUN_DIR/eval/: eval.json (all numbers), answers.jsonl (both answers per
-test example) and safety_answers.jsonl (both answers per probe), each atomically.
+test example) and safety_answers.jsonl (both answers per probe), each atomically. Answers are generated in
+batches (base and tuned rows together, inference/generate.py) and journaled as they come
+(evaluation/answer_journal.py), so a stopped evaluation continues where it stopped.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from lorakit.evaluation.loss import perplexity, split_loss
 from lorakit.evaluation import safety
 from lorakit.evaluation.quality import AnswerScores, mean_scores, score_answer
 from lorakit.evaluation.safety_rules import ScoringContext
-from lorakit.inference.generate import GenerationSettings, LoadedRun, generate_answer, load_run
+from lorakit.evaluation.answer_journal import AnswerJournal, prompt_key
+from lorakit.inference.generate import Answer, GenerationSettings, LoadedRun, generate_answers, load_run
 from lorakit.inference.run_source import resolve_run_source
 from lorakit.runtime.atomic_files import atomic_write_text
 from lorakit.runtime.device import compute_dtype
@@ -39,11 +42,14 @@ log = get_logger("evaluation.run_eval")
 
 MODELS = ("base", "tuned")
 EVAL_FILE, ANSWERS_FILE, SAFETY_ANSWERS_FILE = "eval.json", "answers.jsonl", "safety_answers.jsonl"
+# Answers so far, while a section runs (removed when its result files are written).
+JOURNAL_FILES = {"quality": "answers.partial.jsonl", "safety": "safety_answers.partial.jsonl"}
 # Loss is weighted per answer token, so the batch size changes speed only, never the number.
 _LOSS_BATCH_SIZE = 4
 
 Progress = Callable[[str, int, int], None]
-"""Called as (stage, done, total) while answers are generated; stage is 'quality' or 'safety'."""
+"""Called as (stage, done, total) while answers are generated; stage is 'quality' or 'safety', total counts
+both models' answers, and the first call of a stage reports the answers a stopped run had already saved."""
 
 
 @dataclass(frozen=True)
@@ -109,8 +115,35 @@ def _settings(run: LoadedRun, request: EvalRequest) -> GenerationSettings:
                               repetition_penalty=inference.repetition_penalty)
 
 
-def _answer(run: LoadedRun, messages, settings: GenerationSettings) -> str:
-    return generate_answer(run, tuple(messages), settings)[0]
+def _answer_all(run: LoadedRun, request: EvalRequest, stage: str, items: list[tuple[str, tuple]],
+                progress: Progress) -> dict[tuple[str, str], Answer]:
+    """Both models' answers to every (id, messages) item: journaled ones reused, the rest generated in batches."""
+    settings = _settings(run, request)
+    header = {"adapter_sha256": run.trained.fingerprint, "generation": asdict(settings),
+              "system_prompt": run.system_prompt}
+    journal = AnswerJournal(run.trained.eval_dir / JOURNAL_FILES[stage], header)
+    jobs = [(which, item_id, messages, prompt_key(which, item_id, json.dumps([m.content for m in messages])))
+            for which in MODELS for item_id, messages in items]
+    pending = [job for job in jobs if job[3] not in journal.answers]
+    total, done = len(jobs), len(jobs) - len(pending)
+    progress(stage, done, total)
+
+    def on_answer(index: int, answer: Answer) -> None:
+        nonlocal done
+        journal.record(pending[index][3], answer)
+        done += 1
+        progress(stage, done, total)
+
+    try:
+        generate_answers(run, [job[2] for job in pending], settings, models=[job[0] for job in pending],
+                         batch_size=run.config.eval.batch_size, on_answer=on_answer)
+    finally:
+        journal.close()
+    return {(which, item_id): journal.answers[key] for which, item_id, _, key in jobs}
+
+
+def _answer_fields(answer: Answer) -> dict:
+    return {"answer": answer.text, "truncated": answer.truncated}
 
 
 def _split_at_last_answer(conversation: Conversation) -> tuple[tuple, str]:
@@ -132,21 +165,25 @@ def _quality(run: LoadedRun, request: EvalRequest, test: list[Conversation], pro
             for c, (prompt, reference) in zip(chosen, prompts)]
     section: dict = {"test_examples": len(test), "answered": len(chosen),
                      "generation": {"greedy": True, **asdict(settings)}}
+    answers = _answer_all(run, request, "quality", [(_item_id(c), p) for c, (p, _) in zip(chosen, prompts)], progress)
     for which in MODELS:
         with _as_model(run, which):
             loss = split_loss(run.model, examples, batch_size=_LOSS_BATCH_SIZE,
                               pad_token_id=run.tokenizer.pad_token_id, autocast_dtype=autocast)
-            scores: list[AnswerScores] = []
-            for index, ((prompt, reference), row) in enumerate(zip(prompts, rows)):
-                answer = _answer(run, prompt, settings)
-                score = score_answer(answer, reference)
-                scores.append(score)
-                row[which] = {"answer": answer, **asdict(score)}
-                progress(f"quality ({which})", index + 1, len(chosen))
+        scores: list[AnswerScores] = []
+        for c, (_, reference), row in zip(chosen, prompts, rows):
+            answer = answers[(which, _item_id(c))]
+            score = score_answer(answer.text, reference)
+            scores.append(score)
+            row[which] = {**_answer_fields(answer), **asdict(score)}
         mean = mean_scores(scores)
         section[which] = {"loss": loss, "perplexity": perplexity(loss),
                           "rouge_l": mean.rouge_l if mean else None, "token_f1": mean.token_f1 if mean else None}
     return section, rows
+
+
+def _item_id(conversation: Conversation) -> str:
+    return f"{conversation.source}:{conversation.line}"
 
 
 def _safety(run: LoadedRun, request: EvalRequest, progress: Progress) -> tuple[dict, list]:
@@ -154,20 +191,18 @@ def _safety(run: LoadedRun, request: EvalRequest, progress: Progress) -> tuple[d
     probe_files = tuple(config.eval.probe_files) + request.probe_files
     per_category = request.limit or config.eval.max_probes_per_category
     probes = safety.select_probes(safety.load_probes(probe_files), per_category)
-    settings = _settings(run, request)
     rows = [{"id": p.id, "category": p.category, "prompt": p.prompt, "source": p.source} for p in probes]
+    answers = _answer_all(run, request, "safety", [(p.id, (Message("user", p.prompt),)) for p in probes], progress)
     summaries = {}
     for which in MODELS:
         results = []
-        with _as_model(run, which):
-            for index, (probe, row) in enumerate(zip(probes, rows)):
-                answer = _answer(run, (Message("user", probe.prompt),), settings)
-                context = ScoringContext(probe.prompt, config.inference.disclaimer, config.data.system_prompt)
-                score = safety.score_answer(probe.category, answer, context)
-                results.append((probe.category, score))
-                row[which] = {"answer": answer, "passed": score.passed, "failed_rules": list(score.failed_rules),
-                              "model_deferred": score.model_deferred}
-                progress(f"safety ({which})", index + 1, len(probes))
+        for probe, row in zip(probes, rows):
+            answer = answers[(which, probe.id)]
+            context = ScoringContext(probe.prompt, config.inference.disclaimer, config.data.system_prompt)
+            score = safety.score_answer(probe.category, answer.text, context)
+            results.append((probe.category, score))
+            row[which] = {**_answer_fields(answer), "passed": score.passed, "failed_rules": list(score.failed_rules),
+                          "model_deferred": score.model_deferred}
         summaries[which] = safety.summarize(results)
     comparisons = safety.compare(summaries["base"], summaries["tuned"])
     section = {
@@ -228,5 +263,8 @@ def evaluate_run(path: str | Path, request: EvalRequest, progress: Progress | No
     sections["seconds"] = round(time.perf_counter() - started, 1)
     result = _merged(out / EVAL_FILE, fingerprint, sections)
     atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=2, ensure_ascii=False))
+    for stage in ("quality", "safety"):
+        if getattr(request, stage):
+            (out / JOURNAL_FILES[stage]).unlink(missing_ok=True)  # every answer is in the result files now
     log.info("evaluation written to %s", out)
     return result

@@ -1,0 +1,180 @@
+"""Batched decoding with a KV cache: many prompts in one left-padded batch, each row stopping at its own
+end-of-turn token.
+
+Why not `model.generate` on a left-padded batch: its repetition penalty treats the pad tokens as text
+already seen (so a row's answer changes with its neighbours whenever the pad id is not in its prompt), it
+keeps computing rows that have finished, and it cannot mix the base model and the fine-tuned model in
+one batch. This loop
+- left-pads the prompts, with position ids that count real tokens only (each row sees what it would alone);
+- penalizes, per row, exactly the tokens of its own prompt and answer (transformers'
+  RepetitionPenaltyLogitsProcessor on a single sequence does the same);
+- drops finished rows from the batch and from the cache, so the batch shrinks as answers end;
+- passes peft's mixed-batch `adapter_names` when rows differ ("__base__" = the adapter switched off).
+Greedy answers equal one-at-a-time `model.generate` token for token (tests/inference/test_decode.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from lorakit.config import RunConfig
+
+__all__ = ["GenerationSettings", "Decoded", "FinishReason", "decode_batch"]
+
+FinishReason = Literal["stop", "length", "cancelled"]
+"""Why a row ended: its end-of-turn token ("stop"), max_new_tokens ("length"), or a cancel event."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 200
+    temperature: float = 0.0
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> GenerationSettings:
+        i = config.inference
+        return cls(i.max_new_tokens, i.temperature, i.top_p, i.repetition_penalty)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A row's new token ids (ending with the stop id when it stopped) and why it ended."""
+
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+
+    @property
+    def truncated(self) -> bool:
+        """Cut at max_new_tokens before the model ended its turn."""
+        return self.finish_reason == "length"
+
+
+class _Batch:
+    """The rows still decoding: their original indices, attention mask, positions, seen-token table, cache."""
+
+    def __init__(self, prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device,
+                 adapter_names: Sequence[str] | None):
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+        self.input_ids, self.mask = ids.to(device), mask.to(device)
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.rows = list(range(len(prompts)))
+        self.adapter_names = list(adapter_names) if adapter_names is not None else None
+        self.cache = None
+        self.seen: torch.Tensor | None = None  # [rows, vocab + 1]; the extra column absorbs pad positions
+
+    def forward(self, model) -> torch.Tensor:
+        """Logits (float32) of the next token for every row."""
+        extra = {"adapter_names": self.adapter_names} if self.adapter_names is not None else {}
+        out = model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=self.positions,
+                    cache=self.cache, use_cache=True, logits_to_keep=1, **extra)
+        self.cache = out.cache
+        logits = out.logits[:, -1].to(dtype=torch.float32)
+        if self.seen is None:
+            vocab = logits.shape[-1]
+            self.seen = torch.zeros((len(self.rows), vocab + 1), dtype=torch.bool, device=logits.device)
+            self.seen.scatter_(1, self.input_ids.masked_fill(self.mask == 0, vocab), True)
+        return logits
+
+    def advance(self, next_tokens: torch.Tensor) -> None:
+        self.seen.scatter_(1, next_tokens[:, None], True)
+        self.input_ids = next_tokens[:, None]
+        self.positions = self.positions[:, -1:] + 1
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+
+    def keep(self, kept: list[int]) -> None:
+        """Drop the rows not in `kept` (batch positions) from every tensor and from the KV cache."""
+        index = torch.tensor(kept, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions, self.seen = self.mask[index], self.positions[index], self.seen[index]
+        self.input_ids = self.input_ids[index]
+        self.rows = [self.rows[b] for b in kept]
+        if self.adapter_names is not None:
+            self.adapter_names = [self.adapter_names[b] for b in kept]
+
+
+def _penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """transformers' repetition penalty: seen tokens' logits divided by `penalty` (multiplied when negative)."""
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen[:, : logits.shape[-1]], penalized, logits)
+
+
+def _choose(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> torch.Tensor:
+    if settings.temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / settings.temperature
+    if settings.top_p < 1.0:
+        # Nucleus: keep the smallest set of most likely tokens whose probability reaches top_p (at least one).
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= settings.top_p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def decode_batch(
+    model,
+    prompts: Sequence[Sequence[int]],
+    settings: GenerationSettings,
+    *,
+    stop_ids: Sequence[int],
+    pad_id: int,
+    device: torch.device,
+    adapter_names: Sequence[str] | None = None,
+    on_done: Callable[[int, Decoded], None] | None = None,
+    cancel: threading.Event | None = None,
+    generator: torch.Generator | None = None,
+) -> list[Decoded]:
+    """Decode every prompt (token ids, unpadded) in one batch; `on_done(index, decoded)` fires as each row ends.
+
+    `adapter_names` (one per prompt, peft's mixed-batch argument) picks each row's adapter; None runs the model
+    as it is. Setting `cancel` ends every unfinished row after the current step (finish_reason "cancelled").
+    """
+    assert prompts and all(prompts), "every prompt has at least one token"
+    stops = set(stop_ids)
+    batch = _Batch(prompts, pad_id, device, adapter_names)
+    generated: list[list[int]] = [[] for _ in prompts]
+    results: list[Decoded | None] = [None] * len(prompts)
+
+    def finish(row: int, reason: FinishReason) -> None:
+        results[row] = Decoded(tuple(generated[row]), reason)
+        if on_done is not None:
+            on_done(row, results[row])
+
+    while batch.rows:
+        logits = _penalize_repeats(batch.forward(model), batch.seen, settings.repetition_penalty)
+        next_tokens = _choose(logits, settings, generator)
+        kept = []
+        for position, (row, token) in enumerate(zip(batch.rows, next_tokens.tolist())):
+            generated[row].append(token)
+            if token in stops:
+                finish(row, "stop")
+            elif len(generated[row]) >= settings.max_new_tokens:
+                finish(row, "length")
+            else:
+                kept.append(position)
+        if cancel is not None and cancel.is_set():
+            for position in kept:
+                finish(batch.rows[position], "cancelled")
+            break
+        if len(kept) < len(batch.rows):
+            if not kept:
+                break
+            batch.keep(kept)
+            next_tokens = next_tokens[kept]
+        batch.advance(next_tokens)
+    return results
