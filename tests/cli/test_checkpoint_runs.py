@@ -122,3 +122,15 @@ def test_export_on_a_checkpoint_says_it_needs_a_finished_run(unfinished_run, cap
     assert code == 2
     assert f"error: {checkpoint} is a checkpoint; export and push need a finished run (its final/ adapter)." in err
     assert not (unfinished_run / "out").exists()
+
+
+def test_interactive_chat_on_a_checkpoint_says_which_step_it_talks_to(unfinished_run, capsys, monkeypatch):
+    from lorakit.cli.app import console
+
+    lines = iter(["What is insulin?", "quit"])
+    monkeypatch.setattr(console, "input", lambda prompt="": next(lines))
+    checkpoint = unfinished_run / "checkpoints" / "step-00000004"
+    code, out, err = _run(capsys, "chat", str(checkpoint), "--max-new-tokens", "3")
+    assert code == 0, err
+    assert f"Chatting with checkpoint step 4 ({checkpoint}). Type 'quit' or press Ctrl-D to leave." in err
+    assert out.count("Not medical advice.") == 1

@@ -60,7 +60,9 @@ def chat(
 
     run = load_run(run_dir)
     session = ChatSession(run, _settings(run, max_new_tokens, temperature))
-    err_console.print(f"Chatting with {run.adapter_dir}. Type 'quit' or press Ctrl-D to leave.")
+    step = run.trained.checkpoint_step if run.trained else None
+    what = f"checkpoint step {step} ({run.adapter_dir})" if step is not None else str(run.adapter_dir)
+    err_console.print(f"Chatting with {what}. Type 'quit' or press Ctrl-D to leave.", highlight=False)
     while True:
         try:
             text = console.input("[bold cyan]you>[/] ").strip()
