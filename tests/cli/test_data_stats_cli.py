@@ -119,3 +119,10 @@ def test_stats_tokenizer_folder_without_tokenizer_files(tmp_path, capsys):
     assert code == 2
     assert err.splitlines() == [f"error: --tokenizer: {empty} holds no tokenizer (no tokenizer.json or "
                                 "tokenizer_config.json)."]
+
+
+def test_split_seed_has_the_range_of_the_training_seed(tmp_path, capsys):
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    code, out, err = _run(capsys, "data", "split", str(data), "--out", str(tmp_path / "out"), "--seed", str(2**32))
+    assert code == 2 and "Invalid value for '--seed': Input should be less than or equal to 4294967295" in out + err
+    assert _run(capsys, "data", "split", str(data), "--out", str(tmp_path / "out"), "--seed", str(2**32 - 1))[0] == 0

@@ -10,7 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from lorakit.cli.app import app, console
-from lorakit.config import DEFAULT_SYSTEM_PROMPT, EMBEDDED_MODEL_ALIAS, DataConfig, ModelConfig, RunConfig, load_config
+from lorakit.config import (DEFAULT_SYSTEM_PROMPT, EMBEDDED_MODEL_ALIAS, SEED_MAX, DataConfig, ModelConfig, RunConfig,
+                            load_config)
 from lorakit.data.formats import FORMATS
 from lorakit.data.issues import DataReport, Issue
 from lorakit.errors import ConfigError, LorakitError
@@ -230,7 +231,8 @@ def split(
     validation_fraction: float = typer.Option(_DEFAULTS["validation_split"], "--validation", min=0.0, max=0.9,
                                               help="Share for validation."),
     test_fraction: float = typer.Option(_DEFAULTS["test_split"], "--test", min=0.0, max=0.9, help="Share for test."),
-    seed: int = typer.Option(_DEFAULTS["seed"], "--seed", help="Same seed and data, same split."),
+    seed: int = typer.Option(_DEFAULTS["seed"], "--seed", min=0, max=SEED_MAX,
+                             help="Same seed and data, same split (as training's `seed`: 0 to 2**32 - 1)."),
     format: str | None = typer.Option(None, "--format", help=_FORMAT_HELP),
 ) -> None:
     """Write deterministic train/validation/test files (seeded content hash: duplicates stay on one side)."""
