@@ -5,10 +5,16 @@ real Hub does, including its error headers: a missing repo is 401/404 with `X-Er
 bad token is 401 "Invalid credentials in Authorization header", a gated repo serves metadata but answers
 file downloads with 401/403 `X-Error-Code: GatedRepo`. `hang=True` accepts connections and never answers.
 Every request's Authorization header is recorded, so tests can check where a token was sent.
+
+Uploads (`create_repo` + `upload_folder`, as huggingface_hub 2.x sends them): POST /api/repos/create,
+POST /api/models/{repo}/preupload/{rev} (every file "regular", so no LFS/Xet transfer) and
+POST /api/models/{repo}/commit/{rev} (NDJSON, files base64), after POST /api/validate-yaml. Uploaded repos land in `created`.
+`forbidden_namespaces` answers create with 403; `drop_commit=True` closes the connection mid-commit.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -23,6 +29,13 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @dataclass
+class CreatedRepo:
+    private: bool | None
+    files: dict[str, bytes] = field(default_factory=dict)
+    commits: list[str] = field(default_factory=list)
+
+
+@dataclass
 class FakeRepo:
     directory: Path
     gated: bool = False
@@ -32,8 +45,12 @@ class FakeRepo:
 class FakeHub:
     """`with FakeHub(valid_tokens={...}) as hub: hub.add("org/name", folder)`; `hub.url` is the endpoint."""
 
-    def __init__(self, valid_tokens: set[str] | None = None, hang: bool = False):
+    def __init__(self, valid_tokens: set[str] | None = None, hang: bool = False,
+                 forbidden_namespaces: set[str] | None = None, drop_commit: bool = False):
         self.repos: dict[str, FakeRepo] = {}
+        self.created: dict[str, CreatedRepo] = {}
+        self.forbidden_namespaces = set(forbidden_namespaces or ())
+        self.drop_commit = drop_commit
         self.valid_tokens = set(valid_tokens or ())
         self.hang = hang
         self._stopped = threading.Event()
@@ -51,6 +68,9 @@ class FakeHub:
 
             def do_GET(self) -> None:
                 hub._handle(self, head=False)
+
+            def do_POST(self) -> None:
+                hub._handle_post(self)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -88,6 +108,57 @@ class FakeHub:
             _revision, _, filename = rest.partition("/")
             return self._file(request, repo_id, filename, token, head)
         return self._error(request, 404, None, "Not Found", head)
+
+    def _handle_post(self, request: BaseHTTPRequestHandler) -> None:
+        authorization = request.headers.get("Authorization")
+        path = unquote(urlparse(request.path).path)
+        self.requests.append((request.command, path, authorization))
+        token = authorization.removeprefix("Bearer ").strip() if authorization else None
+        if "/commit/" in path and self.drop_commit:
+            request.rfile.read(min(int(request.headers.get("Content-Length") or 0), 64))
+            request.close_connection = True
+            request.connection.shutdown(2)  # the network fails mid-upload: no answer at all
+            return
+        body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
+        if token is None or token not in self.valid_tokens:
+            return self._error(request, 401, None, "Invalid credentials in Authorization header", False)
+        if path == "/api/validate-yaml":  # the README's YAML header, checked before a commit
+            return self._json(request, {"errors": [], "warnings": []}, False)
+        if path == "/api/repos/create":
+            payload = json.loads(body)
+            repo_id = "/".join(p for p in (payload.get("organization"), payload["name"]) if p)
+            if repo_id.split("/")[0] in self.forbidden_namespaces:
+                return self._error(request, 403, None, "You don't have the rights to create a model under the "
+                                   "namespace", False)
+            if repo_id in self.created:
+                return self._error(request, 409, None, "You already created this model repo", False)
+            self.created[repo_id] = CreatedRepo(private=payload.get("visibility", "public") == "private"
+                                                if "visibility" in payload else payload.get("private"))
+            return self._json(request, {"url": f"{self.url}/{repo_id}"}, False)
+        rest = path.removeprefix("/api/models/")
+        for endpoint in ("/preupload/", "/commit/"):
+            if endpoint in rest:
+                repo_id = rest.split(endpoint)[0]
+                if repo_id not in self.created:
+                    return self._error(request, 404, "RepoNotFound", "Repository not found", False)
+                if endpoint == "/preupload/":
+                    files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                             for f in json.loads(body)["files"]]
+                    return self._json(request, {"files": files}, False)
+                return self._commit(request, repo_id, body)
+        return self._error(request, 404, None, "Not Found", False)
+
+    def _commit(self, request, repo_id: str, body: bytes) -> None:
+        repo = self.created[repo_id]
+        for line in body.splitlines():
+            item = json.loads(line)
+            if item["key"] == "header":
+                repo.commits.append(item["value"]["summary"])
+            elif item["key"] == "file":
+                repo.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+        oid = hashlib.sha1(body).hexdigest()
+        self._json(request, {"commitUrl": f"{self.url}/{repo_id}/commit/{oid}", "commitOid": oid,
+                             "pullRequestUrl": None}, False)
 
     def _repo_or_error(self, request, repo_id: str, token: str | None, head: bool) -> FakeRepo | None:
         repo = self.repos.get(repo_id)

@@ -1,0 +1,109 @@
+"""`lorakit push` against the loopback fake Hub: private upload with the card, one message (and exit code)
+each for 401, 403 and a network failure mid-upload, the privacy refusal, and the token in nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from export.export_runs import tiny_run
+from fake_hub import FakeHub
+
+from lorakit.cli.app import run_cli
+
+CANARY = "hf_LorakitPushCanary5Rk82TqW3nZ7xV1yB6"
+REPO = "lorakit-tests/tiny-medical"
+
+
+@pytest.fixture
+def run_dir(tiny_llama_dir, tmp_path_factory, tmp_path):
+    return tiny_run(tiny_llama_dir, tmp_path_factory.mktemp("train-llama"), tmp_path / "run")
+
+
+@pytest.fixture
+def hub_env(monkeypatch, tmp_path):
+    """Point huggingface_hub at a fake Hub; the token comes from HF_TOKEN, as a user would set it."""
+    import huggingface_hub.constants
+
+    def start(hub: FakeHub, token: str | None = CANARY) -> FakeHub:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        if token is None:
+            monkeypatch.delenv("HF_TOKEN", raising=False)
+        else:
+            monkeypatch.setenv("HF_TOKEN", token)
+        return hub
+
+    return start
+
+
+def _files_containing(root, needle: bytes) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_push_uploads_privately_with_the_card_and_never_the_token_or_data(run_dir, hub_env, tmp_path, capsys, caplog):
+    with hub_env(FakeHub(valid_tokens={CANARY})) as hub:
+        code = run_cli(["push", str(run_dir), "--repo-id", REPO])
+        assert code == 0, hub.requests
+    out = capsys.readouterr()
+    assert f"uploaded adapter (private) to {hub.url}/{REPO}" in out.out
+    uploaded = hub.created[REPO]
+    assert uploaded.private is True and uploaded.commits == ["lorakit: adapter of run"]
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "manifest.json"} <= set(uploaded.files)
+    card = uploaded.files["README.md"].decode()
+    manifest = json.loads((run_dir / "final" / "manifest.json").read_text())
+    assert manifest["data"]["sha256"] in card and "LoRA: r=4, alpha=8" in card and "## Limits" in card
+    # Never the data: no training answer appears in anything uploaded.
+    assert not [name for name, data in uploaded.files.items() if b"Persistently high blood pressure" in data]
+    # Never the token: not in the card, the uploaded files, the run dir, the console or the logs.
+    assert not [name for name, data in uploaded.files.items() if CANARY.encode() in data]
+    assert _files_containing(tmp_path, CANARY.encode()) == []
+    assert CANARY not in out.out + out.err + caplog.text
+    assert all(auth == f"Bearer {CANARY}" for method, _, auth in hub.requests if method == "POST")
+
+
+def test_push_public_merged(run_dir, hub_env):
+    with hub_env(FakeHub(valid_tokens={CANARY})) as hub:
+        assert run_cli(["push", str(run_dir), "--repo-id", REPO, "--public", "--what", "merged"]) == 0
+    assert hub.created[REPO].private is False
+    assert {"model.safetensors", "config.json", "generation_config.json", "README.md"} <= set(hub.created[REPO].files)
+
+
+@pytest.mark.parametrize("fault, exit_code, message", [
+    ("no token", 2, f"Uploading to {REPO} needs a Hugging Face login (401 Unauthorized)."),
+    ("bad token", 2, f"The Hub rejected your token while uploading to {REPO} (401 Unauthorized)."),
+    ("403", 2, f"Your token may not write to {REPO} (403 Forbidden): it is read-only, or the namespace "
+               "'lorakit-tests' is not yours or your organization's."),
+    ("network", 2, "failed while uploading to lorakit-tests/tiny-medical"),
+])
+def test_push_faults_give_one_message_each(fault, exit_code, message, run_dir, hub_env, capsys):
+    hub = FakeHub(valid_tokens={CANARY}, forbidden_namespaces={"lorakit-tests"} if fault == "403" else None,
+                  drop_commit=fault == "network")
+    token = {"no token": None, "bad token": "hf_WrongToken000000000000000000000"}.get(fault, CANARY)
+    with hub_env(hub, token):
+        assert run_cli(["push", str(run_dir), "--repo-id", REPO]) == exit_code
+    err = capsys.readouterr().err
+    assert message in err.replace("\n", " ") or message in err
+    assert err.count("error:") == 1 and "Traceback" not in err and CANARY not in err
+
+
+def _flag_identifiers(run_dir):
+    path = run_dir / "final" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["settings"]["allow_phi"] = True
+    manifest["data"]["phi_findings_allowed"] = 3
+    path.write_text(json.dumps(manifest))
+
+
+def test_push_refuses_data_with_identifiers_unless_approved(run_dir, hub_env, capsys):
+    _flag_identifiers(run_dir)
+    with hub_env(FakeHub(valid_tokens={CANARY})) as hub:
+        assert run_cli(["push", str(run_dir), "--repo-id", REPO]) == 2
+        err = capsys.readouterr().err
+        assert "the privacy scan found 3 possible patient identifier(s)" in err and "--i-have-approval" in err
+        assert hub.created == {} and hub.requests == []
+        assert run_cli(["push", str(run_dir), "--repo-id", REPO, "--i-have-approval"]) == 0
+    card = hub.created[REPO].files["README.md"].decode()
+    assert "Publication approval: the uploader stated (`lorakit push --i-have-approval`)" in card
+    assert "flagged 3 possible identifier(s)" in card
