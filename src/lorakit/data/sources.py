@@ -1,4 +1,4 @@
-"""Stream raw records out of data files: JSON Lines, a JSON array, or a `datasets` dataset saved to disk.
+"""Stream raw records out of data files: JSON Lines, a JSON array, CSV/TSV, or a `datasets` dataset saved to disk.
 
 Reading never raises on bad content: undecodable bytes, BOMs, blank lines and invalid JSON become `Issue`s
 and reading goes on, so that one pass reports every problem (JSON Lines details live in `jsonl.py`).
@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorakit.data.delimited import DELIMITED_SUFFIXES, looks_like_delimited_header, read_delimited
 from lorakit.data.issues import Issue
 from lorakit.data.jsonl import UTF8_BOM, bom_issue, decode_line, json_problem, read_jsonl
 from lorakit.data.raw_record import RawRecord
@@ -53,13 +54,31 @@ def open_sources(path: str | Path, digest) -> list[Source]:
     if location.is_dir():
         if any((location / marker).is_file() for marker in DATASET_MARKERS):
             return _dataset_sources(location, digest)
-        hint = "Pass a .jsonl/.json file, or a folder written by `datasets.Dataset.save_to_disk`."
+        hint = "Pass a .jsonl/.json/.csv/.tsv file, or a folder written by `datasets.Dataset.save_to_disk`."
         return [_failed(text, role, "is a folder, but not a dataset saved with `save_to_disk`", hint)]
     if not location.is_file():
         return [_failed(text, role, "file not found", "Check the path (and data.train_file in the config).")]
     if location.suffix.lower() == ".json":
         return [Source(text, role, lambda: _read_json_file(text, digest))]
+    if location.suffix.lower() in DELIMITED_SUFFIXES:
+        return [Source(text, role, lambda: read_delimited(text, digest))]
+    table = _table_header(location)
+    if table is not None:  # one plain sentence instead of an "invalid JSON" error per row
+        return [_failed(text, role, f"is a {table}-separated table with a header row, not JSON Lines",
+                        f"Rename it to .{'tsv' if table == 'tab' else 'csv'}: lorakit reads tables whose header "
+                        "names the columns instruction, input (optional) and response (or output).")]
     return [Source(text, role, lambda: read_jsonl(text, digest))]
+
+
+def _table_header(location: Path) -> str | None:
+    """The delimiter's name when a would-be JSONL file starts with a CSV/TSV header row, else None."""
+    try:
+        with open(location, "rb") as handle:
+            head = handle.read(65536).removeprefix(UTF8_BOM)
+    except OSError:
+        return None  # read_jsonl reports it
+    first = next((line for line in head.decode("utf-8", errors="replace").splitlines() if line.strip()), "")
+    return looks_like_delimited_header(first)
 
 
 def _failed(path: str, role: str, message: str, hint: str) -> Source:
