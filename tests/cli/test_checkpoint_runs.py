@@ -47,6 +47,10 @@ def test_chat_on_the_unfinished_run_folder_names_the_checkpoint_to_pass(unfinish
     assert f"error: {unfinished_run} is an unfinished run: it has no final/ adapter yet (written when training ends)." in err
     assert f"hint: Pass its newest checkpoint, {newest}, or finish the run with `lorakit train CONFIG --resume`." in err
     assert "Traceback" not in err
+    code, _, err = _run(capsys, "eval", str(unfinished_run / "checkpoints"))
+    assert code == 2
+    assert f"error: {unfinished_run / 'checkpoints'} holds a run's checkpoints; pass one of them, not the folder." in err
+    assert f"hint: For example its newest, {newest}." in err
 
 
 def test_eval_on_a_checkpoint_writes_its_own_eval_folder_and_no_report(unfinished_run, capsys):

@@ -102,6 +102,9 @@ def resolve_run_source(path: str | Path) -> RunSource:
         return _finished(path)
     if _is_checkpoint(path):
         return _checkpoint(path)
+    if path.name == CHECKPOINTS and (newest := latest_good_checkpoint(path.parent)) is not None:
+        raise CheckpointError(f"{path} holds a run's checkpoints; pass one of them, not the folder.",
+                              hint=f"For example its newest, {newest}.")
     newest = latest_good_checkpoint(path) if path.is_dir() else None
     if newest is not None:
         raise CheckpointError(
