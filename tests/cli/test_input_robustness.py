@@ -3,7 +3,8 @@ validation message with exit 2, never in a traceback.
 
 The slow library calls behind the commands (training, model loading) are replaced by stubs that accept
 whatever config reached them: what is fuzzed is everything before them (YAML, overrides, validation,
-option parsing, path checks), which is where user input arrives.
+option parsing, path checks), which is where user input arrives. Values that validate but could break the
+step itself (seed, numeric settings) are fuzzed through a real training step in test_fuzz_real_step.py.
 """
 
 from __future__ import annotations
