@@ -133,7 +133,7 @@ def test_qwen3_history_that_drops_reasoning_is_refused_not_mislabelled(tokenizer
         "turn the same way wherever it appears in a conversation.")
 
 
-def test_template_that_rewrites_earlier_turns_is_refused(tokenizer):
+def test_template_whose_generation_prompt_is_not_how_history_reads_is_refused(tokenizer):
     """A template whose generation prompt differs from how the same turn reads in history (DeepSeek-R1 style:
     `<｜Assistant｜><think>\\n` to generate, no think block in history) cannot give an answer its chat prompt."""
     templated = with_template(tokenizer, None)
@@ -146,9 +146,9 @@ def test_template_that_rewrites_earlier_turns_is_refused(tokenizer):
         render_batch([SINGLE], templated, "", 512)
     assert str(caught.value).splitlines()[0] == (
         f"f.jsonl:3: the chat template of 'r1-style' (sha256 {template_sha(templated)}) cannot be masked exactly: "
-        "answer 1: the template renders the conversation before it differently once the conversation goes on "
-        "(it rewrites earlier turns), so its prompt at training would not be its prompt in chat; training on it "
-        "would teach the model tokens that are not the answer")
+        "answer 1: the whole conversation does not begin with this answer's chat prompt (the turns before it plus "
+        "the generation prompt): the template writes earlier turns or the generation prompt differently once the "
+        "conversation goes on; training on it would teach the model tokens that are not the answer")
 
 
 def test_a_token_that_crosses_the_edge_of_an_answer_is_refused(tokenizer):

@@ -94,8 +94,9 @@ def _written_as(content: str, rendered: str, specials: tuple[str, ...]) -> tuple
 def _locate(full: str, before: str, after: str, content: str, specials: tuple[str, ...]) -> AnswerSpan | str:
     """The span of one answer in `full`, or the reason it cannot be trusted."""
     if not full.startswith(before):
-        return ("the template renders the conversation before it differently once the conversation goes on "
-                "(it rewrites earlier turns), so its prompt at training would not be its prompt in chat")
+        return ("the whole conversation does not begin with this answer's chat prompt (the turns before it plus "
+                "the generation prompt): the template writes earlier turns or the generation prompt differently "
+                "once the conversation goes on")
     if not after.startswith(before):
         return "rendered as the last turn, the conversation does not begin with the prompt for this answer"
     written = _written_as(content, after[len(before):], specials)
