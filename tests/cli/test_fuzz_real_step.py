@@ -19,7 +19,9 @@ from conftest import write_qa_jsonl
 from lorakit.cli.app import run_cli
 from lorakit.config import SEED_MAX
 
-SEEDS = st.integers(0, 2**64) | st.sampled_from([0, SEED_MAX, SEED_MAX + 1, 180_000_000_000_000, 2**63, -1])
+# The smallest seed whose old epoch seed (seed * 100_003 + epoch) overflowed torch: it crashed at step 1.
+OVERFLOWED = 2**64 // 100_003 + 1  # 184461906879890
+SEEDS = st.integers(0, 2**64) | st.sampled_from([0, SEED_MAX, SEED_MAX + 1, OVERFLOWED, 2**63, -1])
 FINITE = dict(allow_nan=False, allow_infinity=False)
 TRAINING = st.fixed_dictionaries({}, optional={
     "learning_rate": st.floats(1e-8, 0.5, **FINITE),
@@ -58,7 +60,7 @@ def _config_file(root, seed, training, lora, model, data):
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
-@example(seed=180_000_000_000_000, training={}, lora={}, model={}, data={})  # overflowed at step 1 before the bound
+@example(seed=OVERFLOWED, training={}, lora={}, model={}, data={})  # crashed at step 1 before the bound
 @example(seed=SEED_MAX, training={"packing": True}, lora={}, model={}, data={})
 @given(seed=SEEDS, training=TRAINING, lora=LORA, model=MODEL, data=DATA)
 def test_fuzz_seed_and_numeric_settings_through_one_real_training_step(
