@@ -1,0 +1,243 @@
+"""`lorakit serve`: an OpenAI-compatible HTTP server over a trained run (FastAPI + uvicorn, 127.0.0.1 by default).
+
+Routes: POST /v1/chat/completions (plain or server-sent events), GET /v1/models, GET /health. Prompts are
+rendered by data/render.py with the run's system prompt, exactly as `lorakit chat` does; one worker thread
+generates (inference/generation_queue.py), and a full queue answers 503 with Retry-After, as Ollama does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from lorakit.config import ServeConfig
+from lorakit.data.render import render_prompt_ids
+from lorakit.inference.generate import GenerationSettings, LoadedRun, load_run, with_disclaimer
+from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished, TextPiece
+from lorakit.inference.openai_api import (
+    ApiError, ChatRequest, chunk_body, completion_body, context_error, error_body, new_completion_id,
+    parse_chat_request, sse, usage_body,
+)
+from lorakit.runtime.logging import get_logger
+
+__all__ = ["create_app", "serve_run", "served_model_id"]
+
+log = get_logger(__name__)
+_DISCONNECT_POLL_S = 0.5
+
+
+def served_model_id(run: LoadedRun) -> str:
+    """The run directory's name (the adapter folder's, when it was given directly)."""
+    adapter_dir = run.adapter_dir
+    assert adapter_dir is not None, "serve needs a run with its adapter"
+    return adapter_dir.parent.name if adapter_dir.name == "final" else adapter_dir.name
+
+
+@dataclass
+class _Server:
+    run: LoadedRun
+    options: ServeConfig
+    queue: GenerationQueue
+    model_id: str
+    context_tokens: int
+    defaults: GenerationSettings
+    disclaimer: str
+    created: int
+
+    def check_api_key(self, request: Request) -> None:
+        if self.options.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.options.api_key.encode()):
+            raise ApiError(401, "Missing or incorrect API key: send the key the server was started with as "
+                           "'Authorization: Bearer KEY'.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    def plan(self, chat: ChatRequest) -> tuple[int, GenerationSettings]:
+        """Prompt tokens and the settings for this request, or the context-length 400."""
+        prompt_tokens = len(render_prompt_ids(chat.messages, self.run.tokenizer, self.run.system_prompt))
+        room = self.context_tokens - prompt_tokens
+        if chat.max_tokens is not None and chat.max_tokens > room:
+            raise context_error(self.context_tokens, prompt_tokens, chat.max_tokens)
+        if room < 1:
+            raise context_error(self.context_tokens, prompt_tokens, None)
+        settings = replace(
+            self.defaults,
+            max_new_tokens=chat.max_tokens or min(self.defaults.max_new_tokens, room),
+            temperature=self.defaults.temperature if chat.temperature is None else chat.temperature,
+            top_p=self.defaults.top_p if chat.top_p is None else chat.top_p,
+        )
+        return prompt_tokens, settings
+
+    def content(self, answer: str) -> str:
+        """The answer with the disclaimer appended (the disclaimer alone for an empty answer)."""
+        if not self.disclaimer:
+            return answer
+        return with_disclaimer(answer, self.disclaimer) if answer else self.disclaimer
+
+    def busy_error(self) -> ApiError:
+        retry_s = self.queue.retry_after_s()
+        return ApiError(503, f"The server is busy: {self.options.queue_size} requests are already waiting. "
+                        f"Retry after {retry_s} s.", type="server_error", code="server_busy",
+                        headers={"Retry-After": str(retry_s)})
+
+
+def create_app(run: LoadedRun, options: ServeConfig) -> FastAPI:
+    """The ASGI app for one loaded run; the generation worker starts and stops with the app's lifespan."""
+    server = _Server(
+        run=run, options=options, queue=GenerationQueue(run, options.queue_size), model_id=served_model_id(run),
+        # The model's own limit, as vLLM's max_model_len; model.max_length was the training length.
+        context_tokens=int(run.model.config.max_position_embeddings),
+        defaults=GenerationSettings.from_config(run.config),
+        disclaimer=run.config.inference.disclaimer if options.disclaimer else "", created=int(time.time()),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server.queue.start()
+        yield
+        await run_in_threadpool(server.queue.stop)
+
+    app = FastAPI(title="lorakit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+    _add_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": server.model_id, **server.queue.status()}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        server.check_api_key(request)
+        return {"object": "list", "data": [{"id": server.model_id, "object": "model", "created": server.created,
+                                             "owned_by": "lorakit"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        server.check_api_key(request)
+        chat = parse_chat_request(await _read_body(request, options.max_body_bytes))
+        prompt_tokens, settings = server.plan(chat)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        job = GenerationJob(chat.messages, settings, chat.stop, chat.seed,
+                            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        if not server.queue.submit(job):
+            raise server.busy_error()
+        if chat.stream:
+            return StreamingResponse(_stream(server, job, events, chat, prompt_tokens), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return await _complete(server, job, events, request, prompt_tokens)
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = f"No route {request.method} {request.url.path}." if exc.status_code in (404, 405) else str(exc.detail)
+        return JSONResponse(error_body(ApiError(exc.status_code, message)), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed")
+        error = ApiError(500, f"Internal error: {type(exc).__name__}.", type="server_error")
+        return JSONResponse(error_body(error), status_code=500)
+
+
+async def _read_body(request: Request, limit_bytes: int) -> bytes:
+    """The body, refused (413) as soon as it passes the limit: an absurd upload is never held in memory."""
+    too_large = ApiError(413, f"The request body is larger than this server's limit of {limit_bytes} bytes.",
+                         code="request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit_bytes:
+            raise too_large
+    return bytes(body)
+
+
+async def _complete(server: _Server, job: GenerationJob, events: asyncio.Queue, request: Request,
+                    prompt_tokens: int) -> Response:
+    """Wait for the whole answer; a client that leaves meanwhile cancels its job."""
+    while True:
+        try:
+            event = await asyncio.wait_for(events.get(), _DISCONNECT_POLL_S)
+        except TimeoutError:
+            if await request.is_disconnected():
+                job.cancel.set()
+                return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+            continue
+        if isinstance(event, JobFailed):
+            raise ApiError(500, f"Generation failed: {type(event.error).__name__}: {event.error}", type="server_error")
+        if isinstance(event, JobFinished):
+            body = completion_body(new_completion_id(), server.model_id, server.content(event.answer),
+                                   event.finish_reason, usage_body(prompt_tokens, event.completion_tokens))
+            return JSONResponse(body)
+
+
+async def _stream(server: _Server, job: GenerationJob, events: asyncio.Queue, chat: ChatRequest,
+                  prompt_tokens: int) -> AsyncIterator[str]:
+    """Server-sent chunks as tokens arrive. Starlette cancels this generator when the client disconnects,
+    and `finally` then stops the generation at its next token, which frees the worker for the next job."""
+    completion_id = new_completion_id()
+    try:
+        yield sse(chunk_body(completion_id, server.model_id, {"role": "assistant", "content": ""}))
+        while True:
+            event = await events.get()
+            if isinstance(event, TextPiece):
+                yield sse(chunk_body(completion_id, server.model_id, {"content": event.text}))
+            elif isinstance(event, JobFailed):
+                error = ApiError(500, f"Generation failed: {type(event.error).__name__}: {event.error}",
+                                 type="server_error")
+                yield sse(error_body(error))
+                break
+            else:
+                if tail := server.content(event.answer)[len(event.answer):]:
+                    yield sse(chunk_body(completion_id, server.model_id, {"content": tail}))
+                yield sse(chunk_body(completion_id, server.model_id, {}, finish_reason=event.finish_reason))
+                if chat.include_usage:
+                    usage = usage_body(prompt_tokens, event.completion_tokens)
+                    yield sse(chunk_body(completion_id, server.model_id, {}, usage=usage))
+                break
+        yield sse("[DONE]")
+    finally:
+        job.cancel.set()
+
+
+def serve_run(run_dir: str | Path, options: ServeConfig) -> None:
+    """Load the run and serve it until interrupted (Ctrl-C)."""
+    import uvicorn
+
+    if options.api_key is None and not _is_loopback(options.host):
+        log.warning("Serving on %s without --api-key: anyone who can reach this address can use the model.",
+                    options.host)
+    run = load_run(run_dir)
+    app = create_app(run, options)
+    log.info("Serving %s at http://%s:%d/v1 (OpenAI-compatible)", served_model_id(run), options.host, options.port)
+    uvicorn.run(app, host=options.host, port=options.port, log_level="info", timeout_graceful_shutdown=5)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
