@@ -21,6 +21,7 @@ from transformers import StoppingCriteria
 
 from lorakit.data.conversation import Message
 from lorakit.inference.answer_text import AnswerText
+from lorakit.inference.decode import Decoded
 from lorakit.inference.generate import GenerationSettings, LoadedRun, stream_answer
 
 __all__ = ["TextPiece", "JobFinished", "JobFailed", "GenerationJob", "GenerationQueue"]
@@ -62,15 +63,13 @@ class GenerationJob:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-class _NewTokenCounter(StoppingCriteria):
-    """Counts new tokens (generate calls it once per token) and stops generation once `cancel` is set."""
+class _StopWhenSet(StoppingCriteria):
+    """Ends generation after the current token once `cancel` is set (client gone, stop string seen)."""
 
     def __init__(self, cancel: threading.Event):
         self.cancel = cancel
-        self.new_tokens = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        self.new_tokens += 1
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
@@ -150,25 +149,23 @@ class GenerationQueue:
     def _generate(self, job: GenerationJob) -> JobFinished:
         if job.seed is not None:
             torch.manual_seed(job.seed)  # generation is serialized, so the global generator is ours
-        counter = _NewTokenCounter(job.cancel)
         text = AnswerText(job.stop)
-        # Read the stream to its end even after a stop string: stream_answer joins its thread there, so the
-        # next job never shares the model with a generation still finishing its last token.
-        for piece in stream_answer(self.run, job.messages, job.settings, stopping_criteria=[counter]):
+        ended: list[Decoded] = []
+        # Read the stream to its end even after a stop string, so that `on_end` reports the tokens generated.
+        for piece in stream_answer(self.run, job.messages, job.settings, stopping_criteria=[_StopWhenSet(job.cancel)],
+                                   on_end=ended.append):
             if (sent := text.feed(piece)) and not job.cancel.is_set():
                 _emit(job, TextPiece(sent))
             if text.stopped:
                 job.cancel.set()
+        decoded = ended[0]
         if text.stopped:
             reason = "stop"
-        elif job.cancel.is_set():
-            reason = "cancelled"
         else:
-            if rest := text.finish():
+            if (rest := text.finish()) and not job.cancel.is_set():
                 _emit(job, TextPiece(rest))
-            # Ending exactly at max_tokens counts as 'length' even if that token was the end of turn.
-            reason = "length" if counter.new_tokens >= job.settings.max_new_tokens else "stop"
-        return JobFinished(reason, counter.new_tokens, text.sent)
+            reason = decoded.finish_reason  # 'stop' (end of turn), 'length' or 'cancelled' (client gone)
+        return JobFinished(reason, len(decoded.token_ids), text.sent)
 
 
 def _emit(job: GenerationJob, event: JobEvent) -> None:
