@@ -230,7 +230,8 @@ class RunConfig(_Section):
                       "0 to 2**32 - 1 (numpy's range).")
     output_dir: str = "runs/lorakit"
     mode: Literal["train", "inference", "both"] = Field(
-        "train", description="'both': `lorakit train` answers inference.demo_question when training ends."
+        "train", description="'both': `lorakit train` answers inference.demo_question when training ends; 'inference': "
+        "it trains nothing and answers it with the finished run in output_dir."
     )
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)

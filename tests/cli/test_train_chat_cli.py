@@ -26,6 +26,23 @@ def test_train_then_chat_question(tiny_llama_dir, tmp_path, capsys):
     assert out.rstrip().endswith("Educational only.")
 
 
+def test_mode_inference_answers_from_the_finished_run_and_trains_nothing(tiny_llama_dir, tmp_path, capsys):
+    config = _config_file(tmp_path, tiny_llama_dir)
+    assert run_cli(["train", str(config), "--set", "mode=inference"]) == 2  # no run yet: said, nothing trained
+    assert f"error: {tmp_path / 'run'} does not exist." in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert run_cli(["train", str(config), "--set", "training.max_steps=2"]) == 0
+    capsys.readouterr()
+    adapter = tmp_path / "run" / "final" / "adapter_model.safetensors"
+    before = adapter.stat().st_mtime_ns, sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert run_cli(["train", str(config), "--set", "mode=inference",
+                    "--set", "inference.demo_question=What is insulin?"]) == 0
+    out = capsys.readouterr().out
+    assert f"mode: inference: answering inference.demo_question with the run in {tmp_path / 'run'}" in out
+    assert "question: What is insulin?" in out and out.rstrip().endswith("Educational only.")
+    assert (adapter.stat().st_mtime_ns, sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())) == before
+
+
 def test_chat_missing_run_dir_is_exit_2(tmp_path, capsys):
     assert run_cli(["chat", str(tmp_path / "nope"), "--question", "hi"]) == 2
     err = capsys.readouterr().err

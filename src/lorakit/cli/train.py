@@ -40,6 +40,13 @@ def train(
     extra += ["data.skip_invalid=true"] if skip_invalid else []
     extra += ["model.allow_pickle=true"] if allow_pickle else []
     config = load_config(config_path, list(overrides) + extra)
+    if config.mode == "inference":  # the guide's mode: answer from the finished run in output_dir, train nothing
+        from lorakit.cli.chat import answer_once
+
+        console.print(f"mode: inference: answering inference.demo_question with the run in {config.output_dir} "
+                      "(nothing is trained)", highlight=False)
+        answer_once(Path(config.output_dir), config.inference.demo_question, max_new_tokens=None, temperature=None)
+        return
     from lorakit.cli.progress import RichTrainingReporter
     from lorakit.training.loop import train as run_training
 
