@@ -47,8 +47,8 @@ def test_api_key_from_environment(served, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--port", "0"], "0 is not in the range 1<=x<=65535"),
-    (["--queue-size", "0"], "0 is not in the range 1<=x<=1024"),
+    (["--port", "0"], "Invalid value for '--port': Input should be greater than or equal to 1"),
+    (["--queue-size", "2000"], "Invalid value for '--queue-size': Input should be less than or equal to 1024"),
     (["--api-key", " "], "--api-key is empty"),
 ])
 def test_bad_options_are_usage_errors(served, tmp_path, capsys, argv, message):
