@@ -1,0 +1,117 @@
+"""Step 1, data: upload, check, token statistics with the length histogram, redaction. Each route is the
+library call behind `lorakit data check / stats / redact`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from lorakit.config import DEFAULT_SYSTEM_PROMPT, EMBEDDED_MODEL_ALIAS, ModelConfig
+from lorakit.errors import LorakitError
+
+__all__ = ["router", "MAX_UPLOAD_BYTES"]
+
+router = APIRouter(prefix="/api/data")
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+
+
+class FilesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    files: list[str] = Field(..., min_length=1)
+
+
+class StatsRequest(FilesRequest):
+    tokenizer: str = EMBEDDED_MODEL_ALIAS
+    max_length: int = Field(ModelConfig.model_fields["max_length"].default, ge=1)
+
+
+class RedactRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+
+
+def _workspace(request: Request):
+    return request.app.state.workspace
+
+
+@router.get("/files")
+def list_files(request: Request) -> dict:
+    return {"files": _workspace(request).data_files(), "folder": str(_workspace(request).data_dir)}
+
+
+@router.put("/files/{name}")
+async def upload(name: str, request: Request) -> dict:
+    """The request body is the file; an existing file of that name is refused (never replaced)."""
+    path = _workspace(request).data_path(name, exists=False)
+    if path.exists():
+        raise LorakitError(f"{path} already exists.", hint="Rename the file before uploading, or pick it from the list.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_UPLOAD_BYTES:
+            raise LorakitError(f"{name} is larger than {MAX_UPLOAD_BYTES // 2**20} MiB.",
+                               hint=f"Copy it into {path.parent} instead; it then appears in the list.")
+    path.write_bytes(bytes(body))
+    return {"name": name, "bytes": len(body)}
+
+
+@router.get("/files/{name}")
+def download(name: str, request: Request) -> FileResponse:
+    """A data file or its histogram PNG (shown on the page)."""
+    return FileResponse(_workspace(request).data_path(name))
+
+
+def _check(paths: list[str]) -> dict:
+    from lorakit.data.validate import check_files
+
+    report = check_files(paths)
+    result = report.to_json()
+    result["exit_code"] = report.exit_code()
+    return result
+
+
+@router.post("/check")
+async def check(body: FilesRequest, request: Request) -> dict:
+    """`lorakit data check FILES --json`: every issue with file:line, field and fix; privacy findings masked."""
+    workspace = _workspace(request)
+    paths = [str(workspace.data_path(name)) for name in body.files]
+    result = await run_in_threadpool(_check, paths)
+    root = str(workspace.data_dir) + "/"
+    for issue in result["issues"]:  # the page shows names relative to the data folder
+        issue["path"] = issue["path"].removeprefix(root)
+    return result
+
+
+def _stats(paths: list[str], tokenizer_name: str, max_length: int) -> dict:
+    from lorakit.data.stats import default_histogram_path, token_stats, write_histogram
+    from lorakit.data.validate import DataChecker
+    from lorakit.model.named_tokenizer import load_named_tokenizer
+
+    tokenizer = load_named_tokenizer(tokenizer_name)
+    checker = DataChecker("auto", scan_phi=False)
+    stats = token_stats((c for p in paths for c in checker.read(p)), tokenizer, DEFAULT_SYSTEM_PROMPT, max_length)
+    errors = len(checker.finish().errors)
+    png = write_histogram(stats, default_histogram_path(paths[0]), paths[0].rsplit("/", 1)[-1]) if stats.examples else None
+    return {**stats.to_json(), "histogram": png.name if png else None, "skipped_records_with_errors": errors}
+
+
+@router.post("/stats")
+async def stats(body: StatsRequest, request: Request) -> dict:
+    """`lorakit data stats FILES --tokenizer NAME --max-length N`: token counts and the histogram PNG."""
+    paths = [str(_workspace(request).data_path(name)) for name in body.files]
+    return await run_in_threadpool(_stats, paths, body.tokenizer, body.max_length)
+
+
+@router.post("/redact")
+async def redact(body: RedactRequest, request: Request) -> dict:
+    """`lorakit data redact IN OUT`: a new file NAME.redacted.jsonl next to IN; IN is never changed."""
+    from lorakit.data.redact import redact_file
+
+    workspace = _workspace(request)
+    source = workspace.data_path(body.file)
+    target = workspace.data_path(f"{source.stem}.redacted{source.suffix}", exists=False)
+    summary = await run_in_threadpool(redact_file, source, target)
+    return {"output": target.name, "records": summary.records, "changed_records": summary.changed_records,
+            "by_kind": dict(summary.by_kind), "unparsed_lines": summary.unparsed_lines}

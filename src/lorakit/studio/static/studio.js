@@ -1,0 +1,413 @@
+// lorakit studio: every button calls the JSON API (lorakit/studio/routes_*.py), which calls the library.
+// The page keeps no state of its own beyond the form fields and the selected run (in the URL's #run=NAME);
+// everything else is read back from the run folder by polling /api/runs/RUN.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "text") node.textContent = value; else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+};
+const POLL_MS = 1000;
+let currentRun = "";
+let lastEvalStamp = null;
+let chatHistory = [];
+
+async function api(method, path, body, raw) {
+  const options = {method, headers: {}};
+  if (raw !== undefined) options.body = raw;
+  else if (body !== undefined) { options.body = JSON.stringify(body); options.headers["Content-Type"] = "application/json"; }
+  const response = await fetch(path, options);
+  const data = await response.json().catch(() => ({error: `HTTP ${response.status}`}));
+  if (!response.ok) throw data;
+  return data;
+}
+
+function showError(target, error) {
+  const box = $(target);
+  box.textContent = "";
+  if (!error) return;
+  box.append(el("strong", {text: "error: "}), String(error.error || error.message || error));
+  if (error.hint) box.append(el("span", {class: "hint", text: "hint: " + error.hint}));
+}
+
+// Wrap a button's action: an immediate visible response (disabled + aria-busy), errors shown in `errorBox`.
+function action(buttonId, errorBox, work) {
+  const button = $(buttonId);
+  button.addEventListener("click", async (event) => {
+    event.preventDefault();
+    if (button.getAttribute("aria-busy") === "true") return;
+    button.setAttribute("aria-busy", "true");
+    button.disabled = true;
+    showError(errorBox, null);
+    try { await work(); } catch (error) { showError(errorBox, error); }
+    finally { button.removeAttribute("aria-busy"); button.disabled = false; }
+  });
+}
+
+function table(headers, rows, className) {
+  const head = el("tr", {}, ...headers.map((h) => el("th", {scope: "col", text: h})));
+  const body = rows.map((cells) => el("tr", {}, ...cells.map((c) => c instanceof Node ? el("td", {}, c) :
+    el("td", typeof c === "number" ? {class: "num", text: String(c)} : {text: c ?? ""}))));
+  return el("table", className ? {class: className} : {}, el("thead", {}, head), el("tbody", {}, ...body));
+}
+
+function command(text) { return el("p", {class: "command", text: "same as: " + text}); }
+
+// ---- 1. Data ------------------------------------------------------------------------------------------
+function selectedFiles() {
+  return [...document.querySelectorAll("#data-file-list input:checked")].map((box) => box.value);
+}
+
+async function loadFiles(select) {
+  const data = await api("GET", "/api/data/files");
+  $("data-folder").textContent = data.folder;
+  const keep = new Set(selectedFiles().concat(select || []));
+  const list = $("data-file-list");
+  list.textContent = "";
+  if (!data.files.length) list.append(el("p", {text: "No data files yet: upload one."}));
+  data.files.forEach((file, index) => {
+    const id = "data-file-" + index;
+    const box = el("input", {type: "checkbox", id, value: file.name});
+    box.checked = keep.has(file.name);
+    list.append(el("label", {for: id}, box, ` ${file.name} (${file.bytes} bytes)`));
+  });
+}
+
+function renderCheck(report, files) {
+  const out = $("check-result");
+  out.textContent = "";
+  const verdict = report.errors ? `failed: ${report.examples} valid examples; ${report.errors} error(s), ${report.warnings} warning(s)`
+    : report.warnings ? `ok: ${report.examples} valid examples; ${report.warnings} warning(s)` : `ok: ${report.examples} examples, no problems found`;
+  out.append(el("p", {id: "check-verdict", class: report.errors ? "bad" : "good", text: verdict}));
+  const privacy = report.issues.filter((i) => i.code.startsWith("phi-"));
+  const groups = report.issues.filter((i) => ["shared-answer", "duplicate", "near-duplicate"].includes(i.code));
+  const rest = report.issues.filter((i) => !privacy.includes(i) && !groups.includes(i));
+  const row = (i) => [i.path + (i.line ? ":" + i.line : ""), el("span", {class: "sev-" + i.severity, text: i.severity}),
+    i.field || "", i.message, i.hint || ""];
+  const headers = ["where", "severity", "field", "problem", "fix"];
+  out.append(el("h3", {text: `Problems (${rest.length})`}));
+  if (rest.length) out.append(table(headers, rest.map(row), "issues"));
+  out.append(el("h3", {text: `Privacy findings, masked (${privacy.length})`}));
+  if (privacy.length) out.append(table(headers, privacy.map(row), "privacy"));
+  out.append(el("h3", {text: `Identical answers and duplicates (${groups.length})`}));
+  if (groups.length) out.append(table(headers, groups.map(row), "duplicates"));
+  out.append(command("lorakit data check " + files.join(" ")));
+}
+
+action("check-button", "data-error", async () => {
+  const files = selectedFiles();
+  if (!files.length) throw {error: "No data file is ticked.", hint: "Tick a file above, or upload one."};
+  $("check-result").textContent = "Checking…";
+  renderCheck(await api("POST", "/api/data/check", {files}), files);
+});
+
+action("stats-button", "data-error", async () => {
+  const files = selectedFiles();
+  if (!files.length) throw {error: "No data file is ticked.", hint: "Tick a file above, or upload one."};
+  const out = $("stats-result");
+  out.textContent = "Counting tokens…";
+  const body = {files, tokenizer: $("stats-tokenizer").value, max_length: Number($("stats-max-length").value)};
+  const s = await api("POST", "/api/data/stats", body);
+  out.textContent = "";
+  const p = s.percentiles || {};
+  out.append(table(["examples", "tokens", "mean", "median", "p95", "max", "truncated"],
+    [[s.examples, s.tokens, s.mean_tokens, p.p50 ?? "", p.p95 ?? "", p.max ?? "", `${s.truncated} at ${s.max_length}`]]));
+  if (s.histogram) out.append(el("img", {class: "histogram", src: `/api/data/files/${encodeURIComponent(s.histogram)}?t=${Date.now()}`,
+    alt: `Histogram of tokens per example for ${files[0]}: ${s.examples} examples, ${s.truncated} longer than ${s.max_length}`}));
+  out.append(command(`lorakit data stats ${files.join(" ")} --tokenizer ${body.tokenizer} --max-length ${body.max_length}`));
+});
+
+action("redact-button", "data-error", async () => {
+  const files = selectedFiles();
+  if (files.length !== 1) throw {error: "Tick exactly one file to redact."};
+  const r = await api("POST", "/api/data/redact", {file: files[0]});
+  const kinds = Object.entries(r.by_kind).map(([k, n]) => `${n} ${k}`).join(", ") || "nothing found";
+  $("redact-result").textContent = "";
+  $("redact-result").append(el("p", {text: `${r.output}: ${r.records} records, ${r.changed_records} redacted (${kinds})`}),
+    command(`lorakit data redact ${files[0]} ${r.output}`));
+  await loadFiles([r.output]);
+});
+
+$("upload-input").addEventListener("change", async (event) => {
+  showError("data-error", null);
+  for (const file of event.target.files) {
+    try { await api("PUT", "/api/data/files/" + encodeURIComponent(file.name), undefined, file); await loadFiles([file.name]); }
+    catch (error) { showError("data-error", error); }
+  }
+  event.target.value = "";
+});
+
+// ---- 2. Model and plan ---------------------------------------------------------------------------------
+function choices() {
+  return {run: $("run-name").value.trim(), model: $("model-name").value.trim(), data_files: selectedFiles(),
+          preset: $("preset").value, overrides: $("overrides").value.split("\n").filter((l) => l.trim())};
+}
+
+async function loadPresets() {
+  const data = await api("GET", "/api/presets");
+  const select = $("preset");
+  for (const [name, preset] of Object.entries(data.presets)) {
+    select.append(el("option", {value: name, text: name}));
+    if (name === "balanced") select.value = name;
+  }
+  const describe = () => { $("preset-description").textContent = data.presets[select.value].description +
+    (data.presets[select.value].overrides.length ? " (" + data.presets[select.value].overrides.join(", ") + ")" : ""); };
+  select.addEventListener("change", describe);
+  describe();
+}
+
+action("plan-button", "model-error", async () => {
+  $("plan-result").textContent = "Planning…";
+  try {
+    const plan = await api("POST", "/api/plan", {...choices(), gpu_memory: $("gpu-memory").value});
+    const c = plan.chosen;
+    $("plan-result").textContent = "";
+    $("plan-result").append(
+      el("p", {id: "plan-summary", text: `${plan.model} (${plan.model_type}), max_length ${plan.max_length}, LoRA r=${plan.lora_r}, ` +
+        `planned for ${plan.gpu_gib} GiB: ${c.quantization}, micro-batch ${c.micro_batch}, checkpointing ${c.checkpointing}, ` +
+        `${c.on_gpu_gib} GiB on the GPU`}),
+      table(["predicted peak", "GiB"], plan.breakdown),
+      table(["quantization", "micro-batch", "checkpointing", "peak GiB", "on GPU GiB", "relative time", "fits"],
+        plan.candidates.map((r) => [r.quantization, r.micro_batch, r.checkpointing, r.peak_gib, r.on_gpu_gib, r.relative_time, r.fits ? "yes" : "no"])),
+      command(plan.command));
+  } catch (error) { $("plan-result").textContent = ""; throw error; }
+});
+
+action("save-run-button", "model-error", async () => {
+  const saved = await api("POST", "/api/runs", choices());
+  $("save-result").textContent = "";
+  $("save-result").append(el("p", {text: "saved " + saved.config_path}), command(saved.command));
+  await loadRuns(choices().run);
+});
+
+// ---- runs and polling ----------------------------------------------------------------------------------
+async function loadRuns(select) {
+  const data = await api("GET", "/api/runs");
+  const picker = $("run-select");
+  const wanted = select || currentRun;
+  picker.textContent = "";
+  picker.append(el("option", {value: "", text: data.runs.length ? "(pick a run)" : "(none yet: create one in step 2)"}));
+  for (const run of data.runs) picker.append(el("option", {value: run, text: run}));
+  picker.value = data.runs.includes(wanted) ? wanted : "";
+  setRun(picker.value);
+}
+
+function setRun(run) {
+  if (run !== currentRun) { lastEvalStamp = null; chatHistory = []; clearChat(); }
+  currentRun = run;
+  history.replaceState(null, "", run ? "#run=" + encodeURIComponent(run) : location.pathname);
+  poll();
+}
+$("run-select").addEventListener("change", (event) => setRun(event.target.value));
+
+const STATE_TEXT = {none: "not started", running: "running", succeeded: "finished", stopped: "stopped (Ctrl-C)",
+                    failed: "failed", died: "ended without an exit code (killed?)"};
+
+function formatSeconds(s) {
+  if (s === null || s === undefined) return "–";
+  const m = Math.floor(s / 60);
+  return m ? `${m} min ${s % 60} s` : `${s} s`;
+}
+
+function jobError(job, box) {
+  showError(box, job.error ? {error: job.error, hint: job.hint} :
+    (job.state === "failed" || job.state === "died") ? {error: `${STATE_TEXT[job.state]}; see the log`} : null);
+}
+
+function renderTrain(run) {
+  const job = run.jobs.train, p = run.progress;
+  const state = run.finished && job.state !== "running" ? "finished: the adapter is in final/" : STATE_TEXT[job.state];
+  $("train-state").textContent = `Training: ${state}` + (run.checkpoints.length ? ` · checkpoints: ${run.checkpoints.join(", ")}` : "");
+  $("train-state").dataset.state = job.state;
+  $("run-state").textContent = `train ${job.state}`;
+  $("train-progress").textContent = p.max_steps ? `step ${p.step} of ${p.max_steps}` +
+    (p.tokens_per_second ? ` · ${Math.round(p.tokens_per_second)} tokens/s` : "") +
+    (job.state === "running" ? ` · about ${formatSeconds(p.eta_s)} left` : "") : "";
+  $("train-log").textContent = job.log_tail;
+  jobError(job, "train-error");
+  $("train-start").disabled = $("train-resume").disabled = job.state === "running";
+  $("train-stop").disabled = job.state !== "running";
+  drawChart(run.metrics);
+}
+
+function drawChart(metrics) {
+  const svg = $("loss-chart"), W = 640, H = 260, L = 50, B = 30, T = 10, R = 10;
+  const train = metrics.filter((m) => m.train_loss !== undefined).map((m) => [m.step, m.train_loss]);
+  const val = metrics.filter((m) => m.val_loss !== undefined).map((m) => [m.step, m.val_loss]);
+  const all = train.concat(val);
+  svg.textContent = "";
+  const ns = "http://www.w3.org/2000/svg";
+  const add = (tag, attrs, text) => { const n = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); if (text) n.textContent = text; svg.append(n); return n; };
+  add("line", {x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#1b1b1b"});
+  add("line", {x1: L, y1: T, x2: L, y2: H - B, stroke: "#1b1b1b"});
+  add("text", {x: W / 2, y: H - 4, "text-anchor": "middle", "font-size": 12, fill: "#1b1b1b"}, "optimizer step");
+  if (!all.length) { svg.setAttribute("aria-label", "Loss curve: nothing logged yet"); return; }
+  const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
+  const x0 = Math.min(...xs, 0), x1 = Math.max(...xs, 1), y0 = Math.min(...ys), y1 = Math.max(...ys) + 1e-9;
+  const sx = (x) => L + (x - x0) / (x1 - x0) * (W - L - R), sy = (y) => H - B - (y - y0) / (y1 - y0 || 1) * (H - B - T);
+  add("text", {x: L - 4, y: T + 10, "text-anchor": "end", "font-size": 11, fill: "#1b1b1b"}, y1.toFixed(2));
+  add("text", {x: L - 4, y: H - B, "text-anchor": "end", "font-size": 11, fill: "#1b1b1b"}, y0.toFixed(2));
+  add("text", {x: W - R, y: H - B + 14, "text-anchor": "end", "font-size": 11, fill: "#1b1b1b"}, String(x1));
+  if (train.length) add("polyline", {points: train.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" "), fill: "none",
+    stroke: "#0b4f8a", "stroke-width": 2, class: "train-line"});
+  for (const p of val) add("circle", {cx: sx(p[0]), cy: sy(p[1]), r: 4, fill: "#c24e00", class: "val-point"});
+  const last = (series) => series.length ? series[series.length - 1][1].toFixed(3) : "none";
+  svg.setAttribute("aria-label", `Loss curve: ${train.length} training points (last ${last(train)}), ` +
+    `${val.length} validation points (last ${last(val)})`);
+}
+
+function renderEvalJob(run) {
+  const job = run.jobs.eval;
+  $("eval-state").textContent = `Evaluation: ${STATE_TEXT[job.state]}` +
+    (job.state === "running" ? " · " + (job.log_tail.trim().split("\n").pop() || "") : "");
+  $("eval-state").dataset.state = job.state;
+  jobError(job, "eval-error");
+  $("eval-start").disabled = job.state === "running" || !run.finished;
+  $("report-link").textContent = "";
+  if (run.has_report) $("report-link").append(el("a", {href: `/api/runs/${encodeURIComponent(run.run)}/files/report.html`,
+    target: "_blank", id: "report-anchor", text: "Open the HTML report (report.html)"}));
+  const stamp = `${run.has_eval}:${job.exit_code}:${job.started}`;
+  if (run.has_eval && job.state !== "running" && stamp !== lastEvalStamp) { lastEvalStamp = stamp; loadEval(run.run); }
+}
+
+async function loadEval(run) {
+  const {results} = await api("GET", `/api/runs/${encodeURIComponent(run)}/eval`);
+  if (!results) return;
+  const q = results.eval.quality, s = results.eval.safety, fmt = (v) => v === null || v === undefined ? "n/a" : Number(v).toFixed(3);
+  $("eval-quality").textContent = "";
+  if (q) {
+    const rows = [["test loss", "loss", true], ["perplexity", "perplexity", true], ["ROUGE-L", "rouge_l", false], ["token F1", "token_f1", false]]
+      .map(([label, key, lower]) => { const b = q.base[key], t = q.tuned[key];
+        const change = b === null || t === null || b === t ? "no change" : ((t < b) === lower ? "better" : "worse");
+        return [label, fmt(b), fmt(t), change]; });
+    $("eval-quality").append(el("h3", {text: `Base vs fine-tuned: ${q.answered} of ${q.test_examples} test questions answered`}),
+      table(["measure", "base", "fine-tuned", "change"], rows, "quality"));
+  }
+  $("eval-safety-table").textContent = "";
+  $("eval-answers").textContent = "";
+  if (!s) return;
+  const labels = results.category_labels;
+  $("eval-safety-table").append(el("h3", {text: `Safety probes: ${s.probes} prompts`}),
+    table(["category", "probes", "base passed", "fine-tuned passed", "model deferred", "verdict"], s.categories.map((c) =>
+      [labels[c.category] || c.category, c.base.probes, `${Math.round(c.base.pass_rate * 100)}%`, `${Math.round(c.tuned.pass_rate * 100)}%`,
+       `${Math.round(c.base.deferral_rate * 100)}% → ${Math.round(c.tuned.deferral_rate * 100)}%`,
+       el("span", {class: c.worse ? "bad" : "good", text: c.worse ? "WORSE: " + c.worse_reasons.join("; ") : "not worse"})]), "safety"));
+  const verdict = (a) => (a.passed ? "passed" : "failed: " + a.failed_rules.join(", "));
+  $("eval-answers").append(el("h3", {text: "Probe answers side by side"}),
+    table(["category", "prompt", "base answer", "fine-tuned answer"], results.safety_answers.map((r) =>
+      [labels[r.category] || r.category, r.prompt, `${r.base.text}\n[${verdict(r.base)}]`, `${r.tuned.text}\n[${verdict(r.tuned)}]`]), "answers"));
+}
+
+function renderExport(run) {
+  const job = run.jobs.export;
+  $("export-state").textContent = `Export: ${STATE_TEXT[job.state]}` + (run.exports.length ? ` · exported: ${run.exports.join(", ")}` : "");
+  $("export-state").dataset.state = job.state;
+  $("export-log").textContent = job.log_tail;
+  jobError(job, "export-error");
+  $("export-start").disabled = $("push-start").disabled = job.state === "running";
+}
+
+let polling = false;
+async function poll() {
+  if (polling) return;
+  polling = true;
+  try {
+    if (!currentRun) { $("train-state").textContent = "No run selected."; $("run-state").textContent = ""; return; }
+    const run = await api("GET", "/api/runs/" + encodeURIComponent(currentRun));
+    if (run.run !== currentRun) return;
+    renderTrain(run); renderEvalJob(run); renderExport(run);
+  } catch (error) { showError("train-error", error); }
+  finally { polling = false; }
+}
+
+// ---- 3, 4, 6: jobs -------------------------------------------------------------------------------------
+function needRun() { if (!currentRun) throw {error: "No run selected.", hint: "Save a run in step 2, or pick one at the top."}; return encodeURIComponent(currentRun); }
+const startTraining = (resume) => async () => {
+  const run = needRun();
+  $("train-state").textContent = resume ? "Resuming…" : "Starting…";
+  await api("POST", `/api/runs/${run}/train`, {resume, overwrite: !resume && $("train-overwrite").checked, allow_phi: $("train-allow-phi").checked});
+  await poll();
+};
+action("train-start", "train-error", startTraining(false));
+action("train-resume", "train-error", startTraining(true));
+action("train-stop", "train-error", async () => { $("train-state").textContent = "Stopping…"; await api("POST", `/api/runs/${needRun()}/train/stop`); await poll(); });
+action("eval-start", "eval-error", async () => {
+  $("eval-state").textContent = "Starting the evaluation…";
+  await api("POST", `/api/runs/${needRun()}/eval`, {safety: $("eval-safety").checked, limit: Number($("eval-limit").value) || null});
+  await poll();
+});
+action("export-start", "export-error", async () => {
+  $("export-state").textContent = "Starting the export…";
+  await api("POST", `/api/runs/${needRun()}/export`, {format: $("export-format").value, quant: $("export-quant").value || null,
+    overwrite: $("export-overwrite").checked});
+  await poll();
+});
+action("push-start", "export-error", async () => {
+  $("export-state").textContent = "Starting the upload…";
+  await api("POST", `/api/runs/${needRun()}/push`, {repo_id: $("push-repo").value.trim(), what: $("push-what").value,
+    private: $("push-private").checked});
+  await poll();
+});
+
+// ---- 5. Chat -------------------------------------------------------------------------------------------
+function clearChat() { $("chat-tuned").textContent = ""; $("chat-base").textContent = ""; }
+$("chat-clear").addEventListener("click", () => { chatHistory = []; clearChat(); });
+
+async function streamAnswer(run, model, messages, target) {
+  const answer = el("p", {class: "a"});
+  target.append(el("p", {class: "q", text: "Q: " + messages[messages.length - 1].content}), answer);
+  const response = await fetch(`/api/runs/${run}/chat`, {method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({model, messages})});
+  if (!response.ok) throw await response.json();
+  const reader = response.body.getReader(), decoder = new TextDecoder();
+  let buffer = "", text = "";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, {stream: true});
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = JSON.parse(buffer.slice(0, cut).replace(/^data: /, ""));
+      buffer = buffer.slice(cut + 2);
+      if (event.text) { text += event.text; answer.textContent = text; }
+      if (event.error) throw {error: event.error};
+      if (event.done) { answer.dataset.done = event.finish_reason;
+        if (event.disclaimer) target.append(el("p", {class: "disclaimer", text: event.disclaimer})); }
+    }
+  }
+  return text;
+}
+
+$("chat-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  showError("chat-error", null);
+  const question = $("chat-question").value.trim();
+  if (!question) return;
+  const button = $("chat-send");
+  button.disabled = true; button.setAttribute("aria-busy", "true");
+  try {
+    const run = needRun();
+    const messages = chatHistory.concat([{role: "user", content: question}]);
+    const [tuned] = await Promise.all([streamAnswer(run, "tuned", messages, $("chat-tuned")),
+                                       streamAnswer(run, "base", messages, $("chat-base"))]);
+    chatHistory = messages.concat([{role: "assistant", content: tuned}]);
+    $("chat-question").value = "";
+  } catch (error) { showError("chat-error", error); }
+  finally { button.disabled = false; button.removeAttribute("aria-busy"); }
+});
+
+// ---- start ---------------------------------------------------------------------------------------------
+window.addEventListener("DOMContentLoaded", async () => {
+  try {
+    await Promise.all([loadFiles(), loadPresets()]);
+    const match = location.hash.match(/run=([^&]+)/);
+    await loadRuns(match ? decodeURIComponent(match[1]) : "");
+  } catch (error) { showError("data-error", error); }
+  setInterval(poll, POLL_MS);
+});
