@@ -74,7 +74,7 @@ def _log_handler() -> logging.Handler:
 
 def _register() -> None:
     """Import the command modules; each adds its commands to `app`."""
-    from lorakit.cli import chat, data, doctor, eval, export, plan, push, report, serve, train  # noqa: F401
+    from lorakit.cli import chat, data, doctor, eval, export, plan, push, report, serve, studio, train  # noqa: F401
 
 
 def run_cli(argv: list[str]) -> int:
