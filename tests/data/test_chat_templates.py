@@ -87,16 +87,16 @@ def test_each_answer_and_its_end_of_turn_token_are_exactly_what_is_supervised(to
 
 @pytest.mark.parametrize("case", CASES)
 def test_training_prompt_is_the_chat_prompt(tokenizer, case):
-    """Everything before the first supervised token is what chat sends for the same question; Qwen3 adds the
-    empty think block its template writes before a last answer (context, never a target)."""
+    """Chat sends, for the same question, the text before the first supervised token: with Qwen3 that includes
+    the empty think block its template writes before a last answer (context, never a target)."""
     name, specials, _, _ = CASES[case]
     templated = with_template(tokenizer, name, specials)
     example = render_conversation(SINGLE, templated, "Be safe.", 512)
     first = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
     prompt = render_prompt_ids(SINGLE.messages[:1], templated, "Be safe.")
-    assert example.input_ids[:len(prompt)] == prompt
-    lead = "<think>\n\n</think>\n\n" if case == "qwen3" else ""
-    assert templated.decode(example.input_ids[len(prompt):first]) == lead
+    assert templated.decode(prompt) == templated.decode(example.input_ids[:first])
+    think = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert templated.decode(prompt).endswith(think) == (case == "qwen3")
 
 
 def template_sha(tokenizer) -> str:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-__all__ = ["AnswerSpan", "RenderedChat", "AnswerSpanError", "apply_template", "render_chats", "template_name"]
+__all__ = ["AnswerSpan", "RenderedChat", "AnswerSpanError", "apply_template", "answer_lead", "render_chats",
+           "template_name"]
 
 Messages = list[dict[str, str]]
 
@@ -65,6 +66,17 @@ def apply_template(tokenizer, conversations: list[Messages], add_generation_prom
         return []
     texts = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=add_generation_prompt)
     return list(texts)
+
+
+_PROBE_ANSWER = "lorakit-probe-answer"
+
+
+def answer_lead(tokenizer, messages: Messages, prompt: str) -> str:
+    """What the template writes between the generation prompt and a last answer (Qwen3: an empty think block;
+    most templates: nothing), so that chat prompts end exactly where training's last answers begin."""
+    [after] = apply_template(tokenizer, [[*messages, {"role": "assistant", "content": _PROBE_ANSWER}]], False)
+    position = after.find(_PROBE_ANSWER, len(prompt))
+    return after[len(prompt):position] if after.startswith(prompt) and position >= 0 else ""
 
 
 def special_token_texts(tokenizer) -> tuple[str, ...]:

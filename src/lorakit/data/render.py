@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lorakit.data.batch_encode import encode_texts, system_prefixes
-from lorakit.data.chat_spans import AnswerSpanError, apply_template, render_chats, template_name
+from lorakit.data.chat_spans import AnswerSpanError, answer_lead, apply_template, render_chats, template_name
 from lorakit.data.conversation import Conversation, Message
 from lorakit.data.masking import IGNORE_INDEX, labels_from_spans, span_token_ranges
 from lorakit.errors import DataError
@@ -105,9 +105,11 @@ def render_conversation(
 
 
 def render_prompt_ids(messages: tuple[Message, ...], tokenizer, system_prompt: str) -> list[int]:
-    """Token ids of a conversation ending in a user turn, followed by the assistant header (for generation)."""
-    [text] = apply_template(tokenizer, [with_system_prompt(messages, system_prompt)], add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    """Token ids of a conversation ending in a user turn, followed by the assistant header and whatever the
+    template writes before a last answer: exactly the context training gave its last answers (for generation)."""
+    chat = with_system_prompt(messages, system_prompt)
+    [text] = apply_template(tokenizer, [chat], add_generation_prompt=True)
+    return list(tokenizer(text + answer_lead(tokenizer, chat, text), add_special_tokens=False)["input_ids"])
 
 
 def count_tokens(conversations: Sequence[Conversation], tokenizer, system_prompt: str) -> list[int]:
