@@ -22,9 +22,16 @@ def _settings(run, max_new_tokens: int | None, temperature: float | None):
 
 
 def _stream_one(session, question: str, disclaimer: str) -> None:
-    for piece in session.ask(question):
-        console.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
+    answer = session.ask(question)
+    try:
+        for piece in answer:
+            console.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
+    finally:
+        answer.close()  # on Ctrl-C: the generation thread stops here, not during the next question
     console.print()
+    if session.last_truncated:
+        console.print(f"[cut at max_new_tokens={session.settings.max_new_tokens}]", style="dim", markup=False,
+                      highlight=False)
     if disclaimer:
         console.print(f"\n[dim]{disclaimer}[/]")
 
