@@ -121,3 +121,22 @@ def test_liger_kernels_give_the_same_loss_and_gradients(kind, dtype):
     for name, grad in fused_grads.items():
         reference = plain_grads[name].float()
         assert (grad.float() - reference).norm() <= (0.05 if dtype == torch.bfloat16 else 1e-3) * reference.norm() + 1e-6, name
+
+
+def test_liger_backend_noise_is_silenced_and_real_warnings_are_not():
+    """Issue 9, point 7: liger-kernel logs a WARNING per optional backend it cannot import and warns per kernel
+    that falls back to Triton; a user can act on neither (the messages are liger's own, sent the way it does)."""
+    import logging
+    import warnings
+
+    kernels.quiet_liger()
+    assert not logging.getLogger("liger_kernel.backends.registry").isEnabledFor(logging.WARNING)
+    assert logging.getLogger("liger_kernel.backends.registry").isEnabledFor(logging.ERROR)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        kernels.quiet_liger.__wrapped__()  # the filters as installed, inside this recording context
+        warnings.warn("Liger rms_norm: requested 'cutedsl' implementation not usable (no CuTe DSL); falling back "
+                      "to 'triton'. Set LIGER_KERNEL_STRICT=1 to raise instead.", UserWarning)
+        warnings.warn("liger-cute-kernels is not installed; native FLSCE/MoE configuration was skipped.", UserWarning)
+        warnings.warn("something a user must see", UserWarning)
+    assert [str(w.message) for w in caught] == ["something a user must see"]

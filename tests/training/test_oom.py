@@ -102,7 +102,7 @@ def test_oom_halves_the_micro_batch_keeps_the_examples_per_step_and_continues(
     notice = ("out of memory at step 1 with micro-batch 4: retrying the step with micro-batch 2 and 2 accumulation "
               "steps (same examples per optimizer step)")
     assert [m for m in reporter.messages if m.startswith("out of memory")] == [notice]  # once, then it sticks
-    assert notice in caplog.text
+    assert "out of memory" not in caplog.text  # the reporter's message is the one place it is said
     assert injector.raised == 1 and max(injector.rows_seen) == 2
     assert result.steps == 4
     assert [sorted(i for g in step for i in g) for step in steps] == reference_steps  # effective batch unchanged
@@ -240,3 +240,18 @@ def test_oom_halving_also_applies_to_the_test_loss_at_the_end(tiny_llama_dir, qa
     metrics = json.loads((result.adapter_dir / "manifest.json").read_text())["metrics"]
     assert json.loads((result.adapter_dir / "manifest.json").read_text())["split_sizes"]["test"] == 5
     assert metrics["test_loss"] is not None and metrics["test_loss"] > 0
+
+
+def test_oom_retry_is_said_exactly_once_on_the_command_line(tiny_llama_dir, tmp_path, inject_oom, capsys):
+    """Issue 9, point 7: every retry was printed twice (a log WARNING and the progress message)."""
+    inject_oom(OomInjector(max_rows=1))
+    config = yaml.safe_load(_cli_config(tmp_path, tiny_llama_dir).read_text())
+    config["training"]["max_steps"] = 2
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert run_cli(["train", str(tmp_path / "config.yaml")]) == 0
+    captured = capsys.readouterr()
+    output = captured.out + captured.err
+    notice = ("out of memory at step 1 with micro-batch 2: retrying the step with micro-batch 1 and 2 accumulation "
+              "steps (same examples per optimizer step)")
+    assert output.count(notice) == 1, output
+    assert output.count("out of memory") == 1

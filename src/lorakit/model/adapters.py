@@ -6,13 +6,23 @@ peft matches `target_modules` by suffix and silently ignores names that match no
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from lorakit.config import LoraSettings
 from lorakit.errors import ConfigError
+from lorakit.model.gguf_cache import EMBEDDED_HUB_ID
 
-__all__ = ["FUSED_PROJECTIONS", "variant_identity", "linear_module_names", "resolve_target_modules", "attach_lora"]
+if TYPE_CHECKING:
+    from lorakit.model.load import ModelSource
+
+__all__ = ["FUSED_PROJECTIONS", "variant_identity", "linear_module_names", "resolve_target_modules", "attach_lora", "public_model_name",
+           "name_adapter_base", "parameter_count", "trainable_parameter_count"]
 
 # Separate projection name -> the fused module that contains it (Phi-3/Phi-4 style architectures).
 FUSED_PROJECTIONS = {
@@ -24,6 +34,7 @@ FUSED_PROJECTIONS = {
 }
 # Output heads are never adapted: tied to the embeddings in most small models, and huge in vocabulary size.
 _EXCLUDED = {"lm_head", "embed_out", "output"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -81,16 +92,56 @@ def attach_lora(model: nn.Module, settings: LoraSettings, *, quantized: bool, gr
     return get_peft_model(model, peft_config)
 
 
+def public_model_name(source: ModelSource) -> str:
+    """The base model's name as `adapter_config.json` should carry it: a name that means the same model on
+    another machine (a Hub id where there is one), never a path into this machine's cache.
+
+    Embedded alias -> its Hub id; Hub model -> its id; local folder or GGUF -> the `_name_or_path` of its
+    config.json if that is a Hub id, else the folder's (or file's) own name. The local path stays in the manifest.
+    """
+    if source.kind == "embedded":
+        return EMBEDDED_HUB_ID
+    if source.kind == "hub":
+        return source.model_id
+    config = source.directory / "config.json"
+    recorded = json.loads(config.read_text()).get("_name_or_path") if config.is_file() else None
+    if isinstance(recorded, str) and _HUB_ID.match(recorded):
+        return recorded
+    name = source.model_id.rstrip("/").rsplit("/", 1)[-1]
+    return name.removesuffix(".gguf")
+
+
+def name_adapter_base(model, name: str) -> None:
+    """Record `name` as the base model of every adapter on `model`; each later save writes it (peft fills in
+    the loaded folder's absolute path otherwise). Saves must pass save_embedding_layers=False, or peft looks
+    `name` up on the Hub."""
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = name
+
+
+def parameter_count(parameter: torch.Tensor) -> int:
+    """How many weights a parameter holds: bitsandbytes' 4-bit parameters pack two into each uint8 element,
+    so their `numel()` is half the real count; their quant_state keeps the unpacked shape."""
+    quant_state = getattr(parameter, "quant_state", None)
+    if quant_state is not None and getattr(quant_state, "shape", None) is not None:
+        return math.prod(quant_state.shape)
+    return parameter.numel()
+
+
 def trainable_parameter_count(model: nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total) weights, 4-bit ones counted unpacked (Phi-4-mini: 3.8B, not its packed 2.2B)."""
+    trainable = sum(parameter_count(p) for p in model.parameters() if p.requires_grad)
+    total = sum(parameter_count(p) for p in model.parameters())
     return trainable, total
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    # save_embedding_layers=False: lorakit never adapts embeddings, and peft's "auto" would look the base model's
+    # public name up on the Hub at every save to compare vocabulary sizes.
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def variant_identity(config) -> dict:

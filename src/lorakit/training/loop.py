@@ -19,7 +19,9 @@ from lorakit.config import RunConfig, dump_config
 from lorakit.data.masking import IGNORE_INDEX
 from lorakit.errors import LorakitError, TrainingError
 from lorakit.evaluation.loss import split_loss
-from lorakit.model.adapters import resolve_target_modules, trainable_parameter_count, variant_identity
+from lorakit.model.adapters import (
+    name_adapter_base, public_model_name, resolve_target_modules, trainable_parameter_count, variant_identity,
+)
 from lorakit.model.checkpointing import activation_offload
 from lorakit.model.kernels import causal_lm_loss
 from lorakit.model.load import (
@@ -115,6 +117,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     targets = resolve_target_modules(model, config.lora.target_modules)
     model = make_trainable(model, config, device=device, quantized=quantized, checkpoint_every=resolved.checkpoint_every,
                            offload_activations=resolved.offload_activations)
+    name_adapter_base(model, public_model_name(source))  # adapter_config.json names no local path
     trainable, total = trainable_parameter_count(model)
     reporter.message(
         f"{source.model_id}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable (LoRA r={config.lora.r} on "
@@ -285,8 +288,7 @@ def _step_with_oom_retry(session, state, groups, position, params, optimizer, sc
         message = (f"out of memory at step {state.step + 1} with micro-batch {micro}: retrying the step with micro-batch "
                    f"{state.micro_batch_size} and {state.gradient_accumulation_steps} accumulation steps "
                    "(same examples per optimizer step)")
-        log.warning(message)
-        reporter.message(message)
+        reporter.message(message)  # said once: the CLI prints the reporter's messages (no log line as well)
 
 
 def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, sink, reporter, run_dir) -> bool:

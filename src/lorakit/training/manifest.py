@@ -5,10 +5,12 @@ It records versions, data hash, seed, split sizes and metrics, and never any cre
 
 from __future__ import annotations
 
+import hashlib
 import platform
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-__all__ = ["package_versions", "build_manifest"]
+__all__ = ["package_versions", "build_manifest", "weights_sha256"]
 
 _PACKAGES = ("lorakit", "torch", "transformers", "peft", "accelerate", "safetensors", "bitsandbytes", "liger-kernel")
 
@@ -21,6 +23,19 @@ def package_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def weights_sha256(directory: Path) -> dict[str, str]:
+    """sha256 of every weights file in the base model's folder, by file name (the full bytes, not a sample:
+    this is the record that says which weights an adapter was trained on)."""
+    digests = {}
+    for path in sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth") and p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+        digests[path.name] = digest.hexdigest()
+    return digests
 
 
 def build_manifest(*, identity: dict, seed: int, split_sizes: dict, data: dict, metrics: dict, settings: dict) -> dict:
