@@ -80,8 +80,8 @@ class GenerationQueue:
         self.run = run
         self._waiting: queue.Queue[GenerationJob | None] = queue.Queue(maxsize=max_waiting)
         self._thread = threading.Thread(target=self._work, name="lorakit-generation", daemon=True)
-        self._lock = threading.Lock()
-        self._generating = False
+        self._lock = threading.Lock()  # guards the fields below, which /health reads from the event loop
+        self._current: GenerationJob | None = None
         self._seconds_per_job = 1.0  # running mean, for Retry-After
         self.finished = Counter()
         self.tokens_generated = 0
@@ -90,7 +90,10 @@ class GenerationQueue:
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Ask the worker to leave once the current job is done; waiting jobs are not run."""
+        """Stop the job generating (after its current token) and the worker; waiting jobs are not run."""
+        with self._lock:
+            if self._current is not None:
+                self._current.cancel.set()
         while True:
             try:
                 job = self._waiting.get_nowait()
@@ -116,9 +119,9 @@ class GenerationQueue:
 
     def status(self) -> dict:
         with self._lock:
-            generating = self._generating
-        return {"waiting": self._waiting.qsize(), "max_waiting": self._waiting.maxsize, "generating": generating,
-                "finished": dict(self.finished), "tokens_generated": self.tokens_generated}
+            return {"waiting": self._waiting.qsize(), "max_waiting": self._waiting.maxsize,
+                    "generating": self._current is not None, "finished": dict(self.finished),
+                    "tokens_generated": self.tokens_generated}
 
     def _work(self) -> None:
         while (job := self._waiting.get()) is not None:
@@ -126,7 +129,7 @@ class GenerationQueue:
                 self._record(job, JobFinished("cancelled", 0, ""))
                 continue
             with self._lock:
-                self._generating = True
+                self._current = job
             started = time.perf_counter()
             try:
                 outcome = self._generate(job)
@@ -135,15 +138,16 @@ class GenerationQueue:
                 outcome = JobFailed(exc)
             self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (time.perf_counter() - started)
             with self._lock:
-                self._generating = False
+                self._current = None
             self._record(job, outcome)
 
     def _record(self, job: GenerationJob, outcome: JobFinished | JobFailed) -> None:
-        if isinstance(outcome, JobFinished):
-            self.finished[outcome.finish_reason] += 1
-            self.tokens_generated += outcome.completion_tokens
-        else:
-            self.finished["error"] += 1
+        with self._lock:
+            if isinstance(outcome, JobFinished):
+                self.finished[outcome.finish_reason] += 1
+                self.tokens_generated += outcome.completion_tokens
+            else:
+                self.finished["error"] += 1
         _emit(job, outcome)
 
     def _generate(self, job: GenerationJob) -> JobFinished:
