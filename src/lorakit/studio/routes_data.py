@@ -81,6 +81,7 @@ async def check(body: FilesRequest, request: Request) -> dict:
     root = str(workspace.data_dir) + "/"
     for issue in result["issues"]:  # the page shows names relative to the data folder
         issue["path"] = issue["path"].removeprefix(root)
+        issue["message"] = issue["message"].replace(root, "")
     return result
 
 

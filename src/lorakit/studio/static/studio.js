@@ -87,7 +87,7 @@ function renderCheck(report, files) {
   const privacy = report.issues.filter((i) => i.code.startsWith("phi-"));
   const groups = report.issues.filter((i) => ["shared-answer", "duplicate", "near-duplicate"].includes(i.code));
   const rest = report.issues.filter((i) => !privacy.includes(i) && !groups.includes(i));
-  const row = (i) => [i.path + (i.line ? ":" + i.line : ""), el("span", {class: "sev-" + i.severity, text: i.severity}),
+  const row = (i) => [i.path + (i.line ? ":" + i.line + (i.column ? ":" + i.column : "") : ""), el("span", {class: "sev-" + i.severity, text: i.severity}),
     i.field || "", i.message, i.hint || ""];
   const headers = ["where", "severity", "field", "problem", "fix"];
   out.append(el("h3", {text: `Problems (${rest.length})`}));

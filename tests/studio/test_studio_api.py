@@ -1,0 +1,167 @@
+"""The studio's JSON API with FastAPI's TestClient: each route gives what the CLI command it stands for gives."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from conftest import TOKENIZER_DIR, write_qa_jsonl
+from fake_hub import FakeHub
+from studio_harness import BROKEN_JSONL, BROKEN_PROBLEMS, TINY_OVERRIDES, studio_process
+
+from lorakit.config import load_config
+from lorakit.data.validate import check_files
+from lorakit.errors import ConfigError
+from lorakit.studio.app import create_app
+from lorakit.studio.presets import PRESETS
+
+
+@pytest.fixture
+def client(tmp_path) -> TestClient:
+    return TestClient(create_app(tmp_path / "work"))
+
+
+def _upload(client, name: str, text: str) -> None:
+    assert client.put(f"/api/data/files/{name}", content=text.encode()).status_code == 200
+
+
+def _choices(model: str, run: str = "r1", **extra) -> dict:
+    return {"run": run, "model": model, "data_files": ["qa.jsonl"], "preset": "quick", "overrides": TINY_OVERRIDES,
+            **extra}
+
+
+def test_upload_lists_the_file_and_never_replaces_one(client, tmp_path):
+    _upload(client, "qa.jsonl", "{}\n")
+    assert client.get("/api/data/files").json()["files"] == [{"name": "qa.jsonl", "bytes": 3}]
+    again = client.put("/api/data/files/qa.jsonl", content=b"other")
+    assert again.status_code == 400 and again.json()["error"].endswith("data/qa.jsonl already exists.")
+    assert (tmp_path / "work" / "data" / "qa.jsonl").read_text() == "{}\n"
+
+
+@pytest.mark.parametrize("name", ["..%2Fescape.jsonl", ".hidden.jsonl", "notes.txt", "a%20b.jsonl"])
+def test_names_that_leave_the_data_folder_or_are_not_data_are_refused(client, tmp_path, name):
+    response = client.put(f"/api/data/files/{name}", content=b"{}")
+    assert response.status_code in (400, 404)
+    assert not any(p.name not in ("data", "runs") for p in (tmp_path / "work").iterdir())
+    assert list((tmp_path / "work" / "data").iterdir()) == []
+
+
+def test_check_reports_every_problem_with_file_line_and_fix_like_the_cli(client, tmp_path):
+    _upload(client, "broken.jsonl", BROKEN_JSONL)
+    report = client.post("/api/data/check", json={"files": ["broken.jsonl"]}).json()
+    found = [(i["path"] + f":{i['line']}" + (f":{i['column']}" if i["column"] else ""), i["severity"], i["code"])
+             for i in report["issues"]]
+    assert found == BROKEN_PROBLEMS
+    assert all(issue["hint"] for issue in report["issues"])
+    assert (report["errors"], report["warnings"], report["examples"], report["exit_code"]) == (4, 1, 2, 2)
+    cli = check_files([str(tmp_path / "work" / "data" / "broken.jsonl")]).to_json()
+    assert [i["message"].replace(str(tmp_path / "work" / "data") + "/", "") for i in cli["issues"]] == \
+        [i["message"] for i in report["issues"]]
+    privacy = " ".join(i["message"] for i in report["issues"] if i["code"].startswith("phi-"))
+    assert "12345678" not in privacy and "555-123-4567" not in privacy and "MRN 1*******" in privacy
+
+
+def test_redact_writes_a_new_file_and_leaves_the_input_alone(client, tmp_path):
+    _upload(client, "broken.jsonl", BROKEN_JSONL)
+    result = client.post("/api/data/redact", json={"file": "broken.jsonl"}).json()
+    data = tmp_path / "work" / "data"
+    assert result["output"] == "broken.redacted.jsonl" and result["changed_records"] == 1
+    assert (data / "broken.jsonl").read_text() == BROKEN_JSONL
+    redacted = (data / "broken.redacted.jsonl").read_text()
+    assert "12345678" not in redacted and "555-123-4567" not in redacted and "What is gout?" in redacted
+    again = client.post("/api/data/redact", json={"file": "broken.jsonl"}).json()
+    assert again["error"].endswith("broken.redacted.jsonl: already exists")
+
+
+def test_stats_counts_tokens_and_writes_the_histogram_next_to_the_data(client, tmp_path):
+    _upload(client, "qa.jsonl", write_qa_jsonl(tmp_path / "qa.jsonl").read_text())
+    stats = client.post("/api/data/stats", json={"files": ["qa.jsonl"], "tokenizer": str(TOKENIZER_DIR),
+                                                 "max_length": 100}).json()
+    assert stats["examples"] == 12 and stats["truncated"] == 12 and stats["histogram"] == "qa.jsonl.lengths.png"
+    png = client.get("/api/data/files/qa.jsonl.lengths.png")
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_run_is_a_config_the_cli_loads_with_the_preset_and_overrides(client, tmp_path, tiny_llama_dir):
+    _upload(client, "qa.jsonl", "{}\n")
+    saved = client.post("/api/runs", json=_choices(str(tiny_llama_dir), overrides=["training.max_steps=7"])).json()
+    path = Path(saved["config_path"])
+    assert path == tmp_path / "work" / "runs" / "r1" / "studio.yaml" and saved["command"] == f"lorakit train {path}"
+    config = load_config(path)
+    assert config.training.max_steps == 7  # the page's line wins over the preset
+    assert config.lora.r == 8 and config.training.eval_steps == 10  # the rest of "quick"
+    assert config.output_dir == str(path.parent) and config.data.train_files == [str(tmp_path / "work/data/qa.jsonl")]
+    assert client.get("/api/runs").json() == {"runs": ["r1"]}
+    assert set(PRESETS) == {"quick", "balanced", "thorough"}
+
+
+def test_a_bad_setting_is_the_same_config_error_as_the_cli(client, tiny_llama_dir):
+    _upload(client, "qa.jsonl", "{}\n")
+    response = client.post("/api/runs", json=_choices(str(tiny_llama_dir), overrides=["training.max_step=7"]))
+    with pytest.raises(ConfigError) as cli:
+        load_config(None, ["data.train_file=x", "training.max_step=7"])
+    assert response.status_code == 400 and response.json()["kind"] == "ConfigError"
+    assert response.json()["error"] == cli.value.message
+    unknown = client.post("/api/runs", json=_choices(str(tiny_llama_dir), preset="fastest")).json()
+    assert unknown["error"] == "preset: 1 config problem:\n  - 'fastest' is not one of quick, balanced, thorough"
+
+
+def test_plan_for_a_card_size_and_without_a_gpu(client, tiny_llama_dir):
+    _upload(client, "qa.jsonl", "{}\n")
+    plan = client.post("/api/plan", json={**_choices(str(tiny_llama_dir)), "gpu_memory": "8GB"}).json()
+    assert plan["gpu_gib"] == 8.0 and plan["model_type"] == "llama" and plan["chosen"]["fits"] is True
+    assert plan["max_length"] == 128 and plan["lora_r"] == 4 and plan["command"] == "lorakit plan CONFIG --gpu-memory 8GB"
+    assert [row[0] for row in plan["breakdown"]][:1] and plan["candidates"][0] == plan["chosen"]
+    no_gpu = client.post("/api/plan", json={**_choices(str(tiny_llama_dir)), "gpu_memory": ""}).json()
+    assert no_gpu["error"] == ("--gpu-memory: 1 config problem:\n  - no CUDA GPU on this machine; say which GPU to "
+                               "plan for, e.g. --gpu-memory 8GB")
+    bad = client.post("/api/plan", json={**_choices(str(tiny_llama_dir)), "gpu_memory": "lots"}).json()
+    assert "'lots' is not a memory size" in bad["error"]
+
+
+def test_jobs_and_chat_name_a_missing_run(client):
+    for method, path, body in (("post", "/api/runs/nope/train", {}), ("post", "/api/runs/nope/eval", {}),
+                               ("post", "/api/runs/nope/export", {"format": "merged"}), ("get", "/api/runs/nope", None),
+                               ("post", "/api/runs/nope/chat", {"messages": [{"role": "user", "content": "Hi"}]})):
+        response = getattr(client, method)(path, **({"json": body} if body is not None else {}))
+        assert response.status_code == 400, path
+        assert response.json()["error"].startswith("No run nope in ") and "step 2" in response.json()["hint"]
+
+
+def test_the_page_and_its_files_are_served_without_other_hosts(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<h1>lorakit studio</h1>" in page.text
+    for name in ("studio.js", "studio.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    static = Path(__file__).resolve().parents[2] / "src/lorakit/studio/static"
+    for path in static.iterdir():
+        text = path.read_text()
+        urls = re.findall(r"(?:https?:)?//[A-Za-z0-9-]+\.[A-Za-z0-9.-]+[^\s\"')]*", text)
+        assert set(urls) <= {"http://www.w3.org/2000/svg"}, (path.name, urls)  # an XML namespace, never fetched
+        assert "@import" not in text and "url(" not in text
+
+
+def test_gated_hub_model_shows_the_cli_message_through_the_real_command(tmp_path, tiny_llama_dir):
+    """`lorakit studio` as a process (huggingface_hub reads HF_ENDPOINT at import) against the fake Hub."""
+    workdir = tmp_path / "work"
+    (workdir / "data").mkdir(parents=True)
+    write_qa_jsonl(workdir / "data" / "qa.jsonl")
+    with FakeHub(valid_tokens={"hf_Granted0123456789", "hf_Other0123456789"}) as hub:
+        hub.add("lorakit-tests/gated-llama", tiny_llama_dir, gated=True, granted_tokens={"hf_Granted0123456789"})
+        env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_Other0123456789",
+               "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
+        with studio_process(workdir, env) as url:
+            body = json.dumps({**_choices("lorakit-tests/gated-llama"), "gpu_memory": "8GB"}).encode()
+            request = urllib.request.Request(url + "/api/plan", body, {"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=60)
+            answer = json.loads(refused.value.read())
+    assert answer["kind"] == "HubAccessError"
+    assert "lorakit-tests/gated-llama is a gated model and your account has not been granted access (403" in answer["error"]
+    assert f"Request access on the model page {hub.url}/lorakit-tests/gated-llama" in answer["hint"]
