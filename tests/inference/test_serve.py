@@ -139,6 +139,7 @@ BAD_REQUESTS = {
                     "temperature: Input should be less than or equal to 2."),
     "max_tokens 0": ({"messages": QUESTION, "max_tokens": 0}, 400, "max_tokens: Input should be greater than or equal to 1."),
     "n": ({"messages": QUESTION, "n": 3}, 400, "n: Input should be less than or equal to 1."),
+    "seed": ({"messages": QUESTION, "seed": 2**64}, 400, "seed: Input should be less than or equal to 9223372036854775807."),
     "stop count": ({"messages": QUESTION, "stop": list("abcde")}, 400, "stop: at most 4 stop strings, got 5."),
     "absurd body": (json.dumps({"messages": [{"role": "user", "content": "x" * (2 << 20)}]}).encode(), 413,
                     "The request body is larger than this server's limit of 1048576 bytes."),

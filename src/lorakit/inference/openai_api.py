@@ -58,7 +58,7 @@ class _RequestFields(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64; torch takes any of them
     n: int = Field(1, ge=1, le=1)
 
 
