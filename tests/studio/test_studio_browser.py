@@ -1,0 +1,210 @@
+"""The studio page in headless Chromium (Selenium), on a laptop-sized window (1366x768).
+
+Skipped with the reason when chromium, chromedriver or selenium is missing (as tests/evaluation/
+test_report_browser.py). Screenshots of each step go to the test's tmp folder and, when
+LORAKIT_STUDIO_SCREENSHOTS names a folder, there too (docs/studio/screenshots/ was made that way).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_qa_jsonl
+from studio_harness import BROKEN_JSONL, TINY_OVERRIDES, studio_in_thread
+
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+CHROMEDRIVER = shutil.which("chromedriver")
+WIDTH, HEIGHT = 1366, 768
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"),
+    pytest.mark.skipif(CHROMEDRIVER is None, reason="chromedriver is not installed (apt-get install chromium-driver)"),
+]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("studio-browser")
+    (workdir / "data").mkdir()
+    write_qa_jsonl(workdir / "data" / "qa.jsonl")
+    (workdir / "data" / "broken.jsonl").write_text(BROKEN_JSONL)
+    with studio_in_thread(workdir) as url:
+        yield url, workdir
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 f"--window-size={WIDTH},{HEIGHT}", "--disable-renderer-backgrounding",
+                 "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(browser, script: str, timeout_s: float = 60.0, what: str = ""):
+    """Poll a JavaScript expression until it is truthy; its value is returned."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = browser.execute_script("return " + script)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or script}")
+        time.sleep(0.25)
+
+
+def text(browser, element_id: str) -> str:
+    return browser.execute_script(f"return document.getElementById('{element_id}').innerText")
+
+
+def screenshot(browser, folder: Path, name: str, element_id: str) -> Path:
+    """A PNG of one section (beyond the viewport if it is taller), saved in `folder` and in
+    LORAKIT_STUDIO_SCREENSHOTS when set."""
+    rect = browser.execute_script(f"const r = document.getElementById('{element_id}').getBoundingClientRect();"
+                                  "return [r.left + scrollX, r.top + scrollY, r.width, r.height]")
+    shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": rect[0], "y": rect[1], "width": rect[2], "height": min(rect[3], 1400), "scale": 1}})
+    data = base64.b64decode(shot["data"])
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    paths = [folder / f"{name}.png"]
+    if os.environ.get("LORAKIT_STUDIO_SCREENSHOTS"):
+        paths.append(Path(os.environ["LORAKIT_STUDIO_SCREENSHOTS"]) / f"{name}.png")
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return paths[0]
+
+
+def open_page(browser, url: str) -> None:
+    browser.get(url)
+    wait_for(browser, "document.querySelectorAll('#data-file-list input').length > 0 && "
+                      "document.getElementById('preset').options.length === 3", 20, "the page to load its lists")
+
+
+def tick(browser, *names: str) -> None:
+    browser.execute_script("for (const box of document.querySelectorAll('#data-file-list input')) "
+                           "box.checked = arguments[0].includes(box.value);", list(names))
+
+
+def fill(browser, element_id: str, value: str) -> None:
+    field = browser.find_element("id", element_id)
+    field.clear()
+    field.send_keys(value)
+
+
+def click(browser, element_id: str) -> None:
+    browser.find_element("id", element_id).click()
+
+
+def test_broken_jsonl_shows_every_problem_with_its_line(browser, studio, tmp_path):
+    url, _ = studio
+    open_page(browser, url)
+    tick(browser, "broken.jsonl")
+    click(browser, "check-button")
+    wait_for(browser, "document.getElementById('check-verdict')", 20, "the check result")
+    assert text(browser, "check-verdict") == "failed: 2 valid examples; 4 error(s), 1 warning(s)"
+    rows = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#check-result tbody tr'))"
+        ".map(r => Array.from(r.cells).map(c => c.innerText))")
+    where = sorted((row[0], row[1]) for row in rows)
+    assert where == sorted([("broken.jsonl:1", "warning"), ("broken.jsonl:2:78", "error"), ("broken.jsonl:3", "error"),
+                            ("broken.jsonl:4", "error"), ("broken.jsonl:4", "error")])
+    by_line = {row[0]: row for row in rows}
+    assert by_line["broken.jsonl:2:78"][3] == "invalid JSON: Expecting ',' delimiter"
+    assert by_line["broken.jsonl:2:78"][4] == "A comma is missing between two fields or list items, just before this column."
+    assert by_line["broken.jsonl:3"][2:4] == ["response", "is empty"]
+    privacy = text(browser, "check-result")
+    assert "MRN 1*******" in privacy and "12345678" not in privacy and "555-123-4567" not in privacy
+    assert "2 records give the same answer to different questions: broken.jsonl:1, broken.jsonl:5" in privacy
+    assert "same as: lorakit data check broken.jsonl" in privacy
+    screenshot(browser, tmp_path, "1-data-check-broken", "data")
+
+
+def test_accessible_on_a_laptop_screen_with_no_external_requests(browser, studio):
+    url, _ = studio
+    open_page(browser, url)
+    unlabelled = browser.execute_script(
+        "return Array.from(document.querySelectorAll('input, select, textarea'))"
+        ".filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.id || e.outerHTML)")
+    assert unlabelled == []
+    landmarks = browser.execute_script("return ['header', 'nav', 'main', 'footer'].map(t => document.querySelectorAll(t).length)")
+    assert landmarks == [1, 1, 1, 1]
+    headings = browser.execute_script("return Array.from(document.querySelectorAll('h1, h2')).map(h => h.tagName + ' ' + h.innerText)")
+    assert headings == ["H1 lorakit studio", "H2 1. Data", "H2 2. Model and plan", "H2 3. Train", "H2 4. Evaluate",
+                        "H2 5. Chat", "H2 6. Export and push"]
+    # Keyboard: Tab reaches the controls in order, and the focused one has a visible outline.
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(browser, url)  # focus starts at the top of a freshly loaded page
+    focused = []
+    for _ in range(4):
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        focused.append(browser.execute_script(
+            "const e = document.activeElement, s = getComputedStyle(e);"
+            "return [e.id || e.getAttribute('href'), s.outlineStyle, parseFloat(s.outlineWidth)]"))
+    assert [f[0] for f in focused] == ["#main", "run-select", "#data", "#model"]
+    assert all(style != "none" and width >= 2 for _, style, width in focused[1:]), focused
+    # Contrast (WCAG 2 relative luminance) of body text and of the buttons: at least 4.5:1.
+    ratios = browser.execute_script("""
+        const lum = (c) => { const [r, g, b] = c.match(/\\d+/g).slice(0, 3).map(v => { v /= 255;
+            return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); }); return 0.2126*r + 0.7152*g + 0.0722*b; };
+        const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+        const pick = (sel) => getComputedStyle(document.querySelector(sel));
+        const page = getComputedStyle(document.body).backgroundColor;
+        return [ratio(getComputedStyle(document.body).color, 'rgb(255, 255, 255)'),
+                ratio(pick('#check-button').color, pick('#check-button').backgroundColor),
+                ratio(pick('.steps a').color, 'rgb(255, 255, 255)'), ratio(pick('.note').color, 'rgb(243, 245, 248)')];""")
+    assert min(ratios) >= 4.5, ratios
+    # Readable at 1366x768: no horizontal scrolling, the step links fit on one line.
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= WIDTH
+    assert browser.execute_script("return document.querySelector('nav').getBoundingClientRect().height") < 60
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert resources and all(name.startswith(url + "/") for name in resources), resources
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == [], errors
+
+
+def test_page_stays_responsive_under_a_4x_cpu_slowdown(browser, studio):
+    url, _ = studio
+    open_page(browser, url)
+    browser.execute_cdp_cmd("Emulation.setCPUThrottlingRate", {"rate": 4})
+    try:
+        tick(browser, "qa.jsonl")
+        # Time from the click to the next painted frame, and what that frame shows.
+        first_frame_ms, busy, shown = browser.execute_async_script("""
+            const done = arguments[arguments.length - 1], button = document.getElementById('check-button');
+            const start = performance.now();
+            button.click();
+            requestAnimationFrame(() => setTimeout(() => done([performance.now() - start,
+                button.getAttribute('aria-busy'), document.getElementById('check-result').innerText]), 0));""")
+        assert busy == "true" and shown.startswith(("Checking", "ok:")), (busy, shown)
+        assert first_frame_ms < 500, first_frame_ms
+        started = time.monotonic()
+        wait_for(browser, "document.getElementById('check-verdict')", 15, "the check result")
+        assert time.monotonic() - started < 10
+        assert text(browser, "check-verdict") == "ok: 12 examples, no problems found"
+        # Typing and moving between steps answer within a frame too.
+        keys_ms = browser.execute_async_script("""
+            const done = arguments[arguments.length - 1], field = document.getElementById('run-name');
+            const start = performance.now(); field.focus(); field.value = 'typed'; field.dispatchEvent(new Event('input'));
+            document.querySelector('a[href="#chat"]').click();
+            requestAnimationFrame(() => setTimeout(() => done(performance.now() - start), 0));""")
+        assert keys_ms < 500 and browser.execute_script("return location.hash") == "#chat"
+    finally:
+        browser.execute_cdp_cmd("Emulation.setCPUThrottlingRate", {"rate": 1})
