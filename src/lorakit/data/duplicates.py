@@ -33,7 +33,7 @@ def near_text(conversation: Conversation) -> str:
     >>> near_text(Conversation((Message("user", "What is  BP?"), Message("assistant", "Blood-pressure."))))
     'user\\x1fwhat is bp\\x1eassistant\\x1fblood pressure'
     """
-    return "\x1e".join(f"{m.role}\x1f{_NOT_WORD.sub(' ', m.content.lower()).strip()}" for m in conversation.messages)
+    return _near_text(_normalized(conversation))
 
 
 def answer_text(conversation: Conversation) -> str:
@@ -43,8 +43,19 @@ def answer_text(conversation: Conversation) -> str:
     >>> answer_text(Conversation((Message("user", "Q?"), Message("assistant", "See a  Doctor."))))
     'see a doctor'
     """
-    return "\x1e".join(_NOT_WORD.sub(" ", m.content.lower()).strip() for m in conversation.messages
-                        if m.role == "assistant")
+    return _answer_text(_normalized(conversation))
+
+
+def _normalized(conversation: Conversation) -> list[tuple[str, str]]:
+    return [(m.role, _NOT_WORD.sub(" ", m.content.lower()).strip()) for m in conversation.messages]
+
+
+def _near_text(normalized: list[tuple[str, str]]) -> str:
+    return "\x1e".join(f"{role}\x1f{text}" for role, text in normalized)
+
+
+def _answer_text(normalized: list[tuple[str, str]]) -> str:
+    return "\x1e".join(text for role, text in normalized if role == "assistant")
 
 
 def _hash64(text: str) -> int:
@@ -69,8 +80,9 @@ class DuplicateIndex:
 
     def add(self, file_index: int, line: int, conversation: Conversation) -> None:
         self._exact.append(_hash64(exact_text(conversation)))
-        self._near.append(_hash64(near_text(conversation)))
-        self._answer.append(_hash64(answer_text(conversation)))
+        normalized = _normalized(conversation)  # once for both
+        self._near.append(_hash64(_near_text(normalized)))
+        self._answer.append(_hash64(_answer_text(normalized)))
         self._file.append(file_index)
         self._line.append(line)
 
