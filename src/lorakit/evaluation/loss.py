@@ -12,23 +12,35 @@ from lorakit.data.masking import IGNORE_INDEX
 from lorakit.data.render import TokenizedExample
 from lorakit.model.kernels import causal_lm_loss
 
-__all__ = ["split_loss", "perplexity"]
+__all__ = ["split_loss", "split_loss_sums", "perplexity"]
 
 
-@torch.no_grad()
 def split_loss(
     model, examples: list[TokenizedExample], *, batch_size: int, pad_token_id: int, autocast_dtype: torch.dtype | None = None
 ) -> float | None:
     """Token-weighted mean loss (not a mean of batch means, which would over-weight short batches)."""
     if not examples:
         return None
+    total_loss, total_tokens = split_loss_sums(model, examples, batch_size=batch_size, pad_token_id=pad_token_id,
+                                               autocast_dtype=autocast_dtype)
+    return total_loss / total_tokens if total_tokens else None
+
+
+@torch.no_grad()
+def split_loss_sums(
+    model, examples: list[TokenizedExample], *, batch_size: int, pad_token_id: int,
+    autocast_dtype: torch.dtype | None = None, rank: int = 0, world_size: int = 1,
+) -> tuple[float, int]:
+    """(loss summed over supervised tokens, their count) over batches rank, rank + world_size, ... of the split
+    cut into `batch_size` rows; the batches are the same for any world_size, so the sums over ranks add up
+    to the one-process sums."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total_loss, total_tokens = 0.0, 0
     context = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     try:
-        for start in range(0, len(examples), batch_size):
+        for start in range(rank * batch_size, len(examples), batch_size * world_size):
             batch = collate_padded(examples[start : start + batch_size], pad_token_id)
             tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             if tokens == 0:
@@ -40,7 +52,7 @@ def split_loss(
             total_tokens += tokens
     finally:
         model.train(was_training)
-    return total_loss / total_tokens if total_tokens else None
+    return total_loss, total_tokens
 
 
 def perplexity(loss: float | None) -> float | None:
