@@ -15,10 +15,12 @@ _DEFAULTS = ServeConfig()
 @app.command()
 def serve(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a training run, or an adapter folder."),
-    host: str = typer.Option(_DEFAULTS.host, "--host", help="Address to bind; anything but loopback exposes the model."),
+    host: str = typer.Option(_DEFAULTS.host, "--host",
+                             help="Address to bind; anything but loopback exposes the model."),
     port: int = typer.Option(_DEFAULTS.port, "--port", min=1, max=65535),
     api_key: str | None = typer.Option(
-        None, "--api-key", envvar="LORAKIT_API_KEY", help="Require 'Authorization: Bearer KEY' (or set LORAKIT_API_KEY)."
+        None, "--api-key", envvar="LORAKIT_API_KEY",
+        help="Require 'Authorization: Bearer KEY' (or set LORAKIT_API_KEY).",
     ),
     queue_size: int = typer.Option(_DEFAULTS.queue_size, "--queue-size", min=1, max=1024,
                                    help="Requests that may wait behind the one generating; more get 503."),

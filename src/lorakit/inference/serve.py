@@ -61,7 +61,8 @@ class _Server:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.options.api_key.encode()):
             raise ApiError(401, "Missing or incorrect API key: send the key the server was started with as "
-                           "'Authorization: Bearer KEY'.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                           "'Authorization: Bearer KEY'.", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
 
     def plan(self, chat: ChatRequest) -> tuple[int, GenerationSettings]:
         """Prompt tokens and the settings for this request, or the context-length 400."""
