@@ -63,8 +63,11 @@ def first_missing_folder(run_dir: Path) -> Path | None:
     """The outermost folder of `run_dir` that does not exist yet (what creating it will create), or None."""
     missing = None
     for folder in (run_dir, *run_dir.parents):
-        if folder.exists():
-            return missing
+        try:
+            if folder.exists():
+                return missing
+        except OSError:  # a name too long to look up: creating it fails next, as a config error
+            return None
         missing = folder
     return missing
 
