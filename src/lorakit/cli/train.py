@@ -9,6 +9,53 @@ import typer
 
 from lorakit.cli.app import app, console, err_console
 from lorakit.config import load_config
+from lorakit.errors import LorakitError
+
+# How long a rank other than 0 waits before exiting with an error rank 0 is printing too (see above).
+RANK_ZERO_GRACE_S = 3.0
+
+
+def _relaunch(processes: int, lorakit_args: list[str]) -> int:
+    """Run `lorakit ARGS` under torchrun with `processes` workers; returns torchrun's exit code."""
+    import subprocess
+
+    from lorakit.runtime.launch import check_process_count, torchrun_command
+
+    check_process_count(processes)
+    command = torchrun_command(processes, lorakit_args)
+    console.print(f"starting {processes} processes: {shlex.join(command)}", highlight=False, soft_wrap=True)
+    child = subprocess.Popen(command)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached torchrun too (same process group): it stops the workers
+        return child.wait()
+
+
+def _quiet_unless_rank_zero() -> None:
+    """Under a launcher, rank 0 alone prints (progress, messages, errors) and logs; the others stay silent.
+
+    An error every rank raises alike (bad data, a NaN loss, out of memory at micro-batch 1) is printed once,
+    by rank 0; --debug shows every rank's traceback."""
+    import logging
+
+    from lorakit.cli.app import _state
+    from lorakit.runtime.distributed import launch_ranks
+
+    if launch_ranks().is_main or _state["debug"]:
+        return
+    console.quiet = err_console.quiet = True
+    logging.getLogger("lorakit").setLevel(logging.ERROR)
+
+
+def _let_rank_zero_report_first() -> None:
+    """On ranks other than 0, wait a moment before exiting with an error: the launcher stops every process as
+    soon as one fails, and an error all ranks raise alike should be printed (by rank 0) before that."""
+    import time
+
+    from lorakit.runtime.distributed import launch_ranks
+
+    if not launch_ranks().is_main:
+        time.sleep(RANK_ZERO_GRACE_S)
 
 
 def resume_point(run_dir: Path) -> str:
@@ -32,10 +79,18 @@ def train(
     allow_pickle: bool = typer.Option(
         False, "--allow-pickle", help="Allow .bin/.pt pickle weights for the base model (safetensors only by default)."
     ),
+    gpus: int = typer.Option(None, "--gpus", min=1, help="Train data-parallel on N GPUs of this machine (starts "
+                             "torchrun; on a CPU-only machine N processes with gloo)."),
 ) -> None:
     """Fine-tune the configured model with LoRA/QLoRA on the configured data."""
     if resume and overwrite:
         raise typer.BadParameter("--resume and --overwrite contradict each other; pick one.")
+    if gpus is not None:
+        flags = [name for name, given in (("--resume", resume), ("--overwrite", overwrite), ("--allow-phi", allow_phi),
+                                          ("--skip-invalid", skip_invalid), ("--allow-pickle", allow_pickle)) if given]
+        raise typer.Exit(_relaunch(gpus, ["train", str(config_path), *[p for o in overrides for p in ("--set", o)],
+                                          *flags]))
+    _quiet_unless_rank_zero()
     extra = [f"data.allow_phi={str(allow_phi).lower()}"] if allow_phi else []
     extra += ["data.skip_invalid=true"] if skip_invalid else []
     extra += ["model.allow_pickle=true"] if allow_pickle else []
@@ -52,6 +107,9 @@ def train(
 
     try:
         result = run_training(config, resume=resume, overwrite=overwrite, reporter=RichTrainingReporter())
+    except LorakitError:
+        _let_rank_zero_report_first()
+        raise
     except KeyboardInterrupt:
         flags = [name for name, given in (("--allow-phi", allow_phi), ("--skip-invalid", skip_invalid),
                                           ("--allow-pickle", allow_pickle)) if given]

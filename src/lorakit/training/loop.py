@@ -18,7 +18,6 @@ import torch
 from lorakit.config import RunConfig, dump_config
 from lorakit.data.masking import IGNORE_INDEX
 from lorakit.errors import LorakitError, TrainingError
-from lorakit.evaluation.loss import split_loss
 from lorakit.model.adapters import (
     name_adapter_base, public_model_name, resolve_target_modules, trainable_parameter_count, variant_identity,
 )
@@ -36,17 +35,22 @@ from lorakit.model.quantize import bitsandbytes_available, nf4_config, wants_4bi
 from lorakit.model.run_plan import resolve_auto_settings
 from lorakit.model.trainable import make_trainable
 from lorakit.runtime.device import compute_dtype, pick_device
+from lorakit.runtime.distributed import Ranks, current_ranks, process_group
 from lorakit.runtime.logging import get_logger
 from lorakit.runtime.run_lock import hold_run_lock
-from lorakit.runtime.seed import seed_everything
+from lorakit.runtime.seed import micro_batch_seed, seed_everything
 from lorakit.training.batches import collate_group, epoch_groups, packed_epoch_groups
 from lorakit.training.checkpoint import (
     TrainerState,
     save_checkpoint,
 )
+from lorakit.training.data_parallel import (
+    NullMetricsSink, agree_on_plan, agree_on_step, shared_split_loss, step_share_warning,
+)
 from lorakit.training.dataset import PreparedData, prepare_data
 from lorakit.training.finalize import TrainResult, finalize_run
 from lorakit.training.run_dir import (
+    FINAL,
     create_output_dir,
     first_missing_folder,
     prepare_run_dir,
@@ -86,6 +90,7 @@ class TrainingSession:
     quantized: bool
     identity: dict
     offload_activations: bool = False  # planned: checkpointed activations live in CPU memory
+    ranks: Ranks = Ranks()  # the processes of a torchrun / accelerate launch (one by default)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -94,7 +99,8 @@ class TrainingSession:
 
 def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSession:
     """Load tokenizer, data, base model and LoRA; the order puts cheap failures (data) before slow ones."""
-    device = pick_device()
+    ranks = current_ranks()
+    device = ranks.device if ranks.distributed else pick_device()  # cuda:LOCAL_RANK under a launcher
     dtype = compute_dtype(config.training.precision, device)
     source = resolve_model_source(config.model)
     tokenizer = load_tokenizer(source, config.model)
@@ -108,6 +114,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     resolved = resolve_auto_settings(config, read_model_config(source), cuda=device.type == "cuda",
                                      dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available())
     config = resolved.config
+    agree_on_plan(ranks, config)
     if resolved.plan is not None:
         reporter.message(f"memory plan: {config.model.quantization}, micro-batch {config.training.batch_size}, "
                          f"checkpointing {resolved.plan.checkpointing_text}, predicted peak "
@@ -141,26 +148,36 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         **chat_template_identity(config.model.chat_template),
     }
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
-                           resolved.offload_activations)
+                           resolved.offload_activations, ranks)
 
 
 def train(
     config: RunConfig, *, resume: bool = False, overwrite: bool = False, reporter: ProgressReporter | None = None
 ) -> TrainResult:
-    """Fine-tune `config.model` with LoRA on `config.data`; write checkpoints and the final adapter to output_dir."""
-    reporter = reporter or SilentReporter()
-    created = first_missing_folder(Path(config.output_dir))
-    run_dir = create_output_dir(Path(config.output_dir))
-    try:
-        with hold_run_lock(run_dir):
-            return _train_locked(config, run_dir, resume=resume, overwrite=overwrite, reporter=reporter)
-    except (LorakitError, KeyboardInterrupt):
-        remove_unused_run_dir(run_dir, created)  # a data error (or Ctrl-C) leaves no empty run folder behind
-        raise
+    """Fine-tune `config.model` with LoRA on `config.data`; write checkpoints and the final adapter to output_dir.
+
+    Under torchrun / `accelerate launch` every process calls this; rank 0 alone owns the run folder (lock,
+    checkpoints, metrics, final/) and reports progress (training/data_parallel.py)."""
+    with process_group() as ranks:
+        if not ranks.is_main:
+            return _train_locked(config, Path(config.output_dir), resume=resume, overwrite=overwrite,
+                                 reporter=SilentReporter())
+        reporter = reporter or SilentReporter()
+        created = first_missing_folder(Path(config.output_dir))
+        run_dir = create_output_dir(Path(config.output_dir))
+        try:
+            with hold_run_lock(run_dir):
+                return _train_locked(config, run_dir, resume=resume, overwrite=overwrite, reporter=reporter)
+        except (LorakitError, KeyboardInterrupt):
+            remove_unused_run_dir(run_dir, created)  # a data error (or Ctrl-C) leaves no empty run folder behind
+            raise
 
 
 def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool, reporter: ProgressReporter) -> TrainResult:
-    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    ranks = current_ranks()
+    if ranks.is_main:
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    ranks.barrier()  # the others read checkpoints only once rank 0 has cleaned (or cleared) the folder
     seed_everything(config.seed)
     session = build_session(config, reporter)
     for warning in interval_warnings(session.config.training, has_validation=bool(session.data.splits.validation)):
@@ -175,14 +192,19 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     stopper = EarlyStopping(config.training.early_stopping_patience, config.training.early_stopping_min_delta)
     if resume:
         state = resume_state(run_dir, session, optimizer, scheduler, scaler, stopper, reporter)
-    tracker = open_tracker(config, run_dir, resume=resume)
-    sink = MetricsSink(run_dir, state.log_history, state.step, tracker=tracker)
+    share_warning = step_share_warning(ranks, state.gradient_accumulation_steps or config.training.gradient_accumulation_steps)
+    if share_warning and ranks.is_main:
+        log.warning(share_warning)
+    tracker = open_tracker(config, run_dir, resume=resume) if ranks.is_main else None
+    sink = MetricsSink(run_dir, state.log_history, state.step, tracker=tracker) if ranks.is_main else NullMetricsSink()
     try:
         stopped_early = _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, sink, reporter, run_dir)
     finally:
         sink.close()
         reporter.finish()
     state.stopped_early = stopped_early  # a resume after this checkpoint must not train past an early stop
+    if not ranks.is_main:  # rank 0 writes the last checkpoint and final/ alone; nothing below is collective
+        return TrainResult(run_dir, run_dir / FINAL, state.step, stopped_early, {})
     save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, state=state,
                     identity=session.identity, config_yaml=dump_config(config), keep=config.training.save_total_limit)
     result = finalize_run(run_dir, session, state, stopper, stopped_early, reporter)
@@ -225,16 +247,30 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
     target_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
     autocast = torch.autocast(session.device.type, dtype=session.autocast_dtype) if session.autocast_dtype else nullcontext()
     session.model.train()
-    step_loss, seen_tokens = 0.0, 0
-    for batch in batches:  # a CUDA out-of-memory error here is retried by _step_with_oom_retry
+    step_loss, seen_tokens, out_of_memory = 0.0, 0, False
+    # Under a launcher this process runs micro-batches rank, rank + N, ... (training/data_parallel.py).
+    for index, batch in session.ranks.share(list(enumerate(batches))):
+        # Dropout/NEFTune draws depend on (seed, step, micro-batch) only, not on which process runs it.
+        torch.manual_seed(micro_batch_seed(session.config.seed, step, index))
         seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         batch = {k: v.to(session.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with autocast, activation_offload(session.offload_activations):
-            loss = causal_lm_loss(session.model, batch, num_items_in_batch=target_tokens)  # no full-vocab logits
-        if not torch.isfinite(loss):
-            raise _numerical_fault(session, step, groups, f"The loss became {float(loss)}")
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        try:  # a CUDA out-of-memory error is retried by _step_with_oom_retry, on every rank together
+            with autocast, activation_offload(session.offload_activations):
+                loss = causal_lm_loss(session.model, batch, num_items_in_batch=target_tokens)  # no full-vocab logits
+            if not torch.isfinite(loss):
+                step_loss += float(loss.detach())  # the summed loss below stops every rank with one message
+                break
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        except torch.OutOfMemoryError:
+            if not session.ranks.distributed:
+                raise
+            out_of_memory = True
+            break
         step_loss += float(loss.detach())
+    step_loss, seen_tokens = agree_on_step(session.ranks, step_loss, seen_tokens, out_of_memory)
+    if not math.isfinite(step_loss):
+        raise _numerical_fault(session, step, groups, f"The loss became {step_loss}")
+    session.ranks.sum_gradients_(params)
     if scaler is not None:
         scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
@@ -279,7 +315,9 @@ def _step_with_oom_retry(session, state, groups, position, params, optimizer, sc
             state.micro_batch_size = state.gradient_accumulation_steps = None  # retry as configured after a fix
             path = save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler,
                                    scaler=scaler, state=state, identity=session.identity,
-                                   config_yaml=dump_config(cfg), keep=cfg.training.save_total_limit)
+                                   config_yaml=dump_config(cfg), keep=cfg.training.save_total_limit
+                                   ) if session.ranks.is_main else run_dir
+            session.ranks.barrier()  # no rank exits (and has the launcher stop rank 0) before the save is done
             raise TrainingError(f"Out of memory at step {state.step + 1} even with micro-batch 1. Saved a resumable "
                                 f"checkpoint at {path}.", hint=OOM_ADVICE)
         state.micro_batch_size = halved(micro)
@@ -313,9 +351,10 @@ def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, si
             state.window_loss, state.window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
         stop = False
         if session.data.splits.validation and (state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps):
-            val_loss = split_loss(session.model, session.data.splits.validation,
-                                  batch_size=state.micro_batch_size or cfg.batch_size,
-                                  pad_token_id=session.tokenizer.pad_token_id, autocast_dtype=session.autocast_dtype)
+            val_loss = shared_split_loss(session.ranks, session.model, session.data.splits.validation,
+                                         batch_size=state.micro_batch_size or cfg.batch_size,
+                                         pad_token_id=session.tokenizer.pad_token_id,
+                                         autocast_dtype=session.autocast_dtype)
             stop = stopper.update(state.step, val_loss)
             record["val_loss"] = val_loss
         if len(record) > 1:
@@ -330,7 +369,7 @@ def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, si
             return True
         # A new best is saved too while early stopping is on: final/ ships it if patience runs out (early_stop.py).
         saves_best = stopper.enabled and stopper.improved_at(state.step)
-        if (state.step % cfg.save_steps == 0 or saves_best) and state.step < cfg.max_steps:
+        if (state.step % cfg.save_steps == 0 or saves_best) and state.step < cfg.max_steps and session.ranks.is_main:
             save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             state=state, identity=session.identity, config_yaml=dump_config(session.config),
                             keep=cfg.save_total_limit)
