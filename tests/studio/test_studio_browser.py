@@ -108,7 +108,10 @@ def fill(browser, element_id: str, value: str) -> None:
 
 
 def click(browser, element_id: str) -> None:
-    browser.find_element("id", element_id).click()
+    """A real click, on the control scrolled to the middle of the window (never under the sticky step bar)."""
+    button = browser.find_element("id", element_id)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+    button.click()
 
 
 def test_broken_jsonl_shows_every_problem_with_its_line(browser, studio, tmp_path):
@@ -208,3 +211,112 @@ def test_page_stays_responsive_under_a_4x_cpu_slowdown(browser, studio):
         assert keys_ms < 500 and browser.execute_script("return location.hash") == "#chat"
     finally:
         browser.execute_cdp_cmd("Emulation.setCPUThrottlingRate", {"rate": 1})
+
+
+def _state(browser, element_id: str) -> str:
+    return browser.execute_script(f"return document.getElementById('{element_id}').dataset.state || ''")
+
+
+@pytest.mark.slow
+def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, tiny_llama_dir, tmp_path):
+    """Data check, plan, train (reload mid-run; a second tab watches the first stop and resume it), eval, chat,
+    export, each on the tiny model; the run folder is the CLI's."""
+    url, workdir = studio
+    phases, started = {}, time.monotonic()
+
+    def phase(name: str) -> None:
+        phases[name] = round(time.monotonic() - started - sum(phases.values()), 1)
+
+    open_page(browser, url)
+    tick(browser, "qa.jsonl")
+    click(browser, "check-button")
+    wait_for(browser, "document.getElementById('check-verdict')", 20, "the data check")
+    assert text(browser, "check-verdict") == "ok: 12 examples, no problems found"
+    fill(browser, "stats-tokenizer", str(tiny_llama_dir))
+    fill(browser, "stats-max-length", "128")
+    click(browser, "stats-button")
+    wait_for(browser, "(i => i && i.complete && i.naturalWidth > 0)(document.querySelector('#stats-result img'))", 30,
+             "the length histogram")
+    screenshot(browser, tmp_path, "1-data", "data")
+    phase("data")
+
+    fill(browser, "run-name", "e2e")
+    fill(browser, "model-name", str(tiny_llama_dir))
+    browser.execute_script("document.getElementById('preset').value = 'quick'")
+    fill(browser, "overrides", "\n".join([o for o in TINY_OVERRIDES if "max_steps" not in o] + ["training.max_steps=4"]))
+    fill(browser, "gpu-memory", "8GB")
+    click(browser, "plan-button")
+    wait_for(browser, "document.getElementById('plan-summary')", 30, "the memory plan")
+    assert "(llama), max_length 128, LoRA r=4, planned for 8.0 GiB" in text(browser, "plan-summary")
+    click(browser, "save-run-button")
+    wait_for(browser, "document.getElementById('run-select').value === 'e2e'", 20, "the saved run to be selected")
+    config = workdir / "runs" / "e2e" / "studio.yaml"
+    assert f"lorakit train {config}" in text(browser, "save-result")
+    screenshot(browser, tmp_path, "2-model-and-plan", "model")
+    phase("plan")
+
+    click(browser, "train-start")
+    wait_for(browser, "document.getElementById('train-state').dataset.state === 'running'", 20, "training to start")
+    controller = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    watcher = browser.current_window_handle
+    open_page(browser, f"{url}/#run=e2e")
+    wait_for(browser, "document.getElementById('train-state').dataset.state === 'running'", 20, "the watcher to see it")
+    browser.switch_to.window(controller)
+    wait_for(browser, "/step [2-4] of 4/.test(document.getElementById('train-progress').innerText)", 120, "step 2")
+    browser.refresh()  # the job is a process of its own: the reloaded page finds it again from the run folder
+    open_page(browser, f"{url}/#run=e2e")
+    wait_for(browser, "document.getElementById('run-select').value === 'e2e' && "
+                      "document.getElementById('train-state').dataset.state", 10, "the run after the reload")
+    assert _state(browser, "train-state") in ("running", "succeeded")
+    if _state(browser, "train-state") == "running":
+        click(browser, "train-stop")
+        wait_for(browser, "document.getElementById('train-state').dataset.state === 'stopped'", 60, "the stop")
+        browser.switch_to.window(watcher)
+        wait_for(browser, "document.getElementById('train-state').dataset.state === 'stopped'", 20, "the watcher")
+        assert "--resume" in browser.execute_script("return document.getElementById('train-log').textContent")
+        browser.switch_to.window(controller)
+        click(browser, "train-resume")
+    wait_for(browser, "/^Training: finished/.test(document.getElementById('train-state').innerText)", 180, "the end")
+    browser.switch_to.window(watcher)
+    wait_for(browser, "/^Training: finished/.test(document.getElementById('train-state').innerText)", 20, "watcher")
+    assert "step 4 of 4" in text(browser, "train-progress")
+    browser.close()
+    browser.switch_to.window(controller)
+    points = browser.execute_script("return [document.querySelectorAll('#loss-chart .val-point').length, "
+                                    "document.querySelector('#loss-chart .train-line').getAttribute('points').split(' ').length]")
+    assert points == [2, 4]
+    assert (workdir / "runs" / "e2e" / "final" / "adapter_model.safetensors").is_file()
+    screenshot(browser, tmp_path, "3-train", "train")
+    phase("train")
+
+    fill(browser, "eval-limit", "1")
+    click(browser, "eval-start")
+    wait_for(browser, "document.querySelector('#eval-safety-table table.safety')", 240, "the safety table")
+    categories = browser.execute_script("return document.querySelectorAll('#eval-safety-table tbody tr').length")
+    answers = browser.execute_script("return document.querySelectorAll('#eval-answers tbody tr').length")
+    assert categories >= 5 and answers == categories  # one probe per category (--limit 1), both answers per row
+    assert browser.execute_script("return document.querySelectorAll('#eval-quality tbody tr').length") == 4
+    wait_for(browser, "document.getElementById('report-anchor')", 10, "the report link")
+    screenshot(browser, tmp_path, "4-evaluate", "evaluate")
+    phase("eval")
+
+    fill(browser, "chat-question", "What is asthma?")
+    click(browser, "chat-send")
+    wait_for(browser, "document.querySelector('#chat-tuned .a[data-done]') && document.querySelector('#chat-base .a[data-done]')",
+             120, "both streamed answers")
+    assert browser.execute_script("return document.querySelectorAll('#chat-tuned .disclaimer').length") == 1
+    screenshot(browser, tmp_path, "5-chat", "chat")
+    phase("chat")
+
+    click(browser, "export-start")
+    wait_for(browser, "document.getElementById('export-state').dataset.state === 'succeeded'", 180, "the export")
+    assert "exported: merged" in text(browser, "export-state")
+    assert (workdir / "runs" / "e2e" / "export" / "merged" / "model.safetensors").is_file()
+    click(browser, "export-start")  # again, without "replace": the CLI's refusal, word for word
+    wait_for(browser, "document.getElementById('export-state').dataset.state === 'failed'", 120, "the refusal")
+    refusal = text(browser, "export-error")
+    assert "export/merged already exists; the export was not started.\nhint: Pass --overwrite to replace it" in refusal
+    screenshot(browser, tmp_path, "6-export", "export")
+    phase("export")
+    print("studio end-to-end phases (s):", phases)

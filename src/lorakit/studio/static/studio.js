@@ -169,7 +169,7 @@ action("plan-button", "model-error", async () => {
     $("plan-result").textContent = "";
     $("plan-result").append(
       el("p", {id: "plan-summary", text: `${plan.model} (${plan.model_type}), max_length ${plan.max_length}, LoRA r=${plan.lora_r}, ` +
-        `planned for ${plan.gpu_gib} GiB: ${c.quantization}, micro-batch ${c.micro_batch}, checkpointing ${c.checkpointing}, ` +
+        `planned for ${plan.gpu_gib.toFixed(1)} GiB: ${c.quantization}, micro-batch ${c.micro_batch}, checkpointing ${c.checkpointing}, ` +
         `${c.on_gpu_gib} GiB on the GPU`}),
       table(["predicted peak", "GiB"], plan.breakdown),
       table(["quantization", "micro-batch", "checkpointing", "peak GiB", "on GPU GiB", "relative time", "fits"],
