@@ -12,7 +12,7 @@ from lorakit.cli.app import app, console
 @app.command()
 def studio(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback exposes your data."),
-    port: int = typer.Option(7860, "--port", min=1, max=65535),
+    port: int = typer.Option(7860, "--port", min=1, max=65535, help="Port of the page: http://HOST:PORT/."),
     workdir: Path = typer.Option(Path("."), "--workdir", help="Folder for data/ (uploads) and runs/ (training runs)."),
 ) -> None:
     """Open the data check, plan, training, evaluation, chat and export in a browser page."""
