@@ -40,18 +40,19 @@ def child(path: str) -> None:
     except ImportError:
         from lorakit.data.batch_render import render_batch
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     report = check_files([path], tokenizer=tokenizer, max_length=MAX_LENGTH, system_prompt=DEFAULT_SYSTEM_PROMPT)
-    check_s = time.perf_counter() - start
-    start = time.perf_counter()
+    check_s, check_cpu = time.perf_counter() - start, time.process_time() - cpu
+    start, cpu = time.perf_counter(), time.process_time()
     conversations = list(read_conversations(path))
     digest, produced = hashlib.sha256(), 0
     for begin in range(0, len(conversations), 512):
         for example in render_batch(conversations[begin:begin + 512], tokenizer, DEFAULT_SYSTEM_PROMPT, MAX_LENGTH):
             digest.update(json.dumps([example.input_ids, example.labels]).encode())
             produced += 1
-    tokenize_s = time.perf_counter() - start
-    print(json.dumps({"check_s": check_s, "tokenize_s": tokenize_s, "examples": produced,
+    tokenize_s, tokenize_cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(json.dumps({"check_s": check_s, "tokenize_s": tokenize_s, "check_cpu": check_cpu,
+                      "tokenize_cpu": tokenize_cpu, "examples": produced,
                       "check_examples": report.examples, "sha256": digest.hexdigest(), "module": render_batch.__module__}))
 
 
@@ -86,7 +87,8 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved, best of each: fair on a shared machine
             for name, src in trees.items():
                 runs[name].append(measure(src, data))
-    best = {name: {key: min(r[key] for r in rows) for key in ("check_s", "tokenize_s")} for name, rows in runs.items()}
+    keys = ("check_s", "tokenize_s", "check_cpu", "tokenize_cpu")
+    best = {name: {key: min(r[key] for r in rows) for key in keys} for name, rows in runs.items()}
     same = len({r["sha256"] for rows in runs.values() for r in rows}) == 1
     n = args.examples
     lines = [
@@ -94,15 +96,18 @@ def main() -> None:
         f"{MAX_LENGTH}; before = commit {args.baseline} ({runs['before'][0]['module']}.render_batch), after = this "
         f"checkout ({runs['after'][0]['module']}.render_batch)",
         f"machine: {os.cpu_count()} CPU cores (shared), python {sys.version.split()[0]}; best of {args.repeats} "
-        "interleaved runs, each in a fresh process",
+        "interleaved runs, each in a fresh process; CPU s = process CPU time (all threads), steadier than wall "
+        "time when other work shares the cores",
         f"identical token ids and labels before and after: {'yes' if same else 'NO'}",
         "",
-        f"{'what':<62} {'before s':>9} {'after s':>9} {'after/before':>13} {'after ex/s':>11}",
+        f"{'what':<62} {'measure':>7} {'before':>8} {'after':>8} {'after/before':>13} {'after ex/s':>11}",
     ]
-    for key, name in (("check_s", "data check (parse, formats, PHI, duplicates, token lengths)"),
-                      ("tokenize_s", "tokenize: read + render_batch (ids + checked assistant labels)")):
-        before, after = best["before"][key], best["after"][key]
-        lines.append(f"{name:<62} {before:>9.2f} {after:>9.2f} {after / before:>12.2f}x {n / after:>11.0f}")
+    for key, name in (("check", "data check (parse, formats, PHI, duplicates, token lengths)"),
+                      ("tokenize", "tokenize: read + render_batch (ids + checked assistant labels)")):
+        for unit, label in (("_s", "wall s"), ("_cpu", "CPU s")):
+            before, after = best["before"][key + unit], best["after"][key + unit]
+            lines.append(f"{name:<62} {label:>7} {before:>8.2f} {after:>8.2f} {after / before:>12.2f}x "
+                         f"{n / after:>11.0f}")
     table = "\n".join(lines)
     print(table)
     if args.out:
