@@ -92,7 +92,7 @@ def test_overrides_apply_and_are_validated(tmp_path):
     assert config.training.max_steps == 10 and config.lora.target_modules == "all-linear"
     with pytest.raises(ConfigError) as caught:
         load_config(path, ["training.max_stepss=10"])
-    assert caught.value.problems == ["training.max_stepss: unknown key; did you mean 'training.max_steps'?"]
+    assert caught.value.problems == ["--set training.max_stepss: unknown key; did you mean 'training.max_steps'?"]
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(path, ["training.max_steps"])
 
