@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from lorakit.model.host_memory import PROCESS_BASELINE_BYTES, cpu_loss_bytes, heap_fragmentation_bytes
+
 __all__ = [
     "GIB",
     "CUDA_CONTEXT_BYTES",
@@ -118,6 +120,7 @@ class TrainSettings:
     kv_expanded: bool = True  # attention keeps k/v repeated to every query head (no native GQA in varlen flash)
     mask_bytes: int = 1  # bytes per element of a dropout mask: 1 on CUDA (bool); the dtype's size on CPU
     dora: bool = False  # lora.use_dora: a magnitude per output feature, two more saved outputs per adapted layer
+    on_cpu: bool = False  # CPU training: predict the process's peak resident set (model/host_memory.py)
 
 
 @dataclass(frozen=True)
@@ -128,11 +131,14 @@ class MemoryEstimate:
     backward_working: int
     loss: int
     dequantize_buffer: int
+    process: int = 0  # on CPU: Python, PyTorch and the libraries themselves (on CUDA outside the allocator)
+    heap_fragmentation: int = 0  # on CPU: freed heap that the process keeps resident
 
     @property
     def peak_allocated(self) -> int:
+        """On CUDA the allocator's peak (`torch.cuda.max_memory_allocated`); on CPU the process's peak RSS."""
         return (self.weights + self.lora_states + self.saved_activations + self.backward_working + self.loss
-                + self.dequantize_buffer)
+                + self.dequantize_buffer + self.process + self.heap_fragmentation)
 
     def peak_on_gpu(self) -> int:
         """What the GPU must have free: allocated peak + allocator slack + CUDA context."""
@@ -140,7 +146,8 @@ class MemoryEstimate:
 
     def rows(self) -> list[tuple[str, float]]:
         """(term, GiB) for display."""
-        terms = ("weights", "lora_states", "saved_activations", "backward_working", "loss", "dequantize_buffer")
+        terms = ("weights", "lora_states", "saved_activations", "backward_working", "loss", "dequantize_buffer",
+                 "process", "heap_fragmentation")
         return [(term, getattr(self, term) / GIB) for term in terms] + [("peak_allocated", self.peak_allocated / GIB)]
 
 
@@ -230,7 +237,7 @@ def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEs
     working = tokens * ((per_layer if checkpointed else 0) + gradients)
     # Fused linear cross-entropy: final hidden states, selected rows, their gradient and one logits chunk.
     loss = tokens * d * b * 4
-    return MemoryEstimate(
+    estimate = MemoryEstimate(
         weights=weights,
         lora_states=lora_parameter_count(shape, settings) * LORA_STATE_BYTES_PER_PARAM,
         saved_activations=saved,
@@ -238,6 +245,10 @@ def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEs
         loss=loss,
         dequantize_buffer=dequantize + dora_transient_bytes(shape, settings),
     )
+    if not settings.on_cpu:
+        return estimate
+    return replace(estimate, loss=cpu_loss_bytes(tokens, shape.vocab), process=PROCESS_BASELINE_BYTES,
+                   heap_fragmentation=heap_fragmentation_bytes(saved))
 
 
 def relative_step_time(shape: ModelShape, settings: TrainSettings) -> float:

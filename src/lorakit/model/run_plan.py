@@ -102,9 +102,15 @@ def check_max_length(config: RunConfig, model_config: dict) -> None:
 
 
 def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, *, dtype_bytes: int,
-                  nf4_available: bool, cuda: bool = True) -> TrainingPlan:
-    """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given."""
+                  nf4_available: bool, cuda: bool = True, longest_example: int | None = None) -> TrainingPlan:
+    """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given.
+
+    `longest_example` (tokens, when the data is known): without packing a micro-batch is padded to its longest
+    example, not to max_length. On CPU the estimate is the process's peak RSS (model/host_memory.py)."""
     training = config.training
+    length = config.model.max_length
+    if longest_example and not training.packing:
+        length = min(length, longest_example)
     shape = ModelShape.from_config(model_config)
     quantization = config.model.quantization
     quantizations = (("none", "nf4") if nf4_available else ("none",)) if quantization == "auto" else (quantization,)
@@ -113,11 +119,11 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
         lora_targets=config.lora.target_modules if config.lora.target_modules == "all-linear" else tuple(config.lora.target_modules),
         lora_dropout=config.lora.dropout > 0, tokens_per_micro_batch=config.model.max_length,
         fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes, kv_expanded=expands_kv_heads(),
-        dora=config.lora.use_dora,
+        dora=config.lora.use_dora, on_cpu=not cuda,
     )
     fixed_checkpointing = {True: (1,), False: (None,)}.get(training.gradient_checkpointing)
     candidates = plan_settings(
-        shape, base, max_length=config.model.max_length, gpu_memory_bytes=gpu_memory_bytes,
+        shape, base, max_length=length, gpu_memory_bytes=gpu_memory_bytes,
         micro_batches=None if training.batch_size == "auto" else (training.batch_size,),
         checkpointing=fixed_checkpointing, quantizations=quantizations,
     )
@@ -158,7 +164,8 @@ def device_memory_bytes(cuda: bool) -> int:
 
 
 def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, dtype_bytes: int,
-                          nf4_available: bool, memory_bytes: int | None = None) -> ResolvedSettings:
+                          nf4_available: bool, memory_bytes: int | None = None,
+                          longest_example: int | None = None) -> ResolvedSettings:
     """Run the planner when anything is `auto` (against `memory_bytes`, default the GPU's memory, or RAM on
     CPU); fixed settings stay as they are. A max_length the model cannot take is refused first."""
     check_max_length(config, model_config)
@@ -167,7 +174,7 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
         every = 1 if training.gradient_checkpointing else None
         return ResolvedSettings(config, every, False, None)
     plan = plan_training(config, model_config, memory_bytes or device_memory_bytes(cuda), dtype_bytes=dtype_bytes,
-                         nf4_available=nf4_available and cuda, cuda=cuda)
+                         nf4_available=nf4_available and cuda, cuda=cuda, longest_example=longest_example)
     resolved = config.model_copy(update={
         "training": training.model_copy(update={"batch_size": plan.micro_batch,
                                                 "gradient_checkpointing": plan.checkpoint_every is not None}),

@@ -111,14 +111,18 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     reporter.message(f"data: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test examples"
                      + (f", {data.truncated} truncated to {config.model.max_length} tokens" if data.truncated else ""))
     # `auto` batch size, checkpointing and quantization: the memory planner, from config.json alone.
+    longest = max(len(e.input_ids) for examples in (data.splits.train, data.splits.validation, data.splits.test)
+                  for e in examples)  # micro-batches are padded to their longest example, not to max_length
     resolved = resolve_auto_settings(config, read_model_config(source), cuda=device.type == "cuda",
-                                     dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available())
+                                     dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available(),
+                                     longest_example=longest)
     config = resolved.config
     agree_on_plan(ranks, config)
     if resolved.plan is not None:
         reporter.message(f"memory plan: {config.model.quantization}, micro-batch {config.training.batch_size}, "
                          f"checkpointing {resolved.plan.checkpointing_text}, predicted peak "
-                         f"{resolved.plan.chosen.estimate.peak_allocated / 2**30:.1f} GiB")
+                         f"{resolved.plan.chosen.estimate.peak_allocated / 2**30:.1f} GiB "
+                         f"{'per GPU' if device.type == 'cuda' else 'of RAM'}")
     quantized = wants_4bit(config.model.quantization, device)
     model = load_base_model(source, config.model, device, dtype, nf4_config(dtype) if quantized else None)
     targets = resolve_target_modules(model, config.lora.target_modules)
