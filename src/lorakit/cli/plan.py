@@ -34,9 +34,11 @@ def plan(
     chosen_plan, model_config = plan_run(config, parse_memory_size(gpu_memory) if gpu_memory else None)
     chosen = chosen_plan.chosen
     console.print(f"[bold]{config.model.name}[/] ({model_config.get('model_type', '?')}), max_length "
-                  f"{config.model.max_length}, LoRA r={config.lora.r}, planned for {chosen_plan.gpu_memory_bytes / GIB:.1f} GiB")
+                  f"{config.model.max_length}, LoRA r={config.lora.r}, planned for {chosen_plan.gpu_memory_bytes / GIB:.1f} GiB per GPU")
     console.print(f"[green]plan:[/] {_settings_text(chosen)}")
-    breakdown = Table(title="predicted peak (GiB)", show_header=False)
+    # Data parallel (several GPUs) replicates the model, LoRA and optimizer state; each GPU runs its own
+    # micro-batches, so one GPU's plan is every GPU's.
+    breakdown = Table(title="predicted peak per GPU (GiB)", show_header=False)
     for term, gib in chosen.estimate.rows():
         breakdown.add_row(term, f"{gib:.2f}")
     breakdown.add_row("needed on the GPU (+ allocator slack, CUDA context)", f"{chosen.estimate.peak_on_gpu() / GIB:.2f}")
