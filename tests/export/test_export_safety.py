@@ -30,7 +30,8 @@ FAULTS = [
     ("merged", "lorakit.export.run_export.save_merged", "write"),
     ("gguf", "lorakit.export.gguf_file.gguf_tensors", "convert"),
     ("gguf", "lorakit.export.gguf_file.encode_tensor", "quantize"),
-    ("gguf", "gguf.GGUFWriter.write_tensors_to_file", "write"),
+    ("gguf", "lorakit.export.gguf_tensors._float32_data", "convert"),
+    ("gguf", "gguf.GGUFWriter.write_tensor_data", "write"),
     ("ollama", "lorakit.export.run_export.turn_format", "convert"),
     ("adapter", "shutil.copy2", "write"),
 ]

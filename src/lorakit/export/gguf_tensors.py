@@ -8,15 +8,16 @@ as they are, and a longrope model carries its rope factors as two extra float32 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import gguf
 import numpy as np
 import torch
 
 __all__ = ["ARCHITECTURES", "QUANT_TYPES", "GgufTensor", "rope_parameters", "rope_dimensions", "gguf_tensors",
-           "encode_tensor"]
+           "tensor_type", "encoded_nbytes", "encode_tensor"]
 
 ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "phi3": gguf.MODEL_ARCH.PHI3}
 Q = gguf.GGMLQuantizationType
@@ -30,8 +31,12 @@ _HIGH_PRECISION = {"token_embd.weight", "output.weight"}
 
 @dataclass(frozen=True)
 class GgufTensor:
+    """A tensor's GGUF name and shape; `load()` makes its float32 data in GGUF layout (one tensor in memory at
+    a time, so a multi-GB model is streamed to the file instead of copied whole)."""
+
     name: str
-    data: np.ndarray  # float32, in GGUF layout, not yet encoded
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray]
 
 
 def rope_parameters(config) -> dict:
@@ -63,13 +68,18 @@ def gguf_tensors(model) -> Iterator[GgufTensor]:
         gguf_stem = name_map.get_name(stem)
         if gguf_stem is None:
             raise ValueError(f"no GGUF name for tensor {hf_name} of a {config.model_type} model")
-        data = tensor.detach().to(torch.float32).cpu().numpy()
+        heads = None
         if config.model_type == "llama" and stem.endswith("self_attn.q_proj"):
-            data = _permute_for_ggml(data, config.num_attention_heads)
+            heads = config.num_attention_heads
         elif config.model_type == "llama" and stem.endswith("self_attn.k_proj"):
-            data = _permute_for_ggml(data, config.num_key_value_heads)
-        yield GgufTensor(f"{gguf_stem}.{suffix}", data)
+            heads = config.num_key_value_heads
+        yield GgufTensor(f"{gguf_stem}.{suffix}", tuple(tensor.shape), partial(_float32_data, tensor, heads))
     yield from _rope_factor_tensors(config)
+
+
+def _float32_data(tensor: torch.Tensor, heads: int | None) -> np.ndarray:
+    data = tensor.detach().to(torch.float32).cpu().numpy()
+    return data if heads is None else _permute_for_ggml(data, heads)
 
 
 def _rope_factor_tensors(config) -> Iterator[GgufTensor]:
@@ -81,25 +91,30 @@ def _rope_factor_tensors(config) -> Iterator[GgufTensor]:
         factors = np.asarray(rope[key], dtype=np.float32)
         if factors.shape != (rope_dimensions(config) // 2,):
             raise ValueError(f"rope {key} has {factors.size} values, expected {rope_dimensions(config) // 2}")
-        yield GgufTensor(gguf.TENSOR_NAMES[tensor] + ".weight", factors)
+        yield GgufTensor(gguf.TENSOR_NAMES[tensor] + ".weight", factors.shape, lambda factors=factors: factors)
 
 
 def tensor_type(tensor: GgufTensor, quant: str) -> gguf.GGMLQuantizationType:
     """F32 for vectors (norms, rope factors); the --quant type for matrices whose rows split into blocks."""
-    if tensor.data.ndim == 1:
+    if len(tensor.shape) == 1:
         return Q.F32
     wanted = QUANT_TYPES[quant][1]
     if quant == "q4_0" and tensor.name in _HIGH_PRECISION:
         wanted = Q.Q8_0
     block_size = gguf.GGML_QUANT_SIZES[wanted][0]
-    return wanted if tensor.data.shape[-1] % block_size == 0 else Q.F16
+    return wanted if tensor.shape[-1] % block_size == 0 else Q.F16
 
 
-def encode_tensor(tensor: GgufTensor, quant: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
-    """The bytes to store (as gguf-py's writer takes them) and their type."""
+def encoded_nbytes(tensor: GgufTensor, kind: gguf.GGMLQuantizationType) -> int:
+    block_size, type_size = gguf.GGML_QUANT_SIZES[kind]
+    return int(np.prod(tensor.shape)) // block_size * type_size
+
+
+def encode_tensor(tensor: GgufTensor, data: np.ndarray, quant: str) -> np.ndarray:
+    """The bytes to store for `data` (float32, from tensor.load()), as gguf-py's writer takes them."""
     kind = tensor_type(tensor, quant)
     if kind == Q.F32:
-        return tensor.data.astype(np.float32), kind
+        return data.astype(np.float32)
     if kind == Q.F16:
-        return tensor.data.astype(np.float16), kind
-    return gguf.quants.quantize(tensor.data, kind), kind
+        return data.astype(np.float16)
+    return gguf.quants.quantize(data, kind)

@@ -21,9 +21,11 @@ class ExportSteps:
         self.done: list[str] = []
 
     @contextlib.contextmanager
-    def step(self, name: str, description: str) -> Iterator[None]:
+    def step(self, name: str, description: str, quiet: bool = False) -> Iterator[None]:
+        """`quiet` names a failure without reporting progress (a step inside a loop over tensors)."""
         assert name in STEPS, name
-        self.on_step(name, description)
+        if not quiet:
+            self.on_step(name, description)
         try:
             yield
         except (LorakitError, KeyboardInterrupt):
@@ -35,4 +37,5 @@ class ExportSteps:
                                     "the export again.") from None
             raise ExportError(name, f"{type(exc).__name__}: {exc}",
                               hint="Nothing was written; fix the cause and run the same command again.") from exc
-        self.done.append(name)
+        if not quiet:
+            self.done.append(name)
