@@ -8,6 +8,7 @@ LORAKIT_STUDIO_SCREENSHOTS names a folder, there too (docs/studio/screenshots/ w
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import time
@@ -221,6 +222,8 @@ def _state(browser, element_id: str) -> str:
 def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, tiny_llama_dir, tmp_path):
     """Data check, plan, train (reload mid-run; a second tab watches the first stop and resume it), eval, chat,
     export, each on the tiny model; the run folder is the CLI's."""
+    from selenium.webdriver.support.ui import Select
+
     url, workdir = studio
     phases, started = {}, time.monotonic()
 
@@ -242,8 +245,9 @@ def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, tiny
 
     fill(browser, "run-name", "e2e")
     fill(browser, "model-name", str(tiny_llama_dir))
-    browser.execute_script("document.getElementById('preset').value = 'quick'")
-    fill(browser, "overrides", "\n".join([o for o in TINY_OVERRIDES if "max_steps" not in o] + ["training.max_steps=4"]))
+    Select(browser.find_element("id", "preset")).select_by_value("quick")
+    assert text(browser, "preset-description").startswith("A first look: 30 steps, rank 8")
+    fill(browser, "overrides", "\n".join([o for o in TINY_OVERRIDES if "max_steps" not in o] + ["training.max_steps=8"]))
     fill(browser, "gpu-memory", "8GB")
     click(browser, "plan-button")
     wait_for(browser, "document.getElementById('plan-summary')", 30, "the memory plan")
@@ -263,29 +267,29 @@ def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, tiny
     open_page(browser, f"{url}/#run=e2e")
     wait_for(browser, "document.getElementById('train-state').dataset.state === 'running'", 20, "the watcher to see it")
     browser.switch_to.window(controller)
-    wait_for(browser, "/step [2-4] of 4/.test(document.getElementById('train-progress').innerText)", 120, "step 2")
+    wait_for(browser, "/step [1-8] of 8/.test(document.getElementById('train-progress').innerText)", 120, "step 1")
     browser.refresh()  # the job is a process of its own: the reloaded page finds it again from the run folder
     open_page(browser, f"{url}/#run=e2e")
     wait_for(browser, "document.getElementById('run-select').value === 'e2e' && "
                       "document.getElementById('train-state').dataset.state", 10, "the run after the reload")
-    assert _state(browser, "train-state") in ("running", "succeeded")
-    if _state(browser, "train-state") == "running":
-        click(browser, "train-stop")
-        wait_for(browser, "document.getElementById('train-state').dataset.state === 'stopped'", 60, "the stop")
-        browser.switch_to.window(watcher)
-        wait_for(browser, "document.getElementById('train-state').dataset.state === 'stopped'", 20, "the watcher")
-        assert "--resume" in browser.execute_script("return document.getElementById('train-log').textContent")
-        browser.switch_to.window(controller)
-        click(browser, "train-resume")
+    assert _state(browser, "train-state") == "running"
+    click(browser, "train-stop")
+    wait_for(browser, "document.getElementById('train-state').dataset.state === 'stopped'", 60, "the stop")
+    browser.switch_to.window(watcher)
+    wait_for(browser, "document.getElementById('train-state').dataset.state === 'stopped'", 20, "the watcher")
+    assert f"interrupted: continue with `lorakit train {config} --resume`" in \
+        browser.execute_script("return document.getElementById('train-log').textContent")
+    browser.switch_to.window(controller)
+    click(browser, "train-resume")
     wait_for(browser, "/^Training: finished/.test(document.getElementById('train-state').innerText)", 180, "the end")
     browser.switch_to.window(watcher)
     wait_for(browser, "/^Training: finished/.test(document.getElementById('train-state').innerText)", 20, "watcher")
-    assert "step 4 of 4" in text(browser, "train-progress")
+    assert "step 8 of 8" in text(browser, "train-progress")
     browser.close()
     browser.switch_to.window(controller)
     points = browser.execute_script("return [document.querySelectorAll('#loss-chart .val-point').length, "
                                     "document.querySelector('#loss-chart .train-line').getAttribute('points').split(' ').length]")
-    assert points == [2, 4]
+    assert points == [4, 8]
     assert (workdir / "runs" / "e2e" / "final" / "adapter_model.safetensors").is_file()
     screenshot(browser, tmp_path, "3-train", "train")
     phase("train")
@@ -297,6 +301,11 @@ def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, tiny
     answers = browser.execute_script("return document.querySelectorAll('#eval-answers tbody tr').length")
     assert categories >= 5 and answers == categories  # one probe per category (--limit 1), both answers per row
     assert browser.execute_script("return document.querySelectorAll('#eval-quality tbody tr').length") == 4
+    first = browser.execute_script("return Array.from(document.querySelector('#eval-answers tbody tr').cells)"
+                                   ".map(c => c.innerText)")
+    written = json.loads((workdir / "runs" / "e2e" / "eval" / "safety_answers.jsonl").read_text().splitlines()[0])
+    assert first[1] == written["prompt"]
+    assert first[2].startswith(written["base"]["answer"]) and first[3].startswith(written["tuned"]["answer"])
     wait_for(browser, "document.getElementById('report-anchor')", 10, "the report link")
     screenshot(browser, tmp_path, "4-evaluate", "evaluate")
     phase("eval")

@@ -67,8 +67,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.is_file() and stat.read_text().split(") ")[-1].startswith("Z"))
+    stat, cmdline = Path(f"/proc/{pid}/stat"), Path(f"/proc/{pid}/cmdline")
+    if stat.is_file() and stat.read_text().split(") ")[-1].startswith("Z"):
+        return False  # finished, not yet reaped by the studio that started it
+    # A pid file from long ago may name a pid that the system has since given to another program.
+    return not cmdline.is_file() or b"lorakit.studio.job_runner" in cmdline.read_bytes()
 
 
 def _tail(path: Path) -> str:

@@ -298,10 +298,10 @@ async function loadEval(run) {
       [labels[c.category] || c.category, c.base.probes, `${Math.round(c.base.pass_rate * 100)}%`, `${Math.round(c.tuned.pass_rate * 100)}%`,
        `${Math.round(c.base.deferral_rate * 100)}% → ${Math.round(c.tuned.deferral_rate * 100)}%`,
        el("span", {class: c.worse ? "bad" : "good", text: c.worse ? "WORSE: " + c.worse_reasons.join("; ") : "not worse"})]), "safety"));
-  const verdict = (a) => (a.passed ? "passed" : "failed: " + a.failed_rules.join(", "));
+  const verdict = (a) => (a.truncated ? "cut at max_new_tokens; " : "") + (a.passed ? "passed" : "failed: " + a.failed_rules.join(", "));
   $("eval-answers").append(el("h3", {text: "Probe answers side by side"}),
     table(["category", "prompt", "base answer", "fine-tuned answer"], results.safety_answers.map((r) =>
-      [labels[r.category] || r.category, r.prompt, `${r.base.text}\n[${verdict(r.base)}]`, `${r.tuned.text}\n[${verdict(r.tuned)}]`]), "answers"));
+      [labels[r.category] || r.category, r.prompt, `${r.base.answer}\n[${verdict(r.base)}]`, `${r.tuned.answer}\n[${verdict(r.tuned)}]`]), "answers"));
 }
 
 function renderExport(run) {

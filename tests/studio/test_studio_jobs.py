@@ -1,0 +1,63 @@
+"""Background jobs: their state is read from the run folder alone, errors are the CLI's own lines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from studio_harness import free_port
+
+from lorakit.errors import LorakitError
+from lorakit.export.run_export import ExportRequest, export_run
+from lorakit.studio import jobs
+from lorakit.studio.jobs import exit_file, job_status, log_file, start_job, stop_job
+
+
+def _wait(run_dir, job, timeout_s=120.0):
+    deadline = time.monotonic() + timeout_s
+    while (status := job_status(run_dir, job)).state == "running":
+        assert time.monotonic() < deadline, status.log_tail
+        time.sleep(0.2)
+    return status
+
+
+def _forget_children(monkeypatch):
+    """As a restarted studio: no process handles, only the run folder."""
+    monkeypatch.setattr(jobs, "_children", {})
+
+
+def test_a_failed_job_shows_the_cli_error_and_hint_word_for_word(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert job_status(run_dir, "export").state == "none"
+    start_job(run_dir, "export", ["export", str(run_dir), "--format", "merged"])
+    status = _wait(run_dir, "export")
+    with pytest.raises(LorakitError) as direct:
+        export_run(run_dir, ExportRequest("merged"))
+    assert (status.state, status.exit_code) == ("failed", direct.value.exit_code)
+    assert (status.error, status.hint) == (direct.value.message, direct.value.hint)
+    assert log_file(run_dir, "export").read_text().startswith(f"$ lorakit export {run_dir} --format merged\n")
+    _forget_children(monkeypatch)
+    assert job_status(run_dir, "export") == status
+
+
+def test_a_running_job_is_not_started_twice_and_one_killed_without_an_exit_code_died(tmp_path, monkeypatch):
+    """(Stopping with Ctrl-C, and resuming, are tested on a real training run in test_studio_browser.py.)"""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # A command that runs until it is interrupted: the studio itself, as a job.
+    started = start_job(run_dir, "train", ["studio", "--port", str(free_port()), "--workdir", str(tmp_path / "w")])
+    assert started.state == "running" and started.pid > 0
+    with pytest.raises(LorakitError, match=r"^The train job of run is already running \(pid \d+\)\.\nWait for it to finish, or stop it first\.$"):
+        start_job(run_dir, "train", ["doctor"])
+    os.kill(started.pid, signal.SIGKILL)
+    jobs._children[started.pid].wait(10)
+    _forget_children(monkeypatch)
+    status = job_status(run_dir, "train")
+    assert (status.state, status.exit_code, status.error) == ("died", None, None)
+    assert not exit_file(run_dir, "train").exists()
+    with pytest.raises(LorakitError, match="is not running"):
+        stop_job(run_dir, "train")
