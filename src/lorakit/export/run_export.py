@@ -21,6 +21,8 @@ from lorakit.export.merge import load_base_for_merge, merge_run, save_merged
 from lorakit.export.model_card import model_card
 from lorakit.export.ollama import modelfile_text, turn_format
 from lorakit.export.steps import ExportSteps
+from lorakit.export.stop_tokens import end_of_turn_token
+from lorakit.model.load import load_tokenizer, resolve_model_source
 from lorakit.runtime.atomic_files import atomic_directory
 from lorakit.runtime.logging import get_logger
 
@@ -112,27 +114,18 @@ def _export_gguf(run: FinishedRun, staging: Path, request: ExportRequest, steps:
 def _export_ollama(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> list[str]:
     notes = _export_gguf(run, staging, request, steps)
     with steps.step("convert", "Ollama TEMPLATE from the chat template"):
-        tokenizer = _tokenizer(run)
-        from lorakit.export.stop_tokens import end_of_turn_token
-
+        tokenizer = load_tokenizer(resolve_model_source(run.config.model), run.config.model)
         end_of_turn = end_of_turn_token(tokenizer)[0]
-        stops = list(dict.fromkeys([end_of_turn, tokenizer.eos_token]))
         inference = run.config.inference
-        text = modelfile_text(_gguf_name(run, request.quant), turn_format(tokenizer, end_of_turn), run.system_prompt,
-                              stops, {"temperature": inference.temperature, "top_p": inference.top_p,
-                                      "repeat_penalty": inference.repetition_penalty},
-                              header=f"Made by lorakit from {run.run_dir.name}. Create it with: "
-                                     f"ollama create {run.run_dir.name.lower()} -f Modelfile\n"
-                                     f"{inference.disclaimer}")
+        text = modelfile_text(
+            _gguf_name(run, request.quant), turn_format(tokenizer, end_of_turn), run.system_prompt,
+            list(dict.fromkeys([end_of_turn, tokenizer.eos_token])),
+            {"temperature": inference.temperature, "top_p": inference.top_p, "repeat_penalty": inference.repetition_penalty},
+            header=f"Made by lorakit from {run.run_dir.name}. Create it with: ollama create "
+                   f"{run.run_dir.name.lower()} -f Modelfile\n{inference.disclaimer}")
     with steps.step("write", "Modelfile"):
         (staging / "Modelfile").write_text(text)
     return notes
-
-
-def _tokenizer(run: FinishedRun):
-    from lorakit.model.load import load_tokenizer, resolve_model_source
-
-    return load_tokenizer(resolve_model_source(run.config.model), run.config.model)
 
 
 _WRITERS: dict[str, Callable[[FinishedRun, Path, ExportRequest, ExportSteps], list[str]]] = {
