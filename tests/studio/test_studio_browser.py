@@ -33,8 +33,7 @@ pytestmark = [
 def studio(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("studio-browser")
     (workdir / "data").mkdir()
-    write_qa_jsonl(workdir / "data" / "qa.jsonl")
-    (workdir / "data" / "broken.jsonl").write_text(BROKEN_JSONL)
+    write_qa_jsonl(workdir / "data" / "qa.jsonl")  # broken.jsonl is uploaded through the page
     with studio_in_thread(workdir) as url:
         yield url, workdir
 
@@ -116,9 +115,14 @@ def click(browser, element_id: str) -> None:
 
 
 def test_broken_jsonl_shows_every_problem_with_its_line(browser, studio, tmp_path):
-    url, _ = studio
+    url, workdir = studio
     open_page(browser, url)
-    tick(browser, "broken.jsonl")
+    upload = tmp_path / "broken.jsonl"
+    upload.write_text(BROKEN_JSONL)
+    browser.find_element("id", "upload-input").send_keys(str(upload))
+    wait_for(browser, "Array.from(document.querySelectorAll('#data-file-list input:checked')).map(b => b.value)"
+                      ".join() === 'broken.jsonl'", 20, "the uploaded file, ticked")
+    assert (workdir / "data" / "broken.jsonl").read_text() == BROKEN_JSONL
     click(browser, "check-button")
     wait_for(browser, "document.getElementById('check-verdict')", 20, "the check result")
     assert text(browser, "check-verdict") == "failed: 2 valid examples; 4 error(s), 1 warning(s)"
@@ -137,6 +141,13 @@ def test_broken_jsonl_shows_every_problem_with_its_line(browser, studio, tmp_pat
     assert "2 records give the same answer to different questions: broken.jsonl:1, broken.jsonl:5" in privacy
     assert "same as: lorakit data check broken.jsonl" in privacy
     screenshot(browser, tmp_path, "1-data-check-broken", "data")
+    click(browser, "redact-button")
+    wait_for(browser, "document.getElementById('redact-result').innerText", 20, "the redaction")
+    assert text(browser, "redact-result").startswith(
+        "broken.redacted.jsonl: 4 records, 1 redacted (1 mrn, 1 phone)\n\nnote: 1 line(s) are not valid JSON (line 2) "
+        "and were redacted as plain text")
+    assert "555-123-4567" not in (workdir / "data" / "broken.redacted.jsonl").read_text()
+    assert (workdir / "data" / "broken.jsonl").read_text() == BROKEN_JSONL
 
 
 def test_accessible_on_a_laptop_screen_with_no_external_requests(browser, studio):

@@ -128,8 +128,10 @@ action("redact-button", "data-error", async () => {
   const r = await api("POST", "/api/data/redact", {file: files[0]});
   const kinds = Object.entries(r.by_kind).map(([k, n]) => `${n} ${k}`).join(", ") || "nothing found";
   $("redact-result").textContent = "";
-  $("redact-result").append(el("p", {text: `${r.output}: ${r.records} records, ${r.changed_records} redacted (${kinds})`}),
-    command(`lorakit data redact ${files[0]} ${r.output}`));
+  $("redact-result").append(el("p", {text: `${r.output}: ${r.records} records, ${r.changed_records} redacted (${kinds})`}));
+  if (r.unparsed_lines.length) $("redact-result").append(el("p", {class: "sev-warning", text: `note: ${r.unparsed_lines.length} ` +
+    `line(s) are not valid JSON (line ${r.unparsed_lines.join(", ")}) and were redacted as plain text; check the new file`}));
+  $("redact-result").append(command(`lorakit data redact ${files[0]} ${r.output}`));
   await loadFiles([r.output]);
 });
 
