@@ -133,6 +133,17 @@ def test_qwen3_history_that_drops_reasoning_is_refused_not_mislabelled(tokenizer
         "turn the same way wherever it appears in a conversation.")
 
 
+def test_the_refusal_names_every_conversation_of_the_batch_that_fails(tokenizer):
+    templated = with_template(tokenizer, "qwen3")
+    reasoning = [Conversation((Message("user", "Hi"), Message("assistant", "<think>greet</think>Hello.")),
+                              "f.jsonl", line) for line in (8, 10, 11)]
+    with pytest.raises(DataError) as caught:
+        render_batch([SINGLE, reasoning[0], MULTI, *reasoning[1:]], templated, "Be safe.", 512)
+    assert str(caught.value).splitlines()[0].startswith("f.jsonl:8: the chat template of 'qwen3-on-smollm2'")
+    assert str(caught.value).splitlines()[0].endswith(
+        "tokens that are not the answer (also 2 more conversations rendered with it: f.jsonl:10, f.jsonl:11)")
+
+
 def test_template_whose_generation_prompt_is_not_how_history_reads_is_refused(tokenizer):
     """A template whose generation prompt differs from how the same turn reads in history (DeepSeek-R1 style:
     `<｜Assistant｜><think>\\n` to generate, no think block in history) cannot give an answer its chat prompt."""

@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-__all__ = ["AnswerSpan", "RenderedChat", "AnswerSpanError", "apply_template", "answer_lead", "render_chats",
-           "template_name"]
+__all__ = ["AnswerSpan", "RenderedChat", "AnswerSpanError", "apply_template", "answer_lead", "locate_answers",
+           "render_chats", "template_name"]
 
 Messages = list[dict[str, str]]
 
@@ -126,7 +126,16 @@ def _locate(full: str, before: str, after: str, content: str, specials: tuple[st
 
 
 def render_chats(tokenizer, batch: list[Messages]) -> list[RenderedChat]:
-    """Full text and answer spans of each conversation; AnswerSpanError for the first one that fails."""
+    """Full text and answer spans of each conversation; raises the AnswerSpanError of the first that fails."""
+    chats = locate_answers(tokenizer, batch)
+    failed = next((chat for chat in chats if isinstance(chat, AnswerSpanError)), None)
+    if failed is not None:
+        raise failed
+    return chats
+
+
+def locate_answers(tokenizer, batch: list[Messages]) -> list[RenderedChat | AnswerSpanError]:
+    """Full text and answer spans of each conversation, or the AnswerSpanError of its first answer that fails."""
     befores_requests, afters_requests, owners = [], [], []
     for owner, messages in enumerate(batch):
         for index, message in enumerate(messages):
@@ -143,11 +152,15 @@ def render_chats(tokenizer, batch: list[Messages]) -> list[RenderedChat]:
     full.update(zip(missing, apply_template(tokenizer, [batch[o] for o in missing], add_generation_prompt=False)))
     specials = special_token_texts(tokenizer)
     answers: list[list[AnswerSpan]] = [[] for _ in batch]
+    failed: dict[int, AnswerSpanError] = {}
     for owner, before, after, request in zip(owners, befores, afters, afters_requests):
+        if owner in failed:
+            continue
         located = _locate(full[owner], before, after, request[-1]["content"], specials)
+        if isinstance(located, AnswerSpan) and answers[owner] and located.start < answers[owner][-1].end:
+            located = "it overlaps the answer before it"
         if isinstance(located, str):
-            raise AnswerSpanError(owner, len(answers[owner]) + 1, located)
-        if answers[owner] and located.start < answers[owner][-1].end:
-            raise AnswerSpanError(owner, len(answers[owner]) + 1, "it overlaps the answer before it")
-        answers[owner].append(located)
-    return [RenderedChat(full[owner], tuple(answers[owner])) for owner in range(len(batch))]
+            failed[owner] = AnswerSpanError(owner, len(answers[owner]) + 1, located)
+        else:
+            answers[owner].append(located)
+    return [failed.get(owner) or RenderedChat(full[owner], tuple(answers[owner])) for owner in range(len(batch))]

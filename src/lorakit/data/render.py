@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lorakit.data.batch_encode import encode_texts, system_prefixes
-from lorakit.data.chat_spans import AnswerSpanError, answer_lead, apply_template, render_chats, template_name
+from lorakit.data.chat_spans import AnswerSpanError, answer_lead, apply_template, locate_answers, template_name
 from lorakit.data.conversation import Conversation, Message
 from lorakit.data.masking import IGNORE_INDEX, labels_from_spans, span_token_ranges
 from lorakit.errors import DataError
@@ -46,10 +46,21 @@ def with_system_prompt(messages: tuple[Message, ...], system_prompt: str) -> lis
     return rendered
 
 
-def _mask_error(conversation: Conversation, tokenizer, answer: int, reason: str) -> DataError:
-    return DataError(conversation.source, conversation.line, None,
-                     f"{template_name(tokenizer)} cannot be masked exactly: answer {answer}: {reason}; training "
-                     "on it would teach the model tokens that are not the answer", hint=_MASK_HINT)
+_LISTED_OTHERS = 20
+
+
+def _mask_error(conversations: Sequence[Conversation], tokenizer, problems: list[AnswerSpanError]) -> DataError:
+    """One DataError at the first conversation that cannot be masked, naming the others of its batch too."""
+    first = conversations[problems[0].index]
+    others = [f"{conversations[p.index].source}:{conversations[p.index].line}" for p in problems[1:]]
+    also = ""
+    if others:
+        listed = ", ".join(others[:_LISTED_OTHERS]) + (" ..." if len(others) > _LISTED_OTHERS else "")
+        also = f" (also {len(others)} more conversation{'s' if len(others) > 1 else ''} rendered with it: {listed})"
+    return DataError(first.source, first.line, None,
+                     f"{template_name(tokenizer)} cannot be masked exactly: answer {problems[0].answer}: "
+                     f"{problems[0].reason}; training on it would teach the model tokens that are not the answer"
+                     f"{also}", hint=_MASK_HINT)
 
 
 def render_batch(
@@ -60,10 +71,10 @@ def render_batch(
     if not tokenizer.is_fast:
         raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: token offsets are needed for the mask")
     batch = [with_system_prompt(c.messages, system_prompt) for c in conversations]
-    try:
-        rendered = render_chats(tokenizer, batch)
-    except AnswerSpanError as exc:
-        raise _mask_error(conversations[exc.index], tokenizer, exc.answer, exc.reason) from None
+    rendered = locate_answers(tokenizer, batch)
+    problems = [chat for chat in rendered if isinstance(chat, AnswerSpanError)]
+    if problems:
+        raise _mask_error(conversations, tokenizer, problems)
     encoded = encode_texts(tokenizer, [chat.text for chat in rendered], system_prefixes(tokenizer, batch), offsets=True)
     spans = [[(answer.start, answer.end) for answer in chat.answers] for chat in rendered]
     _check_supervised_tokens(conversations, tokenizer, rendered, encoded, spans)
@@ -89,12 +100,14 @@ def _check_supervised_tokens(conversations, tokenizer, rendered, encoded, spans)
             runs.append(input_ids[first:last])
             owners.append((owner, number))
     decoded = tokenizer.backend_tokenizer.decode_batch(runs, skip_special_tokens=False)
+    problems: dict[int, AnswerSpanError] = {}
     for (owner, number), text in zip(owners, decoded):
         expected = rendered[owner].answers[number - 1].expected
-        if text != expected:
-            raise _mask_error(conversations[owner], tokenizer, number,
-                              f"its supervised tokens decode to {text!r}, not {expected!r} (a token crosses the "
-                              "edge of the answer)")
+        if text != expected and owner not in problems:
+            problems[owner] = AnswerSpanError(owner, number, f"its supervised tokens decode to {text!r}, not "
+                                              f"{expected!r} (a token crosses the edge of the answer)")
+    if problems:
+        raise _mask_error(conversations, tokenizer, list(problems.values()))
 
 
 def render_conversation(
