@@ -11,7 +11,7 @@ from lorakit.cli.app import app, console, err_console
 from lorakit.config import load_config
 from lorakit.errors import LorakitError
 
-# How long a rank other than 0 waits before exiting with an error rank 0 is printing too (see above).
+# How long a rank other than 0 waits before exiting with an error that rank 0 prints (_let_rank_zero_report_first).
 RANK_ZERO_GRACE_S = 3.0
 
 
