@@ -59,7 +59,8 @@ def _root(
         transformers_logging.disable_progress_bar()
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-    for noisy in ("transformers", "peft", "accelerate", "huggingface_hub", "urllib3", "httpx", "httpx2", "httpcore", "matplotlib"):
+    for noisy in ("transformers", "peft", "accelerate", "huggingface_hub", "urllib3", "httpx", "httpx2", "httpcore", "matplotlib",
+                  "gguf"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 

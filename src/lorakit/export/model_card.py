@@ -128,8 +128,8 @@ def model_card(run: FinishedRun, what: str, notes: list[str] | tuple[str, ...] =
         "## Limits",
         "- It can be wrong, out of date or confidently invented; it does not know the person asking.",
         "- It must not be used to diagnose, to choose or dose treatment, or in emergencies.",
-        "- It inherits the base model's biases and those of a small fine-tuning set; the safety probes above "
-        "test a few known failure modes, not all of them.", "",
+        "- It inherits the base model's biases and those of a small fine-tuning set; the safety probes "
+        "(`lorakit eval --safety`) test a few known failure modes, not all of them.", "",
         "## Disclaimer", disclaimer, "",
         f"Made with lorakit {run.manifest['versions'].get('lorakit') or ''} "
         f"(transformers {run.manifest['versions'].get('transformers')}, peft {run.manifest['versions'].get('peft')}).",
