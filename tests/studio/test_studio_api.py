@@ -8,7 +8,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 
 from conftest import TOKENIZER_DIR, write_qa_jsonl
@@ -24,7 +23,13 @@ from lorakit.studio.presets import PRESETS
 
 @pytest.fixture
 def client(tmp_path) -> TestClient:
-    return TestClient(create_app(tmp_path / "work"))
+    return TestClient(create_app(tmp_path / "work"), base_url="http://127.0.0.1:7860")
+
+
+def test_a_request_for_another_host_name_is_refused(client):
+    """DNS rebinding: a page on evil.example that resolves its name to 127.0.0.1 must not reach the studio."""
+    assert client.get("/api/runs", headers={"host": "evil.example"}).status_code == 400
+    assert client.get("/api/runs", headers={"host": "localhost:7860"}).status_code == 200
 
 
 def _upload(client, name: str, text: str) -> None:
@@ -165,3 +170,53 @@ def test_gated_hub_model_shows_the_cli_message_through_the_real_command(tmp_path
     assert answer["kind"] == "HubAccessError"
     assert "lorakit-tests/gated-llama is a gated model and your account has not been granted access (403" in answer["error"]
     assert f"Request access on the model page {hub.url}/lorakit-tests/gated-llama" in answer["hint"]
+
+
+@pytest.fixture
+def finished_run(client, tiny_llama_dir, tmp_path_factory) -> str:
+    """The evaluation tests' tiny run (trained and evaluated once a session), copied in as runs/tiny."""
+    from evaluation.eval_runs import copy_run, evaluated_tiny_run
+
+    workspace = client.app.state.workspace
+    copy_run(evaluated_tiny_run(tiny_llama_dir, tmp_path_factory.getbasetemp() / "eval-workspace"),
+             workspace.runs_dir / "tiny")
+    return "tiny"
+
+
+def _sse(client, run: str, body: dict) -> list[dict]:
+    with client.stream("POST", f"/api/runs/{run}/chat", json=body) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        text = "".join(response.iter_text())
+    return [json.loads(block.removeprefix("data: ")) for block in text.split("\n\n") if block.strip()]
+
+
+def test_a_finished_run_reads_back_from_its_folder(client, finished_run):
+    run = client.get(f"/api/runs/{finished_run}").json()
+    assert run["finished"] and run["has_eval"] and run["progress"]["step"] == run["progress"]["max_steps"] == 4
+    assert [r["step"] for r in run["metrics"]] == [1, 2, 3, 4] and "val_loss" in run["metrics"][1]
+    assert {job: status["state"] for job, status in run["jobs"].items()} == {"train": "none", "eval": "none",
+                                                                           "export": "none"}
+    results = client.get(f"/api/runs/{finished_run}/eval").json()["results"]
+    written = [json.loads(line) for line in
+               (client.app.state.workspace.runs_dir / finished_run / "eval" / "safety_answers.jsonl").read_text().splitlines()]
+    assert results["safety_answers"] == written and results["eval"]["safety"]["probes"] == len(written)
+    assert set(results["category_labels"]) >= {c["category"] for c in results["eval"]["safety"]["categories"]}
+
+
+def test_chat_streams_the_tuned_answer_lorakit_chat_gives_and_the_base_answer(client, finished_run):
+    from lorakit.inference.chat import ChatSession
+    from lorakit.inference.generate import GenerationSettings, load_run
+
+    question = [{"role": "user", "content": "What is asthma?"}]
+    tuned = _sse(client, finished_run, {"model": "tuned", "messages": question})
+    base = _sse(client, finished_run, {"model": "base", "messages": question})
+    for events in (tuned, base):
+        assert all("text" in e for e in events[:-1]) and len(events) > 1
+        assert events[-1]["done"] is True and events[-1]["disclaimer"] == "Not medical advice."
+        assert events[-1]["finish_reason"] in ("stop", "length")
+    run = load_run(client.app.state.workspace.runs_dir / finished_run)
+    cli = "".join(ChatSession(run, GenerationSettings.from_config(run.config)).ask("What is asthma?"))
+    assert "".join(e["text"] for e in tuned[:-1]).strip() == cli.strip()
+    assert "".join(e["text"] for e in base[:-1]) != "".join(e["text"] for e in tuned[:-1])
+    refused = client.post(f"/api/runs/{finished_run}/chat", json={"messages": [{"role": "user", "content": " "}]})
+    assert refused.json()["error"] == "The last message must be a question."

@@ -74,6 +74,7 @@ def text(browser, element_id: str) -> str:
 def screenshot(browser, folder: Path, name: str, element_id: str) -> Path:
     """A PNG of one section (beyond the viewport if it is taller), saved in `folder` and in
     LORAKIT_STUDIO_SCREENSHOTS when set."""
+    browser.execute_script("window.scrollTo(0, 0)")  # the sticky step bar then stays above every section
     rect = browser.execute_script(f"const r = document.getElementById('{element_id}').getBoundingClientRect();"
                                   "return [r.left + scrollX, r.top + scrollY, r.width, r.height]")
     shot = browser.execute_cdp_cmd("Page.captureScreenshot", {

@@ -18,9 +18,9 @@ def studio(
     """Open the data check, plan, training, evaluation, chat and export in a browser page."""
     import uvicorn
 
-    from lorakit.studio.app import create_app
+    from lorakit.studio.app import LOOPBACK_HOSTS, create_app
 
-    studio_app = create_app(workdir)
+    studio_app = create_app(workdir, LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else None)
     console.print(f"lorakit studio: http://{host}:{port}/  (working folder {studio_app.state.workspace.root}; "
                   "Ctrl-C stops the page, not the training jobs)", highlight=False)
     uvicorn.run(studio_app, host=host, port=port, log_level="warning")

@@ -21,14 +21,18 @@ from lorakit.studio import routes_chat, routes_data, routes_runs
 from lorakit.studio.chat_models import ChatModels
 from lorakit.studio.workspace import Workspace
 
-__all__ = ["STATIC_DIR", "create_app"]
+__all__ = ["STATIC_DIR", "LOOPBACK_HOSTS", "create_app"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Requests must name this machine: a web page elsewhere that points its own host name at 127.0.0.1 (DNS
+# rebinding) is refused before it can read data or start jobs.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 log = get_logger("studio.app")
 
 
-def create_app(workdir: str | Path) -> FastAPI:
-    """The studio over `workdir` (created with data/ and runs/ if missing)."""
+def create_app(workdir: str | Path, allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS) -> FastAPI:
+    """The studio over `workdir` (created with data/ and runs/ if missing); `allowed_hosts` None allows any
+    Host header (for `--host` other than loopback)."""
     workspace = Workspace(Path(workdir).expanduser().resolve()).create()
     chat_models = ChatModels()
 
@@ -40,6 +44,10 @@ def create_app(workdir: str | Path) -> FastAPI:
     app = FastAPI(title="lorakit studio", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.workspace = workspace
     app.state.chat_models = chat_models
+    if allowed_hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     _add_error_handlers(app)
     for module in (routes_data, routes_runs, routes_chat):
         app.include_router(module.router)

@@ -13,7 +13,7 @@ from lorakit.data.records import Message
 from lorakit.inference.generate import GenerationSettings, LoadedRun, load_run, with_disclaimer
 from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished, TextPiece
 
-__all__ = ["CHAT_MODELS", "ChatModels", "sse_event"]
+__all__ = ["CHAT_MODELS", "ChatModels", "sse_event", "stream_events"]
 
 CHAT_MODELS = ("tuned", "base")
 _QUEUE_SIZE = 4

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from lorakit.errors import LorakitError
-from lorakit.studio.jobs import job_status, start_job, stop_job
+from lorakit.studio.jobs import start_job, stop_job
 from lorakit.studio.presets import PRESETS
 from lorakit.studio.run_config import STUDIO_CONFIG, RunChoices, studio_config, write_studio_config
 from lorakit.studio.run_status import eval_results, run_summary
@@ -97,7 +97,7 @@ def _plan(choices: PlanRequest, workspace) -> dict:
             "gpu_gib": round(plan.gpu_memory_bytes / GIB, 1), "chosen": row(plan.chosen),
             "breakdown": [[term, round(gib, 2)] for term, gib in plan.chosen.estimate.rows()],
             "candidates": [row(c) for c in plan.candidates[:5]],
-            "command": f"lorakit plan CONFIG" + (f" --gpu-memory {choices.gpu_memory}" if memory else "")}
+            "command": "lorakit plan CONFIG" + (f" --gpu-memory {choices.gpu_memory}" if memory else "")}
 
 
 @router.post("/plan")
