@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -280,6 +281,8 @@ def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, tiny
     wait_for(browser, "document.getElementById('train-state').dataset.state === 'running'", 20, "the watcher to see it")
     browser.switch_to.window(controller)
     wait_for(browser, "/step [1-8] of 8/.test(document.getElementById('train-progress').innerText)", 120, "step 1")
+    progress = text(browser, "train-progress")
+    assert re.fullmatch(r"step [1-8] of 8 · \d+ tokens/s · about (\d+ min )?\d+ s left", progress), progress
     browser.refresh()  # the job is a process of its own: the reloaded page finds it again from the run folder
     open_page(browser, f"{url}/#run=e2e")
     wait_for(browser, "document.getElementById('run-select').value === 'e2e' && "
