@@ -46,6 +46,19 @@ def interval_warnings(training: TrainingConfig, has_validation: bool) -> list[st
     patience = training.early_stopping_patience
     if patience is None:
         return warnings
+    if not has_validation:
+        warnings.append(f"training.early_stopping_patience={patience} can never stop this run: there is no validation "
+                        "data; set data.validation_split above 0 or early_stopping_patience to null")
+        return warnings
+    evaluations = evaluation_count(steps, training.eval_steps)
+    if evaluations < patience + 1:
+        largest = steps // (patience + 1)
+        fix = (f"set eval_steps to at most {largest}" if largest >= 1 else
+               f"raise max_steps to at least {patience + 1} or lower early_stopping_patience")
+        warnings.append(f"training.early_stopping_patience={patience} can never stop this run: it needs {patience + 1} "
+                        f"validation evaluations, but eval_steps={training.eval_steps} with max_steps={steps} gives "
+                        f"{evaluations}; {fix}")
+    return warnings
 
 
 class ProgressReporter(Protocol):
