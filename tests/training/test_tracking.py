@@ -76,33 +76,26 @@ def test_wandb_offline_gets_metrics_config_and_manifest(tiny_llama_dir, qa_file,
     run_id = json.loads((run / "tracking.json").read_text())["run_id"]
     [offline] = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
     assert (offline / f"run-{run_id}.wandb").stat().st_size > 0
-    history = _read_wandb_history(offline / f"run-{run_id}.wandb")
-    assert {step: row["train/loss"] for step, row in history.items() if "train/loss" in row} == pytest.approx(
-        _logged_losses(run))
+    items = _read_wandb_items(offline / f"run-{run_id}.wandb")
+    losses = _logged_losses(run)
+    assert items["train/loss"] == set(losses.values()) and set(losses) <= items["_step"]
     log = (offline / f"run-{run_id}.wandb").read_bytes()
     assert b"lora.r" in log  # the resolved config
     assert all(name.encode() in log for name in ("manifest.json", "config.yaml", "loss_curve.png"))  # the artifact
     _assert_no_secret_or_data(run / "wandb")
 
 
-def _read_wandb_history(path: Path) -> dict[int, dict]:
-    """(step -> {key: value}) from an offline run's transaction log. wandb >= 0.2x ships no Python reader; its
-    history items are protobuf fields: key (tag 0x12, length-prefixed) then value_json (tag 0x82 0x01)."""
+def _read_wandb_items(path: Path) -> dict[str, set]:
+    """Every (key -> values) history item of an offline run's transaction log. wandb >= 0.2x ships no Python
+    reader; a history item is protobuf: key (tag 0x12, length-prefixed), then value_json (tag 0x82 0x01)."""
     item = re.compile(rb"\x12(.)([\w/]{1,60}?)\x82\x01(.)", re.DOTALL)
     content = path.read_bytes()
-    rows: dict[int, dict] = {}
-    pending: dict = {}
+    items: dict[str, set] = {}
     for match in item.finditer(content):
         key_length, key, value_length = match.group(1)[0], match.group(2), match.group(3)[0]
-        if key_length != len(key):
-            continue
-        value = json.loads(content[match.end():match.end() + value_length])
-        if key == b"_step":
-            rows[int(value)] = pending
-            pending = {}
-        elif not key.startswith(b"_"):
-            pending[key.decode()] = value
-    return rows
+        if key_length == len(key):
+            items.setdefault(key.decode(), set()).add(json.loads(content[match.end():match.end() + value_length]))
+    return items
 
 
 def test_wandb_without_login_or_offline_mode_is_a_config_error(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
