@@ -76,11 +76,11 @@ def download_model(repo_id: str, revision: str | None, *, allow_pickle: bool, tr
         ) from None
 
 
-def download_tokenizer(repo_id: str, revision: str | None) -> Path:
-    """The tokenizer files of a Hub model, never its weights, with the same timeout and messages."""
+def _download_files(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
+    """snapshot_download of the files matching `patterns`, with the timeout hook and one message per failure."""
     _install_timeout_hook()
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=TOKENIZER_PATTERNS))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
         raise _hub_error(exc, repo_id, revision) from None
     except OSError as exc:
@@ -88,6 +88,11 @@ def download_tokenizer(repo_id: str, revision: str | None) -> Path:
             f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id} ({type(exc).__name__}).",
             hint=_OFFLINE_HINT,
         ) from None
+
+
+def download_tokenizer(repo_id: str, revision: str | None) -> Path:
+    """The tokenizer files of a Hub model, never its weights, with the same timeout and messages."""
+    return _download_files(repo_id, revision, TOKENIZER_PATTERNS)
 
 
 def download_model_file(repo_id: str, filename: str, revision: str | None) -> Path:
@@ -95,16 +100,7 @@ def download_model_file(repo_id: str, filename: str, revision: str | None) -> Pa
 
     Through snapshot_download, like the weights: hf_hub_download retries a silent Hub with 60-second
     timeouts for minutes, while the snapshot's repo-info call fails within HF_HUB_ETAG_TIMEOUT."""
-    _install_timeout_hook()
-    try:
-        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=[filename])) / filename
-    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
-        raise _hub_error(exc, repo_id, revision) from None
-    except OSError as exc:
-        raise HubAccessError(
-            f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id} ({type(exc).__name__}).",
-            hint=_OFFLINE_HINT,
-        ) from None
+    path = _download_files(repo_id, revision, [filename]) / filename
     if not path.is_file():
         raise HubAccessError(f"{repo_id} has no {filename}; it is not a transformers model.",
                              hint=f"Check model.name against {model_page_url(repo_id)}.")
