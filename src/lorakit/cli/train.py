@@ -45,6 +45,8 @@ def _quiet_unless_rank_zero() -> None:
         return
     console.quiet = err_console.quiet = True
     logging.getLogger("lorakit").setLevel(logging.ERROR)
+    for handler in logging.getLogger().handlers:  # libraries' INFO lines (e.g. liger's) come once, from rank 0
+        handler.setLevel(logging.ERROR)
 
 
 def _let_rank_zero_report_first() -> None:
