@@ -287,3 +287,17 @@ def test_client_gone_while_waiting_non_streamed_is_cancelled(run):
         health = server.wait_idle(timeout_s=30)
         assert health["finished"] == {"cancelled": 2}
         assert health["tokens_generated"] < 1500
+
+
+def test_a_phi3_shaped_run_serves_plain_and_streamed_like_chat(tiny_phi3_dir, tmp_path_factory):
+    """Phi-4-mini's architecture (fused qkv_proj / gate_up_proj) through the same server."""
+    phi3 = load_run(trained_tiny_run(tiny_phi3_dir, tmp_path_factory.mktemp("serve-phi3")))
+    assert phi3.model.config.model_type == "phi3"
+    with serving(phi3) as phi3_server:
+        api = client(phi3_server)
+        plain = api.chat.completions.create(model="run", messages=QUESTION)
+        assert plain.choices[0].message.content == f"{chat_answer(phi3, QUESTION)}\n\n{DISCLAIMER}"
+        streamed = "".join(c.choices[0].delta.content or ""
+                           for c in api.chat.completions.create(model="run", messages=QUESTION, stream=True)
+                           if c.choices)
+        assert streamed == plain.choices[0].message.content
