@@ -66,6 +66,7 @@ from lorakit.training.oom import (
     OOM_ADVICE,
     TorchRngSnapshot,
     accumulation_after_split,
+    cpu_micro_batch_size,
     halved,
     release_memory,
     split_into_micro_batches,
@@ -196,6 +197,8 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     stopper = EarlyStopping(config.training.early_stopping_patience, config.training.early_stopping_min_delta)
     if resume:
         state = resume_state(run_dir, session, optimizer, scheduler, scaler, stopper, reporter)
+    if session.device.type == "cpu" and state.micro_batch_size is None:
+        _right_size_for_cpu(session, state, reporter)
     share_warning = step_share_warning(ranks, state.gradient_accumulation_steps or config.training.gradient_accumulation_steps)
     if share_warning and ranks.is_main:
         log.warning(share_warning)
@@ -215,6 +218,20 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     if tracker is not None:
         tracker.finish(run_dir)
     return result
+
+
+def _right_size_for_cpu(session: TrainingSession, state: TrainerState, reporter: ProgressReporter) -> None:
+    """Cut the configured micro-batches into CPU-sized pieces (training/oom.py): same examples and loss per
+    optimizer step, a fraction of the activation memory."""
+    training = session.config.training
+    micro = cpu_micro_batch_size(training.batch_size, session.config.model.max_length)
+    if micro is None:
+        return
+    state.micro_batch_size = micro
+    state.gradient_accumulation_steps = accumulation_after_split(training.gradient_accumulation_steps,
+                                                                 training.batch_size, micro)
+    reporter.message(f"on CPU each micro-batch of {training.batch_size} runs as pieces of {micro} (same examples "
+                     "and loss per optimizer step, less memory)")
 
 
 def _next_micro_batches(session: TrainingSession, state: TrainerState) -> list[list[int]]:

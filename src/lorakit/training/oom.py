@@ -1,4 +1,5 @@
-"""Out-of-memory recovery for one optimizer step: halve the micro-batch, accumulate twice as often.
+"""Smaller micro-batches for one optimizer step: after an out-of-memory error (halve, accumulate twice as
+often), and from the start on CPU (`cpu_micro_batch_size`).
 
 The optimizer step keeps exactly the examples the data order gave it (its configured micro-batches are
 cut into smaller pieces, never re-drawn), and the loss is normalised by the step's answer tokens, so the
@@ -16,13 +17,29 @@ import torch
 from lorakit.data.packing import pack_best_fit
 from lorakit.data.render import TokenizedExample
 
-__all__ = ["OOM_ADVICE", "halved", "micro_batch_in_use", "split_into_micro_batches", "accumulation_after_split", "release_memory", "TorchRngSnapshot"]
+__all__ = ["OOM_ADVICE", "CPU_MICRO_BATCH_TOKENS", "cpu_micro_batch_size", "halved", "micro_batch_in_use", "split_into_micro_batches", "accumulation_after_split", "release_memory", "TorchRngSnapshot"]
 
 OOM_ADVICE = (
     "To use less memory per step: turn on training.gradient_checkpointing (true or 'auto'), or use QLoRA "
     "(model.quantization: nf4), then continue with `lorakit train CONFIG --resume`; or start a new run with a "
     "shorter model.max_length (it changes the data, so it cannot resume this run)."
 )
+
+
+# On CPU a micro-batch's activations cost ~2 MB per token for a 135M model in fp32 (7 GiB RSS for the README
+# demo's 8 x 384), while CPU matmuls are already at full speed with a few hundred rows, and smaller
+# micro-batches pad less. So CPU runs cut each configured micro-batch into pieces of at most this many tokens.
+CPU_MICRO_BATCH_TOKENS = 512
+
+
+def cpu_micro_batch_size(batch_size: int, max_length: int) -> int | None:
+    """The micro-batch a CPU run trains with, or None when the configured one is already small enough.
+
+    >>> cpu_micro_batch_size(8, 384), cpu_micro_batch_size(4, 128), cpu_micro_batch_size(8, 128)
+    (1, None, 4)
+    """
+    fitting = max(1, CPU_MICRO_BATCH_TOKENS // max_length)
+    return fitting if fitting < batch_size else None
 
 
 def halved(micro_batch_size: int) -> int:
@@ -36,7 +53,8 @@ def halved(micro_batch_size: int) -> int:
 
 
 def micro_batch_in_use(state, training) -> int:
-    """The micro-batch that fits: the halved one after an out-of-memory retry, else `training.batch_size`.
+    """The micro-batch that fits: the halved one after an out-of-memory retry, or the CPU's right-sized one
+    (`cpu_micro_batch_size`), else `training.batch_size`.
 
     Every later forward pass of the run (validation and test loss too) uses it, since the configured one
     did not fit. `state` is the TrainerState, `training` the TrainingConfig.
