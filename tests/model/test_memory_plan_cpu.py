@@ -89,3 +89,19 @@ def test_cpu_plan_predicts_the_peak_rss_of_a_real_training_run(tmp_path, tokeniz
     assert printed and float(printed.group(1)) == round(predicted / GIB, 1)  # the plan the run printed
     print(f"CPU plan: predicted {predicted / GIB:.3f} GiB, measured peak RSS {peak / GIB:.3f} GiB")
     assert abs(predicted - peak) / peak < 0.25, f"predicted {predicted / GIB:.2f} GiB, measured {peak / GIB:.2f} GiB"
+
+
+def test_cpu_plan_is_for_the_pieces_cpu_training_runs():
+    """The guide's micro-batch of 4 at max_length 512 runs on CPU as pieces of 1 example (training/oom.py),
+    each padded to the longest example (238 tokens in the bundled data), not to 512."""
+    from lorakit.config import RunConfig
+    from lorakit.model.run_plan import plan_training
+
+    config = RunConfig.model_validate({"model": {"max_length": 512}, "training": {"batch_size": 4},
+                                       "data": {"train_file": "qa.jsonl"}})
+    plan = plan_training(config, SMOLLM2_135M, 64 * GIB, dtype_bytes=4, nf4_available=False, cuda=False,
+                         longest_example=238)
+    assert plan.micro_batch == 4 and plan.chosen.settings.tokens_per_micro_batch == 238
+    on_gpu = plan_training(config, SMOLLM2_135M, 64 * GIB, dtype_bytes=4, nf4_available=False, cuda=True,
+                           longest_example=238)
+    assert on_gpu.chosen.settings.tokens_per_micro_batch == 4 * 238

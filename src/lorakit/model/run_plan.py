@@ -4,13 +4,14 @@ to `auto` settings (quantization, micro-batch, gradient checkpointing) for one G
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig, RunConfig
 from lorakit.errors import ConfigError
 from lorakit.model.attention import expands_kv_heads
-from lorakit.model.memory_plan import GIB, Candidate, ModelShape, TrainSettings, plan_settings
+from lorakit.model.memory_plan import GIB, Candidate, ModelShape, TrainSettings, estimate_peak_memory, plan_settings
+from lorakit.training.oom import cpu_micro_batch_size
 
 __all__ = [
     "TrainingPlan",
@@ -106,7 +107,8 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
     """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given.
 
     `longest_example` (tokens, when the data is known): without packing a micro-batch is padded to its longest
-    example, not to max_length. On CPU the estimate is the process's peak RSS (model/host_memory.py)."""
+    example, not to max_length. On CPU the estimate is the process's peak RSS (model/host_memory.py) for the
+    pieces that CPU training cuts each micro-batch into (training/oom.py's cpu_micro_batch_size)."""
     training = config.training
     length = config.model.max_length
     if longest_example and not training.packing:
@@ -127,6 +129,8 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
         micro_batches=None if training.batch_size == "auto" else (training.batch_size,),
         checkpointing=fixed_checkpointing, quantizations=quantizations,
     )
+    if not cuda:
+        candidates = [_as_cpu_pieces(candidate, shape, config.model.max_length, length) for candidate in candidates]
     chosen = candidates[0]
     if not chosen.fits:
         smallest = min(candidates, key=lambda c: c.estimate.peak_on_gpu())
@@ -139,6 +143,13 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
     settings = chosen.settings
     return TrainingPlan(settings.quantization, chosen.micro_batch, settings.checkpoint_every,
                         settings.offload_activations, chosen, candidates, gpu_memory_bytes)
+
+
+def _as_cpu_pieces(candidate: Candidate, shape: ModelShape, max_length: int, length: int) -> Candidate:
+    """The candidate's estimate for the pieces a CPU run cuts each micro-batch into."""
+    piece = cpu_micro_batch_size(candidate.micro_batch, max_length) or candidate.micro_batch
+    settings = replace(candidate.settings, tokens_per_micro_batch=piece * length)
+    return replace(candidate, settings=settings, estimate=estimate_peak_memory(shape, settings))
 
 
 @dataclass(frozen=True)
