@@ -136,7 +136,10 @@ def _answer_all(run: LoadedRun, request: EvalRequest, stage: str, items: list[tu
 
     try:
         generate_answers(run, [job[2] for job in pending], settings, models=[job[0] for job in pending],
-                         batch_size=run.config.eval.batch_size, on_answer=on_answer)
+                         batch_size=run.config.eval.batch_size, on_answer=on_answer,
+                         # Base and tuned rows in one batch were slower on CPU (bench/results/generation_speed_cpu.txt:
+                         # 1.81x vs 2.46x one model per batch); on a GPU one pass for both saves kernel launches.
+                         mixed_batches=run.device.type == "cuda")
     finally:
         journal.close()
     return {(which, item_id): journal.answers[key] for which, item_id, _, key in jobs}
