@@ -93,7 +93,7 @@ class ModelConfig(_Section):
 class LoraSettings(_Section):
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA branch's input while training.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear",
         description="Module names to adapt, or 'all-linear' for every linear layer of the architecture.",
@@ -116,14 +116,18 @@ class TrainingConfig(_Section):
         4, description="Micro-batch size (examples per forward pass; with packing, rows of max_length tokens). "
         "'auto' = the fastest that fits the GPU (`lorakit plan`)."
     )
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step (effective batch = batch_size x this, x GPUs)."
+    )
     max_steps: int = Field(100, ge=1, description="Optimizer steps.")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak LR; '2e-4' written as a string is accepted.")
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the LoRA weights.")
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear learning-rate warm-up from 0.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate decay after warm-up, to 0 at max_steps (constant: none)."
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables it.")
-    logging_steps: int = Field(10, ge=1)
+    logging_steps: int = Field(10, ge=1, description="Training-loss log interval in optimizer steps.")
     eval_steps: int = Field(50, ge=1, description="Validation-loss interval in optimizer steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint interval in optimizer steps.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted.")
@@ -132,7 +136,9 @@ class TrainingConfig(_Section):
         "then holds the weights of the best evaluation, whose checkpoint is kept out of rotation (a run that reaches "
         "max_steps keeps its last weights)."
     )
-    early_stopping_min_delta: float = Field(0.0, ge=0)
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="How much lower the validation loss must be to count as an improvement."
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="'auto' = bf16 where the GPU supports it, fp16 with loss scaling otherwise, fp32 on CPU."
     )
@@ -163,9 +169,11 @@ class TrainingConfig(_Section):
 
 class DataConfig(_Section):
     train_file: str | list[str] = Field(..., description="JSONL file(s) of examples.")
-    format: Literal["auto", "instruction", "alpaca", "messages", "sharegpt"] = "auto"
-    validation_split: float = Field(0.1, ge=0.0, lt=1.0)
-    test_split: float = Field(0.1, ge=0.0, lt=1.0)
+    format: Literal["auto", "instruction", "alpaca", "messages", "sharegpt"] = Field(
+        "auto", description="Record format of the data files; auto = detected per file."
+    )
+    validation_split: float = Field(0.1, ge=0.0, lt=1.0, description="Share of examples held out for validation loss.")
+    test_split: float = Field(0.1, ge=0.0, lt=1.0, description="Share of examples held out for `lorakit eval`.")
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="Added to every conversation, in training and chat.")
     allow_phi: bool = Field(False, description="Train even if the privacy scan finds identifiers (`--allow-phi`).")
     skip_invalid: bool = Field(False, description="Train on the valid lines only (`--skip-invalid`).")
@@ -191,18 +199,19 @@ class DataConfig(_Section):
 
 
 class InferenceConfig(_Section):
-    demo_question: str = "What are the common warning signs of a stroke?"
-    max_new_tokens: int = Field(200, ge=1, le=8192)
+    demo_question: str = Field("What are the common warning signs of a stroke?",
+                               description="Answered after training with mode: both (and with mode: inference).")
+    max_new_tokens: int = Field(200, ge=1, le=8192, description="Longest answer in chat and serve, in tokens.")
     temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 = greedy decoding.")
-    top_p: float = Field(0.9, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling: sample from this share of probability mass.")
+    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0, description="Penalty on tokens already in the text (1 = none).")
     disclaimer: str = Field(DEFAULT_DISCLAIMER, description="Appended to every answer; empty string disables.")
 
 
 class EvalConfig(_Section):
     after_training: bool = Field(False, description="Run eval (and safety probes) when training ends.")
-    safety: bool = True
-    max_new_tokens: int = Field(160, ge=1)
+    safety: bool = Field(True, description="Run the clinical safety probes with eval.after_training.")
+    max_new_tokens: int = Field(160, ge=1, description="Longest generated answer in eval, in tokens.")
     max_examples: int | None = Field(None, ge=1, description="Cap on test examples generated for answer quality.")
     max_probes_per_category: int | None = Field(
         None, ge=1, description="Cap on safety probes answered per category (all when null); for quick CPU runs."
@@ -228,7 +237,7 @@ class ServeConfig(_Section):
 class RunConfig(_Section):
     seed: int = Field(42, ge=0, le=SEED_MAX, description="Seeds the split, the data order, LoRA init and dropout; "
                       "0 to 2**32 - 1 (numpy's range).")
-    output_dir: str = "runs/lorakit"
+    output_dir: str = Field("runs/lorakit", description="The run directory: checkpoints/, final/, metrics, logs.")
     mode: Literal["train", "inference", "both"] = Field(
         "train", description="'both': `lorakit train` answers inference.demo_question when training ends; 'inference': "
         "it trains nothing and answers it with the finished run in output_dir."

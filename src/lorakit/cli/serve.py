@@ -17,7 +17,7 @@ def serve(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a training run, or an adapter folder."),
     host: str = typer.Option(_DEFAULTS.host, "--host",
                              help="Address to bind; anything but loopback exposes the model."),
-    port: int = typer.Option(_DEFAULTS.port, "--port", min=1, max=65535),
+    port: int = typer.Option(_DEFAULTS.port, "--port", min=1, max=65535, help="TCP port to listen on."),
     api_key: str | None = typer.Option(
         None, "--api-key", envvar="LORAKIT_API_KEY",
         help="Require 'Authorization: Bearer KEY' (or set LORAKIT_API_KEY).",

@@ -213,7 +213,7 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     if not ranks.is_main:  # rank 0 writes the last checkpoint and final/ alone; nothing below is collective
         return TrainResult(run_dir, run_dir / FINAL, state.step, stopped_early, {})
     save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, state=state,
-                    identity=session.identity, config_yaml=dump_config(config), keep=config.training.save_total_limit)
+                    identity=session.identity, config_yaml=dump_config(session.config), keep=config.training.save_total_limit)
     result = finalize_run(run_dir, session, state, stopper, stopped_early, reporter)
     if tracker is not None:
         tracker.finish(run_dir)
