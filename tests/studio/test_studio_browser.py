@@ -231,8 +231,26 @@ def _state(browser, element_id: str) -> str:
     return browser.execute_script(f"return document.getElementById('{element_id}').dataset.state || ''")
 
 
+@pytest.fixture(scope="module")
+def small_llama_dir(tmp_path_factory, tokenizer_dir):
+    """A llama big enough that a CPU training step takes a noticeable fraction of a second (30M parameters): the
+    tiny model trains 10 steps in well under a second on an idle machine, before any tab could press stop."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    import torch
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("small-llama")
+    config = LlamaConfig(vocab_size=49152, hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=None)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)
+    return directory
+
+
 @pytest.mark.slow
-def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, tiny_llama_dir, tmp_path):
+def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, small_llama_dir, tmp_path):
     """Data check, plan, train (reload mid-run; a second tab watches the first stop and resume it), eval, chat,
     export, each on the tiny model; the run folder is the CLI's."""
     from selenium.webdriver.support.ui import Select
@@ -248,7 +266,7 @@ def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, tiny
     click(browser, "check-button")
     wait_for(browser, "document.getElementById('check-verdict')", 20, "the data check")
     assert text(browser, "check-verdict") == "ok: 12 examples, no problems found"
-    fill(browser, "stats-tokenizer", str(tiny_llama_dir))
+    fill(browser, "stats-tokenizer", str(small_llama_dir))
     fill(browser, "stats-max-length", "128")
     click(browser, "stats-button")
     wait_for(browser, "(i => i && i.complete && i.naturalWidth > 0)(document.querySelector('#stats-result img'))", 30,
@@ -257,7 +275,7 @@ def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, tiny
     phase("data")
 
     fill(browser, "run-name", "e2e")
-    fill(browser, "model-name", str(tiny_llama_dir))
+    fill(browser, "model-name", str(small_llama_dir))
     Select(browser.find_element("id", "preset")).select_by_value("quick")
     assert text(browser, "preset-description").startswith("A first look: 30 steps, rank 8")
     fill(browser, "overrides", "\n".join([o for o in TINY_OVERRIDES if "max_steps" not in o] + ["training.max_steps=10"]))
