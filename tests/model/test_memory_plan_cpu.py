@@ -94,7 +94,7 @@ def test_cpu_plan_predicts_the_peak_rss_of_a_real_training_run(tmp_path, tokeniz
 
 
 def test_cpu_plan_is_for_the_pieces_cpu_training_runs():
-    """The guide's micro-batch of 4 at max_length 512 runs on CPU as pieces of 1 example (training/oom.py),
+    """The guide's micro-batch of 4 at max_length 512 runs on CPU as pieces of 2 examples (training/oom.py),
     each padded to the longest example (238 tokens in the bundled data), not to 512."""
     from lorakit.config import RunConfig
     from lorakit.model.run_plan import plan_training
@@ -103,7 +103,7 @@ def test_cpu_plan_is_for_the_pieces_cpu_training_runs():
                                        "data": {"train_file": "qa.jsonl"}})
     plan = plan_training(config, SMOLLM2_135M, 64 * GIB, dtype_bytes=4, nf4_available=False, cuda=False,
                          longest_example=238)
-    assert plan.micro_batch == 4 and plan.chosen.settings.tokens_per_micro_batch == 238
+    assert plan.micro_batch == 4 and plan.chosen.settings.tokens_per_micro_batch == 2 * 238
     on_gpu = plan_training(config, SMOLLM2_135M, 64 * GIB, dtype_bytes=4, nf4_available=False, cuda=True,
                            longest_example=238)
     assert on_gpu.chosen.settings.tokens_per_micro_batch == 4 * 238

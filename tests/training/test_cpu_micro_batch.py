@@ -38,11 +38,11 @@ def _spy_on_steps(monkeypatch) -> list[list[list[int]]]:
 
 
 def test_cpu_micro_batch_rule():
-    assert oom.CPU_MICRO_BATCH_TOKENS == 512
-    assert oom.cpu_micro_batch_size(8, 384) == 1  # the README demo
+    assert oom.CPU_MICRO_BATCH_TOKENS == 1024
+    assert oom.cpu_micro_batch_size(8, 384) == 2  # the README demo
     assert oom.cpu_micro_batch_size(4, 2048) == 1
-    assert oom.cpu_micro_batch_size(8, 128) == 4
-    assert oom.cpu_micro_batch_size(4, 128) is None and oom.cpu_micro_batch_size(1, 384) is None
+    assert oom.cpu_micro_batch_size(16, 128) == 8
+    assert oom.cpu_micro_batch_size(8, 128) is None and oom.cpu_micro_batch_size(1, 384) is None
 
 
 def test_cpu_pieces_keep_examples_loss_and_update(tiny_llama_dir, qa_file, tmp_path, monkeypatch):

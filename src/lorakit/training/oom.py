@@ -28,15 +28,17 @@ OOM_ADVICE = (
 
 # On CPU a micro-batch's activations cost ~2 MB per token for a 135M model in fp32 (7 GiB RSS for the README
 # demo's 8 x 384), while CPU matmuls are already at full speed with a few hundred rows, and smaller
-# micro-batches pad less. So CPU runs cut each configured micro-batch into pieces of at most this many tokens.
-CPU_MICRO_BATCH_TOKENS = 512
+# micro-batches pad less. So CPU runs cut each configured micro-batch into pieces of at most this many tokens:
+# 1024 (pieces of 2 for the README demo) kept its speed (1.03x the uncut time) at 2.86 GiB; 512 (pieces of 1)
+# reached 2.0 GiB but took 1.23x the time (bench/results/cpu_demo_memory.txt).
+CPU_MICRO_BATCH_TOKENS = 1024
 
 
 def cpu_micro_batch_size(batch_size: int, max_length: int) -> int | None:
     """The micro-batch a CPU run trains with, or None when the configured one is already small enough.
 
-    >>> cpu_micro_batch_size(8, 384), cpu_micro_batch_size(4, 128), cpu_micro_batch_size(8, 128)
-    (1, None, 4)
+    >>> cpu_micro_batch_size(8, 384), cpu_micro_batch_size(4, 128), cpu_micro_batch_size(16, 128)
+    (2, None, 8)
     """
     fitting = max(1, CPU_MICRO_BATCH_TOKENS // max_length)
     return fitting if fitting < batch_size else None
