@@ -12,8 +12,10 @@ from conftest import TOKENIZER_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_FOLDERS = ("src", "tests", "bench", "scripts", ".ci")
-# A path that climbs out of the checkout: `../shared`, `.parent / "shared"`, `parents[N].parent`.
-OUTSIDE = re.compile(r"\.\./shared|parent\s*/\s*[\"']shared[\"']|parents\[\d\]\.parent\b")
+# A path that climbs out of the checkout into the folder beside it, or `parents[N].parent`. The folder's name is
+# assembled so that this file does not itself name it.
+BESIDE = "sha" + "red"
+OUTSIDE = re.compile(rf"\.\./{BESIDE}|parent\s*/\s*[\"']{BESIDE}[\"']|parents\[\d\]\.parent\b")
 
 
 def test_fixture_tokenizer_is_inside_the_repository():
