@@ -10,7 +10,7 @@ from pathlib import Path
 from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig, RunConfig
 from lorakit.errors import ConfigError
 from lorakit.model.attention import expands_kv_heads
-from lorakit.model.memory_plan import GIB, Candidate, ModelShape, TrainSettings, estimate_peak_memory, plan_settings
+from lorakit.model.memory_plan import CUDA_CONTEXT_BYTES, GIB, Candidate, ModelShape, TrainSettings, estimate_peak_memory, plan_settings
 from lorakit.training.oom import cpu_micro_batch_size
 
 __all__ = [
@@ -170,7 +170,13 @@ def device_memory_bytes(cuda: bool) -> int:
     import torch
 
     if cuda:
-        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        device = torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(device).total_memory
+        fraction = torch.cuda.get_per_process_memory_fraction(device) if hasattr(
+            torch.cuda, "get_per_process_memory_fraction") else 1.0
+        if fraction < 1.0:  # PyTorch's allocator is capped (a shared GPU, or an emulated smaller card): plan for the
+            return int(total * fraction) + CUDA_CONTEXT_BYTES  # card whose memory minus the context is the cap
+        return total
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
