@@ -1,0 +1,42 @@
+"""Run a Python module (`-m lorakit train ...`) on an emulated smaller GPU, and record PyTorch's peak.
+
+    python bench/capped_run.py --cap-gib 7.3 --peak-file PEAK.json -m lorakit train CONFIG --set ...
+
+--cap-gib caps PyTorch's allocator (torch.cuda.set_per_process_memory_fraction) before the module runs, so
+the program sees a card of that much allocatable memory (an 8 GB card is ~8 GiB minus the CUDA context).
+At exit the peak allocated/reserved bytes go to --peak-file. The module itself runs unchanged (runpy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import runpy
+import sys
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cap-gib", type=float, default=None)
+    parser.add_argument("--peak-file", required=True)
+    parser.add_argument("-m", dest="module", required=True)
+    args, rest = parser.parse_known_args()
+    import torch
+
+    if args.cap_gib is not None:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total), 0)
+
+    def record_peak() -> None:
+        with open(args.peak_file, "w") as handle:
+            json.dump({"peak_allocated": torch.cuda.max_memory_allocated(0),
+                       "peak_reserved": torch.cuda.max_memory_reserved(0)}, handle)
+
+    atexit.register(record_peak)
+    sys.argv = [args.module, *rest]
+    runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

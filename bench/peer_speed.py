@@ -1,0 +1,287 @@
+"""Issue 11 benchmark: `lorakit train` (the CLI) against TRL's SFTTrainer as its documentation recommends
+(bench/trl_peer.py) and the guide's recipe (bench/guide_recipe.py), same model, same data, same GPU, one run.
+
+    python bench/peer_speed.py --out bench/results/peer_speed [--settings 8gb-qlora-512,...] [--smoke]
+
+Model: Phi-4-mini-shaped Phi3 with random weights (hidden 3072, intermediate 8192, 32 layers, 24 heads, 8 KV
+heads, vocab 200,064, partial rotary 0.75, tied embeddings), bf16 safetensors. Data: 2,048 synthetic
+single-turn chats (bench/synthetic_chat.py) with lorakit's default system prompt; lorakit reads them as
+instruction/response JSONL, TRL as conversational prompt/completion (loss on the answer only in both).
+
+Each row is a fresh process. An 8 GB card is emulated by capping PyTorch's allocator at --cap-gib (8 GiB minus
+the CUDA context); lorakit's planner sees the capped allocator as that card (cap + context). Reported per row:
+median tokens/s over the measured steps (real tokens; lorakit's own metrics.jsonl, TRL's counted in
+trl_peer.py), PyTorch's peak allocated and reserved, nvidia-smi's peak memory.used (CUDA context included),
+and MFU = useful FLOPs / (time x the bf16 matmul rate measured in the same run): 4 x linear parameters (LM
+head included) per real token + causal attention (6 n^2 x heads x head_dim per layer per example).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from multi_gpu import PHI4_MINI, SAFE_ENV, SMOKE, TOKENIZER, GpuMemorySampler  # noqa: E402
+from synthetic_chat import synthetic_conversations  # noqa: E402
+
+# name: (max_length, packed rows per step, quantization, checkpointing for TRL, cap the allocator)
+SETTINGS = {
+    "8gb-qlora-512": (512, 16, "nf4", True, True),
+    "8gb-qlora-2048": (2048, 4, "nf4", True, True),
+    "gpu-qlora-512": (512, 16, "nf4", False, False),
+    "gpu-bf16-512": (512, 16, "none", False, False),
+}
+
+
+def prepare(work: Path, smoke: bool) -> dict:
+    """Model, tokenizer, both data files and the matmul rate, in this (child) process."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Phi3Config
+
+    from lorakit.config import DEFAULT_SYSTEM_PROMPT
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(Phi3Config(**(SMOKE if smoke else PHI4_MINI)), dtype=torch.bfloat16)
+    model.save_pretrained(work / "model")
+    tokenizer.save_pretrained(work / "model")
+    del model
+    lengths = []
+    with open(work / "lorakit.jsonl", "w") as ours, open(work / "trl.jsonl", "w") as theirs:
+        for conversation in synthetic_conversations(256 if smoke else 2048, seed=0):
+            user, assistant = (m.content for m in conversation.messages)
+            messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": user},
+                        {"role": "assistant", "content": assistant}]
+            ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+            if len(ids) > 512:  # every example fits the shortest max_length: no truncation differences
+                continue
+            lengths.append(len(ids))
+            ours.write(json.dumps({"instruction": user, "response": assistant}) + "\n")
+            theirs.write(json.dumps({"prompt": messages[:2], "completion": messages[2:]}) + "\n")
+    tflops = None
+    if device == "cuda":
+        a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        times = []
+        for index in range(25):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            torch.cuda.synchronize()
+            if index >= 5:
+                times.append(start.elapsed_time(end) / 1e3)
+        tflops = 2 * 8192**3 / statistics.median(times) / 1e12
+    return {"examples": len(lengths), "mean_length": statistics.mean(lengths),
+            "mean_square_length": statistics.mean(n * n for n in lengths), "matmul_tflops": tflops,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__}
+
+
+def flops_per_token(shape: dict, data: dict) -> float:
+    """Useful FLOPs per real token of a LoRA step (forward + input gradients; frozen weights get none)."""
+    d, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    heads, kv = shape["num_attention_heads"], shape["num_key_value_heads"]
+    head_dim = d // heads
+    per_layer = d * (heads + 2 * kv) * head_dim + heads * head_dim * d + d * 2 * i + i * d
+    linear = layers * per_layer + shape["vocab_size"] * d
+    attention = 6 * data["mean_square_length"] / data["mean_length"] * heads * head_dim * layers
+    return 4 * linear + attention
+
+
+def lorakit_config(work: Path, steps: int, smoke: bool) -> Path:
+    config = {
+        "seed": 0,
+        "output_dir": str(work / "run"),
+        "model": {"name": str(work / "model"), "max_length": 512},
+        "training": {"precision": "fp32" if smoke else "bf16", "packing": True, "gradient_accumulation_steps": 1,
+                     "max_steps": steps, "logging_steps": 1, "eval_steps": steps, "save_steps": steps,
+                     "lr_scheduler": "constant", "learning_rate": 1e-4},
+        "data": {"train_file": str(work / "lorakit.jsonl"), "validation_split": 0.0, "test_split": 0.0},
+    }
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _run(command: list[str], log, name: str, timeout: int) -> tuple[subprocess.CompletedProcess | None, dict]:
+    env = dict(os.environ, **SAFE_ENV, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    with GpuMemorySampler() as sampler:
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as timed_out:
+            done = None
+            log.write(f"== {name}: TIMEOUT after {timeout} s\n{(timed_out.stdout or b'')[-4000:]!r}\n")
+    if done is not None:
+        log.write(f"== {name}: {' '.join(command)}\n{done.stdout[-6000:]}\n{done.stderr[-6000:]}\n")
+    log.flush()
+    return done, sampler.peak
+
+
+def lorakit_row(setting: str, work: Path, config: Path, args, log) -> dict:
+    max_length, rows, quantization, _, capped = SETTINGS[setting]
+    run_dir, peak_file = work / f"lorakit-{setting}", work / f"peak-{setting}.json"
+    sets = [f"output_dir={run_dir}", f"model.max_length={max_length}", f"model.quantization={quantization}"]
+    if capped:  # the planner chooses micro-batch, checkpointing and offload for the emulated card
+        sets += ["training.batch_size=auto", "training.gradient_checkpointing=auto"]
+    else:
+        sets += [f"training.batch_size={rows}", "training.gradient_checkpointing=false"]
+    command = [sys.executable, str(REPO / "bench" / "capped_run.py"), "--peak-file", str(peak_file)]
+    if capped and not args.smoke:
+        command += ["--cap-gib", str(args.cap_gib)]
+    command += ["-m", "lorakit", "train", str(config), "--overwrite"]
+    for item in sets:
+        command += ["--set", item]
+    done, smi = _run(command, log, f"lorakit {setting}", args.row_timeout)
+    row = {"setting": setting, "tool": "lorakit", "nvidia_smi_peak_mib": smi.get(0)}
+    if done is None or done.returncode != 0:
+        return row | {"error": "timeout" if done is None else done.stderr[-600:]}
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["tokens_per_second"] for r in records if "tokens_per_second" in r][args.warmup:]
+    plan = next((line for line in done.stdout.splitlines() + done.stderr.splitlines() if "memory plan" in line), "")
+    row |= {"tokens_per_second": statistics.median(rates), "measured_steps": len(rates), "plan": plan.strip()[-160:],
+            "losses": [r["train_loss"] for r in records if "train_loss" in r]}
+    if peak_file.exists():
+        row |= json.loads(peak_file.read_text())
+    return row
+
+
+def trl_row(setting: str, work: Path, args, log) -> dict:
+    max_length, rows, quantization, checkpointing, capped = SETTINGS[setting]
+    out = work / f"trl-{setting}.json"
+    command = [sys.executable, str(REPO / "bench" / "trl_peer.py"), "--model", str(work / "model"),
+               "--data", str(work / "trl.jsonl"), "--out", str(out), "--max-length", str(max_length),
+               "--rows", str(rows), "--quantization", quantization, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--checkpointing" if checkpointing else "--no-checkpointing"]
+    if capped and not args.smoke:
+        command += ["--cap-gib", str(args.cap_gib)]
+    if args.smoke:
+        command.append("--smoke")
+    done, smi = _run(command, log, f"trl {setting}", args.row_timeout)
+    row = {"setting": setting, "tool": "TRL best practice", "nvidia_smi_peak_mib": smi.get(0)}
+    if done is None or done.returncode != 0 or not out.exists():
+        return row | {"error": "timeout" if done is None else done.stderr[-600:]}
+    return row | json.loads(out.read_text())
+
+
+def guide_row(work: Path, args, log) -> dict:
+    out = work / "guide.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--guide-child", str(out), "--work", str(work)]
+    done, smi = _run(command, log, "guide", args.row_timeout)
+    row = {"setting": "gpu-qlora-512", "tool": "guide recipe", "nvidia_smi_peak_mib": smi.get(0)}
+    if done is None or done.returncode != 0 or not out.exists():
+        return row | {"error": "timeout" if done is None else done.stderr[-600:]}
+    return row | json.loads(out.read_text())
+
+
+def guide_child(out: Path, work: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from guide_recipe import run_guide_recipe
+    from lorakit.config import DEFAULT_SYSTEM_PROMPT
+    from lorakit.data.conversation import Conversation, Message
+    from lorakit.data.render import render_conversation
+
+    tokenizer = AutoTokenizer.from_pretrained(work / "model")
+    examples = []
+    for index, line in enumerate((work / "lorakit.jsonl").read_text().splitlines()[:400]):
+        item = json.loads(line)
+        conversation = Conversation((Message("user", item["instruction"]), Message("assistant", item["response"])),
+                                    source="bench", line=index + 1)
+        examples.append(render_conversation(conversation, tokenizer, DEFAULT_SYSTEM_PROMPT, 512))
+    result = run_guide_recipe(str(work / "model"), tokenizer, examples, measured_steps=4, warmup_steps=1)
+    tokens = sum(result["lengths"])
+    out.write_text(json.dumps({"tokens_per_second": tokens / result["seconds"], "measured_steps": result["steps"],
+                               "peak_allocated": result["peak_allocated"], "peak_reserved": result["peak_reserved"]}))
+
+
+def table(rows: list[dict], data: dict, shape: dict) -> str:
+    per_token = flops_per_token(shape, data)
+    tflops = data.get("matmul_tflops")
+    lines = ["| setting | tool | tokens/s | vs TRL | MFU | PyTorch peak GiB (alloc / reserved) | nvidia-smi peak GiB | plan |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['setting']} | {row['tool']} | failed | | | | | {row['error'][-150:]!r} |")
+            continue
+        peer = next((r for r in rows if r["setting"] == row["setting"] and r["tool"] == "TRL best practice"
+                     and "error" not in r), None)
+        ratio = f"{row['tokens_per_second'] / peer['tokens_per_second']:.2f}x" if peer else "-"
+        mfu = f"{row['tokens_per_second'] * per_token / (tflops * 1e12):.1%}" if tflops else "-"
+        gib = lambda value: "-" if value is None else f"{value / 2**30:.2f}"  # noqa: E731
+        smi = "-" if row.get("nvidia_smi_peak_mib") is None else f"{row['nvidia_smi_peak_mib'] / 1024:.2f}"
+        lines.append(f"| {row['setting']} | {row['tool']} | {row['tokens_per_second']:,.0f} | {ratio} | {mfu} | "
+                     f"{gib(row.get('peak_allocated'))} / {gib(row.get('peak_reserved'))} | {smi} | "
+                     f"{row.get('plan', '')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/lorakit-peer-speed"))
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--tools", default="trl,lorakit", help="comma list of trl, lorakit, guide")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--cap-gib", type=float, default=7.25, help="allocator cap of the emulated 8 GB card")
+    parser.add_argument("--row-timeout", type=int, default=300)
+    parser.add_argument("--smoke", action="store_true", help="tiny model on CPU: checks the script only")
+    parser.add_argument("--prepare-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--guide-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.prepare_child:
+        (args.work / "data.json").write_text(json.dumps(prepare(args.work, args.smoke)))
+        return
+    if args.guide_child:
+        guide_child(args.guide_child, args.work)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not (args.work / "data.json").exists():  # keep a prepared work folder between calls
+        shutil.rmtree(args.work, ignore_errors=True)
+        args.work.mkdir(parents=True)
+        prepare_command = [sys.executable, str(Path(__file__).resolve()), "--prepare-child", "--work", str(args.work)]
+        subprocess.run(prepare_command + (["--smoke"] if args.smoke else []), check=True)
+    data = json.loads((args.work / "data.json").read_text())
+    print(json.dumps(data), flush=True)
+    config = lorakit_config(args.work, args.warmup + args.steps, args.smoke)
+    tools = args.tools.split(",")
+    rows_path = args.out / "rows.jsonl"
+    with open(args.out / "log.txt", "a") as log:
+        if "guide" in tools:
+            rows = [guide_row(args.work, args, log)]
+            with open(rows_path, "a") as handle:
+                handle.write(json.dumps(rows[0]) + "\n")
+        for setting in args.settings.split(","):
+            for tool in ("trl", "lorakit"):
+                if tool not in tools:
+                    continue
+                started = time.perf_counter()
+                row = trl_row(setting, args.work, args, log) if tool == "trl" else lorakit_row(
+                    setting, args.work, config, args, log)
+                row["wall_seconds"] = time.perf_counter() - started
+                with open(rows_path, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                print(json.dumps({k: v for k, v in row.items() if k != "losses"}), flush=True)
+    every_row = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    (args.out / "env.json").write_text(json.dumps(data | {"cap_gib": args.cap_gib, "steps": args.steps,
+                                                          "warmup": args.warmup}, indent=1))
+    text = table(every_row, data, SMOKE if args.smoke else PHI4_MINI)
+    (args.out / "table.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

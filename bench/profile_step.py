@@ -1,0 +1,95 @@
+"""Where a lorakit training step spends its GPU time: torch.profiler over a few of lorakit's own optimizer
+steps (training.loop._train_step), kernels grouped by kind, to choose the next optimisation.
+
+    python bench/profile_step.py CONFIG [--set KEY=VALUE ...] [--steps 2] [--out DIR]
+
+CONFIG is any lorakit config (bench/peer_speed.py writes one for the Phi-4-mini-shaped model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from lorakit.config import load_config
+from lorakit.training import loop
+from lorakit.training.checkpoint import TrainerState
+from lorakit.training.metrics import SilentReporter
+from lorakit.training.schedule import build_optimizer, build_scheduler
+
+# Kernel name patterns -> kind, first match wins.
+KINDS = (
+    ("gemm (matmul)", r"gemm|sm90_xmma|cutlass|cublas|nvjet|matmul"),
+    ("flash attention", r"flash|fmha|attention"),
+    ("nf4 dequantize", r"dequant|kDequantize|quantize"),
+    ("liger / triton fused", r"liger|triton|_rms|rope|swiglu|cross_entropy"),
+    ("dropout / masks", r"bernoulli|dropout|fused_dropout|masked"),
+    ("copies / casts", r"copy|cast|convert|to_copy|cat|contiguous|transpose"),
+    ("elementwise / reductions", r"elementwise|vectorized|reduce|unrolled|add|mul|fill"),
+)
+
+
+def kind_of(name: str) -> str:
+    for kind, pattern in KINDS:
+        if re.search(pattern, name, re.IGNORECASE):
+            return kind
+    return "other"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    config = load_config(args.config, args.overrides)
+    session = loop.build_session(config, SilentReporter())
+    params = [p for p in session.model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(session.model, session.config.training)
+    scheduler = build_scheduler(optimizer, session.config.training)
+    state = TrainerState()
+    for index in range(args.warmup):
+        loop._train_step(session, loop._next_micro_batches(session, state), params, optimizer, scheduler, None, index + 1)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for index in range(args.steps):  # wall time without the profiler: GPU time below this is host overhead
+        loop._train_step(session, loop._next_micro_batches(session, state), params, optimizer, scheduler, None,
+                         args.warmup + index + 1)
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - started) / args.steps
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profiler:
+        for index in range(args.steps):
+            loop._train_step(session, loop._next_micro_batches(session, state), params, optimizer, scheduler, None,
+                             args.warmup + index + 1)
+        torch.cuda.synchronize()
+    events = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in events)
+    by_kind: dict[str, float] = defaultdict(float)
+    for event in events:
+        by_kind[kind_of(event.key)] += event.self_device_time_total
+    lines = [f"wall time per step: {wall * 1e3:.1f} ms; GPU kernel time per step: {total / args.steps / 1e3:.1f} ms",
+             "", "| kind | ms per step | share |",
+             "|---|---|---|"]
+    for kind, micros in sorted(by_kind.items(), key=lambda item: -item[1]):
+        lines.append(f"| {kind} | {micros / args.steps / 1e3:.1f} | {micros / total:.1%} |")
+    lines += ["", "| kernel | calls per step | ms per step | share |", "|---|---|---|---|"]
+    for event in sorted(events, key=lambda e: -e.self_device_time_total)[:40]:
+        lines.append(f"| {event.key[:110]} | {event.count / args.steps:.0f} | "
+                     f"{event.self_device_time_total / args.steps / 1e3:.2f} | {event.self_device_time_total / total:.1%} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "profile.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
