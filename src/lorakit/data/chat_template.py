@@ -9,10 +9,11 @@ of this tokenizer, is refused with its name before any data is rendered.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from importlib import resources
 from pathlib import Path
 
-from lorakit.data.chat_spans import AnswerSpanError, render_chats
+from lorakit.data.chat_spans import AnswerSpanError, locate_answers, render_chats, special_token_texts
 from lorakit.errors import ConfigError
 
 __all__ = ["NAMED_TEMPLATES", "read_chat_template", "apply_chat_template_override", "end_of_turn_token",
@@ -64,9 +65,32 @@ def apply_chat_template_override(tokenizer, value: str) -> None:
         raise ConfigError("model.chat_template", [f"the chat template {name} does not render: {exc}"]) from None
 
 
+# end_of_turn_token's answers, by id(tokenizer): generation asks once per answer, and the probe renders a whole
+# conversation. Keyed by identity because tokenizers are not hashable in every transformers version; an entry
+# is dropped when its tokenizer is collected, and recomputed when the template or the special tokens change.
+_END_OF_TURN: dict[int, tuple[tuple, str | AnswerSpanError]] = {}
+
+
 def end_of_turn_token(tokenizer) -> str:
-    """The special token the template closes each answer with (generation must stop there)."""
-    [chat] = render_chats(tokenizer, [_PROBE])
+    """The special token the template closes each answer with (generation must stop there).
+
+    Raises AnswerSpanError when the template's answers cannot be located (a template training refuses)."""
+    key = (tokenizer.chat_template, special_token_texts(tokenizer))
+    cached = _END_OF_TURN.get(id(tokenizer))
+    if cached is None or cached[0] != key:
+        if cached is None:
+            weakref.finalize(tokenizer, _END_OF_TURN.pop, id(tokenizer), None)
+        cached = _END_OF_TURN[id(tokenizer)] = (key, _locate_end_of_turn(tokenizer))
+    found = cached[1]
+    if isinstance(found, AnswerSpanError):
+        raise AnswerSpanError(found.index, found.answer, found.reason)
+    return found
+
+
+def _locate_end_of_turn(tokenizer) -> str | AnswerSpanError:
+    [chat] = locate_answers(tokenizer, [_PROBE])
+    if isinstance(chat, AnswerSpanError):
+        return chat
     answer = chat.answers[-1]
     return answer.expected.removeprefix(_PROBE[-1]["content"].strip()).removeprefix(_PROBE[-1]["content"])
 

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ["end_of_turn_token", "stop_token_ids"]
+from lorakit.data.chat_template import end_of_turn_token as template_end_of_turn_token
 
-_PROBE = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
+__all__ = ["end_of_turn_token", "stop_token_ids"]
 
 
 def end_of_turn_token(tokenizer) -> tuple[str, int]:
-    """The first special token the template writes after an assistant message (ChatML: <|im_end|>,
-    Phi-4: <|end|>): the token a fine-tuned model emits to end its turn, which exports must stop on."""
-    text = tokenizer.apply_chat_template(_PROBE, tokenize=False)
-    tail = text[text.rindex("pong") + len("pong"):]
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    for token_id in tokenizer(tail, add_special_tokens=False)["input_ids"]:
-        if token_id in special:
-            return tokenizer.convert_ids_to_tokens(token_id), token_id
-    raise ValueError(f"the chat template writes no special token after an assistant message ({tail!r})")
+    """The special token the template closes each answer with, and its id (ChatML: <|im_end|>, Phi-4: <|end|>):
+    the token a fine-tuned model emits to end its turn, which exports must stop on.
+
+    Located by data/chat_template.py, the span check training masks with; a template whose answers it cannot
+    locate raises AnswerSpanError (a ValueError)."""
+    token = template_end_of_turn_token(tokenizer)
+    return token, tokenizer.convert_tokens_to_ids(token)
 
 
 def stop_token_ids(tokenizer, generation_eos: int | list[int] | None = None) -> list[int]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from lorakit.config import RunConfig
+from lorakit.data.chat_spans import AnswerSpanError
+from lorakit.data.chat_template import end_of_turn_token
 from lorakit.data.records import Message
 from lorakit.data.render import render_prompt_ids
 from lorakit.inference.decode import Decoded, FinishReason, GenerationSettings, decode_batch
@@ -85,10 +87,8 @@ def stop_token_ids(run: LoadedRun) -> list[int]:
 
 
 def _template_end_of_turn_id(tokenizer) -> int | None:
-    """The token the chat template ends answers with (with model.chat_template it may not be the eos)."""
-    from lorakit.data.chat_spans import AnswerSpanError
-    from lorakit.data.chat_template import end_of_turn_token
-
+    """The token the chat template ends answers with (with model.chat_template it may not be the eos); located
+    once per tokenizer (data/chat_template.py caches it), not once per answer."""
     try:
         return tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
     except AnswerSpanError:  # a template training would refuse; chat still stops at the eos
