@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lorakit.data.issues import Issue
-from lorakit.data.jsonl import UTF8_BOM, bom_issue, decode_line
+from lorakit.data.jsonl import decode_whole_file
 from lorakit.data.raw_record import RawRecord
 
 __all__ = ["DELIMITED_SUFFIXES", "read_delimited", "looks_like_delimited_header"]
@@ -52,14 +52,8 @@ def read_delimited(path: str, digest) -> Iterator[RawRecord | Issue]:
                     hint="Check the file's permissions.")
         return
     digest.update(data)
-    skipped = 0
-    if data.startswith(UTF8_BOM):  # Excel writes one
-        data, skipped = data[len(UTF8_BOM):], len(UTF8_BOM)
-        yield bom_issue(path, 1)
-    text, decode_issue = decode_line(data, path, 1, skipped)
-    if decode_issue is not None:
-        line = data.count(b"\n", 0, decode_issue.column - 1) + 1
-        yield Issue(path, line, "error", "invalid-utf8", decode_issue.message, hint=decode_issue.hint)
+    text = yield from decode_whole_file(path, data)
+    if text is None:
         return
     delimiter = DELIMITED_SUFFIXES.get(Path(path).suffix.lower(), ",")
     if delimiter == ",":  # spreadsheets in many locales save "CSV" with semicolons

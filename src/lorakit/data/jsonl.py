@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, BinaryIO
 
 from lorakit.data.formats import detect_format
 from lorakit.data.issues import Issue
 from lorakit.data.raw_record import RawRecord
 
-__all__ = ["read_jsonl", "decode_line", "json_problem", "bom_issue"]
+__all__ = ["read_jsonl", "decode_line", "decode_whole_file", "json_problem", "bom_issue"]
 
 # A record spread over more lines than this is not searched for (the lines are reported one by one).
 _MAX_JOINED_LINES = 200
@@ -65,6 +65,23 @@ def decode_line(raw: bytes, path: str, number: int, offset: int) -> tuple[str, I
                       f"not valid UTF-8: byte 0x{byte:02X} at byte offset {offset + exc.start} of the file",
                       column=exc.start + 1, hint=hint)
         return raw.decode("utf-8", errors="replace"), issue
+
+
+def decode_whole_file(path: str, data: bytes) -> Generator[Issue, None, str | None]:
+    """The text of a file read whole (`text = yield from decode_whole_file(...)`), its leading UTF-8 BOM dropped.
+
+    Yields a warning for the BOM and an error, on the line it falls on, for the first undecodable byte; returns
+    None after that error (nothing in the file can be trusted)."""
+    skipped = 0
+    if data.startswith(UTF8_BOM):  # Excel (CSV UTF-8) and older Windows Notepad write one
+        data, skipped = data[len(UTF8_BOM):], len(UTF8_BOM)
+        yield bom_issue(path, 1)
+    text, decode_issue = decode_line(data, path, 1, skipped)
+    if decode_issue is not None:
+        line = data.count(b"\n", 0, decode_issue.column - 1) + 1
+        yield Issue(path, line, "error", "invalid-utf8", decode_issue.message, hint=decode_issue.hint)
+        return None
+    return text
 
 
 def json_problem(path: str, line: int, exc: Exception) -> Issue:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lorakit.data.delimited import DELIMITED_SUFFIXES, looks_like_delimited_header, read_delimited
 from lorakit.data.issues import Issue
-from lorakit.data.jsonl import UTF8_BOM, bom_issue, decode_line, json_problem, read_jsonl
+from lorakit.data.jsonl import UTF8_BOM, decode_whole_file, json_problem, read_jsonl
 from lorakit.data.raw_record import RawRecord
 
 __all__ = ["RawRecord", "Source", "open_sources", "role_from_name", "DATASET_MARKERS"]
@@ -97,14 +97,8 @@ def _read_json_file(path: str, digest) -> Iterator[RawRecord | Issue]:
         return
     data = Path(path).read_bytes()
     digest.update(data)
-    skipped = 0
-    if data.startswith(UTF8_BOM):
-        data, skipped = data[len(UTF8_BOM):], len(UTF8_BOM)
-        yield bom_issue(path, 1)
-    text, decode_issue = decode_line(data, path, 1, skipped)
-    if decode_issue is not None:
-        line = data.count(b"\n", 0, decode_issue.column - 1) + 1
-        yield Issue(path, line, "error", "invalid-utf8", decode_issue.message, hint=decode_issue.hint)
+    text = yield from decode_whole_file(path, data)
+    if text is None:
         return
     yield from _array_records(path, text)
 
