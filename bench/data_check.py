@@ -26,9 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from tables import aligned_row, print_report
+
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "tests" / "fixtures" / "smollm2-tokenizer"
 MAX_LENGTH = 512
+_WIDTHS = (72, 8, 11, 18)  # what, seconds, examples/s, speed vs baseline
 
 
 def generate(path: Path, count: int, seed: int = 0) -> None:
@@ -172,10 +175,10 @@ def main() -> None:
         f"best of {args.repeats} interleaved runs; "
         f"data check issues found: {issues} (clean generated data)",
         "",
-        f"{'what':<72} {'seconds':>8} {'examples/s':>11} {'speed vs baseline':>18}",
+        aligned_row(["what", "seconds", "examples/s", "speed vs baseline"], _WIDTHS),
     ]
-    for name, seconds, ratio in rows:
-        lines.append(f"{name:<72} {seconds:>8.1f} {n / seconds:>11.0f} {ratio:>18}")
+    lines += [aligned_row([name, f"{seconds:.1f}", f"{n / seconds:.0f}", ratio], _WIDTHS)
+              for name, seconds, ratio in rows]
     lines += [
         "",
         "resident memory of `data check` in a fresh process "
@@ -185,11 +188,7 @@ def main() -> None:
         f"  {n:>7} examples: setup {memory_full['setup_mib']:.0f}, peak {memory_full['peak_mib']:.0f} "
         f"(+{memory_full['peak_mib'] - memory_full['setup_mib']:.0f}); file is {size_mib:.0f} MiB",
     ]
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    print_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from data_check import MAX_LENGTH, TOKENIZER, generate  # noqa: E402
+from tables import aligned_row, print_report  # noqa: E402
+
+_WIDTHS = (62, 7, 8, 8, 13, 11)  # what, measure, before, after, after/before, after ex/s
 
 
 def child(path: str) -> None:
@@ -100,19 +103,15 @@ def main() -> None:
         "time when other work shares the cores",
         f"identical token ids and labels before and after: {'yes' if same else 'NO'}",
         "",
-        f"{'what':<62} {'measure':>7} {'before':>8} {'after':>8} {'after/before':>13} {'after ex/s':>11}",
+        aligned_row(["what", "measure", "before", "after", "after/before", "after ex/s"], _WIDTHS),
     ]
     for key, name in (("check", "data check (parse, formats, PHI, duplicates, token lengths)"),
                       ("tokenize", "tokenize: read + render_batch (ids + checked assistant labels)")):
         for unit, label in (("_s", "wall s"), ("_cpu", "CPU s")):
             before, after = best["before"][key + unit], best["after"][key + unit]
-            lines.append(f"{name:<62} {label:>7} {before:>8.2f} {after:>8.2f} {after / before:>12.2f}x "
-                         f"{n / after:>11.0f}")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+            lines.append(aligned_row([name, label, f"{before:.2f}", f"{after:.2f}", f"{after / before:.2f}x",
+                                      f"{n / after:.0f}"], _WIDTHS))
+    print_report(lines, args.out)
 
 
 if __name__ == "__main__":
