@@ -136,12 +136,12 @@ def planned(config: RunConfig, model_dir: str, memory_bytes: int | None):
                                  memory_bytes=memory_bytes), model_config
 
 
-def predicted_peak(model_config: dict, config: RunConfig, checkpoint_every, offload: bool, fused: bool) -> int:
+def predicted_peak(model_config: dict, config: RunConfig, checkpointed_layers: int, offload: bool, fused: bool) -> int:
     settings = TrainSettings(
         quantization=config.model.quantization, dtype_bytes=2, lora_rank=config.lora.r,
         lora_targets=config.lora.target_modules if config.lora.target_modules == "all-linear" else tuple(config.lora.target_modules),
         lora_dropout=config.lora.dropout > 0, tokens_per_micro_batch=config.training.batch_size * config.model.max_length,
-        checkpoint_every=checkpoint_every, offload_activations=offload, fused_kernels=fused,
+        checkpointed_layers=checkpointed_layers, offload_activations=offload, fused_kernels=fused,
         kv_expanded=expands_kv_heads())
     return estimate_peak_memory(ModelShape.from_config(model_config), settings).peak_allocated
 
@@ -197,7 +197,7 @@ def with_lora(config: RunConfig, **lora) -> RunConfig:
 
 
 def plan_text(resolved) -> dict:
-    return {"micro_batch": resolved.config.training.batch_size, "checkpoint_every": resolved.checkpoint_every,
+    return {"micro_batch": resolved.config.training.batch_size, "checkpointed_layers": resolved.checkpointed_layers,
             "offload": resolved.offload_activations, "quantization": resolved.config.model.quantization}
 
 
@@ -229,28 +229,28 @@ def run_bf16_rows(args, bench: Bench, tokenizer, model_dir: str, examples) -> No
     model = load_base_model(resolve_model_source(config.model), config.model, cuda, bf16, None)
     model = attach_lora(model, config.lora, quantized=False, gradient_checkpointing=False)
     use_varlen_attention(model)
-    apply_checkpointing(model, resolved.checkpoint_every, reentrant=resolved.offload_activations)
+    apply_checkpointing(model, resolved.checkpointed_layers, reentrant=resolved.offload_activations)
     session = session_for(config, model, tokenizer, examples, quantized=False, offload=resolved.offload_activations)
     fused_loss = loop.causal_lm_loss
     loop.causal_lm_loss = hf_full_logit_loss
     bench.guarded("(c0) bf16 LoRA packed; PyTorch modules, full-logit loss", lambda: run_lorakit_steps(session, **steps),
                   **plan_text(resolved))
     loop.causal_lm_loss = fused_loss
-    predicted = predicted_peak(model_config, config, resolved.checkpoint_every, resolved.offload_activations, fused=False)
+    predicted = predicted_peak(model_config, config, resolved.checkpointed_layers, resolved.offload_activations, fused=False)
     bench.guarded("(c1) = c0 + fused linear cross-entropy", lambda: run_lorakit_steps(session, **steps),
                   predicted=predicted, **plan_text(resolved))
     skip_fp32_input_copies(model)
     bench.guarded("(c2) = c1 + LoRA inputs kept in bf16", lambda: run_lorakit_steps(session, **steps),
                   predicted=predicted, **plan_text(resolved))
     kernels.apply_fused_kernels(model.get_base_model(), cuda)
-    predicted = predicted_peak(model_config, config, resolved.checkpoint_every, resolved.offload_activations, fused=True)
+    predicted = predicted_peak(model_config, config, resolved.checkpointed_layers, resolved.offload_activations, fused=True)
     bench.guarded("(c) lorakit bf16 LoRA = c2 + liger RMSNorm/RoPE/SwiGLU", lambda: run_lorakit_steps(session, **steps),
                   predicted=predicted, **plan_text(resolved))
     for module in model.modules():  # what `lora.dropout: 0` builds: no dropout masks or copies
         if hasattr(module, "lora_dropout"):
             module.lora_dropout["default"] = torch.nn.Identity()
     no_dropout = with_lora(config, dropout=0.0)
-    predicted = predicted_peak(model_config, no_dropout, resolved.checkpoint_every, resolved.offload_activations, fused=True)
+    predicted = predicted_peak(model_config, no_dropout, resolved.checkpointed_layers, resolved.offload_activations, fused=True)
     bench.guarded("(c3) = c with lora.dropout 0 (not the default)", lambda: run_lorakit_steps(session, **steps),
                   predicted=predicted, **plan_text(resolved))
     bigger = dataclasses.replace(resolved, config=with_training(no_dropout, batch_size=32))
@@ -267,13 +267,13 @@ def run_qlora_rows(args, bench: Bench, tokenizer, model_dir: str, examples) -> N
     resolved, model_config = planned(lorakit_config(model_dir, 512, quantization="nf4"), model_dir, None)
     config = resolved.config
     model = load_base_model(resolve_model_source(config.model), config.model, cuda, bf16, nf4_config(bf16))
-    model = make_trainable(model, config, device=cuda, quantized=True, checkpoint_every=resolved.checkpoint_every,
+    model = make_trainable(model, config, device=cuda, quantized=True, checkpointed_layers=resolved.checkpointed_layers,
                            offload_activations=resolved.offload_activations)
 
     def qlora_row(name: str, resolved, rows, predict: bool = True):
-        apply_checkpointing(model, resolved.checkpoint_every, reentrant=resolved.offload_activations)
+        apply_checkpointing(model, resolved.checkpointed_layers, reentrant=resolved.offload_activations)
         session = session_for(resolved.config, model, tokenizer, rows, quantized=True, offload=resolved.offload_activations)
-        prediction = predicted_peak(model_config, resolved.config, resolved.checkpoint_every,
+        prediction = predicted_peak(model_config, resolved.config, resolved.checkpointed_layers,
                                     resolved.offload_activations, fused=True) if predict else None
         long_steps = dict(measured_steps=2, warmup_steps=1) if args.smoke else dict(measured_steps=3, warmup_steps=1)
         bench.guarded(name, lambda: run_lorakit_steps(session, **(steps if rows is examples else long_steps)),
@@ -285,10 +285,11 @@ def run_qlora_rows(args, bench: Bench, tokenizer, model_dir: str, examples) -> N
     eight = 8 * GIB
     for length in (2048, 4096):
         config_long = with_training(lorakit_config(model_dir, length, quantization="nf4"), batch_size=1)
-        resolved_long, _ = planned(config_long, model_dir, eight)
+        resolved_long, model_config = planned(config_long, model_dir, eight)
         rows = rendered_examples(tokenizer, 12, length, seed=length, answer_median_words=length, sigma=0.05)
         qlora_row(f"(L{length}) QLoRA max_length {length}, micro-batch 1, planned for 8 GiB", resolved_long, rows)
-    offloaded = dataclasses.replace(resolved_long, checkpoint_every=1, offload_activations=True)
+    offloaded = dataclasses.replace(resolved_long, checkpointed_layers=model_config["num_hidden_layers"],
+                                    offload_activations=True)
     qlora_row("(L4096o) = L4096 with checkpointed inputs offloaded to CPU", offloaded, rows)
     resolved8, _ = planned(lorakit_config(model_dir, 512, quantization="nf4"), model_dir, eight)
     qlora_row("(b8) lorakit QLoRA, planned for 8 GiB", resolved8, examples)
@@ -299,7 +300,7 @@ def run_qlora_rows(args, bench: Bench, tokenizer, model_dir: str, examples) -> N
 def print_table(bench: Bench, out: Path) -> None:
     base = next((r for r in bench.rows if r["name"].startswith("(a)") and "tokens_per_s" in r), None)
     header = ("| row | trained tok/s | s/step | tok/step | peak GiB (alloc) | peak GiB (reserved) | MFU | MFU* | "
-              "tok/s vs (a) | peak vs (a) | plan (micro-batch, ckpt every, offload) | planner GiB | planner error | GiB at start |")
+              "tok/s vs (a) | peak vs (a) | plan (micro-batch, ckpt layers, offload) | planner GiB | planner error | GiB at start |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in bench.rows:
         if "error" in r:
@@ -308,7 +309,7 @@ def print_table(bench: Bench, out: Path) -> None:
         alloc, reserved = r["peak_allocated"] / GIB, r["peak_reserved"] / GIB
         ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
         peak_ratio = f"{r['peak_allocated'] / base['peak_allocated']:.2f}x" if base else "-"
-        plan = f"{r['micro_batch']}, {r['checkpoint_every']}, {r['offload']}" if "micro_batch" in r else "-"
+        plan = f"{r['micro_batch']}, {r['checkpointed_layers']}, {r['offload']}" if "micro_batch" in r else "-"
         predicted = r.get("predicted")
         pred = f"{predicted / GIB:.2f}" if predicted else "-"
         error = f"{(predicted - r['peak_allocated']) / r['peak_allocated']:+.1%}" if predicted else "-"

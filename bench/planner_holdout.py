@@ -104,7 +104,8 @@ def predicted(row: dict) -> dict:
         quantization=row["quantization"], dtype_bytes=row["dtype_bytes"], lora_rank=row["lora_r"],
         lora_targets=row["lora_targets"], lora_dropout=row["lora_dropout"] > 0,
         tokens_per_micro_batch=row["micro_batch"] * row["max_length"],
-        checkpoint_every=1 if row["gradient_checkpointing"] else None, offload_activations=False,
+        checkpointed_layers=row["model_config"]["num_hidden_layers"] if row["gradient_checkpointing"] else 0,
+        offload_activations=False,
         fused_kernels=row["fused_kernels"], kv_expanded=row["kv_expanded"], mask_bytes=1)
     estimate = estimate_peak_memory(ModelShape.from_config(dict(row["model_config"], model_type="llama")), settings)
     return {"predicted": estimate.peak_allocated, "predicted_on_gpu": estimate.peak_on_gpu()}

@@ -143,7 +143,8 @@ class TrainingConfig(_Section):
         "auto", description="'auto' = bf16 where the GPU supports it, fp16 with loss scaling otherwise, fp32 on CPU."
     )
     gradient_checkpointing: bool | Literal["auto"] = Field(
-        False, description="'auto' = the memory planner checkpoints all, every k-th or no layers (and may offload them)."
+        False, description="'auto' = the memory planner checkpoints as many layers as it needs (the first n of the "
+        "model's; all, and offloaded to CPU, only when nothing else fits); true = every layer."
     )
     packing: bool = Field(False, description="Pack examples into max_length rows, isolated per example.")
     loraplus_lr_ratio: float | None = Field(

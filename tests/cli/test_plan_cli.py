@@ -28,7 +28,7 @@ def test_plan_for_8gb_prints_the_fitting_settings(plan_config, capsys):
     assert run_cli(["plan", str(plan_config), "--gpu-memory", "8GB"]) == 0
     out = capsys.readouterr().out
     assert "planned for 8.0 GiB" in out
-    assert "plan: nf4, micro-batch 1 (2,048 tokens), checkpointing all layers" in out
+    assert "plan: nf4, micro-batch 1 (2,048 tokens), checkpointing 18 of 32 layers" in out  # fewest that fit
     assert "peak_allocated" in out
 
 

@@ -10,16 +10,15 @@ from rich.table import Table
 
 from lorakit.cli.app import app, console
 from lorakit.config import load_config
-from lorakit.model.memory_plan import GIB
+from lorakit.model.memory_plan import GIB, checkpointing_text
 from lorakit.model.run_plan import parse_memory_size, plan_run
 
 
-def _settings_text(candidate) -> str:
-    every = candidate.settings.checkpoint_every
-    checkpointing = "none" if every is None else "all layers" if every == 1 else f"1 layer in {every}"
-    offload = ", offloaded" if candidate.settings.offload_activations else ""
-    return (f"{candidate.settings.quantization}, micro-batch {candidate.micro_batch} "
-            f"({candidate.settings.tokens_per_micro_batch:,} tokens), checkpointing {checkpointing}{offload}")
+def _settings_text(candidate, layers: int) -> str:
+    settings = candidate.settings
+    checkpointing = checkpointing_text(settings.checkpointed_layers, layers, settings.offload_activations)
+    return (f"{settings.quantization}, micro-batch {candidate.micro_batch} "
+            f"({settings.tokens_per_micro_batch:,} tokens), checkpointing {checkpointing}")
 
 
 @app.command()
@@ -35,7 +34,7 @@ def plan(
     chosen = chosen_plan.chosen
     console.print(f"[bold]{config.model.name}[/] ({model_config.get('model_type', '?')}), max_length "
                   f"{config.model.max_length}, LoRA r={config.lora.r}, planned for {chosen_plan.gpu_memory_bytes / GIB:.1f} GiB per GPU")
-    console.print(f"[green]plan:[/] {_settings_text(chosen)}")
+    console.print(f"[green]plan:[/] {_settings_text(chosen, chosen_plan.layers)}")
     # Data parallel (several GPUs) replicates the model, LoRA and optimizer state; each GPU runs its own
     # micro-batches, so one GPU's plan is every GPU's.
     breakdown = Table(title="predicted peak per GPU (GiB)", show_header=False)
@@ -47,7 +46,7 @@ def plan(
     for column in ("settings", "peak GiB", "on GPU GiB", "relative time", "fits"):
         candidates.add_column(column)
     for candidate in chosen_plan.candidates[:show]:
-        candidates.add_row(_settings_text(candidate), f"{candidate.estimate.peak_allocated / GIB:.2f}",
+        candidates.add_row(_settings_text(candidate, chosen_plan.layers), f"{candidate.estimate.peak_allocated / GIB:.2f}",
                            f"{candidate.estimate.peak_on_gpu() / GIB:.2f}", f"{candidate.relative_time:.2f}",
                            "yes" if candidate.fits else "no")
     console.print(candidates)

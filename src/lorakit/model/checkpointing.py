@@ -1,7 +1,9 @@
-"""Gradient checkpointing of every k-th decoder layer (or all, or none), and CPU offload of what it keeps.
+"""Gradient checkpointing of the first n decoder layers (or all, or none), and CPU offload of what it keeps.
 
-transformers checkpoints all layers or none; the memory planner often needs only some. A checkpointed layer
-keeps only its input for backward and recomputes the rest, costing one extra forward pass of that layer.
+transformers checkpoints all layers or every k-th; the memory planner asks for exactly as many as it needs.
+A checkpointed layer keeps only its input for backward and recomputes the rest, costing one extra forward
+pass of that layer. The first layers are the ones to checkpoint: backward reaches them last, after it has
+freed the later layers' saved activations, so their recompute does not raise the peak (model/memory_plan.py).
 Offloading moves the tensors autograd saves during the forward pass to pinned CPU memory; with every layer
 checkpointed (reentrant) those are just the layer inputs, so long sequences need less GPU memory.
 """
@@ -21,24 +23,26 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return list(base.get_decoder().layers)
 
 
-def apply_checkpointing(model, checkpoint_every: int | None, *, reentrant: bool = False) -> list[int]:
-    """Checkpoint layers 0, k, 2k, ... (k = `checkpoint_every`; 1 = all; None = none); returns their indices.
+def apply_checkpointing(model, checkpointed_layers: int, *, reentrant: bool = False) -> list[int]:
+    """Checkpoint decoder layers 0 .. n-1 (n = `checkpointed_layers`; 0 = none) and no others; returns their
+    indices. Also switches a loaded model's checkpointing (an out-of-memory re-plan, training/oom.py).
 
     Non-reentrant by default. `reentrant=True` is for CPU offload: only reentrant checkpoints save their
     inputs through autograd's saved-tensor hooks, which `activation_offload` moves to the CPU.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers = decoder_layers(model)
-    if checkpoint_every is None:
-        if base.is_gradient_checkpointing:
-            base.gradient_checkpointing_disable()
+    assert 0 <= checkpointed_layers <= len(layers), f"{checkpointed_layers} checkpointed layers of {len(layers)}"
+    if base.is_gradient_checkpointing:  # start from none: every enable adds an input-gradient hook
+        base.gradient_checkpointing_disable()
+        base.disable_input_require_grads()
+    if checkpointed_layers == 0:
         return []
-    assert checkpoint_every >= 1, "checkpoint_every counts layers: 1 = every layer"
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     base.enable_input_require_grads()  # LoRA on frozen embeddings: the first layer's input must carry gradients
-    chosen = list(range(0, len(layers), checkpoint_every))
+    chosen = list(range(checkpointed_layers))
     for index, layer in enumerate(layers):
-        layer.gradient_checkpointing = index in chosen
+        layer.gradient_checkpointing = index < checkpointed_layers
     return chosen
 
 

@@ -7,14 +7,14 @@ weights + gradients + AdamW moments, the activations autograd saves for backward
 (all of them, or only the layer input for checkpointed layers), one layer's recompute and gradients during
 backward, and the fused linear cross-entropy (no [tokens, vocab] logits). Every term is in `MemoryEstimate`,
 so a wrong prediction shows which term was wrong. CUDA's own context is not allocated through PyTorch; the
-fit check adds it separately (`CUDA_CONTEXT_BYTES`).
+fit check adds it separately (`CUDA_CONTEXT_BYTES`), and the allocator's slack on top of the allocated peak
+(`ALLOCATOR_SLACK`, for lorakit's expandable-segments allocator: runtime/device.py).
 
 The speed model only ranks candidates; it is not a prediction of tokens/s.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -29,16 +29,19 @@ __all__ = [
     "Candidate",
     "estimate_peak_memory",
     "layer_activation_bytes",
-    "checkpointed_layer_count",
+    "checkpointing_text",
     "plan_settings",
 ]
 
 GIB = 1024**3
 # CUDA context + cuBLAS/cuDNN handles, outside PyTorch's allocator: 0.74 GiB measured on an H100 with CUDA 13.
 CUDA_CONTEXT_BYTES = int(0.75 * GIB)
-# What PyTorch's caching allocator reserves on top of the allocated peak (fragmentation): 4-24% measured on
-# the benchmark's rows (bench/results), so the fit check keeps 20% free.
-ALLOCATOR_SLACK = 0.20
+# What PyTorch's caching allocator reserves on top of the allocated peak. With its default fixed-size segments
+# fragmentation took 4-24% on the benchmark's rows (bench/results; b8n: 5.90 GiB allocated, 7.23 reserved), so
+# the fit check kept 20% free and an 8 GB card went a quarter unused. lorakit trains with expandable segments
+# (runtime/device.py), which grow one mapping instead of caching odd-sized blocks; 8% is an assumption from
+# that design (rounding to 2 MiB pages, blocks freed but not yet reused) until bench/oom_real.py measures it.
+ALLOCATOR_SLACK = 0.08
 # nf4: 4 bits per weight + one 8-bit absmax per 64 weights + one fp32 scale per 256 absmax blocks (double quant).
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
 # fp32 LoRA weight, its gradient, AdamW's two moments.
@@ -114,8 +117,8 @@ class TrainSettings:
     lora_targets: tuple[str, ...] | Literal["all-linear"]
     lora_dropout: bool
     tokens_per_micro_batch: int  # micro-batch x max_length; with packing, the token budget of one packed row
-    checkpoint_every: int | None = None  # None: no checkpointing; 1: every layer; k: every k-th layer
-    offload_activations: bool = False  # keep checkpointed layer inputs in pinned CPU memory
+    checkpointed_layers: int = 0  # how many decoder layers are checkpointed (the first ones); 0 = none
+    offload_activations: bool = False  # keep checkpointed layer inputs in pinned CPU memory (all layers checkpointed)
     fused_kernels: bool = True  # liger RMSNorm/RoPE/SwiGLU (CUDA); False: the model's own PyTorch modules
     kv_expanded: bool = True  # attention keeps k/v repeated to every query head (no native GQA in varlen flash)
     mask_bytes: int = 1  # bytes per element of a dropout mask: 1 on CUDA (bool); the dtype's size on CPU
@@ -208,13 +211,15 @@ def layer_activation_bytes(shape: ModelShape, settings: TrainSettings) -> int:
     return total
 
 
-def checkpointed_layer_count(layers: int, checkpoint_every: int | None) -> int:
-    """How many layers `checkpoint_every` checkpoints.
+def checkpointing_text(checkpointed_layers: int, layers: int, offload: bool = False) -> str:
+    """How a plan names its checkpointing.
 
-    >>> [checkpointed_layer_count(32, k) for k in (None, 1, 2, 3, 4)]
-    [0, 32, 16, 11, 8]
+    >>> checkpointing_text(0, 32), checkpointing_text(12, 32), checkpointing_text(32, 32, offload=True)
+    ('none', '12 of 32 layers', 'all 32 layers, offloaded to CPU')
     """
-    return 0 if checkpoint_every is None else math.ceil(layers / checkpoint_every)
+    text = "none" if not checkpointed_layers else (
+        f"all {layers} layers" if checkpointed_layers == layers else f"{checkpointed_layers} of {layers} layers")
+    return text + (", offloaded to CPU" if offload else "")
 
 
 def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEstimate:
@@ -228,13 +233,17 @@ def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEs
     else:
         weights, dequantize = (linear + other) * b, 0
     per_layer = layer_activation_bytes(shape, settings)
-    checkpointed = checkpointed_layer_count(shape.layers, settings.checkpoint_every)
+    checkpointed = settings.checkpointed_layers
+    assert 0 <= checkpointed <= shape.layers, f"{checkpointed} checkpointed layers of {shape.layers}"
+    assert checkpointed == shape.layers or not settings.offload_activations, "offload needs every layer checkpointed"
     layer_input = d * b
     on_gpu_checkpoints = 0 if settings.offload_activations else checkpointed * layer_input
     saved = tokens * (on_gpu_checkpoints + (shape.layers - checkpointed) * per_layer + layer_input)
-    # During backward: one layer's recomputed activations (if any layer is checkpointed) and its gradients.
+    # During backward: a layer's gradients, and a checkpointed layer's recomputed activations. Only the first
+    # layers are checkpointed (model/checkpointing.py), so while any layer is not, backward frees at least one
+    # layer's saved activations before the first recompute: the recompute adds to the peak only with all of them.
     gradients = (2 * i + 3 * d) * b
-    working = tokens * ((per_layer if checkpointed else 0) + gradients)
+    working = tokens * ((per_layer if checkpointed == shape.layers else 0) + gradients)
     # Fused linear cross-entropy: final hidden states, selected rows, their gradient and one logits chunk.
     loss = tokens * d * b * 4
     estimate = MemoryEstimate(
@@ -253,9 +262,9 @@ def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEs
 
 def relative_step_time(shape: ModelShape, settings: TrainSettings) -> float:
     """Seconds per token up to a constant, for ranking only: recompute costs a forward pass (+50% of a LoRA
-    step's matmuls) per checkpointed layer, small micro-batches underuse the GPU, nf4 dequantizes each
-    weight twice per step, and offload waits on PCIe."""
-    recompute = 1 + 0.5 * checkpointed_layer_count(shape.layers, settings.checkpoint_every) / shape.layers
+    step's matmuls) per checkpointed layer, so n of L layers cost n/L of that; small micro-batches underuse
+    the GPU, nf4 dequantizes each weight twice per step, and offload waits on PCIe."""
+    recompute = 1 + 0.5 * settings.checkpointed_layers / shape.layers
     # A micro-batch has a fixed cost (kernel launches; nf4 dequantizes every weight per pass): measured on an
     # H100, ~0.45 s per QLoRA micro-batch whatever its length from 2k to 8k tokens, so nf4 wants big ones.
     fixed_tokens = 8192 if settings.quantization == "nf4" else 1024
@@ -281,25 +290,28 @@ def plan_settings(
     max_length: int,
     gpu_memory_bytes: int,
     micro_batches: tuple[int, ...] | None = None,
-    checkpointing: tuple[int | None, ...] | None = None,
+    checkpointed_layers: tuple[int, ...] | None = None,
     quantizations: tuple[str, ...] | None = None,
 ) -> list[Candidate]:
-    """Every candidate (micro-batch x checkpointing x quantization, then offload as a last resort), fastest
-    first; the first one with `fits` is the plan. Fixed settings are passed as one-element tuples."""
+    """Every candidate (micro-batch x checkpointed layers x quantization, and offload with every layer
+    checkpointed), fitting ones first, fastest first; the first one with `fits` is the plan. Offload comes
+    after every fitting candidate without it: it only serves when nothing else fits. Fixed settings are
+    passed as one-element tuples (`checkpointed_layers`: default every count from 0 to all)."""
     micro_batches = micro_batches or tuple(
         m for m in (1, 2, 4, 8, 16, 32, 64) if m == 1 or m * max_length <= MAX_TOKENS_PER_MICRO_BATCH
     )
-    checkpointing = checkpointing or (None, 4, 3, 2, 1)
+    checkpointed_layers = checkpointed_layers or tuple(range(shape.layers + 1))
     quantizations = quantizations or (base.quantization,)
     candidates = []
     for quantization in quantizations:
         for micro_batch in micro_batches:
-            for every in checkpointing:
-                for offload in (False, True) if every == 1 else (False,):
+            for layers in checkpointed_layers:
+                for offload in (False, True) if layers == shape.layers else (False,):
                     settings = replace(base, quantization=quantization, tokens_per_micro_batch=micro_batch * max_length,
-                                       checkpoint_every=every, offload_activations=offload)
+                                       checkpointed_layers=layers, offload_activations=offload)
                     estimate = estimate_peak_memory(shape, settings)
                     candidates.append(Candidate(settings, micro_batch, estimate, relative_step_time(shape, settings),
                                                 estimate.peak_on_gpu() <= gpu_memory_bytes))
-    # Fastest first; among equally fast, the one that leaves the most memory.
-    return sorted(candidates, key=lambda c: (not c.fits, round(c.relative_time, 3), c.estimate.peak_allocated))
+    # Among equally fast, the one that leaves the most memory.
+    return sorted(candidates, key=lambda c: (not c.fits, c.settings.offload_activations, round(c.relative_time, 3),
+                                             c.estimate.peak_allocated))

@@ -10,7 +10,9 @@ from pathlib import Path
 from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig, RunConfig
 from lorakit.errors import ConfigError
 from lorakit.model.attention import expands_kv_heads
-from lorakit.model.memory_plan import CUDA_CONTEXT_BYTES, GIB, Candidate, ModelShape, TrainSettings, estimate_peak_memory, plan_settings
+from lorakit.model.memory_plan import (
+    CUDA_CONTEXT_BYTES, GIB, Candidate, ModelShape, TrainSettings, checkpointing_text, estimate_peak_memory, plan_settings,
+)
 from lorakit.training.oom import cpu_micro_batch_size
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "ResolvedSettings",
     "check_max_length",
     "read_model_config_json",
+    "planned_length",
+    "train_settings",
     "plan_training",
     "resolve_auto_settings",
     "device_memory_bytes",
@@ -30,17 +34,16 @@ __all__ = [
 class TrainingPlan:
     quantization: str  # "nf4" or "none"
     micro_batch: int
-    checkpoint_every: int | None
+    checkpointed_layers: int  # the first n decoder layers (model/checkpointing.py); 0 = none
     offload_activations: bool
     chosen: Candidate
     candidates: list[Candidate]
     gpu_memory_bytes: int
+    layers: int  # decoder layers of the model
 
     @property
     def checkpointing_text(self) -> str:
-        every = self.checkpoint_every
-        text = "none" if every is None else "all layers" if every == 1 else f"1 layer in {every}"
-        return text + (", offloaded to CPU" if self.offload_activations else "")
+        return checkpointing_text(self.checkpointed_layers, self.layers, self.offload_activations)
 
 
 def parse_memory_size(text: str) -> int:
@@ -110,24 +113,16 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
     example, not to max_length. On CPU the estimate is the process's peak RSS (model/host_memory.py) for the
     pieces that CPU training cuts each micro-batch into (training/oom.py's cpu_micro_batch_size)."""
     training = config.training
-    length = config.model.max_length
-    if longest_example and not training.packing:
-        length = min(length, longest_example)
+    length = planned_length(config, longest_example)
     shape = ModelShape.from_config(model_config)
     quantization = config.model.quantization
     quantizations = (("none", "nf4") if nf4_available else ("none",)) if quantization == "auto" else (quantization,)
-    base = TrainSettings(
-        quantization=quantizations[0], dtype_bytes=dtype_bytes, lora_rank=config.lora.r,
-        lora_targets=config.lora.target_modules if config.lora.target_modules == "all-linear" else tuple(config.lora.target_modules),
-        lora_dropout=config.lora.dropout > 0, tokens_per_micro_batch=config.model.max_length,
-        fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes, kv_expanded=expands_kv_heads(),
-        dora=config.lora.use_dora, on_cpu=not cuda,
-    )
-    fixed_checkpointing = {True: (1,), False: (None,)}.get(training.gradient_checkpointing)
+    base = train_settings(config, quantizations[0], dtype_bytes=dtype_bytes, cuda=cuda)
+    fixed_checkpointing = {True: (shape.layers,), False: (0,)}.get(training.gradient_checkpointing)
     candidates = plan_settings(
         shape, base, max_length=length, gpu_memory_bytes=gpu_memory_bytes,
         micro_batches=None if training.batch_size == "auto" else (training.batch_size,),
-        checkpointing=fixed_checkpointing, quantizations=quantizations,
+        checkpointed_layers=fixed_checkpointing, quantizations=quantizations,
     )
     if not cuda:
         candidates = [_as_cpu_pieces(candidate, shape, config.model.max_length, length) for candidate in candidates]
@@ -141,8 +136,28 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
             "Lower model.max_length, use model.quantization: nf4 (or auto), or pick a smaller model.",
         ])
     settings = chosen.settings
-    return TrainingPlan(settings.quantization, chosen.micro_batch, settings.checkpoint_every,
-                        settings.offload_activations, chosen, candidates, gpu_memory_bytes)
+    return TrainingPlan(settings.quantization, chosen.micro_batch, settings.checkpointed_layers,
+                        settings.offload_activations, chosen, candidates, gpu_memory_bytes, shape.layers)
+
+
+def planned_length(config: RunConfig, longest_example: int | None) -> int:
+    """Tokens per micro-batch row: max_length, or without packing the data's longest example if shorter
+    (a micro-batch is padded to its longest example, not to max_length)."""
+    if longest_example and not config.training.packing:
+        return min(config.model.max_length, longest_example)
+    return config.model.max_length
+
+
+def train_settings(config: RunConfig, quantization: str, *, dtype_bytes: int, cuda: bool) -> TrainSettings:
+    """The planner's view of a run config (micro-batch and checkpointing are the plan's to fill in)."""
+    targets = config.lora.target_modules
+    return TrainSettings(
+        quantization=quantization, dtype_bytes=dtype_bytes, lora_rank=config.lora.r,
+        lora_targets=targets if targets == "all-linear" else tuple(targets),
+        lora_dropout=config.lora.dropout > 0, tokens_per_micro_batch=config.model.max_length,
+        fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes, kv_expanded=expands_kv_heads(),
+        dora=config.lora.use_dora, on_cpu=not cuda,
+    )
 
 
 def _as_cpu_pieces(candidate: Candidate, shape: ModelShape, max_length: int, length: int) -> Candidate:
@@ -158,7 +173,7 @@ class ResolvedSettings:
     model.quantization, plus what the config has no field for."""
 
     config: RunConfig
-    checkpoint_every: int | None
+    checkpointed_layers: int  # the first n decoder layers; 0 = none
     offload_activations: bool
     plan: TrainingPlan | None
 
@@ -188,16 +203,16 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
     check_max_length(config, model_config)
     training = config.training
     if "auto" not in (training.batch_size, training.gradient_checkpointing, config.model.quantization):
-        every = 1 if training.gradient_checkpointing else None
-        return ResolvedSettings(config, every, False, None)
+        layers = ModelShape.from_config(model_config).layers if training.gradient_checkpointing else 0
+        return ResolvedSettings(config, layers, False, None)
     plan = plan_training(config, model_config, memory_bytes or device_memory_bytes(cuda), dtype_bytes=dtype_bytes,
                          nf4_available=nf4_available and cuda, cuda=cuda, longest_example=longest_example)
     resolved = config.model_copy(update={
         "training": training.model_copy(update={"batch_size": plan.micro_batch,
-                                                "gradient_checkpointing": plan.checkpoint_every is not None}),
+                                                "gradient_checkpointing": plan.checkpointed_layers > 0}),
         "model": config.model.model_copy(update={"quantization": plan.quantization}),
     })
-    return ResolvedSettings(resolved, plan.checkpoint_every, plan.offload_activations, plan)
+    return ResolvedSettings(resolved, plan.checkpointed_layers, plan.offload_activations, plan)
 
 
 def plan_run(config: RunConfig, gpu_memory_bytes: int | None) -> tuple[TrainingPlan, dict]:

@@ -36,8 +36,9 @@ def add_neftune_noise(model, alpha: float) -> None:
 
 
 def make_trainable(model, config: RunConfig, *, device: torch.device, quantized: bool,
-                   checkpoint_every: int | None, offload_activations: bool = False):
-    """Wrap `model` for training; returns the peft model. `checkpoint_every`: None, 1 (all) or k."""
+                   checkpointed_layers: int, offload_activations: bool = False):
+    """Wrap `model` for training; returns the peft model. `checkpointed_layers`: how many of the first decoder
+    layers are checkpointed (0 = none)."""
     apply_fused_kernels(model, device)
     model = attach_lora(model, config.lora, quantized=quantized, gradient_checkpointing=False)
     if model.get_input_embeddings().weight.dtype != torch.float32:  # trained under autocast (training/loop.py)
@@ -47,5 +48,5 @@ def make_trainable(model, config: RunConfig, *, device: torch.device, quantized:
     if config.training.neftune_noise_alpha is not None:
         add_neftune_noise(model, config.training.neftune_noise_alpha)
     # Offloading hands checkpointed inputs to autograd's saved-tensor hooks, which only reentrant checkpoints use.
-    apply_checkpointing(model, checkpoint_every, reentrant=offload_activations)
+    apply_checkpointing(model, checkpointed_layers, reentrant=offload_activations)
     return model

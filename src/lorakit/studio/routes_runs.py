@@ -76,7 +76,7 @@ def save_run(body: RunChoices, request: Request) -> dict:
 
 
 def _plan(choices: PlanRequest, workspace) -> dict:
-    from lorakit.model.memory_plan import GIB
+    from lorakit.model.memory_plan import GIB, checkpointing_text
     from lorakit.model.run_plan import parse_memory_size, plan_run
 
     config, _ = studio_config(workspace, choices)
@@ -85,9 +85,8 @@ def _plan(choices: PlanRequest, workspace) -> dict:
 
     def row(candidate) -> dict:
         settings = candidate.settings
-        every = settings.checkpoint_every
         return {"quantization": settings.quantization, "micro_batch": candidate.micro_batch,
-                "checkpointing": "none" if every is None else "all layers" if every == 1 else f"1 layer in {every}",
+                "checkpointing": checkpointing_text(settings.checkpointed_layers, plan.layers),
                 "offload": settings.offload_activations, "peak_gib": round(candidate.estimate.peak_allocated / GIB, 2),
                 "on_gpu_gib": round(candidate.estimate.peak_on_gpu() / GIB, 2),
                 "relative_time": round(candidate.relative_time, 2), "fits": candidate.fits}

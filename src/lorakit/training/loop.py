@@ -34,7 +34,7 @@ from lorakit.model.load import (
 from lorakit.model.quantize import bitsandbytes_available, nf4_config, wants_4bit
 from lorakit.model.run_plan import resolve_auto_settings
 from lorakit.model.trainable import make_trainable
-from lorakit.runtime.device import compute_dtype, pick_device
+from lorakit.runtime.device import compute_dtype, pick_device, use_expandable_segments
 from lorakit.runtime.distributed import Ranks, current_ranks, process_group
 from lorakit.runtime.logging import get_logger
 from lorakit.runtime.run_lock import hold_run_lock
@@ -127,8 +127,8 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     quantized = wants_4bit(config.model.quantization, device)
     model = load_base_model(source, config.model, device, dtype, nf4_config(dtype) if quantized else None)
     targets = resolve_target_modules(model, config.lora.target_modules)
-    model = make_trainable(model, config, device=device, quantized=quantized, checkpoint_every=resolved.checkpoint_every,
-                           offload_activations=resolved.offload_activations)
+    model = make_trainable(model, config, device=device, quantized=quantized,
+                           checkpointed_layers=resolved.checkpointed_layers, offload_activations=resolved.offload_activations)
     name_adapter_base(model, public_model_name(source))  # adapter_config.json names no local path
     trainable, total = trainable_parameter_count(model)
     reporter.message(
@@ -163,6 +163,7 @@ def train(
 
     Under torchrun / `accelerate launch` every process calls this; rank 0 alone owns the run folder (lock,
     checkpoints, metrics, final/) and reports progress (training/data_parallel.py)."""
+    use_expandable_segments()  # before CUDA starts (process_group may start it): the planner's slack assumes it
     with process_group() as ranks:
         if not ranks.is_main:
             return _train_locked(config, Path(config.output_dir), resume=resume, overwrite=overwrite,
