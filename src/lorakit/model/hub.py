@@ -64,16 +64,7 @@ def _install_timeout_hook() -> None:
 def download_model(repo_id: str, revision: str | None, *, allow_pickle: bool, trust_remote_code: bool) -> Path:
     """Fetch (or reuse from the HF cache) the files needed to load `repo_id`; safetensors only by default."""
     patterns = SAFE_PATTERNS + (PICKLE_PATTERNS if allow_pickle else []) + (["*.py"] if trust_remote_code else [])
-    _install_timeout_hook()
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
-        raise _hub_error(exc, repo_id, revision) from None
-    except OSError as exc:  # DNS failures and similar surface as plain OSError subclasses
-        raise HubAccessError(
-            f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id} ({type(exc).__name__}).",
-            hint=_OFFLINE_HINT,
-        ) from None
+    return _download_files(repo_id, revision, patterns)
 
 
 def _download_files(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
@@ -83,7 +74,7 @@ def _download_files(repo_id: str, revision: str | None, patterns: list[str]) -> 
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
         raise _hub_error(exc, repo_id, revision) from None
-    except OSError as exc:
+    except OSError as exc:  # DNS failures and similar surface as plain OSError subclasses
         raise HubAccessError(
             f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id} ({type(exc).__name__}).",
             hint=_OFFLINE_HINT,
