@@ -59,8 +59,10 @@ class TrainerState:
     batch_in_epoch: int = 0
     early_stopping: dict = field(default_factory=dict)
     log_history: list[dict] = field(default_factory=list)
-    micro_batch_size: int | None = None  # set after an out-of-memory retry halved it; None = as configured
+    micro_batch_size: int | None = None  # set after an out-of-memory retry cut it; None = as configured
     gradient_accumulation_steps: int | None = None  # micro-batches per optimizer step after such a retry
+    checkpointed_layers: int | None = None  # set by an out-of-memory re-plan (training/oom_replan.py); None = as planned
+    offload_activations: bool | None = None  # likewise
     window_loss: float = 0.0  # train-loss sum and step count since the last logged record, so a resumed
     window_steps: int = 0  # run logs the same averages as an uninterrupted one
     stopped_early: bool = False

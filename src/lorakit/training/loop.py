@@ -71,6 +71,7 @@ from lorakit.training.oom import (
     release_memory,
     split_into_micro_batches,
 )
+from lorakit.training.oom_replan import replan_after_oom, restore_memory_settings
 
 __all__ = ["TrainResult", "TrainingSession", "train", "build_session"]
 
@@ -198,6 +199,7 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     stopper = EarlyStopping(config.training.early_stopping_patience, config.training.early_stopping_min_delta)
     if resume:
         state = resume_state(run_dir, session, optimizer, scheduler, scaler, stopper, reporter)
+    restore_memory_settings(session, state)  # the checkpointing an out-of-memory re-plan chose, after a resume
     if session.device.type == "cpu" and state.micro_batch_size is None:
         _right_size_for_cpu(session, state, reporter)
     share_warning = step_share_warning(ranks, state.gradient_accumulation_steps or config.training.gradient_accumulation_steps)
@@ -317,9 +319,11 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
 
 
 def _step_with_oom_retry(session, state, groups, position, params, optimizer, scheduler, scaler, reporter, run_dir):
-    """One optimizer step. A CUDA out-of-memory error in forward/backward halves the micro-batch and re-runs
-    the same step on the same examples; at micro-batch 1 it saves a checkpoint of the state before the step
-    and stops with advice."""
+    """One optimizer step. A CUDA out-of-memory error in forward/backward re-plans (training/oom_replan.py: more
+    checkpointed layers, offload, or a smaller micro-batch, whichever the planner finds fastest in the memory
+    there is) or, when no plan needs less memory, halves the micro-batch; then it re-runs the same step on the
+    same examples. At micro-batch 1 with no plan left it saves a checkpoint of the state before the step and
+    stops with advice."""
     cfg = session.config
     rng = TorchRngSnapshot.capture()
     while True:
@@ -332,9 +336,14 @@ def _step_with_oom_retry(session, state, groups, position, params, optimizer, sc
             pass  # handled below, once the exception (and the failed step's tensors it references) is gone
         release_memory(optimizer)
         rng.restore()
+        replanned = replan_after_oom(session, state, state.step + 1)
+        if replanned is not None:
+            reporter.message(replanned)  # said once, like the halving below
+            continue
         if micro == 1:
             state.epoch, state.batch_in_epoch = position  # the failed step is re-run after --resume
             state.micro_batch_size = state.gradient_accumulation_steps = None  # retry as configured after a fix
+            state.checkpointed_layers = state.offload_activations = None
             path = save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler,
                                    scaler=scaler, state=state, identity=session.identity,
                                    config_yaml=dump_config(cfg), keep=cfg.training.save_total_limit

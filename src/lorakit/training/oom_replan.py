@@ -1,0 +1,110 @@
+"""After a CUDA out-of-memory error: ask the memory planner for the fastest settings that fit the memory the
+GPU really has, for the same examples per optimizer step, and switch the live model to them.
+
+Halving the micro-batch alone (training/oom.py) is the slow way down: on an emulated 8 GB card a fixed
+micro-batch of 64 without checkpointing halved six times to 2 and ran at a quarter of the planner's speed
+(issue 11). The planner instead weighs checkpointing more layers (and, last, offloading them) against smaller
+micro-batches, with the same speed model it plans runs with. Every re-plan must need less memory than the
+settings that failed, so retries end: when no such plan fits, the loop halves as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from lorakit.model.checkpointing import apply_checkpointing, decoder_layers
+from lorakit.model.load import read_model_config
+from lorakit.model.memory_plan import (
+    CUDA_CONTEXT_BYTES, GIB, Candidate, ModelShape, TrainSettings, checkpointing_text, estimate_peak_memory,
+    plan_settings,
+)
+from lorakit.model.run_plan import device_memory_bytes, planned_length, train_settings
+from lorakit.training.oom import accumulation_after_split
+
+__all__ = ["MemorySettings", "training_memory_bytes", "replan_for_memory", "replan_after_oom",
+           "restore_memory_settings"]
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """What a retry may change: micro-batch, checkpointed layers (the first n), CPU offload."""
+
+    micro_batch: int
+    checkpointed_layers: int
+    offload_activations: bool
+
+
+def training_memory_bytes(device: torch.device) -> int | None:
+    """The card the planner may plan a retry for: what PyTorch's allocator could hold now (free memory + what it
+    holds after the failed step's release), capped by a per-process limit, plus the CUDA context that the fit
+    check sets aside. None on CPU: there the operating system, not an exception, answers a lack of memory."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return min(device_memory_bytes(cuda=True), free + torch.cuda.memory_reserved(device) + CUDA_CONTEXT_BYTES)
+
+
+def replan_for_memory(shape: ModelShape, base: TrainSettings, current: MemorySettings, *, max_length: int,
+                      memory_bytes: int) -> Candidate | None:
+    """The planner's fastest candidate that fits `memory_bytes` and needs less than `current` (which just ran out
+    of memory), with micro-batches no bigger than the current one; None when there is none."""
+    failed = estimate_peak_memory(shape, replace(
+        base, tokens_per_micro_batch=current.micro_batch * max_length,
+        checkpointed_layers=current.checkpointed_layers, offload_activations=current.offload_activations))
+    micro_batches = tuple(sorted({current.micro_batch} | {m for m in (1, 2, 4, 8, 16, 32) if m < current.micro_batch}))
+    candidates = plan_settings(shape, base, max_length=max_length, gpu_memory_bytes=memory_bytes,
+                               micro_batches=micro_batches)
+    return next((c for c in candidates if c.fits and c.estimate.peak_allocated < failed.peak_allocated), None)
+
+
+def _live_settings(session, state) -> MemorySettings:
+    layers = decoder_layers(session.model)
+    return MemorySettings(state.micro_batch_size or session.config.training.batch_size,
+                          sum(layer.gradient_checkpointing for layer in layers), session.offload_activations)
+
+
+def replan_after_oom(session, state, step: int) -> str | None:
+    """Re-plan after an out-of-memory error in `step`: switch the model's checkpointing/offload and the
+    micro-batch in `state` (a checkpoint saves them, so a resume keeps them); returns the message that says
+    what changed, or None when no plan that needs less memory fits (then the caller halves)."""
+    memory_bytes = training_memory_bytes(session.device)
+    if memory_bytes is None:
+        return None
+    memory_bytes = int(session.ranks.agree([memory_bytes], op="min")[0])  # every rank takes the same plan
+    config = session.config
+    shape = ModelShape.from_config(read_model_config(session.source))
+    base = train_settings(config, "nf4" if session.quantized else "none",
+                          dtype_bytes=torch.finfo(session.dtype).bits // 8, cuda=session.device.type == "cuda")
+    splits = session.data.splits
+    longest = max(len(e.input_ids) for examples in (splits.train, splits.validation, splits.test) for e in examples)
+    before = _live_settings(session, state)
+    chosen = replan_for_memory(shape, base, before, max_length=planned_length(config, longest), memory_bytes=memory_bytes)
+    if chosen is None:
+        return None
+    after = MemorySettings(chosen.micro_batch, chosen.settings.checkpointed_layers, chosen.settings.offload_activations)
+    _apply(session, state, after)
+    training = config.training
+    if after.micro_batch != before.micro_batch:
+        state.micro_batch_size = after.micro_batch
+        state.gradient_accumulation_steps = accumulation_after_split(
+            training.gradient_accumulation_steps, training.batch_size, after.micro_batch)
+    was = checkpointing_text(before.checkpointed_layers, shape.layers, before.offload_activations)
+    now = checkpointing_text(after.checkpointed_layers, shape.layers, after.offload_activations)
+    return (f"out of memory at step {step} with micro-batch {before.micro_batch} and checkpointing {was}: re-planned "
+            f"for the {memory_bytes / GIB:.1f} GiB this device has, retrying the step with checkpointing {now} and "
+            f"micro-batch {after.micro_batch} (same examples per optimizer step)")
+
+
+def _apply(session, state, settings: MemorySettings) -> None:
+    # Offload hands checkpointed inputs to autograd's saved-tensor hooks, which only reentrant checkpoints use.
+    apply_checkpointing(session.model, settings.checkpointed_layers, reentrant=settings.offload_activations)
+    session.offload_activations = settings.offload_activations
+    state.checkpointed_layers, state.offload_activations = settings.checkpointed_layers, settings.offload_activations
+
+
+def restore_memory_settings(session, state) -> None:
+    """On resume: the checkpointing/offload an out-of-memory re-plan chose, saved in the trainer state."""
+    if state.checkpointed_layers is not None:
+        _apply(session, state, MemorySettings(0, state.checkpointed_layers, state.offload_activations))
