@@ -20,6 +20,11 @@ from lorakit.config import load_config
 from lorakit.training import loop
 from lorakit.training.checkpoint import TrainerState
 from lorakit.training.metrics import SilentReporter
+
+
+class PrintingReporter(SilentReporter):
+    def message(self, text: str) -> None:
+        print(text, flush=True)  # the memory plan the profiled steps run with
 from lorakit.training.schedule import build_optimizer, build_scheduler
 
 # Kernel name patterns -> kind, first match wins.
@@ -48,9 +53,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--cap-gib", type=float, default=None, help="cap PyTorch's allocator (an emulated card)")
+    parser.add_argument("--name", default="profile", help="file name of the table under --out")
     args = parser.parse_args()
+    if args.cap_gib is not None:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total), 0)
     config = load_config(args.config, args.overrides)
-    session = loop.build_session(config, SilentReporter())
+    session = loop.build_session(config, PrintingReporter())
     params = [p for p in session.model.parameters() if p.requires_grad]
     optimizer = build_optimizer(session.model, session.config.training)
     scheduler = build_scheduler(optimizer, session.config.training)
@@ -88,7 +98,7 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "profile.md").write_text(text + "\n")
+        (args.out / f"{args.name}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":
