@@ -1,15 +1,30 @@
-"""Issue 4, point 4 on a real GPU: real CUDA out-of-memory errors inside lorakit training steps.
+"""Issue 4, point 4 and issue 11 on a real GPU: real CUDA out-of-memory errors inside lorakit training steps.
 
     python bench/oom_real.py --out DIR [--micro-batch 16] [--max-length 1024] [--steps 6]
+    python bench/oom_real.py --scenario replan-8gb --out DIR [--steps 8] [--cap-gib 7.3]
+
+Scenario replan-8gb (issue 11): an 8 GB card emulated on a big GPU (PyTorch's allocator capped at --cap-gib, so
+the planner plans for the cap + the CUDA context), a Phi-4-mini-shaped QLoRA model with random weights, packed
+synthetic chats at max_length 512, and two runs of the public command, each in a fresh process:
+
+  planner   `lorakit train configs/phi4_mini_qlora.yaml --set training.batch_size=auto
+            --set training.gradient_checkpointing=auto --set training.gradient_accumulation_steps=4 ...`
+  replan    the same with `--set training.batch_size=64 --set training.gradient_checkpointing=false
+            --set training.gradient_accumulation_steps=1` (same tokens per optimizer step): step 1 runs out of
+            memory and must re-plan (training/oom_replan.py) instead of halving six times to micro-batch 2.
+
+It reports each run's tokens/s (median of the logged steps after the first), PyTorch's peaks, the GPU's used
+memory (NVML), the plan line and every out-of-memory message, and the ratio replan / planner. Writes
+DIR/replan_8gb.json, DIR/replan_8gb.md and DIR/log.txt.
 
 The CPU tests inject torch.OutOfMemoryError; this script makes the CUDA caching allocator raise it for real by
 capping the process's memory (torch.cuda.set_per_process_memory_fraction), and drives the real
 `lorakit.training.loop.train` on a random Llama-shaped model (bf16 LoRA, padded micro-batches):
 
   calibrate  two uncapped runs (micro-batch B and B/4) measure the reserved-memory peak per micro-batch row.
-  recover    the cap sits between what B/4 and B/2 rows need: the run must halve twice (B -> B/2 -> B/4), log
-             each halving, finish, and record micro_batch_size B/4 in the manifest. Its adapter is compared
-             with the uncapped B run (same examples per optimizer step; only bf16 summation order differs).
+  recover    the cap sits between what B/4 and B/2 rows need: the run must recover (since issue 11 by re-planning:
+             checkpointing before halving; else halving B -> B/2 -> B/4), say so, and finish. Its adapter is
+             compared with the uncapped B run (same examples per optimizer step; only bf16 summation order differs).
   give up    after step 2 the cap drops below what micro-batch 1 needs: the run must stop with TrainingError
              (advice: max_length, gradient checkpointing, QLoRA) and leave a verified checkpoint at step 2;
              resuming without the cap must finish the run.
@@ -23,6 +38,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -123,9 +139,94 @@ def adapter_difference(a: Path, b: Path) -> float:
     return max(float((first[k].float() - second[k].float()).abs().max()) for k in first)
 
 
+REPO = Path(__file__).resolve().parents[1]
+REPLAN_RUNS = {  # name -> the --set overrides that differ (same tokens per optimizer step: 64 x 512 packed)
+    "planner": ["training.batch_size=auto", "training.gradient_checkpointing=auto",
+                "training.gradient_accumulation_steps=4"],
+    "replan": ["training.batch_size=64", "training.gradient_checkpointing=false", "training.gradient_accumulation_steps=1"],
+}
+
+
+def replan_8gb(args) -> int:
+    """Issue 11: the re-planned speed of a fixed micro-batch 64 without checkpointing, against the planner's own
+    choice, on an emulated 8 GB card, both through `lorakit train` (see the module docstring)."""
+    import statistics
+    import subprocess
+
+    from gpu_speed_memory import PHI4_MINI, build_random_model
+    from planner_holdout import GpuMemoryPoller
+    from transformers import AutoTokenizer
+
+    started = time.perf_counter()
+    model_dir, data = args.out / "phi4-mini-random", args.out / "chats.jsonl"
+    build_random_model(model_dir, PHI4_MINI)
+    AutoTokenizer.from_pretrained(args.tokenizer).save_pretrained(model_dir)
+    rows = [json.dumps({"instruction": q.content, "response": a.content})
+            for q, a in (c.messages for c in synthetic_conversations(1536, seed=0))]
+    data.write_text("\n".join(rows) + "\n")
+    torch.cuda.empty_cache()
+    say(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; cap {args.cap_gib} GiB; model and data "
+        f"ready in {time.perf_counter() - started:.0f}s")
+    common = [f"model.name={model_dir}", "model.max_length=512", "model.quantization=nf4", f"data.train_file={data}",
+              "data.validation_split=0", "data.test_split=0", "data.allow_phi=true", f"training.max_steps={args.steps}",
+              "training.logging_steps=1", "training.eval_steps=1000", "training.save_steps=1000",
+              "training.warmup_steps=0", "training.early_stopping_patience=null", "training.packing=true",
+              "eval.after_training=false"]
+    results = {}
+    for name, sets in REPLAN_RUNS.items():
+        run_dir, peak_file = args.out / f"run-{name}", args.out / f"peak-{name}.json"
+        argv = ["train", str(REPO / "configs" / "phi4_mini_qlora.yaml"), "--overwrite",
+                *[part for item in [*common, f"output_dir={run_dir}", *sets] for part in ("--set", item)]]
+        row = {"command": "lorakit " + " ".join(argv)}
+        begun = time.perf_counter()
+        with GpuMemoryPoller() as poller:
+            try:
+                done = subprocess.run([sys.executable, __file__, "capped-cli", str(args.cap_gib), str(peak_file), *argv],
+                                      capture_output=True, text=True, timeout=100,  # two runs + setup < 4 minutes
+                                      env={**os.environ, "COLUMNS": "1000"})  # one message per line
+                row["exit"], output = done.returncode, done.stdout + done.stderr
+            except subprocess.TimeoutExpired as exc:
+                row["exit"], output = "timeout", f"{exc.stdout or ''}{exc.stderr or ''}"
+        row["seconds"] = time.perf_counter() - begun
+        row["nvml_used_gib"] = (poller.peak - poller.baseline) / GIB
+        if peak_file.is_file():
+            row.update({k: v / GIB for k, v in json.loads(peak_file.read_text()).items()})
+        lines = [line.strip() for line in output.splitlines()]
+        row["plan"] = next((line for line in lines if line.startswith("memory plan:")), None)
+        row["oom_messages"] = [line for line in lines if line.startswith("out of memory")]
+        metrics = run_dir / "metrics.jsonl"
+        speeds = [r["tokens_per_second"] for r in map(json.loads, metrics.read_text().splitlines())
+                  if "tokens_per_second" in r and r["step"] > 1] if metrics.is_file() else []
+        row["tokens_per_s"] = statistics.median(speeds) if speeds else None
+        if row["exit"] != 0:
+            row["error"] = output[-3000:]
+        results[name] = row
+        say(f"{name}: exit {row['exit']} in {row['seconds']:.0f}s, {row['tokens_per_s']} tok/s, plan {row['plan']}, "
+            f"out of memory: {row['oom_messages']}")
+    planner, replan = results["planner"]["tokens_per_s"], results["replan"]["tokens_per_s"]
+    ratio = replan / planner if planner and replan else None
+    table = ["| run | tok/s | vs planner | PyTorch peak alloc / reserved GiB | NVML used GiB | plan | out-of-memory messages |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in results.items():
+        speed = f"{row['tokens_per_s']:,.0f}" if row["tokens_per_s"] else "FAILED"
+        versus = f"{row['tokens_per_s'] / planner:.2f}x" if planner and row["tokens_per_s"] else "-"
+        peaks = f"{row.get('peak_allocated', math.nan):.2f} / {row.get('peak_reserved', math.nan):.2f}"
+        table.append(f"| {name} | {speed} | {versus} | {peaks} | {row['nvml_used_gib']:.2f} | {row['plan']} | "
+                     f"{'; '.join(row['oom_messages']) or '-'} |")
+    say("\n".join(["", *table, "", f"total {time.perf_counter() - started:.0f}s"]))
+    (args.out / "replan_8gb.md").write_text("\n".join(table) + "\n")
+    (args.out / "replan_8gb.json").write_text(json.dumps({"cap_gib": args.cap_gib, "ratio": ratio, "runs": results},
+                                                         indent=2))
+    (args.out / "log.txt").write_text("\n".join(LOG) + "\n")
+    ok = all(row["exit"] == 0 for row in results.values()) and bool(results["replan"]["oom_messages"])
+    return 0 if ok else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--scenario", choices=("halving", "replan-8gb"), default="halving")
+    parser.add_argument("--cap-gib", type=float, default=7.3, help="replan-8gb: PyTorch's allocator cap")
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=6)
@@ -136,6 +237,8 @@ def main() -> int:
         print("bench/oom_real.py needs a CUDA GPU (the CPU tests in tests/training/test_oom.py inject the error).")
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.scenario == "replan-8gb":
+        return replan_8gb(args)
     big, quarter = args.micro_batch, args.micro_batch // 4
     assert quarter >= 1, "--micro-batch must be at least 4"
     model_dir, data = args.out / "model", args.out / "data.jsonl"
@@ -167,7 +270,7 @@ def main() -> int:
         outcome = (f"finished {result.steps} steps, manifest micro_batch_size "
                    f"{manifest['settings']['micro_batch_size']} x accumulation {manifest['settings']['gradient_accumulation_steps']}")
         difference = adapter_difference(result.adapter_dir, reference.adapter_dir)
-        ok = manifest["settings"]["micro_batch_size"] < big
+        ok = result.steps == args.steps
     except Exception as exc:  # reported, not hidden: this is what the GPU run is for
         outcome, difference, ok = f"FAILED: {type(exc).__name__}: {exc}", math.nan, False
         say(traceback.format_exc())
@@ -218,5 +321,33 @@ def main() -> int:
     return 0 if all(row["ok"] for row in rows) else 1
 
 
+def capped_cli(argv: list[str]) -> None:
+    """`oom_real.py capped-cli CAP_GIB PEAK_FILE ARGS...`: `lorakit ARGS` in this process with PyTorch's allocator
+    capped at CAP_GIB; at exit the CUDA peaks go to PEAK_FILE."""
+    import atexit
+
+    from lorakit.runtime.device import use_expandable_segments
+
+    cap_gib, peak_file, rest = float(argv[0]), Path(argv[1]), argv[2:]
+    # `lorakit train` sets its allocator default before CUDA starts; the cap below starts CUDA, so the same
+    # public call comes first here (a user's PYTORCH_CUDA_ALLOC_CONF still wins, as in lorakit).
+    use_expandable_segments()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * GIB / total), 0)
+
+    def record() -> None:
+        peak_file.write_text(json.dumps({"peak_allocated": torch.cuda.max_memory_allocated(0),
+                                         "peak_reserved": torch.cuda.max_memory_reserved(0)}))
+
+    atexit.register(record)
+    from lorakit.cli.app import main as lorakit_main
+
+    sys.argv = ["lorakit", *rest]
+    lorakit_main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["capped-cli"]:
+        capped_cli(sys.argv[2:])
+    else:
+        sys.exit(main())
