@@ -25,6 +25,10 @@ def main() -> None:
     import torch
 
     if args.cap_gib is not None:
+        if args.module == "lorakit":  # capping starts CUDA: first the allocator settings lorakit train would use
+            from lorakit.runtime.device import use_expandable_segments
+
+            use_expandable_segments()
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total), 0)
 
