@@ -21,6 +21,7 @@ __all__ = [
     "SEED_MAX",
     "DEFAULT_SYSTEM_PROMPT",
     "DEFAULT_DISCLAIMER",
+    "NF4_FSDP_REFUSAL",
     "ModelConfig",
     "LoraSettings",
     "TrainingConfig",
@@ -49,6 +50,16 @@ DEFAULT_SYSTEM_PROMPT = (
 
 DEFAULT_DISCLAIMER = (
     "Educational information only, not medical advice. Consult a qualified healthcare professional."
+)
+
+
+# bitsandbytes' 4-bit weights do not survive FSDP2's sharding (bitsandbytes 0.50): with the default uint8 storage
+# fully_shard fails or trains on garbage (accelerate#3983), and with bf16 storage the sharded copy loses the
+# quantization state and rewrites the NaN bit patterns that packed nf4 values form (bitsandbytes#1945, open).
+NF4_FSDP_REFUSAL = (
+    "model.quantization nf4 cannot be combined with training.distributed fsdp: bitsandbytes' 4-bit weights do not "
+    "survive FSDP2's sharding (the sharded copy loses their quantization state). Use training.distributed ddp (or "
+    "auto), which trains QLoRA on several GPUs, or model.quantization none to shard bf16 weights with fsdp"
 )
 
 
@@ -147,6 +158,13 @@ class TrainingConfig(_Section):
         "model's; all, and offloaded to CPU, only when nothing else fits); true = every layer."
     )
     packing: bool = Field(False, description="Pack examples into max_length rows, isolated per example.")
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="How several processes (torchrun, `accelerate launch`, `--gpus N`) share the work. 'ddp': "
+        "every GPU holds the whole model and trains on its share of each step's micro-batches (LoRA and QLoRA). "
+        "'fsdp': PyTorch FSDP2 shards the frozen bf16 base weights and the LoRA states over the GPUs, for a model that "
+        "does not fit one GPU (bf16 LoRA only: not with model.quantization nf4). 'auto' = ddp, unless the memory plan "
+        "for one GPU does not fit and the plan per GPU with fsdp does. One process trains unsharded either way."
+    )
     loraplus_lr_ratio: float | None = Field(
         None, ge=1, le=1024, description="LoRA+: the B matrices learn this many times faster than the A matrices "
         "(peft's create_loraplus_optimizer; 16 is the paper's default); null = one learning rate."
@@ -249,6 +267,12 @@ class RunConfig(_Section):
     data: DataConfig
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _fsdp_is_bf16_lora(self) -> RunConfig:
+        if self.model.quantization == "nf4" and self.training.distributed == "fsdp":
+            raise ValueError(NF4_FSDP_REFUSAL)
+        return self
 
 
 # Keys the guide's configs carry that no lorakit code reads: dropped with a warning that says what does the job,

@@ -33,23 +33,35 @@ def split_loss_sums(
 ) -> tuple[float, int]:
     """(loss summed over supervised tokens, their count) over batches rank, rank + world_size, ... of the split
     cut into `batch_size` rows; the batches are the same for any world_size, so the sums over ranks add up
-    to the one-process sums."""
+    to the one-process sums.
+
+    `model` may be the root of an FSDP-sharded model (training/sharding.py's ShardedLoss), whose forward is the
+    loss: then every rank runs the same number of passes (each gathers weights in a collective), a rank without
+    a batch of its own re-running the first and discarding the result."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from lorakit.training.sharding import lockstep_share
+
+    sharded = isinstance(model, FSDPModule)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total_loss, total_tokens = 0.0, 0
     context = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    starts = list(range(0, len(examples), batch_size))
+    mine = lockstep_share(starts, rank, world_size) if sharded else [(True, s) for s in starts[rank::world_size]]
     try:
-        for start in range(rank * batch_size, len(examples), batch_size * world_size):
+        for real, start in mine:
             batch = collate_padded(examples[start : start + batch_size], pad_token_id)
             tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            if tokens == 0:
+            if tokens == 0 and not sharded:
                 continue
             batch = {k: v.to(device) for k, v in batch.items()}
-            with context:
-                loss = causal_lm_loss(model, batch, num_items_in_batch=tokens)  # no [tokens, vocab] logits
-            total_loss += float(loss) * tokens
-            total_tokens += tokens
+            with context:  # no [tokens, vocab] logits
+                loss = model(batch, max(tokens, 1)) if sharded else causal_lm_loss(model, batch, num_items_in_batch=tokens)
+            if real:
+                total_loss += float(loss) * tokens
+                total_tokens += tokens
     finally:
         model.train(was_training)
     return total_loss, total_tokens

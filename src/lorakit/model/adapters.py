@@ -135,12 +135,14 @@ def trainable_parameter_count(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def lora_state_dict(model: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The adapter's tensors as peft saves them; `weights` (parameter name -> tensor) instead of the model's
+    own, e.g. the full weights gathered from an FSDP-sharded model (training/sharding.py)."""
     from peft import get_peft_model_state_dict
 
     # save_embedding_layers=False: lorakit never adapts embeddings, and peft's "auto" would look the base model's
     # public name up on the Hub at every save to compare vocabulary sizes.
-    state = get_peft_model_state_dict(model, save_embedding_layers=False)
+    state = get_peft_model_state_dict(model, state_dict=weights, save_embedding_layers=False)
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 

@@ -13,6 +13,7 @@ from lorakit.model.attention import expands_kv_heads
 from lorakit.model.memory_plan import (
     CUDA_CONTEXT_BYTES, GIB, Candidate, ModelShape, TrainSettings, checkpointing_text, estimate_peak_memory, plan_settings,
 )
+from lorakit.model.sharded_plan import choose_distributed, shard_candidates
 from lorakit.training.oom import cpu_micro_batch_size
 
 __all__ = [
@@ -106,7 +107,7 @@ def check_max_length(config: RunConfig, model_config: dict) -> None:
 
 
 def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, *, dtype_bytes: int,
-                  nf4_available: bool, cuda: bool = True, longest_example: int | None = None) -> TrainingPlan:
+                  nf4_available: bool, cuda: bool = True, longest_example: int | None = None, sharded_over: int = 1) -> TrainingPlan:
     """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given.
 
     `longest_example` (tokens, when the data is known): without packing a micro-batch is padded to its longest
@@ -124,6 +125,8 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
         micro_batches=None if training.batch_size == "auto" else (training.batch_size,),
         checkpointed_layers=fixed_checkpointing, quantizations=quantizations,
     )
+    if sharded_over > 1:  # training.distributed fsdp: weights and LoRA states sharded over the GPUs
+        candidates = shard_candidates(shape, candidates, sharded_over, gpu_memory_bytes)
     if not cuda:
         candidates = [_as_cpu_pieces(candidate, shape, config.model.max_length, length) for candidate in candidates]
     chosen = candidates[0]
@@ -197,22 +200,49 @@ def device_memory_bytes(cuda: bool) -> int:
 
 def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, dtype_bytes: int,
                           nf4_available: bool, memory_bytes: int | None = None,
-                          longest_example: int | None = None) -> ResolvedSettings:
+                          longest_example: int | None = None, world_size: int = 1) -> ResolvedSettings:
     """Run the planner when anything is `auto` (against `memory_bytes`, default the GPU's memory, or RAM on
-    CPU); fixed settings stay as they are. A max_length the model cannot take is refused first."""
+    CPU), per GPU for the training.distributed strategy of `world_size` processes (which `auto` resolves to);
+    fixed settings stay as they are. A max_length the model cannot take is refused first."""
     check_max_length(config, model_config)
+    memory_bytes = memory_bytes or device_memory_bytes(cuda)
+    config = _resolve_distributed(config, model_config, world_size, memory_bytes, cuda=cuda, dtype_bytes=dtype_bytes,
+                                  nf4_available=nf4_available and cuda, longest_example=longest_example)
+    sharded_over = world_size if config.training.distributed == "fsdp" else 1
     training = config.training
     if "auto" not in (training.batch_size, training.gradient_checkpointing, config.model.quantization):
         layers = ModelShape.from_config(model_config).layers if training.gradient_checkpointing else 0
         return ResolvedSettings(config, layers, False, None)
-    plan = plan_training(config, model_config, memory_bytes or device_memory_bytes(cuda), dtype_bytes=dtype_bytes,
-                         nf4_available=nf4_available and cuda, cuda=cuda, longest_example=longest_example)
+    plan = plan_training(config, model_config, memory_bytes, dtype_bytes=dtype_bytes,
+                         nf4_available=nf4_available and cuda, cuda=cuda, longest_example=longest_example,
+                         sharded_over=sharded_over)
     resolved = config.model_copy(update={
         "training": training.model_copy(update={"batch_size": plan.micro_batch,
                                                 "gradient_checkpointing": plan.checkpointed_layers > 0}),
         "model": config.model.model_copy(update={"quantization": plan.quantization}),
     })
     return ResolvedSettings(resolved, plan.checkpointed_layers, plan.offload_activations, plan)
+
+
+def _resolve_distributed(config: RunConfig, model_config: dict, world_size: int, memory_bytes: int, *, cuda: bool,
+                         **plan_args) -> RunConfig:
+    """training.distributed `auto` -> ddp or fsdp (model/sharded_plan.py); with several processes under fsdp, an
+    `auto` quantization is none (nf4 cannot be sharded)."""
+    def one_gpu_fits() -> bool:
+        try:
+            plan_training(config, model_config, memory_bytes, cuda=cuda, **plan_args)
+        except ConfigError:
+            return False
+        return True
+
+    distributed = choose_distributed(config.training.distributed, config.model.quantization, world_size, cuda=cuda,
+                                     one_gpu_fits=one_gpu_fits)
+    if world_size == 1 or (distributed == config.training.distributed and config.model.quantization != "auto"):
+        return config  # one process trains unsharded whatever the setting says
+    update = {"training": config.training.model_copy(update={"distributed": distributed})}
+    if distributed == "fsdp" and world_size > 1 and config.model.quantization == "auto":
+        update["model"] = config.model.model_copy(update={"quantization": "none"})
+    return config.model_copy(update=update)
 
 
 def plan_run(config: RunConfig, gpu_memory_bytes: int | None) -> tuple[TrainingPlan, dict]:

@@ -126,21 +126,26 @@ def save_checkpoint(
     identity: dict,
     config_yaml: str,
     keep: int,
+    trainable=None,
 ) -> Path:
     """Write checkpoint `step-N` atomically, then delete all but the newest `keep` checkpoints and, while early
     stopping is on, the checkpoint of the best validation loss.
 
+    `trainable`: the full LoRA weights and optimizer state gathered from a sharded model (training/sharding.py's
+    TrainableState), written in place of `model`'s and `optimizer`'s own, in the same format.
     A full disk raises DiskFullError naming the previous checkpoint, which stays intact."""
     from lorakit.model.adapters import lora_state_dict
 
+    weights = lora_state_dict(model, trainable.weights if trainable is not None else None)
+    optimizer_state = trainable.optimizer if trainable is not None else optimizer.state_dict()
     target = checkpoint_dir(run_dir, state.step)
     remove_abandoned_staging(target.parent)
     previous = list_checkpoints(run_dir)
     try:
         with atomic_directory(target) as staging:
-            (staging / "adapter_model.safetensors").write_bytes(safetensors_bytes(lora_state_dict(model)))
+            (staging / "adapter_model.safetensors").write_bytes(safetensors_bytes(weights))
             model.peft_config["default"].save_pretrained(staging)
-            (staging / "optimizer.pt").write_bytes(_torch_bytes(optimizer.state_dict()))
+            (staging / "optimizer.pt").write_bytes(_torch_bytes(optimizer_state))
             (staging / "scheduler.pt").write_bytes(_torch_bytes(scheduler.state_dict()))
             if scaler is not None:
                 (staging / "scaler.pt").write_bytes(_torch_bytes(scaler.state_dict()))
@@ -263,20 +268,33 @@ def load_adapter_weights(path: Path, model) -> None:
     """Put a verified checkpoint's LoRA weights into `model` (bit-exact); optimizer and RNG are left alone."""
     from peft import set_peft_model_state_dict
 
+    from lorakit.training.sharding import is_sharded, load_trainable_state
+
     problem = verify_checkpoint(path)
     if problem is not None:
         raise CheckpointError(f"Checkpoint {path} is damaged ({problem}).")
-    set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    weights = load_file(path / "adapter_model.safetensors")
+    if is_sharded(model):  # every rank passes the full weights and keeps its shard (a collective)
+        load_trainable_state(model, None, weights, None)
+    else:
+        set_peft_model_state_dict(model, weights)
 
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler) -> tuple[TrainerState, dict]:
     """Restore weights, optimizer, scheduler, scaler and RNG in place; returns the trainer state and identity."""
     from peft import set_peft_model_state_dict
 
+    from lorakit.training.sharding import is_sharded, load_trainable_state
+
     data = json.loads((path / "trainer_state.json").read_text())
-    set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    weights = load_file(path / "adapter_model.safetensors")
     device = next(p.device for p in model.parameters() if p.requires_grad)
-    optimizer.load_state_dict(_load_state(path / "optimizer.pt", map_location=device))
+    optimizer_state = _load_state(path / "optimizer.pt", map_location=device)
+    if is_sharded(model):  # FSDP: every rank reads the full states and keeps its shard (a collective)
+        load_trainable_state(model, optimizer, weights, optimizer_state)
+    else:
+        set_peft_model_state_dict(model, weights)
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(_load_state(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").is_file():
         scaler.load_state_dict(_load_state(path / "scaler.pt"))

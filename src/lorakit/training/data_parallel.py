@@ -53,12 +53,13 @@ def agree_on_plan(ranks: Ranks, config: RunConfig) -> None:
     """Refuse ranks whose `auto` settings resolved differently (e.g. GPUs with different free memory): the
     micro-batch cuts the data order, so every rank must use the same."""
     training = config.training
-    mine = [training.batch_size, float(training.gradient_checkpointing), float(config.model.quantization == "nf4")]
+    mine = [training.batch_size, float(training.gradient_checkpointing), float(config.model.quantization == "nf4"),
+            float(training.distributed == "fsdp")]
     if ranks.agree(mine, op="min") != ranks.agree(mine, op="max"):
         raise ConfigError("training.batch_size", [
-            "the memory planner chose different settings on different GPUs (batch_size, gradient_checkpointing or "
-            "quantization); set training.batch_size, training.gradient_checkpointing and model.quantization "
-            "explicitly (see `lorakit plan CONFIG`)"])
+            "the memory planner chose different settings on different GPUs (batch_size, gradient_checkpointing, "
+            "quantization or distributed); set training.batch_size, training.gradient_checkpointing, "
+            "model.quantization and training.distributed explicitly (see `lorakit plan CONFIG`)"])
 
 
 def step_share_warning(ranks: Ranks, micro_batches_per_step: int) -> str | None:

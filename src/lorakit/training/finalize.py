@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,11 +23,13 @@ from lorakit.model.adapters import public_model_name
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text
 from lorakit.runtime.logging import get_logger
 from lorakit.training.checkpoint import TrainerState, checkpoint_dir, load_adapter_weights, verify_checkpoint
+from lorakit.training.data_parallel import shared_split_loss
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.manifest import build_manifest, weights_sha256
 from lorakit.training.metrics import ProgressReporter, plot_loss_curve
 from lorakit.training.oom import micro_batch_in_use
 from lorakit.training.run_dir import FINAL
+from lorakit.training.sharding import gather_weights
 
 if TYPE_CHECKING:
     from lorakit.training.loop import TrainingSession
@@ -59,12 +62,21 @@ def _restore_best_weights(run_dir: Path, session: TrainingSession, stopper: Earl
 
 def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, stopper: EarlyStopping,
             stopped_early: bool, reporter: ProgressReporter) -> TrainResult:
-    """Test loss, then the final adapter folder (weights, tokenizer, config, manifest) written atomically."""
+    """Test loss, then the final adapter folder (weights, tokenizer, config, manifest) written atomically.
+
+    Rank 0 alone calls this, except under fsdp: there every rank does (loading the best weights, the test loss
+    and gathering the weights are collectives) and rank 0 alone writes."""
     cfg = session.config
+    sharded = session.sharded_root is not None
     adapter_step = _restore_best_weights(run_dir, session, stopper, state.step) if stopped_early else state.step
     # After an out-of-memory halving the configured micro-batch no longer fits: measure with the one that did.
-    test_loss = split_loss(session.model, session.data.splits.test, batch_size=micro_batch_in_use(state, cfg.training),
-                           pad_token_id=session.tokenizer.pad_token_id, autocast_dtype=session.autocast_dtype)
+    loss_of = partial(shared_split_loss, session.ranks) if sharded else split_loss
+    test_loss = loss_of(session.loss_model, session.data.splits.test, batch_size=micro_batch_in_use(state, cfg.training),
+                        pad_token_id=session.tokenizer.pad_token_id, autocast_dtype=session.autocast_dtype)
+    # The full LoRA weights of a sharded model, gathered to rank 0; None: the model's own.
+    weights = gather_weights(session.model) if sharded else None
+    if not session.ranks.is_main:
+        return TrainResult(run_dir, run_dir / FINAL, state.step, stopped_early, {})
     last_train = next((r["train_loss"] for r in reversed(state.log_history) if "train_loss" in r), None)
     metrics = {
         "steps": state.step,
@@ -102,7 +114,8 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     plot_loss_curve(state.log_history, run_dir / "loss_curve.png")
     with atomic_directory(adapter_dir) as staging:
-        session.model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)  # no Hub lookup
+        session.model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False,  # no Hub lookup
+                                      state_dict=weights)
         session.tokenizer.save_pretrained(staging)
         (staging / "config.yaml").write_text(dump_config(cfg))
         (staging / "manifest.json").write_text(manifest_text)

@@ -62,6 +62,7 @@ from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReport
 from lorakit.training.tracking import open_tracker
 from lorakit.data.chat_template import chat_template_identity
 from lorakit.training.numerics import MIN_LOSS_SCALE, loss_scaler, numerical_fault
+from lorakit.training.sharding import ShardedLoss, gather_trainable_state, lockstep_share, shard_model
 from lorakit.training.oom import (
     OOM_ADVICE,
     TorchRngSnapshot,
@@ -93,10 +94,16 @@ class TrainingSession:
     identity: dict
     offload_activations: bool = False  # planned: checkpointed activations live in CPU memory
     ranks: Ranks = Ranks()  # the processes of a torchrun / accelerate launch (one by default)
+    sharded_root: ShardedLoss | None = None  # training.distributed fsdp: the FSDP2 root around `model`
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return self.dtype if self.dtype != torch.float32 else None
+
+    @property
+    def loss_model(self):
+        """What computes the loss: the FSDP2 root under fsdp (its forward gathers the weights), else the model."""
+        return self.sharded_root if self.sharded_root is not None else self.model
 
 
 def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSession:
@@ -117,20 +124,28 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
                   for e in examples)  # micro-batches are padded to their longest example, not to max_length
     resolved = resolve_auto_settings(config, read_model_config(source), cuda=device.type == "cuda",
                                      dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available(),
-                                     longest_example=longest)
+                                     longest_example=longest, world_size=ranks.world_size)
     config = resolved.config
     agree_on_plan(ranks, config)
+    sharded = config.training.distributed == "fsdp" and ranks.distributed
     if resolved.plan is not None:
         reporter.message(f"memory plan: {config.model.quantization}, micro-batch {config.training.batch_size}, "
-                         f"checkpointing {resolved.plan.checkpointing_text}, predicted peak "
-                         f"{resolved.plan.chosen.estimate.peak_allocated / 2**30:.1f} GiB "
+                         f"checkpointing {resolved.plan.checkpointing_text}, "
+                         + (f"fsdp over {ranks.world_size} processes, " if sharded else "")
+                         + f"predicted peak {resolved.plan.chosen.estimate.peak_allocated / 2**30:.1f} GiB "
                          f"{'per GPU' if device.type == 'cuda' else 'of RAM'}")
     quantized = wants_4bit(config.model.quantization, device)
-    model = load_base_model(source, config.model, device, dtype, nf4_config(dtype) if quantized else None)
+    # Under fsdp the whole model never sits on one GPU: it loads into CPU memory, and fully_shard moves each
+    # layer's shard to this rank's GPU.
+    load_device = torch.device("cpu") if sharded else device
+    model = load_base_model(source, config.model, load_device, dtype, nf4_config(dtype) if quantized else None)
     targets = resolve_target_modules(model, config.lora.target_modules)
     model = make_trainable(model, config, device=device, quantized=quantized,
                            checkpointed_layers=resolved.checkpointed_layers, offload_activations=resolved.offload_activations)
     name_adapter_base(model, public_model_name(source))  # adapter_config.json names no local path
+    root = shard_model(model) if sharded else None
+    if sharded:
+        reporter.message(f"fsdp: frozen weights and LoRA states sharded over {ranks.world_size} processes (FSDP2)")
     trainable, total = trainable_parameter_count(model)
     reporter.message(
         f"{source.model_id}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable (LoRA r={config.lora.r} on "
@@ -154,7 +169,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         **chat_template_identity(config.model.chat_template),
     }
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
-                           resolved.offload_activations, ranks)
+                           resolved.offload_activations, ranks, root)
 
 
 def train(
@@ -213,14 +228,24 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
         sink.close()
         reporter.finish()
     state.stopped_early = stopped_early  # a resume after this checkpoint must not train past an early stop
-    if not ranks.is_main:  # rank 0 writes the last checkpoint and final/ alone; nothing below is collective
+    if not ranks.is_main and session.sharded_root is None:  # rank 0 writes the last checkpoint and final/ alone
         return TrainResult(run_dir, run_dir / FINAL, state.step, stopped_early, {})
-    save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, state=state,
-                    identity=session.identity, config_yaml=dump_config(session.config), keep=config.training.save_total_limit)
-    result = finalize_run(run_dir, session, state, stopper, stopped_early, reporter)
+    _save_checkpoint(session, run_dir, optimizer, scheduler, scaler, state)  # under fsdp every rank gathers
+    result = finalize_run(run_dir, session, state, stopper, stopped_early, reporter)  # under fsdp on every rank
     if tracker is not None:
         tracker.finish(run_dir)
     return result
+
+
+def _save_checkpoint(session: TrainingSession, run_dir: Path, optimizer, scheduler, scaler, state: TrainerState) -> Path:
+    """Save a checkpoint from rank 0. Under fsdp every rank calls this, to gather the full LoRA weights and
+    optimizer state to rank 0 first (so the files are those of a one-process run)."""
+    trainable = gather_trainable_state(session.model, optimizer) if session.sharded_root is not None else None
+    if not session.ranks.is_main:
+        return run_dir
+    return save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                           state=state, identity=session.identity, config_yaml=dump_config(session.config),
+                           keep=session.config.training.save_total_limit, trainable=trainable)
 
 
 def _right_size_for_cpu(session: TrainingSession, state: TrainerState, reporter: ProgressReporter) -> None:
@@ -271,30 +296,41 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
     target_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
     autocast = torch.autocast(session.device.type, dtype=session.autocast_dtype) if session.autocast_dtype else nullcontext()
     session.model.train()
+    sharded = session.sharded_root is not None
+    ranks = session.ranks
     step_loss, seen_tokens, out_of_memory = 0.0, 0, False
-    # Under a launcher this process runs micro-batches rank, rank + N, ... (training/data_parallel.py).
-    for index, batch in session.ranks.share(list(enumerate(batches))):
+    # Under a launcher this process runs micro-batches rank, rank + N, ... (training/data_parallel.py); under fsdp
+    # every rank runs as many passes as the busiest, padding with zero-weighted ones (training/sharding.py).
+    mine = (lockstep_share(list(enumerate(batches)), ranks.rank, ranks.world_size) if sharded
+            else [(True, item) for item in ranks.share(list(enumerate(batches)))])
+    for real, (index, batch) in mine:
         # Dropout/NEFTune draws depend on (seed, step, micro-batch) only, not on which process runs it.
         torch.manual_seed(micro_batch_seed(session.config.seed, step, index))
-        seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        if real:
+            seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         batch = {k: v.to(session.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         try:  # a CUDA out-of-memory error is retried by _step_with_oom_retry, on every rank together
             with autocast, activation_offload(session.offload_activations):
-                loss = causal_lm_loss(session.model, batch, num_items_in_batch=target_tokens)  # no full-vocab logits
-            if not torch.isfinite(loss):
+                loss = (session.sharded_root(batch, target_tokens) if sharded  # no full-vocab logits either way
+                        else causal_lm_loss(session.model, batch, num_items_in_batch=target_tokens))
+            loss = loss if real else loss * 0.0
+            if not torch.isfinite(loss) and not sharded:  # (under fsdp every rank must still run backward)
                 step_loss += float(loss.detach())  # the summed loss below stops every rank with one message
                 break
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            (scaler.scale(loss) if scaler is not None else loss).backward()  # under fsdp this sums the gradients
         except torch.OutOfMemoryError:
-            if not session.ranks.distributed:
+            if sharded:
+                raise _sharded_out_of_memory(session, step) from None
+            if not ranks.distributed:
                 raise
             out_of_memory = True
             break
         step_loss += float(loss.detach())
-    step_loss, seen_tokens = agree_on_step(session.ranks, step_loss, seen_tokens, out_of_memory)
+    step_loss, seen_tokens = agree_on_step(ranks, step_loss, seen_tokens, out_of_memory)
     if not math.isfinite(step_loss):
         raise _numerical_fault(session, step, groups, f"The loss became {step_loss}")
-    session.ranks.sum_gradients_(params)
+    if not sharded:
+        ranks.sum_gradients_(params)
     if scaler is not None:
         scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
@@ -316,6 +352,19 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return step_loss, seen_tokens
+
+
+def _sharded_out_of_memory(session: TrainingSession, step: int) -> TrainingError:
+    """Out of memory under fsdp stops the run: the other ranks wait inside this pass's weight gathers, which
+    this rank can no longer join, so the micro-batch cannot be halved on all ranks together. The launcher
+    stops the others when this rank exits; this rank says why (ranks other than 0 print only errors)."""
+    error = TrainingError(f"Out of memory at step {step} under training.distributed fsdp (process "
+                          f"{session.ranks.rank}). The last checkpoint is kept.",
+                          hint="Set training.batch_size lower or training.gradient_checkpointing: true (`lorakit plan "
+                          "CONFIG` shows the plan per GPU), then continue with `lorakit train CONFIG --resume`.")
+    if not session.ranks.is_main:
+        log.error("%s %s", error.message, error.hint)
+    return error
 
 
 def _step_with_oom_retry(session, state, groups, position, params, optimizer, scheduler, scaler, reporter, run_dir):
@@ -344,10 +393,7 @@ def _step_with_oom_retry(session, state, groups, position, params, optimizer, sc
             state.epoch, state.batch_in_epoch = position  # the failed step is re-run after --resume
             state.micro_batch_size = state.gradient_accumulation_steps = None  # retry as configured after a fix
             state.checkpointed_layers = state.offload_activations = None
-            path = save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler,
-                                   scaler=scaler, state=state, identity=session.identity,
-                                   config_yaml=dump_config(cfg), keep=cfg.training.save_total_limit
-                                   ) if session.ranks.is_main else run_dir
+            path = _save_checkpoint(session, run_dir, optimizer, scheduler, scaler, state)
             session.ranks.barrier()  # no rank exits (and has the launcher stop rank 0) before the save is done
             raise TrainingError(f"Out of memory at step {state.step + 1} even with micro-batch 1. Saved a resumable "
                                 f"checkpoint at {path}.", hint=OOM_ADVICE)
@@ -382,7 +428,7 @@ def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, si
             state.window_loss, state.window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
         stop = False
         if session.data.splits.validation and (state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps):
-            val_loss = shared_split_loss(session.ranks, session.model, session.data.splits.validation,
+            val_loss = shared_split_loss(session.ranks, session.loss_model, session.data.splits.validation,
                                          batch_size=state.micro_batch_size or cfg.batch_size,
                                          pad_token_id=session.tokenizer.pad_token_id,
                                          autocast_dtype=session.autocast_dtype)
@@ -400,8 +446,6 @@ def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, si
             return True
         # A new best is saved too while early stopping is on: final/ ships it if patience runs out (early_stop.py).
         saves_best = stopper.enabled and stopper.improved_at(state.step)
-        if (state.step % cfg.save_steps == 0 or saves_best) and state.step < cfg.max_steps and session.ranks.is_main:
-            save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            state=state, identity=session.identity, config_yaml=dump_config(session.config),
-                            keep=cfg.save_total_limit)
+        if (state.step % cfg.save_steps == 0 or saves_best) and state.step < cfg.max_steps:
+            _save_checkpoint(session, run_dir, optimizer, scheduler, scaler, state)  # every rank: fsdp gathers
     return False
