@@ -1,5 +1,5 @@
-"""A loaded base model -> the model lorakit trains: fused kernels, LoRA, isolated packed attention, and the
-planned gradient checkpointing, in that order (kernels patch the base modules that LoRA then wraps)."""
+"""A loaded base model -> the model lorakit trains: fused kernels, LoRA (its add fused), isolated packed
+attention, and the planned gradient checkpointing, in that order (kernels patch the base modules that LoRA then wraps)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from lorakit.config import RunConfig
 from lorakit.model.adapters import attach_lora
 from lorakit.model.attention import use_varlen_attention
 from lorakit.model.checkpointing import apply_checkpointing
+from lorakit.model.fused_lora import use_fused_lora
 from lorakit.model.kernels import apply_fused_kernels
 
 __all__ = ["make_trainable", "skip_fp32_input_copies", "add_neftune_noise"]
@@ -43,6 +44,7 @@ def make_trainable(model, config: RunConfig, *, device: torch.device, quantized:
     model = attach_lora(model, config.lora, quantized=quantized, gradient_checkpointing=False)
     if model.get_input_embeddings().weight.dtype != torch.float32:  # trained under autocast (training/loop.py)
         skip_fp32_input_copies(model)
+    use_fused_lora(model)
     if config.training.packing:
         use_varlen_attention(model)
     if config.training.neftune_noise_alpha is not None:
