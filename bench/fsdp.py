@@ -48,6 +48,9 @@ ROWS = [
 def worker(cap_gib: float | None, lorakit_args: list[str]) -> int:
     """One torchrun process: cap this rank's GPU allocator (an emulated smaller card), then `lorakit ARGS`."""
     if cap_gib is not None and torch.cuda.is_available():
+        from lorakit.runtime.device import use_expandable_segments
+
+        use_expandable_segments()  # as lorakit train does; the cap below starts CUDA
         device = int(os.environ.get("LOCAL_RANK", "0"))
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 2**30 / total), device)
@@ -56,7 +59,11 @@ def worker(cap_gib: float | None, lorakit_args: list[str]) -> int:
     return run_cli(lorakit_args)
 
 
-def run_row(config: Path, root: Path, row: tuple, log) -> dict:
+def _text(output) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
+def run_row(config: Path, root: Path, row: tuple, log, row_timeout: int = 240) -> dict:
     name, gpus, distributed, cap_gib, extra = row
     run_dir = root / name
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus),
@@ -68,7 +75,10 @@ def run_row(config: Path, root: Path, row: tuple, log) -> dict:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(gpus))
     started = time.perf_counter()
     with GpuMemorySampler() as sampler:
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=row_timeout)
+        except subprocess.TimeoutExpired as expired:
+            done = subprocess.CompletedProcess(command, 124, _text(expired.stdout), _text(expired.stderr) + "\nerror: timed out")
     log.write(f"== {name}: {' '.join(command)}\n{done.stdout}\n{done.stderr[-6000:]}\n")
     log.flush()
     result = {"row": name, "gpus": gpus, "distributed": distributed, "cap_gib": cap_gib,
