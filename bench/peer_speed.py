@@ -260,10 +260,6 @@ def main() -> None:
     tools = args.tools.split(",")
     rows_path = args.out / "rows.jsonl"
     with open(args.out / "log.txt", "a") as log:
-        if "guide" in tools:
-            rows = [guide_row(args.work, args, log)]
-            with open(rows_path, "a") as handle:
-                handle.write(json.dumps(rows[0]) + "\n")
         for setting in args.settings.split(","):
             for tool in ("trl", "lorakit"):
                 if tool not in tools:
@@ -275,6 +271,11 @@ def main() -> None:
                 with open(rows_path, "a") as handle:
                     handle.write(json.dumps(row) + "\n")
                 print(json.dumps({k: v for k, v in row.items() if k != "losses"}), flush=True)
+        if "guide" in tools:  # last: the slowest row, and the one earlier runs already measured
+            row = guide_row(args.work, args, log)
+            with open(rows_path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
     every_row = [json.loads(line) for line in rows_path.read_text().splitlines()]
     (args.out / "env.json").write_text(json.dumps(data | {"cap_gib": args.cap_gib, "steps": args.steps,
                                                           "warmup": args.warmup}, indent=1))
