@@ -56,3 +56,20 @@ def test_auto_keeps_ddp_when_one_gpu_fits_and_for_qlora():
     assert resolve(run_config("auto"), world_size=2).config.training.distributed == "ddp"
     forced = resolve(run_config("auto", distributed="fsdp"), world_size=2)
     assert forced.config.training.distributed == "fsdp" and forced.config.model.quantization == "none"
+
+
+def test_several_gpus_plan_without_the_memory_nccl_holds(monkeypatch):
+    """NCCL's buffers are outside PyTorch's allocator: a several-GPU run plans for the card less NCCL_BYTES."""
+    from lorakit.model import run_plan
+
+    seen = []
+    real = run_plan.plan_training
+
+    def recording(config, model_config, gpu_memory_bytes, **kwargs):
+        seen.append(gpu_memory_bytes)
+        return real(config, model_config, gpu_memory_bytes, **kwargs)
+
+    monkeypatch.setattr(run_plan, "plan_training", recording)
+    resolve(run_config("nf4", distributed="ddp"), world_size=1)
+    resolve(run_config("nf4", distributed="ddp"), world_size=2)
+    assert seen == [EIGHT_GB_CARD, EIGHT_GB_CARD - run_plan.NCCL_BYTES]

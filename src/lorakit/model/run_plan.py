@@ -181,6 +181,12 @@ class ResolvedSettings:
     plan: TrainingPlan | None
 
 
+# What NCCL holds on each GPU of a several-GPU run, outside PyTorch's allocator: on 2 H200s nvidia-smi read
+# 9.1 GiB on a GPU whose allocator was capped at 7.25 GiB, 1.8 GiB outside it, of which ~0.75 is the CUDA
+# context the planner already counts (bench/results/multi_gpu/fsdp).
+NCCL_BYTES = int(1.1 * GIB)
+
+
 def device_memory_bytes(cuda: bool) -> int:
     """Total memory of the GPU in use, or of the machine (CPU training)."""
     import os
@@ -206,6 +212,8 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
     fixed settings stay as they are. A max_length the model cannot take is refused first."""
     check_max_length(config, model_config)
     memory_bytes = memory_bytes or device_memory_bytes(cuda)
+    if cuda and world_size > 1:  # NCCL's buffers live outside PyTorch's allocator, next to the CUDA context
+        memory_bytes -= NCCL_BYTES
     config = _resolve_distributed(config, model_config, world_size, memory_bytes, cuda=cuda, dtype_bytes=dtype_bytes,
                                   nf4_available=nf4_available and cuda, longest_example=longest_example)
     sharded_over = world_size if config.training.distributed == "fsdp" else 1
