@@ -32,6 +32,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+from gpu_speed_memory import matmul_tflops  # noqa: E402
 from multi_gpu import PHI4_MINI, SAFE_ENV, SMOKE, TOKENIZER, GpuMemorySampler  # noqa: E402
 from synthetic_chat import synthetic_conversations  # noqa: E402
 
@@ -71,19 +72,7 @@ def prepare(work: Path, smoke: bool) -> dict:
             lengths.append(len(ids))
             ours.write(json.dumps({"instruction": user, "response": assistant}) + "\n")
             theirs.write(json.dumps({"prompt": messages[:2], "completion": messages[2:]}) + "\n")
-    tflops = None
-    if device == "cuda":
-        a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-        times = []
-        for index in range(25):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            a @ b
-            end.record()
-            torch.cuda.synchronize()
-            if index >= 5:
-                times.append(start.elapsed_time(end) / 1e3)
-        tflops = 2 * 8192**3 / statistics.median(times) / 1e12
+    tflops = matmul_tflops() if device == "cuda" else None
     return {"examples": len(lengths), "mean_length": statistics.mean(lengths),
             "mean_square_length": statistics.mean(n * n for n in lengths), "matmul_tflops": tflops,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
