@@ -21,7 +21,10 @@ GIB = 1024**3
 # 0.42-0.47 GiB measured (Python 3.11, torch 2.13 CPU, transformers 5).
 PROCESS_BASELINE_BYTES = int(0.45 * GIB)
 # Heap left fragmented by the forward pass, as a fraction of the activations saved for backward: 0.38-0.59
-# measured on SmolLM2-135M shapes (1 to 30 layers, 256 to 2,048 tokens per micro-batch).
+# measured on SmolLM2-135M shapes (1 to 30 layers, 256 to 2,048 tokens per micro-batch). CPU training keeps
+# its gradient buffers from before the first step (runtime/host_heap.py), so later steps fragment the heap no
+# more than the first: the README demo's plan says 2.6 GiB, its steps peak at 2.68 GiB (2.89 when the buffers
+# were freed and re-allocated every step; bench/results/cpu_demo_memory.txt).
 HEAP_FRAGMENTATION = 0.5
 # model/kernels.py's _CHUNK_LOGIT_ELEMENTS: fp32 logits per chunk of the CPU cross-entropy (a test keeps them equal).
 CHUNK_LOGIT_ELEMENTS = 64 * 1024 * 1024

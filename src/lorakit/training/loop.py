@@ -36,6 +36,7 @@ from lorakit.model.run_plan import resolve_auto_settings
 from lorakit.model.trainable import make_trainable
 from lorakit.runtime.device import compute_dtype, pick_device, use_expandable_segments
 from lorakit.runtime.distributed import Ranks, current_ranks, process_group
+from lorakit.runtime.host_heap import allocate_gradients, keeps_gradients_allocated, release_freed_memory
 from lorakit.runtime.logging import get_logger
 from lorakit.runtime.run_lock import hold_run_lock
 from lorakit.runtime.seed import micro_batch_seed, seed_everything
@@ -180,6 +181,15 @@ def train(
     Under torchrun / `accelerate launch` every process calls this; rank 0 alone owns the run folder (lock,
     checkpoints, metrics, final/) and reports progress (training/data_parallel.py)."""
     use_expandable_segments()  # before CUDA starts (process_group may start it): the planner's slack assumes it
+    try:
+        return _train_in_group(config, resume=resume, overwrite=overwrite, reporter=reporter)
+    finally:
+        # The session (model, optimizer, data) is gone now; what comes next in this process (`mode: both`'s
+        # answer, eval.after_training) should not sit on top of the heap it left (runtime/host_heap.py).
+        release_freed_memory()
+
+
+def _train_in_group(config: RunConfig, *, resume: bool, overwrite: bool, reporter: ProgressReporter | None) -> TrainResult:
     with process_group() as ranks:
         if not ranks.is_main:
             return _train_locked(config, Path(config.output_dir), resume=resume, overwrite=overwrite,
@@ -217,6 +227,8 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     restore_memory_settings(session, state)  # the checkpointing an out-of-memory re-plan chose, after a resume
     if session.device.type == "cpu" and state.micro_batch_size is None:
         _right_size_for_cpu(session, state, reporter)
+    if keeps_gradients_allocated(session.device, sharded=session.sharded_root is not None):
+        allocate_gradients(params)  # before the first activations, so that they do not scatter the heap
     share_warning = step_share_warning(ranks, state.gradient_accumulation_steps or config.training.gradient_accumulation_steps)
     if share_warning and ranks.is_main:
         log.warning(share_warning)
@@ -350,7 +362,7 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
         raise TrainingError(f"Out of memory in the optimizer update at step {step}. The last checkpoint is kept.",
                             hint=OOM_ADVICE) from None
     scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=not keeps_gradients_allocated(session.device, sharded=sharded))
     return step_loss, seen_tokens
 
 
