@@ -2,6 +2,7 @@
 one run.
 
     python bench/cpu_demo_memory.py [--baseline bc11f75] [--steps 4] [--rounds 1] [--out bench/results/cpu_demo_memory.txt]
+    python bench/cpu_demo_memory.py --whole [--fresh-cache] [--baseline COMMIT] [--out ...]
 
 Each measurement is a fresh process under `/usr/bin/time -v` that trains examples/config.yaml (the README demo:
 the embedded SmolLM2-135M-Instruct, batch 8, max_length 384, fp32 on CPU) for `--steps` optimizer steps
@@ -12,6 +13,14 @@ time's "Maximum resident set size"; s/step is the mean time between the progress
 threads): on a machine shared with other jobs, wall time per step moves with their load, CPU time per step
 much less, so the speed ratio is read from CPU time. Baseline and current runs alternate, `--rounds` times.
 Prints a table with ratios (current / baseline).
+
+With --whole, each measurement is the README's whole command instead, `lorakit train examples/config.yaml
+--overwrite` (20 steps, test loss, then `mode: both`'s answer), as `python -m lorakit` under `/usr/bin/time -v`
+with its output_dir in a temporary folder; --fresh-cache gives each run an empty LORAKIT_CACHE_DIR, so it
+first converts the embedded GGUF, as in a fresh clone. Besides time's peak, the resident set of the process
+is sampled every 0.2 s and its maximum reported per phase: loading (model conversion included) until the
+CPU pieces message that precedes the first step, training (up to "done:", test loss included), and the
+answer after it.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -85,12 +95,83 @@ def measure(label: str, src: Path, steps: int, work: Path) -> dict:
             "losses": result["losses"], "messages": [m for m in result["messages"] if m.startswith("on CPU")]}
 
 
+def _resident_gib(time_pid: int) -> float:
+    """The resident set of the process that /usr/bin/time runs (its one child), 0 before it starts."""
+    try:
+        children = Path(f"/proc/{time_pid}/task/{time_pid}/children").read_text().split()
+        status = Path(f"/proc/{children[0]}/status").read_text() if children else ""
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 2**20 for line in status.splitlines() if line.startswith("VmRSS")), 0.0)
+
+
+def measure_whole(label: str, src: Path, work: Path, fresh_cache: bool) -> dict:
+    """The README command, start to answer; peak RSS from time -v, and sampled per phase."""
+    environment = dict(os.environ, PYTHONPATH=str(src), COLUMNS="200")
+    if fresh_cache:
+        environment["LORAKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="cache-", dir=work)
+    output_dir = work / label.replace(" ", "-")
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "lorakit", "train", str(CONFIG), "--overwrite",
+               "--set", f"output_dir={output_dir}"]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
+                               cwd=REPO)
+    phase, peaks, lines = ["load"], {"load": 0.0, "train": 0.0, "answer": 0.0}, []
+
+    def read_output():
+        for line in process.stdout:
+            lines.append(line)
+            if phase[0] == "load" and line.startswith("on CPU each micro-batch"):
+                phase[0] = "train"
+            elif line.startswith("done:"):
+                phase[0] = "answer"
+
+    reader = threading.Thread(target=read_output)
+    reader.start()
+    while process.poll() is None:
+        peaks[phase[0]] = max(peaks[phase[0]], _resident_gib(process.pid))
+        time.sleep(0.2)
+    reader.join()
+    wall = time.perf_counter() - started
+    text = "".join(lines)
+    if process.returncode != 0:
+        raise SystemExit(f"{label} failed (exit {process.returncode}):\n{text[-4000:]}")
+    field = lambda name: re.search(rf"{name}: ([\d.:]+)", text).group(1)  # noqa: E731
+    test_loss = re.search(r"test loss ([\d.]+)", text)
+    return {"label": label, "peak_rss_gib": int(field(r"Maximum resident set size \(kbytes\)")) / 2**20,
+            "sampled_peak_gib": peaks, "wall_s": wall, "cpu_s": float(field(r"User time \(seconds\)"))
+            + float(field(r"System time \(seconds\)")), "test_loss": test_loss.group(1) if test_loss else None,
+            "converted": "Converting" in text}
+
+
+def whole_table(args, rows: list[dict]) -> list[str]:
+    lines = [f"README command (lorakit train examples/config.yaml --overwrite, output_dir in a temporary folder), "
+             f"{'an empty LORAKIT_CACHE_DIR per run (GGUF converted first)' if args.fresh_cache else 'converted model cached'}"
+             f", {args.rounds} round(s), {os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.1f}",
+             "command: python bench/cpu_demo_memory.py " + " ".join(sys.argv[1:]), "",
+             "| run | round | peak RSS GiB (time -v) | sampled peak GiB: load / train / answer | wall s | CPU s | test loss |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sampled = " / ".join(f"{r['sampled_peak_gib'][phase]:.2f}" for phase in ("load", "train", "answer"))
+        lines.append(f"| {r['label']} | {r['round']} | {r['peak_rss_gib']:.2f} | {sampled} | {r['wall_s']:.0f} | "
+                     f"{r['cpu_s']:.0f} | {r['test_loss']} |")
+    base = [r for r in rows if r["label"].startswith("baseline")]
+    current = [r for r in rows if r["label"].startswith("current")]
+    mean = lambda rs, key: statistics.mean(r[key] for r in rs)  # noqa: E731
+    return lines + ["", f"peak RSS: baseline {mean(base, 'peak_rss_gib'):.2f} GiB -> current "
+                    f"{mean(current, 'peak_rss_gib'):.2f} GiB (x{mean(current, 'peak_rss_gib') / mean(base, 'peak_rss_gib'):.2f})",
+                    f"CPU s: baseline {mean(base, 'cpu_s'):.0f} -> current {mean(current, 'cpu_s'):.0f} "
+                    f"(x{mean(current, 'cpu_s') / mean(base, 'cpu_s'):.2f})"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--baseline", default="bc11f75")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cpu_demo_memory.txt")
+    parser.add_argument("--whole", action="store_true", help="measure the README's whole command")
+    parser.add_argument("--fresh-cache", action="store_true", help="--whole with an empty LORAKIT_CACHE_DIR per run")
     parser.add_argument("--child", nargs=3, metavar=("CONFIG", "STEPS", "OUTPUT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -105,12 +186,18 @@ def main() -> None:
     try:
         for round_index in range(args.rounds):
             for label, src in ((f"baseline {args.baseline}", baseline_tree / "src"), (f"current {head}+tree", REPO / "src")):
-                row = measure(label, src, args.steps, work)
+                row = measure_whole(label, src, work, args.fresh_cache) if args.whole else measure(label, src, args.steps, work)
                 row["round"] = round_index + 1
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline_tree)], capture_output=True)
+    if args.whole:
+        text = "\n".join(whole_table(args, rows))
+        print(text)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        return
     base = [r for r in rows if r["label"].startswith("baseline")]
     current = [r for r in rows if r["label"].startswith("current")]
     lines = [f"README CPU demo (examples/config.yaml: SmolLM2-135M-Instruct, batch 8, max_length 384, fp32), "
