@@ -59,9 +59,17 @@ def cached_gguf_conversion(gguf_path: Path) -> Path:
     target = cache_root() / "gguf" / f"{gguf_path.stem}-{_fingerprint(gguf_path)}"
     if (target / "model.safetensors").is_file():
         return target
+    log.warning("Converting %s to safetensors once (later runs load the cache at %s)", gguf_path.name, target)
+    # Building the models draws initial weights from torch's RNG: without a fork, the first run (which converts)
+    # would start LoRA from other random numbers than every later run with the same seed.
+    with torch.random.fork_rng(devices=[]):
+        _convert(gguf_path, target)
+    return target
+
+
+def _convert(gguf_path: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.warning("Converting %s to safetensors once (later runs load the cache at %s)", gguf_path.name, target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
@@ -81,4 +89,3 @@ def cached_gguf_conversion(gguf_path: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
-    return target
