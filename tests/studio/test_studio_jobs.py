@@ -61,3 +61,29 @@ def test_a_running_job_is_not_started_twice_and_one_killed_without_an_exit_code_
     assert not exit_file(run_dir, "train").exists()
     with pytest.raises(LorakitError, match="is not running"):
         stop_job(run_dir, "train")
+
+
+def test_a_job_stops_even_when_the_studio_was_started_with_sigint_ignored(tmp_path, tiny_llama_dir):
+    """`lorakit studio &` in a script starts the studio with SIGINT ignored, and children inherit that: the stop
+    button (a SIGINT) must still end a training job with the CLI's interrupted exit code."""
+    from conftest import write_config_file
+
+    config = write_config_file(tmp_path, tiny_llama_dir, seed=0, training={
+        "max_steps": 100000, "batch_size": 2, "logging_steps": 1, "eval_steps": 100000, "save_steps": 100000})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        start_job(run_dir, "train", ["train", str(config)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        deadline = time.monotonic() + 120
+        while "step " not in (status := job_status(run_dir, "train")).log_tail:  # training, not still importing
+            assert status.state == "running" and time.monotonic() < deadline, status.log_tail
+            time.sleep(0.2)
+        status = stop_job(run_dir, "train", timeout_s=60)
+        assert (status.state, status.exit_code) == ("stopped", 130), status.log_tail
+    finally:
+        if job_status(run_dir, "train").state == "running":  # never leave a 100,000-step job behind
+            os.killpg(status.pid, signal.SIGKILL)

@@ -4,6 +4,7 @@ after the studio itself was restarted. The command is the CLI's own (`run_cli`):
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     run_dir, job, separator, *command = argv
     assert separator == "--", "usage: job_runner RUN_DIR JOB -- ARGS..."
+    # The page's stop button is a SIGINT. A studio started in the background of a script (`lorakit studio &`)
+    # passes SIGINT on ignored, and Python then never raises KeyboardInterrupt: the job could not be stopped.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from lorakit.cli.app import run_cli
     from lorakit.studio.jobs import exit_file
 
