@@ -144,13 +144,19 @@ def measure_whole(label: str, src: Path, work: Path, fresh_cache: bool) -> dict:
             "converted": "Converting" in text}
 
 
+def _header(title: str, columns: list[str]) -> list[str]:
+    """The results file's first lines: what ran, on what, the command, and the table's head."""
+    return [f"{title}, {os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.1f}",
+            "command: python bench/cpu_demo_memory.py " + " ".join(sys.argv[1:]), "",
+            "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def whole_table(args, rows: list[dict]) -> list[str]:
-    lines = [f"README command (lorakit train examples/config.yaml --overwrite, output_dir in a temporary folder), "
-             f"{'an empty LORAKIT_CACHE_DIR per run (GGUF converted first)' if args.fresh_cache else 'converted model cached'}"
-             f", {args.rounds} round(s), {os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.1f}",
-             "command: python bench/cpu_demo_memory.py " + " ".join(sys.argv[1:]), "",
-             "| run | round | peak RSS GiB (time -v) | sampled peak GiB: load / train / answer | wall s | CPU s | test loss |",
-             "|---|---|---|---|---|---|---|"]
+    lines = _header(f"README command (lorakit train examples/config.yaml --overwrite, output_dir in a temporary "
+                    f"folder), {'an empty LORAKIT_CACHE_DIR per run (GGUF converted first)' if args.fresh_cache else 'converted model cached'}"
+                    f", {args.rounds} round(s)",
+                    ["run", "round", "peak RSS GiB (time -v)", "sampled peak GiB: load / train / answer", "wall s",
+                     "CPU s", "test loss"])
     for r in rows:
         sampled = " / ".join(f"{r['sampled_peak_gib'][phase]:.2f}" for phase in ("load", "train", "answer"))
         lines.append(f"| {r['label']} | {r['round']} | {r['peak_rss_gib']:.2f} | {sampled} | {r['wall_s']:.0f} | "
@@ -200,12 +206,10 @@ def main() -> None:
         return
     base = [r for r in rows if r["label"].startswith("baseline")]
     current = [r for r in rows if r["label"].startswith("current")]
-    lines = [f"README CPU demo (examples/config.yaml: SmolLM2-135M-Instruct, batch 8, max_length 384, fp32), "
-             f"{args.steps} steps, {args.rounds} round(s), {os.cpu_count()} CPUs, load average before: "
-             f"{os.getloadavg()[0]:.1f}",
-             "command: python bench/cpu_demo_memory.py " + " ".join(sys.argv[1:]), "",
-             "| run | round | peak RSS GiB | CPU s/step (steps 2..N) | wall s/step | wall step times s | first step s (wall) | logged train loss |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = _header(f"README CPU demo (examples/config.yaml: SmolLM2-135M-Instruct, batch 8, max_length 384, fp32), "
+                    f"{args.steps} steps, {args.rounds} round(s)",
+                    ["run", "round", "peak RSS GiB", "CPU s/step (steps 2..N)", "wall s/step", "wall step times s",
+                     "first step s (wall)", "logged train loss"])
     for r in rows:
         losses = ", ".join(f"{step}: {loss:.4f}" for step, loss in r["losses"])
         lines.append(f"| {r['label']} | {r['round']} | {r['peak_rss_gib']:.2f} | {r['cpu_s_per_step']:.2f} | {r['s_per_step']:.2f} | "
