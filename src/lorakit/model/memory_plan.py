@@ -31,6 +31,7 @@ __all__ = [
     "layer_activation_bytes",
     "checkpointing_text",
     "plan_settings",
+    "candidate_order",
 ]
 
 GIB = 1024**3
@@ -312,6 +313,11 @@ def plan_settings(
                     estimate = estimate_peak_memory(shape, settings)
                     candidates.append(Candidate(settings, micro_batch, estimate, relative_step_time(shape, settings),
                                                 estimate.peak_on_gpu() <= gpu_memory_bytes))
-    # Among equally fast, the one that leaves the most memory.
-    return sorted(candidates, key=lambda c: (not c.fits, c.settings.offload_activations, round(c.relative_time, 3),
-                                             c.estimate.peak_allocated))
+    return sorted(candidates, key=candidate_order)
+
+
+def candidate_order(candidate: Candidate) -> tuple:
+    """Sort key of the plan: fitting first, offload only after every fitting plan without it, then fastest,
+    and among equally fast the one that leaves the most memory."""
+    return (not candidate.fits, candidate.settings.offload_activations, round(candidate.relative_time, 3),
+            candidate.estimate.peak_allocated)

@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from lorakit.model.memory_plan import Candidate, MemoryEstimate, ModelShape, TrainSettings, estimate_peak_memory
+from lorakit.model.memory_plan import (
+    LORA_STATE_BYTES_PER_PARAM, Candidate, MemoryEstimate, ModelShape, TrainSettings, candidate_order, estimate_peak_memory,
+)
 
 __all__ = ["UNSHARDED_LAYERS", "sharded_estimate", "shard_candidates", "choose_distributed"]
 
@@ -42,7 +44,7 @@ def sharded_estimate(shape: ModelShape, settings: TrainSettings, world_size: int
     b = settings.dtype_bytes
     root = (shape.embedding_params + shape.head_params + shape.hidden) * b
     layer = (shape.linear_params_per_layer + 2 * shape.hidden) * b
-    lora_per_layer = one_gpu.lora_states // (16 * shape.layers) * _LORA_WEIGHT_AND_GRADIENT_BYTES
+    lora_per_layer = one_gpu.lora_states // (LORA_STATE_BYTES_PER_PARAM * shape.layers) * _LORA_WEIGHT_AND_GRADIENT_BYTES
     return replace(
         one_gpu,
         weights=one_gpu.weights // world_size + root + UNSHARDED_LAYERS * layer,
@@ -57,7 +59,7 @@ def shard_candidates(shape: ModelShape, candidates: list[Candidate], world_size:
     for candidate in candidates:
         estimate = sharded_estimate(shape, candidate.settings, world_size)
         sharded.append(replace(candidate, estimate=estimate, fits=estimate.peak_on_gpu() <= gpu_memory_bytes))
-    return sorted(sharded, key=lambda c: (not c.fits, round(c.relative_time, 3), c.estimate.peak_allocated))
+    return sorted(sharded, key=candidate_order)
 
 
 def choose_distributed(distributed: str, quantization: str, world_size: int, *, cuda: bool,

@@ -26,6 +26,13 @@ class PreparedData:
     source_urls: list[str] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
 
+    @property
+    def longest_example(self) -> int:
+        """Tokens of the longest example in any split: without packing a micro-batch is padded to its longest
+        example, not to max_length, so the memory planner plans for this."""
+        splits = self.splits
+        return max(len(e.input_ids) for examples in (splits.train, splits.validation, splits.test) for e in examples)
+
 
 def read_train_conversations(config: RunConfig, tokenizer) -> tuple[list[Conversation], DataReport]:
     """All conversations of the configured train files (the one place train files are read), checked like

@@ -121,11 +121,9 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     reporter.message(f"data: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test examples"
                      + (f", {data.truncated} truncated to {config.model.max_length} tokens" if data.truncated else ""))
     # `auto` batch size, checkpointing and quantization: the memory planner, from config.json alone.
-    longest = max(len(e.input_ids) for examples in (data.splits.train, data.splits.validation, data.splits.test)
-                  for e in examples)  # micro-batches are padded to their longest example, not to max_length
     resolved = resolve_auto_settings(config, read_model_config(source), cuda=device.type == "cuda",
                                      dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available(),
-                                     longest_example=longest, world_size=ranks.world_size)
+                                     longest_example=data.longest_example, world_size=ranks.world_size)
     config = resolved.config
     agree_on_plan(ranks, config)
     sharded = config.training.distributed == "fsdp" and ranks.distributed

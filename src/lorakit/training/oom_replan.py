@@ -77,14 +77,13 @@ def replan_after_oom(session, state, step: int) -> str | None:
     shape = ModelShape.from_config(read_model_config(session.source))
     base = train_settings(config, "nf4" if session.quantized else "none",
                           dtype_bytes=torch.finfo(session.dtype).bits // 8, cuda=session.device.type == "cuda")
-    splits = session.data.splits
-    longest = max(len(e.input_ids) for examples in (splits.train, splits.validation, splits.test) for e in examples)
     before = _live_settings(session, state)
-    chosen = replan_for_memory(shape, base, before, max_length=planned_length(config, longest), memory_bytes=memory_bytes)
+    chosen = replan_for_memory(shape, base, before, max_length=planned_length(config, session.data.longest_example),
+                               memory_bytes=memory_bytes)
     if chosen is None:
         return None
     after = MemorySettings(chosen.micro_batch, chosen.settings.checkpointed_layers, chosen.settings.offload_activations)
-    _apply(session, state, after)
+    _apply(session, state, after.checkpointed_layers, after.offload_activations)
     training = config.training
     if after.micro_batch != before.micro_batch:
         state.micro_batch_size = after.micro_batch
@@ -97,14 +96,14 @@ def replan_after_oom(session, state, step: int) -> str | None:
             f"micro-batch {after.micro_batch} (same examples per optimizer step)")
 
 
-def _apply(session, state, settings: MemorySettings) -> None:
+def _apply(session, state, checkpointed_layers: int, offload_activations: bool) -> None:
     # Offload hands checkpointed inputs to autograd's saved-tensor hooks, which only reentrant checkpoints use.
-    apply_checkpointing(session.model, settings.checkpointed_layers, reentrant=settings.offload_activations)
-    session.offload_activations = settings.offload_activations
-    state.checkpointed_layers, state.offload_activations = settings.checkpointed_layers, settings.offload_activations
+    apply_checkpointing(session.model, checkpointed_layers, reentrant=offload_activations)
+    session.offload_activations = offload_activations
+    state.checkpointed_layers, state.offload_activations = checkpointed_layers, offload_activations
 
 
 def restore_memory_settings(session, state) -> None:
     """On resume: the checkpointing/offload an out-of-memory re-plan chose, saved in the trainer state."""
     if state.checkpointed_layers is not None:
-        _apply(session, state, MemorySettings(0, state.checkpointed_layers, state.offload_activations))
+        _apply(session, state, state.checkpointed_layers, state.offload_activations)
