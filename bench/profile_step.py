@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lorakit.config import load_config
+from lorakit.runtime.device import use_expandable_segments
 from lorakit.training import loop
 from lorakit.training.checkpoint import TrainerState
 from lorakit.training.metrics import SilentReporter
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--cap-gib", type=float, default=None, help="cap PyTorch's allocator (an emulated card)")
     parser.add_argument("--name", default="profile", help="file name of the table under --out")
     args = parser.parse_args()
+    use_expandable_segments()  # as lorakit train does (loop.train), before the cap below starts CUDA
     if args.cap_gib is not None:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total), 0)
@@ -85,7 +88,8 @@ def main() -> None:
     by_kind: dict[str, float] = defaultdict(float)
     for event in events:
         by_kind[kind_of(event.key)] += event.self_device_time_total
-    lines = [f"wall time per step: {wall * 1e3:.1f} ms; GPU kernel time per step: {total / args.steps / 1e3:.1f} ms",
+    lines = ["command: python bench/profile_step.py " + " ".join(sys.argv[1:]), "",
+             f"wall time per step: {wall * 1e3:.1f} ms; GPU kernel time per step: {total / args.steps / 1e3:.1f} ms",
              "", "| kind | ms per step | share |",
              "|---|---|---|"]
     for kind, micros in sorted(by_kind.items(), key=lambda item: -item[1]):

@@ -48,6 +48,10 @@ def test_auto_shards_bf16_phi4_mini_over_two_8gb_gpus():
     two = resolve(run_config("none"), world_size=2)
     assert two.config.training.distributed == "fsdp" and two.config.model.quantization == "none"
     assert two.plan.chosen.fits and two.plan.chosen.estimate.peak_on_gpu() <= EIGHT_GB_CARD
+    # The plan docs/training.md prints for this case (NCCL's reserve included).
+    assert (two.plan.micro_batch, two.plan.checkpointing_text, not two.plan.offload_activations) == (
+        2, "31 of 32 layers", True)
+    assert round(two.plan.chosen.estimate.peak_allocated / GIB, 1) == 5.6
 
 
 def test_auto_keeps_ddp_when_one_gpu_fits_and_for_qlora():
