@@ -12,6 +12,9 @@ import torch
 
 # SmolLM2's tokenizer and ChatML template, extracted once from the embedded GGUF (see tests/fixtures/README.md).
 TOKENIZER_DIR = Path(__file__).resolve().parent / "fixtures" / "smollm2-tokenizer"
+# Phi-4-mini's config.json numbers that memory planning reads (the planner's tests plan for it).
+PHI4_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+             "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 200064, "tie_word_embeddings": True}
 
 
 def _tiny_config(architecture: str):

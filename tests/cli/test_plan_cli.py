@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 
-from lorakit.cli.app import run_cli
+from conftest import PHI4_MINI
 
-PHI4_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
-             "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 200064, "tie_word_embeddings": True}
+from lorakit.cli.app import run_cli
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import PHI4_MINI
+
 from lorakit.config import RunConfig
 from lorakit.errors import ConfigError
 from lorakit.model.checkpointing import activation_offload, apply_checkpointing, decoder_layers
@@ -20,8 +22,6 @@ from lorakit.model.memory_plan import (
 from lorakit.model.run_plan import parse_memory_size, plan_training, resolve_auto_settings
 
 BENCH_RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
-PHI4_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
-             "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 200064, "tie_word_embeddings": True}
 
 
 def run_config(quantization="nf4", max_length=512, **training) -> RunConfig:

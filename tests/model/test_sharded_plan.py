@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import PHI4_MINI
+
 from lorakit.config import RunConfig
 from lorakit.errors import ConfigError
 from lorakit.model.memory_plan import GIB, ModelShape, estimate_peak_memory
 from lorakit.model.run_plan import resolve_auto_settings
 from lorakit.model.sharded_plan import UNSHARDED_LAYERS, sharded_estimate
 
-PHI4_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
-             "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 200064, "tie_word_embeddings": True}
 EIGHT_GB_CARD = 8 * GIB
 
 

@@ -67,9 +67,9 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _max_metrics_diff(a: Path, b: Path) -> float:
+def _max_metrics_diff(a: Path, b: Path, max_steps: int = SETTINGS["max_steps"]) -> float:
     first, second = _records(a), _records(b)
-    assert [r["step"] for r in first] == [r["step"] for r in second] == list(range(1, SETTINGS["max_steps"] + 1))
+    assert [r["step"] for r in first] == [r["step"] for r in second] == list(range(1, max_steps + 1))
     assert [sorted(r) for r in first] == [sorted(r) for r in second]
     return max(abs(x[k] - y[k]) for x, y in zip(first, second) for k in ("train_loss", "val_loss", "learning_rate")
                if k in x)

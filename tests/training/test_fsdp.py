@@ -17,7 +17,7 @@ from conftest import write_config_file
 from lorakit.config import NF4_FSDP_REFUSAL, load_config
 from lorakit.training.checkpoint import list_checkpoints
 from lorakit.training.loop import train
-from test_data_parallel import _adapter, _env, _max_adapter_diff, _records, _torchrun
+from test_data_parallel import _adapter, _env, _max_adapter_diff, _max_metrics_diff, _torchrun
 
 # Max abs difference allowed between the 1-process and the 2-process fsdp runs. Measured on this config: 1.4e-05
 # in the adapter weights, 9.5e-07 in the logged losses, 9e-08 in the AdamW moments. Each step has 3 micro-batches,
@@ -29,14 +29,6 @@ SETTINGS = dict(batch_size=2, gradient_accumulation_steps=3, max_steps=MAX_STEPS
                 eval_steps=4, save_steps=2, save_total_limit=20, lr_scheduler="cosine", warmup_steps=2,
                 distributed="fsdp")
 RESUMED_FROM = "step-00000004"
-
-
-def _max_metrics_diff(a, b) -> float:
-    first, second = _records(a), _records(b)
-    assert [r["step"] for r in first] == [r["step"] for r in second] == list(range(1, MAX_STEPS + 1))
-    assert [sorted(r) for r in first] == [sorted(r) for r in second]
-    return max(abs(x[k] - y[k]) for x, y in zip(first, second) for k in ("train_loss", "val_loss", "learning_rate")
-               if k in x)
 
 
 def _run_fsdp(config, run, env, *extra: str) -> subprocess.CompletedProcess:
@@ -61,7 +53,7 @@ def setup(tiny_llama_dir, tmp_path_factory):
 def test_fsdp_two_gloo_processes_equal_one_process(setup):
     _, _, baseline, run, output = setup
     assert "fsdp: frozen weights and LoRA states sharded over 2 processes (FSDP2)" in output
-    adapter_diff, metrics_diff = _max_adapter_diff(baseline, run), _max_metrics_diff(baseline, run)
+    adapter_diff, metrics_diff = _max_adapter_diff(baseline, run), _max_metrics_diff(baseline, run, MAX_STEPS)
     print(f"\nfsdp 2 processes vs 1: max abs diff adapter {adapter_diff:.2e}, logged losses {metrics_diff:.2e}")
     assert adapter_diff <= TOLERANCE and metrics_diff <= TOLERANCE
     # The one-process format, written once by rank 0: same files, checkpoints and optimizer state layout.
@@ -98,7 +90,7 @@ def test_fsdp_checkpoint_resumes_with_1_or_2_processes(setup):
     two = _interrupted_copy(run, root / "resumed-2")
     done = _run_fsdp(config, two, _env(root / "cache"), "--resume")
     assert f"resumed from {RESUMED_FROM}" in done.stderr
-    diffs = {n: (_max_adapter_diff(baseline, d), _max_metrics_diff(baseline, d)) for n, d in (("1", one), ("2", two))}
+    diffs = {n: (_max_adapter_diff(baseline, d), _max_metrics_diff(baseline, d, MAX_STEPS)) for n, d in (("1", one), ("2", two))}
     print(f"\nfsdp checkpoint {RESUMED_FROM} resumed with 1 / 2 processes: max abs diff (adapter, losses) {diffs}")
     assert all(a <= TOLERANCE and m <= TOLERANCE for a, m in diffs.values())
     assert sorted(_adapter(one)) == sorted(_adapter(two))
@@ -109,7 +101,7 @@ def test_fsdp_resumes_a_data_parallel_checkpoint(setup, tiny_llama_dir):
     root, config, baseline, _, _ = setup
     moved = _interrupted_copy(baseline, root / "ddp-to-fsdp")
     _run_fsdp(config, moved, _env(root / "cache"), "--resume")
-    assert _max_adapter_diff(baseline, moved) <= TOLERANCE and _max_metrics_diff(baseline, moved) <= TOLERANCE
+    assert _max_adapter_diff(baseline, moved) <= TOLERANCE and _max_metrics_diff(baseline, moved, MAX_STEPS) <= TOLERANCE
 
 
 def test_nf4_with_fsdp_is_refused_with_exit_code_2(tmp_path, tiny_llama_dir):

@@ -10,16 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_run_config
+from conftest import PHI4_MINI, tiny_run_config
+
 from lorakit.model.checkpointing import decoder_layers
 from lorakit.model.memory_plan import CUDA_CONTEXT_BYTES, GIB, ModelShape, TrainSettings, estimate_peak_memory
 from lorakit.model.run_plan import train_settings
 from lorakit.training import loop, oom_replan
 from lorakit.training.metrics import SilentReporter
 from lorakit.training.oom_replan import MemorySettings, replan_for_memory
-
-PHI4_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
-             "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 200064, "tie_word_embeddings": True}
 
 
 class NeedsCheckpointing:
