@@ -105,8 +105,10 @@ def lorakit_config(work: Path, steps: int, smoke: bool) -> Path:
     return path
 
 
-def _run(command: list[str], log, name: str, timeout: int) -> tuple[subprocess.CompletedProcess | None, dict]:
-    env = dict(os.environ, **SAFE_ENV, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+def _run(command: list[str], log, name: str, timeout: int, extra_env: dict | None = None,
+         ) -> tuple[subprocess.CompletedProcess | None, dict]:
+    env = dict(os.environ, **SAFE_ENV, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               **(extra_env or {}))
     with GpuMemorySampler() as sampler:
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -119,9 +121,11 @@ def _run(command: list[str], log, name: str, timeout: int) -> tuple[subprocess.C
     return done, sampler.peak
 
 
-def lorakit_row(setting: str, work: Path, config: Path, args, log) -> dict:
+def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str = "") -> dict:
+    """`disabled`: optimisations switched off for this row (LORAKIT_DISABLE, '+'-joined), to measure each one."""
     max_length, rows, quantization, _, capped = SETTINGS[setting]
-    run_dir, peak_file = work / f"lorakit-{setting}", work / f"peak-{setting}.json"
+    suffix = f"-without-{disabled}" if disabled else ""
+    run_dir, peak_file = work / f"lorakit-{setting}{suffix}", work / f"peak-{setting}{suffix}.json"
     sets = [f"output_dir={run_dir}", f"model.max_length={max_length}", f"model.quantization={quantization}"]
     if capped:  # the planner chooses micro-batch, checkpointing and offload for the emulated card
         sets += ["training.batch_size=auto", "training.gradient_checkpointing=auto"]
@@ -133,8 +137,10 @@ def lorakit_row(setting: str, work: Path, config: Path, args, log) -> dict:
     command += ["-m", "lorakit", "train", str(config), "--overwrite"]
     for item in sets:
         command += ["--set", item]
-    done, smi = _run(command, log, f"lorakit {setting}", args.row_timeout)
-    row = {"setting": setting, "tool": "lorakit", "nvidia_smi_peak_mib": smi.get(0)}
+    tool = f"lorakit without {disabled.replace('+', ', ')}" if disabled else "lorakit"
+    done, smi = _run(command, log, f"{tool} {setting}", args.row_timeout,
+                     {"LORAKIT_DISABLE": disabled.replace("+", ",")} if disabled else None)
+    row = {"setting": setting, "tool": tool, "nvidia_smi_peak_mib": smi.get(0)}
     if done is None or done.returncode != 0:
         return row | {"error": "timeout" if done is None else done.stderr[-600:]}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -227,6 +233,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--cap-gib", type=float, default=7.25, help="allocator cap of the emulated 8 GB card")
     parser.add_argument("--row-timeout", type=int, default=300)
+    parser.add_argument("--ablate", default="", help="extra lorakit rows, each with these optimisations off "
+                        "(comma list of LORAKIT_DISABLE values, '+' joins several: fused_lora+split_qkv,one_sync)")
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU: checks the script only")
     parser.add_argument("--prepare-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--guide-child", type=Path, help=argparse.SUPPRESS)
@@ -253,13 +261,15 @@ def main() -> None:
             for tool in ("trl", "lorakit"):
                 if tool not in tools:
                     continue
-                started = time.perf_counter()
-                row = trl_row(setting, args.work, args, log) if tool == "trl" else lorakit_row(
-                    setting, args.work, config, args, log)
-                row["wall_seconds"] = time.perf_counter() - started
-                with open(rows_path, "a") as handle:
-                    handle.write(json.dumps(row) + "\n")
-                print(json.dumps({k: v for k, v in row.items() if k != "losses"}), flush=True)
+                variants = [""] + [v for v in args.ablate.split(",") if v] if tool == "lorakit" else [""]
+                for disabled in variants:
+                    started = time.perf_counter()
+                    row = trl_row(setting, args.work, args, log) if tool == "trl" else lorakit_row(
+                        setting, args.work, config, args, log, disabled)
+                    row["wall_seconds"] = time.perf_counter() - started
+                    with open(rows_path, "a") as handle:
+                        handle.write(json.dumps(row) + "\n")
+                    print(json.dumps({k: v for k, v in row.items() if k != "losses"}), flush=True)
         if "guide" in tools:  # last: the slowest row, and the one earlier runs already measured
             row = guide_row(args.work, args, log)
             with open(rows_path, "a") as handle:

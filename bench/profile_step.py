@@ -48,6 +48,59 @@ def kind_of(name: str) -> str:
     return "other"
 
 
+def _labelled(name: str, function):
+    def run(*args, **kwargs):
+        with torch.profiler.record_function(name):
+            return function(*args, **kwargs)
+    return run
+
+
+def label_phases() -> None:
+    """Name the phases of lorakit's step in the profile, so that host gaps can be charged to them."""
+    loop.collate_group = _labelled("lorakit: collate", loop.collate_group)
+    loop.causal_lm_loss = _labelled("lorakit: forward + loss", loop.causal_lm_loss)
+    torch.Tensor.backward = _labelled("lorakit: backward", torch.Tensor.backward)
+    torch.nn.utils.clip_grad_norm_ = _labelled("lorakit: clip", torch.nn.utils.clip_grad_norm_)
+    loop._next_micro_batches = _labelled("lorakit: next groups", loop._next_micro_batches)
+
+
+def host_gap_lines(events, steps: int) -> list[str]:
+    """Where the GPU waits for the host: every interval of at least 20 us with no kernel running, charged to the
+    innermost and the outermost host operation running on the Python thread at the interval's middle."""
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in events
+                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    if not kernels or not host:
+        return []
+    main_thread = max({e.thread for e in host}, key=lambda t: sum(1 for e in host if e.thread == t))
+    host = sorted((e for e in host if e.thread == main_thread), key=lambda e: e.time_range.start)
+    gaps, busy_until = [], kernels[0][1]
+    for start, end in kernels[1:]:
+        if start - busy_until >= 20:
+            gaps.append((busy_until, start))
+        busy_until = max(busy_until, end)
+    inner: dict[str, float] = defaultdict(float)
+    outer: dict[str, float] = defaultdict(float)
+    for start, end in gaps:
+        middle = (start + end) / 2
+        running = [e for e in host if e.time_range.start <= middle <= e.time_range.end]
+        if not running:
+            inner["(no host operation: Python between calls)"] += end - start
+            outer["(no host operation: Python between calls)"] += end - start
+            continue
+        inner[min(running, key=lambda e: e.time_range.end - e.time_range.start).name] += end - start
+        outer[max(running, key=lambda e: e.time_range.end - e.time_range.start).name] += end - start
+    total = sum(end - start for start, end in gaps)
+    lines = ["", f"GPU idle between kernels (gaps >= 20 us): {total / steps / 1e3:.1f} ms per step in {len(gaps) / steps:.0f} gaps",
+             "", "| host operation at the gap (innermost) | ms per step |", "|---|---|"]
+    lines += [f"| {name[:100]} | {micros / steps / 1e3:.2f} |"
+              for name, micros in sorted(inner.items(), key=lambda item: -item[1])[:15]]
+    lines += ["", "| host operation at the gap (outermost) | ms per step |", "|---|---|"]
+    lines += [f"| {name[:100]} | {micros / steps / 1e3:.2f} |"
+              for name, micros in sorted(outer.items(), key=lambda item: -item[1])[:10]]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
@@ -77,6 +130,7 @@ def main() -> None:
                          args.warmup + index + 1)
     torch.cuda.synchronize()
     wall = (time.perf_counter() - started) / args.steps
+    label_phases()  # after the timed steps: the labels cost a little host time
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as profiler:
         for index in range(args.steps):
@@ -98,6 +152,7 @@ def main() -> None:
     for event in sorted(events, key=lambda e: -e.self_device_time_total)[:40]:
         lines.append(f"| {event.key[:110]} | {event.count / args.steps:.0f} | "
                      f"{event.self_device_time_total / args.steps / 1e3:.2f} | {event.self_device_time_total / total:.1%} |")
+    lines += host_gap_lines(profiler.events(), args.steps)
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -15,6 +15,8 @@ import types
 
 import torch
 
+from lorakit.runtime.ablation import enabled
+
 __all__ = ["use_fused_lora", "FusedLoraAdd"]
 
 
@@ -73,6 +75,8 @@ def use_fused_lora(model) -> int:
     keep peft's. Returns how many layers were switched."""
     from peft.tuners.lora.layer import Linear
 
+    if not enabled("fused_lora"):
+        return 0
     classes: tuple[type, ...] = (Linear,)
     try:
         from peft.tuners.lora.bnb import Linear4bit

@@ -29,6 +29,8 @@ __all__ = [
     "chunked_linear_cross_entropy",
     "linear_cross_entropy_sum",
     "causal_lm_loss",
+    "loss_positions",
+    "LOSS_POSITIONS",
 ]
 
 log = get_logger("model.kernels")
@@ -150,21 +152,41 @@ def _fusable(base) -> bool:
     )
 
 
+LOSS_POSITIONS = "loss_positions"  # optional batch entry: loss_positions(labels), computed where labels are on the CPU
+
+
+def loss_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the positions that predict a label (position t predicts label t+1).
+
+    Computed from the batch's CPU labels before they move to the GPU, `nonzero` costs no synchronisation: on the
+    GPU it stops the host until the whole forward pass has run.
+
+    >>> loss_positions(torch.tensor([[-100, 5, 6], [-100, -100, 7]])).tolist()
+    [0, 1, 4]
+    """
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
+    return (targets != IGNORE_INDEX).nonzero().squeeze(1)
+
+
 def causal_lm_loss(model, batch: dict, num_items_in_batch: int | None = None) -> torch.Tensor:
     """Next-token loss over the batch's labelled positions, summed and divided by `num_items_in_batch`
     (the step's target-token count, for token-weighted accumulation; default: this batch's count).
 
     Same value as `model(**batch).loss`; packed batches (position_ids, cu_seq_lens) pass straight through.
+    `batch[LOSS_POSITIONS]`, when present, is `loss_positions(labels)` computed ahead (no device sync here).
     """
     base = _base_model(model)
     labels = batch["labels"]
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    keep = batch.get(LOSS_POSITIONS)
+    inputs = {key: value for key, value in batch.items() if key not in ("labels", LOSS_POSITIONS)}
     if not _fusable(base):
-        return model(**batch, use_cache=False, num_items_in_batch=num_items_in_batch).loss
+        return model(**inputs, labels=labels, use_cache=False, num_items_in_batch=num_items_in_batch).loss
     hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
     # Position t predicts label t+1; the last position of each row predicts nothing.
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
-    keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+    if keep is None:
+        keep = loss_positions(labels)
+    keep = keep.to(targets.device)
     if keep.numel() == 0:
         return hidden.sum() * 0.0  # nothing to learn here, but keep the graph for backward()
     total = linear_cross_entropy_sum(hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep),

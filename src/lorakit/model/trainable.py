@@ -1,4 +1,4 @@
-"""A loaded base model -> the model lorakit trains: fused kernels, LoRA (its add fused), isolated packed
+"""A loaded base model -> the model lorakit trains: fused kernels and projections, LoRA (its add fused), isolated packed
 attention, and the planned gradient checkpointing, in that order (kernels patch the base modules that LoRA then wraps)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from lorakit.model.adapters import attach_lora
 from lorakit.model.attention import use_varlen_attention
 from lorakit.model.checkpointing import apply_checkpointing
 from lorakit.model.fused_lora import use_fused_lora
+from lorakit.model.fused_projections import use_fused_projections
 from lorakit.model.kernels import apply_fused_kernels
 
 __all__ = ["make_trainable", "skip_fp32_input_copies", "add_neftune_noise"]
@@ -41,6 +42,7 @@ def make_trainable(model, config: RunConfig, *, device: torch.device, quantized:
     """Wrap `model` for training; returns the peft model. `checkpointed_layers`: how many of the first decoder
     layers are checkpointed (0 = none)."""
     apply_fused_kernels(model, device)
+    use_fused_projections(model, device)  # after liger, whose SwiGLU forward it replaces
     model = attach_lora(model, config.lora, quantized=quantized, gradient_checkpointing=False)
     if model.get_input_embeddings().weight.dtype != torch.float32:  # trained under autocast (training/loop.py)
         skip_fp32_input_copies(model)

@@ -22,7 +22,7 @@ from lorakit.model.adapters import (
     name_adapter_base, public_model_name, resolve_target_modules, trainable_parameter_count, variant_identity,
 )
 from lorakit.model.checkpointing import activation_offload
-from lorakit.model.kernels import causal_lm_loss
+from lorakit.model.kernels import LOSS_POSITIONS, causal_lm_loss, loss_positions
 from lorakit.model.load import (
     ModelSource,
     load_base_model,
@@ -34,6 +34,7 @@ from lorakit.model.load import (
 from lorakit.model.quantize import bitsandbytes_available, nf4_config, wants_4bit
 from lorakit.model.run_plan import resolve_auto_settings
 from lorakit.model.trainable import make_trainable
+from lorakit.runtime.ablation import enabled
 from lorakit.runtime.device import compute_dtype, pick_device, use_expandable_segments
 from lorakit.runtime.distributed import Ranks, current_ranks, process_group
 from lorakit.runtime.host_heap import allocate_gradients, keeps_gradients_allocated, release_freed_memory
@@ -309,6 +310,11 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
     sharded = session.sharded_root is not None
     ranks = session.ranks
     step_loss, seen_tokens, out_of_memory = 0.0, 0, False
+    # One host-device synchronisation per step (after the gradient norm) instead of one after each forward and
+    # backward pass: the host queues the next pass while the GPU still runs this one. Under a launcher the ranks
+    # agree on the loss after every micro-batch's backward, as before.
+    one_sync = enabled("one_sync") and not ranks.distributed
+    losses: list[torch.Tensor] = []
     # Under a launcher this process runs micro-batches rank, rank + N, ... (training/data_parallel.py); under fsdp
     # every rank runs as many passes as the busiest, padding with zero-weighted ones (training/sharding.py).
     mine = (lockstep_share(list(enumerate(batches)), ranks.rank, ranks.world_size) if sharded
@@ -318,13 +324,16 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
         torch.manual_seed(micro_batch_seed(session.config.seed, step, index))
         if real:
             seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-        batch = {k: v.to(session.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if one_sync:
+            batch[LOSS_POSITIONS] = loss_positions(batch["labels"])  # on the CPU: no sync in the loss
+        batch = {k: v.to(session.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         try:  # a CUDA out-of-memory error is retried by _step_with_oom_retry, on every rank together
             with autocast, activation_offload(session.offload_activations):
                 loss = (session.sharded_root(batch, target_tokens) if sharded  # no full-vocab logits either way
                         else causal_lm_loss(session.model, batch, num_items_in_batch=target_tokens))
             loss = loss if real else loss * 0.0
-            if not torch.isfinite(loss) and not sharded:  # (under fsdp every rank must still run backward)
+            # (Under fsdp every rank must still run backward; with one sync the step's sum is checked below.)
+            if not one_sync and not sharded and not torch.isfinite(loss):
                 step_loss += float(loss.detach())  # the summed loss below stops every rank with one message
                 break
             (scaler.scale(loss) if scaler is not None else loss).backward()  # under fsdp this sums the gradients
@@ -335,17 +344,29 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
                 raise
             out_of_memory = True
             break
-        step_loss += float(loss.detach())
-    step_loss, seen_tokens = agree_on_step(ranks, step_loss, seen_tokens, out_of_memory)
-    if not math.isfinite(step_loss):
-        raise _numerical_fault(session, step, groups, f"The loss became {step_loss}")
-    if not sharded:
-        ranks.sum_gradients_(params)
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
-    if scaler is None and not torch.isfinite(grad_norm):
-        raise _numerical_fault(session, step, groups, f"The gradient norm became {float(grad_norm)}")
+        if one_sync:
+            losses.append(loss.detach())
+        else:
+            step_loss += float(loss.detach())
+    if one_sync:  # the sync: both numbers come to the host together, once the gradients are clipped
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+        step_loss, norm = torch.stack([torch.stack(losses).double().sum(), grad_norm.double()]).tolist()
+        if not math.isfinite(step_loss):
+            raise _numerical_fault(session, step, groups, f"The loss became {step_loss}")
+    else:
+        step_loss, seen_tokens = agree_on_step(ranks, step_loss, seen_tokens, out_of_memory)
+        if not math.isfinite(step_loss):
+            raise _numerical_fault(session, step, groups, f"The loss became {step_loss}")
+        if not sharded:
+            ranks.sum_gradients_(params)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+        norm = float(grad_norm)
+    if scaler is None and not math.isfinite(norm):
+        raise _numerical_fault(session, step, groups, f"The gradient norm became {norm}")
     try:
         if scaler is not None:
             scaler.step(optimizer)  # skips the step on inf/nan gradients and lowers the scale

@@ -1,0 +1,32 @@
+"""Switch single speed optimisations off, to measure each one's contribution inside one benchmark run.
+
+`LORAKIT_DISABLE=fused_lora,split_qkv lorakit train ...` trains as if those optimisations did not exist; the
+results are the same numbers either way (each optimisation is tested for equality with what it replaces), only
+speed and memory differ. For benchmarks (bench/peer_speed.py --ablate), not a setting users need.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lorakit.errors import ConfigError
+
+__all__ = ["OPTIMISATIONS", "enabled"]
+
+OPTIMISATIONS = {
+    "fused_lora": "LoRA's scaling and add inside the adapter's matrix product (model/fused_lora.py)",
+    "split_qkv": "Phi3's q, k, v taken by one split (model/fused_projections.py)",
+    "fused_gate_up": "Phi3's SwiGLU read in place from gate_up_proj's output (model/fused_projections.py)",
+    "one_sync": "one host-device synchronisation per optimizer step (training/loop.py)",
+}
+
+
+def enabled(name: str) -> bool:
+    """False when `name` is listed in LORAKIT_DISABLE; an unknown name there is an error, not a silent no-op."""
+    assert name in OPTIMISATIONS, name
+    disabled = {part.strip() for part in os.environ.get("LORAKIT_DISABLE", "").split(",") if part.strip()}
+    unknown = sorted(disabled - set(OPTIMISATIONS))
+    if unknown:
+        raise ConfigError("LORAKIT_DISABLE (environment variable)",
+                          [f"unknown optimisation {name!r}; known: {', '.join(OPTIMISATIONS)}" for name in unknown])
+    return name not in disabled

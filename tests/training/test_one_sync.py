@@ -1,0 +1,47 @@
+"""One host-device synchronisation per optimizer step trains exactly as one per micro-batch did, and the loss
+positions computed on the CPU are the ones the loss finds on its own."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from lorakit.data.packing import collate_packed
+from lorakit.data.render import TokenizedExample
+from lorakit.model.kernels import LOSS_POSITIONS, causal_lm_loss, loss_positions
+from lorakit.training.loop import train
+from tests.conftest import tiny_run_config
+
+
+def _run(model_dir, data_file, output_dir, monkeypatch, disabled: str):
+    monkeypatch.setenv("LORAKIT_DISABLE", disabled)
+    config = tiny_run_config(model_dir, data_file, output_dir, max_steps=3, gradient_accumulation_steps=2,
+                             packing=True, save_steps=10, eval_steps=10)
+    train(config)
+    losses = [json.loads(line)["train_loss"] for line in (output_dir / "metrics.jsonl").read_text().splitlines()
+              if "train_loss" in line]
+    return losses, load_file(output_dir / "final" / "adapter_model.safetensors")
+
+
+def test_one_sync_per_step_trains_bit_identically(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
+    losses, adapter = _run(tiny_llama_dir, qa_file, tmp_path / "one-sync", monkeypatch, "")
+    per_batch_losses, per_batch_adapter = _run(tiny_llama_dir, qa_file, tmp_path / "per-batch", monkeypatch, "one_sync")
+    assert len(losses) == 3 and all(abs(a - b) <= 1e-12 * abs(b) for a, b in zip(losses, per_batch_losses))
+    assert adapter.keys() == per_batch_adapter.keys()
+    assert all(torch.equal(adapter[name], per_batch_adapter[name]) for name in adapter)
+
+
+def test_precomputed_loss_positions_give_the_same_loss(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    examples = [TokenizedExample([5, 6, 7, 8, 9], [-100, -100, 7, 8, 9]), TokenizedExample([4, 3, 2], [-100, 3, 2])]
+    batch = collate_packed(examples)
+    positions = loss_positions(batch["labels"])
+    # Flat row [5 6 7 8 9 | 4 3 2]: position t predicts label t+1; labels 7, 8, 9, 3 and 2 (the row's first label
+    # of the second example is ignored by packing, and the last position predicts nothing).
+    assert positions.tolist() == [1, 2, 3, 5, 6]
+    with torch.no_grad():
+        assert torch.equal(causal_lm_loss(model, {**batch, LOSS_POSITIONS: positions}), causal_lm_loss(model, batch))
