@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--cap-gib", type=float, default=7.25, help="allocator cap of the emulated 8 GB card")
     parser.add_argument("--row-timeout", type=int, default=300)
     parser.add_argument("--ablate", default="", help="extra lorakit rows, each with these optimisations off "
-                        "(comma list of LORAKIT_DISABLE values, '+' joins several: fused_lora+split_qkv,one_sync)")
+                        "(comma list of LORAKIT_DISABLE values, '+' joins several: fused_lora+split_qkv,host_overlap)")
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU: checks the script only")
     parser.add_argument("--prepare-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--guide-child", type=Path, help=argparse.SUPPRESS)

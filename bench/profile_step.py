@@ -48,6 +48,11 @@ def kind_of(name: str) -> str:
     return "other"
 
 
+def _is_label(name: str) -> bool:
+    """A phase label's own GPU-side range (it spans kernels and the gaps between them): not a kernel."""
+    return name.startswith("lorakit: ") or name.startswith("Optimizer.")
+
+
 def _labelled(name: str, function):
     def run(*args, **kwargs):
         with torch.profiler.record_function(name):
@@ -68,7 +73,7 @@ def host_gap_lines(events, steps: int) -> list[str]:
     """Where the GPU waits for the host: every interval of at least 20 us with no kernel running, charged to the
     innermost and the outermost host operation running on the Python thread at the interval's middle."""
     kernels = sorted((e.time_range.start, e.time_range.end) for e in events
-                     if e.device_type == torch.autograd.DeviceType.CUDA)
+                     if e.device_type == torch.autograd.DeviceType.CUDA and not _is_label(e.name))
     host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
     if not kernels or not host:
         return []
@@ -137,7 +142,8 @@ def main() -> None:
             loop._train_step(session, loop._next_micro_batches(session, state), params, optimizer, scheduler, None,
                              args.warmup + index + 1)
         torch.cuda.synchronize()
-    events = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
+              and not _is_label(e.key)]
     total = sum(e.self_device_time_total for e in events)
     by_kind: dict[str, float] = defaultdict(float)
     for event in events:

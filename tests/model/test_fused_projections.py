@@ -107,7 +107,7 @@ def test_disabled_optimisations_keep_transformers_forward(tiny_phi3_dir, monkeyp
     assert use_fused_projections(model, torch.device("cpu")) == []
     assert "forward" not in vars(model.model.layers[0].self_attn)
     assert use_fused_lora(_phi3_lora(tiny_phi3_dir)) == 0
-    assert enabled("one_sync") and not enabled("split_qkv")
+    assert enabled("host_overlap") and not enabled("split_qkv")
 
 
 def test_unknown_optimisation_name_is_refused(monkeypatch):
@@ -115,7 +115,7 @@ def test_unknown_optimisation_name_is_refused(monkeypatch):
     with pytest.raises(ConfigError) as caught:
         enabled("split_qkv")
     assert caught.value.problems == [
-        "unknown optimisation 'fused_swiglu'; known: fused_lora, split_qkv, fused_gate_up, one_sync"]
+        "unknown optimisation 'fused_swiglu'; known: fused_lora, split_qkv, fused_gate_up, host_overlap"]
     assert str(caught.value).startswith("LORAKIT_DISABLE (environment variable): 1 config problem:")
 
 
@@ -135,5 +135,8 @@ def test_fused_gate_up_equals_liger_chunked_swiglu(tiny_phi3_dir, dtype):
     with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
         loss, grads = _loss_and_grads(reference, batch)
         fused_loss, fused_grads = _loss_and_grads(fused, batch)
-    assert torch.equal(fused_loss, loss)
-    assert all(torch.equal(fused_grads[n], grads[n]) for n in grads), [n for n in grads if not torch.equal(fused_grads[n], grads[n])]
+    # Same kernels' arithmetic; flash attention's backward accumulates in another order from run to run on the GPU.
+    torch.testing.assert_close(fused_loss, loss, rtol=1e-6, atol=1e-6)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    for name, grad in grads.items():
+        assert (fused_grads[name].float() - grad.float()).norm() <= tolerance * grad.float().norm() + 1e-6, name

@@ -17,9 +17,9 @@ _current = {"step": 0, "raised": False}
 _real_train_step, _real_loss = loop._train_step, loop.causal_lm_loss
 
 
-def _train_step(session, groups, params, optimizer, scheduler, scaler, step):
+def _train_step(session, groups, params, optimizer, scheduler, scaler, step, prepare_next=None):
     _current["step"] = step
-    return _real_train_step(session, groups, params, optimizer, scheduler, scaler, step)
+    return _real_train_step(session, groups, params, optimizer, scheduler, scaler, step, prepare_next)
 
 
 def _loss(model, batch, num_items_in_batch=None):

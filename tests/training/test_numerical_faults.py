@@ -40,12 +40,12 @@ def poison(monkeypatch):
         lora.register_hook(lambda grad: grad * float("nan") if plan["armed"] and plan["kind"] == "nan-grad" else grad)
         return session
 
-    def train_step(session, groups, params, optimizer, scheduler, scaler, step):
+    def train_step(session, groups, params, optimizer, scheduler, scaler, step, prepare_next=None):
         plan["armed"] = step == plan["step"]
         if plan["armed"]:
             examples = session.data.splits.train
             ids.extend(f"{examples[i].source}:{examples[i].line}" for g in groups for i in g)
-        return real_train_step(session, groups, params, optimizer, scheduler, scaler, step)
+        return real_train_step(session, groups, params, optimizer, scheduler, scaler, step, prepare_next)
 
     monkeypatch.setattr(loop, "build_session", build_session)
     monkeypatch.setattr(loop, "_train_step", train_step)

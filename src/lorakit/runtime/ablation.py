@@ -17,7 +17,8 @@ OPTIMISATIONS = {
     "fused_lora": "LoRA's scaling and add inside the adapter's matrix product (model/fused_lora.py)",
     "split_qkv": "Phi3's q, k, v taken by one split (model/fused_projections.py)",
     "fused_gate_up": "Phi3's SwiGLU read in place from gate_up_proj's output (model/fused_projections.py)",
-    "one_sync": "one host-device synchronisation per optimizer step (training/loop.py)",
+    "host_overlap": "one host-device sync per optimizer step, the next step's batches collated during this step's "
+                    "backward pass (training/loop.py)",
 }
 
 

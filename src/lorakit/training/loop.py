@@ -10,7 +10,7 @@ import hashlib
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -97,6 +97,7 @@ class TrainingSession:
     offload_activations: bool = False  # planned: checkpointed activations live in CPU memory
     ranks: Ranks = Ranks()  # the processes of a torchrun / accelerate launch (one by default)
     sharded_root: ShardedLoss | None = None  # training.distributed fsdp: the FSDP2 root around `model`
+    ahead: "BatchesAhead" = field(default_factory=lambda: BatchesAhead())  # the next step's batches, made early
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -106,6 +107,30 @@ class TrainingSession:
     def loss_model(self):
         """What computes the loss: the FSDP2 root under fsdp (its forward gathers the weights), else the model."""
         return self.sharded_root if self.sharded_root is not None else self.model
+
+
+class BatchesAhead:
+    """The next optimizer step's micro-batches, collated on the CPU while the GPU still runs this step's backward
+    pass (the host would otherwise collate them with the GPU idle, after the step's one sync)."""
+
+    def __init__(self) -> None:
+        self._ready: dict[tuple[int, ...], dict] = {}
+
+    def make(self, session: "TrainingSession", groups: list[list[int]]) -> None:
+        self._ready = {tuple(group): collate_for_step(session, group) for group in groups}
+
+    def take(self, session: "TrainingSession", group: list[int]) -> dict:
+        """The batch made ahead for `group`, or a fresh one (first step, or a step an out-of-memory retry re-cut)."""
+        ready = self._ready.pop(tuple(group), None)
+        return ready if ready is not None else collate_for_step(session, group)
+
+
+def collate_for_step(session: "TrainingSession", group: list[int]) -> dict:
+    """One micro-batch on the CPU, with the positions the loss reads (so finding them costs no GPU sync)."""
+    batch = collate_group(session.data.splits.train, group, session.tokenizer.pad_token_id,
+                          packed=session.config.training.packing)
+    batch[LOSS_POSITIONS] = loss_positions(batch["labels"])
+    return batch
 
 
 def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSession:
@@ -143,6 +168,9 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     model = make_trainable(model, config, device=device, quantized=quantized,
                            checkpointed_layers=resolved.checkpointed_layers, offload_activations=resolved.offload_activations)
     name_adapter_base(model, public_model_name(source))  # adapter_config.json names no local path
+    # Every module in training mode (from_pretrained leaves the base model's in eval mode under a training-mode
+    # peft wrapper): a step then switches modes only after an evaluation flipped the root (_train_step).
+    model.train()
     root = shard_model(model) if sharded else None
     if sharded:
         reporter.message(f"fsdp: frozen weights and LoRA states sharded over {ranks.world_size} processes (FSDP2)")
@@ -298,22 +326,23 @@ def _numerical_fault(session: TrainingSession, step: int, groups: list[list[int]
     return numerical_fault(session.data.splits.train, session.dtype, step, groups, what)
 
 
-def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> tuple[float, int]:
+def _train_step(session, groups, params, optimizer, scheduler, scaler, step, prepare_next=None) -> tuple[float, int]:
     """One optimizer step over several micro-batches; loss is normalised by the step's answer tokens, so
-    micro-batch 1 x accumulation 4 equals micro-batch 4 x accumulation 1."""
+    micro-batch 1 x accumulation 4 equals micro-batch 4 x accumulation 1. `prepare_next` runs once the last
+    backward pass is queued, before this step's sync (BatchesAhead)."""
     cfg = session.config.training
-    pad_id = session.tokenizer.pad_token_id
-    batches = [collate_group(session.data.splits.train, group, pad_id, packed=cfg.packing) for group in groups]
+    batches = [session.ahead.take(session, group) for group in groups]
     target_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
     autocast = torch.autocast(session.device.type, dtype=session.autocast_dtype) if session.autocast_dtype else nullcontext()
-    session.model.train()
+    if not session.model.training:  # (walking ~1,700 modules costs milliseconds of idle GPU per step)
+        session.model.train()
     sharded = session.sharded_root is not None
     ranks = session.ranks
     step_loss, seen_tokens, out_of_memory = 0.0, 0, False
     # One host-device synchronisation per step (after the gradient norm) instead of one after each forward and
     # backward pass: the host queues the next pass while the GPU still runs this one. Under a launcher the ranks
     # agree on the loss after every micro-batch's backward, as before.
-    one_sync = enabled("one_sync") and not ranks.distributed
+    host_overlap = enabled("host_overlap") and not ranks.distributed
     losses: list[torch.Tensor] = []
     # Under a launcher this process runs micro-batches rank, rank + N, ... (training/data_parallel.py); under fsdp
     # every rank runs as many passes as the busiest, padding with zero-weighted ones (training/sharding.py).
@@ -324,8 +353,6 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
         torch.manual_seed(micro_batch_seed(session.config.seed, step, index))
         if real:
             seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-        if one_sync:
-            batch[LOSS_POSITIONS] = loss_positions(batch["labels"])  # on the CPU: no sync in the loss
         batch = {k: v.to(session.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         try:  # a CUDA out-of-memory error is retried by _step_with_oom_retry, on every rank together
             with autocast, activation_offload(session.offload_activations):
@@ -333,7 +360,7 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
                         else causal_lm_loss(session.model, batch, num_items_in_batch=target_tokens))
             loss = loss if real else loss * 0.0
             # (Under fsdp every rank must still run backward; with one sync the step's sum is checked below.)
-            if not one_sync and not sharded and not torch.isfinite(loss):
+            if not host_overlap and not sharded and not torch.isfinite(loss):
                 step_loss += float(loss.detach())  # the summed loss below stops every rank with one message
                 break
             (scaler.scale(loss) if scaler is not None else loss).backward()  # under fsdp this sums the gradients
@@ -344,11 +371,13 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step) -> 
                 raise
             out_of_memory = True
             break
-        if one_sync:
+        if host_overlap:
             losses.append(loss.detach())
         else:
             step_loss += float(loss.detach())
-    if one_sync:  # the sync: both numbers come to the host together, once the gradients are clipped
+    if prepare_next is not None and host_overlap:
+        prepare_next()
+    if host_overlap:  # the sync: both numbers come to the host together, once the gradients are clipped
         if scaler is not None:
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
@@ -406,12 +435,20 @@ def _step_with_oom_retry(session, state, groups, position, params, optimizer, sc
     stops with advice."""
     cfg = session.config
     rng = TorchRngSnapshot.capture()
+
+    def prepare_next() -> None:  # the next step's batches, from a copy of the data position
+        if state.step + 2 <= cfg.training.max_steps:
+            upcoming = _next_micro_batches(session, replace(state))
+            session.ahead.make(session, split_into_micro_batches(
+                upcoming, state.micro_batch_size or cfg.training.batch_size, cfg.training.batch_size,
+                examples=session.data.splits.train, packed=cfg.training.packing, max_length=cfg.model.max_length))
+
     while True:
         micro = state.micro_batch_size or cfg.training.batch_size
         pieces = split_into_micro_batches(groups, micro, cfg.training.batch_size, examples=session.data.splits.train,
                                           packed=cfg.training.packing, max_length=cfg.model.max_length)
         try:
-            return _train_step(session, pieces, params, optimizer, scheduler, scaler, state.step + 1)
+            return _train_step(session, pieces, params, optimizer, scheduler, scaler, state.step + 1, prepare_next)
         except torch.OutOfMemoryError:
             pass  # handled below, once the exception (and the failed step's tensors it references) is gone
         release_memory(optimizer)

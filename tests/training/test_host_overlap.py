@@ -1,5 +1,5 @@
-"""One host-device synchronisation per optimizer step trains exactly as one per micro-batch did, and the loss
-positions computed on the CPU are the ones the loss finds on its own."""
+"""One host-device sync per optimizer step (and the next step's batches made during backward) trains exactly as
+one sync per micro-batch did, and the loss positions computed on the CPU are the ones the loss finds on its own."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ def _run(model_dir, data_file, output_dir, monkeypatch, disabled: str):
     return losses, load_file(output_dir / "final" / "adapter_model.safetensors")
 
 
-def test_one_sync_per_step_trains_bit_identically(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
+def test_host_overlap_trains_bit_identically(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
     losses, adapter = _run(tiny_llama_dir, qa_file, tmp_path / "one-sync", monkeypatch, "")
-    per_batch_losses, per_batch_adapter = _run(tiny_llama_dir, qa_file, tmp_path / "per-batch", monkeypatch, "one_sync")
+    per_batch_losses, per_batch_adapter = _run(tiny_llama_dir, qa_file, tmp_path / "per-batch", monkeypatch, "host_overlap")
     assert len(losses) == 3 and all(abs(a - b) <= 1e-12 * abs(b) for a, b in zip(losses, per_batch_losses))
     assert adapter.keys() == per_batch_adapter.keys()
     assert all(torch.equal(adapter[name], per_batch_adapter[name]) for name in adapter)
@@ -45,3 +45,24 @@ def test_precomputed_loss_positions_give_the_same_loss(tiny_llama_dir):
     assert positions.tolist() == [1, 2, 3, 5, 6]
     with torch.no_grad():
         assert torch.equal(causal_lm_loss(model, {**batch, LOSS_POSITIONS: positions}), causal_lm_loss(model, batch))
+
+
+def test_next_steps_batches_are_collated_before_this_steps_sync(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
+    """Every step after the first finds its micro-batches already collated (made while the previous step's
+    backward pass ran), and the last step makes none for a step that will not run."""
+    from lorakit.training import loop
+
+    ready_at_entry, real = [], loop._train_step
+
+    def train_step(session, groups, *args):
+        ready_at_entry.append([tuple(group) in session.ahead._ready for group in groups])
+        result = real(session, groups, *args)
+        ready_at_entry[-1].append(len(session.ahead._ready))
+        return result
+
+    monkeypatch.setattr(loop, "_train_step", train_step)
+    config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", max_steps=3, gradient_accumulation_steps=2,
+                             packing=True, save_steps=10, eval_steps=10)
+    train(config)
+    # [ready for each of the step's micro-batches..., batches made ahead when the step returned]
+    assert ready_at_entry == [[False, False, 2], [True, True, 2], [True, True, 0]]
