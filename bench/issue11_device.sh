@@ -12,6 +12,15 @@ if [ "$part" = table ]; then
         --tools trl,lorakit --steps 8 --warmup 2
     exit
 fi
+if [ "$part" = check ]; then  # the GPU tests, and the SwiGLU kernel on and off in training
+    python -m pytest -q -p no:cacheprovider --tb=short tests/model/test_fused_projections.py tests/model/test_kernels.py \
+        tests/model/test_attention.py > "$out/gpu_tests.txt" 2>&1
+    tail -3 "$out/gpu_tests.txt"
+    python bench/peer_speed.py --out "$out" --settings gpu-bf16-512,8gb-qlora-512 --tools lorakit --steps 8 --warmup 2 \
+        --ablate fused_gate_up
+    grep -h "fused gate-up" "$out/log.txt" | head -3
+    exit
+fi
 python -m pytest -q -p no:cacheprovider --tb=short tests/model/test_fused_projections.py tests/model/test_kernels.py \
     tests/model/test_attention.py > "$out/gpu_tests.txt" 2>&1
 tail -3 "$out/gpu_tests.txt"
@@ -20,3 +29,4 @@ python bench/peer_speed.py --out "$out" --settings gpu-bf16-512 --tools lorakit,
 python bench/profile_step.py /tmp/lorakit-peer-speed/config.yaml --set model.quantization=none \
     --set training.batch_size=16 --set training.gradient_checkpointing=false --set output_dir=/tmp/profile-run \
     --steps 3 --out "$out" --name profile_bf16
+# (A third call, after the fused gate-up SwiGLU was found unused on the GPU: `bash bench/issue11_device.sh check OUT`.)

@@ -17,6 +17,20 @@ PHI4_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 819
              "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 200064, "tie_word_embeddings": True}
 
 
+@pytest.fixture(autouse=True)
+def _undo_liger_module_patches():
+    """liger patches RoPE at module level (transformers' phi3/llama `apply_rotary_pos_emb`) for every model of
+    the architecture built later in the process; a GPU test that applies liger must not hand its Triton RoPE to
+    the CPU models of the tests after it."""
+    from transformers.models.llama import modeling_llama
+    from transformers.models.phi3 import modeling_phi3
+
+    saved = [(module, module.apply_rotary_pos_emb) for module in (modeling_llama, modeling_phi3)]
+    yield
+    for module, function in saved:
+        module.apply_rotary_pos_emb = function
+
+
 def _tiny_config(architecture: str):
     from transformers import LlamaConfig, Phi3Config
 

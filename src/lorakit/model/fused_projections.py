@@ -22,9 +22,13 @@ import types
 
 import torch
 
+from lorakit.model.kernels import liger_available
 from lorakit.runtime.ablation import enabled
+from lorakit.runtime.logging import get_logger
 
 __all__ = ["split_qkv_attention_forward", "fused_gate_up_mlp_forward", "use_fused_projections"]
+
+log = get_logger("model.fused_projections")
 
 
 def split_qkv_attention_forward(self, hidden_states, position_embeddings, attention_mask, cache=None,
@@ -57,20 +61,31 @@ def split_qkv_attention_forward(self, hidden_states, position_embeddings, attent
 
 
 def _fused_gate_up_swiglu():
-    """liger's SwiGLU over the fused gate-up tensor, or None where this liger has none (before 0.8)."""
-    try:
-        from liger_kernel.ops.swiglu import LigerFusedGateUpSiLUMulFunction
-    except ImportError:
-        return None
-    return LigerFusedGateUpSiLUMulFunction
+    """liger's SwiGLU over the fused gate-up tensor, or None where this liger has none (before 0.8).
+
+    Tried twice: on the H200 (liger 0.8.5, torch 2.11) the first import in a process failed inside liger's
+    optional-backend imports and a second one succeeded, so a single try silently never used the kernel."""
+    failure = None
+    for _ in range(2):
+        try:
+            from liger_kernel.ops import LigerFusedGateUpSiLUMulFunction
+        except ImportError as error:
+            failure = error
+            continue
+        return LigerFusedGateUpSiLUMulFunction
+    log.warning("liger's fused gate-up SwiGLU is unavailable (%s): Phi3's MLP keeps liger's chunked one", failure)
+    return None
 
 
 def fused_gate_up_mlp_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     """Phi3MLP.forward with liger's SwiGLU reading both halves of `gate_up_proj`'s output in place."""
     gate_up = self.gate_up_proj(hidden_states)
+    # liger's backward returns the gradient as [rows, 2 x intermediate] whatever the input's shape: give it rows.
     # in_place: the gradient overwrites `gate_up`, which nothing else keeps for backward (the LoRA add saves its
     # input, the frozen product its input). A second backward through the same graph is refused by liger.
-    return self.down_proj(_fused_gate_up_swiglu().apply(gate_up, True))
+    rows = gate_up.reshape(-1, gate_up.shape[-1])
+    activated = _fused_gate_up_swiglu().apply(rows, True)
+    return self.down_proj(activated.view(*gate_up.shape[:-1], activated.shape[-1]))
 
 
 def use_fused_projections(model, device: torch.device) -> list[str]:
@@ -82,7 +97,7 @@ def use_fused_projections(model, device: torch.device) -> list[str]:
     except ImportError:
         return []
     switched = []
-    mlp_kernel = device.type == "cuda" and _fused_gate_up_swiglu() is not None
+    mlp_kernel = device.type == "cuda" and liger_available() and _fused_gate_up_swiglu() is not None
     for module in model.modules():
         if isinstance(module, Phi3Attention) and enabled("split_qkv"):
             module.forward = types.MethodType(split_qkv_attention_forward, module)
