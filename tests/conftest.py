@@ -19,16 +19,18 @@ PHI4_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 819
 
 @pytest.fixture(autouse=True)
 def _undo_liger_module_patches():
-    """liger patches RoPE at module level (transformers' phi3/llama `apply_rotary_pos_emb`) for every model of
-    the architecture built later in the process; a GPU test that applies liger must not hand its Triton RoPE to
+    """liger patches transformers' phi3/llama modules (RoPE, RMSNorm and MLP classes) for every model of the
+    architecture built later in the process; a GPU test that applies liger must not hand its Triton modules to
     the CPU models of the tests after it."""
     from transformers.models.llama import modeling_llama
     from transformers.models.phi3 import modeling_phi3
 
-    saved = [(module, module.apply_rotary_pos_emb) for module in (modeling_llama, modeling_phi3)]
+    saved = [(module, dict(vars(module))) for module in (modeling_llama, modeling_phi3)]
     yield
-    for module, function in saved:
-        module.apply_rotary_pos_emb = function
+    for module, attributes in saved:
+        for name, value in attributes.items():
+            if vars(module).get(name) is not value:
+                setattr(module, name, value)
 
 
 def _tiny_config(architecture: str):

@@ -140,3 +140,48 @@ def test_fused_gate_up_equals_liger_chunked_swiglu(tiny_phi3_dir, dtype):
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
     for name, grad in grads.items():
         assert (fused_grads[name].float() - grad.float()).norm() <= tolerance * grad.float().norm() + 1e-6, name
+
+
+class _RowsSwiGLU(torch.autograd.Function):
+    """liger's fused gate-up contract in plain PyTorch (rows [N, 2I] -> [N, I]; backward gives rows), for CPU."""
+
+    @staticmethod
+    def forward(ctx, rows, in_place=False):
+        assert rows.dim() == 2, "liger's kernel returns row gradients: callers must hand it rows"
+        ctx.save_for_backward(rows)
+        gate, up = rows.chunk(2, dim=-1)
+        return torch.nn.functional.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rows,) = ctx.saved_tensors
+        with torch.enable_grad():
+            leaf = rows.detach().requires_grad_()
+            gate, up = leaf.chunk(2, dim=-1)
+            (torch.nn.functional.silu(gate) * up).backward(grad)
+        return leaf.grad, None
+
+
+def test_gate_up_switch_finds_mlps_of_a_model_loaded_before_liger_renamed_the_class(tiny_phi3_dir, monkeypatch):
+    """liger replaces modeling_phi3.Phi3MLP when it patches a model: the MLPs of the model already loaded are still
+    switched, given rows, and give the stock MLP's output and input gradient (liger's kernel stood in for by
+    its contract in plain PyTorch, as CPUs cannot run Triton)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.phi3 import modeling_phi3
+
+    from lorakit.model import fused_projections
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_phi3_dir, dtype=torch.float64)
+    stock = copy.deepcopy(model.model.layers[0].mlp)
+    monkeypatch.setattr(modeling_phi3, "Phi3MLP", type("LigerPhi3SwiGLUMLP", (torch.nn.Module,), {}))
+    monkeypatch.setattr(fused_projections, "liger_available", lambda: True)
+    monkeypatch.setattr(fused_projections, "_fused_gate_up_swiglu", lambda: _RowsSwiGLU)
+    assert use_fused_projections(model, torch.device("cuda")) == ["fused_gate_up", "split_qkv"]
+    switched = model.model.layers[0].mlp
+    hidden = torch.randn(2, 5, model.config.hidden_size, dtype=torch.float64, requires_grad=True)
+    expected = stock(hidden)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), hidden)
+    output = switched(hidden)
+    (grad,) = torch.autograd.grad(output.square().sum(), hidden)
+    torch.testing.assert_close(output, expected)
+    torch.testing.assert_close(grad, expected_grad)

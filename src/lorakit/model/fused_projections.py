@@ -61,20 +61,13 @@ def split_qkv_attention_forward(self, hidden_states, position_embeddings, attent
 
 
 def _fused_gate_up_swiglu():
-    """liger's SwiGLU over the fused gate-up tensor, or None where this liger has none (before 0.8).
-
-    Tried twice: on the H200 (liger 0.8.5, torch 2.11) the first import in a process failed inside liger's
-    optional-backend imports and a second one succeeded, so a single try silently never used the kernel."""
-    failure = None
-    for _ in range(2):
-        try:
-            from liger_kernel.ops import LigerFusedGateUpSiLUMulFunction
-        except ImportError as error:
-            failure = error
-            continue
-        return LigerFusedGateUpSiLUMulFunction
-    log.warning("liger's fused gate-up SwiGLU is unavailable (%s): Phi3's MLP keeps liger's chunked one", failure)
-    return None
+    """liger's SwiGLU over the fused gate-up tensor, or None where this liger has none (before 0.8)."""
+    try:
+        from liger_kernel.ops import LigerFusedGateUpSiLUMulFunction
+    except ImportError as error:
+        log.warning("liger's fused gate-up SwiGLU is unavailable (%s): Phi3's MLP keeps liger's chunked one", error)
+        return None
+    return LigerFusedGateUpSiLUMulFunction
 
 
 def fused_gate_up_mlp_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -88,12 +81,18 @@ def fused_gate_up_mlp_forward(self, hidden_states: torch.Tensor) -> torch.Tensor
     return self.down_proj(activated.view(*gate_up.shape[:-1], activated.shape[-1]))
 
 
+# By name: liger replaces `modeling_phi3.Phi3MLP` with its own class when it patches a model, so the modules of
+# a model loaded before that are instances of a class the module no longer names (seen on the H200: the kernel
+# was never used in training), and the modules of models loaded after it are liger's.
+PHI3_MLP_CLASSES = ("Phi3MLP", "LigerPhi3SwiGLUMLP")
+
+
 def use_fused_projections(model, device: torch.device) -> list[str]:
     """Switch a Phi3-architecture model's attention (every device) and, on CUDA with liger, its SwiGLU MLP to
     the copy-free forwards above; returns what was switched. Call before LoRA wraps the projections (or after:
     the forwards call `self.qkv_proj` / `self.gate_up_proj` whatever they are)."""
     try:
-        from transformers.models.phi3.modeling_phi3 import Phi3Attention, Phi3MLP
+        from transformers.models.phi3.modeling_phi3 import Phi3Attention
     except ImportError:
         return []
     switched = []
@@ -102,7 +101,7 @@ def use_fused_projections(model, device: torch.device) -> list[str]:
         if isinstance(module, Phi3Attention) and enabled("split_qkv"):
             module.forward = types.MethodType(split_qkv_attention_forward, module)
             switched.append("split_qkv")
-        elif isinstance(module, Phi3MLP) and mlp_kernel and enabled("fused_gate_up"):
+        elif type(module).__name__ in PHI3_MLP_CLASSES and mlp_kernel and enabled("fused_gate_up"):
             if module.config.hidden_act not in ("silu", "swish"):
                 continue
             module.forward = types.MethodType(fused_gate_up_mlp_forward, module)
