@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lorakit.training.metrics import SilentReporter
+
 # SmolLM2's tokenizer and ChatML template, extracted once from the embedded GGUF (see tests/fixtures/README.md).
 TOKENIZER_DIR = Path(__file__).resolve().parent / "fixtures" / "smollm2-tokenizer"
 # Phi-4-mini's config.json numbers that memory planning reads (the planner's tests plan for it).
@@ -150,3 +152,44 @@ def write_config_file(tmp_path: Path, model_dir: Path, *, seed: int, training: d
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+class Recorder(SilentReporter):
+    """A training reporter that keeps what a run says: its messages and each logged train loss; raises
+    KeyboardInterrupt after `crash_after_step` (a user's Ctrl-C at a known point)."""
+
+    def __init__(self, crash_after_step: int | None = None):
+        self.messages: list[str] = []
+        self.losses: list[float] = []
+        self.crash_after_step = crash_after_step
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+    def step(self, step: int, metrics: dict) -> None:
+        if "train_loss" in metrics:
+            self.losses.append(metrics["train_loss"])
+        if step == self.crash_after_step:
+            raise KeyboardInterrupt
+
+
+def spy_on_steps(monkeypatch) -> list[list[list[int]]]:
+    """The micro-batches (example indices) of every optimizer step that completed, in order."""
+    from lorakit.training import loop
+
+    steps, real_train_step = [], loop._train_step
+
+    def train_step(session, groups, *args):
+        result = real_train_step(session, groups, *args)
+        steps.append([list(group) for group in groups])
+        return result
+
+    monkeypatch.setattr(loop, "_train_step", train_step)
+    return steps
+
+
+def final_adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The LoRA weights a finished run shipped (RUN/final/adapter_model.safetensors)."""
+    from safetensors.torch import load_file
+
+    return load_file(Path(run_dir) / "final" / "adapter_model.safetensors")

@@ -9,32 +9,8 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_run_config
+from conftest import Recorder, spy_on_steps, tiny_run_config
 from lorakit.training import loop, oom
-from lorakit.training.metrics import SilentReporter
-
-
-class Recorder(SilentReporter):
-    def __init__(self):
-        self.messages, self.losses = [], []
-
-    def message(self, text):
-        self.messages.append(text)
-
-    def step(self, step, metrics):
-        if "train_loss" in metrics:
-            self.losses.append(metrics["train_loss"])
-
-
-def _spy_on_steps(monkeypatch) -> list[list[list[int]]]:
-    steps, real = [], loop._train_step
-
-    def train_step(session, groups, *args):
-        steps.append([list(g) for g in groups])
-        return real(session, groups, *args)
-
-    monkeypatch.setattr(loop, "_train_step", train_step)
-    return steps
 
 
 def test_cpu_micro_batch_rule():
@@ -47,31 +23,33 @@ def test_cpu_micro_batch_rule():
 
 def test_cpu_pieces_keep_examples_loss_and_update(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
     def config(name):
-        made = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / name, batch_size=8, max_steps=3, eval_steps=3,
+        made = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / name, batch_size=4, max_steps=3, eval_steps=3,
                                save_steps=3)
         made.lora.dropout = 0.0  # dropout draws differ between cuts; without it only summation order differs
         return made
 
-    steps = _spy_on_steps(monkeypatch)
+    steps = spy_on_steps(monkeypatch)
     monkeypatch.setattr(oom, "CPU_MICRO_BATCH_TOKENS", 10**9)  # the configured micro-batch, as before
     whole_reporter = Recorder()
     whole = loop.train(config("whole"), reporter=whole_reporter)
     whole_steps = [[sorted(i for g in step for i in g)] for step in steps]
-    assert all(len(step) == 1 and len(step[0]) == 8 for step in steps)
+    assert all(len(step) == 1 and len(step[0]) == 4 for step in steps)
+    # Each step holds half of the 8 training examples, so "the same examples per step" below can fail.
+    assert len({tuple(step[0]) for step in whole_steps}) > 1
     steps.clear()
-    monkeypatch.setattr(oom, "CPU_MICRO_BATCH_TOKENS", 512)  # max_length 128 -> pieces of 4
+    monkeypatch.setattr(oom, "CPU_MICRO_BATCH_TOKENS", 256)  # max_length 128 -> pieces of 2
     cut_reporter = Recorder()
     cut = loop.train(config("cut"), reporter=cut_reporter)
 
-    assert all(len(step) == 2 and all(len(g) == 4 for g in step) for step in steps)
+    assert all(len(step) == 2 and all(len(g) == 2 for g in step) for step in steps)
     assert [[sorted(i for g in step for i in g)] for step in steps] == whole_steps  # same examples per step
-    assert "on CPU each micro-batch of 8 runs as pieces of 4 (same examples and loss per optimizer step, less memory)" \
+    assert "on CPU each micro-batch of 4 runs as pieces of 2 (same examples and loss per optimizer step, less memory)" \
         in cut_reporter.messages
     assert len(cut_reporter.losses) == len(whole_reporter.losses) == 3
     for a, b in zip(cut_reporter.losses, whole_reporter.losses):
         assert abs(a - b) < 1e-5 * abs(b)  # fp32 summation order only
     settings = json.loads((cut.adapter_dir / "manifest.json").read_text())["settings"]
-    assert (settings["micro_batch_size"], settings["gradient_accumulation_steps"]) == (4, 2)
+    assert (settings["micro_batch_size"], settings["gradient_accumulation_steps"]) == (2, 2)
     ours, theirs = load_file(cut.adapter_dir / "adapter_model.safetensors"), load_file(whole.adapter_dir / "adapter_model.safetensors")
     for key in theirs:  # after 3 AdamW steps at lr 1e-2: Adam divides near-zero gradients by their own size,
         # which turns fp32 summation-order noise into ~1e-5 differences (measured max 8e-6)

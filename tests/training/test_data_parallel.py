@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from conftest import write_config_file
+from conftest import final_adapter, write_config_file
 from lorakit.config import load_config
 from lorakit.training.checkpoint import list_checkpoints, verify_checkpoint
 from lorakit.training.loop import train
@@ -53,12 +52,8 @@ def _torchrun(*args: str, entry: list[str] | None = None) -> list[str]:
             *(entry or ["-m", "lorakit"]), *args]
 
 
-def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "final" / "adapter_model.safetensors")
-
-
 def _max_adapter_diff(a: Path, b: Path) -> float:
-    first, second = _adapter(a), _adapter(b)
+    first, second = final_adapter(a), final_adapter(b)
     assert sorted(first) == sorted(second) and first
     return max(float((first[k] - second[k]).abs().max()) for k in first)
 

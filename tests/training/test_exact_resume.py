@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import build_tiny_model, tiny_run_config, write_qa_jsonl
+from conftest import build_tiny_model, final_adapter, tiny_run_config, write_qa_jsonl
 from lorakit.cli.app import run_cli
 from lorakit.errors import CheckpointError
 from lorakit.training.checkpoint import load_checkpoint, save_checkpoint
@@ -31,10 +31,6 @@ def _config(model_dir, data_file, run_dir, **training):
                     warmup_steps=2, early_stopping_patience=50, batch_size=2, gradient_accumulation_steps=2)
     settings.update(training)
     return tiny_run_config(model_dir, data_file, run_dir, **settings)
-
-
-def _adapter(run_dir):
-    return load_file(run_dir / "final" / "adapter_model.safetensors")
 
 
 def _logged_losses(run_dir):
@@ -60,7 +56,7 @@ def test_exact_resume_n_plus_n_steps_is_bit_identical_to_2n(tiny_llama_dir, qa_f
     result = train(config, resume=True)
 
     assert result.steps == 8
-    assert_bit_identical(_adapter(straight), _adapter(resumed))
+    assert_bit_identical(final_adapter(straight), final_adapter(resumed))
     assert _logged_losses(straight) == _logged_losses(resumed)
     assert [s for s, train_loss, _ in _logged_losses(resumed) if train_loss is not None] == [3, 6, 8]
     straight_manifest = json.loads((straight / "final" / "manifest.json").read_text())
@@ -170,7 +166,7 @@ def test_exact_resume_after_an_early_stop_does_not_train_past_it(tiny_llama_dir,
     again = train(config, resume=True)
     assert again.stopped_early and again.steps == 4
     # final/ ships the best evaluation (step 2), whose checkpoint was saved when it was the best.
-    assert_bit_identical(_adapter(tmp_path / "run"), load_file(tmp_path / "run" / "checkpoints" / "step-00000002"
+    assert_bit_identical(final_adapter(tmp_path / "run"), load_file(tmp_path / "run" / "checkpoints" / "step-00000002"
                                                                 / "adapter_model.safetensors"))
     assert again.metrics["adapter_step"] == 2 and again.metrics["last_step"] == 4
 
@@ -182,4 +178,4 @@ def test_exact_resume_before_the_first_checkpoint_starts_from_step_0(tiny_llama_
     assert train(config, resume=True).steps == 4
     straight = _config(tiny_llama_dir, qa_file, tmp_path / "straight", max_steps=4, save_steps=3)
     train(straight)
-    assert_bit_identical(_adapter(tmp_path / "run"), _adapter(tmp_path / "straight"))
+    assert_bit_identical(final_adapter(tmp_path / "run"), final_adapter(tmp_path / "straight"))

@@ -13,11 +13,11 @@ import sys
 import pytest
 import torch
 
-from conftest import write_config_file
+from conftest import final_adapter, write_config_file
 from lorakit.config import NF4_FSDP_REFUSAL, load_config
 from lorakit.training.checkpoint import list_checkpoints
 from lorakit.training.loop import train
-from test_data_parallel import _adapter, _env, _max_adapter_diff, _max_metrics_diff, _torchrun
+from test_data_parallel import _env, _max_adapter_diff, _max_metrics_diff, _torchrun
 
 # Max abs difference allowed between the 1-process and the 2-process fsdp runs. Measured on this config: 1.4e-05
 # in the adapter weights, 9.5e-07 in the logged losses, 9e-08 in the AdamW moments. Each step has 3 micro-batches,
@@ -93,7 +93,7 @@ def test_fsdp_checkpoint_resumes_with_1_or_2_processes(setup):
     diffs = {n: (_max_adapter_diff(baseline, d), _max_metrics_diff(baseline, d, MAX_STEPS)) for n, d in (("1", one), ("2", two))}
     print(f"\nfsdp checkpoint {RESUMED_FROM} resumed with 1 / 2 processes: max abs diff (adapter, losses) {diffs}")
     assert all(a <= TOLERANCE and m <= TOLERANCE for a, m in diffs.values())
-    assert sorted(_adapter(one)) == sorted(_adapter(two))
+    assert sorted(final_adapter(one)) == sorted(final_adapter(two))
 
 
 def test_fsdp_resumes_a_data_parallel_checkpoint(setup, tiny_llama_dir):

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 
 import torch
-from safetensors.torch import load_file
 
 from lorakit.data.packing import collate_packed
 from lorakit.data.render import TokenizedExample
 from lorakit.model.kernels import LOSS_POSITIONS, causal_lm_loss, loss_positions
 from lorakit.training.loop import train
-from tests.conftest import tiny_run_config
+from conftest import final_adapter, tiny_run_config
 
 
 def _run(model_dir, data_file, output_dir, monkeypatch, disabled: str):
@@ -22,7 +21,7 @@ def _run(model_dir, data_file, output_dir, monkeypatch, disabled: str):
     train(config)
     losses = [json.loads(line)["train_loss"] for line in (output_dir / "metrics.jsonl").read_text().splitlines()
               if "train_loss" in line]
-    return losses, load_file(output_dir / "final" / "adapter_model.safetensors")
+    return losses, final_adapter(output_dir)
 
 
 def test_host_overlap_trains_bit_identically(tiny_llama_dir, qa_file, tmp_path, monkeypatch):

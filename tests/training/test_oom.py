@@ -10,15 +10,13 @@ import logging
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
-from conftest import tiny_run_config, write_qa_jsonl
+from conftest import Recorder, final_adapter, spy_on_steps, tiny_run_config, write_qa_jsonl
 from lorakit.cli.app import run_cli
 from lorakit.data.render import TokenizedExample
 from lorakit.errors import TrainingError
 from lorakit.training import loop
 from lorakit.training.checkpoint import verify_checkpoint
-from lorakit.training.metrics import SilentReporter
 from lorakit.training.oom import accumulation_after_split, halved, split_into_micro_batches
 
 
@@ -55,28 +53,6 @@ def inject_oom(monkeypatch):
     return injectors.append
 
 
-class Recorder(SilentReporter):
-    def __init__(self):
-        self.messages: list[str] = []
-
-    def message(self, text: str) -> None:
-        self.messages.append(text)
-
-
-def _spy_on_steps(monkeypatch) -> list[list[list[int]]]:
-    """Record the micro-batches each optimizer step actually ran."""
-    steps = []
-    real_train_step = loop._train_step
-
-    def train_step(session, groups, *args):
-        result = real_train_step(session, groups, *args)
-        steps.append([list(g) for g in groups])
-        return result
-
-    monkeypatch.setattr(loop, "_train_step", train_step)
-    return steps
-
-
 def _config(model_dir, data_file, run_dir, **training):
     settings = dict(batch_size=4, gradient_accumulation_steps=1, max_steps=4, save_steps=2, eval_steps=2)
     settings.update(training)
@@ -88,7 +64,7 @@ def _config(model_dir, data_file, run_dir, **training):
 def test_oom_halves_the_micro_batch_keeps_the_examples_per_step_and_continues(
     tiny_llama_dir, qa_file, tmp_path, monkeypatch, inject_oom, caplog
 ):
-    steps = _spy_on_steps(monkeypatch)
+    steps = spy_on_steps(monkeypatch)
     reference = loop.train(_config(tiny_llama_dir, qa_file, tmp_path / "reference"))
     reference_steps = [sorted(i for g in step for i in g) for step in steps]
     steps.clear()
@@ -109,25 +85,16 @@ def test_oom_halves_the_micro_batch_keeps_the_examples_per_step_and_continues(
     assert all(len(g) <= 2 for step in steps for g in step)
     settings = json.loads((result.adapter_dir / "manifest.json").read_text())["settings"]
     assert (settings["micro_batch_size"], settings["gradient_accumulation_steps"]) == (2, 2)
-    ours, theirs = load_file(result.adapter_dir / "adapter_model.safetensors"), load_file(reference.adapter_dir / "adapter_model.safetensors")
+    ours, theirs = final_adapter(result.run_dir), final_adapter(reference.run_dir)
     for key in theirs:
         torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-6)
-
-
-class CrashAfterStep(SilentReporter):
-    def __init__(self, step: int):
-        self.crash_step = step
-
-    def step(self, step: int, metrics: dict) -> None:
-        if step == self.crash_step:
-            raise KeyboardInterrupt
 
 
 def test_oom_reduced_micro_batch_is_saved_and_kept_after_resume(tiny_llama_dir, qa_file, tmp_path, inject_oom):
     inject_oom(OomInjector(max_rows=2))
     config = _config(tiny_llama_dir, qa_file, tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
-        loop.train(config, reporter=CrashAfterStep(3))
+        loop.train(config, reporter=Recorder(crash_after_step=3))
     saved = json.loads((tmp_path / "run" / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
     assert (saved["trainer"]["micro_batch_size"], saved["trainer"]["gradient_accumulation_steps"]) == (2, 2)
     reporter = Recorder()
@@ -193,8 +160,7 @@ def test_oom_at_micro_batch_1_stops_with_advice_and_a_resumable_checkpoint(
     straight = tmp_path / "straight"
     straight.mkdir()
     assert run_cli(["train", str(_cli_config(straight, tiny_llama_dir))]) == 0
-    a = load_file(tmp_path / "run" / "final" / "adapter_model.safetensors")
-    b = load_file(straight / "run" / "final" / "adapter_model.safetensors")
+    a, b = final_adapter(tmp_path / "run"), final_adapter(straight / "run")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

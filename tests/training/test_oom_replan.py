@@ -8,15 +8,13 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from conftest import PHI4_MINI, tiny_run_config
+from conftest import PHI4_MINI, Recorder, final_adapter, tiny_run_config
 
 from lorakit.model.checkpointing import decoder_layers
 from lorakit.model.memory_plan import CUDA_CONTEXT_BYTES, GIB, ModelShape, TrainSettings, estimate_peak_memory
 from lorakit.model.run_plan import train_settings
 from lorakit.training import loop, oom_replan
-from lorakit.training.metrics import SilentReporter
 from lorakit.training.oom_replan import MemorySettings, replan_for_memory
 
 
@@ -65,19 +63,6 @@ def inject_oom(monkeypatch):
     return inject
 
 
-class Recorder(SilentReporter):
-    def __init__(self, crash_after_step: int | None = None):
-        self.messages: list[str] = []
-        self.crash_after_step = crash_after_step
-
-    def message(self, text: str) -> None:
-        self.messages.append(text)
-
-    def step(self, step: int, metrics: dict) -> None:
-        if step == self.crash_after_step:
-            raise KeyboardInterrupt
-
-
 def _config(model_dir, data_file, run_dir):
     return tiny_run_config(model_dir, data_file, run_dir, batch_size=4, gradient_accumulation_steps=1, max_steps=4,
                            save_steps=2, eval_steps=2)  # LoRA dropout 0.1: the retry must draw the same masks
@@ -92,10 +77,6 @@ def _device_with(monkeypatch, model_dir, config, *, micro_batch: int, checkpoint
     memory = estimate_peak_memory(shape, settings).peak_on_gpu()
     monkeypatch.setattr(oom_replan, "training_memory_bytes", lambda device: memory)
     return memory
-
-
-def _adapter(result) -> dict[str, torch.Tensor]:
-    return load_file(result.adapter_dir / "adapter_model.safetensors")
 
 
 def test_oom_replan_checkpoints_a_layer_keeps_the_micro_batch_and_the_update(
@@ -117,7 +98,7 @@ def test_oom_replan_checkpoints_a_layer_keeps_the_micro_batch_and_the_update(
     assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [True, False]
     settings = json.loads((result.adapter_dir / "manifest.json").read_text())["settings"]
     assert (settings["micro_batch_size"], settings["gradient_accumulation_steps"]) == (4, 1)  # unchanged
-    ours, theirs = _adapter(result), _adapter(reference)
+    ours, theirs = final_adapter(result.run_dir), final_adapter(reference.run_dir)
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)  # the same update, bit for bit
 
 
@@ -135,7 +116,7 @@ def test_oom_replan_is_saved_and_kept_after_resume(tiny_llama_dir, qa_file, tmp_
     result = loop.train(config, resume=True, reporter=reporter)
     assert [raised for _, raised in sessions] == [1, 0]  # the resumed model was checkpointed from its first step
     assert not [m for m in reporter.messages if m.startswith("out of memory")]
-    ours, theirs = _adapter(result), _adapter(straight)
+    ours, theirs = final_adapter(result.run_dir), final_adapter(straight.run_dir)
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
 
 
