@@ -12,8 +12,8 @@ two halves of the fused tensor in place and writes the gradient as one tensor (`
 same arithmetic); with it a layer keeps [tokens, 2 x intermediate] fewer activations (256 MiB per layer of
 Phi-4-mini at 8,192 tokens) and skips three copies.
 
-Both give the same numbers as the modules they replace (tests/model/test_fused_projections.py; the SwiGLU
-on the GPU in tests/gpu/).
+Both give the same numbers as the modules they replace (tests/model/test_fused_projections.py: the split on
+CPU, the SwiGLU's glue on CPU with liger's kernel stood in for, and the kernel itself on a GPU).
 """
 
 from __future__ import annotations
