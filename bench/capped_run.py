@@ -16,6 +16,20 @@ import runpy
 import sys
 
 
+def cap_allocator(cap_gib: float, *, device: int = 0, lorakit_settings: bool = True) -> None:
+    """Make `device` a card of `cap_gib` GiB for PyTorch's allocator (an 8 GB card: ~7.25, its memory less the
+    CUDA context). Capping starts CUDA, so lorakit's allocator settings (expandable segments, which `lorakit
+    train` sets before CUDA starts) come first unless `lorakit_settings` is False (a peer's own defaults)."""
+    import torch
+
+    if lorakit_settings:
+        from lorakit.runtime.device import use_expandable_segments
+
+        use_expandable_segments()
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 2**30 / total), device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cap-gib", type=float, default=None)
@@ -25,12 +39,7 @@ def main() -> None:
     import torch
 
     if args.cap_gib is not None:
-        if args.module == "lorakit":  # capping starts CUDA: first the allocator settings lorakit train would use
-            from lorakit.runtime.device import use_expandable_segments
-
-            use_expandable_segments()
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total), 0)
+        cap_allocator(args.cap_gib, lorakit_settings=args.module == "lorakit")
 
     def record_peak() -> None:
         with open(args.peak_file, "w") as handle:

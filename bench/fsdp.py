@@ -31,6 +31,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+from capped_run import cap_allocator  # noqa: E402
 from multi_gpu import PHI4_MINI, SAFE_ENV, SMOKE, GpuMemorySampler, build_model, write_config  # noqa: E402
 
 EIGHT_GB_CAP_GIB = 8 - 0.75  # an 8 GB card's memory less the CUDA context (lorakit's CUDA_CONTEXT_BYTES)
@@ -49,12 +50,7 @@ ROWS = [
 def worker(cap_gib: float | None, lorakit_args: list[str]) -> int:
     """One torchrun process: cap this rank's GPU allocator (an emulated smaller card), then `lorakit ARGS`."""
     if cap_gib is not None and torch.cuda.is_available():
-        from lorakit.runtime.device import use_expandable_segments
-
-        use_expandable_segments()  # as lorakit train does; the cap below starts CUDA
-        device = int(os.environ.get("LOCAL_RANK", "0"))
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 2**30 / total), device)
+        cap_allocator(cap_gib, device=int(os.environ.get("LOCAL_RANK", "0")))
     from lorakit.cli.app import run_cli
 
     return run_cli(lorakit_args)

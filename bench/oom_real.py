@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capped_run import cap_allocator  # noqa: E402
 from synthetic_chat import synthetic_conversations  # noqa: E402
 
 from lorakit.config import RunConfig  # noqa: E402
@@ -326,14 +327,10 @@ def capped_cli(argv: list[str]) -> None:
     capped at CAP_GIB; at exit the CUDA peaks go to PEAK_FILE."""
     import atexit
 
-    from lorakit.runtime.device import use_expandable_segments
-
     cap_gib, peak_file, rest = float(argv[0]), Path(argv[1]), argv[2:]
-    # `lorakit train` sets its allocator default before CUDA starts; the cap below starts CUDA, so the same
-    # public call comes first here (a user's PYTORCH_CUDA_ALLOC_CONF still wins, as in lorakit).
-    use_expandable_segments()
-    total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * GIB / total), 0)
+    # `lorakit train` sets its allocator default before CUDA starts; the cap starts CUDA, so cap_allocator makes
+    # the same public call first (a user's PYTORCH_CUDA_ALLOC_CONF still wins, as in lorakit).
+    cap_allocator(cap_gib)
 
     def record() -> None:
         peak_file.write_text(json.dumps({"peak_allocated": torch.cuda.max_memory_allocated(0),

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-from lorakit.config import load_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capped_run import cap_allocator  # noqa: E402
+from lorakit.config import load_config  # noqa: E402
 from lorakit.runtime.device import use_expandable_segments
 from lorakit.training import loop
 from lorakit.training.checkpoint import TrainerState
@@ -118,8 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     use_expandable_segments()  # as lorakit train does (loop.train), before the cap below starts CUDA
     if args.cap_gib is not None:
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total), 0)
+        cap_allocator(args.cap_gib)
     config = load_config(args.config, args.overrides)
     session = loop.build_session(config, PrintingReporter())
     params = [p for p in session.model.parameters() if p.requires_grad]

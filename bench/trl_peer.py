@@ -16,9 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capped_run import cap_allocator  # noqa: E402
 
 
 def main() -> None:
@@ -37,8 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.smoke
     if cuda and args.cap_gib is not None:
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total), 0)
+        cap_allocator(args.cap_gib, lorakit_settings=False)  # TRL with PyTorch's own allocator settings
 
     from datasets import load_dataset
     from peft import LoraConfig
