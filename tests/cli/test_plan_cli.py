@@ -45,3 +45,23 @@ def test_without_gpu_the_memory_size_must_be_given(plan_config, capsys):
 def test_bad_memory_size_is_a_config_error(plan_config, capsys):
     assert run_cli(["plan", str(plan_config), "--gpu-memory", "lots"]) == 2
     assert "not a memory size" in capsys.readouterr().err
+
+
+def test_plan_for_two_gpus_is_the_fsdp_plan_train_uses(plan_config, tmp_path, capsys):
+    """`lorakit plan --gpus 2` resolves training.distributed and plans per GPU exactly as `lorakit train` does under
+    a launcher (model/run_plan.resolve_auto_settings): bf16 Phi-4-mini on 8 GB cards fits only sharded."""
+    from lorakit.config import load_config
+    from lorakit.model.run_plan import resolve_auto_settings
+
+    sets = ["--set", "model.max_length=512", "--set", "model.quantization=none", "--set", "training.batch_size=auto"]
+    assert run_cli(["plan", str(plan_config), "--gpu-memory", "8GB", *sets]) == 2  # one card alone: too small
+    assert "needs at least" in capsys.readouterr().err
+    assert run_cli(["plan", str(plan_config), "--gpu-memory", "8GB", "--gpus", "2", *sets]) == 0
+    out = capsys.readouterr().out
+    config = load_config(plan_config, [value for value in sets if value != "--set"])
+    trained = resolve_auto_settings(config, PHI4_MINI, cuda=True, dtype_bytes=2, nf4_available=True,
+                                    memory_bytes=8 * 2**30, world_size=2)
+    assert (trained.config.training.distributed, trained.plan.micro_batch) == ("fsdp", 2)
+    assert (f"plan: none, micro-batch 2 (1,024 tokens), checkpointing {trained.plan.checkpointing_text}, "
+            "fsdp over 2 GPUs") in out
+    assert "(after NCCL's buffers)" in out

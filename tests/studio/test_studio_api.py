@@ -231,7 +231,7 @@ def test_plan_for_the_embedded_model_is_what_lorakit_plan_prints(client, tmp_pat
     choices = {"run": "embedded", "data_files": ["qa.jsonl"], "preset": "balanced", "gpu_memory": "6GB"}
     plan = client.post("/api/plan", json=choices).json()
     config = load_config(None, ["data.train_file=qa.jsonl"])
-    expected, _ = plan_run(config, parse_memory_size("6GB"))
+    expected, _, _ = plan_run(config, parse_memory_size("6GB"))
     assert plan["model"] == "smollm2-135m-instruct" and plan["model_type"] == "llama" and plan["lora_r"] == 16
     assert (plan["chosen"]["quantization"], plan["chosen"]["micro_batch"]) == (expected.quantization, expected.micro_batch)
     assert plan["chosen"]["on_gpu_gib"] == round(expected.chosen.estimate.peak_on_gpu() / 2**30, 2)

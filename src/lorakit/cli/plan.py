@@ -1,4 +1,4 @@
-"""`lorakit plan CONFIG [--gpu-memory 8GB]`: predicted peak GPU memory and the fastest settings that fit,
+"""`lorakit plan CONFIG [--gpu-memory 8GB] [--gpus N]`: predicted peak GPU memory and the fastest settings that fit,
 from the model's config.json alone (no weights are downloaded)."""
 
 from __future__ import annotations
@@ -27,16 +27,20 @@ def plan(
     gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="GPU memory to plan for, e.g. 8GB (default: this GPU)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set model.max_length=2048."),
     show: int = typer.Option(5, "--show", min=1, help="How many of the fastest candidates to list."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs the run will train on (one process each, as `lorakit "
+                             "train --gpus N`): the plan per GPU for the training.distributed strategy it resolves to."),
 ) -> None:
     """Predict peak GPU memory and pick the fastest quantization, micro-batch and checkpointing that fit."""
     config = load_config(config_path, list(overrides))
-    chosen_plan, model_config = plan_run(config, parse_memory_size(gpu_memory) if gpu_memory else None)
+    chosen_plan, config, model_config = plan_run(config, parse_memory_size(gpu_memory) if gpu_memory else None, gpus)
     chosen = chosen_plan.chosen
     console.print(f"[bold]{config.model.name}[/] ({model_config.get('model_type', '?')}), max_length "
-                  f"{config.model.max_length}, LoRA r={config.lora.r}, planned for {chosen_plan.gpu_memory_bytes / GIB:.1f} GiB per GPU")
-    console.print(f"[green]plan:[/] {_settings_text(chosen, chosen_plan.layers)}")
-    # Data parallel (several GPUs) replicates the model, LoRA and optimizer state; each GPU runs its own
-    # micro-batches, so one GPU's plan is every GPU's.
+                  f"{config.model.max_length}, LoRA r={config.lora.r}, planned for {chosen_plan.gpu_memory_bytes / GIB:.1f} GiB per GPU"
+                  + (" (after NCCL's buffers)" if gpus > 1 else ""))
+    # ddp replicates the model, LoRA and optimizer state on every GPU, so one GPU's plan is every GPU's; fsdp
+    # shards the weights and LoRA states over the GPUs (model/sharded_plan.py).
+    strategy = f", {config.training.distributed} over {gpus} GPUs" if gpus > 1 else ""
+    console.print(f"[green]plan:[/] {_settings_text(chosen, chosen_plan.layers)}{strategy}")
     breakdown = Table(title="predicted peak per GPU (GiB)", show_header=False)
     for term, gib in chosen.estimate.rows():
         breakdown.add_row(term, f"{gib:.2f}")

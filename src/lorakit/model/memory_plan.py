@@ -15,6 +15,7 @@ The speed model only ranks candidates; it is not a prediction of tokens/s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -293,11 +294,14 @@ def plan_settings(
     micro_batches: tuple[int, ...] | None = None,
     checkpointed_layers: tuple[int, ...] | None = None,
     quantizations: tuple[str, ...] | None = None,
+    estimate: Callable[[ModelShape, TrainSettings], MemoryEstimate] | None = None,
 ) -> list[Candidate]:
     """Every candidate (micro-batch x checkpointed layers x quantization, and offload with every layer
     checkpointed), fitting ones first, fastest first; the first one with `fits` is the plan. Offload comes
     after every fitting candidate without it: it only serves when nothing else fits. Fixed settings are
-    passed as one-element tuples (`checkpointed_layers`: default every count from 0 to all)."""
+    passed as one-element tuples (`checkpointed_layers`: default every count from 0 to all). `estimate`: the
+    memory of one GPU for a candidate (default `estimate_peak_memory`; fsdp's per-GPU one in sharded_plan.py)."""
+    estimate = estimate or estimate_peak_memory
     micro_batches = micro_batches or tuple(
         m for m in (1, 2, 4, 8, 16, 32, 64) if m == 1 or m * max_length <= MAX_TOKENS_PER_MICRO_BATCH
     )
@@ -310,9 +314,9 @@ def plan_settings(
                 for offload in (False, True) if layers == shape.layers else (False,):
                     settings = replace(base, quantization=quantization, tokens_per_micro_batch=micro_batch * max_length,
                                        checkpointed_layers=layers, offload_activations=offload)
-                    estimate = estimate_peak_memory(shape, settings)
-                    candidates.append(Candidate(settings, micro_batch, estimate, relative_step_time(shape, settings),
-                                                estimate.peak_on_gpu() <= gpu_memory_bytes))
+                    memory = estimate(shape, settings)
+                    candidates.append(Candidate(settings, micro_batch, memory, relative_step_time(shape, settings),
+                                                memory.peak_on_gpu() <= gpu_memory_bytes))
     return sorted(candidates, key=candidate_order)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig, RunConfig
@@ -13,7 +14,7 @@ from lorakit.model.attention import expands_kv_heads
 from lorakit.model.memory_plan import (
     CUDA_CONTEXT_BYTES, GIB, Candidate, ModelShape, TrainSettings, checkpointing_text, estimate_peak_memory, plan_settings,
 )
-from lorakit.model.sharded_plan import choose_distributed, shard_candidates
+from lorakit.model.sharded_plan import choose_distributed, sharded_estimate
 from lorakit.training.oom import cpu_micro_batch_size
 
 __all__ = [
@@ -124,9 +125,9 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
         shape, base, max_length=length, gpu_memory_bytes=gpu_memory_bytes,
         micro_batches=None if training.batch_size == "auto" else (training.batch_size,),
         checkpointed_layers=fixed_checkpointing, quantizations=quantizations,
+        # training.distributed fsdp: the weights and LoRA states of each GPU are its share
+        estimate=partial(sharded_estimate, world_size=sharded_over) if sharded_over > 1 else None,
     )
-    if sharded_over > 1:  # training.distributed fsdp: weights and LoRA states sharded over the GPUs
-        candidates = shard_candidates(shape, candidates, sharded_over, gpu_memory_bytes)
     if not cuda:
         candidates = [_as_cpu_pieces(candidate, shape, config.model.max_length, length) for candidate in candidates]
     chosen = candidates[0]
@@ -211,12 +212,9 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
     CPU), per GPU for the training.distributed strategy of `world_size` processes (which `auto` resolves to);
     fixed settings stay as they are. A max_length the model cannot take is refused first."""
     check_max_length(config, model_config)
-    memory_bytes = memory_bytes or device_memory_bytes(cuda)
-    if cuda and world_size > 1:  # NCCL's buffers live outside PyTorch's allocator, next to the CUDA context
-        memory_bytes -= NCCL_BYTES
-    config = _resolve_distributed(config, model_config, world_size, memory_bytes, cuda=cuda, dtype_bytes=dtype_bytes,
-                                  nf4_available=nf4_available and cuda, longest_example=longest_example)
-    sharded_over = world_size if config.training.distributed == "fsdp" else 1
+    config, memory_bytes, sharded_over = _per_process(config, model_config, memory_bytes or device_memory_bytes(cuda),
+                                                      world_size, cuda=cuda, dtype_bytes=dtype_bytes,
+                                                      nf4_available=nf4_available and cuda, longest_example=longest_example)
     training = config.training
     if "auto" not in (training.batch_size, training.gradient_checkpointing, config.model.quantization):
         layers = ModelShape.from_config(model_config).layers if training.gradient_checkpointing else 0
@@ -230,6 +228,17 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
         "model": config.model.model_copy(update={"quantization": plan.quantization}),
     })
     return ResolvedSettings(resolved, plan.checkpointed_layers, plan.offload_activations, plan)
+
+
+def _per_process(config: RunConfig, model_config: dict, memory_bytes: int, world_size: int, *, cuda: bool,
+                 **plan_args) -> tuple[RunConfig, int, int]:
+    """What one of `world_size` processes plans with: the config with training.distributed resolved, the memory
+    left to PyTorch (NCCL's buffers live outside its allocator, next to the CUDA context), and how many processes
+    share the weights (fsdp) or 1 (ddp). One place for `lorakit train` and `lorakit plan --gpus`."""
+    if cuda and world_size > 1:
+        memory_bytes -= NCCL_BYTES
+    config = _resolve_distributed(config, model_config, world_size, memory_bytes, cuda=cuda, **plan_args)
+    return config, memory_bytes, world_size if config.training.distributed == "fsdp" else 1
 
 
 def _resolve_distributed(config: RunConfig, model_config: dict, world_size: int, memory_bytes: int, *, cuda: bool,
@@ -248,13 +257,14 @@ def _resolve_distributed(config: RunConfig, model_config: dict, world_size: int,
     if world_size == 1 or (distributed == config.training.distributed and config.model.quantization != "auto"):
         return config  # one process trains unsharded whatever the setting says
     update = {"training": config.training.model_copy(update={"distributed": distributed})}
-    if distributed == "fsdp" and world_size > 1 and config.model.quantization == "auto":
+    if distributed == "fsdp" and config.model.quantization == "auto":
         update["model"] = config.model.model_copy(update={"quantization": "none"})
     return config.model_copy(update=update)
 
 
-def plan_run(config: RunConfig, gpu_memory_bytes: int | None) -> tuple[TrainingPlan, dict]:
-    """`lorakit plan`: the plan for `gpu_memory_bytes` (default: this machine's GPU) and the model's config.json."""
+def plan_run(config: RunConfig, gpu_memory_bytes: int | None, world_size: int = 1) -> tuple[TrainingPlan, RunConfig, dict]:
+    """`lorakit plan`: the plan per GPU for `gpu_memory_bytes` (default: this machine's GPU) and `world_size` GPUs,
+    the config with training.distributed resolved as `lorakit train` would, and the model's config.json."""
     if gpu_memory_bytes is None:
         import torch
 
@@ -264,5 +274,8 @@ def plan_run(config: RunConfig, gpu_memory_bytes: int | None) -> tuple[TrainingP
     model_config = read_model_config_json(config.model)
     check_max_length(config, model_config)
     dtype_bytes = 4 if config.training.precision == "fp32" else 2
-    plan = plan_training(config, model_config, gpu_memory_bytes, dtype_bytes=dtype_bytes, nf4_available=True)
-    return plan, model_config
+    config, memory_bytes, sharded_over = _per_process(config, model_config, gpu_memory_bytes, world_size, cuda=True,
+                                                      dtype_bytes=dtype_bytes, nf4_available=True)
+    plan = plan_training(config, model_config, memory_bytes, dtype_bytes=dtype_bytes, nf4_available=True,
+                         sharded_over=sharded_over)
+    return plan, config, model_config

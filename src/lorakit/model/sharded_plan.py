@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from lorakit.model.memory_plan import (
-    LORA_STATE_BYTES_PER_PARAM, Candidate, MemoryEstimate, ModelShape, TrainSettings, candidate_order, estimate_peak_memory,
+    MemoryEstimate, ModelShape, TrainSettings, estimate_peak_memory, lora_parameter_count,
 )
 
-__all__ = ["UNSHARDED_LAYERS", "sharded_estimate", "shard_candidates", "choose_distributed"]
+__all__ = ["UNSHARDED_LAYERS", "sharded_estimate", "choose_distributed"]
 
 UNSHARDED_LAYERS = 2  # the layer that runs and the one FSDP2 gathers ahead of it
 _LORA_WEIGHT_AND_GRADIENT_BYTES = 8  # fp32 LoRA weight + its gradient, whole in a gathered layer
@@ -44,22 +44,12 @@ def sharded_estimate(shape: ModelShape, settings: TrainSettings, world_size: int
     b = settings.dtype_bytes
     root = (shape.embedding_params + shape.head_params + shape.hidden) * b
     layer = (shape.linear_params_per_layer + 2 * shape.hidden) * b
-    lora_per_layer = one_gpu.lora_states // (LORA_STATE_BYTES_PER_PARAM * shape.layers) * _LORA_WEIGHT_AND_GRADIENT_BYTES
+    lora_per_layer = lora_parameter_count(shape, settings) // shape.layers * _LORA_WEIGHT_AND_GRADIENT_BYTES
     return replace(
         one_gpu,
         weights=one_gpu.weights // world_size + root + UNSHARDED_LAYERS * layer,
         lora_states=one_gpu.lora_states // world_size + UNSHARDED_LAYERS * lora_per_layer,
     )
-
-
-def shard_candidates(shape: ModelShape, candidates: list[Candidate], world_size: int,
-                     gpu_memory_bytes: int) -> list[Candidate]:
-    """The planner's candidates re-estimated per GPU for fsdp over `world_size` GPUs, fastest fitting first."""
-    sharded = []
-    for candidate in candidates:
-        estimate = sharded_estimate(shape, candidate.settings, world_size)
-        sharded.append(replace(candidate, estimate=estimate, fits=estimate.peak_on_gpu() <= gpu_memory_bytes))
-    return sorted(sharded, key=candidate_order)
 
 
 def choose_distributed(distributed: str, quantization: str, world_size: int, *, cuda: bool,

@@ -81,7 +81,7 @@ def _plan(choices: PlanRequest, workspace) -> dict:
 
     config, _ = studio_config(workspace, choices)
     memory = parse_memory_size(choices.gpu_memory) if choices.gpu_memory and choices.gpu_memory.strip() else None
-    plan, model_config = plan_run(config, memory)
+    plan, _, model_config = plan_run(config, memory)
 
     def row(candidate) -> dict:
         settings = candidate.settings
