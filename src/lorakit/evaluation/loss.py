@@ -11,6 +11,7 @@ from lorakit.data.collate import collate_padded
 from lorakit.data.masking import IGNORE_INDEX
 from lorakit.data.render import TokenizedExample
 from lorakit.model.kernels import causal_lm_loss
+from lorakit.runtime.distributed import Ranks
 
 __all__ = ["split_loss", "split_loss_sums", "perplexity"]
 
@@ -29,27 +30,22 @@ def split_loss(
 @torch.no_grad()
 def split_loss_sums(
     model, examples: list[TokenizedExample], *, batch_size: int, pad_token_id: int,
-    autocast_dtype: torch.dtype | None = None, rank: int = 0, world_size: int = 1,
+    autocast_dtype: torch.dtype | None = None, ranks: Ranks = Ranks(), sharded: bool = False,
 ) -> tuple[float, int]:
-    """(loss summed over supervised tokens, their count) over batches rank, rank + world_size, ... of the split
-    cut into `batch_size` rows; the batches are the same for any world_size, so the sums over ranks add up
-    to the one-process sums.
+    """(loss summed over supervised tokens, their count) over this rank's share (`ranks.share`) of the split cut
+    into `batch_size` rows; the batches are the same for any number of ranks, so the sums over ranks add up to
+    the one-process sums.
 
-    `model` may be the root of an FSDP-sharded model (training/sharding.py's ShardedLoss), whose forward is the
-    loss: then every rank runs the same number of passes (each gathers weights in a collective), a rank without
-    a batch of its own re-running the first and discarding the result."""
-    from torch.distributed.fsdp import FSDPModule
-
-    from lorakit.training.sharding import lockstep_share
-
-    sharded = isinstance(model, FSDPModule)
+    `sharded`: `model` is the root of an FSDP-sharded model (training/sharding.py's ShardedLoss), whose forward is
+    the loss: then every rank runs the same number of passes (each gathers weights in a collective), a rank
+    without a batch of its own re-running the first and discarding the result."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total_loss, total_tokens = 0.0, 0
     context = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     starts = list(range(0, len(examples), batch_size))
-    mine = lockstep_share(starts, rank, world_size) if sharded else [(True, s) for s in starts[rank::world_size]]
+    mine = ranks.share_in_lockstep(starts) if sharded else [(True, start) for start in ranks.share(starts)]
     try:
         for real, start in mine:
             batch = collate_padded(examples[start : start + batch_size], pad_token_id)

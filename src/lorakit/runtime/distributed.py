@@ -54,6 +54,20 @@ class Ranks:
         """
         return list(items[self.rank :: self.world_size])
 
+    def share_in_lockstep(self, items: Sequence) -> list[tuple[bool, object]]:
+        """This rank's share as (real, item), padded with (False, items[0]) so that every rank gets the same number:
+        under fsdp every pass is a collective (weight gathers), and a padding pass keeps the ranks in step while
+        contributing nothing.
+
+        >>> Ranks(1, 2).share_in_lockstep(list("abc"))
+        [(True, 'b'), (False, 'a')]
+        >>> Ranks(0, 2).share_in_lockstep(list("abc"))
+        [(True, 'a'), (True, 'c')]
+        """
+        mine = [(True, item) for item in self.share(items)]
+        passes = -(-len(items) // self.world_size)
+        return mine + [(False, items[0]) for _ in range(passes - len(mine))]
+
     def sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sum of `values` over all ranks (float64), identical on every rank."""
         if not self.distributed:

@@ -38,13 +38,14 @@ def agree_on_step(ranks: Ranks, loss_sum: float, tokens: int, out_of_memory: boo
 
 
 def shared_split_loss(ranks: Ranks, model, examples, *, batch_size: int, pad_token_id: int,
-                      autocast_dtype: torch.dtype | None) -> float | None:
+                      autocast_dtype: torch.dtype | None, sharded: bool = False) -> float | None:
     """`split_loss` with its batches dealt round-robin to the ranks and the sums added: every rank gets the
-    same value (so early-stopping decisions agree), each computing 1/N of it."""
+    same value (so early-stopping decisions agree), each computing 1/N of it. `sharded`: `model` is the FSDP
+    root (training/sharding.py's ShardedLoss)."""
     if not examples:
         return None
     loss_sum, tokens = split_loss_sums(model, examples, batch_size=batch_size, pad_token_id=pad_token_id,
-                                       autocast_dtype=autocast_dtype, rank=ranks.rank, world_size=ranks.world_size)
+                                       autocast_dtype=autocast_dtype, ranks=ranks, sharded=sharded)
     loss_sum, tokens = ranks.sum([loss_sum, tokens])
     return loss_sum / tokens if tokens else None
 

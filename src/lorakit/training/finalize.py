@@ -70,7 +70,7 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
     sharded = session.sharded_root is not None
     adapter_step = _restore_best_weights(run_dir, session, stopper, state.step) if stopped_early else state.step
     # After an out-of-memory halving the configured micro-batch no longer fits: measure with the one that did.
-    loss_of = partial(shared_split_loss, session.ranks) if sharded else split_loss
+    loss_of = partial(shared_split_loss, session.ranks, sharded=True) if sharded else split_loss
     test_loss = loss_of(session.loss_model, session.data.splits.test, batch_size=micro_batch_in_use(state, cfg.training),
                         pad_token_id=session.tokenizer.pad_token_id, autocast_dtype=session.autocast_dtype)
     # The full LoRA weights of a sharded model, gathered to rank 0; None: the model's own.

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from lorakit.config import RunConfig, dump_config
-from lorakit.data.masking import IGNORE_INDEX
 from lorakit.errors import LorakitError, TrainingError
 from lorakit.model.adapters import (
     name_adapter_base, public_model_name, resolve_target_modules, trainable_parameter_count, variant_identity,
@@ -64,7 +63,7 @@ from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReport
 from lorakit.training.tracking import open_tracker
 from lorakit.data.chat_template import chat_template_identity
 from lorakit.training.numerics import MIN_LOSS_SCALE, loss_scaler, numerical_fault
-from lorakit.training.sharding import ShardedLoss, gather_trainable_state, lockstep_share, shard_model
+from lorakit.training.sharding import ShardedLoss, gather_trainable_state, shard_model
 from lorakit.training.oom import (
     OOM_ADVICE,
     TorchRngSnapshot,
@@ -98,6 +97,7 @@ class TrainingSession:
     ranks: Ranks = Ranks()  # the processes of a torchrun / accelerate launch (one by default)
     sharded_root: ShardedLoss | None = None  # training.distributed fsdp: the FSDP2 root around `model`
     ahead: "BatchesAhead" = field(default_factory=lambda: BatchesAhead())  # the next step's batches, made early
+    epoch_groups: dict[int, list[list[int]]] = field(default_factory=dict)  # an epoch's micro-batches, by epoch
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -306,10 +306,16 @@ def _next_micro_batches(session: TrainingSession, state: TrainerState) -> list[l
     cfg = session.config
     examples = session.data.splits.train
 
-    def groups_of(epoch: int) -> list[list[int]]:
-        if cfg.training.packing:  # one micro-batch = one best-fit bin of batch_size x max_length tokens
-            return packed_epoch_groups(examples, cfg.training.batch_size * cfg.model.max_length, cfg.seed, epoch)
-        return epoch_groups(examples, cfg.training.batch_size, cfg.seed, epoch)
+    def groups_of(epoch: int) -> list[list[int]]:  # made once per epoch (this runs twice a step: BatchesAhead)
+        cache = session.epoch_groups
+        if epoch not in cache:
+            for older in [e for e in cache if e < epoch - 1]:  # keep the one before: a step may start there
+                del cache[older]
+            if cfg.training.packing:  # one micro-batch = one best-fit bin of batch_size x max_length tokens
+                cache[epoch] = packed_epoch_groups(examples, cfg.training.batch_size * cfg.model.max_length, cfg.seed, epoch)
+            else:
+                cache[epoch] = epoch_groups(examples, cfg.training.batch_size, cfg.seed, epoch)
+        return cache[epoch]
 
     groups = groups_of(state.epoch)
     chosen = []
@@ -332,7 +338,7 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step, pre
     backward pass is queued, before this step's sync (BatchesAhead)."""
     cfg = session.config.training
     batches = [session.ahead.take(session, group) for group in groups]
-    target_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    target_tokens = sum(len(batch[LOSS_POSITIONS]) for batch in batches)  # the step's answer tokens
     autocast = torch.autocast(session.device.type, dtype=session.autocast_dtype) if session.autocast_dtype else nullcontext()
     if not session.model.training:  # (walking ~1,700 modules costs milliseconds of idle GPU per step)
         session.model.train()
@@ -346,7 +352,7 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step, pre
     losses: list[torch.Tensor] = []
     # Under a launcher this process runs micro-batches rank, rank + N, ... (training/data_parallel.py); under fsdp
     # every rank runs as many passes as the busiest, padding with zero-weighted ones (training/sharding.py).
-    mine = (lockstep_share(list(enumerate(batches)), ranks.rank, ranks.world_size) if sharded
+    mine = (ranks.share_in_lockstep(list(enumerate(batches))) if sharded
             else [(True, item) for item in ranks.share(list(enumerate(batches)))])
     for real, (index, batch) in mine:
         # Dropout/NEFTune draws depend on (seed, step, micro-batch) only, not on which process runs it.
@@ -375,25 +381,21 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step, pre
             losses.append(loss.detach())
         else:
             step_loss += float(loss.detach())
-    if prepare_next is not None and host_overlap:
+    if host_overlap and prepare_next is not None:
         prepare_next()
-    if host_overlap:  # the sync: both numbers come to the host together, once the gradients are clipped
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
-        step_loss, norm = torch.stack([torch.stack(losses).double().sum(), grad_norm.double()]).tolist()
-        if not math.isfinite(step_loss):
-            raise _numerical_fault(session, step, groups, f"The loss became {step_loss}")
-    else:
+    if not host_overlap:  # every rank's loss and tokens, and the gradients summed over ranks (collective)
         step_loss, seen_tokens = agree_on_step(ranks, step_loss, seen_tokens, out_of_memory)
-        if not math.isfinite(step_loss):
-            raise _numerical_fault(session, step, groups, f"The loss became {step_loss}")
         if not sharded:
             ranks.sum_gradients_(params)
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+    if host_overlap:  # the step's one sync: loss and gradient norm come to the host together
+        step_loss, norm = torch.stack([torch.stack(losses).double().sum(), grad_norm.double()]).tolist()
+    else:
         norm = float(grad_norm)
+    if not math.isfinite(step_loss):
+        raise _numerical_fault(session, step, groups, f"The loss became {step_loss}")
     if scaler is None and not math.isfinite(norm):
         raise _numerical_fault(session, step, groups, f"The gradient norm became {norm}")
     try:
@@ -421,10 +423,25 @@ def _sharded_out_of_memory(session: TrainingSession, step: int) -> TrainingError
     error = TrainingError(f"Out of memory at step {step} under training.distributed fsdp (process "
                           f"{session.ranks.rank}). The last checkpoint is kept.",
                           hint="Set training.batch_size lower or training.gradient_checkpointing: true (`lorakit plan "
-                          "CONFIG` shows the plan per GPU), then continue with `lorakit train CONFIG --resume`.")
+                          "CONFIG --gpus N` shows the plan per GPU), then continue with `lorakit train CONFIG --resume`.")
     if not session.ranks.is_main:
         log.error("%s %s", error.message, error.hint)
     return error
+
+
+def _pieces(session: TrainingSession, state: TrainerState, groups: list[list[int]]) -> list[list[int]]:
+    """A step's groups cut to the micro-batch the run uses now (smaller after an out-of-memory retry)."""
+    training = session.config.training
+    return split_into_micro_batches(groups, state.micro_batch_size or training.batch_size, training.batch_size,
+                                    examples=session.data.splits.train, packed=training.packing,
+                                    max_length=session.config.model.max_length)
+
+
+def make_next_batches(session: TrainingSession, state: TrainerState) -> None:
+    """Collate the micro-batches of the step after `state.step + 1` into `session.ahead` (from a copy of the data
+    position: `state` does not move); `_train_step` calls it while the GPU runs the backward pass."""
+    if state.step + 2 <= session.config.training.max_steps:
+        session.ahead.make(session, _pieces(session, state, _next_micro_batches(session, replace(state))))
 
 
 def _step_with_oom_retry(session, state, groups, position, params, optimizer, scheduler, scaler, reporter, run_dir):
@@ -436,19 +453,12 @@ def _step_with_oom_retry(session, state, groups, position, params, optimizer, sc
     cfg = session.config
     rng = TorchRngSnapshot.capture()
 
-    def prepare_next() -> None:  # the next step's batches, from a copy of the data position
-        if state.step + 2 <= cfg.training.max_steps:
-            upcoming = _next_micro_batches(session, replace(state))
-            session.ahead.make(session, split_into_micro_batches(
-                upcoming, state.micro_batch_size or cfg.training.batch_size, cfg.training.batch_size,
-                examples=session.data.splits.train, packed=cfg.training.packing, max_length=cfg.model.max_length))
-
     while True:
         micro = state.micro_batch_size or cfg.training.batch_size
-        pieces = split_into_micro_batches(groups, micro, cfg.training.batch_size, examples=session.data.splits.train,
-                                          packed=cfg.training.packing, max_length=cfg.model.max_length)
+        pieces = _pieces(session, state, groups)
         try:
-            return _train_step(session, pieces, params, optimizer, scheduler, scaler, state.step + 1, prepare_next)
+            return _train_step(session, pieces, params, optimizer, scheduler, scaler, state.step + 1,
+                               lambda: make_next_batches(session, state))
         except torch.OutOfMemoryError:
             pass  # handled below, once the exception (and the failed step's tensors it references) is gone
         release_memory(optimizer)
@@ -497,6 +507,7 @@ def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, si
         stop = False
         if session.data.splits.validation and (state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps):
             val_loss = shared_split_loss(session.ranks, session.loss_model, session.data.splits.validation,
+                                         sharded=session.sharded_root is not None,
                                          batch_size=state.micro_batch_size or cfg.batch_size,
                                          pad_token_id=session.tokenizer.pad_token_id,
                                          autocast_dtype=session.autocast_dtype)

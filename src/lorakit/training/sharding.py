@@ -16,7 +16,7 @@ Three lorakit specifics shape this module:
   and across ddp <-> fsdp.
 
 Every forward pass gathers weights in a collective, so under FSDP every rank must run the same number of them:
-a rank with fewer micro-batches in a step runs an extra pass whose loss is multiplied by 0 (`lockstep_share`).
+a rank with fewer micro-batches in a step runs an extra pass whose loss is multiplied by 0 (runtime/distributed.Ranks.share_in_lockstep).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from lorakit.model.checkpointing import decoder_layers
 from lorakit.model.kernels import causal_lm_loss
 
 __all__ = ["ShardedLoss", "shard_model", "is_sharded", "TrainableState", "gather_weights", "gather_trainable_state",
-           "load_trainable_state", "lockstep_share"]
+           "load_trainable_state"]
 
 # Weights and activations already run in bf16 (stored so, and under autocast); the fp32 LoRA weights are cast by
 # autocast exactly as in the one-process run. A param_dtype would gather them in bf16 and change the results to
@@ -89,17 +89,13 @@ class TrainableState:
 
 
 def gather_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The full trainable (LoRA) weights by parameter name; a collective under FSDP, whose result only rank 0
-    holds (the others get an empty dict)."""
-    if not is_sharded(model):
-        return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    """The full trainable (LoRA) weights of an FSDP-sharded model by parameter name; a collective whose result
+    only rank 0 holds (the others get an empty dict)."""
     return get_model_state_dict(model, options=_FULL_ON_RANK_0)
 
 
 def gather_trainable_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainableState:
-    """The full LoRA weights and optimizer state; a collective under FSDP (every rank must call it)."""
-    if not is_sharded(model):
-        return TrainableState(gather_weights(model), optimizer.state_dict())
+    """The full LoRA weights and optimizer state of an FSDP-sharded model; a collective (every rank calls it)."""
     weights = gather_weights(model)
     by_name = get_optimizer_state_dict(model, optimizer, options=_FULL_ON_RANK_0)
     return TrainableState(weights, _numbered_optimizer_state(by_name) if by_name else {})
@@ -145,17 +141,3 @@ def _parameter_names_by_adapter_key(model: torch.nn.Module) -> dict[str, str]:
     markers = {name: torch.tensor([float(number)]) for number, name in enumerate(names)}
     renamed = get_peft_model_state_dict(model, state_dict=markers, save_embedding_layers=False)
     return {key: names[int(marker.item())] for key, marker in renamed.items()}
-
-
-def lockstep_share(items: list, rank: int, world_size: int) -> list[tuple[bool, object]]:
-    """This rank's items rank, rank + N, ... as (real, item), padded with (False, items[0]) so that every rank
-    gets the same number: a padding pass keeps the collectives of the ranks in step and contributes nothing.
-
-    >>> lockstep_share(list("abc"), 1, 2)
-    [(True, 'b'), (False, 'a')]
-    >>> lockstep_share(list("abc"), 0, 2)
-    [(True, 'a'), (True, 'c')]
-    """
-    mine = [(True, item) for item in items[rank::world_size]]
-    passes = -(-len(items) // world_size)
-    return mine + [(False, items[0]) for _ in range(passes - len(mine))]
