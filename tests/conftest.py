@@ -193,3 +193,19 @@ def final_adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(Path(run_dir) / "final" / "adapter_model.safetensors")
+
+
+def lora_model_with_nonzero_b(model_dir, device="cpu", dtype=torch.float32, **settings):
+    """A saved tiny model with LoRA r8 (dropout 0.1) whose lora_B is not zero, so that B matters."""
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.config import LoraSettings
+    from lorakit.model.adapters import attach_lora
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    model = attach_lora(model, LoraSettings(**{"r": 8, "alpha": 16, "dropout": 0.1, **settings}), quantized=False,
+                        gradient_checkpointing=False)
+    for name, parameter in model.named_parameters():  # lora_B starts at zero: give it values so B matters
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    return model

@@ -7,21 +7,8 @@ import copy
 import pytest
 import torch
 
-from lorakit.config import LoraSettings
-from lorakit.model.adapters import attach_lora
+from conftest import lora_model_with_nonzero_b
 from lorakit.model.fused_lora import FusedLoraAdd, use_fused_lora
-
-
-def _lora_model(model_dir, **settings):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = attach_lora(model, LoraSettings(**{"r": 8, "alpha": 16, "dropout": 0.1, **settings}), quantized=False,
-                        gradient_checkpointing=False)
-    for name, parameter in model.named_parameters():  # lora_B starts at zero: give it values so B matters
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.5)
-    return model
 
 
 def _step(model, input_ids):
@@ -36,7 +23,7 @@ def _step(model, input_ids):
 @pytest.mark.parametrize("architecture", ["tiny_phi3_dir", "tiny_llama_dir"])
 def test_fused_forward_and_gradients_equal_peft(architecture, request):
     model_dir = request.getfixturevalue(architecture)
-    reference = _lora_model(model_dir)
+    reference = lora_model_with_nonzero_b(model_dir)
     fused = copy.deepcopy(reference)
     adapted = sum(1 for n, _ in reference.named_modules() if n.endswith(".lora_A"))
     assert use_fused_lora(fused) == adapted > 0
@@ -61,13 +48,13 @@ def test_fused_add_gradients_match_autograd_of_the_plain_formula():
 
 
 def test_dora_layers_keep_peft_forward(tiny_llama_dir):
-    model = _lora_model(tiny_llama_dir, use_dora=True)
+    model = lora_model_with_nonzero_b(tiny_llama_dir, use_dora=True)
     assert use_fused_lora(model) == 0
 
 
 def test_disabled_adapter_falls_back_to_peft(tiny_llama_dir):
     """With the adapter disabled (as for the base model's answers in eval) the output is the base model's."""
-    model = _lora_model(tiny_llama_dir)
+    model = lora_model_with_nonzero_b(tiny_llama_dir)
     use_fused_lora(model)
     model.eval()
     input_ids = torch.randint(3, 49152, (1, 10), generator=torch.Generator().manual_seed(1))

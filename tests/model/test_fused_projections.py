@@ -9,11 +9,10 @@ from collections import Counter
 import pytest
 import torch
 
-from lorakit.config import LoraSettings
+from conftest import lora_model_with_nonzero_b
 from lorakit.data.packing import collate_packed
 from lorakit.data.render import TokenizedExample
 from lorakit.errors import ConfigError
-from lorakit.model.adapters import attach_lora
 from lorakit.model.attention import use_varlen_attention
 from lorakit.model.fused_lora import use_fused_lora
 from lorakit.model.fused_projections import (
@@ -21,17 +20,6 @@ from lorakit.model.fused_projections import (
 )
 from lorakit.model.kernels import apply_fused_kernels, causal_lm_loss, liger_available
 from lorakit.runtime.ablation import enabled
-
-
-def _phi3_lora(model_dir, device="cpu", dtype=torch.float32):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    model = attach_lora(model, LoraSettings(r=8, alpha=16, dropout=0.1), quantized=False, gradient_checkpointing=False)
-    for name, parameter in model.named_parameters():  # lora_B starts at zero: give it values so B matters
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.5)
-    return model
 
 
 def _packed_batch(device="cpu"):
@@ -53,7 +41,7 @@ def _loss_and_grads(model, batch):
 def test_split_qkv_gives_identical_loss_and_gradients(tiny_phi3_dir):
     """Packed rows through lorakit's varlen attention and the fused LoRA, as training runs them: bit-identical
     (the split's views are the slices' views, and adding zero-filled slices is exact)."""
-    reference = _phi3_lora(tiny_phi3_dir)
+    reference = lora_model_with_nonzero_b(tiny_phi3_dir)
     use_fused_lora(reference)
     use_varlen_attention(reference)
     split = copy.deepcopy(reference)
@@ -106,7 +94,7 @@ def test_disabled_optimisations_keep_transformers_forward(tiny_phi3_dir, monkeyp
     model = AutoModelForCausalLM.from_pretrained(tiny_phi3_dir, dtype=torch.float32)
     assert use_fused_projections(model, torch.device("cpu")) == []
     assert "forward" not in vars(model.model.layers[0].self_attn)
-    assert use_fused_lora(_phi3_lora(tiny_phi3_dir)) == 0
+    assert use_fused_lora(lora_model_with_nonzero_b(tiny_phi3_dir)) == 0
     assert enabled("host_overlap") and not enabled("split_qkv")
 
 
@@ -124,7 +112,7 @@ def test_unknown_optimisation_name_is_refused(monkeypatch):
 def test_fused_gate_up_equals_liger_chunked_swiglu(tiny_phi3_dir, dtype):
     """On the GPU: the SwiGLU reading gate_up in place gives liger's chunked SwiGLU's loss and LoRA gradients
     (the same Triton arithmetic), with the other lorakit optimisations on in both."""
-    reference = _phi3_lora(tiny_phi3_dir, "cuda", dtype)
+    reference = lora_model_with_nonzero_b(tiny_phi3_dir, "cuda", dtype)
     apply_fused_kernels(reference.get_base_model(), torch.device("cuda"))
     use_fused_lora(reference)
     use_varlen_attention(reference)

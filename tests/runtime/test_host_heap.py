@@ -8,21 +8,10 @@ import weakref
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from conftest import tiny_run_config
+from conftest import Recorder, final_adapter, tiny_run_config
 from lorakit.runtime import host_heap
 from lorakit.training import loop
-from lorakit.training.metrics import SilentReporter
-
-
-class LossRecorder(SilentReporter):
-    def __init__(self):
-        self.losses = []
-
-    def step(self, step, metrics):
-        if "train_loss" in metrics:
-            self.losses.append(metrics["train_loss"])
 
 
 def _spy_on_gradient_buffers(monkeypatch) -> list[list[int | None]]:
@@ -47,9 +36,9 @@ def test_cpu_training_allocates_gradient_buffers_once_before_the_first_step(tiny
 
 def test_kept_gradient_buffers_give_the_same_losses_and_weights(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
     def run(name):
-        reporter = LossRecorder()
+        reporter = Recorder()
         result = loop.train(tiny_run_config(tiny_llama_dir, qa_file, tmp_path / name, max_steps=4), reporter=reporter)
-        return reporter.losses, load_file(result.adapter_dir / "adapter_model.safetensors")
+        return reporter.losses, final_adapter(result.run_dir)
 
     kept_losses, kept_weights = run("kept")
     monkeypatch.setattr(loop, "keeps_gradients_allocated", lambda device, sharded: False)  # fresh buffers every step

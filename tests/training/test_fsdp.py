@@ -13,17 +13,19 @@ import sys
 import pytest
 import torch
 
-from conftest import final_adapter, write_config_file
+from conftest import Recorder, final_adapter, write_config_file
 from lorakit.config import NF4_FSDP_REFUSAL, load_config
 from lorakit.training.checkpoint import list_checkpoints
 from lorakit.training.loop import train
 from test_data_parallel import _env, _max_adapter_diff, _max_metrics_diff, _torchrun
 
 # Max abs difference allowed between the 1-process and the 2-process fsdp runs. Measured on this config: 1.4e-05
-# in the adapter weights, 9.5e-07 in the logged losses, 9e-08 in the AdamW moments. Each step has 3 micro-batches,
+# in the adapter weights, 9.5e-07 in the logged losses. Each step has 3 micro-batches,
 # so the processes run 2 and 1 (+1 zero-weighted pass); FSDP2 sums the gradients in another order, and AdamW's
 # division by sqrt(v) after 8 steps at learning rate 0.01 magnifies those float32 rounding differences.
 TOLERANCE = 1e-4
+# AdamW's state, relative to each tensor's largest entry (measured at most 8.5e-6 over the 4 checkpoints).
+MOMENT_TOLERANCE = 1e-4
 MAX_STEPS = 8
 SETTINGS = dict(batch_size=2, gradient_accumulation_steps=3, max_steps=MAX_STEPS, learning_rate=0.01, logging_steps=1,
                 eval_steps=4, save_steps=2, save_total_limit=20, lr_scheduler="cosine", warmup_steps=2,
@@ -64,12 +66,21 @@ def test_fsdp_two_gloo_processes_equal_one_process(setup):
         assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
         first, second = (torch.load(c / "optimizer.pt", weights_only=True) for c in (one, two))
         assert first["param_groups"] == second["param_groups"] and sorted(first["state"]) == sorted(second["state"])
-        assert all(torch.allclose(first["state"][n][k], second["state"][n][k], atol=TOLERANCE)
-                   for n in first["state"] for k in first["state"][n])
+        relative = max(_relative_diff(first["state"][n][k], second["state"][n][k])
+                       for n in first["state"] for k in first["state"][n])
+        print(f"{one.name}: AdamW state max relative diff {relative:.2e}")
+        assert relative <= MOMENT_TOLERANCE
     assert output.count("done: 8 steps") == 1 and output.count("adapter saved to") == 1
     manifest = json.loads((run / "final" / "manifest.json").read_text())
     assert manifest["metrics"]["test_loss"] == pytest.approx(
         json.loads((baseline / "final" / "manifest.json").read_text())["metrics"]["test_loss"], abs=TOLERANCE)
+
+
+def _relative_diff(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Max abs difference over the tensor's own largest magnitude: AdamW's second moments are ~1e-5 here, so an
+    absolute tolerance would pass whatever they were."""
+    first, second = first.double(), second.double()
+    return float((first - second).abs().max() / first.abs().max().clamp_min(1e-30))
 
 
 def _interrupted_copy(run, target):
@@ -86,7 +97,9 @@ def _interrupted_copy(run, target):
 def test_fsdp_checkpoint_resumes_with_1_or_2_processes(setup):
     root, config, baseline, run, _ = setup
     one = _interrupted_copy(run, root / "resumed-1")
-    train(load_config(config, [f"output_dir={one}"]), resume=True)
+    reporter = Recorder()
+    train(load_config(config, [f"output_dir={one}"]), resume=True, reporter=reporter)
+    assert any(f"resumed from {RESUMED_FROM}" in message for message in reporter.messages), reporter.messages
     two = _interrupted_copy(run, root / "resumed-2")
     done = _run_fsdp(config, two, _env(root / "cache"), "--resume")
     assert f"resumed from {RESUMED_FROM}" in done.stderr
@@ -100,7 +113,8 @@ def test_fsdp_resumes_a_data_parallel_checkpoint(setup, tiny_llama_dir):
     """ddp -> fsdp: a checkpoint written by the one-process (ddp) path resumes sharded over 2 processes."""
     root, config, baseline, _, _ = setup
     moved = _interrupted_copy(baseline, root / "ddp-to-fsdp")
-    _run_fsdp(config, moved, _env(root / "cache"), "--resume")
+    done = _run_fsdp(config, moved, _env(root / "cache"), "--resume")
+    assert f"resumed from {RESUMED_FROM}" in done.stderr
     assert _max_adapter_diff(baseline, moved) <= TOLERANCE and _max_metrics_diff(baseline, moved, MAX_STEPS) <= TOLERANCE
 
 

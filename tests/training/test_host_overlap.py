@@ -27,7 +27,7 @@ def _run(model_dir, data_file, output_dir, monkeypatch, disabled: str):
 def test_host_overlap_trains_bit_identically(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
     losses, adapter = _run(tiny_llama_dir, qa_file, tmp_path / "one-sync", monkeypatch, "")
     per_batch_losses, per_batch_adapter = _run(tiny_llama_dir, qa_file, tmp_path / "per-batch", monkeypatch, "host_overlap")
-    assert len(losses) == 3 and all(abs(a - b) <= 1e-12 * abs(b) for a, b in zip(losses, per_batch_losses))
+    assert len(losses) == len(per_batch_losses) == 3 and all(abs(a - b) <= 1e-12 * abs(b) for a, b in zip(losses, per_batch_losses))
     assert adapter.keys() == per_batch_adapter.keys()
     assert all(torch.equal(adapter[name], per_batch_adapter[name]) for name in adapter)
 
