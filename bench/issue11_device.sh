@@ -1,32 +1,34 @@
 #!/usr/bin/env bash
-# Issue 11 on the GPU, in two device calls (each under the 10-minute limit):
+# Issue 11 on the GPU, in device calls of under 10 minutes each:
 #   bash bench/issue11_device.sh table OUT_DIR   # TRL's best practice and lorakit, the four settings of the issue
-#   bash bench/issue11_device.sh detail OUT_DIR  # GPU tests, one row per optimisation switched off, step profile, guide row
+#   bash bench/issue11_device.sh detail OUT_DIR  # GPU tests, rows with optimisations switched off, step profile, guide row
+#   bash bench/issue11_device.sh check OUT_DIR   # GPU tests, and the fused gate-up SwiGLU on and off in training
 # Rows switch optimisations off with LORAKIT_DISABLE (src/lorakit/runtime/ablation.py).
 set -uo pipefail
-part=${1:?table or detail}
+part=${1:?table, detail or check}
 out=${2:?results folder}
+case "$part" in table|detail|check) ;; *) echo "unknown part '$part': table, detail or check" >&2; exit 2;; esac
 mkdir -p "$out"
+gpu_tests() {  # the GPU-only tests of the kernels, whole log in OUT/gpu_tests.txt
+    python -m pytest -q -p no:cacheprovider --tb=short tests/model/test_fused_projections.py tests/model/test_kernels.py \
+        tests/model/test_attention.py > "$out/gpu_tests.txt" 2>&1
+    tail -3 "$out/gpu_tests.txt"
+}
 if [ "$part" = table ]; then
     python bench/peer_speed.py --out "$out" --settings 8gb-qlora-512,gpu-bf16-512,gpu-qlora-512,8gb-qlora-2048 \
         --tools trl,lorakit --steps 8 --warmup 2
     exit
 fi
 if [ "$part" = check ]; then  # the GPU tests, and the SwiGLU kernel on and off in training
-    python -m pytest -q -p no:cacheprovider --tb=short tests/model/test_fused_projections.py tests/model/test_kernels.py \
-        tests/model/test_attention.py > "$out/gpu_tests.txt" 2>&1
-    tail -3 "$out/gpu_tests.txt"
+    gpu_tests
     python bench/peer_speed.py --out "$out" --settings gpu-bf16-512,8gb-qlora-512 --tools lorakit --steps 8 --warmup 2 \
         --ablate fused_gate_up
     grep -h "fused gate-up" "$out/log.txt" | head -3
     exit
 fi
-python -m pytest -q -p no:cacheprovider --tb=short tests/model/test_fused_projections.py tests/model/test_kernels.py \
-    tests/model/test_attention.py > "$out/gpu_tests.txt" 2>&1
-tail -3 "$out/gpu_tests.txt"
+gpu_tests
 python bench/peer_speed.py --out "$out" --settings gpu-bf16-512 --tools lorakit,guide --steps 8 --warmup 2 \
     --ablate host_overlap,fused_lora+split_qkv+fused_gate_up+host_overlap
 python bench/profile_step.py /tmp/lorakit-peer-speed/config.yaml --set model.quantization=none \
     --set training.batch_size=16 --set training.gradient_checkpointing=false --set output_dir=/tmp/profile-run \
     --steps 3 --out "$out" --name profile_bf16
-# (A third call, after the fused gate-up SwiGLU was found unused on the GPU: `bash bench/issue11_device.sh check OUT`.)

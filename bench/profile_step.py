@@ -69,6 +69,7 @@ def label_phases() -> None:
     torch.Tensor.backward = _labelled("lorakit: backward", torch.Tensor.backward)
     torch.nn.utils.clip_grad_norm_ = _labelled("lorakit: clip", torch.nn.utils.clip_grad_norm_)
     loop._next_micro_batches = _labelled("lorakit: next groups", loop._next_micro_batches)
+    loop.make_next_batches = _labelled("lorakit: next batches", loop.make_next_batches)
 
 
 def host_gap_lines(events, steps: int) -> list[str]:
@@ -120,28 +121,32 @@ def main() -> None:
     args = parser.parse_args()
     use_expandable_segments()  # as lorakit train does (loop.train), before the cap below starts CUDA
     if args.cap_gib is not None:
-        cap_allocator(args.cap_gib)
-    config = load_config(args.config, args.overrides)
+        cap_allocator(args.cap_gib, lorakit_settings=False)  # (set just above)
+    config = load_config(args.config, args.overrides + ["training.max_steps=1000000"])  # never the last step
     session = loop.build_session(config, PrintingReporter())
     params = [p for p in session.model.parameters() if p.requires_grad]
     optimizer = build_optimizer(session.model, session.config.training)
     scheduler = build_scheduler(optimizer, session.config.training)
     state = TrainerState()
-    for index in range(args.warmup):
-        loop._train_step(session, loop._next_micro_batches(session, state), params, optimizer, scheduler, None, index + 1)
+
+    def one_step() -> None:  # as training.loop._run_steps runs it, the next step's batches made during backward
+        loop._train_step(session, loop._next_micro_batches(session, state), params, optimizer, scheduler, None,
+                         state.step + 1, lambda: loop.make_next_batches(session, state))
+        state.step += 1
+
+    for _ in range(args.warmup):
+        one_step()
     torch.cuda.synchronize()
     started = time.perf_counter()
-    for index in range(args.steps):  # wall time without the profiler: GPU time below this is host overhead
-        loop._train_step(session, loop._next_micro_batches(session, state), params, optimizer, scheduler, None,
-                         args.warmup + index + 1)
+    for _ in range(args.steps):  # wall time without the profiler: GPU time below this is host overhead
+        one_step()
     torch.cuda.synchronize()
     wall = (time.perf_counter() - started) / args.steps
     label_phases()  # after the timed steps: the labels cost a little host time
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as profiler:
-        for index in range(args.steps):
-            loop._train_step(session, loop._next_micro_batches(session, state), params, optimizer, scheduler, None,
-                             args.warmup + index + 1)
+        for _ in range(args.steps):
+            one_step()
         torch.cuda.synchronize()
     events = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
               and not _is_label(e.key)]
