@@ -87,3 +87,25 @@ def test_a_job_stops_even_when_the_studio_was_started_with_sigint_ignored(tmp_pa
     finally:
         if job_status(run_dir, "train").state == "running":  # never leave a 100,000-step job behind
             os.killpg(status.pid, signal.SIGKILL)
+
+
+def test_stop_repeats_the_interrupt_until_the_job_ends(tmp_path, monkeypatch):
+    """A job that did not stop on the first SIGINT gets another after SIGINT_REPEAT_S, until it ends or the
+    timeout passes (as a user presses Ctrl-C again)."""
+    sent = []
+    monkeypatch.setattr(jobs, "SIGINT_REPEAT_S", 0.2)
+    monkeypatch.setattr(jobs.os, "killpg", lambda pid, sig: sent.append((pid, sig)))
+
+    def status(run_dir, job):  # running until the second interrupt
+        state, code = ("stopped", 130) if len(sent) >= 2 else ("running", None)
+        return jobs.JobStatus(job, state, 4242, code, 0.0, "", None, None)
+
+    monkeypatch.setattr(jobs, "job_status", status)
+    result = jobs.stop_job(tmp_path, "train", timeout_s=10)
+    assert (result.state, result.exit_code) == ("stopped", 130)
+    assert sent == [(4242, signal.SIGINT), (4242, signal.SIGINT)]
+    sent.clear()
+    monkeypatch.setattr(jobs, "job_status", lambda run_dir, job: jobs.JobStatus(job, "running", 7, None, 0.0, "",
+                                                                                None, None))
+    assert jobs.stop_job(tmp_path, "train", timeout_s=0.5).state == "running"  # gives up at the timeout
+    assert 2 <= len(sent) <= 4

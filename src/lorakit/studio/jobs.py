@@ -133,17 +133,25 @@ def start_job(run_dir: Path, job: str, args: list[str]) -> JobStatus:
     return job_status(run_dir, job)
 
 
+SIGINT_REPEAT_S = 5.0
+
+
 def stop_job(run_dir: Path, job: str, timeout_s: float = 0.0) -> JobStatus:
     """Ctrl-C for the job (SIGINT to its process group): `lorakit train` saves nothing new, prints the
-    `--resume` command and exits 130. Waits up to `timeout_s` for it to end."""
+    `--resume` command and exits 130. Waits up to `timeout_s` for it to end, repeating the Ctrl-C every
+    SIGINT_REPEAT_S as one would at a terminal: once, in a loaded CI run, a job went on training for 60 s after a
+    single SIGINT (Python drops a KeyboardInterrupt that lands inside a finalizer)."""
     status = job_status(run_dir, job)
     if status.state != "running":
         raise LorakitError(f"The {job} job of {run_dir.name} is not running ({status.state}).")
-    try:
-        os.killpg(status.pid, signal.SIGINT)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and job_status(run_dir, job).state == "running":
-        time.sleep(0.1)
-    return job_status(run_dir, job)
+    while True:
+        try:
+            os.killpg(status.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        repeat_at = time.monotonic() + SIGINT_REPEAT_S
+        while time.monotonic() < min(deadline, repeat_at) and job_status(run_dir, job).state == "running":
+            time.sleep(0.1)
+        if time.monotonic() >= deadline or job_status(run_dir, job).state != "running":
+            return job_status(run_dir, job)
