@@ -2,7 +2,8 @@
 # Issue 11 on the GPU, in device calls of under 10 minutes each:
 #   bash bench/issue11_device.sh table OUT_DIR   # TRL's best practice and lorakit, the four settings of the issue
 #   bash bench/issue11_device.sh detail OUT_DIR  # GPU tests, rows with optimisations switched off, step profile, guide row
-#   bash bench/issue11_device.sh check OUT_DIR   # GPU tests, and the fused gate-up SwiGLU on and off in training
+#   bash bench/issue11_device.sh check OUT_DIR   # GPU tests, the fused gate-up SwiGLU on and off, the 8 GB card's
+#                                                # micro-batch / checkpointing trade-off, and its step profile
 # Rows switch optimisations off with LORAKIT_DISABLE (src/lorakit/runtime/ablation.py).
 set -uo pipefail
 part=${1:?table, detail or check}
@@ -19,11 +20,18 @@ if [ "$part" = table ]; then
         --tools trl,lorakit --steps 8 --warmup 2
     exit
 fi
-if [ "$part" = check ]; then  # the GPU tests, and the SwiGLU kernel on and off in training
+if [ "$part" = check ]; then
     gpu_tests
     python bench/peer_speed.py --out "$out" --settings gpu-bf16-512,8gb-qlora-512 --tools lorakit --steps 8 --warmup 2 \
         --ablate fused_gate_up
-    grep -h "fused gate-up" "$out/log.txt" | head -3
+    # The planner's choice (micro-batch 16, 31 of 32 layers recomputed) against smaller micro-batches with as
+    # many rows per step, which need fewer checkpointed layers.
+    python bench/peer_speed.py --out "$out" --settings 8gb-qlora-512 --tools lorakit --steps 8 --warmup 2 \
+        --extra training.batch_size=8+training.gradient_accumulation_steps=2,training.batch_size=4+training.gradient_accumulation_steps=4,training.batch_size=2+training.gradient_accumulation_steps=8
+    python bench/profile_step.py /tmp/lorakit-peer-speed/config.yaml --cap-gib 7.25 --set model.quantization=nf4 \
+        --set training.batch_size=auto --set training.gradient_checkpointing=auto --set output_dir=/tmp/profile-run \
+        --steps 3 --out "$out" --name profile_8gb_qlora > /dev/null 2>&1
+    head -12 "$out/profile_8gb_qlora.md"
     exit
 fi
 gpu_tests

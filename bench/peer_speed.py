@@ -121,16 +121,18 @@ def _run(command: list[str], log, name: str, timeout: int, extra_env: dict | Non
     return done, sampler.peak
 
 
-def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str = "") -> dict:
-    """`disabled`: optimisations switched off for this row (LORAKIT_DISABLE, '+'-joined), to measure each one."""
+def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str = "", extra: str = "") -> dict:
+    """`disabled`: optimisations switched off for this row (LORAKIT_DISABLE, '+'-joined), to measure each one.
+    `extra`: '+'-joined `--set` items applied after the setting's own (a planner choice to compare)."""
     max_length, rows, quantization, _, capped = SETTINGS[setting]
-    suffix = f"-without-{disabled}" if disabled else ""
+    suffix = (f"-without-{disabled}" if disabled else "") + (f"-{extra_slug(extra)}" if extra else "")
     run_dir, peak_file = work / f"lorakit-{setting}{suffix}", work / f"peak-{setting}{suffix}.json"
     sets = [f"output_dir={run_dir}", f"model.max_length={max_length}", f"model.quantization={quantization}"]
     if capped:  # the planner chooses micro-batch, checkpointing and offload for the emulated card
         sets += ["training.batch_size=auto", "training.gradient_checkpointing=auto"]
     else:
         sets += [f"training.batch_size={rows}", "training.gradient_checkpointing=false"]
+    sets += [item for item in extra.split("+") if item]
     command = [sys.executable, str(REPO / "bench" / "capped_run.py"), "--peak-file", str(peak_file)]
     if capped and not args.smoke:
         command += ["--cap-gib", str(args.cap_gib)]
@@ -138,6 +140,7 @@ def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str
     for item in sets:
         command += ["--set", item]
     tool = f"lorakit without {disabled.replace('+', ', ')}" if disabled else "lorakit"
+    tool += f" with {extra.replace('+', ', ')}" if extra else ""
     done, smi = _run(command, log, f"{tool} {setting}", args.row_timeout,
                      {"LORAKIT_DISABLE": disabled.replace("+", ",")} if disabled else None)
     row = {"setting": setting, "tool": tool, "nvidia_smi_peak_mib": smi.get(0)}
@@ -151,6 +154,15 @@ def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str
     if peak_file.exists():
         row |= json.loads(peak_file.read_text())
     return row
+
+
+def extra_slug(extra: str) -> str:
+    """A folder-name form of an --extra row's settings.
+
+    >>> extra_slug("training.batch_size=4+training.gradient_accumulation_steps=4")
+    'batch_size4-gradient_accumulation_steps4'
+    """
+    return "-".join(item.rsplit(".", 1)[-1].replace("=", "") for item in extra.split("+") if item)
 
 
 def trl_row(setting: str, work: Path, args, log) -> dict:
@@ -235,6 +247,9 @@ def main() -> None:
     parser.add_argument("--row-timeout", type=int, default=300)
     parser.add_argument("--ablate", default="", help="extra lorakit rows, each with these optimisations off "
                         "(comma list of LORAKIT_DISABLE values, '+' joins several: fused_lora+split_qkv,host_overlap)")
+    parser.add_argument("--extra", default="", help="extra lorakit rows, each with these --set items after the "
+                        "setting's own (comma list, '+' joins several: training.batch_size=4+training.gradient_"
+                        "accumulation_steps=4)")
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU: checks the script only")
     parser.add_argument("--prepare-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--guide-child", type=Path, help=argparse.SUPPRESS)
@@ -261,11 +276,12 @@ def main() -> None:
             for tool in ("trl", "lorakit"):
                 if tool not in tools:
                     continue
-                variants = [""] + [v for v in args.ablate.split(",") if v] if tool == "lorakit" else [""]
-                for disabled in variants:
+                variants = [("", "")] + [(v, "") for v in args.ablate.split(",") if v] + [
+                    ("", v) for v in args.extra.split(",") if v] if tool == "lorakit" else [("", "")]
+                for disabled, extra in variants:
                     started = time.perf_counter()
                     row = trl_row(setting, args.work, args, log) if tool == "trl" else lorakit_row(
-                        setting, args.work, config, args, log, disabled)
+                        setting, args.work, config, args, log, disabled, extra)
                     row["wall_seconds"] = time.perf_counter() - started
                     with open(rows_path, "a") as handle:
                         handle.write(json.dumps(row) + "\n")
