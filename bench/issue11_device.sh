@@ -4,20 +4,34 @@
 #   bash bench/issue11_device.sh detail OUT_DIR  # GPU tests, rows with optimisations switched off, step profile, guide row
 #   bash bench/issue11_device.sh check OUT_DIR   # GPU tests, the fused gate-up SwiGLU on and off, the 8 GB card's
 #                                                # micro-batch / checkpointing trade-off, and its step profile
+#   bash bench/issue11_device.sh layer OUT_DIR   # GPU tests, the one-node LoRA layer on and off, the 8 GB profile
 # Rows switch optimisations off with LORAKIT_DISABLE (src/lorakit/runtime/ablation.py).
 set -uo pipefail
 part=${1:?table, detail or check}
 out=${2:?results folder}
-case "$part" in table|detail|check) ;; *) echo "unknown part '$part': table, detail or check" >&2; exit 2;; esac
+case "$part" in table|detail|check|layer) ;; *) echo "unknown part '$part': table, detail, check or layer" >&2; exit 2;; esac
 mkdir -p "$out"
 gpu_tests() {  # the GPU-only tests of the kernels, whole log in OUT/gpu_tests.txt
     python -m pytest -q -p no:cacheprovider --tb=short tests/model/test_fused_projections.py tests/model/test_kernels.py \
-        tests/model/test_attention.py > "$out/gpu_tests.txt" 2>&1
+        tests/model/test_attention.py tests/model/test_fused_lora.py > "$out/gpu_tests.txt" 2>&1
     tail -3 "$out/gpu_tests.txt"
 }
 if [ "$part" = table ]; then
     python bench/peer_speed.py --out "$out" --settings 8gb-qlora-512,gpu-bf16-512,gpu-qlora-512,8gb-qlora-2048 \
         --tools trl,lorakit --steps 8 --warmup 2
+    exit
+fi
+profile_8gb() {  # the emulated 8 GB card's QLoRA step, as the planner sets it up
+    python bench/profile_step.py /tmp/lorakit-peer-speed/config.yaml --cap-gib 7.25 --set model.quantization=nf4 \
+        --set training.batch_size=auto --set training.gradient_checkpointing=auto --set output_dir=/tmp/profile-run \
+        --steps 3 --out "$out" --name "$1" > /dev/null 2>&1
+    head -12 "$out/$1.md"
+}
+if [ "$part" = layer ]; then
+    gpu_tests
+    python bench/peer_speed.py --out "$out" --settings 8gb-qlora-512,gpu-bf16-512 --tools lorakit --steps 8 --warmup 2 \
+        --ablate fused_layer
+    profile_8gb profile_8gb_qlora
     exit
 fi
 if [ "$part" = check ]; then
@@ -28,10 +42,7 @@ if [ "$part" = check ]; then
     # many rows per step, which need fewer checkpointed layers.
     python bench/peer_speed.py --out "$out" --settings 8gb-qlora-512 --tools lorakit --steps 8 --warmup 2 \
         --extra training.batch_size=8+training.gradient_accumulation_steps=2,training.batch_size=4+training.gradient_accumulation_steps=4,training.batch_size=2+training.gradient_accumulation_steps=8
-    python bench/profile_step.py /tmp/lorakit-peer-speed/config.yaml --cap-gib 7.25 --set model.quantization=nf4 \
-        --set training.batch_size=auto --set training.gradient_checkpointing=auto --set output_dir=/tmp/profile-run \
-        --steps 3 --out "$out" --name profile_8gb_qlora > /dev/null 2>&1
-    head -12 "$out/profile_8gb_qlora.md"
+    profile_8gb profile_8gb_qlora
     exit
 fi
 gpu_tests

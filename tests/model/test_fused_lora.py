@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 
 import pytest
 import torch
 
 from conftest import lora_model_with_nonzero_b
-from lorakit.model.fused_lora import FusedLoraAdd, use_fused_lora
+from lorakit.model.fused_lora import FusedLoraAdd, LoraLinear, use_fused_lora
 
 
 def _step(model, input_ids):
@@ -20,8 +21,12 @@ def _step(model, input_ids):
     return out.logits.detach(), out.loss.detach(), grads
 
 
+@pytest.mark.parametrize("whole_layer", [True, False], ids=["whole-layer", "add-only"])
 @pytest.mark.parametrize("architecture", ["tiny_phi3_dir", "tiny_llama_dir"])
-def test_fused_forward_and_gradients_equal_peft(architecture, request):
+def test_fused_forward_and_gradients_equal_peft(architecture, whole_layer, request, monkeypatch):
+    """Same logits (so the same dropout masks: dropout 0.1 in training mode), loss and LoRA gradients as peft."""
+    if not whole_layer:
+        monkeypatch.setenv("LORAKIT_DISABLE", "fused_layer")
     model_dir = request.getfixturevalue(architecture)
     reference = lora_model_with_nonzero_b(model_dir)
     fused = copy.deepcopy(reference)
@@ -47,6 +52,57 @@ def test_fused_add_gradients_match_autograd_of_the_plain_formula():
                                     (base, dropped, weight_a, weight_b))
 
 
+def _frozen_linear(fan_in, fan_out, bias):
+    frozen = torch.nn.Linear(fan_in, fan_out, bias=bias, dtype=torch.float64)
+    frozen.requires_grad_(False)
+    return frozen
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("bias", [False, True])
+def test_whole_layer_gradients_match_autograd_of_the_plain_formula(p, bias):
+    """gradcheck of x, A and B; with dropout every call draws the same mask (reseeded), as a recompute does."""
+    torch.manual_seed(0)
+    frozen = _frozen_linear(4, 7, bias)
+    x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    weight_a = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    weight_b = torch.randn(7, 2, dtype=torch.float64, requires_grad=True)
+
+    def layer(x, weight_a, weight_b):
+        torch.manual_seed(7)
+        return LoraLinear.apply(x, weight_a, weight_b, frozen, 1.5, p)
+
+    assert torch.autograd.gradcheck(layer, (x, weight_a, weight_b))
+    torch.manual_seed(7)
+    dropped = torch.nn.functional.dropout(x, p, training=True)  # the mask nn.Dropout draws from the same seed
+    torch.testing.assert_close(layer(x, weight_a, weight_b), frozen(x) + dropped @ weight_a.t() @ weight_b.t() * 1.5)
+
+
+def test_whole_layer_is_one_backward_node_and_skips_the_input_gradient_when_nothing_needs_it(monkeypatch):
+    from lorakit.model import fused_lora
+
+    frozen = _frozen_linear(4, 7, bias=False)
+    weight_a = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    weight_b = torch.randn(7, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    dequantized = []  # the frozen weight is fetched for the input's gradient only
+    monkeypatch.setattr(fused_lora, "_frozen_weight",
+                        lambda layer, dtype: dequantized.append(layer) or layer.weight.to(dtype))
+    out = LoraLinear.apply(x, weight_a, weight_b, frozen, 2.0, 0.1)
+    assert type(out.grad_fn).__name__ == "LoraLinearBackward"
+    # x, A and B straight to their leaves: no dropout, add or frozen-product node between.
+    assert [type(f).__name__ for f, _ in out.grad_fn.next_functions] == ["AccumulateGrad"] * 3
+    out.sum().backward()
+    assert dequantized == [frozen]
+    plain_x = x.detach()  # the first layer's input when nothing before it trains
+    out = LoraLinear.apply(plain_x, weight_a, weight_b, frozen, 2.0, 0.0)
+    grad_a, grad_b = torch.autograd.grad(out.sum(), (weight_a, weight_b))
+    assert dequantized == [frozen]
+    ones = torch.ones(5, 7, dtype=torch.float64)
+    torch.testing.assert_close(grad_a, (ones @ weight_b * 2.0).t() @ plain_x)
+    torch.testing.assert_close(grad_b, ones.t() @ (plain_x @ weight_a.t()) * 2.0)
+
+
 def test_dora_layers_keep_peft_forward(tiny_llama_dir):
     model = lora_model_with_nonzero_b(tiny_llama_dir, use_dora=True)
     assert use_fused_lora(model) == 0
@@ -68,3 +124,38 @@ def test_disabled_adapter_falls_back_to_peft(tiny_llama_dir):
         plain_logits = plain(input_ids=input_ids).logits
     assert not torch.allclose(base_logits, tuned_logits)
     torch.testing.assert_close(base_logits, plain_logits)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
+                    reason="4-bit layers need CUDA + bitsandbytes")
+@pytest.mark.parametrize("architecture", ["tiny_phi3_dir", "tiny_llama_dir"])
+def test_whole_layer_on_4bit_weights_equals_the_fused_add_alone(architecture, request, monkeypatch):
+    """On the GPU, QLoRA (nf4, bf16 compute): the one-node layer gives the loss and LoRA gradients of
+    bitsandbytes' own product + dropout + the fused add, on the same model with the same dropout masks."""
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.config import LoraSettings
+    from lorakit.model.adapters import attach_lora
+    from lorakit.model.quantize import nf4_config
+
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(architecture), dtype=torch.bfloat16,
+                                                 quantization_config=nf4_config(torch.bfloat16), device_map={"": 0})
+    model = attach_lora(model, LoraSettings(r=8, alpha=16, dropout=0.1), quantized=True, gradient_checkpointing=True)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    assert any(type(m).__name__ == "Params4bit" for m in model.parameters())
+    input_ids = torch.randint(3, 49152, (2, 24), generator=torch.Generator().manual_seed(0)).cuda()
+    results = {}
+    for whole_layer in (False, True):
+        monkeypatch.setenv("LORAKIT_DISABLE", "" if whole_layer else "fused_layer")
+        use_fused_lora(model)
+        model.zero_grad(set_to_none=True)
+        results[whole_layer] = _step(model, input_ids)
+    (logits, loss, grads), (fused_logits, fused_loss, fused_grads) = results[False], results[True]
+    torch.testing.assert_close(fused_loss, loss, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fused_logits, logits, rtol=2e-2, atol=2e-2)
+    for name in grads:
+        scale = grads[name].abs().max()
+        assert scale > 0, name
+        torch.testing.assert_close(fused_grads[name] / scale, grads[name] / scale, rtol=0, atol=3e-2, msg=name)

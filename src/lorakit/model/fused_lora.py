@@ -5,8 +5,16 @@ read and written again by the scaling, then read with the base output and writte
 peft's 4-bit layer first clones the base output). The scaling is folded into lora_B's small [out, r] weight
 and the add into the product's epilogue (`addmm_`, in place on the base output), and the backward pass does
 the same in reverse: on the H200 profile of Phi-4-mini these passes were 7-11% of a step's GPU time
-(bench/results/peer_speed_run1). Dropout stays peft's own module, so the random masks, and with them resume,
-are unchanged; only the arithmetic after it is fused.
+(bench/results/peer_speed_run1).
+
+Where the frozen layer is a plain `nn.Linear` or bitsandbytes' 4-bit one, the whole adapted layer (frozen
+product, dropout, LoRA product and add) is one autograd node (`LoraLinear`): one Python call and one backward
+node per layer instead of peft's, bitsandbytes', dropout's and the add's (on the emulated 8 GB card the GPU sat
+idle ~90 ms per step waiting for the host, most of it in the recomputed forward passes:
+bench/results/peer_speed_levers/run5_check), and the input's gradient is the frozen product's with the LoRA
+branch's added in the same pass (`addcmul_` with the dropout mask, or `addmm_` without dropout) instead of a
+masked copy and an add. The dropout masks are `torch.native_dropout`'s, the kernel `nn.Dropout` runs, from the
+same random stream, so the masks, and with them resume, are those of peft's module.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import torch
 
 from lorakit.runtime.ablation import enabled
 
-__all__ = ["use_fused_lora", "FusedLoraAdd"]
+__all__ = ["use_fused_lora", "FusedLoraAdd", "LoraLinear"]
 
 
 class FusedLoraAdd(torch.autograd.Function):
@@ -53,6 +61,65 @@ class FusedLoraAdd(torch.autograd.Function):
         return grad_out, grad_dropped, grad_weight_a, grad_weight_b, None
 
 
+class LoraLinear(torch.autograd.Function):
+    """frozen(x) + (dropout(x) @ A^T) @ (scaling * B)^T; gradients of x, A and B. `frozen` is an `nn.Linear` or
+    bitsandbytes' `Linear4bit` whose weight (and bias) take no gradient; `p` is the dropout probability (0: none)."""
+
+    @staticmethod
+    def forward(ctx, x, weight_a, weight_b, frozen, scaling, p):
+        result = frozen(x)  # autograd is off inside forward: no graph, and bitsandbytes takes its no-grad path
+        if result._base is not None:  # never write into a view of another tensor
+            result = result.clone()
+        dtype = result.dtype
+        dropped, mask = torch.native_dropout(x, p, True) if p > 0 else (x, None)
+        a = weight_a.to(dtype)
+        scaled_b = (weight_b * scaling).to(dtype)
+        rows = dropped.reshape(-1, dropped.shape[-1]).to(dtype)
+        middle = rows @ a.t()  # [tokens, r]
+        result.view(-1, result.shape[-1]).addmm_(middle, scaled_b.t())
+        ctx.save_for_backward(rows, middle, a, scaled_b, mask)
+        ctx.frozen, ctx.scaling, ctx.keep = frozen, scaling, 1 - p
+        ctx.input_dtype, ctx.input_shape = x.dtype, x.shape
+        ctx.param_dtypes = (weight_a.dtype, weight_b.dtype)
+        return result
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rows, middle, a, scaled_b, mask = ctx.saved_tensors
+        grad = grad_out.reshape(-1, grad_out.shape[-1]).to(a.dtype)
+        grad_middle = grad @ scaled_b  # [tokens, r]
+        grad_x = grad_weight_a = grad_weight_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad @ _frozen_weight(ctx.frozen, a.dtype)  # [tokens, in]
+            if mask is None:
+                grad_x.addmm_(grad_middle, a)
+            else:  # dropout's backward and the add of the two paths, one pass
+                grad_x.addcmul_(grad_middle @ a, mask.view(grad_x.shape), value=1 / ctx.keep)
+            grad_x = grad_x.to(ctx.input_dtype).view(ctx.input_shape)
+        if ctx.needs_input_grad[1]:
+            grad_weight_a = (grad_middle.t() @ rows).to(ctx.param_dtypes[0])
+        if ctx.needs_input_grad[2]:
+            grad_weight_b = ((grad.t() @ middle) * ctx.scaling).to(ctx.param_dtypes[1])
+        return grad_x, grad_weight_a, grad_weight_b, None, None, None
+
+
+def _frozen_weight(frozen: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The frozen layer's [out, in] weight in `dtype` (bitsandbytes' 4-bit one dequantized, as its own backward does)."""
+    quant_state = getattr(frozen.weight, "quant_state", None)
+    if quant_state is None:
+        return frozen.weight.to(dtype)
+    import bitsandbytes.functional as bnb_functional
+
+    return bnb_functional.dequantize_4bit(frozen.weight.view(-1, 1), quant_state).to(dtype)
+
+
+def _whole_layer_fusable(frozen: torch.nn.Module, dropout: torch.nn.Module) -> bool:
+    """A frozen nn.Linear (bitsandbytes' 4-bit layers are subclasses) without trainable bias, and nn.Dropout or none."""
+    return (isinstance(frozen, torch.nn.Linear) and not frozen.weight.requires_grad
+            and (frozen.bias is None or not frozen.bias.requires_grad)
+            and type(dropout) in (torch.nn.Dropout, torch.nn.Identity))
+
+
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """peft's forward for one plain LoRA adapter, with the fused add; anything else goes to peft's own."""
     adapters = self.active_adapters
@@ -62,17 +129,22 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return type(self).forward(self, x, *args, **kwargs)
     self._check_forward_args(x, *args, **kwargs)
     name = adapters[0]
+    dropout = self.lora_dropout[name]
+    if self.lorakit_fused_layer and not args and not kwargs and _whole_layer_fusable(self.base_layer, dropout):
+        p = dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
+        return LoraLinear.apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self.base_layer,
+                                float(self.scaling[name]), p)
     result = self.base_layer(x, *args, **kwargs)
     if result._base is not None:  # never write into a view of another tensor
         result = result.clone()
-    dropped = self.lora_dropout[name](x)
+    dropped = dropout(x)
     return FusedLoraAdd.apply(result, dropped, self.lora_A[name].weight, self.lora_B[name].weight,
                               float(self.scaling[name]))
 
 
 def use_fused_lora(model) -> int:
     """Give every plain LoRA linear layer (bf16/fp32 or bitsandbytes 4-bit base) the fused forward; DoRA layers
-    keep peft's. Returns how many layers were switched."""
+    keep peft's. Returns how many layers were switched. Calling it again re-reads LORAKIT_DISABLE."""
     from peft.tuners.lora.layer import Linear
 
     if not enabled("fused_lora"):
@@ -84,9 +156,10 @@ def use_fused_lora(model) -> int:
         classes += (Linear4bit,)
     except ImportError:  # bitsandbytes not installed: no 4-bit layers either
         pass
-    switched = 0
+    switched, whole_layer = 0, enabled("fused_layer")
     for module in model.modules():
         if type(module) in classes and not any(module.use_dora.values()):
             module.forward = types.MethodType(_fused_forward, module)
+            module.lorakit_fused_layer = whole_layer
             switched += 1
     return switched

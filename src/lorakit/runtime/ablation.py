@@ -15,6 +15,8 @@ __all__ = ["OPTIMISATIONS", "enabled"]
 
 OPTIMISATIONS = {
     "fused_lora": "LoRA's scaling and add inside the adapter's matrix product (model/fused_lora.py)",
+    "fused_layer": "the whole LoRA layer (frozen product, dropout, LoRA product, add) as one autograd node "
+                   "(model/fused_lora.py); off = the fused add alone",
     "split_qkv": "Phi3's q, k, v taken by one split (model/fused_projections.py)",
     "fused_gate_up": "Phi3's SwiGLU read in place from gate_up_proj's output (model/fused_projections.py)",
     "host_overlap": "one host-device sync per optimizer step, the next step's batches collated during this step's "
