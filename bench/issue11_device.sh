@@ -5,17 +5,33 @@
 #   bash bench/issue11_device.sh check OUT_DIR   # GPU tests, the fused gate-up SwiGLU on and off, the 8 GB card's
 #                                                # micro-batch / checkpointing trade-off, and its step profile
 #   bash bench/issue11_device.sh layer OUT_DIR   # GPU tests, the one-node LoRA layer on and off, the 8 GB profile
+#   bash bench/issue11_device.sh final OUT_DIR   # two GPUs (nvidia-h200-x2): the table on GPU 0 while GPU 1 runs the
+#                                                # rows with this session's optimisations switched off one at a time
 # Rows switch optimisations off with LORAKIT_DISABLE (src/lorakit/runtime/ablation.py).
 set -uo pipefail
 part=${1:?table, detail or check}
 out=${2:?results folder}
-case "$part" in table|detail|check|layer) ;; *) echo "unknown part '$part': table, detail, check or layer" >&2; exit 2;; esac
+case "$part" in table|detail|check|layer|final) ;; *) echo "unknown part '$part': table, detail, check, layer or final" >&2; exit 2;; esac
 mkdir -p "$out"
 gpu_tests() {  # the GPU-only tests of the kernels, whole log in OUT/gpu_tests.txt
     python -m pytest -q -p no:cacheprovider --tb=short tests/model/test_fused_projections.py tests/model/test_kernels.py \
         tests/model/test_attention.py tests/model/test_fused_lora.py > "$out/gpu_tests.txt" 2>&1
     tail -3 "$out/gpu_tests.txt"
 }
+if [ "$part" = final ]; then
+    python -m pytest -q -p no:cacheprovider --tb=short tests/model/test_fused_lora.py > "$out/gpu_tests.txt" 2>&1
+    tail -1 "$out/gpu_tests.txt"
+    mkdir -p "$out/table" "$out/ablation"
+    CUDA_VISIBLE_DEVICES=0 python bench/peer_speed.py --out "$out/table" --work /tmp/peer-speed-table \
+        --settings 8gb-qlora-512,gpu-bf16-512,gpu-qlora-512,8gb-qlora-2048 --tools trl,lorakit --steps 8 --warmup 2 \
+        > "$out/table/stdout.txt" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 timeout 500 python bench/peer_speed.py --out "$out/ablation" --work /tmp/peer-speed-ablation \
+        --settings 8gb-qlora-512,gpu-bf16-512 --tools lorakit --steps 8 --warmup 2 \
+        --ablate reentrant_checkpoint,fused_layer,fused_gate_up > "$out/ablation/stdout.txt" 2>&1
+    wait
+    cat "$out/table/table.md" "$out/ablation/table.md"
+    exit
+fi
 if [ "$part" = table ]; then
     python bench/peer_speed.py --out "$out" --settings 8gb-qlora-512,gpu-bf16-512,gpu-qlora-512,8gb-qlora-2048 \
         --tools trl,lorakit --steps 8 --warmup 2

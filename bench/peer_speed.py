@@ -143,7 +143,7 @@ def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str
     tool += f" with {extra.replace('+', ', ')}" if extra else ""
     done, smi = _run(command, log, f"{tool} {setting}", args.row_timeout,
                      {"LORAKIT_DISABLE": disabled.replace("+", ",")} if disabled else None)
-    row = {"setting": setting, "tool": tool, "nvidia_smi_peak_mib": smi.get(0)}
+    row = {"setting": setting, "tool": tool, "nvidia_smi_peak_mib": smi.get(measured_gpu())}
     if done is None or done.returncode != 0:
         return row | {"error": "timeout" if done is None else done.stderr[-600:]}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -154,6 +154,13 @@ def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str
     if peak_file.exists():
         row |= json.loads(peak_file.read_text())
     return row
+
+
+def measured_gpu() -> int:
+    """nvidia-smi's index of the GPU the rows run on: the first of CUDA_VISIBLE_DEVICES (two benchmarks can then
+    share a two-GPU machine, one GPU each), else 0."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return int(visible) if visible.isdigit() else 0
 
 
 def extra_slug(extra: str) -> str:
@@ -177,7 +184,7 @@ def trl_row(setting: str, work: Path, args, log) -> dict:
     if args.smoke:
         command.append("--smoke")
     done, smi = _run(command, log, f"trl {setting}", args.row_timeout)
-    row = {"setting": setting, "tool": "TRL best practice", "nvidia_smi_peak_mib": smi.get(0)}
+    row = {"setting": setting, "tool": "TRL best practice", "nvidia_smi_peak_mib": smi.get(measured_gpu())}
     if done is None or done.returncode != 0 or not out.exists():
         return row | {"error": "timeout" if done is None else done.stderr[-600:]}
     return row | json.loads(out.read_text())
@@ -187,7 +194,7 @@ def guide_row(work: Path, args, log) -> dict:
     out = work / "guide.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--guide-child", str(out), "--work", str(work)]
     done, smi = _run(command, log, "guide", args.row_timeout)
-    row = {"setting": "gpu-qlora-512", "tool": "guide recipe", "nvidia_smi_peak_mib": smi.get(0)}
+    row = {"setting": "gpu-qlora-512", "tool": "guide recipe", "nvidia_smi_peak_mib": smi.get(measured_gpu())}
     if done is None or done.returncode != 0 or not out.exists():
         return row | {"error": "timeout" if done is None else done.stderr[-600:]}
     return row | json.loads(out.read_text())

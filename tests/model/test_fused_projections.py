@@ -103,7 +103,7 @@ def test_unknown_optimisation_name_is_refused(monkeypatch):
     with pytest.raises(ConfigError) as caught:
         enabled("split_qkv")
     assert caught.value.problems == [
-        "unknown optimisation 'fused_swiglu'; known: fused_lora, fused_layer, split_qkv, fused_gate_up, host_overlap"]
+        "unknown optimisation 'fused_swiglu'; known: fused_lora, fused_layer, split_qkv, fused_gate_up, reentrant_checkpoint, host_overlap"]
     assert str(caught.value).startswith("LORAKIT_DISABLE (environment variable): 1 config problem:")
 
 

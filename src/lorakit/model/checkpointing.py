@@ -14,13 +14,24 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-__all__ = ["decoder_layers", "apply_checkpointing", "activation_offload"]
+from lorakit.runtime.ablation import enabled
+
+__all__ = ["decoder_layers", "apply_checkpointing", "activation_offload", "reentrant_checkpoints"]
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
     """The decoder layers of a transformers causal LM (through a peft wrapper, if any)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return list(base.get_decoder().layers)
+
+
+def reentrant_checkpoints(offload: bool, sharded: bool = False) -> bool:
+    """Which checkpoint implementation a run uses. Reentrant runs a checkpointed layer's first forward pass with
+    autograd off: no graph, no saved-tensor hooks, so the host should issue it faster (on the emulated 8 GB card the GPU
+    waited for the host ~80 ms per step with 31 of 32 layers checkpointed: bench/results/peer_speed_levers/
+    run6_layer). Offload needs it (apply_checkpointing). FSDP2 is documented with non-reentrant checkpoints only, so sharded runs
+    keep those; LORAKIT_DISABLE=reentrant_checkpoint measures the difference."""
+    return offload or (not sharded and enabled("reentrant_checkpoint"))
 
 
 def apply_checkpointing(model, checkpointed_layers: int, *, reentrant: bool = False) -> list[int]:

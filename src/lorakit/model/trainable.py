@@ -8,7 +8,7 @@ import torch
 from lorakit.config import RunConfig
 from lorakit.model.adapters import attach_lora
 from lorakit.model.attention import use_varlen_attention
-from lorakit.model.checkpointing import apply_checkpointing
+from lorakit.model.checkpointing import apply_checkpointing, reentrant_checkpoints
 from lorakit.model.fused_lora import use_fused_lora
 from lorakit.model.fused_projections import use_fused_projections
 from lorakit.model.kernels import apply_fused_kernels
@@ -38,9 +38,9 @@ def add_neftune_noise(model, alpha: float) -> None:
 
 
 def make_trainable(model, config: RunConfig, *, device: torch.device, quantized: bool,
-                   checkpointed_layers: int, offload_activations: bool = False):
+                   checkpointed_layers: int, offload_activations: bool = False, sharded: bool = False):
     """Wrap `model` for training; returns the peft model. `checkpointed_layers`: how many of the first decoder
-    layers are checkpointed (0 = none)."""
+    layers are checkpointed (0 = none); `sharded`: fsdp will shard it (training/sharding.py)."""
     apply_fused_kernels(model, device)
     use_fused_projections(model, device)  # after liger, whose SwiGLU forward it replaces
     model = attach_lora(model, config.lora, quantized=quantized, gradient_checkpointing=False)
@@ -51,6 +51,5 @@ def make_trainable(model, config: RunConfig, *, device: torch.device, quantized:
         use_varlen_attention(model)
     if config.training.neftune_noise_alpha is not None:
         add_neftune_noise(model, config.training.neftune_noise_alpha)
-    # Offloading hands checkpointed inputs to autograd's saved-tensor hooks, which only reentrant checkpoints use.
-    apply_checkpointing(model, checkpointed_layers, reentrant=offload_activations)
+    apply_checkpointing(model, checkpointed_layers, reentrant=reentrant_checkpoints(offload_activations, sharded))
     return model

@@ -19,6 +19,8 @@ OPTIMISATIONS = {
                    "(model/fused_lora.py); off = the fused add alone",
     "split_qkv": "Phi3's q, k, v taken by one split (model/fused_projections.py)",
     "fused_gate_up": "Phi3's SwiGLU read in place from gate_up_proj's output (model/fused_projections.py)",
+    "reentrant_checkpoint": "checkpointed layers' first forward pass without autograd (model/checkpointing.py); off "
+                            "= non-reentrant checkpoints",
     "host_overlap": "one host-device sync per optimizer step, the next step's batches collated during this step's "
                     "backward pass (training/loop.py)",
 }

@@ -166,7 +166,8 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     model = load_base_model(source, config.model, load_device, dtype, nf4_config(dtype) if quantized else None)
     targets = resolve_target_modules(model, config.lora.target_modules)
     model = make_trainable(model, config, device=device, quantized=quantized,
-                           checkpointed_layers=resolved.checkpointed_layers, offload_activations=resolved.offload_activations)
+                           checkpointed_layers=resolved.checkpointed_layers, offload_activations=resolved.offload_activations,
+                           sharded=sharded)
     name_adapter_base(model, public_model_name(source))  # adapter_config.json names no local path
     # Every module in training mode (from_pretrained leaves the base model's in eval mode under a training-mode
     # peft wrapper): a step then switches modes only after an evaluation flipped the root (_train_step).

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from lorakit.model.checkpointing import apply_checkpointing, decoder_layers
+from lorakit.model.checkpointing import apply_checkpointing, decoder_layers, reentrant_checkpoints
 from lorakit.model.load import read_model_config
 from lorakit.model.memory_plan import (
     CUDA_CONTEXT_BYTES, GIB, Candidate, ModelShape, TrainSettings, checkpointing_text, estimate_peak_memory,
@@ -97,8 +97,8 @@ def replan_after_oom(session, state, step: int) -> str | None:
 
 
 def _apply(session, state, checkpointed_layers: int, offload_activations: bool) -> None:
-    # Offload hands checkpointed inputs to autograd's saved-tensor hooks, which only reentrant checkpoints use.
-    apply_checkpointing(session.model, checkpointed_layers, reentrant=offload_activations)
+    apply_checkpointing(session.model, checkpointed_layers,
+                        reentrant=reentrant_checkpoints(offload_activations, session.sharded_root is not None))
     session.offload_activations = offload_activations
     state.checkpointed_layers, state.offload_activations = checkpointed_layers, offload_activations
 
