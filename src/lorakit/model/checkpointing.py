@@ -27,10 +27,10 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 def reentrant_checkpoints(offload: bool, sharded: bool = False) -> bool:
     """Which checkpoint implementation a run uses. Reentrant runs a checkpointed layer's first forward pass with
-    autograd off: no graph, no saved-tensor hooks, so the host should issue it faster (on the emulated 8 GB card the GPU
-    waited for the host ~80 ms per step with 31 of 32 layers checkpointed: bench/results/peer_speed_levers/
-    run6_layer). Offload needs it (apply_checkpointing). FSDP2 is documented with non-reentrant checkpoints only, so sharded runs
-    keep those; LORAKIT_DISABLE=reentrant_checkpoint measures the difference."""
+    autograd off: no graph, no saved-tensor hooks, so the host issues it faster. On the emulated 8 GB card (QLoRA,
+    31 of 32 layers checkpointed) that was +19.6% tokens/s, and a step's wall time beyond its GPU kernel time went from 126 to 33 ms
+    (bench/results/peer_speed/README.md). Offload needs it (apply_checkpointing). FSDP2 is documented with
+    non-reentrant checkpoints only, so sharded runs keep those; LORAKIT_DISABLE=reentrant_checkpoint measures it."""
     return offload or (not sharded and enabled("reentrant_checkpoint"))
 
 
@@ -38,7 +38,7 @@ def apply_checkpointing(model, checkpointed_layers: int, *, reentrant: bool = Fa
     """Checkpoint decoder layers 0 .. n-1 (n = `checkpointed_layers`; 0 = none) and no others; returns their
     indices. Also switches a loaded model's checkpointing (an out-of-memory re-plan, training/oom.py).
 
-    Non-reentrant by default. `reentrant=True` is for CPU offload: only reentrant checkpoints save their
+    `reentrant`: `reentrant_checkpoints()` decides. CPU offload needs it: only reentrant checkpoints save their
     inputs through autograd's saved-tensor hooks, which `activation_offload` moves to the CPU.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
