@@ -7,11 +7,13 @@
 #   bash bench/issue11_device.sh layer OUT_DIR   # GPU tests, the one-node LoRA layer on and off, the 8 GB profile
 #   bash bench/issue11_device.sh final OUT_DIR   # two GPUs (nvidia-h200-x2): the table on GPU 0 while GPU 1 runs the
 #                                                # rows with this session's optimisations switched off one at a time
+#   bash bench/issue11_device.sh profile OUT_DIR # the 8 GB card's step profile alone (prepares the model if missing)
 # Rows switch optimisations off with LORAKIT_DISABLE (src/lorakit/runtime/ablation.py).
 set -uo pipefail
 part=${1:?table, detail or check}
 out=${2:?results folder}
-case "$part" in table|detail|check|layer|final) ;; *) echo "unknown part '$part': table, detail, check, layer or final" >&2; exit 2;; esac
+case "$part" in table|detail|check|layer|final|profile) ;;
+    *) echo "unknown part '$part': table, detail, check, layer, final or profile" >&2; exit 2;; esac
 mkdir -p "$out"
 gpu_tests() {  # the GPU-only tests of the kernels, whole log in OUT/gpu_tests.txt
     python -m pytest -q -p no:cacheprovider --tb=short tests/model/test_fused_projections.py tests/model/test_kernels.py \
@@ -43,6 +45,14 @@ profile_8gb() {  # the emulated 8 GB card's QLoRA step, as the planner sets it u
         --steps 3 --out "$out" --name "$1" > /dev/null 2>&1
     head -12 "$out/$1.md"
 }
+if [ "$part" = profile ]; then  # (run8_profile: the model and config peer_speed.py would prepare, then the profile)
+    work=/tmp/lorakit-peer-speed
+    [ -f "$work/data.json" ] || { mkdir -p "$work" && python bench/peer_speed.py --prepare-child --work "$work" > /dev/null 2>&1; }
+    python -c "import sys; sys.path.insert(0, 'bench'); import peer_speed; from pathlib import Path; \
+peer_speed.lorakit_config(Path('$work'), 10, False)"
+    profile_8gb profile_8gb_qlora_reentrant
+    exit
+fi
 if [ "$part" = layer ]; then
     gpu_tests
     python bench/peer_speed.py --out "$out" --settings 8gb-qlora-512,gpu-bf16-512 --tools lorakit --steps 8 --warmup 2 \
