@@ -92,7 +92,7 @@ class LoraLinear(torch.autograd.Function):
             grad_x = grad @ _frozen_weight(ctx.frozen, a.dtype)  # [tokens, in]
             if mask is None:
                 grad_x.addmm_(grad_middle, a)
-            else:  # dropout's own backward kernel (addcmul_ with the bool mask is not vectorized: 2x slower on the H200)
+            else:  # dropout's own backward kernel: addcmul_ with the bool mask is not vectorized (2x slower, H200)
                 grad_x += torch.ops.aten.native_dropout_backward(grad_middle @ a, mask.view(grad_x.shape), 1 / ctx.keep)
             grad_x = grad_x.to(ctx.input_dtype).view(ctx.input_shape)
         if ctx.needs_input_grad[1]:
@@ -103,7 +103,7 @@ class LoraLinear(torch.autograd.Function):
 
 
 def _frozen_weight(frozen: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """The frozen layer's [out, in] weight in `dtype` (bitsandbytes' 4-bit one dequantized, as its own backward does)."""
+    """The frozen layer's [out, in] weight in `dtype` (a 4-bit one dequantized, as bitsandbytes' backward does)."""
     quant_state = getattr(frozen.weight, "quant_state", None)
     if quant_state is None:
         return frozen.weight.to(dtype)
