@@ -74,14 +74,15 @@ def label_phases() -> None:
 
 def host_gap_lines(events, steps: int) -> list[str]:
     """Where the GPU waits for the host: every interval of at least 20 us with no kernel running, charged to the
-    innermost and the outermost host operation running on the Python thread at the interval's middle."""
+    innermost and the outermost host operation running at the interval's middle on any thread (the forward pass
+    runs on the Python thread, backward and recomputation on autograd's). The profiler slows the host, so these
+    gaps are longer than in an unprofiled step; wall time minus kernel time bounds those."""
     kernels = sorted((e.time_range.start, e.time_range.end) for e in events
                      if e.device_type == torch.autograd.DeviceType.CUDA and not _is_label(e.name))
-    host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    host = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU),
+                  key=lambda e: e.time_range.start)
     if not kernels or not host:
         return []
-    main_thread = max({e.thread for e in host}, key=lambda t: sum(1 for e in host if e.thread == t))
-    host = sorted((e for e in host if e.thread == main_thread), key=lambda e: e.time_range.start)
     gaps, busy_until = [], kernels[0][1]
     for start, end in kernels[1:]:
         if start - busy_until >= 20:
@@ -155,7 +156,8 @@ def main() -> None:
     for event in events:
         by_kind[kind_of(event.key)] += event.self_device_time_total
     lines = ["command: python bench/profile_step.py " + " ".join(sys.argv[1:]), "",
-             f"wall time per step: {wall * 1e3:.1f} ms; GPU kernel time per step: {total / args.steps / 1e3:.1f} ms",
+             f"wall time per step: {wall * 1e3:.1f} ms; GPU kernel time per step: {total / args.steps / 1e3:.1f} ms "
+             f"(the difference, {wall * 1e3 - total / args.steps / 1e3:.1f} ms, bounds the GPU's wait for the host)",
              "", "| kind | ms per step | share |",
              "|---|---|---|"]
     for kind, micros in sorted(by_kind.items(), key=lambda item: -item[1]):

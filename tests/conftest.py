@@ -4,7 +4,10 @@ folders and reloaded through lorakit's real loader."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -209,3 +212,44 @@ def lora_model_with_nonzero_b(model_dir, device="cpu", dtype=torch.float32, **se
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.5)
     return model
+
+
+# Runs under torchrun (tests/training/test_data_parallel.py, test_fsdp.py).
+def launcher_env(cache: Path) -> dict:
+    """The environment of a `torchrun` test run: offline, one thread per process, no launcher variables inherited."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", LORAKIT_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun_command(*args: str, entry: list[str] | None = None) -> list[str]:
+    """Two processes on a free port running `lorakit ARGS` (or `entry`)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+            *(entry or ["-m", "lorakit"]), *args]
+
+
+def max_adapter_diff(a: Path, b: Path) -> float:
+    first, second = final_adapter(a), final_adapter(b)
+    assert sorted(first) == sorted(second) and first
+    return max(float((first[k] - second[k]).abs().max()) for k in first)
+
+
+def metric_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def max_metrics_diff(a: Path, b: Path, max_steps: int) -> float:
+    """Largest difference of the logged losses and learning rates of two runs that both logged steps 1..max_steps."""
+    first, second = metric_records(a), metric_records(b)
+    assert [r["step"] for r in first] == [r["step"] for r in second] == list(range(1, max_steps + 1))
+    assert [sorted(r) for r in first] == [sorted(r) for r in second]
+    return max(abs(x[k] - y[k]) for x, y in zip(first, second) for k in ("train_loss", "val_loss", "learning_rate")
+               if k in x)

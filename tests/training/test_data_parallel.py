@@ -10,16 +10,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import final_adapter, write_config_file
+from conftest import (launcher_env, max_adapter_diff, max_metrics_diff, metric_records,
+                      torchrun_command, write_config_file)
 from lorakit.config import load_config
 from lorakit.training.checkpoint import list_checkpoints, verify_checkpoint
 from lorakit.training.loop import train
@@ -31,43 +30,7 @@ TOLERANCE = 1e-5
 HERE = Path(__file__).resolve().parent
 SETTINGS = dict(batch_size=2, gradient_accumulation_steps=2, max_steps=12, learning_rate=0.01, logging_steps=1,
                 eval_steps=4, save_steps=2, save_total_limit=20, lr_scheduler="cosine", warmup_steps=2)
-
-
-def _env(cache: Path) -> dict:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", LORAKIT_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _torchrun(*args: str, entry: list[str] | None = None) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
-            *(entry or ["-m", "lorakit"]), *args]
-
-
-def _max_adapter_diff(a: Path, b: Path) -> float:
-    first, second = final_adapter(a), final_adapter(b)
-    assert sorted(first) == sorted(second) and first
-    return max(float((first[k] - second[k]).abs().max()) for k in first)
-
-
-def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _max_metrics_diff(a: Path, b: Path, max_steps: int = SETTINGS["max_steps"]) -> float:
-    first, second = _records(a), _records(b)
-    assert [r["step"] for r in first] == [r["step"] for r in second] == list(range(1, max_steps + 1))
-    assert [sorted(r) for r in first] == [sorted(r) for r in second]
-    return max(abs(x[k] - y[k]) for x, y in zip(first, second) for k in ("train_loss", "val_loss", "learning_rate")
-               if k in x)
+STEPS = SETTINGS["max_steps"]
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +47,10 @@ def setup(tiny_llama_dir, tmp_path_factory):
 def test_data_parallel_two_gloo_processes_equal_one_process(setup):
     root, config, baseline = setup
     run = root / "two-processes"
-    done = subprocess.run(_torchrun("train", str(config), "--set", f"output_dir={run}"), env=_env(root / "cache"),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(torchrun_command("train", str(config), "--set", f"output_dir={run}"),
+                          env=launcher_env(root / "cache"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    adapter_diff, metrics_diff = _max_adapter_diff(baseline, run), _max_metrics_diff(baseline, run)
+    adapter_diff, metrics_diff = max_adapter_diff(baseline, run), max_metrics_diff(baseline, run, STEPS)
     print(f"\n2 processes vs 1: max abs diff adapter {adapter_diff:.2e}, logged losses {metrics_diff:.2e}")
     assert adapter_diff <= TOLERANCE and metrics_diff <= TOLERANCE
     # Rank 0 alone writes: one record per step (not two), the same files as the one-process run, one "done".
@@ -111,8 +74,8 @@ def _worker_pid(launcher: subprocess.Popen, rank: int) -> int:
 
 def test_data_parallel_kill_9_of_one_rank_then_resume_with_1_or_2_processes(setup):
     root, config, baseline = setup
-    run, env = root / "killed", _env(root / "cache")
-    launcher = subprocess.Popen(_torchrun("train", str(config), "--set", f"output_dir={run}"), env=env,
+    run, env = root / "killed", launcher_env(root / "cache")
+    launcher = subprocess.Popen(torchrun_command("train", str(config), "--set", f"output_dir={run}"), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (run / "checkpoints" / "step-00000002").is_dir():
@@ -133,7 +96,8 @@ def test_data_parallel_kill_9_of_one_rank_then_resume_with_1_or_2_processes(setu
                           "--resume", "--gpus", "2"], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert f"resumed from {killed_at}" in two.stderr and "starting 2 processes" in two.stdout
-    diffs = {n: (_max_adapter_diff(baseline, d), _max_metrics_diff(baseline, d)) for n, d in (("1", one), ("2", run))}
+    diffs = {n: (max_adapter_diff(baseline, d), max_metrics_diff(baseline, d, STEPS))
+             for n, d in (("1", one), ("2", run))}
     print(f"\nkilled after {killed_at}, resumed with 1 / 2 processes: max abs diff (adapter, losses) {diffs}")
     assert all(a <= TOLERANCE and m <= TOLERANCE for a, m in diffs.values())
 
@@ -141,10 +105,10 @@ def test_data_parallel_kill_9_of_one_rank_then_resume_with_1_or_2_processes(setu
 def _run_with_fault(root: Path, config: Path, fault: str) -> tuple[subprocess.CompletedProcess, Path, float]:
     run = root / fault
     started = time.monotonic()
-    done = subprocess.run(_torchrun("train", str(config), "--set", f"output_dir={run}",
-                                    entry=[str(HERE / "fault_on_one_rank.py")]),
-                          env=dict(_env(root / "cache"), LORAKIT_TEST_FAULT=fault), capture_output=True, text=True,
-                          timeout=240)
+    done = subprocess.run(torchrun_command("train", str(config), "--set", f"output_dir={run}",
+                                           entry=[str(HERE / "fault_on_one_rank.py")]),
+                          env=dict(launcher_env(root / "cache"), LORAKIT_TEST_FAULT=fault), capture_output=True,
+                          text=True, timeout=240)
     return done, run, time.monotonic() - started
 
 
@@ -156,7 +120,7 @@ def test_data_parallel_nan_on_one_rank_stops_every_rank_with_one_message(setup):
     assert output.count("The loss became nan at step 3; examples in this batch:") == 1, output[-3000:]
     assert output.count("error:") == 1  # rank 1 stays silent
     assert [p.name for p in list_checkpoints(run)] == ["step-00000002"] and not (run / "final").exists()
-    assert [r["step"] for r in _records(run)] == [1, 2]
+    assert [r["step"] for r in metric_records(run)] == [1, 2]
 
 
 def test_data_parallel_out_of_memory_on_one_rank_halves_on_every_rank(setup):
@@ -168,4 +132,4 @@ def test_data_parallel_out_of_memory_on_one_rank_halves_on_every_rank(setup):
                         "accumulation steps (same examples per optimizer step)") == 1
     manifest = json.loads((run / "final" / "manifest.json").read_text())
     assert manifest["settings"]["micro_batch_size"] == 1 and manifest["settings"]["gradient_accumulation_steps"] == 4
-    assert [r["step"] for r in _records(run)] == list(range(1, SETTINGS["max_steps"] + 1))
+    assert [r["step"] for r in metric_records(run)] == list(range(1, SETTINGS["max_steps"] + 1))

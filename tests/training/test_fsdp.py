@@ -13,11 +13,11 @@ import sys
 import pytest
 import torch
 
-from conftest import Recorder, final_adapter, write_config_file
+from conftest import (Recorder, final_adapter, launcher_env, max_adapter_diff, max_metrics_diff, torchrun_command,
+                      write_config_file)
 from lorakit.config import NF4_FSDP_REFUSAL, load_config
 from lorakit.training.checkpoint import list_checkpoints
 from lorakit.training.loop import train
-from test_data_parallel import _env, _max_adapter_diff, _max_metrics_diff, _torchrun
 
 # Max abs difference allowed between the 1-process and the 2-process fsdp runs. Measured on this config: 1.4e-05
 # in the adapter weights, 9.5e-07 in the logged losses. Each step has 3 micro-batches,
@@ -34,7 +34,7 @@ RESUMED_FROM = "step-00000004"
 
 
 def _run_fsdp(config, run, env, *extra: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(_torchrun("train", str(config), "--set", f"output_dir={run}", *extra), env=env,
+    done = subprocess.run(torchrun_command("train", str(config), "--set", f"output_dir={run}", *extra), env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -48,14 +48,14 @@ def setup(tiny_llama_dir, tmp_path_factory):
                                lora={"r": 4, "alpha": 8, "dropout": 0.1})
     baseline, sharded = root / "one-process", root / "two-processes"
     train(load_config(config, [f"output_dir={baseline}"]))
-    done = _run_fsdp(config, sharded, _env(root / "cache"))
+    done = _run_fsdp(config, sharded, launcher_env(root / "cache"))
     return root, config, baseline, sharded, done.stdout + done.stderr
 
 
 def test_fsdp_two_gloo_processes_equal_one_process(setup):
     _, _, baseline, run, output = setup
     assert "fsdp: frozen weights and LoRA states sharded over 2 processes (FSDP2)" in output
-    adapter_diff, metrics_diff = _max_adapter_diff(baseline, run), _max_metrics_diff(baseline, run, MAX_STEPS)
+    adapter_diff, metrics_diff = max_adapter_diff(baseline, run), max_metrics_diff(baseline, run, MAX_STEPS)
     print(f"\nfsdp 2 processes vs 1: max abs diff adapter {adapter_diff:.2e}, logged losses {metrics_diff:.2e}")
     assert adapter_diff <= TOLERANCE and metrics_diff <= TOLERANCE
     # The one-process format, written once by rank 0: same files, checkpoints and optimizer state layout.
@@ -101,9 +101,10 @@ def test_fsdp_checkpoint_resumes_with_1_or_2_processes(setup):
     train(load_config(config, [f"output_dir={one}"]), resume=True, reporter=reporter)
     assert any(f"resumed from {RESUMED_FROM}" in message for message in reporter.messages), reporter.messages
     two = _interrupted_copy(run, root / "resumed-2")
-    done = _run_fsdp(config, two, _env(root / "cache"), "--resume")
+    done = _run_fsdp(config, two, launcher_env(root / "cache"), "--resume")
     assert f"resumed from {RESUMED_FROM}" in done.stderr
-    diffs = {n: (_max_adapter_diff(baseline, d), _max_metrics_diff(baseline, d, MAX_STEPS)) for n, d in (("1", one), ("2", two))}
+    diffs = {n: (max_adapter_diff(baseline, d), max_metrics_diff(baseline, d, MAX_STEPS))
+             for n, d in (("1", one), ("2", two))}
     print(f"\nfsdp checkpoint {RESUMED_FROM} resumed with 1 / 2 processes: max abs diff (adapter, losses) {diffs}")
     assert all(a <= TOLERANCE and m <= TOLERANCE for a, m in diffs.values())
     assert sorted(final_adapter(one)) == sorted(final_adapter(two))
@@ -113,15 +114,15 @@ def test_fsdp_resumes_a_data_parallel_checkpoint(setup, tiny_llama_dir):
     """ddp -> fsdp: a checkpoint written by the one-process (ddp) path resumes sharded over 2 processes."""
     root, config, baseline, _, _ = setup
     moved = _interrupted_copy(baseline, root / "ddp-to-fsdp")
-    done = _run_fsdp(config, moved, _env(root / "cache"), "--resume")
+    done = _run_fsdp(config, moved, launcher_env(root / "cache"), "--resume")
     assert f"resumed from {RESUMED_FROM}" in done.stderr
-    assert _max_adapter_diff(baseline, moved) <= TOLERANCE and _max_metrics_diff(baseline, moved, MAX_STEPS) <= TOLERANCE
+    assert max_adapter_diff(baseline, moved) <= TOLERANCE and max_metrics_diff(baseline, moved, MAX_STEPS) <= TOLERANCE
 
 
 def test_nf4_with_fsdp_is_refused_with_exit_code_2(tmp_path, tiny_llama_dir):
     config = write_config_file(tmp_path, tiny_llama_dir, seed=1, training={"distributed": "fsdp", "max_steps": 2},
                                model={"name": str(tiny_llama_dir), "quantization": "nf4"})
-    done = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config)], env=_env(tmp_path / "cache"),
+    done = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config)], env=launcher_env(tmp_path / "cache"),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     output = " ".join((done.stdout + done.stderr).split())
