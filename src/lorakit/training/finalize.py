@@ -67,7 +67,7 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
     Rank 0 alone calls this, except under fsdp: there every rank does (loading the best weights, the test loss
     and gathering the weights are collectives) and rank 0 alone writes."""
     cfg = session.config
-    sharded = session.sharded_root is not None
+    sharded = session.sharded
     adapter_step = _restore_best_weights(run_dir, session, stopper, state.step) if stopped_early else state.step
     # After an out-of-memory halving the configured micro-batch no longer fits: measure with the one that did.
     loss_of = partial(shared_split_loss, session.ranks, sharded=True) if sharded else split_loss

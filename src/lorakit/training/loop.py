@@ -104,9 +104,14 @@ class TrainingSession:
         return self.dtype if self.dtype != torch.float32 else None
 
     @property
+    def sharded(self) -> bool:
+        """training.distributed fsdp under a launcher: the model's weights are spread over the processes."""
+        return self.sharded_root is not None
+
+    @property
     def loss_model(self):
         """What computes the loss: the FSDP2 root under fsdp (its forward gathers the weights), else the model."""
-        return self.sharded_root if self.sharded_root is not None else self.model
+        return self.sharded_root if self.sharded else self.model
 
 
 class BatchesAhead:
@@ -255,7 +260,7 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     restore_memory_settings(session, state)  # the checkpointing an out-of-memory re-plan chose, after a resume
     if session.device.type == "cpu" and state.micro_batch_size is None:
         _right_size_for_cpu(session, state, reporter)
-    if keeps_gradients_allocated(session.device, sharded=session.sharded_root is not None):
+    if keeps_gradients_allocated(session.device, sharded=session.sharded):
         allocate_gradients(params)  # before the first activations, so that they do not scatter the heap
     share_warning = step_share_warning(ranks, state.gradient_accumulation_steps or config.training.gradient_accumulation_steps)
     if share_warning and ranks.is_main:
@@ -268,7 +273,7 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
         sink.close()
         reporter.finish()
     state.stopped_early = stopped_early  # a resume after this checkpoint must not train past an early stop
-    if not ranks.is_main and session.sharded_root is None:  # rank 0 writes the last checkpoint and final/ alone
+    if not ranks.is_main and not session.sharded:  # rank 0 writes the last checkpoint and final/ alone
         return TrainResult(run_dir, run_dir / FINAL, state.step, stopped_early, {})
     _save_checkpoint(session, run_dir, optimizer, scheduler, scaler, state)  # under fsdp every rank gathers
     result = finalize_run(run_dir, session, state, stopper, stopped_early, reporter)  # under fsdp on every rank
@@ -280,7 +285,7 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
 def _save_checkpoint(session: TrainingSession, run_dir: Path, optimizer, scheduler, scaler, state: TrainerState) -> Path:
     """Save a checkpoint from rank 0. Under fsdp every rank calls this, to gather the full LoRA weights and
     optimizer state to rank 0 first (so the files are those of a one-process run)."""
-    trainable = gather_trainable_state(session.model, optimizer) if session.sharded_root is not None else None
+    trainable = gather_trainable_state(session.model, optimizer) if session.sharded else None
     if not session.ranks.is_main:
         return run_dir
     return save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -343,7 +348,7 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step, pre
     autocast = torch.autocast(session.device.type, dtype=session.autocast_dtype) if session.autocast_dtype else nullcontext()
     if not session.model.training:  # (walking ~1,700 modules costs milliseconds of idle GPU per step)
         session.model.train()
-    sharded = session.sharded_root is not None
+    sharded = session.sharded
     ranks = session.ranks
     step_loss, seen_tokens, out_of_memory = 0.0, 0, False
     # One host-device synchronisation per step (after the gradient norm) instead of one after each forward and
@@ -508,7 +513,7 @@ def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, si
         stop = False
         if session.data.splits.validation and (state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps):
             val_loss = shared_split_loss(session.ranks, session.loss_model, session.data.splits.validation,
-                                         sharded=session.sharded_root is not None,
+                                         sharded=session.sharded,
                                          batch_size=state.micro_batch_size or cfg.batch_size,
                                          pad_token_id=session.tokenizer.pad_token_id,
                                          autocast_dtype=session.autocast_dtype)

@@ -98,7 +98,7 @@ def replan_after_oom(session, state, step: int) -> str | None:
 
 def _apply(session, state, checkpointed_layers: int, offload_activations: bool) -> None:
     apply_checkpointing(session.model, checkpointed_layers,
-                        reentrant=reentrant_checkpoints(offload_activations, session.sharded_root is not None))
+                        reentrant=reentrant_checkpoints(offload_activations, session.sharded))
     session.offload_activations = offload_activations
     state.checkpointed_layers, state.offload_activations = checkpointed_layers, offload_activations
 
