@@ -21,8 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from capped_run import cap_allocator  # noqa: E402
-from multi_gpu import PHI4_MINI, SAFE_ENV, SMOKE, GpuMemorySampler, build_model, write_config  # noqa: E402
+from multi_gpu import PHI4_MINI, SMOKE, build_model, launch_row, run_metrics, write_config  # noqa: E402
 
 EIGHT_GB_CAP_GIB = 8 - 0.75  # an 8 GB card's memory less the CUDA context (lorakit's CUDA_CONTEXT_BYTES)
 # (name, processes, training.distributed, allocator cap in GiB or None, extra --set overrides)
@@ -56,40 +54,21 @@ def worker(cap_gib: float | None, lorakit_args: list[str]) -> int:
     return run_cli(lorakit_args)
 
 
-def _text(output) -> str:
-    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
-
-
 def run_row(config: Path, root: Path, row: tuple, log, row_timeout: int = 240) -> dict:
     name, gpus, distributed, cap_gib, extra = row
-    run_dir = root / name
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus),
-               str(Path(__file__).resolve()), "--worker", *(["--cap-gib", str(cap_gib)] if cap_gib else []),
-               "train", str(config), "--set", f"output_dir={run_dir}", "--set", "model.quantization=none",
-               "--set", f"training.distributed={distributed}", *[a for s in extra for a in ("--set", s)]]
-    env = dict(os.environ, **SAFE_ENV, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", LORAKIT_CACHE_DIR=str(root / "cache"))
-    if torch.cuda.is_available():
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(gpus))
-    started = time.perf_counter()
-    with GpuMemorySampler() as sampler:
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=row_timeout)
-        except subprocess.TimeoutExpired as expired:
-            done = subprocess.CompletedProcess(command, 124, _text(expired.stdout), _text(expired.stderr) + "\nerror: timed out")
-    log.write(f"== {name}: {' '.join(command)}\n{done.stdout}\n{done.stderr[-6000:]}\n")
-    log.flush()
-    result = {"row": name, "gpus": gpus, "distributed": distributed, "cap_gib": cap_gib,
-              "wall_seconds": time.perf_counter() - started, "peak_mib_per_gpu": [sampler.peak.get(i) for i in range(gpus)]}
+    entry = [str(Path(__file__).resolve()), "--worker", *(["--cap-gib", str(cap_gib)] if cap_gib else [])]
+    done, result = launch_row(
+        root, name, gpus, entry,
+        ["train", str(config), "--set", f"output_dir={root / name}", "--set", "model.quantization=none",
+         "--set", f"training.distributed={distributed}", *[a for s in extra for a in ("--set", s)]], log, row_timeout)
+    result |= {"distributed": distributed, "cap_gib": cap_gib}
     if done.returncode != 0:
         text = (done.stdout + done.stderr).splitlines()  # lorakit's own error lines, not torchrun's ChildFailedError
         lines = [line for line in text if line.startswith(("error:", "  - "))] or [
             line for line in text if "error" in line.lower()][-3:]
         return {**result, "error": " ".join(lines)[-600:] or done.stderr[-600:]}
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    measured = [r["tokens_per_second"] for r in records[3:] if "tokens_per_second" in r]
     plan = [line for line in done.stdout.splitlines() if line.startswith("memory plan:")]
-    return {**result, "tokens_per_second": statistics.median(measured), "measured_steps": len(measured),
-            "train_losses": [r["train_loss"] for r in records], "plan": plan[0] if plan else None}
+    return {**result, **run_metrics(root / name), "plan": plan[0] if plan else None}
 
 
 def table(rows: list[dict]) -> str:

@@ -113,28 +113,48 @@ class GpuMemorySampler:
         self._thread.join()
 
 
-def run_row(config: Path, root: Path, name: str, gpus: int, quantization: str, log) -> dict:
-    run_dir = root / name
+def _text(output) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
+def launch_row(root: Path, name: str, gpus: int, entry: list[str], lorakit_args: list[str], log,
+               timeout: int | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    """`torchrun --nproc-per-node GPUS ENTRY LORAKIT_ARGS` on the first GPUS GPUs, logged; returns the finished
+    process and the row's common fields (wall time, nvidia-smi peak per GPU). A timeout is exit code 124."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus),
-               "-m", "lorakit", "train", str(config), "--set", f"output_dir={run_dir}",
-               "--set", f"model.quantization={quantization}"]
+               *entry, *lorakit_args]
     env = dict(os.environ, **SAFE_ENV, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
                LORAKIT_CACHE_DIR=str(root / "cache"))
     if torch.cuda.is_available():
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(gpus))
     started = time.perf_counter()
     with GpuMemorySampler() as sampler:
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as expired:
+            done = subprocess.CompletedProcess(command, 124, _text(expired.stdout),
+                                               _text(expired.stderr) + "\nerror: timed out")
     log.write(f"== {name}: {' '.join(command)}\n{done.stdout}\n{done.stderr[-6000:]}\n")
     log.flush()
-    if done.returncode != 0:
-        return {"row": name, "gpus": gpus, "quantization": quantization, "error": done.stderr[-800:]}
+    return done, {"row": name, "gpus": gpus, "wall_seconds": time.perf_counter() - started,
+                  "peak_mib_per_gpu": [sampler.peak.get(i) for i in range(gpus)]}
+
+
+def run_metrics(run_dir: Path, warmup: int = 3) -> dict:
+    """tokens/s (median of lorakit's per-step figure after `warmup` steps) and the training losses of a run."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    measured = [r["tokens_per_second"] for r in records[3:] if "tokens_per_second" in r]
-    return {"row": name, "gpus": gpus, "quantization": quantization, "wall_seconds": time.perf_counter() - started,
-            "tokens_per_second": statistics.median(measured), "measured_steps": len(measured),
-            "train_losses": [r["train_loss"] for r in records],
-            "peak_mib_per_gpu": [sampler.peak.get(i) for i in range(gpus)]}
+    measured = [r["tokens_per_second"] for r in records[warmup:] if "tokens_per_second" in r]
+    return {"tokens_per_second": statistics.median(measured), "measured_steps": len(measured),
+            "train_losses": [r["train_loss"] for r in records]}
+
+
+def run_row(config: Path, root: Path, name: str, gpus: int, quantization: str, log) -> dict:
+    done, row = launch_row(root, name, gpus, ["-m", "lorakit"], ["train", str(config), "--set",
+                           f"output_dir={root / name}", "--set", f"model.quantization={quantization}"], log)
+    row["quantization"] = quantization
+    if done.returncode != 0:
+        return {**row, "error": done.stderr[-800:]}
+    return {**row, **run_metrics(root / name)}
 
 
 def table(rows: list[dict]) -> str:
