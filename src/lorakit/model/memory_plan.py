@@ -268,7 +268,10 @@ def relative_step_time(shape: ModelShape, settings: TrainSettings) -> float:
     the GPU, nf4 dequantizes each weight twice per step, and offload waits on PCIe."""
     recompute = 1 + 0.5 * settings.checkpointed_layers / shape.layers
     # A micro-batch has a fixed cost (kernel launches; nf4 dequantizes every weight per pass): measured on an
-    # H100, ~0.45 s per QLoRA micro-batch whatever its length from 2k to 8k tokens, so nf4 wants big ones.
+    # H100, ~0.45 s per QLoRA micro-batch whatever its length from 2k to 8k tokens, so nf4 wants big ones. On an
+    # H200 capped to 8 GB, 16 rows of 512 per step as 1 x 16, 2 x 8, 4 x 4 and 8 x 2 micro-batches (fewer layers
+    # checkpointed as they shrink) ran 0.46, 0.46, 0.36 and 0.28 s per micro-batch (bench/results/
+    # peer_speed_levers/run5_check): the plan's one micro-batch of 16 was 2x the next fastest.
     fixed_tokens = 8192 if settings.quantization == "nf4" else 1024
     utilisation = settings.tokens_per_micro_batch / (settings.tokens_per_micro_batch + fixed_tokens)
     quantized = 1.3 if settings.quantization == "nf4" else 1.0
