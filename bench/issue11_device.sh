@@ -42,7 +42,7 @@ fi
 profile_8gb() {  # the emulated 8 GB card's QLoRA step, as the planner sets it up
     python bench/profile_step.py /tmp/lorakit-peer-speed/config.yaml --cap-gib 7.25 --set model.quantization=nf4 \
         --set training.batch_size=auto --set training.gradient_checkpointing=auto --set output_dir=/tmp/profile-run \
-        --steps 3 --out "$out" --name "$1" > /dev/null 2>&1
+        --steps 3 --out "$out" --name "$1" > "/tmp/$1.log" 2>&1 || tail -20 "/tmp/$1.log"
     head -12 "$out/$1.md"
 }
 if [ "$part" = profile ]; then  # (run8_profile: the model and config peer_speed.py would prepare, then the profile)

@@ -168,8 +168,11 @@ def extra_slug(extra: str) -> str:
 
     >>> extra_slug("training.batch_size=4+training.gradient_accumulation_steps=4")
     'batch_size4-gradient_accumulation_steps4'
+    >>> extra_slug("training.learning_rate=0.0002")
+    'learning_rate0.0002'
     """
-    return "-".join(item.rsplit(".", 1)[-1].replace("=", "") for item in extra.split("+") if item)
+    return "-".join(key.rsplit(".", 1)[-1] + value for key, _, value in (item.partition("=") for item in extra.split("+")
+                                                                            if item))
 
 
 def trl_row(setting: str, work: Path, args, log) -> dict:

@@ -21,6 +21,12 @@ def _step(model, input_ids):
     return out.logits.detach(), out.loss.detach(), grads
 
 
+def _count_whole_layer_calls(monkeypatch) -> list:
+    calls, real_apply = [], LoraLinear.apply
+    monkeypatch.setattr(LoraLinear, "apply", lambda *args: calls.append(args[3]) or real_apply(*args))
+    return calls
+
+
 @pytest.mark.parametrize("whole_layer", [True, False], ids=["whole-layer", "add-only"])
 @pytest.mark.parametrize("architecture", ["tiny_phi3_dir", "tiny_llama_dir"])
 def test_fused_forward_and_gradients_equal_peft(architecture, whole_layer, request, monkeypatch):
@@ -34,7 +40,9 @@ def test_fused_forward_and_gradients_equal_peft(architecture, whole_layer, reque
     assert use_fused_lora(fused) == adapted > 0
     input_ids = torch.randint(3, 49152, (2, 24), generator=torch.Generator().manual_seed(0))
     logits, loss, grads = _step(reference, input_ids)
+    whole_layer_calls = _count_whole_layer_calls(monkeypatch)
     fused_logits, fused_loss, fused_grads = _step(fused, input_ids)
+    assert len(whole_layer_calls) == (adapted if whole_layer else 0)  # one forward: each adapted layer once
     torch.testing.assert_close(fused_logits, logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused_loss, loss, rtol=1e-6, atol=1e-6)
     assert fused_grads.keys() == grads.keys() and any(g.abs().sum() > 0 for g in grads.values())
@@ -103,6 +111,37 @@ def test_whole_layer_is_one_backward_node_and_skips_the_input_gradient_when_noth
     torch.testing.assert_close(grad_b, ones.t() @ (plain_x @ weight_a.t()) * 2.0)
 
 
+class _InputDtypeLinear(torch.nn.Linear):
+    """Returns its input's dtype whatever autocast computed in, as bitsandbytes' 4-bit layer does."""
+
+    def forward(self, x):
+        return super().forward(x).to(x.dtype)
+
+
+def test_lora_product_under_autocast_when_the_frozen_output_is_fp32():
+    """fp16 QLoRA: peft's kbit preparation gives the LoRA layers fp32 inputs, so the frozen output is fp32 while
+    autocast runs matrix products in half precision; the in-place LoRA add must still work, in fp32."""
+    torch.manual_seed(0)
+    frozen = _InputDtypeLinear(8, 6)
+    frozen.requires_grad_(False)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    weight_a = torch.randn(4, 8, requires_grad=True)
+    weight_b = torch.randn(6, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        base = frozen(x)
+        whole_layer = LoraLinear.apply(x, weight_a, weight_b, frozen, 2.0, 0.0)
+        add_only = FusedLoraAdd.apply(frozen(x.detach()), x, weight_a, weight_b, 2.0)
+    expected = base.detach() + (x.detach() @ weight_a.detach().t()) @ weight_b.detach().t() * 2.0
+    assert base.dtype == whole_layer.dtype == add_only.dtype == torch.float32
+    torch.testing.assert_close(whole_layer, expected)
+    torch.testing.assert_close(add_only, expected)
+    grad_a, grad_b = torch.autograd.grad(whole_layer.sum(), (weight_a, weight_b))
+    ones = torch.ones(2, 5, 6)
+    torch.testing.assert_close(grad_b, (ones.reshape(-1, 6).t() @ (x.detach().reshape(-1, 8) @ weight_a.detach().t()))
+                               * 2.0)
+    torch.testing.assert_close(grad_a, (ones.reshape(-1, 6) @ weight_b.detach() * 2.0).t() @ x.detach().reshape(-1, 8))
+
+
 def test_dora_layers_keep_peft_forward(tiny_llama_dir):
     model = lora_model_with_nonzero_b(tiny_llama_dir, use_dora=True)
     assert use_fused_lora(model) == 0
@@ -147,11 +186,16 @@ def test_whole_layer_on_4bit_weights_equals_the_fused_add_alone(architecture, re
     assert any(type(m).__name__ == "Params4bit" for m in model.parameters())
     input_ids = torch.randint(3, 49152, (2, 24), generator=torch.Generator().manual_seed(0)).cuda()
     results = {}
+    adapted = sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A"))
+    whole_layer_calls = _count_whole_layer_calls(monkeypatch)
     for whole_layer in (False, True):
         monkeypatch.setenv("LORAKIT_DISABLE", "" if whole_layer else "fused_layer")
         use_fused_lora(model)
         model.zero_grad(set_to_none=True)
+        whole_layer_calls.clear()
         results[whole_layer] = _step(model, input_ids)
+        # every adapted layer in forward and once more when checkpointing recomputes it
+        assert len(whole_layer_calls) == (2 * adapted if whole_layer else 0)
     (logits, loss, grads), (fused_logits, fused_loss, fused_grads) = results[False], results[True]
     torch.testing.assert_close(fused_loss, loss, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(fused_logits, logits, rtol=2e-2, atol=2e-2)

@@ -27,17 +27,28 @@ from lorakit.runtime.ablation import enabled
 __all__ = ["use_fused_lora", "FusedLoraAdd", "LoraLinear"]
 
 
-class FusedLoraAdd(torch.autograd.Function):
-    """base += (dropped @ A^T) @ (scaling * B)^T, in place; the gradients of A, B and `dropped`."""
+def _add_lora_product(base, dropped, weight_a, weight_b, scaling: float):
+    """base += (dropped @ A^T) @ (scaling * B)^T in base's dtype, in place; returns what backward needs.
 
-    @staticmethod
-    def forward(ctx, base, dropped, weight_a, weight_b, scaling):
+    Autocast is off here: the in-place product takes one dtype, and under fp16 QLoRA the frozen layer's output
+    is fp32 (peft's kbit preparation upcasts the layer inputs, and bitsandbytes returns its input's dtype) while
+    autocast would run the first product in fp16."""
+    with torch.autocast(base.device.type, enabled=False):
         dtype = base.dtype
         a = weight_a.to(dtype)
         scaled_b = (weight_b * scaling).to(dtype)
         rows = dropped.reshape(-1, dropped.shape[-1]).to(dtype)
         middle = rows @ a.t()  # [tokens, r]
         base.view(-1, base.shape[-1]).addmm_(middle, scaled_b.t())
+    return rows, middle, a, scaled_b
+
+
+class FusedLoraAdd(torch.autograd.Function):
+    """base += (dropped @ A^T) @ (scaling * B)^T, in place; the gradients of A, B and `dropped`."""
+
+    @staticmethod
+    def forward(ctx, base, dropped, weight_a, weight_b, scaling):
+        rows, middle, a, scaled_b = _add_lora_product(base, dropped, weight_a, weight_b, scaling)
         ctx.mark_dirty(base)
         ctx.save_for_backward(rows, middle, a, scaled_b)
         ctx.scaling, ctx.input_dtype = scaling, dropped.dtype
@@ -69,13 +80,8 @@ class LoraLinear(torch.autograd.Function):
         result = frozen(x)  # autograd is off inside forward: no graph, and bitsandbytes takes its no-grad path
         if result._base is not None:  # never write into a view of another tensor
             result = result.clone()
-        dtype = result.dtype
         dropped, mask = torch.native_dropout(x, p, True) if p > 0 else (x, None)
-        a = weight_a.to(dtype)
-        scaled_b = (weight_b * scaling).to(dtype)
-        rows = dropped.reshape(-1, dropped.shape[-1]).to(dtype)
-        middle = rows @ a.t()  # [tokens, r]
-        result.view(-1, result.shape[-1]).addmm_(middle, scaled_b.t())
+        rows, middle, a, scaled_b = _add_lora_product(result, dropped, weight_a, weight_b, scaling)
         ctx.save_for_backward(rows, middle, a, scaled_b, mask)
         ctx.frozen, ctx.scaling, ctx.keep = frozen, scaling, 1 - p
         ctx.input_dtype, ctx.input_shape = x.dtype, x.shape
@@ -93,7 +99,8 @@ class LoraLinear(torch.autograd.Function):
             if mask is None:
                 grad_x.addmm_(grad_middle, a)
             else:  # dropout's own backward kernel: addcmul_ with the bool mask is not vectorized (2x slower, H200)
-                grad_x += torch.ops.aten.native_dropout_backward(grad_middle @ a, mask.view(grad_x.shape), 1 / ctx.keep)
+                grad_x += torch.ops.aten.native_dropout_backward(grad_middle @ a, mask.reshape(grad_x.shape),
+                                                                 1 / ctx.keep)
             grad_x = grad_x.to(ctx.input_dtype).view(ctx.input_shape)
         if ctx.needs_input_grad[1]:
             grad_weight_a = (grad_middle.t() @ rows).to(ctx.param_dtypes[0])
@@ -113,8 +120,11 @@ def _frozen_weight(frozen: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _whole_layer_fusable(frozen: torch.nn.Module, dropout: torch.nn.Module) -> bool:
-    """A frozen nn.Linear (bitsandbytes' 4-bit layers are subclasses) without trainable bias, and nn.Dropout or none."""
-    return (isinstance(frozen, torch.nn.Linear) and not frozen.weight.requires_grad
+    """A frozen nn.Linear or bitsandbytes 4-bit layer without trainable bias, and nn.Dropout or none. Exactly those
+    classes: backward recomputes the input gradient from the weight as a plain `x @ W^T + b` layer has it."""
+    linear = type(frozen) is torch.nn.Linear or (type(frozen).__name__ == "Linear4bit"
+                                                  and type(frozen).__module__.startswith("bitsandbytes"))
+    return (linear and not frozen.weight.requires_grad
             and (frozen.bias is None or not frozen.bias.requires_grad)
             and type(dropout) in (torch.nn.Dropout, torch.nn.Identity))
 
