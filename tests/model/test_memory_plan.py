@@ -230,3 +230,8 @@ def test_checkpointing_recomputes_exactly_the_planned_layers_and_keeps_loss_and_
     assert apply_checkpointing(model, 0) == []
     loss_and_grads()
     assert forward_passes == [1, 1, 1, 1]
+    embeddings = model.get_input_embeddings()
+    assert not embeddings._forward_hooks  # checkpointing off: no input-gradient hook left behind
+    for layers in (2, 3, 1):  # re-plans switch it on again and again: one hook, whatever transformers adds itself
+        apply_checkpointing(model, layers)
+        assert len(embeddings._forward_hooks) == 1

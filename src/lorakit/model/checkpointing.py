@@ -51,7 +51,10 @@ def apply_checkpointing(model, checkpointed_layers: int, *, reentrant: bool = Fa
     if checkpointed_layers == 0:
         return []
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-    base.enable_input_require_grads()  # LoRA on frozen embeddings: the first layer's input must carry gradients
+    # LoRA on frozen embeddings: the first layer's input must carry gradients. Some transformers versions add this
+    # hook in gradient_checkpointing_enable and some do not: drop theirs, add one, so a re-plan never stacks them.
+    base.disable_input_require_grads()
+    base.enable_input_require_grads()
     chosen = list(range(checkpointed_layers))
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = index < checkpointed_layers
