@@ -50,3 +50,22 @@ def test_sharded_runs_keep_non_reentrant_checkpoints(monkeypatch):
     monkeypatch.setenv("LORAKIT_DISABLE", "reentrant_checkpoint")
     assert checkpointing.reentrant_checkpoints(offload=False) is False
     assert checkpointing.reentrant_checkpoints(offload=True) is True  # offload works only with reentrant ones
+
+
+def test_make_trainable_checkpoints_sharded_models_non_reentrantly(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.model.checkpointing import decoder_layers
+    from lorakit.model.trainable import make_trainable
+
+    monkeypatch.delenv("LORAKIT_DISABLE", raising=False)
+    config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path, gradient_checkpointing=True)
+    kinds = {}
+    for sharded in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+        model = make_trainable(model, config, device=torch.device("cpu"), quantized=False, checkpointed_layers=1,
+                               sharded=sharded)
+        first = decoder_layers(model)[0]
+        assert first.gradient_checkpointing and not decoder_layers(model)[1].gradient_checkpointing
+        kinds[sharded] = first._gradient_checkpointing_func.keywords["use_reentrant"]
+    assert kinds == {False: True, True: False}
