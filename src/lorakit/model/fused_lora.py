@@ -119,14 +119,12 @@ def _frozen_weight(frozen: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
     return bnb_functional.dequantize_4bit(frozen.weight.view(-1, 1), quant_state).to(dtype)
 
 
-def _whole_layer_fusable(frozen: torch.nn.Module, dropout: torch.nn.Module) -> bool:
-    """A frozen nn.Linear or bitsandbytes 4-bit layer without trainable bias, and nn.Dropout or none. Exactly those
-    classes: backward recomputes the input gradient from the weight as a plain `x @ W^T + b` layer has it."""
+def _frozen_plain_linear(frozen: torch.nn.Module) -> bool:
+    """A frozen nn.Linear or bitsandbytes 4-bit layer without trainable bias. Exactly those classes: backward
+    recomputes the input gradient from the weight as a plain `x @ W^T + b` layer has it."""
     linear = type(frozen) is torch.nn.Linear or (type(frozen).__name__ == "Linear4bit"
                                                   and type(frozen).__module__.startswith("bitsandbytes"))
-    return (linear and not frozen.weight.requires_grad
-            and (frozen.bias is None or not frozen.bias.requires_grad)
-            and type(dropout) in (torch.nn.Dropout, torch.nn.Identity))
+    return linear and not frozen.weight.requires_grad and (frozen.bias is None or not frozen.bias.requires_grad)
 
 
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -139,7 +137,8 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     self._check_forward_args(x, *args, **kwargs)
     name = adapters[0]
     dropout = self.lora_dropout[name]
-    if self.lorakit_fused_layer and not args and not kwargs and _whole_layer_fusable(self.base_layer, dropout):
+    if (self.lorakit_fused_layer and not args and not kwargs
+            and type(dropout) in (torch.nn.Dropout, torch.nn.Identity)):
         p = dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
         return LoraLinear.apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self.base_layer,
                                 float(self.scaling[name]), p)
@@ -169,6 +168,6 @@ def use_fused_lora(model) -> int:
     for module in model.modules():
         if type(module) in classes and not any(module.use_dora.values()):
             module.forward = types.MethodType(_fused_forward, module)
-            module.lorakit_fused_layer = whole_layer
+            module.lorakit_fused_layer = whole_layer and _frozen_plain_linear(module.base_layer)  # (decided once)
             switched += 1
     return switched

@@ -18,6 +18,7 @@ CPU, the SwiGLU's glue on CPU with liger's kernel stood in for, and the kernel i
 
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -60,6 +61,7 @@ def split_qkv_attention_forward(self, hidden_states, position_embeddings, attent
     return self.o_proj(attn_output), attn_weights
 
 
+@functools.cache
 def _fused_gate_up_swiglu():
     """liger's SwiGLU over the fused gate-up tensor, or None where this liger has none (before 0.8)."""
     try:
