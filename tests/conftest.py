@@ -230,7 +230,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun_command(*args: str, entry: list[str] | None = None) -> list[str]:
+def two_process_torchrun(*args: str, entry: list[str] | None = None) -> list[str]:
     """Two processes on a free port running `lorakit ARGS` (or `entry`)."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
             *(entry or ["-m", "lorakit"]), *args]
@@ -253,3 +253,22 @@ def max_metrics_diff(a: Path, b: Path, max_steps: int) -> float:
     assert [sorted(r) for r in first] == [sorted(r) for r in second]
     return max(abs(x[k] - y[k]) for x, y in zip(first, second) for k in ("train_loss", "val_loss", "learning_rate")
                if k in x)
+
+
+def train_with_disabled(model_dir: Path, data_file: Path, output_dir: Path, monkeypatch, disabled: str, **training):
+    """A 3-step packed tiny run (2 micro-batches a step) with LORAKIT_DISABLE=`disabled`: its logged training
+    losses and final adapter, to compare a run with an optimisation on and off."""
+    from lorakit.training.loop import train
+
+    monkeypatch.setenv("LORAKIT_DISABLE", disabled)
+    train(tiny_run_config(model_dir, data_file, output_dir, max_steps=3, gradient_accumulation_steps=2, packing=True,
+                          save_steps=10, eval_steps=10, **training))
+    return [r["train_loss"] for r in metric_records(output_dir) if "train_loss" in r], final_adapter(output_dir)
+
+
+def assert_trained_identically(run, other) -> None:
+    """Two `train_with_disabled` results: the same 3 losses and the same adapter, to the bit."""
+    (losses, adapter), (other_losses, other_adapter) = run, other
+    assert len(losses) == 3 and losses == other_losses
+    assert adapter.keys() == other_adapter.keys() and adapter
+    assert all(torch.equal(adapter[name], other_adapter[name]) for name in adapter)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -90,22 +91,24 @@ def test_a_job_stops_even_when_the_studio_was_started_with_sigint_ignored(tmp_pa
 
 
 def test_stop_repeats_the_interrupt_until_the_job_ends(tmp_path, monkeypatch):
-    """A job that did not stop on the first SIGINT gets another after SIGINT_REPEAT_S, until it ends or the
-    timeout passes (as a user presses Ctrl-C again)."""
-    sent = []
-    monkeypatch.setattr(jobs, "SIGINT_REPEAT_S", 0.2)
+    """A job that did not stop on the first SIGINT gets another every SIGINT_REPEAT_S (5 s), until it ends or the
+    timeout passes (as a user presses Ctrl-C again). The clock is a fake one that only sleeping advances."""
+    sent, clock = [], [0.0]
     monkeypatch.setattr(jobs.os, "killpg", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(jobs, "time", SimpleNamespace(monotonic=lambda: clock[0],
+                                                      sleep=lambda seconds: clock.__setitem__(0, clock[0] + seconds)))
 
     def status(run_dir, job):  # running until the second interrupt
         state, code = ("stopped", 130) if len(sent) >= 2 else ("running", None)
         return jobs.JobStatus(job, state, 4242, code, 0.0, "", None, None)
 
     monkeypatch.setattr(jobs, "job_status", status)
-    result = jobs.stop_job(tmp_path, "train", timeout_s=10)
+    result = jobs.stop_job(tmp_path, "train", timeout_s=60)
     assert (result.state, result.exit_code) == ("stopped", 130)
-    assert sent == [(4242, signal.SIGINT), (4242, signal.SIGINT)]
+    assert sent == [(4242, signal.SIGINT), (4242, signal.SIGINT)] and 5.0 <= clock[0] < 5.2
     sent.clear()
+    clock[0] = 0.0
     monkeypatch.setattr(jobs, "job_status", lambda run_dir, job: jobs.JobStatus(job, "running", 7, None, 0.0, "",
                                                                                 None, None))
-    assert jobs.stop_job(tmp_path, "train", timeout_s=0.5).state == "running"  # gives up at the timeout
-    assert 2 <= len(sent) <= 4
+    assert jobs.stop_job(tmp_path, "train", timeout_s=12).state == "running"  # gives up at the timeout
+    assert sent == [(7, signal.SIGINT)] * 3 and 12.0 <= clock[0] < 12.2  # at 0, 5 and 10 s

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (launcher_env, max_adapter_diff, max_metrics_diff, metric_records,
-                      torchrun_command, write_config_file)
+                      two_process_torchrun, write_config_file)
 from lorakit.config import load_config
 from lorakit.training.checkpoint import list_checkpoints, verify_checkpoint
 from lorakit.training.loop import train
@@ -47,7 +47,7 @@ def setup(tiny_llama_dir, tmp_path_factory):
 def test_data_parallel_two_gloo_processes_equal_one_process(setup):
     root, config, baseline = setup
     run = root / "two-processes"
-    done = subprocess.run(torchrun_command("train", str(config), "--set", f"output_dir={run}"),
+    done = subprocess.run(two_process_torchrun("train", str(config), "--set", f"output_dir={run}"),
                           env=launcher_env(root / "cache"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     adapter_diff, metrics_diff = max_adapter_diff(baseline, run), max_metrics_diff(baseline, run, STEPS)
@@ -75,7 +75,7 @@ def _worker_pid(launcher: subprocess.Popen, rank: int) -> int:
 def test_data_parallel_kill_9_of_one_rank_then_resume_with_1_or_2_processes(setup):
     root, config, baseline = setup
     run, env = root / "killed", launcher_env(root / "cache")
-    launcher = subprocess.Popen(torchrun_command("train", str(config), "--set", f"output_dir={run}"), env=env,
+    launcher = subprocess.Popen(two_process_torchrun("train", str(config), "--set", f"output_dir={run}"), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (run / "checkpoints" / "step-00000002").is_dir():
@@ -105,7 +105,7 @@ def test_data_parallel_kill_9_of_one_rank_then_resume_with_1_or_2_processes(setu
 def _run_with_fault(root: Path, config: Path, fault: str) -> tuple[subprocess.CompletedProcess, Path, float]:
     run = root / fault
     started = time.monotonic()
-    done = subprocess.run(torchrun_command("train", str(config), "--set", f"output_dir={run}",
+    done = subprocess.run(two_process_torchrun("train", str(config), "--set", f"output_dir={run}",
                                            entry=[str(HERE / "fault_on_one_rank.py")]),
                           env=dict(launcher_env(root / "cache"), LORAKIT_TEST_FAULT=fault), capture_output=True,
                           text=True, timeout=240)
@@ -132,4 +132,4 @@ def test_data_parallel_out_of_memory_on_one_rank_halves_on_every_rank(setup):
                         "accumulation steps (same examples per optimizer step)") == 1
     manifest = json.loads((run / "final" / "manifest.json").read_text())
     assert manifest["settings"]["micro_batch_size"] == 1 and manifest["settings"]["gradient_accumulation_steps"] == 4
-    assert [r["step"] for r in metric_records(run)] == list(range(1, SETTINGS["max_steps"] + 1))
+    assert [r["step"] for r in metric_records(run)] == list(range(1, STEPS + 1))

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from conftest import (Recorder, final_adapter, launcher_env, max_adapter_diff, max_metrics_diff, torchrun_command,
+from conftest import (Recorder, final_adapter, launcher_env, max_adapter_diff, max_metrics_diff, two_process_torchrun,
                       write_config_file)
 from lorakit.config import NF4_FSDP_REFUSAL, load_config
 from lorakit.training.checkpoint import list_checkpoints
@@ -34,7 +34,7 @@ RESUMED_FROM = "step-00000004"
 
 
 def _run_fsdp(config, run, env, *extra: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(torchrun_command("train", str(config), "--set", f"output_dir={run}", *extra), env=env,
+    done = subprocess.run(two_process_torchrun("train", str(config), "--set", f"output_dir={run}", *extra), env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done

@@ -3,33 +3,19 @@ one sync per micro-batch did, and the loss positions computed on the CPU are the
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from lorakit.data.packing import collate_packed
 from lorakit.data.render import TokenizedExample
 from lorakit.model.kernels import LOSS_POSITIONS, causal_lm_loss, loss_positions
 from lorakit.training.loop import train
-from conftest import final_adapter, tiny_run_config
-
-
-def _run(model_dir, data_file, output_dir, monkeypatch, disabled: str):
-    monkeypatch.setenv("LORAKIT_DISABLE", disabled)
-    config = tiny_run_config(model_dir, data_file, output_dir, max_steps=3, gradient_accumulation_steps=2,
-                             packing=True, save_steps=10, eval_steps=10)
-    train(config)
-    losses = [json.loads(line)["train_loss"] for line in (output_dir / "metrics.jsonl").read_text().splitlines()
-              if "train_loss" in line]
-    return losses, final_adapter(output_dir)
+from conftest import assert_trained_identically, tiny_run_config, train_with_disabled
 
 
 def test_host_overlap_trains_bit_identically(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
-    losses, adapter = _run(tiny_llama_dir, qa_file, tmp_path / "one-sync", monkeypatch, "")
-    per_batch_losses, per_batch_adapter = _run(tiny_llama_dir, qa_file, tmp_path / "per-batch", monkeypatch, "host_overlap")
-    assert len(losses) == len(per_batch_losses) == 3 and all(abs(a - b) <= 1e-12 * abs(b) for a, b in zip(losses, per_batch_losses))
-    assert adapter.keys() == per_batch_adapter.keys()
-    assert all(torch.equal(adapter[name], per_batch_adapter[name]) for name in adapter)
+    assert_trained_identically(
+        train_with_disabled(tiny_llama_dir, qa_file, tmp_path / "one-sync", monkeypatch, ""),
+        train_with_disabled(tiny_llama_dir, qa_file, tmp_path / "per-batch", monkeypatch, "host_overlap"))
 
 
 def test_precomputed_loss_positions_give_the_same_loss(tiny_llama_dir):

@@ -3,44 +3,37 @@ non-reentrant ones did: same losses, same adapter, dropout masks replayed in the
 
 from __future__ import annotations
 
-import json
 
 import torch
 
-from conftest import final_adapter, tiny_run_config
+from conftest import assert_trained_identically, tiny_run_config, train_with_disabled
 from lorakit.model import checkpointing
-from lorakit.training.loop import train
 
 
-def _run(model_dir, data_file, output_dir, monkeypatch, disabled: str):
-    monkeypatch.setenv("LORAKIT_DISABLE", disabled)
-    kinds = []  # the checkpoint implementation of every layer forward the run checkpoints
+def _checkpoint_kinds(monkeypatch) -> list:
+    """The checkpoint implementation (use_reentrant) of every layer forward a run checkpoints."""
     from transformers import modeling_utils  # binds torch's checkpoint when checkpointing is switched on
 
-    real_checkpoint = modeling_utils.checkpoint
+    kinds, real_checkpoint = [], modeling_utils.checkpoint
 
     def checkpoint(function, *args, use_reentrant=None, **kwargs):
         kinds.append(use_reentrant)
         return real_checkpoint(function, *args, use_reentrant=use_reentrant, **kwargs)
 
     monkeypatch.setattr(modeling_utils, "checkpoint", checkpoint)
-    config = tiny_run_config(model_dir, data_file, output_dir, max_steps=3, gradient_accumulation_steps=2,
-                             packing=True, save_steps=10, eval_steps=10, gradient_checkpointing=True)
-    train(config)
-    losses = [json.loads(line)["train_loss"] for line in (output_dir / "metrics.jsonl").read_text().splitlines()
-              if "train_loss" in line]
-    return losses, final_adapter(output_dir), set(kinds)
+    return kinds
 
 
 def test_reentrant_checkpoints_train_bit_identically(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
-    losses, adapter, kinds = _run(tiny_llama_dir, qa_file, tmp_path / "reentrant", monkeypatch, "")
-    assert kinds == {True}
-    plain_losses, plain_adapter, plain_kinds = _run(tiny_llama_dir, qa_file, tmp_path / "non-reentrant", monkeypatch,
-                                                    "reentrant_checkpoint")
-    assert plain_kinds == {False}
-    assert len(losses) == len(plain_losses) == 3 and losses == plain_losses
-    assert adapter.keys() == plain_adapter.keys()
-    assert all(torch.equal(adapter[name], plain_adapter[name]) for name in adapter)
+    kinds = _checkpoint_kinds(monkeypatch)
+    reentrant = train_with_disabled(tiny_llama_dir, qa_file, tmp_path / "reentrant", monkeypatch, "",
+                                    gradient_checkpointing=True)
+    assert kinds and set(kinds) == {True}
+    kinds.clear()
+    plain = train_with_disabled(tiny_llama_dir, qa_file, tmp_path / "non-reentrant", monkeypatch,
+                                "reentrant_checkpoint", gradient_checkpointing=True)
+    assert kinds and set(kinds) == {False}
+    assert_trained_identically(reentrant, plain)
 
 
 def test_sharded_runs_keep_non_reentrant_checkpoints(monkeypatch):
@@ -50,6 +43,7 @@ def test_sharded_runs_keep_non_reentrant_checkpoints(monkeypatch):
     monkeypatch.setenv("LORAKIT_DISABLE", "reentrant_checkpoint")
     assert checkpointing.reentrant_checkpoints(offload=False) is False
     assert checkpointing.reentrant_checkpoints(offload=True) is True  # offload works only with reentrant ones
+    assert checkpointing.reentrant_checkpoints(offload=True, sharded=True) is True
 
 
 def test_make_trainable_checkpoints_sharded_models_non_reentrantly(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
