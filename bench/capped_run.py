@@ -16,6 +16,13 @@ import runpy
 import sys
 
 
+def eight_gb_cap_gib() -> float:
+    """An 8 GB card's memory less the CUDA context (lorakit's planner's CUDA_CONTEXT_BYTES): 7.25 GiB."""
+    from lorakit.model.memory_plan import CUDA_CONTEXT_BYTES
+
+    return 8 - CUDA_CONTEXT_BYTES / 2**30
+
+
 def cap_allocator(cap_gib: float, *, device: int = 0, lorakit_settings: bool = True) -> None:
     """Make `device` a card of `cap_gib` GiB for PyTorch's allocator (an 8 GB card: ~7.25, its memory less the
     CUDA context). Capping starts CUDA, so lorakit's allocator settings (expandable segments, which `lorakit

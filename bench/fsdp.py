@@ -29,10 +29,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from capped_run import cap_allocator  # noqa: E402
+from capped_run import cap_allocator, eight_gb_cap_gib  # noqa: E402
 from multi_gpu import PHI4_MINI, SMOKE, build_model, launch_row, run_metrics, write_config  # noqa: E402
 
-EIGHT_GB_CAP_GIB = 8 - 0.75  # an 8 GB card's memory less the CUDA context (lorakit's CUDA_CONTEXT_BYTES)
+EIGHT_GB_CAP_GIB = eight_gb_cap_gib()
 # (name, processes, training.distributed, allocator cap in GiB or None, extra --set overrides)
 ROWS = [
     ("1gpu", 1, "ddp", None, []),

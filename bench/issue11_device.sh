@@ -10,7 +10,7 @@
 #   bash bench/issue11_device.sh profile OUT_DIR # the 8 GB card's step profile alone (prepares the model if missing)
 # Rows switch optimisations off with LORAKIT_DISABLE (src/lorakit/runtime/ablation.py).
 set -uo pipefail
-part=${1:?table, detail or check}
+part=${1:?table, detail, check, layer, final or profile}
 out=${2:?results folder}
 case "$part" in table|detail|check|layer|final|profile) ;;
     *) echo "unknown part '$part': table, detail, check, layer, final or profile" >&2; exit 2;; esac

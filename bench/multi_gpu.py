@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -114,10 +113,6 @@ class GpuMemorySampler:
         self._thread.join()
 
 
-def _text(output) -> str:
-    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
-
-
 def launch_row(root: Path, name: str, gpus: int, entry: list[str], lorakit_args: list[str], log,
                timeout: int | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     """`torchrun --nproc-per-node GPUS ENTRY LORAKIT_ARGS` on the first GPUS GPUs, logged; returns the finished
@@ -130,21 +125,16 @@ def launch_row(root: Path, name: str, gpus: int, entry: list[str], lorakit_args:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(gpus))
     started = time.perf_counter()
     with GpuMemorySampler() as sampler:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             stdout, stderr = process.communicate(timeout=timeout)
             done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
         except subprocess.TimeoutExpired:
-            # SIGTERM lets torchrun stop its workers (they run in sessions of their own), which would otherwise
-            # hold the GPUs into the next row; its process group is killed if it does not finish in a minute.
+            # SIGTERM: torchrun stops its workers (they run in sessions of their own, so no signal to torchrun's
+            # process group reaches them); they would otherwise hold the GPUs into the next row.
             process.terminate()
-            try:
-                stdout, stderr = process.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                stdout, stderr = process.communicate()
-            done = subprocess.CompletedProcess(command, 124, _text(stdout), _text(stderr) + "\nerror: timed out")
+            stdout, stderr = process.communicate()
+            done = subprocess.CompletedProcess(command, 124, stdout, stderr + "\nerror: timed out")
     log.write(f"== {name}: {' '.join(command)}\n{done.stdout}\n{done.stderr[-6000:]}\n")
     log.flush()
     return done, {"row": name, "gpus": gpus, "wall_seconds": time.perf_counter() - started,

@@ -1,7 +1,7 @@
 """Issue 4, point 4 and issue 11 on a real GPU: real CUDA out-of-memory errors inside lorakit training steps.
 
     python bench/oom_real.py --out DIR [--micro-batch 16] [--max-length 1024] [--steps 6]
-    python bench/oom_real.py --scenario replan-8gb --out DIR [--steps 8] [--cap-gib 7.3]
+    python bench/oom_real.py --scenario replan-8gb --out DIR [--steps 8] [--cap-gib 7.25]
 
 Scenario replan-8gb (issue 11): an 8 GB card emulated on a big GPU (PyTorch's allocator capped at --cap-gib, so
 the planner plans for the cap + the CUDA context), a Phi-4-mini-shaped QLoRA model with random weights, packed
@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from capped_run import cap_allocator  # noqa: E402
+from capped_run import eight_gb_cap_gib  # noqa: E402
 from synthetic_chat import synthetic_conversations  # noqa: E402
 
 from lorakit.config import RunConfig  # noqa: E402
@@ -182,7 +182,8 @@ def replan_8gb(args) -> int:
         begun = time.perf_counter()
         with GpuMemoryPoller() as poller:
             try:
-                done = subprocess.run([sys.executable, __file__, "capped-cli", str(args.cap_gib), str(peak_file), *argv],
+                done = subprocess.run([sys.executable, str(REPO / "bench" / "capped_run.py"), "--cap-gib",
+                                       str(args.cap_gib), "--peak-file", str(peak_file), "-m", "lorakit", *argv],
                                       capture_output=True, text=True, timeout=100,  # two runs + setup < 4 minutes
                                       env={**os.environ, "COLUMNS": "1000"})  # one message per line
                 row["exit"], output = done.returncode, done.stdout + done.stderr
@@ -227,7 +228,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scenario", choices=("halving", "replan-8gb"), default="halving")
-    parser.add_argument("--cap-gib", type=float, default=7.3, help="replan-8gb: PyTorch's allocator cap")
+    parser.add_argument("--cap-gib", type=float, default=eight_gb_cap_gib(), help="replan-8gb: PyTorch's allocator cap")
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=6)
@@ -322,29 +323,5 @@ def main() -> int:
     return 0 if all(row["ok"] for row in rows) else 1
 
 
-def capped_cli(argv: list[str]) -> None:
-    """`oom_real.py capped-cli CAP_GIB PEAK_FILE ARGS...`: `lorakit ARGS` in this process with PyTorch's allocator
-    capped at CAP_GIB; at exit the CUDA peaks go to PEAK_FILE."""
-    import atexit
-
-    cap_gib, peak_file, rest = float(argv[0]), Path(argv[1]), argv[2:]
-    # `lorakit train` sets its allocator default before CUDA starts; the cap starts CUDA, so cap_allocator makes
-    # the same public call first (a user's PYTORCH_CUDA_ALLOC_CONF still wins, as in lorakit).
-    cap_allocator(cap_gib)
-
-    def record() -> None:
-        peak_file.write_text(json.dumps({"peak_allocated": torch.cuda.max_memory_allocated(0),
-                                         "peak_reserved": torch.cuda.max_memory_reserved(0)}))
-
-    atexit.register(record)
-    from lorakit.cli.app import main as lorakit_main
-
-    sys.argv = ["lorakit", *rest]
-    lorakit_main()
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["capped-cli"]:
-        capped_cli(sys.argv[2:])
-    else:
-        sys.exit(main())
+    sys.exit(main())

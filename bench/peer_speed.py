@@ -32,6 +32,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+from capped_run import eight_gb_cap_gib  # noqa: E402
 from gpu_speed_memory import matmul_tflops  # noqa: E402
 from multi_gpu import PHI4_MINI, SAFE_ENV, SMOKE, TOKENIZER, GpuMemorySampler  # noqa: E402
 from synthetic_chat import synthetic_conversations  # noqa: E402
@@ -171,8 +172,8 @@ def extra_slug(extra: str) -> str:
     >>> extra_slug("training.learning_rate=0.0002")
     'learning_rate0.0002'
     """
-    return "-".join(key.rsplit(".", 1)[-1] + value for key, _, value in (item.partition("=") for item in extra.split("+")
-                                                                            if item))
+    items = (item.partition("=") for item in extra.split("+") if item)
+    return "-".join(key.rsplit(".", 1)[-1] + value for key, _, value in items)
 
 
 def trl_row(setting: str, work: Path, args, log) -> dict:
@@ -253,7 +254,8 @@ def main() -> None:
     parser.add_argument("--tools", default="trl,lorakit", help="comma list of trl, lorakit, guide")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--cap-gib", type=float, default=7.25, help="allocator cap of the emulated 8 GB card")
+    parser.add_argument("--cap-gib", type=float, default=eight_gb_cap_gib(),
+                        help="allocator cap of the emulated 8 GB card")
     parser.add_argument("--row-timeout", type=int, default=300)
     parser.add_argument("--ablate", default="", help="extra lorakit rows, each with these optimisations off "
                         "(comma list of LORAKIT_DISABLE values, '+' joins several: fused_lora+split_qkv,host_overlap)")
@@ -281,14 +283,15 @@ def main() -> None:
     config = lorakit_config(args.work, args.warmup + args.steps, args.smoke)
     tools = args.tools.split(",")
     rows_path = args.out / "rows.jsonl"
+    # (optimisations switched off, extra --set items) of each lorakit row
+    lorakit_variants = ([("", "")] + [(v, "") for v in args.ablate.split(",") if v]
+                        + [("", v) for v in args.extra.split(",") if v])
     with open(args.out / "log.txt", "a") as log:
         for setting in args.settings.split(","):
             for tool in ("trl", "lorakit"):
                 if tool not in tools:
                     continue
-                variants = [("", "")] + [(v, "") for v in args.ablate.split(",") if v] + [
-                    ("", v) for v in args.extra.split(",") if v] if tool == "lorakit" else [("", "")]
-                for disabled, extra in variants:
+                for disabled, extra in lorakit_variants if tool == "lorakit" else [("", "")]:
                     started = time.perf_counter()
                     row = trl_row(setting, args.work, args, log) if tool == "trl" else lorakit_row(
                         setting, args.work, config, args, log, disabled, extra)

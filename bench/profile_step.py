@@ -120,9 +120,10 @@ def main() -> None:
     parser.add_argument("--cap-gib", type=float, default=None, help="cap PyTorch's allocator (an emulated card)")
     parser.add_argument("--name", default="profile", help="file name of the table under --out")
     args = parser.parse_args()
-    use_expandable_segments()  # as lorakit train does (loop.train), before the cap below starts CUDA
-    if args.cap_gib is not None:
-        cap_allocator(args.cap_gib, lorakit_settings=False)  # (set just above)
+    if args.cap_gib is not None:  # lorakit's allocator settings first, as lorakit train sets them (loop.train)
+        cap_allocator(args.cap_gib)
+    else:
+        use_expandable_segments()
     config = load_config(args.config, args.overrides + ["training.max_steps=1000000"])  # never the last step
     session = loop.build_session(config, PrintingReporter())
     params = [p for p in session.model.parameters() if p.requires_grad]

@@ -13,7 +13,7 @@ cd "$work/lorakit"
     for command in "bash scripts/setup.sh && .venv/bin/lorakit train examples/config.yaml --overwrite" \
                    "bash scripts/setup.sh --test && .venv/bin/python -m pytest"; do
         echo "== $command"
-        LORAKIT_CACHE_DIR="$work/cache-$RANDOM" /usr/bin/time -v bash -c "$command" > "$work/out.txt" 2> "$work/err.txt"
+        LORAKIT_CACHE_DIR="$(mktemp -d "$work/cache-XXXX")" /usr/bin/time -v bash -c "$command" > "$work/out.txt" 2> "$work/err.txt"
         echo "exit $?"
         tail -4 "$work/out.txt"
         grep -E "Elapsed \(wall clock\)|Maximum resident set size" "$work/err.txt"
