@@ -19,14 +19,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import tiny_run_config, write_qa_jsonl
+from conftest import Recorder, final_adapter, tiny_run_config, write_qa_jsonl
 from lorakit.errors import CheckpointError
 from lorakit.runtime import atomic_files
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text, remove_abandoned_staging
 from lorakit.runtime.run_lock import hold_run_lock
 from lorakit.training.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from lorakit.training.loop import train
-from lorakit.training.metrics import SilentReporter
 from simulated_crash import CrashAfterStep, SimulatedCrash
 
 KILLS = int(os.environ.get("LORAKIT_KILL_LOOP_KILLS", "20"))  # more, and another seed, for a local soak
@@ -158,17 +157,12 @@ def test_crash_safety_damaged_checkpoint_is_reported_and_the_previous_good_one_u
     assert verify_checkpoint(newest) == reported
     assert latest_good_checkpoint(tmp_path / "run").name == "step-00000002"
 
-    messages = []
-
-    class Recorder(SilentReporter):
-        def message(self, text: str) -> None:
-            messages.append(text)
-
+    reporter = Recorder()
     with caplog.at_level(logging.WARNING, logger="lorakit"):
-        train(config, resume=True, reporter=Recorder())
+        train(config, resume=True, reporter=reporter)
     assert f"Checkpoint step-00000004 is damaged ({reported}); falling back to the previous one" in caplog.text
-    assert "resumed from step-00000002 (step 2)" in messages
-    b = load_file(tmp_path / "run" / "final" / "adapter_model.safetensors")
+    assert "resumed from step-00000002 (step 2)" in reporter.messages
+    b = final_adapter(tmp_path / "run")
     assert all(torch.equal(straight_adapter[k], b[k]) for k in straight_adapter)
 
 
@@ -271,7 +265,7 @@ def test_crash_safety_kill_9_loop_final_adapter_equals_uninterrupted(tiny_llama_
     baseline_dir = tmp_path / "baseline"
     baseline = _start(_kill_loop_config(tmp_path, tiny_llama_dir, qa_file, baseline_dir), env)
     assert baseline.wait() == 0, baseline.stderr.read().decode()
-    expected = load_file(baseline_dir / "final" / "adapter_model.safetensors")
+    expected = final_adapter(baseline_dir)
 
     rng = random.Random(SEED)
     modes = ["checkpoint-write", "while-training", "anytime", "final-write"]
@@ -282,7 +276,7 @@ def test_crash_safety_kill_9_loop_final_adapter_equals_uninterrupted(tiny_llama_
     total = 0
     while total < KILLS:
         if (run_dir / "final" / "manifest.json").is_file():  # finished (possibly killed just after): check, start anew
-            assert all(torch.equal(expected[k], v) for k, v in load_file(run_dir / "final" / "adapter_model.safetensors").items())
+            assert all(torch.equal(expected[k], v) for k, v in final_adapter(run_dir).items())
             assert _losses(run_dir) == _losses(baseline_dir)
             finished_runs, run_index = finished_runs + 1, run_index + 1
             run_dir = tmp_path / f"killed-{run_index}"
@@ -301,7 +295,7 @@ def test_crash_safety_kill_9_loop_final_adapter_equals_uninterrupted(tiny_llama_
     if not (run_dir / "final" / "manifest.json").is_file():  # the last kill left it unfinished: resume once more
         process = _start(config, env, "--resume")
         assert process.wait() == 0, process.stderr.read().decode()
-    final = load_file(run_dir / "final" / "adapter_model.safetensors")
+    final = final_adapter(run_dir)
     assert final.keys() == expected.keys()
     assert all(torch.equal(expected[k], final[k]) for k in expected), "the killed-and-resumed adapter differs"
     assert _losses(run_dir) == _losses(baseline_dir)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_run_config, write_config_file
+from conftest import final_adapter, tiny_run_config, write_config_file
 from lorakit.cli.app import run_cli
 from lorakit.errors import DiskFullError
 from lorakit.runtime.atomic_files import is_disk_full
@@ -69,8 +69,8 @@ def test_disk_full_injected_enospc_is_a_clear_error_and_the_previous_checkpoint_
     straight = tmp_path / "straight"
     straight.mkdir()
     assert run_cli(["train", str(_config_file(straight, tiny_llama_dir))]) == 0
-    a = load_file(run / "final" / "adapter_model.safetensors")
-    b = load_file(straight / "run" / "final" / "adapter_model.safetensors")
+    a = final_adapter(run)
+    b = final_adapter(straight / "run")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -158,6 +158,6 @@ def test_disk_full_on_a_real_small_filesystem(tiny_llama_dir, qa_file, tmp_path,
     filler.unlink()
     train(config, resume=True)
     straight = train(tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "straight", **settings))
-    a = load_file(run / "final" / "adapter_model.safetensors")
+    a = final_adapter(run)
     b = load_file(straight.adapter_dir / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_run_config, write_qa_jsonl
+from conftest import final_adapter, tiny_run_config, write_qa_jsonl
 from lorakit.data.records import Message
 from lorakit.errors import CheckpointError
 from lorakit.inference.generate import GenerationSettings, generate_answer, load_run
@@ -36,7 +36,7 @@ def test_run_writes_adapter_checkpoints_manifest_and_curves(tiny_llama_dir, qa_f
 def test_lora_weights_change_and_base_weights_do_not(tiny_llama_dir, qa_file, tmp_path):
     before = load_file(tiny_llama_dir / "model.safetensors")
     train(tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run"))
-    adapter = load_file(tmp_path / "run" / "final" / "adapter_model.safetensors")
+    adapter = final_adapter(tmp_path / "run")
     assert adapter and all("lora_" in key for key in adapter)
     # peft initialises lora_B to zero: every B matrix must have moved.
     for key, value in adapter.items():

@@ -127,15 +127,7 @@ def test_oom_at_micro_batch_1_stops_with_advice_and_a_resumable_checkpoint(
                 self.max_rows = 0
             return super().__call__(module, args)
 
-    finished: list[int] = []  # one entry per completed optimizer step
-    real_train_step = loop._train_step
-
-    def train_step(*args):
-        result = real_train_step(*args)
-        finished.append(1)
-        return result
-
-    monkeypatch.setattr(loop, "_train_step", train_step)
+    finished = spy_on_steps(monkeypatch)  # one entry per completed optimizer step
     injector = OomFromStep3()
     inject_oom(injector)
     config = _cli_config(tmp_path, tiny_llama_dir)
