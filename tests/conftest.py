@@ -224,7 +224,8 @@ def launcher_env(cache: Path) -> dict:
     return env
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (nothing listens on it once this returns)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -232,7 +233,7 @@ def _free_port() -> int:
 
 def two_process_torchrun(*args: str, entry: list[str] | None = None) -> list[str]:
     """Two processes on a free port running `lorakit ARGS` (or `entry`)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
             *(entry or ["-m", "lorakit"]), *args]
 
 

@@ -7,7 +7,6 @@ must print exactly one error with one hint, no traceback, and exit 2.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import write_qa_jsonl
+from conftest import free_port, write_qa_jsonl
 from fake_hub import FakeHub
 
 GOOD_TOKEN = "hf_GoodTokenForTheFakeHub0123456789"
 OTHER_TOKEN = "hf_ValidButNotGrantedAccess987654321"
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run_lorakit(directory: Path, endpoint: str, repo_id: str, token: str | None, offline: bool = False,
@@ -75,7 +68,7 @@ def outcomes(tiny_llama_dir, tmp_path_factory):
     with FakeHub(valid_tokens={GOOD_TOKEN, OTHER_TOKEN}) as hub, FakeHub(hang=True) as silent:
         hub.add("lorakit-tests/tiny-llama", tiny_llama_dir)
         hub.add("lorakit-tests/gated-llama", tiny_llama_dir, gated=True, granted_tokens={GOOD_TOKEN})
-        endpoints = {"hub": hub.url, "silent": silent.url, "closed": f"http://127.0.0.1:{_closed_port()}"}
+        endpoints = {"hub": hub.url, "silent": silent.url, "closed": f"http://127.0.0.1:{free_port()}"}
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = {name: pool.submit(_run_lorakit, root / name, endpoints[server], repo, token, offline, *command)
                        for name, (repo, token, offline, server, *command) in SCENARIOS.items()}

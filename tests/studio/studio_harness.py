@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +12,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from conftest import free_port
 
 BROKEN_JSONL = "\n".join([
     '{"instruction": "What is asthma?", "response": "A chronic disease of the airways."}',
@@ -32,12 +33,6 @@ TINY_OVERRIDES = ["model.max_length=128", "lora.r=4", "lora.alpha=8", "training.
                   "training.lr_scheduler=constant", "training.learning_rate=0.01", "data.validation_split=0.2",
                   "data.test_split=0.2", "eval.max_new_tokens=6", "inference.max_new_tokens=6",
                   "inference.temperature=0"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_up(url: str, timeout_s: float = 60.0) -> None:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from studio_harness import free_port
+from conftest import free_port
 
 from lorakit.errors import LorakitError
 from lorakit.export.run_export import ExportRequest, export_run

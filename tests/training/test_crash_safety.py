@@ -19,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import Recorder, final_adapter, tiny_run_config, write_qa_jsonl
+from conftest import Recorder, final_adapter, metric_records, tiny_run_config, write_qa_jsonl
 from lorakit.errors import CheckpointError
 from lorakit.runtime import atomic_files
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text, remove_abandoned_staging
@@ -255,7 +255,7 @@ def _check_on_disk_state(run_dir: Path) -> None:
 
 
 def _losses(run_dir: Path) -> list[tuple]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metric_records(run_dir)
     return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in records]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_run_config
+from conftest import metric_records, tiny_run_config
 from lorakit.evaluation.report import write_report
 from lorakit.training.checkpoint import TrainerState, best_checkpoint_step, checkpoint_dir
 from lorakit.training.early_stop import EarlyStopping
@@ -21,7 +21,7 @@ OVERSHOOT = dict(learning_rate=0.2, max_steps=16, eval_steps=1, early_stopping_p
 
 
 def _val_losses(run_dir) -> dict[int, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metric_records(run_dir)
     return {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
 
 

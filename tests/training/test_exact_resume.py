@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import build_tiny_model, final_adapter, tiny_run_config, write_qa_jsonl
+from conftest import build_tiny_model, final_adapter, metric_records, tiny_run_config, write_qa_jsonl
 from lorakit.cli.app import run_cli
 from lorakit.errors import CheckpointError
 from lorakit.training.checkpoint import load_checkpoint, save_checkpoint
@@ -34,7 +34,7 @@ def _config(model_dir, data_file, run_dir, **training):
 
 
 def _logged_losses(run_dir):
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metric_records(run_dir)
     return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in records]
 
 

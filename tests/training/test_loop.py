@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import final_adapter, tiny_run_config, write_qa_jsonl
+from conftest import final_adapter, metric_records, tiny_run_config, write_qa_jsonl
 from lorakit.data.records import Message
 from lorakit.errors import CheckpointError
 from lorakit.inference.generate import GenerationSettings, generate_answer, load_run
@@ -28,7 +28,7 @@ def test_run_writes_adapter_checkpoints_manifest_and_curves(tiny_llama_dir, qa_f
     assert manifest["seed"] == 7 and len(manifest["data"]["sha256"]) == 64
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["metrics"]["test_loss"] == pytest.approx(result.metrics["test_loss"])
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = metric_records(run)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all("val_loss" in r for r in records if r["step"] % 2 == 0)
 

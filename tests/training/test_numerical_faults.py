@@ -3,13 +3,12 @@ advice; the last good checkpoint stays; fp16 trains with a loss scaler."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from conftest import write_config_file
+from conftest import metric_records, write_config_file
 from lorakit.cli.app import run_cli
 from lorakit.data.render import TokenizedExample
 from lorakit.training import loop
@@ -75,7 +74,7 @@ def test_numerical_faults_stop_with_step_example_ids_and_advice(tiny_llama_dir, 
     assert [p.name for p in list_checkpoints(run)] == ["step-00000002"]
     assert latest_good_checkpoint(run).name == "step-00000002" and verify_checkpoint(run / "checkpoints" / "step-00000002") is None
     assert not (run / "final").exists()
-    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = metric_records(run)
     assert [r["step"] for r in logged] == [1, 2]
     assert all(math.isfinite(v) for r in logged for v in r.values() if isinstance(v, float))
 

@@ -4,12 +4,11 @@ the same metrics as metrics.jsonl, the resolved config and the manifest; never t
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
-from conftest import QA_PAIRS, tiny_run_config
+from conftest import QA_PAIRS, metric_records, tiny_run_config
 from lorakit.errors import ConfigError
 from lorakit.training.loop import train
 from lorakit.training.tracking import open_tracker, tracked_params
@@ -23,8 +22,7 @@ def _config(model_dir, data, run, tracker):
 
 
 def _logged_losses(run: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+    return {r["step"]: r["train_loss"] for r in metric_records(run) if "train_loss" in r}
 
 
 def _assert_no_secret_or_data(folder: Path) -> None:
@@ -76,26 +74,41 @@ def test_wandb_offline_gets_metrics_config_and_manifest(tiny_llama_dir, qa_file,
     run_id = json.loads((run / "tracking.json").read_text())["run_id"]
     [offline] = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
     assert (offline / f"run-{run_id}.wandb").stat().st_size > 0
-    items = _read_wandb_items(offline / f"run-{run_id}.wandb")
-    losses = _logged_losses(run)
-    assert items["train/loss"] == set(losses.values()) and set(losses) <= items["_step"]
+    history = _read_wandb_history(offline / f"run-{run_id}.wandb")
+    assert {row["_step"]: row["train/loss"] for row in history if "train/loss" in row} == _logged_losses(run)
+    validation = {r["step"]: r["val_loss"] for r in metric_records(run) if "val_loss" in r}
+    assert validation and {row["_step"]: row["val/loss"] for row in history if "val/loss" in row} == validation
     log = (offline / f"run-{run_id}.wandb").read_bytes()
     assert b"lora.r" in log  # the resolved config
     assert all(name.encode() in log for name in ("manifest.json", "config.yaml", "loss_curve.png"))  # the artifact
     _assert_no_secret_or_data(run / "wandb")
 
 
-def _read_wandb_items(path: Path) -> dict[str, set]:
-    """Every (key -> values) history item of an offline run's transaction log. wandb >= 0.2x ships no Python
-    reader; a history item is protobuf: key (tag 0x12, length-prefixed), then value_json (tag 0x82 0x01)."""
-    item = re.compile(rb"\x12(.)([\w/]{1,60}?)\x82\x01(.)", re.DOTALL)
-    content = path.read_bytes()
-    items: dict[str, set] = {}
-    for match in item.finditer(content):
-        key_length, key, value_length = match.group(1)[0], match.group(2), match.group(3)[0]
-        if key_length == len(key):
-            items.setdefault(key.decode(), set()).add(json.loads(content[match.end():match.end() + value_length]))
-    return items
+def _read_wandb_history(path: Path) -> list[dict]:
+    """The history rows of an offline run's transaction log (wandb >= 0.2x ships no Python reader for it). The file
+    is a 7-byte header, then LevelDB-log blocks of 32 KiB: chunks of a 7-byte header (crc32, length, type: 1 whole,
+    2 first, 3 middle, 4 last) and a piece of one protobuf Record."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    content, block, rows, pending = path.read_bytes(), 32768, [], b""
+    assert content[:4] == b":W&B", content[:7]
+    offset = 7
+    while offset + 7 <= len(content):
+        if block - offset % block < 7:  # a block's tail too short for a chunk header is padding
+            offset += block - offset % block
+            continue
+        length, kind = int.from_bytes(content[offset + 4:offset + 6], "little"), content[offset + 6]
+        if length == kind == 0:
+            break
+        pending += content[offset + 7:offset + 7 + length]
+        offset += 7 + length
+        if kind in (1, 4):
+            record = Record.FromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+    return rows
 
 
 def test_wandb_without_login_or_offline_mode_is_a_config_error(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
