@@ -30,7 +30,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from capped_run import cap_allocator, eight_gb_cap_gib  # noqa: E402
-from multi_gpu import PHI4_MINI, SMOKE, build_model, launch_row, run_metrics, write_config  # noqa: E402
+from multi_gpu import PHI4_MINI, SMOKE, build_model, launch_row, write_config  # noqa: E402
+from step_speed import run_speed  # noqa: E402
 
 EIGHT_GB_CAP_GIB = eight_gb_cap_gib()
 # (name, processes, training.distributed, allocator cap in GiB or None, extra --set overrides)
@@ -68,7 +69,7 @@ def run_row(config: Path, root: Path, row: tuple, log, row_timeout: int = 240) -
             line for line in text if "error" in line.lower()][-3:]
         return {**result, "error": " ".join(lines)[-600:] or done.stderr[-600:]}
     plan = [line for line in done.stdout.splitlines() if line.startswith("memory plan:")]
-    return {**result, **run_metrics(root / name), "plan": plan[0] if plan else None}
+    return {**result, **run_speed(root / name, warmup=3), "plan": plan[0] if plan else None}
 
 
 def table(rows: list[dict]) -> str:

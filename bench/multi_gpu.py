@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+from step_speed import run_speed  # noqa: E402
 from synthetic_chat import synthetic_conversations  # noqa: E402
 
 PHI4_MINI = dict(vocab_size=200064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
@@ -141,21 +141,13 @@ def launch_row(root: Path, name: str, gpus: int, entry: list[str], lorakit_args:
                   "peak_mib_per_gpu": [sampler.peak.get(i) for i in range(gpus)]}
 
 
-def run_metrics(run_dir: Path, warmup: int = 3) -> dict:
-    """tokens/s (median of lorakit's per-step figure after `warmup` steps) and the training losses of a run."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    measured = [r["tokens_per_second"] for r in records[warmup:] if "tokens_per_second" in r]
-    return {"tokens_per_second": statistics.median(measured), "measured_steps": len(measured),
-            "train_losses": [r["train_loss"] for r in records]}
-
-
 def run_row(config: Path, root: Path, name: str, gpus: int, quantization: str, log) -> dict:
     done, row = launch_row(root, name, gpus, ["-m", "lorakit"], ["train", str(config), "--set",
                            f"output_dir={root / name}", "--set", f"model.quantization={quantization}"], log)
     row["quantization"] = quantization
     if done.returncode != 0:
         return {**row, "error": done.stderr[-800:]}
-    return {**row, **run_metrics(root / name)}
+    return {**row, **run_speed(root / name, warmup=3)}
 
 
 def table(rows: list[dict]) -> str:

@@ -48,6 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capped_run import eight_gb_cap_gib  # noqa: E402
+from step_speed import measured_speeds  # noqa: E402
 from synthetic_chat import synthetic_conversations  # noqa: E402
 
 from lorakit.config import RunConfig  # noqa: E402
@@ -196,9 +197,7 @@ def replan_8gb(args) -> int:
         lines = [line.strip() for line in output.splitlines()]
         row["plan"] = next((line for line in lines if line.startswith("memory plan:")), None)
         row["oom_messages"] = [line for line in lines if line.startswith("out of memory")]
-        metrics = run_dir / "metrics.jsonl"
-        speeds = [r["tokens_per_second"] for r in map(json.loads, metrics.read_text().splitlines())
-                  if "tokens_per_second" in r and r["step"] > 1] if metrics.is_file() else []
+        speeds = measured_speeds(run_dir, warmup=1) if (run_dir / "metrics.jsonl").is_file() else []
         row["tokens_per_s"] = statistics.median(speeds) if speeds else None
         if row["exit"] != 0:
             row["error"] = output[-3000:]

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from capped_run import eight_gb_cap_gib  # noqa: E402
 from gpu_speed_memory import matmul_tflops  # noqa: E402
 from multi_gpu import PHI4_MINI, SAFE_ENV, SMOKE, TOKENIZER, GpuMemorySampler  # noqa: E402
+from step_speed import run_speed  # noqa: E402
 from synthetic_chat import synthetic_conversations  # noqa: E402
 
 # name: (max_length, packed rows per step, quantization, checkpointing for TRL, cap the allocator)
@@ -147,11 +148,10 @@ def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str
     row = {"setting": setting, "tool": tool, "nvidia_smi_peak_mib": smi.get(measured_gpu())}
     if done is None or done.returncode != 0:
         return row | {"error": "timeout" if done is None else done.stderr[-600:]}
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["tokens_per_second"] for r in records if "tokens_per_second" in r][args.warmup:]
+    speed = run_speed(run_dir, args.warmup)
     plan = next((line for line in done.stdout.splitlines() + done.stderr.splitlines() if "memory plan" in line), "")
-    row |= {"tokens_per_second": statistics.median(rates), "measured_steps": len(rates), "plan": plan.strip()[-160:],
-            "losses": [r["train_loss"] for r in records if "train_loss" in r]}
+    row |= {"tokens_per_second": speed["tokens_per_second"], "measured_steps": speed["measured_steps"],
+            "plan": plan.strip()[-160:], "losses": speed["train_losses"]}
     if peak_file.exists():
         row |= json.loads(peak_file.read_text())
     return row
