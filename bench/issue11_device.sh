@@ -46,10 +46,7 @@ profile_8gb() {  # the emulated 8 GB card's QLoRA step, as the planner sets it u
     head -12 "$out/$1.md"
 }
 if [ "$part" = profile ]; then  # (run8_profile: the model and config peer_speed.py would prepare, then the profile)
-    work=/tmp/lorakit-peer-speed
-    [ -f "$work/data.json" ] || { mkdir -p "$work" && python bench/peer_speed.py --prepare-child --work "$work" > /dev/null 2>&1; }
-    python -c "import sys; sys.path.insert(0, 'bench'); import peer_speed; from pathlib import Path; \
-peer_speed.lorakit_config(Path('$work'), 10, False)"
+    python bench/peer_speed.py --prepare-only --steps 8 --warmup 2 > /dev/null
     profile_8gb profile_8gb_qlora_reentrant
     exit
 fi

@@ -263,6 +263,8 @@ def main() -> None:
                         "setting's own (comma list, '+' joins several: training.batch_size=4+training.gradient_"
                         "accumulation_steps=4)")
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU: checks the script only")
+    parser.add_argument("--prepare-only", action="store_true", help="make the work folder's model, data and "
+                        "lorakit config (kept between calls), print the config's path, run nothing")
     parser.add_argument("--prepare-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--guide-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -272,15 +274,18 @@ def main() -> None:
     if args.guide_child:
         guide_child(args.guide_child, args.work)
         return
-    args.out.mkdir(parents=True, exist_ok=True)
     if not (args.work / "data.json").exists():  # keep a prepared work folder between calls
         shutil.rmtree(args.work, ignore_errors=True)
         args.work.mkdir(parents=True)
         prepare_command = [sys.executable, str(Path(__file__).resolve()), "--prepare-child", "--work", str(args.work)]
         subprocess.run(prepare_command + (["--smoke"] if args.smoke else []), check=True)
     data = json.loads((args.work / "data.json").read_text())
-    print(json.dumps(data), flush=True)
     config = lorakit_config(args.work, args.warmup + args.steps, args.smoke)
+    if args.prepare_only:
+        print(config)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(json.dumps(data), flush=True)
     tools = args.tools.split(",")
     rows_path = args.out / "rows.jsonl"
     # (optimisations switched off, extra --set items) of each lorakit row
