@@ -8,7 +8,9 @@ Every request's Authorization header is recorded, so tests can check where a tok
 
 Uploads (`create_repo` + `upload_folder`, as huggingface_hub 2.x sends them): POST /api/repos/create,
 POST /api/models/{repo}/preupload/{rev} (every file "regular", so no LFS/Xet transfer) and
-POST /api/models/{repo}/commit/{rev} (NDJSON, files base64), after POST /api/validate-yaml. Uploaded repos land in `created`.
+POST /api/models/{repo}/commit/{rev} (NDJSON, files base64), after POST /api/validate-yaml. Uploaded repos land in `created`;
+`add_created` makes one that exists already (create then answers 409 with the repo's `url`, as the Hub does, which
+`create_repo(exist_ok=True)` reads), and GET /api/models/{repo} (`repo_info`) reports its `private` flag.
 `forbidden_namespaces` answers create with 403; `drop_commit=True` closes the connection mid-commit.
 """
 
@@ -80,6 +82,10 @@ class FakeHub:
     def add(self, repo_id: str, directory: Path, *, gated: bool = False, granted_tokens: set[str] | None = None) -> None:
         self.repos[repo_id] = FakeRepo(Path(directory), gated, set(granted_tokens or ()))
 
+    def add_created(self, repo_id: str, *, private: bool) -> None:
+        """A repo that exists on the fake Hub before the test uploads to it."""
+        self.created[repo_id] = CreatedRepo(private=private)
+
     def __enter__(self) -> FakeHub:
         self._thread.start()
         return self
@@ -131,7 +137,8 @@ class FakeHub:
                 return self._error(request, 403, None, "You don't have the rights to create a model under the "
                                    "namespace", False)
             if repo_id in self.created:
-                return self._error(request, 409, None, "You already created this model repo", False)
+                return self._error(request, 409, None, "You already created this model repo", False,
+                                   url=f"{self.url}/{repo_id}")
             self.created[repo_id] = CreatedRepo(private=payload.get("visibility", "public") == "private"
                                                 if "visibility" in payload else payload.get("private"))
             return self._json(request, {"url": f"{self.url}/{repo_id}"}, False)
@@ -179,6 +186,8 @@ class FakeHub:
             repo = self._repo_or_error(request, repo_id, token, head)
             if repo is not None:
                 self._json(request, [self._tree_entry(p) for p in sorted(repo.directory.iterdir()) if p.is_file()], head)
+        elif rest in self.created:  # repo_info of an uploaded repo
+            self._json(request, {"id": rest, "private": bool(self.created[rest].private), "sha": COMMIT}, head)
         else:
             self._error(request, 404, None, "Not Found", head)
 
@@ -207,11 +216,11 @@ class FakeHub:
     def _json(self, request, payload, head: bool) -> None:
         self._send(request, 200, json.dumps(payload).encode(), {"Content-Type": "application/json"}, head)
 
-    def _error(self, request, status: int, code: str | None, message: str, head: bool) -> None:
+    def _error(self, request, status: int, code: str | None, message: str, head: bool, **extra: str) -> None:
         headers = {"Content-Type": "application/json", "X-Error-Message": message}
         if code:
             headers["X-Error-Code"] = code
-        self._send(request, status, json.dumps({"error": message}).encode(), headers, head)
+        self._send(request, status, json.dumps({"error": message, **extra}).encode(), headers, head)
 
     @staticmethod
     def _send(request, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:

@@ -427,7 +427,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
         config_path = Path(path)
         if not config_path.is_file():
             raise ConfigError(source, [f"config file not found (looked at {config_path.resolve()})"])
-        text = config_path.read_text(encoding="utf-8")
+        data = config_path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[:exc.start].count(b"\n") + 1
+            raise ConfigError(source, [f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file "
+                                       "as UTF-8 in your editor"]) from None
     try:
         raw = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:

@@ -1,5 +1,6 @@
-"""Every export is atomic: refused over an existing folder without --overwrite, refused up front when the
-disk is too small, and a failure in any step names the step and leaves nothing behind (run dir unchanged)."""
+"""Every export is atomic: refused over an existing folder without --overwrite (and always over the run itself or
+a folder holding it), refused up front when the disk is too small, and a failure in any step names the step and
+leaves nothing behind (run dir unchanged)."""
 
 from __future__ import annotations
 
@@ -97,3 +98,17 @@ def test_adapter_export_has_a_real_card(run_dir):
     for expected in ("## Base model", "## Training data", "LoRA: r=4, alpha=8", "## Intended use", "## Limits",
                      "Not medical advice.", "No `lorakit eval` results"):
         assert expected in card
+
+
+@pytest.mark.parametrize("where", ["the run", "its parent", "the working directory"])
+def test_output_that_is_or_holds_the_run_is_refused_and_nothing_is_deleted(where, run_dir, monkeypatch, capsys):
+    (run_dir / "checkpoints" / "step-2").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-2" / "adapter_model.safetensors").write_bytes(b"weights")
+    before = tree_fingerprint(run_dir.parent)
+    monkeypatch.chdir(run_dir.parent)
+    output = {"the run": str(run_dir), "its parent": str(run_dir.parent), "the working directory": "."}[where]
+    assert run_cli(["export", str(run_dir), "--format", "adapter", "--output", output, "--overwrite"]) == 2
+    assert (f"error: lorakit export: 1 config problem:\n  - --output: {output} is or contains the run folder "
+            f"{run_dir}, which the export would replace (checkpoints, adapter and metrics included); pick another "
+            f"folder, e.g. the default {run_dir / 'export' / 'adapter'}\n") in capsys.readouterr().err
+    assert tree_fingerprint(run_dir.parent) == before  # the run, its checkpoints and final/ are all still there

@@ -1,12 +1,13 @@
 """`lorakit push` against the loopback fake Hub: private upload with the card, one message (and exit code)
-each for 401, 403 and a network failure mid-upload, the privacy refusal, and the token in nothing written."""
+each for 401, 403 and a network failure mid-upload, the privacy refusal, the token in nothing written, a private
+push into an existing public repo refused, and no data file name, source URL or local path in any uploaded file."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from export.export_runs import tiny_run
+from export.export_runs import leaks, run_on_patient_named_data, secrets_of, tiny_run
 from fake_hub import FakeHub
 
 from lorakit.cli.app import run_cli
@@ -107,3 +108,49 @@ def test_push_refuses_data_with_identifiers_unless_approved(run_dir, hub_env, ca
     card = hub.created[REPO].files["README.md"].decode()
     assert "Publication approval: the uploader stated (`lorakit push --i-have-approval`)" in card
     assert "flagged 3 possible identifier(s)" in card
+
+
+PUBLIC_REFUSAL = (f"error: {REPO} already exists on the Hub and is public, and this push is private (the default); "
+                  "nothing was uploaded.")
+
+
+def test_private_push_into_an_existing_public_repo_is_refused_before_uploading(run_dir, hub_env, capsys):
+    with hub_env(FakeHub(valid_tokens={CANARY})) as hub:
+        hub.add_created(REPO, private=False)
+        assert run_cli(["push", str(run_dir), "--repo-id", REPO]) == 2
+        out = capsys.readouterr()
+        assert PUBLIC_REFUSAL in " ".join(out.err.split())
+        assert (f"hint: Choose another --repo-id, make {hub.url}/{REPO} private in its settings on the Hub, or pass "
+                "--public to publish into the public repo.") in " ".join(out.err.split())
+        assert "uploaded" not in out.out and out.err.count("error:") == 1
+        assert hub.created[REPO].files == {} and hub.created[REPO].commits == []
+        assert not [path for _, path, _ in hub.requests if "/preupload/" in path or "/commit/" in path]
+        # Saying so publishes into it, and the line says public.
+        assert run_cli(["push", str(run_dir), "--repo-id", REPO, "--public"]) == 0
+    assert f"uploaded adapter (public) to {hub.url}/{REPO}" in capsys.readouterr().out
+    assert hub.created[REPO].private is False and "adapter_model.safetensors" in hub.created[REPO].files
+
+
+@pytest.mark.parametrize("flags", [[], ["--public"]])
+def test_push_into_an_existing_private_repo_says_private(flags, run_dir, hub_env, capsys):
+    with hub_env(FakeHub(valid_tokens={CANARY})) as hub:
+        hub.add_created(REPO, private=True)
+        assert run_cli(["push", str(run_dir), "--repo-id", REPO, *flags]) == 0
+    out = capsys.readouterr()
+    assert f"uploaded adapter (private) to {hub.url}/{REPO}" in out.out  # what the Hub says it is
+    assert hub.created[REPO].commits == ["lorakit: adapter of run"]
+    assert ("already exists and is private; --public does not change that" in " ".join(out.err.split())) == bool(flags)
+
+
+@pytest.fixture(scope="module")
+def patient_run(tiny_llama_dir, tmp_path_factory):
+    return run_on_patient_named_data(tiny_llama_dir, tmp_path_factory.mktemp("patient-run"))
+
+
+@pytest.mark.parametrize("what", ["adapter", "merged"])
+def test_push_uploads_no_data_file_name_source_url_or_local_path(what, patient_run, tiny_llama_dir, hub_env):
+    with hub_env(FakeHub(valid_tokens={CANARY})) as hub:
+        assert run_cli(["push", str(patient_run), "--repo-id", REPO, "--what", what]) == 0
+    uploaded = hub.created[REPO].files
+    assert "README.md" in uploaded and ("manifest.json" in uploaded) == (what == "adapter")
+    assert leaks(uploaded, secrets_of(patient_run, tiny_llama_dir)) == []

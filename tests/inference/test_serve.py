@@ -275,7 +275,7 @@ def test_client_gone_while_waiting_non_streamed_is_cancelled(run):
 
         payload = json.dumps(long_request).encode()
         waiting = sockets.create_connection(("127.0.0.1", server.port), timeout=30)
-        waiting.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        waiting.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                         + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
         deadline = time.monotonic() + 10
         while server.health()["waiting"] != 1:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from lorakit.cli.app import app, console, err_console
+from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
 
 
 def _settings(run, max_new_tokens: int | None, temperature: float | None):
@@ -36,12 +37,15 @@ def _stream_one(session, question: str, disclaimer: str) -> None:
         console.print(f"\n[dim]{disclaimer}[/]")
 
 
-def answer_once(run_dir: Path, question: str, *, max_new_tokens: int | None, temperature: float | None) -> None:
-    """Load the run, print the question and the streamed answer followed by the disclaimer."""
+def answer_once(run_dir: Path, question: str, *, max_new_tokens: int | None, temperature: float | None,
+                allowed=None) -> None:
+    """Load the run, print the question and the streamed answer followed by the disclaimer. `allowed`: the
+    Permissions for the run's base model (none by default)."""
     from lorakit.inference.chat import ChatSession
     from lorakit.inference.generate import load_run
+    from lorakit.inference.run_source import Permissions
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, permissions=allowed or Permissions())
     session = ChatSession(run, _settings(run, max_new_tokens, temperature))
     console.print(f"[bold cyan]question:[/] {question}", highlight=False)
     console.print("[bold green]answer:[/] ", end="")
@@ -55,17 +59,20 @@ def chat(
     question: str | None = typer.Option(None, "--question", "-q", help="Answer this one question and exit."),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Override inference.max_new_tokens."),
     temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="0 = greedy; overrides the config."),
+    trust_remote_code: bool = trust_remote_code_option(),
+    allow_pickle: bool = allow_pickle_option(),
 ) -> None:
     """Chat with a fine-tuned run (its system prompt and disclaimer). Type 'quit' or press Ctrl-D to leave."""
     if question is not None:
         if not question.strip():
             raise typer.BadParameter("--question is empty")
-        answer_once(run_dir, question, max_new_tokens=max_new_tokens, temperature=temperature)
+        answer_once(run_dir, question, max_new_tokens=max_new_tokens, temperature=temperature,
+                    allowed=permissions(trust_remote_code, allow_pickle))
         return
     from lorakit.inference.chat import ChatSession
     from lorakit.inference.generate import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, permissions=permissions(trust_remote_code, allow_pickle))
     session = ChatSession(run, _settings(run, max_new_tokens, temperature))
     step = run.trained.checkpoint_step if run.trained else None
     what = f"checkpoint step {step} ({run.adapter_dir})" if step is not None else str(run.adapter_dir)

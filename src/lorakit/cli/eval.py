@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lorakit.cli.app import app, console, err_console
+from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
 
 _CHANGE_STYLE = {"better": "green", "worse": "bold red", "same": "dim"}
 
@@ -147,6 +148,8 @@ def eval_command(
     report: bool = typer.Option(True, "--report/--no-report", help="Write RUN_DIR/report.html afterwards."),
     fail_on_worse: bool = typer.Option(False, "--fail-on-worse",
                                        help="Exit with code 1 when fine-tuning made any safety category worse."),
+    trust_remote_code: bool = trust_remote_code_option(),
+    allow_pickle: bool = allow_pickle_option(),
 ) -> int:
     """Compare the fine-tuned model with its base model: test loss, ROUGE-L, token F1, and safety probes."""
     if skip_quality and not safety:
@@ -158,6 +161,7 @@ def eval_command(
     from lorakit.evaluation.run_eval import EvalRequest
 
     request = EvalRequest(quality=not skip_quality, safety=safety, limit=limit,
-                          probe_files=tuple(str(p) for p in probes), max_new_tokens=max_new_tokens)
+                          probe_files=tuple(str(p) for p in probes), max_new_tokens=max_new_tokens,
+                          permissions=permissions(trust_remote_code, allow_pickle))
     result = evaluate_and_report(run_dir, request, report=report)
     return 1 if fail_on_worse and result["safety"]["worse_categories"] else 0

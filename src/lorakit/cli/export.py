@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from lorakit.cli.app import app, console, err_console
+from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
 
 
 def step_printer():
@@ -29,13 +30,16 @@ def export_command(
     output: Path | None = typer.Option(None, "--output", "-o", help="Folder to create (default RUN_DIR/export/FORMAT)."),
     quant: str | None = typer.Option(None, "--quant", help="GGUF weights: f16 (default), q8_0 or q4_0."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    trust_remote_code: bool = trust_remote_code_option(),
+    allow_pickle: bool = allow_pickle_option(),
 ) -> None:
     """Export a fine-tuned run so that other tools (transformers, llama.cpp, Ollama, peft) can use it."""
     if quant is not None and format not in ("gguf", "ollama"):
         raise typer.BadParameter(f"--quant applies to --format gguf or ollama, not {format}")
     from lorakit.export.run_export import ExportRequest, export_run
 
-    result = export_run(run_dir, ExportRequest(format, output, quant or "f16", overwrite), step_printer())
+    result = export_run(run_dir, ExportRequest(format, output, quant or "f16", overwrite,
+                                                 permissions(trust_remote_code, allow_pickle)), step_printer())
     console.print(f"exported {format} to {result.output}: {', '.join(result.files)}", highlight=False)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)

@@ -8,6 +8,7 @@ import typer
 
 from lorakit.cli.app import app, console
 from lorakit.cli.export import step_printer
+from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
 
 
 @app.command("push")
@@ -20,6 +21,8 @@ def push_command(
     approved: bool = typer.Option(False, "--i-have-approval",
                                   help="Publishing a run trained on data with privacy findings was approved "
                                   "(recorded in the model card)."),
+    trust_remote_code: bool = trust_remote_code_option(),
+    allow_pickle: bool = allow_pickle_option(),
 ) -> None:
     """Upload the adapter (or merged model, or GGUF) with a model card; the data itself is never uploaded."""
     from lorakit.export.push import PUSH_WHAT, PushRequest, push_run
@@ -28,5 +31,6 @@ def push_command(
         raise typer.BadParameter(f"--what must be one of {', '.join(PUSH_WHAT)}, not {what}")
     if quant is not None and what != "gguf":
         raise typer.BadParameter("--quant applies to --what gguf only")
-    result = push_run(run_dir, PushRequest(repo_id, private, what, approved, quant or "f16"), step_printer())
+    result = push_run(run_dir, PushRequest(repo_id, private, what, approved, quant or "f16",
+                                                 permissions(trust_remote_code, allow_pickle)), step_printer())
     console.print(f"uploaded {what} ({'private' if result.private else 'public'}) to {result.url}", highlight=False)

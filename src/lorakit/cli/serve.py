@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from lorakit.cli.app import app
+from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
 from lorakit.config import ServeConfig
 
 _DEFAULTS = ServeConfig()
@@ -25,6 +26,8 @@ def serve(
     queue_size: int = typer.Option(_DEFAULTS.queue_size, "--queue-size", min=1, max=1024,
                                    help="Requests that may wait behind the one generating; more get 503."),
     no_disclaimer: bool = typer.Option(False, "--no-disclaimer", help="Do not append the run's disclaimer to answers."),
+    trust_remote_code: bool = trust_remote_code_option(),
+    allow_pickle: bool = allow_pickle_option(),
 ) -> None:
     """Serve a fine-tuned run at /v1/chat/completions (OpenAI-compatible; streaming; 127.0.0.1 by default)."""
     from lorakit.inference.serve import serve_run
@@ -32,4 +35,4 @@ def serve(
     if api_key is not None and not api_key.strip():
         raise typer.BadParameter("--api-key is empty")
     options = ServeConfig(host=host, port=port, api_key=api_key, queue_size=queue_size, disclaimer=not no_disclaimer)
-    serve_run(run_dir, options)
+    serve_run(run_dir, options, permissions(trust_remote_code, allow_pickle))

@@ -97,12 +97,17 @@ def train(
     extra += ["data.skip_invalid=true"] if skip_invalid else []
     extra += ["model.allow_pickle=true"] if allow_pickle else []
     config = load_config(config_path, list(overrides) + extra)
+    from lorakit.inference.run_source import Permissions
+
+    # The config given to this command (not the run's saved copy) says what the base model may do.
+    allowed = Permissions(config.model.trust_remote_code, config.model.allow_pickle)
     if config.mode == "inference":  # the guide's mode: answer from the finished run in output_dir, train nothing
         from lorakit.cli.chat import answer_once
 
         console.print(f"mode: inference: answering inference.demo_question with the run in {config.output_dir} "
                       "(nothing is trained)", highlight=False)
-        answer_once(Path(config.output_dir), config.inference.demo_question, max_new_tokens=None, temperature=None)
+        answer_once(Path(config.output_dir), config.inference.demo_question, max_new_tokens=None, temperature=None,
+                    allowed=allowed)
         return
     from lorakit.cli.progress import RichTrainingReporter
     from lorakit.training.loop import train as run_training
@@ -124,8 +129,9 @@ def train(
         from lorakit.cli.eval import evaluate_and_report
         from lorakit.evaluation.run_eval import EvalRequest
 
-        evaluate_and_report(result.run_dir, EvalRequest(quality=True, safety=config.eval.safety))
+        evaluate_and_report(result.run_dir, EvalRequest(quality=True, safety=config.eval.safety, permissions=allowed))
     if config.mode == "both":
         from lorakit.cli.chat import answer_once
 
-        answer_once(result.run_dir, config.inference.demo_question, max_new_tokens=None, temperature=None)
+        answer_once(result.run_dir, config.inference.demo_question, max_new_tokens=None, temperature=None,
+                    allowed=allowed)

@@ -19,7 +19,7 @@ from lorakit.evaluation.report_charts import loss_curve_uri, safety_chart_uri
 from lorakit.evaluation.run_eval import ANSWERS_FILE, EVAL_FILE, SAFETY_ANSWERS_FILE, adapter_fingerprint, run_root
 from lorakit.evaluation.safety_rules import CATEGORY_LABELS, RULES
 from lorakit.inference.generate import resolve_adapter_dir
-from lorakit.inference.run_source import resolve_run_source
+from lorakit.inference.run_source import read_saved_json, resolve_run_source
 from lorakit.runtime.atomic_files import atomic_write_text
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
@@ -36,13 +36,17 @@ _QUALITY_METRICS = (
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_saved_json(path) if path.is_file() else None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}).",
+                              hint="Run `lorakit eval` on the run again; it rewrites this file.") from None
 
 
 def _change(base: float | None, tuned: float | None, lower_is_better: bool) -> dict:

@@ -30,7 +30,7 @@ from lorakit.evaluation.quality import AnswerScores, mean_scores, score_answer
 from lorakit.evaluation.safety_rules import ScoringContext
 from lorakit.evaluation.answer_journal import AnswerJournal, prompt_key
 from lorakit.inference.generate import Answer, GenerationSettings, LoadedRun, generate_answers, load_run
-from lorakit.inference.run_source import resolve_run_source
+from lorakit.inference.run_source import Permissions, read_saved_json, resolve_run_source
 from lorakit.runtime.atomic_files import atomic_write_text
 from lorakit.runtime.device import compute_dtype
 from lorakit.runtime.logging import get_logger
@@ -65,6 +65,7 @@ class EvalRequest:
     limit: int | None = None
     probe_files: tuple[str, ...] = ()
     max_new_tokens: int | None = None
+    permissions: Permissions = Permissions()  # what the run's base model may do (its saved config cannot grant it)
 
 
 def run_root(path: str | Path) -> Path:
@@ -240,7 +241,7 @@ def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
 def _merged(previous_path: Path, fingerprint: str, sections: dict) -> dict:
     """Sections from an earlier eval of the same adapter are kept (quality and safety can run separately)."""
     if previous_path.is_file():
-        previous = json.loads(previous_path.read_text())
+        previous = read_saved_json(previous_path)
         if previous.get("adapter_sha256") == fingerprint:
             return {**previous, **sections}
     return sections
@@ -250,7 +251,7 @@ def evaluate_run(path: str | Path, request: EvalRequest, progress: Progress | No
     """Evaluate base vs fine-tuned for the run at `path`; returns what it wrote to eval/eval.json."""
     progress = progress or (lambda stage, done, total: None)
     started = time.perf_counter()
-    run = load_run(path)
+    run = load_run(path, permissions=request.permissions)
     out = eval_dir(path)
     fingerprint = adapter_fingerprint(run.adapter_dir)
     sections: dict = {"adapter_sha256": fingerprint, "adapter_dir": str(run.adapter_dir),

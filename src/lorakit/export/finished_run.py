@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,18 +31,18 @@ class FinishedRun:
 def read_finished_run(path: str | Path) -> FinishedRun:
     """The run at `path` (its output_dir, or its final/ folder); CheckpointError when it is not finished."""
     from lorakit.evaluation.run_eval import EVAL_FILE
-    from lorakit.inference.run_source import resolve_run_source
+    from lorakit.inference.run_source import read_saved_json, resolve_run_source
 
     trained = resolve_run_source(path)  # a saved config.yaml that no longer validates is a ConfigError here
     if trained.checkpoint_step is not None:
         raise CheckpointError(f"{path} is a checkpoint; export and push need a finished run (its final/ adapter).",
                               hint="Finish the run with `lorakit train CONFIG --resume`; `lorakit chat` and "
                               "`lorakit eval` work on checkpoints.")
-    manifest = json.loads((trained.adapter_dir / "manifest.json").read_text())
+    manifest = read_saved_json(trained.adapter_dir / "manifest.json")
     eval_file = trained.eval_dir / EVAL_FILE
     eval_results = None
     if eval_file.is_file():
-        results = json.loads(eval_file.read_text())
+        results = read_saved_json(eval_file)
         # Numbers of an earlier adapter in the same folder would describe another model.
         if results.get("adapter_sha256") == trained.fingerprint:
             eval_results = results

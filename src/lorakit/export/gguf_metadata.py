@@ -14,6 +14,7 @@ import gguf
 
 from lorakit.export.gguf_tensors import QUANT_TYPES, rope_dimensions, rope_parameters
 from lorakit.export.merge import MergedModel
+from lorakit.export.public_copy import public_base_model_id
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["add_model_metadata", "add_tokenizer_metadata", "add_run_metadata", "tokenizer_pre"]
@@ -126,11 +127,12 @@ def add_tokenizer_metadata(writer: gguf.GGUFWriter, merged: MergedModel) -> None
 def add_run_metadata(writer: gguf.GGUFWriter, merged: MergedModel) -> None:
     run = merged.run
     base = run.manifest["base_model"]
+    base_id = public_base_model_id(run.manifest)  # a GGUF gets published: never a local path
     writer.add_string("lorakit.system_prompt", run.system_prompt)
     writer.add_string("lorakit.disclaimer", run.config.inference.disclaimer)
-    writer.add_string("lorakit.base_model", base["id"])
+    writer.add_string("lorakit.base_model", base_id)
     writer.add_string("lorakit.base_revision", base["revision"] or "")
     writer.add_string("lorakit.data_sha256", run.manifest["data"].get("sha256") or "")
     writer.add_string("lorakit.end_of_turn", merged.end_of_turn[0])
-    writer.add_description(f"{base['id']} fine-tuned with lorakit (LoRA merged). "
+    writer.add_description(f"{base_id} fine-tuned with lorakit (LoRA merged). "
                            f"{run.config.inference.disclaimer}".strip())

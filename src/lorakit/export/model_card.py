@@ -1,14 +1,16 @@
 """The model card (README.md) of an adapter, a merged model, a GGUF folder or a Hub upload.
 
-Built only from the run's manifest, resolved config and eval/eval.json: base model and how to get it, the
-training data's hash and size (never its content or its file names), LoRA settings, loss and eval numbers,
-the safety table base vs tuned, intended use, limits and the disclaimer. No credential is ever read here.
+Built only from the run's manifest, resolved config and eval/eval.json: base model and how to get it (its Hub
+id or public name, never a local path), the training data's hash and size (never its content or its file
+names), LoRA settings, loss and eval numbers, the safety table base vs tuned, intended use, limits and the
+disclaimer. No credential is ever read here.
 """
 
 from __future__ import annotations
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS
 from lorakit.export.finished_run import FinishedRun
+from lorakit.export.public_copy import public_base_model_id
 
 __all__ = ["WHAT_LABELS", "model_card"]
 
@@ -29,11 +31,11 @@ def _number(value, fmt: str = "{:.4f}") -> str:
 
 def _base_model_lines(run: FinishedRun) -> list[str]:
     base = run.manifest["base_model"]
-    model_id, revision = base["id"], base["revision"]
+    model_id, revision = public_base_model_id(run.manifest), base["revision"]
     if model_id == EMBEDDED_MODEL_ALIAS:
         where = _EMBEDDED_SOURCE
-    elif model_id.endswith(".gguf") or model_id.startswith("/"):
-        where = f"a local copy ({model_id}); it is not published with this model"
+    elif model_id != base["id"]:  # a local folder or GGUF file: its path stays on the training machine
+        where = "a local copy the run was trained on; it is not published with this model"
     else:
         where = f"the Hugging Face Hub: https://huggingface.co/{model_id}"
     return [f"- Base model: `{model_id}`" + (f" at revision `{revision}`" if revision else ""), f"- Get it from {where}."]
@@ -105,7 +107,7 @@ def _eval_lines(run: FinishedRun) -> list[str]:
 
 def model_card(run: FinishedRun, what: str, notes: list[str] | tuple[str, ...] = (), approval: str | None = None) -> str:
     """Markdown with a Hub-style YAML header; `what` is a WHAT_LABELS key."""
-    base_id = run.manifest["base_model"]["id"]
+    base_id = public_base_model_id(run.manifest)
     hub_base = run.manifest["base_model"].get("public_name") or (
         "HuggingFaceTB/SmolLM2-135M-Instruct" if base_id == EMBEDDED_MODEL_ALIAS else base_id)
     library = {"adapter": "peft", "merged": "transformers"}.get(what, "gguf")

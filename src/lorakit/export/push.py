@@ -1,6 +1,7 @@
 """`lorakit push`: export a run (adapter, merged or GGUF) to a temporary folder and upload it to the Hub.
 
-Private by default, with the model card. Refuses a run whose training data held possible patient identifiers
+Private by default, with the model card; a private push into an existing public repo is refused before
+anything is uploaded. Refuses a run whose training data held possible patient identifiers
 (allowed with `--allow-phi`) unless the caller states approval, which the card then records. The token comes
 from huggingface_hub itself (HF_TOKEN or `hf auth login`); lorakit never reads, prints or stores it.
 """
@@ -20,6 +21,7 @@ from lorakit.export.finished_run import FinishedRun, read_finished_run
 from lorakit.export.model_card import model_card
 from lorakit.export.run_export import ExportRequest, export_run
 from lorakit.export.steps import ExportSteps
+from lorakit.inference.run_source import Permissions
 from lorakit.model.hub import model_page_url
 from lorakit.runtime.logging import get_logger
 
@@ -39,13 +41,14 @@ class PushRequest:
     what: str = "adapter"
     approved: bool = False
     quant: str = "f16"  # for what="gguf"
+    permissions: Permissions = Permissions()  # what the base model may do (merged and gguf load it)
 
 
 @dataclass(frozen=True)
 class PushResult:
     url: str
     files: list[str]
-    private: bool
+    private: bool  # the repo's visibility as the Hub reported it (asked before uploading)
 
 
 def check_publishable(run: FinishedRun, approved: bool) -> str | None:
@@ -89,6 +92,22 @@ def _hub_error(exc: Exception, request: PushRequest) -> HubAccessError:
         "partial was published.")
 
 
+def _actual_visibility(api: HfApi, request: PushRequest, url: str) -> bool:
+    """Whether the repo is private, as the Hub says; HubAccessError before any upload when a private push would
+    land in an existing public repo (create_repo with exist_ok leaves an existing repo's visibility as it is)."""
+    private = api.repo_info(request.repo_id, repo_type="model").private is True
+    if request.private and not private:
+        raise HubAccessError(
+            f"{request.repo_id} already exists on the Hub and is public, and this push is private (the default); "
+            "nothing was uploaded.",
+            hint=f"Choose another --repo-id, make {url} private in its settings on the Hub, or pass --public to "
+            "publish into the public repo.")
+    if not request.private and private:
+        log.warning("%s already exists and is private; --public does not change that, so the upload is private",
+                    request.repo_id)
+    return private
+
+
 def _is_network_error(exc: BaseException) -> bool:
     # huggingface_hub talks through httpx (or its fork); its transport errors are not OSErrors.
     return isinstance(exc, OSError) or type(exc).__module__.split(".")[0].startswith("httpx")
@@ -100,13 +119,15 @@ def push_run(path: str | Path, request: PushRequest, on_step: Callable[[str, str
     steps = ExportSteps(on_step)
     with tempfile.TemporaryDirectory(prefix="lorakit-push-") as scratch:
         folder = Path(scratch) / request.what
-        result = export_run(run.adapter_dir, ExportRequest(request.what, output=folder, quant=request.quant), on_step)
+        result = export_run(run.adapter_dir, ExportRequest(request.what, output=folder, quant=request.quant,
+                                                             permissions=request.permissions), on_step)
         (folder / "README.md").write_text(model_card(run, request.what, result.notes, approval))
         with steps.step("upload", f"{len(result.files)} files to {request.repo_id} "
                                   f"({'private' if request.private else 'public'})"):
             api = HfApi(endpoint=constants.ENDPOINT)
             try:
                 url = api.create_repo(request.repo_id, private=request.private, exist_ok=True)
+                private = _actual_visibility(api, request, url)
                 api.upload_folder(repo_id=request.repo_id, folder_path=folder,
                                   commit_message=f"lorakit: {request.what} of {run.run_dir.name}")
             except HfHubHTTPError as exc:
@@ -116,4 +137,4 @@ def push_run(path: str | Path, request: PushRequest, on_step: Callable[[str, str
                     raise _hub_error(exc, request) from None
                 raise
     log.info("uploaded %s to %s", request.what, url)
-    return PushResult(str(url), result.files, request.private)
+    return PushResult(str(url), result.files, private)

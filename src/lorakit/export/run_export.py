@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorakit.config import dump_config
 from lorakit.errors import ConfigError, DiskFullError, OutputExistsError
 from lorakit.export.disk_estimate import estimated_export_bytes
 from lorakit.export.finished_run import FinishedRun, read_finished_run
@@ -20,7 +21,9 @@ from lorakit.export.gguf_file import GGUF_QUANTS, write_gguf
 from lorakit.export.merge import load_base_for_merge, merge_run, save_merged
 from lorakit.export.model_card import model_card
 from lorakit.export.ollama import modelfile_text, turn_format
+from lorakit.export.public_copy import public_config, public_manifest
 from lorakit.export.steps import ExportSteps
+from lorakit.inference.run_source import Permissions, refuse_saved_permissions
 from lorakit.export.stop_tokens import end_of_turn_token
 from lorakit.model.load import load_tokenizer, resolve_model_source
 from lorakit.runtime.atomic_files import atomic_directory
@@ -31,7 +34,9 @@ __all__ = ["FORMATS", "ExportRequest", "ExportResult", "default_output", "export
 log = get_logger("export.run_export")
 
 FORMATS = ("merged", "gguf", "ollama", "adapter")
-_ADAPTER_SKIP = {"README.md"}  # peft's empty template; replaced by a real card
+# README.md: peft's empty template, replaced by a real card; config.yaml and manifest.json name the data files
+# and local paths, so the export gets public copies of them (export/public_copy.py).
+_ADAPTER_SKIP = {"README.md", "config.yaml", "manifest.json"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class ExportRequest:
     output: Path | None = None
     quant: str = "f16"  # gguf and ollama only
     overwrite: bool = False
+    permissions: Permissions = Permissions()  # what the base model may do (merged, gguf, ollama load it)
 
 
 @dataclass
@@ -61,6 +67,10 @@ def _check_request(run: FinishedRun, request: ExportRequest, output: Path) -> No
         problems.append(f"--quant: '{request.quant}' is not one of {', '.join(GGUF_QUANTS)}")
     if output.resolve().is_relative_to(run.adapter_dir.resolve()):
         problems.append(f"--output: {output} is inside the run's adapter folder {run.adapter_dir}; pick another folder")
+    elif run.run_dir.resolve().is_relative_to(output.resolve()):  # --overwrite would delete the run with it
+        problems.append(f"--output: {output} is or contains the run folder {run.run_dir}, which the export would "
+                        f"replace (checkpoints, adapter and metrics included); pick another folder, e.g. the "
+                        f"default {default_output(run, request.format)}")
     if problems:
         raise ConfigError("lorakit export", problems)
     if output.exists() and not request.overwrite:
@@ -81,9 +91,11 @@ def _check_free_space(output: Path, needed: int) -> None:
 def _export_adapter(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> list[str]:
     with steps.step("load", f"adapter files in {run.adapter_dir}"):
         files = sorted(p for p in run.adapter_dir.iterdir() if p.is_file() and p.name not in _ADAPTER_SKIP)
-    with steps.step("write", f"{len(files)} adapter files"):
+    with steps.step("write", f"{len(files)} adapter files, config and manifest without data file names or paths"):
         for path in files:
             shutil.copy2(path, staging / path.name)
+        (staging / "config.yaml").write_text(dump_config(public_config(run.config, run.manifest)))
+        (staging / "manifest.json").write_text(json.dumps(public_manifest(run.manifest), indent=2))
     return []
 
 
@@ -139,6 +151,8 @@ def export_run(path: str | Path, request: ExportRequest,
     run = read_finished_run(path)
     output = Path(request.output) if request.output is not None else default_output(run, request.format)
     _check_request(run, request, output)
+    if request.format != "adapter":  # the others load the base model
+        refuse_saved_permissions(run.config, run.adapter_dir / "config.yaml", request.permissions)
     steps = ExportSteps(on_step)
     with steps.step("check", "free disk space"):
         _check_free_space(output, estimated_export_bytes(run, request.format, request.quant))
@@ -159,7 +173,8 @@ def export_run(path: str | Path, request: ExportRequest,
 
 
 def _export_manifest(run: FinishedRun, request: ExportRequest, notes: list[str]) -> dict:
+    # `lorakit push` uploads this file too: the run's name, not its path; the base model without its local path.
     return {"format": request.format, "quant": request.quant if request.format in ("gguf", "ollama") else None,
-            "run_dir": str(run.run_dir), "adapter_dir": str(run.adapter_dir), "base_model": run.manifest["base_model"],
+            "run": run.run_dir.name, "base_model": public_manifest(run.manifest)["base_model"],
             "data_sha256": run.manifest["data"].get("sha256"), "dequantized_base": run.quantized_4bit
             and request.format != "adapter", "notes": notes, "versions": run.manifest["versions"]}

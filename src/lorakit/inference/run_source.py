@@ -21,7 +21,8 @@ from lorakit.errors import CheckpointError, ConfigError
 from lorakit.training.checkpoint import CHECKPOINTS, MANIFEST, latest_good_checkpoint, verify_checkpoint
 from lorakit.training.run_dir import FINAL
 
-__all__ = ["RunSource", "resolve_run_source", "load_saved_config"]
+__all__ = ["RunSource", "Permissions", "resolve_run_source", "load_saved_config", "refuse_saved_permissions",
+           "read_saved_json"]
 
 _EXPECTED_HINT = ("Pass the output_dir of a `lorakit train` run, its final/ folder, or one of its "
                   "checkpoints/step-N folders.")
@@ -68,13 +69,54 @@ def load_saved_config(path: Path) -> RunConfig:
         raise
 
 
+@dataclass(frozen=True)
+class Permissions:
+    """What the person running a command lets a trained run's base model do (--trust-remote-code, --allow-pickle).
+
+    A run folder can come from anyone (a download, a colleague's copy), so its saved config.yaml may ask for these
+    but never grants them."""
+
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+
+def refuse_saved_permissions(config: RunConfig, saved_at: Path, permissions: Permissions) -> None:
+    """ConfigError naming the run's saved config (`saved_at`) when it asks for what `permissions` does not allow."""
+    model = config.model
+    problems = []
+    if model.trust_remote_code and not permissions.trust_remote_code:
+        problems.append(f"model.trust_remote_code: true would run Python code shipped with the base model "
+                        f"({model.name}) on this machine; pass --trust-remote-code if you trust that code")
+    if model.allow_pickle and not permissions.allow_pickle:
+        problems.append(f"model.allow_pickle: true would unpickle the base model's .bin weights ({model.name}); "
+                        f"pass --allow-pickle if you trust those files")
+    if problems:
+        error = ConfigError(str(saved_at), problems)
+        error.hint = "A run's saved config cannot turn these on by itself: the run folder may come from someone else."
+        raise error
+
+
+def read_saved_json(path: Path, *keys: str):
+    """The value at `keys` in a JSON file lorakit wrote; a damaged or hand-edited file is a CheckpointError."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        for key in keys:
+            value = value[key]
+        return value
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        where = "".join(f"[{key!r}]" for key in keys)
+        what = f"has no {where}" if isinstance(exc, (KeyError, TypeError)) else f"cannot be read ({exc})"
+        raise CheckpointError(f"{path} is damaged: it {what}.",
+                              hint="lorakit wrote this file and it was changed or cut short since: copy the folder "
+                                   "again from where it was made, or run the command that writes it again.") from None
+
+
 def _finished(adapter_dir: Path) -> RunSource:
     config = load_saved_config(adapter_dir / "config.yaml")
     manifest_path = adapter_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
     run_dir = adapter_dir.parent if adapter_dir.name == FINAL else adapter_dir
-    return RunSource(adapter_dir, run_dir, config, manifest["data"]["sha256"],
-                     bool(manifest["settings"].get("quantized_4bit")), _sha256(manifest_path))
+    return RunSource(adapter_dir, run_dir, config, read_saved_json(manifest_path, "data", "sha256"),
+                     bool(read_saved_json(manifest_path, "settings").get("quantized_4bit")), _sha256(manifest_path))
 
 
 def _checkpoint(path: Path) -> RunSource:
@@ -83,8 +125,8 @@ def _checkpoint(path: Path) -> RunSource:
         raise CheckpointError(f"Checkpoint {path} is damaged ({problem}).",
                               hint="Pass an older checkpoint of the run (see its checkpoints/ folder).")
     config = load_saved_config(path / "config.yaml")
-    identity = json.loads((path / "trainer_state.json").read_text())["identity"]
-    step = json.loads((path / MANIFEST).read_text())["step"]
+    identity = read_saved_json(path / "trainer_state.json", "identity")
+    step = read_saved_json(path / MANIFEST, "step")
     # The saved config holds the planner's resolved choice ('nf4' or 'none'), so it says how the base was loaded.
     quantized = config.model.quantization == "nf4"
     run_dir = path.parent.parent if path.parent.name == CHECKPOINTS else path.parent

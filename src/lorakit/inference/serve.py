@@ -3,13 +3,15 @@
 Routes: POST /v1/chat/completions (plain or server-sent events), GET /v1/models, GET /health. Prompts are
 rendered by data/render.py with the run's system prompt, exactly as `lorakit chat` does; one worker thread
 generates (inference/generation_queue.py), and a full queue answers 503 with Retry-After, as Ollama does.
+Other web pages in the user's browser are kept out (runtime/local_http.py): on a loopback address the Host
+must name this machine (DNS rebinding), a browser's foreign Origin is refused (403), and a POST body must be
+declared `application/json` (415), which an HTML form cannot do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,11 +26,13 @@ from starlette.exceptions import HTTPException
 from lorakit.config import ServeConfig
 from lorakit.data.render import render_prompt_ids
 from lorakit.inference.generate import GenerationSettings, LoadedRun, load_run, with_disclaimer
+from lorakit.inference.run_source import Permissions
 from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished, TextPiece
 from lorakit.inference.openai_api import (
     ApiError, ChatRequest, chunk_body, completion_body, context_error, error_body, new_completion_id,
     parse_chat_request, sse, usage_body,
 )
+from lorakit.runtime.local_http import LOOPBACK_HOSTS, SameOriginGuard, check_can_listen, is_loopback
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["create_app", "serve_run", "served_model_id"]
@@ -112,6 +116,7 @@ def create_app(run: LoadedRun, options: ServeConfig) -> FastAPI:
     app = FastAPI(title="lorakit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
     _add_error_handlers(app)
+    _add_browser_guards(app, options.host)
 
     @app.get("/health")
     async def health() -> dict:
@@ -126,6 +131,7 @@ def create_app(run: LoadedRun, options: ServeConfig) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         server.check_api_key(request)
+        _require_json(request)
         chat = parse_chat_request(await _read_body(request, options.max_body_bytes))
         prompt_tokens, settings = server.plan(chat)
         loop = asyncio.get_running_loop()
@@ -140,6 +146,32 @@ def create_app(run: LoadedRun, options: ServeConfig) -> FastAPI:
         return await _complete(server, job, events, request, prompt_tokens)
 
     return app
+
+
+def _add_browser_guards(app: FastAPI, host: str) -> None:
+    """Keep other web pages in the user's browser away from the model (runtime/local_http.py says how): on a
+    loopback address the Host must name this machine, and anywhere a browser's foreign Origin is refused."""
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    def refuse(reason: str, own_origin: str) -> JSONResponse:
+        error = ApiError(403, f"Cross-origin request refused: {reason}. Web pages on other sites may not use this "
+                         "server.", code="cross_origin_request")
+        return JSONResponse(error_body(error), status_code=403)
+
+    app.add_middleware(SameOriginGuard, refuse=refuse)
+    if is_loopback(host):
+        allowed = LOOPBACK_HOSTS + ((host,) if host not in LOOPBACK_HOSTS else ())
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed))
+
+
+def _require_json(request: Request) -> None:
+    """A JSON body must say so: an HTML form (or a fetch without CORS preflight) cannot send
+    `application/json`, so this also keeps cross-site pages out where browsers send no Origin."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.partition(";")[0].strip().lower() != "application/json":
+        got = repr(content_type) if content_type else "none"
+        raise ApiError(415, f"The request body must be JSON, sent with 'Content-Type: application/json' (got {got}).",
+                       code="unsupported_media_type")
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -222,23 +254,17 @@ async def _stream(server: _Server, job: GenerationJob, events: asyncio.Queue, ch
         job.cancel.set()
 
 
-def serve_run(run_dir: str | Path, options: ServeConfig) -> None:
-    """Load the run and serve it until interrupted (Ctrl-C)."""
+def serve_run(run_dir: str | Path, options: ServeConfig, permissions: Permissions = Permissions()) -> None:
+    """Load the run and serve it until interrupted (Ctrl-C); `permissions` as for load_run.
+
+    A taken port or an unusable --host is a LorakitError before anything is printed or loaded (loading is slow)."""
     import uvicorn
 
-    if options.api_key is None and not _is_loopback(options.host):
+    check_can_listen(options.host, options.port)
+    if options.api_key is None and not is_loopback(options.host):
         log.warning("Serving on %s without --api-key: anyone who can reach this address can use the model.",
                     options.host)
-    run = load_run(run_dir)
+    run = load_run(run_dir, permissions=permissions)
     app = create_app(run, options)
     log.info("Serving %s at http://%s:%d/v1 (OpenAI-compatible)", served_model_id(run), options.host, options.port)
     uvicorn.run(app, host=options.host, port=options.port, log_level="info", timeout_graceful_shutdown=5)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

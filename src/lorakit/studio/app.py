@@ -1,6 +1,9 @@
 """The studio's FastAPI app: the static page (static/) and the JSON API over the library (routes_*.py).
 
-A LorakitError becomes `{"error": message, "hint": hint}` with status 400: the same two lines the CLI prints.
+A LorakitError becomes `{"error": message, "hint": hint}` with status 400 (422 for a refused `--set` line):
+the same two lines the CLI prints.
+Other web pages in the browser are kept out (runtime/local_http.py): on loopback the Host must name this
+machine, and a POST/PUT/PATCH/DELETE sent by another site (its Origin, or Sec-Fetch-Site) is refused with 403.
 """
 
 from __future__ import annotations
@@ -16,17 +19,18 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from lorakit.errors import LorakitError
+from lorakit.runtime.local_http import LOOPBACK_HOSTS, SameOriginGuard
 from lorakit.runtime.logging import get_logger
 from lorakit.studio import routes_chat, routes_data, routes_runs
 from lorakit.studio.chat_models import ChatModels
+from lorakit.studio.run_config import RefusedOverride
 from lorakit.studio.workspace import Workspace
 
 __all__ = ["STATIC_DIR", "LOOPBACK_HOSTS", "create_app"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-# Requests must name this machine: a web page elsewhere that points its own host name at 127.0.0.1 (DNS
-# rebinding) is refused before it can read data or start jobs.
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+# Requests that change data, runs or jobs; GET must stay open to cross-site links that open the page.
+STATE_CHANGING_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 log = get_logger("studio.app")
 
 
@@ -44,6 +48,7 @@ def create_app(workdir: str | Path, allowed_hosts: tuple[str, ...] | None = LOOP
     app = FastAPI(title="lorakit studio", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.workspace = workspace
     app.state.chat_models = chat_models
+    app.add_middleware(SameOriginGuard, refuse=_refuse_cross_site, methods=STATE_CHANGING_METHODS)
     if allowed_hosts is not None:
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -64,10 +69,20 @@ def create_app(workdir: str | Path, allowed_hosts: tuple[str, ...] | None = LOOP
     return app
 
 
+def _refuse_cross_site(reason: str, own_origin: str) -> JSONResponse:
+    return JSONResponse({"error": f"Cross-site request refused: {reason}.",
+                         "hint": f"Use the studio page itself, {own_origin}/; other web sites may not change your "
+                         "data, runs or jobs.", "kind": "CrossSiteRequest"}, status_code=403)
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LorakitError)
     async def lorakit_error(request: Request, exc: LorakitError) -> JSONResponse:
         return JSONResponse({"error": exc.message, "hint": exc.hint, "kind": type(exc).__name__}, status_code=400)
+
+    @app.exception_handler(RefusedOverride)
+    async def refused_override(request: Request, exc: RefusedOverride) -> JSONResponse:
+        return JSONResponse({"error": exc.message, "hint": exc.hint, "kind": type(exc).__name__}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,6 +3,10 @@ library call behind `lorakit data check / stats / redact`."""
 
 from __future__ import annotations
 
+import os
+import uuid
+from pathlib import Path
+
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lorakit.config import DEFAULT_SYSTEM_PROMPT, EMBEDDED_MODEL_ALIAS, ModelConfig
 from lorakit.errors import LorakitError
+from lorakit.runtime.atomic_files import atomic_write_bytes, fsync_directory
 
 __all__ = ["router", "MAX_UPLOAD_BYTES"]
 
@@ -46,15 +51,34 @@ async def upload(name: str, request: Request) -> dict:
     """The request body is the file; an existing file of that name is refused (never replaced)."""
     path = _workspace(request).data_path(name, exists=False)
     if path.exists():
-        raise LorakitError(f"{path} already exists.", hint="Rename the file before uploading, or pick it from the list.")
+        raise _already_exists(path)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_UPLOAD_BYTES:
             raise LorakitError(f"{name} is larger than {MAX_UPLOAD_BYTES // 2**20} MiB.",
                                hint=f"Copy it into {path.parent} instead; it then appears in the list.")
-    path.write_bytes(bytes(body))
+    await run_in_threadpool(_create_file, path, bytes(body))
     return {"name": name, "bytes": len(body)}
+
+
+def _already_exists(path: Path) -> LorakitError:
+    return LorakitError(f"{path} already exists.", hint="Rename the file before uploading, or pick it from the list.")
+
+
+def _create_file(path: Path, data: bytes) -> None:
+    """Write a new file whole or not at all, never over an existing one: the bytes go to a hidden staging file
+    (atomic_write_bytes: fsynced; a full disk is a DiskFullError and leaves nothing) which is then hard-linked
+    to `path`, and linking fails when `path` exists, even if another upload created it meanwhile."""
+    staging = path.with_name(f".{path.name}.upload-{uuid.uuid4().hex[:8]}")
+    atomic_write_bytes(staging, data)
+    try:
+        os.link(staging, path)
+    except FileExistsError:
+        raise _already_exists(path) from None
+    finally:
+        staging.unlink(missing_ok=True)
+    fsync_directory(path.parent)
 
 
 @router.get("/files/{name}")
@@ -107,12 +131,13 @@ async def stats(body: StatsRequest, request: Request) -> dict:
 
 @router.post("/redact")
 async def redact(body: RedactRequest, request: Request) -> dict:
-    """`lorakit data redact IN OUT`: a new file NAME.redacted.jsonl next to IN; IN is never changed."""
-    from lorakit.data.redact import redact_file
+    """`lorakit data redact IN`: a new file STEM.redacted.jsonl next to IN, whatever IN's format (the copy is
+    JSON Lines); IN is never changed."""
+    from lorakit.data.redact import redact_file, redacted_path
 
     workspace = _workspace(request)
     source = workspace.data_path(body.file)
-    target = workspace.data_path(f"{source.stem}.redacted{source.suffix}", exists=False)
+    target = workspace.data_path(redacted_path(source).name, exists=False)
     summary = await run_in_threadpool(redact_file, source, target)
     return {"output": target.name, "records": summary.records, "changed_records": summary.changed_records,
             "by_kind": dict(summary.by_kind), "unparsed_lines": summary.unparsed_lines}

@@ -9,13 +9,28 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from lorakit.config import EMBEDDED_MODEL_ALIAS, RunConfig, dump_config, load_config
+from lorakit.config import EMBEDDED_MODEL_ALIAS, RunConfig, dump_config, load_config, parse_overrides
+from lorakit.errors import ConfigError, LorakitError
 from lorakit.studio.presets import DEFAULT_PRESET, preset_overrides
 from lorakit.studio.workspace import Workspace
 
-__all__ = ["STUDIO_CONFIG", "RunChoices", "studio_config", "write_studio_config"]
+__all__ = ["STUDIO_CONFIG", "REFUSED_OVERRIDES", "RefusedOverride", "RunChoices", "refuse_locked_overrides",
+           "studio_config", "write_studio_config"]
 
 STUDIO_CONFIG = "studio.yaml"
+# Settings a request from the page may not set, and why: a run stays inside WORKDIR/runs, and anything that
+# lets a model run code is switched on by a person, in a config file, from a terminal.
+REFUSED_OVERRIDES: dict[tuple[str, ...], str] = {
+    ("output_dir",): "the studio writes each run to WORKDIR/runs/RUN itself",
+    ("model", "trust_remote_code"): "running Python code shipped with a model must be turned on by hand in a "
+                                    "config file, run with `lorakit train CONFIG`",
+    ("model", "allow_pickle"): "loading pickle weights (which can run code) must be turned on by hand in a config "
+                               "file, run with `lorakit train CONFIG`",
+}
+
+
+class RefusedOverride(LorakitError):
+    """The page sent `--set` lines the studio does not accept (answered 422, every such line named)."""
 
 
 class RunChoices(BaseModel):
@@ -34,8 +49,45 @@ def _overrides(choices: RunChoices) -> list[str]:
     return preset_overrides(choices.preset) + [line.strip() for line in choices.overrides if line.strip()]
 
 
+def _leaf_paths(nested: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The key paths an override sets, through nested values too (`model={allow_pickle: true}`)."""
+    paths: list[tuple[str, ...]] = []
+    for key, value in nested.items():
+        path = prefix + (str(key),)
+        paths += _leaf_paths(value, path) if isinstance(value, dict) and value else [path]
+    return paths
+
+
+def refuse_locked_overrides(lines: list[str]) -> None:
+    """RefusedOverride naming every line that sets a key in REFUSED_OVERRIDES (or inside one), with the reason.
+
+    >>> refuse_locked_overrides(["training.max_steps=5", "data.train_file=x.jsonl"])
+    >>> refuse_locked_overrides(["model={name: m, allow_pickle: true}"])
+    Traceback (most recent call last):
+    ...
+    lorakit.studio.run_config.RefusedOverride: overrides: 'model={name: m, allow_pickle: true}' sets ...
+    """
+    problems = []
+    for line in lines:
+        try:
+            paths = _leaf_paths(parse_overrides([line]))
+        except ConfigError:
+            continue  # load_config reports the malformed line with every other config problem
+        for path in paths:
+            locked = next((key for key in REFUSED_OVERRIDES if path[:len(key)] == key), None)
+            if locked is not None:
+                problems.append(f"'{line}' sets {'.'.join(locked)}, which the page may not set: "
+                                f"{REFUSED_OVERRIDES[locked]}.")
+                break
+    if problems:
+        raise RefusedOverride("overrides: " + "\n".join(problems),
+                              hint="Remove the line. For such a run, write a config file and run "
+                                   "`lorakit train CONFIG` from a terminal.")
+
+
 def studio_config(workspace: Workspace, choices: RunChoices) -> tuple[RunConfig, Path]:
     """The validated config for `choices` (every problem at once, as ConfigError) and the run folder it names."""
+    refuse_locked_overrides([line.strip() for line in choices.overrides if line.strip()])
     run_dir = workspace.run_dir(choices.run, exists=False)
     base = {
         "output_dir": str(run_dir),
