@@ -5,6 +5,7 @@ This is the one place that turns known errors into user-facing messages; `--debu
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -78,6 +79,10 @@ def _register() -> None:
     from lorakit.cli import chat, data, doctor, eval, export, plan, push, report, serve, studio, train  # noqa: F401
 
 
+_PATH_ERRNOS = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS,
+                errno.ENAMETOOLONG}
+
+
 def run_cli(argv: list[str]) -> int:
     """Run one command line and return its exit code; known errors become one message, no traceback."""
     import click
@@ -93,6 +98,17 @@ def run_cli(argv: list[str]) -> int:
         if exc.hint:
             err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", soft_wrap=True)
         return exc.exit_code
+    except OSError as exc:
+        # A path the user gave that cannot be written or read (a file where a folder must be, a folder where a file
+        # must be, no permission). Errors without a path (and a full disk, DiskFullError) are not the user's path.
+        path = exc.filename2 or exc.filename
+        if _state["debug"] or path is None or exc.errno not in _PATH_ERRNOS:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(str(path))}: {escape(exc.strerror or str(exc))}",
+                          soft_wrap=True)
+        err_console.print("[yellow]hint:[/] check the path: its folders must be folders (not files) you may write "
+                          "to, and an output file cannot replace a folder", soft_wrap=True)
+        return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130

@@ -14,7 +14,7 @@ from lorakit.config import (DEFAULT_SYSTEM_PROMPT, EMBEDDED_MODEL_ALIAS, SEED_MA
                             load_config)
 from lorakit.data.formats import FORMATS
 from lorakit.data.issues import DataReport, Issue
-from lorakit.errors import ConfigError, LorakitError
+from lorakit.errors import ConfigError, DataError, LorakitError
 
 data_app = typer.Typer(help="Validate, scan, redact, describe and split training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -104,6 +104,22 @@ def _print_report(report: DataReport, strict: bool) -> None:
                        style="bold red" if report.exit_code(strict) else "yellow"), soft_wrap=True, highlight=False)
 
 
+def _split_roles(train: list[Path], validation: list[Path], test: list[Path]) -> dict[str, str]:
+    """Path -> split for the leakage check; a file (by resolved path) given in two splits is a DataError."""
+    roles: dict[str, str] = {}
+    seen: dict[Path, tuple[Path, str]] = {}
+    for role, paths in (("train", train), ("validation", validation), ("test", test)):
+        for path in paths:
+            first = seen.setdefault(path.resolve(), (path, role))
+            if first[1] != role:
+                also = "" if str(first[0]) == str(path) else f" (as {first[0]})"
+                raise DataError(str(path), None, None, f"is given both as the {first[1]} split{also} and as the "
+                                f"{role} split; a file belongs to one split, so nothing was checked",
+                                hint="Name each file once: as a train file, after --validation, or after --test.")
+            roles[str(path)] = role
+    return roles
+
+
 @data_app.command("check")
 def check(
     files: list[Path] = typer.Argument(None, help="Data files (.jsonl, .json) or saved dataset folders."),
@@ -124,9 +140,8 @@ def check(
     from lorakit.data.validate import check_files
 
     config = _config(config_path, overrides)
+    roles = _split_roles(list(files or []) if validation or test else [], validation, test)
     paths = _files(list(files or []) + list(validation) + list(test), config)
-    roles = {str(p): "validation" for p in validation} | {str(p): "test" for p in test}
-    roles |= {str(p): "train" for p in files or [] if validation or test}
     tokenizer = _tokenizer(tokenizer_name, config)
     report = check_files(
         paths,
@@ -151,12 +166,15 @@ def check(
 @data_app.command("redact")
 def redact(
     source: Path = typer.Argument(..., metavar="IN", help="Data file (or saved dataset folder) to read."),
-    target: Path = typer.Argument(..., metavar="OUT", help="Where to write the redacted copy (.jsonl or .json)."),
+    target: Path | None = typer.Argument(None, metavar="OUT", help="Where to write the redacted copy: .jsonl (JSON "
+                                         "Lines) or .json (one array), whatever IN's format. Default: IN's name "
+                                         "with .redacted.jsonl (notes.csv -> notes.redacted.jsonl)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (never IN)."),
 ) -> None:
     """Write a copy with e-mails, phones, SSNs, MRNs, birth dates, addresses, IPs and names replaced."""
-    from lorakit.data.redact import redact_file
+    from lorakit.data.redact import redact_file, redacted_path
 
+    target = redacted_path(source) if target is None else target
     summary = redact_file(source, target, overwrite=overwrite)
     kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(summary.by_kind.items())) or "nothing found"
     console.print(Text(f"{target}: {summary.records} records, {summary.changed_records} redacted ({kinds})"),
@@ -234,12 +252,15 @@ def split(
     seed: int = typer.Option(_DEFAULTS["seed"], "--seed", min=0, max=SEED_MAX,
                              help="Same seed and data, same split (as training's `seed`: 0 to 2**32 - 1)."),
     format: str | None = typer.Option(None, "--format", help=_FORMAT_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the three files if they exist (never an "
+                                   "input file)."),
 ) -> None:
     """Write deterministic train/validation/test files (seeded content hash: duplicates stay on one side)."""
     from lorakit.data.split_files import write_split_files
 
     if validation_fraction + test_fraction >= 0.9:
         raise ConfigError("--validation/--test", ["their sum must be below 0.9 so that data is left to train on"])
-    written = write_split_files(files, out_dir, validation_fraction, test_fraction, seed, _format(format, None))
+    written = write_split_files(files, out_dir, validation_fraction, test_fraction, seed, _format(format, None),
+                                overwrite=overwrite)
     for name, (path, count) in written.items():
         console.print(Text(f"{name}: {count} examples -> {path}"), highlight=False, soft_wrap=True)

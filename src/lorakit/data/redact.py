@@ -1,7 +1,9 @@
 """Write a copy of a data file with likely identifiers replaced by their kind ("[PHONE]"); never in place.
 
 Only string values are redacted (keys are kept), lines without findings are copied byte for byte, and
-lines that are not valid JSON are redacted as plain text so that nothing slips through unscanned.
+lines that are not valid JSON are redacted as plain text so that nothing slips through unscanned. The copy is
+JSON Lines (or a JSON array, for a .json output) whatever the input's format, so it is named accordingly:
+`redacted_path` gives `<stem>.redacted.jsonl`, the name `lorakit data redact` and the studio both use.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from lorakit.data.phi_scan import PhiFinding, scan_text
 from lorakit.data.sources import open_sources
 from lorakit.errors import DataError
 
-__all__ = ["RedactionSummary", "redact_text", "redact_value", "redact_file"]
+__all__ = ["RedactionSummary", "OUTPUT_SUFFIXES", "redact_text", "redact_value", "redacted_path", "redact_file"]
+
+OUTPUT_SUFFIXES = (".jsonl", ".json")
 
 
 @dataclass
@@ -61,15 +65,29 @@ def redact_value(value: Any, counts: Counter) -> Any:
     return value
 
 
+def redacted_path(source: str | Path) -> Path:
+    """Where the redacted copy of `source` goes by default: next to it, as JSON Lines.
+
+    >>> redacted_path("data/notes.csv")
+    PosixPath('data/notes.redacted.jsonl')
+    """
+    source = Path(source)
+    return source.with_name(f"{source.stem}.redacted.jsonl")
+
+
 def _same_file(source: Path, target: Path) -> bool:
     return target.exists() and os.path.samefile(source, target) or source.resolve() == target.resolve()
 
 
 def redact_file(source: str | Path, target: str | Path, overwrite: bool = False) -> RedactionSummary:
-    """Redact `source` into `target` (.jsonl, or a .json array), written atomically."""
+    """Redact `source` (any format lorakit reads) into `target`: JSON Lines for .jsonl, one array for .json;
+    written atomically."""
     source, target = Path(source), Path(target)
     if not source.exists():
         raise DataError(str(source), None, None, "file not found")
+    if target.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(str(target), None, None, "must end in .jsonl or .json: the redacted copy is JSON Lines (or a "
+                        "JSON array), whatever the input's format", hint=f"Write it to {redacted_path(source)}.")
     if _same_file(source, target):
         raise DataError(str(target), None, None, "is the input file; redaction never modifies its input",
                         hint="Choose another output path, e.g. data.redacted.jsonl.")
@@ -77,9 +95,10 @@ def redact_file(source: str | Path, target: str | Path, overwrite: bool = False)
         raise DataError(str(target), None, None, "already exists", hint="Choose another path, or pass --overwrite.")
     partial = target.with_name(f".{target.name}.partial")
     summary = RedactionSummary()
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(partial, "wb") as out:
-            if source.is_file() and source.suffix.lower() == ".jsonl":
+            if source.is_file() and source.suffix.lower() == ".jsonl" and target.suffix.lower() == ".jsonl":
                 _redact_jsonl(source, out, summary)
             else:
                 _redact_records(source, out, summary, as_array=target.suffix.lower() == ".json")

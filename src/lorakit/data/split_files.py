@@ -15,8 +15,9 @@ from pathlib import Path
 from lorakit.data.conversation import Conversation
 from lorakit.data.splits import split_conversations
 from lorakit.data.validate import DataChecker, refusal_error
+from lorakit.errors import DataError, OutputExistsError
 
-__all__ = ["SPLIT_NAMES", "record_for", "write_split_files"]
+__all__ = ["SPLIT_NAMES", "record_for", "split_targets", "write_split_files"]
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -55,9 +56,43 @@ def _write_jsonl(path: Path, conversations: list[Conversation], format: str) -> 
         partial.unlink(missing_ok=True)
 
 
+def split_targets(out_dir: str | Path) -> dict[str, Path]:
+    """The files `write_split_files` writes, by split name.
+
+    >>> split_targets("out")["validation"]
+    PosixPath('out/validation.jsonl')
+    """
+    return {name: Path(out_dir) / f"{name}.jsonl" for name in SPLIT_NAMES}
+
+
+def _check_targets(paths: Sequence[str | Path], targets: dict[str, Path], overwrite: bool) -> None:
+    """Refuse, before anything is read or written, to replace an input file (ever) or an existing file
+    (unless `overwrite`)."""
+    inputs = [Path(p) for p in paths if Path(p).exists()]
+    for target in targets.values():
+        source = next((p for p in inputs if target.exists() and os.path.samefile(p, target)), None)
+        if source is not None:
+            same = "" if str(source) == str(target) else f" ({source})"
+            raise DataError(str(target), None, None, f"is an input file{same}; splitting never modifies its input, "
+                            "so nothing was written",
+                            hint=f"Pass --out with another folder, e.g. --out {target.parent / 'splits'}.")
+    existing = [target for target in targets.values() if target.exists()]
+    if existing and not overwrite:
+        names = ", ".join(str(target) for target in existing)
+        raise OutputExistsError(f"{names} already exist{'s' if len(existing) == 1 else ''}; nothing was written.",
+                                hint="Pass --overwrite to replace them, or --out to write to another folder.")
+
+
 def write_split_files(paths: Sequence[str | Path], out_dir: str | Path, validation_fraction: float,
-                      test_fraction: float, seed: int, format: str = "auto") -> dict[str, tuple[Path, int]]:
-    """Check the inputs (refusing on errors), split, and write `<out_dir>/{train,validation,test}.jsonl`."""
+                      test_fraction: float, seed: int, format: str = "auto",
+                      overwrite: bool = False) -> dict[str, tuple[Path, int]]:
+    """Check the inputs (refusing on errors), split, and write `<out_dir>/{train,validation,test}.jsonl`.
+
+    Refuses (DataError) when one of those files is an input, even with `overwrite`, and (OutputExistsError)
+    when one exists and `overwrite` is false; either way before anything is written.
+    """
+    targets = split_targets(out_dir)
+    _check_targets(paths, targets, overwrite)
     checker = DataChecker(format, scan_phi=False)
     conversations = [c for path in paths for c in checker.read(path, role="train")]
     report = checker.finish()
@@ -66,11 +101,9 @@ def write_split_files(paths: Sequence[str | Path], out_dir: str | Path, validati
     splits = split_conversations(conversations, validation_fraction, test_fraction, seed)
     # One format for all three files (formats are detected per file).
     output_format = "instruction" if all(_is_single_exchange(c) for c in conversations) else "messages"
-    directory = Path(out_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     written = {}
-    for name in SPLIT_NAMES:
-        path = directory / f"{name}.jsonl"
+    for name, path in targets.items():
         _write_jsonl(path, getattr(splits, name), output_format)
         written[name] = (path, len(getattr(splits, name)))
     return written

@@ -60,11 +60,11 @@ class DataChecker:
     def _read_source(self, source, summary: FileSummary) -> Iterator[Conversation]:
         file_index = self._duplicates.add_file(source.path, summary.role)
         file_format = FileFormat(source.path, self.format)
-        whole_file_error = False
+        explained = False  # an error already says why no record was read (unreadable file, invalid lines)
         for item in source.read():
             if isinstance(item, Issue):
                 self.report.issues.append(item)
-                whole_file_error |= item.line is None
+                explained |= item.severity == "error"
                 continue
             summary.records += 1
             parsed = file_format.parse(item.value, item.line)
@@ -82,7 +82,7 @@ class DataChecker:
                 self._queue_length_check(parsed.conversation)
             yield parsed.conversation
         summary.format = file_format.name
-        if summary.records == 0 and not whole_file_error:
+        if summary.records == 0 and not explained:
             self.report.issues.append(Issue(source.path, None, "error", "no-records", "contains no records",
                                             hint="Add examples, one JSON object per line."))
 

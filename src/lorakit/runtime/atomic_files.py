@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,15 +131,42 @@ def _replace_directory(staging: Path, target: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc), else set-and-restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _readable_as_umask_allows(root: Path) -> None:
+    """Files as readable as the umask allows, as a plain open() makes them: safetensors (0.8) writes its file
+    private (0600) and renames it into place, so an adapter or merged model could not be read by the tool or
+    container user meant to run it."""
+    allowed = 0o666 & ~current_umask()
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode | allowed != mode:
+                os.chmod(path, mode | allowed)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
-    """Yield a staging folder; on success it replaces `target` whole, on any error it is removed."""
+    """Yield a staging folder; on success it replaces `target` whole (files as readable as the umask allows), on
+    any error it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_name(target, "tmp")
     staging.mkdir()
     try:
         yield staging
+        _readable_as_umask_allows(staging)
         _fsync_tree(staging)
         _replace_directory(staging, target)
         fsync_directory(target.parent)
