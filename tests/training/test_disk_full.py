@@ -78,14 +78,14 @@ def test_disk_full_while_writing_the_final_adapter_keeps_the_last_checkpoint(tin
     from lorakit.runtime import atomic_files
 
     config = _config_file(tmp_path, tiny_llama_dir)
-    real_fsync_tree = atomic_files._fsync_tree
+    real_finish_tree = atomic_files._finish_tree
 
-    def fsync_tree(root: Path) -> None:  # fsync is where delayed allocation reports ENOSPC
+    def finish_tree(root: Path) -> None:  # fsync is where delayed allocation reports ENOSPC
         if root.name.startswith(".final.tmp-"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_fsync_tree(root)
+        real_finish_tree(root)
 
-    monkeypatch.setattr(atomic_files, "_fsync_tree", fsync_tree)
+    monkeypatch.setattr(atomic_files, "_finish_tree", finish_tree)
     assert run_cli(["train", str(config)]) == 3
     err = capsys.readouterr().err
     assert f"error: The disk is full: writing {tmp_path / 'run' / 'final'} failed" in err and "Traceback" not in err

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from lorakit.cli.app import app, console, err_console
 from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
+
+if TYPE_CHECKING:
+    from lorakit.inference.run_source import Permissions
 
 
 def _settings(run, max_new_tokens: int | None, temperature: float | None):
@@ -38,14 +42,13 @@ def _stream_one(session, question: str, disclaimer: str) -> None:
 
 
 def answer_once(run_dir: Path, question: str, *, max_new_tokens: int | None, temperature: float | None,
-                allowed=None) -> None:
-    """Load the run, print the question and the streamed answer followed by the disclaimer. `allowed`: the
-    Permissions for the run's base model (none by default)."""
+                allowed: Permissions) -> None:
+    """Load the run (its base model allowed what `allowed` says), print the question and the streamed answer
+    followed by the disclaimer."""
     from lorakit.inference.chat import ChatSession
     from lorakit.inference.generate import load_run
-    from lorakit.inference.run_source import Permissions
 
-    run = load_run(run_dir, permissions=allowed or Permissions())
+    run = load_run(run_dir, permissions=allowed)
     session = ChatSession(run, _settings(run, max_new_tokens, temperature))
     console.print(f"[bold cyan]question:[/] {question}", highlight=False)
     console.print("[bold green]answer:[/] ", end="")

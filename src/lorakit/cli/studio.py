@@ -19,8 +19,8 @@ def studio(
     """Open the data check, plan, training, evaluation, chat and export in a browser page."""
     import uvicorn
 
-    from lorakit.runtime.local_http import check_can_listen, is_loopback
-    from lorakit.studio.app import LOOPBACK_HOSTS, create_app
+    from lorakit.runtime.local_http import check_can_listen, is_loopback, trusted_hosts
+    from lorakit.studio.app import create_app
 
     check_can_listen(host, port)  # a taken port or unknown --host: one error with a hint, before any output
     if not is_loopback(host):
@@ -29,7 +29,7 @@ def studio(
             "login: anyone who can reach this address can read and upload the data files, start training and "
             "other jobs, and export and push models to the Hugging Face Hub with this machine's login. Use the "
             "default --host 127.0.0.1 unless this network is trusted.", soft_wrap=True)
-    studio_app = create_app(workdir, LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else None)
+    studio_app = create_app(workdir, trusted_hosts(host))
     console.print(f"lorakit studio: http://{host}:{port}/  (working folder {studio_app.state.workspace.root}; "
                   "Ctrl-C stops the page, not the training jobs)", highlight=False)
     uvicorn.run(studio_app, host=host, port=port, log_level="warning")

@@ -38,7 +38,7 @@ def read_finished_run(path: str | Path) -> FinishedRun:
         raise CheckpointError(f"{path} is a checkpoint; export and push need a finished run (its final/ adapter).",
                               hint="Finish the run with `lorakit train CONFIG --resume`; `lorakit chat` and "
                               "`lorakit eval` work on checkpoints.")
-    manifest = read_saved_json(trained.adapter_dir / "manifest.json")
+    manifest = trained.manifest
     eval_file = trained.eval_dir / EVAL_FILE
     eval_results = None
     if eval_file.is_file():

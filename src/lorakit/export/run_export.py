@@ -23,8 +23,8 @@ from lorakit.export.model_card import model_card
 from lorakit.export.ollama import modelfile_text, turn_format
 from lorakit.export.public_copy import public_config, public_manifest
 from lorakit.export.steps import ExportSteps
-from lorakit.inference.run_source import Permissions, refuse_saved_permissions
 from lorakit.export.stop_tokens import end_of_turn_token
+from lorakit.inference.run_source import Permissions, refuse_saved_permissions
 from lorakit.model.load import load_tokenizer, resolve_model_source
 from lorakit.runtime.atomic_files import atomic_directory
 from lorakit.runtime.logging import get_logger

@@ -22,7 +22,7 @@ from lorakit.training.checkpoint import CHECKPOINTS, MANIFEST, latest_good_check
 from lorakit.training.run_dir import FINAL
 
 __all__ = ["RunSource", "Permissions", "resolve_run_source", "load_saved_config", "refuse_saved_permissions",
-           "read_saved_json"]
+           "read_saved_json", "saved_value"]
 
 _EXPECTED_HINT = ("Pass the output_dir of a `lorakit train` run, its final/ folder, or one of its "
                   "checkpoints/step-N folders.")
@@ -39,6 +39,7 @@ class RunSource:
     quantized_4bit: bool  # the base model was trained in nf4 (only possible on CUDA)
     fingerprint: str  # sha256 of the adapter's manifest: identifies which adapter an eval belongs to
     checkpoint_step: int | None = None  # set when the adapter is a checkpoint, not a finished run's final/
+    manifest: dict | None = None  # a finished run's manifest.json, as read (checkpoints have none)
 
     @property
     def eval_dir(self) -> Path:
@@ -96,27 +97,39 @@ def refuse_saved_permissions(config: RunConfig, saved_at: Path, permissions: Per
         raise error
 
 
+def _damaged(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path} is damaged: it {what}.",
+                           hint="lorakit wrote this file and it was changed or cut short since: copy the folder "
+                                "again from where it was made, or run the command that writes it again.")
+
+
+def saved_value(path: Path, document, *keys: str):
+    """document[keys[0]][keys[1]]... of a JSON file lorakit wrote (read from `path`); CheckpointError if missing."""
+    try:
+        for key in keys:
+            document = document[key]
+        return document
+    except (KeyError, TypeError, IndexError):
+        raise _damaged(path, "has no " + "".join(f"[{key!r}]" for key in keys)) from None
+
+
 def read_saved_json(path: Path, *keys: str):
     """The value at `keys` in a JSON file lorakit wrote; a damaged or hand-edited file is a CheckpointError."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-        for key in keys:
-            value = value[key]
-        return value
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        where = "".join(f"[{key!r}]" for key in keys)
-        what = f"has no {where}" if isinstance(exc, (KeyError, TypeError)) else f"cannot be read ({exc})"
-        raise CheckpointError(f"{path} is damaged: it {what}.",
-                              hint="lorakit wrote this file and it was changed or cut short since: copy the folder "
-                                   "again from where it was made, or run the command that writes it again.") from None
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _damaged(path, f"cannot be read ({exc})") from None
+    return saved_value(path, document, *keys)
 
 
 def _finished(adapter_dir: Path) -> RunSource:
     config = load_saved_config(adapter_dir / "config.yaml")
     manifest_path = adapter_dir / "manifest.json"
+    manifest = read_saved_json(manifest_path)
     run_dir = adapter_dir.parent if adapter_dir.name == FINAL else adapter_dir
-    return RunSource(adapter_dir, run_dir, config, read_saved_json(manifest_path, "data", "sha256"),
-                     bool(read_saved_json(manifest_path, "settings").get("quantized_4bit")), _sha256(manifest_path))
+    return RunSource(adapter_dir, run_dir, config, saved_value(manifest_path, manifest, "data", "sha256"),
+                     bool(saved_value(manifest_path, manifest, "settings").get("quantized_4bit")),
+                     _sha256(manifest_path), manifest=manifest)
 
 
 def _checkpoint(path: Path) -> RunSource:
@@ -125,12 +138,12 @@ def _checkpoint(path: Path) -> RunSource:
         raise CheckpointError(f"Checkpoint {path} is damaged ({problem}).",
                               hint="Pass an older checkpoint of the run (see its checkpoints/ folder).")
     config = load_saved_config(path / "config.yaml")
-    identity = read_saved_json(path / "trainer_state.json", "identity")
+    data_sha256 = read_saved_json(path / "trainer_state.json", "identity", "data_sha256")
     step = read_saved_json(path / MANIFEST, "step")
     # The saved config holds the planner's resolved choice ('nf4' or 'none'), so it says how the base was loaded.
     quantized = config.model.quantization == "nf4"
     run_dir = path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
-    return RunSource(path, run_dir, config, identity["data_sha256"], quantized, _sha256(path / MANIFEST), step)
+    return RunSource(path, run_dir, config, data_sha256, quantized, _sha256(path / MANIFEST), step)
 
 
 def resolve_run_source(path: str | Path) -> RunSource:

@@ -32,7 +32,7 @@ from lorakit.inference.openai_api import (
     ApiError, ChatRequest, chunk_body, completion_body, context_error, error_body, new_completion_id,
     parse_chat_request, sse, usage_body,
 )
-from lorakit.runtime.local_http import LOOPBACK_HOSTS, SameOriginGuard, check_can_listen, is_loopback
+from lorakit.runtime.local_http import SameOriginGuard, check_can_listen, is_loopback, trusted_hosts
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["create_app", "serve_run", "served_model_id"]
@@ -159,8 +159,7 @@ def _add_browser_guards(app: FastAPI, host: str) -> None:
         return JSONResponse(error_body(error), status_code=403)
 
     app.add_middleware(SameOriginGuard, refuse=refuse)
-    if is_loopback(host):
-        allowed = LOOPBACK_HOSTS + ((host,) if host not in LOOPBACK_HOSTS else ())
+    if (allowed := trusted_hosts(host)) is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed))
 
 

@@ -93,13 +93,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with open(path, "rb+") as handle:
-                os.fsync(handle.fileno())
-    for path in sorted([p for p in root.rglob("*") if p.is_dir()] + [root], reverse=True):
-        fsync_directory(path)
 
 
 _RENAME_EXCHANGE = 2
@@ -144,16 +137,21 @@ def current_umask() -> int:
     return mask
 
 
-def _readable_as_umask_allows(root: Path) -> None:
-    """Files as readable as the umask allows, as a plain open() makes them: safetensors (0.8) writes its file
-    private (0600) and renames it into place, so an adapter or merged model could not be read by the tool or
-    container user meant to run it."""
+def _finish_tree(root: Path) -> None:
+    """Every file on disk (fsynced) and as readable as the umask allows, as a plain open() makes it: safetensors
+    (0.8) writes its file private (0600) and renames it into place, so an adapter or merged model could not be
+    read by the tool or container user meant to run it. Then the folders, deepest first."""
     allowed = 0o666 & ~current_umask()
-    for path in root.rglob("*"):
+    paths = sorted(root.rglob("*"))
+    for path in paths:
         if path.is_file() and not path.is_symlink():
             mode = stat.S_IMODE(path.stat().st_mode)
             if mode | allowed != mode:
                 os.chmod(path, mode | allowed)
+            with open(path, "rb+") as handle:
+                os.fsync(handle.fileno())
+    for path in sorted([p for p in paths if p.is_dir()] + [root], reverse=True):
+        fsync_directory(path)
 
 
 @contextlib.contextmanager
@@ -166,8 +164,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
-        _readable_as_umask_allows(staging)
-        _fsync_tree(staging)
+        _finish_tree(staging)
         _replace_directory(staging, target)
         fsync_directory(target.parent)
     except BaseException as exc:

@@ -25,7 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lorakit.errors import LorakitError
 
-__all__ = ["LOOPBACK_HOSTS", "is_loopback", "check_can_listen", "cross_site_reason", "SameOriginGuard"]
+__all__ = ["LOOPBACK_HOSTS", "is_loopback", "trusted_hosts", "check_can_listen", "cross_site_reason",
+           "SameOriginGuard"]
 
 # The Host names a browser uses for this machine; any other name reaching a loopback server is DNS rebinding.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -44,6 +45,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def trusted_hosts(bind_host: str) -> tuple[str, ...] | None:
+    """The Host names a server bound to `bind_host` accepts: on a loopback address LOOPBACK_HOSTS and the address
+    itself (anything else is DNS rebinding); None (any) elsewhere, where the machine's names are not known.
+
+    >>> trusted_hosts("127.0.0.2")
+    ('127.0.0.1', 'localhost', '::1', '[::1]', '127.0.0.2')
+    >>> trusted_hosts("0.0.0.0") is None
+    True
+    """
+    if not is_loopback(bind_host):
+        return None
+    return LOOPBACK_HOSTS + (() if bind_host in LOOPBACK_HOSTS else (bind_host,))
 
 
 _HOST_HINT = "pass an address of this machine to --host: 127.0.0.1 (this machine only) or 0.0.0.0 (every network)"

@@ -26,7 +26,7 @@ from lorakit.studio.chat_models import ChatModels
 from lorakit.studio.run_config import RefusedOverride
 from lorakit.studio.workspace import Workspace
 
-__all__ = ["STATIC_DIR", "LOOPBACK_HOSTS", "create_app"]
+__all__ = ["STATIC_DIR", "create_app"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Requests that change data, runs or jobs; GET must stay open to cross-site links that open the page.
@@ -78,11 +78,8 @@ def _refuse_cross_site(reason: str, own_origin: str) -> JSONResponse:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LorakitError)
     async def lorakit_error(request: Request, exc: LorakitError) -> JSONResponse:
-        return JSONResponse({"error": exc.message, "hint": exc.hint, "kind": type(exc).__name__}, status_code=400)
-
-    @app.exception_handler(RefusedOverride)
-    async def refused_override(request: Request, exc: RefusedOverride) -> JSONResponse:
-        return JSONResponse({"error": exc.message, "hint": exc.hint, "kind": type(exc).__name__}, status_code=422)
+        status = 422 if isinstance(exc, RefusedOverride) else 400
+        return JSONResponse({"error": exc.message, "hint": exc.hint, "kind": type(exc).__name__}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -46,7 +46,11 @@ class RunChoices(BaseModel):
 
 
 def _overrides(choices: RunChoices) -> list[str]:
-    return preset_overrides(choices.preset) + [line.strip() for line in choices.overrides if line.strip()]
+    return preset_overrides(choices.preset) + _page_lines(choices)
+
+
+def _page_lines(choices: RunChoices) -> list[str]:
+    return [line.strip() for line in choices.overrides if line.strip()]
 
 
 def _leaf_paths(nested: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -87,7 +91,7 @@ def refuse_locked_overrides(lines: list[str]) -> None:
 
 def studio_config(workspace: Workspace, choices: RunChoices) -> tuple[RunConfig, Path]:
     """The validated config for `choices` (every problem at once, as ConfigError) and the run folder it names."""
-    refuse_locked_overrides([line.strip() for line in choices.overrides if line.strip()])
+    refuse_locked_overrides(_page_lines(choices))
     run_dir = workspace.run_dir(choices.run, exists=False)
     base = {
         "output_dir": str(run_dir),
