@@ -268,6 +268,8 @@ def main() -> None:
     parser.add_argument("--prepare-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--guide-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.out is None and not (args.prepare_only or args.prepare_child or args.guide_child):
+        parser.error("--out is required (a folder for the table and logs), unless --prepare-only")
     if args.prepare_child:
         (args.work / "data.json").write_text(json.dumps(prepare(args.work, args.smoke)))
         return
@@ -279,11 +281,11 @@ def main() -> None:
         args.work.mkdir(parents=True)
         prepare_command = [sys.executable, str(Path(__file__).resolve()), "--prepare-child", "--work", str(args.work)]
         subprocess.run(prepare_command + (["--smoke"] if args.smoke else []), check=True)
-    data = json.loads((args.work / "data.json").read_text())
     config = lorakit_config(args.work, args.warmup + args.steps, args.smoke)
     if args.prepare_only:
         print(config)
         return
+    data = json.loads((args.work / "data.json").read_text())
     args.out.mkdir(parents=True, exist_ok=True)
     print(json.dumps(data), flush=True)
     tools = args.tools.split(",")

@@ -12,10 +12,15 @@ def step_records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _speeds(records: list[dict], warmup: int) -> list[float]:
+    return [r["tokens_per_second"] for r in records if "tokens_per_second" in r and r["step"] > warmup]
+
+
 def measured_speeds(run_dir: Path, warmup: int) -> list[float]:
-    """tokens/s of the steps after the first `warmup`, chosen by step number: a validation-only record or a longer
-    logging window cannot change which steps count."""
-    return [r["tokens_per_second"] for r in step_records(run_dir) if "tokens_per_second" in r and r["step"] > warmup]
+    """tokens/s of the records of steps after the first `warmup`, chosen by step number (a validation-only record
+    cannot shift them; with logging_steps > 1 a record times its whole window, so the first one counted may
+    include the last warm-up step)."""
+    return _speeds(step_records(run_dir), warmup)
 
 
 def run_speed(run_dir: Path, warmup: int) -> dict:
@@ -23,8 +28,9 @@ def run_speed(run_dir: Path, warmup: int) -> dict:
 
     Raises ValueError naming the run when no step was logged after warm-up (a run stopped early, or too few steps).
     """
-    speeds = measured_speeds(run_dir, warmup)
+    records = step_records(run_dir)
+    speeds = _speeds(records, warmup)
     if not speeds:
         raise ValueError(f"{run_dir / 'metrics.jsonl'}: no step after the {warmup} warm-up steps logged tokens/s")
     return {"tokens_per_second": statistics.median(speeds), "measured_steps": len(speeds),
-            "train_losses": [r["train_loss"] for r in step_records(run_dir) if "train_loss" in r]}
+            "train_losses": [r["train_loss"] for r in records if "train_loss" in r]}

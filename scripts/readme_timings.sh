@@ -21,7 +21,7 @@ timed() {  # CACHE COMMAND: run it, print its exit code, last lines, wall time a
     demo_cache=$(mktemp -d "$work/cache-XXXX")
     timed "$demo_cache" "bash scripts/setup.sh && .venv/bin/lorakit train examples/config.yaml --overwrite"
     timed "$demo_cache" ".venv/bin/lorakit eval runs/demo --safety" 40
-    timed "$(mktemp -d "$work/cache-XXXX")" "bash scripts/setup.sh --test && .venv/bin/python -m pytest"
+    timed "$(mktemp -d "$work/cache-XXXX")" "bash scripts/setup.sh --test && .venv/bin/python -m pytest" 8
 } > "$out" 2>&1
 rm -rf "$work"
 cat "$out"

@@ -71,3 +71,16 @@ def test_evaluation_of_an_earlier_adapter_is_not_shown(evaluated):
     html = write_report(evaluated).read_text()
     assert "Evaluation results are out of date" in html
     assert "The safety probes have not been run" in html and "Sample answers" not in html
+
+
+@pytest.mark.parametrize("name, remade_by", [
+    ("metrics.jsonl", "Training the run again (`lorakit train CONFIG --overwrite`)"),
+    ("eval/answers.jsonl", "`lorakit eval` on the run"),
+])
+def test_a_damaged_jsonl_file_names_itself_and_what_rewrites_it(evaluated, name, remade_by):
+    damaged = evaluated / name
+    damaged.write_text('{"step": 1}\n{"step": 2\n')
+    with pytest.raises(CheckpointError) as raised:
+        write_report(evaluated)
+    assert str(raised.value) == (f"{damaged} is damaged (Expecting ',' delimiter: line 1 column 11 (char 10)).\n"
+                                 f"{remade_by} rewrites this file; or copy the run again.")

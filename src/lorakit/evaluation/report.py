@@ -39,14 +39,18 @@ def _read_json(path: Path) -> dict | None:
     return read_saved_json(path) if path.is_file() else None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+_EVAL_AGAIN = "`lorakit eval` on the run"
+
+
+def _read_jsonl(path: Path, remade_by: str) -> list[dict]:
+    """The records of a JSON Lines file of the run; CheckpointError naming it, and `remade_by`, when damaged."""
     if not path.is_file():
         return []
     try:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is damaged ({exc}).",
-                              hint="Run `lorakit eval` on the run again; it rewrites this file.") from None
+                              hint=f"{remade_by} rewrites this file; or copy the run again.") from None
 
 
 def _change(base: float | None, tuned: float | None, lower_is_better: bool) -> dict:
@@ -112,7 +116,7 @@ def build_report(path: str | Path) -> str:
     stale = bool(evaluation) and evaluation.get("adapter_sha256") != adapter_fingerprint(resolve_adapter_dir(path))
     if stale:  # eval/ of an earlier adapter in the same output_dir (e.g. after `train --overwrite`)
         evaluation = {}
-    history = _read_jsonl(root / "metrics.jsonl")
+    history = _read_jsonl(root / "metrics.jsonl", "Training the run again (`lorakit train CONFIG --overwrite`)")
     quality, safety = evaluation.get("quality"), evaluation.get("safety")
     context = {
         "title": root.resolve().name,
@@ -128,8 +132,8 @@ def build_report(path: str | Path) -> str:
         "stale_evaluation": stale,
         "quality": quality,
         "quality_rows": _quality_rows(quality) if quality else [],
-        "samples": _read_jsonl(root / "eval" / ANSWERS_FILE)[:_SAMPLE_ANSWERS] if quality else [],
-        "safety": _safety_context(safety, _read_jsonl(root / "eval" / SAFETY_ANSWERS_FILE)) if safety else None,
+        "samples": _read_jsonl(root / "eval" / ANSWERS_FILE, _EVAL_AGAIN)[:_SAMPLE_ANSWERS] if quality else [],
+        "safety": _safety_context(safety, _read_jsonl(root / "eval" / SAFETY_ANSWERS_FILE, _EVAL_AGAIN)) if safety else None,
         "labels": CATEGORY_LABELS,
         "rule_text": {rule.name: rule.description for rules in RULES.values() for rule in rules},
         "data_stats": evaluation.get("data"),
