@@ -114,6 +114,16 @@ def test_invalid_yaml_names_line(tmp_path):
         load_config(write(tmp_path, "seed: 1\n  bad: indent\n"))
 
 
+def test_a_config_that_is_not_utf8_names_the_line(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_bytes(b"seed: 1\nmodel:\n  name: caf\xe9\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    assert str(raised.value) == (f"{config}: 1 config problem:\n"
+                                 "  - line 3: not UTF-8 text (byte 0xe9); save the file as UTF-8 in your editor")
+    assert raised.value.exit_code == 2
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")) + [REPO / "examples" / "config.yaml"],
                          ids=lambda p: p.name)
 def test_shipped_configs_load(path):

@@ -8,27 +8,27 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_run_config, write_qa_jsonl
+from custom_code import with_custom_code
+from evaluation.eval_runs import copy_run, trained_tiny_run
 from lorakit.cli.app import run_cli
-from lorakit.training.loop import train
-from test_secrets_and_trust import _with_custom_code
+
+
+def _run_asking_for(tiny_llama_dir, tmp_path_factory, tmp_path, **model) -> Path:
+    """A copy of the tiny trained run whose saved config was edited to set `model` values."""
+    run = copy_run(trained_tiny_run(tiny_llama_dir, tmp_path_factory.getbasetemp() / "eval-workspace"), tmp_path / "run")
+    saved = run / "final" / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    config["model"].update(model)
+    saved.write_text(yaml.safe_dump(config))
+    return run
 
 
 @pytest.fixture
-def planted_run(tiny_llama_dir, tmp_path) -> tuple[Path, Path]:
-    """A finished run whose saved config was edited to load a base model with code that leaves a marker file."""
-    run = train(tiny_run_config(tiny_llama_dir, write_qa_jsonl(tmp_path / "qa.jsonl"), tmp_path / "run",
-                                max_steps=1, eval_steps=1, save_steps=1)).run_dir
+def planted_run(tiny_llama_dir, tmp_path_factory, tmp_path) -> tuple[Path, Path]:
+    """A finished run whose saved config loads a base model with code that leaves a marker file."""
     marker = tmp_path / "marker"
-    custom = _with_custom_code(tiny_llama_dir, tmp_path / "custom", marker, "model")
-    modeling = custom / "modeling_custom.py"  # loadable once allowed: the model class names its config class
-    modeling.write_text(modeling.read_text().replace("    pass\n", "    config_class = CustomConfig\n").replace(
-        "class CustomModel", "from .configuration_custom import CustomConfig\n\nclass CustomModel"))
-    saved = run / "final" / "config.yaml"
-    config = yaml.safe_load(saved.read_text())
-    config["model"].update(name=str(custom), trust_remote_code=True)
-    saved.write_text(yaml.safe_dump(config))
-    return run, marker
+    custom = with_custom_code(tiny_llama_dir, tmp_path / "custom", marker, "model")
+    return _run_asking_for(tiny_llama_dir, tmp_path_factory, tmp_path, name=str(custom), trust_remote_code=True), marker
 
 
 def _refusal(run: Path, custom: str) -> str:
@@ -57,37 +57,9 @@ def test_the_person_running_chat_can_allow_it(planted_run, capsys):
     assert "answer:" in capsys.readouterr().out
 
 
-def test_a_saved_config_cannot_turn_on_pickle_loading(tiny_llama_dir, tmp_path, capsys):
-    run = train(tiny_run_config(tiny_llama_dir, write_qa_jsonl(tmp_path / "qa.jsonl"), tmp_path / "run",
-                                max_steps=1, eval_steps=1, save_steps=1)).run_dir
-    saved = run / "final" / "config.yaml"
-    config = yaml.safe_load(saved.read_text())
-    config["model"]["allow_pickle"] = True
-    saved.write_text(yaml.safe_dump(config))
+def test_a_saved_config_cannot_turn_on_pickle_loading(tiny_llama_dir, tmp_path_factory, tmp_path, capsys):
+    run = _run_asking_for(tiny_llama_dir, tmp_path_factory, tmp_path, allow_pickle=True)
     assert run_cli(["chat", str(run), "-q", "What is asthma?"]) == 2
     assert (f"  - model.allow_pickle: true would unpickle the base model's .bin weights ({tiny_llama_dir}); pass "
             "--allow-pickle if you trust those files\n") in capsys.readouterr().err
     assert run_cli(["chat", str(run), "-q", "What is asthma?", "--allow-pickle"]) == 0
-
-
-def test_a_damaged_manifest_is_an_error_naming_it(tiny_llama_dir, tmp_path, capsys):
-    run = train(tiny_run_config(tiny_llama_dir, write_qa_jsonl(tmp_path / "qa.jsonl"), tmp_path / "run",
-                                max_steps=1, eval_steps=1, save_steps=1)).run_dir
-    manifest = run / "final" / "manifest.json"
-    manifest.write_text('{"data": {"sha256": "ab"}')
-    assert run_cli(["chat", str(run), "-q", "What is asthma?"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {manifest} is damaged: it cannot be read (Expecting ',' delimiter: line 1 column 26")
-    assert err.endswith("hint: lorakit wrote this file and it was changed or cut short since: copy the folder again from "
-                        "where it was made, or run the command that writes it again.\n")
-    manifest.write_text('{"data": {}, "settings": {}}')
-    assert run_cli(["export", str(run), "--format", "adapter", "--output", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {manifest} is damaged: it has no ['data']['sha256'].\n")
-
-
-def test_a_config_that_is_not_utf8_names_the_line(tmp_path, capsys):
-    config = tmp_path / "config.yaml"
-    config.write_bytes(b"seed: 1\nmodel:\n  name: caf\xe9\n")
-    assert run_cli(["plan", str(config)]) == 2
-    assert capsys.readouterr().err == (f"error: {config}: 1 config problem:\n"
-                                       "  - line 3: not UTF-8 text (byte 0xe9); save the file as UTF-8 in your editor\n")

@@ -18,6 +18,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import write_qa_jsonl
+from custom_code import with_custom_code
 from fake_hub import FakeHub
 from lorakit.cli.app import run_cli
 from lorakit.config import ModelConfig, RunConfig
@@ -129,36 +130,12 @@ def test_secrets_and_trust_trust_remote_code_is_off_unless_the_config_sets_it(tm
     assert config.model.trust_remote_code is False and config.model.allow_pickle is False
 
 
-def _with_custom_code(tiny_llama_dir: Path, directory: Path, marker: Path, part: str) -> Path:
-    """A copy of the tiny model whose config ('model') or tokenizer ('tokenizer') points at Python code that
-    leaves `marker` behind if it is ever imported."""
-    shutil.copytree(tiny_llama_dir, directory)
-    payload = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('remote code ran')\n"
-    if part == "model":
-        config = json.loads((directory / "config.json").read_text())
-        config.update(model_type="lorakit_custom", auto_map={"AutoConfig": "configuration_custom.CustomConfig",
-                                                             "AutoModelForCausalLM": "modeling_custom.CustomModel"})
-        (directory / "config.json").write_text(json.dumps(config))
-        (directory / "configuration_custom.py").write_text(payload + "from transformers import LlamaConfig\n"
-                                                           "class CustomConfig(LlamaConfig):\n    model_type = 'lorakit_custom'\n")
-        (directory / "modeling_custom.py").write_text(payload + "from transformers import LlamaForCausalLM\n"
-                                                      "class CustomModel(LlamaForCausalLM):\n    pass\n")
-    else:
-        tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
-        tokenizer_config.update(tokenizer_class="CustomTokenizer",
-                                auto_map={"AutoTokenizer": ["tokenization_custom.CustomTokenizer", None]})
-        (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-        (directory / "tokenization_custom.py").write_text(payload + "from transformers import PreTrainedTokenizerFast\n"
-                                                          "class CustomTokenizer(PreTrainedTokenizerFast):\n    pass\n")
-    return directory
-
-
 @pytest.mark.parametrize("part", ["model", "tokenizer"])
 def test_secrets_and_trust_trust_remote_code_off_refuses_custom_code_without_running_it(
     tiny_llama_dir, tmp_path, capsys, part
 ):
     marker = tmp_path / "marker"
-    model_dir = _with_custom_code(tiny_llama_dir, tmp_path / "custom", marker, part)
+    model_dir = with_custom_code(tiny_llama_dir, tmp_path / "custom", marker, part)
     assert run_cli(["train", str(_config_file(tmp_path, model_dir))]) == 2
     err = capsys.readouterr().err
     assert "needs custom Python code shipped with the model to load, and lorakit does not run it unless asked" in err
