@@ -224,11 +224,27 @@ def launcher_env(cache: Path) -> dict:
     return env
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago (nothing listens on it once this returns)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on `host` that was free a moment ago (nothing listens on it once this returns)."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def taken_port():
+    """A port that a program on 127.0.0.1 listens on for the whole test."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def unresolvable(host: str) -> str:
+    """This machine's resolver's words for `host`, a name it cannot resolve (glibc: 'Name or service not known')."""
+    with pytest.raises(socket.gaierror) as failure:
+        socket.getaddrinfo(host, 80)
+    return failure.value.strerror
 
 
 def two_process_torchrun(*args: str, entry: list[str] | None = None) -> list[str]:

@@ -44,16 +44,21 @@ class ServerThread:
         self._socket.close()
         assert not self._thread.is_alive(), "uvicorn did not stop in time"
 
-    def request(self, method: str, path: str, body: bytes | dict | None = None,
-                headers: dict | None = None) -> tuple[int, dict, dict]:
-        """(status, headers, JSON body) of one raw HTTP request."""
+    def request(self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None, *,
+                content_type: str | None = "application/json", text: bool = False) -> tuple[int, dict, dict | str]:
+        """(status, headers, body) of one raw HTTP request: the body parsed as JSON, or its text with `text=True`.
+
+        The request carries `Content-Type: content_type` (none when None) and `headers`, which win over it;
+        http.client adds Host unless `headers` has one.
+        """
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         payload = json.dumps(body).encode() if isinstance(body, dict) else body
-        connection.request(method, path, body=payload, headers={"Content-Type": "application/json", **(headers or {})})
+        sent = {} if content_type is None else {"Content-Type": content_type}
+        connection.request(method, path, body=payload, headers={**sent, **(headers or {})})
         response = connection.getresponse()
         data = response.read()
         connection.close()
-        return response.status, dict(response.getheaders()), json.loads(data)
+        return response.status, dict(response.getheaders()), data.decode() if text else json.loads(data)
 
     def health(self) -> dict:
         return self.request("GET", "/health")[2]

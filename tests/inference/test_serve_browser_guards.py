@@ -3,7 +3,6 @@ Host name), cross-site requests (a foreign Origin), and non-JSON POSTs (what an 
 
 from __future__ import annotations
 
-import http.client
 import json
 
 import pytest
@@ -28,19 +27,10 @@ def server(run):
         yield server
 
 
-def raw(server: ServerThread, method: str, path: str, body: bytes | None = None,
-        headers: dict | None = None) -> tuple[int, str]:
-    """(status, body text) of one request with exactly these headers (http.client adds Host unless given)."""
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    connection.request(method, path, body=body, headers=headers or {})
-    response = connection.getresponse()
-    text = response.read().decode()
-    connection.close()
-    return response.status, text
-
-
 def chat(server: ServerThread, headers: dict) -> tuple[int, str]:
-    return raw(server, "POST", "/v1/chat/completions", json.dumps(QUICK).encode(), headers)
+    """(status, body text) of a quick chat POST with exactly these headers (http.client adds Host unless given)."""
+    status, _, text = server.request("POST", "/v1/chat/completions", QUICK, headers, content_type=None, text=True)
+    return status, text
 
 
 def error_message(text: str) -> str:
@@ -53,8 +43,9 @@ def error_message(text: str) -> str:
 def test_a_rebound_host_name_is_refused_on_loopback(server):
     json_body = {"Content-Type": "application/json"}
     assert chat(server, {**json_body, "Host": "rebound.evil.example"}) == (400, "Invalid host header")
-    assert raw(server, "GET", "/v1/models", headers={"Host": f"rebound.evil.example:{server.port}"}) == \
-        (400, "Invalid host header")
+    status, _, text = server.request("GET", "/v1/models", headers={"Host": f"rebound.evil.example:{server.port}"},
+                                     content_type=None, text=True)
+    assert (status, text) == (400, "Invalid host header")
     for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", "localhost"):
         assert chat(server, {**json_body, "Host": host})[0] == 200, host
 
@@ -82,7 +73,8 @@ def test_a_foreign_origin_is_403_and_the_servers_own_origin_passes(server):
                                                       f"this server's origin '{own}'. Web pages on other sites may "
                                                       "not use this server.")
         assert json.loads(text)["error"]["code"] == "cross_origin_request"
-    status, text = raw(server, "GET", "/v1/models", headers={"Origin": "http://evil.example"})
+    status, _, text = server.request("GET", "/v1/models", headers={"Origin": "http://evil.example"},
+                                     content_type=None, text=True)
     assert status == 403
     status, text = chat(server, {"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"})
     assert (status, error_message(text)) == (403, "Cross-origin request refused: the browser marked it as sent by "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from conftest import free_port
 from evaluation.eval_runs import trained_tiny_run
 
 from lorakit.cli.app import run_cli
@@ -68,9 +68,7 @@ def test_missing_run_is_exit_2_before_binding(tmp_path, capsys):
 
 def test_real_command_serves_and_stops_on_ctrl_c(tiny_llama_dir, tmp_path_factory):
     run_dir = trained_tiny_run(tiny_llama_dir, tmp_path_factory.mktemp("serve-cli"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("LORAKIT_API_KEY", None)
     server = subprocess.Popen([sys.executable, "-m", "lorakit", "serve", str(run_dir), "--port", str(port)], cwd=REPO,

@@ -3,20 +3,10 @@ unknown --host is one error with a hint and exit 2, not a "Serving at" line foll
 
 from __future__ import annotations
 
-import socket
-
 import pytest
+from conftest import free_port, unresolvable
 
 from lorakit.cli.app import run_cli
-
-
-@pytest.fixture
-def taken_port():
-    """A port that a program on 127.0.0.1 listens on for the whole test."""
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield holder.getsockname()[1]
 
 
 @pytest.fixture
@@ -30,13 +20,6 @@ def started(monkeypatch) -> list:
     return calls
 
 
-def _unresolvable(host: str) -> str:
-    """This machine's resolver's words for a name it cannot resolve (glibc: 'Name or service not known')."""
-    with pytest.raises(socket.gaierror) as failure:
-        socket.getaddrinfo(host, 80)
-    return failure.value.strerror
-
-
 def test_a_taken_port_is_exit_2_with_a_hint_before_loading(started, taken_port, tmp_path, capsys, caplog):
     assert run_cli(["serve", str(tmp_path), "--port", str(taken_port)]) == 2
     out, err = capsys.readouterr()
@@ -47,7 +30,7 @@ def test_a_taken_port_is_exit_2_with_a_hint_before_loading(started, taken_port, 
 
 
 def test_an_unknown_host_is_exit_2_with_a_hint_before_loading(started, tmp_path, capsys, caplog):
-    reason = _unresolvable("nosuchhost.invalid")
+    reason = unresolvable("nosuchhost.invalid")
     assert run_cli(["serve", str(tmp_path), "--host", "nosuchhost.invalid", "--port", "8768"]) == 2
     out, err = capsys.readouterr()
     assert err.splitlines() == [
@@ -66,8 +49,5 @@ def test_an_address_of_another_machine_is_exit_2(started, tmp_path, capsys):
 
 
 def test_a_free_port_still_loads_and_serves(started, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    assert run_cli(["serve", str(tmp_path), "--port", str(port)]) == 0
+    assert run_cli(["serve", str(tmp_path), "--port", str(free_port())]) == 0
     assert started == ["load_run", "uvicorn.run"]

@@ -3,9 +3,8 @@ warns on any address but this machine's own, since the studio has no login."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
+from conftest import free_port, unresolvable
 
 from lorakit.cli.app import run_cli
 
@@ -22,18 +21,12 @@ def started(monkeypatch) -> list:
     return calls
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1"])
 def test_a_host_beyond_this_machine_warns_that_anyone_can_use_the_studio(started, tmp_path, capsys, monkeypatch,
                                                                         host):
     if host == "192.0.2.1":  # TEST-NET-1 is no address here: let the bind check pass, to see the warning
         monkeypatch.setattr("lorakit.runtime.local_http.check_can_listen", lambda host, port: None)
-    port = _free_port("0.0.0.0")
+    port = free_port("0.0.0.0")
     assert run_cli(["studio", "--host", host, "--port", str(port), "--workdir", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     assert err.splitlines() == [WARNING.format(host=host)]
@@ -43,32 +36,27 @@ def test_a_host_beyond_this_machine_warns_that_anyone_can_use_the_studio(started
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_this_machine_only_gives_no_warning(started, tmp_path, capsys, host):
-    port = _free_port("127.0.0.1")
+    port = free_port()
     assert run_cli(["studio", "--host", host, "--port", str(port), "--workdir", str(tmp_path)]) == 0
     assert capsys.readouterr().err == ""
     assert started == [(host, port)]
 
 
-def test_a_taken_port_is_exit_2_with_a_hint_before_the_url(started, tmp_path, capsys):
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        assert run_cli(["studio", "--port", str(port), "--workdir", str(tmp_path / "work")]) == 2
+def test_a_taken_port_is_exit_2_with_a_hint_before_the_url(started, taken_port, tmp_path, capsys):
+    assert run_cli(["studio", "--port", str(taken_port), "--workdir", str(tmp_path / "work")]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.splitlines() == [f"error: port {port} on 127.0.0.1 is in use",
+    assert err.splitlines() == [f"error: port {taken_port} on 127.0.0.1 is in use",
                                 "hint: pass another --port, or stop the program that listens there"]
     assert started == [] and not (tmp_path / "work").exists()
 
 
 def test_an_unknown_host_is_exit_2_with_a_hint_before_the_url(started, tmp_path, capsys):
-    with pytest.raises(socket.gaierror) as failure:
-        socket.getaddrinfo("nosuchhost.invalid", 80)
+    reason = unresolvable("nosuchhost.invalid")
     assert run_cli(["studio", "--host", "nosuchhost.invalid", "--workdir", str(tmp_path / "work")]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [
-        f"error: cannot listen on nosuchhost.invalid: {failure.value.strerror}",
+        f"error: cannot listen on nosuchhost.invalid: {reason}",
         "hint: pass an address of this machine to --host: 127.0.0.1 (this machine only) or 0.0.0.0 (every network)"]
     assert started == [] and not (tmp_path / "work").exists()
