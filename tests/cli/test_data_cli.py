@@ -13,9 +13,11 @@ import yaml
 from lorakit.cli.app import run_cli
 
 TOKENIZER = str(Path(__file__).resolve().parents[1] / "fixtures" / "smollm2-tokenizer")
+SPLITS = ("train", "validation", "test")
 
 
 def write(path: Path, *records) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
     return path
 
@@ -24,8 +26,13 @@ def qa(question="What is BP?", answer="Blood pressure."):
     return {"instruction": question, "response": answer}
 
 
+def dataset(path: Path) -> Path:
+    """30 distinct records: `data split` makes 24 train, 3 validation, 3 test of them."""
+    return write(path, *[qa(f"Q{i}?", f"A{i}.") for i in range(30)])
+
+
 def run(capsys, *argv):
-    code = run_cli(list(argv))
+    code = run_cli([str(arg) for arg in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -61,6 +68,20 @@ def test_check_reports_every_problem_with_fix_and_exits_two(tmp_path, capsys):
     ]
 
 
+def test_check_file_of_invalid_lines_reports_only_the_line_errors(tmp_path, capsys):
+    path = tmp_path / "foo.txt"
+    path.write_text("hello\n")
+    code, out, _ = run(capsys, "data", "check", path)
+    assert code == 2
+    assert out.splitlines() == [
+        f"{path}:1:1: error: invalid JSON: Expecting value",
+        "    fix: Each line must be one complete JSON object, e.g. {\"instruction\": \"...\", \"response\": \"...\"}.",
+        f"{path}: unknown format, 0 records, 0 valid (train split)",
+        "failed: 0 valid examples; 1 error(s), 0 warning(s)",
+        "note: lengths were not checked; pass --tokenizer DIR or --config",
+    ]
+
+
 def test_warnings_fail_only_with_strict(tmp_path, capsys):
     path = write(tmp_path / "dup.jsonl", qa(), qa())
     assert run(capsys, "data", "check", str(path))[0] == 0
@@ -84,6 +105,38 @@ def test_leakage_between_named_split_files(tmp_path, capsys):
     assert code == 2
     assert (f"{held_out}:1: error: the same example as {train}:2 is in the train split and in the test split "
             "(leakage)") in out.splitlines()
+
+
+def test_check_refuses_the_same_file_as_train_and_test(tmp_path, capsys):
+    train = dataset(tmp_path / "splitout" / "train.jsonl")
+    code, out, err = run(capsys, "data", "check", train, "--test", train)
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        f"error: {train}: is given both as the train split and as the test split; a file belongs to one split, "
+        "so nothing was checked",
+        "hint: Name each file once: as a train file, after --validation, or after --test.",
+    ]
+
+
+def test_check_refuses_the_same_file_as_validation_and_test_under_another_name(tmp_path, capsys):
+    held_out = dataset(tmp_path / "splitout" / "held.jsonl")
+    other_name = tmp_path / "splitout" / ".." / "splitout" / "held.jsonl"
+    code, out, err = run(capsys, "data", "check", tmp_path / "x.jsonl", "--validation", held_out, "--test", other_name)
+    assert code == 2 and out == ""
+    assert err.splitlines()[0] == (f"error: {other_name}: is given both as the validation split (as {held_out}) and "
+                                   "as the test split; a file belongs to one split, so nothing was checked")
+
+
+def test_check_distinct_split_files_still_pass(tmp_path, capsys):
+    train = write(tmp_path / "a.jsonl", qa("Q1", "A1"))
+    held_out = write(tmp_path / "b.jsonl", qa("Q2", "A2"))
+    missing = tmp_path / "c.jsonl"
+    code, out, _ = run(capsys, "data", "check", train, "--validation", held_out, "--test", missing)
+    assert code == 2  # c.jsonl is missing: reported as usual, not as a role conflict
+    assert f"{held_out}: instruction, 1 record, 1 valid (validation split)" in out.splitlines()
+    write(tmp_path / "c.jsonl", qa("Q3", "A3"))
+    code, out, _ = run(capsys, "data", "check", train, "--validation", held_out, "--test", tmp_path / "c.jsonl")
+    assert code == 0 and f"{tmp_path / 'c.jsonl'}: instruction, 1 record, 1 valid (test split)" in out.splitlines()
 
 
 def test_length_check_with_a_tokenizer(tmp_path, capsys):
@@ -118,6 +171,26 @@ def test_redact_writes_a_clean_copy_and_leaves_the_input(tmp_path, capsys):
     assert code == 2 and "is the input file; redaction never modifies its input" in err
 
 
+def test_redact_names_and_writes_the_copy_of_a_table_like_the_studio(tmp_path, capsys):
+    """As tests/studio/test_studio_guards.py's redacted table: the copy is JSON Lines, named q.redacted.jsonl."""
+    source = write(tmp_path / "q.csv", "instruction,response", '"Call me at 555-123-4567, what is BP?",Blood pressure.',
+                   "What is HR?,Heart rate.")
+    code, out, _ = run(capsys, "data", "redact", source)
+    assert code == 0 and out.strip() == f"{tmp_path / 'q.redacted.jsonl'}: 2 records, 1 redacted (1 phone)"
+    assert json.loads((tmp_path / "q.redacted.jsonl").read_text().splitlines()[0])["instruction"] == \
+        "Call me at [PHONE], what is BP?"
+    code, _, err = run(capsys, "data", "redact", source, tmp_path / "q.redacted.csv")
+    assert code == 2
+    assert err.split() == (
+        f"error: {tmp_path / 'q.redacted.csv'}: must end in .jsonl or .json: the redacted copy is JSON Lines (or a "
+        f"JSON array), whatever the input's format\nhint: Write it to {tmp_path / 'q.redacted.jsonl'}.").split()
+    assert not (tmp_path / "q.redacted.csv").exists()
+    # A .jsonl input written as a .json output is one JSON array, not JSON Lines under a .json name.
+    jsonl = write(tmp_path / "p.jsonl", qa("Call 555-123-4567", "OK."))
+    assert run(capsys, "data", "redact", jsonl, tmp_path / "p.json")[0] == 0
+    assert json.loads((tmp_path / "p.json").read_text()) == [{"instruction": "Call [PHONE]", "response": "OK."}]
+
+
 def test_stats_with_histogram_and_json(tmp_path, capsys):
     path = write(tmp_path / "d.jsonl", qa("Q", "A"), qa("What is BP?", "Blood pressure."), qa("Q", "word " * 40))
     png = tmp_path / "h.png"
@@ -133,14 +206,66 @@ def test_stats_with_histogram_and_json(tmp_path, capsys):
 
 
 def test_split_writes_three_deterministic_files(tmp_path, capsys):
-    path = write(tmp_path / "all.jsonl", *[qa(f"Q{i}?", f"A{i}.") for i in range(30)])
+    path = dataset(tmp_path / "all.jsonl")
     code, out, _ = run(capsys, "data", "split", str(path), "--out", str(tmp_path / "out"), "--seed", "3")
     assert code == 0
     assert out.splitlines() == [f"train: 24 examples -> {tmp_path / 'out' / 'train.jsonl'}",
                                 f"validation: 3 examples -> {tmp_path / 'out' / 'validation.jsonl'}",
                                 f"test: 3 examples -> {tmp_path / 'out' / 'test.jsonl'}"]
-    files = [str(tmp_path / "out" / f"{name}.jsonl") for name in ("train", "validation", "test")]
+    files = [str(tmp_path / "out" / f"{name}.jsonl") for name in SPLITS]
     assert run(capsys, "data", "check", *files)[0] == 0  # no leakage between the written splits
+
+
+def test_split_never_overwrites_its_input_even_with_overwrite(tmp_path, capsys):
+    folder = tmp_path / "d"
+    source = dataset(folder / "train.jsonl")
+    before = source.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        code, out, err = run(capsys, "data", "split", source, "-o", folder, *extra)
+        assert code == 2 and out == ""
+        assert err.splitlines() == [
+            f"error: {source}: is an input file; splitting never modifies its input, so nothing was written",
+            f"hint: Pass --out with another folder, e.g. --out {folder / 'splits'}.",
+        ]
+        assert source.read_bytes() == before
+        assert sorted(p.name for p in folder.iterdir()) == ["train.jsonl"]  # nothing written, not even a partial
+
+
+def test_split_input_given_under_another_name_is_still_refused(tmp_path, capsys):
+    folder = tmp_path / "d"
+    source = dataset(folder / "test.jsonl")
+    before = source.read_bytes()
+    other_name = folder / ".." / "d" / "test.jsonl"
+    code, _, err = run(capsys, "data", "split", other_name, "-o", folder, "--overwrite")
+    assert code == 2
+    assert err.splitlines()[0] == (f"error: {folder / 'test.jsonl'}: is an input file ({other_name}); splitting "
+                                   "never modifies its input, so nothing was written")
+    assert source.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["test.jsonl"]
+
+
+def test_split_refuses_existing_outputs_unless_overwrite(tmp_path, capsys):
+    source = dataset(tmp_path / "all.jsonl")
+    out = tmp_path / "out"
+    assert run(capsys, "data", "split", source, "-o", out)[0] == 0
+    (out / "validation.jsonl").write_text("keep me\n")
+    before = {name: (out / f"{name}.jsonl").read_bytes() for name in SPLITS}
+    code, stdout, err = run(capsys, "data", "split", source, "-o", out, "--seed", "5")
+    assert code == 2 and stdout == ""
+    assert err.splitlines() == [
+        f"error: {out / 'train.jsonl'}, {out / 'validation.jsonl'}, {out / 'test.jsonl'} already exist; "
+        "nothing was written.",
+        "hint: Pass --overwrite to replace them, or --out to write to another folder.",
+    ]
+    assert {name: (out / f"{name}.jsonl").read_bytes() for name in SPLITS} == before
+    (out / "train.jsonl").unlink()
+    (out / "test.jsonl").unlink()
+    code, _, err = run(capsys, "data", "split", source, "-o", out)
+    assert code == 2 and err.splitlines()[0] == (f"error: {out / 'validation.jsonl'} already exists; "
+                                                 "nothing was written.")
+    assert sorted(p.name for p in out.iterdir()) == ["validation.jsonl"]
+    code, stdout, _ = run(capsys, "data", "split", source, "-o", out, "--overwrite")
+    assert code == 0 and stdout.splitlines()[1] == f"validation: 3 examples -> {out / 'validation.jsonl'}"
+    assert (out / "validation.jsonl").read_text() != "keep me\n"
 
 
 def test_usage_errors_exit_two(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""`write_split_files`: deterministic files that read back as the same conversations."""
+"""`write_split_files`: deterministic files that read back as the same conversations; it refuses bad data, an
+input file as a target (DataError) and existing targets without `overwrite` (OutputExistsError)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from data_files import write_lines
 
 from lorakit.data.records import read_conversations
 from lorakit.data.split_files import write_split_files
-from lorakit.errors import DataError
+from lorakit.errors import DataError, OutputExistsError
 
 
 def qa(question: str = "What is BP?", answer: str = "Blood pressure.") -> dict:
@@ -37,3 +38,23 @@ def test_split_refuses_data_with_errors(tmp_path):
     with pytest.raises(DataError, match="1 problem in the data; nothing was written"):
         write_split_files([source], tmp_path / "out", 0.1, 0.1, seed=1)
     assert not (tmp_path / "out").exists()
+
+
+def test_split_refuses_an_input_file_as_target(tmp_path):
+    source = write_lines(tmp_path, "train.jsonl", *[qa(f"Question {i}?", f"Answer {i}.") for i in range(20)])
+    before = source.read_bytes()
+    with pytest.raises(DataError, match="is an input file; splitting never modifies its input, so nothing was written"):
+        write_split_files([source], tmp_path, 0.1, 0.1, seed=1, overwrite=True)
+    assert source.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]
+
+
+def test_split_refuses_existing_targets_unless_overwrite(tmp_path):
+    source = write_lines(tmp_path, "all.jsonl", *[qa(f"Question {i}?", f"Answer {i}.") for i in range(20)])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "test.jsonl").write_text("old\n")
+    with pytest.raises(OutputExistsError, match="test.jsonl already exists; nothing was written"):
+        write_split_files([source], tmp_path / "out", 0.1, 0.1, seed=1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test.jsonl"]
+    written = write_split_files([source], tmp_path / "out", 0.1, 0.1, seed=1, overwrite=True)
+    assert sum(count for _, count in written.values()) == 20
+    assert (tmp_path / "out" / "test.jsonl").read_text() != "old\n"

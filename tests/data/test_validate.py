@@ -137,6 +137,21 @@ def test_empty_and_missing_files(tmp_path):
                                  f"{tmp_path / 'none.jsonl'}: error: file not found"]
 
 
+def test_a_file_of_blank_lines_holds_no_records(tmp_path):
+    blank = write_lines(tmp_path, "blank.jsonl", "", "")
+    report = check_files([blank])
+    assert headlines(report) == [f"{blank}: error: contains no records",
+                                 f"{blank}:1: warning: blank line",
+                                 f"{blank}:2: warning: blank line"]
+
+
+def test_invalid_lines_are_not_also_reported_as_no_records(tmp_path):
+    path = write_lines(tmp_path, "foo.txt", "hello", "{oops")
+    report = check_files([path])
+    assert [(i.line, i.code) for i in report.sorted_issues()] == [(1, "invalid-json"), (2, "invalid-json")]
+    assert "contains no records" not in "\n".join(headlines(report))
+
+
 def test_report_json_is_machine_readable(tmp_path):
     path = write_lines(tmp_path, "x.jsonl", qa(), {"instruction": "Q"})
     data = check_files([path]).to_json()

@@ -1,5 +1,6 @@
-"""Shared by the studio tests: a broken data file with known problems, the tiny-run settings, and the studio
-served on 127.0.0.1 (in a thread of the test process, or as the real `lorakit studio` command)."""
+"""Shared by the studio tests: a broken data file with known problems, the tiny-run settings, the page's choices
+for a run, and the studio under FastAPI's TestClient or served on 127.0.0.1 (in a thread of the test process, or
+as the real `lorakit studio` command)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from conftest import free_port
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 BROKEN_JSONL = "\n".join([
     '{"instruction": "What is asthma?", "response": "A chronic disease of the airways."}',
@@ -33,6 +38,25 @@ TINY_OVERRIDES = ["model.max_length=128", "lora.r=4", "lora.alpha=8", "training.
                   "training.lr_scheduler=constant", "training.learning_rate=0.01", "data.validation_split=0.2",
                   "data.test_split=0.2", "eval.max_new_tokens=6", "inference.max_new_tokens=6",
                   "inference.temperature=0"]
+
+# The address the studio serves on by default; TestClient requests come from (and are sent to) it.
+STUDIO_URL = "http://127.0.0.1:7860"
+
+
+def studio_client(workdir: Path, base_url: str = STUDIO_URL) -> TestClient:
+    """The studio app on `workdir` under FastAPI's TestClient, as if served at `base_url`."""
+    from fastapi.testclient import TestClient
+
+    from lorakit.studio.app import create_app
+
+    return TestClient(create_app(workdir), base_url=base_url)
+
+
+def run_choices(model: str, overrides: list[str] = TINY_OVERRIDES, run: str = "r1", **extra) -> dict:
+    """What the page sends to /api/runs and /api/plan: `model` on data/qa.jsonl with the "quick" preset and
+    `overrides`; `extra` adds or replaces fields."""
+    return {"run": run, "model": model, "data_files": ["qa.jsonl"], "preset": "quick", "overrides": overrides,
+            **extra}
 
 
 def wait_until_up(url: str, timeout_s: float = 60.0) -> None:

@@ -12,18 +12,17 @@ from fastapi.testclient import TestClient
 
 from conftest import TOKENIZER_DIR, write_qa_jsonl
 from fake_hub import FakeHub
-from studio_harness import BROKEN_JSONL, BROKEN_PROBLEMS, TINY_OVERRIDES, studio_process
+from studio_harness import BROKEN_JSONL, BROKEN_PROBLEMS, run_choices, studio_client, studio_process
 
 from lorakit.config import load_config
 from lorakit.data.validate import check_files
 from lorakit.errors import ConfigError
-from lorakit.studio.app import create_app
 from lorakit.studio.presets import PRESETS
 
 
 @pytest.fixture
 def client(tmp_path) -> TestClient:
-    return TestClient(create_app(tmp_path / "work"), base_url="http://127.0.0.1:7860")
+    return studio_client(tmp_path / "work")
 
 
 def test_a_request_for_another_host_name_is_refused(client):
@@ -34,11 +33,6 @@ def test_a_request_for_another_host_name_is_refused(client):
 
 def _upload(client, name: str, text: str) -> None:
     assert client.put(f"/api/data/files/{name}", content=text.encode()).status_code == 200
-
-
-def _choices(model: str, run: str = "r1", **extra) -> dict:
-    return {"run": run, "model": model, "data_files": ["qa.jsonl"], "preset": "quick", "overrides": TINY_OVERRIDES,
-            **extra}
 
 
 def test_upload_lists_the_file_and_never_replaces_one(client, tmp_path):
@@ -95,7 +89,7 @@ def test_stats_counts_tokens_and_writes_the_histogram_next_to_the_data(client, t
 
 def test_saved_run_is_a_config_the_cli_loads_with_the_preset_and_overrides(client, tmp_path, tiny_llama_dir):
     _upload(client, "qa.jsonl", "{}\n")
-    saved = client.post("/api/runs", json=_choices(str(tiny_llama_dir), overrides=["training.max_steps=7"])).json()
+    saved = client.post("/api/runs", json=run_choices(str(tiny_llama_dir), overrides=["training.max_steps=7"])).json()
     path = Path(saved["config_path"])
     assert path == tmp_path / "work" / "runs" / "r1" / "studio.yaml" and saved["command"] == f"lorakit train {path}"
     config = load_config(path)
@@ -108,25 +102,25 @@ def test_saved_run_is_a_config_the_cli_loads_with_the_preset_and_overrides(clien
 
 def test_a_bad_setting_is_the_same_config_error_as_the_cli(client, tiny_llama_dir):
     _upload(client, "qa.jsonl", "{}\n")
-    response = client.post("/api/runs", json=_choices(str(tiny_llama_dir), overrides=["training.max_step=7"]))
+    response = client.post("/api/runs", json=run_choices(str(tiny_llama_dir), overrides=["training.max_step=7"]))
     with pytest.raises(ConfigError) as cli:
         load_config(None, ["data.train_file=x", "training.max_step=7"])
     assert response.status_code == 400 and response.json()["kind"] == "ConfigError"
     assert response.json()["error"] == cli.value.message
-    unknown = client.post("/api/runs", json=_choices(str(tiny_llama_dir), preset="fastest")).json()
+    unknown = client.post("/api/runs", json=run_choices(str(tiny_llama_dir), preset="fastest")).json()
     assert unknown["error"] == "preset: 1 config problem:\n  - 'fastest' is not one of quick, balanced, thorough"
 
 
 def test_plan_for_a_card_size_and_without_a_gpu(client, tiny_llama_dir):
     _upload(client, "qa.jsonl", "{}\n")
-    plan = client.post("/api/plan", json={**_choices(str(tiny_llama_dir)), "gpu_memory": "8GB"}).json()
+    plan = client.post("/api/plan", json={**run_choices(str(tiny_llama_dir)), "gpu_memory": "8GB"}).json()
     assert plan["gpu_gib"] == 8.0 and plan["model_type"] == "llama" and plan["chosen"]["fits"] is True
     assert plan["max_length"] == 128 and plan["lora_r"] == 4 and plan["command"] == "lorakit plan CONFIG --gpu-memory 8GB"
     assert [row[0] for row in plan["breakdown"]][:1] and plan["candidates"][0] == plan["chosen"]
-    no_gpu = client.post("/api/plan", json={**_choices(str(tiny_llama_dir)), "gpu_memory": ""}).json()
+    no_gpu = client.post("/api/plan", json={**run_choices(str(tiny_llama_dir)), "gpu_memory": ""}).json()
     assert no_gpu["error"] == ("--gpu-memory: 1 config problem:\n  - no CUDA GPU on this machine; say which GPU to "
                                "plan for, e.g. --gpu-memory 8GB")
-    bad = client.post("/api/plan", json={**_choices(str(tiny_llama_dir)), "gpu_memory": "lots"}).json()
+    bad = client.post("/api/plan", json={**run_choices(str(tiny_llama_dir)), "gpu_memory": "lots"}).json()
     assert "'lots' is not a memory size" in bad["error"]
 
 
@@ -162,7 +156,7 @@ def test_gated_hub_model_shows_the_cli_message_through_the_real_command(tmp_path
         env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_Other0123456789",
                "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
         with studio_process(workdir, env) as url:
-            body = json.dumps({**_choices("lorakit-tests/gated-llama"), "gpu_memory": "8GB"}).encode()
+            body = json.dumps({**run_choices("lorakit-tests/gated-llama"), "gpu_memory": "8GB"}).encode()
             request = urllib.request.Request(url + "/api/plan", body, {"Content-Type": "application/json"})
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(request, timeout=60)

@@ -1,6 +1,6 @@
 """What the studio refuses to do for a request: changes sent by other web sites, `--set` lines that leave the
-working folder or let a model run code, half-written uploads; and the redacted copy of a table is JSON Lines,
-named so by the studio and `lorakit data redact` alike."""
+working folder or let a model run code, half-written uploads; and the redacted copy of a table is JSON Lines
+(`lorakit data redact` names and writes it alike: tests/cli/test_data_cli.py)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from types import SimpleNamespace
 import pytest
 from fastapi.testclient import TestClient
 
-from lorakit.cli.app import run_cli
-from lorakit.studio import routes_runs
-from lorakit.studio.app import create_app
+from studio_harness import STUDIO_URL, run_choices, studio_client
 
-OWN_ORIGIN = "http://127.0.0.1:7860"
+from lorakit.studio import routes_runs
+
+OWN_ORIGIN = STUDIO_URL
 CROSS_SITE_HINT = f"Use the studio page itself, {OWN_ORIGIN}/; other web sites may not change your data, runs or jobs."
 
 
 @pytest.fixture
 def client(tmp_path) -> TestClient:
-    return TestClient(create_app(tmp_path / "work"), base_url=OWN_ORIGIN)
+    return studio_client(tmp_path / "work")
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_the_studio_page_itself_and_programs_without_origin_can_stop_a_job(clien
 
 
 def test_same_origin_under_the_name_localhost_passes(tmp_path, stops):
-    client = TestClient(create_app(tmp_path / "work"), base_url="http://localhost:7860")
+    client = studio_client(tmp_path / "work", "http://localhost:7860")
     (tmp_path / "work" / "runs" / "r1").mkdir()
     assert client.post("/api/runs/r1/eval/stop", headers={"Origin": "http://localhost:7860"}).status_code == 200
     assert client.post("/api/runs/r1/eval/stop", headers={"Origin": OWN_ORIGIN}).status_code == 403
@@ -100,16 +100,12 @@ REFUSED = {
 }
 
 
-def _choices(model: str, overrides: list[str]) -> dict:
-    return {"run": "r1", "model": model, "data_files": ["qa.jsonl"], "preset": "quick", "overrides": overrides}
-
-
 @pytest.mark.parametrize("line", list(REFUSED))
 def test_an_override_the_page_may_not_set_is_422_naming_it_and_why(client, tmp_path, line):
     assert client.put("/api/data/files/qa.jsonl", content=b"{}\n").status_code == 200
     key, why = REFUSED[line]
     for route in ("/api/runs", "/api/plan"):
-        response = client.post(route, json=_choices("some-model", ["training.max_steps=7", line]))
+        response = client.post(route, json=run_choices("some-model", ["training.max_steps=7", line]))
         assert response.status_code == 422, route
         assert response.json() == {
             "error": f"overrides: '{line.strip()}' sets {key}, which the page may not set: {why}.",
@@ -120,7 +116,7 @@ def test_an_override_the_page_may_not_set_is_422_naming_it_and_why(client, tmp_p
 
 def test_every_refused_override_is_named_at_once(client):
     lines = ["output_dir=/elsewhere", "lora.r=4", "model.trust_remote_code=true"]
-    error = client.post("/api/runs", json=_choices("some-model", lines)).json()["error"]
+    error = client.post("/api/runs", json=run_choices("some-model", lines)).json()["error"]
     assert error.splitlines() == [
         "overrides: 'output_dir=/elsewhere' sets output_dir, which the page may not set: the studio writes each "
         "run to WORKDIR/runs/RUN itself.",
@@ -132,8 +128,8 @@ def test_data_file_and_other_overrides_still_apply(client, tmp_path, tiny_llama_
     assert client.put("/api/data/files/qa.jsonl", content=b"{}\n").status_code == 200
     assert client.put("/api/data/files/more.jsonl", content=b"{}\n").status_code == 200
     more = (tmp_path / "work").resolve() / "data" / "more.jsonl"
-    saved = client.post("/api/runs", json=_choices(str(tiny_llama_dir), [f"data.train_file={more}",
-                                                                         "model.max_length=128"]))
+    saved = client.post("/api/runs", json=run_choices(str(tiny_llama_dir), [f"data.train_file={more}",
+                                                                             "model.max_length=128"]))
     assert saved.status_code == 200, saved.json()
     text = Path(saved.json()["config_path"]).read_text()
     assert f"train_file: {more}" in text and "max_length: 128" in text
@@ -203,21 +199,3 @@ def test_the_redacted_copy_of_a_table_is_jsonl_and_passes_the_studios_check(clie
     report = client.post("/api/data/check", json={"files": ["q.redacted.jsonl"]}).json()
     assert (report["errors"], report["examples"], report["exit_code"]) == (0, 2, 0), report["issues"]
 
-
-def test_the_cli_names_and_writes_the_copy_like_the_studio(tmp_path, capsys):
-    source = tmp_path / "q.csv"
-    source.write_text(TABLES["q.csv"])
-    assert run_cli(["data", "redact", str(source)]) == 0
-    assert capsys.readouterr().out.strip() == f"{tmp_path / 'q.redacted.jsonl'}: 2 records, 1 redacted (1 phone)"
-    assert json.loads((tmp_path / "q.redacted.jsonl").read_text().splitlines()[0])["instruction"] == \
-        "Call me at [PHONE], what is BP?"
-    assert run_cli(["data", "redact", str(source), str(tmp_path / "q.redacted.csv")]) == 2
-    assert capsys.readouterr().err.split() == (
-        f"error: {tmp_path / 'q.redacted.csv'}: must end in .jsonl or .json: the redacted copy is JSON Lines (or a "
-        f"JSON array), whatever the input's format\nhint: Write it to {tmp_path / 'q.redacted.jsonl'}.").split()
-    assert not (tmp_path / "q.redacted.csv").exists()
-    # A .jsonl input written as a .json output is one JSON array, not JSON Lines under a .json name.
-    jsonl = tmp_path / "p.jsonl"
-    jsonl.write_text('{"instruction": "Call 555-123-4567", "response": "OK."}\n')
-    assert run_cli(["data", "redact", str(jsonl), str(tmp_path / "p.json")]) == 0
-    assert json.loads((tmp_path / "p.json").read_text()) == [{"instruction": "Call [PHONE]", "response": "OK."}]
