@@ -17,7 +17,8 @@ from lorakit.model.gguf_cache import cached_gguf_conversion, embedded_gguf_path
 from lorakit.model.hub import download_model
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["ModelSource", "resolve_model_source", "load_tokenizer", "load_base_model", "model_fingerprint"]
+__all__ = ["ModelSource", "resolve_model_source", "load_tokenizer", "load_base_model", "model_fingerprint",
+           "tokenizer_fingerprint"]
 
 log = get_logger("model.load")
 
@@ -78,6 +79,13 @@ def model_fingerprint(directory: Path) -> str:
                 handle.seek(offset)
                 digest.update(handle.read(1 << 20))
     return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 over the vocabulary, the special tokens and the chat template: what turns text into the ids a run
+    trained on (the tokenizer files are not part of `model_fingerprint`, and editing them changes every id)."""
+    parts = [sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens, tokenizer.chat_template]
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
 
 
 def _snapshot_revision(directory: Path) -> str | None:

@@ -40,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "check_same_run",
     "read_identity",
+    "read_environment",
     "sha256_file",
 ]
 
@@ -66,6 +67,7 @@ class TrainerState:
     window_loss: float = 0.0  # train-loss sum and step count since the last logged record, so a resumed
     window_steps: int = 0  # run logs the same averages as an uninterrupted one
     stopped_early: bool = False
+    resumes: list[dict] = field(default_factory=list)  # each resume's changed settings/environment (resume_drift.py)
 
 
 def sha256_file(path: Path) -> str:
@@ -127,6 +129,7 @@ def save_checkpoint(
     config_yaml: str,
     keep: int,
     trainable=None,
+    environment: dict | None = None,
 ) -> Path:
     """Write checkpoint `step-N` atomically, then delete all but the newest `keep` checkpoints and, while early
     stopping is on, the checkpoint of the best validation loss.
@@ -150,7 +153,8 @@ def save_checkpoint(
             if scaler is not None:
                 (staging / "scaler.pt").write_bytes(_torch_bytes(scaler.state_dict()))
             (staging / "rng.safetensors").write_bytes(safetensors_bytes(_rng_tensors()))
-            trainer_state = {"trainer": asdict(state), "rng": _python_numpy_rng(), "identity": identity}
+            trainer_state = {"trainer": asdict(state), "rng": _python_numpy_rng(), "identity": identity,
+                             "environment": environment}
             (staging / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             (staging / "config.yaml").write_text(config_yaml)
             files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
@@ -233,24 +237,52 @@ _IDENTITY_LABELS = {
     "loraplus_lr_ratio": "training.loraplus_lr_ratio",
     "neftune_noise_alpha": "training.neftune_noise_alpha",
     "chat_template_sha256": "model.chat_template",
+    "tokenizer_sha256": "the tokenizer (its vocabulary, special tokens or chat template)",
 }
 
 
-def check_same_run(saved: dict, current: dict) -> None:
-    """Refuse to resume when the data, model or LoRA shape changed since the checkpoint."""
-    changed = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
-    if changed:
-        what = ", ".join(_IDENTITY_LABELS.get(key, key) for key in changed)
-        details = "; ".join(f"{key}: checkpoint has {saved.get(key)!r}, now {current.get(key)!r}" for key in changed)
+# The setting each identity key comes from: a refused setting change that an identity change already names is
+# not named twice.
+_IDENTITY_SETTINGS = {
+    "model_id": "model.name", "model_revision": "model.revision", "lora_r": "lora.r", "lora_alpha": "lora.alpha",
+    "lora_target_modules": "lora.target_modules", "max_length": "model.max_length", "seed": "seed",
+    "system_prompt_sha256": "data.system_prompt", "batch_size": "training.batch_size", "packing": "training.packing",
+    "lora_use_dora": "lora.use_dora", "lora_use_rslora": "lora.use_rslora",
+    "loraplus_lr_ratio": "training.loraplus_lr_ratio", "neftune_noise_alpha": "training.neftune_noise_alpha",
+    "chat_template_sha256": "model.chat_template",
+}
+# Identity keys that older checkpoints do not record: compared only when the checkpoint has them.
+_RECORDED_LATER = {"tokenizer_sha256"}
+
+
+def check_same_run(saved: dict, current: dict, changed_settings: list[tuple[str, str]] = ()) -> None:
+    """Refuse to resume when the data, model or LoRA shape changed since the checkpoint, or any of
+    `changed_settings` (setting key, description) that training/resume_drift.py refuses."""
+    changed = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)
+               and not (key in _RECORDED_LATER and key not in saved)]
+    if "chat_template_sha256" in changed and "tokenizer_sha256" in changed:  # the override is the tokenizer's template
+        changed.remove("tokenizer_sha256")
+    named = {_IDENTITY_SETTINGS.get(key) for key in changed}
+    settings = [(key, text) for key, text in changed_settings if key not in named]
+    if changed or settings:
+        what = ", ".join([_IDENTITY_LABELS.get(key, key) for key in changed] + [key for key, _ in settings])
+        details = "; ".join([f"{key}: checkpoint has {saved.get(key)!r}, now {current.get(key)!r}" for key in changed]
+                            + [text for _, text in settings])
         raise CheckpointError(
             f"Cannot resume: {what} changed since the checkpoint ({details}).",
-            hint="Restore the original data/model/LoRA settings, or start a new run in another output_dir.",
+            hint="Restore the checkpoint's settings (its config.yaml holds them all), or start a new run: "
+            "--overwrite, or another output_dir.",
         )
 
 
 def read_identity(path: Path) -> dict:
     """The run identity a checkpoint was saved with (checked before any tensor is loaded)."""
     return json.loads((path / "trainer_state.json").read_text())["identity"]
+
+
+def read_environment(path: Path) -> dict | None:
+    """The library versions and GPU a checkpoint was saved with; None when it predates their recording."""
+    return json.loads((path / "trainer_state.json").read_text()).get("environment")
 
 
 def _load_state(path: Path, **kwargs):

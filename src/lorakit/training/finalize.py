@@ -28,6 +28,7 @@ from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.manifest import build_manifest, weights_sha256
 from lorakit.training.metrics import ProgressReporter, plot_loss_curve
 from lorakit.training.oom import micro_batch_in_use
+from lorakit.training.resume_drift import current_environment
 from lorakit.training.run_dir import FINAL
 from lorakit.training.sharding import gather_weights
 
@@ -99,11 +100,13 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
               **session.data.notes},
         metrics=metrics,
         settings={"quantized_4bit": session.quantized, "dtype": str(session.dtype).removeprefix("torch."),
-                  "device": session.device.type, "allow_phi": cfg.data.allow_phi, "skip_invalid": cfg.data.skip_invalid,
+                  "device": session.device.type, "gpu": current_environment(session.device)["gpu"],
+                  "allow_phi": cfg.data.allow_phi, "skip_invalid": cfg.data.skip_invalid,
                   "micro_batch_size": micro_batch_in_use(state, cfg.training),
                   "gradient_accumulation_steps": state.gradient_accumulation_steps or cfg.training.gradient_accumulation_steps},
     )
     # adapter_config.json names the public model (portable); the manifest also keeps where it was on this machine.
+    manifest["resumes"] = state.resumes  # settings and environment that changed at a resume (resume_drift.py)
     manifest["base_model"].update(public_name=public_model_name(session.source), local_path=str(session.source.directory),
                                   weights_sha256=weights_sha256(session.source.directory))
     manifest_text = json.dumps(manifest, indent=2)

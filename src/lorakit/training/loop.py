@@ -29,6 +29,7 @@ from lorakit.model.load import (
     model_fingerprint,
     read_model_config,
     resolve_model_source,
+    tokenizer_fingerprint,
 )
 from lorakit.model.quantize import bitsandbytes_available, nf4_config, wants_4bit
 from lorakit.model.run_plan import resolve_auto_settings
@@ -60,6 +61,7 @@ from lorakit.training.run_dir import (
 )
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter, interval_warnings
+from lorakit.training.resume_drift import current_environment
 from lorakit.training.tracking import open_tracker
 from lorakit.data.chat_template import chat_template_identity
 from lorakit.training.numerics import MIN_LOSS_SCALE, loss_scaler, numerical_fault
@@ -201,6 +203,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         "packing": config.training.packing,
         **variant_identity(config),
         **chat_template_identity(config.model.chat_template),
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
     }
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
                            resolved.offload_activations, ranks, root)
@@ -290,7 +293,8 @@ def _save_checkpoint(session: TrainingSession, run_dir: Path, optimizer, schedul
         return run_dir
     return save_checkpoint(run_dir, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                            state=state, identity=session.identity, config_yaml=dump_config(session.config),
-                           keep=session.config.training.save_total_limit, trainable=trainable)
+                           keep=session.config.training.save_total_limit, trainable=trainable,
+                           environment=current_environment(session.device))
 
 
 def _right_size_for_cpu(session: TrainingSession, state: TrainerState, reporter: ProgressReporter) -> None:

@@ -17,8 +17,16 @@ from lorakit.training.checkpoint import (
     latest_good_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    read_environment,
     read_identity,
     verify_checkpoint,
+)
+from lorakit.training.resume_drift import (
+    current_environment,
+    environment_changes,
+    flat_settings,
+    read_saved_settings,
+    settings_drift,
 )
 
 if TYPE_CHECKING:
@@ -109,14 +117,34 @@ def resume_state(run_dir: Path, session: TrainingSession, optimizer, scheduler, 
         # Killed before its first checkpoint: step 0 is the last durable state, so resuming is starting.
         log.warning("%s holds no checkpoint yet; starting from step 0", run_dir)
         return TrainerState()
-    # Compare identities before loading tensors: a different LoRA shape would otherwise fail as a size mismatch.
-    check_same_run(read_identity(checkpoint), session.identity)
+    # Compare identities and settings before loading tensors: a different LoRA shape would otherwise fail as a
+    # size mismatch, and a changed learning rate would be overwritten by the checkpoint's scheduler.
+    drift = settings_drift(read_saved_settings(checkpoint), flat_settings(session.config.model_dump(mode="json")))
+    check_same_run(read_identity(checkpoint), session.identity,
+                   [(change.key, text) for change, text in zip(drift.refused, drift.refused_details())])
     state, _ = load_checkpoint(checkpoint, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     if finished is not None and (state.stopped_early or state.step >= session.config.training.max_steps):
         raise finished_error(run_dir, finished)
+    _record_drift(state, checkpoint, drift, environment_changes(read_environment(checkpoint),
+                                                                current_environment(session.device)))
     stopper.load_state_dict(state.early_stopping) if state.early_stopping else None
     reporter.message(f"resumed from {checkpoint.name} (step {state.step})")
     return state
+
+
+def _record_drift(state: TrainerState, checkpoint: Path, drift, environment: list) -> None:
+    """Name the settings and environment that changed in a WARNING, and keep them in the trainer state (the
+    manifest's `resumes` lists every resume that changed something)."""
+    if drift.warning():
+        log.warning(drift.warning())
+    if environment:
+        log.warning("Resuming on another environment than %s was saved with (%s): the continuation is not promised "
+                    "to be bit-identical to an uninterrupted run.", checkpoint.name,
+                    "; ".join(f"{c.key} {c.old} -> {c.new}" for c in environment))
+    if drift.warned or environment:
+        state.resumes.append({"step": state.step, "checkpoint": checkpoint.name,
+                              "settings": {c.key: {"checkpoint": c.old, "now": c.new} for c in drift.warned},
+                              "environment": {c.key: {"checkpoint": c.old, "now": c.new} for c in environment}})
 
 
 def finished_error(run_dir: Path, steps: int) -> CheckpointError:

@@ -1,0 +1,141 @@
+"""What may change between a checkpoint and its resume: each setting is refused, named in a warning, or ignored.
+
+A resume restores the optimizer and scheduler from the checkpoint, so before this check a new learning_rate
+was silently ignored while final/config.yaml recorded it, a new scheduler made the learning rate jump mid-run,
+and a new data.validation_split re-split the data, scoring examples already trained on as validation.
+
+- Refused: settings that change what the remaining steps compute or what the earlier ones meant (the optimiser
+  and schedule, the split, the data rendering, the LoRA branch, the base model and its quantisation). Any setting
+  not named below is refused too, so a new config key is safe until someone decides otherwise.
+- Warned: settings a user may legitimately change to continue (train longer, another precision or memory plan
+  on another GPU, other log/eval/save intervals). The WARNING names them; final/config.yaml holds the new
+  values and the manifest's `resumes` records old and new.
+- Ignored: settings training never reads (inference, eval, serve, mode, opt-ins checked at load time) and
+  output_dir (a run folder may move).
+
+The library versions and the GPU model are recorded with each checkpoint too (`environment`); another one is
+named in a WARNING, because a continuation is bit-identical to an uninterrupted run only on the same stack.
+The table is in docs/training.md ("Resuming with changed settings").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from lorakit.training.manifest import package_versions
+
+__all__ = ["SettingChange", "ResumeDrift", "flat_settings", "settings_drift", "read_saved_settings",
+           "current_environment", "environment_changes", "WARNED_SETTINGS", "IGNORED_PREFIXES"]
+
+# Why continuing with a new value is legitimate, and what the remaining steps then do differently.
+WARNED_SETTINGS = {
+    "training.max_steps": "the learning-rate schedule of the remaining steps follows the new total",
+    "training.precision": "the remaining steps compute in another precision (not bit-identical to an uninterrupted run)",
+    "training.gradient_checkpointing": "memory use changes; the math does not",
+    "training.distributed": "the steps are shared out differently; the last bits may differ",
+    "training.logging_steps": "train loss is logged at the new interval",
+    "training.eval_steps": "validation loss is measured at the new interval",
+    "training.save_steps": "checkpoints are saved at the new interval",
+    "training.save_total_limit": "rotation keeps the new number of checkpoints",
+    "training.early_stopping_patience": "early stopping judges the remaining evaluations by the new rule",
+    "training.early_stopping_min_delta": "early stopping judges the remaining evaluations by the new rule",
+    "training.tracker": "metrics go to the new tracker from here on",
+    "data.train_file": "the contents are the same (their sha256 is checked); only the path changed",
+}
+# Sections and settings that training does not read.
+IGNORED_PREFIXES = ("inference.", "eval.", "serve.", "mode", "output_dir", "model.trust_remote_code",
+                    "model.allow_pickle", "data.allow_phi")
+# Why a refused setting cannot change mid-run (the rest are refused with the generic reason).
+_REFUSAL_REASONS = {
+    "training.learning_rate": "the optimizer and scheduler continue from the checkpoint's learning rate, so the new "
+    "one would be recorded but not used",
+    "training.lr_scheduler": "the learning rate would jump to another schedule mid-run",
+    "training.warmup_steps": "the learning rate would jump to another schedule mid-run",
+    "training.weight_decay": "the optimizer continues with the checkpoint's weight decay",
+    "data.validation_split": "the data would be re-split, scoring examples already trained on as validation",
+    "data.test_split": "the data would be re-split, scoring examples already trained on as test",
+    "lora.dropout": "the steps so far trained with the checkpoint's dropout",
+}
+
+
+@dataclass(frozen=True)
+class SettingChange:
+    key: str  # dotted, e.g. training.learning_rate
+    old: object
+    new: object
+
+    def describe(self) -> str:
+        return f"{self.key}: checkpoint has {self.old!r}, now {self.new!r}"
+
+
+@dataclass(frozen=True)
+class ResumeDrift:
+    refused: list[SettingChange]
+    warned: list[SettingChange]
+
+    def refused_details(self) -> list[str]:
+        return [change.describe() + (f" ({_REFUSAL_REASONS[change.key]})" if change.key in _REFUSAL_REASONS else "")
+                for change in self.refused]
+
+    def warning(self) -> str | None:
+        if not self.warned:
+            return None
+        parts = "; ".join(f"{c.describe()} ({WARNED_SETTINGS[c.key]})" for c in self.warned)
+        return f"Resuming with changed settings: {parts}. final/config.yaml and the manifest record the new values."
+
+
+def flat_settings(config: dict, prefix: str = "") -> dict[str, object]:
+    """A nested config dict as dotted keys: {"training": {"learning_rate": 1}} -> {"training.learning_rate": 1}.
+
+    >>> flat_settings({"seed": 1, "lora": {"r": 4, "target_modules": ["q"]}})
+    {'seed': 1, 'lora.r': 4, 'lora.target_modules': ['q']}
+    """
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def settings_drift(saved: dict[str, object], current: dict[str, object]) -> ResumeDrift:
+    """Sort the settings that differ between a checkpoint's config and the resuming one (both flat).
+
+    >>> drift = settings_drift({"training.learning_rate": 0.1, "training.max_steps": 4, "eval.safety": True},
+    ...                        {"training.learning_rate": 0.2, "training.max_steps": 8, "eval.safety": False})
+    >>> [c.key for c in drift.refused], [c.key for c in drift.warned]
+    (['training.learning_rate'], ['training.max_steps'])
+    """
+    refused, warned = [], []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if old == new or key.startswith(IGNORED_PREFIXES):
+            continue
+        (warned if key in WARNED_SETTINGS else refused).append(SettingChange(key, old, new))
+    return ResumeDrift(refused, warned)
+
+
+def read_saved_settings(checkpoint: Path) -> dict[str, object]:
+    """The flat resolved config a checkpoint was saved with (its config.yaml, sha256-verified with the rest)."""
+    return flat_settings(yaml.safe_load((checkpoint / "config.yaml").read_text()) or {})
+
+
+def current_environment(device: torch.device) -> dict[str, str | None]:
+    """The library versions and accelerator a checkpoint is written with."""
+    versions = package_versions()
+    environment = {name: versions.get(name) for name in ("lorakit", "torch", "transformers", "peft")}
+    environment["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return environment
+
+
+def environment_changes(saved: dict | None, current: dict) -> list[SettingChange]:
+    """What differs from the checkpoint's environment (none for a checkpoint written before it was recorded)."""
+    if not saved:
+        return []
+    return [SettingChange(key, saved.get(key), current.get(key)) for key in sorted(current)
+            if saved.get(key) != current.get(key)]
