@@ -143,6 +143,13 @@ BAD_REQUESTS = {
     "seed": ({"messages": QUESTION, "seed": 2**64}, 400,
              "seed: Input should be less than or equal to 9223372036854775807."),
     "stop count": ({"messages": QUESTION, "stop": list("abcde")}, 400, "stop: at most 4 stop strings, got 5."),
+    "lone surrogate": (b'{"messages": [{"role": "user", "content": "What is \\ud800?"}]}', 400,
+                       "messages[0].content: character 9 is a lone UTF-16 surrogate (\\ud800) without its pair, "
+                       "which is not text."),
+    "surrogate stop": ({"messages": QUESTION, "stop": ["\udfff"]}, 400,
+                       "stop[0]: character 1 is a lone UTF-16 surrogate (\\udfff) without its pair, which is not text."),
+    "invalid UTF-8": (b'{"messages": [{"role": "user", "content": "What is \xff?"}]}', 400,
+                      "The request body is not valid JSON: not UTF-8."),
     "absurd body": (json.dumps({"messages": [{"role": "user", "content": "x" * (2 << 20)}]}).encode(), 413,
                     "The request body is larger than this server's limit of 1048576 bytes."),
 }

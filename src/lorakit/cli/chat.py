@@ -10,6 +10,7 @@ import typer
 
 from lorakit.cli.app import app, console, err_console
 from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
+from lorakit.data.unicode_text import surrogate_problem
 
 if TYPE_CHECKING:
     from lorakit.inference.run_source import Permissions
@@ -69,6 +70,8 @@ def chat(
     if question is not None:
         if not question.strip():
             raise typer.BadParameter("--question is empty")
+        if problem := surrogate_problem(question):  # undecodable argv bytes arrive as surrogates (PEP 383)
+            raise typer.BadParameter(f"--question is not text: {problem}. Pass the question as UTF-8.")
         answer_once(run_dir, question, max_new_tokens=max_new_tokens, temperature=temperature,
                     allowed=permissions(trust_remote_code, allow_pickle))
         return

@@ -21,6 +21,7 @@ from lorakit.data.issues import DataReport, FileSummary, Issue, line_ranges
 from lorakit.data.phi_scan import masked_snippet, scan_text
 from lorakit.data.render import count_tokens, prompt_token_counts
 from lorakit.data.sources import open_sources
+from lorakit.data.unicode_text import find_lone_surrogate
 from lorakit.errors import DataError
 from lorakit.runtime.logging import get_logger
 
@@ -67,6 +68,11 @@ class DataChecker:
                 explained |= item.severity == "error"
                 continue
             summary.records += 1
+            surrogate = find_lone_surrogate(item.value)
+            if surrogate is not None:  # before any field is read: the tokenizer and the console would fail on it
+                self.report.issues.extend(item.issues)
+                self.report.issues.append(_surrogate_issue(source.path, item.line, *surrogate))
+                continue
             parsed = file_format.parse(item.value, item.line)
             issues = list(item.issues) + list(parsed.issues)
             if self.scan_phi:
@@ -152,6 +158,12 @@ class DataChecker:
             by_path[path].valid -= 1
         self.report.data_sha256 = self._digest.hexdigest()
         return self.report
+
+
+def _surrogate_issue(path: str, line: int, field: str, problem: str) -> Issue:
+    return Issue(path, line, "error", "lone-surrogate", problem, field=field,
+                 hint="A \\uXXXX escape between \\ud800 and \\udfff must be one of a pair (e.g. \\ud83d\\ude00); fix "
+                      "or delete it, or write the character itself.")
 
 
 def check_files(paths: Sequence[str | Path], format: str = "auto", tokenizer=None, max_length: int | None = None,

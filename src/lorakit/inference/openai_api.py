@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lorakit.data.conversation import CHAT_ROLES, Message
+from lorakit.data.unicode_text import find_lone_surrogate
 
 __all__ = ["ApiError", "ChatRequest", "parse_chat_request", "error_body", "context_error", "new_completion_id",
            "completion_body", "chunk_body", "usage_body", "sse"]
@@ -86,6 +87,9 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise ApiError(400, f"The request body is not valid JSON: {reason}{where}.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.")
+    surrogate = find_lone_surrogate(data)  # "\ud800" parses, but no tokenizer or UTF-8 writer takes it
+    if surrogate is not None:
+        raise ApiError(400, f"{surrogate[0]}: {surrogate[1]}.", param=surrogate[0])
     try:
         fields = _RequestFields.model_validate(data)
     except ValidationError as exc:

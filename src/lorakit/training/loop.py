@@ -236,8 +236,10 @@ def _train_in_group(config: RunConfig, *, resume: bool, overwrite: bool, reporte
         try:
             with hold_run_lock(run_dir):
                 return _train_locked(config, run_dir, resume=resume, overwrite=overwrite, reporter=reporter)
-        except (LorakitError, KeyboardInterrupt):
-            remove_unused_run_dir(run_dir, created)  # a data error (or Ctrl-C) leaves no empty run folder behind
+        except BaseException:
+            # A data error, Ctrl-C or a bug before the first write leaves no run folder holding only its lock
+            # (it removes nothing once the run wrote anything).
+            remove_unused_run_dir(run_dir, created)
             raise
 
 
