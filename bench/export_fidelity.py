@@ -1,18 +1,22 @@
-"""Issue 10: how close each export format stays to the fine-tuned model it came from, on the embedded
-SmolLM2-135M-Instruct with a small random adapter (tests/export/embedded_run.py), in one run.
+"""Issues 10 and 25: how much of the fine-tune each export format and dtype keeps, in one run.
 
-    python bench/export_fidelity.py [--out bench/results/export_fidelity.txt]
+    python bench/export_fidelity.py [--run RUN_DIR] [--out bench/results/export_fidelity.txt]
 
-Baseline: the base model + adapter (peft, float32) in the same process. For each format, exported through
-the public `lorakit.export.run_export.export_run` and read back by plain transformers (`from_pretrained`,
-GGUF through `gguf_file=`): the largest |logit difference| over one chat prompt (system prompt + question,
-~110 positions), its ratio to the largest |logit|, the share of positions whose top-1 token agrees, the
-file size, and the export's wall time (this machine is shared, so times are indicative only).
+RUN_DIR: a finished run (the README's demo run); without it, the embedded SmolLM2-135M-Instruct with a small
+random r=8 q/v adapter (tests/export/embedded_run.py). Each format is exported through the public
+`lorakit.export.run_export.export_run` and read back by plain transformers (GGUF through `gguf_file=`, which
+de-quantizes q8_0/q4_0 with gguf-py). Two measures:
+- weights: ||W_exported - (W_base + delta)|| / ||delta|| over every LoRA-adapted matrix (one norm over all of
+  them), with delta = (alpha / r) * B @ A merged in float32: 0 keeps the whole change, 1 loses as much as it;
+- fidelity: what the export itself measured and wrote into lorakit_export.json (export/fidelity.py): greedy
+  token agreement with the run (base + adapter, float32), teacher-forced on the run's own greedy answers, and
+  the largest logit difference; plus the file size and the export's wall time (a shared machine: indicative).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -23,54 +27,66 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
 
-from export.embedded_run import embedded_adapter_run  # noqa: E402
-
+from lorakit.export.fidelity import read_back  # noqa: E402
 from lorakit.export.finished_run import read_finished_run  # noqa: E402
+from lorakit.export.merge import attach_adapter, load_base_for_merge  # noqa: E402
 from lorakit.export.run_export import ExportRequest, export_run  # noqa: E402
 
-FORMATS = [("merged", "f16"), ("gguf", "f16"), ("gguf", "q8_0"), ("gguf", "q4_0")]
+FORMATS = [("merged", "bf16"), ("merged", "fp16"), ("merged", "fp32"), ("gguf", "f16"), ("gguf", "q8_0"), ("gguf", "q4_0")]
+
+
+def lora_weights(run) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Base weight and float32 delta of every adapted matrix, by transformers parameter name."""
+    base = load_base_for_merge(run)
+    adapted = attach_adapter(run, base)
+    originals, deltas = {}, {}
+    for name, module in adapted.named_modules():
+        if hasattr(module, "lora_A") and module.lora_A:
+            key = name.removeprefix("base_model.model.") + ".weight"
+            originals[key] = module.base_layer.weight.detach().float().clone()
+            deltas[key] = module.get_delta_weight(module.active_adapters[0]).detach().float()
+    return originals, deltas
+
+
+def relative_error(state: dict[str, torch.Tensor], originals: dict, deltas: dict) -> float:
+    error = sum(((state[k].float() - (originals[k] + deltas[k])) ** 2).sum().item() for k in deltas)
+    return (error / sum((d ** 2).sum().item() for d in deltas.values())) ** 0.5
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--run", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "export_fidelity.txt")
     args = parser.parse_args()
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lorakit.model.load import resolve_model_source
-
     with tempfile.TemporaryDirectory() as scratch:
-        run = read_finished_run(embedded_adapter_run(Path(scratch)))
-        source = resolve_model_source(run.config.model).directory
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32),
-                                              run.adapter_dir).eval()
-        messages = [{"role": "system", "content": run.system_prompt}, {"role": "user", "content": "What is a fever?"}]
-        ids = torch.tensor([tokenizer(tokenizer.apply_chat_template(messages, tokenize=False,
-                                                                    add_generation_prompt=True))["input_ids"]])
-        with torch.no_grad():
-            expected = reference(ids).logits
-            with reference.disable_adapter():
-                adapter_effect = (reference(ids).logits - expected).abs().max().item()
+        if args.run is None:
+            from export.embedded_run import embedded_adapter_run
+
+            run_dir, what = embedded_adapter_run(Path(scratch)), "SmolLM2-135M-Instruct + random r=8 q/v adapter"
+        else:
+            run_dir, what = args.run, f"run {args.run.name}"
+        run = read_finished_run(run_dir)
+        originals, deltas = lora_weights(run)
         rows = []
-        for format, quant in FORMATS:
+        for format, kind in FORMATS:
+            quant, dtype = (kind, "auto") if format == "gguf" else ("f16", kind)
             started = time.perf_counter()
-            result = export_run(run.run_dir, ExportRequest(format, output=Path(scratch) / f"{format}-{quant}", quant=quant))
+            result = export_run(run.run_dir, ExportRequest(format, output=Path(scratch) / f"{format}-{kind}",
+                                                           quant=quant, dtype=dtype))
             seconds = time.perf_counter() - started
-            gguf_file = {} if format == "merged" else {"gguf_file": f"run-{quant}.gguf"}
-            model = AutoModelForCausalLM.from_pretrained(result.output, dtype=torch.float32, **gguf_file).eval()
-            with torch.no_grad():
-                got = model(ids).logits
+            gguf_name = next((p.name for p in result.output.glob("*.gguf")), None)
+            state = read_back(result.output, gguf_name).state_dict()
             size = sum(p.stat().st_size for p in result.output.iterdir() if p.suffix in (".safetensors", ".gguf"))
-            difference = (got - expected).abs().max().item()
-            rows.append((f"{format} {quant if format != 'merged' else 'bf16'}", difference,
-                         difference / expected.abs().max().item(), (got.argmax(-1) == expected.argmax(-1)).float().mean().item(),
-                         size / 2**20, seconds))
-    lines = [f"SmolLM2-135M-Instruct + random r=8 q/v adapter; {ids.shape[1]} positions; max |logit| "
-             f"{expected.abs().max().item():.1f}; adapter moves logits by up to {adapter_effect:.3f}",
-             f"{'format':<12} {'max|dlogit|':>11} {'/max|logit|':>11} {'top-1 agree':>11} {'MiB':>8} {'export s':>9}"]
-    lines += [f"{name:<12} {d:>11.4f} {r:>11.2%} {a:>11.1%} {mib:>8.1f} {s:>9.1f}" for name, d, r, a, mib, s in rows]
+            fidelity = json.loads((result.output / "lorakit_export.json").read_text())["fidelity"]
+            rows.append((f"{format} {kind}", relative_error(state, originals, deltas), fidelity, size / 2**20, seconds))
+            del state
+    first = rows[0][2]
+    lines = [f"{what}; {len(deltas)} LoRA matrices; fidelity over {first['answer_tokens']} answer tokens of "
+             f"{first['questions']} {first['source']}",
+             f"{'format':<13} {'|dW|/|delta|':>12} {'agreement':>9} {'max|dlogit|':>11} {'mean|dlogit|':>12} "
+             f"{'MiB':>7} {'export s':>8}"]
+    lines += [f"{name:<13} {error:>12.4f} {f['token_agreement']:>9.1%} {f['max_logit_diff']:>11.3f} "
+              f"{f['mean_logit_diff']:>12.3f} {mib:>7.1f} {s:>8.1f}" for name, error, f, mib, s in rows]
     text = "\n".join(lines) + "\n"
     print(text, end="")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -223,7 +223,10 @@ class InferenceConfig(_Section):
     max_new_tokens: int = Field(200, ge=1, le=8192, description="Longest answer in chat and serve, in tokens.")
     temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 = greedy decoding.")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling: sample from this share of probability mass.")
-    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0, description="Penalty on tokens already in the text (1 = none).")
+    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0, description="Penalty on tokens the answer already used, "
+                                      "never the prompt's (1 = none); llama.cpp's and Ollama's repeat_penalty.")
+    repeat_last_n: int = Field(64, ge=1, le=8192, description="The repetition penalty looks at the answer's last "
+                               "this many tokens (llama.cpp's and Ollama's repeat_last_n, default 64 there too).")
     disclaimer: str = Field(DEFAULT_DISCLAIMER, description="Appended to every answer; empty string disables.")
 
 

@@ -92,6 +92,25 @@ def test_progress_line_off_a_terminal_at_least_every_interval_whatever_logging_s
     reporter.finish()
 
 
+@pytest.mark.parametrize("step_s, first_step, eta", [(2.0, 0, "3m00s"), (200.0, 0, "5h00m"), (200.0, 50, "2h13m")],
+                         ids=["2s-steps", "200s-steps", "200s-steps-after-resume-at-50"])
+def test_eta_is_mean_step_time_since_start_times_steps_left(step_s, first_step, eta, capsys):
+    """Issue 25: rich's estimate looks at a 30-second window and showed `ETA -` once steps took longer."""
+    from lorakit.cli.progress import RichTrainingReporter
+
+    clock = _Clock()
+    reporter = RichTrainingReporter(clock=clock)
+    reporter.start(total_steps=100, first_step=first_step)
+    capsys.readouterr()
+    for step in range(first_step + 1, first_step + 11):
+        clock.now += step_s
+        reporter.step(step, {"step": step, "train_loss": 1.5, "tokens_per_second": 10.0})
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1] == f"step {first_step + 10}/100  loss 1.5000  val -  10 tok/s  ETA {eta}"
+    assert reporter.progress.tasks[0].fields["eta"] == eta  # the live bar on a terminal shows the same
+    reporter.finish()
+
+
 def _bad_data_config(tmp_path, tiny_llama_dir, data_text=None, missing=False):
     config = write_config_file(tmp_path, tiny_llama_dir, seed=1, training={"batch_size": 2, "max_steps": 2},
                                output_dir=str(tmp_path / "runs" / "new-run"))

@@ -4,11 +4,15 @@ end-of-turn token stops generation."""
 
 from __future__ import annotations
 
+import json
+
 import gguf
 import pytest
 import torch
 from export.export_runs import tiny_run
+from export.jinja_render import render_jinja_template
 
+from lorakit.export.fidelity import MIN_AGREEMENT
 from lorakit.export.finished_run import read_finished_run
 from lorakit.export.run_export import ExportRequest, export_run
 
@@ -55,6 +59,11 @@ def test_gguf_reads_back_with_matching_logits(arch, request, tmp_path_factory, t
             got = load_gguf_model(result.output, name, arch)(PROMPT).logits
         difference = (got - expected).abs().max().item()
         assert difference < atol, f"{quant}: {difference}"
+        fidelity = json.loads((result.output / "lorakit_export.json").read_text())["fidelity"]
+        assert (fidelity["warning"] is None) == (fidelity["token_agreement"] >= MIN_AGREEMENT[quant])
+        assert fidelity["max_logit_diff"] > 0
+        if quant == "f16":  # the tiny random models amplify quantization error (q8_0 measured 95.3%, at its threshold)
+            assert fidelity["token_agreement"] >= MIN_AGREEMENT["f16"] and fidelity["max_logit_diff"] < atol
         if quant == "f16":
             assert difference < LOGIT_ATOL["q8_0"] / 10
 
@@ -72,7 +81,13 @@ def test_gguf_metadata_and_end_of_turn_stop(tiny_llama_dir, tmp_path_factory, tm
     eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert field("general.architecture") == "llama"
     assert field("tokenizer.ggml.model") == "gpt2"
-    assert field("tokenizer.chat_template") == tokenizer.chat_template
+    # The template's default system prompt is the run's: plain jinja2 (llama-cpp-python, LM Studio) renders
+    # a request without one as training rendered every conversation.
+    template = field("tokenizer.chat_template")
+    question = [{"role": "user", "content": "What is a fever?"}]
+    with_system = [{"role": "system", "content": run.system_prompt}, *question]
+    assert render_jinja_template(template, question) == render_jinja_template(tokenizer.chat_template, with_system)
+    assert field("general.sampling.penalty_last_n") == run.config.inference.repeat_last_n
     assert field("tokenizer.ggml.eot_token_id") == eot == field("tokenizer.ggml.eos_token_id")
     assert field("lorakit.system_prompt") == run.system_prompt == "Be careful."
     assert field("lorakit.data_sha256") == run.manifest["data"]["sha256"]

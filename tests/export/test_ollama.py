@@ -9,6 +9,7 @@ import pytest
 from export.export_runs import tiny_run
 from export.go_template import render_go_template
 
+from lorakit.export.finished_run import read_finished_run
 from lorakit.export.ollama import go_template, turn_format
 from lorakit.export.run_export import ExportRequest, export_run
 from lorakit.export.stop_tokens import end_of_turn_token
@@ -58,7 +59,10 @@ def test_ollama_export_folder(tiny_llama_dir, tmp_path_factory, tmp_path):
     assert "\nFROM ./run-q8_0.gguf\n" in modelfile
     assert '\nSYSTEM """Be careful."""\n' in modelfile
     assert re.findall(r'^PARAMETER stop "(.*)"$', modelfile, re.M) == ["<|im_end|>"]
-    assert "\nPARAMETER temperature 0\n" in modelfile and "\nPARAMETER top_p 0.9\n" in modelfile
+    inference = read_finished_run(run_dir).config.inference
+    assert re.findall(r"^PARAMETER (?!stop)(\S+) (.*)$", modelfile, re.M) == [
+        ("temperature", "0"), ("top_p", "0.9"), ("top_k", "0"), ("min_p", "0"),
+        ("repeat_penalty", f"{inference.repetition_penalty:g}"), ("repeat_last_n", "64")]
     template = re.search(r'^TEMPLATE """(.*?)"""$', modelfile, re.M | re.S).group(1)
     messages = [{"role": "system", "content": "Be careful."}, *CONVERSATION[1:]]
     from transformers import AutoTokenizer

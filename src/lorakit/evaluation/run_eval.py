@@ -113,7 +113,7 @@ def _settings(run: LoadedRun, request: EvalRequest) -> GenerationSettings:
     inference = run.config.inference
     max_new = request.max_new_tokens or run.config.eval.max_new_tokens
     return GenerationSettings(max_new_tokens=max_new, temperature=0.0, top_p=inference.top_p,
-                              repetition_penalty=inference.repetition_penalty)
+                              repetition_penalty=inference.repetition_penalty, repeat_last_n=inference.repeat_last_n)
 
 
 def _answer_all(run: LoadedRun, request: EvalRequest, stage: str, items: list[tuple[str, tuple]],

@@ -2,7 +2,9 @@
 
 Keys follow llama.cpp's convert_hf_to_gguf.py: `tokenizer.ggml.model` "gpt2" with tokens, token types,
 merges, bos/eos/unk/padding ids, the end-of-turn id (`tokenizer.ggml.eot_token_id`) and
-`tokenizer.chat_template`. The run's system prompt, disclaimer and base model go under `lorakit.*`.
+`tokenizer.chat_template` (with the run's system prompt as its default: export/generation_settings.py), and the
+run's chat settings as `general.sampling.*`. The run's system prompt, disclaimer and base model also go under
+`lorakit.*`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 
 import gguf
 
+from lorakit.export.generation_settings import add_sampling_metadata, template_with_default_system
 from lorakit.export.gguf_tensors import QUANT_TYPES, rope_dimensions, rope_parameters
 from lorakit.export.merge import MergedModel
 from lorakit.export.public_copy import public_base_model_id
@@ -121,7 +124,7 @@ def add_tokenizer_metadata(writer: gguf.GGUFWriter, merged: MergedModel) -> None
             getattr(writer, f"add_{kind}_token_id")(token_id)
     writer.add_eot_token_id(merged.end_of_turn[1])
     writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
-    writer.add_chat_template(tokenizer.chat_template)
+    writer.add_chat_template(template_with_default_system(tokenizer.chat_template, merged.run.system_prompt))
 
 
 def add_run_metadata(writer: gguf.GGUFWriter, merged: MergedModel) -> None:
@@ -134,5 +137,6 @@ def add_run_metadata(writer: gguf.GGUFWriter, merged: MergedModel) -> None:
     writer.add_string("lorakit.base_revision", base["revision"] or "")
     writer.add_string("lorakit.data_sha256", run.manifest["data"].get("sha256") or "")
     writer.add_string("lorakit.end_of_turn", merged.end_of_turn[0])
+    add_sampling_metadata(writer, run.config.inference)
     writer.add_description(f"{base_id} fine-tuned with lorakit (LoRA merged). "
                            f"{run.config.inference.disclaimer}".strip())

@@ -8,6 +8,8 @@ disclaimer. No credential is ever read here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from lorakit.config import EMBEDDED_MODEL_ALIAS
 from lorakit.export.finished_run import FinishedRun
 from lorakit.export.public_copy import public_base_model_id
@@ -16,7 +18,7 @@ __all__ = ["WHAT_LABELS", "model_card"]
 
 WHAT_LABELS = {
     "adapter": "a LoRA adapter (peft); load it on top of the base model",
-    "merged": "the base model with the LoRA adapter merged in (16-bit safetensors, plain transformers)",
+    "merged": "the base model with the LoRA adapter merged in (safetensors, plain transformers)",
     "gguf": "the merged model as a single GGUF file (llama.cpp, LM Studio, Ollama)",
     "ollama": "the merged model as GGUF plus an Ollama Modelfile",
 }
@@ -105,8 +107,10 @@ def _eval_lines(run: FinishedRun) -> list[str]:
     return lines or ["`lorakit eval` ran, but wrote no quality or safety section."]
 
 
-def model_card(run: FinishedRun, what: str, notes: list[str] | tuple[str, ...] = (), approval: str | None = None) -> str:
-    """Markdown with a Hub-style YAML header; `what` is a WHAT_LABELS key."""
+def model_card(run: FinishedRun, what: str, notes: list[str] | tuple[str, ...] = (), approval: str | None = None,
+               sections: Sequence[tuple[str, list[str]]] = ()) -> str:
+    """Markdown with a Hub-style YAML header; `what` is a WHAT_LABELS key; `sections` (title, lines) follow the
+    evaluation (an export's fidelity and generation settings)."""
     base_id = public_base_model_id(run.manifest)
     hub_base = run.manifest["base_model"].get("public_name") or (
         "HuggingFaceTB/SmolLM2-135M-Instruct" if base_id == EMBEDDED_MODEL_ALIAS else base_id)
@@ -122,6 +126,7 @@ def model_card(run: FinishedRun, what: str, notes: list[str] | tuple[str, ...] =
         "## Training data", *_data_lines(run, approval), "",
         "## Training", *_training_lines(run), "",
         "## Evaluation", *_eval_lines(run), "",
+        *[line for title, lines in sections for line in (f"## {title}", *lines, "")],
         "## System prompt", "Every conversation in training was rendered with this system prompt; use it too:", "",
         *[f"> {line}" for line in run.system_prompt.splitlines()], "",
         "## Intended use",

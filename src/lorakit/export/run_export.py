@@ -18,7 +18,16 @@ from lorakit.errors import ConfigError, DiskFullError, OutputExistsError
 from lorakit.export.disk_estimate import estimated_export_bytes
 from lorakit.export.finished_run import FinishedRun, read_finished_run
 from lorakit.export.gguf_file import GGUF_QUANTS, write_gguf
-from lorakit.export.merge import load_base_for_merge, merge_run, save_merged
+from lorakit.export.fidelity import (
+    QUESTIONS,
+    fidelity_card_lines,
+    measure_fidelity,
+    read_back,
+    reference_answers,
+    skipped_fidelity,
+)
+from lorakit.export.generation_settings import generation_card_lines, modelfile_parameters
+from lorakit.export.merge import SAVE_DTYPES, attach_adapter, load_base_for_merge, merge_run, save_dtype, save_merged
 from lorakit.export.model_card import model_card
 from lorakit.export.ollama import modelfile_text, turn_format
 from lorakit.export.public_copy import public_config, public_manifest
@@ -44,6 +53,8 @@ class ExportRequest:
     format: str
     output: Path | None = None
     quant: str = "f16"  # gguf and ollama only
+    dtype: str = "auto"  # merged only: auto (fp16 when the weights fit it, else fp32), fp16, bf16 or fp32
+    fidelity: bool = True  # compare the written model with the run (export/fidelity.py); --skip-fidelity
     overwrite: bool = False
     permissions: Permissions = Permissions()  # what the base model may do (merged, gguf, ollama load it)
 
@@ -53,6 +64,16 @@ class ExportResult:
     output: Path
     files: list[str]
     notes: list[str] = field(default_factory=list)
+    fidelity: dict | None = None  # Fidelity.to_json() or skipped_fidelity(); None for an adapter (the run's own files)
+
+
+@dataclass
+class _Written:
+    """What a format's writer reports besides its files."""
+
+    notes: list[str]
+    fidelity: dict | None = None
+    dtype: str | None = None  # merged: the dtype the weights are stored in
 
 
 def default_output(run: FinishedRun, format: str) -> Path:
@@ -63,6 +84,8 @@ def _check_request(run: FinishedRun, request: ExportRequest, output: Path) -> No
     problems = []
     if request.format not in FORMATS:
         problems.append(f"--format: '{request.format}' is not one of {', '.join(FORMATS)}")
+    if request.dtype not in ("auto", *SAVE_DTYPES):
+        problems.append(f"--dtype: '{request.dtype}' is not one of auto, {', '.join(SAVE_DTYPES)}")
     if request.quant not in GGUF_QUANTS:
         problems.append(f"--quant: '{request.quant}' is not one of {', '.join(GGUF_QUANTS)}")
     if output.resolve().is_relative_to(run.adapter_dir.resolve()):
@@ -88,7 +111,7 @@ def _check_free_space(output: Path, needed: int) -> None:
             hint="Free some space, or pass --output on a disk with more room (or a smaller --quant).")
 
 
-def _export_adapter(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> list[str]:
+def _export_adapter(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
     with steps.step("load", f"adapter files in {run.adapter_dir}"):
         files = sorted(p for p in run.adapter_dir.iterdir() if p.is_file() and p.name not in _ADAPTER_SKIP)
     with steps.step("write", f"{len(files)} adapter files, config and manifest without data file names or paths"):
@@ -96,35 +119,57 @@ def _export_adapter(run: FinishedRun, staging: Path, request: ExportRequest, ste
             shutil.copy2(path, staging / path.name)
         (staging / "config.yaml").write_text(dump_config(public_config(run.config, run.manifest)))
         (staging / "manifest.json").write_text(json.dumps(public_manifest(run.manifest), indent=2))
-    return []
+    return _Written([])
 
 
-def _merged(run: FinishedRun, steps: ExportSteps):
-    with steps.step("load", f"base model {run.config.model.name} (unquantized, CPU)"):
+def _merged(run: FinishedRun, steps: ExportSteps, request: ExportRequest):
+    """The merged model (float32), and the run's own answers to compare the export with (None: --skip-fidelity)."""
+    with steps.step("load", f"base model {run.config.model.name} (unquantized, float32, CPU) and adapter"):
         base = load_base_for_merge(run)
+        adapted = attach_adapter(run, base)
+    reference = None
+    if request.fidelity:
+        with steps.step("measure", f"the run's greedy answers to {QUESTIONS} questions (base + adapter, float32)"):
+            reference = reference_answers(run, base[0], adapted)
     with steps.step("merge", f"adapter {run.adapter_dir}"):
-        return merge_run(run, base)
+        return merge_run(run, base, adapted), reference
 
 
-def _export_merged(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> list[str]:
-    merged = _merged(run, steps)
-    with steps.step("write", "16-bit safetensors, tokenizer, generation config"):
-        save_merged(merged, staging)
-    return merged.notes
+def _fidelity(reference, steps: ExportSteps, folder: Path, gguf_name: str | None, label: str) -> dict:
+    if reference is None:
+        return skipped_fidelity()
+    with steps.step("measure", f"{gguf_name or 'the merged folder'} read back and compared with the run"):
+        fidelity = measure_fidelity(reference, read_back(folder, gguf_name), label)
+    log.info("%s", fidelity.summary())
+    if fidelity.warning:
+        log.warning("%s", fidelity.warning)
+    return fidelity.to_json()
+
+
+def _export_merged(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
+    merged, reference = _merged(run, steps, request)
+    dtype, notes = save_dtype(merged.model, request.dtype)
+    with steps.step("write", f"{str(dtype).removeprefix('torch.')} safetensors, tokenizer, generation config"):
+        save_merged(merged, staging, dtype)
+    fidelity = _fidelity(reference, steps, staging, None, "merged")
+    return _Written(merged.notes + notes, fidelity, str(dtype).removeprefix("torch."))
 
 
 def _gguf_name(run: FinishedRun, quant: str) -> str:
     return f"{run.run_dir.name}-{quant}.gguf"
 
 
-def _export_gguf(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> list[str]:
-    merged = _merged(run, steps)
-    write_gguf(merged, staging / _gguf_name(run, request.quant), request.quant, steps)
-    return merged.notes + [f"GGUF weights: {request.quant} (vectors such as norms stay float32)."]
+def _export_gguf(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
+    merged, reference = _merged(run, steps, request)
+    name = _gguf_name(run, request.quant)
+    write_gguf(merged, staging / name, request.quant, steps)
+    del merged  # the read-back model takes its place in memory
+    fidelity = _fidelity(reference, steps, staging, name, request.quant)
+    return _Written([f"GGUF weights: {request.quant} (vectors such as norms stay float32)."], fidelity)
 
 
-def _export_ollama(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> list[str]:
-    notes = _export_gguf(run, staging, request, steps)
+def _export_ollama(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
+    written = _export_gguf(run, staging, request, steps)
     with steps.step("convert", "Ollama TEMPLATE from the chat template"):
         tokenizer = load_tokenizer(resolve_model_source(run.config.model), run.config.model)
         end_of_turn = end_of_turn_token(tokenizer)[0]
@@ -132,15 +177,15 @@ def _export_ollama(run: FinishedRun, staging: Path, request: ExportRequest, step
         text = modelfile_text(
             _gguf_name(run, request.quant), turn_format(tokenizer, end_of_turn), run.system_prompt,
             list(dict.fromkeys([end_of_turn, tokenizer.eos_token])),
-            {"temperature": inference.temperature, "top_p": inference.top_p, "repeat_penalty": inference.repetition_penalty},
+            modelfile_parameters(inference),
             header=f"Made by lorakit from {run.run_dir.name}. Create it with: ollama create "
                    f"{run.run_dir.name.lower()} -f Modelfile\n{inference.disclaimer}")
     with steps.step("write", "Modelfile"):
         (staging / "Modelfile").write_text(text)
-    return notes
+    return written
 
 
-_WRITERS: dict[str, Callable[[FinishedRun, Path, ExportRequest, ExportSteps], list[str]]] = {
+_WRITERS: dict[str, Callable[[FinishedRun, Path, ExportRequest, ExportSteps], _Written]] = {
     "adapter": _export_adapter, "merged": _export_merged, "gguf": _export_gguf, "ollama": _export_ollama,
 }
 
@@ -159,22 +204,31 @@ def export_run(path: str | Path, request: ExportRequest,
     missing = [p for p in (output.parent, *output.parent.parents) if not p.exists()]
     try:
         with atomic_directory(output) as staging:
-            notes = _WRITERS[request.format](run, staging, request, steps)
+            written = _WRITERS[request.format](run, staging, request, steps)
             with steps.step("write", "model card and export manifest"):
-                (staging / "README.md").write_text(model_card(run, request.format, notes))
-                (staging / "lorakit_export.json").write_text(json.dumps(_export_manifest(run, request, notes), indent=2))
+                (staging / "README.md").write_text(model_card(run, request.format, written.notes,
+                                                              sections=_card_sections(run, request, written)))
+                (staging / "lorakit_export.json").write_text(json.dumps(_export_manifest(run, request, written), indent=2))
     except BaseException:
         for folder in missing:  # parents this export created (e.g. RUN_DIR/export) go too: nothing is left
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise
     log.info("exported %s to %s", request.format, output)
-    return ExportResult(output, sorted(p.name for p in output.iterdir()), notes)
+    return ExportResult(output, sorted(p.name for p in output.iterdir()), written.notes, written.fidelity)
 
 
-def _export_manifest(run: FinishedRun, request: ExportRequest, notes: list[str]) -> dict:
+def _card_sections(run: FinishedRun, request: ExportRequest, written: _Written) -> list[tuple[str, list[str]]]:
+    if request.format == "adapter":
+        return []
+    return [("Export fidelity", fidelity_card_lines(written.fidelity, written.dtype)),
+            ("Generation settings", generation_card_lines(run.config.inference))]
+
+
+def _export_manifest(run: FinishedRun, request: ExportRequest, written: _Written) -> dict:
     # `lorakit push` uploads this file too: the run's name, not its path; the base model without its local path.
     return {"format": request.format, "quant": request.quant if request.format in ("gguf", "ollama") else None,
-            "run": run.run_dir.name, "base_model": public_manifest(run.manifest)["base_model"],
+            "dtype": written.dtype, "run": run.run_dir.name, "base_model": public_manifest(run.manifest)["base_model"],
             "data_sha256": run.manifest["data"].get("sha256"), "dequantized_base": run.quantized_4bit
-            and request.format != "adapter", "notes": notes, "versions": run.manifest["versions"]}
+            and request.format != "adapter", "notes": written.notes, "fidelity": written.fidelity,
+            "versions": run.manifest["versions"]}

@@ -10,7 +10,7 @@ from lorakit.runtime.atomic_files import is_disk_full
 
 __all__ = ["STEPS", "ExportSteps"]
 
-STEPS = ("check", "load", "merge", "convert", "quantize", "write", "upload")
+STEPS = ("check", "load", "measure", "merge", "convert", "quantize", "write", "upload")
 
 
 class ExportSteps:

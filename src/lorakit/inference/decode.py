@@ -6,8 +6,9 @@ already seen (so a row's answer changes with its neighbours whenever the pad id 
 keeps computing rows that have finished, and it cannot mix the base model and the fine-tuned model in
 one batch. This loop
 - left-pads the prompts, with position ids that count real tokens only (each row sees what it would alone);
-- penalizes, per row, exactly the tokens of its own prompt and answer (transformers'
-  RepetitionPenaltyLogitsProcessor on a single sequence does the same);
+- penalizes, per row, the last `repeat_last_n` tokens of its own answer, never its prompt: llama.cpp's and
+  Ollama's repeat_penalty, so that an exported GGUF given the same settings answers as lorakit does (issue 25:
+  transformers' repetition_penalty also penalizes the prompt, and no llama.cpp setting reproduces that);
 - drops finished rows from the batch and from the cache, so the batch shrinks as answers end;
 - passes peft's mixed-batch `adapter_names` when rows differ ("__base__" = the adapter switched off).
 Greedy answers equal one-at-a-time `model.generate` token for token (tests/inference/test_decode.py).
@@ -24,7 +25,7 @@ import torch
 
 from lorakit.config import RunConfig
 
-__all__ = ["GenerationSettings", "Decoded", "FinishReason", "decode_batch"]
+__all__ = ["GenerationSettings", "Decoded", "FinishReason", "AnswerRepetitionPenalty", "penalize_repeats", "decode_batch"]
 
 FinishReason = Literal["stop", "length", "cancelled"]
 """Why a row ended: its end-of-turn token ("stop"), max_new_tokens ("length"), or a cancel event."""
@@ -36,11 +37,12 @@ class GenerationSettings:
     temperature: float = 0.0
     top_p: float = 0.9
     repetition_penalty: float = 1.1
+    repeat_last_n: int = 64  # the penalty counts the answer's last this many tokens
 
     @classmethod
     def from_config(cls, config: RunConfig) -> GenerationSettings:
         i = config.inference
-        return cls(i.max_new_tokens, i.temperature, i.top_p, i.repetition_penalty)
+        return cls(i.max_new_tokens, i.temperature, i.top_p, i.repetition_penalty, i.repeat_last_n)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Decoded:
 
 
 class _Batch:
-    """The rows still decoding: their original indices, attention mask, positions, seen-token table, cache."""
+    """The rows still decoding: their original indices, attention mask, positions, cache."""
 
     def __init__(self, prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device,
                  adapter_names: Sequence[str] | None):
@@ -72,7 +74,6 @@ class _Batch:
         self.rows = list(range(len(prompts)))
         self.adapter_names = list(adapter_names) if adapter_names is not None else None
         self.cache = None
-        self.seen: torch.Tensor | None = None  # [rows, vocab + 1]; the extra column absorbs pad positions
 
     def forward(self, model) -> torch.Tensor:
         """Logits (float32) of the next token for every row."""
@@ -80,15 +81,9 @@ class _Batch:
         out = model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=self.positions,
                     cache=self.cache, use_cache=True, logits_to_keep=1, **extra)
         self.cache = out.cache
-        logits = out.logits[:, -1].to(dtype=torch.float32)
-        if self.seen is None:
-            vocab = logits.shape[-1]
-            self.seen = torch.zeros((len(self.rows), vocab + 1), dtype=torch.bool, device=logits.device)
-            self.seen.scatter_(1, self.input_ids.masked_fill(self.mask == 0, vocab), True)
-        return logits
+        return out.logits[:, -1].to(dtype=torch.float32)
 
     def advance(self, next_tokens: torch.Tensor) -> None:
-        self.seen.scatter_(1, next_tokens[:, None], True)
         self.input_ids = next_tokens[:, None]
         self.positions = self.positions[:, -1:] + 1
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
@@ -97,19 +92,45 @@ class _Batch:
         """Drop the rows not in `kept` (batch positions) from every tensor and from the KV cache."""
         index = torch.tensor(kept, device=self.mask.device)
         self.cache.batch_select_indices(index)
-        self.mask, self.positions, self.seen = self.mask[index], self.positions[index], self.seen[index]
+        self.mask, self.positions = self.mask[index], self.positions[index]
         self.input_ids = self.input_ids[index]
         self.rows = [self.rows[b] for b in kept]
         if self.adapter_names is not None:
             self.adapter_names = [self.adapter_names[b] for b in kept]
 
 
-def _penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """transformers' repetition penalty: seen tokens' logits divided by `penalty` (multiplied when negative)."""
+def penalize_repeats(logits: torch.Tensor, answers: Sequence[Sequence[int]], penalty: float, last_n: int) -> torch.Tensor:
+    """llama.cpp's repeat penalty: the logits of the tokens among each row's last `last_n` answer tokens are
+    divided by `penalty` (multiplied when <= 0); the prompt's tokens are not penalized.
+
+    >>> penalize_repeats(torch.tensor([[2.0, -2.0, 2.0]]), [[0, 1]], 2.0, 64).tolist()
+    [[1.0, -4.0, 2.0]]
+    >>> penalize_repeats(torch.tensor([[2.0, -2.0, 2.0]]), [[0, 1]], 2.0, 1).tolist()  # only token 1 is recent
+    [[2.0, -4.0, 2.0]]
+    """
     if penalty == 1.0:
         return logits
-    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
-    return torch.where(seen[:, : logits.shape[-1]], penalized, logits)
+    seen = torch.zeros_like(logits, dtype=torch.bool)
+    for row, answer in enumerate(answers):
+        if answer:
+            seen[row, torch.tensor(answer[-last_n:], dtype=torch.long, device=logits.device)] = True
+    penalized = torch.where(logits <= 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalized, logits)
+
+
+class AnswerRepetitionPenalty:
+    """penalize_repeats as a transformers logits processor for `model.generate` on prompts of `prompt_length`
+    tokens (transformers' own repetition_penalty would also penalize the prompt).
+
+    With sampling, transformers runs custom processors after its temperature and top-p warpers, so the nucleus
+    is chosen before the penalty; greedy answers are exactly decode_batch's."""
+
+    def __init__(self, prompt_length: int, penalty: float, last_n: int):
+        self.prompt_length, self.penalty, self.last_n = prompt_length, penalty, last_n
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        answers = [row[self.prompt_length:].tolist() for row in input_ids]
+        return penalize_repeats(scores, answers, self.penalty, self.last_n)
 
 
 def _choose(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> torch.Tensor:
@@ -156,7 +177,8 @@ def decode_batch(
             on_done(row, results[row])
 
     while batch.rows:
-        logits = _penalize_repeats(batch.forward(model), batch.seen, settings.repetition_penalty)
+        logits = penalize_repeats(batch.forward(model), [generated[row] for row in batch.rows],
+                                  settings.repetition_penalty, settings.repeat_last_n)
         next_tokens = _choose(logits, settings, generator)
         kept = []
         for position, (row, token) in enumerate(zip(batch.rows, next_tokens.tolist())):

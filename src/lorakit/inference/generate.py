@@ -15,7 +15,7 @@ from lorakit.data.chat_spans import AnswerSpanError
 from lorakit.data.chat_template import end_of_turn_token
 from lorakit.data.records import Message
 from lorakit.data.render import render_prompt_ids
-from lorakit.inference.decode import Decoded, FinishReason, GenerationSettings, decode_batch
+from lorakit.inference.decode import AnswerRepetitionPenalty, Decoded, FinishReason, GenerationSettings, decode_batch
 from lorakit.inference.run_source import Permissions, RunSource, refuse_saved_permissions, resolve_run_source
 from lorakit.model.load import load_base_model, load_tokenizer, resolve_model_source
 from lorakit.model.quantize import nf4_config
@@ -105,6 +105,8 @@ def _stop_token_ids(model, tokenizer) -> list[int]:
 
 
 def _generate_kwargs(run: LoadedRun, messages: tuple[Message, ...], settings: GenerationSettings) -> dict:
+    from transformers import LogitsProcessorList
+
     ids = render_prompt_ids(messages, run.tokenizer, run.system_prompt)
     input_ids = torch.tensor([ids], device=run.device)
     sampling = settings.temperature > 0
@@ -113,7 +115,8 @@ def _generate_kwargs(run: LoadedRun, messages: tuple[Message, ...], settings: Ge
         attention_mask=torch.ones_like(input_ids),
         max_new_tokens=settings.max_new_tokens,
         do_sample=sampling,
-        repetition_penalty=settings.repetition_penalty,
+        logits_processor=LogitsProcessorList([AnswerRepetitionPenalty(len(ids), settings.repetition_penalty,
+                                                                      settings.repeat_last_n)]),
         eos_token_id=_stop_token_ids(run.model, run.tokenizer),
         pad_token_id=run.tokenizer.pad_token_id,
     )

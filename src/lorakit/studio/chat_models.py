@@ -61,7 +61,7 @@ class ChatModels:
         settings = GenerationSettings.from_config(run.config)
         if max_new_tokens is not None:
             settings = GenerationSettings(max_new_tokens, settings.temperature, settings.top_p,
-                                          settings.repetition_penalty)
+                                          settings.repetition_penalty, settings.repeat_last_n)
         job = GenerationJob(messages, settings, (), None,
                             emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
         return (job, events) if queue.submit(job) else (None, events)
