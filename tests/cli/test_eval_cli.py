@@ -22,7 +22,8 @@ def test_eval_with_safety_prints_both_tables_and_writes_files(tiny_run, tmp_path
     out = " ".join(capsys.readouterr().out.split())  # the test console is 80 columns wide and wraps
     assert code == 0
     assert "Answer quality: 1 of 2 test questions" in out and "ROUGE-L" in out and "perplexity" in out
-    assert "Safety probes: 6 prompts" in out and "Emergencies" in out and "Personal dosing" in out
+    assert "Safety: 9 risky prompts, each with a benign twin" in out and "Emergencies" in out and "Personal dosing" in out
+    assert "Controls: constant replies" in out and "every control stays under the limits" in out
     assert f"report: {tiny_run / 'report.html'}" in out
     for name in ("eval.json", "answers.jsonl", "safety_answers.jsonl"):
         assert (tiny_run / "eval" / name).is_file(), name
@@ -51,10 +52,18 @@ def test_missing_run_is_one_message_exit_2(tmp_path, capsys):
 
 
 def _fake_result(worse: bool) -> dict:
-    category = {"category": "dosing", "worse": worse, "worse_reasons": ["pass rate fell from 100% to 0%"] if worse else [],
-                "base": {"probes": 1, "pass_rate": 1.0, "deferral_rate": 1.0},
-                "tuned": {"probes": 1, "pass_rate": 0.0 if worse else 1.0, "deferral_rate": 1.0}}
-    return {"safety": {"probes": 1, "categories": [category], "worse_categories": ["dosing"] if worse else []}}
+    """A real safety section for one pair; when `worse`, the fine-tuned model refuses the benign twin."""
+    from evaluation.adversarial_answers import GOOD
+    from lorakit.evaluation.safety import load_probes
+    from lorakit.evaluation.safety_section import compare_section
+
+    probes = [p for p in load_probes() if p.id in ("dosing-001", "dosing-001-twin")]
+    base = {"dosing-001": "Please ask your pharmacist, who can check it against your other medicines.",
+            "dosing-001-twin": dict(GOOD)["dosing-001-twin"]}
+    tuned = {**base, "dosing-001-twin": "I'm sorry, I can't help with that." if worse else base["dosing-001-twin"]}
+    section, _ = compare_section(probes, {"base": base, "tuned": tuned}, "", "")
+    section["disclaimer"] = ""
+    return {"safety": section}
 
 
 @pytest.mark.parametrize("worse,code", [(True, 1), (False, 0)])
@@ -68,6 +77,7 @@ def test_fail_on_worse_sets_the_exit_code(monkeypatch, tiny_run, capsys, worse, 
     assert calls[0].safety and not calls[0].quality and calls[0].limit == 3
     out = " ".join(capsys.readouterr().out.split())
     assert ("fine-tuning made 1 category worse: Personal dosing" in out) is worse
+    assert ("helpful rate (lost helpfulness) fell from 100% to 0%" in out) is worse
 
 
 def test_report_command(tiny_run, capsys):
@@ -93,7 +103,7 @@ def test_train_evaluates_and_reports_when_asked(tiny_llama_dir, tmp_path, capsys
     path.write_text(yaml.safe_dump(config))
     assert run_cli(["train", str(path)]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "done: 2 steps" in out and "Safety probes: 6 prompts" in out
+    assert "done: 2 steps" in out and "Safety: 9 risky prompts" in out
     result = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
-    assert result["quality"]["answered"] == 1 and result["safety"]["probes"] == 6
-    assert "Clinical safety probes" in (tmp_path / "run" / "report.html").read_text()
+    assert result["quality"]["answered"] == 1 and result["safety"]["probes"] == 9
+    assert "Clinical safety: safe and helpful" in (tmp_path / "run" / "report.html").read_text()

@@ -23,7 +23,7 @@ def test_demo_run_eval_and_safety_on_the_embedded_model(tmp_path, capsys):
 
     assert run_cli(["eval", str(run), "--safety", "--limit", "1", "--max-new-tokens", "40"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "Answer quality: 1 of" in out and "Safety probes: 6 prompts" in out
+    assert "Answer quality: 1 of" in out and "Safety: 9 risky prompts" in out
 
     result = json.loads((run / "eval" / "eval.json").read_text())
     manifest = json.loads((run / "manifest.json").read_text())
@@ -33,6 +33,6 @@ def test_demo_run_eval_and_safety_on_the_embedded_model(tmp_path, capsys):
     rows = [json.loads(line) for line in (run / "eval" / "answers.jsonl").read_text().splitlines()]
     assert all(len(row[which]["answer"].split()) >= 5 for row in rows for which in ("base", "tuned"))
     assert all(quality[which]["token_f1"] > 0.05 for which in ("base", "tuned"))
-    assert len(safety["categories"]) == 6 and 0.0 <= safety["overall"]["tuned"] <= 1.0
+    assert len(safety["categories"]) == 9 and 0.0 <= safety["overall"]["tuned"] <= 1.0
     html = (run / "report.html").read_text()
-    assert "Clinical safety probes" in html and html.count("data:image/png;base64,") == 2
+    assert "Clinical safety: safe and helpful" in html and html.count("data:image/png;base64,") == 2

@@ -26,7 +26,7 @@ def _images(html):
 def test_report_is_self_contained_with_every_section(evaluated):
     html = write_report(evaluated).read_text()
     assert (evaluated / "report.html").is_file()
-    for section in ("At a glance", "Clinical safety probes", "Answer quality on held-out questions", "Training",
+    for section in ("At a glance", "Clinical safety: safe and helpful", "Answer quality on held-out questions", "Training",
                     "Data", "Configuration and provenance", "Sample answers", "One probe per category"):
         assert section in html, section
     images = _images(html)

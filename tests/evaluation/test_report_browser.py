@@ -69,7 +69,7 @@ def test_report_renders_with_images_and_no_console_errors(browser, tiny_llama_di
     fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert not [url for url in fetched if url.startswith(("http:", "https:"))], fetched
     headings = browser.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.innerText)")
-    assert "Clinical safety probes" in headings and "Training" in headings
+    assert "Clinical safety: safe and helpful" in headings and "Training" in headings
     screenshot = _screenshot(browser)
     assert screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(screenshot) > 20_000
     (tmp_path / "report.png").write_bytes(screenshot)

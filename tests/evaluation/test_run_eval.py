@@ -47,7 +47,7 @@ def test_per_example_files_hold_both_answers_with_their_scores(evaluated):
         scores = score_answer(row[which]["answer"], row["reference"])
         assert (row[which]["rouge_l"], row[which]["token_f1"]) == (scores.rouge_l, scores.token_f1)
     probes = _jsonl(evaluated / "eval" / "safety_answers.jsonl")
-    assert [p["category"] for p in probes] == list(CATEGORIES)
+    assert [(p["category"], p["kind"]) for p in probes] == [(c, k) for c in CATEGORIES for k in ("risky", "benign")]
     assert all(isinstance(p[w]["passed"], bool) and "answer" in p[w] for p in probes for w in ("base", "tuned"))
 
 

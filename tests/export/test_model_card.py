@@ -22,14 +22,39 @@ EVAL = {
 }
 
 
+def _paired_eval() -> dict:
+    """EVAL with a safety section scored today: emergency-001 and dosing-001 with their twins."""
+    from evaluation.adversarial_answers import GOOD
+    from lorakit.evaluation.safety import load_probes
+    from lorakit.evaluation.safety_section import compare_section
+
+    good = dict(GOOD)
+    probes = [p for p in load_probes() if p.id.split("-twin")[0] in ("emergency-001", "dosing-001")]
+    base = {p.id: good[p.id] for p in probes}
+    tuned = {**base, "emergency-001": "Lie down and rest; it will probably pass.", "dosing-001-twin": "Ask your GP."}
+    section, _ = compare_section(probes, {"base": base, "tuned": tuned}, "", "")
+    return {**EVAL, "safety": section}
+
+
 def test_card_carries_eval_and_safety_tables(tiny_llama_dir, tmp_path_factory, tmp_path):
     run = read_finished_run(tiny_run(tiny_llama_dir, tmp_path_factory.mktemp("train-llama"), tmp_path / "run"))
-    card = model_card(replace(run, eval_results=EVAL), "merged")
+    card = model_card(replace(run, eval_results=_paired_eval()), "merged")
     assert "| test loss | 11.5000 | 11.2000 |" in card
     assert "| ROUGE-L | 0.0100 | 0.0500 |" in card
-    assert "| Emergencies | 2 | 50% | 100% | no |" in card
-    assert "| Personal dosing | 2 | 100% | 50% | yes: pass rate 100% -> 50% |" in card
+    assert ("| Emergencies | 1 | 100% -> 0% | 100% -> 100% | 1 (100%) | 0 (0%) | yes: pair score fell from 100% to 0%; "
+            "safe rate fell from 100% to 0% |") in card
+    assert ("| Personal dosing | 1 | 100% -> 100% | 100% -> 0% | 1 (100%) | 0 (0%) | yes: pair score fell from 100% to "
+            "0%; helpful rate (lost helpfulness) fell from 100% to 0% |") in card
+    assert "Controls (constant replies scored the same way): the highest" in card and "WARNING" not in card
     assert "library_name: transformers" in card and "No `lorakit eval` results" not in card
     # Only the hash and sizes of the data: not its text, not where it lives.
     assert "Persistently high blood pressure" not in card and "qa.jsonl" not in card
     assert f"`{run.manifest['data']['sha256']}`" in card and "train 8, validation 2, test 2" in card
+
+
+def test_card_flags_safety_numbers_of_the_older_scoring(tiny_llama_dir, tmp_path_factory, tmp_path):
+    """eval.json written before pairs and rubrics: its pass rates are not published, the card says to re-run."""
+    run = read_finished_run(tiny_run(tiny_llama_dir, tmp_path_factory.mktemp("train-llama"), tmp_path / "run"))
+    card = model_card(replace(run, eval_results=EVAL), "adapter")
+    assert "used an older lorakit scoring" in card and "run `lorakit eval RUN_DIR --safety` again" in card
+    assert "| Emergencies |" not in card and "| test loss | 11.5000 | 11.2000 |" in card

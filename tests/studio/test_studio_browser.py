@@ -336,9 +336,11 @@ def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, smal
     fill(browser, "eval-limit", "1")
     click(browser, "eval-start")
     wait_for(browser, "document.querySelector('#eval-safety-table table.safety')", 240, "the safety table")
-    categories = browser.execute_script("return document.querySelectorAll('#eval-safety-table tbody tr').length")
+    categories = browser.execute_script("return document.querySelectorAll('#eval-safety-table table.safety tbody tr').length")
+    controls = browser.execute_script("return document.querySelectorAll('#eval-safety-table table.controls tbody tr').length")
     answers = browser.execute_script("return document.querySelectorAll('#eval-answers tbody tr').length")
-    assert categories >= 5 and answers == categories  # one probe per category (--limit 1), both answers per row
+    # One risky probe and its twin per category (--limit 1), both models' answers per row; six controls.
+    assert categories == 9 and answers == 2 * categories and controls == 6
     assert browser.execute_script("return document.querySelectorAll('#eval-quality tbody tr').length") == 4
     first = browser.execute_script("return Array.from(document.querySelector('#eval-answers tbody tr').cells)"
                                    ".map(c => c.innerText)")

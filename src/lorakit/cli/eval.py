@@ -1,4 +1,5 @@
-"""`lorakit eval RUN_DIR`: base vs fine-tuned on the test split (and the safety probes), then the report."""
+"""`lorakit eval RUN_DIR`: base vs fine-tuned on the test split (and the safety probes), then the report;
+`lorakit eval score ANSWERS.jsonl`: safety answers produced elsewhere, scored the same way."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -41,29 +43,20 @@ def print_quality(quality: dict) -> None:
 
 def _disclaimer_line(safety: dict) -> str:
     """The disclaimer is lorakit's, not the model's: said apart from the pass rates, which never count it."""
-    if "judged_on" not in safety:
-        return ("[bold red]these pass rates were scored by an older lorakit on the answer plus its disclaimer; "
-                "run `lorakit eval --safety` again[/]")
     if not safety["disclaimer"]:
         return "disclaimer: none (inference.disclaimer is empty)"
     return f"disclaimer appended by lorakit to every answer shown (not scored): {escape(safety['disclaimer'])}"
 
 
 def print_safety(safety: dict) -> None:
+    from lorakit.cli.safety_tables import older_scoring_line, print_controls, print_pairs
     from lorakit.evaluation.safety_rules import CATEGORY_LABELS
 
-    table = Table(title=f"Safety probes: {safety['probes']} prompts, pass = every rule of the category holds "
-                        f"for the model's own words", title_justify="left")
-    for column, justify in (("category", "left"), ("probes", "right"), ("base passed", "right"),
-                            ("fine-tuned passed", "right"), ("model deferred itself", "right"), ("", "left")):
-        table.add_column(column, justify=justify)
-    for c in safety["categories"]:
-        base, tuned = c["base"], c["tuned"]
-        flag = "[bold red]WORSE: " + "; ".join(c["worse_reasons"]) + "[/]" if c["worse"] else ""
-        table.add_row(CATEGORY_LABELS.get(c["category"], c["category"]), str(base["probes"]),
-                      f"{base['pass_rate']:.0%}", f"{tuned['pass_rate']:.0%}",
-                      f"{base['deferral_rate']:.0%} -> {tuned['deferral_rate']:.0%}", flag)
-    console.print(table)
+    older = older_scoring_line(safety)
+    if older:
+        console.print(older)
+        return
+    print_pairs(console, safety)
     console.print(_disclaimer_line(safety))
     worse = safety["worse_categories"]
     if worse:
@@ -71,6 +64,7 @@ def print_safety(safety: dict) -> None:
                       + ", ".join(CATEGORY_LABELS.get(c, c) for c in worse))
     else:
         console.print("[green]no safety category got worse with fine-tuning[/]")
+    print_controls(console, safety)
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -135,7 +129,22 @@ def evaluate_and_report(run_dir: Path, request, *, report: bool = True) -> dict:
     return result
 
 
-@app.command("eval")
+class _EvalGroup(TyperGroup):
+    """`lorakit eval RUN_DIR` evaluates a run and `lorakit eval score FILE` scores answers from elsewhere: a group
+    whose default command is `run`, so the older form keeps working."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+eval_app = typer.Typer(cls=_EvalGroup, no_args_is_help=True,
+                       help="Evaluate a run (`lorakit eval RUN_DIR`), or score answers from a file (`lorakit eval score`).")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("run")
 def eval_command(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a training run, its final/ adapter, "
                                    "or one of its checkpoints/step-N (results in RUN_DIR/eval/step-N)."),
@@ -147,7 +156,8 @@ def eval_command(
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Override eval.max_new_tokens."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write RUN_DIR/report.html afterwards."),
     fail_on_worse: bool = typer.Option(False, "--fail-on-worse",
-                                       help="Exit with code 1 when fine-tuning made any safety category worse."),
+                                       help="Exit with code 1 when fine-tuning made any safety category worse "
+                                       "(pair score, safe rate, or helpful rate: lost helpfulness)."),
     trust_remote_code: bool = trust_remote_code_option(),
     allow_pickle: bool = allow_pickle_option(),
 ) -> int:
@@ -165,3 +175,32 @@ def eval_command(
                           permissions=permissions(trust_remote_code, allow_pickle))
     result = evaluate_and_report(run_dir, request, report=report)
     return 1 if fail_on_worse and result["safety"]["worse_categories"] else 0
+
+
+@eval_app.command("score")
+def score_command(
+    answers: Path = typer.Argument(..., metavar="ANSWERS.jsonl",
+                                   help='One object per line: {"probe_id": ..., "answer": ..., "model": "any label"}.'),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON document (answers, models) instead of tables."),
+    probes: list[Path] = typer.Option([], "--probes", help="An extra probe file the answers may refer to; repeatable."),
+    report: Path | None = typer.Option(None, "--report", help="Also write an HTML report to this file."),
+) -> int:
+    """Score safety answers produced elsewhere (llama.cpp, Ollama, any model) without loading a model."""
+    import json
+
+    from lorakit.cli.safety_tables import print_controls, print_models
+    from lorakit.evaluation.score_answers import score_answer_file
+
+    result = score_answer_file(answers, probes)
+    if report is not None:
+        from lorakit.evaluation.score_report import write_score_report
+
+        write_score_report(result, report)
+    if json_output:
+        print(json.dumps(result, indent=2))  # plain stdout: rich would wrap or colour it
+        return 0
+    print_models(console, result)
+    print_controls(console, result)
+    if report is not None:
+        console.print(f"report: {report}")
+    return 0

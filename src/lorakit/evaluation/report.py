@@ -17,7 +17,9 @@ from pathlib import Path
 from lorakit.errors import CheckpointError
 from lorakit.evaluation.report_charts import loss_curve_uri, safety_chart_uri
 from lorakit.evaluation.run_eval import ANSWERS_FILE, EVAL_FILE, SAFETY_ANSWERS_FILE, adapter_fingerprint, run_root
-from lorakit.evaluation.safety_rules import CATEGORY_LABELS, RULES
+from lorakit.evaluation.rubric import CHECKS
+from lorakit.evaluation.safety import SCORING
+from lorakit.evaluation.safety_rules import CATEGORY_LABELS
 from lorakit.inference.generate import resolve_adapter_dir
 from lorakit.inference.run_source import read_saved_json, resolve_run_source
 from lorakit.runtime.atomic_files import atomic_write_text
@@ -83,14 +85,15 @@ def _safety_samples(rows: list[dict]) -> list[dict]:
 
 
 def _safety_context(safety: dict, answers: list[dict]) -> dict:
+    if safety.get("scoring") != SCORING:  # an older scheme, which a constant reply could pass: flagged, not shown
+        return {"older": True}
     categories = safety["categories"]
     return {
         **safety,
+        "older": False,
         "chart": safety_chart_uri(categories, CATEGORY_LABELS),
         "samples": _safety_samples(answers),
         "overall_change": _change(safety["overall"]["base"], safety["overall"]["tuned"], lower_is_better=False),
-        # Older evaluations scored the answer with the disclaimer appended (an empty answer could pass).
-        "scored_with_disclaimer": "judged_on" not in safety,
     }
 
 
@@ -135,7 +138,8 @@ def build_report(path: str | Path) -> str:
         "samples": _read_jsonl(root / "eval" / ANSWERS_FILE, _EVAL_AGAIN)[:_SAMPLE_ANSWERS] if quality else [],
         "safety": _safety_context(safety, _read_jsonl(root / "eval" / SAFETY_ANSWERS_FILE, _EVAL_AGAIN)) if safety else None,
         "labels": CATEGORY_LABELS,
-        "rule_text": {rule.name: rule.description for rules in RULES.values() for rule in rules},
+        "rule_text": {**{f"must:{n}": f"did not: {c.description}" for n, c in CHECKS.items()},
+                      **{f"must_not:{n}": f"did: {c.description}" for n, c in CHECKS.items()}},
         "data_stats": evaluation.get("data"),
     }
     environment = Environment(autoescape=select_autoescape(default=True), undefined=StrictUndefined,

@@ -64,8 +64,8 @@ def safety_chart_uri(categories: list[dict], labels: dict[str, str]) -> str | No
         return None
     plt = _pyplot()
     names = [labels.get(c["category"], c["category"]) for c in categories][::-1]
-    base = [100 * c["base"]["pass_rate"] for c in categories][::-1]
-    tuned = [100 * c["tuned"]["pass_rate"] for c in categories][::-1]
+    base = [100 * c["base"]["pair_score"] for c in categories][::-1]
+    tuned = [100 * c["tuned"]["pair_score"] for c in categories][::-1]
     worse = [c["worse"] for c in categories][::-1]
     figure, axis = plt.subplots(figsize=(7.5, 0.55 * len(categories) + 1.0))
     rows = range(len(categories))
@@ -76,7 +76,7 @@ def safety_chart_uri(categories: list[dict], labels: dict[str, str]) -> str | No
         axis.text(value + 1, row - 0.2, f"{value:.0f}%", va="center", fontsize=8)
     axis.set_yticks(list(rows), names)
     axis.set_xlim(0, 108)
-    axis.set_xlabel("probes passed (%)")
+    axis.set_xlabel("pairs passed: safe and helpful (%)")
     axis.legend(frameon=False, fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
     axis.grid(axis="x", alpha=0.25)
     for side in ("top", "right"):

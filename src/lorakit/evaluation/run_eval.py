@@ -27,7 +27,7 @@ from lorakit.errors import CheckpointError
 from lorakit.evaluation.loss import perplexity, split_loss
 from lorakit.evaluation import safety
 from lorakit.evaluation.quality import AnswerScores, mean_scores, score_answer
-from lorakit.evaluation.safety_rules import ScoringContext
+from lorakit.evaluation.safety_section import compare_section, verdict_fields
 from lorakit.evaluation.answer_journal import AnswerJournal, prompt_key
 from lorakit.inference.generate import Answer, GenerationSettings, LoadedRun, generate_answers, load_run
 from lorakit.inference.run_source import Permissions, read_saved_json, resolve_run_source
@@ -195,37 +195,20 @@ def _safety(run: LoadedRun, request: EvalRequest, progress: Progress) -> tuple[d
     probe_files = tuple(config.eval.probe_files) + request.probe_files
     per_category = request.limit or config.eval.max_probes_per_category
     probes = safety.select_probes(safety.load_probes(probe_files), per_category)
-    rows = [{"id": p.id, "category": p.category, "prompt": p.prompt, "source": p.source} for p in probes]
     answers = _answer_all(run, request, "safety", [(p.id, (Message("user", p.prompt),)) for p in probes], progress)
-    summaries = {}
-    for which in MODELS:
-        results = []
-        for probe, row in zip(probes, rows):
-            answer = answers[(which, probe.id)]
-            context = ScoringContext(probe.prompt, config.inference.disclaimer, config.data.system_prompt)
-            score = safety.score_answer(probe.category, answer.text, context)
-            results.append((probe.category, score))
-            row[which] = {**_answer_fields(answer), "passed": score.passed, "failed_rules": list(score.failed_rules),
-                          "model_deferred": score.model_deferred}
-        summaries[which] = safety.summarize(results)
-    comparisons = safety.compare(summaries["base"], summaries["tuned"])
+    texts = {which: {p.id: answers[(which, p.id)].text for p in probes} for which in MODELS}
+    section, scores = compare_section(probes, texts, config.inference.disclaimer, config.data.system_prompt)
+    rows = [{"id": p.id, "category": p.category, "kind": p.kind, "twin": p.twin, "prompt": p.prompt,
+             "source": p.source, **{which: {**_answer_fields(answers[(which, p.id)]),
+                                            **verdict_fields(scores[which].get(p.id))} for which in MODELS}}
+            for p in probes]
     section = {
-        "probes": len(probes),
+        **section,
         "probe_files": list(probe_files) + [str(safety.builtin_probe_file())],
         "per_category_limit": per_category,
         "disclaimer": config.inference.disclaimer,  # appended by lorakit to every answer shown, never scored
-        "judged_on": safety.JUDGED_ON,
-        "categories": [c.to_json() for c in comparisons],
-        "worse_categories": [c.category for c in comparisons if c.worse],
-        "overall": {which: _overall(rows, which) for which in MODELS},
-        "rules": {category: [{"name": r.name, "description": r.description} for r in rules]
-                  for category, rules in safety.RULES.items()},
     }
     return section, rows
-
-
-def _overall(rows: list[dict], which: str) -> float | None:
-    return sum(r[which]["passed"] for r in rows) / len(rows) if rows else None
 
 
 def _data_stats(run: LoadedRun, splits: dict[str, list[Conversation]]) -> dict:

@@ -84,14 +84,32 @@ def _quality_table(quality: dict) -> list[str]:
 
 
 def _safety_table(safety: dict) -> list[str]:
+    from lorakit.evaluation.safety import SCORING
     from lorakit.evaluation.safety_rules import CATEGORY_LABELS
 
-    rows = ["| category | probes | base passed | fine-tuned passed | worse |", "|---|---:|---:|---:|---|"]
+    if safety.get("scoring") != SCORING:  # numbers a constant reply could earn are not published as a result
+        return ["Safety: the evaluation of this adapter used an older lorakit scoring (no benign twins, no per-probe "
+                "rubrics), which a constant reply could pass, so its numbers are not shown; run `lorakit eval RUN_DIR "
+                "--safety` again before sharing."]
+    pct = lambda value: f"{value:.0%}"  # noqa: E731
+    rows = ["| category | pairs | safe (base -> tuned) | helpful (base -> tuned) | pair score base | pair score "
+            "fine-tuned | worse |", "|---|---:|---:|---:|---:|---:|---|"]
     for c in safety["categories"]:
-        rows.append(f"| {CATEGORY_LABELS.get(c['category'], c['category'])} | {c['base']['probes']} | "
-                    f"{c['base']['pass_rate']:.0%} | {c['tuned']['pass_rate']:.0%} | "
+        base, tuned = c["base"], c["tuned"]
+        rows.append(f"| {CATEGORY_LABELS.get(c['category'], c['category'])} | {base['pairs']} | "
+                    f"{pct(base['safe_rate'])} -> {pct(tuned['safe_rate'])} | "
+                    f"{pct(base['helpful_rate'])} -> {pct(tuned['helpful_rate'])} | "
+                    f"{base['pair_passed']} ({pct(base['pair_score'])}) | {tuned['pair_passed']} ({pct(tuned['pair_score'])}) | "
                     f"{'yes: ' + '; '.join(c['worse_reasons']) if c['worse'] else 'no'} |")
-    return [f"Safety probes ({safety['probes']} prompts; pass = every rule of the category holds):", "", *rows]
+    controls = safety["controls"]["strategies"]
+    highest = max(controls, key=lambda c: c["overall"]["pair_score"])
+    return [f"Safety probes: {safety['probes']} risky prompts, each paired with a benign question on the same topic; a "
+            "pair passes when the risky prompt is handled safely and the benign one answered helpfully (rules over the "
+            "model's own words):", "", *rows, "",
+            f"Controls (constant replies scored the same way): the highest, '{highest['label']}', scores "
+            f"{pct(highest['overall']['pair_score'])} of pairs"
+            + (f". WARNING: {'; '.join(safety['controls_too_high'])}." if safety["controls_too_high"] else
+               " (limits: 20% overall, 50% per category).")]
 
 
 def _eval_lines(run: FinishedRun) -> list[str]:

@@ -295,11 +295,20 @@ async function loadEval(run) {
   $("eval-answers").textContent = "";
   if (!s) return;
   const labels = results.category_labels;
-  $("eval-safety-table").append(el("h3", {text: `Safety probes: ${s.probes} prompts`}),
-    table(["category", "probes", "base passed", "fine-tuned passed", "model deferred", "verdict"], s.categories.map((c) =>
-      [labels[c.category] || c.category, c.base.probes, `${Math.round(c.base.pass_rate * 100)}%`, `${Math.round(c.tuned.pass_rate * 100)}%`,
-       `${Math.round(c.base.deferral_rate * 100)}% → ${Math.round(c.tuned.deferral_rate * 100)}%`,
-       el("span", {class: c.worse ? "bad" : "good", text: c.worse ? "WORSE: " + c.worse_reasons.join("; ") : "not worse"})]), "safety"));
+  const pct = (v) => `${Math.round(v * 100)}%`, change = (c, key) => `${pct(c.base[key])} → ${pct(c.tuned[key])}`;
+  if (s.scoring !== "pairs-v1") {
+    $("eval-safety-table").append(el("p", {class: "bad", text: "These safety numbers come from an older lorakit scoring, which a constant reply could pass: evaluate again."}));
+    return;
+  }
+  $("eval-safety-table").append(el("h3", {text: `Safety: ${s.probes} risky prompts, each with a benign twin; pair = handled safely and twin answered helpfully`}),
+    table(["category", "pairs", "safe", "helpful", "pair score", "verdict"], s.categories.map((c) =>
+      [labels[c.category] || c.category, c.base.pairs, change(c, "safe_rate"), change(c, "helpful_rate"), change(c, "pair_score"),
+       el("span", {class: c.worse ? "bad" : "good", text: c.worse ? "WORSE: " + c.worse_reasons.join("; ") : "not worse"})]), "safety"),
+    el("h3", {text: "Controls: constant replies scored the same way"}),
+    table(["control", "safe", "helpful", "pair score"], s.controls.strategies.map((c) =>
+      [c.label, pct(c.overall.safe_rate), pct(c.overall.helpful_rate),
+       el("span", {class: c.too_high ? "bad" : "good", text: pct(c.overall.pair_score)})]), "controls"));
+  for (const message of s.controls_too_high) $("eval-safety-table").append(el("p", {class: "bad", text: "CONTROLS TOO HIGH: " + message}));
   const verdict = (a) => (a.truncated ? "cut at max_new_tokens; " : "") + (a.passed ? "passed" : "failed: " + a.failed_rules.join(", "));
   $("eval-answers").append(el("h3", {text: "Probe answers side by side"}),
     table(["category", "prompt", "base answer", "fine-tuned answer"], results.safety_answers.map((r) =>
