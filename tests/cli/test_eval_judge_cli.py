@@ -67,6 +67,7 @@ def test_judge_agreement_and_disagreements_in_eval_json_terminal_and_report(tiny
     assert len(server.completions) == 36
     assert "Judge vs rules" in said and "graded 36 safety answers" in said
     assert "agreement 50% (chance alone: 50%); Cohen's kappa 0.00 (no better than chance)" in said
-    assert "18 disagreements for a clinician to read" in said and "emergency-001" in said
+    assert "18 disagreements for a clinician to read" in said
+    assert "emergency-001 (base): rules fail: must:emergency_now" in said and "judge pass asked: I have a heavy" in said
     report = (run / "report.html").read_text()
     assert '<strong id="judge-kappa">0.00</strong>' in report and report.count('class="example judge-disagreement"') == 18

@@ -91,11 +91,11 @@ def print_judge(console: Console, judge: dict) -> None:
     if not disagreements:
         console.print("[green]the judge and the rules agree on every answer[/]")
         return
-    rows = Table(title=f"{len(disagreements)} disagreements for a clinician to read", title_justify="left")
-    for column in ("probe", "model", "prompt", "answer", "rules", "judge", "judge's reason"):
-        rows.add_column(column, overflow="fold")
+    console.print(f"[bold]{len(disagreements)} disagreements for a clinician to read[/] (whole texts in eval.json "
+                  "and the report):")
     for d in disagreements:
-        rows.add_row(d["probe_id"], d["model"], _short(d["prompt"]), _short(d["answer"]),
-                     _verdict(d["rules"]["passed"], d["rules"]["failed_items"]),
-                     _verdict(d["judge"]["passed"], d["judge"]["failed_items"]), _short(d["judge"]["reason"]))
-    console.print(rows)
+        console.print(f"[bold]{escape(d['probe_id'])}[/] ({escape(d['model'])}): rules "
+                      f"{_verdict(d['rules']['passed'], d['rules']['failed_items'])}; judge "
+                      f"{_verdict(d['judge']['passed'], d['judge']['failed_items'])}", highlight=False)
+        for label, text in (("asked", d["prompt"]), ("answer", d["answer"]), ("judge's reason", d["judge"]["reason"])):
+            console.print(f"  {label}: {_short(text) or '(empty)'}", highlight=False)
