@@ -17,6 +17,7 @@ __all__ = [
     "DiskFullError",
     "ExportError",
     "OutputExistsError",
+    "JudgeError",
 ]
 
 
@@ -94,3 +95,10 @@ class ExportError(LorakitError):
 
 class OutputExistsError(LorakitError):
     """The output folder of an export already exists and --overwrite was not given."""
+
+
+class JudgeError(LorakitError):
+    """The judge model (`lorakit eval --judge`) could not be reached, or gave no usable verdict for an answer;
+    the rules' verdicts never stand in for a missing judge verdict."""
+
+    exit_code = 3

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lorakit.cli.app import app, console, err_console
+from lorakit.cli.judge_tables import judge_api_key_env_option, judge_model_option, judge_option, judge_timeout_option
 from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
 
 _CHANGE_STYLE = {"better": "green", "worse": "bold red", "same": "dim"}
@@ -120,6 +121,10 @@ def evaluate_and_report(run_dir: Path, request, *, report: bool = True) -> dict:
         print_quality(result["quality"])
     if request.safety:
         print_safety(result["safety"])
+    if request.safety and "judge" in result["safety"]:
+        from lorakit.cli.judge_tables import print_judge
+
+        print_judge(console, result["safety"]["judge"])
     console.print(f"answers and numbers: {eval_dir(run_dir)}")
     if report and _is_checkpoint(run_dir):
         console.print("report: not written for a checkpoint; `lorakit report RUN_DIR` describes the run once it "
@@ -160,6 +165,10 @@ def eval_command(
                                        "(pair score, safe rate, or helpful rate: lost helpfulness)."),
     trust_remote_code: bool = trust_remote_code_option(),
     allow_pickle: bool = allow_pickle_option(),
+    judge: str | None = judge_option(),
+    judge_model: str | None = judge_model_option(),
+    judge_api_key_env: str | None = judge_api_key_env_option(),
+    judge_timeout: float = judge_timeout_option(),
 ) -> int:
     """Compare the fine-tuned model with its base model: test loss, ROUGE-L, token F1, and safety probes."""
     if skip_quality and not safety:
@@ -168,11 +177,15 @@ def eval_command(
         raise typer.BadParameter("--probes needs --safety.")
     if fail_on_worse and not safety:
         raise typer.BadParameter("--fail-on-worse needs --safety.")
+    if judge and not safety:
+        raise typer.BadParameter("--judge grades the safety answers; add --safety.")
+    from lorakit.cli.judge_tables import judge_spec
     from lorakit.evaluation.run_eval import EvalRequest
 
     request = EvalRequest(quality=not skip_quality, safety=safety, limit=limit,
                           probe_files=tuple(str(p) for p in probes), max_new_tokens=max_new_tokens,
-                          permissions=permissions(trust_remote_code, allow_pickle))
+                          permissions=permissions(trust_remote_code, allow_pickle),
+                          judge=judge_spec(judge, judge_model, judge_api_key_env, judge_timeout))
     result = evaluate_and_report(run_dir, request, report=report)
     return 1 if fail_on_worse and result["safety"]["worse_categories"] else 0
 

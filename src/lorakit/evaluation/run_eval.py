@@ -31,6 +31,7 @@ from lorakit.evaluation.safety_section import compare_section, verdict_fields
 from lorakit.evaluation.answer_journal import AnswerJournal, prompt_key
 from lorakit.inference.generate import Answer, GenerationSettings, LoadedRun, generate_answers, load_run
 from lorakit.inference.run_source import Permissions, read_saved_json, resolve_run_source
+from lorakit.evaluation.judge_client import JudgeSpec, open_judge
 from lorakit.runtime.atomic_files import atomic_write_text
 from lorakit.runtime.device import compute_dtype
 from lorakit.runtime.logging import get_logger
@@ -66,6 +67,7 @@ class EvalRequest:
     probe_files: tuple[str, ...] = ()
     max_new_tokens: int | None = None
     permissions: Permissions = Permissions()  # what the run's base model may do (its saved config cannot grant it)
+    judge: JudgeSpec | None = None  # a judge model that grades the safety answers beside the rules (evaluation/judge.py)
 
 
 def run_root(path: str | Path) -> Path:
@@ -230,10 +232,19 @@ def _merged(previous_path: Path, fingerprint: str, sections: dict) -> dict:
     return sections
 
 
+def _judge(judge, request: EvalRequest, run: LoadedRun, rows: list[dict], progress: Progress) -> dict:
+    from lorakit.evaluation.judge import judge_rows
+
+    probes = {p.id: p for p in safety.load_probes(tuple(run.config.eval.probe_files) + request.probe_files)}
+    return judge_rows(judge, request.judge, rows, probes, MODELS, progress)
+
+
 def evaluate_run(path: str | Path, request: EvalRequest, progress: Progress | None = None) -> dict:
     """Evaluate base vs fine-tuned for the run at `path`; returns what it wrote to eval/eval.json."""
     progress = progress or (lambda stage, done, total: None)
     started = time.perf_counter()
+    # Opened first: an unreachable judge server stops the eval before it spends minutes generating answers.
+    judge = open_judge(request.judge, **asdict(request.permissions)) if request.safety and request.judge else None
     run = load_run(path, permissions=request.permissions)
     out = eval_dir(path)
     fingerprint = adapter_fingerprint(run.adapter_dir)
@@ -246,6 +257,8 @@ def evaluate_run(path: str | Path, request: EvalRequest, progress: Progress | No
         _write_jsonl(out / ANSWERS_FILE, rows)
     if request.safety:
         sections["safety"], rows = _safety(run, request, progress)
+        if judge is not None:
+            sections["safety"]["judge"] = _judge(judge, request, run, rows, progress)
         _write_jsonl(out / SAFETY_ANSWERS_FILE, rows)
     sections["seconds"] = round(time.perf_counter() - started, 1)
     result = _merged(out / EVAL_FILE, fingerprint, sections)

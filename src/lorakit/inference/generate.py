@@ -22,7 +22,7 @@ from lorakit.model.quantize import nf4_config
 from lorakit.runtime.device import compute_dtype, pick_device
 
 __all__ = ["LoadedRun", "GenerationSettings", "Answer", "MODELS", "resolve_adapter_dir", "load_run", "stream_answer",
-           "generate_answer", "generate_answers", "stop_token_ids", "with_disclaimer"]
+           "generate_answer", "generate_answers", "stop_token_ids", "end_of_turn_ids", "with_disclaimer"]
 
 MODELS = ("base", "tuned")
 """What `generate_answers` can answer with: the base model (adapter switched off) or the fine-tuned one."""
@@ -95,6 +95,11 @@ def _template_end_of_turn_id(tokenizer) -> int | None:
         return tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
     except AnswerSpanError:  # a template training would refuse; chat still stops at the eos
         return None
+
+
+def end_of_turn_ids(model, tokenizer) -> list[int]:
+    """`stop_token_ids` for a model loaded without a run (the judge of `lorakit eval --judge`)."""
+    return _stop_token_ids(model, tokenizer)
 
 
 def _stop_token_ids(model, tokenizer) -> list[int]:
