@@ -268,7 +268,7 @@ def test_client_killed_mid_stream_frees_its_slot_and_stops_generation(run):
 
 def test_client_gone_while_waiting_non_streamed_is_cancelled(run):
     long_request = {"messages": QUESTION, "temperature": 1.0, "seed": 1, "max_tokens": 1500}
-    with serving(run, queue_size=2) as server:
+    with serving(run, queue_size=2, batch_size=1) as server:  # a full batch, so that the second one waits
         first = open_stream(server.port, long_request)
         read_until(first, b'"delta": {"content": ', timeout_s=30)
         import socket as sockets
