@@ -251,7 +251,9 @@ class ServeConfig(_Section):
     host: str = Field("127.0.0.1", min_length=1, description="Loopback by default; another address exposes the model.")
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = Field(None, min_length=1, description="Required as 'Authorization: Bearer KEY' when set.")
-    queue_size: int = Field(8, ge=1, le=1024, description="Requests waiting behind the one generating; more get 503.")
+    batch_size: int = Field(8, ge=1, le=256, description="Requests generating together (continuous batching: each "
+                            "joins at the next decoding step and leaves at its own end); 1 answers one at a time.")
+    queue_size: int = Field(8, ge=1, le=1024, description="Requests waiting behind those generating; more get 503.")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Larger request bodies are refused (413).")
     disclaimer: bool = Field(True, description="Append the run's inference.disclaimer to every answer.")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
+import itertools
 import json
 import re
 import threading
@@ -20,6 +22,7 @@ from lorakit.config import ServeConfig
 from lorakit.data.conversation import Message
 from lorakit.data.render import render_prompt_ids
 from lorakit.inference.generate import GenerationSettings, generate_answer, load_run
+from lorakit.inference.running_batch import RunningBatch
 from lorakit.inference.serve import create_app
 
 DISCLAIMER = "Not medical advice."  # the tiny run's inference.disclaimer (tests/conftest.py)
@@ -106,6 +109,45 @@ def test_seed_temperature_top_p_max_tokens_and_stop(server):
     assert stopped.finish_reason == "stop"
     short = api.chat.completions.create(**{**request, "max_tokens": 2})
     assert short.usage.completion_tokens == 2 and short.choices[0].finish_reason == "length"
+
+
+def _streamed_text(api: openai.OpenAI, messages: list[dict], max_tokens: int) -> str:
+    stream = api.chat.completions.create(model="run", messages=messages, max_tokens=max_tokens, stream=True)
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def test_concurrent_streams_share_the_batch_and_each_equals_its_one_at_a_time_answer(run, server, monkeypatch):
+    """Greedy requests of different lengths join while another streams and leave at their own max_tokens; a
+    client that leaves mid-batch stops only its own row. Each text equals `lorakit chat`'s answer."""
+    sizes: list[int] = []
+    step = RunningBatch.step
+
+    def recorded_step(batch: RunningBatch):
+        sizes.append(len(batch))
+        time.sleep(0.005)  # the first answer is still streaming when the others join
+        return step(batch)
+
+    monkeypatch.setattr(RunningBatch, "step", recorded_step)
+    requests = [([{"role": "user", "content": "What do kidneys do all day long? Explain it in some detail."}], 12),
+                ([{"role": "user", "content": "Fever?"}], 25),
+                ([{"role": "system", "content": "Answer briefly."}, *QUESTION], 7)]
+    before = server.health()["finished"]
+    api = client(server)
+    first = api.chat.completions.create(model="run", messages=QUESTION, max_tokens=60, stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in itertools.islice(first, 3) if c.choices]
+    leaving = open_stream(server.port, {"messages": QUESTION, "temperature": 1.0, "seed": 1, "max_tokens": 1500})
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        joined = [pool.submit(_streamed_text, client(server), messages, n) for messages, n in requests]
+        read_until(leaving, b'"delta": {"content": ')
+        leaving.close()
+        pieces += [c.choices[0].delta.content or "" for c in first if c.choices]
+        texts = [future.result(timeout=120) for future in joined]
+    assert "".join(pieces) == f"{chat_answer(run, QUESTION, max_new_tokens=60)}\n\n{DISCLAIMER}"
+    for (messages, n), text in zip(requests, texts):
+        assert text == f"{chat_answer(run, messages, max_new_tokens=n)}\n\n{DISCLAIMER}"
+    assert max(sizes) >= 3, sizes  # they did share the batch
+    finished = server.wait_idle()["finished"]
+    assert finished.get("cancelled", 0) - before.get("cancelled", 0) == 1
 
 
 def test_models_and_health(server):
@@ -240,7 +282,7 @@ def test_16_concurrent_clients_against_a_queue_of_4(run):
                 refused = [o for o in outcomes if isinstance(o, openai.APIStatusError)]
                 assert len(answered) + len(refused) == 16
                 assert all(o.choices[0].message.content.endswith(DISCLAIMER) for o in answered)
-                # At least the first 4 fit the queue; with 16 at once while one generates, some must be refused.
+                # At least 4 fit the queue; of 16 at once, at most 8 (the batch) + 4 (the queue) are answered.
                 assert len(answered) >= 4 and refused, [type(o).__name__ for o in outcomes]
                 for error in refused:
                     assert error.status_code == 503 and int(error.response.headers["Retry-After"]) >= 1
@@ -275,7 +317,7 @@ def test_client_killed_mid_stream_frees_its_slot_and_stops_generation(run):
 
 def test_client_gone_while_waiting_non_streamed_is_cancelled(run):
     long_request = {"messages": QUESTION, "temperature": 1.0, "seed": 1, "max_tokens": 1500}
-    with serving(run, queue_size=2) as server:
+    with serving(run, queue_size=2, batch_size=1) as server:  # a full batch, so that the second one waits
         first = open_stream(server.port, long_request)
         read_until(first, b'"delta": {"content": ', timeout_s=30)
         import socket as sockets

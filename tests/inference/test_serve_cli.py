@@ -32,15 +32,17 @@ def served(monkeypatch) -> list:
 def test_defaults_bind_loopback(served, tmp_path, monkeypatch):
     monkeypatch.delenv("LORAKIT_API_KEY", raising=False)
     assert run_cli(["serve", str(tmp_path)]) == 0
-    assert served == [(tmp_path, ServeConfig(host="127.0.0.1", port=8000, api_key=None, queue_size=8, disclaimer=True),
+    assert served == [(tmp_path, ServeConfig(host="127.0.0.1", port=8000, api_key=None, batch_size=8, queue_size=8,
+                                             disclaimer=True),
                        Permissions(trust_remote_code=False, allow_pickle=False))]
 
 
 def test_options_reach_serve_run(served, tmp_path):
     argv = ["serve", str(tmp_path), "--host", "0.0.0.0", "--port", "9001", "--api-key", "k3y", "--queue-size", "3",
-            "--no-disclaimer", "--trust-remote-code", "--allow-pickle"]
+            "--batch-size", "2", "--no-disclaimer", "--trust-remote-code", "--allow-pickle"]
     assert run_cli(argv) == 0
-    assert served == [(tmp_path, ServeConfig(host="0.0.0.0", port=9001, api_key="k3y", queue_size=3, disclaimer=False),
+    assert served == [(tmp_path, ServeConfig(host="0.0.0.0", port=9001, api_key="k3y", batch_size=2, queue_size=3,
+                                             disclaimer=False),
                        Permissions(trust_remote_code=True, allow_pickle=True))]
 
 

@@ -23,8 +23,10 @@ def serve(
         None, "--api-key", envvar="LORAKIT_API_KEY",
         help="Require 'Authorization: Bearer KEY' (or set LORAKIT_API_KEY).",
     ),
+    batch_size: int = typer.Option(_DEFAULTS.batch_size, "--batch-size", min=1, max=256,
+                                   help="Requests generating together (continuous batching); 1 answers one at a time."),
     queue_size: int = typer.Option(_DEFAULTS.queue_size, "--queue-size", min=1, max=1024,
-                                   help="Requests that may wait behind the one generating; more get 503."),
+                                   help="Requests that may wait behind those generating; more get 503."),
     no_disclaimer: bool = typer.Option(False, "--no-disclaimer", help="Do not append the run's disclaimer to answers."),
     trust_remote_code: bool = trust_remote_code_option(),
     allow_pickle: bool = allow_pickle_option(),
@@ -34,5 +36,6 @@ def serve(
 
     if api_key is not None and not api_key.strip():
         raise typer.BadParameter("--api-key is empty")
-    options = ServeConfig(host=host, port=port, api_key=api_key, queue_size=queue_size, disclaimer=not no_disclaimer)
+    options = ServeConfig(host=host, port=port, api_key=api_key, batch_size=batch_size, queue_size=queue_size,
+                          disclaimer=not no_disclaimer)
     serve_run(run_dir, options, permissions(trust_remote_code, allow_pickle))

@@ -1,8 +1,11 @@
-"""One model, one generation at a time: a bounded queue of jobs served by a single worker thread.
+"""One model, many answers at once: a bounded queue of jobs served by one worker thread that batches them.
 
 The server's request handlers only enqueue jobs and read their events, so a slow model never blocks the event
-loop, and a full queue is refused at once (503) instead of piling up memory. A job whose client left is
-cancelled: the worker skips it if it was still waiting, or stops generating at the next token.
+loop, and a full queue is refused at once (503) instead of piling up memory. The worker decodes up to
+`batch_size` jobs together (continuous batching, inference/running_batch.py): a job joins the running batch
+between two decoding steps and leaves at its own end-of-turn, stop string or max_tokens, and its text streams
+as its own tokens arrive. A job whose client left is cancelled: skipped if it was still waiting, otherwise
+dropped from the batch at the next step.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria
+from transformers import TextStreamer
 
 from lorakit.data.conversation import Message
+from lorakit.data.render import render_prompt_ids
 from lorakit.inference.answer_text import AnswerText
-from lorakit.inference.decode import Decoded
-from lorakit.inference.generate import GenerationSettings, LoadedRun, stream_answer
+from lorakit.inference.generate import GenerationSettings, LoadedRun, _pad_id, stop_token_ids
+from lorakit.inference.running_batch import NewToken, RowRequest, RunningBatch, batching_blocker
 
 __all__ = ["TextPiece", "JobFinished", "JobFailed", "GenerationJob", "GenerationQueue"]
 
@@ -63,25 +67,60 @@ class GenerationJob:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-class _StopWhenSet(StoppingCriteria):
-    """Ends generation after the current token once `cancel` is set (client gone, stop string seen)."""
+class _PieceStreamer(TextStreamer):
+    """transformers' TextStreamer (what `lorakit chat` streams with), collecting the pieces instead of printing."""
 
-    def __init__(self, cancel: threading.Event):
-        self.cancel = cancel
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, skip_prompt=False, skip_special_tokens=True)
+        self.pieces: list[str] = []
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.pieces.append(text)
+
+
+class _Live:
+    """A job in the running batch: its text so far, cut at its stop strings."""
+
+    def __init__(self, job: GenerationJob, tokenizer):
+        self.job = job
+        self.text = AnswerText(job.stop)
+        self.streamer = _PieceStreamer(tokenizer)
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def take(self, token: int, ended: bool) -> None:
+        """Stream the text this token completes (nothing once the client has left)."""
+        self.tokens += 1
+        self.streamer.put(torch.tensor([token]))
+        if ended:
+            self.streamer.end()
+        pieces, self.streamer.pieces = self.streamer.pieces, []
+        for piece in pieces:
+            if (sent := self.text.feed(piece)) and not self.job.cancel.is_set():
+                _emit(self.job, TextPiece(sent))
+
+    def finished(self, reason: str) -> JobFinished:
+        if (rest := self.text.finish()) and not self.job.cancel.is_set():
+            _emit(self.job, TextPiece(rest))
+        return JobFinished("stop" if self.text.stopped else reason, self.tokens, self.text.sent)
 
 
 class GenerationQueue:
-    """At most `max_waiting` jobs wait behind the one generating; `submit` refuses more."""
+    """Up to `batch_size` jobs generate together and at most `max_waiting` wait behind them; `submit` refuses more.
 
-    def __init__(self, run: LoadedRun, max_waiting: int):
+    batch_size 1 answers one request at a time (the studio's single user)."""
+
+    def __init__(self, run: LoadedRun, max_waiting: int, batch_size: int = 1):
         self.run = run
+        if batch_size > 1 and (blocker := batching_blocker(run.model)):
+            log.warning("Answering one request at a time: %s, which batching cannot pad.", blocker)
+            batch_size = 1
+        self.batch_size = batch_size
         self._waiting: queue.Queue[GenerationJob | None] = queue.Queue(maxsize=max_waiting)
         self._thread = threading.Thread(target=self._work, name="lorakit-generation", daemon=True)
         self._lock = threading.Lock()  # guards the fields below, which /health reads from the event loop
-        self._current: GenerationJob | None = None
+        self._live: dict[int, _Live] = {}  # by id(job): the batch's row keys
         self._seconds_per_job = 1.0  # running mean, for Retry-After
         self.finished = Counter()
         self.tokens_generated = 0
@@ -90,10 +129,10 @@ class GenerationQueue:
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the job generating (after its current token) and the worker; waiting jobs are not run."""
+        """Stop the jobs generating (at the next step) and the worker; waiting jobs are not run."""
         with self._lock:
-            if self._current is not None:
-                self._current.cancel.set()
+            for live in self._live.values():
+                live.job.cancel.set()
         while True:
             try:
                 job = self._waiting.get_nowait()
@@ -114,32 +153,82 @@ class GenerationQueue:
         return True
 
     def retry_after_s(self) -> int:
-        """Seconds until a slot is likely free: the waiting jobs times the mean job duration."""
-        return max(1, math.ceil((self._waiting.qsize() + 1) * self._seconds_per_job))
+        """Seconds until a slot is likely free: the jobs ahead, `batch_size` at a time, at the mean job duration."""
+        return max(1, math.ceil((self._waiting.qsize() + 1) * self._seconds_per_job / self.batch_size))
 
     def status(self) -> dict:
         with self._lock:
             return {"waiting": self._waiting.qsize(), "max_waiting": self._waiting.maxsize,
-                    "generating": self._current is not None, "finished": dict(self.finished),
-                    "tokens_generated": self.tokens_generated}
+                    "generating": bool(self._live), "batch": len(self._live), "batch_size": self.batch_size,
+                    "finished": dict(self.finished), "tokens_generated": self.tokens_generated}
 
     def _work(self) -> None:
-        while (job := self._waiting.get()) is not None:
-            if job.cancel.is_set():
-                self._record(job, JobFinished("cancelled", 0, ""))
-                continue
-            with self._lock:
-                self._current = job
-            started = time.perf_counter()
+        batch = RunningBatch(self.run.model, stop_ids=stop_token_ids(self.run), pad_id=_pad_id(self.run),
+                             device=self.run.device)
+        stopping = False
+        while not (stopping and not batch):
+            arrived, stopping = self._arrivals(block=not batch, stopping=stopping)
             try:
-                outcome = self._generate(job)
-            except Exception as exc:  # the request gets a 500; the worker keeps serving
+                if arrived:
+                    self._take(batch, batch.join(arrived))
+                if cancelled := [key for key in batch.keys if self._live[key].job.cancel.is_set()]:
+                    batch.leave(cancelled)
+                    for key in cancelled:
+                        self._finish(key, "cancelled")
+                if batch:
+                    self._take(batch, batch.step())
+            except Exception as exc:  # every job in the batch gets a 500; the worker keeps serving
                 log.exception("generation failed")
-                outcome = JobFailed(exc)
-            self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (time.perf_counter() - started)
-            with self._lock:
-                self._current = None
-            self._record(job, outcome)
+                for key in list(self._live):
+                    self._finish(key, JobFailed(exc))
+                batch = RunningBatch(batch.model, stop_ids=stop_token_ids(self.run), pad_id=_pad_id(self.run),
+                                     device=self.run.device)
+
+    def _arrivals(self, block: bool, stopping: bool) -> tuple[list[RowRequest], bool]:
+        """Rows for the jobs that fit the batch now (waiting for one when it is empty); True once told to stop."""
+        rows: list[RowRequest] = []
+        while not stopping and len(self._live) < self.batch_size:
+            try:
+                job = self._waiting.get(block=block and not rows)
+            except queue.Empty:
+                break
+            if job is None:
+                stopping = True
+            elif job.cancel.is_set():
+                self._record(job, JobFinished("cancelled", 0, ""))
+            else:
+                rows.append(self._admit(job))
+        return [row for row in rows if row is not None], stopping
+
+    def _admit(self, job: GenerationJob) -> RowRequest | None:
+        try:
+            prompt = render_prompt_ids(job.messages, self.run.tokenizer, self.run.system_prompt)
+        except Exception as exc:  # this request gets a 500; the others go on
+            log.exception("rendering the prompt failed")
+            self._record(job, JobFailed(exc))
+            return None
+        generator = None
+        if job.seed is not None and job.settings.temperature > 0:
+            generator = torch.Generator(device=self.run.device).manual_seed(job.seed)
+        with self._lock:
+            self._live[id(job)] = _Live(job, self.run.tokenizer)
+        return RowRequest(id(job), prompt, job.settings, generator)
+
+    def _take(self, batch: RunningBatch, tokens: list[NewToken]) -> None:
+        for new in tokens:
+            live = self._live[new.key]
+            live.take(new.token, ended=new.finish_reason is not None)
+            if new.finish_reason is not None:
+                self._finish(new.key, new.finish_reason)
+            elif live.text.stopped:  # a stop string
+                batch.leave([new.key])
+                self._finish(new.key, "stop")
+
+    def _finish(self, key: int, outcome: str | JobFailed) -> None:
+        with self._lock:
+            live = self._live.pop(key)
+        self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (time.perf_counter() - live.started)
+        self._record(live.job, outcome if isinstance(outcome, JobFailed) else live.finished(outcome))
 
     def _record(self, job: GenerationJob, outcome: JobFinished | JobFailed) -> None:
         with self._lock:
@@ -149,27 +238,6 @@ class GenerationQueue:
             else:
                 self.finished["error"] += 1
         _emit(job, outcome)
-
-    def _generate(self, job: GenerationJob) -> JobFinished:
-        if job.seed is not None:
-            torch.manual_seed(job.seed)  # generation is serialized, so the global generator is ours
-        text = AnswerText(job.stop)
-        ended: list[Decoded] = []
-        # Read the stream to its end even after a stop string, so that `on_end` reports the tokens generated.
-        for piece in stream_answer(self.run, job.messages, job.settings, stopping_criteria=[_StopWhenSet(job.cancel)],
-                                   on_end=ended.append):
-            if (sent := text.feed(piece)) and not job.cancel.is_set():
-                _emit(job, TextPiece(sent))
-            if text.stopped:
-                job.cancel.set()
-        decoded = ended[0]
-        if text.stopped:
-            reason = "stop"
-        else:
-            if (rest := text.finish()) and not job.cancel.is_set():
-                _emit(job, TextPiece(rest))
-            reason = decoded.finish_reason  # 'stop' (end of turn), 'length' or 'cancelled' (client gone)
-        return JobFinished(reason, len(decoded.token_ids), text.sent)
 
 
 def _emit(job: GenerationJob, event: JobEvent) -> None:

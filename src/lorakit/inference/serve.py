@@ -2,7 +2,9 @@
 
 Routes: POST /v1/chat/completions (plain or server-sent events), GET /v1/models, GET /health. Prompts are
 rendered by data/render.py with the run's system prompt, exactly as `lorakit chat` does; one worker thread
-generates (inference/generation_queue.py), and a full queue answers 503 with Retry-After, as Ollama does.
+decodes up to `batch_size` requests together, each joining the running batch at its next decoding step and
+leaving at its own end (inference/generation_queue.py, running_batch.py), and a full queue answers 503 with
+Retry-After, as Ollama does.
 Other web pages in the user's browser are kept out (runtime/local_http.py): on a loopback address the Host
 must name this machine (DNS rebinding), a browser's foreign Origin is refused (403), and a POST body must be
 declared `application/json` (415), which an HTML form cannot do.
@@ -100,7 +102,8 @@ class _Server:
 def create_app(run: LoadedRun, options: ServeConfig) -> FastAPI:
     """The ASGI app for one loaded run; the generation worker starts and stops with the app's lifespan."""
     server = _Server(
-        run=run, options=options, queue=GenerationQueue(run, options.queue_size), model_id=served_model_id(run),
+        run=run, options=options, queue=GenerationQueue(run, options.queue_size, options.batch_size),
+        model_id=served_model_id(run),
         # The model's own limit, as vLLM's max_model_len; model.max_length was the training length.
         context_tokens=int(run.model.config.max_position_embeddings),
         defaults=GenerationSettings.from_config(run.config),
