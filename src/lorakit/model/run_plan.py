@@ -25,6 +25,7 @@ __all__ = [
     "planned_length",
     "train_settings",
     "plan_training",
+    "refusal_advice",
     "resolve_auto_settings",
     "device_memory_bytes",
     "parse_memory_size",
@@ -136,12 +137,38 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
         raise ConfigError("memory plan", [
             f"{model_config.get('model_type', 'this model')} at model.max_length={config.model.max_length} needs at least "
             f"{smallest.estimate.peak_on_gpu() / GIB:.1f} GiB of GPU memory (micro-batch {smallest.micro_batch}, "
-            f"{smallest.settings.quantization}, every layer checkpointed), but {gpu_memory_bytes / GIB:.1f} GiB is available.",
-            "Lower model.max_length, use model.quantization: nf4 (or auto), or pick a smaller model.",
+            f"{smallest.settings.quantization}, checkpointing "
+            f"{checkpointing_text(smallest.settings.checkpointed_layers, shape.layers, smallest.settings.offload_activations)}"
+            f"), but {gpu_memory_bytes / GIB:.1f} GiB is available.",
+            refusal_advice(config),
         ])
     settings = chosen.settings
     return TrainingPlan(settings.quantization, chosen.micro_batch, settings.checkpointed_layers,
                         settings.offload_activations, chosen, candidates, gpu_memory_bytes, shape.layers)
+
+
+def refusal_advice(config: RunConfig) -> str:
+    """What the user can change when nothing fits: only the levers the config has not already pulled (advising
+    nf4 to a run that already tried nf4 sends the user round in a circle).
+
+    >>> from lorakit.config import RunConfig
+    >>> nf4 = RunConfig.model_validate({"model": {"quantization": "nf4"}, "data": {"train_file": "x.jsonl"},
+    ...                                 "training": {"batch_size": "auto", "gradient_checkpointing": "auto"}})
+    >>> refusal_advice(nf4)
+    'Lower model.max_length, or pick a smaller model or a GPU with more memory.'
+    >>> fixed = RunConfig.model_validate({"model": {"quantization": "none"}, "data": {"train_file": "x.jsonl"},
+    ...                                   "training": {"batch_size": 4, "gradient_checkpointing": False}})
+    >>> refusal_advice(fixed)
+    'Lower model.max_length, use model.quantization: nf4 (or auto), set training.batch_size: auto, set training.gradient_checkpointing: auto, or pick a smaller model or a GPU with more memory.'
+    """
+    levers = ["Lower model.max_length"]
+    if config.model.quantization == "none":  # auto already tried nf4 where bitsandbytes is there
+        levers.append("use model.quantization: nf4 (or auto)")
+    if config.training.batch_size != "auto" and config.training.batch_size > 1:
+        levers.append("set training.batch_size: auto")
+    if config.training.gradient_checkpointing is False:
+        levers.append("set training.gradient_checkpointing: auto")
+    return ", ".join(levers) + ", or pick a smaller model or a GPU with more memory."
 
 
 def planned_length(config: RunConfig, longest_example: int | None) -> int:
