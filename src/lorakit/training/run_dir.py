@@ -36,6 +36,7 @@ __all__ = ["FINAL", "create_output_dir", "first_missing_folder", "remove_unused_
            "finished_steps", "finished_error", "resume_state"]
 
 FINAL = "final"  # the finished adapter; its presence marks the run finished
+EXPORT = "export"  # `lorakit export`'s default output folders (export/FORMAT)
 
 log = get_logger("training.run_dir")
 
@@ -45,6 +46,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     # Leftovers of a run killed mid-write go first; a run killed before its first checkpoint holds nothing.
     remove_abandoned_staging(run_dir)
     remove_abandoned_staging(run_dir / CHECKPOINTS)
+    remove_abandoned_staging(run_dir / EXPORT)  # a killed export's staging folder (exports take this lock too)
     holds_run = bool(list_checkpoints(run_dir)) or (run_dir / FINAL).exists()
     if holds_run and not resume and not overwrite:
         raise CheckpointError(
@@ -52,7 +54,8 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
             hint="Pass --resume to continue it, --overwrite to start again from scratch, or set another output_dir.",
         )
     if overwrite and not resume:
-        for name in ("checkpoints", FINAL, "tensorboard", "metrics.jsonl", "manifest.json", "loss_curve.png"):
+        # export/ too: exports of the old adapter must not sit beside the new one's final/.
+        for name in ("checkpoints", FINAL, EXPORT, "tensorboard", "metrics.jsonl", "manifest.json", "loss_curve.png"):
             target = run_dir / name
             remove_directory(target) if target.is_dir() else target.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
