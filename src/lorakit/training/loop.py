@@ -410,6 +410,11 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step, pre
         raise _numerical_fault(session, step, groups, f"The loss became {step_loss}")
     if scaler is None and not math.isfinite(norm):
         raise _numerical_fault(session, step, groups, f"The gradient norm became {norm}")
+    if step_loss == 0.0 and target_tokens > 0:
+        # Cross-entropy over answer tokens is exactly 0 only when nothing is left to learn from (every gradient
+        # is 0): a broken loss or labels, or logits so saturated that the run has collapsed. Silently continuing
+        # would log a perfect loss for a run that no longer trains.
+        raise _numerical_fault(session, step, groups, "The loss became exactly 0.0 (every gradient is zero)")
     try:
         if scaler is not None:
             scaler.step(optimizer)  # skips the step on inf/nan gradients and lowers the scale
@@ -485,8 +490,11 @@ def _step_with_oom_retry(session, state, groups, position, params, optimizer, sc
             state.checkpointed_layers = state.offload_activations = None
             path = _save_checkpoint(session, run_dir, optimizer, scheduler, scaler, state)
             session.ranks.barrier()  # no rank exits (and has the launcher stop rank 0) before the save is done
+            examples = session.data.splits.train
+            longest = max((examples[i] for group in groups for i in group), key=lambda e: len(e.input_ids))
             raise TrainingError(f"Out of memory at step {state.step + 1} even with micro-batch 1. Saved a resumable "
-                                f"checkpoint at {path}.", hint=OOM_ADVICE)
+                                f"checkpoint at {path}. The step's longest example is {longest.source}:{longest.line} "
+                                f"({len(longest.input_ids)} tokens).", hint=OOM_ADVICE)
         state.micro_batch_size = halved(micro)
         state.gradient_accumulation_steps = accumulation_after_split(
             cfg.training.gradient_accumulation_steps, cfg.training.batch_size, state.micro_batch_size)
