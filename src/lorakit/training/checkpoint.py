@@ -166,6 +166,12 @@ def save_checkpoint(
             hint="Free space (or move output_dir to a larger disk), then continue with `lorakit train CONFIG --resume`."
             if previous else exc.hint,
         ) from None
+    # Read the new checkpoint back before pruning: an older one is deleted only once a newer one verifies.
+    problem = verify_checkpoint(target)
+    if problem is not None:
+        raise CheckpointError(f"Checkpoint {target.name} does not read back as written ({problem}); the older "
+                              "checkpoints are kept.", hint="Check the disk (dmesg, SMART), then continue with "
+                              "`lorakit train CONFIG --resume`.")
     best = best_checkpoint_step(state)
     for old in list_checkpoints(run_dir)[:-keep]:
         if best is None or old != checkpoint_dir(run_dir, best):
