@@ -53,6 +53,7 @@ from lorakit.training.dataset import PreparedData, prepare_data
 from lorakit.training.finalize import TrainResult, finalize_run
 from lorakit.training.run_dir import (
     FINAL,
+    check_space_for_checkpoints,
     create_output_dir,
     first_missing_folder,
     prepare_run_dir,
@@ -253,6 +254,9 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     for warning in interval_warnings(session.config.training, has_validation=bool(session.data.splits.validation)):
         log.warning(warning)
     params = [p for p in session.model.parameters() if p.requires_grad]
+    if ranks.is_main:
+        check_space_for_checkpoints(run_dir, sum(p.numel() * p.element_size() for p in params),
+                                    config.training.save_total_limit, config.training.early_stopping_patience is not None)
     from lorakit.training.schedule import build_optimizer, build_scheduler
 
     optimizer = build_optimizer(session.model, config.training)
