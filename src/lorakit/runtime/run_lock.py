@@ -45,9 +45,9 @@ def hold_run_lock(run_dir: Path, activity: str = "training") -> Iterator[None]:
                 hint="Wait for it to finish or stop it, or set another output_dir.",
             ) from None
         stale_pid, stale_activity = _holder(fd)
-        if stale_pid != "unknown":
+        if stale_activity is not None:  # (a lock file of an older lorakit holds a pid alone, released or not)
             log.warning("Took over the lock of %s from pid %s (%s), which ended without releasing it (killed or "
-                        "crashed); its leftovers are cleaned up.", run_dir, stale_pid, stale_activity or "training")
+                        "crashed); its leftovers are cleaned up.", run_dir, stale_pid, stale_activity)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {activity}".encode(), 0)
         try:
