@@ -189,9 +189,11 @@ class FakeHub:
 
     def _api(self, request, rest: str, token: str | None, head: bool) -> None:
         if "/revision/" in rest:
-            repo_id = rest.split("/revision/")[0]
+            repo_id, _, revision = rest.partition("/revision/")
             repo = self._repo_or_error(request, repo_id, token, head)
-            if repo is not None:
+            if repo is not None and revision not in ("main", COMMIT):  # a branch or tag that no longer exists
+                self._error(request, 404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
+            elif repo is not None:
                 files = [{"rfilename": p.name} for p in sorted(repo.directory.iterdir()) if p.is_file()]
                 self._json(request, {"id": repo_id, "sha": COMMIT, "siblings": files, "gated": repo.gated}, head)
         elif "/tree/" in rest:

@@ -28,8 +28,10 @@ def _run_lorakit(directory: Path, endpoint: str, repo_id: str, token: str | None
     directory.mkdir()
     data = write_qa_jsonl(directory / "qa.jsonl")
     config = directory / "config.yaml"
+    repo_id, _, revision = repo_id.partition("@")  # "owner/name@rev" pins model.revision
     config.write_text(yaml.safe_dump({
-        "output_dir": str(directory / "run"), "model": {"name": repo_id, "max_length": 128},
+        "output_dir": str(directory / "run"),
+        "model": {"name": repo_id, "max_length": 128, **({"revision": revision} if revision else {})},
         "training": {"batch_size": 2, "max_steps": 1}, "data": {"train_file": str(data)},
     }))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
@@ -63,6 +65,7 @@ SCENARIOS = {
     "server-error": ("lorakit-tests/broken-llama", None, False, "hub"),
     "unavailable": ("lorakit-tests/down-llama", None, False, "hub"),
     "cut-mid-file": ("lorakit-tests/cut-llama", None, False, "hub"),
+    "gone-revision": ("lorakit-tests/tiny-llama@v0-deleted", None, False, "hub"),
 }
 
 
@@ -186,3 +189,9 @@ def test_hub_faults_a_download_cut_mid_file_is_one_message(outcomes):
     assert error.startswith("error: The connection to http://127.0.0.1:")
     assert "broke while downloading lorakit-tests/cut-llama (RemoteProtocolError: " in error
     assert hint.startswith("hint: Run the command again: files that finished stay in the Hugging Face cache")
+
+
+def test_hub_faults_a_revision_that_no_longer_exists_is_named(outcomes):
+    error, hint = _assert_one_message(outcomes[0]["gone-revision"][0])
+    assert error == "error: lorakit-tests/tiny-llama has no revision 'v0-deleted'."
+    assert hint.startswith("hint: Check model.revision against http://127.0.0.1:")
