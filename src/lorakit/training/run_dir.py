@@ -14,7 +14,6 @@ from lorakit.runtime.logging import get_logger
 from lorakit.training.checkpoint import (
     CHECKPOINTS,
     TrainerState,
-    check_same_run,
     latest_good_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -23,6 +22,7 @@ from lorakit.training.checkpoint import (
     verify_checkpoint,
 )
 from lorakit.training.resume_drift import (
+    check_same_run,
     current_environment,
     environment_changes,
     flat_settings,
