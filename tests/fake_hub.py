@@ -12,6 +12,10 @@ POST /api/models/{repo}/commit/{rev} (NDJSON, files base64), after POST /api/val
 `add_created` makes one that exists already (create then answers 409 with the repo's `url`, as the Hub does, which
 `create_repo(exist_ok=True)` reads), and GET /api/models/{repo} (`repo_info`) reports its `private` flag.
 `forbidden_namespaces` answers create with 403; `drop_commit=True` closes the connection mid-commit.
+
+Faults of one repo (`add(..., fault=...)`): an HTTP status (429, 500, 503, with `retry_after` as a Retry-After
+header) for every request about it, or "cut": file downloads send their full Content-Length but only half the
+bytes, then close the connection (a download cut mid-file, every time).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -42,6 +47,8 @@ class FakeRepo:
     directory: Path
     gated: bool = False
     granted_tokens: set[str] = field(default_factory=set)
+    fault: int | str | None = None  # an HTTP status for every request, or "cut": file bodies stop halfway
+    retry_after: str | None = None  # the Retry-After header sent with a fault status
 
 
 class FakeHub:
@@ -79,8 +86,9 @@ class FakeHub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def add(self, repo_id: str, directory: Path, *, gated: bool = False, granted_tokens: set[str] | None = None) -> None:
-        self.repos[repo_id] = FakeRepo(Path(directory), gated, set(granted_tokens or ()))
+    def add(self, repo_id: str, directory: Path, *, gated: bool = False, granted_tokens: set[str] | None = None,
+            fault: int | str | None = None, retry_after: str | None = None) -> None:
+        self.repos[repo_id] = FakeRepo(Path(directory), gated, set(granted_tokens or ()), fault, retry_after)
 
     def add_created(self, repo_id: str, *, private: bool) -> None:
         """A repo that exists on the fake Hub before the test uploads to it."""
@@ -172,13 +180,20 @@ class FakeHub:
         if repo is None:
             # Like the Hub: anonymous callers get 401 for a missing repo (it might be private), others 404.
             self._error(request, 401 if token is None else 404, "RepoNotFound", "Repository not found", head)
+        elif isinstance(repo.fault, int):
+            body = json.dumps({"error": HTTPStatus(repo.fault).phrase}).encode()
+            headers = {"Content-Type": "application/json", **({"Retry-After": repo.retry_after} if repo.retry_after else {})}
+            self._send(request, repo.fault, body, headers, head)
+            return None
         return repo
 
     def _api(self, request, rest: str, token: str | None, head: bool) -> None:
         if "/revision/" in rest:
-            repo_id = rest.split("/revision/")[0]
+            repo_id, _, revision = rest.partition("/revision/")
             repo = self._repo_or_error(request, repo_id, token, head)
-            if repo is not None:
+            if repo is not None and revision not in ("main", COMMIT):  # a branch or tag that no longer exists
+                self._error(request, 404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
+            elif repo is not None:
                 files = [{"rfilename": p.name} for p in sorted(repo.directory.iterdir()) if p.is_file()]
                 self._json(request, {"id": repo_id, "sha": COMMIT, "siblings": files, "gated": repo.gated}, head)
         elif "/tree/" in rest:
@@ -209,6 +224,16 @@ class FakeHub:
         data = file.read_bytes()
         headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
                    "Content-Type": "application/octet-stream"}
+        if repo.fault == "cut" and not head:
+            request.send_response(200)
+            for key, value in {**headers, "Content-Length": str(len(data))}.items():
+                request.send_header(key, value)
+            request.end_headers()
+            request.wfile.write(data[: len(data) // 2])
+            request.wfile.flush()
+            request.close_connection = True
+            request.connection.shutdown(2)
+            return
         self._send(request, 200, data, headers, head)
 
     # --- responses ----------------------------------------------------------------------------------------

@@ -28,8 +28,10 @@ def _run_lorakit(directory: Path, endpoint: str, repo_id: str, token: str | None
     directory.mkdir()
     data = write_qa_jsonl(directory / "qa.jsonl")
     config = directory / "config.yaml"
+    repo_id, _, revision = repo_id.partition("@")  # "owner/name@rev" pins model.revision
     config.write_text(yaml.safe_dump({
-        "output_dir": str(directory / "run"), "model": {"name": repo_id, "max_length": 128},
+        "output_dir": str(directory / "run"),
+        "model": {"name": repo_id, "max_length": 128, **({"revision": revision} if revision else {})},
         "training": {"batch_size": 2, "max_steps": 1}, "data": {"train_file": str(data)},
     }))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
@@ -58,6 +60,12 @@ SCENARIOS = {
     "offline": ("lorakit-tests/tiny-llama", None, True, "hub"),
     "plan-timeout": ("lorakit-tests/tiny-llama", None, False, "silent", "plan"),
     "plan-gated": ("lorakit-tests/gated-llama", OTHER_TOKEN, False, "hub", "plan"),
+    # Issue 22: the Hub's own trouble, named with its status and Retry-After (was "Could not connect").
+    "rate-limited": ("lorakit-tests/busy-llama", None, False, "hub"),
+    "server-error": ("lorakit-tests/broken-llama", None, False, "hub"),
+    "unavailable": ("lorakit-tests/down-llama", None, False, "hub"),
+    "cut-mid-file": ("lorakit-tests/cut-llama", None, False, "hub"),
+    "gone-revision": ("lorakit-tests/tiny-llama@v0-deleted", None, False, "hub"),
 }
 
 
@@ -68,6 +76,10 @@ def outcomes(tiny_llama_dir, tmp_path_factory):
     with FakeHub(valid_tokens={GOOD_TOKEN, OTHER_TOKEN}) as hub, FakeHub(hang=True) as silent:
         hub.add("lorakit-tests/tiny-llama", tiny_llama_dir)
         hub.add("lorakit-tests/gated-llama", tiny_llama_dir, gated=True, granted_tokens={GOOD_TOKEN})
+        hub.add("lorakit-tests/busy-llama", tiny_llama_dir, fault=429, retry_after="30")
+        hub.add("lorakit-tests/broken-llama", tiny_llama_dir, fault=500)
+        hub.add("lorakit-tests/down-llama", tiny_llama_dir, fault=503, retry_after="120")
+        hub.add("lorakit-tests/cut-llama", tiny_llama_dir, fault="cut")
         endpoints = {"hub": hub.url, "silent": silent.url, "closed": f"http://127.0.0.1:{free_port()}"}
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = {name: pool.submit(_run_lorakit, root / name, endpoints[server], repo, token, offline, *command)
@@ -152,3 +164,34 @@ def test_hub_faults_plan_reads_config_json_with_the_same_timeout_and_messages(ou
     assert "did not answer within 1 s (timeout)" in error and seconds < 90
     error, hint = _assert_one_message(gated)
     assert "is a gated model and your account has not been granted access (403" in error
+
+
+def test_hub_faults_429_names_the_rate_limit_and_its_retry_after(outcomes):
+    error, hint = _assert_one_message(outcomes[0]["rate-limited"][0])
+    assert error == ("error: The Hub is rate-limiting requests (HTTP 429 Too Many Requests) while downloading "
+                     "lorakit-tests/busy-llama; it asks to retry after 30 s.")
+    assert hint.startswith("hint: Wait 30 s and run the command again")
+
+
+@pytest.mark.parametrize(("scenario", "expected"), [
+    ("server-error", "HTTP 500 Internal Server Error while downloading lorakit-tests/broken-llama."),
+    ("unavailable", "HTTP 503 Service Unavailable while downloading lorakit-tests/down-llama; it asks to retry "
+                    "after 120 s."),
+])
+def test_hub_faults_5xx_names_the_status_not_a_connection_failure(outcomes, scenario, expected):
+    error, hint = _assert_one_message(outcomes[0][scenario][0])
+    assert error == f"error: The Hub answered {expected}"
+    assert hint.startswith("hint: The Hub has a problem on its side: try again later")
+
+
+def test_hub_faults_a_download_cut_mid_file_is_one_message(outcomes):
+    error, hint = _assert_one_message(outcomes[0]["cut-mid-file"][0])
+    assert error.startswith("error: The connection to http://127.0.0.1:")
+    assert "broke while downloading lorakit-tests/cut-llama (RemoteProtocolError: " in error
+    assert hint.startswith("hint: Run the command again: files that finished stay in the Hugging Face cache")
+
+
+def test_hub_faults_a_revision_that_no_longer_exists_is_named(outcomes):
+    error, hint = _assert_one_message(outcomes[0]["gone-revision"][0])
+    assert error == "error: lorakit-tests/tiny-llama has no revision 'v0-deleted'."
+    assert hint.startswith("hint: Check model.revision against http://127.0.0.1:")

@@ -161,3 +161,19 @@ def test_disk_full_on_a_real_small_filesystem(tiny_llama_dir, qa_file, tmp_path,
     a = final_adapter(run)
     b = load_file(straight.adapter_dir / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_disk_full_pre_flight_refuses_a_run_whose_checkpoints_cannot_fit(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
+    """Issue 22: the space for save_total_limit checkpoints (+1 staged, + final/) is checked before step 1."""
+    from lorakit.training import run_dir as run_dir_module
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(run_dir_module.shutil, "disk_usage", lambda path: real(path)._replace(free=100 << 10))
+    with pytest.raises(DiskFullError) as info:
+        train(tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", save_total_limit=3))
+    message = info.value.message
+    assert message.startswith(f"Not enough free disk space for 3 checkpoints and the final adapter in {tmp_path / 'run'}: "
+                              "they need about 1.")  # 4 x (3 x the LoRA bytes + 256 KiB) + the LoRA bytes
+    assert message.endswith(" MiB and 0.1 MiB are free. Nothing was trained.")
+    assert info.value.hint == "Free some space, lower training.save_total_limit, or set output_dir on a larger disk."
+    assert list_checkpoints(tmp_path / "run") == [] and not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -31,6 +31,8 @@ def poison(monkeypatch):
 
     def causal_lm_loss(model, batch, num_items_in_batch=None):
         loss = real_loss(model, batch, num_items_in_batch=num_items_in_batch)
+        if plan["armed"] and plan["kind"] == "zero":  # issue 22: a loss collapsing to exactly 0.0
+            return loss * 0.0
         return loss + float(plan["kind"]) if plan["armed"] and plan["kind"] in ("nan", "inf") else loss
 
     def build_session(config, reporter):
@@ -59,7 +61,8 @@ def poison(monkeypatch):
 
 @pytest.mark.parametrize(
     ("kind", "what"),
-    [("nan", "The loss became nan"), ("inf", "The loss became inf"), ("nan-grad", "The gradient norm became nan")],
+    [("nan", "The loss became nan"), ("inf", "The loss became inf"), ("nan-grad", "The gradient norm became nan"),
+     ("zero", "The loss became exactly 0.0 (every gradient is zero)")],
 )
 def test_numerical_faults_stop_with_step_example_ids_and_advice(tiny_llama_dir, tmp_path, capsys, poison, kind, what):
     ids = poison(3, kind)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -136,6 +137,9 @@ def test_oom_at_micro_batch_1_stops_with_advice_and_a_resumable_checkpoint(
     assert "out of memory at step 3 with micro-batch 2: retrying the step with micro-batch 1" in err
     checkpoint = tmp_path / "run" / "checkpoints" / "step-00000002"
     assert f"error: Out of memory at step 3 even with micro-batch 1. Saved a resumable checkpoint at {checkpoint}." in err
+    longest = re.search(r"The step's longest example is (\S+):(\d+) \((\d+) tokens\)\.", " ".join(err.split()))
+    assert longest is not None and longest[1] == str(tmp_path / "qa.jsonl"), err  # issue 22: which example
+    assert 20 < int(longest[3]) <= 128
     for advice in ("training.gradient_checkpointing", "QLoRA (model.quantization: nf4)", "shorter model.max_length",
                    "--resume"):
         assert advice in err

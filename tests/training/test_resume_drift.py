@@ -115,7 +115,8 @@ def test_checkpoint_records_library_versions_and_gpu(crashed_run):
 def test_an_edited_tokenizer_refuses_a_resume(crashed_run, tmp_path):
     from transformers import AutoTokenizer
 
-    from lorakit.training.checkpoint import check_same_run, read_identity
+    from lorakit.training.checkpoint import read_identity
+    from lorakit.training.resume_drift import check_same_run
     from lorakit.model.load import tokenizer_fingerprint
 
     model_dir = crashed_run[0]

@@ -79,6 +79,13 @@ def _register() -> None:
     from lorakit.cli import chat, data, doctor, eval, export, plan, push, report, serve, studio, train  # noqa: F401
 
 
+_OOM_HINT = ("Close other programs on the GPU (nvidia-smi lists them), or load the base model in 4 bits "
+             "(model.quantization: nf4); `lorakit plan CONFIG` shows what fits.")
+_OOM_HINTS = {
+    "eval": "Pass a lower --max-new-tokens, or set eval.batch_size lower in the run's config.yaml (answers are "
+            "generated that many at a time); or " + _OOM_HINT[0].lower() + _OOM_HINT[1:],
+    "chat": "Pass a lower --max-new-tokens; or " + _OOM_HINT[0].lower() + _OOM_HINT[1:],
+}
 _PATH_ERRNOS = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS,
                 errno.ENAMETOOLONG}
 
@@ -121,6 +128,17 @@ def run_cli(argv: list[str]) -> int:
     except (typer.TyperException, click.ClickException) as exc:
         exc.show()
         return exc.exit_code
+    except Exception as exc:
+        # Out of GPU memory outside training's step (which re-plans and retries itself): loading, eval, chat.
+        # Told by name, so that this module does not import torch.
+        if _state["debug"] or type(exc).__name__ != "OutOfMemoryError":
+            raise
+        command = argv[0] if argv else "lorakit"
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "CUDA out of memory"
+        err_console.print(f"[bold red]error:[/] Out of GPU memory in `lorakit {escape(command)}` ({escape(detail)}).",
+                          soft_wrap=True)
+        err_console.print(f"[yellow]hint:[/] {escape(_OOM_HINTS.get(command, _OOM_HINT))}", soft_wrap=True)
+        return 3
 
 
 def main() -> None:

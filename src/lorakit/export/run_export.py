@@ -8,7 +8,9 @@ partial output nor any change in the run directory, and the same command can sim
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from contextlib import nullcontext
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,9 @@ from lorakit.export.steps import ExportSteps
 from lorakit.export.stop_tokens import end_of_turn_token
 from lorakit.inference.run_source import Permissions, refuse_saved_permissions
 from lorakit.model.load import load_tokenizer, resolve_model_source
-from lorakit.runtime.atomic_files import atomic_directory
+from lorakit.runtime.atomic_files import atomic_directory, remove_abandoned_staging
+from lorakit.runtime.run_lock import hold_run_lock
+from lorakit.training.run_dir import EXPORT, FINAL
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["FORMATS", "ExportRequest", "ExportResult", "default_output", "export_run"]
@@ -77,7 +81,7 @@ class _Written:
 
 
 def default_output(run: FinishedRun, format: str) -> Path:
-    return run.run_dir / "export" / format
+    return run.run_dir / EXPORT / format
 
 
 def _check_request(run: FinishedRun, request: ExportRequest, output: Path) -> None:
@@ -195,6 +199,24 @@ def export_run(path: str | Path, request: ExportRequest,
     """Export the run at `path`; on_step(step, description) is called as each step starts."""
     run = read_finished_run(path)
     output = Path(request.output) if request.output is not None else default_output(run, request.format)
+    with _holding_run(run):  # a train (or export) of the same run waits: never a final/ deleted mid-read
+        # A killed export's hidden staging folder (a merged model: hundreds of MiB) goes first; under the run's
+        # lock every leftover of RUN/export/, elsewhere only those of this output's name.
+        default_parent = output.parent == default_output(run, request.format).parent
+        remove_abandoned_staging(output.parent, None if default_parent else output.name)
+        return _export_locked(run, request, output, on_step)
+
+
+def _holding_run(run: FinishedRun):
+    """The run lock (runtime/run_lock.py) of a run folder; nothing for a copied adapter folder (no run to guard,
+    and a lock file would travel with its copies) or a run folder this user cannot write (nobody trains there)."""
+    if run.adapter_dir != run.run_dir / FINAL or not os.access(run.run_dir, os.W_OK):
+        return nullcontext()
+    return hold_run_lock(run.run_dir, "exporting")
+
+
+def _export_locked(run: FinishedRun, request: ExportRequest, output: Path,
+                   on_step: Callable[[str, str], None] | None) -> ExportResult:
     _check_request(run, request, output)
     if request.format != "adapter":  # the others load the base model
         refuse_saved_permissions(run.config, run.adapter_dir / "config.yaml", request.permissions)

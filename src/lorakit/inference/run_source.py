@@ -18,6 +18,7 @@ from pathlib import Path
 
 from lorakit.config import RunConfig, load_config
 from lorakit.errors import CheckpointError, ConfigError
+from lorakit.training.adapter_files import ADAPTER_FILES_KEY, adapter_files_problem
 from lorakit.training.checkpoint import CHECKPOINTS, MANIFEST, latest_good_checkpoint, verify_checkpoint
 from lorakit.training.run_dir import FINAL
 
@@ -127,6 +128,11 @@ def _finished(adapter_dir: Path) -> RunSource:
     manifest_path = adapter_dir / "manifest.json"
     manifest = read_saved_json(manifest_path)
     run_dir = adapter_dir.parent if adapter_dir.name == FINAL else adapter_dir
+    problem = adapter_files_problem(adapter_dir, manifest.get(ADAPTER_FILES_KEY) if isinstance(manifest, dict) else None)
+    if problem is not None:  # before any loader reads a file of it (a pickle would run in torch.load)
+        raise CheckpointError(f"The adapter in {adapter_dir} is not the one training wrote: {problem}.",
+                              hint="Copy the run folder again from where it was trained (or train again); lorakit "
+                                   "loads no adapter file it cannot verify.")
     return RunSource(adapter_dir, run_dir, config, saved_value(manifest_path, manifest, "data", "sha256"),
                      bool(saved_value(manifest_path, manifest, "settings").get("quantized_4bit")),
                      _sha256(manifest_path), manifest=manifest)

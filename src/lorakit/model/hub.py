@@ -7,6 +7,7 @@ stores it, and only asks whether one is configured to tell "not logged in" from 
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 from pathlib import Path
 
 from huggingface_hub import constants, get_session, get_token, snapshot_download
@@ -79,6 +80,10 @@ def _download_files(repo_id: str, revision: str | None, patterns: list[str]) -> 
             f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id} ({type(exc).__name__}).",
             hint=_OFFLINE_HINT,
         ) from None
+    except Exception as exc:
+        if not _is_transport_error(exc):
+            raise
+        raise _broken_transfer(exc, repo_id) from None
 
 
 def download_tokenizer(repo_id: str, revision: str | None) -> Path:
@@ -136,16 +141,57 @@ def _hub_error(exc: HfHubHTTPError | LocalEntryNotFoundError, repo_id: str, revi
             hint="The token is wrong, expired or revoked: run `hf auth login` again, or fix HF_TOKEN.",
         )
     if isinstance(exc, HfHubHTTPError):
-        return HubAccessError(
-            f"The Hub answered HTTP {status} while downloading {repo_id}.",
-            hint="Try again later; if it persists, check the status of the Hub and your network.",
-        )
+        return _http_status_error(exc, status, repo_id)
+    if isinstance(exc.__cause__, HfHubHTTPError) and _status(exc.__cause__) is not None:
+        # snapshot_download turns a 429 or 5xx of its repo-info call into "no local copy" (LocalEntryNotFoundError)
+        return _http_status_error(exc.__cause__, _status(exc.__cause__), repo_id)
     if constants.HF_HUB_OFFLINE:
         return HubAccessError(
             f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it.",
             hint="Unset HF_HUB_OFFLINE to download it, or point model.name at a local directory.",
         )
     return HubAccessError(f"{_unreachable(exc.__cause__)} {constants.ENDPOINT} to download {repo_id}.", hint=_OFFLINE_HINT)
+
+
+def _http_status_error(exc: HfHubHTTPError, status: int, repo_id: str) -> HubAccessError:
+    """429 (rate limit) and 5xx (the Hub's trouble), with the status and the Retry-After the Hub sent."""
+    retry_after = exc.response.headers.get("Retry-After")
+    try:
+        phrase = f" {HTTPStatus(status).phrase}"
+    except ValueError:
+        phrase = ""
+    wait = f"; it asks to retry after {retry_after} s" if retry_after else ""
+    if status == 429:
+        return HubAccessError(
+            f"The Hub is rate-limiting requests (HTTP 429 Too Many Requests) while downloading {repo_id}{wait}.",
+            hint=(f"Wait {retry_after} s" if retry_after else "Wait a few minutes") + " and run the command again; "
+            "logged-in requests (`hf auth login`) get higher limits.",
+        )
+    return HubAccessError(
+        f"The Hub answered HTTP {status}{phrase} while downloading {repo_id}{wait}.",
+        hint=("The Hub has a problem on its side: try again later (https://status.huggingface.co); files already "
+              "downloaded stay in the cache." if status >= 500 else
+              "Try again later; if it persists, check the status of the Hub and your network."),
+    )
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """An httpx transport failure (a connection dropped mid-file, a proxy error), told apart by class name so that
+    the httpx fork huggingface_hub uses is not imported here."""
+    return any(cls.__name__ == "TransportError" for cls in type(exc).__mro__)
+
+
+def _broken_transfer(exc: BaseException, repo_id: str) -> HubAccessError:
+    name = type(exc).__name__
+    if name == "ProxyError":
+        return HubAccessError(f"The proxy refused the connection to {constants.ENDPOINT} while downloading {repo_id} "
+                              f"({exc}).", hint="Check HTTPS_PROXY / HTTP_PROXY and the proxy's credentials.")
+    return HubAccessError(
+        f"The connection to {constants.ENDPOINT} broke while downloading {repo_id} ({name}: {exc}); huggingface_hub "
+        "retried it and gave up.",
+        hint="Run the command again: files that finished stay in the Hugging Face cache, and the download resumes. "
+        "If it keeps breaking, check your network or proxy.",
+    )
 
 
 def _unreachable(cause: BaseException | None) -> str:

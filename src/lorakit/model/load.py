@@ -15,6 +15,7 @@ from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig
 from lorakit.errors import ModelLoadError
 from lorakit.model.gguf_cache import cached_gguf_conversion, embedded_gguf_path
 from lorakit.model.hub import download_model
+from lorakit.model.weights_integrity import check_safetensors_complete
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["ModelSource", "resolve_model_source", "load_tokenizer", "load_base_model", "model_fingerprint",
@@ -97,6 +98,7 @@ def _check_weights_format(directory: Path, allow_pickle: bool) -> None:
     if not (directory / "config.json").is_file():
         raise ModelLoadError(f"{directory} has no config.json; it is not a transformers model directory.")
     if any(directory.glob("*.safetensors")):
+        check_safetensors_complete(directory)  # a Git LFS pointer or a cut-short file, named before loading
         return
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in {".bin", ".pt", ".pth"})
     if pickles and not allow_pickle:

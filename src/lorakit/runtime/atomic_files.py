@@ -182,16 +182,17 @@ def remove_directory(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def remove_abandoned_staging(directory: Path) -> list[str]:
+def remove_abandoned_staging(directory: Path, name: str | None = None) -> list[str]:
     """Delete leftovers of writers killed mid-write or mid-delete (`.name.tmp-*`, `.name.del-*`); restore
-    `.name.old-*` whose replacement never arrived. Call only while holding the run lock. Returns what was
+    `.name.old-*` whose replacement never arrived. Call only while holding the run lock, or with `name`: then
+    only the leftovers of writers of `directory / name` go (a folder shared with others). Returns what was
     cleaned."""
     if not directory.is_dir():
         return []
     cleaned = []
     for path in sorted(directory.iterdir()):
         match = _STAGING.match(path.name)
-        if match is None:
+        if match is None or (name is not None and match["name"] != name):
             continue
         original = directory / match["name"]
         if match["kind"] == "old" and not original.exists():

@@ -38,7 +38,6 @@ __all__ = [
     "verify_checkpoint",
     "latest_good_checkpoint",
     "load_checkpoint",
-    "check_same_run",
     "read_identity",
     "read_environment",
     "sha256_file",
@@ -166,6 +165,12 @@ def save_checkpoint(
             hint="Free space (or move output_dir to a larger disk), then continue with `lorakit train CONFIG --resume`."
             if previous else exc.hint,
         ) from None
+    # Read the new checkpoint back before pruning: an older one is deleted only once a newer one verifies.
+    problem = verify_checkpoint(target)
+    if problem is not None:
+        raise CheckpointError(f"Checkpoint {target.name} does not read back as written ({problem}); the older "
+                              "checkpoints are kept.", hint="Check the disk (dmesg, SMART), then continue with "
+                              "`lorakit train CONFIG --resume`.")
     best = best_checkpoint_step(state)
     for old in list_checkpoints(run_dir)[:-keep]:
         if best is None or old != checkpoint_dir(run_dir, best):
@@ -216,63 +221,6 @@ def latest_good_checkpoint(run_dir: Path) -> Path | None:
             return path
         log.warning("Checkpoint %s is damaged (%s); falling back to the previous one", path.name, problem)
     return None
-
-
-# What each identity key means, for the message that refuses a resume.
-_IDENTITY_LABELS = {
-    "data_sha256": "the training data",
-    "model_id": "the base model",
-    "model_revision": "the base model revision",
-    "model_fingerprint": "the base model's weights",
-    "lora_r": "the LoRA rank",
-    "lora_alpha": "the LoRA alpha",
-    "lora_target_modules": "the LoRA target modules",
-    "max_length": "model.max_length",
-    "system_prompt_sha256": "the system prompt",
-    "seed": "the seed",
-    "effective_batch_size": "the effective batch size",
-    "packing": "training.packing",
-    "lora_use_dora": "lora.use_dora",
-    "lora_use_rslora": "lora.use_rslora",
-    "loraplus_lr_ratio": "training.loraplus_lr_ratio",
-    "neftune_noise_alpha": "training.neftune_noise_alpha",
-    "chat_template_sha256": "model.chat_template",
-    "tokenizer_sha256": "the tokenizer (its vocabulary, special tokens or chat template)",
-}
-
-
-# The setting each identity key comes from: a refused setting change that an identity change already names is
-# not named twice.
-_IDENTITY_SETTINGS = {
-    "model_id": "model.name", "model_revision": "model.revision", "lora_r": "lora.r", "lora_alpha": "lora.alpha",
-    "lora_target_modules": "lora.target_modules", "max_length": "model.max_length", "seed": "seed",
-    "system_prompt_sha256": "data.system_prompt", "batch_size": "training.batch_size", "packing": "training.packing",
-    "lora_use_dora": "lora.use_dora", "lora_use_rslora": "lora.use_rslora",
-    "loraplus_lr_ratio": "training.loraplus_lr_ratio", "neftune_noise_alpha": "training.neftune_noise_alpha",
-    "chat_template_sha256": "model.chat_template",
-}
-# Identity keys that older checkpoints do not record: compared only when the checkpoint has them.
-_RECORDED_LATER = {"tokenizer_sha256"}
-
-
-def check_same_run(saved: dict, current: dict, changed_settings: list[tuple[str, str]] = ()) -> None:
-    """Refuse to resume when the data, model or LoRA shape changed since the checkpoint, or any of
-    `changed_settings` (setting key, description) that training/resume_drift.py refuses."""
-    changed = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)
-               and not (key in _RECORDED_LATER and key not in saved)]
-    if "chat_template_sha256" in changed and "tokenizer_sha256" in changed:  # the override is the tokenizer's template
-        changed.remove("tokenizer_sha256")
-    named = {_IDENTITY_SETTINGS.get(key) for key in changed}
-    settings = [(key, text) for key, text in changed_settings if key not in named]
-    if changed or settings:
-        what = ", ".join([_IDENTITY_LABELS.get(key, key) for key in changed] + [key for key, _ in settings])
-        details = "; ".join([f"{key}: checkpoint has {saved.get(key)!r}, now {current.get(key)!r}" for key in changed]
-                            + [text for _, text in settings])
-        raise CheckpointError(
-            f"Cannot resume: {what} changed since the checkpoint ({details}).",
-            hint="Restore the checkpoint's settings (its config.yaml holds them all), or start a new run: "
-            "--overwrite, or another output_dir.",
-        )
 
 
 def read_identity(path: Path) -> dict:

@@ -22,6 +22,7 @@ from lorakit.export.model_card import model_card
 from lorakit.model.adapters import public_model_name
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text
 from lorakit.runtime.logging import get_logger
+from lorakit.training.adapter_files import ADAPTER_FILES_KEY, adapter_file_digests
 from lorakit.training.checkpoint import TrainerState, checkpoint_dir, load_adapter_weights, verify_checkpoint
 from lorakit.training.data_parallel import shared_split_loss
 from lorakit.training.early_stop import EarlyStopping
@@ -109,17 +110,18 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
     manifest["resumes"] = state.resumes  # settings and environment that changed at a resume (resume_drift.py)
     manifest["base_model"].update(public_name=public_model_name(session.source), local_path=str(session.source.directory),
                                   weights_sha256=weights_sha256(session.source.directory))
-    manifest_text = json.dumps(manifest, indent=2)
     adapter_dir = run_dir / FINAL
-    # final/ is written last: its presence is what marks the run finished (a resume after a crash before
-    # it rewrites the run-level copies).
-    atomic_write_text(run_dir / "manifest.json", manifest_text)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    # final/ is renamed into place last: its presence is what marks the run finished (a resume after a crash
+    # before it rewrites the run-level copies).
     plot_loss_curve(state.log_history, run_dir / "loss_curve.png")
     with atomic_directory(adapter_dir) as staging:
         session.model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False,  # no Hub lookup
                                       state_dict=weights)
         session.tokenizer.save_pretrained(staging)
+        manifest[ADAPTER_FILES_KEY] = adapter_file_digests(staging)  # verified by every command that loads final/
+        manifest_text = json.dumps(manifest, indent=2)
+        atomic_write_text(run_dir / "manifest.json", manifest_text)
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
         (staging / "config.yaml").write_text(dump_config(cfg))
         (staging / "manifest.json").write_text(manifest_text)
         # peft's save_pretrained writes an empty template card; replace it with one built from the manifest.

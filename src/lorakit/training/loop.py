@@ -53,6 +53,7 @@ from lorakit.training.dataset import PreparedData, prepare_data
 from lorakit.training.finalize import TrainResult, finalize_run
 from lorakit.training.run_dir import (
     FINAL,
+    check_space_for_checkpoints,
     create_output_dir,
     first_missing_folder,
     prepare_run_dir,
@@ -253,6 +254,9 @@ def _train_locked(config: RunConfig, run_dir: Path, *, resume: bool, overwrite: 
     for warning in interval_warnings(session.config.training, has_validation=bool(session.data.splits.validation)):
         log.warning(warning)
     params = [p for p in session.model.parameters() if p.requires_grad]
+    if ranks.is_main:
+        check_space_for_checkpoints(run_dir, sum(p.numel() * p.element_size() for p in params),
+                                    config.training.save_total_limit, config.training.early_stopping_patience is not None)
     from lorakit.training.schedule import build_optimizer, build_scheduler
 
     optimizer = build_optimizer(session.model, config.training)
@@ -410,6 +414,11 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step, pre
         raise _numerical_fault(session, step, groups, f"The loss became {step_loss}")
     if scaler is None and not math.isfinite(norm):
         raise _numerical_fault(session, step, groups, f"The gradient norm became {norm}")
+    if step_loss == 0.0 and target_tokens > 0:
+        # Cross-entropy over answer tokens is exactly 0 only when nothing is left to learn from (every gradient
+        # is 0): a broken loss or labels, or logits so saturated that the run has collapsed. Silently continuing
+        # would log a perfect loss for a run that no longer trains.
+        raise _numerical_fault(session, step, groups, "The loss became exactly 0.0 (every gradient is zero)")
     try:
         if scaler is not None:
             scaler.step(optimizer)  # skips the step on inf/nan gradients and lowers the scale
@@ -485,8 +494,11 @@ def _step_with_oom_retry(session, state, groups, position, params, optimizer, sc
             state.checkpointed_layers = state.offload_activations = None
             path = _save_checkpoint(session, run_dir, optimizer, scheduler, scaler, state)
             session.ranks.barrier()  # no rank exits (and has the launcher stop rank 0) before the save is done
+            examples = session.data.splits.train
+            longest = max((examples[i] for group in groups for i in group), key=lambda e: len(e.input_ids))
             raise TrainingError(f"Out of memory at step {state.step + 1} even with micro-batch 1. Saved a resumable "
-                                f"checkpoint at {path}.", hint=OOM_ADVICE)
+                                f"checkpoint at {path}. The step's longest example is {longest.source}:{longest.line} "
+                                f"({len(longest.input_ids)} tokens).", hint=OOM_ADVICE)
         state.micro_batch_size = halved(micro)
         state.gradient_accumulation_steps = accumulation_after_split(
             cfg.training.gradient_accumulation_steps, cfg.training.batch_size, state.micro_batch_size)

@@ -15,7 +15,9 @@ and a new data.validation_split re-split the data, scoring examples already trai
 
 The library versions and the GPU model are recorded with each checkpoint too (`environment`); another one is
 named in a WARNING, because a continuation is bit-identical to an uninterrupted run only on the same stack.
-The table is in docs/training.md ("Resuming with changed settings").
+The table is in docs/training.md ("Resuming with changed settings"). `check_same_run` refuses, in one message,
+both a changed run identity (data, base model, tokenizer, LoRA shape: recorded in trainer_state.json) and the
+refused settings.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from lorakit.errors import CheckpointError
 from lorakit.training.manifest import package_versions
 
-__all__ = ["SettingChange", "ResumeDrift", "flat_settings", "settings_drift", "read_saved_settings",
+__all__ = ["check_same_run", "SettingChange", "ResumeDrift", "flat_settings", "settings_drift", "read_saved_settings",
            "current_environment", "environment_changes", "WARNED_SETTINGS", "IGNORED_PREFIXES"]
 
 # Why continuing with a new value is legitimate, and what the remaining steps then do differently.
@@ -139,3 +142,60 @@ def environment_changes(saved: dict | None, current: dict) -> list[SettingChange
         return []
     return [SettingChange(key, saved.get(key), current.get(key)) for key in sorted(current)
             if saved.get(key) != current.get(key)]
+
+
+# What each identity key means, for the message that refuses a resume.
+_IDENTITY_LABELS = {
+    "data_sha256": "the training data",
+    "model_id": "the base model",
+    "model_revision": "the base model revision",
+    "model_fingerprint": "the base model's weights",
+    "lora_r": "the LoRA rank",
+    "lora_alpha": "the LoRA alpha",
+    "lora_target_modules": "the LoRA target modules",
+    "max_length": "model.max_length",
+    "system_prompt_sha256": "the system prompt",
+    "seed": "the seed",
+    "effective_batch_size": "the effective batch size",
+    "packing": "training.packing",
+    "lora_use_dora": "lora.use_dora",
+    "lora_use_rslora": "lora.use_rslora",
+    "loraplus_lr_ratio": "training.loraplus_lr_ratio",
+    "neftune_noise_alpha": "training.neftune_noise_alpha",
+    "chat_template_sha256": "model.chat_template",
+    "tokenizer_sha256": "the tokenizer (its vocabulary, special tokens or chat template)",
+}
+
+
+# The setting each identity key comes from: a refused setting change that an identity change already names is
+# not named twice.
+_IDENTITY_SETTINGS = {
+    "model_id": "model.name", "model_revision": "model.revision", "lora_r": "lora.r", "lora_alpha": "lora.alpha",
+    "lora_target_modules": "lora.target_modules", "max_length": "model.max_length", "seed": "seed",
+    "system_prompt_sha256": "data.system_prompt", "batch_size": "training.batch_size", "packing": "training.packing",
+    "lora_use_dora": "lora.use_dora", "lora_use_rslora": "lora.use_rslora",
+    "loraplus_lr_ratio": "training.loraplus_lr_ratio", "neftune_noise_alpha": "training.neftune_noise_alpha",
+    "chat_template_sha256": "model.chat_template",
+}
+# Identity keys that older checkpoints do not record: compared only when the checkpoint has them.
+_RECORDED_LATER = {"tokenizer_sha256"}
+
+
+def check_same_run(saved: dict, current: dict, changed_settings: list[tuple[str, str]] = ()) -> None:
+    """Refuse to resume when the data, model or LoRA shape changed since the checkpoint, or any of
+    `changed_settings` (setting key, description) that training/resume_drift.py refuses."""
+    changed = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)
+               and not (key in _RECORDED_LATER and key not in saved)]
+    if "chat_template_sha256" in changed and "tokenizer_sha256" in changed:  # the override is the tokenizer's template
+        changed.remove("tokenizer_sha256")
+    named = {_IDENTITY_SETTINGS.get(key) for key in changed}
+    settings = [(key, text) for key, text in changed_settings if key not in named]
+    if changed or settings:
+        what = ", ".join([_IDENTITY_LABELS.get(key, key) for key in changed] + [key for key, _ in settings])
+        details = "; ".join([f"{key}: checkpoint has {saved.get(key)!r}, now {current.get(key)!r}" for key in changed]
+                            + [text for _, text in settings])
+        raise CheckpointError(
+            f"Cannot resume: {what} changed since the checkpoint ({details}).",
+            hint="Restore the checkpoint's settings (its config.yaml holds them all), or start a new run: "
+            "--overwrite, or another output_dir.",
+        )

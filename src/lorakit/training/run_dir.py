@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorakit.errors import CheckpointError, ConfigError
+from lorakit.errors import CheckpointError, ConfigError, DiskFullError
 from lorakit.runtime.atomic_files import remove_abandoned_staging, remove_directory
 from lorakit.runtime.logging import get_logger
 from lorakit.training.checkpoint import (
     CHECKPOINTS,
     TrainerState,
-    check_same_run,
     latest_good_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -22,6 +22,7 @@ from lorakit.training.checkpoint import (
     verify_checkpoint,
 )
 from lorakit.training.resume_drift import (
+    check_same_run,
     current_environment,
     environment_changes,
     flat_settings,
@@ -32,10 +33,11 @@ from lorakit.training.resume_drift import (
 if TYPE_CHECKING:
     from lorakit.training.loop import TrainingSession
 
-__all__ = ["FINAL", "create_output_dir", "first_missing_folder", "remove_unused_run_dir", "prepare_run_dir",
+__all__ = ["FINAL", "check_space_for_checkpoints", "create_output_dir", "first_missing_folder", "remove_unused_run_dir", "prepare_run_dir",
            "finished_steps", "finished_error", "resume_state"]
 
 FINAL = "final"  # the finished adapter; its presence marks the run finished
+EXPORT = "export"  # `lorakit export`'s default output folders (export/FORMAT)
 
 log = get_logger("training.run_dir")
 
@@ -45,6 +47,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     # Leftovers of a run killed mid-write go first; a run killed before its first checkpoint holds nothing.
     remove_abandoned_staging(run_dir)
     remove_abandoned_staging(run_dir / CHECKPOINTS)
+    remove_abandoned_staging(run_dir / EXPORT)  # a killed export's staging folder (exports take this lock too)
     holds_run = bool(list_checkpoints(run_dir)) or (run_dir / FINAL).exists()
     if holds_run and not resume and not overwrite:
         raise CheckpointError(
@@ -52,10 +55,30 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
             hint="Pass --resume to continue it, --overwrite to start again from scratch, or set another output_dir.",
         )
     if overwrite and not resume:
-        for name in ("checkpoints", FINAL, "tensorboard", "metrics.jsonl", "manifest.json", "loss_curve.png"):
+        # export/ too: exports of the old adapter must not sit beside the new one's final/.
+        for name in ("checkpoints", FINAL, EXPORT, "tensorboard", "metrics.jsonl", "manifest.json", "loss_curve.png"):
             target = run_dir / name
             remove_directory(target) if target.is_dir() else target.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def check_space_for_checkpoints(run_dir: Path, trainable_bytes: int, keep: int, keeps_best: bool) -> None:
+    """Refuse to start when the disk cannot hold the checkpoints the run will keep (at least), instead of failing
+    at the first save after minutes or hours of training.
+
+    A checkpoint holds the LoRA weights and Adam's two moments (3x the trainable bytes, plus small state); `keep`
+    of them stay, one more is staged before the oldest is pruned (and the best one while early stopping is on),
+    then final/ holds the weights once more. Checkpoints already on disk count toward that."""
+    checkpoint_bytes = 3 * trainable_bytes + (256 << 10)  # + RNG, scheduler, trainer state, config
+    needed = (keep + 1 + int(keeps_best)) * checkpoint_bytes + trainable_bytes  # a floor: final/'s tokenizer comes on top
+    existing = sum(p.stat().st_size for c in list_checkpoints(run_dir) for p in c.iterdir() if p.is_file())
+    needed = max(needed - existing, 0)
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise DiskFullError(
+            f"Not enough free disk space for {keep} checkpoints and the final adapter in {run_dir}: they need about "
+            f"{needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. Nothing was trained.",
+            hint="Free some space, lower training.save_total_limit, or set output_dir on a larger disk.")
 
 
 def create_output_dir(run_dir: Path) -> Path:
