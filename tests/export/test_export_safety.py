@@ -29,6 +29,8 @@ FAULTS = [
     ("merged", "lorakit.export.run_export.load_base_for_merge", "load"),
     ("merged", "lorakit.export.run_export.merge_run", "merge"),
     ("merged", "lorakit.export.run_export.save_merged", "write"),
+    ("merged", "lorakit.export.run_export.reference_answers", "measure"),
+    ("gguf", "lorakit.export.run_export.read_back", "measure"),
     ("gguf", "lorakit.export.gguf_file.gguf_tensors", "convert"),
     ("gguf", "lorakit.export.gguf_file.encode_tensor", "quantize"),
     ("gguf", "lorakit.export.gguf_tensors._float32_data", "convert"),
@@ -42,13 +44,14 @@ FAULTS = [
 def test_failure_in_each_step_is_named_and_leaves_nothing(format, target, step, run_dir, monkeypatch):
     before = tree_fingerprint(run_dir)
     monkeypatch.setattr(target, _boom)
+    request = ExportRequest(format, fidelity=step == "measure")  # the fidelity check only where it is under test
     with pytest.raises(ExportError) as failure:
-        export_run(run_dir, ExportRequest(format))
+        export_run(run_dir, request)
     assert failure.value.step == step
     assert failure.value.message == f"export failed at step '{step}': RuntimeError: injected fault"
     assert tree_fingerprint(run_dir) == before  # no export/ folder, no staging leftovers
     monkeypatch.undo()
-    assert export_run(run_dir, ExportRequest(format)).output.is_dir()  # simply re-run
+    assert export_run(run_dir, request).output.is_dir()  # simply re-run
 
 
 def test_cli_names_the_failed_step(run_dir, monkeypatch, capsys):

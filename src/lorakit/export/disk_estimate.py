@@ -13,7 +13,7 @@ from lorakit.export.finished_run import FinishedRun
 __all__ = ["BYTES_PER_PARAMETER", "parameter_count", "estimated_export_bytes"]
 
 # GGUF block formats: q8_0 stores 32 weights in 34 bytes, q4_0 in 18 (plus a float16 scale each).
-BYTES_PER_PARAMETER = {"merged": 2.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+BYTES_PER_PARAMETER = {"merged": 2.0, "merged-fp32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 _MARGIN = 1.1  # tokenizer, metadata, and estimates that run short
 _SLACK_BYTES = 32 * 2**20
 
@@ -29,12 +29,14 @@ def parameter_count(model_dir: Path) -> int:
     return total
 
 
-def estimated_export_bytes(run: FinishedRun, format: str, quant: str) -> int:
+def estimated_export_bytes(run: FinishedRun, format: str, quant: str, dtype: str = "auto") -> int:
+    """`dtype` "auto" counts 16 bits (it picks fp32 only for weights beyond float16's range)."""
     if format == "adapter":
         size = sum(p.stat().st_size for p in run.adapter_dir.iterdir() if p.is_file())
         return int(size * _MARGIN) + _SLACK_BYTES
     from lorakit.model.load import resolve_model_source
 
     parameters = parameter_count(resolve_model_source(run.config.model).directory)
-    per_parameter = BYTES_PER_PARAMETER["merged" if format == "merged" else quant]
+    merged = "merged-fp32" if dtype == "fp32" else "merged"
+    per_parameter = BYTES_PER_PARAMETER[merged if format == "merged" else quant]
     return int(parameters * per_parameter * _MARGIN) + _SLACK_BYTES

@@ -35,7 +35,7 @@ def add_sampling_metadata(writer: gguf.GGUFWriter, inference: InferenceConfig) -
 def generation_card_lines(inference: InferenceConfig) -> list[str]:
     return [
         f"`lorakit chat` samples at temperature {inference.temperature:g} with top-p {inference.top_p:g}; the "
-        "evaluation answered greedily (temperature 0). Both penalize repeats as llama.cpp does: "
+        "`lorakit eval` answers greedily (temperature 0). Both penalize repeats as llama.cpp does: "
         f"repeat_penalty {inference.repetition_penalty:g} over the answer's last {inference.repeat_last_n} tokens, "
         "never the prompt's. To reproduce the evaluated answers:", "",
         f"- llama.cpp: `--temp 0 --top-k 0 --min-p 0 --repeat-penalty {inference.repetition_penalty:g} "

@@ -121,7 +121,7 @@ def push_run(path: str | Path, request: PushRequest, on_step: Callable[[str, str
         folder = Path(scratch) / request.what
         result = export_run(run.adapter_dir, ExportRequest(request.what, output=folder, quant=request.quant,
                                                              permissions=request.permissions), on_step)
-        (folder / "README.md").write_text(model_card(run, request.what, result.notes, approval))
+        (folder / "README.md").write_text(model_card(run, request.what, result.notes, approval, result.card_sections))
         with steps.step("upload", f"{len(result.files)} files to {request.repo_id} "
                                   f"({'private' if request.private else 'public'})"):
             api = HfApi(endpoint=constants.ENDPOINT)

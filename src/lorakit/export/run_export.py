@@ -69,6 +69,7 @@ class ExportResult:
     files: list[str]
     notes: list[str] = field(default_factory=list)
     fidelity: dict | None = None  # Fidelity.to_json() or skipped_fidelity(); None for an adapter (the run's own files)
+    card_sections: list[tuple[str, list[str]]] = field(default_factory=list)  # for a card written again (push)
 
 
 @dataclass
@@ -155,8 +156,10 @@ def _export_merged(run: FinishedRun, staging: Path, request: ExportRequest, step
     dtype, notes = save_dtype(merged.model, request.dtype)
     with steps.step("write", f"{str(dtype).removeprefix('torch.')} safetensors, tokenizer, generation config"):
         save_merged(merged, staging, dtype)
+    notes = merged.notes + notes
+    del merged  # the read-back model takes its place in memory
     fidelity = _fidelity(reference, steps, staging, None, "merged")
-    return _Written(merged.notes + notes, fidelity, str(dtype).removeprefix("torch."))
+    return _Written(notes, fidelity, str(dtype).removeprefix("torch."))
 
 
 def _gguf_name(run: FinishedRun, quant: str) -> str:
@@ -167,9 +170,9 @@ def _export_gguf(run: FinishedRun, staging: Path, request: ExportRequest, steps:
     merged, reference = _merged(run, steps, request)
     name = _gguf_name(run, request.quant)
     write_gguf(merged, staging / name, request.quant, steps)
+    notes = merged.notes + [f"GGUF weights: {request.quant} (vectors such as norms stay float32)."]
     del merged  # the read-back model takes its place in memory
-    fidelity = _fidelity(reference, steps, staging, name, request.quant)
-    return _Written([f"GGUF weights: {request.quant} (vectors such as norms stay float32)."], fidelity)
+    return _Written(notes, _fidelity(reference, steps, staging, name, request.quant))
 
 
 def _export_ollama(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
@@ -222,14 +225,14 @@ def _export_locked(run: FinishedRun, request: ExportRequest, output: Path,
         refuse_saved_permissions(run.config, run.adapter_dir / "config.yaml", request.permissions)
     steps = ExportSteps(on_step)
     with steps.step("check", "free disk space"):
-        _check_free_space(output, estimated_export_bytes(run, request.format, request.quant))
+        _check_free_space(output, estimated_export_bytes(run, request.format, request.quant, request.dtype))
     missing = [p for p in (output.parent, *output.parent.parents) if not p.exists()]
     try:
         with atomic_directory(output) as staging:
             written = _WRITERS[request.format](run, staging, request, steps)
+            sections = _card_sections(run, request, written)
             with steps.step("write", "model card and export manifest"):
-                (staging / "README.md").write_text(model_card(run, request.format, written.notes,
-                                                              sections=_card_sections(run, request, written)))
+                (staging / "README.md").write_text(model_card(run, request.format, written.notes, sections=sections))
                 (staging / "lorakit_export.json").write_text(json.dumps(_export_manifest(run, request, written), indent=2))
     except BaseException:
         for folder in missing:  # parents this export created (e.g. RUN_DIR/export) go too: nothing is left
@@ -237,7 +240,7 @@ def _export_locked(run: FinishedRun, request: ExportRequest, output: Path,
                 folder.rmdir()
         raise
     log.info("exported %s to %s", request.format, output)
-    return ExportResult(output, sorted(p.name for p in output.iterdir()), written.notes, written.fidelity)
+    return ExportResult(output, sorted(p.name for p in output.iterdir()), written.notes, written.fidelity, sections)
 
 
 def _card_sections(run: FinishedRun, request: ExportRequest, written: _Written) -> list[tuple[str, list[str]]]:
