@@ -15,6 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from lorakit.errors import CheckpointError
+from lorakit.evaluation.report_knowledge import knowledge_html
 from lorakit.evaluation.report_charts import loss_curve_uri, safety_chart_uri
 from lorakit.evaluation.run_eval import ANSWERS_FILE, EVAL_FILE, SAFETY_ANSWERS_FILE, adapter_fingerprint, run_root
 from lorakit.evaluation.safety_rules import CATEGORY_LABELS, RULES
@@ -137,6 +138,7 @@ def build_report(path: str | Path) -> str:
         "labels": CATEGORY_LABELS,
         "rule_text": {rule.name: rule.description for rules in RULES.values() for rule in rules},
         "data_stats": evaluation.get("data"),
+        "knowledge_html": knowledge_html(evaluation.get("knowledge"), str(root.resolve())),
     }
     environment = Environment(autoescape=select_autoescape(default=True), undefined=StrictUndefined,
                               trim_blocks=True, lstrip_blocks=True)
