@@ -19,7 +19,7 @@ from lorakit.evaluation.knowledge_items import BENCHMARKS, select_items
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_llama_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir, torch_dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
 
 
 def test_letters_are_single_tokens_after_the_chat_prompt(tokenizer):

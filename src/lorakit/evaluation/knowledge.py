@@ -4,7 +4,8 @@ Each question is rendered exactly as chat renders a user turn (data/render.py's 
 chat template and system prompt), and every option is one letter token right after the assistant header. So
 one forward pass per question scores all options: the log-softmax of the logits at the last prompt position,
 read at the letter ids. This equals lm-evaluation-harness's log-likelihood of each single-token continuation
-(bench/knowledge_vs_lm_eval.py checks it). For speed on CPU: prompts are sorted by length and batched under a
+(bench/knowledge_vs_lm_eval.py checks it). For speed on CPU: the tokens every prompt shares (system prompt and
+template) are computed once and their key/value cache reused; the rest is sorted by length and batched under a
 token budget (little padding), padded on the left so that the last position is the same column for every row,
 and the model computes logits for that one position only (`logits_to_keep=1`), not the 49k-word vocabulary at
 every position.
@@ -12,6 +13,7 @@ every position.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +23,8 @@ from lorakit.data.render import render_prompt_ids
 from lorakit.evaluation.knowledge_items import LETTERS, KnowledgeItem, item_messages
 from lorakit.errors import LorakitError
 
-__all__ = ["BATCH_TOKENS", "ScoredItem", "letter_token_ids", "prompt_ids", "letter_logprobs", "score_items"]
+__all__ = ["BATCH_TOKENS", "ScoredItem", "letter_token_ids", "prompt_ids", "shared_prefix_length", "letter_logprobs",
+           "score_items"]
 
 BATCH_TOKENS = 6144  # padded tokens per forward pass (sorted by length, so padding stays small)
 _MAX_BATCH = 32
@@ -77,24 +80,54 @@ def _batches(lengths: Sequence[int]) -> list[list[int]]:
     return batches
 
 
+def shared_prefix_length(prompts: Sequence[list[int]]) -> int:
+    """Tokens every prompt starts with (system prompt, template, the benchmark's lead-in), at least one left over.
+
+    >>> shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]])
+    2
+    >>> shared_prefix_length([[1, 2], [1, 2]])
+    1
+    """
+    first, length = prompts[0], min(len(p) for p in prompts) - 1
+    for prompt in prompts[1:]:
+        same = 0
+        while same < length and prompt[same] == first[same]:
+            same += 1
+        length = same
+    return length
+
+
 @torch.inference_mode()
 def letter_logprobs(model, prompts: Sequence[list[int]], letter_ids: Sequence[int], pad_id: int,
                     device: torch.device, progress: Progress | None = None) -> list[list[float]]:
-    """Log-probability of each letter id as the next token after each prompt (full-vocabulary log-softmax)."""
+    """Log-probability of each letter id as the next token after each prompt (full-vocabulary log-softmax).
+
+    The tokens all prompts share (about 100 of the system prompt and template, a third of an average item) are
+    run once; each batch continues from a copy of their key/value cache."""
     results: list[list[float]] = [[] for _ in prompts]
     letters = torch.tensor(list(letter_ids), device=device)
-    for batch in _batches([len(p) for p in prompts]):
-        width = max(len(prompts[i]) for i in batch)
+    shared = shared_prefix_length(prompts)
+    prefix_cache = model(input_ids=torch.tensor([prompts[0][:shared]], device=device),
+                         use_cache=True, logits_to_keep=1).past_key_values if shared else None
+    for batch in _batches([len(p) - shared for p in prompts]):
+        width = max(len(prompts[i]) for i in batch) - shared
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros((len(batch), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
         for row, index in enumerate(batch):
-            ids = prompts[index]
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            mask[row, width - len(ids):] = 1
-        # Left padding: positions must count real tokens only, or a padded prompt would see shifted positions.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            rest = prompts[index][shared:]
+            input_ids[row, width - len(rest):] = torch.tensor(rest)
+            mask[row, shared + width - len(rest):] = 1
+        # Left padding (so the last column is every row's last token), padded between the shared prefix and
+        # the rest: positions count real tokens only, so each row sees exactly its own unpadded prompt.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(batch))
         logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                       position_ids=positions.to(device), logits_to_keep=1).logits[:, -1, :]
+                       position_ids=positions.to(device), past_key_values=cache, use_cache=cache is not None,
+                       logits_to_keep=1).logits[:, -1, :]
         chosen = torch.log_softmax(logits.float(), dim=-1)[:, letters].cpu().tolist()
         for row, index in enumerate(batch):
             results[index] = chosen[row]

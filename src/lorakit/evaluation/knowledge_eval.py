@@ -16,7 +16,7 @@ from lorakit.evaluation.knowledge_items import BENCHMARK_LABELS, BENCHMARKS, LET
 from lorakit.evaluation.knowledge_stats import (ALPHA, accuracy_interval, difference_interval, mcnemar,
                                                 verdict)
 
-__all__ = ["MODELS", "controls", "summarize_benchmark", "evaluate_knowledge", "lost_benchmarks"]
+__all__ = ["MODELS", "controls", "summarize_benchmark", "evaluate_knowledge"]
 
 MODELS = ("base", "tuned")
 Progress = Callable[[str, int, int], None]
@@ -79,9 +79,8 @@ def evaluate_knowledge(run, limit: int | None, as_model: Callable[[object, str],
 
     `as_model(run, which)` switches the loaded model to 'base' or 'tuned' (evaluation/run_eval.py)."""
     chosen = {name: select_items(name, limit) for name in BENCHMARKS}
-    items = [item for name in BENCHMARKS for item in chosen[name]]
-    prompts = prompt_ids(items, run.tokenizer, run.system_prompt)
-    total, done = 2 * len(items), 0
+    prompts = {name: prompt_ids(chosen[name], run.tokenizer, run.system_prompt) for name in BENCHMARKS}
+    total, done = 2 * sum(len(items) for items in chosen.values()), 0
     progress("knowledge", 0, total)
 
     def advance(count: int) -> None:
@@ -89,24 +88,17 @@ def evaluate_knowledge(run, limit: int | None, as_model: Callable[[object, str],
         done += count
         progress("knowledge", done, total)
 
-    scored = {}
+    scored: dict[tuple[str, str], list[ScoredItem]] = {}
     for which in MODELS:
         with as_model(run, which):
-            scored[which] = score_items(run.model, run.tokenizer, items, prompts, run.device, advance)
-    benchmarks, rows, start = [], [], 0
-    for name in BENCHMARKS:
-        end = start + len(chosen[name])
-        base, tuned = scored["base"][start:end], scored["tuned"][start:end]
-        benchmarks.append(summarize_benchmark(name, base, tuned))
-        rows += [_row(b, t) for b, t in zip(base, tuned)]
-        start = end
+            for name in BENCHMARKS:  # one benchmark at a time: its prompts share a longer prefix
+                scored[which, name] = score_items(run.model, run.tokenizer, chosen[name], prompts[name], run.device,
+                                                  advance)
+    benchmarks = [summarize_benchmark(name, scored["base", name], scored["tuned", name]) for name in BENCHMARKS]
+    rows = [_row(b, t) for name in BENCHMARKS for b, t in zip(scored["base", name], scored["tuned", name])]
     section = {"method": "zero-shot; each option's letter scored by its log-likelihood after the chat prompt "
                          "(run's chat template and system prompt)",
                "limit_per_benchmark": limit, "alpha": ALPHA, "benchmarks": benchmarks,
                "lost": [b["benchmark"] for b in benchmarks if b["verdict"] == "lost"]}
     return section, rows
 
-
-def lost_benchmarks(section: dict) -> list[str]:
-    """Benchmarks on which fine-tuning lost knowledge (what `--fail-on-worse` fails on)."""
-    return [b["benchmark"] for b in section["benchmarks"] if b["verdict"] == "lost"]
