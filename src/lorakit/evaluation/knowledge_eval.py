@@ -59,10 +59,14 @@ def summarize_benchmark(name: str, base: Sequence[ScoredItem], tuned: Sequence[S
         "mcnemar": test.to_json(),
         "verdict": verdict(test),
         "controls": controls(items),
-        "subjects": {subject: {which: sum(s.correct for s in scored if s.item.subject == subject)
-                               for which, scored in (("base", base), ("tuned", tuned))}
-                     | {"items": sum(1 for item in items if item.subject == subject)} for subject in subjects},
+        "subjects": {subject: _subject_counts(subject, base, tuned) for subject in subjects},
     }
+
+
+def _subject_counts(subject: str, base: Sequence[ScoredItem], tuned: Sequence[ScoredItem]) -> dict:
+    """Items of one MMLU subject and how many of them each model got right (no intervals: too few items)."""
+    mine = [i for i, s in enumerate(base) if s.item.subject == subject]
+    return {"items": len(mine), "base": sum(base[i].correct for i in mine), "tuned": sum(tuned[i].correct for i in mine)}
 
 
 def _row(base: ScoredItem, tuned: ScoredItem) -> dict:
