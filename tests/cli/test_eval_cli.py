@@ -34,8 +34,8 @@ def test_eval_with_safety_prints_both_tables_and_writes_files(tiny_run, tmp_path
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--skip-quality"], "--skip-quality leaves nothing to do; add --safety."),
-    (["--fail-on-worse"], "--fail-on-worse needs --safety."),
+    (["--skip-quality"], "--skip-quality leaves nothing to do; add --safety or --knowledge."),
+    (["--fail-on-worse"], "--fail-on-worse needs --safety or --knowledge."),
     (["--probes", "mine.jsonl"], "--probes needs --safety."),
     (["--limit", "0"], "Invalid value for '--limit'"),
 ])

@@ -58,3 +58,14 @@ def test_card_flags_safety_numbers_of_the_older_scoring(tiny_llama_dir, tmp_path
     card = model_card(replace(run, eval_results=EVAL), "adapter")
     assert "used an older lorakit scoring" in card and "run `lorakit eval RUN_DIR --safety` again" in card
     assert "| Emergencies |" not in card and "| test loss | 11.5000 | 11.2000 |" in card
+
+
+def test_card_carries_the_knowledge_table_with_intervals(tiny_llama_dir, tmp_path_factory, tmp_path):
+    run = read_finished_run(tiny_run(tiny_llama_dir, tmp_path_factory.mktemp("train-llama"), tmp_path / "run"))
+    benchmark = {"label": "PubMedQA PQA-L", "items": 1000, "verdict": "lost",
+                 "base": {"accuracy": 0.552, "ci95": [0.521, 0.583]}, "tuned": {"accuracy": 0.338, "ci95": [0.309, 0.368]},
+                 "controls": {"chance": 1 / 3, "best_constant": 0.552}, "mcnemar": {"p_value": 0.0}}
+    card = model_card(replace(run, eval_results={"knowledge": {"limit_per_benchmark": None,
+                                                               "benchmarks": [benchmark]}}), "adapter")
+    assert "Medical knowledge (zero-shot multiple choice by option likelihood, every shipped item;" in card
+    assert "| PubMedQA PQA-L | 1000 | 55.2% [52.1%, 58.3%] | 33.8% [30.9%, 36.8%] | 33.3% / 55.2% | 0.000 | lost |" in card

@@ -135,9 +135,13 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     scan_phi: bool = typer.Option(True, "--phi-scan/--no-phi-scan", help="Scan for patient identifiers."),
     allow_phi: bool = typer.Option(False, "--allow-phi", help="Privacy findings are warnings, not errors."),
+    contamination: bool = typer.Option(True, "--contamination/--no-contamination",
+                                       help="Report rows that contain a shipped benchmark item (warning) or a safety "
+                                       "probe (error), by 13-word overlap."),
 ) -> None:
     """Report every problem in the data files, each with file:line, field and fix. Exit 0 clean, 2 on errors."""
     from lorakit.data.validate import check_files
+    from lorakit.evaluation.held_out_texts import held_out_index
 
     config = _config(config_path, overrides)
     roles = _split_roles(list(files or []) if validation or test else [], validation, test)
@@ -152,6 +156,7 @@ def check(
         allow_phi=allow_phi or (config.data.allow_phi if config else False),
         system_prompt=config.data.system_prompt if config else DEFAULT_SYSTEM_PROMPT,
         roles=roles,
+        contamination=held_out_index() if contamination else None,
     )
     if as_json:
         console.out(json.dumps(report.to_json(), indent=2, ensure_ascii=False), highlight=False)

@@ -125,6 +125,10 @@ def evaluate_and_report(run_dir: Path, request, *, report: bool = True) -> dict:
         from lorakit.cli.judge_tables import print_judge
 
         print_judge(console, result["safety"]["judge"])
+    if request.knowledge:
+        from lorakit.cli.knowledge_table import print_knowledge
+
+        print_knowledge(result["knowledge"])
     console.print(f"answers and numbers: {eval_dir(run_dir)}")
     if report and _is_checkpoint(run_dir):
         console.print("report: not written for a checkpoint; `lorakit report RUN_DIR` describes the run once it "
@@ -154,15 +158,19 @@ def eval_command(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a training run, its final/ adapter, "
                                    "or one of its checkpoints/step-N (results in RUN_DIR/eval/step-N)."),
     safety: bool = typer.Option(False, "--safety", help="Also run the clinical safety probes."),
+    knowledge: bool = typer.Option(False, "--knowledge", help="Also score medical knowledge on the shipped "
+                                   "benchmarks (MMLU medical, PubMedQA, a non-medical guard)."),
     skip_quality: bool = typer.Option(False, "--skip-quality", help="Skip test-split loss and answer quality."),
     limit: int | None = typer.Option(None, "--limit", min=1,
-                                     help="Answer at most N test questions and N probes per category (CPU runs)."),
+                                     help="Answer at most N test questions, N probes per category and N items per "
+                                     "knowledge benchmark (CPU runs)."),
     probes: list[Path] = typer.Option([], "--probes", help="An extra probe file (JSONL: id, category, prompt); repeatable."),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Override eval.max_new_tokens."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write RUN_DIR/report.html afterwards."),
     fail_on_worse: bool = typer.Option(False, "--fail-on-worse",
                                        help="Exit with code 1 when fine-tuning made any safety category worse "
-                                       "(pair score, safe rate, or helpful rate: lost helpfulness)."),
+                                       "(pair score, safe rate, or helpful rate: lost helpfulness) "
+                                       "or lost knowledge on a benchmark."),
     trust_remote_code: bool = trust_remote_code_option(),
     allow_pickle: bool = allow_pickle_option(),
     judge: str | None = judge_option(),
@@ -170,24 +178,25 @@ def eval_command(
     judge_api_key_env: str | None = judge_api_key_env_option(),
     judge_timeout: float = judge_timeout_option(),
 ) -> int:
-    """Compare the fine-tuned model with its base model: test loss, ROUGE-L, token F1, and safety probes."""
-    if skip_quality and not safety:
-        raise typer.BadParameter("--skip-quality leaves nothing to do; add --safety.")
+    """Compare the fine-tuned model with its base model: test loss, ROUGE-L, token F1, safety probes, knowledge."""
+    if skip_quality and not (safety or knowledge):
+        raise typer.BadParameter("--skip-quality leaves nothing to do; add --safety or --knowledge.")
     if probes and not safety:
         raise typer.BadParameter("--probes needs --safety.")
-    if fail_on_worse and not safety:
-        raise typer.BadParameter("--fail-on-worse needs --safety.")
+    if fail_on_worse and not (safety or knowledge):
+        raise typer.BadParameter("--fail-on-worse needs --safety or --knowledge.")
     if judge and not safety:
         raise typer.BadParameter("--judge grades the safety answers; add --safety.")
     from lorakit.cli.judge_tables import judge_spec
     from lorakit.evaluation.run_eval import EvalRequest
 
-    request = EvalRequest(quality=not skip_quality, safety=safety, limit=limit,
+    request = EvalRequest(quality=not skip_quality, safety=safety, knowledge=knowledge, limit=limit,
                           probe_files=tuple(str(p) for p in probes), max_new_tokens=max_new_tokens,
                           permissions=permissions(trust_remote_code, allow_pickle),
                           judge=judge_spec(judge, judge_model, judge_api_key_env, judge_timeout))
     result = evaluate_and_report(run_dir, request, report=report)
-    return 1 if fail_on_worse and result["safety"]["worse_categories"] else 0
+    worse = (safety and result["safety"]["worse_categories"]) or (knowledge and result["knowledge"]["lost"])
+    return 1 if fail_on_worse and worse else 0
 
 
 @eval_app.command("score")

@@ -14,6 +14,7 @@ from pathlib import Path
 from jinja2.exceptions import TemplateError
 
 from lorakit.config import DEFAULT_SYSTEM_PROMPT, DataConfig
+from lorakit.data.contamination import ContaminationIndex
 from lorakit.data.conversation import Conversation
 from lorakit.data.duplicates import DuplicateIndex
 from lorakit.data.formats import FileFormat
@@ -39,12 +40,14 @@ class DataChecker:
     """Reads files record by record, collecting issues; `read` yields the conversations without errors."""
 
     def __init__(self, format: str = "auto", tokenizer=None, max_length: int | None = None,
-                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, scan_phi: bool = True, allow_phi: bool = False):
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, scan_phi: bool = True, allow_phi: bool = False,
+                 contamination: ContaminationIndex | None = None):
         if (tokenizer is None) != (max_length is None):
             raise ValueError("pass both tokenizer and max_length to check lengths, or neither")
         self.format = format
         self.tokenizer, self.max_length, self.system_prompt = tokenizer, max_length, system_prompt
         self.scan_phi, self.allow_phi = scan_phi, allow_phi
+        self.contamination = contamination  # benchmark items and safety probes a row must not contain
         self.report = DataReport()
         self._digest = hashlib.sha256()
         self._duplicates = DuplicateIndex()
@@ -77,6 +80,8 @@ class DataChecker:
             issues = list(item.issues) + list(parsed.issues)
             if self.scan_phi:
                 issues += self._phi_issues(source.path, item.line, parsed.texts)
+            if self.contamination is not None and parsed.conversation is not None:
+                issues += self.contamination.issues(parsed.conversation)
             self.report.issues.extend(issues)
             if parsed.conversation is None:
                 continue
@@ -168,10 +173,11 @@ def _surrogate_issue(path: str, line: int, field: str, problem: str) -> Issue:
 
 def check_files(paths: Sequence[str | Path], format: str = "auto", tokenizer=None, max_length: int | None = None,
                 scan_phi: bool = True, allow_phi: bool = False, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                roles: dict[str, str] | None = None) -> DataReport:
+                roles: dict[str, str] | None = None, contamination: ContaminationIndex | None = None) -> DataReport:
     """Every problem in the files, without holding them in memory. `roles` maps a path to its split
-    ("train", "validation", "test"); by default the file name decides (e.g. `val.jsonl`)."""
-    checker = DataChecker(format, tokenizer, max_length, system_prompt, scan_phi, allow_phi)
+    ("train", "validation", "test"); by default the file name decides (e.g. `val.jsonl`). With `contamination`,
+    rows that contain its benchmark items or safety probes are reported too (data/contamination.py)."""
+    checker = DataChecker(format, tokenizer, max_length, system_prompt, scan_phi, allow_phi, contamination)
     for path in paths:
         for _ in checker.read(path, (roles or {}).get(str(path))):
             pass

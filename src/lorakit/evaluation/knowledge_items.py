@@ -26,9 +26,9 @@ __all__ = ["BENCHMARKS", "BENCHMARK_LABELS", "LETTERS", "KnowledgeItem", "pack_d
 
 BENCHMARKS = ("mmlu_medical", "pubmedqa", "mmlu_guard")
 BENCHMARK_LABELS = {
-    "mmlu_medical": "MMLU medical (6 subjects)",
+    "mmlu_medical": "MMLU medical",  # anatomy, clinical knowledge, college biology and medicine, genetics, prof. med.
     "pubmedqa": "PubMedQA PQA-L",
-    "mmlu_guard": "MMLU non-medical (forgetting guard)",
+    "mmlu_guard": "MMLU non-medical",  # the forgetting guard: geography, world religions, computer security
 }
 LETTERS = "ABCDEFGH"
 # --limit takes a seeded sample, not the first rows: MMLU files are sorted by subject, so the first 50 medical

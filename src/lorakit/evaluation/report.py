@@ -15,6 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from lorakit.errors import CheckpointError
+from lorakit.evaluation.report_knowledge import knowledge_html
 from lorakit.evaluation.report_charts import loss_curve_uri, safety_chart_uri
 from lorakit.evaluation.run_eval import ANSWERS_FILE, EVAL_FILE, SAFETY_ANSWERS_FILE, adapter_fingerprint, run_root
 from lorakit.evaluation.rubric import CHECKS
@@ -141,6 +142,7 @@ def build_report(path: str | Path) -> str:
         "rule_text": {**{f"must:{n}": f"did not: {c.description}" for n, c in CHECKS.items()},
                       **{f"must_not:{n}": f"did: {c.description}" for n, c in CHECKS.items()}},
         "data_stats": evaluation.get("data"),
+        "knowledge_html": knowledge_html(evaluation.get("knowledge"), str(root.resolve())),
     }
     environment = Environment(autoescape=select_autoescape(default=True), undefined=StrictUndefined,
                               trim_blocks=True, lstrip_blocks=True)

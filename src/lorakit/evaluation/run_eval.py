@@ -26,6 +26,7 @@ from lorakit.data.stats import token_stats
 from lorakit.errors import CheckpointError
 from lorakit.evaluation.loss import perplexity, split_loss
 from lorakit.evaluation import safety
+from lorakit.evaluation.knowledge_eval import evaluate_knowledge
 from lorakit.evaluation.quality import AnswerScores, mean_scores, score_answer
 from lorakit.evaluation.safety_section import compare_section, verdict_fields
 from lorakit.evaluation.answer_journal import AnswerJournal, prompt_key
@@ -43,6 +44,7 @@ log = get_logger("evaluation.run_eval")
 
 MODELS = ("base", "tuned")
 EVAL_FILE, ANSWERS_FILE, SAFETY_ANSWERS_FILE = "eval.json", "answers.jsonl", "safety_answers.jsonl"
+KNOWLEDGE_ANSWERS_FILE = "knowledge_answers.jsonl"  # each benchmark item's chosen letter and log-probs, both models
 # Answers so far, while a section runs (removed when its result files are written).
 JOURNAL_FILES = {"quality": "answers.partial.jsonl", "safety": "safety_answers.partial.jsonl"}
 # Loss is weighted per answer token, so the batch size changes speed only, never the number.
@@ -57,12 +59,14 @@ both models' answers, and the first call of a stage reports the answers a stoppe
 class EvalRequest:
     """What to evaluate; unset values come from the run's `eval:` config.
 
-    `limit` caps the test questions answered (default eval.max_examples) and the probes per category
-    (default eval.max_probes_per_category); `probe_files` are added to eval.probe_files and the shipped probes.
+    `limit` caps the test questions answered (default eval.max_examples), the probes per category
+    (default eval.max_probes_per_category) and the items per knowledge benchmark (default: all);
+    `probe_files` are added to eval.probe_files and the shipped probes.
     """
 
     quality: bool = True
     safety: bool = False
+    knowledge: bool = False
     limit: int | None = None
     probe_files: tuple[str, ...] = ()
     max_new_tokens: int | None = None
@@ -260,6 +264,11 @@ def evaluate_run(path: str | Path, request: EvalRequest, progress: Progress | No
         if judge is not None:
             sections["safety"]["judge"] = _judge(judge, request, run, rows, progress)
         _write_jsonl(out / SAFETY_ANSWERS_FILE, rows)
+    if request.knowledge:
+        knowledge_started = time.perf_counter()
+        sections["knowledge"], rows = evaluate_knowledge(run, request.limit, _as_model, progress)
+        sections["knowledge"]["seconds"] = round(time.perf_counter() - knowledge_started, 1)
+        _write_jsonl(out / KNOWLEDGE_ANSWERS_FILE, rows)
     sections["seconds"] = round(time.perf_counter() - started, 1)
     result = _merged(out / EVAL_FILE, fingerprint, sections)
     atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=2, ensure_ascii=False))

@@ -121,7 +121,11 @@ def _eval_lines(run: FinishedRun) -> list[str]:
     if "quality" in results:
         lines += _quality_table(results["quality"]) + [""]
     if "safety" in results:
-        lines += _safety_table(results["safety"])
+        lines += _safety_table(results["safety"]) + [""]
+    if "knowledge" in results:
+        from lorakit.evaluation.report_knowledge import knowledge_markdown
+
+        lines += knowledge_markdown(results["knowledge"])
     return lines or ["`lorakit eval` ran, but wrote no quality or safety section."]
 
 
