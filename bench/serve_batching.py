@@ -7,7 +7,9 @@ with its LoRA adapter); copy it first, serve only reads it. Three servers in tur
 subprocess, driven by the official `openai` client with stream=True and stream_options.include_usage):
 - "1 client": the 8 questions asked one after another by one client, on a server with --batch-size 8;
 - "8 clients": the same 8 questions sent at once by 8 clients, same server;
-- "8 clients, --batch-size 1": the same burst on a server that answers one at a time (lorakit before issue 23).
+- "8 clients, --batch-size 1": the same burst on a server that answers one at a time;
+- with --before-src SRC (src/ of a checkout from before batching): the same burst on that code's server, which
+  generated with `model.generate`, one request at a time, the others waiting in its queue.
 Each round runs the three rows back to back, so that the ratio compares rows measured minutes apart on the
 same shared machine; --rounds repeats the whole. Tokens: completion tokens from `usage`. Aggregate tokens/s:
 all tokens / (last answer's end - first request's start). Time to first token (TTFT): from sending a request
@@ -49,13 +51,16 @@ def free_port() -> int:
 class Server:
     """`lorakit serve RUN` in a subprocess on a free loopback port, until the `with` block ends."""
 
-    def __init__(self, run_dir: Path, batch_size: int, queue_size: int):
+    def __init__(self, run_dir: Path, batch_size: int | None, queue_size: int, src: Path = REPO / "src"):
         self.port = free_port()
+        self.src = src
         self.args = [sys.executable, "-m", "lorakit", "--quiet", "serve", str(run_dir), "--port", str(self.port),
-                     "--batch-size", str(batch_size), "--queue-size", str(queue_size), "--no-disclaimer"]
+                     "--queue-size", str(queue_size), "--no-disclaimer"]
+        if batch_size is not None:  # None: code from before --batch-size existed
+            self.args += ["--batch-size", str(batch_size)]
 
     def __enter__(self) -> Server:
-        env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        env = {**os.environ, "PYTHONPATH": f"{self.src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         self.process = subprocess.Popen(self.args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 600
         while True:
@@ -148,6 +153,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-batch-1", action="store_true", help="Leave out the --batch-size 1 row.")
+    parser.add_argument("--before-src", type=Path, help="A src/ folder of lorakit before batching, for one more row.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import torch
@@ -155,7 +161,8 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     out = [f"# python bench/serve_batching.py {' '.join(sys.argv[1:])}",
            f"# commit {commit.strip()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-           f"torch {torch.__version__} ({torch.get_num_threads()} threads), greedy, max_tokens {args.max_tokens}"]
+           f"torch {torch.__version__} ({torch.get_num_threads()} threads per process, OMP_NUM_THREADS="
+           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), greedy, max_tokens {args.max_tokens}, run {args.run_dir}"]
     print("\n".join(out), flush=True)
     for round_index in range(1, args.rounds + 1):
         started = time.strftime("%H:%M:%S", time.gmtime())
@@ -168,6 +175,10 @@ def main() -> None:
         if not args.skip_batch_1:
             with Server(args.run_dir, batch_size=1, queue_size=args.clients) as server:
                 rows.append(summary(f"{args.clients} clients (--batch-size 1)",
+                                    concurrent_clients(server, args.max_tokens, args.clients), single))
+        if args.before_src:
+            with Server(args.run_dir, batch_size=None, queue_size=args.clients, src=args.before_src) as server:
+                rows.append(summary(f"{args.clients} clients, serve before batching",
                                     concurrent_clients(server, args.max_tokens, args.clients), single))
         block = [f"\n## Round {round_index}, {started}-{time.strftime('%H:%M:%S', time.gmtime())} UTC, load average "
                  f"{load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end", table(rows)]

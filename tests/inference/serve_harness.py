@@ -22,7 +22,10 @@ class ServerThread:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        # A long keep-alive: a client that reuses its connection just as uvicorn's default 5 s idle timeout closes
+        # it gets "Connection reset by peer" (the 16-client bursts reuse theirs after a few seconds' pause).
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2,
+                                                    timeout_keep_alive=120))
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True)
         self._start_timeout_s = start_timeout_s
 

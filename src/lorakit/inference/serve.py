@@ -230,7 +230,7 @@ async def _complete(server: _Server, job: GenerationJob, events: asyncio.Queue, 
 async def _stream(server: _Server, job: GenerationJob, events: asyncio.Queue, chat: ChatRequest,
                   prompt_tokens: int) -> AsyncIterator[str]:
     """Server-sent chunks as tokens arrive. Starlette cancels this generator when the client disconnects,
-    and `finally` then stops the generation at its next token, which frees the worker for the next job."""
+    and `finally` then drops its row from the batch at the next step, which frees its place for a waiting job."""
     completion_id = new_completion_id()
     try:
         yield sse(chunk_body(completion_id, server.model_id, {"role": "assistant", "content": ""}))
