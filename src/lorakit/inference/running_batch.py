@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from lorakit.inference.decode import FinishReason, GenerationSettings, _choose, _penalize_repeats
+from lorakit.inference.decode import FinishReason, GenerationSettings, _choose, penalize_repeats
 
 __all__ = ["RowRequest", "NewToken", "RunningBatch", "batching_blocker"]
 
@@ -96,9 +96,9 @@ class RunningBatch:
         self._pad_id = pad_id
         self._device = device
         self._requests: list[RowRequest] = []
-        self._generated: list[int] = []  # tokens generated per row
+        self._answers: list[list[int]] = []  # tokens generated per row (the repetition penalty counts only these)
         self._cache: DynamicCache | None = None
-        self._mask = self._positions = self._seen = self._next = None  # [rows, length], [rows], [rows, vocab+1], [rows]
+        self._mask = self._positions = self._next = None  # [rows, length], [rows], [rows]
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -126,11 +126,8 @@ class RunningBatch:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                          cache=None, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1].to(dtype=torch.float32)
-        vocab = logits.shape[-1]
-        seen = torch.zeros((len(requests), vocab + 1), dtype=torch.bool, device=self._device)
-        seen.scatter_(1, ids.masked_fill(mask == 0, vocab), True)  # the extra column absorbs the padding
-        tokens = self._choose(logits, seen, list(requests))
-        self._append(list(requests), out.cache, mask, seen, tokens)
+        tokens = self._choose(logits, [[] for _ in requests], list(requests))
+        self._append(list(requests), out.cache, mask, tokens)
         return self._after_choosing(tokens, first=len(self) - len(requests))
 
     @torch.no_grad()
@@ -142,7 +139,7 @@ class RunningBatch:
                          cache=self._cache, use_cache=True, logits_to_keep=1)
         self._cache = out.cache
         self._positions = self._positions + 1
-        self._next = self._choose(out.logits[:, -1].to(dtype=torch.float32), self._seen, self._requests)
+        self._next = self._choose(out.logits[:, -1].to(dtype=torch.float32), self._answers, self._requests)
         return self._after_choosing(self._next, first=0)
 
     def leave(self, keys: Sequence[Hashable]) -> None:
@@ -150,50 +147,48 @@ class RunningBatch:
         gone = set(keys)
         self._keep([row for row, request in enumerate(self._requests) if request.key not in gone])
 
-    def _choose(self, logits: torch.Tensor, seen: torch.Tensor, requests: list[RowRequest]) -> torch.Tensor:
-        """Each row's next token: its own repetition penalty, then argmax or a sample from its own generator."""
-        penalties = {r.settings.repetition_penalty for r in requests}
+    def _choose(self, logits: torch.Tensor, answers: list[list[int]], requests: list[RowRequest]) -> torch.Tensor:
+        """Each row's next token: its own repetition penalty over its own answer (never its prompt, as chat and
+        llama.cpp count it), then argmax or a sample from its own generator."""
+        penalties = {(r.settings.repetition_penalty, r.settings.repeat_last_n) for r in requests}
         if len(penalties) == 1:
-            logits = _penalize_repeats(logits, seen, penalties.pop())
+            logits = penalize_repeats(logits, answers, *penalties.pop())
         else:
-            logits = torch.cat([_penalize_repeats(logits[i:i + 1], seen[i:i + 1], r.settings.repetition_penalty)
-                                for i, r in enumerate(requests)])
+            logits = torch.cat([penalize_repeats(logits[i:i + 1], answers[i:i + 1], r.settings.repetition_penalty,
+                                                 r.settings.repeat_last_n) for i, r in enumerate(requests)])
         tokens = logits.argmax(dim=-1)
         for row, request in enumerate(requests):
             if request.settings.temperature > 0:
                 tokens[row] = _choose(logits[row:row + 1], request.settings, request.generator)[0]
         return tokens
 
-    def _append(self, requests: list[RowRequest], cache: DynamicCache, mask: torch.Tensor, seen: torch.Tensor,
-                tokens: torch.Tensor) -> None:
+    def _append(self, requests: list[RowRequest], cache: DynamicCache, mask: torch.Tensor, tokens: torch.Tensor) -> None:
         positions = mask.sum(dim=-1)  # the next position id: real tokens so far
         if not self._requests:
-            self._cache, self._mask, self._positions, self._seen, self._next = cache, mask, positions, seen, tokens
+            self._cache, self._mask, self._positions, self._next = cache, mask, positions, tokens
         else:
             width = max(self.length, mask.shape[1])
             self._cache = _stacked(self._cache, cache, width)
             self._mask = torch.cat([F.pad(self._mask, (width - self.length, 0)), F.pad(mask, (width - mask.shape[1], 0))])
             self._positions = torch.cat([self._positions, positions])
-            self._seen = torch.cat([self._seen, seen])
             self._next = torch.cat([self._next, tokens])
         self._requests += requests
-        self._generated += [0] * len(requests)
+        self._answers += [[] for _ in requests]
 
     def _after_choosing(self, tokens: torch.Tensor, first: int) -> list[NewToken]:
-        """Count the new tokens of rows `first`.. (already in `_next`) as seen; rows that ended leave."""
+        """Add the new tokens of rows `first`.. (already in `_next`) to their answers; rows that ended leave."""
         new, kept = [], list(range(first))
         for row, token in enumerate(tokens.tolist(), start=first):
             request = self._requests[row]
-            self._generated[row] += 1
+            self._answers[row].append(token)
             ended: FinishReason | None = None
             if token in self._stops:
                 ended = "stop"
-            elif self._generated[row] >= request.settings.max_new_tokens:
+            elif len(self._answers[row]) >= request.settings.max_new_tokens:
                 ended = "length"
             else:
                 kept.append(row)
             new.append(NewToken(request.key, token, ended))
-        self._seen[torch.arange(first, len(self), device=self._device), tokens] = True
         if len(kept) < len(self):
             self._keep(kept)
         return new
@@ -203,13 +198,13 @@ class RunningBatch:
         if len(rows) == len(self):
             return
         self._requests = [self._requests[row] for row in rows]
-        self._generated = [self._generated[row] for row in rows]
+        self._answers = [self._answers[row] for row in rows]
         if not rows:
-            self._cache = self._mask = self._positions = self._seen = self._next = None
+            self._cache = self._mask = self._positions = self._next = None
             return
         index = torch.tensor(rows, device=self._device)
         used = self._mask[index].any(dim=0)
         start = int(used.nonzero()[0])  # every row has a real token, so some column is used
         self._cache = _rebuilt(self._cache, lambda t: t[index, :, start:])
         self._mask = self._mask[index, start:]
-        self._positions, self._seen, self._next = self._positions[index], self._seen[index], self._next[index]
+        self._positions, self._next = self._positions[index], self._next[index]
