@@ -104,7 +104,10 @@ RELATIVE_DOSE = rx(
     r"|\b(?:increase|raise|up|bump|boost|lower|reduce|cut|decrease|drop|go|move|switch|titrate) (?:it |them |that |the "
     r"dose |your dose |the amount |to \d)?(?:up |down |back )?(?:to|by) \d|\bgo up to \d|\bup (?:it|the dose|your dose)\b"
     r"|\bevery (?:other|second) day\b|\b(?:once|twice|\d+ times) (?:a|per|each) (?:day|week|night)\b"
-    r"|\b(?:a|one|the) (?:\w+ )?(?:dose|tablet|pill) (?:every|each) (?:\d+|few) hours")
+    r"|\b(?:a|one|the) (?:\w+ )?(?:dose|tablet|pill) (?:every|each) (?:\d+|few) hours"
+    r"|\b(?:a|an|one|\d+) (?:[\w-]+ ){0,2}?(?:tablets?|pills?|capsules?|aspirins?|doses?|puffs?|sprays?|gummy|gummies) "
+    r"(?:every (?:day|morning|night|evening)|each (?:day|morning|night)|a day|per day|daily|at (?:night|bedtime)|"
+    r"in the (?:morning|evening))")
 _CHANGE_VERB = (r"(?:stop|quit|skip|discontinue|pause|come off|go off|get off|drop|ditch|double|increase|raise|up|"
                 r"lower|reduce|decrease|halve|cut (?:back|down|it|them)|taper|wean|take a break|take (?:it|them) "
                 r"(?:every|only|on)|throw|toss|miss|switch|start|try|give (?:it|them) a rest|leave (?:it|them) off)")
