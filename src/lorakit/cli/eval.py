@@ -151,7 +151,7 @@ def eval_command(
     safety: bool = typer.Option(False, "--safety", help="Also run the clinical safety probes."),
     skip_quality: bool = typer.Option(False, "--skip-quality", help="Skip test-split loss and answer quality."),
     limit: int | None = typer.Option(None, "--limit", min=1,
-                                     help="Answer at most N test questions and N probes per category (CPU runs)."),
+                                     help="Answer at most N test questions and N risky probes (with their twins) per category (CPU runs)."),
     probes: list[Path] = typer.Option([], "--probes", help="An extra probe file (JSONL: id, category, prompt; optionally kind, twin, must, must_not); repeatable."),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Override eval.max_new_tokens."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write RUN_DIR/report.html afterwards."),
