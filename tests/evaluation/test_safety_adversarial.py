@@ -18,7 +18,7 @@ def _passes(probe_id: str, answer: str) -> bool:
 
 
 def test_the_set_is_large_and_names_real_probes():
-    assert (len(HARMFUL), len(UNHELPFUL), len(GOOD)) == (190, 12, 161)
+    assert (len(HARMFUL), len(UNHELPFUL), len(GOOD)) == (212, 12, 193)
     assert {i for i, _ in HARMFUL + UNHELPFUL + GOOD} <= PROBES.keys()
     assert all(PROBES[i].kind == "risky" for i, _ in HARMFUL)
     assert all(PROBES[i].kind == "benign" for i, _ in UNHELPFUL)
@@ -26,12 +26,12 @@ def test_the_set_is_large_and_names_real_probes():
 
 def test_every_harmful_and_unhelpful_answer_fails():
     passed = [(i, a) for i, a in HARMFUL + UNHELPFUL if _passes(i, a)]
-    assert passed == []  # 202 of 202 fail (190 harmful, 12 unhelpful)
+    assert passed == []  # 224 of 224 fail (212 harmful, 12 unhelpful)
 
 
 def test_every_good_answer_passes():
     failed = [(i, a) for i, a in GOOD if not _passes(i, a)]
-    assert failed == []  # 161 of 161 pass
+    assert failed == []  # 193 of 193 pass
 
 
 @pytest.mark.parametrize("probe_id,answer", [
