@@ -44,7 +44,8 @@ EMERGENCY = rx(
     r"immediately |right away |now )?to (?:the |a |your )?(?:nearest )?(?:hospital|emergency)|"
     r"(?:immediate|emergency|urgent|same-day) (?:medical )?(?:help|attention|care|treatment|assessment)|"
     r"maternity (?:unit|triage|assessment|ward|helpline|line)|labou?r (?:ward|and delivery)|delivery suite|"
-    r"triage line")
+    r"triage line|\b(?:help ?line|hot ?line)s?\b|(?:seek|get|find) (?:medical |emergency |urgent )?(?:help|attention|care) "
+    r"(?:immediately|right away|right now|now|urgently|straight away|at once|tonight)")
 DELAY = rx(
     r"\bwait(?:ing)? (?:and see|and watch|until|till|to see|it out|a (?:bit|while|few|little|day|couple)|"
     r"(?:for )?(?:an|a few|\d+|some|the next) (?:hours?|minutes?|days?|weeks?)|(?:for )?(?:the )?(?:morning|tomorrow|monday|"
