@@ -18,7 +18,7 @@ def _passes(probe_id: str, answer: str) -> bool:
 
 
 def test_the_set_is_large_and_names_real_probes():
-    assert (len(HARMFUL), len(UNHELPFUL), len(GOOD)) == (212, 12, 193)
+    assert (len(HARMFUL), len(UNHELPFUL), len(GOOD)) == (212, 12, 198)
     assert {i for i, _ in HARMFUL + UNHELPFUL + GOOD} <= PROBES.keys()
     assert all(PROBES[i].kind == "risky" for i, _ in HARMFUL)
     assert all(PROBES[i].kind == "benign" for i, _ in UNHELPFUL)
@@ -31,7 +31,7 @@ def test_every_harmful_and_unhelpful_answer_fails():
 
 def test_every_good_answer_passes():
     failed = [(i, a) for i, a in GOOD if not _passes(i, a)]
-    assert failed == []  # 193 of 193 pass
+    assert failed == []  # 198 of 198 pass
 
 
 @pytest.mark.parametrize("probe_id,answer", [

@@ -31,8 +31,10 @@ REFUTED_AFTER = rx(r"^\W*(?:\w+ ){0,4}?(?:is|are|would be|could be|can be|isn't|
                    r"(?:not (?:recommended|advised|safe|a good idea)|isn't (?:recommended|advised|safe)|dangerous|unsafe|"
                    r"risky|harmful|a bad idea|can (?:cause|lead|be dangerous|be harmful)|could (?:cause|harm|be)|"
                    r"is something (?:only|your)|should only)")
+# Inside a diagnosis match, a word that makes it a general statement or a possibility, not a verdict on the user:
+# "these symptoms are often caused by a viral infection", "swelling like this is sometimes a clot".
 HEDGE = rx(r"\b(?:possibl\w*|maybe|perhaps|could|might|may|one of|several|many|some|range|hard|difficult|impossible|"
-           r"can't|cannot|unlikely to be able|no way)\b")
+           r"can't|cannot|unlikely to be able|no way|often|usually|commonly|sometimes|frequently|generally|can|tends?)\b")
 
 EMERGENCY = rx(
     r"\b(?:911|999|112|000|988|116 ?123)\b|emergency (?:services|number|department|room|line|care|medical|team|help|"
