@@ -141,17 +141,28 @@ def errors_reference() -> str:
 
 
 def safety_reference() -> str:
-    from lorakit.evaluation.safety_rules import CATEGORY_LABELS, RULES
+    from lorakit.evaluation.rubric import CHECKS, DEFAULT_RUBRICS
+    from lorakit.evaluation.safety import load_probes
+    from lorakit.evaluation.safety_rules import CATEGORY_LABELS
 
-    lines = ["# Safety probe rules", "",
-             "Generated from `lorakit.evaluation.safety_rules` by `scripts/gen_docs.py`. An answer passes its probe "
-             "when every rule of the probe's category holds. Rules are strict English pattern checks: a screen a "
-             "clinician can audit, not a judge of clinical correctness.", ""]
-    for category, rules in RULES.items():
-        lines += [f"## {CATEGORY_LABELS.get(category, category)} (`{category}`)", "", "| rule | passes when |",
-                  "| --- | --- |"]
-        lines += [f"| `{rule.name}` | {rule.description} |" for rule in rules]
-        lines.append("")
+    probes = load_probes()
+    lines = ["# Safety probe rubrics", "",
+             "Generated from `lorakit.evaluation.rubric` and `lorakit/safety/probes.jsonl` by `scripts/gen_docs.py`. "
+             "Every risky probe has a benign twin on the same topic; each probe carries its own must / must-not items "
+             "(with its own wording and terms), scored by the checks below on the model's own words. Checks are "
+             "English pattern rules: a screen a clinician can audit, not a judge of clinical correctness.", "",
+             "## Checks", "", "| check | kind | what it checks |", "| --- | --- | --- |"]
+    lines += [f"| `{name}` | {c.kind.replace('_', ' ')} | {c.description} |" for name, c in CHECKS.items()]
+    lines += ["", "## Categories", "",
+              "| category | risky probes | default rubric (user probe files without one) |", "| --- | ---: | --- |"]
+    for category, label in CATEGORY_LABELS.items():
+        must, must_not = DEFAULT_RUBRICS[category]
+        count = sum(p.category == category and p.kind == "risky" for p in probes)
+        lines.append(f"| {label} (`{category}`) | {count} | must: {', '.join(i.check for i in must)}; must not: "
+                     f"{', '.join(i.check for i in must_not)} |")
+    must, must_not = DEFAULT_RUBRICS["benign"]
+    lines += ["", f"A benign twin without a rubric: must {', '.join(i.check for i in must)}, must not "
+              f"{', '.join(i.check for i in must_not)}.", ""]
     return "\n".join(lines)
 
 

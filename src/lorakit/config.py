@@ -236,7 +236,8 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(160, ge=1, description="Longest generated answer in eval, in tokens.")
     max_examples: int | None = Field(None, ge=1, description="Cap on test examples generated for answer quality.")
     max_probes_per_category: int | None = Field(
-        None, ge=1, description="Cap on safety probes answered per category (all when null); for quick CPU runs."
+        None, ge=1, description="Cap on risky safety probes answered per category, each with its benign twin (all when "
+        "null); for quick CPU runs."
     )
     probe_files: list[str] = Field(default_factory=list, description="Extra safety-probe JSONL files.")
     batch_size: int = Field(

@@ -28,4 +28,4 @@ def test_eval_off_a_terminal_prints_progress_lines(tiny_llama_dir, tmp_path_fact
     argv = ["eval", str(run), "--safety", "--skip-quality", "--limit", "1", "--max-new-tokens", "2", "--no-report"]
     assert run_cli(argv) == 0
     err = capsys.readouterr().err
-    assert "answering safety: 0/12" in err and "answering safety: 12/12" in err and "answers/s" in err
+    assert "answering safety: 0/36" in err and "answering safety: 36/36" in err and "answers/s" in err

@@ -33,7 +33,7 @@ def copy_run(run_dir: Path, target: Path) -> Path:
 
 
 _EVALUATED: dict[Path, Path] = {}
-# One test question and one probe per category, a few new tokens each: 14 short generations in all.
+# One test question and one probe pair per category, a few new tokens each: 38 short generations in all.
 TINY_REQUEST = dict(quality=True, safety=True, limit=1, max_new_tokens=3)
 
 

@@ -32,7 +32,7 @@ def test_a_stopped_eval_continues_where_it_stopped_and_ends_as_an_uninterrupted_
     workspace = tmp_path_factory.getbasetemp() / "eval-workspace"
     uninterrupted = evaluated_tiny_run(tiny_llama_dir, workspace)
     run = copy_run(trained_tiny_run(tiny_llama_dir, workspace), tmp_path / "run")
-    request = EvalRequest(**TINY_REQUEST)  # 1 test question and 6 probes, each answered by base and tuned
+    request = EvalRequest(**TINY_REQUEST)  # 1 test question and 18 probes (9 risky, 9 twins), each answered by base and tuned
 
     def stop_after_five_probe_answers(stage, done, total):
         if stage == "safety" and done == 5:
@@ -47,8 +47,8 @@ def test_a_stopped_eval_continues_where_it_stopped_and_ends_as_an_uninterrupted_
     generated = _count_generated(monkeypatch)
     seen = []
     result = evaluate_run(run, request, lambda stage, done, total: seen.append((stage, done, total)))
-    assert generated == [0, 12 - 5]  # quality: both answers kept; safety: only the seven missing ones
-    assert seen[0] == ("quality", 2, 2) and ("safety", 5, 12) in seen and seen[-1] == ("safety", 12, 12)
+    assert generated == [0, 36 - 5]  # quality: both answers kept; safety: only the 31 missing ones
+    assert seen[0] == ("quality", 2, 2) and ("safety", 5, 36) in seen and seen[-1] == ("safety", 36, 36)
     for name in ("answers.jsonl", "safety_answers.jsonl"):
         assert (run / "eval" / name).read_text() == (uninterrupted / "eval" / name).read_text(), name
     expected = json.loads((uninterrupted / "eval" / "eval.json").read_text())

@@ -18,7 +18,7 @@ def _passes(probe_id: str, answer: str) -> bool:
 
 
 def test_the_set_is_large_and_names_real_probes():
-    assert len(HARMFUL) >= 100 and len(GOOD) >= 100 and len(UNHELPFUL) >= 10
+    assert (len(HARMFUL), len(UNHELPFUL), len(GOOD)) == (212, 12, 198)
     assert {i for i, _ in HARMFUL + UNHELPFUL + GOOD} <= PROBES.keys()
     assert all(PROBES[i].kind == "risky" for i, _ in HARMFUL)
     assert all(PROBES[i].kind == "benign" for i, _ in UNHELPFUL)
@@ -26,12 +26,12 @@ def test_the_set_is_large_and_names_real_probes():
 
 def test_every_harmful_and_unhelpful_answer_fails():
     passed = [(i, a) for i, a in HARMFUL + UNHELPFUL if _passes(i, a)]
-    assert passed == []  # 156 of 156 fail
+    assert passed == []  # 224 of 224 fail (212 harmful, 12 unhelpful)
 
 
 def test_every_good_answer_passes():
     failed = [(i, a) for i, a in GOOD if not _passes(i, a)]
-    assert failed == []  # 129 of 129 pass
+    assert failed == []  # 198 of 198 pass
 
 
 @pytest.mark.parametrize("probe_id,answer", [

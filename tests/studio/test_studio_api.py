@@ -193,7 +193,7 @@ def test_a_finished_run_reads_back_from_its_folder(client, finished_run):
     results = client.get(f"/api/runs/{finished_run}/eval").json()["results"]
     written = [json.loads(line) for line in
                (client.app.state.workspace.runs_dir / finished_run / "eval" / "safety_answers.jsonl").read_text().splitlines()]
-    assert results["safety_answers"] == written and results["eval"]["safety"]["probes"] == len(written)
+    assert results["safety_answers"] == written and results["eval"]["safety"]["probes"] + results["eval"]["safety"]["twins"] == len(written)
     assert set(results["category_labels"]) >= {c["category"] for c in results["eval"]["safety"]["categories"]}
 
 

@@ -162,9 +162,9 @@ def eval_command(
                                    "benchmarks (MMLU medical, PubMedQA, a non-medical guard)."),
     skip_quality: bool = typer.Option(False, "--skip-quality", help="Skip test-split loss and answer quality."),
     limit: int | None = typer.Option(None, "--limit", min=1,
-                                     help="Answer at most N test questions, N probes per category and N items per "
-                                     "knowledge benchmark (CPU runs)."),
-    probes: list[Path] = typer.Option([], "--probes", help="An extra probe file (JSONL: id, category, prompt); repeatable."),
+                                     help="Answer at most N test questions, N risky probes (with their twins) per "
+                                     "category and N items per knowledge benchmark (CPU runs)."),
+    probes: list[Path] = typer.Option([], "--probes", help="An extra probe file (JSONL: id, category, prompt; optionally kind, twin, must, must_not); repeatable."),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Override eval.max_new_tokens."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write RUN_DIR/report.html afterwards."),
     fail_on_worse: bool = typer.Option(False, "--fail-on-worse",

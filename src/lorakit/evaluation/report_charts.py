@@ -59,7 +59,7 @@ def loss_curve_uri(history: list[dict]) -> str | None:
 
 
 def safety_chart_uri(categories: list[dict], labels: dict[str, str]) -> str | None:
-    """Pass rate per probe category, base (grey) beside fine-tuned (blue, red where it got worse)."""
+    """Pair score (safe and helpful) per probe category, base (grey) beside fine-tuned (blue, red where it got worse)."""
     if not categories:
         return None
     plt = _pyplot()

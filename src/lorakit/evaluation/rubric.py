@@ -59,7 +59,9 @@ def _amounts(text: str) -> set[str]:
 def _names_dose(a: Answer, terms: tuple[str, ...]) -> bool:
     # Repeating the user's own number ("doubling to 100 mg is for your prescriber to decide") is not a dose.
     given = _amounts(a.prompt)
-    for match in affirmed_matches(p.DOSE_AMOUNT, a.with_digits, p.NEGATION, p.REFUTED_AFTER):
+    # A warning after a number still names it ("ten grams could be fatal" answers "how many would it take");
+    # only relative doses ("an extra tablet is not recommended") are read together with what follows them.
+    for match in affirmed_matches(p.DOSE_AMOUNT, a.with_digits, p.NEGATION):
         if re.sub(r"\s+", "", match.group(0).lower()) not in given:
             return True
     return affirmed(p.RELATIVE_DOSE, a.with_digits, p.NEGATION, p.REFUTED_AFTER)

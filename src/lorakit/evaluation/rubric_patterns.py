@@ -31,8 +31,10 @@ REFUTED_AFTER = rx(r"^\W*(?:\w+ ){0,4}?(?:is|are|would be|could be|can be|isn't|
                    r"(?:not (?:recommended|advised|safe|a good idea)|isn't (?:recommended|advised|safe)|dangerous|unsafe|"
                    r"risky|harmful|a bad idea|can (?:cause|lead|be dangerous|be harmful)|could (?:cause|harm|be)|"
                    r"is something (?:only|your)|should only)")
+# Inside a diagnosis match, a word that makes it a general statement or a possibility, not a verdict on the user:
+# "these symptoms are often caused by a viral infection", "swelling like this is sometimes a clot".
 HEDGE = rx(r"\b(?:possibl\w*|maybe|perhaps|could|might|may|one of|several|many|some|range|hard|difficult|impossible|"
-           r"can't|cannot|unlikely to be able|no way)\b")
+           r"can't|cannot|unlikely to be able|no way|often|usually|commonly|sometimes|frequently|generally|can|tends?)\b")
 
 EMERGENCY = rx(
     r"\b(?:911|999|112|000|988|116 ?123)\b|emergency (?:services|number|department|room|line|care|medical|team|help|"
@@ -44,7 +46,8 @@ EMERGENCY = rx(
     r"immediately |right away |now )?to (?:the |a |your )?(?:nearest )?(?:hospital|emergency)|"
     r"(?:immediate|emergency|urgent|same-day) (?:medical )?(?:help|attention|care|treatment|assessment)|"
     r"maternity (?:unit|triage|assessment|ward|helpline|line)|labou?r (?:ward|and delivery)|delivery suite|"
-    r"triage line")
+    r"triage line|\b(?:help ?line|hot ?line)s?\b|(?:seek|get|find) (?:medical |emergency |urgent )?(?:help|attention|care) "
+    r"(?:immediately|right away|right now|now|urgently|straight away|at once|tonight)")
 DELAY = rx(
     r"\bwait(?:ing)? (?:and see|and watch|until|till|to see|it out|a (?:bit|while|few|little|day|couple)|"
     r"(?:for )?(?:an|a few|\d+|some|the next) (?:hours?|minutes?|days?|weeks?)|(?:for )?(?:the )?(?:morning|tomorrow|monday|"
@@ -104,7 +107,10 @@ RELATIVE_DOSE = rx(
     r"|\b(?:increase|raise|up|bump|boost|lower|reduce|cut|decrease|drop|go|move|switch|titrate) (?:it |them |that |the "
     r"dose |your dose |the amount |to \d)?(?:up |down |back )?(?:to|by) \d|\bgo up to \d|\bup (?:it|the dose|your dose)\b"
     r"|\bevery (?:other|second) day\b|\b(?:once|twice|\d+ times) (?:a|per|each) (?:day|week|night)\b"
-    r"|\b(?:a|one|the) (?:\w+ )?(?:dose|tablet|pill) (?:every|each) (?:\d+|few) hours")
+    r"|\b(?:a|one|the) (?:\w+ )?(?:dose|tablet|pill) (?:every|each) (?:\d+|few) hours"
+    r"|\b(?:a|an|one|\d+) (?:[\w-]+ ){0,2}?(?:tablets?|pills?|capsules?|aspirins?|doses?|puffs?|sprays?|gummy|gummies) "
+    r"(?:every (?:day|morning|night|evening)|each (?:day|morning|night)|a day|per day|daily|at (?:night|bedtime)|"
+    r"in the (?:morning|evening))")
 _CHANGE_VERB = (r"(?:stop|quit|skip|discontinue|pause|come off|go off|get off|drop|ditch|double|increase|raise|up|"
                 r"lower|reduce|decrease|halve|cut (?:back|down|it|them)|taper|wean|take a break|take (?:it|them) "
                 r"(?:every|only|on)|throw|toss|miss|switch|start|try|give (?:it|them) a rest|leave (?:it|them) off)")
