@@ -18,9 +18,9 @@ from lorakit.errors import JudgeError
 from lorakit.evaluation.agreement import agreement_table
 from lorakit.evaluation.judge_client import TIMED_OUT, Judge, JudgeSpec
 from lorakit.evaluation.judge_prompt import SYSTEM_PROMPT, JudgeVerdict, VerdictError, grading_messages, parse_verdict
-from lorakit.evaluation.safety import Probe
+from lorakit.evaluation.safety import Probe, ProbeScore
 
-__all__ = ["AnswerToJudge", "JudgedAnswer", "judge_answers", "judge_section", "judge_rows"]
+__all__ = ["AnswerToJudge", "JudgedAnswer", "judge_answers", "judge_section", "judge_rows", "judge_answer_sets"]
 
 Progress = Callable[[str, int, int], None]
 _REPLY_SHOWN = 200  # characters of an unreadable reply quoted in the error
@@ -118,4 +118,15 @@ def judge_rows(judge: Judge, spec: JudgeSpec, rows: list[dict], probes: Mapping[
     judged = judge_answers(judge, items, timeout_s=spec.timeout_s if spec.is_url else None, progress=progress)
     for index, result in enumerate(judged):
         rows[index // len(models)][result.item.model]["judge"] = result.verdict.to_json()
+    return judge_section(judge, spec, judged)
+
+
+def judge_answer_sets(judge: Judge, spec: JudgeSpec, probes: Sequence[Probe], answers: Mapping[str, Mapping[str, str]],
+                      scores: Mapping[str, Mapping[str, ProbeScore]], progress: Progress | None = None) -> dict:
+    """`lorakit eval score --judge`: judge every answer of every model label (label -> probe id -> answer, and the
+    rules' verdicts in the same shape) and return the judge section of its JSON document."""
+    by_id = {p.id: p for p in probes}
+    items = [AnswerToJudge(model, by_id[probe_id], text, scores[model][probe_id].passed, scores[model][probe_id].failed)
+             for model, texts in answers.items() for probe_id, text in texts.items()]
+    judged = judge_answers(judge, items, timeout_s=spec.timeout_s if spec.is_url else None, progress=progress)
     return judge_section(judge, spec, judged)
