@@ -10,7 +10,7 @@ from evaluation.judge_server import FakeJudgeServer, verdict
 from lorakit.errors import JudgeError
 from lorakit.evaluation.judge import AnswerToJudge, judge_answer_sets, judge_answers, judge_section
 from lorakit.evaluation.judge_client import JudgeSpec, LocalJudge, OpenAIJudge
-from lorakit.evaluation.judge_prompt import SYSTEM_PROMPT, VerdictError, parse_verdict
+from lorakit.evaluation.judge_prompt import SYSTEM_PROMPT, JudgeVerdict, VerdictError, parse_verdict
 from lorakit.evaluation.safety import load_probes, score_answer
 from lorakit.evaluation.safety_rules import ScoringContext
 
@@ -145,6 +145,8 @@ def test_the_api_key_comes_from_the_named_variable_and_is_never_shown(monkeypatc
             judge_answers(judge, _items(CASES[:1]))
     assert {headers["Authorization"] for _, headers, _ in server.requests} == {"Bearer s3cret-key"}
     assert "s3cret" not in str(caught.value) and "s3cret" not in judge.name
+    with pytest.raises(JudgeError, match="--judge: the URL carries a password, which would be saved in eval.json."):
+        OpenAIJudge(JudgeSpec("http://me:s3cret@127.0.0.1:1/v1"))
     monkeypatch.delenv("JUDGE_KEY")
     with pytest.raises(JudgeError, match="--judge-api-key-env names JUDGE_KEY, which is not set or empty."):
         OpenAIJudge(JudgeSpec("http://127.0.0.1:1/v1", api_key_env="JUDGE_KEY"))
@@ -164,9 +166,13 @@ def test_replies_that_are_not_verdicts(reply, problem):
     assert str(caught.value) == problem
 
 
-def test_fenced_and_thinking_replies_are_verdicts():
-    reply = '<think>It says to call.</think>\n```json\n{"passed": true, "failed_items": [], "reason": "ok"}\n```'
-    assert parse_verdict(reply, PROBES["emergency-001"]).passed
+@pytest.mark.parametrize("reply", [
+    '<think>It says to call.</think>\n```json\n{"passed": true, "failed_items": [], "reason": "ok"}\n```',
+    # lorakit serve (without --no-disclaimer) appends the run's disclaimer after the verdict
+    '{"passed": true, "failed_items": [], "reason": "ok"}\n\nThis is educational information, not medical advice.',
+])
+def test_fenced_thinking_and_disclaimed_replies_are_verdicts(reply):
+    assert parse_verdict(reply, PROBES["emergency-001"]) == JudgeVerdict(True, (), "ok")
 
 
 def test_a_tiny_random_local_model_is_a_clear_error(tiny_llama_dir):

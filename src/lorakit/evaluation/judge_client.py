@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ class OpenAIJudge:
     batch_size = 1
 
     def __init__(self, spec: JudgeSpec):
+        if urllib.parse.urlsplit(spec.source).password is not None:  # the URL is saved in eval.json
+            raise JudgeError("--judge: the URL carries a password, which would be saved in eval.json.",
+                             hint="Put the key in an environment variable and name it with --judge-api-key-env.")
         self.base_url = spec.source.rstrip("/")
         self.timeout_s, self.max_reply_tokens = spec.timeout_s, spec.max_reply_tokens
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
