@@ -60,10 +60,11 @@ class Judge(Protocol):
 
 
 class OpenAIJudge:
-    """POST {base}/chat/completions, one answer at a time; asked twice, since a server may time out once."""
+    """POST {base}/chat/completions, a few answers at a time (Ollama, vLLM and lorakit serve queue concurrent
+    requests, so a 600-answer eval need not wait for each in turn); asked twice, since a server may time out once."""
 
     attempts = 2
-    batch_size = 1
+    batch_size = 4
 
     def __init__(self, spec: JudgeSpec):
         if urllib.parse.urlsplit(spec.source).password is not None:  # the URL is saved in eval.json
@@ -127,7 +128,10 @@ class OpenAIJudge:
         return content if isinstance(content, str) else ""
 
     def replies(self, conversations: Sequence[tuple[Message, ...]]) -> list[str | None]:
-        return [self._reply(messages) for messages in conversations]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.batch_size) as pool:
+            return list(pool.map(self._reply, conversations))
 
 
 class LocalJudge:
