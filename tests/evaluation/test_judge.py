@@ -104,6 +104,13 @@ def test_a_garbage_verdict_is_asked_again_then_an_error_naming_judge_and_probe()
     assert len(server.completions) == 2
 
 
+def test_a_judge_that_answers_garbage_stops_at_its_first_answers():
+    with FakeJudgeServer(lambda prompt, answer: "Looks fine to me!") as server:
+        with pytest.raises(JudgeError, match="on probe emergency-001 .the base model's answer. after 2 attempts"):
+            judge_answers(OpenAIJudge(_spec(server)), _items() * 4)  # 24 answers
+    assert len(server.completions) == 2 * OpenAIJudge.batch_size  # the first four, each asked twice
+
+
 def test_one_garbage_reply_then_a_verdict_is_fine():
     replies = iter(["```json\n{\"passed\": tru", verdict(True)])
     with FakeJudgeServer(lambda prompt, answer: next(replies)) as server:

@@ -58,16 +58,16 @@ def _no_verdict(judge: Judge, item: AnswerToJudge, problem: str, timeout_s: floa
 
 def judge_answers(judge: Judge, items: Sequence[AnswerToJudge], *, timeout_s: float | None = None,
                   progress: Progress | None = None) -> list[JudgedAnswer]:
-    """The judge's verdict on every answer, in order; each unreadable or missing reply is asked again up to
-    `judge.attempts` times in all, then JudgeError names the judge and the first probe left without a verdict."""
+    """The judge's verdict on every answer, in order. An unreadable or missing reply is asked again at once, up to
+    `judge.attempts` times in all; then JudgeError names the judge and the probe (a judge that answers garbage
+    stops the eval at its first answers, not after hundreds of requests)."""
     progress = progress or (lambda stage, done, total: None)
     verdicts: list[JudgeVerdict | None] = [None] * len(items)
     problems: dict[int, str] = {}
-    pending = list(range(len(items)))
-    for _ in range(judge.attempts):
-        progress("judge", len(items) - len(pending), len(items))
-        for start in range(0, len(pending), judge.batch_size):
-            chunk = pending[start:start + judge.batch_size]
+    progress("judge", 0, len(items))
+    for start in range(0, len(items), judge.batch_size):
+        chunk = list(range(start, min(start + judge.batch_size, len(items))))
+        for _ in range(judge.attempts):
             replies = judge.replies([grading_messages(items[i].probe, items[i].answer) for i in chunk])
             for i, reply in zip(chunk, replies):
                 if reply is TIMED_OUT:
@@ -77,12 +77,12 @@ def judge_answers(judge: Judge, items: Sequence[AnswerToJudge], *, timeout_s: fl
                     verdicts[i] = parse_verdict(reply, items[i].probe)
                 except VerdictError as exc:
                     problems[i] = f"{exc}; it replied {reply[:_REPLY_SHOWN]!r}"
-            progress("judge", sum(v is not None for v in verdicts), len(items))
-        pending = [i for i in pending if verdicts[i] is None]
-        if not pending:
-            break
-    if pending:
-        raise _no_verdict(judge, items[pending[0]], problems[pending[0]], timeout_s)
+            chunk = [i for i in chunk if verdicts[i] is None]
+            if not chunk:
+                break
+        if chunk:
+            raise _no_verdict(judge, items[chunk[0]], problems[chunk[0]], timeout_s)
+        progress("judge", min(start + judge.batch_size, len(items)), len(items))
     return [JudgedAnswer(item, verdict) for item, verdict in zip(items, verdicts)]
 
 
