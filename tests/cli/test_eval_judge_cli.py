@@ -45,7 +45,8 @@ def test_an_unreachable_judge_stops_the_eval_before_it_answers(tmp_path, capsys)
 
 def test_judge_agreement_and_disagreements_in_eval_json_terminal_and_report(tiny_llama_dir, tmp_path_factory,
                                                                            tmp_path, capsys):
-    run = copy_run(trained_tiny_run(tiny_llama_dir, tmp_path_factory.getbasetemp() / "eval-workspace"), tmp_path / "run")
+    trained = trained_tiny_run(tiny_llama_dir, tmp_path_factory.getbasetemp() / "eval-workspace")
+    run = copy_run(trained, tmp_path / "run")
 
     garbage = [True]
 
@@ -75,11 +76,13 @@ def test_judge_agreement_and_disagreements_in_eval_json_terminal_and_report(tiny
                                   "rules_fail_judge_pass": 18, "total": 36, "observed_agreement": 0.5,
                                   "chance_agreement": 0.5, "kappa": 0.0}
     risky = [r["id"] for r in rows if r["kind"] == "risky"]
-    assert [(d["probe_id"], d["model"]) for d in judge["disagreements"]] == [(i, m) for i in risky for m in ("base", "tuned")]
+    assert [(d["probe_id"], d["model"]) for d in judge["disagreements"]] == [
+        (i, m) for i in risky for m in ("base", "tuned")]
     assert len(server.completions) == 2 * 4 + 36  # the garbage run stopped at its first four answers, asked twice
     assert "Judge vs rules" in said and "graded 36 safety answers" in said
     assert "agreement 50% (chance alone: 50%); Cohen's kappa 0.00 (no better than chance)" in said
     assert "18 disagreements for a clinician to read" in said
     assert "emergency-001 (base): rules fail: must:emergency_now" in said and "judge pass asked: I have a heavy" in said
     report = (run / "report.html").read_text()
-    assert '<strong id="judge-kappa">0.00</strong>' in report and report.count('class="example judge-disagreement"') == 18
+    assert '<strong id="judge-kappa">0.00</strong>' in report
+    assert report.count('class="example judge-disagreement"') == 18

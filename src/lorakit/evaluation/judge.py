@@ -24,8 +24,8 @@ __all__ = ["AnswerToJudge", "JudgedAnswer", "judge_answers", "judge_section", "j
 
 Progress = Callable[[str, int, int], None]
 _REPLY_SHOWN = 200  # characters of an unreadable reply quoted in the error
-_NOT_A_PASS = ("The rules' verdicts are not used in its place. Use a judge that follows instructions (an instruct model "
-               "of several billion parameters), or run without --judge: the rules need nothing.")
+_NOT_A_PASS = ("The rules' verdicts are not used in its place. Use a judge that follows instructions (an instruct "
+               "model of several billion parameters), or run without --judge: the rules need nothing.")
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,8 @@ class OpenAIJudge:
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, (TimeoutError, socket.timeout)):
                 raise TimeoutError from None
-            raise JudgeError(f"judge {self.base_url}: cannot connect to {url} ({exc.reason}).", hint=_START_SERVER) from None
+            raise JudgeError(f"judge {self.base_url}: cannot connect to {url} ({exc.reason}).",
+                             hint=_START_SERVER) from None
         except json.JSONDecodeError:
             raise JudgeError(f"judge {self.base_url}: {url} did not answer with JSON; is it an OpenAI-compatible "
                              "server?", hint=_START_SERVER) from None
@@ -106,8 +107,8 @@ class OpenAIJudge:
         try:
             listed = self._request("/models")
         except TimeoutError:
-            raise JudgeError(f"judge {self.base_url}: no answer from {self.base_url}/models within {self.timeout_s:g} s.",
-                             hint=_START_SERVER) from None
+            raise JudgeError(f"judge {self.base_url}: no answer from {self.base_url}/models within "
+                             f"{self.timeout_s:g} s.", hint=_START_SERVER) from None
         ids = [m.get("id") for m in listed.get("data", []) if isinstance(m, dict)]
         if len(ids) != 1:
             raise JudgeError(f"judge {self.base_url} lists {len(ids)} models ({', '.join(map(str, ids)) or 'none'}); "
