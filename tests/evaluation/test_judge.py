@@ -3,6 +3,9 @@ disagreements; a judge that stalls, answers garbage or cannot be reached is an e
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 from conftest import free_port
 from evaluation.judge_server import FakeJudgeServer, verdict
@@ -135,6 +138,24 @@ def test_connection_refused_names_the_url_and_what_to_do():
     assert caught.value.message == f"judge {url}: cannot connect to {url}/models ([Errno 111] Connection refused)."
     assert caught.value.hint.startswith("Start the judge's server first (lorakit serve RUN, ollama serve")
     assert caught.value.exit_code == 3
+
+
+def test_a_server_that_drops_the_connection_is_named():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def hang_up() -> None:
+            connection, _ = listener.accept()
+            connection.recv(1024)
+            connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        with pytest.raises(JudgeError) as caught:
+            OpenAIJudge(JudgeSpec(url))
+    assert caught.value.message == (f"judge {url}: {url}/models dropped the connection "
+                                    "(RemoteDisconnected('Remote end closed connection without response')).")
 
 
 def test_a_server_with_several_models_needs_judge_model():

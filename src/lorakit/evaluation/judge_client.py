@@ -12,6 +12,7 @@ header and appears in no log, error or file.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -99,6 +100,9 @@ class OpenAIJudge:
                 raise TimeoutError from None
             raise JudgeError(f"judge {self.base_url}: cannot connect to {url} ({exc.reason}).",
                              hint=_START_SERVER) from None
+        except (ConnectionError, http.client.HTTPException) as exc:  # the server closed the connection mid-request
+            raise JudgeError(f"judge {self.base_url}: {url} dropped the connection ({exc!r}).",
+                             hint="Check the judge server's log; it may have crashed or run out of memory.") from None
         except json.JSONDecodeError:
             raise JudgeError(f"judge {self.base_url}: {url} did not answer with JSON; is it an OpenAI-compatible "
                              "server?", hint=_START_SERVER) from None
