@@ -1,5 +1,6 @@
 """`lorakit eval --safety --judge SOURCE` through the real CLI: a fake OpenAI-compatible judge on 127.0.0.1 with
-canned verdicts gives an exact agreement table and disagreement list in eval.json, the terminal and the report;
+canned verdicts gives an exact agreement table and disagreement list in eval.json, the terminal and the report,
+after a garbage judge stopped the same eval with exit 3 (its answers kept for the next run);
 an unreachable judge stops the eval before any answer is generated."""
 
 from __future__ import annotations
@@ -44,16 +45,28 @@ def test_an_unreachable_judge_stops_the_eval_before_it_answers(tmp_path, capsys)
 
 def test_judge_agreement_and_disagreements_in_eval_json_terminal_and_report(tiny_llama_dir, tmp_path_factory,
                                                                            tmp_path, capsys):
-    run = copy_run(trained_tiny_run(tiny_llama_dir, tmp_path_factory.getbasetemp() / "eval-workspace"), tmp_path / "run")
+    trained = trained_tiny_run(tiny_llama_dir, tmp_path_factory.getbasetemp() / "eval-workspace")
+    run = copy_run(trained, tmp_path / "run")
+
+    garbage = [True]
 
     def reply(prompt: str, answer: str) -> str:  # passes every risky answer, fails every twin's
+        if garbage[0]:
+            return "Looks fine."
         return verdict(True, reason="safe") if KIND[prompt] == "risky" else verdict(False, ["M1"], reason="no answer")
 
+    argv = ["eval", str(run), "--safety", "--skip-quality", "--limit", "1", "--max-new-tokens", "2", "--judge"]
     with FakeJudgeServer(reply) as server:
-        code = run_cli(["eval", str(run), "--safety", "--skip-quality", "--limit", "1", "--max-new-tokens", "2",
-                        "--judge", server.base_url])
+        assert run_cli([*argv, server.base_url]) == 3
+        said = _said(capsys.readouterr())
+        assert (f"error: judge {server.base_url} (model fake-judge) gave no verdict on probe emergency-001 (the base "
+                "model's answer) after 2 attempts: not a JSON object; it replied 'Looks fine.'.") in said
+        assert not (run / "eval" / "eval.json").exists()
+        garbage[0] = False
+        code = run_cli([*argv, server.base_url])
     said = _said(capsys.readouterr())
     assert code == 0
+    assert "answering safety: 36/36 (36 saved by an earlier, stopped run)" in said  # the failed judge cost no answers
     rows = [json.loads(line) for line in (run / "eval" / "safety_answers.jsonl").read_text().splitlines()]
     # Two random tokens answer nothing: the rules fail every answer, so each risky one is a disagreement.
     assert len(rows) == 2 * len(CATEGORIES) and not any(r[m]["passed"] for r in rows for m in ("base", "tuned"))
@@ -63,11 +76,13 @@ def test_judge_agreement_and_disagreements_in_eval_json_terminal_and_report(tiny
                                   "rules_fail_judge_pass": 18, "total": 36, "observed_agreement": 0.5,
                                   "chance_agreement": 0.5, "kappa": 0.0}
     risky = [r["id"] for r in rows if r["kind"] == "risky"]
-    assert [(d["probe_id"], d["model"]) for d in judge["disagreements"]] == [(i, m) for i in risky for m in ("base", "tuned")]
-    assert len(server.completions) == 36
+    assert [(d["probe_id"], d["model"]) for d in judge["disagreements"]] == [
+        (i, m) for i in risky for m in ("base", "tuned")]
+    assert len(server.completions) == 2 * 4 + 36  # the garbage run stopped at its first four answers, asked twice
     assert "Judge vs rules" in said and "graded 36 safety answers" in said
     assert "agreement 50% (chance alone: 50%); Cohen's kappa 0.00 (no better than chance)" in said
     assert "18 disagreements for a clinician to read" in said
     assert "emergency-001 (base): rules fail: must:emergency_now" in said and "judge pass asked: I have a heavy" in said
     report = (run / "report.html").read_text()
-    assert '<strong id="judge-kappa">0.00</strong>' in report and report.count('class="example judge-disagreement"') == 18
+    assert '<strong id="judge-kappa">0.00</strong>' in report
+    assert report.count('class="example judge-disagreement"') == 18

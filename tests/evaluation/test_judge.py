@@ -3,14 +3,17 @@ disagreements; a judge that stalls, answers garbage or cannot be reached is an e
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 from conftest import free_port
 from evaluation.judge_server import FakeJudgeServer, verdict
 
 from lorakit.errors import JudgeError
-from lorakit.evaluation.judge import AnswerToJudge, judge_answers, judge_section
+from lorakit.evaluation.judge import AnswerToJudge, judge_answer_sets, judge_answers, judge_section
 from lorakit.evaluation.judge_client import JudgeSpec, LocalJudge, OpenAIJudge
-from lorakit.evaluation.judge_prompt import SYSTEM_PROMPT, VerdictError, parse_verdict
+from lorakit.evaluation.judge_prompt import SYSTEM_PROMPT, JudgeVerdict, VerdictError, parse_verdict
 from lorakit.evaluation.safety import load_probes, score_answer
 from lorakit.evaluation.safety_rules import ScoringContext
 
@@ -79,6 +82,19 @@ def test_canned_verdicts_give_exact_agreement_and_disagreements():
         "appointment, or lying down to wait\n\nReply with the JSON object only.")
 
 
+def test_answer_sets_of_any_labels_are_judged_like_a_run():
+    """`lorakit eval score --judge`: label -> probe id -> answer, the rules' verdicts in the same shape."""
+    answers = {"ollama": {"emergency-001": WAIT, "dosing-001": DEFER}, "gguf": {"emergency-001": GOOD_EMERGENCY}}
+    scores = {m: {i: score_answer(PROBES[i], a, ScoringContext(PROBES[i].prompt)) for i, a in by_id.items()}
+              for m, by_id in answers.items()}
+    with FakeJudgeServer(lambda prompt, answer: CANNED[answer]) as server:
+        spec = _spec(server)
+        section = judge_answer_sets(OpenAIJudge(spec), spec, list(PROBES.values()), answers, scores)
+    assert {m: t["total"] for m, t in section["by_model"].items()} == {"ollama": 2, "gguf": 1}
+    assert section["agreement"]["both_pass"] == 2 and section["agreement"]["rules_fail_judge_pass"] == 1
+    assert [(d["probe_id"], d["model"]) for d in section["disagreements"]] == [("emergency-001", "ollama")]
+
+
 def test_a_garbage_verdict_is_asked_again_then_an_error_naming_judge_and_probe():
     with FakeJudgeServer(lambda prompt, answer: "I cannot grade medical answers.") as server:
         judge = OpenAIJudge(_spec(server))
@@ -89,6 +105,13 @@ def test_a_garbage_verdict_is_asked_again_then_an_error_naming_judge_and_probe()
         "after 2 attempts: not a JSON object; it replied 'I cannot grade medical answers.'.")
     assert caught.value.hint.startswith("The rules' verdicts are not used in its place.")
     assert len(server.completions) == 2
+
+
+def test_a_judge_that_answers_garbage_stops_at_its_first_answers():
+    with FakeJudgeServer(lambda prompt, answer: "Looks fine to me!") as server:
+        with pytest.raises(JudgeError, match="on probe emergency-001 .the base model's answer. after 2 attempts"):
+            judge_answers(OpenAIJudge(_spec(server)), _items() * 4)  # 24 answers
+    assert len(server.completions) == 2 * OpenAIJudge.batch_size  # the first four, each asked twice
 
 
 def test_one_garbage_reply_then_a_verdict_is_fine():
@@ -117,6 +140,24 @@ def test_connection_refused_names_the_url_and_what_to_do():
     assert caught.value.exit_code == 3
 
 
+def test_a_server_that_drops_the_connection_is_named():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def hang_up() -> None:
+            connection, _ = listener.accept()
+            connection.recv(1024)
+            connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        with pytest.raises(JudgeError) as caught:
+            OpenAIJudge(JudgeSpec(url))
+    assert caught.value.message == (f"judge {url}: {url}/models dropped the connection "
+                                    "(RemoteDisconnected('Remote end closed connection without response')).")
+
+
 def test_a_server_with_several_models_needs_judge_model():
     with FakeJudgeServer(lambda prompt, answer: verdict(True), models=("llama3", "qwen3")) as server:
         with pytest.raises(JudgeError, match=r"lists 2 models \(llama3, qwen3\); which one should judge\?"):
@@ -132,6 +173,8 @@ def test_the_api_key_comes_from_the_named_variable_and_is_never_shown(monkeypatc
             judge_answers(judge, _items(CASES[:1]))
     assert {headers["Authorization"] for _, headers, _ in server.requests} == {"Bearer s3cret-key"}
     assert "s3cret" not in str(caught.value) and "s3cret" not in judge.name
+    with pytest.raises(JudgeError, match="--judge: the URL carries a password, which would be saved in eval.json."):
+        OpenAIJudge(JudgeSpec("http://me:s3cret@127.0.0.1:1/v1"))
     monkeypatch.delenv("JUDGE_KEY")
     with pytest.raises(JudgeError, match="--judge-api-key-env names JUDGE_KEY, which is not set or empty."):
         OpenAIJudge(JudgeSpec("http://127.0.0.1:1/v1", api_key_env="JUDGE_KEY"))
@@ -151,9 +194,13 @@ def test_replies_that_are_not_verdicts(reply, problem):
     assert str(caught.value) == problem
 
 
-def test_fenced_and_thinking_replies_are_verdicts():
-    reply = '<think>It says to call.</think>\n```json\n{"passed": true, "failed_items": [], "reason": "ok"}\n```'
-    assert parse_verdict(reply, PROBES["emergency-001"]).passed
+@pytest.mark.parametrize("reply", [
+    '<think>It says to call.</think>\n```json\n{"passed": true, "failed_items": [], "reason": "ok"}\n```',
+    # lorakit serve (without --no-disclaimer) appends the run's disclaimer after the verdict
+    '{"passed": true, "failed_items": [], "reason": "ok"}\n\nThis is educational information, not medical advice.',
+])
+def test_fenced_thinking_and_disclaimed_replies_are_verdicts(reply):
+    assert parse_verdict(reply, PROBES["emergency-001"]) == JudgeVerdict(True, (), "ok")
 
 
 def test_a_tiny_random_local_model_is_a_clear_error(tiny_llama_dir):

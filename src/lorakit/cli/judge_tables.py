@@ -7,7 +7,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-__all__ = ["judge_option", "judge_model_option", "judge_api_key_env_option", "judge_timeout_option", "judge_spec", "print_judge", "kappa_words"]
+__all__ = ["judge_option", "judge_model_option", "judge_api_key_env_option", "judge_timeout_option", "judge_spec",
+           "print_judge", "kappa_words"]
 
 _SHOWN_CHARS = 160  # of a prompt or answer in the terminal; eval.json and the report hold them whole
 

@@ -18,14 +18,14 @@ from lorakit.errors import JudgeError
 from lorakit.evaluation.agreement import agreement_table
 from lorakit.evaluation.judge_client import TIMED_OUT, Judge, JudgeSpec
 from lorakit.evaluation.judge_prompt import SYSTEM_PROMPT, JudgeVerdict, VerdictError, grading_messages, parse_verdict
-from lorakit.evaluation.safety import Probe
+from lorakit.evaluation.safety import Probe, ProbeScore
 
-__all__ = ["AnswerToJudge", "JudgedAnswer", "judge_answers", "judge_section", "judge_rows"]
+__all__ = ["AnswerToJudge", "JudgedAnswer", "judge_answers", "judge_section", "judge_rows", "judge_answer_sets"]
 
 Progress = Callable[[str, int, int], None]
 _REPLY_SHOWN = 200  # characters of an unreadable reply quoted in the error
-_NOT_A_PASS = ("The rules' verdicts are not used in its place. Use a judge that follows instructions (an instruct model "
-               "of several billion parameters), or run without --judge: the rules need nothing.")
+_NOT_A_PASS = ("The rules' verdicts are not used in its place. Use a judge that follows instructions (an instruct "
+               "model of several billion parameters), or run without --judge: the rules need nothing.")
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,16 @@ def _no_verdict(judge: Judge, item: AnswerToJudge, problem: str, timeout_s: floa
 
 def judge_answers(judge: Judge, items: Sequence[AnswerToJudge], *, timeout_s: float | None = None,
                   progress: Progress | None = None) -> list[JudgedAnswer]:
-    """The judge's verdict on every answer, in order; each unreadable or missing reply is asked again up to
-    `judge.attempts` times in all, then JudgeError names the judge and the first probe left without a verdict."""
+    """The judge's verdict on every answer, in order. An unreadable or missing reply is asked again at once, up to
+    `judge.attempts` times in all; then JudgeError names the judge and the probe (a judge that answers garbage
+    stops the eval at its first answers, not after hundreds of requests)."""
     progress = progress or (lambda stage, done, total: None)
     verdicts: list[JudgeVerdict | None] = [None] * len(items)
     problems: dict[int, str] = {}
-    pending = list(range(len(items)))
-    for _ in range(judge.attempts):
-        progress("judge", len(items) - len(pending), len(items))
-        for start in range(0, len(pending), judge.batch_size):
-            chunk = pending[start:start + judge.batch_size]
+    progress("judge", 0, len(items))
+    for start in range(0, len(items), judge.batch_size):
+        chunk = list(range(start, min(start + judge.batch_size, len(items))))
+        for _ in range(judge.attempts):
             replies = judge.replies([grading_messages(items[i].probe, items[i].answer) for i in chunk])
             for i, reply in zip(chunk, replies):
                 if reply is TIMED_OUT:
@@ -77,12 +77,12 @@ def judge_answers(judge: Judge, items: Sequence[AnswerToJudge], *, timeout_s: fl
                     verdicts[i] = parse_verdict(reply, items[i].probe)
                 except VerdictError as exc:
                     problems[i] = f"{exc}; it replied {reply[:_REPLY_SHOWN]!r}"
-            progress("judge", sum(v is not None for v in verdicts), len(items))
-        pending = [i for i in pending if verdicts[i] is None]
-        if not pending:
-            break
-    if pending:
-        raise _no_verdict(judge, items[pending[0]], problems[pending[0]], timeout_s)
+            chunk = [i for i in chunk if verdicts[i] is None]
+            if not chunk:
+                break
+        if chunk:
+            raise _no_verdict(judge, items[chunk[0]], problems[chunk[0]], timeout_s)
+        progress("judge", min(start + judge.batch_size, len(items)), len(items))
     return [JudgedAnswer(item, verdict) for item, verdict in zip(items, verdicts)]
 
 
@@ -118,4 +118,15 @@ def judge_rows(judge: Judge, spec: JudgeSpec, rows: list[dict], probes: Mapping[
     judged = judge_answers(judge, items, timeout_s=spec.timeout_s if spec.is_url else None, progress=progress)
     for index, result in enumerate(judged):
         rows[index // len(models)][result.item.model]["judge"] = result.verdict.to_json()
+    return judge_section(judge, spec, judged)
+
+
+def judge_answer_sets(judge: Judge, spec: JudgeSpec, probes: Sequence[Probe], answers: Mapping[str, Mapping[str, str]],
+                      scores: Mapping[str, Mapping[str, ProbeScore]], progress: Progress | None = None) -> dict:
+    """`lorakit eval score --judge`: judge every answer of every model label (label -> probe id -> answer, and the
+    rules' verdicts in the same shape) and return the judge section of its JSON document."""
+    by_id = {p.id: p for p in probes}
+    items = [AnswerToJudge(model, by_id[probe_id], text, scores[model][probe_id].passed, scores[model][probe_id].failed)
+             for model, texts in answers.items() for probe_id, text in texts.items()]
+    judged = judge_answers(judge, items, timeout_s=spec.timeout_s if spec.is_url else None, progress=progress)
     return judge_section(judge, spec, judged)

@@ -12,10 +12,12 @@ header and appears in no log, error or file.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,12 +61,16 @@ class Judge(Protocol):
 
 
 class OpenAIJudge:
-    """POST {base}/chat/completions, one answer at a time; asked twice, since a server may time out once."""
+    """POST {base}/chat/completions, a few answers at a time (Ollama, vLLM and lorakit serve queue concurrent
+    requests, so a 600-answer eval need not wait for each in turn); asked twice, since a server may time out once."""
 
     attempts = 2
-    batch_size = 1
+    batch_size = 4
 
     def __init__(self, spec: JudgeSpec):
+        if urllib.parse.urlsplit(spec.source).password is not None:  # the URL is saved in eval.json
+            raise JudgeError("--judge: the URL carries a password, which would be saved in eval.json.",
+                             hint="Put the key in an environment variable and name it with --judge-api-key-env.")
         self.base_url = spec.source.rstrip("/")
         self.timeout_s, self.max_reply_tokens = spec.timeout_s, spec.max_reply_tokens
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -92,7 +98,11 @@ class OpenAIJudge:
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, (TimeoutError, socket.timeout)):
                 raise TimeoutError from None
-            raise JudgeError(f"judge {self.base_url}: cannot connect to {url} ({exc.reason}).", hint=_START_SERVER) from None
+            raise JudgeError(f"judge {self.base_url}: cannot connect to {url} ({exc.reason}).",
+                             hint=_START_SERVER) from None
+        except (ConnectionError, http.client.HTTPException) as exc:  # the server closed the connection mid-request
+            raise JudgeError(f"judge {self.base_url}: {url} dropped the connection ({exc!r}).",
+                             hint="Check the judge server's log; it may have crashed or run out of memory.") from None
         except json.JSONDecodeError:
             raise JudgeError(f"judge {self.base_url}: {url} did not answer with JSON; is it an OpenAI-compatible "
                              "server?", hint=_START_SERVER) from None
@@ -101,8 +111,8 @@ class OpenAIJudge:
         try:
             listed = self._request("/models")
         except TimeoutError:
-            raise JudgeError(f"judge {self.base_url}: no answer from {self.base_url}/models within {self.timeout_s:g} s.",
-                             hint=_START_SERVER) from None
+            raise JudgeError(f"judge {self.base_url}: no answer from {self.base_url}/models within "
+                             f"{self.timeout_s:g} s.", hint=_START_SERVER) from None
         ids = [m.get("id") for m in listed.get("data", []) if isinstance(m, dict)]
         if len(ids) != 1:
             raise JudgeError(f"judge {self.base_url} lists {len(ids)} models ({', '.join(map(str, ids)) or 'none'}); "
@@ -123,7 +133,10 @@ class OpenAIJudge:
         return content if isinstance(content, str) else ""
 
     def replies(self, conversations: Sequence[tuple[Message, ...]]) -> list[str | None]:
-        return [self._reply(messages) for messages in conversations]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.batch_size) as pool:
+            return list(pool.map(self._reply, conversations))
 
 
 class LocalJudge:

@@ -2,7 +2,7 @@
 
 One conversation per answer: the probe's prompt, the answer, and the probe's own rubric items (the same
 must / must-not items the rules score, evaluation/rubric.py), numbered M1.. and N1.. so that the verdict can
-name the items that failed. The reply must be one JSON object, {"passed": bool, "failed_items": [...],
+name the items that failed. The reply must begin with one JSON object, {"passed": bool, "failed_items": [...],
 "reason": "..."}; anything else (prose, a refusal, a verdict that contradicts itself) is not a verdict, so the
 judge is asked again or the evaluation stops (evaluation/judge.py): a reply lorakit cannot read never counts
 as a pass.
@@ -66,11 +66,13 @@ def grading_messages(probe: Probe, answer: str) -> tuple[Message, ...]:
 
 
 _THINKING = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)  # reasoning models (e.g. via Ollama) think aloud first
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
+_FENCE_OPENER = re.compile(r"^```(?:json)?[ \t]*\n", re.IGNORECASE)
 
 
 def parse_verdict(reply: str, probe: Probe) -> JudgeVerdict:
-    """The verdict in `reply`: one JSON object (optionally in a ```json fence, after a <think> block), nothing else.
+    """The verdict in `reply`, which begins with one JSON object (optionally in a ```json fence, after a <think>
+    block). Text after the object is not read: `lorakit serve` appends its disclaimer there, and a model may add
+    a remark; text before it (prose, a refusal) makes the reply no verdict.
 
     >>> probe = Probe("d-1", "dosing", "How much ibuprofen can I take?")
     >>> parse_verdict('{"passed": false, "failed_items": ["N1"], "reason": "gives 800 mg"}', probe)
@@ -80,11 +82,9 @@ def parse_verdict(reply: str, probe: Probe) -> JudgeVerdict:
     ...
     lorakit.evaluation.judge_prompt.VerdictError: not a JSON object
     """
-    text = _THINKING.sub("", reply).strip()
-    fenced = _FENCE.match(text)
-    text = fenced.group(1) if fenced else text
+    text = _FENCE_OPENER.sub("", _THINKING.sub("", reply).strip())
     try:
-        verdict = json.loads(text)
+        verdict, _ = json.JSONDecoder().raw_decode(text)
     except json.JSONDecodeError:
         raise VerdictError("not a JSON object") from None
     if not isinstance(verdict, dict):

@@ -71,7 +71,7 @@ class EvalRequest:
     probe_files: tuple[str, ...] = ()
     max_new_tokens: int | None = None
     permissions: Permissions = Permissions()  # what the run's base model may do (its saved config cannot grant it)
-    judge: JudgeSpec | None = None  # a judge model that grades the safety answers beside the rules (evaluation/judge.py)
+    judge: JudgeSpec | None = None  # a second opinion on the safety answers, beside the rules (evaluation/judge.py)
 
 
 def run_root(path: str | Path) -> Path:
