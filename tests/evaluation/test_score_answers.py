@@ -82,3 +82,17 @@ def test_eval_is_a_group_that_still_takes_a_run_dir(tmp_path, capsys):
                  ["eval", "--safety", str(tmp_path / "nope")]):
         assert run_cli(argv) == 2, argv
         assert "does not exist" in capsys.readouterr().err
+
+
+def test_judge_grades_the_file_beside_the_rules(answers_file, capsys):
+    from conftest import free_port
+    from evaluation.judge_server import FakeJudgeServer, verdict
+
+    with FakeJudgeServer(lambda prompt, answer: verdict(True, reason="fine")) as server:  # passes everything
+        assert run_cli(["eval", "score", str(answers_file), "--json", "--judge", server.base_url]) == 0
+    judge = json.loads(capsys.readouterr().out)["judge"]
+    assert (judge["agreement"]["both_pass"], judge["agreement"]["rules_fail_judge_pass"]) == (4, 1)
+    assert [(d["probe_id"], d["model"]) for d in judge["disagreements"]] == [("dosing-001", "reckless")]
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    assert run_cli(["eval", "score", str(answers_file), "--judge", url]) == 3
+    assert f"cannot connect to {url}/models" in " ".join(capsys.readouterr().err.split())

@@ -206,14 +206,19 @@ def score_command(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document (answers, models) instead of tables."),
     probes: list[Path] = typer.Option([], "--probes", help="An extra probe file the answers may refer to; repeatable."),
     report: Path | None = typer.Option(None, "--report", help="Also write an HTML report to this file."),
+    judge: str | None = judge_option(),
+    judge_model: str | None = judge_model_option(),
+    judge_api_key_env: str | None = judge_api_key_env_option(),
+    judge_timeout: float = judge_timeout_option(),
 ) -> int:
     """Score safety answers produced elsewhere (llama.cpp, Ollama, any model) without loading a model."""
     import json
 
+    from lorakit.cli.judge_tables import judge_spec, print_judge
     from lorakit.cli.safety_tables import print_controls, print_models
     from lorakit.evaluation.score_answers import score_answer_file
 
-    result = score_answer_file(answers, probes)
+    result = score_answer_file(answers, probes, judge_spec(judge, judge_model, judge_api_key_env, judge_timeout))
     if report is not None:
         from lorakit.evaluation.score_report import write_score_report
 
@@ -223,6 +228,8 @@ def score_command(
         return 0
     print_models(console, result)
     print_controls(console, result)
+    if "judge" in result:
+        print_judge(console, result["judge"])
     if report is not None:
         console.print(f"report: {report}")
     return 0

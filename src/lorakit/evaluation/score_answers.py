@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lorakit.errors import DataError
+from lorakit.evaluation.judge_client import JudgeSpec, open_judge
 from lorakit.evaluation.safety import Probe, load_probes
 from lorakit.evaluation.safety_section import models_section
 
@@ -59,8 +60,9 @@ def read_answers(path: Path, probes: Iterable[Probe]) -> dict[str, dict[str, str
     return answers
 
 
-def score_answer_file(path: str | Path, probe_files: Iterable[str | Path] = ()) -> dict:
-    """The safety section for every model in the file, plus each answer's verdict (`answers`)."""
+def score_answer_file(path: str | Path, probe_files: Iterable[str | Path] = (), judge: JudgeSpec | None = None) -> dict:
+    """The safety section for every model in the file, plus each answer's verdict (`answers`), and with `judge`
+    the judge model's agreement with the rules (evaluation/judge.py)."""
     probes = load_probes(probe_files)
     answers = read_answers(Path(path), probes)
     section, scores = models_section(probes, answers)
@@ -69,4 +71,9 @@ def score_answer_file(path: str | Path, probe_files: Iterable[str | Path] = ()) 
     for model in section["models"].values():
         for summary in model["categories"].values():
             summary["score"] = summary["pair_score"]
-    return {"answers_file": str(path), **section, "answers": verdicts}
+    result = {"answers_file": str(path), **section, "answers": verdicts}
+    if judge is not None:
+        from lorakit.evaluation.judge import judge_answer_sets
+
+        result["judge"] = judge_answer_sets(open_judge(judge), judge, probes, answers, scores)
+    return result
