@@ -1,19 +1,28 @@
-"""Issue 11 benchmark: `lorakit train` (the CLI) against TRL's SFTTrainer as its documentation recommends
+"""Issue 11/23 benchmark: `lorakit train` (the CLI) against TRL's SFTTrainer as its documentation recommends
 (bench/trl_peer.py) and the guide's recipe (bench/guide_recipe.py), same model, same data, same GPU, one run.
 
-    python bench/peer_speed.py --out bench/results/peer_speed [--settings 8gb-qlora-512,...] [--smoke]
+    python bench/peer_speed.py --out bench/results/peer_speed_honest [--settings 8gb-qlora-512,...] [--smoke]
 
 Model: Phi-4-mini-shaped Phi3 with random weights (hidden 3072, intermediate 8192, 32 layers, 24 heads, 8 KV
 heads, vocab 200,064, partial rotary 0.75, tied embeddings), bf16 safetensors. Data: 2,048 synthetic
 single-turn chats (bench/synthetic_chat.py) with lorakit's default system prompt; lorakit reads them as
 instruction/response JSONL, TRL as conversational prompt/completion (loss on the answer only in both).
 
+Equal work per step (issue 23): a setting's step is one padding-free packed row of `rows x max_length` tokens in
+both tools: lorakit packs best-fit bins of micro-batch x max_length tokens; TRL packs best-fit (`bfd`) bins of
+its max_length, so it gets one bin of rows x max_length per step (per_device_train_batch_size 1; no example is
+longer than 512 tokens, so no example is truncated in either tool). Both flatten a step into one row, so TRL's
+earlier 16 bins of 512 were the same row shape, only emptier (7,551 real tokens of 8,192). Real tokens,
+labelled positions and squared example lengths per measured step are counted for both: TRL's in trl_peer.py,
+lorakit's by lorakit's own packer (`packed_epoch_groups`) on the same config and seed.
+
 Each row is a fresh process. An 8 GB card is emulated by capping PyTorch's allocator at --cap-gib (8 GiB minus
-the CUDA context); lorakit's planner sees the capped allocator as that card (cap + context). Reported per row:
-median tokens/s over the measured steps (real tokens; lorakit's own metrics.jsonl, TRL's counted in
-trl_peer.py), PyTorch's peak allocated and reserved, nvidia-smi's peak memory.used (CUDA context included),
-and MFU = useful FLOPs / (time x the bf16 matmul rate measured in the same run): 4 x linear parameters (LM
-head included) per real token + causal attention (6 n^2 x heads x head_dim per layer per example).
+the CUDA context); lorakit's planner sees the capped allocator as that card (cap + context). Both tools run with
+lorakit's allocator settings (expandable segments). Reported per row: median tokens/s over the measured steps
+(real tokens; lorakit's own metrics.jsonl, TRL's counted in trl_peer.py), PyTorch's peak allocated and reserved,
+nvidia-smi's peak memory.used (CUDA context included), and MFU three ways (bench/flops.py): on model FLOPs with
+the LM head where each tool runs it (labelled positions), on executed FLOPs (recomputation included), and the
+old count with the LM head on every token.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from capped_run import eight_gb_cap_gib  # noqa: E402
+from peer_table import lorakit_step_counts, planned_checkpointed_layers, planned_micro_batch, table  # noqa: E402
 from gpu_speed_memory import matmul_tflops  # noqa: E402
 from multi_gpu import PHI4_MINI, SAFE_ENV, SMOKE, TOKENIZER, GpuMemorySampler  # noqa: E402
 from step_speed import run_speed  # noqa: E402
@@ -81,17 +91,6 @@ def prepare(work: Path, smoke: bool) -> dict:
             "torch": torch.__version__}
 
 
-def flops_per_token(shape: dict, data: dict) -> float:
-    """Useful FLOPs per real token of a LoRA step (forward + input gradients; frozen weights get none)."""
-    d, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
-    heads, kv = shape["num_attention_heads"], shape["num_key_value_heads"]
-    head_dim = d // heads
-    per_layer = d * (heads + 2 * kv) * head_dim + heads * head_dim * d + d * 2 * i + i * d
-    linear = layers * per_layer + shape["vocab_size"] * d
-    attention = 6 * data["mean_square_length"] / data["mean_length"] * heads * head_dim * layers
-    return 4 * linear + attention
-
-
 def lorakit_config(work: Path, steps: int, smoke: bool) -> Path:
     config = {
         "seed": 0,
@@ -129,6 +128,7 @@ def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str
     max_length, rows, quantization, _, capped = SETTINGS[setting]
     suffix = (f"-without-{disabled}" if disabled else "") + (f"-{extra_slug(extra)}" if extra else "")
     run_dir, peak_file = work / f"lorakit-{setting}{suffix}", work / f"peak-{setting}{suffix}.json"
+    quantization = "none" if args.smoke else quantization  # nf4 needs CUDA
     sets = [f"output_dir={run_dir}", f"model.max_length={max_length}", f"model.quantization={quantization}"]
     if capped:  # the planner chooses micro-batch, checkpointing and offload for the emulated card
         sets += ["training.batch_size=auto", "training.gradient_checkpointing=auto"]
@@ -150,8 +150,13 @@ def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str
         return row | {"error": "timeout" if done is None else done.stderr[-600:]}
     speed = run_speed(run_dir, args.warmup)
     plan = next((line for line in done.stdout.splitlines() + done.stderr.splitlines() if "memory plan" in line), "")
+    micro_batch = planned_micro_batch(plan) or rows
+    counts = lorakit_step_counts(config, max_length, micro_batch, args.warmup, args.steps)
     row |= {"tokens_per_second": speed["tokens_per_second"], "measured_steps": speed["measured_steps"],
-            "plan": plan.strip()[-160:], "losses": speed["train_losses"]}
+            "plan": plan.strip()[-160:], "losses": speed["train_losses"],
+            "checkpointed_layers": planned_checkpointed_layers(plan) if capped else 0,
+            "step_tokens": [c.tokens for c in counts], "step_labelled": [c.labelled for c in counts],
+            "step_square_lengths": [c.square_lengths for c in counts]}
     if peak_file.exists():
         row |= json.loads(peak_file.read_text())
     return row
@@ -179,16 +184,18 @@ def extra_slug(extra: str) -> str:
 def trl_row(setting: str, work: Path, args, log) -> dict:
     max_length, rows, quantization, checkpointing, capped = SETTINGS[setting]
     out = work / f"trl-{setting}.json"
+    # one best-fit bin of rows x max_length tokens per step, as lorakit packs (see the module's docstring)
     command = [sys.executable, str(REPO / "bench" / "trl_peer.py"), "--model", str(work / "model"),
-               "--data", str(work / "trl.jsonl"), "--out", str(out), "--max-length", str(max_length),
-               "--rows", str(rows), "--quantization", quantization, "--steps", str(args.steps),
+               "--data", str(work / "trl.jsonl"), "--out", str(out), "--max-length", str(rows * max_length),
+               "--rows", "1", "--quantization", quantization, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--checkpointing" if checkpointing else "--no-checkpointing"]
     if capped and not args.smoke:
         command += ["--cap-gib", str(args.cap_gib)]
     if args.smoke:
         command.append("--smoke")
     done, smi = _run(command, log, f"trl {setting}", args.row_timeout)
-    row = {"setting": setting, "tool": "TRL best practice", "nvidia_smi_peak_mib": smi.get(measured_gpu())}
+    row = {"setting": setting, "tool": "TRL best practice", "nvidia_smi_peak_mib": smi.get(measured_gpu()),
+           "checkpointed_layers": PHI4_MINI["num_hidden_layers"] if checkpointing else 0, "head_recomputed": True}
     if done is None or done.returncode != 0 or not out.exists():
         return row | {"error": "timeout" if done is None else done.stderr[-600:]}
     return row | json.loads(out.read_text())
@@ -223,27 +230,6 @@ def guide_child(out: Path, work: Path) -> None:
     tokens = sum(result["lengths"])
     out.write_text(json.dumps({"tokens_per_second": tokens / result["seconds"], "measured_steps": result["steps"],
                                "peak_allocated": result["peak_allocated"], "peak_reserved": result["peak_reserved"]}))
-
-
-def table(rows: list[dict], data: dict, shape: dict) -> str:
-    per_token = flops_per_token(shape, data)
-    tflops = data.get("matmul_tflops")
-    lines = ["| setting | tool | tokens/s | vs TRL | MFU | PyTorch peak GiB (alloc / reserved) | nvidia-smi peak GiB | plan |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        if "error" in row:
-            lines.append(f"| {row['setting']} | {row['tool']} | failed | | | | | {row['error'][-150:]!r} |")
-            continue
-        peer = next((r for r in rows if r["setting"] == row["setting"] and r["tool"] == "TRL best practice"
-                     and "error" not in r), None)
-        ratio = f"{row['tokens_per_second'] / peer['tokens_per_second']:.2f}x" if peer else "-"
-        mfu = f"{row['tokens_per_second'] * per_token / (tflops * 1e12):.1%}" if tflops else "-"
-        gib = lambda value: "-" if value is None else f"{value / 2**30:.2f}"  # noqa: E731
-        smi = "-" if row.get("nvidia_smi_peak_mib") is None else f"{row['nvidia_smi_peak_mib'] / 1024:.2f}"
-        lines.append(f"| {row['setting']} | {row['tool']} | {row['tokens_per_second']:,.0f} | {ratio} | {mfu} | "
-                     f"{gib(row.get('peak_allocated'))} / {gib(row.get('peak_reserved'))} | {smi} | "
-                     f"{row.get('plan', '')} |")
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 23 on the GPU, in device calls of under 10 minutes each (run from the repository root, with lorakit's
+# src/ and the wheels of TRL, peft, transformers, bitsandbytes, liger-kernel and datasets on PYTHONPATH):
+#   bash bench/issue23_device.sh table OUT_DIR  # the four settings, TRL best practice and lorakit, equal tokens per step
+#   bash bench/issue23_device.sh long OUT_DIR   # the 8 GB card at 8k-32k tokens per example, both tools, and lorakit plan
+# A row that does not finish inside the call's time is missing from rows.jsonl; a later call can run the rest
+# with SETTINGS=... (table) or LENGTHS=... (long) on the same prepared work folder.
+set -uo pipefail
+part=${1:?table or long}
+out=${2:?results folder}
+case "$part" in table|long) ;; *) echo "unknown part '$part': table or long" >&2; exit 2;; esac
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python -c "import torch, transformers, trl, peft, bitsandbytes, liger_kernel, datasets, lorakit.cli.app
+print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft',
+      peft.__version__, 'bitsandbytes', bitsandbytes.__version__, 'liger', liger_kernel.__version__ if hasattr(liger_kernel, '__version__') else '?')"
+    python -c "import flash_attn" 2>&1 | tail -1  # TRL's docs name FlashAttention for padding-free packing
+} > "$out/checks.txt" 2>&1
+cat "$out/checks.txt"
+grep -q "^torch" "$out/checks.txt" || exit 1
+if [ "$part" = table ]; then
+    python bench/peer_speed.py --out "$out" --work /tmp/lorakit-peer-speed \
+        --settings "${SETTINGS:-8gb-qlora-512,gpu-bf16-512,gpu-qlora-512,8gb-qlora-2048}" --tools trl,lorakit \
+        --steps 8 --warmup 2 --row-timeout 200 2>&1 | tee "$out/stdout.txt"
+    exit
+fi
+python bench/long_context.py --out "$out" --work /tmp/lorakit-peer-speed --lengths "${LENGTHS:-8192,16384,24576,32768}" \
+    --steps 3 --warmup 1 --row-timeout 150 2>&1 | tee "$out/stdout.txt"
