@@ -29,12 +29,11 @@ import threading
 import time
 from pathlib import Path
 
+from serve import QUESTIONS as SERVE_QUESTIONS  # bench/serve.py's four questions, then four of other lengths
+
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = [
-    "What are the warning signs of a stroke?",
-    "What does insulin do in the body?",
-    "Why are antibiotics not used for viral infections?",
-    "What is the difference between type 1 and type 2 diabetes?",
+    *SERVE_QUESTIONS,
     "How does high blood pressure damage the kidneys over many years?",
     "What is anemia?",
     "When should a persistent cough in an older adult be checked by a doctor, and what tests might be done?",
