@@ -18,7 +18,7 @@ import sys
 
 def eight_gb_cap_gib() -> float:
     """An 8 GB card's memory less the CUDA context (lorakit's planner's CUDA_CONTEXT_BYTES): 7.25 GiB."""
-    from lorakit.model.memory_plan import CUDA_CONTEXT_BYTES
+    from lorakit.plan.memory import CUDA_CONTEXT_BYTES
 
     return 8 - CUDA_CONTEXT_BYTES / 2**30
 

@@ -41,7 +41,7 @@ ROWS = [
     ("2gpu-fsdp", 2, "fsdp", None, []),
     ("8gb-1gpu", 1, "ddp", EIGHT_GB_CAP_GIB, ["training.batch_size=auto", "training.gradient_checkpointing=auto"]),
     # Fixed, not planned (the run that measured it predates the planner's NCCL reserve; the plan is now micro-batch 2,
-    # 31 of 32 layers, tests/model/test_sharded_plan.py).
+    # 31 of 32 layers, tests/plan/test_sharded.py).
     ("8gb-2gpu-fsdp", 2, "fsdp", EIGHT_GB_CAP_GIB, ["training.batch_size=2", "training.gradient_checkpointing=true"]),
 ]
 

@@ -35,9 +35,9 @@ from lorakit.model import kernels  # noqa: E402
 from lorakit.model.attention import expands_kv_heads  # noqa: E402
 from lorakit.model.checkpointing import apply_checkpointing  # noqa: E402
 from lorakit.model.load import load_base_model, resolve_model_source  # noqa: E402
-from lorakit.model.memory_plan import GIB, ModelShape, TrainSettings, estimate_peak_memory  # noqa: E402
+from lorakit.plan.memory import GIB, ModelShape, TrainSettings, estimate_peak_memory  # noqa: E402
 from lorakit.model.quantize import nf4_config  # noqa: E402
-from lorakit.model.run_plan import resolve_auto_settings  # noqa: E402
+from lorakit.plan.run_plan import resolve_auto_settings  # noqa: E402
 from lorakit.model.trainable import make_trainable, skip_fp32_input_copies  # noqa: E402
 from lorakit.training import loop  # noqa: E402
 from lorakit.training.checkpoint import TrainerState  # noqa: E402

@@ -13,7 +13,7 @@ expandable segments in both. Data: for each length L, synthetic clinical-note ex
 - TRL best practice for long examples: SFTTrainer, no packing, batch 1, gradient checkpointing, TRL's activation
   offloading, its chunked LM head (TRL 1.16 always scores through it), liger's kernels, `sdpa` attention (one
   unpadded example per step: PyTorch's FlashAttention-2 kernel).
-- `lorakit plan` (model/run_plan.plan_run, what the CLI prints) for 8 GB at each length: predicted peak
+- `lorakit plan` (plan/run_plan.plan_run, what the CLI prints) for 8 GB at each length: predicted peak
   allocated and on-GPU bytes, against PyTorch's peak and nvidia-smi's.
 """
 
@@ -84,8 +84,8 @@ def planner_prediction(config: Path, length: int, memory_gib: float) -> dict:
     """What `lorakit plan CONFIG --gpu-memory 8GB --set ...` predicts, or its refusal."""
     from lorakit.config import load_config
     from lorakit.errors import ConfigError
-    from lorakit.model.memory_plan import GIB
-    from lorakit.model.run_plan import plan_run
+    from lorakit.plan.memory import GIB
+    from lorakit.plan.run_plan import plan_run
 
     run = load_config(config, [f"model.max_length={length}", "model.quantization=nf4", "training.batch_size=1",
                                "training.gradient_checkpointing=auto"])

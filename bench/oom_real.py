@@ -11,7 +11,7 @@ synthetic chats at max_length 512, and two runs of the public command, each in a
             --set training.gradient_checkpointing=auto --set training.gradient_accumulation_steps=4 ...`
   replan    the same with `--set training.batch_size=64 --set training.gradient_checkpointing=false
             --set training.gradient_accumulation_steps=1` (same tokens per optimizer step): step 1 runs out of
-            memory and must re-plan (training/oom_replan.py) instead of halving six times to micro-batch 2.
+            memory and must re-plan (plan/oom.py) instead of halving six times to micro-batch 2.
 
 It reports each run's tokens/s (median of the logged steps after the first), PyTorch's peaks, the GPU's used
 memory (NVML), the plan line and every out-of-memory message, and the ratio replan / planner. Writes

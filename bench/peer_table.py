@@ -45,7 +45,7 @@ def planned_micro_batch(plan: str) -> int | None:
 
 
 def planned_checkpointed_layers(plan: str) -> int:
-    """Checkpointed layers of lorakit's printed memory plan (model/memory_plan.checkpointing_text).
+    """Checkpointed layers of lorakit's printed memory plan (plan/memory.checkpointing_text).
 
     >>> planned_checkpointed_layers("memory plan: nf4, micro-batch 16, checkpointing 31 of 32 layers, predicted ...")
     31

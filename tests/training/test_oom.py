@@ -18,7 +18,7 @@ from lorakit.data.render import TokenizedExample
 from lorakit.errors import TrainingError
 from lorakit.training import loop
 from lorakit.training.checkpoint import verify_checkpoint
-from lorakit.training.oom import accumulation_after_split, halved, split_into_micro_batches
+from lorakit.plan.micro_batches import accumulation_after_split, halved, split_into_micro_batches
 
 
 class OomInjector:

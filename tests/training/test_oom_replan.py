@@ -12,10 +12,11 @@ import torch
 from conftest import PHI4_MINI, Recorder, final_adapter, tiny_run_config
 
 from lorakit.model.checkpointing import decoder_layers
-from lorakit.model.memory_plan import CUDA_CONTEXT_BYTES, GIB, ModelShape, TrainSettings, estimate_peak_memory
-from lorakit.model.run_plan import train_settings
-from lorakit.training import loop, oom_replan
-from lorakit.training.oom_replan import MemorySettings, replan_for_memory
+from lorakit.plan.memory import CUDA_CONTEXT_BYTES, GIB, ModelShape, TrainSettings, estimate_peak_memory
+from lorakit.plan.run_plan import train_settings
+from lorakit.plan import oom
+from lorakit.plan.oom import MemorySettings, replan_for_memory
+from lorakit.training import loop
 
 
 class NeedsCheckpointing:
@@ -75,7 +76,7 @@ def _device_with(monkeypatch, model_dir, config, *, micro_batch: int, checkpoint
     settings = TrainSettings(**{**settings.__dict__, "tokens_per_micro_batch": micro_batch * config.model.max_length,
                                 "checkpointed_layers": checkpointed_layers})
     memory = estimate_peak_memory(shape, settings).peak_on_gpu()
-    monkeypatch.setattr(oom_replan, "training_memory_bytes", lambda device: memory)
+    monkeypatch.setattr(oom, "training_memory_bytes", lambda device: memory)
     return memory
 
 
@@ -121,7 +122,7 @@ def test_oom_replan_is_saved_and_kept_after_resume(tiny_llama_dir, qa_file, tmp_
 
 
 def test_oom_without_a_plan_that_needs_less_halves_as_before(tiny_llama_dir, qa_file, tmp_path, monkeypatch, inject_oom):
-    monkeypatch.setattr(oom_replan, "training_memory_bytes", lambda device: CUDA_CONTEXT_BYTES)  # nothing fits
+    monkeypatch.setattr(oom, "training_memory_bytes", lambda device: CUDA_CONTEXT_BYTES)  # nothing fits
     inject_oom(MoreThanTwoRows)
     reporter = Recorder()
     result = loop.train(_config(tiny_llama_dir, qa_file, tmp_path / "run"), reporter=reporter)

@@ -28,7 +28,7 @@ from lorakit.training.data_parallel import shared_split_loss
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.manifest import build_manifest, weights_sha256
 from lorakit.training.metrics import ProgressReporter, plot_loss_curve
-from lorakit.training.oom import micro_batch_in_use
+from lorakit.plan.micro_batches import micro_batch_in_use
 from lorakit.training.resume_drift import current_environment
 from lorakit.training.run_dir import FINAL
 from lorakit.training.sharding import gather_weights

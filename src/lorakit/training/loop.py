@@ -32,7 +32,7 @@ from lorakit.model.load import (
     tokenizer_fingerprint,
 )
 from lorakit.model.quantize import bitsandbytes_available, nf4_config, wants_4bit
-from lorakit.model.run_plan import resolve_auto_settings
+from lorakit.plan.run_plan import resolve_auto_settings
 from lorakit.model.trainable import make_trainable
 from lorakit.runtime.ablation import enabled
 from lorakit.runtime.device import compute_dtype, pick_device, use_expandable_segments
@@ -67,7 +67,7 @@ from lorakit.training.tracking import open_tracker
 from lorakit.data.chat_template import chat_template_identity
 from lorakit.training.numerics import MIN_LOSS_SCALE, loss_scaler, numerical_fault
 from lorakit.training.sharding import ShardedLoss, gather_trainable_state, shard_model
-from lorakit.training.oom import (
+from lorakit.plan.micro_batches import (
     OOM_ADVICE,
     TorchRngSnapshot,
     accumulation_after_split,
@@ -76,7 +76,7 @@ from lorakit.training.oom import (
     release_memory,
     split_into_micro_batches,
 )
-from lorakit.training.oom_replan import replan_after_oom, restore_memory_settings
+from lorakit.plan.oom import replan_after_oom, restore_memory_settings
 
 __all__ = ["TrainResult", "TrainingSession", "train", "build_session"]
 
@@ -304,7 +304,7 @@ def _save_checkpoint(session: TrainingSession, run_dir: Path, optimizer, schedul
 
 
 def _right_size_for_cpu(session: TrainingSession, state: TrainerState, reporter: ProgressReporter) -> None:
-    """Cut the configured micro-batches into CPU-sized pieces (training/oom.py): same examples and loss per
+    """Cut the configured micro-batches into CPU-sized pieces (plan/micro_batches.py): same examples and loss per
     optimizer step, a fraction of the activation memory."""
     training = session.config.training
     micro = cpu_micro_batch_size(training.batch_size, session.config.model.max_length)
@@ -466,7 +466,7 @@ def make_next_batches(session: TrainingSession, state: TrainerState) -> None:
 
 
 def _step_with_oom_retry(session, state, groups, position, params, optimizer, scheduler, scaler, reporter, run_dir):
-    """One optimizer step. A CUDA out-of-memory error in forward/backward re-plans (training/oom_replan.py: more
+    """One optimizer step. A CUDA out-of-memory error in forward/backward re-plans (plan/oom.py: more
     checkpointed layers, offload, or a smaller micro-batch, whichever the planner finds fastest in the memory
     there is) or, when no plan needs less memory, halves the micro-batch; then it re-runs the same step on the
     same examples. At micro-batch 1 with no plan left it saves a checkpoint of the state before the step and

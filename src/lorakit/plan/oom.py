@@ -1,7 +1,7 @@
 """After a CUDA out-of-memory error: ask the memory planner for the fastest settings that fit the memory the
 GPU really has, for the same examples per optimizer step, and switch the live model to them.
 
-Halving the micro-batch alone (training/oom.py) is the slow way down: on an emulated 8 GB card a fixed
+Halving the micro-batch alone (plan/micro_batches.py) is the slow way down: on an emulated 8 GB card a fixed
 micro-batch of 64 without checkpointing halved six times to 2 and ran at a quarter of the planner's speed
 (issue 11). The planner instead weighs checkpointing more layers (and, last, offloading them) against smaller
 micro-batches, with the same speed model it plans runs with. Every re-plan must need less memory than the
@@ -16,12 +16,12 @@ import torch
 
 from lorakit.model.checkpointing import apply_checkpointing, decoder_layers, reentrant_checkpoints
 from lorakit.model.load import read_model_config
-from lorakit.model.memory_plan import (
+from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES, GIB, Candidate, ModelShape, TrainSettings, checkpointing_text, estimate_peak_memory,
     plan_settings,
 )
-from lorakit.model.run_plan import device_memory_bytes, planned_length, train_settings
-from lorakit.training.oom import accumulation_after_split
+from lorakit.plan.run_plan import device_memory_bytes, planned_length, train_settings
+from lorakit.plan.micro_batches import accumulation_after_split
 
 __all__ = ["MemorySettings", "training_memory_bytes", "replan_for_memory", "replan_after_oom",
            "restore_memory_settings"]
