@@ -37,7 +37,7 @@ def reentrant_checkpoints(offload: bool, sharded: bool = False) -> bool:
 
 def apply_checkpointing(model, checkpointed_layers: int, *, reentrant: bool = False) -> list[int]:
     """Checkpoint decoder layers 0 .. n-1 (n = `checkpointed_layers`; 0 = none) and no others; returns their
-    indices. Also switches a loaded model's checkpointing (an out-of-memory re-plan, plan/micro_batches.py).
+    indices. Also switches a loaded model's checkpointing (an out-of-memory re-plan, plan/oom.py).
 
     `reentrant`: `reentrant_checkpoints()` decides. CPU offload needs it: only reentrant checkpoints save their
     inputs through autograd's saved-tensor hooks, which `activation_offload` moves to the CPU.

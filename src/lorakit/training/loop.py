@@ -68,15 +68,12 @@ from lorakit.data.chat_template import chat_template_identity
 from lorakit.training.numerics import MIN_LOSS_SCALE, loss_scaler, numerical_fault
 from lorakit.training.sharding import ShardedLoss, gather_trainable_state, shard_model
 from lorakit.plan.micro_batches import (
-    OOM_ADVICE,
-    TorchRngSnapshot,
     accumulation_after_split,
     cpu_micro_batch_size,
     halved,
-    release_memory,
     split_into_micro_batches,
 )
-from lorakit.plan.oom import replan_after_oom, restore_memory_settings
+from lorakit.plan.oom import OOM_ADVICE, TorchRngSnapshot, release_memory, replan_after_oom, restore_memory_settings
 
 __all__ = ["TrainResult", "TrainingSession", "train", "build_session"]
 
