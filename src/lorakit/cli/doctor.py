@@ -9,7 +9,7 @@ import shutil
 from rich.table import Table
 
 from lorakit.cli.app import app, console
-from lorakit.model.gguf_cache import cache_root
+from lorakit.runtime.cache_dir import cache_root
 
 
 def environment_report() -> list[tuple[str, str]]:
