@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from guide_recipe import run_guide_recipe  # noqa: E402
-from synthetic_chat import rendered_examples  # noqa: E402
+from lib.guide_recipe import run_guide_recipe  # noqa: E402
+from lib.synthetic_chat import rendered_examples  # noqa: E402
 
 from lorakit.config import RunConfig  # noqa: E402
 from lorakit.data.masking import IGNORE_INDEX  # noqa: E402

@@ -30,8 +30,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from step_speed import run_speed  # noqa: E402
-from synthetic_chat import synthetic_conversations  # noqa: E402
+from lib.step_speed import run_speed  # noqa: E402
+from lib.synthetic_chat import synthetic_conversations  # noqa: E402
 
 PHI4_MINI = dict(vocab_size=200064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
                  num_attention_heads=24, num_key_value_heads=8, partial_rotary_factor=0.75, tie_word_embeddings=True,
