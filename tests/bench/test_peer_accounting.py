@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from lib import flops  # noqa: E402
 from lib import peer_table  # noqa: E402
-from multi_gpu import PHI4_MINI  # noqa: E402
+from lib.phi4_mini_run import PHI4_MINI  # noqa: E402
 
 
 @pytest.mark.parametrize("module", [flops, peer_table])
