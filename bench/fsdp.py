@@ -29,9 +29,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from capped_run import cap_allocator, eight_gb_cap_gib  # noqa: E402
-from multi_gpu import PHI4_MINI, SMOKE, build_model, launch_row, write_config  # noqa: E402
-from step_speed import run_speed  # noqa: E402
+from lib.capped_run import cap_allocator, eight_gb_cap_gib  # noqa: E402
+from lib.gpu_runs import launch_row  # noqa: E402
+from lib.phi4_mini_run import PHI4_MINI, SMOKE, build_model, write_config  # noqa: E402
+from lib.step_speed import run_speed  # noqa: E402
 
 EIGHT_GB_CAP_GIB = eight_gb_cap_gib()
 # (name, processes, training.distributed, allocator cap in GiB or None, extra --set overrides)

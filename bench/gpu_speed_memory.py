@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from guide_recipe import run_guide_recipe  # noqa: E402
-from synthetic_chat import rendered_examples  # noqa: E402
+from lib.gpu_runs import matmul_tflops  # noqa: E402
+from lib.guide_recipe import run_guide_recipe  # noqa: E402
+from lib.synthetic_chat import rendered_examples  # noqa: E402
 
 from lorakit.config import RunConfig  # noqa: E402
 from lorakit.data.masking import IGNORE_INDEX  # noqa: E402
@@ -50,22 +51,6 @@ PHI4_MINI = dict(vocab_size=200064, hidden_size=3072, intermediate_size=8192, nu
                  resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=2)
 SMOKE = dict(PHI4_MINI, num_hidden_layers=2, hidden_size=1024, intermediate_size=2048, num_attention_heads=8,
              num_key_value_heads=4)
-
-
-def matmul_tflops() -> float:
-    """bf16 8192^3 matmul rate (median of 20 after warm-up), the MFU denominator."""
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    times = []
-    for index in range(25):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        torch.cuda.synchronize()
-        if index >= 5:
-            times.append(start.elapsed_time(end) / 1e3)
-    times.sort()
-    return 2 * 8192**3 / times[len(times) // 2] / 1e12
 
 
 def build_random_model(directory: Path, shape: dict) -> None:

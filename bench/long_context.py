@@ -31,8 +31,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 import peer_speed  # noqa: E402
-from step_speed import run_speed  # noqa: E402
-from synthetic_chat import _text  # noqa: E402
+from lib.step_speed import run_speed  # noqa: E402
+from lib.synthetic_chat import _text  # noqa: E402
 
 ANSWER_SHARE = 0.25  # of each example's tokens: the summary the model learns to write
 
@@ -102,7 +102,7 @@ def planner_prediction(config: Path, length: int, memory_gib: float) -> dict:
 def lorakit_long_row(length: int, config: Path, data: Path, args, log) -> dict:
     run_dir, peak_file = args.work / f"long-lorakit-{length}", args.work / f"long-peak-{length}.json"
     peak_file.unlink(missing_ok=True)
-    command = [sys.executable, str(REPO / "bench" / "capped_run.py"), "--peak-file", str(peak_file)]
+    command = [sys.executable, str(REPO / "bench" / "lib" / "capped_run.py"), "--peak-file", str(peak_file)]
     if not args.smoke:
         command += ["--cap-gib", str(args.cap_gib)]
     command += ["-m", "lorakit", "train", str(config), "--overwrite"]
@@ -124,7 +124,7 @@ def lorakit_long_row(length: int, config: Path, data: Path, args, log) -> dict:
 def trl_long_row(length: int, data: Path, args, log) -> dict:
     out = args.work / f"long-trl-{length}.json"
     out.unlink(missing_ok=True)
-    command = [sys.executable, str(REPO / "bench" / "trl_peer.py"), "--model", str(args.work / "model"),
+    command = [sys.executable, str(REPO / "bench" / "lib" / "trl_peer.py"), "--model", str(args.work / "model"),
                "--data", str(data), "--out", str(out), "--max-length", str(length), "--rows", "1", "--no-packing",
                "--quantization", "nf4", "--steps", str(args.steps), "--warmup", str(args.warmup), "--checkpointing",
                "--activation-offloading"]

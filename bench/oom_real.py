@@ -47,9 +47,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from capped_run import eight_gb_cap_gib  # noqa: E402
-from step_speed import measured_speeds  # noqa: E402
-from synthetic_chat import synthetic_conversations  # noqa: E402
+from lib.capped_run import eight_gb_cap_gib  # noqa: E402
+from lib.step_speed import measured_speeds  # noqa: E402
+from lib.synthetic_chat import synthetic_conversations  # noqa: E402
 
 from lorakit.config import RunConfig  # noqa: E402
 from lorakit.errors import TrainingError  # noqa: E402
@@ -183,7 +183,7 @@ def replan_8gb(args) -> int:
         begun = time.perf_counter()
         with GpuMemoryPoller() as poller:
             try:
-                done = subprocess.run([sys.executable, str(REPO / "bench" / "capped_run.py"), "--cap-gib",
+                done = subprocess.run([sys.executable, str(REPO / "bench" / "lib" / "capped_run.py"), "--cap-gib",
                                        str(args.cap_gib), "--peak-file", str(peak_file), "-m", "lorakit", *argv],
                                       capture_output=True, text=True, timeout=100,  # two runs + setup < 4 minutes
                                       env={**os.environ, "COLUMNS": "1000"})  # one message per line

@@ -72,7 +72,7 @@ def build_model(directory: Path, shape: dict, device: str) -> None:
 def write_data(path: Path, count: int) -> None:
     """Single-turn chats whose answers (~2,500 tokens) exceed every max_length here: packed rows are full."""
     sys.path.insert(0, str(REPO / "bench"))
-    from synthetic_chat import synthetic_conversations
+    from lib.synthetic_chat import synthetic_conversations
 
     rows = []
     for conversation in synthetic_conversations(count, seed=3, answer_median_words=2000, sigma=0.05,

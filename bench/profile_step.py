@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from capped_run import cap_allocator  # noqa: E402
+from lib.capped_run import cap_allocator  # noqa: E402
 from lorakit.config import load_config  # noqa: E402
 from lorakit.runtime.device import use_expandable_segments
 from lorakit.training import loop

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from lorakit.cli.app import app, console
+from lorakit.cli.console import console
 from lorakit.config import load_config
 from lorakit.plan.memory import GIB, checkpointing_text
 from lorakit.plan.run_plan import parse_memory_size, plan_run
@@ -21,7 +21,6 @@ def _settings_text(candidate, layers: int) -> str:
             f"({settings.tokens_per_micro_batch:,} tokens), checkpointing {checkpointing}")
 
 
-@app.command()
 def plan(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML run config."),
     gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="GPU memory to plan for, e.g. 8GB (default: this GPU)."),

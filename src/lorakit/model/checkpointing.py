@@ -29,7 +29,7 @@ def reentrant_checkpoints(offload: bool, sharded: bool = False) -> bool:
     """Which checkpoint implementation a run uses. Reentrant runs a checkpointed layer's first forward pass with
     autograd off: no graph, no saved-tensor hooks, so the host issues it faster. On the emulated 8 GB card (QLoRA,
     31 of 32 layers checkpointed) that was +19.6% tokens/s, and a step's wall time beyond its GPU kernel time
-    went from 126 to 33 ms (bench/results/peer_speed/README.md). Offload needs it (apply_checkpointing), also under
+    went from 126 to 33 ms (bench/results/history/peer_speed/README.md). Offload needs it (apply_checkpointing), also under
     fsdp (a plan that offloads there is untested on GPUs). Otherwise sharded runs keep non-reentrant checkpoints,
     the kind FSDP2 documents; LORAKIT_DISABLE=reentrant_checkpoint measures the difference."""
     return offload or (not sharded and enabled("reentrant_checkpoint"))

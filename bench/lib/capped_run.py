@@ -1,6 +1,6 @@
 """Run a Python module (`-m lorakit train ...`) on an emulated smaller GPU, and record PyTorch's peak.
 
-    python bench/capped_run.py --cap-gib 7.3 --peak-file PEAK.json -m lorakit train CONFIG --set ...
+    python bench/lib/capped_run.py --cap-gib 7.3 --peak-file PEAK.json -m lorakit train CONFIG --set ...
 
 --cap-gib caps PyTorch's allocator (torch.cuda.set_per_process_memory_fraction) before the module runs, so
 the program sees a card of that much allocatable memory (an 8 GB card is ~8 GiB minus the CUDA context).
