@@ -10,7 +10,8 @@ from conftest import final_adapter, metric_records, tiny_run_config, write_qa_js
 from lorakit.data.records import Message
 from lorakit.errors import CheckpointError
 from lorakit.inference.generate import GenerationSettings, generate_answer, load_run
-from lorakit.training.loop import build_session, train
+from lorakit.training.loop import train
+from lorakit.training.session import build_session
 from lorakit.training.metrics import SilentReporter
 
 
@@ -55,9 +56,8 @@ def test_existing_run_dir_is_not_overwritten_silently(tiny_llama_dir, qa_file, t
 
 
 def _one_step_gradients(model_dir, data_file, tmp_path, batch_size, accumulation):
-    from lorakit.training.loop import _next_micro_batches, _train_step
-    from lorakit.training.checkpoint import TrainerState
     from lorakit.training.schedule import build_optimizer, build_scheduler
+    from lorakit.training.trainer import Trainer, TrainerHooks
 
     config = tiny_run_config(model_dir, data_file, tmp_path / f"run{batch_size}", batch_size=batch_size,
                              gradient_accumulation_steps=accumulation, max_steps=1)
@@ -69,9 +69,16 @@ def _one_step_gradients(model_dir, data_file, tmp_path, batch_size, accumulation
     scheduler = build_scheduler(optimizer, config.training)
     optimizer.step = lambda: None  # keep the gradients for inspection
     optimizer.zero_grad = lambda set_to_none=True: None
-    groups = _next_micro_batches(session, TrainerState())
-    loss, _ = _train_step(session, groups, params, optimizer, scheduler, None, 1)
-    return loss, [p.grad.clone() for p in params], sorted(i for g in groups for i in g)
+    seen = []
+
+    class Seen(TrainerHooks):
+        def step_finished(self, trainer, step, groups):
+            seen.extend(i for g in groups for i in g)
+
+    trainer = Trainer(session, tmp_path / f"run{batch_size}", optimizer=optimizer, scheduler=scheduler, scaler=None,
+                      hooks=Seen())
+    loss, _ = trainer.step()
+    return loss, [p.grad.clone() for p in params], sorted(seen)
 
 
 def test_micro_batch_1_accumulation_4_equals_4_by_1(tiny_llama_dir, tmp_path):

@@ -34,7 +34,7 @@ from lorakit.training.run_dir import FINAL
 from lorakit.training.sharding import gather_weights
 
 if TYPE_CHECKING:
-    from lorakit.training.loop import TrainingSession
+    from lorakit.training.session import TrainingSession
 
 __all__ = ["TrainResult", "finalize_run"]
 
