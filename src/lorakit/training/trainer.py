@@ -64,9 +64,12 @@ class Trainer:
     def __init__(self, session: TrainingSession, run_dir: Path, *, state: TrainerState | None = None,
                  optimizer=None, scheduler=None, scaler=..., stopper: EarlyStopping | None = None,
                  sink=None, reporter: ProgressReporter | None = None, tracker=None,
-                 objective: Objective | None = None, hooks: TrainerHooks | None = None) -> None:
+                 objective: Objective | None = None, hooks: TrainerHooks | None = None,
+                 recover_from_oom: bool = True) -> None:
         """Missing parts are built from `session.config` (optimizer, scheduler, the dtype's loss scaler, early
-        stopping); `sink` defaults to no metrics file, `reporter` to silence."""
+        stopping); `sink` defaults to no metrics file, `reporter` to silence. `recover_from_oom=False` lets an
+        out-of-memory error of a step propagate instead of re-planning (a benchmark row that does not fit is a
+        result)."""
         training = session.config.training
         self.session, self.run_dir = session, Path(run_dir)
         self.state = state if state is not None else TrainerState()
@@ -80,6 +83,7 @@ class Trainer:
         self.tracker = tracker
         self.objective = objective or NextTokenObjective()
         self.hooks = hooks or TrainerHooks()
+        self.recover_from_oom = recover_from_oom
         self._window_tokens, self._window_start = 0, time.perf_counter()
 
     # The loop, top to bottom.
@@ -134,7 +138,9 @@ class Trainer:
                 loss, tokens = self._optimizer_step(pieces, state.step + 1, lambda: make_next_batches(session, state))
                 break
             except torch.OutOfMemoryError:
-                pass  # handled below, once the exception (and the failed step's tensors it references) is gone
+                if not self.recover_from_oom:
+                    raise
+                # handled below, once the exception (and the failed step's tensors it references) is gone
             release_memory(self.optimizer)
             rng.restore()
             replanned = replan_after_oom(session, state, state.step + 1)
