@@ -77,7 +77,8 @@ class Trainer:
         self.optimizer = optimizer if optimizer is not None else build_optimizer(session.model, training)
         self.scheduler = scheduler if scheduler is not None else build_scheduler(self.optimizer, training)
         self.scaler = loss_scaler(session.dtype, session.device) if scaler is ... else scaler
-        self.stopper = stopper or EarlyStopping(training.early_stopping_patience, training.early_stopping_min_delta)
+        self.stopper = stopper if stopper is not None else EarlyStopping(training.early_stopping_patience,
+                                                                         training.early_stopping_min_delta)
         self.sink = sink if sink is not None else NullMetricsSink()
         self.reporter = reporter or SilentReporter()
         self.tracker = tracker
