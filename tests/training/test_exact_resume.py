@@ -18,8 +18,8 @@ from lorakit.cli.app import run_cli
 from lorakit.errors import CheckpointError
 from lorakit.training.checkpoint import load_checkpoint, save_checkpoint
 from lorakit.training.loop import train
-from lorakit.training.session import build_session
 from lorakit.training.metrics import SilentReporter
+from lorakit.training.session import build_session
 from simulated_crash import CrashAfterStep, SimulatedCrash
 
 
