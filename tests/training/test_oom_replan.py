@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from conftest import PHI4_MINI, Recorder, final_adapter, tiny_run_config
+from conftest import PHI4_MINI, Recorder, final_adapter, tiny_run_config, train_with
 
 from lorakit.model.checkpointing import decoder_layers
 from lorakit.plan.memory import CUDA_CONTEXT_BYTES, GIB, ModelShape, TrainSettings, estimate_peak_memory
@@ -41,24 +41,24 @@ class MoreThanTwoRows(NeedsCheckpointing):
 def inject_oom(monkeypatch):
     """inject_oom(kind): every training session built from now on runs out of memory where `kind` says; returns
     the list of (session model, number of errors raised) the sessions add to."""
+    from lorakit.training.trainer import TrainerHooks
+
     raised: list[list] = []
-    real_build_session = loop.build_session
 
     def inject(kind):
-        def build_session(config, reporter):
-            session = real_build_session(config, reporter)
-            rule, record = kind(session.model), [session.model, 0]
-            raised.append(record)
+        class Inject(TrainerHooks):
+            def session_ready(self, session):
+                rule, record = kind(session.model), [session.model, 0]
+                raised.append(record)
 
-            def hook(module, args):
-                if rule.out_of_memory(module, args):
-                    record[1] += 1
-                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+                def hook(module, args):
+                    if rule.out_of_memory(module, args):
+                        record[1] += 1
+                        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
 
-            session.model.get_input_embeddings().register_forward_pre_hook(hook)
-            return session
+                session.model.get_input_embeddings().register_forward_pre_hook(hook)
 
-        monkeypatch.setattr(loop, "build_session", build_session)
+        train_with(monkeypatch, hooks=Inject())
         return raised
 
     return inject

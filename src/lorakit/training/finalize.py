@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lorakit.config import dump_config
-from lorakit.evaluation.loss import perplexity, split_loss
+from lorakit.training.held_out_loss import perplexity, split_loss
 from lorakit.export.finished_run import FinishedRun
 from lorakit.export.model_card import model_card
 from lorakit.model.adapters import public_model_name
@@ -34,7 +34,7 @@ from lorakit.training.run_dir import FINAL
 from lorakit.training.sharding import gather_weights
 
 if TYPE_CHECKING:
-    from lorakit.training.loop import TrainingSession
+    from lorakit.training.session import TrainingSession
 
 __all__ = ["TrainResult", "finalize_run"]
 
