@@ -40,7 +40,7 @@ from lorakit.model.quantize import nf4_config  # noqa: E402
 from lorakit.model.run_plan import resolve_auto_settings  # noqa: E402
 from lorakit.model.trainable import make_trainable, skip_fp32_input_copies  # noqa: E402
 from lorakit.training import loop  # noqa: E402
-from lorakit.training.checkpoint import TrainerState  # noqa: E402
+from lorakit.run.checkpoints import TrainerState  # noqa: E402
 from lorakit.training.dataset import PreparedData  # noqa: E402
 from lorakit.training.schedule import build_optimizer, build_scheduler  # noqa: E402
 

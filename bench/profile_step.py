@@ -22,7 +22,7 @@ from capped_run import cap_allocator  # noqa: E402
 from lorakit.config import load_config  # noqa: E402
 from lorakit.runtime.device import use_expandable_segments
 from lorakit.training import loop
-from lorakit.training.checkpoint import TrainerState
+from lorakit.run.checkpoints import TrainerState
 from lorakit.training.metrics import SilentReporter
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from evaluation.eval_runs import trained_tiny_run
 from lorakit.cli.app import run_cli
-from lorakit.inference.run_source import resolve_run_source
+from lorakit.run.source import resolve_run_source
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_a_saved_config_that_fails_validation_is_a_config_error_with_file_and_li
     lines[line - 1] = "  r: 0"
     saved.write_text("\n".join(lines) + "\n")
     if where == "checkpoint":  # keep the checkpoint's recorded sha256 consistent: only the config is wrong
-        from lorakit.training.checkpoint import MANIFEST, sha256_file
+        from lorakit.run.checkpoints import MANIFEST, sha256_file
 
         manifest = json.loads((folder / MANIFEST).read_text())
         manifest["files"]["config.yaml"] = sha256_file(saved)

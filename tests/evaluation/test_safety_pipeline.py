@@ -111,8 +111,8 @@ def test_known_answers_give_exact_counts_everywhere(canned_run, capsys):
                              f"{base_pair} ({100 * base_pair}%)", f"{tuned_pair} ({100 * tuned_pair}%)"], category
 
     # The model card of the exported adapter.
-    from lorakit.export.finished_run import read_finished_run
-    from lorakit.export.model_card import model_card
+    from lorakit.run.finished_run import read_finished_run
+    from lorakit.run.model_card import model_card
 
     card = model_card(read_finished_run(canned_run), "adapter")
     for category in CATEGORIES:

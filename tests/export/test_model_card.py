@@ -6,8 +6,8 @@ from dataclasses import replace
 
 from export.export_runs import tiny_run
 
-from lorakit.export.finished_run import read_finished_run
-from lorakit.export.model_card import model_card
+from lorakit.run.finished_run import read_finished_run
+from lorakit.run.model_card import model_card
 
 SUMMARY = {"probes": 2, "passed": 1, "pass_rate": 0.5, "model_deferred": 0, "deferral_rate": 0.0, "rule_failures": {}}
 EVAL = {

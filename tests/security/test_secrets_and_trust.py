@@ -23,7 +23,7 @@ from fake_hub import FakeHub
 from lorakit.cli.app import run_cli
 from lorakit.config import ModelConfig, RunConfig
 from lorakit.errors import CheckpointError
-from lorakit.training.checkpoint import MANIFEST, sha256_file
+from lorakit.run.checkpoints import MANIFEST, sha256_file
 from lorakit.training.loop import train
 
 CANARY = "hf_LorakitCanaryToken7Qx93ZpL0wK2mN8vB4"

@@ -56,7 +56,7 @@ def test_existing_run_dir_is_not_overwritten_silently(tiny_llama_dir, qa_file, t
 
 def _one_step_gradients(model_dir, data_file, tmp_path, batch_size, accumulation):
     from lorakit.training.loop import _next_micro_batches, _train_step
-    from lorakit.training.checkpoint import TrainerState
+    from lorakit.run.checkpoints import TrainerState
     from lorakit.training.schedule import build_optimizer, build_scheduler
 
     config = tiny_run_config(model_dir, data_file, tmp_path / f"run{batch_size}", batch_size=batch_size,

@@ -12,7 +12,7 @@ from conftest import metric_records, write_config_file
 from lorakit.cli.app import run_cli
 from lorakit.data.render import TokenizedExample
 from lorakit.training import loop
-from lorakit.training.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
+from lorakit.run.checkpoints import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from lorakit.training.numerics import loss_scaler, numerical_fault
 
 
@@ -102,7 +102,7 @@ def test_numerical_faults_loss_scaler_skips_overflowing_steps_then_stops_when_th
     once the scale is below 1 the run stops as a numerical fault."""
     from conftest import tiny_run_config
     from lorakit.errors import TrainingError
-    from lorakit.training.checkpoint import TrainerState
+    from lorakit.run.checkpoints import TrainerState
     from lorakit.training.metrics import SilentReporter
     from lorakit.training.schedule import build_optimizer, build_scheduler
 

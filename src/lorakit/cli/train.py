@@ -62,7 +62,7 @@ def _let_rank_zero_report_first() -> None:
 
 def resume_point(run_dir: Path) -> str:
     """Where `--resume` would pick up: the newest checkpoint's step, or step 0."""
-    from lorakit.training.checkpoint import list_checkpoints
+    from lorakit.run.checkpoints import list_checkpoints
 
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
@@ -97,7 +97,7 @@ def train(
     extra += ["data.skip_invalid=true"] if skip_invalid else []
     extra += ["model.allow_pickle=true"] if allow_pickle else []
     config = load_config(config_path, list(overrides) + extra)
-    from lorakit.inference.run_source import Permissions
+    from lorakit.run.source import Permissions
 
     # The config given to this command (not the run's saved copy) says what the base model may do.
     allowed = Permissions(config.model.trust_remote_code, config.model.allow_pickle)

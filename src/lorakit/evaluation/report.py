@@ -22,7 +22,7 @@ from lorakit.evaluation.rubric import CHECKS
 from lorakit.evaluation.safety import SCORING
 from lorakit.evaluation.safety_rules import CATEGORY_LABELS
 from lorakit.inference.generate import resolve_adapter_dir
-from lorakit.inference.run_source import read_saved_json, resolve_run_source
+from lorakit.run.source import read_saved_json, resolve_run_source
 from lorakit.runtime.atomic_files import atomic_write_text
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]

@@ -31,7 +31,7 @@ from lorakit.evaluation.quality import AnswerScores, mean_scores, score_answer
 from lorakit.evaluation.safety_section import compare_section, verdict_fields
 from lorakit.evaluation.answer_journal import AnswerJournal, prompt_key
 from lorakit.inference.generate import Answer, GenerationSettings, LoadedRun, generate_answers, load_run
-from lorakit.inference.run_source import Permissions, read_saved_json, resolve_run_source
+from lorakit.run.source import Permissions, read_saved_json, resolve_run_source
 from lorakit.evaluation.judge_client import JudgeSpec, open_judge
 from lorakit.runtime.atomic_files import atomic_write_text
 from lorakit.runtime.device import compute_dtype
@@ -80,7 +80,7 @@ def run_root(path: str | Path) -> Path:
 
 
 def eval_dir(path: str | Path) -> Path:
-    """RUN/eval, or RUN/eval/step-N when `path` is a checkpoint (inference/run_source.py)."""
+    """RUN/eval, or RUN/eval/step-N when `path` is a checkpoint (run/source.py)."""
     return resolve_run_source(path).eval_dir
 
 

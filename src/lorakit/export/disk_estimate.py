@@ -8,7 +8,7 @@ import math
 import struct
 from pathlib import Path
 
-from lorakit.export.finished_run import FinishedRun
+from lorakit.run.finished_run import FinishedRun
 
 __all__ = ["BYTES_PER_PARAMETER", "parameter_count", "estimated_export_bytes"]
 

@@ -22,7 +22,7 @@ import torch
 
 from lorakit.data.records import Message
 from lorakit.errors import LorakitError
-from lorakit.export.finished_run import FinishedRun
+from lorakit.run.finished_run import FinishedRun
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["FIXED_QUESTIONS", "MIN_AGREEMENT", "ReferenceAnswers", "Fidelity", "fidelity_questions",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lorakit.export.finished_run import FinishedRun
+from lorakit.run.finished_run import FinishedRun
 from lorakit.export.generation_settings import template_with_default_system
 from lorakit.export.stop_tokens import end_of_turn_token, stop_token_ids
 from lorakit.runtime.logging import get_logger

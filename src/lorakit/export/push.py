@@ -17,11 +17,11 @@ from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from lorakit.errors import DataError, HubAccessError
-from lorakit.export.finished_run import FinishedRun, read_finished_run
-from lorakit.export.model_card import model_card
+from lorakit.run.finished_run import FinishedRun, read_finished_run
+from lorakit.run.model_card import model_card
 from lorakit.export.run_export import ExportRequest, export_run
 from lorakit.export.steps import ExportSteps
-from lorakit.inference.run_source import Permissions
+from lorakit.run.source import Permissions
 from lorakit.model.hub import model_page_url
 from lorakit.runtime.logging import get_logger
 

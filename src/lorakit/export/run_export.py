@@ -18,7 +18,7 @@ from pathlib import Path
 from lorakit.config import dump_config
 from lorakit.errors import ConfigError, DiskFullError, OutputExistsError
 from lorakit.export.disk_estimate import estimated_export_bytes
-from lorakit.export.finished_run import FinishedRun, read_finished_run
+from lorakit.run.finished_run import FinishedRun, read_finished_run
 from lorakit.export.gguf_file import GGUF_QUANTS, write_gguf
 from lorakit.export.fidelity import (
     QUESTIONS,
@@ -30,15 +30,15 @@ from lorakit.export.fidelity import (
 )
 from lorakit.export.generation_settings import generation_card_lines, modelfile_parameters
 from lorakit.export.merge import SAVE_DTYPES, attach_adapter, load_base_for_merge, merge_run, save_dtype, save_merged
-from lorakit.export.model_card import model_card
+from lorakit.run.model_card import model_card
 from lorakit.export.ollama import modelfile_text, turn_format
 from lorakit.export.public_copy import public_config, public_manifest
 from lorakit.export.steps import ExportSteps
 from lorakit.export.stop_tokens import end_of_turn_token
-from lorakit.inference.run_source import Permissions, refuse_saved_permissions
+from lorakit.run.source import Permissions, refuse_saved_permissions
 from lorakit.model.load import load_tokenizer, resolve_model_source
 from lorakit.runtime.atomic_files import atomic_directory, remove_abandoned_staging
-from lorakit.runtime.run_lock import hold_run_lock
+from lorakit.run.lock import hold_run_lock
 from lorakit.training.run_dir import EXPORT, FINAL
 from lorakit.runtime.logging import get_logger
 
@@ -211,7 +211,7 @@ def export_run(path: str | Path, request: ExportRequest,
 
 
 def _holding_run(run: FinishedRun):
-    """The run lock (runtime/run_lock.py) of a run folder; nothing for a copied adapter folder (no run to guard,
+    """The run lock (run/lock.py) of a run folder; nothing for a copied adapter folder (no run to guard,
     and a lock file would travel with its copies) or a run folder this user cannot write (nobody trains there)."""
     if run.adapter_dir != run.run_dir / FINAL or not os.access(run.run_dir, os.W_OK):
         return nullcontext()

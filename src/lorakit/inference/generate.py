@@ -16,7 +16,7 @@ from lorakit.data.chat_template import end_of_turn_token
 from lorakit.data.records import Message
 from lorakit.data.render import render_prompt_ids
 from lorakit.inference.decode import AnswerRepetitionPenalty, Decoded, FinishReason, GenerationSettings, decode_batch
-from lorakit.inference.run_source import Permissions, RunSource, refuse_saved_permissions, resolve_run_source
+from lorakit.run.source import Permissions, RunSource, refuse_saved_permissions, resolve_run_source
 from lorakit.model.load import load_base_model, load_tokenizer, resolve_model_source
 from lorakit.model.quantize import nf4_config
 from lorakit.runtime.device import compute_dtype, pick_device

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 from lorakit.config import ServeConfig
 from lorakit.data.render import render_prompt_ids
 from lorakit.inference.generate import GenerationSettings, LoadedRun, load_run, with_disclaimer
-from lorakit.inference.run_source import Permissions
+from lorakit.run.source import Permissions
 from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished, TextPiece
 from lorakit.inference.openai_api import (
     ApiError, ChatRequest, chunk_body, completion_body, context_error, error_body, new_completion_id,

@@ -1,7 +1,7 @@
 """The end of a run: test-split loss, the manifest, the loss curve, and the final adapter folder.
 
 Which weights final/ holds: when early stopping fired, those of the best validation loss (its checkpoint is
-kept out of rotation, training/checkpoint.py); otherwise those of the last step. The manifest's metrics say
+kept out of rotation, run/checkpoints.py); otherwise those of the last step. The manifest's metrics say
 which (`adapter_step`, `adapter_weights`) next to `best_val_step`, `best_val_loss` and `last_step`, and the
 test loss is measured on the weights final/ holds.
 """
@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING
 
 from lorakit.config import dump_config
 from lorakit.evaluation.loss import perplexity, split_loss
-from lorakit.export.finished_run import FinishedRun
-from lorakit.export.model_card import model_card
+from lorakit.run.finished_run import FinishedRun
+from lorakit.run.model_card import model_card
 from lorakit.model.adapters import public_model_name
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text
 from lorakit.runtime.logging import get_logger
-from lorakit.training.adapter_files import ADAPTER_FILES_KEY, adapter_file_digests
-from lorakit.training.checkpoint import TrainerState, checkpoint_dir, load_adapter_weights, verify_checkpoint
+from lorakit.run.adapter_files import ADAPTER_FILES_KEY, adapter_file_digests
+from lorakit.run.checkpoints import TrainerState, checkpoint_dir, load_adapter_weights, verify_checkpoint
 from lorakit.training.data_parallel import shared_split_loss
 from lorakit.training.early_stop import EarlyStopping
-from lorakit.training.manifest import build_manifest, weights_sha256
+from lorakit.run.manifest import build_manifest, weights_sha256
 from lorakit.training.metrics import ProgressReporter, plot_loss_curve
 from lorakit.training.oom import micro_batch_in_use
 from lorakit.training.resume_drift import current_environment

@@ -39,10 +39,10 @@ from lorakit.runtime.device import compute_dtype, pick_device, use_expandable_se
 from lorakit.runtime.distributed import Ranks, current_ranks, process_group
 from lorakit.runtime.host_heap import allocate_gradients, keeps_gradients_allocated, release_freed_memory
 from lorakit.runtime.logging import get_logger
-from lorakit.runtime.run_lock import hold_run_lock
+from lorakit.run.lock import hold_run_lock
 from lorakit.runtime.seed import micro_batch_seed, seed_everything
 from lorakit.training.batches import collate_group, epoch_groups, packed_epoch_groups
-from lorakit.training.checkpoint import (
+from lorakit.run.checkpoints import (
     TrainerState,
     save_checkpoint,
 )

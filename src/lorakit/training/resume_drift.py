@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from lorakit.errors import CheckpointError
-from lorakit.training.manifest import package_versions
+from lorakit.run.manifest import package_versions
 
 __all__ = ["check_same_run", "SettingChange", "ResumeDrift", "flat_settings", "settings_drift", "read_saved_settings",
            "current_environment", "environment_changes", "WARNED_SETTINGS", "IGNORED_PREFIXES"]

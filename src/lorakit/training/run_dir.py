@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from lorakit.errors import CheckpointError, ConfigError, DiskFullError
 from lorakit.runtime.atomic_files import remove_abandoned_staging, remove_directory
 from lorakit.runtime.logging import get_logger
-from lorakit.training.checkpoint import (
+from lorakit.run.checkpoints import (
     CHECKPOINTS,
     TrainerState,
     latest_good_checkpoint,
@@ -106,7 +106,7 @@ def first_missing_folder(run_dir: Path) -> Path | None:
 def remove_unused_run_dir(run_dir: Path, created: Path | None) -> None:
     """Undo `create_output_dir` for a run that failed before writing anything: remove `run_dir` when it holds
     nothing but the run lock, and the empty folders above it up to `created` (what this run created)."""
-    from lorakit.runtime.run_lock import LOCK_NAME
+    from lorakit.run.lock import LOCK_NAME
 
     if created is None or not run_dir.is_dir() or any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS
-from lorakit.export.finished_run import FinishedRun
+from lorakit.run.finished_run import FinishedRun
 from lorakit.export.public_copy import public_base_model_id
 
 __all__ = ["WHAT_LABELS", "model_card"]

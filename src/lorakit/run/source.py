@@ -18,8 +18,8 @@ from pathlib import Path
 
 from lorakit.config import RunConfig, load_config
 from lorakit.errors import CheckpointError, ConfigError
-from lorakit.training.adapter_files import ADAPTER_FILES_KEY, adapter_files_problem
-from lorakit.training.checkpoint import CHECKPOINTS, MANIFEST, latest_good_checkpoint, verify_checkpoint
+from lorakit.run.adapter_files import ADAPTER_FILES_KEY, adapter_files_problem
+from lorakit.run.checkpoints import CHECKPOINTS, MANIFEST, latest_good_checkpoint, verify_checkpoint
 from lorakit.training.run_dir import FINAL
 
 __all__ = ["RunSource", "Permissions", "resolve_run_source", "load_saved_config", "refuse_saved_permissions",

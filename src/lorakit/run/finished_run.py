@@ -31,7 +31,7 @@ class FinishedRun:
 def read_finished_run(path: str | Path) -> FinishedRun:
     """The run at `path` (its output_dir, or its final/ folder); CheckpointError when it is not finished."""
     from lorakit.evaluation.run_eval import EVAL_FILE
-    from lorakit.inference.run_source import read_saved_json, resolve_run_source
+    from lorakit.run.source import read_saved_json, resolve_run_source
 
     trained = resolve_run_source(path)  # a saved config.yaml that no longer validates is a ConfigError here
     if trained.checkpoint_step is not None:
