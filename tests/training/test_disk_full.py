@@ -165,7 +165,7 @@ def test_disk_full_on_a_real_small_filesystem(tiny_llama_dir, qa_file, tmp_path,
 
 def test_disk_full_pre_flight_refuses_a_run_whose_checkpoints_cannot_fit(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
     """Issue 22: the space for save_total_limit checkpoints (+1 staged, + final/) is checked before step 1."""
-    from lorakit.training import run_dir as run_dir_module
+    from lorakit.run import folder as run_dir_module
 
     real = shutil.disk_usage
     monkeypatch.setattr(run_dir_module.shutil, "disk_usage", lambda path: real(path)._replace(free=100 << 10))

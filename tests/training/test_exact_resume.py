@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from conftest import build_tiny_model, final_adapter, metric_records, tiny_run_config, write_qa_jsonl
 from lorakit.cli.app import run_cli
 from lorakit.errors import CheckpointError
-from lorakit.run.checkpoints import load_checkpoint, save_checkpoint
+from lorakit.run.checkpoints import save_checkpoint
+from lorakit.training.run_dir import load_checkpoint
 from lorakit.training.loop import build_session, train
 from lorakit.training.metrics import SilentReporter
 from simulated_crash import CrashAfterStep, SimulatedCrash

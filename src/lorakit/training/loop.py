@@ -51,15 +51,15 @@ from lorakit.training.data_parallel import (
 )
 from lorakit.training.dataset import PreparedData, prepare_data
 from lorakit.training.finalize import TrainResult, finalize_run
-from lorakit.training.run_dir import (
-    FINAL,
+from lorakit.run.folder import (
     check_space_for_checkpoints,
     create_output_dir,
     first_missing_folder,
     prepare_run_dir,
     remove_unused_run_dir,
-    resume_state,
 )
+from lorakit.run.layout import FINAL
+from lorakit.training.run_dir import resume_state
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter, interval_warnings
 from lorakit.training.resume_drift import current_environment
