@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS
+from lorakit.run.manifest import public_base_model_id
 from lorakit.run.source import RunSource
-from lorakit.export.public_copy import public_base_model_id
 
 __all__ = ["WHAT_LABELS", "model_card"]
 
