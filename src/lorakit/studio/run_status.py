@@ -11,7 +11,8 @@ import yaml
 
 from lorakit.studio.jobs import JOBS, job_status
 from lorakit.studio.run_config import STUDIO_CONFIG
-from lorakit.run.layout import CHECKPOINTS, CONFIG, EVAL, EVAL_FILE, EXPORT, FINAL, METRICS, REPORT_FILE
+from lorakit.run.checkpoints import list_checkpoints
+from lorakit.run.layout import CONFIG, EVAL, EVAL_FILE, EXPORT, FINAL, METRICS, REPORT_FILE
 
 __all__ = ["read_metrics", "training_progress", "run_summary", "eval_results"]
 
@@ -52,8 +53,7 @@ def training_progress(run_dir: Path, metrics: list[dict], started: float | None,
 
 
 def _checkpoints(run_dir: Path) -> list[str]:
-    folder = run_dir / CHECKPOINTS
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("step-")) if folder.is_dir() else []
+    return [p.name for p in list_checkpoints(run_dir)]  # completed ones, oldest first, as `train --resume` sees them
 
 
 def _exports(run_dir: Path) -> list[str]:
