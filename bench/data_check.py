@@ -81,8 +81,8 @@ def lorakit_check(path: Path, tokenizer, system_prompt: str) -> tuple[float, int
 
 def lorakit_tokenize(path: Path, tokenizer, system_prompt: str) -> tuple[float, float, int]:
     """Seconds to read conversations, seconds to render them (ids + labels), and the examples produced."""
-    from lorakit.data.render import render_batch
     from lorakit.data.records import read_conversations
+    from lorakit.data.render import render_batch
 
     start = time.perf_counter()
     conversations = list(read_conversations(path))

@@ -89,7 +89,7 @@ def table(rows: list[dict]) -> str:
         loss_diff = (max(abs(a - b) for a, b in zip(row["train_losses"], one["train_losses"])) if same_batch
                      else float("nan"))
         lines.append(f"{head} {row['tokens_per_second']:,.0f} | {ratio:.2f}x | {peaks} | "
-                     f"{'%.1e' % loss_diff if same_batch else 'other batch'} |")
+                     f"{f'{loss_diff:.1e}' if same_batch else 'other batch'} |")
     return "\n".join(lines)
 
 

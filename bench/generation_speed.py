@@ -108,7 +108,7 @@ def main() -> int:
         rows.append(("one at a time (generate, bc11f75's eval path)", reference, seconds))
         for size in [int(s) for s in args.batch_sizes.split(",")]:
             for mixed, label in ((False, "one model per batch"), (True, "base+tuned in one batch")):
-                answers, seconds = timed(lambda: batched(run, conversations, settings, size, mixed), args.device)
+                answers, seconds = timed(lambda size=size, mixed=mixed: batched(run, conversations, settings, size, mixed), args.device)
                 rows.append((f"batched {size}, {label}", answers, seconds))
 
     lines = [f"# bench/generation_speed.py {' '.join(sys.argv[1:])}",

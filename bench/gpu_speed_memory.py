@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lib.gpu_runs import matmul_tflops  # noqa: E402
 from lib.guide_recipe import run_guide_recipe  # noqa: E402
 from lib.synthetic_chat import rendered_examples  # noqa: E402
-
 from lorakit.config import RunConfig  # noqa: E402
 from lorakit.data.masking import IGNORE_INDEX  # noqa: E402
 from lorakit.data.splits import Splits  # noqa: E402
@@ -36,10 +35,10 @@ from lorakit.model import kernels  # noqa: E402
 from lorakit.model.attention import expands_kv_heads  # noqa: E402
 from lorakit.model.checkpointing import apply_checkpointing  # noqa: E402
 from lorakit.model.load import load_base_model, resolve_model_source  # noqa: E402
-from lorakit.plan.memory import GIB, ModelShape, TrainSettings, estimate_peak_memory  # noqa: E402
 from lorakit.model.quantize import nf4_config  # noqa: E402
-from lorakit.plan.run_plan import resolve_auto_settings  # noqa: E402
 from lorakit.model.trainable import make_trainable, skip_fp32_input_copies  # noqa: E402
+from lorakit.plan.memory import GIB, ModelShape, TrainSettings, estimate_peak_memory  # noqa: E402
+from lorakit.plan.run_plan import resolve_auto_settings  # noqa: E402
 from lorakit.training.dataset import PreparedData  # noqa: E402
 from lorakit.training.objective import NextTokenObjective  # noqa: E402
 from lorakit.training.session import TrainingSession  # noqa: E402

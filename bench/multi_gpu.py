@@ -30,6 +30,7 @@ from lib.gpu_runs import launch_row  # noqa: E402
 from lib.phi4_mini_run import PHI4_MINI, SMOKE, build_model, write_config  # noqa: E402
 from lib.step_speed import run_speed  # noqa: E402
 
+
 def run_row(config: Path, root: Path, name: str, gpus: int, quantization: str, log) -> dict:
     done, row = launch_row(root, name, gpus, ["-m", "lorakit"], ["train", str(config), "--set",
                            f"output_dir={root / name}", "--set", f"model.quantization={quantization}"], log)

@@ -50,11 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lib.capped_run import eight_gb_cap_gib  # noqa: E402
 from lib.step_speed import measured_speeds  # noqa: E402
 from lib.synthetic_chat import synthetic_conversations  # noqa: E402
-
 from lorakit.config import RunConfig  # noqa: E402
 from lorakit.errors import TrainingError  # noqa: E402
-from lorakit.training import loop  # noqa: E402
 from lorakit.run.checkpoints import list_checkpoints, verify_checkpoint  # noqa: E402
+from lorakit.training import loop  # noqa: E402
 from lorakit.training.metrics import SilentReporter  # noqa: E402
 
 GIB = 2**30
@@ -155,9 +154,10 @@ def replan_8gb(args) -> int:
     import statistics
     import subprocess
 
+    from transformers import AutoTokenizer
+
     from gpu_speed_memory import PHI4_MINI, build_random_model
     from planner_holdout import GpuMemoryPoller
-    from transformers import AutoTokenizer
 
     started = time.perf_counter()
     model_dir, data = args.out / "phi4-mini-random", args.out / "chats.jsonl"

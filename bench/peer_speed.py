@@ -42,8 +42,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from lib.capped_run import eight_gb_cap_gib  # noqa: E402
-from lib.peer_table import lorakit_step_counts, planned_checkpointed_layers, planned_micro_batch, table  # noqa: E402
 from lib.gpu_runs import SAFE_ENV, GpuMemorySampler, matmul_tflops  # noqa: E402
+from lib.peer_table import lorakit_step_counts, planned_checkpointed_layers, planned_micro_batch, table  # noqa: E402
 from lib.phi4_mini_run import PHI4_MINI, SMOKE, TOKENIZER  # noqa: E402
 from lib.step_speed import run_speed  # noqa: E402
 from lib.synthetic_chat import synthetic_conversations  # noqa: E402

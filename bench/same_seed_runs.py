@@ -18,11 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, os.environ.get("TESTS_DIR", str(Path(__file__).resolve().parents[1] / "tests")))
 import yaml  # noqa: E402
-from conftest import QA_PAIRS, Recorder, build_tiny_model, tiny_run_config, write_qa_jsonl  # noqa: E402
 
+from conftest import QA_PAIRS, Recorder, build_tiny_model, tiny_run_config, write_qa_jsonl  # noqa: E402
 from lorakit.training.loop import train  # noqa: E402
 
-out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
+out = Path(sys.argv[1])
+out.mkdir(parents=True, exist_ok=True)
 model = out / "model"
 if not model.exists():
     build_tiny_model(model)
@@ -33,15 +34,17 @@ def digest(run):
     for p in sorted(run.rglob("*")):
         if p.is_file() and p.suffix in (".safetensors", ".pt", ".bin"):
             res[str(p.relative_to(run))] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    for m in metrics: m.pop("tokens_per_second", None)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for m in metrics:
+        m.pop("tokens_per_second", None)
     return res, metrics
 
 summary = {}
 # 1: straight run, grad accumulation, early stopping, packing off
 cfg = tiny_run_config(model, data, out / "a", max_steps=8, gradient_accumulation_steps=2, eval_steps=2, save_steps=3,
                       early_stopping_patience=3)
-r = Recorder(); train(cfg, reporter=r)
+r = Recorder()
+train(cfg, reporter=r)
 summary["a"] = dict(zip(("files", "metrics"), digest(out / "a")), messages=r.messages, losses=r.losses)
 # 2: crash after 3 + resume, packing
 cfg = tiny_run_config(model, data, out / "b", max_steps=6, gradient_accumulation_steps=2, packing=True, save_steps=2)
@@ -49,12 +52,14 @@ try:
     train(cfg, reporter=Recorder(crash_after_step=3))
 except KeyboardInterrupt:
     pass
-r = Recorder(); train(cfg, resume=True, reporter=r)
+r = Recorder()
+train(cfg, resume=True, reporter=r)
 summary["b"] = dict(zip(("files", "metrics"), digest(out / "b")), messages=r.messages, losses=r.losses)
 # 4: early stopping that fires (no evaluation improves by 100), final/ = the best checkpoint
 cfg = tiny_run_config(model, data, out / "d", max_steps=10, eval_steps=1, save_steps=4, early_stopping_patience=2,
                       early_stopping_min_delta=100.0)
-r = Recorder(); train(cfg, reporter=r)
+r = Recorder()
+train(cfg, reporter=r)
 summary["d"] = dict(zip(("files", "metrics"), digest(out / "d")), messages=r.messages, losses=r.losses)
 print(json.dumps(summary, indent=1, sort_keys=True))
 # 3: CLI progress output

@@ -4,8 +4,9 @@ pyproject comments that name files which exist."""
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from lorakit.cli.app import run_cli
 

@@ -32,8 +32,7 @@ class _CountingCollator:
 def run_guide_recipe(model_dir: str, tokenizer, examples: list[TokenizedExample], *, measured_steps: int,
                      warmup_steps: int, max_length: int = 512) -> dict:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainerCallback, TrainingArguments
 
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=torch.float16)

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from lib import flops  # noqa: E402
-from lib import peer_table  # noqa: E402
+from lib import (
+    flops,  # noqa: E402
+    peer_table,  # noqa: E402
+)
 from lib.phi4_mini_run import PHI4_MINI  # noqa: E402
 
 

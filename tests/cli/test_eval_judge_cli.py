@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from conftest import free_port
 from evaluation.eval_runs import copy_run, trained_tiny_run
 from evaluation.judge_server import FakeJudgeServer, verdict
-
 from lorakit.cli.app import run_cli
 from lorakit.evaluation.safety import CATEGORIES, load_probes
 

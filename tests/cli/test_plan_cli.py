@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from conftest import PHI4_MINI
-
 from lorakit.cli.app import run_cli
 
 

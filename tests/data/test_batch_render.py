@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from lorakit.data.render import count_tokens, prompt_token_counts, render_batch
 from lorakit.data.formats import parse_record
-from lorakit.data.render import render_conversation
+from lorakit.data.render import count_tokens, prompt_token_counts, render_batch, render_conversation
 
 MULTI_TURN = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "BP?"},

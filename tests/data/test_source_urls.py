@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import tiny_run_config
 from data_files import write_lines
 
+from conftest import tiny_run_config
 from lorakit.data.records import read_conversations
 from lorakit.data.split_files import write_split_files
 from lorakit.data.validate import check_files

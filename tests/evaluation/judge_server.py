@@ -1,6 +1,6 @@
 """A fake OpenAI-compatible judge server on 127.0.0.1 with canned replies, for `lorakit eval --judge` tests.
 
-A plain module (not a conftest.py), imported as `evaluation.judge_server`. 
+A plain module (not a conftest.py), imported as `evaluation.judge_server`.
 `reply(prompt, answer)` gets the probe's prompt and the answer being graded, and returns the judge's reply text,
 or a number of seconds to stall before answering (to make the client time out).
 Every request is recorded (path, headers, JSON body) so tests can assert what the judge was sent.

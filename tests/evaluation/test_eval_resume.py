@@ -8,8 +8,8 @@ from evaluation.eval_runs import TINY_REQUEST, copy_run, evaluated_tiny_run, tra
 from lorakit.evaluation import run_eval
 from lorakit.evaluation.answer_journal import AnswerJournal
 from lorakit.evaluation.run_eval import EvalRequest, evaluate_run
-from lorakit.run.layout import JOURNAL_FILES
 from lorakit.inference.generate import Answer
+from lorakit.run.layout import JOURNAL_FILES
 
 
 class _Stopped(Exception):

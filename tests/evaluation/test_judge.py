@@ -7,9 +7,9 @@ import socket
 import threading
 
 import pytest
+
 from conftest import free_port
 from evaluation.judge_server import FakeJudgeServer, verdict
-
 from lorakit.errors import JudgeError
 from lorakit.evaluation.judge import AnswerToJudge, judge_answer_sets, judge_answers, judge_section
 from lorakit.evaluation.judge_client import JudgeSpec, LocalJudge, OpenAIJudge

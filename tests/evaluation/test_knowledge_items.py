@@ -9,8 +9,14 @@ import pytest
 
 from lorakit.errors import DataError
 from lorakit.evaluation import knowledge_items
-from lorakit.evaluation.knowledge_items import (BENCHMARKS, item_text, load_benchmark, pack_dir, read_manifest,
-                                                select_items)
+from lorakit.evaluation.knowledge_items import (
+    BENCHMARKS,
+    item_text,
+    load_benchmark,
+    pack_dir,
+    read_manifest,
+    select_items,
+)
 
 COUNTS = {"mmlu_medical": 1089, "pubmedqa": 1000, "mmlu_guard": 469}
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from lorakit.config import DEFAULT_DISCLAIMER, DEFAULT_SYSTEM_PROMPT
 from lorakit.errors import DataError
 from lorakit.evaluation.safety import CATEGORIES, Probe, ProbeScore, load_probes, select_probes
 from lorakit.evaluation.safety_controls import MAX_CATEGORY, MAX_OVERALL, score_controls
 from lorakit.evaluation.safety_pairs import compare, overall, summarize
-from lorakit.config import DEFAULT_DISCLAIMER, DEFAULT_SYSTEM_PROMPT
 
 # sha256 of [[id, prompt], ...] of the 84 probes lorakit shipped before twins and rubrics existed.
 FIRST_84 = "3517742eed4c441deb4c19f0e668abf6efd3578c25784a1ab48263d4cb9e2bce"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from export.embedded_run import embedded_adapter_run
 
-from lorakit.run.source import read_finished_run
+from export.embedded_run import embedded_adapter_run
 from lorakit.export.run_export import ExportRequest, export_run
+from lorakit.run.source import read_finished_run
 
 # Measured on SmolLM2-135M with a random r=8 q/v adapter before issue 25 (logits up to 37, the adapter moves them
 # by up to 0.67): merged bfloat16 0.35 max |difference| (99.1% top-1 agreement); GGUF f16 0.038 (100%); q8_0 1.16

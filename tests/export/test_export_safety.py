@@ -8,8 +8,8 @@ import shutil
 from collections import namedtuple
 
 import pytest
-from export.export_runs import tiny_run, tree_fingerprint
 
+from export.export_runs import tiny_run, tree_fingerprint
 from lorakit.cli.app import run_cli
 from lorakit.errors import DiskFullError, ExportError, OutputExistsError
 from lorakit.export.run_export import ExportRequest, export_run

@@ -10,12 +10,12 @@ import sys
 import textwrap
 
 import pytest
-from export.export_runs import tiny_run
 
+from export.export_runs import tiny_run
 from lorakit.cli.app import run_cli
+from lorakit.run.folder import prepare_run_dir
 from lorakit.run.layout import LOCK_NAME
 from lorakit.run.lock import hold_run_lock
-from lorakit.run.folder import prepare_run_dir
 
 
 @pytest.fixture

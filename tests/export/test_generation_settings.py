@@ -7,8 +7,8 @@ from __future__ import annotations
 import gguf
 import pytest
 import torch
-from export.jinja_render import render_jinja_template
 
+from export.jinja_render import render_jinja_template
 from lorakit.config import InferenceConfig
 from lorakit.export.generation_settings import (
     add_sampling_metadata,

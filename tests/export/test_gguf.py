@@ -9,12 +9,12 @@ import json
 import gguf
 import pytest
 import torch
+
 from export.export_runs import tiny_run
 from export.jinja_render import render_jinja_template
-
 from lorakit.export.fidelity import MIN_AGREEMENT
-from lorakit.run.source import read_finished_run
 from lorakit.export.run_export import ExportRequest, export_run
+from lorakit.run.source import read_finished_run
 
 PROMPT = torch.tensor([[1, 200, 300, 400, 500, 600, 700, 2, 1, 900]])
 # Largest |logit difference| to base + adapter (fp32) on the tiny models (initializer_range 0.2, logits up

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from export.export_runs import tiny_run
 
-from lorakit.run.source import read_finished_run
+from export.export_runs import tiny_run
 from lorakit.export.fidelity import fidelity_questions
 from lorakit.export.merge import BF16_NOTE, DEQUANTIZED_NOTE, load_base_for_merge, merge_run, save_dtype
 from lorakit.export.run_export import ExportRequest, export_run
+from lorakit.run.source import read_finished_run
 
 PROMPT = torch.tensor([[1, 200, 300, 400, 500, 600, 700, 2, 1, 900]])
 # The merged folder stores float16 weights (--dtype auto; bfloat16 before issue 25 gave 0.046 on the tiny

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from export.export_runs import tiny_run
-
 from lorakit.evaluation.card_section import card_evaluation
 from lorakit.run.model_card import model_card
 from lorakit.run.source import read_finished_run

@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from export.export_runs import tiny_run
 from export.go_template import render_go_template
-
-from lorakit.run.source import read_finished_run
 from lorakit.export.ollama import go_template, turn_format
 from lorakit.export.run_export import ExportRequest, export_run
 from lorakit.export.stop_tokens import end_of_turn_token
+from lorakit.run.source import read_finished_run
 
 # Phi-4-mini-instruct's chat template (tools branch left out), on the fixture vocabulary plus its tokens.
 PHI4_TEMPLATE = ("{% for message in messages %}{{'<|' + message['role'] + '|>' + message['content'] + '<|end|>'}}"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from export.export_runs import leaks, run_on_patient_named_data, secrets_of, tiny_run
 from fake_hub import FakeHub
-
 from lorakit.cli.app import run_cli
 
 CANARY = "hf_LorakitPushCanary5Rk82TqW3nZ7xV1yB6"

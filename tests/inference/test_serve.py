@@ -15,9 +15,9 @@ from dataclasses import replace
 import openai
 import psutil
 import pytest
+
 from evaluation.eval_runs import trained_tiny_run
 from inference.serve_harness import ServerThread, open_stream, read_until
-
 from lorakit.config import ServeConfig
 from lorakit.data.conversation import Message
 from lorakit.data.render import render_prompt_ids

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from evaluation.eval_runs import trained_tiny_run
 from inference.serve_harness import ServerThread
-
 from lorakit.config import ServeConfig
 from lorakit.inference.generate import load_run
 from lorakit.inference.serve import create_app

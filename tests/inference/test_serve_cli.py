@@ -11,9 +11,9 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from conftest import free_port
 from evaluation.eval_runs import trained_tiny_run
-
 from lorakit.cli.app import run_cli
 from lorakit.config import ServeConfig
 from lorakit.run.source import Permissions

@@ -4,8 +4,8 @@ unknown --host is one error with a hint and exit 2, not a "Serving at" line foll
 from __future__ import annotations
 
 import pytest
-from conftest import free_port, unresolvable
 
+from conftest import free_port, unresolvable
 from lorakit.cli.app import run_cli
 
 

@@ -16,7 +16,9 @@ from lorakit.errors import ConfigError
 from lorakit.model.attention import use_varlen_attention
 from lorakit.model.fused_lora import use_fused_lora
 from lorakit.model.fused_projections import (
-    fused_gate_up_mlp_forward, split_qkv_attention_forward, use_fused_projections,
+    fused_gate_up_mlp_forward,
+    split_qkv_attention_forward,
+    use_fused_projections,
 )
 from lorakit.model.kernels import apply_fused_kernels, causal_lm_loss, liger_available
 from lorakit.runtime.ablation import enabled

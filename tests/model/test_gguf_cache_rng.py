@@ -4,8 +4,8 @@ run (which reads the cache) start LoRA from the same random numbers for the same
 from __future__ import annotations
 
 import torch
-from export.export_runs import tiny_run
 
+from export.export_runs import tiny_run
 from lorakit.export.run_export import ExportRequest, export_run
 from lorakit.model.gguf_cache import cached_gguf_conversion
 

@@ -136,7 +136,7 @@ def test_liger_backend_noise_is_silenced_and_real_warnings_are_not():
         warnings.simplefilter("default")
         kernels.quiet_liger.__wrapped__()  # the filters as installed, inside this recording context
         warnings.warn("Liger rms_norm: requested 'cutedsl' implementation not usable (no CuTe DSL); falling back "
-                      "to 'triton'. Set LIGER_KERNEL_STRICT=1 to raise instead.", UserWarning)
-        warnings.warn("liger-cute-kernels is not installed; native FLSCE/MoE configuration was skipped.", UserWarning)
-        warnings.warn("something a user must see", UserWarning)
+                      "to 'triton'. Set LIGER_KERNEL_STRICT=1 to raise instead.", UserWarning, stacklevel=1)
+        warnings.warn("liger-cute-kernels is not installed; native FLSCE/MoE configuration was skipped.", UserWarning, stacklevel=1)
+        warnings.warn("something a user must see", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something a user must see"]

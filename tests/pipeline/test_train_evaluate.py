@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from lorakit.config import RunConfig
-from lorakit.run.source import Permissions
 from lorakit.pipeline.train_evaluate import train_evaluate
+from lorakit.run.source import Permissions
 
 
 class RecordingView:

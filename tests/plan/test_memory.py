@@ -12,12 +12,17 @@ import pytest
 import torch
 
 from conftest import PHI4_MINI
-
 from lorakit.config import RunConfig
 from lorakit.errors import ConfigError
 from lorakit.model.checkpointing import activation_offload, apply_checkpointing, decoder_layers
 from lorakit.plan.memory import (
-    CUDA_CONTEXT_BYTES, GIB, ModelShape, TrainSettings, estimate_peak_memory, plan_settings, relative_step_time,
+    CUDA_CONTEXT_BYTES,
+    GIB,
+    ModelShape,
+    TrainSettings,
+    estimate_peak_memory,
+    plan_settings,
+    relative_step_time,
 )
 from lorakit.plan.run_plan import parse_memory_size, plan_training, resolve_auto_settings
 
@@ -112,7 +117,10 @@ def test_todays_planner_on_held_out_shapes_within_5_percent_or_10_with_checkpoin
 def test_bigger_batches_and_no_checkpointing_cost_memory():
     shape = ModelShape.from_config(PHI4_MINI)
     base = TrainSettings("nf4", 2, 16, "all-linear", True, tokens_per_micro_batch=512)
-    peak = lambda **kw: estimate_peak_memory(shape, TrainSettings(**{**base.__dict__, **kw})).peak_allocated
+
+    def peak(**kw):
+        return estimate_peak_memory(shape, TrainSettings(**{**base.__dict__, **kw})).peak_allocated
+
     assert peak(tokens_per_micro_batch=1024) > peak()
     assert peak(checkpointed_layers=0) > peak(checkpointed_layers=16) > peak(checkpointed_layers=31)
     assert peak(checkpointed_layers=31) < peak(checkpointed_layers=32)  # all: the last layer's recompute adds

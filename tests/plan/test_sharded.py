@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from conftest import PHI4_MINI
-
 from lorakit.config import RunConfig
 from lorakit.errors import ConfigError
 from lorakit.plan.memory import GIB, ModelShape, estimate_peak_memory

@@ -7,8 +7,8 @@ import os
 import stat
 
 import pytest
-from safetensors.torch import save_file
 import torch
+from safetensors.torch import save_file
 
 from conftest import tiny_run_config, write_qa_jsonl
 from lorakit.runtime.atomic_files import atomic_directory, current_umask

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from custom_code import with_custom_code
+
 from evaluation.eval_runs import copy_run, trained_tiny_run
 from lorakit.cli.app import run_cli
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from custom_code import with_custom_code
 from safetensors.torch import load_file
 
 from conftest import write_qa_jsonl
-from custom_code import with_custom_code
 from fake_hub import FakeHub
 from lorakit.cli.app import run_cli
 from lorakit.config import ModelConfig, RunConfig

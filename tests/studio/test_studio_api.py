@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from studio_harness import BROKEN_JSONL, BROKEN_PROBLEMS, run_choices, studio_client, studio_process
 
 from conftest import TOKENIZER_DIR, write_qa_jsonl
 from fake_hub import FakeHub
-from studio_harness import BROKEN_JSONL, BROKEN_PROBLEMS, run_choices, studio_client, studio_process
-
 from lorakit.config import load_config
 from lorakit.data.validate import check_files
 from lorakit.errors import ConfigError

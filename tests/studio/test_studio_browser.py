@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from studio_harness import BROKEN_JSONL, TINY_OVERRIDES, studio_in_thread
 
 from conftest import write_qa_jsonl
-from studio_harness import BROKEN_JSONL, TINY_OVERRIDES, studio_in_thread
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -238,9 +238,8 @@ def _state(browser, element_id: str) -> str:
 def small_llama_dir(tmp_path_factory, tokenizer_dir):
     """A llama big enough that a CPU training step takes a noticeable fraction of a second (30M parameters): the
     tiny model trains 10 steps in well under a second on an idle machine, before any tab could press stop."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("small-llama")

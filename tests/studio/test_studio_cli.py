@@ -4,8 +4,8 @@ warns on any address but this machine's own, since the studio has no login."""
 from __future__ import annotations
 
 import pytest
-from conftest import free_port, unresolvable
 
+from conftest import free_port, unresolvable
 from lorakit.cli.app import run_cli
 
 WARNING = ("warning: the studio listens on {host}, not only on this machine, and it has no login: anyone who can "

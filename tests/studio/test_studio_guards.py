@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
-
 from studio_harness import STUDIO_URL, run_choices, studio_client
 
 from lorakit.studio import routes_runs

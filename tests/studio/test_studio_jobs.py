@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import free_port
-
 from lorakit.errors import LorakitError
 from lorakit.export.run_export import ExportRequest, export_run
 from lorakit.studio import jobs

@@ -8,7 +8,6 @@ import time
 from fastapi.testclient import TestClient
 
 from fake_hub import FakeHub
-
 from lorakit.studio.app import create_app
 
 CANARY = "hf_StudioPushCanary7Qw2Er4Ty6Ui8Op0"

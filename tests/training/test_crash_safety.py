@@ -18,15 +18,15 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from simulated_crash import CrashAfterStep, SimulatedCrash
 
 from conftest import Recorder, final_adapter, metric_records, tiny_run_config, write_qa_jsonl
 from lorakit.errors import CheckpointError
+from lorakit.run.checkpoints import latest_good_checkpoint, list_checkpoints, verify_checkpoint
+from lorakit.run.lock import hold_run_lock
 from lorakit.runtime import atomic_files
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text, remove_abandoned_staging
-from lorakit.run.lock import hold_run_lock
-from lorakit.run.checkpoints import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from lorakit.training.loop import train
-from simulated_crash import CrashAfterStep, SimulatedCrash
 
 KILLS = int(os.environ.get("LORAKIT_KILL_LOOP_KILLS", "20"))  # more, and another seed, for a local soak
 SEED = int(os.environ.get("LORAKIT_KILL_LOOP_SEED", "20240604"))

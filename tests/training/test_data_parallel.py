@@ -17,8 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (launcher_env, max_adapter_diff, max_metrics_diff, metric_records,
-                      two_process_torchrun, write_config_file)
+from conftest import (
+    launcher_env,
+    max_adapter_diff,
+    max_metrics_diff,
+    metric_records,
+    two_process_torchrun,
+    write_config_file,
+)
 from lorakit.config import load_config
 from lorakit.run.checkpoints import list_checkpoints, verify_checkpoint
 from lorakit.training.loop import train

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from conftest import final_adapter, tiny_run_config, write_config_file
 from lorakit.cli.app import run_cli
 from lorakit.errors import DiskFullError
-from lorakit.runtime.atomic_files import is_disk_full
 from lorakit.run.checkpoints import list_checkpoints, verify_checkpoint
+from lorakit.runtime.atomic_files import is_disk_full
 from lorakit.training.loop import train
 from lorakit.training.metrics import SilentReporter
 

@@ -12,18 +12,16 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from simulated_crash import CrashAfterStep, SimulatedCrash
 
 from conftest import build_tiny_model, final_adapter, metric_records, tiny_run_config, write_qa_jsonl
 from lorakit.cli.app import run_cli
 from lorakit.errors import CheckpointError
 from lorakit.run.checkpoints import save_checkpoint
-from lorakit.training.run_dir import load_checkpoint
 from lorakit.training.loop import train
 from lorakit.training.metrics import SilentReporter
+from lorakit.training.run_dir import load_checkpoint
 from lorakit.training.session import build_session
-from simulated_crash import CrashAfterStep, SimulatedCrash
-
-
 
 
 def _config(model_dir, data_file, run_dir, **training):

@@ -13,8 +13,15 @@ import sys
 import pytest
 import torch
 
-from conftest import (Recorder, final_adapter, launcher_env, max_adapter_diff, max_metrics_diff, two_process_torchrun,
-                      write_config_file)
+from conftest import (
+    Recorder,
+    final_adapter,
+    launcher_env,
+    max_adapter_diff,
+    max_metrics_diff,
+    two_process_torchrun,
+    write_config_file,
+)
 from lorakit.config import NF4_FSDP_REFUSAL, load_config
 from lorakit.run.checkpoints import list_checkpoints
 from lorakit.training.loop import train

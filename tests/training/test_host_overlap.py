@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
+from conftest import assert_trained_identically, tiny_run_config, train_with_disabled
 from lorakit.data.packing import collate_packed
 from lorakit.data.render import TokenizedExample
 from lorakit.model.kernels import LOSS_POSITIONS, causal_lm_loss, loss_positions
 from lorakit.training.loop import train
-from conftest import assert_trained_identically, tiny_run_config, train_with_disabled
 
 
 def test_host_overlap_trains_bit_identically(tiny_llama_dir, qa_file, tmp_path, monkeypatch):

@@ -16,9 +16,9 @@ from conftest import Recorder, final_adapter, spy_on_steps, tiny_run_config, tra
 from lorakit.cli.app import run_cli
 from lorakit.data.render import TokenizedExample
 from lorakit.errors import TrainingError
-from lorakit.training import loop
-from lorakit.run.checkpoints import verify_checkpoint
 from lorakit.plan.micro_batches import accumulation_after_split, halved, split_into_micro_batches
+from lorakit.run.checkpoints import verify_checkpoint
+from lorakit.training import loop
 
 
 class OomInjector:

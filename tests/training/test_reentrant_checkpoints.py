@@ -3,7 +3,6 @@ non-reentrant ones did: same losses, same adapter, dropout masks replayed in the
 
 from __future__ import annotations
 
-
 import torch
 
 from conftest import assert_trained_identically, tiny_run_config, train_with_disabled

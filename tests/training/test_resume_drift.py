@@ -10,11 +10,11 @@ import shutil
 
 import pytest
 import yaml
+from simulated_crash import CrashAfterStep, SimulatedCrash
 
 from conftest import build_tiny_model, tiny_run_config, write_qa_jsonl
 from lorakit.errors import CheckpointError
 from lorakit.training.loop import train
-from simulated_crash import CrashAfterStep, SimulatedCrash
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +115,9 @@ def test_checkpoint_records_library_versions_and_gpu(crashed_run):
 def test_an_edited_tokenizer_refuses_a_resume(crashed_run, tmp_path):
     from transformers import AutoTokenizer
 
+    from lorakit.model.load import tokenizer_fingerprint
     from lorakit.run.checkpoints import read_identity
     from lorakit.training.resume_drift import check_same_run
-    from lorakit.model.load import tokenizer_fingerprint
 
     model_dir = crashed_run[0]
     identity = read_identity(crashed_run[2] / "checkpoints" / "step-00000002")

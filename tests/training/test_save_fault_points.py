@@ -11,14 +11,14 @@ import types
 
 import pytest
 import torch
+from simulated_crash import SimulatedCrash
 
 from conftest import final_adapter, metric_records, tiny_run_config
 from lorakit.errors import CheckpointError
-from lorakit.runtime import atomic_files
 from lorakit.run import checkpoints as checkpoint
 from lorakit.run.checkpoints import list_checkpoints, verify_checkpoint
+from lorakit.runtime import atomic_files
 from lorakit.training.loop import train
-from simulated_crash import SimulatedCrash
 
 MAX_STEPS = 3
 
@@ -45,7 +45,6 @@ class Killer:
     def __init__(self, monkeypatch, point: str, nth: int = 2):
         self.dead, self.calls = False, 0
         real_rmtree, real_replace = shutil.rmtree, atomic_files._replace_directory
-        real_remove = checkpoint.remove_directory
 
         def rmtree(path, *args, **kwargs):
             if not self.dead:

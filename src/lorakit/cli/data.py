@@ -10,8 +10,15 @@ from rich.table import Table
 from rich.text import Text
 
 from lorakit.cli.console import console
-from lorakit.config import (DEFAULT_SYSTEM_PROMPT, EMBEDDED_MODEL_ALIAS, SEED_MAX, DataConfig, ModelConfig, RunConfig,
-                            load_config)
+from lorakit.config import (
+    DEFAULT_SYSTEM_PROMPT,
+    EMBEDDED_MODEL_ALIAS,
+    SEED_MAX,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    load_config,
+)
 from lorakit.data.formats import FORMATS
 from lorakit.data.issues import DataReport, Issue
 from lorakit.errors import ConfigError, DataError, LorakitError

@@ -9,10 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from typer.core import TyperGroup
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from lorakit.cli.console import console, err_console
 from lorakit.cli.judge_tables import judge_api_key_env_option, judge_model_option, judge_option, judge_timeout_option

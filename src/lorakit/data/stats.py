@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lorakit.data.render import render_batch
 from lorakit.data.conversation import Conversation
 from lorakit.data.masking import IGNORE_INDEX
+from lorakit.data.render import render_batch
 
 __all__ = ["PERCENTILES", "TokenStats", "token_stats", "default_histogram_path", "write_histogram"]
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from lorakit.data.render import render_prompt_ids
-from lorakit.evaluation.knowledge_items import LETTERS, KnowledgeItem, item_messages
 from lorakit.errors import LorakitError
+from lorakit.evaluation.knowledge_items import LETTERS, KnowledgeItem, item_messages
 
 __all__ = ["BATCH_TOKENS", "ScoredItem", "letter_token_ids", "prompt_ids", "shared_prefix_length", "letter_logprobs",
            "score_items"]

@@ -13,8 +13,7 @@ from contextlib import AbstractContextManager
 
 from lorakit.evaluation.knowledge import ScoredItem, prompt_ids, score_items
 from lorakit.evaluation.knowledge_items import BENCHMARK_LABELS, BENCHMARKS, LETTERS, KnowledgeItem, select_items
-from lorakit.evaluation.knowledge_stats import (ALPHA, accuracy_interval, difference_interval, mcnemar,
-                                                verdict)
+from lorakit.evaluation.knowledge_stats import ALPHA, accuracy_interval, difference_interval, mcnemar, verdict
 
 __all__ = ["MODELS", "controls", "summarize_benchmark", "evaluate_knowledge"]
 

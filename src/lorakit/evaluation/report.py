@@ -15,9 +15,13 @@ from importlib.resources import files
 from pathlib import Path
 
 from lorakit.errors import CheckpointError
-from lorakit.evaluation.report_knowledge import knowledge_html
 from lorakit.evaluation.report_charts import loss_curve_uri, safety_chart_uri
+from lorakit.evaluation.report_knowledge import knowledge_html
+from lorakit.evaluation.rubric import CHECKS
 from lorakit.evaluation.run_eval import adapter_fingerprint, run_root
+from lorakit.evaluation.safety import SCORING
+from lorakit.evaluation.safety_rules import CATEGORY_LABELS
+from lorakit.inference.generate import resolve_adapter_dir
 from lorakit.run.layout import (
     ANSWERS_FILE,
     CONFIG,
@@ -29,10 +33,6 @@ from lorakit.run.layout import (
     REPORT_FILE,
     SAFETY_ANSWERS_FILE,
 )
-from lorakit.evaluation.rubric import CHECKS
-from lorakit.evaluation.safety import SCORING
-from lorakit.evaluation.safety_rules import CATEGORY_LABELS
-from lorakit.inference.generate import resolve_adapter_dir
 from lorakit.run.source import read_saved_json, resolve_run_source
 from lorakit.runtime.atomic_files import atomic_write_text
 
@@ -78,7 +78,7 @@ def _quality_rows(quality: dict) -> list[dict]:
     rows = []
     for key, label, lower_is_better, fmt in _QUALITY_METRICS:
         base, tuned = quality["base"].get(key), quality["tuned"].get(key)
-        show = lambda value: "n/a" if value is None else fmt.format(value)  # noqa: E731
+        show = lambda value, fmt=fmt: "n/a" if value is None else fmt.format(value)  # noqa: E731
         rows.append({"label": label, "base": show(base), "tuned": show(tuned),
                      "base_value": base, "tuned_value": tuned, "bar": key in ("rouge_l", "token_f1"),
                      **_change(base, tuned, lower_is_better)})

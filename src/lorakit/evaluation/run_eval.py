@@ -24,20 +24,20 @@ from lorakit.data.records import Conversation, Message
 from lorakit.data.splits import split_conversations
 from lorakit.data.stats import token_stats
 from lorakit.errors import CheckpointError
-from lorakit.training.held_out_loss import perplexity, split_loss
 from lorakit.evaluation import safety
+from lorakit.evaluation.answer_journal import AnswerJournal, prompt_key
+from lorakit.evaluation.judge_client import JudgeSpec, open_judge
 from lorakit.evaluation.knowledge_eval import evaluate_knowledge
 from lorakit.evaluation.quality import AnswerScores, mean_scores, score_answer
 from lorakit.evaluation.safety_section import compare_section, verdict_fields
-from lorakit.evaluation.answer_journal import AnswerJournal, prompt_key
 from lorakit.inference.generate import Answer, GenerationSettings, LoadedRun, generate_answers, load_run
 from lorakit.run.layout import ANSWERS_FILE, EVAL_FILE, JOURNAL_FILES, KNOWLEDGE_ANSWERS_FILE, SAFETY_ANSWERS_FILE
 from lorakit.run.source import Permissions, read_saved_json, resolve_run_source
-from lorakit.evaluation.judge_client import JudgeSpec, open_judge
 from lorakit.runtime.atomic_files import atomic_write_text
 from lorakit.runtime.device import compute_dtype
 from lorakit.runtime.logging import get_logger
 from lorakit.training.dataset import prepare_data, read_train_conversations
+from lorakit.training.held_out_loss import perplexity, split_loss
 
 __all__ = ["MODELS", "EvalRequest", "Progress", "run_root", "eval_dir", "adapter_fingerprint", "evaluate_run"]
 

@@ -40,7 +40,7 @@ def generation_card_lines(inference: InferenceConfig) -> list[str]:
         "never the prompt's. To reproduce the evaluated answers:", "",
         f"- llama.cpp: `--temp 0 --top-k 0 --min-p 0 --repeat-penalty {inference.repetition_penalty:g} "
         f"--repeat-last-n {inference.repeat_last_n}` (the GGUF's `general.sampling.*` keys hold the chat settings)",
-        f"- Ollama: the Modelfile's PARAMETER lines; add `PARAMETER temperature 0` for greedy answers",
+        "- Ollama: the Modelfile's PARAMETER lines; add `PARAMETER temperature 0` for greedy answers",
         "- The chat template's default system prompt is the run's (used when a request brings none).",
         "- The disclaimer is not added by llama.cpp, LM Studio or Ollama (lorakit appends it to every answer); "
         "show it in the application that uses the model.",

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from lorakit.run.source import RunSource
 from lorakit.export.generation_settings import template_with_default_system
 from lorakit.export.stop_tokens import end_of_turn_token, stop_token_ids
+from lorakit.run.source import RunSource
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["SAVE_DTYPES", "MergedModel", "stored_dtype", "save_dtype", "load_base_for_merge", "attach_adapter",

@@ -17,13 +17,13 @@ from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from lorakit.errors import DataError, HubAccessError
-from lorakit.run.model_card import model_card
 from lorakit.evaluation.card_section import card_evaluation
 from lorakit.export.run_export import ExportRequest, export_run
 from lorakit.export.steps import ExportSteps
-from lorakit.run.layout import MODEL_CARD
-from lorakit.run.source import Permissions, RunSource, read_finished_run
 from lorakit.model.hub import model_page_url
+from lorakit.run.layout import MODEL_CARD
+from lorakit.run.model_card import model_card
+from lorakit.run.source import Permissions, RunSource, read_finished_run
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["PUSH_WHAT", "APPROVAL_NOTE", "PushRequest", "PushResult", "check_publishable", "push_run"]

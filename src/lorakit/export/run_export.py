@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import nullcontext
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorakit.config import dump_config
 from lorakit.errors import ConfigError, DiskFullError, OutputExistsError
+from lorakit.evaluation.card_section import card_evaluation
 from lorakit.export.disk_estimate import estimated_export_bytes
-from lorakit.export.gguf_file import GGUF_QUANTS, write_gguf
 from lorakit.export.fidelity import (
     QUESTIONS,
     fidelity_card_lines,
@@ -28,18 +28,18 @@ from lorakit.export.fidelity import (
     skipped_fidelity,
 )
 from lorakit.export.generation_settings import generation_card_lines, modelfile_parameters
+from lorakit.export.gguf_file import GGUF_QUANTS, write_gguf
 from lorakit.export.merge import SAVE_DTYPES, attach_adapter, load_base_for_merge, merge_run, save_dtype, save_merged
-from lorakit.run.model_card import model_card
-from lorakit.evaluation.card_section import card_evaluation
 from lorakit.export.ollama import modelfile_text, turn_format
 from lorakit.export.public_copy import public_config, public_manifest
 from lorakit.export.steps import ExportSteps
 from lorakit.export.stop_tokens import end_of_turn_token
-from lorakit.run.source import Permissions, RunSource, read_finished_run, refuse_saved_permissions
 from lorakit.model.load import load_tokenizer, resolve_model_source
-from lorakit.runtime.atomic_files import atomic_directory, remove_abandoned_staging
-from lorakit.run.lock import hold_run_lock
 from lorakit.run.layout import CONFIG, EXPORT, FINAL, MANIFEST, MODEL_CARD
+from lorakit.run.lock import hold_run_lock
+from lorakit.run.model_card import model_card
+from lorakit.run.source import Permissions, RunSource, read_finished_run, refuse_saved_permissions
+from lorakit.runtime.atomic_files import atomic_directory, remove_abandoned_staging
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["FORMATS", "ExportRequest", "ExportResult", "default_output", "export_run"]

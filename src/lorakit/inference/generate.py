@@ -16,10 +16,10 @@ from lorakit.data.chat_template import end_of_turn_token
 from lorakit.data.records import Message
 from lorakit.data.render import render_prompt_ids
 from lorakit.inference.decode import AnswerRepetitionPenalty, Decoded, FinishReason, GenerationSettings, decode_batch
-from lorakit.run.layout import CONFIG
-from lorakit.run.source import Permissions, RunSource, refuse_saved_permissions, resolve_run_source
 from lorakit.model.load import load_base_model, load_tokenizer, resolve_model_source
 from lorakit.model.quantize import nf4_config
+from lorakit.run.layout import CONFIG
+from lorakit.run.source import Permissions, RunSource, refuse_saved_permissions, resolve_run_source
 from lorakit.runtime.device import compute_dtype, pick_device
 
 __all__ = ["LoadedRun", "GenerationSettings", "Answer", "MODELS", "resolve_adapter_dir", "load_run", "stream_answer",

@@ -28,13 +28,21 @@ from starlette.exceptions import HTTPException
 from lorakit.config import ServeConfig
 from lorakit.data.render import render_prompt_ids
 from lorakit.inference.generate import GenerationSettings, LoadedRun, load_run, with_disclaimer
-from lorakit.run.layout import FINAL
-from lorakit.run.source import Permissions
 from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished, TextPiece
 from lorakit.inference.openai_api import (
-    ApiError, ChatRequest, chunk_body, completion_body, context_error, error_body, new_completion_id,
-    parse_chat_request, sse, usage_body,
+    ApiError,
+    ChatRequest,
+    chunk_body,
+    completion_body,
+    context_error,
+    error_body,
+    new_completion_id,
+    parse_chat_request,
+    sse,
+    usage_body,
 )
+from lorakit.run.layout import FINAL
+from lorakit.run.source import Permissions
 from lorakit.runtime.local_http import SameOriginGuard, check_can_listen, is_loopback, trusted_hosts
 from lorakit.runtime.logging import get_logger
 

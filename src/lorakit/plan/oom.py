@@ -20,7 +20,13 @@ import torch
 from lorakit.model.checkpointing import apply_checkpointing, decoder_layers, reentrant_checkpoints
 from lorakit.model.load import read_model_config
 from lorakit.plan.memory import (
-    CUDA_CONTEXT_BYTES, GIB, Candidate, ModelShape, TrainSettings, checkpointing_text, estimate_peak_memory,
+    CUDA_CONTEXT_BYTES,
+    GIB,
+    Candidate,
+    ModelShape,
+    TrainSettings,
+    checkpointing_text,
+    estimate_peak_memory,
     plan_settings,
 )
 from lorakit.plan.micro_batches import accumulation_after_split

@@ -12,10 +12,17 @@ from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig, RunConfig
 from lorakit.errors import ConfigError
 from lorakit.model.attention import expands_kv_heads
 from lorakit.plan.memory import (
-    CUDA_CONTEXT_BYTES, GIB, Candidate, ModelShape, TrainSettings, checkpointing_text, estimate_peak_memory, plan_settings,
+    CUDA_CONTEXT_BYTES,
+    GIB,
+    Candidate,
+    ModelShape,
+    TrainSettings,
+    checkpointing_text,
+    estimate_peak_memory,
+    plan_settings,
 )
-from lorakit.plan.sharded import choose_distributed, sharded_estimate
 from lorakit.plan.micro_batches import cpu_micro_batch_size
+from lorakit.plan.sharded import choose_distributed, sharded_estimate
 
 __all__ = [
     "TrainingPlan",

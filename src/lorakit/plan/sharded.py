@@ -16,7 +16,11 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from lorakit.plan.memory import (
-    MemoryEstimate, ModelShape, TrainSettings, estimate_peak_memory, lora_parameter_count,
+    MemoryEstimate,
+    ModelShape,
+    TrainSettings,
+    estimate_peak_memory,
+    lora_parameter_count,
 )
 
 __all__ = ["UNSHARDED_LAYERS", "sharded_estimate", "choose_distributed"]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from lorakit.studio.jobs import JOBS, job_status
-from lorakit.studio.run_config import STUDIO_CONFIG
 from lorakit.run.checkpoints import list_checkpoints
 from lorakit.run.layout import CONFIG, EVAL, EVAL_FILE, EXPORT, FINAL, METRICS, REPORT_FILE
+from lorakit.studio.jobs import JOBS, job_status
+from lorakit.studio.run_config import STUDIO_CONFIG
 
 __all__ = ["read_metrics", "training_progress", "run_summary", "eval_results"]
 
@@ -89,8 +89,8 @@ def _jsonl(path: Path) -> list[dict]:
 def eval_results(run_dir: Path) -> dict | None:
     """eval/eval.json plus the safety answers side by side (eval/safety_answers.jsonl), as `lorakit eval` wrote them."""
     from lorakit.evaluation.run_eval import eval_dir
-    from lorakit.run.layout import SAFETY_ANSWERS_FILE
     from lorakit.evaluation.safety_rules import CATEGORY_LABELS
+    from lorakit.run.layout import SAFETY_ANSWERS_FILE
 
     if not (run_dir / FINAL).is_dir():
         return None

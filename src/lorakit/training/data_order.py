@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from lorakit.training.batches import epoch_groups, packed_epoch_groups
-from lorakit.run.checkpoints import TrainerState
 from lorakit.plan.micro_batches import split_into_micro_batches
+from lorakit.run.checkpoints import TrainerState
+from lorakit.training.batches import epoch_groups, packed_epoch_groups
 from lorakit.training.session import TrainingSession
 
 __all__ = ["next_micro_batches", "step_pieces", "make_next_batches"]

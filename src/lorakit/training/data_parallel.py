@@ -22,8 +22,8 @@ import torch
 
 from lorakit.config import RunConfig
 from lorakit.errors import ConfigError
-from lorakit.training.held_out_loss import split_loss_sums
 from lorakit.runtime.distributed import Ranks
+from lorakit.training.held_out_loss import split_loss_sums
 
 __all__ = ["agree_on_step", "shared_split_loss", "agree_on_plan", "NullMetricsSink", "step_share_warning"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from lorakit.config import RunConfig
 from lorakit.data.issues import DataReport
 from lorakit.data.records import Conversation

@@ -14,18 +14,18 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorakit.training.held_out_loss import perplexity, split_loss
 from lorakit.model.adapters import public_model_name
-from lorakit.runtime.atomic_files import atomic_directory
-from lorakit.runtime.logging import get_logger
+from lorakit.plan.micro_batches import micro_batch_in_use
 from lorakit.run.checkpoints import TrainerState, checkpoint_dir, verify_checkpoint
 from lorakit.run.final import write_final_files
 from lorakit.run.layout import FINAL, LOSS_CURVE
 from lorakit.run.manifest import build_manifest, weights_sha256
+from lorakit.runtime.atomic_files import atomic_directory
+from lorakit.runtime.logging import get_logger
 from lorakit.training.data_parallel import shared_split_loss
 from lorakit.training.early_stop import EarlyStopping
+from lorakit.training.held_out_loss import perplexity, split_loss
 from lorakit.training.metrics import ProgressReporter, plot_loss_curve
-from lorakit.plan.micro_batches import micro_batch_in_use
 from lorakit.training.resume_drift import current_environment
 from lorakit.training.run_dir import load_adapter_weights
 from lorakit.training.sharding import gather_weights

@@ -10,21 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorakit.config import RunConfig
-from lorakit.runtime import host_heap
-from lorakit.runtime.device import use_expandable_segments
-from lorakit.runtime.distributed import current_ranks, process_group
-from lorakit.runtime.logging import get_logger
-from lorakit.run.lock import hold_run_lock
-from lorakit.runtime.seed import seed_everything
-from lorakit.run.checkpoints import TrainerState
-from lorakit.training.data_parallel import NullMetricsSink, step_share_warning
-from lorakit.training.early_stop import EarlyStopping
-from lorakit.training.finalize import TrainResult
-from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter, interval_warnings
-from lorakit.training.numerics import loss_scaler
-from lorakit.training.objective import Objective
 from lorakit.plan.micro_batches import accumulation_after_split, cpu_micro_batch_size
 from lorakit.plan.oom import restore_memory_settings
+from lorakit.run.checkpoints import TrainerState
 from lorakit.run.folder import (
     check_space_for_checkpoints,
     create_output_dir,
@@ -32,6 +20,18 @@ from lorakit.run.folder import (
     prepare_run_dir,
     remove_unused_run_dir,
 )
+from lorakit.run.lock import hold_run_lock
+from lorakit.runtime import host_heap
+from lorakit.runtime.device import use_expandable_segments
+from lorakit.runtime.distributed import current_ranks, process_group
+from lorakit.runtime.logging import get_logger
+from lorakit.runtime.seed import seed_everything
+from lorakit.training.data_parallel import NullMetricsSink, step_share_warning
+from lorakit.training.early_stop import EarlyStopping
+from lorakit.training.finalize import TrainResult
+from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter, interval_warnings
+from lorakit.training.numerics import loss_scaler
+from lorakit.training.objective import Objective
 from lorakit.training.run_dir import resume_state
 from lorakit.training.schedule import build_optimizer, build_scheduler
 from lorakit.training.session import TrainingSession, build_session

@@ -146,8 +146,9 @@ def plot_loss_curve(history: list[dict], path: Path) -> Path | None:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    from lorakit.runtime.atomic_files import atomic_write_bytes
     import io
+
+    from lorakit.runtime.atomic_files import atomic_write_bytes
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

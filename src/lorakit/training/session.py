@@ -16,7 +16,11 @@ from lorakit.config import RunConfig
 from lorakit.data.chat_template import chat_template_identity
 from lorakit.errors import TrainingError
 from lorakit.model.adapters import (
-    name_adapter_base, public_model_name, resolve_target_modules, trainable_parameter_count, variant_identity,
+    name_adapter_base,
+    public_model_name,
+    resolve_target_modules,
+    trainable_parameter_count,
+    variant_identity,
 )
 from lorakit.model.kernels import LOSS_POSITIONS, loss_positions
 from lorakit.model.load import (
@@ -29,8 +33,8 @@ from lorakit.model.load import (
     tokenizer_fingerprint,
 )
 from lorakit.model.quantize import bitsandbytes_available, nf4_config, wants_4bit
-from lorakit.plan.run_plan import resolve_auto_settings
 from lorakit.model.trainable import make_trainable
+from lorakit.plan.run_plan import resolve_auto_settings
 from lorakit.runtime.device import compute_dtype, pick_device
 from lorakit.runtime.distributed import Ranks, current_ranks
 from lorakit.training.batches import collate_group
@@ -58,7 +62,7 @@ class TrainingSession:
     offload_activations: bool = False  # planned: checkpointed activations live in CPU memory
     ranks: Ranks = Ranks()  # the processes of a torchrun / accelerate launch (one by default)
     sharded_root: ShardedLoss | None = None  # training.distributed fsdp: the FSDP2 root around `model`
-    ahead: "BatchesAhead" = field(default_factory=lambda: BatchesAhead())  # the next step's batches, made early
+    ahead: BatchesAhead = field(default_factory=lambda: BatchesAhead())  # the next step's batches, made early
     epoch_groups: dict[int, list[list[int]]] = field(default_factory=dict)  # an epoch's micro-batches, by epoch
 
     @property
@@ -83,7 +87,7 @@ class BatchesAhead:
     def __init__(self) -> None:
         self._ready: dict[tuple[int, ...], dict] = {}
 
-    def make(self, session: "TrainingSession", groups: list[list[int]]) -> None:
+    def make(self, session: TrainingSession, groups: list[list[int]]) -> None:
         self._ready = {tuple(group): collate_for_step(session, group) for group in groups}
 
     def holds(self, group: list[int]) -> bool:
@@ -93,13 +97,13 @@ class BatchesAhead:
     def __len__(self) -> int:
         return len(self._ready)
 
-    def take(self, session: "TrainingSession", group: list[int]) -> dict:
+    def take(self, session: TrainingSession, group: list[int]) -> dict:
         """The batch made ahead for `group`, or a fresh one (first step, or a step an out-of-memory retry re-cut)."""
         ready = self._ready.pop(tuple(group), None)
         return ready if ready is not None else collate_for_step(session, group)
 
 
-def collate_for_step(session: "TrainingSession", group: list[int]) -> dict:
+def collate_for_step(session: TrainingSession, group: list[int]) -> dict:
     """One micro-batch on the CPU, with the positions the loss reads (so finding them costs no GPU sync)."""
     batch = collate_group(session.data.splits.train, group, session.tokenizer.pad_token_id,
                           packed=session.config.training.packing)

@@ -19,11 +19,14 @@ from lorakit.config import dump_config
 from lorakit.errors import TrainingError
 from lorakit.model.checkpointing import activation_offload
 from lorakit.model.kernels import LOSS_POSITIONS
+from lorakit.plan.micro_batches import accumulation_after_split, halved
+from lorakit.plan.oom import OOM_ADVICE, TorchRngSnapshot, release_memory, replan_after_oom
+from lorakit.run.checkpoints import TrainerState, save_checkpoint
+from lorakit.run.layout import FINAL
 from lorakit.runtime import host_heap
 from lorakit.runtime.ablation import enabled
 from lorakit.runtime.logging import get_logger
 from lorakit.runtime.seed import micro_batch_seed
-from lorakit.run.checkpoints import TrainerState, save_checkpoint
 from lorakit.training.data_order import make_next_batches, next_micro_batches, step_pieces
 from lorakit.training.data_parallel import NullMetricsSink, agree_on_step, shared_split_loss
 from lorakit.training.early_stop import EarlyStopping
@@ -31,10 +34,7 @@ from lorakit.training.finalize import TrainResult, finalize_run
 from lorakit.training.metrics import ProgressReporter, SilentReporter
 from lorakit.training.numerics import MIN_LOSS_SCALE, loss_scaler, numerical_fault
 from lorakit.training.objective import NextTokenObjective, Objective
-from lorakit.plan.micro_batches import accumulation_after_split, halved
-from lorakit.plan.oom import OOM_ADVICE, TorchRngSnapshot, release_memory, replan_after_oom
 from lorakit.training.resume_drift import current_environment
-from lorakit.run.layout import FINAL
 from lorakit.training.schedule import build_optimizer, build_scheduler
 from lorakit.training.session import TrainingSession
 from lorakit.training.sharding import gather_trainable_state
@@ -51,10 +51,10 @@ class TrainerHooks:
     def session_ready(self, session: TrainingSession) -> None:
         """The session is built (model loaded, LoRA attached), before the optimizer exists."""
 
-    def step_starting(self, trainer: "Trainer", step: int, groups: list[list[int]]) -> None:
+    def step_starting(self, trainer: Trainer, step: int, groups: list[list[int]]) -> None:
         """Before every attempt at a step (an out-of-memory retry attempts it again, re-cut)."""
 
-    def step_finished(self, trainer: "Trainer", step: int, groups: list[list[int]]) -> None:
+    def step_finished(self, trainer: Trainer, step: int, groups: list[list[int]]) -> None:
         """After the optimizer update of a step that succeeded."""
 
 
