@@ -100,6 +100,10 @@ class _Reader:
         """A standard answer (a string) or a conversational one (exactly one assistant message)."""
         if isinstance(value, str):
             return self.text(field, value)
+        if not isinstance(value, list):
+            self.error(field, "wrong-type", f"must be a string, or a list holding one assistant message, not "
+                       f"{json_type(value)}")
+            return None
         messages = self.messages(field, value)
         if messages is None:
             return None

@@ -9,15 +9,16 @@ scores both halves.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from lorakit.data.collate import collate_padded
+from lorakit.data.masking import IGNORE_INDEX
 from lorakit.data.preference import PreferencePair
 from lorakit.data.render import TokenizedExample, render_batch
 
-__all__ = ["PreferenceExample", "render_preferences", "collate_preferences"]
+__all__ = ["PreferenceExample", "last_answer_only", "render_preferences", "collate_preferences"]
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,38 @@ class PreferenceExample:
         return len(self.chosen.input_ids) + len(self.rejected.input_ids)
 
 
+def last_answer_only(example: TokenizedExample) -> TokenizedExample:
+    """The example with only its last run of supervised tokens kept: the answer being compared, not the
+    assistant turns of a multi-turn prompt (which both sequences share, and which the loss must not score).
+
+    >>> last_answer_only(TokenizedExample([1, 2, 3, 4, 5], [-100, 2, -100, 4, 5])).labels
+    [-100, -100, -100, 4, 5]
+    """
+    labels = list(example.labels)
+    end = max((i for i, label in enumerate(labels) if label != IGNORE_INDEX), default=-1) + 1
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    kept = [IGNORE_INDEX] * start + labels[start:end] + [IGNORE_INDEX] * (len(labels) - end)
+    return replace(example, labels=kept)
+
+
+_WHOLE = 2**31  # a max_length no conversation reaches
+
+
+def _truncated(example: TokenizedExample, max_length: int) -> TokenizedExample:
+    return replace(example, input_ids=example.input_ids[:max_length], labels=example.labels[:max_length],
+                   truncated=len(example.input_ids) > max_length)
+
+
 def render_preferences(pairs: Sequence[PreferencePair], tokenizer, system_prompt: str,
                        max_length: int) -> list[PreferenceExample]:
-    """Render every pair's two conversations; a DataError (file:line, template) if an answer cannot be masked."""
+    """Render every pair's two conversations, supervising the final answer of each; a DataError (file:line,
+    template) if any answer, earlier turns included, cannot be masked exactly."""
     conversations = [conversation for pair in pairs for conversation in pair.conversations()]
-    rendered = render_batch(conversations, tokenizer, system_prompt, max_length)
+    # Rendered whole, then cut: the last supervised run of a cut sequence could be an earlier turn's answer.
+    whole = render_batch(conversations, tokenizer, system_prompt, _WHOLE)
+    rendered = [_truncated(last_answer_only(example), max_length) for example in whole]
     return [PreferenceExample(rendered[i], rendered[i + 1]) for i in range(0, len(rendered), 2)]
 
 
