@@ -76,7 +76,7 @@ def _log_handler() -> logging.Handler:
 
 def _register() -> None:
     """Import the command modules; each adds its commands to `app`."""
-    from lorakit.cli import chat, data, doctor, eval, export, plan, push, report, serve, studio, train  # noqa: F401
+    from lorakit.cli import chat, data, doctor, eval, export, plan, push, report, review, serve, studio, train  # noqa: F401
 
 
 _OOM_HINT = ("Close other programs on the GPU (nvidia-smi lists them), or load the base model in 4 bits "
