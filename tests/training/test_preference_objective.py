@@ -1,0 +1,59 @@
+"""The preference objective: pair-weighted accumulation (1 x 4 == 2 x 2), logged reward metrics, pairs split by
+prompt."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lorakit.config import TrainingConfig
+from lorakit.data.conversation import Message
+from lorakit.data.preference import PreferencePair
+from lorakit.data.preference_batch import collate_preferences, render_preferences
+from lorakit.training.preference_data import split_pairs
+from lorakit.training.preference_objective import PreferenceObjective
+from tests.conftest import QA_PAIRS, lora_model_with_nonzero_b
+
+PAIRS = [PreferencePair((Message("user", q),), a, "I am not sure, ask someone else.") for q, a in QA_PAIRS[:4]]
+
+
+@pytest.mark.parametrize("method", ["dpo", "simpo"])
+def test_one_micro_batch_of_four_pairs_equals_two_of_two(method, tiny_llama_dir, tokenizer):
+    torch.manual_seed(0)
+    model = lora_model_with_nonzero_b(tiny_llama_dir, dropout=0.0)
+    session = SimpleNamespace(model=model, tokenizer=tokenizer, device=torch.device("cpu"))
+    examples = render_preferences(PAIRS, tokenizer, "Be careful.", 128)
+    objective = PreferenceObjective(TrainingConfig(method=method))
+
+    def gradients(groups):
+        model.zero_grad(set_to_none=True)
+        batches = [collate_preferences([examples[i] for i in group], tokenizer.pad_token_id) for group in groups]
+        pairs = sum(objective.targets(batch) for batch in batches)
+        total = 0.0
+        for batch in batches:
+            loss = objective.loss(session, batch, pairs)
+            loss.backward()
+            total += float(loss.detach())
+        return total, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    whole_loss, whole = gradients([[0, 1, 2, 3]])
+    whole_metrics = objective.logged_metrics()
+    split_loss, split = gradients([[0, 1], [2, 3]])
+    assert abs(whole_loss - split_loss) < 1e-6
+    assert max(float((whole[n] - split[n]).abs().max()) for n in whole) < 1e-6
+    assert objective.logged_metrics() == pytest.approx(whole_metrics, abs=1e-6)
+    assert set(whole_metrics) == {"rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy"}
+    assert objective.logged_metrics() == {}  # reset once logged
+
+
+def test_pairs_about_one_prompt_stay_on_one_side_of_the_split():
+    pairs = [PreferencePair((Message("user", f"Question {i // 2}?"),), f"Good {i}.", f"Bad {i}.") for i in range(40)]
+    split = split_pairs(pairs, 0.2, 0.2, seed=3)
+    sides = {name: {p.prompt for p in getattr(split, name)} for name in ("train", "validation", "test")}
+    assert sum(len(getattr(split, name)) for name in sides) == 40
+    assert not (sides["train"] & sides["validation"]) and not (sides["train"] & sides["test"])
+    assert not (sides["validation"] & sides["test"])
+    assert len(split.test) == 8 and len(split.validation) == 8
+    assert split_pairs(pairs, 0.2, 0.2, seed=3) == split  # a pure function of the seed
