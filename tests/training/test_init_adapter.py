@@ -10,7 +10,7 @@ from lorakit.config import LoraSettings
 from lorakit.errors import ConfigError
 from lorakit.model.adapters import lora_state_dict
 from lorakit.training.init_adapter import load_init_adapter
-from tests.conftest import lora_model_with_nonzero_b
+from conftest import lora_model_with_nonzero_b
 
 
 def test_the_adapter_of_a_run_folder_is_loaded_bit_exactly_and_a_mismatch_is_refused(tiny_llama_dir, tmp_path):

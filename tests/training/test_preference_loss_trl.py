@@ -18,7 +18,7 @@ from lorakit.data.preference import PreferencePair
 from lorakit.data.conversation import Message
 from lorakit.data.preference_batch import collate_preferences, render_preferences
 from lorakit.training.preference_loss import REFERENCE_ADAPTER, add_reference_adapter, preference_loss
-from tests.conftest import lora_model_with_nonzero_b
+from conftest import lora_model_with_nonzero_b
 
 trl = pytest.importorskip("trl")  # the test extra pins trl==1.16.0
 TOLERANCE = 1e-5

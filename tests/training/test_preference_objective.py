@@ -1,5 +1,4 @@
-"""The preference objective: pair-weighted accumulation (1 x 4 == 2 x 2), logged reward metrics, pairs split by
-prompt."""
+"""The preference objective: pair-weighted accumulation (1 x 4 == 2 x 2) and logged reward metrics."""
 
 from __future__ import annotations
 
@@ -12,9 +11,8 @@ from lorakit.config import TrainingConfig
 from lorakit.data.conversation import Message
 from lorakit.data.preference import PreferencePair
 from lorakit.data.preference_batch import collate_preferences, render_preferences
-from lorakit.training.preference_data import split_pairs
 from lorakit.training.preference_objective import PreferenceObjective
-from tests.conftest import QA_PAIRS, lora_model_with_nonzero_b
+from conftest import QA_PAIRS, lora_model_with_nonzero_b
 
 PAIRS = [PreferencePair((Message("user", q),), a, "I am not sure, ask someone else.") for q, a in QA_PAIRS[:4]]
 
@@ -46,14 +44,3 @@ def test_one_micro_batch_of_four_pairs_equals_two_of_two(method, tiny_llama_dir,
     assert objective.logged_metrics() == pytest.approx(whole_metrics, abs=1e-6)
     assert set(whole_metrics) == {"rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy"}
     assert objective.logged_metrics() == {}  # reset once logged
-
-
-def test_pairs_about_one_prompt_stay_on_one_side_of_the_split():
-    pairs = [PreferencePair((Message("user", f"Question {i // 2}?"),), f"Good {i}.", f"Bad {i}.") for i in range(40)]
-    split = split_pairs(pairs, 0.2, 0.2, seed=3)
-    sides = {name: {p.prompt for p in getattr(split, name)} for name in ("train", "validation", "test")}
-    assert sum(len(getattr(split, name)) for name in sides) == 40
-    assert not (sides["train"] & sides["validation"]) and not (sides["train"] & sides["test"])
-    assert not (sides["validation"] & sides["test"])
-    assert len(split.test) == 8 and len(split.validation) == 8
-    assert split_pairs(pairs, 0.2, 0.2, seed=3) == split  # a pure function of the seed

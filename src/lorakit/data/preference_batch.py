@@ -29,6 +29,14 @@ class PreferenceExample:
     rejected: TokenizedExample
 
     @property
+    def source(self) -> str:
+        return self.chosen.source
+
+    @property
+    def line(self) -> int:
+        return self.chosen.line
+
+    @property
     def tokens(self) -> int:
         """Tokens a training step processes for this pair (both sequences: what the memory plan must count)."""
         return len(self.chosen.input_ids) + len(self.rejected.input_ids)
