@@ -202,6 +202,12 @@ class TrainingConfig(_Section):
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be smaller than max_steps ({self.max_steps})")
         return self
 
+    @property
+    def sequences_per_example(self) -> int:
+        """Rows a training example puts in a micro-batch: a preference pair is two (prompt + chosen answer,
+        prompt + rejected answer), which the memory planner must count."""
+        return 1 if self.method == "sft" else 2
+
     @model_validator(mode="after")
     def _preference_tuning_is_padded_and_unsharded(self) -> TrainingConfig:
         if self.method != "sft" and self.packing:

@@ -44,3 +44,19 @@ def test_one_micro_batch_of_four_pairs_equals_two_of_two(method, tiny_llama_dir,
     assert objective.logged_metrics() == pytest.approx(whole_metrics, abs=1e-6)
     assert set(whole_metrics) == {"rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy"}
     assert objective.logged_metrics() == {}  # reset once logged
+
+
+def test_chunked_token_log_probs_equal_log_softmax_in_value_and_gradient():
+    from lorakit.training.preference_loss import _ChunkedTokenLogps
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(10, 16, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, 50, (10,), generator=generator)
+    upstream = torch.randn(10, generator=generator, dtype=torch.float64)
+    chunked = _ChunkedTokenLogps.apply(hidden, weight, targets, 3)  # 3 rows a chunk: 4 chunks, the last short
+    (chunked_grad,) = torch.autograd.grad(chunked, hidden, upstream)
+    naive = (hidden @ weight.T).log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+    (naive_grad,) = torch.autograd.grad(naive, hidden, upstream)
+    assert torch.allclose(chunked.double(), naive, atol=1e-6)  # forward in fp32, as on the GPU
+    assert torch.allclose(chunked_grad, naive_grad, atol=1e-6)

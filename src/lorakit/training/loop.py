@@ -50,6 +50,8 @@ from lorakit.training.data_parallel import (
     NullMetricsSink, agree_on_plan, agree_on_step, shared_split_loss, step_share_warning,
 )
 from lorakit.training.dataset import PreparedData, prepare_data
+from lorakit.training.preference_objective import PreferenceObjective
+from lorakit.training.preference_setup import prepare_for_method
 from lorakit.training.finalize import TrainResult, finalize_run
 from lorakit.training.run_dir import (
     FINAL,
@@ -101,6 +103,7 @@ class TrainingSession:
     sharded_root: ShardedLoss | None = None  # training.distributed fsdp: the FSDP2 root around `model`
     ahead: "BatchesAhead" = field(default_factory=lambda: BatchesAhead())  # the next step's batches, made early
     epoch_groups: dict[int, list[list[int]]] = field(default_factory=dict)  # an epoch's micro-batches, by epoch
+    objective: PreferenceObjective | None = None  # training.method dpo/orpo/simpo; None: next-token loss (SFT)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -177,6 +180,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
                            checkpointed_layers=resolved.checkpointed_layers, offload_activations=resolved.offload_activations,
                            sharded=sharded)
     name_adapter_base(model, public_model_name(source))  # adapter_config.json names no local path
+    method_identity = prepare_for_method(model, config, targets)  # starting adapter, DPO reference, dropout
     # Every module in training mode (from_pretrained leaves the base model's in eval mode under a training-mode
     # peft wrapper): a step then switches modes only after an evaluation flipped the root (_train_step).
     model.train()
@@ -205,9 +209,11 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         **variant_identity(config),
         **chat_template_identity(config.model.chat_template),
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+        **method_identity,
     }
+    objective = PreferenceObjective(config.training) if config.training.method != "sft" else None
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
-                           resolved.offload_activations, ranks, root)
+                           resolved.offload_activations, ranks, root, objective=objective)
 
 
 def train(
@@ -354,7 +360,9 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step, pre
     backward pass is queued, before this step's sync (BatchesAhead)."""
     cfg = session.config.training
     batches = [session.ahead.take(session, group) for group in groups]
-    target_tokens = sum(len(batch[LOSS_POSITIONS]) for batch in batches)  # the step's answer tokens
+    objective = session.objective
+    # the step's answer tokens (preference tuning: its pairs)
+    target_tokens = sum(objective.targets(batch) if objective else len(batch[LOSS_POSITIONS]) for batch in batches)
     autocast = torch.autocast(session.device.type, dtype=session.autocast_dtype) if session.autocast_dtype else nullcontext()
     if not session.model.training:  # (walking ~1,700 modules costs milliseconds of idle GPU per step)
         session.model.train()
@@ -378,8 +386,11 @@ def _train_step(session, groups, params, optimizer, scheduler, scaler, step, pre
         batch = {k: v.to(session.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         try:  # a CUDA out-of-memory error is retried by _step_with_oom_retry, on every rank together
             with autocast, activation_offload(session.offload_activations):
-                loss = (session.sharded_root(batch, target_tokens) if sharded  # no full-vocab logits either way
-                        else causal_lm_loss(session.model, batch, num_items_in_batch=target_tokens))
+                if objective is not None:
+                    loss = objective.loss(session, batch, target_tokens)
+                else:
+                    loss = (session.sharded_root(batch, target_tokens) if sharded  # no full-vocab logits either way
+                            else causal_lm_loss(session.model, batch, num_items_in_batch=target_tokens))
             loss = loss if real else loss * 0.0
             # (Under fsdp every rank must still run backward; with one sync the step's sum is checked below.)
             if not host_overlap and not sharded and not torch.isfinite(loss):
@@ -526,7 +537,8 @@ def _run_steps(session, state, stopper, params, optimizer, scheduler, scaler, si
         if state.step % cfg.logging_steps == 0 or state.step == cfg.max_steps:
             elapsed = time.perf_counter() - window_start
             record.update(train_loss=state.window_loss / state.window_steps, learning_rate=scheduler.get_last_lr()[0],
-                          tokens_per_second=window_tokens / max(elapsed, 1e-9), epoch=state.epoch)
+                          tokens_per_second=window_tokens / max(elapsed, 1e-9), epoch=state.epoch,
+                          **(session.objective.logged_metrics() if session.objective else {}))
             state.window_loss, state.window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
         stop = False
         if session.data.splits.validation and (state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps):
