@@ -60,3 +60,21 @@ def test_chunked_token_log_probs_equal_log_softmax_in_value_and_gradient():
     (naive_grad,) = torch.autograd.grad(naive, hidden, upstream)
     assert torch.allclose(chunked.double(), naive, atol=1e-6)  # forward in fp32, as on the GPU
     assert torch.allclose(chunked_grad, naive_grad, atol=1e-6)
+
+
+def test_the_memory_plan_counts_both_sequences_of_a_pair():
+    """A micro-batch of b pairs is 2b rows: DPO at micro-batch 2 is planned as SFT at micro-batch 4."""
+    from conftest import PHI4_MINI
+    from lorakit.config import RunConfig
+    from lorakit.model.run_plan import plan_training
+
+    def plan(method, batch_size):
+        config = RunConfig.model_validate({
+            "model": {"quantization": "nf4", "max_length": 512}, "data": {"train_file": "x.jsonl"},
+            "training": {"method": method, "batch_size": batch_size, "gradient_checkpointing": True}})
+        return plan_training(config, PHI4_MINI, 80 * 2**30, dtype_bytes=2, nf4_available=True, longest_example=300)
+
+    dpo, sft = plan("dpo", 2), plan("sft", 4)
+    assert dpo.chosen.settings.tokens_per_micro_batch == sft.chosen.settings.tokens_per_micro_batch == 4 * 300
+    assert dpo.chosen.estimate.peak_allocated == sft.chosen.estimate.peak_allocated
+    assert plan("sft", 2).chosen.estimate.peak_allocated < dpo.chosen.estimate.peak_allocated
