@@ -23,7 +23,7 @@ def _pairs_file(path):
 
 
 def _dpo_config(tiny_llama_dir, pairs, run_dir, sft_dir, **training):
-    settings = dict(method="dpo", beta=0.1, init_adapter=str(sft_dir), max_steps=4, save_steps=2, eval_steps=2,
+    settings = dict(method="dpo", beta=0.1, init_adapter=str(sft_dir), max_steps=3, save_steps=2, eval_steps=2,
                     logging_steps=1, batch_size=2, gradient_accumulation_steps=2, learning_rate=5e-3)
     settings.update(training)
     return tiny_run_config(tiny_llama_dir, pairs, run_dir, **settings)
@@ -34,7 +34,7 @@ def sft_run(tiny_llama_dir, tmp_path_factory):
     from conftest import write_qa_jsonl
 
     root = tmp_path_factory.mktemp("sft")
-    train(tiny_run_config(tiny_llama_dir, write_qa_jsonl(root / "qa.jsonl"), root / "run", max_steps=3))
+    train(tiny_run_config(tiny_llama_dir, write_qa_jsonl(root / "qa.jsonl"), root / "run", max_steps=2))
     return root / "run"
 
 
@@ -42,9 +42,9 @@ def test_dpo_from_an_sft_adapter_trains_logs_rewards_and_resumes_bit_exactly(tin
     pairs = _pairs_file(tmp_path / "pairs.jsonl")
     straight = tmp_path / "straight"
     result = train(_dpo_config(tiny_llama_dir, pairs, straight, sft_run))
-    assert result.steps == 4
+    assert result.steps == 3
     records = metric_records(straight)
-    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["step"] for r in records] == [1, 2, 3]
     for record in records:
         assert {"train_loss", "rewards_margin", "rewards_accuracy", "rewards_chosen", "rewards_rejected"} <= set(record)
         assert 0.0 <= record["rewards_accuracy"] <= 1.0
@@ -61,7 +61,7 @@ def test_dpo_from_an_sft_adapter_trains_logs_rewards_and_resumes_bit_exactly(tin
     resumed = tmp_path / "resumed"
     config = _dpo_config(tiny_llama_dir, pairs, resumed, sft_run)
     with pytest.raises(SimulatedCrash):
-        train(config, reporter=CrashAfterStep(3))  # dies after step 3; the checkpoint is step 2
+        train(config, reporter=CrashAfterStep(3))  # dies after its last step, before final/; the checkpoint is step 2
     train(config, resume=True)
     first, second = final_adapter(straight), final_adapter(resumed)
     assert all(torch.equal(first[k], second[k]) for k in first)
