@@ -7,10 +7,9 @@ import copy
 import json
 from pathlib import Path
 
-import pytest
 
 from lorakit.cli.app import run_cli
-from lorakit.data.conversation import Conversation, Message
+from lorakit.data.conversation import Message
 from lorakit.data.masking import IGNORE_INDEX
 from lorakit.data.preference import PreferencePair, parse_preference
 from lorakit.data.preference_batch import collate_preferences, render_preferences
@@ -58,7 +57,8 @@ def test_check_reports_every_problem_with_file_line_and_field(tmp_path):
                  {"prompt": "What is BP?", "chosen": "Blood  pressure.", "rejected": "Blood pressure. "},
                  {"prompt": "Q?", "chosen": "A."},
                  {"prompt": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}],
-                  "chosen": [{"role": "assistant", "content": "B."}], "rejected": [{"role": "assistant", "content": "C."}]},
+                  "chosen": [{"role": "assistant", "content": "B."}],
+                  "rejected": [{"role": "assistant", "content": "C."}]},
                  {"prompt": "Q?", "chosen": [{"role": "user", "content": "B."}, {"role": "assistant", "content": "C."}],
                   "rejected": 3},
                  {"prompt": "Q?", "chosen": "Call me on 555-867-5309.", "rejected": "Write to jane.doe@example.org."})

@@ -146,7 +146,8 @@ def load_checked_preferences(paths: Sequence[str], tokenizer, max_length: int, s
 
 def check_data_files(paths: Sequence[str | Path], format: str = "auto", tokenizer=None, max_length: int | None = None,
                      scan_phi: bool = True, allow_phi: bool = False, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                     roles: dict[str, str] | None = None, contamination: ContaminationIndex | None = None) -> DataReport:
+                     roles: dict[str, str] | None = None,
+                     contamination: ContaminationIndex | None = None) -> DataReport:
     """`lorakit data check`: preference files (their first record has chosen and rejected) checked as pairs,
     every other file as SFT data (`check_files`), in one report."""
     preference = [path for path in paths if format == "auto" and is_preference_file(path)]

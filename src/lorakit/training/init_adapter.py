@@ -55,6 +55,7 @@ def load_init_adapter(model, path: str | Path, lora: LoraSettings, targets: list
     data = (folder / _WEIGHTS).read_bytes()
     unexpected = set_peft_model_state_dict(model, load_safetensors(data)).unexpected_keys
     if unexpected:
-        raise ConfigError("training.init_adapter", [f"{folder}: {len(unexpected)} tensors match no LoRA layer of this "
-                                                    f"model (e.g. {unexpected[0]}); is it an adapter of another model?"])
+        raise ConfigError("training.init_adapter", [
+            f"{folder}: {len(unexpected)} tensors match no LoRA layer of this model (e.g. {unexpected[0]}); is it "
+            "an adapter of another model?"])
     return hashlib.sha256(data).hexdigest()
