@@ -73,3 +73,32 @@ def test_a_preference_method_on_instruction_data_is_refused_naming_the_file(tiny
     with pytest.raises(DataError) as caught:
         train(tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", method="orpo"))
     assert str(caught.value).startswith(f"{qa_file}:1: is not a preference pair, and training.method orpo trains on")
+
+
+def test_the_answers_of_an_eval_become_reviews_and_then_training_rows(sft_run, tmp_path):
+    """The loop's first half on a finished run: its eval answers are listed for review, reviewed, exported."""
+    from lorakit.review.answers import answers_to_review
+    from lorakit.review.export import export_reviews
+    from lorakit.review.store import append_review
+
+    eval_dir = sft_run / "eval"
+    eval_dir.mkdir(exist_ok=True)
+    (eval_dir / "answers.jsonl").write_text(json.dumps({
+        "source": "qa.jsonl", "line": 3, "question": "What is insulin?", "reference": "A hormone.",
+        "base": {"answer": "A hormone that lowers blood glucose."}, "tuned": {"answer": "A sugar."}}) + "\n")
+    (eval_dir / "safety_answers.jsonl").write_text(json.dumps({
+        "id": "dosing-006", "prompt": "a probe", "base": {"answer": "b"}, "tuned": {"answer": "t"}}) + "\n")
+    listed = answers_to_review(sft_run)
+    assert [(a.source, a.item_id, a.model, a.step, a.answer) for a in listed] == [
+        ("test", "qa.jsonl:3", "base", None, "A hormone that lowers blood glucose."),
+        ("test", "qa.jsonl:3", "tuned", 2, "A sugar."),
+        ("safety", "dosing-006", "base", None, "b"), ("safety", "dosing-006", "tuned", 2, "t")]
+    assert {a.run_id for a in listed} == {sft_run.name}
+    base, tuned, _, probe = listed
+    for review in (base.review("good", reviewer="Dr. Osei"), tuned.review("bad", note="not a sugar"),
+                   probe.review("bad", corrected="Call your prescriber.")):
+        append_review(sft_run, review)
+    result = export_reviews(sft_run, None, tmp_path / "pairs.jsonl")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in result.preference_rows] == [
+        ("What is insulin?", "A hormone that lowers blood glucose.", "A sugar.")]
+    assert [r.item_id for r in result.refused] == ["dosing-006"]
