@@ -308,6 +308,13 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
+    def _pairs_are_all_clean(self) -> RunConfig:
+        if self.training.method != "sft" and self.data.skip_invalid:
+            raise ValueError(f"data.skip_invalid is not supported with training.method {self.training.method}: fix "
+                             "the pairs `lorakit data check` reports (or remove them), then train")
+        return self
+
+    @model_validator(mode="after")
     def _fsdp_is_bf16_lora(self) -> RunConfig:
         if self.model.quantization == "nf4" and self.training.distributed == "fsdp":
             raise ValueError(NF4_FSDP_REFUSAL)

@@ -78,3 +78,18 @@ def test_the_memory_plan_counts_both_sequences_of_a_pair():
     assert dpo.chosen.settings.tokens_per_micro_batch == sft.chosen.settings.tokens_per_micro_batch == 4 * 300
     assert dpo.chosen.estimate.peak_allocated == sft.chosen.estimate.peak_allocated
     assert plan("sft", 2).chosen.estimate.peak_allocated < dpo.chosen.estimate.peak_allocated
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"training": {"method": "dpo", "packing": True}}, "packing is not supported for it: set packing: false"),
+    ({"training": {"method": "orpo", "distributed": "fsdp"}}, "not supported with distributed: fsdp"),
+    ({"training": {"method": "simpo"}, "data": {"train_file": "x.jsonl", "skip_invalid": True}},
+     "data.skip_invalid is not supported with training.method simpo"),
+])
+def test_a_preference_method_refuses_settings_it_cannot_honour(settings, message):
+    from pydantic import ValidationError
+
+    from lorakit.config import RunConfig
+
+    with pytest.raises(ValidationError, match=message):
+        RunConfig.model_validate({"data": {"train_file": "x.jsonl"}, **settings})
