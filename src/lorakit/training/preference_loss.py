@@ -219,7 +219,8 @@ def preference_loss(model, batch: dict, method: PreferenceMethod, beta: float, s
                     reference: torch.Tensor | None = None, nll_labels: torch.Tensor | None = None) -> PreferenceLoss:
     """The loss of one preference batch (2B rows, chosen first) in one forward of both halves.
 
-    `reference`: DPO's reference log-probs of the 2B rows (default: `reference_logps`, adapter off).
+    `reference`: DPO's reference log-probs of the 2B rows (default: `reference_logps`: the frozen starting adapter,
+    or the adapter switched off).
     `nll_labels`: ORPO's NLL targets for the chosen rows (default: the batch's labels, i.e. the chosen answers
     as SFT supervises them; TRL scores the whole prompt too, which its equality test passes here).
     """
@@ -229,11 +230,10 @@ def preference_loss(model, batch: dict, method: PreferenceMethod, beta: float, s
     if method == "dpo" and reference is None:
         reference = reference_logps(model, batch)
     if method == "orpo" and nll_labels is not None:
-        nll_batch = {**batch, "labels": torch.cat([nll_labels, labels[half:]])}
-        token_logps = answer_token_logps(model, nll_batch)
-        nll = _chosen_nll(token_logps[:half], nll_labels)
         if ((labels[:half, 1:] != IGNORE_INDEX) & (nll_labels[:, 1:] == IGNORE_INDEX)).any():
             raise ValueError("nll_labels must label at least every answer token of the chosen rows")
+        token_logps = answer_token_logps(model, {**batch, "labels": torch.cat([nll_labels, labels[half:]])})
+        nll = _chosen_nll(token_logps[:half], nll_labels)
         means = sequence_logps(token_logps, labels, average=True)  # the answer tokens only, as without nll_labels
         return orpo_loss(means[:half], means[half:], nll, beta)
     token_logps = answer_token_logps(model, batch)
