@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tables import aligned_row, print_report
+from lib.tables import aligned_row, print_report
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "tests" / "fixtures" / "smollm2-tokenizer"

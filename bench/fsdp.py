@@ -29,9 +29,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from capped_run import cap_allocator, eight_gb_cap_gib  # noqa: E402
-from multi_gpu import PHI4_MINI, SMOKE, build_model, launch_row, write_config  # noqa: E402
-from step_speed import run_speed  # noqa: E402
+from lib.capped_run import cap_allocator, eight_gb_cap_gib  # noqa: E402
+from lib.gpu_runs import launch_row  # noqa: E402
+from lib.phi4_mini_run import PHI4_MINI, SMOKE, build_model, write_config  # noqa: E402
+from lib.step_speed import run_speed  # noqa: E402
 
 EIGHT_GB_CAP_GIB = eight_gb_cap_gib()
 # (name, processes, training.distributed, allocator cap in GiB or None, extra --set overrides)
@@ -41,7 +42,7 @@ ROWS = [
     ("2gpu-fsdp", 2, "fsdp", None, []),
     ("8gb-1gpu", 1, "ddp", EIGHT_GB_CAP_GIB, ["training.batch_size=auto", "training.gradient_checkpointing=auto"]),
     # Fixed, not planned (the run that measured it predates the planner's NCCL reserve; the plan is now micro-batch 2,
-    # 31 of 32 layers, tests/model/test_sharded_plan.py).
+    # 31 of 32 layers, tests/plan/test_sharded.py).
     ("8gb-2gpu-fsdp", 2, "fsdp", EIGHT_GB_CAP_GIB, ["training.batch_size=2", "training.gradient_checkpointing=true"]),
 ]
 

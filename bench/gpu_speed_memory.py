@@ -8,7 +8,7 @@ Numbers: trained tokens/s counts real (non-padding) tokens; MFU = useful FLOPs /
 measured here), useful FLOPs = 4 x linear parameters (LM head included) per real token + causal attention
 (6 n^2 x heads x head_dim per layer for an n-token example, forward + backward). MFU* counts the LM head only
 at positions that have a target (the loss needs no logits elsewhere; lorakit skips them, the guide does not).
-lorakit rows drive lorakit's own code: load_base_model, make_trainable, and training.loop._train_step.
+lorakit rows drive lorakit's own code: load_base_model, make_trainable, and Trainer.step (training/trainer.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from guide_recipe import run_guide_recipe  # noqa: E402
-from synthetic_chat import rendered_examples  # noqa: E402
+from lib.gpu_runs import matmul_tflops  # noqa: E402
+from lib.guide_recipe import run_guide_recipe  # noqa: E402
+from lib.synthetic_chat import rendered_examples  # noqa: E402
 
 from lorakit.config import RunConfig  # noqa: E402
 from lorakit.data.masking import IGNORE_INDEX  # noqa: E402
@@ -35,14 +36,14 @@ from lorakit.model import kernels  # noqa: E402
 from lorakit.model.attention import expands_kv_heads  # noqa: E402
 from lorakit.model.checkpointing import apply_checkpointing  # noqa: E402
 from lorakit.model.load import load_base_model, resolve_model_source  # noqa: E402
-from lorakit.model.memory_plan import GIB, ModelShape, TrainSettings, estimate_peak_memory  # noqa: E402
+from lorakit.plan.memory import GIB, ModelShape, TrainSettings, estimate_peak_memory  # noqa: E402
 from lorakit.model.quantize import nf4_config  # noqa: E402
-from lorakit.model.run_plan import resolve_auto_settings  # noqa: E402
+from lorakit.plan.run_plan import resolve_auto_settings  # noqa: E402
 from lorakit.model.trainable import make_trainable, skip_fp32_input_copies  # noqa: E402
-from lorakit.training import loop  # noqa: E402
-from lorakit.training.checkpoint import TrainerState  # noqa: E402
 from lorakit.training.dataset import PreparedData  # noqa: E402
-from lorakit.training.schedule import build_optimizer, build_scheduler  # noqa: E402
+from lorakit.training.objective import NextTokenObjective  # noqa: E402
+from lorakit.training.session import TrainingSession  # noqa: E402
+from lorakit.training.trainer import Trainer, TrainerHooks  # noqa: E402
 
 PHI4_MINI = dict(vocab_size=200064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
                  num_attention_heads=24, num_key_value_heads=8, partial_rotary_factor=0.75, tie_word_embeddings=True,
@@ -50,22 +51,6 @@ PHI4_MINI = dict(vocab_size=200064, hidden_size=3072, intermediate_size=8192, nu
                  resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=2)
 SMOKE = dict(PHI4_MINI, num_hidden_layers=2, hidden_size=1024, intermediate_size=2048, num_attention_heads=8,
              num_key_value_heads=4)
-
-
-def matmul_tflops() -> float:
-    """bf16 8192^3 matmul rate (median of 20 after warm-up), the MFU denominator."""
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    times = []
-    for index in range(25):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        torch.cuda.synchronize()
-        if index >= 5:
-            times.append(start.elapsed_time(end) / 1e3)
-    times.sort()
-    return 2 * 8192**3 / times[len(times) // 2] / 1e12
 
 
 def build_random_model(directory: Path, shape: dict) -> None:
@@ -99,13 +84,21 @@ def lorakit_config(model_dir: str, max_length: int, *, quantization: str, precis
     })
 
 
-def run_lorakit_steps(session: loop.TrainingSession, *, measured_steps: int, warmup_steps: int) -> dict:
-    """Time lorakit's own optimizer steps (training.loop._train_step) after a warm-up."""
-    params = [p for p in session.model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(session.model, session.config.training)
-    scheduler = build_scheduler(optimizer, session.config.training)
-    state, lengths, targets = TrainerState(), [], []
+def run_lorakit_steps(session: TrainingSession, *, measured_steps: int, warmup_steps: int, objective=None) -> dict:
+    """Time lorakit's own optimizer steps (Trainer.step, as `lorakit train` runs them: the next step's batches are
+    collated during this step's backward) after a warm-up. An out-of-memory error ends the row (no re-plan)."""
     examples = session.data.splits.train
+    lengths, targets = [], []
+
+    class Measured(TrainerHooks):
+        def step_finished(self, trainer, step, groups):
+            if step > warmup_steps:
+                chosen = [examples[i] for group in groups for i in group]
+                lengths.extend(len(e.input_ids) for e in chosen)
+                targets.extend(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in chosen)
+
+    trainer = Trainer(session, Path("unused-run-dir"), scaler=None, objective=objective, hooks=Measured(),
+                      recover_from_oom=False)  # (it saves nothing: no checkpoint is written by step())
     gc.collect()
     torch.cuda.empty_cache()
     baseline = torch.cuda.memory_allocated()  # weights and anything an earlier row left behind
@@ -114,19 +107,14 @@ def run_lorakit_steps(session: loop.TrainingSession, *, measured_steps: int, war
         if index == warmup_steps:
             torch.cuda.synchronize()
             start = time.perf_counter()
-        groups = loop._next_micro_batches(session, state)
-        loop._train_step(session, groups, params, optimizer, scheduler, None, index + 1)
-        if index >= warmup_steps:
-            chosen = [examples[i] for group in groups for i in group]
-            lengths += [len(e.input_ids) for e in chosen]
-            targets += [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in chosen]
+        trainer.step()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     result = {"seconds": seconds, "steps": measured_steps, "lengths": lengths, "targets": targets,
               "peak_allocated": torch.cuda.max_memory_allocated(), "peak_reserved": torch.cuda.max_memory_reserved(),
               "allocated_before": baseline}
-    optimizer.zero_grad(set_to_none=True)
-    del optimizer, scheduler
+    trainer.optimizer.zero_grad(set_to_none=True)
+    del trainer
     return result
 
 
@@ -179,13 +167,15 @@ def session_for(config: RunConfig, model, tokenizer, examples, *, quantized: boo
     data = PreparedData(splits=Splits(train=examples, validation=[], test=[]), data_sha256="synthetic", truncated=0,
                         without_targets=0)
     source = resolve_model_source(config.model)
-    return loop.TrainingSession(config, source, tokenizer, model, data, torch.device("cuda"), torch.bfloat16,
+    return TrainingSession(config, source, tokenizer, model, data, torch.device("cuda"), torch.bfloat16,
                                 quantized, {}, offload)
 
 
-def hf_full_logit_loss(model, batch, num_items_in_batch=None):
+class FullLogitLoss(NextTokenObjective):
     """The model's own forward + loss: [tokens, vocab] logits, upcast to fp32 (the ablation of the fused loss)."""
-    return model(**batch, use_cache=False, num_items_in_batch=num_items_in_batch).loss
+
+    def loss(self, session, batch, target_tokens):
+        return session.model(**batch, use_cache=False, num_items_in_batch=target_tokens).loss
 
 
 def with_training(config: RunConfig, **training) -> RunConfig:
@@ -231,11 +221,8 @@ def run_bf16_rows(args, bench: Bench, tokenizer, model_dir: str, examples) -> No
     use_varlen_attention(model)
     apply_checkpointing(model, resolved.checkpointed_layers, reentrant=resolved.offload_activations)
     session = session_for(config, model, tokenizer, examples, quantized=False, offload=resolved.offload_activations)
-    fused_loss = loop.causal_lm_loss
-    loop.causal_lm_loss = hf_full_logit_loss
-    bench.guarded("(c0) bf16 LoRA packed; PyTorch modules, full-logit loss", lambda: run_lorakit_steps(session, **steps),
-                  **plan_text(resolved))
-    loop.causal_lm_loss = fused_loss
+    bench.guarded("(c0) bf16 LoRA packed; PyTorch modules, full-logit loss",
+                  lambda: run_lorakit_steps(session, **steps, objective=FullLogitLoss()), **plan_text(resolved))
     predicted = predicted_peak(model_config, config, resolved.checkpointed_layers, resolved.offload_activations, fused=False)
     bench.guarded("(c1) = c0 + fused linear cross-entropy", lambda: run_lorakit_steps(session, **steps),
                   predicted=predicted, **plan_text(resolved))

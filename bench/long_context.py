@@ -13,7 +13,7 @@ expandable segments in both. Data: for each length L, synthetic clinical-note ex
 - TRL best practice for long examples: SFTTrainer, no packing, batch 1, gradient checkpointing, TRL's activation
   offloading, its chunked LM head (TRL 1.16 always scores through it), liger's kernels, `sdpa` attention (one
   unpadded example per step: PyTorch's FlashAttention-2 kernel).
-- `lorakit plan` (model/run_plan.plan_run, what the CLI prints) for 8 GB at each length: predicted peak
+- `lorakit plan` (plan/run_plan.plan_run, what the CLI prints) for 8 GB at each length: predicted peak
   allocated and on-GPU bytes, against PyTorch's peak and nvidia-smi's.
 """
 
@@ -31,8 +31,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 import peer_speed  # noqa: E402
-from step_speed import run_speed  # noqa: E402
-from synthetic_chat import _text  # noqa: E402
+from lib.step_speed import run_speed  # noqa: E402
+from lib.synthetic_chat import _text  # noqa: E402
 
 ANSWER_SHARE = 0.25  # of each example's tokens: the summary the model learns to write
 
@@ -84,8 +84,8 @@ def planner_prediction(config: Path, length: int, memory_gib: float) -> dict:
     """What `lorakit plan CONFIG --gpu-memory 8GB --set ...` predicts, or its refusal."""
     from lorakit.config import load_config
     from lorakit.errors import ConfigError
-    from lorakit.model.memory_plan import GIB
-    from lorakit.model.run_plan import plan_run
+    from lorakit.plan.memory import GIB
+    from lorakit.plan.run_plan import plan_run
 
     run = load_config(config, [f"model.max_length={length}", "model.quantization=nf4", "training.batch_size=1",
                                "training.gradient_checkpointing=auto"])
@@ -102,7 +102,7 @@ def planner_prediction(config: Path, length: int, memory_gib: float) -> dict:
 def lorakit_long_row(length: int, config: Path, data: Path, args, log) -> dict:
     run_dir, peak_file = args.work / f"long-lorakit-{length}", args.work / f"long-peak-{length}.json"
     peak_file.unlink(missing_ok=True)
-    command = [sys.executable, str(REPO / "bench" / "capped_run.py"), "--peak-file", str(peak_file)]
+    command = [sys.executable, str(REPO / "bench" / "lib" / "capped_run.py"), "--peak-file", str(peak_file)]
     if not args.smoke:
         command += ["--cap-gib", str(args.cap_gib)]
     command += ["-m", "lorakit", "train", str(config), "--overwrite"]
@@ -124,7 +124,7 @@ def lorakit_long_row(length: int, config: Path, data: Path, args, log) -> dict:
 def trl_long_row(length: int, data: Path, args, log) -> dict:
     out = args.work / f"long-trl-{length}.json"
     out.unlink(missing_ok=True)
-    command = [sys.executable, str(REPO / "bench" / "trl_peer.py"), "--model", str(args.work / "model"),
+    command = [sys.executable, str(REPO / "bench" / "lib" / "trl_peer.py"), "--model", str(args.work / "model"),
                "--data", str(data), "--out", str(out), "--max-length", str(length), "--rows", "1", "--no-packing",
                "--quantization", "nf4", "--steps", str(args.steps), "--warmup", str(args.warmup), "--checkpointing",
                "--activation-offloading"]

@@ -11,7 +11,7 @@ synthetic chats at max_length 512, and two runs of the public command, each in a
             --set training.gradient_checkpointing=auto --set training.gradient_accumulation_steps=4 ...`
   replan    the same with `--set training.batch_size=64 --set training.gradient_checkpointing=false
             --set training.gradient_accumulation_steps=1` (same tokens per optimizer step): step 1 runs out of
-            memory and must re-plan (training/oom_replan.py) instead of halving six times to micro-batch 2.
+            memory and must re-plan (plan/oom.py) instead of halving six times to micro-batch 2.
 
 It reports each run's tokens/s (median of the logged steps after the first), PyTorch's peaks, the GPU's used
 memory (NVML), the plan line and every out-of-memory message, and the ratio replan / planner. Writes
@@ -47,9 +47,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from capped_run import eight_gb_cap_gib  # noqa: E402
-from step_speed import measured_speeds  # noqa: E402
-from synthetic_chat import synthetic_conversations  # noqa: E402
+from lib.capped_run import eight_gb_cap_gib  # noqa: E402
+from lib.step_speed import measured_speeds  # noqa: E402
+from lib.synthetic_chat import synthetic_conversations  # noqa: E402
 
 from lorakit.config import RunConfig  # noqa: E402
 from lorakit.errors import TrainingError  # noqa: E402
@@ -183,7 +183,7 @@ def replan_8gb(args) -> int:
         begun = time.perf_counter()
         with GpuMemoryPoller() as poller:
             try:
-                done = subprocess.run([sys.executable, str(REPO / "bench" / "capped_run.py"), "--cap-gib",
+                done = subprocess.run([sys.executable, str(REPO / "bench" / "lib" / "capped_run.py"), "--cap-gib",
                                        str(args.cap_gib), "--peak-file", str(peak_file), "-m", "lorakit", *argv],
                                       capture_output=True, text=True, timeout=100,  # two runs + setup < 4 minutes
                                       env={**os.environ, "COLUMNS": "1000"})  # one message per line

@@ -1,11 +1,11 @@
 """Issue 11/23 benchmark: `lorakit train` (the CLI) against TRL's SFTTrainer as its documentation recommends
-(bench/trl_peer.py) and the guide's recipe (bench/guide_recipe.py), same model, same data, same GPU, one run.
+(bench/lib/trl_peer.py) and the guide's recipe (bench/lib/guide_recipe.py), same model, same data, same GPU, one run.
 
     python bench/peer_speed.py --out bench/results/peer_speed_honest [--settings 8gb-qlora-512,...] [--smoke]
 
 Model: Phi-4-mini-shaped Phi3 with random weights (hidden 3072, intermediate 8192, 32 layers, 24 heads, 8 KV
 heads, vocab 200,064, partial rotary 0.75, tied embeddings), bf16 safetensors. Data: 2,048 synthetic
-single-turn chats (bench/synthetic_chat.py) with lorakit's default system prompt; lorakit reads them as
+single-turn chats (bench/lib/synthetic_chat.py) with lorakit's default system prompt; lorakit reads them as
 instruction/response JSONL, TRL as conversational prompt/completion (loss on the answer only in both).
 
 Equal work per step (issue 23): a setting's step is one padding-free packed row of `rows x max_length` tokens in
@@ -20,7 +20,7 @@ Each row is a fresh process. An 8 GB card is emulated by capping PyTorch's alloc
 the CUDA context); lorakit's planner sees the capped allocator as that card (cap + context). Both tools run with
 lorakit's allocator settings (expandable segments). Reported per row: median tokens/s over the measured steps
 (real tokens; lorakit's own metrics.jsonl, TRL's counted in trl_peer.py), PyTorch's peak allocated and reserved,
-nvidia-smi's peak memory.used (CUDA context included), and MFU three ways (bench/flops.py): on model FLOPs with
+nvidia-smi's peak memory.used (CUDA context included), and MFU three ways (bench/lib/flops.py): on model FLOPs with
 the LM head where each tool runs it (labelled positions), on executed FLOPs (recomputation included), and the
 old count with the LM head on every token.
 """
@@ -41,12 +41,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from capped_run import eight_gb_cap_gib  # noqa: E402
-from peer_table import lorakit_step_counts, planned_checkpointed_layers, planned_micro_batch, table  # noqa: E402
-from gpu_speed_memory import matmul_tflops  # noqa: E402
-from multi_gpu import PHI4_MINI, SAFE_ENV, SMOKE, TOKENIZER, GpuMemorySampler  # noqa: E402
-from step_speed import run_speed  # noqa: E402
-from synthetic_chat import synthetic_conversations  # noqa: E402
+from lib.capped_run import eight_gb_cap_gib  # noqa: E402
+from lib.peer_table import lorakit_step_counts, planned_checkpointed_layers, planned_micro_batch, table  # noqa: E402
+from lib.gpu_runs import SAFE_ENV, GpuMemorySampler, matmul_tflops  # noqa: E402
+from lib.phi4_mini_run import PHI4_MINI, SMOKE, TOKENIZER  # noqa: E402
+from lib.step_speed import run_speed  # noqa: E402
+from lib.synthetic_chat import synthetic_conversations  # noqa: E402
 
 # name: (max_length, packed rows per step, quantization, checkpointing for TRL, cap the allocator)
 SETTINGS = {
@@ -135,7 +135,7 @@ def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str
     else:
         sets += [f"training.batch_size={rows}", "training.gradient_checkpointing=false"]
     sets += [item for item in extra.split("+") if item]
-    command = [sys.executable, str(REPO / "bench" / "capped_run.py"), "--peak-file", str(peak_file)]
+    command = [sys.executable, str(REPO / "bench" / "lib" / "capped_run.py"), "--peak-file", str(peak_file)]
     if capped and not args.smoke:
         command += ["--cap-gib", str(args.cap_gib)]
     command += ["-m", "lorakit", "train", str(config), "--overwrite"]
@@ -185,7 +185,7 @@ def trl_row(setting: str, work: Path, args, log) -> dict:
     max_length, rows, quantization, checkpointing, capped = SETTINGS[setting]
     out = work / f"trl-{setting}.json"
     # one best-fit bin of rows x max_length tokens per step, as lorakit packs (see the module's docstring)
-    command = [sys.executable, str(REPO / "bench" / "trl_peer.py"), "--model", str(work / "model"),
+    command = [sys.executable, str(REPO / "bench" / "lib" / "trl_peer.py"), "--model", str(work / "model"),
                "--data", str(work / "trl.jsonl"), "--out", str(out), "--max-length", str(rows * max_length),
                "--rows", "1", "--quantization", quantization, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--checkpointing" if checkpointing else "--no-checkpointing"]
@@ -214,7 +214,7 @@ def guide_row(work: Path, args, log) -> dict:
 def guide_child(out: Path, work: Path) -> None:
     from transformers import AutoTokenizer
 
-    from guide_recipe import run_guide_recipe
+    from lib.guide_recipe import run_guide_recipe
     from lorakit.config import DEFAULT_SYSTEM_PROMPT
     from lorakit.data.conversation import Conversation, Message
     from lorakit.data.render import render_conversation

@@ -17,7 +17,7 @@ Measured: torch.cuda.max_memory_allocated() of the whole `lorakit train` process
 planner's `peak_allocated` predicts) and the GPU's used memory polled through NVML (what nvidia-smi shows;
 compared with the fit check's `peak_on_gpu` = peak x (1 + allocator slack) + CUDA context).
 
-Every row records the settings the prediction needs, so tests/model/test_memory_plan.py recomputes each
+Every row records the settings the prediction needs, so tests/plan/test_memory.py recomputes each
 prediction with today's planner from DIR/rows.jsonl. Writes DIR/rows.jsonl, DIR/table.md, DIR/env.json.
 """
 
@@ -72,7 +72,7 @@ def build_model(directory: Path, shape: dict, device: str) -> None:
 def write_data(path: Path, count: int) -> None:
     """Single-turn chats whose answers (~2,500 tokens) exceed every max_length here: packed rows are full."""
     sys.path.insert(0, str(REPO / "bench"))
-    from synthetic_chat import synthetic_conversations
+    from lib.synthetic_chat import synthetic_conversations
 
     rows = []
     for conversation in synthetic_conversations(count, seed=3, answer_median_words=2000, sigma=0.05,
@@ -98,7 +98,7 @@ def write_config(path: Path, model_dir: Path, data: Path, steps: int) -> None:
 def predicted(row: dict) -> dict:
     """Today's planner on the row's recorded settings (the same function the test calls)."""
     sys.path.insert(0, str(REPO / "src"))
-    from lorakit.model.memory_plan import ModelShape, TrainSettings, estimate_peak_memory
+    from lorakit.plan.memory import ModelShape, TrainSettings, estimate_peak_memory
 
     settings = TrainSettings(
         quantization=row["quantization"], dtype_bytes=row["dtype_bytes"], lora_rank=row["lora_r"],

@@ -1,5 +1,5 @@
 """Where a lorakit training step spends its GPU time: torch.profiler over a few of lorakit's own optimizer
-steps (training.loop._train_step), kernels grouped by kind, to choose the next optimisation.
+steps (Trainer.step, training/trainer.py), kernels grouped by kind, to choose the next optimisation.
 
     python bench/profile_step.py CONFIG [--set KEY=VALUE ...] [--steps 2] [--out DIR]
 
@@ -18,18 +18,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from capped_run import cap_allocator  # noqa: E402
+from lib.capped_run import cap_allocator  # noqa: E402
 from lorakit.config import load_config  # noqa: E402
 from lorakit.runtime.device import use_expandable_segments
-from lorakit.training import loop
-from lorakit.training.checkpoint import TrainerState
 from lorakit.training.metrics import SilentReporter
+from lorakit.training.objective import NextTokenObjective
+from lorakit.training.session import BatchesAhead, build_session
+from lorakit.training.trainer import Trainer
 
 
 class PrintingReporter(SilentReporter):
     def message(self, text: str) -> None:
         print(text, flush=True)  # the memory plan the profiled steps run with
-from lorakit.training.schedule import build_optimizer, build_scheduler
 
 # Kernel name patterns -> kind, first match wins.
 KINDS = (
@@ -62,14 +62,41 @@ def _labelled(name: str, function):
     return run
 
 
-def label_phases() -> None:
+class LabelledLoss(NextTokenObjective):
+    """lorakit's loss, named in the profile once `labelled` is set."""
+
+    labelled = False
+
+    def loss(self, session, batch, target_tokens):
+        if not self.labelled:
+            return super().loss(session, batch, target_tokens)
+        with torch.profiler.record_function("lorakit: forward + loss"):
+            return super().loss(session, batch, target_tokens)
+
+
+class LabelledBatches(BatchesAhead):
+    """The session's batches made ahead, their collation named in the profile once `labelled` is set."""
+
+    labelled = False
+
+    def make(self, session, groups):
+        if not self.labelled:
+            return super().make(session, groups)
+        with torch.profiler.record_function("lorakit: next batches (collate)"):
+            return super().make(session, groups)
+
+    def take(self, session, group):
+        if not self.labelled:
+            return super().take(session, group)
+        with torch.profiler.record_function("lorakit: take batch (collate if not made ahead)"):
+            return super().take(session, group)
+
+
+def label_phases(loss: LabelledLoss, batches: LabelledBatches) -> None:
     """Name the phases of lorakit's step in the profile, so that host gaps can be charged to them."""
-    loop.collate_group = _labelled("lorakit: collate", loop.collate_group)
-    loop.causal_lm_loss = _labelled("lorakit: forward + loss", loop.causal_lm_loss)
+    loss.labelled = batches.labelled = True
     torch.Tensor.backward = _labelled("lorakit: backward", torch.Tensor.backward)
     torch.nn.utils.clip_grad_norm_ = _labelled("lorakit: clip", torch.nn.utils.clip_grad_norm_)
-    loop._next_micro_batches = _labelled("lorakit: next groups", loop._next_micro_batches)
-    loop.make_next_batches = _labelled("lorakit: next batches", loop.make_next_batches)
 
 
 def host_gap_lines(events, steps: int) -> list[str]:
@@ -125,16 +152,13 @@ def main() -> None:
     else:
         use_expandable_segments()
     config = load_config(args.config, args.overrides + ["training.max_steps=1000000"])  # never the last step
-    session = loop.build_session(config, PrintingReporter())
-    params = [p for p in session.model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(session.model, session.config.training)
-    scheduler = build_scheduler(optimizer, session.config.training)
-    state = TrainerState()
+    session = build_session(config, PrintingReporter())
+    loss, batches = LabelledLoss(), LabelledBatches()
+    session.ahead = batches
+    trainer = Trainer(session, Path("unused-run-dir"), scaler=None, objective=loss, recover_from_oom=False)
 
-    def one_step() -> None:  # as training.loop._run_steps runs it, the next step's batches made during backward
-        loop._train_step(session, loop._next_micro_batches(session, state), params, optimizer, scheduler, None,
-                         state.step + 1, lambda: loop.make_next_batches(session, state))
-        state.step += 1
+    def one_step() -> None:  # as `lorakit train` runs it, the next step's batches made during backward
+        trainer.step()
 
     for _ in range(args.warmup):
         one_step()
@@ -144,7 +168,7 @@ def main() -> None:
         one_step()
     torch.cuda.synchronize()
     wall = (time.perf_counter() - started) / args.steps
-    label_phases()  # after the timed steps: the labels cost a little host time
+    label_phases(loss, batches)  # after the timed steps: the labels cost a little host time
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as profiler:
         for _ in range(args.steps):

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from data_check import MAX_LENGTH, TOKENIZER, generate  # noqa: E402
-from tables import aligned_row, print_report  # noqa: E402
+from lib.tables import aligned_row, print_report  # noqa: E402
 
 _WIDTHS = (62, 7, 8, 8, 13, 11)  # what, measure, before, after, after/before, after ex/s
 

@@ -85,9 +85,8 @@ def cli_commands() -> list[tuple[str, str]]:
     """(full command name, markdown body) for every command of the `lorakit` app, from its help and options."""
     import typer
 
-    from lorakit.cli.app import _register, app
+    from lorakit.cli.app import app
 
-    _register()
     root = typer.main.get_command(app)
     found: list[tuple[str, str]] = []
 

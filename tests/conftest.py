@@ -176,18 +176,54 @@ class Recorder(SilentReporter):
             raise KeyboardInterrupt
 
 
-def spy_on_steps(monkeypatch) -> list[list[list[int]]]:
-    """The micro-batches (example indices) of every optimizer step that completed, in order."""
+class _BothHooks:
+    """Two TrainerHooks as one: `first`'s call, then `second`'s."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def session_ready(self, session) -> None:
+        self.first.session_ready(session)
+        self.second.session_ready(session)
+
+    def step_starting(self, trainer, step, groups) -> None:
+        self.first.step_starting(trainer, step, groups)
+        self.second.step_starting(trainer, step, groups)
+
+    def step_finished(self, trainer, step, groups) -> None:
+        self.first.step_finished(trainer, step, groups)
+        self.second.step_finished(trainer, step, groups)
+
+
+def train_with(monkeypatch, *, hooks=None, objective=None) -> None:
+    """Make every `lorakit.training.loop.train` of this test (called directly as `loop.train`, or by the CLI) run
+    with `hooks` (added to any given before) and `objective`: the Trainer's public seams, in place of patching
+    its internals."""
     from lorakit.training import loop
 
-    steps, real_train_step = [], loop._train_step
+    current = loop.train
 
-    def train_step(session, groups, *args):
-        result = real_train_step(session, groups, *args)
-        steps.append([list(group) for group in groups])
-        return result
+    def train(config, **kwargs):
+        if hooks is not None:
+            kwargs["hooks"] = hooks if kwargs.get("hooks") is None else _BothHooks(kwargs["hooks"], hooks)
+        if objective is not None:
+            kwargs["objective"] = objective
+        return current(config, **kwargs)
 
-    monkeypatch.setattr(loop, "_train_step", train_step)
+    monkeypatch.setattr(loop, "train", train)
+
+
+def spy_on_steps(monkeypatch) -> list[list[list[int]]]:
+    """The micro-batches (example indices) of every optimizer step that completed, in order."""
+    from lorakit.training.trainer import TrainerHooks
+
+    steps = []
+
+    class Spy(TrainerHooks):
+        def step_finished(self, trainer, step, groups):
+            steps.append([list(group) for group in groups])
+
+    train_with(monkeypatch, hooks=Spy())
     return steps
 
 

@@ -2,4 +2,5 @@
 
 from lorakit.cli.app import main
 
-main()
+if __name__ == "__main__":  # importing the module (an import check walking the package) runs nothing
+    main()

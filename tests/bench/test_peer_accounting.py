@@ -1,4 +1,4 @@
-"""bench/flops.py and bench/peer_table.py (issue 23): utilisation counts the LM head where each tool runs it, the
+"""bench/lib/flops.py and bench/lib/peer_table.py (issue 23): utilisation counts the LM head where each tool runs it, the
 old count puts it on every token, and executed FLOPs add exactly the recomputed work; the table reads lorakit's
 plan line for its micro-batch and checkpointed layers."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import flops  # noqa: E402
-import peer_table  # noqa: E402
-from multi_gpu import PHI4_MINI  # noqa: E402
+from lib import flops  # noqa: E402
+from lib import peer_table  # noqa: E402
+from lib.phi4_mini_run import PHI4_MINI  # noqa: E402
 
 
 @pytest.mark.parametrize("module", [flops, peer_table])

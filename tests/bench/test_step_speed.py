@@ -1,4 +1,4 @@
-"""bench/step_speed.py: the warm-up steps are dropped by step number, and a run with nothing after warm-up is an
+"""bench/lib/step_speed.py: the warm-up steps are dropped by step number, and a run with nothing after warm-up is an
 error naming its metrics file (multi_gpu's reader dropped the first records of any kind and then failed inside
 statistics.median)."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import step_speed  # noqa: E402
+from lib import step_speed  # noqa: E402
 
 
 def _write(run_dir: Path, records: list[dict]) -> None:

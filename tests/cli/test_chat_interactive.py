@@ -6,7 +6,8 @@ import pytest
 
 from conftest import tiny_run_config
 from lorakit.cli import chat as chat_cli
-from lorakit.cli.app import console, run_cli
+from lorakit.cli.app import run_cli
+from lorakit.cli.console import console
 from lorakit.inference.chat import ChatSession
 from lorakit.inference.generate import GenerationSettings, load_run
 from lorakit.training.loop import train

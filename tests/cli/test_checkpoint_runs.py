@@ -129,7 +129,7 @@ def test_export_on_a_checkpoint_says_it_needs_a_finished_run(unfinished_run, cap
 
 
 def test_interactive_chat_on_a_checkpoint_says_which_step_it_talks_to(unfinished_run, capsys, monkeypatch):
-    from lorakit.cli.app import console
+    from lorakit.cli.console import console
 
     lines = iter(["What is insulin?", "quit"])
     monkeypatch.setattr(console, "input", lambda prompt="": next(lines))

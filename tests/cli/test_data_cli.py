@@ -10,6 +10,7 @@ from unittest import mock
 import pytest
 import yaml
 
+from conftest import train_with
 from lorakit.cli.app import run_cli
 
 TOKENIZER = str(Path(__file__).resolve().parents[1] / "fixtures" / "smollm2-tokenizer")
@@ -309,12 +310,18 @@ class ReachedModelLoading(Exception):
 
 @pytest.fixture
 def trainer_spies(monkeypatch, tmp_path):
-    from lorakit.training import loop
+    from lorakit.training import session
+    from lorakit.training.trainer import TrainerHooks
 
     monkeypatch.setenv("LORAKIT_CACHE_DIR", str(tmp_path / "cache"))
-    spies = {"load_base_model": mock.Mock(side_effect=ReachedModelLoading), "_run_steps": mock.Mock()}
-    for name, spy in spies.items():
-        monkeypatch.setattr(loop, name, spy)
+    spies = {"load_base_model": mock.Mock(side_effect=ReachedModelLoading), "steps": mock.Mock()}
+    monkeypatch.setattr(session, "load_base_model", spies["load_base_model"])
+
+    class Steps(TrainerHooks):
+        def step_starting(self, trainer, step, groups):
+            spies["steps"](step)
+
+    train_with(monkeypatch, hooks=Steps())
     return spies
 
 
@@ -325,7 +332,7 @@ def test_train_refuses_data_with_errors_before_any_model_is_loaded(tmp_path, cap
     assert f"{data}: 2 problems in the data; training did not start:" in err
     assert f"{data}:11: error: field 'response': missing" in err
     assert f"{data}:12:2: error: invalid JSON: Expecting property name enclosed in double quotes" in err
-    assert trainer_spies["load_base_model"].call_count == 0 and trainer_spies["_run_steps"].call_count == 0
+    assert trainer_spies["load_base_model"].call_count == 0 and trainer_spies["steps"].call_count == 0
 
 
 def test_train_refuses_phi_unless_allowed(tmp_path, capsys, tiny_llama_dir, trainer_spies):

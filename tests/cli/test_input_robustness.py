@@ -83,7 +83,7 @@ OVERRIDES = st.lists(
 def stubs(monkeypatch):
     """Replace the library calls behind the commands with stubs that only record the config they got."""
     from lorakit.cli import chat as chat_cli
-    from lorakit.model import run_plan
+    from lorakit.plan import run_plan
     from lorakit.training import loop
 
     reached = []

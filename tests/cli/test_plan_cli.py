@@ -49,9 +49,9 @@ def test_bad_memory_size_is_a_config_error(plan_config, capsys):
 
 def test_plan_for_two_gpus_is_the_fsdp_plan_train_uses(plan_config, tmp_path, capsys):
     """`lorakit plan --gpus 2` resolves training.distributed and plans per GPU exactly as `lorakit train` does under
-    a launcher (model/run_plan.resolve_auto_settings): bf16 Phi-4-mini on 8 GB cards fits only sharded."""
+    a launcher (plan/run_plan.resolve_auto_settings): bf16 Phi-4-mini on 8 GB cards fits only sharded."""
     from lorakit.config import load_config
-    from lorakit.model.run_plan import resolve_auto_settings
+    from lorakit.plan.run_plan import resolve_auto_settings
 
     sets = ["--set", "model.max_length=512", "--set", "model.quantization=none", "--set", "training.batch_size=auto"]
     assert run_cli(["plan", str(plan_config), "--gpu-memory", "8GB", *sets]) == 2  # one card alone: too small

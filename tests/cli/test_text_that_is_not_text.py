@@ -39,12 +39,12 @@ def test_train_on_a_lone_surrogate_is_a_data_error_and_leaves_no_run_folder(tiny
 
 def test_train_that_fails_on_a_bug_leaves_no_run_folder_holding_its_lock(tiny_llama_dir, qa_file, tmp_path,
                                                                          monkeypatch):
-    from lorakit.training import loop
+    from lorakit.training import loop, session
 
     def broken(*args):
         raise TypeError("a bug before anything was written")
 
-    monkeypatch.setattr(loop, "prepare_data", broken)
+    monkeypatch.setattr(session, "prepare_data", broken)
     with pytest.raises(TypeError):
         loop.train(tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "runs" / "run"))
     assert not (tmp_path / "runs").exists()

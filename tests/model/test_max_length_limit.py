@@ -19,12 +19,12 @@ def _config(tmp_path, model_dir, max_length):
 
 
 def test_train_refuses_max_length_beyond_the_model_before_loading_weights(tiny_llama_dir, tmp_path, capsys, monkeypatch):
-    from lorakit.training import loop
+    from lorakit.training import session
 
     def no_weights(*args, **kwargs):
         raise AssertionError("the weights were loaded before max_length was checked")
 
-    monkeypatch.setattr(loop, "load_base_model", no_weights)
+    monkeypatch.setattr(session, "load_base_model", no_weights)
     assert run_cli(["train", str(_config(tmp_path, tiny_llama_dir, 4096))]) == 2
     err = capsys.readouterr().err
     assert f"error: model.max_length: 1 config problem:\n  - {MESSAGE}" in err

@@ -14,22 +14,27 @@ from lorakit.runtime import host_heap
 from lorakit.training import loop
 
 
-def _spy_on_gradient_buffers(monkeypatch) -> list[list[int | None]]:
-    """Before each optimizer step: the address of every trainable parameter's gradient buffer (None: none)."""
-    seen, real = [], loop._train_step
+def _spy_on_gradient_buffers():
+    """Hooks that record, before each optimizer step, the address of every trainable parameter's gradient buffer
+    (None: none)."""
+    from lorakit.training.trainer import TrainerHooks
 
-    def train_step(session, groups, params, *args):
-        seen.append([p.grad.data_ptr() if p.grad is not None else None for p in params])
-        return real(session, groups, params, *args)
+    class Spy(TrainerHooks):
+        def __init__(self):
+            self.seen: list[list[int | None]] = []
 
-    monkeypatch.setattr(loop, "_train_step", train_step)
-    return seen
+        def step_starting(self, trainer, step, groups):
+            self.seen.append([p.grad.data_ptr() if p.grad is not None else None for p in trainer.params])
+
+    return Spy()
 
 
 def test_cpu_training_allocates_gradient_buffers_once_before_the_first_step(tiny_llama_dir, qa_file, tmp_path,
                                                                             monkeypatch):
-    seen = _spy_on_gradient_buffers(monkeypatch)
-    loop.train(tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", max_steps=3, eval_steps=3, save_steps=3))
+    spy = _spy_on_gradient_buffers()
+    loop.train(tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", max_steps=3, eval_steps=3, save_steps=3),
+               hooks=spy)
+    seen = spy.seen
     assert len(seen) == 3 and None not in seen[0]
     assert seen[0] == seen[1] == seen[2]  # the same buffers, zeroed in place between steps
 
@@ -41,7 +46,7 @@ def test_kept_gradient_buffers_give_the_same_losses_and_weights(tiny_llama_dir, 
         return reporter.losses, final_adapter(result.run_dir)
 
     kept_losses, kept_weights = run("kept")
-    monkeypatch.setattr(loop, "keeps_gradients_allocated", lambda device, sharded: False)  # fresh buffers every step
+    monkeypatch.setattr(host_heap, "keeps_gradients_allocated", lambda device, sharded: False)  # fresh buffers every step
     fresh_losses, fresh_weights = run("fresh")
     assert len(kept_losses) == 4 and kept_losses == fresh_losses
     assert kept_weights.keys() == fresh_weights.keys()
@@ -51,21 +56,21 @@ def test_kept_gradient_buffers_give_the_same_losses_and_weights(tiny_llama_dir, 
 
 def test_training_frees_its_session_and_trims_the_heap_before_returning(tiny_llama_dir, qa_file, tmp_path,
                                                                         monkeypatch):
-    models, trims = [], []
-    real_build = loop.build_session
+    from lorakit.training.trainer import TrainerHooks
 
-    def build_session(config, reporter):
-        session = real_build(config, reporter)
-        models.append(weakref.ref(session.model))
-        return session
+    models, trims = [], []
+
+    class Watch(TrainerHooks):
+        def session_ready(self, session):
+            models.append(weakref.ref(session.model))
 
     def trim(pad: int) -> int:
         trims.append((pad, models[0]() is None))  # is the training model gone when the heap is trimmed?
         return 1
 
-    monkeypatch.setattr(loop, "build_session", build_session)
     monkeypatch.setattr(host_heap, "glibc_malloc_trim", lambda: trim)
-    loop.train(tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", max_steps=2, eval_steps=2, save_steps=2))
+    loop.train(tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", max_steps=2, eval_steps=2, save_steps=2),
+               hooks=Watch())
     assert trims == [(0, True)]
 
 

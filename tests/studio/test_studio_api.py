@@ -219,7 +219,7 @@ def test_chat_streams_the_tuned_answer_lorakit_chat_gives_and_the_base_answer(cl
 @pytest.mark.slow
 def test_plan_for_the_embedded_model_is_what_lorakit_plan_prints(client, tmp_path):
     """The embedded model's config comes from its GGUF header (about 10 s on 2 cores, read twice here)."""
-    from lorakit.model.run_plan import parse_memory_size, plan_run
+    from lorakit.plan.run_plan import parse_memory_size, plan_run
 
     _upload(client, "qa.jsonl", "{}\n")
     choices = {"run": "embedded", "data_files": ["qa.jsonl"], "preset": "balanced", "gpu_memory": "6GB"}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -23,6 +25,13 @@ def _wait(run_dir, job, timeout_s=120.0):
         assert time.monotonic() < deadline, status.log_tail
         time.sleep(0.2)
     return status
+
+
+def _running(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
+    except FileNotFoundError:
+        return False
 
 
 def _forget_children(monkeypatch):
@@ -54,8 +63,18 @@ def test_a_running_job_is_not_started_twice_and_one_killed_without_an_exit_code_
     assert started.state == "running" and started.pid > 0
     with pytest.raises(LorakitError, match=r"^The train job of run is already running \(pid \d+\)\.\nWait for it to finish, or stop it first\.$"):
         start_job(run_dir, "train", ["doctor"])
+    children = Path(f"/proc/{started.pid}/task/{started.pid}/children")
+    deadline = time.monotonic() + 60
+    while sys.platform == "linux" and not children.read_text().split():  # the CLI, started by the runner
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    command = [int(pid) for pid in children.read_text().split()] if sys.platform == "linux" else []
     os.kill(started.pid, signal.SIGKILL)
     jobs._children[started.pid].wait(10)
+    for pid in command:  # on Linux the command dies with its runner: a job that reads "died" is not still running
+        while _running(pid):
+            assert time.monotonic() < deadline, f"the command (pid {pid}) outlived its killed runner"
+            time.sleep(0.1)
     _forget_children(monkeypatch)
     status = job_status(run_dir, "train")
     assert (status.state, status.exit_code, status.error) == ("died", None, None)

@@ -9,15 +9,16 @@ import json
 import torch
 
 from conftest import Recorder, final_adapter, spy_on_steps, tiny_run_config
-from lorakit.training import loop, oom
+from lorakit.plan import micro_batches
+from lorakit.training import loop
 
 
 def test_cpu_micro_batch_rule():
-    assert oom.CPU_MICRO_BATCH_TOKENS == 1024
-    assert oom.cpu_micro_batch_size(8, 384) == 2  # the README demo
-    assert oom.cpu_micro_batch_size(4, 2048) == 1
-    assert oom.cpu_micro_batch_size(16, 128) == 8
-    assert oom.cpu_micro_batch_size(8, 128) is None and oom.cpu_micro_batch_size(1, 384) is None
+    assert micro_batches.CPU_MICRO_BATCH_TOKENS == 1024
+    assert micro_batches.cpu_micro_batch_size(8, 384) == 2  # the README demo
+    assert micro_batches.cpu_micro_batch_size(4, 2048) == 1
+    assert micro_batches.cpu_micro_batch_size(16, 128) == 8
+    assert micro_batches.cpu_micro_batch_size(8, 128) is None and micro_batches.cpu_micro_batch_size(1, 384) is None
 
 
 def test_cpu_pieces_keep_examples_loss_and_update(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
@@ -28,7 +29,7 @@ def test_cpu_pieces_keep_examples_loss_and_update(tiny_llama_dir, qa_file, tmp_p
         return made
 
     steps = spy_on_steps(monkeypatch)
-    monkeypatch.setattr(oom, "CPU_MICRO_BATCH_TOKENS", 10**9)  # the configured micro-batch, as before
+    monkeypatch.setattr(micro_batches, "CPU_MICRO_BATCH_TOKENS", 10**9)  # the configured micro-batch, as before
     whole_reporter = Recorder()
     whole = loop.train(config("whole"), reporter=whole_reporter)
     whole_steps = [[sorted(i for g in step for i in g)] for step in steps]
@@ -36,7 +37,7 @@ def test_cpu_pieces_keep_examples_loss_and_update(tiny_llama_dir, qa_file, tmp_p
     # Each step holds half of the 8 training examples, so "the same examples per step" below can fail.
     assert len({tuple(step[0]) for step in whole_steps}) > 1
     steps.clear()
-    monkeypatch.setattr(oom, "CPU_MICRO_BATCH_TOKENS", 256)  # max_length 128 -> pieces of 2
+    monkeypatch.setattr(micro_batches, "CPU_MICRO_BATCH_TOKENS", 256)  # max_length 128 -> pieces of 2
     cut_reporter = Recorder()
     cut = loop.train(config("cut"), reporter=cut_reporter)
 

@@ -17,8 +17,9 @@ from conftest import build_tiny_model, final_adapter, metric_records, tiny_run_c
 from lorakit.cli.app import run_cli
 from lorakit.errors import CheckpointError
 from lorakit.training.checkpoint import load_checkpoint, save_checkpoint
-from lorakit.training.loop import build_session, train
+from lorakit.training.loop import train
 from lorakit.training.metrics import SilentReporter
+from lorakit.training.session import build_session
 from simulated_crash import CrashAfterStep, SimulatedCrash
 
 

@@ -35,19 +35,19 @@ def test_precomputed_loss_positions_give_the_same_loss(tiny_llama_dir):
 def test_next_steps_batches_are_collated_before_this_steps_sync(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
     """Every step after the first finds its micro-batches already collated (made while the previous step's
     backward pass ran), and the last step makes none for a step that will not run."""
-    from lorakit.training import loop
+    from lorakit.training.trainer import TrainerHooks
 
-    ready_at_entry, real = [], loop._train_step
+    ready_at_entry = []
 
-    def train_step(session, groups, *args):
-        ready_at_entry.append([tuple(group) in session.ahead._ready for group in groups])
-        result = real(session, groups, *args)
-        ready_at_entry[-1].append(len(session.ahead._ready))
-        return result
+    class Ready(TrainerHooks):
+        def step_starting(self, trainer, step, groups):
+            ready_at_entry.append([trainer.session.ahead.holds(group) for group in groups])
 
-    monkeypatch.setattr(loop, "_train_step", train_step)
+        def step_finished(self, trainer, step, groups):
+            ready_at_entry[-1].append(len(trainer.session.ahead))
+
     config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", max_steps=3, gradient_accumulation_steps=2,
                              packing=True, save_steps=10, eval_steps=10)
-    train(config)
+    train(config, hooks=Ready())
     # [ready for each of the step's micro-batches..., batches made ahead when the step returned]
     assert ready_at_entry == [[False, False, 2], [True, True, 2], [True, True, 0]]

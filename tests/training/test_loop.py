@@ -6,12 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import final_adapter, metric_records, tiny_run_config, write_qa_jsonl
+from conftest import Recorder, final_adapter, metric_records, tiny_run_config, write_qa_jsonl
 from lorakit.data.records import Message
 from lorakit.errors import CheckpointError
 from lorakit.inference.generate import GenerationSettings, generate_answer, load_run
-from lorakit.training.loop import build_session, train
+from lorakit.training.loop import train
 from lorakit.training.metrics import SilentReporter
+from lorakit.training.session import build_session
 
 
 def test_run_writes_adapter_checkpoints_manifest_and_curves(tiny_llama_dir, qa_file, tmp_path):
@@ -55,9 +56,8 @@ def test_existing_run_dir_is_not_overwritten_silently(tiny_llama_dir, qa_file, t
 
 
 def _one_step_gradients(model_dir, data_file, tmp_path, batch_size, accumulation):
-    from lorakit.training.loop import _next_micro_batches, _train_step
-    from lorakit.training.checkpoint import TrainerState
     from lorakit.training.schedule import build_optimizer, build_scheduler
+    from lorakit.training.trainer import Trainer, TrainerHooks
 
     config = tiny_run_config(model_dir, data_file, tmp_path / f"run{batch_size}", batch_size=batch_size,
                              gradient_accumulation_steps=accumulation, max_steps=1)
@@ -69,9 +69,16 @@ def _one_step_gradients(model_dir, data_file, tmp_path, batch_size, accumulation
     scheduler = build_scheduler(optimizer, config.training)
     optimizer.step = lambda: None  # keep the gradients for inspection
     optimizer.zero_grad = lambda set_to_none=True: None
-    groups = _next_micro_batches(session, TrainerState())
-    loss, _ = _train_step(session, groups, params, optimizer, scheduler, None, 1)
-    return loss, [p.grad.clone() for p in params], sorted(i for g in groups for i in g)
+    seen = []
+
+    class Seen(TrainerHooks):
+        def step_finished(self, trainer, step, groups):
+            seen.extend(i for g in groups for i in g)
+
+    trainer = Trainer(session, tmp_path / f"run{batch_size}", optimizer=optimizer, scheduler=scheduler, scaler=None,
+                      hooks=Seen())
+    loss, _ = trainer.step()
+    return loss, [p.grad.clone() for p in params], sorted(seen)
 
 
 def test_micro_batch_1_accumulation_4_equals_4_by_1(tiny_llama_dir, tmp_path):
@@ -100,3 +107,28 @@ def test_overfit_model_learns_to_emit_end_of_turn_and_stop(tiny_llama_dir, tmp_p
     assert answer == "Blood pressure."
     assert new_ids[-1] == run.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert len(new_ids) < 12  # it stopped by itself
+
+
+def test_the_objective_is_what_a_step_minimises_and_its_metrics_are_logged(tiny_llama_dir, qa_file, tmp_path):
+    """The loss seam a new training method (e.g. a preference loss) plugs into: train(objective=...)."""
+    from lorakit.training.objective import NextTokenObjective
+
+    class HalvedLoss(NextTokenObjective):
+        def __init__(self):
+            self.calls = 0
+
+        def loss(self, session, batch, target_tokens):
+            self.calls += 1
+            return super().loss(session, batch, target_tokens) * 0.5
+
+        def logged_metrics(self):
+            return {"objective_calls": float(self.calls)}
+
+    plain, halved = Recorder(), Recorder()
+    train(tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "plain", max_steps=2), reporter=plain)
+    train(tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "halved", max_steps=2), reporter=halved,
+          objective=HalvedLoss())
+    assert halved.losses[0] == plain.losses[0] * 0.5  # the same first batch and weights, half the loss
+    records = [r for r in metric_records(tmp_path / "halved") if "train_loss" in r]
+    assert [r["objective_calls"] for r in records] == [1.0, 2.0]  # one micro-batch a step, logged every step
+    assert all("objective_calls" not in r for r in metric_records(tmp_path / "plain"))

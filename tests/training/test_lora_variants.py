@@ -81,7 +81,7 @@ def test_rslora_scales_by_the_square_root_of_the_rank_and_loads_in_plain_peft(ti
 
 
 def test_loraplus_gives_b_matrices_ratio_times_the_learning_rate(tiny_llama_dir, qa_file, tmp_path):
-    from lorakit.training.loop import build_session
+    from lorakit.training.session import build_session
     from lorakit.training.metrics import SilentReporter
     from lorakit.training.schedule import build_optimizer
 
@@ -107,7 +107,7 @@ def test_loraplus_gives_b_matrices_ratio_times_the_learning_rate(tiny_llama_dir,
 
 
 def test_neftune_noises_embeddings_in_training_only_and_the_adapter_loads_without_it(tiny_llama_dir, qa_file, tmp_path):
-    from lorakit.training.loop import build_session
+    from lorakit.training.session import build_session
     from lorakit.training.metrics import SilentReporter
 
     config = _variant_config(tiny_llama_dir, qa_file, tmp_path / "run", neftune_noise_alpha=5.0)

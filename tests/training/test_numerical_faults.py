@@ -8,10 +8,9 @@ import math
 import pytest
 import torch
 
-from conftest import metric_records, write_config_file
+from conftest import metric_records, train_with, write_config_file
 from lorakit.cli.app import run_cli
 from lorakit.data.render import TokenizedExample
-from lorakit.training import loop
 from lorakit.training.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from lorakit.training.numerics import loss_scaler, numerical_fault
 
@@ -25,32 +24,31 @@ def _config(tmp_path, model_dir):
 def poison(monkeypatch):
     """poison(step, kind): corrupt optimizer step `step` with a NaN/Inf loss ('nan', 'inf') or a NaN gradient
     ('nan-grad'); returns the 'file:line' ids of that step's examples once it ran."""
+    from lorakit.training.objective import NextTokenObjective
+    from lorakit.training.trainer import TrainerHooks
+
     ids: list[str] = []
-    real_build_session, real_train_step, real_loss = loop.build_session, loop._train_step, loop.causal_lm_loss
     plan = {}
 
-    def causal_lm_loss(model, batch, num_items_in_batch=None):
-        loss = real_loss(model, batch, num_items_in_batch=num_items_in_batch)
-        if plan["armed"] and plan["kind"] == "zero":  # issue 22: a loss collapsing to exactly 0.0
-            return loss * 0.0
-        return loss + float(plan["kind"]) if plan["armed"] and plan["kind"] in ("nan", "inf") else loss
+    class PoisonedLoss(NextTokenObjective):
+        def loss(self, session, batch, target_tokens):
+            loss = super().loss(session, batch, target_tokens)
+            if plan["armed"] and plan["kind"] == "zero":  # issue 22: a loss collapsing to exactly 0.0
+                return loss * 0.0
+            return loss + float(plan["kind"]) if plan["armed"] and plan["kind"] in ("nan", "inf") else loss
 
-    def build_session(config, reporter):
-        session = real_build_session(config, reporter)
-        lora = next(p for n, p in session.model.named_parameters() if "lora_B" in n)
-        lora.register_hook(lambda grad: grad * float("nan") if plan["armed"] and plan["kind"] == "nan-grad" else grad)
-        return session
+    class Poison(TrainerHooks):
+        def session_ready(self, session):
+            lora = next(p for n, p in session.model.named_parameters() if "lora_B" in n)
+            lora.register_hook(lambda grad: grad * float("nan") if plan["armed"] and plan["kind"] == "nan-grad" else grad)
 
-    def train_step(session, groups, params, optimizer, scheduler, scaler, step, prepare_next=None):
-        plan["armed"] = step == plan["step"]
-        if plan["armed"]:
-            examples = session.data.splits.train
-            ids.extend(f"{examples[i].source}:{examples[i].line}" for g in groups for i in g)
-        return real_train_step(session, groups, params, optimizer, scheduler, scaler, step, prepare_next)
+        def step_starting(self, trainer, step, groups):
+            plan["armed"] = step == plan["step"]
+            if plan["armed"]:
+                examples = trainer.session.data.splits.train
+                ids.extend(f"{examples[i].source}:{examples[i].line}" for g in groups for i in g)
 
-    monkeypatch.setattr(loop, "build_session", build_session)
-    monkeypatch.setattr(loop, "_train_step", train_step)
-    monkeypatch.setattr(loop, "causal_lm_loss", causal_lm_loss)
+    train_with(monkeypatch, hooks=Poison(), objective=PoisonedLoss())
 
     def arm(step: int, kind: str) -> list[str]:
         plan.update(step=step, kind=kind, armed=False)
@@ -102,21 +100,19 @@ def test_numerical_faults_loss_scaler_skips_overflowing_steps_then_stops_when_th
     once the scale is below 1 the run stops as a numerical fault."""
     from conftest import tiny_run_config
     from lorakit.errors import TrainingError
-    from lorakit.training.checkpoint import TrainerState
     from lorakit.training.metrics import SilentReporter
-    from lorakit.training.schedule import build_optimizer, build_scheduler
+    from lorakit.training.session import build_session
+    from lorakit.training.trainer import Trainer
 
     config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run")
-    session = loop.build_session(config, SilentReporter())
-    params = [p for p in session.model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(session.model, config.training)
-    scheduler = build_scheduler(optimizer, config.training)
+    session = build_session(config, SilentReporter())
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+    trainer = Trainer(session, tmp_path / "run", scaler=scaler)
+    params = trainer.params
     params[0].register_hook(lambda grad: grad * float("inf"))
     before = [p.detach().clone() for p in params]
-    state = TrainerState()
-    loop._train_step(session, loop._next_micro_batches(session, state), params, optimizer, scheduler, scaler, 1)
+    trainer.step()
     assert scaler.get_scale() == 1.0
     assert all(torch.equal(a, p) for a, p in zip(before, params))  # the overflowing step was skipped
     with pytest.raises(TrainingError, match=r"The fp16 loss scale fell to 0.5 \(the gradients overflow even unscaled\) at step 2"):
-        loop._train_step(session, loop._next_micro_batches(session, state), params, optimizer, scheduler, scaler, 2)
+        trainer.step()

@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import Recorder, final_adapter, spy_on_steps, tiny_run_config, write_qa_jsonl
+from conftest import Recorder, final_adapter, spy_on_steps, tiny_run_config, train_with, write_qa_jsonl
 from lorakit.cli.app import run_cli
 from lorakit.data.render import TokenizedExample
 from lorakit.errors import TrainingError
 from lorakit.training import loop
 from lorakit.training.checkpoint import verify_checkpoint
-from lorakit.training.oom import accumulation_after_split, halved, split_into_micro_batches
+from lorakit.plan.micro_batches import accumulation_after_split, halved, split_into_micro_batches
 
 
 class OomInjector:
@@ -41,16 +41,16 @@ class OomInjector:
 @pytest.fixture
 def inject_oom(monkeypatch):
     """inject_oom(injector): every training session built from now on runs its forward passes through it."""
+    from lorakit.training.trainer import TrainerHooks
+
     injectors = []
-    real_build_session = loop.build_session
 
-    def build_session(config, reporter):
-        session = real_build_session(config, reporter)
-        for injector in injectors:
-            session.model.get_input_embeddings().register_forward_pre_hook(injector)
-        return session
+    class Inject(TrainerHooks):
+        def session_ready(self, session):
+            for injector in injectors:
+                session.model.get_input_embeddings().register_forward_pre_hook(injector)
 
-    monkeypatch.setattr(loop, "build_session", build_session)
+    train_with(monkeypatch, hooks=Inject())
     return injectors.append
 
 

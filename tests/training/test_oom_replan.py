@@ -9,13 +9,14 @@ import json
 import pytest
 import torch
 
-from conftest import PHI4_MINI, Recorder, final_adapter, tiny_run_config
+from conftest import PHI4_MINI, Recorder, final_adapter, tiny_run_config, train_with
 
 from lorakit.model.checkpointing import decoder_layers
-from lorakit.model.memory_plan import CUDA_CONTEXT_BYTES, GIB, ModelShape, TrainSettings, estimate_peak_memory
-from lorakit.model.run_plan import train_settings
-from lorakit.training import loop, oom_replan
-from lorakit.training.oom_replan import MemorySettings, replan_for_memory
+from lorakit.plan.memory import CUDA_CONTEXT_BYTES, GIB, ModelShape, TrainSettings, estimate_peak_memory
+from lorakit.plan.run_plan import train_settings
+from lorakit.plan import oom
+from lorakit.plan.oom import MemorySettings, replan_for_memory
+from lorakit.training import loop
 
 
 class NeedsCheckpointing:
@@ -40,24 +41,24 @@ class MoreThanTwoRows(NeedsCheckpointing):
 def inject_oom(monkeypatch):
     """inject_oom(kind): every training session built from now on runs out of memory where `kind` says; returns
     the list of (session model, number of errors raised) the sessions add to."""
+    from lorakit.training.trainer import TrainerHooks
+
     raised: list[list] = []
-    real_build_session = loop.build_session
 
     def inject(kind):
-        def build_session(config, reporter):
-            session = real_build_session(config, reporter)
-            rule, record = kind(session.model), [session.model, 0]
-            raised.append(record)
+        class Inject(TrainerHooks):
+            def session_ready(self, session):
+                rule, record = kind(session.model), [session.model, 0]
+                raised.append(record)
 
-            def hook(module, args):
-                if rule.out_of_memory(module, args):
-                    record[1] += 1
-                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+                def hook(module, args):
+                    if rule.out_of_memory(module, args):
+                        record[1] += 1
+                        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
 
-            session.model.get_input_embeddings().register_forward_pre_hook(hook)
-            return session
+                session.model.get_input_embeddings().register_forward_pre_hook(hook)
 
-        monkeypatch.setattr(loop, "build_session", build_session)
+        train_with(monkeypatch, hooks=Inject())
         return raised
 
     return inject
@@ -75,7 +76,7 @@ def _device_with(monkeypatch, model_dir, config, *, micro_batch: int, checkpoint
     settings = TrainSettings(**{**settings.__dict__, "tokens_per_micro_batch": micro_batch * config.model.max_length,
                                 "checkpointed_layers": checkpointed_layers})
     memory = estimate_peak_memory(shape, settings).peak_on_gpu()
-    monkeypatch.setattr(oom_replan, "training_memory_bytes", lambda device: memory)
+    monkeypatch.setattr(oom, "training_memory_bytes", lambda device: memory)
     return memory
 
 
@@ -121,7 +122,7 @@ def test_oom_replan_is_saved_and_kept_after_resume(tiny_llama_dir, qa_file, tmp_
 
 
 def test_oom_without_a_plan_that_needs_less_halves_as_before(tiny_llama_dir, qa_file, tmp_path, monkeypatch, inject_oom):
-    monkeypatch.setattr(oom_replan, "training_memory_bytes", lambda device: CUDA_CONTEXT_BYTES)  # nothing fits
+    monkeypatch.setattr(oom, "training_memory_bytes", lambda device: CUDA_CONTEXT_BYTES)  # nothing fits
     inject_oom(MoreThanTwoRows)
     reporter = Recorder()
     result = loop.train(_config(tiny_llama_dir, qa_file, tmp_path / "run"), reporter=reporter)

@@ -66,7 +66,7 @@ def test_the_memory_plan_counts_both_sequences_of_a_pair():
     """A micro-batch of b pairs is 2b rows: DPO at micro-batch 2 is planned as SFT at micro-batch 4."""
     from conftest import PHI4_MINI
     from lorakit.config import RunConfig
-    from lorakit.model.run_plan import plan_training
+    from lorakit.plan.run_plan import plan_training
 
     def plan(method, batch_size):
         config = RunConfig.model_validate({

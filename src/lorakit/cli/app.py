@@ -1,6 +1,8 @@
-"""The `lorakit` command: registers the command groups and maps LorakitError to a message + exit code.
+"""The `lorakit` command: registers the command modules and maps LorakitError to a message + exit code.
 
-This is the one place that turns known errors into user-facing messages; `--debug` shows tracebacks.
+The registry only registers (huggingface_hub's `hf` layout): each command module defines its commands and
+never imports this module; their shared consoles live in cli/console.py. This is the one place that turns known
+errors into user-facing messages; `--debug` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -10,16 +12,14 @@ import logging
 import sys
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from lorakit.cli import chat, data, doctor, eval, export, plan, push, report, review, serve, studio, train
+from lorakit.cli.console import console, err_console, root_options
 from lorakit.errors import LorakitError
 
-__all__ = ["app", "main", "run_cli", "console", "err_console"]
-
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+__all__ = ["app", "main", "run_cli"]
 
 app = typer.Typer(
     name="lorakit",
@@ -28,8 +28,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-_state = {"debug": False}
 
 
 def _print_version(value: bool) -> None:
@@ -47,7 +45,7 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                  help="Print lorakit's version and exit."),
 ) -> None:
-    _state["debug"] = debug
+    root_options.debug = debug
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, handlers=[_log_handler()], force=True)
     logging.getLogger("lorakit").setLevel(level)
@@ -74,9 +72,19 @@ def _log_handler() -> logging.Handler:
     return handler
 
 
-def _register() -> None:
-    """Import the command modules; each adds its commands to `app`."""
-    from lorakit.cli import chat, data, doctor, eval, export, plan, push, report, review, serve, studio, train  # noqa: F401
+# Commands in the order `lorakit --help` lists them (typer lists single commands before groups).
+app.command()(chat.chat)
+app.add_typer(data.data_app, name="data")
+app.command()(doctor.doctor)
+app.add_typer(eval.eval_app, name="eval")
+app.command("export")(export.export_command)
+app.command()(plan.plan)
+app.command("push")(push.push_command)
+app.command()(report.report)
+app.add_typer(review.review_app, name="review")
+app.command()(serve.serve)
+app.command()(studio.studio)
+app.command()(train.train)
 
 
 _OOM_HINT = ("Close other programs on the GPU (nvidia-smi lists them), or load the base model in 4 bits "
@@ -94,12 +102,11 @@ def run_cli(argv: list[str]) -> int:
     """Run one command line and return its exit code; known errors become one message, no traceback."""
     import click
 
-    _register()
     try:
         result = app(args=argv, prog_name="lorakit", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except LorakitError as exc:
-        if _state["debug"]:
+        if root_options.debug:
             raise
         err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
         if exc.hint:
@@ -109,7 +116,7 @@ def run_cli(argv: list[str]) -> int:
         # A path the user gave that cannot be written or read (a file where a folder must be, a folder where a file
         # must be, no permission). Errors without a path (and a full disk, DiskFullError) are not the user's path.
         path = exc.filename2 or exc.filename
-        if _state["debug"] or path is None or exc.errno not in _PATH_ERRNOS:
+        if root_options.debug or path is None or exc.errno not in _PATH_ERRNOS:
             raise
         err_console.print(f"[bold red]error:[/] {escape(str(path))}: {escape(exc.strerror or str(exc))}",
                           soft_wrap=True)
@@ -131,7 +138,7 @@ def run_cli(argv: list[str]) -> int:
     except Exception as exc:
         # Out of GPU memory outside training's step (which re-plans and retries itself): loading, eval, chat.
         # Told by name, so that this module does not import torch.
-        if _state["debug"] or type(exc).__name__ != "OutOfMemoryError":
+        if root_options.debug or type(exc).__name__ != "OutOfMemoryError":
             raise
         command = argv[0] if argv else "lorakit"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "CUDA out of memory"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from lorakit.cli.app import app, console, err_console
+from lorakit.cli.console import console, err_console
 from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
 from lorakit.data.unicode_text import surrogate_problem
 
@@ -51,12 +51,16 @@ def answer_once(run_dir: Path, question: str, *, max_new_tokens: int | None, tem
 
     run = load_run(run_dir, permissions=allowed)
     session = ChatSession(run, _settings(run, max_new_tokens, temperature))
+    print_answer(question, session, run.config.inference.disclaimer)
+
+
+def print_answer(question: str, session, disclaimer: str) -> None:
+    """The question, then the session's streamed answer to it, then the disclaimer."""
     console.print(f"[bold cyan]question:[/] {question}", highlight=False)
     console.print("[bold green]answer:[/] ", end="")
-    _stream_one(session, question, run.config.inference.disclaimer)
+    _stream_one(session, question, disclaimer)
 
 
-@app.command()
 def chat(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR",
                                    help="output_dir of a training run, its final/ adapter, or one of its checkpoints/step-N."),

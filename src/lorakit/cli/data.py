@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from lorakit.cli.app import app, console
+from lorakit.cli.console import console
 from lorakit.config import (DEFAULT_SYSTEM_PROMPT, EMBEDDED_MODEL_ALIAS, SEED_MAX, DataConfig, ModelConfig, RunConfig,
                             load_config)
 from lorakit.data.formats import FORMATS
@@ -17,7 +17,6 @@ from lorakit.data.issues import DataReport, Issue
 from lorakit.errors import ConfigError, DataError, LorakitError
 
 data_app = typer.Typer(help="Validate, scan, redact, describe and split training data.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 
 _FORMAT_HELP = f"Record format: auto (detected per file) or one of {', '.join(FORMATS)}. Overrides data.format."
 _DEFAULTS = {  # the config's defaults, so that `data split` splits like training does

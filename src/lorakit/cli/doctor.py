@@ -8,8 +8,8 @@ import shutil
 
 from rich.table import Table
 
-from lorakit.cli.app import app, console
-from lorakit.model.gguf_cache import cache_root
+from lorakit.cli.console import console
+from lorakit.runtime.cache_dir import cache_root
 
 
 def environment_report() -> list[tuple[str, str]]:
@@ -49,7 +49,6 @@ def _token_status() -> str:
     return "not configured: gated models such as microsoft/Phi-4-mini-instruct need `hf auth login`"
 
 
-@app.command()
 def doctor() -> None:
     """Check Python, torch, the GPU and its VRAM, bitsandbytes, free disk and Hugging Face login."""
     table = Table(title="lorakit doctor", show_header=False)

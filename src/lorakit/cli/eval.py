@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -12,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lorakit.cli.app import app, console, err_console
+from lorakit.cli.console import console, err_console
 from lorakit.cli.judge_tables import judge_api_key_env_option, judge_model_option, judge_option, judge_timeout_option
 from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
 
@@ -99,24 +101,28 @@ class ProgressLines:
         err_console.print(f"answering {stage}: {done}/{total}  {rate:.2f} answers/s  {eta}", highlight=False)
 
 
-def evaluate_and_report(run_dir: Path, request, *, report: bool = True) -> dict:
-    """Evaluate with a progress bar, print the tables, write the report; `lorakit train` calls this too."""
-    from lorakit.evaluation.report import write_report
-    from lorakit.evaluation.run_eval import eval_dir, evaluate_run
+@contextmanager
+def answer_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """The on_answer callback for evaluate_run: a live bar on a terminal, plain lines (ProgressLines) off one."""
+    if not err_console.is_terminal:
+        yield ProgressLines()
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        tasks: dict[str, int] = {}
 
-    if err_console.is_terminal:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err_console, transient=True) as progress:
-            tasks: dict[str, int] = {}
+        def on_answer(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(f"answering: {stage}", total=total)
+            progress.update(tasks[stage], completed=done)
 
-            def on_answer(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = progress.add_task(f"answering: {stage}", total=total)
-                progress.update(tasks[stage], completed=done)
+        yield on_answer
 
-            result = evaluate_run(run_dir, request, on_answer)
-    else:
-        result = evaluate_run(run_dir, request, ProgressLines())
+
+def print_evaluation(run_dir: Path, request, result: dict) -> None:
+    """The tables of what `request` asked for, then where the answers and numbers are."""
+    from lorakit.evaluation.run_eval import eval_dir
+
     if request.quality:
         print_quality(result["quality"])
     if request.safety:
@@ -130,6 +136,16 @@ def evaluate_and_report(run_dir: Path, request, *, report: bool = True) -> dict:
 
         print_knowledge(result["knowledge"])
     console.print(f"answers and numbers: {eval_dir(run_dir)}")
+
+
+def evaluate_and_report(run_dir: Path, request, *, report: bool = True) -> dict:
+    """Evaluate with a progress bar, print the tables, write the report."""
+    from lorakit.evaluation.report import write_report
+    from lorakit.evaluation.run_eval import evaluate_run
+
+    with answer_progress() as on_answer:
+        result = evaluate_run(run_dir, request, on_answer)
+    print_evaluation(run_dir, request, result)
     if report and _is_checkpoint(run_dir):
         console.print("report: not written for a checkpoint; `lorakit report RUN_DIR` describes the run once it "
                       "has finished", highlight=False)
@@ -150,7 +166,6 @@ class _EvalGroup(TyperGroup):
 
 eval_app = typer.Typer(cls=_EvalGroup, no_args_is_help=True,
                        help="Evaluate a run (`lorakit eval RUN_DIR`), or score answers from a file (`lorakit eval score`).")
-app.add_typer(eval_app, name="eval")
 
 
 @eval_app.command("run")

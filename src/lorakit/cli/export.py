@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from lorakit.cli.app import app, console, err_console
+from lorakit.cli.console import console, err_console
 from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
 
 
@@ -23,7 +23,6 @@ def step_printer():
     return on_step
 
 
-@app.command("export")
 def export_command(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a finished training run."),
     format: str = typer.Option(..., "--format", "-f", help="merged | gguf | ollama | adapter"),

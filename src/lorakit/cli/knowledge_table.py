@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from lorakit.cli.app import console
+from lorakit.cli.console import console
 
 _VERDICT_STYLE = {"gained": "green", "lost": "bold red", "no detectable change": "dim"}
 

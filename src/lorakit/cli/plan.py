@@ -8,10 +8,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from lorakit.cli.app import app, console
+from lorakit.cli.console import console
 from lorakit.config import load_config
-from lorakit.model.memory_plan import GIB, checkpointing_text
-from lorakit.model.run_plan import parse_memory_size, plan_run
+from lorakit.plan.memory import GIB, checkpointing_text
+from lorakit.plan.run_plan import parse_memory_size, plan_run
 
 
 def _settings_text(candidate, layers: int) -> str:
@@ -21,7 +21,6 @@ def _settings_text(candidate, layers: int) -> str:
             f"({settings.tokens_per_micro_batch:,} tokens), checkpointing {checkpointing}")
 
 
-@app.command()
 def plan(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML run config."),
     gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="GPU memory to plan for, e.g. 8GB (default: this GPU)."),
@@ -38,7 +37,7 @@ def plan(
                   f"{config.model.max_length}, LoRA r={config.lora.r}, planned for {chosen_plan.gpu_memory_bytes / GIB:.1f} GiB per GPU"
                   + (" (after NCCL's buffers)" if gpus > 1 else ""))
     # ddp replicates the model, LoRA and optimizer state on every GPU, so one GPU's plan is every GPU's; fsdp
-    # shards the weights and LoRA states over the GPUs (model/sharded_plan.py).
+    # shards the weights and LoRA states over the GPUs (plan/sharded.py).
     strategy = f", {config.training.distributed} over {gpus} GPUs" if gpus > 1 else ""
     console.print(f"[green]plan:[/] {_settings_text(chosen, chosen_plan.layers)}{strategy}")
     breakdown = Table(title="predicted peak per GPU (GiB)", show_header=False)

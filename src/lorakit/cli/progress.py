@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lorakit.cli.app import err_console
+from lorakit.cli.console import err_console
 
 __all__ = ["RichTrainingReporter", "PLAIN_LINE_INTERVAL_S", "eta_seconds", "format_eta", "reward_text"]
 

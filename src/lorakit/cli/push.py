@@ -6,12 +6,11 @@ from pathlib import Path
 
 import typer
 
-from lorakit.cli.app import app, console
+from lorakit.cli.console import console
 from lorakit.cli.export import step_printer
 from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
 
 
-@app.command("push")
 def push_command(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a finished training run."),
     repo_id: str = typer.Option(..., "--repo-id", help="owner/name of the Hub repository (created if missing)."),

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import typer
 
-from lorakit.cli.app import app, console
+from lorakit.cli.console import console
 
 
-@app.command()
 def report(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a training run, or its final/ adapter."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Where to write it (default RUN_DIR/report.html)."),

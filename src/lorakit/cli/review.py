@@ -7,10 +7,9 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from lorakit.cli.app import app, console
+from lorakit.cli.console import console
 
 review_app = typer.Typer(help="Turn reviews of a run's answers into training data.", no_args_is_help=True)
-app.add_typer(review_app, name="review")
 
 
 @review_app.command("export")

@@ -6,14 +6,12 @@ from pathlib import Path
 
 import typer
 
-from lorakit.cli.app import app
 from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remote_code_option
 from lorakit.config import ServeConfig
 
 _DEFAULTS = ServeConfig()
 
 
-@app.command()
 def serve(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output_dir of a training run, or an adapter folder."),
     host: str = typer.Option(_DEFAULTS.host, "--host",

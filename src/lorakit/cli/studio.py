@@ -7,10 +7,9 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from lorakit.cli.app import app, console, err_console
+from lorakit.cli.console import console, err_console
 
 
-@app.command()
 def studio(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback exposes your data."),
     port: int = typer.Option(7860, "--port", min=1, max=65535, help="Port of the page: http://HOST:PORT/."),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
-from lorakit.cli.app import app, console, err_console
+from lorakit.cli.console import console, err_console, root_options
 from lorakit.config import load_config
 from lorakit.errors import LorakitError
 
@@ -38,10 +40,9 @@ def _quiet_unless_rank_zero() -> None:
     by rank 0; --debug shows every rank's traceback."""
     import logging
 
-    from lorakit.cli.app import _state
     from lorakit.runtime.distributed import launch_ranks
 
-    if launch_ranks().is_main or _state["debug"]:
+    if launch_ranks().is_main or root_options.debug:
         return
     console.quiet = err_console.quiet = True
     logging.getLogger("lorakit").setLevel(logging.ERROR)
@@ -70,7 +71,6 @@ def resume_point(run_dir: Path) -> str:
     return f"from the checkpoint at step {int(checkpoints[-1].name.removeprefix('step-'))}"
 
 
-@app.command()
 def train(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML run config (see configs/ and examples/)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set training.max_steps=10."),
@@ -97,41 +97,60 @@ def train(
     extra += ["data.skip_invalid=true"] if skip_invalid else []
     extra += ["model.allow_pickle=true"] if allow_pickle else []
     config = load_config(config_path, list(overrides) + extra)
-    from lorakit.inference.run_source import Permissions
+    from lorakit.pipeline.train_evaluate import train_evaluate
 
-    # The config given to this command (not the run's saved copy) says what the base model may do.
-    allowed = Permissions(config.model.trust_remote_code, config.model.allow_pickle)
-    if config.mode == "inference":  # the guide's mode: answer from the finished run in output_dir, train nothing
-        from lorakit.cli.chat import answer_once
+    flags = [name for name, given in (("--allow-phi", allow_phi), ("--skip-invalid", skip_invalid),
+                                      ("--allow-pickle", allow_pickle)) if given]
+    command = ["lorakit", "train", str(config_path), *[part for o in overrides for part in ("--set", o)], *flags]
+    train_evaluate(config, ConsolePipelineView(command, Path(config.output_dir)), resume=resume, overwrite=overwrite)
 
-        console.print(f"mode: inference: answering inference.demo_question with the run in {config.output_dir} "
+
+class ConsolePipelineView:
+    """The train -> eval -> demo answer sequence (pipeline/train_evaluate.py) as `lorakit train` prints it.
+
+    `command` is this command line, for the `--resume` hint printed when training is interrupted."""
+
+    def __init__(self, command: list[str], output_dir: Path):
+        self.command, self.output_dir = command, output_dir
+
+    def answering_without_training(self, output_dir: Path) -> None:
+        console.print(f"mode: inference: answering inference.demo_question with the run in {output_dir} "
                       "(nothing is trained)", highlight=False)
-        answer_once(Path(config.output_dir), config.inference.demo_question, max_new_tokens=None, temperature=None,
-                    allowed=allowed)
-        return
-    from lorakit.cli.progress import RichTrainingReporter
-    from lorakit.training.loop import train as run_training
 
-    try:
-        result = run_training(config, resume=resume, overwrite=overwrite, reporter=RichTrainingReporter())
-    except LorakitError:
-        _let_rank_zero_report_first()
-        raise
-    except KeyboardInterrupt:
-        flags = [name for name, given in (("--allow-phi", allow_phi), ("--skip-invalid", skip_invalid),
-                                          ("--allow-pickle", allow_pickle)) if given]
-        command = ["lorakit", "train", str(config_path), *[part for o in overrides for part in ("--set", o)], *flags]
-        err_console.print(f"interrupted: continue with `{shlex.join(command + ['--resume'])}` "
-                          f"({resume_point(Path(config.output_dir))})", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    console.print(f"[green]done:[/] {result.steps} steps; adapter in {result.adapter_dir}")
-    if config.eval.after_training:
-        from lorakit.cli.eval import evaluate_and_report
-        from lorakit.evaluation.run_eval import EvalRequest
+    def training_reporter(self):
+        from lorakit.cli.progress import RichTrainingReporter
 
-        evaluate_and_report(result.run_dir, EvalRequest(quality=True, safety=config.eval.safety, permissions=allowed))
-    if config.mode == "both":
-        from lorakit.cli.chat import answer_once
+        return RichTrainingReporter()
 
-        answer_once(result.run_dir, config.inference.demo_question, max_new_tokens=None, temperature=None,
-                    allowed=allowed)
+    @contextmanager
+    def training(self) -> Iterator[None]:
+        try:
+            yield
+        except LorakitError:
+            _let_rank_zero_report_first()
+            raise
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted: continue with `{shlex.join(self.command + ['--resume'])}` "
+                              f"({resume_point(self.output_dir)})", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+
+    def trained(self, result) -> None:
+        console.print(f"[green]done:[/] {result.steps} steps; adapter in {result.adapter_dir}")
+
+    def evaluation_progress(self):
+        from lorakit.cli.eval import answer_progress
+
+        return answer_progress()
+
+    def evaluated(self, run_dir: Path, request, result: dict) -> None:
+        from lorakit.cli.eval import print_evaluation
+
+        print_evaluation(run_dir, request, result)
+
+    def report_written(self, path: Path) -> None:
+        console.print(f"report: {path}")
+
+    def demo_answer(self, question: str, session, disclaimer: str) -> None:
+        from lorakit.cli.chat import print_answer
+
+        print_answer(question, session, disclaimer)

@@ -19,7 +19,7 @@ import numpy as np
 
 from lorakit.data.conversation import Conversation
 from lorakit.data.render import TokenizedExample, render_batch
-from lorakit.model.gguf_cache import cache_root
+from lorakit.runtime.cache_dir import cache_root
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["CACHE_VERSION", "tokenizer_fingerprint", "cache_key", "render_cached"]

@@ -24,7 +24,7 @@ from lorakit.data.records import Conversation, Message
 from lorakit.data.splits import split_conversations
 from lorakit.data.stats import token_stats
 from lorakit.errors import CheckpointError
-from lorakit.evaluation.loss import perplexity, split_loss
+from lorakit.training.held_out_loss import perplexity, split_loss
 from lorakit.evaluation import safety
 from lorakit.evaluation.knowledge_eval import evaluate_knowledge
 from lorakit.evaluation.quality import AnswerScores, mean_scores, score_answer

@@ -3,7 +3,7 @@
 transformers checkpoints all layers or every k-th; the memory planner asks for exactly as many as it needs.
 A checkpointed layer keeps only its input for backward and recomputes the rest, costing one extra forward
 pass of that layer. The first layers are the ones to checkpoint: backward reaches them last, after it has
-freed the later layers' saved activations, so their recompute does not raise the peak (model/memory_plan.py).
+freed the later layers' saved activations, so their recompute does not raise the peak (plan/memory.py).
 Offloading moves the tensors autograd saves during the forward pass to pinned CPU memory; with every layer
 checkpointed (reentrant) those are just the layer inputs, so long sequences need less GPU memory.
 """
@@ -29,7 +29,7 @@ def reentrant_checkpoints(offload: bool, sharded: bool = False) -> bool:
     """Which checkpoint implementation a run uses. Reentrant runs a checkpointed layer's first forward pass with
     autograd off: no graph, no saved-tensor hooks, so the host issues it faster. On the emulated 8 GB card (QLoRA,
     31 of 32 layers checkpointed) that was +19.6% tokens/s, and a step's wall time beyond its GPU kernel time
-    went from 126 to 33 ms (bench/results/peer_speed/README.md). Offload needs it (apply_checkpointing), also under
+    went from 126 to 33 ms (bench/results/history/peer_speed/README.md). Offload needs it (apply_checkpointing), also under
     fsdp (a plan that offloads there is untested on GPUs). Otherwise sharded runs keep non-reentrant checkpoints,
     the kind FSDP2 documents; LORAKIT_DISABLE=reentrant_checkpoint measures the difference."""
     return offload or (not sharded and enabled("reentrant_checkpoint"))
@@ -37,7 +37,7 @@ def reentrant_checkpoints(offload: bool, sharded: bool = False) -> bool:
 
 def apply_checkpointing(model, checkpointed_layers: int, *, reentrant: bool = False) -> list[int]:
     """Checkpoint decoder layers 0 .. n-1 (n = `checkpointed_layers`; 0 = none) and no others; returns their
-    indices. Also switches a loaded model's checkpointing (an out-of-memory re-plan, training/oom.py).
+    indices. Also switches a loaded model's checkpointing (an out-of-memory re-plan, plan/oom.py).
 
     `reentrant`: `reentrant_checkpoints()` decides. CPU offload needs it: only reentrant checkpoints save their
     inputs through autograd's saved-tensor hooks, which `activation_offload` moves to the CPU.

@@ -3,7 +3,7 @@
 transformers slices q, k and v out of `qkv_proj`'s output with three `qkv[..., a:b]` views. The backward pass
 of each slice is a zero-filled tensor the size of the whole qkv output with that slice's gradient copied in,
 and the three are then added: on the H200 profile of Phi-4-mini that was 3 fills, 3 copies and 2 adds of
-[tokens, 5120] per layer (bench/results/peer_speed_run1/profile_bf16.md). `torch.split` gives the same three
+[tokens, 5120] per layer (bench/results/history/peer_speed_run1/profile_bf16.md). `torch.split` gives the same three
 views, and its backward is one concatenation.
 
 liger's Phi3 SwiGLU chunks `gate_up_proj`'s output and makes both halves contiguous (two copies, kept for

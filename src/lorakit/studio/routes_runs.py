@@ -76,8 +76,8 @@ def save_run(body: RunChoices, request: Request) -> dict:
 
 
 def _plan(choices: PlanRequest, workspace) -> dict:
-    from lorakit.model.memory_plan import GIB, checkpointing_text
-    from lorakit.model.run_plan import parse_memory_size, plan_run
+    from lorakit.plan.memory import GIB, checkpointing_text
+    from lorakit.plan.run_plan import parse_memory_size, plan_run
 
     config, _ = studio_config(workspace, choices)
     memory = parse_memory_size(choices.gpu_memory) if choices.gpu_memory and choices.gpu_memory.strip() else None

@@ -61,7 +61,7 @@ class TrainerState:
     log_history: list[dict] = field(default_factory=list)
     micro_batch_size: int | None = None  # set after an out-of-memory retry cut it; None = as configured
     gradient_accumulation_steps: int | None = None  # micro-batches per optimizer step after such a retry
-    checkpointed_layers: int | None = None  # set by an out-of-memory re-plan (training/oom_replan.py); None = as planned
+    checkpointed_layers: int | None = None  # set by an out-of-memory re-plan (plan/oom.py); None = as planned
     offload_activations: bool | None = None  # likewise
     window_loss: float = 0.0  # train-loss sum and step count since the last logged record, so a resumed
     window_steps: int = 0  # run logs the same averages as an uninterrupted one

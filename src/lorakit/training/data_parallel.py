@@ -22,7 +22,7 @@ import torch
 
 from lorakit.config import RunConfig
 from lorakit.errors import ConfigError
-from lorakit.evaluation.loss import split_loss_sums
+from lorakit.training.held_out_loss import split_loss_sums
 from lorakit.runtime.distributed import Ranks
 
 __all__ = ["agree_on_step", "shared_split_loss", "agree_on_plan", "NullMetricsSink", "step_share_warning"]

@@ -20,7 +20,7 @@ from lorakit.data.validate import load_checked_conversations
 from lorakit.runtime.logging import get_logger
 from lorakit.training.preference_data import read_preference_pairs
 
-__all__ = ["PreparedData", "read_train_conversations", "prepare_data"]
+__all__ = ["PreparedData", "example_length", "read_train_conversations", "prepare_data"]
 
 log = get_logger("training.dataset")
 
@@ -39,10 +39,11 @@ class PreparedData:
         """Tokens of the longest sequence in any split (of a pair: its longer answer's): without packing a
         micro-batch is padded to its longest sequence, not to max_length, so the memory planner plans for this."""
         splits = self.splits
-        return max(_longest(e) for examples in (splits.train, splits.validation, splits.test) for e in examples)
+        return max(example_length(e) for examples in (splits.train, splits.validation, splits.test) for e in examples)
 
 
-def _longest(example: TokenizedExample | PreferenceExample) -> int:
+def example_length(example: TokenizedExample | PreferenceExample) -> int:
+    """Tokens of an example's row; of a preference pair, of its longer row (what a padded batch is padded to)."""
     if isinstance(example, PreferenceExample):
         return max(len(example.chosen.input_ids), len(example.rejected.input_ids))
     return len(example.input_ids)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lorakit.config import dump_config
-from lorakit.evaluation.loss import perplexity, split_loss
+from lorakit.training.held_out_loss import perplexity, split_loss
 from lorakit.export.finished_run import FinishedRun
 from lorakit.export.model_card import model_card
 from lorakit.model.adapters import public_model_name
@@ -28,13 +28,13 @@ from lorakit.training.data_parallel import shared_split_loss
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.manifest import build_manifest, weights_sha256
 from lorakit.training.metrics import ProgressReporter, plot_loss_curve
-from lorakit.training.oom import micro_batch_in_use
+from lorakit.plan.micro_batches import micro_batch_in_use
 from lorakit.training.resume_drift import current_environment
 from lorakit.training.run_dir import FINAL
 from lorakit.training.sharding import gather_weights
 
 if TYPE_CHECKING:
-    from lorakit.training.loop import TrainingSession
+    from lorakit.training.session import TrainingSession
 
 __all__ = ["TrainResult", "finalize_run"]
 

@@ -4,7 +4,8 @@ The Trainer divides by the step's targets; here a target is a pair, so each micr
 its pairs' losses over the step's pair count, and micro-batch 1 x accumulation 4 equals 4 x 1 for DPO and
 SimPO (ORPO's NLL term is TRL's token mean within a micro-batch). The logged metrics are the reward margin and
 accuracy of every pair seen since the last logged record: the numbers that say whether preference tuning is
-separating the answers.
+separating the answers. (Validation and test loss stay the Trainer's: the next-token loss of the held-out
+pairs' chosen answers, training/dataset.py.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from lorakit.config import TrainingConfig
-from lorakit.data.preference_batch import PreferenceExample, collate_preferences
 from lorakit.training.preference_loss import PreferenceLoss, preference_loss
 
 __all__ = ["PreferenceObjective", "REWARD_METRICS"]
@@ -55,21 +55,3 @@ class PreferenceObjective:
         means = {name: total / self._pairs for name, total in self._sums.items()}
         self._sums, self._pairs = dict.fromkeys(REWARD_METRICS, 0.0), 0
         return means
-
-    def validation_loss(self, session, examples: list[PreferenceExample], batch_size: int) -> float | None:
-        """Mean pair loss over the validation pairs (no gradient, adapter as trained); None without any."""
-        if not examples:
-            return None
-        total = 0.0
-        was_training = session.model.training
-        session.model.eval()
-        try:
-            with torch.no_grad():
-                for start in range(0, len(examples), batch_size):
-                    chunk = examples[start:start + batch_size]
-                    batch = collate_preferences(chunk, session.tokenizer.pad_token_id)
-                    batch = {k: v.to(session.device) for k, v in batch.items()}
-                    total += float(self._pair_loss(session.model, batch).loss) * len(chunk)
-        finally:
-            session.model.train(was_training)
-        return total / len(examples)

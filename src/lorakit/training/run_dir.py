@@ -31,7 +31,7 @@ from lorakit.training.resume_drift import (
 )
 
 if TYPE_CHECKING:
-    from lorakit.training.loop import TrainingSession
+    from lorakit.training.session import TrainingSession
 
 __all__ = ["FINAL", "check_space_for_checkpoints", "create_output_dir", "first_missing_folder", "remove_unused_run_dir", "prepare_run_dir",
            "finished_steps", "finished_error", "resume_state"]

@@ -6,7 +6,7 @@ Three lorakit specifics shape this module:
 - The loss (model/kernels.py) calls the decoder directly and multiplies by the head's weight, so the root of the
   sharding is `ShardedLoss`, a module whose forward *is* that loss: its hooks gather the embeddings, final norm
   and (tied) head around it. Those root weights stay whole from forward to backward (FSDP2's default for the
-  root), which the memory plan counts (model/sharded_plan.py).
+  root), which the memory plan counts (plan/sharded.py).
 - Gradients are summed over processes, not averaged, because every micro-batch's loss is already divided by
   the step's supervised tokens over all processes (training/data_parallel.py); FSDP2's divide factor is 1.
 - Checkpoints keep the one-process format: the full LoRA weights and optimizer state are gathered to rank 0

@@ -1,12 +1,12 @@
 """bench/peer_speed.py's accounting: each row's step counts (lorakit's from its own packer; TRL's come from
-bench/trl_peer.py), its utilisation three ways (bench/flops.py) and the printed table."""
+bench/lib/trl_peer.py), its utilisation three ways (bench/lib/flops.py) and the printed table."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from flops import StepCounts, executed_flops, model_flops, old_flops, utilisation
+from lib.flops import StepCounts, executed_flops, model_flops, old_flops, utilisation
 
 
 def lorakit_step_counts(config: Path, max_length: int, micro_batch: int, warmup: int, steps: int) -> list[StepCounts]:
@@ -45,7 +45,7 @@ def planned_micro_batch(plan: str) -> int | None:
 
 
 def planned_checkpointed_layers(plan: str) -> int:
-    """Checkpointed layers of lorakit's printed memory plan (model/memory_plan.checkpointing_text).
+    """Checkpointed layers of lorakit's printed memory plan (plan/memory.checkpointing_text).
 
     >>> planned_checkpointed_layers("memory plan: nf4, micro-batch 16, checkpointing 31 of 32 layers, predicted ...")
     31

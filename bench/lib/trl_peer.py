@@ -7,7 +7,7 @@ linear cross-entropy off and scores only the labelled positions with its own chu
 checkpointing (and, for long examples, its activation offloading) where the row asks for it. One process per
 row (bench/peer_speed.py and bench/long_context.py start it):
 
-    python bench/trl_peer.py --model DIR --data prompt_completion.jsonl --out RESULT.json [--cap-gib 7.25] ...
+    python bench/lib/trl_peer.py --model DIR --data prompt_completion.jsonl --out RESULT.json [--cap-gib 7.25] ...
 
 Attention: `flex_attention` for packed rows. TRL's docs name FlashAttention for padding-free packing, but
 flash-attn has no binary wheel on PyPI for the device's Python 3.12 / torch 2.11 (source only), so the packed
@@ -19,7 +19,7 @@ Allocator: the same settings as `lorakit train` (expandable segments) unless `--
 tokens/s is the median over measured steps of (real tokens in the step) / (step wall time, CUDA synced);
 padding-free packing has no pad tokens, so every input id is a real token. Each measured step also records its
 labelled positions (those that predict a completion token: where the LM head runs) and the sum of its
-examples' squared lengths (attention work), for bench/flops.py.
+examples' squared lengths (attention work), for bench/lib/flops.py.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from capped_run import cap_allocator  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for lib.capped_run
+from lib.capped_run import cap_allocator  # noqa: E402
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """Memory per GPU under FSDP2 (training.distributed fsdp, training/sharding.py), from the one-GPU estimate of
-model/memory_plan.py, and the choice between ddp and fsdp for `training.distributed: auto`.
+plan/memory.py, and the choice between ddp and fsdp for `training.distributed: auto`.
 
 What a GPU holds at the peak of a sharded step:
 - its 1/N shard of every frozen weight and of the LoRA weights, gradients and AdamW moments;
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from lorakit.model.memory_plan import (
+from lorakit.plan.memory import (
     MemoryEstimate, ModelShape, TrainSettings, estimate_peak_memory, lora_parameter_count,
 )
 
@@ -28,7 +28,7 @@ _LORA_WEIGHT_AND_GRADIENT_BYTES = 8  # fp32 LoRA weight + its gradient, whole in
 def sharded_estimate(shape: ModelShape, settings: TrainSettings, world_size: int) -> MemoryEstimate:
     """The peak per GPU of `settings` with weights and LoRA states sharded over `world_size` GPUs.
 
-    >>> from lorakit.model.memory_plan import GIB
+    >>> from lorakit.plan.memory import GIB
     >>> phi4_mini = ModelShape.from_config(dict(model_type="phi3", hidden_size=3072, intermediate_size=8192,
     ...     num_hidden_layers=32, num_attention_heads=24, num_key_value_heads=8, vocab_size=200064,
     ...     tie_word_embeddings=True))

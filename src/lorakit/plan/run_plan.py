@@ -11,11 +11,11 @@ from pathlib import Path
 from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig, RunConfig
 from lorakit.errors import ConfigError
 from lorakit.model.attention import expands_kv_heads
-from lorakit.model.memory_plan import (
+from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES, GIB, Candidate, ModelShape, TrainSettings, checkpointing_text, estimate_peak_memory, plan_settings,
 )
-from lorakit.model.sharded_plan import choose_distributed, sharded_estimate
-from lorakit.training.oom import cpu_micro_batch_size
+from lorakit.plan.sharded import choose_distributed, sharded_estimate
+from lorakit.plan.micro_batches import cpu_micro_batch_size
 
 __all__ = [
     "TrainingPlan",
@@ -113,8 +113,8 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
     """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given.
 
     `longest_example` (tokens, when the data is known): without packing a micro-batch is padded to its longest
-    example, not to max_length. On CPU the estimate is the process's peak RSS (model/host_memory.py) for the
-    pieces that CPU training cuts each micro-batch into (training/oom.py's cpu_micro_batch_size)."""
+    example, not to max_length. On CPU the estimate is the process's peak RSS (plan/host_memory.py) for the
+    pieces that CPU training cuts each micro-batch into (plan/micro_batches.py's cpu_micro_batch_size)."""
     training = config.training
     length = planned_length(config, longest_example)
     shape = ModelShape.from_config(model_config)
@@ -272,7 +272,7 @@ def _per_process(config: RunConfig, model_config: dict, memory_bytes: int, world
 
 def _resolve_distributed(config: RunConfig, model_config: dict, world_size: int, memory_bytes: int, *, cuda: bool,
                          **plan_args) -> RunConfig:
-    """training.distributed `auto` -> ddp or fsdp (model/sharded_plan.py); with several processes under fsdp, an
+    """training.distributed `auto` -> ddp or fsdp (plan/sharded.py); with several processes under fsdp, an
     `auto` quantization is none (nf4 cannot be sharded)."""
     def one_gpu_fits() -> bool:
         try:

@@ -16,10 +16,10 @@ from conftest import PHI4_MINI
 from lorakit.config import RunConfig
 from lorakit.errors import ConfigError
 from lorakit.model.checkpointing import activation_offload, apply_checkpointing, decoder_layers
-from lorakit.model.memory_plan import (
+from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES, GIB, ModelShape, TrainSettings, estimate_peak_memory, plan_settings, relative_step_time,
 )
-from lorakit.model.run_plan import parse_memory_size, plan_training, resolve_auto_settings
+from lorakit.plan.run_plan import parse_memory_size, plan_training, resolve_auto_settings
 
 BENCH_RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 

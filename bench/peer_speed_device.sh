@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 23 on the GPU, in device calls of under 10 minutes each (run from the repository root, with lorakit's
 # src/ and the wheels of TRL, peft, transformers, bitsandbytes, liger-kernel and datasets on PYTHONPATH):
-#   bash bench/issue23_device.sh table OUT_DIR  # the four settings, TRL best practice and lorakit, equal tokens per step
-#   bash bench/issue23_device.sh long OUT_DIR   # the 8 GB card at 8k-32k tokens per example, both tools, and lorakit plan
+#   bash bench/peer_speed_device.sh table OUT_DIR  # the four settings, TRL best practice and lorakit, equal tokens per step
+#   bash bench/peer_speed_device.sh long OUT_DIR   # the 8 GB card at 8k-32k tokens per example, both tools, and lorakit plan
 # A row that does not finish inside the call's time is missing from rows.jsonl; a later call can run the rest
 # with SETTINGS=... (table) or LENGTHS=... (long) on the same prepared work folder.
 set -uo pipefail

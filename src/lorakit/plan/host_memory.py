@@ -1,8 +1,8 @@
 """The CPU side of the memory plan: what a training process holds at its peak beyond the tensors that
-`memory_plan` counts, so that on CPU the plan predicts the process's peak resident set (what
+`plan/memory.py` counts, so that on CPU the plan predicts the process's peak resident set (what
 `resource.getrusage(...).ru_maxrss` and `/usr/bin/time -v` report).
 
-Three terms, each measured on this code path (tests/model/test_memory_plan_cpu.py checks the sum against a
+Three terms, each measured on this code path (tests/plan/test_memory_cpu.py checks the sum against a
 real `lorakit train` subprocess):
 - the process itself: Python, PyTorch, transformers, peft, the tokenizer and the data;
 - the loss: on CPU the chunked linear cross-entropy (model/kernels.py) holds one chunk of fp32 logits and a

@@ -1,7 +1,9 @@
-"""After a CUDA out-of-memory error: ask the memory planner for the fastest settings that fit the memory the
-GPU really has, for the same examples per optimizer step, and switch the live model to them.
+"""After a CUDA out-of-memory error: free the failed step's memory and replay its randomness for the retry, ask
+the memory planner for the fastest settings that fit the memory the GPU really has, for the same examples per
+optimizer step, and switch the live model to them; when nothing helps, tell the user what to change
+(`OOM_ADVICE`).
 
-Halving the micro-batch alone (training/oom.py) is the slow way down: on an emulated 8 GB card a fixed
+Halving the micro-batch alone (plan/micro_batches.py) is the slow way down: on an emulated 8 GB card a fixed
 micro-batch of 64 without checkpointing halved six times to 2 and ran at a quarter of the planner's speed
 (issue 11). The planner instead weighs checkpointing more layers (and, last, offloading them) against smaller
 micro-batches, with the same speed model it plans runs with. Every re-plan must need less memory than the
@@ -10,21 +12,54 @@ settings that failed, so retries end: when no such plan fits, the loop halves as
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, replace
 
 import torch
 
 from lorakit.model.checkpointing import apply_checkpointing, decoder_layers, reentrant_checkpoints
 from lorakit.model.load import read_model_config
-from lorakit.model.memory_plan import (
+from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES, GIB, Candidate, ModelShape, TrainSettings, checkpointing_text, estimate_peak_memory,
     plan_settings,
 )
-from lorakit.model.run_plan import device_memory_bytes, planned_length, train_settings
-from lorakit.training.oom import accumulation_after_split
+from lorakit.plan.micro_batches import accumulation_after_split
+from lorakit.plan.run_plan import device_memory_bytes, planned_length, train_settings
 
-__all__ = ["MemorySettings", "training_memory_bytes", "replan_for_memory", "replan_after_oom",
-           "restore_memory_settings"]
+__all__ = ["OOM_ADVICE", "release_memory", "TorchRngSnapshot", "MemorySettings", "training_memory_bytes",
+           "replan_for_memory", "replan_after_oom", "restore_memory_settings"]
+
+OOM_ADVICE = (
+    "To use less memory per step: turn on training.gradient_checkpointing (true or 'auto'), or use QLoRA "
+    "(model.quantization: nf4), then continue with `lorakit train CONFIG --resume`; or start a new run with a "
+    "shorter model.max_length (it changes the data, so it cannot resume this run)."
+)
+
+
+def release_memory(optimizer: torch.optim.Optimizer) -> None:
+    """Drop the failed step's gradients and return cached blocks to the allocator."""
+    optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class TorchRngSnapshot:
+    """torch's CPU and CUDA generator states, so a retried step draws the same dropout randomness as its
+    first attempt, and a checkpoint saved after a failed step matches the state before it."""
+
+    cpu: torch.Tensor
+    cuda: list[torch.Tensor]
+
+    @classmethod
+    def capture(cls) -> TorchRngSnapshot:
+        return cls(torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda:
+            torch.cuda.set_rng_state_all(self.cuda)
 
 
 @dataclass(frozen=True)

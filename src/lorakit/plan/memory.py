@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from lorakit.model.host_memory import PROCESS_BASELINE_BYTES, cpu_loss_bytes, heap_fragmentation_bytes
+from lorakit.plan.host_memory import PROCESS_BASELINE_BYTES, cpu_loss_bytes, heap_fragmentation_bytes
 
 __all__ = [
     "GIB",
@@ -125,7 +125,7 @@ class TrainSettings:
     kv_expanded: bool = True  # attention keeps k/v repeated to every query head (no native GQA in varlen flash)
     mask_bytes: int = 1  # bytes per element of a dropout mask: 1 on CUDA (bool); the dtype's size on CPU
     dora: bool = False  # lora.use_dora: a magnitude per output feature, two more saved outputs per adapted layer
-    on_cpu: bool = False  # CPU training: predict the process's peak resident set (model/host_memory.py)
+    on_cpu: bool = False  # CPU training: predict the process's peak resident set (plan/host_memory.py)
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def dora_transient_bytes(shape: ModelShape, settings: TrainSettings) -> int:
 def layer_activation_bytes(shape: ModelShape, settings: TrainSettings) -> int:
     """Bytes per token that autograd saves in one decoder layer that is not checkpointed.
 
-    Counted tensor by tensor for lorakit's path (see tests/model/test_memory_plan.py, which measures the plain
+    Counted tensor by tensor for lorakit's path (see tests/plan/test_memory.py, which measures the plain
     PyTorch path on CPU with saved-tensor hooks).
     """
     b, d, i = settings.dtype_bytes, shape.hidden, shape.intermediate
@@ -303,7 +303,7 @@ def plan_settings(
     checkpointed), fitting ones first, fastest first; the first one with `fits` is the plan. Offload comes
     after every fitting candidate without it: it only serves when nothing else fits. Fixed settings are
     passed as one-element tuples (`checkpointed_layers`: default every count from 0 to all). `estimate`: the
-    memory of one GPU for a candidate (default `estimate_peak_memory`; fsdp's per-GPU one in sharded_plan.py)."""
+    memory of one GPU for a candidate (default `estimate_peak_memory`; fsdp's per-GPU one in plan/sharded.py)."""
     estimate = estimate or estimate_peak_memory
     micro_batches = micro_batches or tuple(
         m for m in (1, 2, 4, 8, 16, 32, 64) if m == 1 or m * max_length <= MAX_TOKENS_PER_MICRO_BATCH

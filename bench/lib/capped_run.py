@@ -1,6 +1,6 @@
 """Run a Python module (`-m lorakit train ...`) on an emulated smaller GPU, and record PyTorch's peak.
 
-    python bench/capped_run.py --cap-gib 7.3 --peak-file PEAK.json -m lorakit train CONFIG --set ...
+    python bench/lib/capped_run.py --cap-gib 7.3 --peak-file PEAK.json -m lorakit train CONFIG --set ...
 
 --cap-gib caps PyTorch's allocator (torch.cuda.set_per_process_memory_fraction) before the module runs, so
 the program sees a card of that much allocatable memory (an 8 GB card is ~8 GiB minus the CUDA context).
@@ -18,7 +18,7 @@ import sys
 
 def eight_gb_cap_gib() -> float:
     """An 8 GB card's memory less the CUDA context (lorakit's planner's CUDA_CONTEXT_BYTES): 7.25 GiB."""
-    from lorakit.model.memory_plan import CUDA_CONTEXT_BYTES
+    from lorakit.plan.memory import CUDA_CONTEXT_BYTES
 
     return 8 - CUDA_CONTEXT_BYTES / 2**30
 

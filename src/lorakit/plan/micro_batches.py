@@ -1,5 +1,5 @@
-"""Smaller micro-batches for one optimizer step: after an out-of-memory error (halve, accumulate twice as
-often), and from the start on CPU (`cpu_micro_batch_size`).
+"""The micro-batch arithmetic: smaller micro-batches for one optimizer step, after an out-of-memory error (halve,
+accumulate twice as often; plan/oom.py says when) and from the start on CPU (`cpu_micro_batch_size`).
 
 The optimizer step keeps exactly the examples the data order gave it (its configured micro-batches are
 cut into smaller pieces, never re-drawn), and the loss is normalised by the step's answer tokens, so the
@@ -8,22 +8,13 @@ effective batch and the update are unchanged; only the peak memory of each forwa
 
 from __future__ import annotations
 
-import gc
 import math
-from dataclasses import dataclass
-
-import torch
 
 from lorakit.data.packing import pack_best_fit
 from lorakit.data.render import TokenizedExample
 
-__all__ = ["OOM_ADVICE", "CPU_MICRO_BATCH_TOKENS", "cpu_micro_batch_size", "halved", "micro_batch_in_use", "split_into_micro_batches", "accumulation_after_split", "release_memory", "TorchRngSnapshot"]
-
-OOM_ADVICE = (
-    "To use less memory per step: turn on training.gradient_checkpointing (true or 'auto'), or use QLoRA "
-    "(model.quantization: nf4), then continue with `lorakit train CONFIG --resume`; or start a new run with a "
-    "shorter model.max_length (it changes the data, so it cannot resume this run)."
-)
+__all__ = ["CPU_MICRO_BATCH_TOKENS", "cpu_micro_batch_size", "halved", "micro_batch_in_use", "split_into_micro_batches",
+           "accumulation_after_split"]
 
 
 # On CPU a micro-batch's activations cost ~2 MB per token for a 135M model in fp32 (7 GiB RSS for the README
@@ -100,29 +91,3 @@ def accumulation_after_split(configured_accumulation: int, configured_batch_size
     8
     """
     return configured_accumulation * math.ceil(configured_batch_size / micro_batch_size)
-
-
-def release_memory(optimizer: torch.optim.Optimizer) -> None:
-    """Drop the failed step's gradients and return cached blocks to the allocator."""
-    optimizer.zero_grad(set_to_none=True)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-@dataclass
-class TorchRngSnapshot:
-    """torch's CPU and CUDA generator states, so a retried step draws the same dropout randomness as its
-    first attempt, and a checkpoint saved after a failed step matches the state before it."""
-
-    cpu: torch.Tensor
-    cuda: list[torch.Tensor]
-
-    @classmethod
-    def capture(cls) -> TorchRngSnapshot:
-        return cls(torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda:
-            torch.cuda.set_rng_state_all(self.cuda)

@@ -7,7 +7,7 @@ import dataclasses
 
 import torch
 
-from lorakit.model.memory_plan import (
+from lorakit.plan.memory import (
     LORA_STATE_BYTES_PER_PARAM,
     ModelShape,
     TrainSettings,

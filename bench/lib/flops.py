@@ -35,7 +35,7 @@ class StepCounts:
 def linear_params(shape: dict) -> int:
     """Parameters of the decoder layers' linear projections (q, k, v, o, gate, up, down), all layers.
 
-    >>> from multi_gpu import PHI4_MINI
+    >>> from lib.phi4_mini_run import PHI4_MINI
     >>> linear_params(PHI4_MINI)
     3221225472
     """

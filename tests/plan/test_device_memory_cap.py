@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import torch
 
-from lorakit.model.memory_plan import CUDA_CONTEXT_BYTES, GIB
-from lorakit.model.run_plan import device_memory_bytes
+from lorakit.plan.memory import CUDA_CONTEXT_BYTES, GIB
+from lorakit.plan.run_plan import device_memory_bytes
 
 
 def _fake_gpu(monkeypatch, total: int, fraction: float) -> None:

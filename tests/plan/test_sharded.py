@@ -9,9 +9,9 @@ from conftest import PHI4_MINI
 
 from lorakit.config import RunConfig
 from lorakit.errors import ConfigError
-from lorakit.model.memory_plan import GIB, ModelShape, estimate_peak_memory
-from lorakit.model.run_plan import resolve_auto_settings
-from lorakit.model.sharded_plan import UNSHARDED_LAYERS, sharded_estimate
+from lorakit.plan.memory import GIB, ModelShape, estimate_peak_memory
+from lorakit.plan.run_plan import resolve_auto_settings
+from lorakit.plan.sharded import UNSHARDED_LAYERS, sharded_estimate
 
 EIGHT_GB_CARD = 8 * GIB
 
@@ -64,7 +64,7 @@ def test_auto_keeps_ddp_when_one_gpu_fits_and_for_qlora():
 
 def test_several_gpus_plan_without_the_memory_nccl_holds(monkeypatch):
     """NCCL's buffers are outside PyTorch's allocator: a several-GPU run plans for the card less NCCL_BYTES."""
-    from lorakit.model import run_plan
+    from lorakit.plan import run_plan
 
     seen = []
     real = run_plan.plan_training

@@ -13,8 +13,8 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from lorakit.model.host_memory import CHUNK_LOGIT_ELEMENTS, PROCESS_BASELINE_BYTES, cpu_loss_bytes
-from lorakit.model.memory_plan import GIB, ModelShape, TrainSettings, estimate_peak_memory
+from lorakit.plan.host_memory import CHUNK_LOGIT_ELEMENTS, PROCESS_BASELINE_BYTES, cpu_loss_bytes
+from lorakit.plan.memory import GIB, ModelShape, TrainSettings, estimate_peak_memory
 
 SMOLLM2_135M = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
                 "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
@@ -57,7 +57,7 @@ def test_cpu_plan_predicts_the_peak_rss_of_a_real_training_run(tmp_path, tokeniz
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     from lorakit.config import load_config
-    from lorakit.model.run_plan import plan_training
+    from lorakit.plan.run_plan import plan_training
 
     shape = dict(SMOLLM2_135M, num_hidden_layers=6)
     model_dir = tmp_path / "model"
@@ -69,7 +69,7 @@ def test_cpu_plan_predicts_the_peak_rss_of_a_real_training_run(tmp_path, tokeniz
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump({
         "output_dir": str(tmp_path / "run"), "model": {"name": str(model_dir), "max_length": 256},
-        # 2 x 256 tokens: a micro-batch CPU training runs as it is (not cut into pieces, training/oom.py)
+        # 2 x 256 tokens: a micro-batch CPU training runs as it is (not cut into pieces, plan/micro_batches.py)
         "training": {"batch_size": 2, "max_steps": 1, "logging_steps": 1, "eval_steps": 1, "save_steps": 1},
         "data": {"train_file": str(data), "validation_split": 0.1, "test_split": 0.1},
     }))
@@ -93,10 +93,10 @@ def test_cpu_plan_predicts_the_peak_rss_of_a_real_training_run(tmp_path, tokeniz
 
 
 def test_cpu_plan_is_for_the_pieces_cpu_training_runs():
-    """The guide's micro-batch of 4 at max_length 512 runs on CPU as pieces of 2 examples (training/oom.py),
+    """The guide's micro-batch of 4 at max_length 512 runs on CPU as pieces of 2 examples (plan/micro_batches.py),
     each padded to the longest example (238 tokens in the bundled data), not to 512."""
     from lorakit.config import RunConfig
-    from lorakit.model.run_plan import plan_training
+    from lorakit.plan.run_plan import plan_training
 
     config = RunConfig.model_validate({"model": {"max_length": 512}, "training": {"batch_size": 4},
                                        "data": {"train_file": "qa.jsonl"}})

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Issue 11 on the GPU, in device calls of under 10 minutes each:
-#   bash bench/issue11_device.sh table OUT_DIR   # TRL's best practice and lorakit, the four settings of the issue
-#   bash bench/issue11_device.sh detail OUT_DIR  # GPU tests, rows with optimisations switched off, step profile, guide row
-#   bash bench/issue11_device.sh check OUT_DIR   # GPU tests, the fused gate-up SwiGLU on and off, the 8 GB card's
+#   bash bench/speed_levers_device.sh table OUT_DIR   # TRL's best practice and lorakit, the four settings of the issue
+#   bash bench/speed_levers_device.sh detail OUT_DIR  # GPU tests, rows with optimisations switched off, step profile, guide row
+#   bash bench/speed_levers_device.sh check OUT_DIR   # GPU tests, the fused gate-up SwiGLU on and off, the 8 GB card's
 #                                                # micro-batch / checkpointing trade-off, and its step profile
-#   bash bench/issue11_device.sh layer OUT_DIR   # GPU tests, the one-node LoRA layer on and off, the 8 GB profile
-#   bash bench/issue11_device.sh final OUT_DIR   # two GPUs (nvidia-h200-x2): the table on GPU 0 while GPU 1 runs the
+#   bash bench/speed_levers_device.sh layer OUT_DIR   # GPU tests, the one-node LoRA layer on and off, the 8 GB profile
+#   bash bench/speed_levers_device.sh final OUT_DIR   # two GPUs (nvidia-h200-x2): the table on GPU 0 while GPU 1 runs the
 #                                                # rows with this session's optimisations switched off one at a time
-#   bash bench/issue11_device.sh profile OUT_DIR # the 8 GB card's step profile alone (prepares the model if missing)
+#   bash bench/speed_levers_device.sh profile OUT_DIR # the 8 GB card's step profile alone (prepares the model if missing)
 # Rows switch optimisations off with LORAKIT_DISABLE (src/lorakit/runtime/ablation.py).
 set -uo pipefail
 part=${1:?table, detail, check, layer, final or profile}

@@ -1,0 +1,180 @@
+"""The training session: tokenizer, data, base model and LoRA, loaded once for a run (the setup half of the
+recipe; training/trainer.py runs the steps on it).
+
+The order puts cheap failures (data) before slow ones (weights), and the memory planner resolves `auto`
+settings from config.json alone before any weight is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from lorakit.config import RunConfig
+from lorakit.data.chat_template import chat_template_identity
+from lorakit.errors import TrainingError
+from lorakit.model.adapters import (
+    name_adapter_base, public_model_name, resolve_target_modules, trainable_parameter_count, variant_identity,
+)
+from lorakit.model.kernels import LOSS_POSITIONS, loss_positions
+from lorakit.model.load import (
+    ModelSource,
+    load_base_model,
+    load_tokenizer,
+    model_fingerprint,
+    read_model_config,
+    resolve_model_source,
+    tokenizer_fingerprint,
+)
+from lorakit.model.quantize import bitsandbytes_available, nf4_config, wants_4bit
+from lorakit.plan.run_plan import resolve_auto_settings
+from lorakit.model.trainable import make_trainable
+from lorakit.runtime.device import compute_dtype, pick_device
+from lorakit.runtime.distributed import Ranks, current_ranks
+from lorakit.training.batches import collate_group
+from lorakit.training.data_parallel import agree_on_plan
+from lorakit.training.dataset import PreparedData, prepare_data
+from lorakit.training.metrics import ProgressReporter
+from lorakit.training.preference_setup import prepare_for_method
+from lorakit.training.sharding import ShardedLoss, shard_model
+
+__all__ = ["TrainingSession", "BatchesAhead", "build_session", "collate_for_step"]
+
+
+@dataclass
+class TrainingSession:
+    """Everything a step needs, built once by `build_session`."""
+
+    config: RunConfig
+    source: ModelSource
+    tokenizer: object
+    model: torch.nn.Module
+    data: PreparedData
+    device: torch.device
+    dtype: torch.dtype
+    quantized: bool
+    identity: dict
+    offload_activations: bool = False  # planned: checkpointed activations live in CPU memory
+    ranks: Ranks = Ranks()  # the processes of a torchrun / accelerate launch (one by default)
+    sharded_root: ShardedLoss | None = None  # training.distributed fsdp: the FSDP2 root around `model`
+    ahead: "BatchesAhead" = field(default_factory=lambda: BatchesAhead())  # the next step's batches, made early
+    epoch_groups: dict[int, list[list[int]]] = field(default_factory=dict)  # an epoch's micro-batches, by epoch
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return self.dtype if self.dtype != torch.float32 else None
+
+    @property
+    def sharded(self) -> bool:
+        """training.distributed fsdp under a launcher: the model's weights are spread over the processes."""
+        return self.sharded_root is not None
+
+    @property
+    def loss_model(self):
+        """What computes the loss: the FSDP2 root under fsdp (its forward gathers the weights), else the model."""
+        return self.sharded_root if self.sharded else self.model
+
+
+class BatchesAhead:
+    """The next optimizer step's micro-batches, collated on the CPU while the GPU still runs this step's backward
+    pass (the host would otherwise collate them with the GPU idle, after the step's one sync)."""
+
+    def __init__(self) -> None:
+        self._ready: dict[tuple[int, ...], dict] = {}
+
+    def make(self, session: "TrainingSession", groups: list[list[int]]) -> None:
+        self._ready = {tuple(group): collate_for_step(session, group) for group in groups}
+
+    def holds(self, group: list[int]) -> bool:
+        """Whether the batch of `group` is made and not yet taken."""
+        return tuple(group) in self._ready
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+    def take(self, session: "TrainingSession", group: list[int]) -> dict:
+        """The batch made ahead for `group`, or a fresh one (first step, or a step an out-of-memory retry re-cut)."""
+        ready = self._ready.pop(tuple(group), None)
+        return ready if ready is not None else collate_for_step(session, group)
+
+
+def collate_for_step(session: "TrainingSession", group: list[int]) -> dict:
+    """One micro-batch on the CPU, with the positions the loss reads (so finding them costs no GPU sync)."""
+    batch = collate_group(session.data.splits.train, group, session.tokenizer.pad_token_id,
+                          packed=session.config.training.packing)
+    batch[LOSS_POSITIONS] = loss_positions(batch["labels"])
+    return batch
+
+
+def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSession:
+    """Load tokenizer, data, base model and LoRA; the order puts cheap failures (data) before slow ones."""
+    ranks = current_ranks()
+    device = ranks.device if ranks.distributed else pick_device()  # cuda:LOCAL_RANK under a launcher
+    dtype = compute_dtype(config.training.precision, device)
+    source = resolve_model_source(config.model)
+    tokenizer = load_tokenizer(source, config.model)
+    data = prepare_data(config, tokenizer)  # first: a data problem is the first and only thing reported
+    if not data.splits.train:
+        raise TrainingError("No training examples are left after splitting; add data or lower the split fractions.")
+    sizes = data.splits.sizes()
+    reporter.message(f"data: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test examples"
+                     + (f", {data.truncated} truncated to {config.model.max_length} tokens" if data.truncated else ""))
+    # `auto` batch size, checkpointing and quantization: the memory planner, from config.json alone.
+    resolved = resolve_auto_settings(config, read_model_config(source), cuda=device.type == "cuda",
+                                     dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available(),
+                                     longest_example=data.longest_example, world_size=ranks.world_size)
+    config = resolved.config
+    agree_on_plan(ranks, config)
+    sharded = config.training.distributed == "fsdp" and ranks.distributed
+    if resolved.plan is not None:
+        reporter.message(f"memory plan: {config.model.quantization}, micro-batch {config.training.batch_size}, "
+                         f"checkpointing {resolved.plan.checkpointing_text}, "
+                         + (f"fsdp over {ranks.world_size} processes, " if sharded else "")
+                         + f"predicted peak {resolved.plan.chosen.estimate.peak_allocated / 2**30:.1f} GiB "
+                         f"{'per GPU' if device.type == 'cuda' else 'of RAM'}")
+    quantized = wants_4bit(config.model.quantization, device)
+    # Under fsdp the whole model never sits on one GPU: it loads into CPU memory, and fully_shard moves each
+    # layer's shard to this rank's GPU.
+    load_device = torch.device("cpu") if sharded else device
+    model = load_base_model(source, config.model, load_device, dtype, nf4_config(dtype) if quantized else None)
+    targets = resolve_target_modules(model, config.lora.target_modules)
+    model = make_trainable(model, config, device=device, quantized=quantized,
+                           checkpointed_layers=resolved.checkpointed_layers, offload_activations=resolved.offload_activations,
+                           sharded=sharded)
+    name_adapter_base(model, public_model_name(source))  # adapter_config.json names no local path
+    method_identity = prepare_for_method(model, config, targets)  # starting adapter, DPO reference, dropout
+    # Every module in training mode (from_pretrained leaves the base model's in eval mode under a training-mode
+    # peft wrapper): a step then switches modes only after an evaluation flipped the root (Trainer.step).
+    model.train()
+    root = shard_model(model) if sharded else None
+    if sharded:
+        reporter.message(f"fsdp: frozen weights and LoRA states sharded over {ranks.world_size} processes (FSDP2)")
+    trainable, total = trainable_parameter_count(model)
+    reporter.message(
+        f"{source.model_id}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable (LoRA r={config.lora.r} on "
+        f"{', '.join(targets)}), {'nf4 4-bit' if quantized else str(dtype).removeprefix('torch.')} on {device.type}"
+    )
+    identity = {
+        "model_id": source.model_id,
+        "model_revision": source.revision,
+        "model_fingerprint": model_fingerprint(source.directory),
+        "data_sha256": data.data_sha256,
+        "lora_r": config.lora.r,
+        "lora_alpha": config.lora.alpha,
+        "lora_target_modules": targets,
+        "max_length": config.model.max_length,
+        "system_prompt_sha256": hashlib.sha256(config.data.system_prompt.encode()).hexdigest(),
+        "seed": config.seed,
+        "effective_batch_size": config.training.batch_size * config.training.gradient_accumulation_steps,
+        "batch_size": config.training.batch_size,  # cuts the data order into micro-batches
+        "packing": config.training.packing,
+        **variant_identity(config),
+        **chat_template_identity(config.model.chat_template),
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+        **method_identity,
+    }
+    return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
+                           resolved.offload_activations, ranks, root)
+
