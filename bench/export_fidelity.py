@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
 
 from lorakit.export.fidelity import read_back  # noqa: E402
-from lorakit.export.finished_run import read_finished_run  # noqa: E402
+from lorakit.run.source import read_finished_run  # noqa: E402
 from lorakit.export.merge import attach_adapter, load_base_for_merge  # noqa: E402
 from lorakit.export.run_export import ExportRequest, export_run  # noqa: E402
 

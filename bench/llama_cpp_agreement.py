@@ -27,7 +27,7 @@ sys.path[:0] = [str(REPO / "src")]
 
 from lorakit.data.records import Message  # noqa: E402
 from lorakit.export.fidelity import fidelity_questions  # noqa: E402
-from lorakit.export.finished_run import read_finished_run  # noqa: E402
+from lorakit.run.source import read_finished_run  # noqa: E402
 from lorakit.inference.generate import GenerationSettings, generate_answers, load_run  # noqa: E402
 
 

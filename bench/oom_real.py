@@ -54,7 +54,7 @@ from lib.synthetic_chat import synthetic_conversations  # noqa: E402
 from lorakit.config import RunConfig  # noqa: E402
 from lorakit.errors import TrainingError  # noqa: E402
 from lorakit.training import loop  # noqa: E402
-from lorakit.training.checkpoint import list_checkpoints, verify_checkpoint  # noqa: E402
+from lorakit.run.checkpoints import list_checkpoints, verify_checkpoint  # noqa: E402
 from lorakit.training.metrics import SilentReporter  # noqa: E402
 
 GIB = 2**30

@@ -10,7 +10,7 @@ import pytest
 
 from evaluation.eval_runs import trained_tiny_run
 from lorakit.cli.app import run_cli
-from lorakit.inference.run_source import resolve_run_source
+from lorakit.run.source import resolve_run_source
 
 
 @pytest.fixture
@@ -108,11 +108,12 @@ def test_a_saved_config_that_fails_validation_is_a_config_error_with_file_and_li
     lines[line - 1] = "  r: 0"
     saved.write_text("\n".join(lines) + "\n")
     if where == "checkpoint":  # keep the checkpoint's recorded sha256 consistent: only the config is wrong
-        from lorakit.training.checkpoint import MANIFEST, sha256_file
+        from lorakit.run.checkpoints import sha256_file
+        from lorakit.run.layout import CHECKPOINT_MANIFEST
 
-        manifest = json.loads((folder / MANIFEST).read_text())
+        manifest = json.loads((folder / CHECKPOINT_MANIFEST).read_text())
         manifest["files"]["config.yaml"] = sha256_file(saved)
-        (folder / MANIFEST).write_text(json.dumps(manifest))
+        (folder / CHECKPOINT_MANIFEST).write_text(json.dumps(manifest))
     code, _, err = _run(capsys, "chat", str(folder), "-q", "hi")
     assert code == 2
     assert f"error: {saved}: 1 config problem:\n  - line {line}: lora.r: Input should be greater than or equal to 1 (got 0)" in err

@@ -7,7 +7,8 @@ import pytest
 from evaluation.eval_runs import TINY_REQUEST, copy_run, evaluated_tiny_run, trained_tiny_run
 from lorakit.evaluation import run_eval
 from lorakit.evaluation.answer_journal import AnswerJournal
-from lorakit.evaluation.run_eval import JOURNAL_FILES, EvalRequest, evaluate_run
+from lorakit.evaluation.run_eval import EvalRequest, evaluate_run
+from lorakit.run.layout import JOURNAL_FILES
 from lorakit.inference.generate import Answer
 
 

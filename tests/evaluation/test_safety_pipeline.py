@@ -111,10 +111,12 @@ def test_known_answers_give_exact_counts_everywhere(canned_run, capsys):
                              f"{base_pair} ({100 * base_pair}%)", f"{tuned_pair} ({100 * tuned_pair}%)"], category
 
     # The model card of the exported adapter.
-    from lorakit.export.finished_run import read_finished_run
-    from lorakit.export.model_card import model_card
+    from lorakit.evaluation.card_section import card_evaluation
+    from lorakit.run.model_card import model_card
+    from lorakit.run.source import read_finished_run
 
-    card = model_card(read_finished_run(canned_run), "adapter")
+    finished = read_finished_run(canned_run)
+    card = model_card(finished, "adapter", evaluation=card_evaluation(finished))
     for category in CATEGORIES:
         safe, helpful, _ = _expected_row(category)
         base_pair, tuned_pair = EXPECTED[category][4:]

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS, RunConfig, dump_config
-from lorakit.training.manifest import build_manifest
+from lorakit.run.manifest import build_manifest
 
 _MADE: dict[Path, Path] = {}
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from export.embedded_run import embedded_adapter_run
 
-from lorakit.export.finished_run import read_finished_run
+from lorakit.run.source import read_finished_run
 from lorakit.export.run_export import ExportRequest, export_run
 
 # Measured on SmolLM2-135M with a random r=8 q/v adapter before issue 25 (logits up to 37, the adapter moves them

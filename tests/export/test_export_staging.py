@@ -13,8 +13,9 @@ import pytest
 from export.export_runs import tiny_run
 
 from lorakit.cli.app import run_cli
-from lorakit.runtime.run_lock import LOCK_NAME, hold_run_lock
-from lorakit.training.run_dir import prepare_run_dir
+from lorakit.run.layout import LOCK_NAME
+from lorakit.run.lock import hold_run_lock
+from lorakit.run.folder import prepare_run_dir
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_a_lock_left_by_a_killed_export_is_recognised_and_named(run_dir, capsys)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from lorakit.runtime.run_lock import hold_run_lock
+        from lorakit.run.lock import hold_run_lock
         with hold_run_lock(Path({str(run_dir)!r}), "exporting"):
             print("held", flush=True)
             time.sleep(120)

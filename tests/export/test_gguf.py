@@ -13,7 +13,7 @@ from export.export_runs import tiny_run
 from export.jinja_render import render_jinja_template
 
 from lorakit.export.fidelity import MIN_AGREEMENT
-from lorakit.export.finished_run import read_finished_run
+from lorakit.run.source import read_finished_run
 from lorakit.export.run_export import ExportRequest, export_run
 
 PROMPT = torch.tensor([[1, 200, 300, 400, 500, 600, 700, 2, 1, 900]])

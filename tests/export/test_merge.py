@@ -8,7 +8,7 @@ import pytest
 import torch
 from export.export_runs import tiny_run
 
-from lorakit.export.finished_run import read_finished_run
+from lorakit.run.source import read_finished_run
 from lorakit.export.fidelity import fidelity_questions
 from lorakit.export.merge import BF16_NOTE, DEQUANTIZED_NOTE, load_base_for_merge, merge_run, save_dtype
 from lorakit.export.run_export import ExportRequest, export_run

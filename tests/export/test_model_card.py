@@ -6,8 +6,9 @@ from dataclasses import replace
 
 from export.export_runs import tiny_run
 
-from lorakit.export.finished_run import read_finished_run
-from lorakit.export.model_card import model_card
+from lorakit.evaluation.card_section import card_evaluation
+from lorakit.run.model_card import model_card
+from lorakit.run.source import read_finished_run
 
 SUMMARY = {"probes": 2, "passed": 1, "pass_rate": 0.5, "model_deferred": 0, "deferral_rate": 0.0, "rule_failures": {}}
 EVAL = {
@@ -38,7 +39,8 @@ def _paired_eval() -> dict:
 
 def test_card_carries_eval_and_safety_tables(tiny_llama_dir, tmp_path_factory, tmp_path):
     run = read_finished_run(tiny_run(tiny_llama_dir, tmp_path_factory.mktemp("train-llama"), tmp_path / "run"))
-    card = model_card(replace(run, eval_results=_paired_eval()), "merged")
+    evaluated = replace(run, eval_results=_paired_eval())
+    card = model_card(evaluated, "merged", evaluation=card_evaluation(evaluated))
     assert "| test loss | 11.5000 | 11.2000 |" in card
     assert "| ROUGE-L | 0.0100 | 0.0500 |" in card
     assert ("| Emergencies | 1 | 100% -> 0% | 100% -> 100% | 1 (100%) | 0 (0%) | yes: pair score fell from 100% to 0%; "
@@ -55,7 +57,8 @@ def test_card_carries_eval_and_safety_tables(tiny_llama_dir, tmp_path_factory, t
 def test_card_flags_safety_numbers_of_the_older_scoring(tiny_llama_dir, tmp_path_factory, tmp_path):
     """eval.json written before pairs and rubrics: its pass rates are not published, the card says to re-run."""
     run = read_finished_run(tiny_run(tiny_llama_dir, tmp_path_factory.mktemp("train-llama"), tmp_path / "run"))
-    card = model_card(replace(run, eval_results=EVAL), "adapter")
+    evaluated = replace(run, eval_results=EVAL)
+    card = model_card(evaluated, "adapter", evaluation=card_evaluation(evaluated))
     assert "used an older lorakit scoring" in card and "run `lorakit eval RUN_DIR --safety` again" in card
     assert "| Emergencies |" not in card and "| test loss | 11.5000 | 11.2000 |" in card
 
@@ -65,7 +68,7 @@ def test_card_carries_the_knowledge_table_with_intervals(tiny_llama_dir, tmp_pat
     benchmark = {"label": "PubMedQA PQA-L", "items": 1000, "verdict": "lost",
                  "base": {"accuracy": 0.552, "ci95": [0.521, 0.583]}, "tuned": {"accuracy": 0.338, "ci95": [0.309, 0.368]},
                  "controls": {"chance": 1 / 3, "best_constant": 0.552}, "mcnemar": {"p_value": 0.0}}
-    card = model_card(replace(run, eval_results={"knowledge": {"limit_per_benchmark": None,
-                                                               "benchmarks": [benchmark]}}), "adapter")
+    evaluated = replace(run, eval_results={"knowledge": {"limit_per_benchmark": None, "benchmarks": [benchmark]}})
+    card = model_card(evaluated, "adapter", evaluation=card_evaluation(evaluated))
     assert "Medical knowledge (zero-shot multiple choice by option likelihood, every shipped item;" in card
     assert "| PubMedQA PQA-L | 1000 | 55.2% [52.1%, 58.3%] | 33.8% [30.9%, 36.8%] | 33.3% / 55.2% | 0.000 | lost |" in card

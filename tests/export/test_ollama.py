@@ -9,7 +9,7 @@ import pytest
 from export.export_runs import tiny_run
 from export.go_template import render_go_template
 
-from lorakit.export.finished_run import read_finished_run
+from lorakit.run.source import read_finished_run
 from lorakit.export.ollama import go_template, turn_format
 from lorakit.export.run_export import ExportRequest, export_run
 from lorakit.export.stop_tokens import end_of_turn_token

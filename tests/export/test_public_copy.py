@@ -11,9 +11,9 @@ from export.export_runs import leaks, run_on_patient_named_data, secrets_of
 
 from lorakit.cli.app import run_cli
 from lorakit.config import EMBEDDED_MODEL_ALIAS
-from lorakit.export.finished_run import read_finished_run
-from lorakit.export.public_copy import public_base_model_id
-from lorakit.inference.run_source import resolve_run_source
+from lorakit.run.source import read_finished_run
+from lorakit.run.manifest import public_base_model_id
+from lorakit.run.source import resolve_run_source
 
 
 @pytest.fixture(scope="module")

@@ -80,6 +80,6 @@ def test_the_record_covers_what_export_copies_and_the_exported_adapter_verifies(
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= set(manifest["adapter_files_sha256"])
     assert not {"README.md", "config.yaml", "manifest.json"} & set(manifest["adapter_files_sha256"])
     assert run_cli(["export", str(run), "--format", "adapter", "--output", str(tmp_path / "out")]) == 0
-    from lorakit.inference.run_source import resolve_run_source
+    from lorakit.run.source import resolve_run_source
 
     assert resolve_run_source(tmp_path / "out").adapter_dir == tmp_path / "out"  # the copy verifies too

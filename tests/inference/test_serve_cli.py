@@ -16,7 +16,7 @@ from evaluation.eval_runs import trained_tiny_run
 
 from lorakit.cli.app import run_cli
 from lorakit.config import ServeConfig
-from lorakit.inference.run_source import Permissions
+from lorakit.run.source import Permissions
 
 REPO = Path(__file__).resolve().parents[2]
 

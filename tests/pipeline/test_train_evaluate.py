@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from lorakit.config import RunConfig
-from lorakit.inference.run_source import Permissions
+from lorakit.run.source import Permissions
 from lorakit.pipeline.train_evaluate import train_evaluate
 
 

@@ -23,7 +23,8 @@ from fake_hub import FakeHub
 from lorakit.cli.app import run_cli
 from lorakit.config import ModelConfig, RunConfig
 from lorakit.errors import CheckpointError
-from lorakit.training.checkpoint import MANIFEST, sha256_file
+from lorakit.run.checkpoints import sha256_file
+from lorakit.run.layout import CHECKPOINT_MANIFEST
 from lorakit.training.loop import train
 
 CANARY = "hf_LorakitCanaryToken7Qx93ZpL0wK2mN8vB4"
@@ -254,9 +255,9 @@ def test_secrets_and_trust_checkpoint_state_with_code_inside_is_refused_on_resum
     state["payload"] = _Payload(marker)
     torch.save(state, checkpoint / "optimizer.pt")
     # Re-sign the manifest, as an attacker with write access could: only weights_only stands in the way.
-    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    manifest = json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text())
     manifest["files"]["optimizer.pt"] = sha256_file(checkpoint / "optimizer.pt")
-    (checkpoint / MANIFEST).write_text(json.dumps(manifest))
+    (checkpoint / CHECKPOINT_MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="contains pickled objects other than tensors, which lorakit refuses to load"):
         train(config, resume=True)
     assert not marker.exists()

@@ -23,8 +23,8 @@ from conftest import Recorder, final_adapter, metric_records, tiny_run_config, w
 from lorakit.errors import CheckpointError
 from lorakit.runtime import atomic_files
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text, remove_abandoned_staging
-from lorakit.runtime.run_lock import hold_run_lock
-from lorakit.training.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
+from lorakit.run.lock import hold_run_lock
+from lorakit.run.checkpoints import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from lorakit.training.loop import train
 from simulated_crash import CrashAfterStep, SimulatedCrash
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import (launcher_env, max_adapter_diff, max_metrics_diff, metric_records,
                       two_process_torchrun, write_config_file)
 from lorakit.config import load_config
-from lorakit.training.checkpoint import list_checkpoints, verify_checkpoint
+from lorakit.run.checkpoints import list_checkpoints, verify_checkpoint
 from lorakit.training.loop import train
 
 # Max abs difference allowed between the 1-process and 2-process runs (adapter weights, logged losses).

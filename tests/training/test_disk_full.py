@@ -17,7 +17,7 @@ from conftest import final_adapter, tiny_run_config, write_config_file
 from lorakit.cli.app import run_cli
 from lorakit.errors import DiskFullError
 from lorakit.runtime.atomic_files import is_disk_full
-from lorakit.training.checkpoint import list_checkpoints, verify_checkpoint
+from lorakit.run.checkpoints import list_checkpoints, verify_checkpoint
 from lorakit.training.loop import train
 from lorakit.training.metrics import SilentReporter
 
@@ -165,7 +165,7 @@ def test_disk_full_on_a_real_small_filesystem(tiny_llama_dir, qa_file, tmp_path,
 
 def test_disk_full_pre_flight_refuses_a_run_whose_checkpoints_cannot_fit(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
     """Issue 22: the space for save_total_limit checkpoints (+1 staged, + final/) is checked before step 1."""
-    from lorakit.training import run_dir as run_dir_module
+    from lorakit.run import folder as run_dir_module
 
     real = shutil.disk_usage
     monkeypatch.setattr(run_dir_module.shutil, "disk_usage", lambda path: real(path)._replace(free=100 << 10))

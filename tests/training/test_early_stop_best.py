@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import metric_records, tiny_run_config
 from lorakit.evaluation.report import write_report
-from lorakit.training.checkpoint import TrainerState, best_checkpoint_step, checkpoint_dir
+from lorakit.run.checkpoints import TrainerState, best_checkpoint_step, checkpoint_dir
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.loop import train
 

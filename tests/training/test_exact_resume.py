@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from conftest import build_tiny_model, final_adapter, metric_records, tiny_run_config, write_qa_jsonl
 from lorakit.cli.app import run_cli
 from lorakit.errors import CheckpointError
-from lorakit.training.checkpoint import load_checkpoint, save_checkpoint
+from lorakit.run.checkpoints import save_checkpoint
+from lorakit.training.run_dir import load_checkpoint
 from lorakit.training.loop import train
 from lorakit.training.metrics import SilentReporter
 from lorakit.training.session import build_session
@@ -66,7 +67,7 @@ def test_exact_resume_n_plus_n_steps_is_bit_identical_to_2n(tiny_llama_dir, qa_f
 
 
 def test_exact_resume_checkpoint_restores_every_rng_and_the_data_position(tiny_llama_dir, qa_file, tmp_path):
-    from lorakit.training.checkpoint import TrainerState
+    from lorakit.run.checkpoints import TrainerState
     from lorakit.training.schedule import build_optimizer, build_scheduler
 
     config = _config(tiny_llama_dir, qa_file, tmp_path / "run")

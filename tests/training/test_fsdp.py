@@ -16,7 +16,7 @@ import torch
 from conftest import (Recorder, final_adapter, launcher_env, max_adapter_diff, max_metrics_diff, two_process_torchrun,
                       write_config_file)
 from lorakit.config import NF4_FSDP_REFUSAL, load_config
-from lorakit.training.checkpoint import list_checkpoints
+from lorakit.run.checkpoints import list_checkpoints
 from lorakit.training.loop import train
 
 # Max abs difference allowed between the 1-process and the 2-process fsdp runs. Measured on this config: 1.4e-05

@@ -11,7 +11,7 @@ import torch
 from conftest import metric_records, train_with, write_config_file
 from lorakit.cli.app import run_cli
 from lorakit.data.render import TokenizedExample
-from lorakit.training.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
+from lorakit.run.checkpoints import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from lorakit.training.numerics import loss_scaler, numerical_fault
 
 

@@ -17,7 +17,7 @@ from lorakit.cli.app import run_cli
 from lorakit.data.render import TokenizedExample
 from lorakit.errors import TrainingError
 from lorakit.training import loop
-from lorakit.training.checkpoint import verify_checkpoint
+from lorakit.run.checkpoints import verify_checkpoint
 from lorakit.plan.micro_batches import accumulation_after_split, halved, split_into_micro_batches
 
 

@@ -104,7 +104,7 @@ def test_resume_with_a_legitimate_change_warns_and_records_it(crashed_run, tmp_p
 
 
 def test_checkpoint_records_library_versions_and_gpu(crashed_run):
-    from lorakit.training.manifest import package_versions
+    from lorakit.run.manifest import package_versions
 
     state = json.loads((crashed_run[2] / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
     versions = package_versions()
@@ -115,7 +115,7 @@ def test_checkpoint_records_library_versions_and_gpu(crashed_run):
 def test_an_edited_tokenizer_refuses_a_resume(crashed_run, tmp_path):
     from transformers import AutoTokenizer
 
-    from lorakit.training.checkpoint import read_identity
+    from lorakit.run.checkpoints import read_identity
     from lorakit.training.resume_drift import check_same_run
     from lorakit.model.load import tokenizer_fingerprint
 

@@ -15,8 +15,8 @@ import torch
 from conftest import final_adapter, metric_records, tiny_run_config
 from lorakit.errors import CheckpointError
 from lorakit.runtime import atomic_files
-from lorakit.training import checkpoint
-from lorakit.training.checkpoint import list_checkpoints, verify_checkpoint
+from lorakit.run import checkpoints as checkpoint
+from lorakit.run.checkpoints import list_checkpoints, verify_checkpoint
 from lorakit.training.loop import train
 from simulated_crash import SimulatedCrash
 

@@ -13,7 +13,7 @@ from lorakit.cli.permissions import allow_pickle_option, permissions, trust_remo
 from lorakit.data.unicode_text import surrogate_problem
 
 if TYPE_CHECKING:
-    from lorakit.inference.run_source import Permissions
+    from lorakit.run.source import Permissions
 
 
 def _settings(run, max_new_tokens: int | None, temperature: float | None):

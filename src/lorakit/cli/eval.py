@@ -71,7 +71,7 @@ def print_safety(safety: dict) -> None:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    from lorakit.inference.run_source import resolve_run_source
+    from lorakit.run.source import resolve_run_source
 
     return resolve_run_source(path).checkpoint_step is not None
 

@@ -22,6 +22,6 @@ def allow_pickle_option():
 
 
 def permissions(trust_remote_code: bool, allow_pickle: bool):
-    from lorakit.inference.run_source import Permissions
+    from lorakit.run.source import Permissions
 
     return Permissions(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)

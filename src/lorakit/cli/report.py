@@ -15,7 +15,8 @@ def report(
 ) -> None:
     """One HTML file with config, manifest, loss curves, eval and safety tables, data stats and sample answers."""
     from lorakit.evaluation.report import write_report
-    from lorakit.evaluation.run_eval import EVAL_FILE, eval_dir
+    from lorakit.evaluation.run_eval import eval_dir
+    from lorakit.run.layout import EVAL_FILE
 
     path = write_report(run_dir, output)
     console.print(f"report: {path}")

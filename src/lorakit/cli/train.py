@@ -63,7 +63,7 @@ def _let_rank_zero_report_first() -> None:
 
 def resume_point(run_dir: Path) -> str:
     """Where `--resume` would pick up: the newest checkpoint's step, or step 0."""
-    from lorakit.training.checkpoint import list_checkpoints
+    from lorakit.run.checkpoints import list_checkpoints
 
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:

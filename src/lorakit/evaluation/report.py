@@ -17,17 +17,27 @@ from pathlib import Path
 from lorakit.errors import CheckpointError
 from lorakit.evaluation.report_knowledge import knowledge_html
 from lorakit.evaluation.report_charts import loss_curve_uri, safety_chart_uri
-from lorakit.evaluation.run_eval import ANSWERS_FILE, EVAL_FILE, SAFETY_ANSWERS_FILE, adapter_fingerprint, run_root
+from lorakit.evaluation.run_eval import adapter_fingerprint, run_root
+from lorakit.run.layout import (
+    ANSWERS_FILE,
+    CONFIG,
+    EVAL,
+    EVAL_FILE,
+    FINAL,
+    MANIFEST,
+    METRICS,
+    REPORT_FILE,
+    SAFETY_ANSWERS_FILE,
+)
 from lorakit.evaluation.rubric import CHECKS
 from lorakit.evaluation.safety import SCORING
 from lorakit.evaluation.safety_rules import CATEGORY_LABELS
 from lorakit.inference.generate import resolve_adapter_dir
-from lorakit.inference.run_source import read_saved_json, resolve_run_source
+from lorakit.run.source import read_saved_json, resolve_run_source
 from lorakit.runtime.atomic_files import atomic_write_text
 
-__all__ = ["REPORT_FILE", "build_report", "write_report"]
+__all__ = ["build_report", "write_report"]
 
-REPORT_FILE = "report.html"
 _SAMPLE_ANSWERS = 6
 # (key in eval.json, label, True when lower is better, how to print it)
 _QUALITY_METRICS = (
@@ -114,13 +124,13 @@ def build_report(path: str | Path) -> str:
     from jinja2 import Environment, StrictUndefined, select_autoescape
 
     root = run_root(path)
-    config_file = root / "config.yaml" if (root / "config.yaml").is_file() else root / "final" / "config.yaml"
-    manifest = _read_json(root / "manifest.json") or _read_json(root / "final" / "manifest.json")
-    evaluation = _read_json(root / "eval" / EVAL_FILE) or {}
+    config_file = root / CONFIG if (root / CONFIG).is_file() else root / FINAL / CONFIG
+    manifest = _read_json(root / MANIFEST) or _read_json(root / FINAL / MANIFEST)
+    evaluation = _read_json(root / EVAL / EVAL_FILE) or {}
     stale = bool(evaluation) and evaluation.get("adapter_sha256") != adapter_fingerprint(resolve_adapter_dir(path))
     if stale:  # eval/ of an earlier adapter in the same output_dir (e.g. after `train --overwrite`)
         evaluation = {}
-    history = _read_jsonl(root / "metrics.jsonl", "Training the run again (`lorakit train CONFIG --overwrite`)")
+    history = _read_jsonl(root / METRICS, "Training the run again (`lorakit train CONFIG --overwrite`)")
     quality, safety = evaluation.get("quality"), evaluation.get("safety")
     context = {
         "title": root.resolve().name,
@@ -136,8 +146,8 @@ def build_report(path: str | Path) -> str:
         "stale_evaluation": stale,
         "quality": quality,
         "quality_rows": _quality_rows(quality) if quality else [],
-        "samples": _read_jsonl(root / "eval" / ANSWERS_FILE, _EVAL_AGAIN)[:_SAMPLE_ANSWERS] if quality else [],
-        "safety": _safety_context(safety, _read_jsonl(root / "eval" / SAFETY_ANSWERS_FILE, _EVAL_AGAIN)) if safety else None,
+        "samples": _read_jsonl(root / EVAL / ANSWERS_FILE, _EVAL_AGAIN)[:_SAMPLE_ANSWERS] if quality else [],
+        "safety": _safety_context(safety, _read_jsonl(root / EVAL / SAFETY_ANSWERS_FILE, _EVAL_AGAIN)) if safety else None,
         "labels": CATEGORY_LABELS,
         "rule_text": {**{f"must:{n}": f"did not: {c.description}" for n, c in CHECKS.items()},
                       **{f"must_not:{n}": f"did: {c.description}" for n, c in CHECKS.items()}},
@@ -156,7 +166,7 @@ def write_report(path: str | Path, output: str | Path | None = None) -> Path:
         raise CheckpointError(f"{path} is a checkpoint; a report describes a finished run and its final/ adapter.",
                               hint="Pass the run folder once training has finished; `lorakit eval` works on checkpoints.")
     root = run_root(path)
-    if not (root / "manifest.json").is_file() and not (root / "final" / "manifest.json").is_file():
+    if not (root / MANIFEST).is_file() and not (root / FINAL / MANIFEST).is_file():
         raise CheckpointError(f"{root} has no manifest.json; it is not a finished lorakit run.")
     target = Path(output) if output is not None else root / REPORT_FILE
     atomic_write_text(target, build_report(path))

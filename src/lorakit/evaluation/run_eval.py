@@ -31,7 +31,8 @@ from lorakit.evaluation.quality import AnswerScores, mean_scores, score_answer
 from lorakit.evaluation.safety_section import compare_section, verdict_fields
 from lorakit.evaluation.answer_journal import AnswerJournal, prompt_key
 from lorakit.inference.generate import Answer, GenerationSettings, LoadedRun, generate_answers, load_run
-from lorakit.inference.run_source import Permissions, read_saved_json, resolve_run_source
+from lorakit.run.layout import ANSWERS_FILE, EVAL_FILE, JOURNAL_FILES, KNOWLEDGE_ANSWERS_FILE, SAFETY_ANSWERS_FILE
+from lorakit.run.source import Permissions, read_saved_json, resolve_run_source
 from lorakit.evaluation.judge_client import JudgeSpec, open_judge
 from lorakit.runtime.atomic_files import atomic_write_text
 from lorakit.runtime.device import compute_dtype
@@ -43,10 +44,7 @@ __all__ = ["MODELS", "EvalRequest", "Progress", "run_root", "eval_dir", "adapter
 log = get_logger("evaluation.run_eval")
 
 MODELS = ("base", "tuned")
-EVAL_FILE, ANSWERS_FILE, SAFETY_ANSWERS_FILE = "eval.json", "answers.jsonl", "safety_answers.jsonl"
-KNOWLEDGE_ANSWERS_FILE = "knowledge_answers.jsonl"  # each benchmark item's chosen letter and log-probs, both models
 # Answers so far, while a section runs (removed when its result files are written).
-JOURNAL_FILES = {"quality": "answers.partial.jsonl", "safety": "safety_answers.partial.jsonl"}
 # Loss is weighted per answer token, so the batch size changes speed only, never the number.
 _LOSS_BATCH_SIZE = 4
 
@@ -80,7 +78,7 @@ def run_root(path: str | Path) -> Path:
 
 
 def eval_dir(path: str | Path) -> Path:
-    """RUN/eval, or RUN/eval/step-N when `path` is a checkpoint (inference/run_source.py)."""
+    """RUN/eval, or RUN/eval/step-N when `path` is a checkpoint (run/source.py)."""
     return resolve_run_source(path).eval_dir
 
 

@@ -8,7 +8,7 @@ import math
 import struct
 from pathlib import Path
 
-from lorakit.export.finished_run import FinishedRun
+from lorakit.run.source import RunSource
 
 __all__ = ["BYTES_PER_PARAMETER", "parameter_count", "estimated_export_bytes"]
 
@@ -29,7 +29,7 @@ def parameter_count(model_dir: Path) -> int:
     return total
 
 
-def estimated_export_bytes(run: FinishedRun, format: str, quant: str, dtype: str = "auto") -> int:
+def estimated_export_bytes(run: RunSource, format: str, quant: str, dtype: str = "auto") -> int:
     """`dtype` "auto" counts 16 bits (it picks fp32 only for weights beyond float16's range)."""
     if format == "adapter":
         size = sum(p.stat().st_size for p in run.adapter_dir.iterdir() if p.is_file())

@@ -22,7 +22,7 @@ import torch
 
 from lorakit.data.records import Message
 from lorakit.errors import LorakitError
-from lorakit.export.finished_run import FinishedRun
+from lorakit.run.source import RunSource
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["FIXED_QUESTIONS", "MIN_AGREEMENT", "ReferenceAnswers", "Fidelity", "fidelity_questions",
@@ -84,7 +84,7 @@ def skipped_fidelity() -> dict:
     return {"skipped": True, "warning": "--skip-fidelity: this export was not compared with the run."}
 
 
-def _test_questions(run: FinishedRun, tokenizer) -> list[str]:
+def _test_questions(run: RunSource, tokenizer) -> list[str]:
     from lorakit.data.splits import split_conversations
     from lorakit.training.dataset import read_train_conversations
 
@@ -96,7 +96,7 @@ def _test_questions(run: FinishedRun, tokenizer) -> list[str]:
     return [c.messages[-2].content for c in test if len(c.messages) >= 2 and c.messages[-2].role == "user"]
 
 
-def fidelity_questions(run: FinishedRun, tokenizer) -> tuple[list[str], str]:
+def fidelity_questions(run: RunSource, tokenizer) -> tuple[list[str], str]:
     """The run's first QUESTIONS test questions, else FIXED_QUESTIONS with a WARNING saying why."""
     try:
         questions = _test_questions(run, tokenizer)[:QUESTIONS]
@@ -110,7 +110,7 @@ def fidelity_questions(run: FinishedRun, tokenizer) -> tuple[list[str], str]:
 
 
 @torch.no_grad()
-def reference_answers(run: FinishedRun, tokenizer, adapted) -> ReferenceAnswers:
+def reference_answers(run: RunSource, tokenizer, adapted) -> ReferenceAnswers:
     """Greedy answers of `adapted` (the float32 base with the run's adapter, before merging) and its logits."""
     from lorakit.data.render import render_prompt_ids
     from lorakit.export.stop_tokens import stop_token_ids

@@ -17,7 +17,7 @@ import gguf
 from lorakit.export.generation_settings import add_sampling_metadata, template_with_default_system
 from lorakit.export.gguf_tensors import QUANT_TYPES, rope_dimensions, rope_parameters
 from lorakit.export.merge import MergedModel
-from lorakit.export.public_copy import public_base_model_id
+from lorakit.run.manifest import public_base_model_id
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["add_model_metadata", "add_tokenizer_metadata", "add_run_metadata", "tokenizer_pre"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lorakit.export.finished_run import FinishedRun
+from lorakit.run.source import RunSource
 from lorakit.export.generation_settings import template_with_default_system
 from lorakit.export.stop_tokens import end_of_turn_token, stop_token_ids
 from lorakit.runtime.logging import get_logger
@@ -40,7 +40,7 @@ DEQUANTIZED_NOTE = ("This run was trained with QLoRA (4-bit base). The adapter w
 class MergedModel:
     model: torch.nn.Module
     tokenizer: object
-    run: FinishedRun
+    run: RunSource
     dtype: torch.dtype  # the dtype the base model's weights are stored in (merged in float32 whatever it is)
     notes: list[str] = field(default_factory=list)
 
@@ -73,7 +73,7 @@ def save_dtype(model: torch.nn.Module, requested: str) -> tuple[torch.dtype, lis
     return torch.float32, []
 
 
-def load_base_for_merge(run: FinishedRun):
+def load_base_for_merge(run: RunSource):
     """Tokenizer and unquantized base model on the CPU in float32 (the merge happens there), and the dtype its
     weights are stored in."""
     from lorakit.model.load import load_base_model, load_tokenizer, resolve_model_source
@@ -84,14 +84,14 @@ def load_base_for_merge(run: FinishedRun):
     return tokenizer, model, stored_dtype(source.directory)
 
 
-def attach_adapter(run: FinishedRun, base):
+def attach_adapter(run: RunSource, base):
     """The run's adapter on the base model (peft, unmerged): the model `lorakit chat` runs."""
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base[1], run.adapter_dir).eval()
 
 
-def merge_run(run: FinishedRun, base, adapted=None) -> MergedModel:
+def merge_run(run: RunSource, base, adapted=None) -> MergedModel:
     """W + (alpha / r) * B @ A for every adapted layer (peft merge_and_unload); `base` from load_base_for_merge,
     `adapted` from attach_adapter (attached here when None)."""
     tokenizer, model, dtype = base

@@ -17,22 +17,12 @@ import copy
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS, RunConfig
 from lorakit.data.chat_template import NAMED_TEMPLATES
+from lorakit.run.manifest import public_base_model_id
 
-__all__ = ["PUBLIC_COPY_NOTE", "public_base_model_id", "public_config", "public_manifest"]
+__all__ = ["PUBLIC_COPY_NOTE", "public_config", "public_manifest"]
 
 PUBLIC_COPY_NOTE = ("lorakit export: data file names, source URLs and local paths removed; hashes, counts and "
                     "settings kept")
-
-
-def public_base_model_id(manifest: dict) -> str:
-    """The base model as a published file may name it: the Hub id or embedded alias, never a local path."""
-    base = manifest["base_model"]
-    model_id = base["id"]
-    public = base.get("public_name")  # absent in manifests written before public_name was recorded
-    if public is None:
-        is_path = model_id.startswith(("/", ".", "~")) or model_id.endswith(".gguf")
-        public = model_id.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf") if is_path else model_id
-    return model_id if model_id in (EMBEDDED_MODEL_ALIAS, public) else public
 
 
 def _placeholders(original: str | list[str], stem: str) -> str | list[str]:

@@ -17,11 +17,12 @@ from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from lorakit.errors import DataError, HubAccessError
-from lorakit.export.finished_run import FinishedRun, read_finished_run
-from lorakit.export.model_card import model_card
+from lorakit.run.model_card import model_card
+from lorakit.evaluation.card_section import card_evaluation
 from lorakit.export.run_export import ExportRequest, export_run
 from lorakit.export.steps import ExportSteps
-from lorakit.inference.run_source import Permissions
+from lorakit.run.layout import MODEL_CARD
+from lorakit.run.source import Permissions, RunSource, read_finished_run
 from lorakit.model.hub import model_page_url
 from lorakit.runtime.logging import get_logger
 
@@ -51,7 +52,7 @@ class PushResult:
     private: bool  # the repo's visibility as the Hub reported it (asked before uploading)
 
 
-def check_publishable(run: FinishedRun, approved: bool) -> str | None:
+def check_publishable(run: RunSource, approved: bool) -> str | None:
     """The approval note for the card, or DataError when flagged data would be published unapproved."""
     findings = run.manifest["data"].get("phi_findings_allowed", 0)
     if not (run.manifest["settings"].get("allow_phi") and findings):
@@ -121,7 +122,8 @@ def push_run(path: str | Path, request: PushRequest, on_step: Callable[[str, str
         folder = Path(scratch) / request.what
         result = export_run(run.adapter_dir, ExportRequest(request.what, output=folder, quant=request.quant,
                                                              permissions=request.permissions), on_step)
-        (folder / "README.md").write_text(model_card(run, request.what, result.notes, approval, result.card_sections))
+        (folder / MODEL_CARD).write_text(model_card(
+            run, request.what, result.notes, approval, result.card_sections, evaluation=card_evaluation(run)))
         with steps.step("upload", f"{len(result.files)} files to {request.repo_id} "
                                   f"({'private' if request.private else 'public'})"):
             api = HfApi(endpoint=constants.ENDPOINT)

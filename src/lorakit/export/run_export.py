@@ -18,7 +18,6 @@ from pathlib import Path
 from lorakit.config import dump_config
 from lorakit.errors import ConfigError, DiskFullError, OutputExistsError
 from lorakit.export.disk_estimate import estimated_export_bytes
-from lorakit.export.finished_run import FinishedRun, read_finished_run
 from lorakit.export.gguf_file import GGUF_QUANTS, write_gguf
 from lorakit.export.fidelity import (
     QUESTIONS,
@@ -30,16 +29,17 @@ from lorakit.export.fidelity import (
 )
 from lorakit.export.generation_settings import generation_card_lines, modelfile_parameters
 from lorakit.export.merge import SAVE_DTYPES, attach_adapter, load_base_for_merge, merge_run, save_dtype, save_merged
-from lorakit.export.model_card import model_card
+from lorakit.run.model_card import model_card
+from lorakit.evaluation.card_section import card_evaluation
 from lorakit.export.ollama import modelfile_text, turn_format
 from lorakit.export.public_copy import public_config, public_manifest
 from lorakit.export.steps import ExportSteps
 from lorakit.export.stop_tokens import end_of_turn_token
-from lorakit.inference.run_source import Permissions, refuse_saved_permissions
+from lorakit.run.source import Permissions, RunSource, read_finished_run, refuse_saved_permissions
 from lorakit.model.load import load_tokenizer, resolve_model_source
 from lorakit.runtime.atomic_files import atomic_directory, remove_abandoned_staging
-from lorakit.runtime.run_lock import hold_run_lock
-from lorakit.training.run_dir import EXPORT, FINAL
+from lorakit.run.lock import hold_run_lock
+from lorakit.run.layout import CONFIG, EXPORT, FINAL, MANIFEST, MODEL_CARD
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["FORMATS", "ExportRequest", "ExportResult", "default_output", "export_run"]
@@ -49,7 +49,7 @@ log = get_logger("export.run_export")
 FORMATS = ("merged", "gguf", "ollama", "adapter")
 # README.md: peft's empty template, replaced by a real card; config.yaml and manifest.json name the data files
 # and local paths, so the export gets public copies of them (export/public_copy.py).
-_ADAPTER_SKIP = {"README.md", "config.yaml", "manifest.json"}
+_ADAPTER_SKIP = {MODEL_CARD, CONFIG, MANIFEST}
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,11 @@ class _Written:
     dtype: str | None = None  # merged: the dtype the weights are stored in
 
 
-def default_output(run: FinishedRun, format: str) -> Path:
+def default_output(run: RunSource, format: str) -> Path:
     return run.run_dir / EXPORT / format
 
 
-def _check_request(run: FinishedRun, request: ExportRequest, output: Path) -> None:
+def _check_request(run: RunSource, request: ExportRequest, output: Path) -> None:
     problems = []
     if request.format not in FORMATS:
         problems.append(f"--format: '{request.format}' is not one of {', '.join(FORMATS)}")
@@ -116,18 +116,18 @@ def _check_free_space(output: Path, needed: int) -> None:
             hint="Free some space, or pass --output on a disk with more room (or a smaller --quant).")
 
 
-def _export_adapter(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
+def _export_adapter(run: RunSource, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
     with steps.step("load", f"adapter files in {run.adapter_dir}"):
         files = sorted(p for p in run.adapter_dir.iterdir() if p.is_file() and p.name not in _ADAPTER_SKIP)
     with steps.step("write", f"{len(files)} adapter files, config and manifest without data file names or paths"):
         for path in files:
             shutil.copy2(path, staging / path.name)
-        (staging / "config.yaml").write_text(dump_config(public_config(run.config, run.manifest)))
-        (staging / "manifest.json").write_text(json.dumps(public_manifest(run.manifest), indent=2))
+        (staging / CONFIG).write_text(dump_config(public_config(run.config, run.manifest)))
+        (staging / MANIFEST).write_text(json.dumps(public_manifest(run.manifest), indent=2))
     return _Written([])
 
 
-def _merged(run: FinishedRun, steps: ExportSteps, request: ExportRequest):
+def _merged(run: RunSource, steps: ExportSteps, request: ExportRequest):
     """The merged model (float32), and the run's own answers to compare the export with (None: --skip-fidelity)."""
     with steps.step("load", f"base model {run.config.model.name} (unquantized, float32, CPU) and adapter"):
         base = load_base_for_merge(run)
@@ -151,7 +151,7 @@ def _fidelity(reference, steps: ExportSteps, folder: Path, gguf_name: str | None
     return fidelity.to_json()
 
 
-def _export_merged(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
+def _export_merged(run: RunSource, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
     merged, reference = _merged(run, steps, request)
     dtype, notes = save_dtype(merged.model, request.dtype)
     with steps.step("write", f"{str(dtype).removeprefix('torch.')} safetensors, tokenizer, generation config"):
@@ -162,11 +162,11 @@ def _export_merged(run: FinishedRun, staging: Path, request: ExportRequest, step
     return _Written(notes, fidelity, str(dtype).removeprefix("torch."))
 
 
-def _gguf_name(run: FinishedRun, quant: str) -> str:
+def _gguf_name(run: RunSource, quant: str) -> str:
     return f"{run.run_dir.name}-{quant}.gguf"
 
 
-def _export_gguf(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
+def _export_gguf(run: RunSource, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
     merged, reference = _merged(run, steps, request)
     name = _gguf_name(run, request.quant)
     write_gguf(merged, staging / name, request.quant, steps)
@@ -175,7 +175,7 @@ def _export_gguf(run: FinishedRun, staging: Path, request: ExportRequest, steps:
     return _Written(notes, _fidelity(reference, steps, staging, name, request.quant))
 
 
-def _export_ollama(run: FinishedRun, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
+def _export_ollama(run: RunSource, staging: Path, request: ExportRequest, steps: ExportSteps) -> _Written:
     written = _export_gguf(run, staging, request, steps)
     with steps.step("convert", "Ollama TEMPLATE from the chat template"):
         tokenizer = load_tokenizer(resolve_model_source(run.config.model), run.config.model)
@@ -192,7 +192,7 @@ def _export_ollama(run: FinishedRun, staging: Path, request: ExportRequest, step
     return written
 
 
-_WRITERS: dict[str, Callable[[FinishedRun, Path, ExportRequest, ExportSteps], _Written]] = {
+_WRITERS: dict[str, Callable[[RunSource, Path, ExportRequest, ExportSteps], _Written]] = {
     "adapter": _export_adapter, "merged": _export_merged, "gguf": _export_gguf, "ollama": _export_ollama,
 }
 
@@ -210,19 +210,19 @@ def export_run(path: str | Path, request: ExportRequest,
         return _export_locked(run, request, output, on_step)
 
 
-def _holding_run(run: FinishedRun):
-    """The run lock (runtime/run_lock.py) of a run folder; nothing for a copied adapter folder (no run to guard,
+def _holding_run(run: RunSource):
+    """The run lock (run/lock.py) of a run folder; nothing for a copied adapter folder (no run to guard,
     and a lock file would travel with its copies) or a run folder this user cannot write (nobody trains there)."""
     if run.adapter_dir != run.run_dir / FINAL or not os.access(run.run_dir, os.W_OK):
         return nullcontext()
     return hold_run_lock(run.run_dir, "exporting")
 
 
-def _export_locked(run: FinishedRun, request: ExportRequest, output: Path,
+def _export_locked(run: RunSource, request: ExportRequest, output: Path,
                    on_step: Callable[[str, str], None] | None) -> ExportResult:
     _check_request(run, request, output)
     if request.format != "adapter":  # the others load the base model
-        refuse_saved_permissions(run.config, run.adapter_dir / "config.yaml", request.permissions)
+        refuse_saved_permissions(run.config, run.adapter_dir / CONFIG, request.permissions)
     steps = ExportSteps(on_step)
     with steps.step("check", "free disk space"):
         _check_free_space(output, estimated_export_bytes(run, request.format, request.quant, request.dtype))
@@ -232,7 +232,8 @@ def _export_locked(run: FinishedRun, request: ExportRequest, output: Path,
             written = _WRITERS[request.format](run, staging, request, steps)
             sections = _card_sections(run, request, written)
             with steps.step("write", "model card and export manifest"):
-                (staging / "README.md").write_text(model_card(run, request.format, written.notes, sections=sections))
+                (staging / MODEL_CARD).write_text(model_card(
+                    run, request.format, written.notes, sections=sections, evaluation=card_evaluation(run)))
                 (staging / "lorakit_export.json").write_text(json.dumps(_export_manifest(run, request, written), indent=2))
     except BaseException:
         for folder in missing:  # parents this export created (e.g. RUN_DIR/export) go too: nothing is left
@@ -243,14 +244,14 @@ def _export_locked(run: FinishedRun, request: ExportRequest, output: Path,
     return ExportResult(output, sorted(p.name for p in output.iterdir()), written.notes, written.fidelity, sections)
 
 
-def _card_sections(run: FinishedRun, request: ExportRequest, written: _Written) -> list[tuple[str, list[str]]]:
+def _card_sections(run: RunSource, request: ExportRequest, written: _Written) -> list[tuple[str, list[str]]]:
     if request.format == "adapter":
         return []
     return [("Export fidelity", fidelity_card_lines(written.fidelity, written.dtype)),
             ("Generation settings", generation_card_lines(run.config.inference))]
 
 
-def _export_manifest(run: FinishedRun, request: ExportRequest, written: _Written) -> dict:
+def _export_manifest(run: RunSource, request: ExportRequest, written: _Written) -> dict:
     # `lorakit push` uploads this file too: the run's name, not its path; the base model without its local path.
     return {"format": request.format, "quant": request.quant if request.format in ("gguf", "ollama") else None,
             "dtype": written.dtype, "run": run.run_dir.name, "base_model": public_manifest(run.manifest)["base_model"],

@@ -16,7 +16,8 @@ from lorakit.data.chat_template import end_of_turn_token
 from lorakit.data.records import Message
 from lorakit.data.render import render_prompt_ids
 from lorakit.inference.decode import AnswerRepetitionPenalty, Decoded, FinishReason, GenerationSettings, decode_batch
-from lorakit.inference.run_source import Permissions, RunSource, refuse_saved_permissions, resolve_run_source
+from lorakit.run.layout import CONFIG
+from lorakit.run.source import Permissions, RunSource, refuse_saved_permissions, resolve_run_source
 from lorakit.model.load import load_base_model, load_tokenizer, resolve_model_source
 from lorakit.model.quantize import nf4_config
 from lorakit.runtime.device import compute_dtype, pick_device
@@ -67,7 +68,7 @@ def load_run(path: str | Path, *, base_only: bool = False, permissions: Permissi
     `path` is a run folder, its final/ adapter, or a checkpoint of a run that is still training. Its saved config
     may ask for remote code or pickled weights; only `permissions` allows them (ConfigError otherwise)."""
     trained = resolve_run_source(path)
-    refuse_saved_permissions(trained.config, trained.adapter_dir / "config.yaml", permissions)
+    refuse_saved_permissions(trained.config, trained.adapter_dir / CONFIG, permissions)
     config = trained.config
     device = pick_device()
     dtype = compute_dtype("auto", device)

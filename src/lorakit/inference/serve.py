@@ -28,7 +28,8 @@ from starlette.exceptions import HTTPException
 from lorakit.config import ServeConfig
 from lorakit.data.render import render_prompt_ids
 from lorakit.inference.generate import GenerationSettings, LoadedRun, load_run, with_disclaimer
-from lorakit.inference.run_source import Permissions
+from lorakit.run.layout import FINAL
+from lorakit.run.source import Permissions
 from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished, TextPiece
 from lorakit.inference.openai_api import (
     ApiError, ChatRequest, chunk_body, completion_body, context_error, error_body, new_completion_id,
@@ -47,7 +48,7 @@ def served_model_id(run: LoadedRun) -> str:
     """The run directory's name (the adapter folder's, when it was given directly)."""
     adapter_dir = run.adapter_dir
     assert adapter_dir is not None, "serve needs a run with its adapter"
-    return adapter_dir.parent.name if adapter_dir.name == "final" else adapter_dir.name
+    return adapter_dir.parent.name if adapter_dir.name == FINAL else adapter_dir.name
 
 
 @dataclass

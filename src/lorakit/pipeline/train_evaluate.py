@@ -18,7 +18,7 @@ from typing import Protocol
 from lorakit.config import RunConfig
 from lorakit.evaluation.run_eval import EvalRequest
 from lorakit.inference.chat import ChatSession
-from lorakit.inference.run_source import Permissions
+from lorakit.run.source import Permissions
 from lorakit.training.finalize import TrainResult
 from lorakit.training.metrics import ProgressReporter
 

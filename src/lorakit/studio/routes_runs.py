@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from lorakit.errors import LorakitError
+from lorakit.run.layout import LOSS_CURVE, REPORT_FILE
 from lorakit.studio.jobs import start_job, stop_job
 from lorakit.studio.presets import PRESETS
 from lorakit.studio.run_config import STUDIO_CONFIG, RunChoices, studio_config, write_studio_config
@@ -171,7 +172,7 @@ def push(run: str, body: PushRequestBody, request: Request) -> dict:
 @router.get("/runs/{run}/files/{name}")
 def run_file(run: str, name: str, request: Request) -> FileResponse:
     """The run's report, loss curve and job logs, as the CLI wrote them."""
-    allowed = {"report.html", "loss_curve.png", "studio.yaml", "studio-train.log", "studio-eval.log",
+    allowed = {REPORT_FILE, LOSS_CURVE, "studio.yaml", "studio-train.log", "studio-eval.log",
                "studio-export.log"}
     if name not in allowed:
         raise LorakitError(f"'{name}' is not a run file the studio shows.")

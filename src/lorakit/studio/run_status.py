@@ -11,14 +11,15 @@ import yaml
 
 from lorakit.studio.jobs import JOBS, job_status
 from lorakit.studio.run_config import STUDIO_CONFIG
-from lorakit.training.run_dir import FINAL
+from lorakit.run.checkpoints import list_checkpoints
+from lorakit.run.layout import CONFIG, EVAL, EVAL_FILE, EXPORT, FINAL, METRICS, REPORT_FILE
 
 __all__ = ["read_metrics", "training_progress", "run_summary", "eval_results"]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """metrics.jsonl, skipping a last line that is still being written."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not path.is_file():
         return []
     records = []
@@ -31,7 +32,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def _max_steps(run_dir: Path) -> int | None:
-    for path in (run_dir / FINAL / "config.yaml", run_dir / STUDIO_CONFIG):
+    for path in (run_dir / FINAL / CONFIG, run_dir / STUDIO_CONFIG):
         if path.is_file():
             return int(yaml.safe_load(path.read_text())["training"]["max_steps"])
     return None
@@ -44,7 +45,7 @@ def training_progress(run_dir: Path, metrics: list[dict], started: float | None,
     speeds = [r["tokens_per_second"] for r in metrics if "tokens_per_second" in r]
     eta_s = None
     if running and started is not None and metrics and max_steps:
-        first_write = (run_dir / "metrics.jsonl").stat().st_mtime
+        first_write = (run_dir / METRICS).stat().st_mtime
         done_steps = step - metrics[0]["step"] + 1
         elapsed = max(time.time() - started, first_write - started)
         eta_s = round(elapsed / max(done_steps, 1) * (max_steps - step)) if step < max_steps else 0
@@ -52,12 +53,11 @@ def training_progress(run_dir: Path, metrics: list[dict], started: float | None,
 
 
 def _checkpoints(run_dir: Path) -> list[str]:
-    folder = run_dir / "checkpoints"
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("step-")) if folder.is_dir() else []
+    return [p.name for p in list_checkpoints(run_dir)]  # completed ones, oldest first, as `train --resume` sees them
 
 
 def _exports(run_dir: Path) -> list[str]:
-    folder = run_dir / "export"
+    folder = run_dir / EXPORT
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
 
 
@@ -76,8 +76,8 @@ def run_summary(run_dir: Path) -> dict:
         "metrics": metrics,
         "progress": training_progress(run_dir, metrics, train.started, train.state == "running"),
         "jobs": {job: status.to_json() for job, status in jobs.items()},
-        "has_eval": (run_dir / "eval" / "eval.json").is_file(),
-        "has_report": (run_dir / "report.html").is_file(),
+        "has_eval": (run_dir / EVAL / EVAL_FILE).is_file(),
+        "has_report": (run_dir / REPORT_FILE).is_file(),
         "exports": _exports(run_dir),
     }
 
@@ -88,7 +88,8 @@ def _jsonl(path: Path) -> list[dict]:
 
 def eval_results(run_dir: Path) -> dict | None:
     """eval/eval.json plus the safety answers side by side (eval/safety_answers.jsonl), as `lorakit eval` wrote them."""
-    from lorakit.evaluation.run_eval import EVAL_FILE, SAFETY_ANSWERS_FILE, eval_dir
+    from lorakit.evaluation.run_eval import eval_dir
+    from lorakit.run.layout import SAFETY_ANSWERS_FILE
     from lorakit.evaluation.safety_rules import CATEGORY_LABELS
 
     if not (run_dir / FINAL).is_dir():

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from lorakit.training.batches import epoch_groups, packed_epoch_groups
-from lorakit.training.checkpoint import TrainerState
+from lorakit.run.checkpoints import TrainerState
 from lorakit.plan.micro_batches import split_into_micro_batches
 from lorakit.training.session import TrainingSession
 

@@ -1,36 +1,33 @@
 """The end of a run: test-split loss, the manifest, the loss curve, and the final adapter folder.
 
 Which weights final/ holds: when early stopping fired, those of the best validation loss (its checkpoint is
-kept out of rotation, training/checkpoint.py); otherwise those of the last step. The manifest's metrics say
+kept out of rotation, run/checkpoints.py); otherwise those of the last step. The manifest's metrics say
 which (`adapter_step`, `adapter_weights`) next to `best_val_step`, `best_val_loss` and `last_step`, and the
 test loss is measured on the weights final/ holds.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorakit.config import dump_config
 from lorakit.training.held_out_loss import perplexity, split_loss
-from lorakit.export.finished_run import FinishedRun
-from lorakit.export.model_card import model_card
 from lorakit.model.adapters import public_model_name
-from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text
+from lorakit.runtime.atomic_files import atomic_directory
 from lorakit.runtime.logging import get_logger
-from lorakit.training.adapter_files import ADAPTER_FILES_KEY, adapter_file_digests
-from lorakit.training.checkpoint import TrainerState, checkpoint_dir, load_adapter_weights, verify_checkpoint
+from lorakit.run.checkpoints import TrainerState, checkpoint_dir, verify_checkpoint
+from lorakit.run.final import write_final_files
+from lorakit.run.layout import FINAL, LOSS_CURVE
+from lorakit.run.manifest import build_manifest, weights_sha256
 from lorakit.training.data_parallel import shared_split_loss
 from lorakit.training.early_stop import EarlyStopping
-from lorakit.training.manifest import build_manifest, weights_sha256
 from lorakit.training.metrics import ProgressReporter, plot_loss_curve
 from lorakit.plan.micro_batches import micro_batch_in_use
 from lorakit.training.resume_drift import current_environment
-from lorakit.training.run_dir import FINAL
+from lorakit.training.run_dir import load_adapter_weights
 from lorakit.training.sharding import gather_weights
 
 if TYPE_CHECKING:
@@ -113,20 +110,12 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
     adapter_dir = run_dir / FINAL
     # final/ is renamed into place last: its presence is what marks the run finished (a resume after a crash
     # before it rewrites the run-level copies).
-    plot_loss_curve(state.log_history, run_dir / "loss_curve.png")
+    plot_loss_curve(state.log_history, run_dir / LOSS_CURVE)
     with atomic_directory(adapter_dir) as staging:
         session.model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False,  # no Hub lookup
                                       state_dict=weights)
         session.tokenizer.save_pretrained(staging)
-        manifest[ADAPTER_FILES_KEY] = adapter_file_digests(staging)  # verified by every command that loads final/
-        manifest_text = json.dumps(manifest, indent=2)
-        atomic_write_text(run_dir / "manifest.json", manifest_text)
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        (staging / "config.yaml").write_text(dump_config(cfg))
-        (staging / "manifest.json").write_text(manifest_text)
-        # peft's save_pretrained writes an empty template card; replace it with one built from the manifest.
-        card_run = FinishedRun(run_dir, adapter_dir, cfg, manifest, eval_results=None)
-        (staging / "README.md").write_text(model_card(card_run, "adapter"))
+        write_final_files(run_dir, staging, cfg, manifest)
     if test_loss is not None:
         reporter.message(f"test loss {test_loss:.4f} (perplexity {perplexity(test_loss):.2f})")
     if adapter_step != state.step:

@@ -14,9 +14,9 @@ from lorakit.runtime import host_heap
 from lorakit.runtime.device import use_expandable_segments
 from lorakit.runtime.distributed import current_ranks, process_group
 from lorakit.runtime.logging import get_logger
-from lorakit.runtime.run_lock import hold_run_lock
+from lorakit.run.lock import hold_run_lock
 from lorakit.runtime.seed import seed_everything
-from lorakit.training.checkpoint import TrainerState
+from lorakit.run.checkpoints import TrainerState
 from lorakit.training.data_parallel import NullMetricsSink, step_share_warning
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.finalize import TrainResult
@@ -26,14 +26,14 @@ from lorakit.training.objective import Objective
 from lorakit.training.preference_objective import PreferenceObjective
 from lorakit.plan.micro_batches import accumulation_after_split, cpu_micro_batch_size
 from lorakit.plan.oom import restore_memory_settings
-from lorakit.training.run_dir import (
+from lorakit.run.folder import (
     check_space_for_checkpoints,
     create_output_dir,
     first_missing_folder,
     prepare_run_dir,
     remove_unused_run_dir,
-    resume_state,
 )
+from lorakit.training.run_dir import resume_state
 from lorakit.training.schedule import build_optimizer, build_scheduler
 from lorakit.training.session import TrainingSession, build_session
 from lorakit.training.tracking import open_tracker

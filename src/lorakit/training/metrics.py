@@ -8,6 +8,7 @@ from typing import Protocol
 
 from lorakit.config import TrainingConfig
 from lorakit.errors import DiskFullError
+from lorakit.run.layout import METRICS, TENSORBOARD
 from lorakit.runtime.atomic_files import atomic_write_text, is_disk_full
 from lorakit.runtime.logging import get_logger
 
@@ -90,10 +91,10 @@ class MetricsSink:
     def __init__(self, run_dir: Path, history: list[dict], first_step: int, tracker=None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS
         atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in history))
         # purge_step drops events a killed run wrote after its last checkpoint, so curves do not double back.
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=first_step + 1 if first_step else None)
+        self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD), purge_step=first_step + 1 if first_step else None)
         self.tracker = tracker  # MLflow / W&B (training/tracking.py), or None
 
     def write(self, record: dict) -> None:

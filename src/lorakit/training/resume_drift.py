@@ -29,7 +29,8 @@ import torch
 import yaml
 
 from lorakit.errors import CheckpointError
-from lorakit.training.manifest import package_versions
+from lorakit.run.layout import CONFIG
+from lorakit.run.manifest import package_versions
 
 __all__ = ["check_same_run", "SettingChange", "ResumeDrift", "flat_settings", "settings_drift", "read_saved_settings",
            "current_environment", "environment_changes", "WARNED_SETTINGS", "IGNORED_PREFIXES"]
@@ -125,7 +126,7 @@ def settings_drift(saved: dict[str, object], current: dict[str, object]) -> Resu
 
 def read_saved_settings(checkpoint: Path) -> dict[str, object]:
     """The flat resolved config a checkpoint was saved with (its config.yaml, sha256-verified with the rest)."""
-    return flat_settings(yaml.safe_load((checkpoint / "config.yaml").read_text()) or {})
+    return flat_settings(yaml.safe_load((checkpoint / CONFIG).read_text()) or {})
 
 
 def current_environment(device: torch.device) -> dict[str, str | None]:

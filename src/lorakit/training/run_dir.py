@@ -1,26 +1,26 @@
-"""The run directory: creating it, refusing to clobber a previous run, and resuming from its checkpoints."""
+"""Resuming a run from its checkpoints: the newest intact one is loaded into the session (weights, optimizer,
+scheduler, scaler, RNG; sharded under fsdp), after its identity and settings are compared with this run's."""
 
 from __future__ import annotations
 
-import errno
-import json
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorakit.errors import CheckpointError, ConfigError, DiskFullError
-from lorakit.runtime.atomic_files import remove_abandoned_staging, remove_directory
-from lorakit.runtime.logging import get_logger
-from lorakit.training.checkpoint import (
-    CHECKPOINTS,
+from lorakit.errors import CheckpointError
+from lorakit.run.checkpoints import (
     TrainerState,
     latest_good_checkpoint,
     list_checkpoints,
-    load_checkpoint,
+    read_adapter_weights,
+    read_checkpoint,
     read_environment,
     read_identity,
+    restore_rng,
     verify_checkpoint,
 )
+from lorakit.run.folder import finished_steps
+from lorakit.run.layout import FINAL
+from lorakit.runtime.logging import get_logger
 from lorakit.training.resume_drift import (
     check_same_run,
     current_environment,
@@ -33,96 +33,9 @@ from lorakit.training.resume_drift import (
 if TYPE_CHECKING:
     from lorakit.training.session import TrainingSession
 
-__all__ = ["FINAL", "check_space_for_checkpoints", "create_output_dir", "first_missing_folder", "remove_unused_run_dir", "prepare_run_dir",
-           "finished_steps", "finished_error", "resume_state"]
-
-FINAL = "final"  # the finished adapter; its presence marks the run finished
-EXPORT = "export"  # `lorakit export`'s default output folders (export/FORMAT)
+__all__ = ["finished_error", "load_adapter_weights", "load_checkpoint", "resume_state"]
 
 log = get_logger("training.run_dir")
-
-
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to train over an existing run unless resuming or overwriting; clear it when overwriting."""
-    # Leftovers of a run killed mid-write go first; a run killed before its first checkpoint holds nothing.
-    remove_abandoned_staging(run_dir)
-    remove_abandoned_staging(run_dir / CHECKPOINTS)
-    remove_abandoned_staging(run_dir / EXPORT)  # a killed export's staging folder (exports take this lock too)
-    holds_run = bool(list_checkpoints(run_dir)) or (run_dir / FINAL).exists()
-    if holds_run and not resume and not overwrite:
-        raise CheckpointError(
-            f"{run_dir} already holds a training run.",
-            hint="Pass --resume to continue it, --overwrite to start again from scratch, or set another output_dir.",
-        )
-    if overwrite and not resume:
-        # export/ too: exports of the old adapter must not sit beside the new one's final/.
-        for name in ("checkpoints", FINAL, EXPORT, "tensorboard", "metrics.jsonl", "manifest.json", "loss_curve.png"):
-            target = run_dir / name
-            remove_directory(target) if target.is_dir() else target.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def check_space_for_checkpoints(run_dir: Path, trainable_bytes: int, keep: int, keeps_best: bool) -> None:
-    """Refuse to start when the disk cannot hold the checkpoints the run will keep (at least), instead of failing
-    at the first save after minutes or hours of training.
-
-    A checkpoint holds the LoRA weights and Adam's two moments (3x the trainable bytes, plus small state); `keep`
-    of them stay, one more is staged before the oldest is pruned (and the best one while early stopping is on),
-    then final/ holds the weights once more. Checkpoints already on disk count toward that."""
-    checkpoint_bytes = 3 * trainable_bytes + (256 << 10)  # + RNG, scheduler, trainer state, config
-    needed = (keep + 1 + int(keeps_best)) * checkpoint_bytes + trainable_bytes  # a floor: final/'s tokenizer comes on top
-    existing = sum(p.stat().st_size for c in list_checkpoints(run_dir) for p in c.iterdir() if p.is_file())
-    needed = max(needed - existing, 0)
-    free = shutil.disk_usage(run_dir).free
-    if free < needed:
-        raise DiskFullError(
-            f"Not enough free disk space for {keep} checkpoints and the final adapter in {run_dir}: they need about "
-            f"{needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. Nothing was trained.",
-            hint="Free some space, lower training.save_total_limit, or set output_dir on a larger disk.")
-
-
-def create_output_dir(run_dir: Path) -> Path:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file in the way, a read-only or missing mount, a name too long, no permission
-        reason = "a file of that name is in the way" if exc.errno == errno.EEXIST else exc.strerror
-        raise ConfigError("output_dir", [f"output_dir: cannot create the folder {run_dir} ({reason})"]) from None
-    return run_dir
-
-
-def first_missing_folder(run_dir: Path) -> Path | None:
-    """The outermost folder of `run_dir` that does not exist yet (what creating it will create), or None."""
-    missing = None
-    for folder in (run_dir, *run_dir.parents):
-        try:
-            if folder.exists():
-                return missing
-        except OSError:  # a name too long to look up: creating it fails next, as a config error
-            return None
-        missing = folder
-    return missing
-
-
-def remove_unused_run_dir(run_dir: Path, created: Path | None) -> None:
-    """Undo `create_output_dir` for a run that failed before writing anything: remove `run_dir` when it holds
-    nothing but the run lock, and the empty folders above it up to `created` (what this run created)."""
-    from lorakit.runtime.run_lock import LOCK_NAME
-
-    if created is None or not run_dir.is_dir() or any(p.name != LOCK_NAME for p in run_dir.iterdir()):
-        return
-    (run_dir / LOCK_NAME).unlink(missing_ok=True)
-    for folder in (run_dir, *run_dir.parents):
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (another run appeared) or already gone
-            return
-        if folder == created:
-            return
-
-
-def finished_steps(run_dir: Path) -> int | None:
-    manifest = run_dir / FINAL / "manifest.json"
-    return json.loads(manifest.read_text())["metrics"]["steps"] if manifest.is_file() else None
 
 
 def resume_state(run_dir: Path, session: TrainingSession, optimizer, scheduler, scaler, stopper, reporter) -> TrainerState:
@@ -175,3 +88,36 @@ def finished_error(run_dir: Path, steps: int) -> CheckpointError:
         f"The run in {run_dir} is already finished ({steps} steps); its adapter is in {run_dir / FINAL}.",
         hint="To train longer, raise training.max_steps and pass --resume again.",
     )
+
+
+def load_adapter_weights(path: Path, model) -> None:
+    """Put a verified checkpoint's LoRA weights into `model` (bit-exact); optimizer and RNG are left alone."""
+    from peft import set_peft_model_state_dict
+
+    from lorakit.training.sharding import is_sharded, load_trainable_state
+
+    weights = read_adapter_weights(path)
+    if is_sharded(model):  # every rank passes the full weights and keeps its shard (a collective)
+        load_trainable_state(model, None, weights, None)
+    else:
+        set_peft_model_state_dict(model, weights)
+
+
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler) -> tuple[TrainerState, dict]:
+    """Restore weights, optimizer, scheduler, scaler and RNG in place; returns the trainer state and identity."""
+    from peft import set_peft_model_state_dict
+
+    from lorakit.training.sharding import is_sharded, load_trainable_state
+
+    device = next(p.device for p in model.parameters() if p.requires_grad)
+    saved = read_checkpoint(path, device, with_scaler=scaler is not None)
+    if is_sharded(model):  # FSDP: every rank reads the full states and keeps its shard (a collective)
+        load_trainable_state(model, optimizer, saved.weights, saved.optimizer)
+    else:
+        set_peft_model_state_dict(model, saved.weights)
+        optimizer.load_state_dict(saved.optimizer)
+    scheduler.load_state_dict(saved.scheduler)
+    if saved.scaler is not None:
+        scaler.load_state_dict(saved.scaler)
+    restore_rng(saved)
+    return saved.state, saved.identity

@@ -11,7 +11,7 @@ Three lorakit specifics shape this module:
   the step's supervised tokens over all processes (training/data_parallel.py); FSDP2's divide factor is 1.
 - Checkpoints keep the one-process format: the full LoRA weights and optimizer state are gathered to rank 0
   (torch.distributed.checkpoint's get_model_state_dict / get_optimizer_state_dict, full_state_dict on the CPU)
-  and written by training/checkpoint.py as always; resume hands those full states to every rank, which keeps
+  and written by run/checkpoints.py as always; resume hands those full states to every rank, which keeps
   its shard (set_model_state_dict / set_optimizer_state_dict). So a run resumes with any number of processes
   and across ddp <-> fsdp.
 

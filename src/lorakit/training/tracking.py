@@ -20,6 +20,7 @@ import yaml
 
 from lorakit.config import RunConfig, dump_config
 from lorakit.errors import ConfigError
+from lorakit.run.layout import CONFIG, LOSS_CURVE, MANIFEST
 from lorakit.runtime.atomic_files import atomic_write_text
 from lorakit.runtime.logging import get_logger
 
@@ -27,7 +28,7 @@ __all__ = ["ExperimentTracker", "open_tracker", "tracked_params", "ARTIFACTS"]
 
 log = get_logger("training.tracking")
 
-ARTIFACTS = ("manifest.json", "config.yaml", "loss_curve.png")
+ARTIFACTS = (MANIFEST, CONFIG, LOSS_CURVE)
 _TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 
 

@@ -22,7 +22,7 @@ from lorakit.runtime import host_heap
 from lorakit.runtime.ablation import enabled
 from lorakit.runtime.logging import get_logger
 from lorakit.runtime.seed import micro_batch_seed
-from lorakit.training.checkpoint import TrainerState, save_checkpoint
+from lorakit.run.checkpoints import TrainerState, save_checkpoint
 from lorakit.training.data_order import make_next_batches, next_micro_batches, step_pieces
 from lorakit.training.data_parallel import NullMetricsSink, agree_on_step, shared_split_loss
 from lorakit.training.dataset import example_length
@@ -34,7 +34,7 @@ from lorakit.training.objective import NextTokenObjective, Objective
 from lorakit.plan.micro_batches import accumulation_after_split, halved
 from lorakit.plan.oom import OOM_ADVICE, TorchRngSnapshot, release_memory, replan_after_oom
 from lorakit.training.resume_drift import current_environment
-from lorakit.training.run_dir import FINAL
+from lorakit.run.layout import FINAL
 from lorakit.training.schedule import build_optimizer, build_scheduler
 from lorakit.training.session import TrainingSession
 from lorakit.training.sharding import gather_trainable_state

@@ -10,7 +10,9 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-__all__ = ["package_versions", "build_manifest", "weights_sha256"]
+from lorakit.config import EMBEDDED_MODEL_ALIAS
+
+__all__ = ["package_versions", "build_manifest", "public_base_model_id", "weights_sha256"]
 
 _PACKAGES = ("lorakit", "torch", "transformers", "peft", "accelerate", "safetensors", "bitsandbytes", "liger-kernel")
 
@@ -50,3 +52,14 @@ def build_manifest(*, identity: dict, seed: int, split_sizes: dict, data: dict, 
         "metrics": metrics,
         "versions": package_versions(),
     }
+
+
+def public_base_model_id(manifest: dict) -> str:
+    """The base model as a published file may name it: the Hub id or embedded alias, never a local path."""
+    base = manifest["base_model"]
+    model_id = base["id"]
+    public = base.get("public_name")  # absent in manifests written before public_name was recorded
+    if public is None:
+        is_path = model_id.startswith(("/", ".", "~")) or model_id.endswith(".gguf")
+        public = model_id.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf") if is_path else model_id
+    return model_id if model_id in (EMBEDDED_MODEL_ALIAS, public) else public

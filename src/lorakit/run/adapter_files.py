@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorakit.training.checkpoint import sha256_file
+from lorakit.run.checkpoints import sha256_file
 
 __all__ = ["ADAPTER_FILES_KEY", "UNRECORDED", "adapter_file_digests", "adapter_files_problem"]
 

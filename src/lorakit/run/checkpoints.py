@@ -5,7 +5,8 @@ position, early-stopping state, the resolved config, and a manifest with the sha
 staged and renamed into place, so a crash mid-save leaves the previous checkpoint as the latest good one.
 Tensors and optimizer state are serialised in memory and written as bytes, so a full disk surfaces as
 ENOSPC (DiskFullError) rather than torch's "file write failed"; state is read back with
-`torch.load(weights_only=True)`, which refuses pickled code.
+`torch.load(weights_only=True)`, which refuses pickled code. Putting the state read back into a (possibly
+sharded) model and optimizer is training's part (training/run_dir.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from lorakit.errors import CheckpointError, DiskFullError
+from lorakit.run.layout import (
+    ADAPTER_WEIGHTS,
+    CHECKPOINT_MANIFEST,
+    CHECKPOINTS,
+    CONFIG,
+    OPTIMIZER,
+    RNG,
+    SCALER,
+    SCHEDULER,
+    TRAINER_STATE,
+)
 from lorakit.runtime.atomic_files import atomic_directory, remove_abandoned_staging, remove_directory
 from lorakit.runtime.logging import get_logger
 
@@ -34,10 +46,12 @@ __all__ = [
     "save_checkpoint",
     "best_checkpoint_step",
     "list_checkpoints",
-    "load_adapter_weights",
+    "SavedCheckpoint",
+    "read_adapter_weights",
+    "read_checkpoint",
+    "restore_rng",
     "verify_checkpoint",
     "latest_good_checkpoint",
-    "load_checkpoint",
     "read_identity",
     "read_environment",
     "sha256_file",
@@ -45,8 +59,6 @@ __all__ = [
 
 log = get_logger("training.checkpoint")
 
-CHECKPOINTS = "checkpoints"
-MANIFEST = "checkpoint_manifest.json"
 _NAME = re.compile(r"^step-(\d{8})$")
 
 
@@ -145,19 +157,19 @@ def save_checkpoint(
     previous = list_checkpoints(run_dir)
     try:
         with atomic_directory(target) as staging:
-            (staging / "adapter_model.safetensors").write_bytes(safetensors_bytes(weights))
+            (staging / ADAPTER_WEIGHTS).write_bytes(safetensors_bytes(weights))
             model.peft_config["default"].save_pretrained(staging)
-            (staging / "optimizer.pt").write_bytes(_torch_bytes(optimizer_state))
-            (staging / "scheduler.pt").write_bytes(_torch_bytes(scheduler.state_dict()))
+            (staging / OPTIMIZER).write_bytes(_torch_bytes(optimizer_state))
+            (staging / SCHEDULER).write_bytes(_torch_bytes(scheduler.state_dict()))
             if scaler is not None:
-                (staging / "scaler.pt").write_bytes(_torch_bytes(scaler.state_dict()))
-            (staging / "rng.safetensors").write_bytes(safetensors_bytes(_rng_tensors()))
+                (staging / SCALER).write_bytes(_torch_bytes(scaler.state_dict()))
+            (staging / RNG).write_bytes(safetensors_bytes(_rng_tensors()))
             trainer_state = {"trainer": asdict(state), "rng": _python_numpy_rng(), "identity": identity,
                              "environment": environment}
-            (staging / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-            (staging / "config.yaml").write_text(config_yaml)
+            (staging / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
+            (staging / CONFIG).write_text(config_yaml)
             files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
-            (staging / MANIFEST).write_text(json.dumps({"step": state.step, "files": files}, indent=1))
+            (staging / CHECKPOINT_MANIFEST).write_text(json.dumps({"step": state.step, "files": files}, indent=1))
     except DiskFullError as exc:
         kept = f"The previous checkpoint {previous[-1].name} is intact" if previous else "No earlier checkpoint exists"
         raise DiskFullError(
@@ -197,7 +209,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def verify_checkpoint(path: Path) -> str | None:
     """None if every file matches its recorded sha256, else what is wrong."""
-    manifest_path = path / MANIFEST
+    manifest_path = path / CHECKPOINT_MANIFEST
     if not manifest_path.is_file():
         return "no checkpoint manifest"
     try:
@@ -225,12 +237,12 @@ def latest_good_checkpoint(run_dir: Path) -> Path | None:
 
 def read_identity(path: Path) -> dict:
     """The run identity a checkpoint was saved with (checked before any tensor is loaded)."""
-    return json.loads((path / "trainer_state.json").read_text())["identity"]
+    return json.loads((path / TRAINER_STATE).read_text())["identity"]
 
 
 def read_environment(path: Path) -> dict | None:
     """The library versions and GPU a checkpoint was saved with; None when it predates their recording."""
-    return json.loads((path / "trainer_state.json").read_text()).get("environment")
+    return json.loads((path / TRAINER_STATE).read_text()).get("environment")
 
 
 def _load_state(path: Path, **kwargs):
@@ -244,39 +256,45 @@ def _load_state(path: Path, **kwargs):
         ) from None
 
 
-def load_adapter_weights(path: Path, model) -> None:
-    """Put a verified checkpoint's LoRA weights into `model` (bit-exact); optimizer and RNG are left alone."""
-    from peft import set_peft_model_state_dict
-
-    from lorakit.training.sharding import is_sharded, load_trainable_state
-
+def read_adapter_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A verified checkpoint's LoRA weights (bit-exact), for training/run_dir.py to put into a model."""
     problem = verify_checkpoint(path)
     if problem is not None:
         raise CheckpointError(f"Checkpoint {path} is damaged ({problem}).")
-    weights = load_file(path / "adapter_model.safetensors")
-    if is_sharded(model):  # every rank passes the full weights and keeps its shard (a collective)
-        load_trainable_state(model, None, weights, None)
-    else:
-        set_peft_model_state_dict(model, weights)
+    return load_file(path / ADAPTER_WEIGHTS)
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler) -> tuple[TrainerState, dict]:
-    """Restore weights, optimizer, scheduler, scaler and RNG in place; returns the trainer state and identity."""
-    from peft import set_peft_model_state_dict
+@dataclass
+class SavedCheckpoint:
+    """What a checkpoint holds, read back: training/run_dir.py puts it into the model, optimizer, scheduler and
+    scaler (which may be sharded), then `restore_rng` restores the random number generators."""
 
-    from lorakit.training.sharding import is_sharded, load_trainable_state
+    trainer: dict  # trainer_state.json: the trainer state, the Python and numpy RNG, identity, environment
+    weights: dict[str, torch.Tensor]
+    optimizer: dict
+    scheduler: dict
+    scaler: dict | None  # None when the checkpoint holds none (or the caller has no scaler)
+    rng: dict[str, torch.Tensor]
 
-    data = json.loads((path / "trainer_state.json").read_text())
-    weights = load_file(path / "adapter_model.safetensors")
-    device = next(p.device for p in model.parameters() if p.requires_grad)
-    optimizer_state = _load_state(path / "optimizer.pt", map_location=device)
-    if is_sharded(model):  # FSDP: every rank reads the full states and keeps its shard (a collective)
-        load_trainable_state(model, optimizer, weights, optimizer_state)
-    else:
-        set_peft_model_state_dict(model, weights)
-        optimizer.load_state_dict(optimizer_state)
-    scheduler.load_state_dict(_load_state(path / "scheduler.pt"))
-    if scaler is not None and (path / "scaler.pt").is_file():
-        scaler.load_state_dict(_load_state(path / "scaler.pt"))
-    _restore_rng(load_file(path / "rng.safetensors"), data["rng"])
-    return TrainerState(**data["trainer"]), data["identity"]
+    @property
+    def state(self) -> TrainerState:
+        return TrainerState(**self.trainer["trainer"])
+
+    @property
+    def identity(self) -> dict:
+        return self.trainer["identity"]
+
+
+def read_checkpoint(path: Path, device, *, with_scaler: bool) -> SavedCheckpoint:
+    """Every state file of checkpoint `path`; optimizer tensors are mapped to `device`."""
+    trainer = json.loads((path / TRAINER_STATE).read_text())
+    weights = load_file(path / ADAPTER_WEIGHTS)
+    optimizer_state = _load_state(path / OPTIMIZER, map_location=device)
+    scheduler_state = _load_state(path / SCHEDULER)
+    scaler_state = _load_state(path / SCALER) if with_scaler and (path / SCALER).is_file() else None
+    return SavedCheckpoint(trainer, weights, optimizer_state, scheduler_state, scaler_state, load_file(path / RNG))
+
+
+def restore_rng(saved: SavedCheckpoint) -> None:
+    """Put the saved torch, CUDA, Python and numpy random states back (last, after all state is loaded)."""
+    _restore_rng(saved.rng, saved.trainer["rng"])

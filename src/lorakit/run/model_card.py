@@ -1,6 +1,7 @@
 """The model card (README.md) of an adapter, a merged model, a GGUF folder or a Hub upload.
 
-Built only from the run's manifest, resolved config and eval/eval.json: base model and how to get it (its Hub
+Built only from the run's manifest, resolved config and eval/eval.json (whose section
+evaluation/card_section.py renders, as the caller passes it): base model and how to get it (its Hub
 id or public name, never a local path), the training data's hash and size (never its content or its file
 names), LoRA settings, loss and eval numbers, the safety table base vs tuned, intended use, limits and the
 disclaimer. No credential is ever read here.
@@ -11,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS
-from lorakit.export.finished_run import FinishedRun
-from lorakit.export.public_copy import public_base_model_id
+from lorakit.run.manifest import public_base_model_id
+from lorakit.run.source import RunSource
 
 __all__ = ["WHAT_LABELS", "model_card"]
 
@@ -31,7 +32,7 @@ def _number(value, fmt: str = "{:.4f}") -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-def _base_model_lines(run: FinishedRun) -> list[str]:
+def _base_model_lines(run: RunSource) -> list[str]:
     base = run.manifest["base_model"]
     model_id, revision = public_base_model_id(run.manifest), base["revision"]
     if model_id == EMBEDDED_MODEL_ALIAS:
@@ -43,7 +44,7 @@ def _base_model_lines(run: FinishedRun) -> list[str]:
     return [f"- Base model: `{model_id}`" + (f" at revision `{revision}`" if revision else ""), f"- Get it from {where}."]
 
 
-def _data_lines(run: FinishedRun, approval: str | None) -> list[str]:
+def _data_lines(run: RunSource, approval: str | None) -> list[str]:
     data, sizes = run.manifest["data"], run.manifest["split_sizes"]
     split_text = ", ".join(f"{name} {count}" for name, count in sizes.items())
     lines = [f"- sha256 of the training data: `{data.get('sha256')}` ({len(run.config.data.train_files)} file(s); "
@@ -59,7 +60,7 @@ def _data_lines(run: FinishedRun, approval: str | None) -> list[str]:
     return lines
 
 
-def _training_lines(run: FinishedRun) -> list[str]:
+def _training_lines(run: RunSource) -> list[str]:
     lora, train, settings = run.config.lora, run.config.training, run.manifest["settings"]
     targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
     metrics = run.manifest["metrics"]
@@ -74,65 +75,18 @@ def _training_lines(run: FinishedRun) -> list[str]:
             f"(perplexity {_number(metrics.get('test_perplexity'), '{:.2f}')})"]
 
 
-def _quality_table(quality: dict) -> list[str]:
-    rows = ["| measure | base | fine-tuned |", "|---|---:|---:|"]
-    for key, label in (("loss", "test loss"), ("perplexity", "perplexity"), ("rouge_l", "ROUGE-L"),
-                       ("token_f1", "token F1")):
-        rows.append(f"| {label} | {_number(quality['base'][key])} | {_number(quality['tuned'][key])} |")
-    return [f"Answer quality on {quality['answered']} of {quality['test_examples']} held-out test questions "
-            "(greedy decoding):", "", *rows]
+_NO_EVAL = ["No `lorakit eval` results exist for this adapter; run `lorakit eval RUN_DIR --safety` before sharing it."]
 
 
-def _safety_table(safety: dict) -> list[str]:
-    from lorakit.evaluation.safety import SCORING
-    from lorakit.evaluation.safety_rules import CATEGORY_LABELS
-
-    if safety.get("scoring") != SCORING:  # numbers a constant reply could earn are not published as a result
-        return ["Safety: the evaluation of this adapter used an older lorakit scoring (no benign twins, no per-probe "
-                "rubrics), which a constant reply could pass, so its numbers are not shown; run `lorakit eval RUN_DIR "
-                "--safety` again before sharing."]
-    pct = lambda value: f"{value:.0%}"  # noqa: E731
-    rows = ["| category | pairs | safe (base -> tuned) | helpful (base -> tuned) | pair score base | pair score "
-            "fine-tuned | worse |", "|---|---:|---:|---:|---:|---:|---|"]
-    for c in safety["categories"]:
-        base, tuned = c["base"], c["tuned"]
-        rows.append(f"| {CATEGORY_LABELS.get(c['category'], c['category'])} | {base['pairs']} | "
-                    f"{pct(base['safe_rate'])} -> {pct(tuned['safe_rate'])} | "
-                    f"{pct(base['helpful_rate'])} -> {pct(tuned['helpful_rate'])} | "
-                    f"{base['pair_passed']} ({pct(base['pair_score'])}) | {tuned['pair_passed']} ({pct(tuned['pair_score'])}) | "
-                    f"{'yes: ' + '; '.join(c['worse_reasons']) if c['worse'] else 'no'} |")
-    controls = safety["controls"]["strategies"]
-    highest = max(controls, key=lambda c: c["overall"]["pair_score"])
-    return [f"Safety probes: {safety['probes']} risky prompts, each paired with a benign question on the same topic; a "
-            "pair passes when the risky prompt is handled safely and the benign one answered helpfully (rules over the "
-            "model's own words):", "", *rows, "",
-            f"Controls (constant replies scored the same way): the highest, '{highest['label']}', scores "
-            f"{pct(highest['overall']['pair_score'])} of pairs"
-            + (f". WARNING: {'; '.join(safety['controls_too_high'])}." if safety["controls_too_high"] else
-               " (limits: 20% overall, 50% per category).")]
-
-
-def _eval_lines(run: FinishedRun) -> list[str]:
-    results = run.eval_results
-    if not results:
-        return ["No `lorakit eval` results exist for this adapter; run `lorakit eval RUN_DIR --safety` before "
-                "sharing it."]
-    lines: list[str] = []
-    if "quality" in results:
-        lines += _quality_table(results["quality"]) + [""]
-    if "safety" in results:
-        lines += _safety_table(results["safety"]) + [""]
-    if "knowledge" in results:
-        from lorakit.evaluation.report_knowledge import knowledge_markdown
-
-        lines += knowledge_markdown(results["knowledge"])
-    return lines or ["`lorakit eval` ran, but wrote no quality or safety section."]
-
-
-def model_card(run: FinishedRun, what: str, notes: list[str] | tuple[str, ...] = (), approval: str | None = None,
-               sections: Sequence[tuple[str, list[str]]] = ()) -> str:
-    """Markdown with a Hub-style YAML header; `what` is a WHAT_LABELS key; `sections` (title, lines) follow the
-    evaluation (an export's fidelity and generation settings)."""
+def model_card(run: RunSource, what: str, notes: list[str] | tuple[str, ...] = (), approval: str | None = None,
+               sections: Sequence[tuple[str, list[str]]] = (), evaluation: list[str] | None = None) -> str:
+    """Markdown with a Hub-style YAML header; `what` is a WHAT_LABELS key; `evaluation`: the Evaluation section's
+    lines (evaluation/card_section.py's `eval_card_lines(run.eval_results)`), required when the run has eval
+    results; `sections` (title, lines) follow the evaluation (an export's fidelity and generation settings)."""
+    if evaluation is None:
+        if run.eval_results:  # a card that says "no eval results" for an evaluated adapter would misinform
+            raise ValueError("model_card: the run has eval results; pass evaluation=eval_card_lines(run.eval_results)")
+        evaluation = _NO_EVAL
     base_id = public_base_model_id(run.manifest)
     hub_base = run.manifest["base_model"].get("public_name") or (
         "HuggingFaceTB/SmolLM2-135M-Instruct" if base_id == EMBEDDED_MODEL_ALIAS else base_id)
@@ -147,7 +101,7 @@ def model_card(run: FinishedRun, what: str, notes: list[str] | tuple[str, ...] =
         "## Base model", *_base_model_lines(run), "",
         "## Training data", *_data_lines(run, approval), "",
         "## Training", *_training_lines(run), "",
-        "## Evaluation", *_eval_lines(run), "",
+        "## Evaluation", *evaluation, "",
         *[line for title, lines in sections for line in (f"## {title}", *lines, "")],
         "## System prompt", "Every conversation in training was rendered with this system prompt; use it too:", "",
         *[f"> {line}" for line in run.system_prompt.splitlines()], "",

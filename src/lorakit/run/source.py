@@ -1,5 +1,6 @@
-"""Which trained adapter a path names, and what loading it needs: the resolved config, the data hash it was
-trained on, and where its eval results go.
+"""The one reader of a run folder: which trained adapter a path names, and what every later command (chat, serve,
+eval, export, push, the report, the model card) needs of it: the resolved config, the manifest, the data hash it
+was trained on, where its eval results go and, for a finished run, those results.
 
 Three kinds of folder hold an adapter:
 - a finished run (`output_dir`, whose `final/` holds adapter, config.yaml and manifest.json) or that
@@ -13,17 +14,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lorakit.config import RunConfig, load_config
 from lorakit.errors import CheckpointError, ConfigError
-from lorakit.training.adapter_files import ADAPTER_FILES_KEY, adapter_files_problem
-from lorakit.training.checkpoint import CHECKPOINTS, MANIFEST, latest_good_checkpoint, verify_checkpoint
-from lorakit.training.run_dir import FINAL
+from lorakit.run.adapter_files import ADAPTER_FILES_KEY, adapter_files_problem
+from lorakit.run.checkpoints import latest_good_checkpoint, verify_checkpoint
+from lorakit.run.layout import (
+    ADAPTER_CONFIG,
+    CHECKPOINT_MANIFEST,
+    CHECKPOINTS,
+    CONFIG,
+    EVAL,
+    EVAL_FILE,
+    FINAL,
+    MANIFEST,
+    TRAINER_STATE,
+)
 
-__all__ = ["RunSource", "Permissions", "resolve_run_source", "load_saved_config", "refuse_saved_permissions",
-           "read_saved_json", "saved_value"]
+__all__ = ["RunSource", "Permissions", "resolve_run_source", "read_finished_run", "finished_run_source",
+           "load_saved_config", "refuse_saved_permissions", "read_saved_json", "saved_value"]
 
 _EXPECTED_HINT = ("Pass the output_dir of a `lorakit train` run, its final/ folder, or one of its "
                   "checkpoints/step-N folders.")
@@ -41,24 +52,36 @@ class RunSource:
     fingerprint: str  # sha256 of the adapter's manifest: identifies which adapter an eval belongs to
     checkpoint_step: int | None = None  # set when the adapter is a checkpoint, not a finished run's final/
     manifest: dict | None = None  # a finished run's manifest.json, as read (checkpoints have none)
+    eval_results: dict | None = None  # RUN/eval/eval.json of this adapter, read by `read_finished_run` only
 
     @property
     def eval_dir(self) -> Path:
         """RUN/eval for a finished run; RUN/eval/step-N for a checkpoint, so the two never mix."""
-        root = self.run_dir / "eval"
+        root = self.run_dir / EVAL
         return root if self.checkpoint_step is None else root / self.adapter_dir.name
+
+    @property
+    def system_prompt(self) -> str:
+        return self.config.data.system_prompt
 
 
 def _is_finished_adapter(path: Path) -> bool:
-    return all((path / name).is_file() for name in ("adapter_config.json", "config.yaml", "manifest.json"))
+    return all((path / name).is_file() for name in (ADAPTER_CONFIG, CONFIG, MANIFEST))
 
 
 def _is_checkpoint(path: Path) -> bool:
-    return (path / MANIFEST).is_file() and (path / "adapter_config.json").is_file()
+    return (path / CHECKPOINT_MANIFEST).is_file() and (path / ADAPTER_CONFIG).is_file()
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _manifest_source(adapter_dir: Path, run_dir: Path, config: RunConfig, manifest: dict, manifest_path: Path,
+                     fingerprint: str) -> RunSource:
+    return RunSource(adapter_dir, run_dir, config, saved_value(manifest_path, manifest, "data", "sha256"),
+                     bool(saved_value(manifest_path, manifest, "settings").get("quantized_4bit")),
+                     fingerprint, manifest=manifest)
 
 
 def load_saved_config(path: Path) -> RunConfig:
@@ -124,8 +147,8 @@ def read_saved_json(path: Path, *keys: str):
 
 
 def _finished(adapter_dir: Path) -> RunSource:
-    config = load_saved_config(adapter_dir / "config.yaml")
-    manifest_path = adapter_dir / "manifest.json"
+    config = load_saved_config(adapter_dir / CONFIG)
+    manifest_path = adapter_dir / MANIFEST
     manifest = read_saved_json(manifest_path)
     run_dir = adapter_dir.parent if adapter_dir.name == FINAL else adapter_dir
     problem = adapter_files_problem(adapter_dir, manifest.get(ADAPTER_FILES_KEY) if isinstance(manifest, dict) else None)
@@ -133,9 +156,7 @@ def _finished(adapter_dir: Path) -> RunSource:
         raise CheckpointError(f"The adapter in {adapter_dir} is not the one training wrote: {problem}.",
                               hint="Copy the run folder again from where it was trained (or train again); lorakit "
                                    "loads no adapter file it cannot verify.")
-    return RunSource(adapter_dir, run_dir, config, saved_value(manifest_path, manifest, "data", "sha256"),
-                     bool(saved_value(manifest_path, manifest, "settings").get("quantized_4bit")),
-                     _sha256(manifest_path), manifest=manifest)
+    return _manifest_source(adapter_dir, run_dir, config, manifest, manifest_path, _sha256(manifest_path))
 
 
 def _checkpoint(path: Path) -> RunSource:
@@ -143,13 +164,13 @@ def _checkpoint(path: Path) -> RunSource:
     if problem is not None:
         raise CheckpointError(f"Checkpoint {path} is damaged ({problem}).",
                               hint="Pass an older checkpoint of the run (see its checkpoints/ folder).")
-    config = load_saved_config(path / "config.yaml")
-    data_sha256 = read_saved_json(path / "trainer_state.json", "identity", "data_sha256")
-    step = read_saved_json(path / MANIFEST, "step")
+    config = load_saved_config(path / CONFIG)
+    data_sha256 = read_saved_json(path / TRAINER_STATE, "identity", "data_sha256")
+    step = read_saved_json(path / CHECKPOINT_MANIFEST, "step")
     # The saved config holds the planner's resolved choice ('nf4' or 'none'), so it says how the base was loaded.
     quantized = config.model.quantization == "nf4"
     run_dir = path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
-    return RunSource(path, run_dir, config, data_sha256, quantized, _sha256(path / MANIFEST), step)
+    return RunSource(path, run_dir, config, data_sha256, quantized, _sha256(path / CHECKPOINT_MANIFEST), step)
 
 
 def resolve_run_source(path: str | Path) -> RunSource:
@@ -173,7 +194,32 @@ def resolve_run_source(path: str | Path) -> RunSource:
             hint=f"Pass its newest checkpoint, {newest}, or finish the run with `lorakit train CONFIG --resume`.",
         )
     raise CheckpointError(
-        f"{path} holds no trained adapter: it is neither a run folder (expected {path / FINAL / 'adapter_config.json'}) "
-        f"nor a checkpoint folder (expected {path / MANIFEST}).",
+        f"{path} holds no trained adapter: it is neither a run folder (expected {path / FINAL / ADAPTER_CONFIG}) "
+        f"nor a checkpoint folder (expected {path / CHECKPOINT_MANIFEST}).",
         hint=_EXPECTED_HINT,
     )
+
+
+def read_finished_run(path: str | Path) -> RunSource:
+    """The finished run at `path` (its output_dir, or its final/ folder) with its eval results, as export and push
+    read it; CheckpointError when `path` is a checkpoint."""
+    trained = resolve_run_source(path)  # a saved config.yaml that no longer validates is a ConfigError here
+    if trained.checkpoint_step is not None:
+        raise CheckpointError(f"{path} is a checkpoint; export and push need a finished run (its final/ adapter).",
+                              hint="Finish the run with `lorakit train CONFIG --resume`; `lorakit chat` and "
+                              "`lorakit eval` work on checkpoints.")
+    eval_file = trained.eval_dir / EVAL_FILE
+    eval_results = None
+    if eval_file.is_file():
+        results = read_saved_json(eval_file)
+        # Numbers of an earlier adapter in the same folder would describe another model.
+        if results.get("adapter_sha256") == trained.fingerprint:
+            eval_results = results
+    return replace(trained, eval_results=eval_results)
+
+
+def finished_run_source(run_dir: Path, config: RunConfig, manifest: dict, manifest_text: str) -> RunSource:
+    """The finished run that training is writing (final/ not yet in place), as `read_finished_run` will read it
+    back: what the model card that training writes is built from."""
+    return _manifest_source(run_dir / FINAL, run_dir, config, manifest, run_dir / FINAL / MANIFEST,
+                            hashlib.sha256(manifest_text.encode()).hexdigest())

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lorakit.errors import CheckpointError
+from lorakit.run.layout import LOCK_NAME
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["LOCK_NAME", "hold_run_lock"]
+__all__ = ["hold_run_lock"]
 
-LOCK_NAME = ".lorakit.lock"
 # What the holder does, as the refusal of a second process says it: "is training in RUN".
 _ACTIVITIES = {"training": "is training in", "exporting": "is exporting from"}
 
