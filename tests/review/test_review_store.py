@@ -8,8 +8,9 @@ from dataclasses import replace
 import pytest
 
 from lorakit.errors import DataError
-from lorakit.review.store import REVIEW_FILE, Review, append_review, read_reviews
+from lorakit.review.store import Review, append_review, read_reviews
 
+REVIEW_FILE = "review.jsonl"  # spelled here on purpose: the test checks the file on disk (run/layout.py names it)
 REVIEW = Review(run_id="demo", step=20, source="test", item_id="qa.jsonl:7", model="tuned", prompt="What is BP?",
                 answer="A vitamin.", verdict="bad", corrected="Blood pressure.", note="wrong organ system",
                 reviewer="Dr. Osei")

@@ -92,7 +92,7 @@ def _trl_dpo(model, batch, tokenizer, tmp_path, after_init=None) -> tuple[torch.
 
 def _reward_diffs(ours, theirs_loss, metrics: dict, our_grads, their_grads) -> dict[str, float]:
     """Max abs differences; TRL logs batch means of the per-pair rewards, margins and accuracies."""
-    return {"loss": abs(float(ours.loss) - float(theirs_loss)),
+    return {"loss": abs(float(ours.loss.detach()) - float(theirs_loss)),
             "rewards_chosen": abs(float(ours.chosen_rewards.mean()) - metrics["rewards/chosen"]),
             "rewards_rejected": abs(float(ours.rejected_rewards.mean()) - metrics["rewards/rejected"]),
             "rewards_margin": abs(float(ours.margins.mean()) - metrics["rewards/margins"]),

@@ -41,17 +41,17 @@ def _rows(path: Path) -> list[dict]:
 def answers_to_review(run_dir: str | Path) -> list[ReviewableAnswer]:
     """Every answer of the run's eval (test questions first, then safety probes), base before tuned; [] before
     any eval. The run id is the run folder's name; the step, the one whose weights final/ holds."""
-    from lorakit.evaluation.run_eval import ANSWERS_FILE, SAFETY_ANSWERS_FILE, eval_dir
-    from lorakit.export.finished_run import read_finished_run
+    from lorakit.run.layout import ANSWERS_FILE, SAFETY_ANSWERS_FILE
+    from lorakit.run.source import read_finished_run
 
     run = read_finished_run(run_dir)
     run_id, step = run.run_dir.name, run.manifest["metrics"]["adapter_step"]
     answers = []
-    for row in _rows(eval_dir(run.run_dir) / ANSWERS_FILE):
+    for row in _rows(run.eval_dir / ANSWERS_FILE):
         item_id = f"{row['source']}:{row['line']}"
         answers += [ReviewableAnswer(run_id, step if model == "tuned" else None, "test", item_id, model,
                                      row["question"], row[model]["answer"]) for model in _MODELS]
-    for row in _rows(eval_dir(run.run_dir) / SAFETY_ANSWERS_FILE):
+    for row in _rows(run.eval_dir / SAFETY_ANSWERS_FILE):
         answers += [ReviewableAnswer(run_id, step if model == "tuned" else None, "safety", row["id"], model,
                                      row["prompt"], row[model]["answer"]) for model in _MODELS]
     return answers

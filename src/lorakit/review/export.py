@@ -20,7 +20,8 @@ from pathlib import Path
 from lorakit.data.contamination import ContaminationIndex, Reference
 from lorakit.errors import LorakitError, OutputExistsError
 from lorakit.evaluation.safety import Probe, load_probes
-from lorakit.review.store import REVIEW_FILE, RUN_FILES, Review, read_reviews
+from lorakit.review.store import Review, read_reviews
+from lorakit.run.layout import CONFIG, REVIEW_FILE
 from lorakit.runtime.atomic_files import atomic_write_text
 
 __all__ = ["RefusedItem", "ReviewExport", "export_reviews", "review_rows"]
@@ -110,9 +111,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _run_probe_files(run_dir: Path) -> list[str]:
     """The probe files the run's config adds to the shipped ones (its eval.probe_files)."""
-    from lorakit.inference.run_source import load_saved_config
+    from lorakit.run.source import load_saved_config
 
-    config = Path(run_dir) / RUN_FILES["config"]
+    config = Path(run_dir) / CONFIG
     return list(load_saved_config(config).eval.probe_files) if config.is_file() else []
 
 

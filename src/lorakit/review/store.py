@@ -17,17 +17,13 @@ from pathlib import Path
 from typing import Literal
 
 from lorakit.errors import DataError
+from lorakit.run.layout import REVIEW_FILE
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["RUN_FILES", "REVIEW_FILE", "Verdict", "ReviewedModel", "ReviewSource", "Review", "append_review",
+__all__ = ["Verdict", "ReviewedModel", "ReviewSource", "Review", "append_review",
            "read_reviews", "utc_now"]
 
 log = get_logger("review.store")
-
-# The run-folder files the review loop reads and writes, by role (for the run/ package to own later).
-RUN_FILES = {"review": "review.jsonl", "config": "config.yaml", "manifest": "manifest.json",
-             "eval_answers": "eval/answers.jsonl", "eval_safety_answers": "eval/safety_answers.jsonl"}
-REVIEW_FILE = RUN_FILES["review"]
 
 Verdict = Literal["good", "bad"]
 ReviewedModel = Literal["base", "tuned"]

@@ -14,16 +14,17 @@ from pathlib import Path
 
 from lorakit.config import LoraSettings
 from lorakit.errors import ConfigError
+from lorakit.run.layout import ADAPTER_CONFIG as _CONFIG
+from lorakit.run.layout import ADAPTER_WEIGHTS as _WEIGHTS
+from lorakit.run.layout import FINAL
 
 __all__ = ["resolve_init_adapter", "load_init_adapter"]
-
-_WEIGHTS, _CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
 
 def resolve_init_adapter(path: str | Path) -> Path:
     """The adapter folder named by training.init_adapter: the folder itself, or a run folder's final/."""
     location = Path(path)
-    for candidate in (location, location / "final"):
+    for candidate in (location, location / FINAL):
         if (candidate / _WEIGHTS).is_file() and (candidate / _CONFIG).is_file():
             return candidate
     raise ConfigError("training.init_adapter", [
