@@ -24,6 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lorakit"
 
 FILE_NAMES = {
     layout.LOCK_NAME, layout.CONFIG, layout.MANIFEST, layout.METRICS, layout.LOSS_CURVE, layout.REPORT_FILE,
+    layout.REVIEW_FILE,
     layout.ADAPTER_WEIGHTS, layout.ADAPTER_CONFIG, layout.MODEL_CARD,
     layout.CHECKPOINT_MANIFEST, layout.TRAINER_STATE, layout.OPTIMIZER, layout.SCHEDULER, layout.SCALER, layout.RNG,
     layout.EVAL_FILE, layout.ANSWERS_FILE, layout.SAFETY_ANSWERS_FILE, layout.KNOWLEDGE_ANSWERS_FILE,

@@ -173,6 +173,23 @@ class TrainingConfig(_Section):
         None, gt=0, le=100, description="NEFTune: uniform noise of this scale (alpha / sqrt(tokens x hidden)) added to "
         "the input embeddings while training, never in eval or chat; 5 is a common value; null = off."
     )
+    method: Literal["sft", "dpo", "orpo", "simpo"] = Field(
+        "sft", description="What training teaches. 'sft': the answers of instruction data. 'dpo', 'orpo', 'simpo': "
+        "preference tuning on prompt/chosen/rejected pairs (`lorakit review export --preferences`), each pair's chosen "
+        "answer made likelier than its rejected one. DPO keeps close to a reference model: the starting adapter "
+        "(training.init_adapter), frozen, or the base model without one; ORPO adds the chosen answer's SFT loss and "
+        "needs no reference; SimPO compares length-normalised log-probs against a margin (simpo_gamma)."
+    )
+    beta: float = Field(
+        0.1, gt=0, le=100, description="Preference strength (dpo/orpo/simpo): DPO's KL weight (higher stays nearer "
+        "the reference), ORPO's odds-ratio weight (lambda), SimPO's reward scale (its paper uses 2 to 2.5). TRL's "
+        "default, 0.1."
+    )
+    simpo_gamma: float = Field(0.5, ge=0, le=100, description="SimPO's target reward margin (TRL's default, 0.5).")
+    init_adapter: str | None = Field(
+        None, description="Start from the LoRA adapter of a finished run (its folder or its final/ folder), e.g. "
+        "the SFT run a DPO run refines; its r, alpha and target modules must match lora. null = a fresh adapter."
+    )
     tracker: Literal["none", "mlflow", "wandb"] = Field(
         "none", description="Experiment tracking next to TensorBoard (always on): MLflow (MLFLOW_TRACKING_URI, else a "
         "local store, OUTPUT_DIR/mlflow.db) or Weights & Biases (WANDB_MODE=offline works without an account). "
@@ -183,6 +200,22 @@ class TrainingConfig(_Section):
     def _warmup_fits(self) -> TrainingConfig:
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be smaller than max_steps ({self.max_steps})")
+        return self
+
+    @property
+    def sequences_per_example(self) -> int:
+        """Rows a training example puts in a micro-batch: a preference pair is two (prompt + chosen answer,
+        prompt + rejected answer), which the memory planner must count."""
+        return 1 if self.method == "sft" else 2
+
+    @model_validator(mode="after")
+    def _preference_tuning_is_padded_and_unsharded(self) -> TrainingConfig:
+        if self.method != "sft" and self.packing:
+            raise ValueError(f"method {self.method} trains on pairs whose chosen and rejected answers are compared "
+                             "row by row; packing is not supported for it: set packing: false")
+        if self.method != "sft" and self.distributed == "fsdp":
+            raise ValueError(f"method {self.method} is not supported with distributed: fsdp (the reference forward "
+                             "switches the adapter off, which FSDP2's sharded LoRA weights do not allow); use ddp")
         return self
 
 
@@ -273,6 +306,13 @@ class RunConfig(_Section):
     data: DataConfig
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _pairs_are_all_clean(self) -> RunConfig:
+        if self.training.method != "sft" and self.data.skip_invalid:
+            raise ValueError(f"data.skip_invalid is not supported with training.method {self.training.method}: fix "
+                             "the pairs `lorakit data check` reports (or remove them), then train")
+        return self
 
     @model_validator(mode="after")
     def _fsdp_is_bf16_lora(self) -> RunConfig:

@@ -15,7 +15,7 @@ import typer
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from lorakit.cli import chat, data, doctor, eval, export, plan, push, report, serve, studio, train
+from lorakit.cli import chat, data, doctor, eval, export, plan, push, report, review, serve, studio, train
 from lorakit.cli.console import console, err_console, root_options
 from lorakit.errors import LorakitError
 
@@ -81,6 +81,7 @@ app.command("export")(export.export_command)
 app.command()(plan.plan)
 app.command("push")(push.push_command)
 app.command()(report.report)
+app.add_typer(review.review_app, name="review")
 app.command()(serve.serve)
 app.command()(studio.studio)
 app.command()(train.train)

@@ -145,15 +145,16 @@ def check(
                                        help="Report rows that contain a shipped benchmark item (warning) or a safety "
                                        "probe (error), by 13-word overlap."),
 ) -> None:
-    """Report every problem in the data files, each with file:line, field and fix. Exit 0 clean, 2 on errors."""
-    from lorakit.data.validate import check_files
+    """Report every problem in the data files, each with file:line, field and fix. Exit 0 clean, 2 on errors.
+    Preference files (prompt/chosen/rejected) are recognised by their first record and checked as pairs."""
+    from lorakit.data.preference_check import check_data_files
     from lorakit.evaluation.held_out_texts import held_out_index
 
     config = _config(config_path, overrides)
     roles = _split_roles(list(files or []) if validation or test else [], validation, test)
     paths = _files(list(files or []) + list(validation) + list(test), config)
     tokenizer = _tokenizer(tokenizer_name, config)
-    report = check_files(
+    report = check_data_files(
         paths,
         format=_format(format, config),
         tokenizer=tokenizer,

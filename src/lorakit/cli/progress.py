@@ -1,4 +1,5 @@
-"""Rich progress bar for the training loop: step, loss, tokens/s and ETA.
+"""Rich progress bar for the training loop: step, loss, tokens/s, ETA (and reward margin and accuracy when
+preference tuning).
 
 The ETA is the mean step time since training (or the resume) started times the steps left: rich's own
 estimate only looks at the last 30 seconds and shows nothing once one step takes longer than that (issue 25:
@@ -14,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lorakit.cli.console import err_console
 
-__all__ = ["RichTrainingReporter", "PLAIN_LINE_INTERVAL_S", "eta_seconds", "format_eta"]
+__all__ = ["RichTrainingReporter", "PLAIN_LINE_INTERVAL_S", "eta_seconds", "format_eta", "reward_text"]
 
 # Off a terminal, a progress line at least this often even between log steps, so a CI log shows the run is alive.
 PLAIN_LINE_INTERVAL_S = 120.0
@@ -45,6 +46,15 @@ def format_eta(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def reward_text(metrics: dict) -> str:
+    """Preference tuning's progress: the mean reward margin and the share of pairs whose chosen answer wins.
+
+    >>> reward_text({"rewards_margin": 0.0312, "rewards_accuracy": 0.75})
+    'margin 0.031 acc 75%'
+    """
+    return f"margin {metrics['rewards_margin']:.3f} acc {metrics['rewards_accuracy']:.0%}"
+
+
 class RichTrainingReporter:
     """Implements lorakit.training.metrics.ProgressReporter on stderr (stdout stays for answers).
 
@@ -63,6 +73,7 @@ class RichTrainingReporter:
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("val {task.fields[val]}"),
             TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("{task.fields[rewards]}"),  # preference tuning: reward margin and accuracy
             TimeElapsedColumn(),
             TextColumn("ETA {task.fields[eta]}"),
             console=err_console,
@@ -75,7 +86,7 @@ class RichTrainingReporter:
         self.first_step = first_step
         self.progress.start()
         self.task = self.progress.add_task("train", total=total_steps, completed=first_step, loss="-", val="-", tps="-",
-                                           eta="-")
+                                           eta="-", rewards="")
 
     def step(self, step: int, metrics: dict) -> None:
         fields = {}
@@ -84,6 +95,8 @@ class RichTrainingReporter:
             fields["tps"] = f"{metrics['tokens_per_second']:,.0f}"
         if "val_loss" in metrics:
             fields["val"] = f"{metrics['val_loss']:.4f}"
+        if "rewards_margin" in metrics:
+            fields["rewards"] = reward_text(metrics)
         now = self.clock()
         total = self.progress.tasks[0].total
         fields["eta"] = format_eta(eta_seconds(step - self.first_step, now - self.started_at, int(total) - step))
@@ -93,7 +106,8 @@ class RichTrainingReporter:
             self.last_line_at = now
             task = self.progress.tasks[0]
             err_console.print(f"step {step}/{task.total:.0f}  loss {task.fields['loss']}  val {task.fields['val']}  "
-                              f"{task.fields['tps']} tok/s  ETA {fields['eta']}", highlight=False)
+                              f"{task.fields['tps']} tok/s  ETA {fields['eta']}"
+                              + (f"  {task.fields['rewards']}" if task.fields["rewards"] else ""), highlight=False)
 
     def message(self, text: str) -> None:
         (self.progress.console if self.task is not None else err_console).print(text, highlight=False)

@@ -26,7 +26,7 @@ from lorakit.data.unicode_text import find_lone_surrogate
 from lorakit.errors import DataError
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["DataChecker", "check_files", "load_checked_conversations", "refusal_error"]
+__all__ = ["DataChecker", "check_files", "load_checked_conversations", "refusal_error", "phi_issues"]
 
 log = get_logger("data.validate")
 
@@ -98,15 +98,7 @@ class DataChecker:
                                             hint="Add examples, one JSON object per line."))
 
     def _phi_issues(self, path: str, line: int, texts: tuple[tuple[str, str], ...]) -> list[Issue]:
-        severity = "warning" if self.allow_phi else "error"
-        issues = []
-        for field, text in texts:
-            findings = scan_text(text)
-            for finding in findings:
-                snippet = masked_snippet(text, findings, finding)
-                issues.append(Issue(path, line, severity, f"phi-{finding.kind}",
-                                    f"possible {finding.label}: \"{snippet}\"", field=field, hint=_PHI_HINT))
-        return issues
+        return phi_issues(path, line, texts, self.allow_phi)
 
     def _queue_length_check(self, conversation: Conversation) -> None:
         self._pending_lengths.append(conversation)
@@ -163,6 +155,19 @@ class DataChecker:
             by_path[path].valid -= 1
         self.report.data_sha256 = self._digest.hexdigest()
         return self.report
+
+
+def phi_issues(path: str, line: int, texts: tuple[tuple[str, str], ...], allow_phi: bool) -> list[Issue]:
+    """The privacy scan's findings in each (field, text) of one record: errors, or warnings with `allow_phi`."""
+    severity = "warning" if allow_phi else "error"
+    issues = []
+    for field, text in texts:
+        findings = scan_text(text)
+        for finding in findings:
+            snippet = masked_snippet(text, findings, finding)
+            issues.append(Issue(path, line, severity, f"phi-{finding.kind}",
+                                f"possible {finding.label}: \"{snippet}\"", field=field, hint=_PHI_HINT))
+    return issues
 
 
 def _surrogate_issue(path: str, line: int, field: str, problem: str) -> Issue:

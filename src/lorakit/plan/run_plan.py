@@ -179,11 +179,13 @@ def refusal_advice(config: RunConfig) -> str:
 
 
 def planned_length(config: RunConfig, longest_example: int | None) -> int:
-    """Tokens per micro-batch row: max_length, or without packing the data's longest example if shorter
-    (a micro-batch is padded to its longest example, not to max_length)."""
+    """Tokens one example puts in a micro-batch: max_length, or without packing the data's longest sequence if
+    shorter (a micro-batch is padded to its longest example, not to max_length); times two for a preference pair,
+    whose chosen and rejected sequences are both rows of the batch."""
+    per_row = config.model.max_length
     if longest_example and not config.training.packing:
-        return min(config.model.max_length, longest_example)
-    return config.model.max_length
+        per_row = min(config.model.max_length, longest_example)
+    return per_row * config.training.sequences_per_example
 
 
 def train_settings(config: RunConfig, quantization: str, *, dtype_bytes: int, cuda: bool) -> TrainSettings:

@@ -12,6 +12,7 @@
                                 eval/step-N/ for a checkpoint
       export/FORMAT/            `lorakit export`'s default output folders
       report.html               `lorakit report`
+      review.jsonl              reviews of the run's answers, append-only (lorakit/review)
 
 Other packages name these files only through this module (tests/test_run_folder_names.py checks it), so a
 reader and the writer can never disagree on a name. The studio's own job files (studio.yaml, studio-JOB.log)
@@ -25,7 +26,7 @@ from pathlib import Path
 __all__ = [
     "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "ANSWERS_FILE", "CHECKPOINTS", "CHECKPOINT_MANIFEST", "CONFIG", "EVAL",
     "EVAL_FILE", "EXPORT", "FINAL", "JOURNAL_FILES", "KNOWLEDGE_ANSWERS_FILE", "LOCK_NAME", "LOSS_CURVE", "MANIFEST", "METRICS",
-    "MODEL_CARD", "OPTIMIZER", "REPORT_FILE", "RNG", "SAFETY_ANSWERS_FILE", "SCALER", "SCHEDULER", "TENSORBOARD",
+    "MODEL_CARD", "OPTIMIZER", "REPORT_FILE", "REVIEW_FILE", "RNG", "SAFETY_ANSWERS_FILE", "SCALER", "SCHEDULER", "TENSORBOARD",
     "TRAINER_STATE", "TRAINING_OUTPUTS", "eval_root", "export_root", "finished_manifest",
 ]
 
@@ -41,6 +42,7 @@ METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 LOSS_CURVE = "loss_curve.png"
 REPORT_FILE = "report.html"
+REVIEW_FILE = "review.jsonl"  # a clinician's reviews of the run's answers, append-only (lorakit/review)
 
 # An adapter folder (final/, an export, a checkpoint)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

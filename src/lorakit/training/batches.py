@@ -7,6 +7,7 @@ import torch
 
 from lorakit.data.collate import collate_padded
 from lorakit.data.packing import collate_packed, pack_best_fit
+from lorakit.data.preference_batch import PreferenceExample, collate_preferences
 from lorakit.data.render import TokenizedExample
 
 __all__ = ["epoch_seed", "epoch_groups", "packed_epoch_groups", "collate_group"]
@@ -49,8 +50,13 @@ def packed_epoch_groups(examples: list[TokenizedExample], capacity_tokens: int, 
 
 
 def collate_group(
-    examples: list[TokenizedExample], group: list[int], pad_token_id: int, *, packed: bool = False
+    examples: list[TokenizedExample] | list[PreferenceExample], group: list[int], pad_token_id: int, *,
+    packed: bool = False
 ) -> dict[str, torch.Tensor | int]:
-    """Padded rows, or (packed) one flat row with per-example positions and boundaries."""
-    chosen = [examples[i] for i in group]
-    return collate_packed(chosen) if packed else collate_padded(chosen, pad_token_id)
+    """Padded rows, or (packed) one flat row with per-example positions and boundaries; preference pairs: their
+    chosen rows, then their rejected rows (never packed: the config refuses it)."""
+    picked = [examples[i] for i in group]
+    if picked and isinstance(picked[0], PreferenceExample):
+        assert not packed, "preference pairs are never packed"
+        return collate_preferences(picked, pad_token_id)
+    return collate_packed(picked) if packed else collate_padded(picked, pad_token_id)

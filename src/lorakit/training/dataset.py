@@ -1,4 +1,10 @@
-"""From the configured train files to tokenized train/validation/test splits."""
+"""From the configured train files to tokenized train/validation/test splits.
+
+With a preference method (training.method dpo/orpo/simpo) the train files hold prompt/chosen/rejected pairs:
+the train split holds rendered pairs (PreferenceExample) and the validation and test splits the held-out pairs'
+chosen answers as SFT examples, so validation and test loss read "how likely the preferred answers are" and
+`lorakit eval` finds the same held-out questions training left out.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,23 @@ from dataclasses import dataclass, field
 
 from lorakit.config import RunConfig
 from lorakit.data.issues import DataReport
+from lorakit.data.preference_batch import PreferenceExample, render_preferences
 from lorakit.data.records import Conversation
 from lorakit.data.render import TokenizedExample
 from lorakit.data.splits import Splits, split_conversations
 from lorakit.data.token_cache import render_cached
 from lorakit.data.validate import load_checked_conversations
 from lorakit.runtime.logging import get_logger
+from lorakit.training.preference_data import read_preference_pairs
 
-__all__ = ["PreparedData", "read_train_conversations", "prepare_data"]
+__all__ = ["PreparedData", "example_length", "read_train_conversations", "prepare_data"]
 
 log = get_logger("training.dataset")
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    splits: Splits[TokenizedExample]
+    splits: Splits[TokenizedExample]  # with a preference method, train holds PreferenceExamples
     data_sha256: str
     truncated: int
     without_targets: int
@@ -29,15 +37,26 @@ class PreparedData:
 
     @property
     def longest_example(self) -> int:
-        """Tokens of the longest example in any split: without packing a micro-batch is padded to its longest
-        example, not to max_length, so the memory planner plans for this."""
+        """Tokens of the longest sequence in any split (of a pair: its longer answer's): without packing a
+        micro-batch is padded to its longest sequence, not to max_length, so the memory planner plans for this."""
         splits = self.splits
-        return max(len(e.input_ids) for examples in (splits.train, splits.validation, splits.test) for e in examples)
+        return max(example_length(e) for examples in (splits.train, splits.validation, splits.test) for e in examples)
+
+
+def example_length(example: TokenizedExample | PreferenceExample) -> int:
+    """Tokens of an example's row; of a preference pair, of its longer row (what a padded batch is padded to)."""
+    if isinstance(example, PreferenceExample):
+        return max(len(example.chosen.input_ids), len(example.rejected.input_ids))
+    return len(example.input_ids)
 
 
 def read_train_conversations(config: RunConfig, tokenizer) -> tuple[list[Conversation], DataReport]:
     """All conversations of the configured train files (the one place train files are read), checked like
-    `lorakit data check`: errors and privacy findings raise a DataError here, before the model is loaded."""
+    `lorakit data check`: errors and privacy findings raise a DataError here, before the model is loaded.
+    Preference pairs are read as their chosen conversations (prompt + chosen answer)."""
+    if config.training.method != "sft":
+        pairs, report = read_preference_pairs(config, tokenizer)
+        return [pair.conversations()[0] for pair in pairs], report
     return load_checked_conversations(config.data, tokenizer, config.model.max_length)
 
 
@@ -46,8 +65,26 @@ def _tokenize(conversations: list[Conversation], tokenizer, config: RunConfig) -
     return render_cached(conversations, tokenizer, config.data.system_prompt, config.model.max_length)
 
 
+def _prepare_preferences(config: RunConfig, tokenizer) -> PreparedData:
+    """Pairs split as their chosen conversations are (the split `lorakit eval` recomputes); train: the pairs
+    rendered, validation and test: the chosen answers rendered as SFT examples."""
+    pairs, report = read_preference_pairs(config, tokenizer)
+    chosen = [pair.conversations()[0] for pair in pairs]
+    pair_of = {id(conversation): pair for conversation, pair in zip(chosen, pairs)}
+    by_split = split_conversations(chosen, config.data.validation_split, config.data.test_split, config.seed)
+    train = render_preferences([pair_of[id(c)] for c in by_split.train], tokenizer, config.data.system_prompt,
+                               config.model.max_length)
+    held_out = {name: _tokenize(getattr(by_split, name), tokenizer, config) for name in ("validation", "test")}
+    truncated = sum(e.chosen.truncated or e.rejected.truncated for e in train) + sum(
+        e.truncated for examples in held_out.values() for e in examples)
+    return PreparedData(splits=Splits(train=train, **held_out), data_sha256=report.data_sha256, truncated=truncated,
+                        without_targets=0, notes=report.manifest_notes())
+
+
 def prepare_data(config: RunConfig, tokenizer) -> PreparedData:
     """Read, split (by seed and content), render and mask; drop examples left with nothing to learn."""
+    if config.training.method != "sft":
+        return _prepare_preferences(config, tokenizer)
     conversations, report = read_train_conversations(config, tokenizer)
     by_split = split_conversations(conversations, config.data.validation_split, config.data.test_split, config.seed)
     tokenized = {name: _tokenize(getattr(by_split, name), tokenizer, config) for name in ("train", "validation", "test")}

@@ -32,6 +32,7 @@ from lorakit.training.finalize import TrainResult
 from lorakit.training.metrics import MetricsSink, ProgressReporter, SilentReporter, interval_warnings
 from lorakit.training.numerics import loss_scaler
 from lorakit.training.objective import Objective
+from lorakit.training.preference_objective import PreferenceObjective
 from lorakit.training.run_dir import resume_state
 from lorakit.training.schedule import build_optimizer, build_scheduler
 from lorakit.training.session import TrainingSession, build_session
@@ -130,6 +131,8 @@ def open_trainer(session: TrainingSession, run_dir: Path, *, resume: bool, repor
         log.warning(share_warning)
     tracker = open_tracker(config, run_dir, resume=resume) if ranks.is_main else None
     sink = MetricsSink(run_dir, state.log_history, state.step, tracker=tracker) if ranks.is_main else NullMetricsSink()
+    if objective is None and config.training.method != "sft":
+        objective = PreferenceObjective(config.training)  # dpo / orpo / simpo on chosen/rejected pairs
     return Trainer(session, run_dir, state=state, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                    stopper=stopper, sink=sink, reporter=reporter, tracker=tracker, objective=objective, hooks=hooks)
 

@@ -41,6 +41,7 @@ from lorakit.training.batches import collate_group
 from lorakit.training.data_parallel import agree_on_plan
 from lorakit.training.dataset import PreparedData, prepare_data
 from lorakit.training.metrics import ProgressReporter
+from lorakit.training.preference_setup import prepare_for_method
 from lorakit.training.sharding import ShardedLoss, shard_model
 
 __all__ = ["TrainingSession", "BatchesAhead", "build_session", "collate_for_step"]
@@ -147,6 +148,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
                            checkpointed_layers=resolved.checkpointed_layers, offload_activations=resolved.offload_activations,
                            sharded=sharded)
     name_adapter_base(model, public_model_name(source))  # adapter_config.json names no local path
+    method_identity = prepare_for_method(model, config, targets)  # starting adapter, DPO reference, dropout
     # Every module in training mode (from_pretrained leaves the base model's in eval mode under a training-mode
     # peft wrapper): a step then switches modes only after an evaluation flipped the root (Trainer.step).
     model.train()
@@ -175,6 +177,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         **variant_identity(config),
         **chat_template_identity(config.model.chat_template),
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+        **method_identity,
     }
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
                            resolved.offload_activations, ranks, root)

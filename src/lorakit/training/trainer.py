@@ -18,7 +18,6 @@ import torch
 from lorakit.config import dump_config
 from lorakit.errors import TrainingError
 from lorakit.model.checkpointing import activation_offload
-from lorakit.model.kernels import LOSS_POSITIONS
 from lorakit.plan.micro_batches import accumulation_after_split, halved
 from lorakit.plan.oom import OOM_ADVICE, TorchRngSnapshot, release_memory, replan_after_oom
 from lorakit.run.checkpoints import TrainerState, save_checkpoint
@@ -29,6 +28,7 @@ from lorakit.runtime.logging import get_logger
 from lorakit.runtime.seed import micro_batch_seed
 from lorakit.training.data_order import make_next_batches, next_micro_batches, step_pieces
 from lorakit.training.data_parallel import NullMetricsSink, agree_on_step, shared_split_loss
+from lorakit.training.dataset import example_length
 from lorakit.training.early_stop import EarlyStopping
 from lorakit.training.finalize import TrainResult, finalize_run
 from lorakit.training.metrics import ProgressReporter, SilentReporter
@@ -223,7 +223,7 @@ class Trainer:
         session, optimizer, scaler = self.session, self.optimizer, self.scaler
         cfg = session.config.training
         batches = [session.ahead.take(session, group) for group in groups]
-        target_tokens = sum(len(batch[LOSS_POSITIONS]) for batch in batches)  # the step's answer tokens
+        target_tokens = sum(self.objective.targets(batch) for batch in batches)  # the step's answer tokens (or pairs)
         autocast = torch.autocast(session.device.type, dtype=session.autocast_dtype) if session.autocast_dtype else nullcontext()
         if not session.model.training:  # (walking ~1,700 modules costs milliseconds of idle GPU per step)
             session.model.train()
@@ -317,10 +317,10 @@ class Trainer:
         path = self.save()
         self.session.ranks.barrier()  # no rank exits (and has the launcher stop rank 0) before the save is done
         examples = self.session.data.splits.train
-        longest = max((examples[i] for group in groups for i in group), key=lambda e: len(e.input_ids))
+        longest = max((examples[i] for group in groups for i in group), key=example_length)
         return TrainingError(f"Out of memory at step {state.step + 1} even with micro-batch 1. Saved a resumable "
                              f"checkpoint at {path}. The step's longest example is {longest.source}:{longest.line} "
-                             f"({len(longest.input_ids)} tokens).", hint=OOM_ADVICE)
+                             f"({example_length(longest)} tokens).", hint=OOM_ADVICE)
 
     def _sharded_out_of_memory(self, step: int) -> TrainingError:
         """Out of memory under fsdp stops the run: the other ranks wait inside this pass's weight gathers, which
