@@ -107,6 +107,11 @@ def test_knowledge_bf16_is_asked_for_and_recorded(tiny_run, monkeypatch):
     assert asked == [("base", "bfloat16"), ("tuned", "bfloat16")]
     section = json.loads((tiny_run / "eval" / "eval.json").read_text())["knowledge"]
     assert section["precision"].startswith("bfloat16 (asked for")
+    from lorakit.evaluation.report_knowledge import knowledge_html, knowledge_markdown
+
+    assert "scored in bfloat16" in knowledge_markdown(section)[0] and "Scored in bfloat16" in knowledge_html(section, "r")
+    as_float32 = {**section, "precision": "float32"}
+    assert "bfloat16" not in knowledge_markdown(as_float32)[0] and "bfloat16" not in knowledge_html(as_float32, "r")
     assert run_cli(["eval", str(tiny_run), "--knowledge-bf16"]) == 2  # needs --knowledge
 
 

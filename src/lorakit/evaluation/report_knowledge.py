@@ -63,6 +63,8 @@ def knowledge_markdown(knowledge: dict) -> list[str]:
     """The knowledge table for a model card (Markdown lines), intervals and controls included."""
     limit = knowledge["limit_per_benchmark"]
     sample = f"a fixed sample of at most {limit} items per benchmark" if limit else "every shipped item"
+    if knowledge.get("precision", "").startswith("bfloat16"):  # older eval.json files have no precision
+        sample += "; scored in bfloat16, where some near-tied answers differ from float32"
     rows = ["| benchmark | items | base [95% CI] | fine-tuned [95% CI] | chance / best constant | McNemar p | verdict |",
             "|---|---:|---:|---:|---:|---:|---|"]
     for b in knowledge["benchmarks"]:
