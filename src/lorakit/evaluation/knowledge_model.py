@@ -3,7 +3,7 @@ private copy of the weights, or either one in bfloat16 when asked.
 
 Why merge: with the adapter left unmerged (as chat and serve run it), every one of the 7 x 30 adapted linear
 layers of SmolLM2 adds two small matrix products, a scale and an add over the full activation; the fine-tuned
-pass ran 25-35% slower than the base pass for it (bench/results/knowledge_eval_time.txt). A merged copy
+pass took about 1.3 times as long as with merged weights (bench/results/knowledge_speed.txt). A merged copy
 (W + scale * B @ A, computed once in the model's dtype) costs what the base model costs. Merged and unmerged
 scores agree within fp32 rounding, not bit for bit (measured there: how many items change their answer).
 
