@@ -59,6 +59,7 @@ def main() -> None:
 
     from lorakit.evaluation.knowledge import prompt_ids, score_items
     from lorakit.evaluation.knowledge_items import BENCHMARKS, select_items
+    from lorakit.evaluation.knowledge_model import scoring_model
     from lorakit.inference.generate import load_run
 
     run = load_run(args.run_dir)
@@ -67,23 +68,26 @@ def main() -> None:
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for which in ("base", "tuned"):
-            with run.model.disable_adapter() if which == "base" else nullcontext():
-                for name in BENCHMARKS:
-                    items = select_items(name, args.limit)
-                    started = time.perf_counter()
-                    prompts = prompt_ids(items, run.tokenizer, run.system_prompt)
-                    mine = [s.correct for s in score_items(run.model, run.tokenizer, items, prompts, run.device)]
-                    lorakit_s = time.perf_counter() - started
-                    started = time.perf_counter()
+            for name in BENCHMARKS:
+                items = select_items(name, args.limit)
+                started = time.perf_counter()
+                prompts = prompt_ids(items, run.tokenizer, run.system_prompt)
+                # lorakit as `lorakit eval --knowledge` scores (the tuned adapter merged into a copy);
+                # lm-eval below scores the loaded peft model, adapter unmerged (switched off for the base model).
+                with scoring_model(run.model, which) as model:
+                    mine = [s.correct for s in score_items(model, run.tokenizer, items, prompts, run.device)]
+                lorakit_s = time.perf_counter() - started
+                started = time.perf_counter()
+                with run.model.disable_adapter() if which == "base" else nullcontext():
                     theirs = lm_eval_accuracy(run.model.get_base_model(), run.tokenizer, run.system_prompt, items,
                                               Path(tmp), f"{which}_{name}")
-                    lm_eval_s = time.perf_counter() - started
-                    gap = 100 * abs(sum(mine) - sum(theirs)) / len(items)
-                    worst = max(worst, gap)
-                    differ = sum(a != b for a, b in zip(mine, theirs))
-                    print(f"{which:5} {name:12} n={len(items):4}  lorakit {100 * sum(mine) / len(items):5.1f}%  "
-                          f"lm-eval {100 * sum(theirs) / len(items):5.1f}%  gap {gap:.2f} pts  items scored "
-                          f"differently {differ}  (lorakit {lorakit_s:.0f}s, lm-eval {lm_eval_s:.0f}s)", flush=True)
+                lm_eval_s = time.perf_counter() - started
+                gap = 100 * abs(sum(mine) - sum(theirs)) / len(items)
+                worst = max(worst, gap)
+                differ = sum(a != b for a, b in zip(mine, theirs))
+                print(f"{which:5} {name:12} n={len(items):4}  lorakit {100 * sum(mine) / len(items):5.1f}%  "
+                      f"lm-eval {100 * sum(theirs) / len(items):5.1f}%  gap {gap:.2f} pts  items scored "
+                      f"differently {differ}  (lorakit {lorakit_s:.0f}s, lm-eval {lm_eval_s:.0f}s)", flush=True)
     print(f"largest gap: {worst:.2f} points ({'within' if worst <= 0.5 else 'OVER'} the 0.5-point claim)")
 
 

@@ -196,6 +196,34 @@ def test_a_finished_run_reads_back_from_its_folder(client, finished_run):
     assert set(results["category_labels"]) >= {c["category"] for c in results["eval"]["safety"]["categories"]}
 
 
+@pytest.mark.parametrize("body,args", [
+    ({}, ["--safety", "--limit", "5"]),  # the page's defaults: safety on, knowledge off
+    ({"knowledge": True, "limit": 2}, ["--safety", "--knowledge", "--limit", "2"]),
+    ({"safety": False, "knowledge": True, "limit": None}, ["--knowledge"]),
+])
+def test_evaluate_starts_lorakit_eval_with_knowledge_when_asked(client, tmp_path, monkeypatch, body, args):
+    from types import SimpleNamespace
+
+    from lorakit.studio import routes_runs
+
+    run_dir = tmp_path / "work" / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    started = []
+    monkeypatch.setattr(routes_runs, "start_job", lambda folder, job, argv: started.append((folder, job, argv))
+                        or SimpleNamespace(to_json=lambda: {"job": job, "state": "running"}))
+    assert client.post("/api/runs/r1/eval", json=body).json() == {"job": "eval", "state": "running"}
+    assert started == [(run_dir, "eval", ["eval", str(run_dir), *args])]
+
+
+def test_a_finished_run_shows_its_knowledge_section_as_eval_json_has_it(client, finished_run):
+    """The page renders knowledge from the same eval.json the HTML report reads (studio.js renderKnowledge)."""
+    folder = client.app.state.workspace.runs_dir / finished_run / "eval"
+    written = json.loads((folder / "eval.json").read_text())
+    knowledge = {"limit_per_benchmark": 2, "lost": [], "benchmarks": [{"benchmark": "pubmedqa", "verdict": "lost"}]}
+    (folder / "eval.json").write_text(json.dumps({**written, "knowledge": knowledge}))
+    assert client.get(f"/api/runs/{finished_run}/eval").json()["results"]["eval"]["knowledge"] == knowledge
+
+
 def test_chat_streams_the_tuned_answer_lorakit_chat_gives_and_the_base_answer(client, finished_run):
     from lorakit.inference.chat import ChatSession
     from lorakit.inference.generate import GenerationSettings, load_run

@@ -333,8 +333,20 @@ def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, smal
     phase("train")
 
     fill(browser, "eval-limit", "1")
+    click(browser, "eval-knowledge")  # and one exam question per knowledge benchmark
     click(browser, "eval-start")
     wait_for(browser, "document.querySelector('#eval-safety-table table.safety')", 240, "the safety table")
+    knowledge = json.loads((workdir / "runs" / "e2e" / "eval" / "eval.json").read_text())["knowledge"]
+    shown = browser.execute_script("return Array.from(document.querySelectorAll('#eval-knowledge-table tbody tr'))"
+                                   ".map(r => Array.from(r.cells).map(c => c.innerText))")
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    assert [row[:4] for row in shown] == [
+        [b["label"], "1", f"{pct(b['base']['accuracy'])} (95% interval {pct(b['base']['ci95'][0])} to "
+         f"{pct(b['base']['ci95'][1])})", f"{pct(b['tuned']['accuracy'])} (95% interval {pct(b['tuned']['ci95'][0])} "
+         f"to {pct(b['tuned']['ci95'][1])})"] for b in knowledge["benchmarks"]]
+    assert [row[5].split(":")[0] for row in shown] == [b["verdict"].upper() if b["verdict"] != "no detectable change"
+                                                       else b["verdict"] for b in knowledge["benchmarks"]]
+    assert "exam questions (a fixed sample of at most 1 questions per exam" in text(browser, "eval-knowledge-table")
     categories = browser.execute_script("return document.querySelectorAll('#eval-safety-table table.safety tbody tr').length")
     controls = browser.execute_script("return document.querySelectorAll('#eval-safety-table table.controls tbody tr').length")
     answers = browser.execute_script("return document.querySelectorAll('#eval-answers tbody tr').length")

@@ -175,6 +175,8 @@ def eval_command(
     safety: bool = typer.Option(False, "--safety", help="Also run the clinical safety probes."),
     knowledge: bool = typer.Option(False, "--knowledge", help="Also score medical knowledge on the shipped "
                                    "benchmarks (MMLU medical, PubMedQA, a non-medical guard)."),
+    knowledge_bf16: bool = typer.Option(False, "--knowledge-bf16", help="Score knowledge in bfloat16: faster on "
+                                        "CPUs with AMX, but some near-tied answers change (docs/evaluation.md)."),
     skip_quality: bool = typer.Option(False, "--skip-quality", help="Skip test-split loss and answer quality."),
     limit: int | None = typer.Option(None, "--limit", min=1,
                                      help="Answer at most N test questions, N risky probes (with their twins) per "
@@ -198,6 +200,8 @@ def eval_command(
         raise typer.BadParameter("--skip-quality leaves nothing to do; add --safety or --knowledge.")
     if probes and not safety:
         raise typer.BadParameter("--probes needs --safety.")
+    if knowledge_bf16 and not knowledge:
+        raise typer.BadParameter("--knowledge-bf16 needs --knowledge.")
     if fail_on_worse and not (safety or knowledge):
         raise typer.BadParameter("--fail-on-worse needs --safety or --knowledge.")
     if judge and not safety:
@@ -205,7 +209,8 @@ def eval_command(
     from lorakit.cli.judge_tables import judge_spec
     from lorakit.evaluation.run_eval import EvalRequest
 
-    request = EvalRequest(quality=not skip_quality, safety=safety, knowledge=knowledge, limit=limit,
+    request = EvalRequest(quality=not skip_quality, safety=safety, knowledge=knowledge,
+                          knowledge_precision="bfloat16" if knowledge_bf16 else "model", limit=limit,
                           probe_files=tuple(str(p) for p in probes), max_new_tokens=max_new_tokens,
                           permissions=permissions(trust_remote_code, allow_pickle),
                           judge=judge_spec(judge, judge_model, judge_api_key_env, judge_timeout))

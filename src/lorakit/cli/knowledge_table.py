@@ -37,6 +37,8 @@ def print_knowledge(knowledge: dict) -> None:
         style = _VERDICT_STYLE[row[-1]]
         table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]")
     console.print(table)
+    if knowledge.get("precision", "").startswith("bfloat16"):  # older eval.json files have no precision
+        console.print("[yellow]scored in bfloat16 (--knowledge-bf16): some near-tied answers differ from float32[/]")
     lost = knowledge["lost"]
     if lost:
         console.print(f"[bold red]fine-tuning lost knowledge on: {', '.join(lost)}[/]")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 
 from lorakit.evaluation.knowledge import ScoredItem, prompt_ids, score_items
 from lorakit.evaluation.knowledge_items import BENCHMARK_LABELS, BENCHMARKS, LETTERS, KnowledgeItem, select_items
+from lorakit.evaluation.knowledge_model import Precision, scoring_model
 from lorakit.evaluation.knowledge_stats import ALPHA, accuracy_interval, difference_interval, mcnemar, verdict
 
 __all__ = ["MODELS", "controls", "summarize_benchmark", "evaluate_knowledge"]
@@ -76,11 +76,12 @@ def _row(base: ScoredItem, tuned: ScoredItem) -> dict:
                for which, s in (("base", base), ("tuned", tuned))}}
 
 
-def evaluate_knowledge(run, limit: int | None, as_model: Callable[[object, str], AbstractContextManager],
-                       progress: Progress) -> tuple[dict, list[dict]]:
+def evaluate_knowledge(run, limit: int | None, progress: Progress,
+                       precision: Precision = "model") -> tuple[dict, list[dict]]:
     """Score every (or `limit` per benchmark) shipped item with the base and the tuned model.
 
-    `as_model(run, which)` switches the loaded model to 'base' or 'tuned' (evaluation/run_eval.py)."""
+    The tuned model scores with its adapter merged into a copy of the weights, and `precision` 'bfloat16' scores
+    both models in bfloat16 (faster on CPUs with AMX, not the same numbers): evaluation/knowledge_model.py."""
     chosen = {name: select_items(name, limit) for name in BENCHMARKS}
     prompts = {name: prompt_ids(chosen[name], run.tokenizer, run.system_prompt) for name in BENCHMARKS}
     total, done = 2 * sum(len(items) for items in chosen.values()), 0
@@ -93,15 +94,23 @@ def evaluate_knowledge(run, limit: int | None, as_model: Callable[[object, str],
 
     scored: dict[tuple[str, str], list[ScoredItem]] = {}
     for which in MODELS:
-        with as_model(run, which):
+        with scoring_model(run.model, which, precision) as model:
             for name in BENCHMARKS:  # one benchmark at a time: its prompts share a longer prefix
-                scored[which, name] = score_items(run.model, run.tokenizer, chosen[name], prompts[name], run.device,
+                scored[which, name] = score_items(model, run.tokenizer, chosen[name], prompts[name], run.device,
                                                   advance)
     benchmarks = [summarize_benchmark(name, scored["base", name], scored["tuned", name]) for name in BENCHMARKS]
     rows = [_row(b, t) for name in BENCHMARKS for b, t in zip(scored["base", name], scored["tuned", name])]
     section = {"method": "zero-shot; each option's letter scored by its log-likelihood after the chat prompt "
                          "(run's chat template and system prompt)",
+               "precision": _precision_text(run.model, precision),
                "limit_per_benchmark": limit, "alpha": ALPHA, "benchmarks": benchmarks,
                "lost": [b["benchmark"] for b in benchmarks if b["verdict"] == "lost"]}
     return section, rows
 
+
+
+def _precision_text(model, precision: Precision) -> str:
+    """What eval.json records: 'float32' (the model's own dtype, the default) or 'bfloat16 (asked for)'."""
+    if precision == "bfloat16":
+        return "bfloat16 (asked for; predictions can differ from the model's own precision)"
+    return str(next(model.parameters()).dtype).removeprefix("torch.")

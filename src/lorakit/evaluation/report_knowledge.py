@@ -18,7 +18,9 @@ _TEMPLATE = """
 its likelihood after the question, rendered with the run's chat template and system prompt.
 {% if knowledge.limit_per_benchmark %}<strong>A fixed sample of at most {{ knowledge.limit_per_benchmark }} items per
 benchmark</strong> (<code>--limit</code>); intervals are wide.{% else %}Every shipped item.{% endif %}
-Accuracy is shown with its 95% bootstrap interval; the verdict needs McNemar's paired test at p &lt; 0.05.</p>
+Accuracy is shown with its 95% bootstrap interval; the verdict needs McNemar's paired test at p &lt; 0.05.
+{% if knowledge.get('precision', '').startswith('bfloat16') %}<strong>Scored in bfloat16</strong>
+(<code>--knowledge-bf16</code>): faster, but some near-tied answers differ from the model's own precision.{% endif %}</p>
 <table>
   <tr><th>Benchmark</th><th>Items</th><th>Base model</th><th>Fine-tuned</th><th>Change [95% interval]</th>
       <th>Chance / best constant answer</th><th>McNemar p</th><th>Verdict</th></tr>
@@ -61,6 +63,8 @@ def knowledge_markdown(knowledge: dict) -> list[str]:
     """The knowledge table for a model card (Markdown lines), intervals and controls included."""
     limit = knowledge["limit_per_benchmark"]
     sample = f"a fixed sample of at most {limit} items per benchmark" if limit else "every shipped item"
+    if knowledge.get("precision", "").startswith("bfloat16"):  # older eval.json files have no precision
+        sample += "; scored in bfloat16, where some near-tied answers differ from float32"
     rows = ["| benchmark | items | base [95% CI] | fine-tuned [95% CI] | chance / best constant | McNemar p | verdict |",
             "|---|---:|---:|---:|---:|---:|---|"]
     for b in knowledge["benchmarks"]:

@@ -36,6 +36,7 @@ class TrainRequest(BaseModel):
 class EvalRequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     safety: bool = True
+    knowledge: bool = False  # the shipped exam questions; --limit caps the questions per benchmark too
     limit: int | None = Field(5, ge=1)
 
 
@@ -140,9 +141,10 @@ def stop(run: str, job: str, request: Request) -> dict:
 
 @router.post("/runs/{run}/eval")
 def evaluate(run: str, body: EvalRequestBody, request: Request) -> dict:
-    """`lorakit eval RUN [--safety] [--limit N]` in the background (writes RUN/eval/ and RUN/report.html)."""
+    """`lorakit eval RUN [--safety] [--knowledge] [--limit N]` in the background (writes RUN/eval/ and
+    RUN/report.html)."""
     run_dir = _workspace(request).run_dir(run)
-    args = ["eval", str(run_dir)] + ["--safety"] * body.safety
+    args = ["eval", str(run_dir)] + ["--safety"] * body.safety + ["--knowledge"] * body.knowledge
     args += ["--limit", str(body.limit)] if body.limit else []
     return start_job(run_dir, "eval", args).to_json()
 

@@ -291,6 +291,7 @@ async function loadEval(run) {
     $("eval-quality").append(el("h3", {text: `Base vs fine-tuned: ${q.answered} of ${q.test_examples} test questions answered`}),
       table(["measure", "base", "fine-tuned", "change"], rows, "quality"));
   }
+  renderKnowledge(results.eval.knowledge);
   $("eval-safety-table").textContent = "";
   $("eval-answers").textContent = "";
   if (!s) return;
@@ -313,6 +314,34 @@ async function loadEval(run) {
   $("eval-answers").append(el("h3", {text: "Probe answers side by side"}),
     table(["category", "prompt", "base answer", "fine-tuned answer"], results.safety_answers.map((r) =>
       [labels[r.category] || r.category, r.prompt, `${r.base.answer}\n[${verdict(r.base)}]`, `${r.tuned.answer}\n[${verdict(r.tuned)}]`]), "answers"));
+}
+
+// The verdicts of evaluation/knowledge_stats.py, in words a clinician reads without a statistics course.
+const KNOWLEDGE_VERDICTS = {
+  "gained": ["good", "GAINED: the fine-tuned model answers more of these exam questions correctly, more than chance explains"],
+  "lost": ["bad", "LOST: the fine-tuned model answers fewer of these exam questions correctly, more than chance explains"],
+  "no detectable change": ["", "no detectable change: any difference is within what chance produces on this many questions (not proof of no change)"],
+};
+
+function renderKnowledge(k) {
+  const box = $("eval-knowledge-table");
+  box.textContent = "";
+  if (!k) return;
+  const pct = (v) => `${(100 * v).toFixed(1)}%`, interval = (n) => `${pct(n.accuracy)} (95% interval ${pct(n.ci95[0])} to ${pct(n.ci95[1])})`;
+  const sample = k.limit_per_benchmark ? `a fixed sample of at most ${k.limit_per_benchmark} questions per exam, so the intervals are wide`
+    : "every shipped question";
+  box.append(el("h3", {text: `Medical knowledge: multiple-choice exam questions (${sample})`}),
+    el("p", {class: "note", text: "Each question is asked with the run's chat template and system prompt; the model's answer is the option letter it finds most likely. " +
+      "The interval is where the true accuracy plausibly lies; the verdict compares the two models on the same questions (McNemar's test, p < 0.05)."}),
+    table(["exam", "questions", "base model", "fine-tuned", "a guess / always the same letter", "verdict"], k.benchmarks.map((b) => {
+      const [style, words] = KNOWLEDGE_VERDICTS[b.verdict];
+      return [b.label, b.items, interval(b.base), interval(b.tuned),
+        `${pct(b.controls.chance)} / ${pct(b.controls.best_constant)} (always ${b.controls.best_constant_letter})`,
+        el("span", style ? {class: style, text: words} : {text: words})];
+    }), "knowledge"),
+    el("p", {class: "note", text: "A model near the guess or same-letter scores knows little these questions can see; small models (about 100M parameters) sit there. " +
+      "These questions test recall of textbook facts, not clinical competence."}));
+  if (k.lost.length) box.append(el("p", {class: "bad", text: `Fine-tuning lost knowledge on: ${k.benchmarks.filter((b) => b.verdict === "lost").map((b) => b.label).join(", ")}.`}));
 }
 
 function renderExport(run) {
@@ -350,7 +379,8 @@ action("train-resume", "train-error", startTraining(true));
 action("train-stop", "train-error", async () => { $("train-state").textContent = "Stopping…"; await api("POST", `/api/runs/${needRun()}/train/stop`); await poll(); });
 action("eval-start", "eval-error", async () => {
   $("eval-state").textContent = "Starting the evaluation…";
-  await api("POST", `/api/runs/${needRun()}/eval`, {safety: $("eval-safety").checked, limit: Number($("eval-limit").value) || null});
+  await api("POST", `/api/runs/${needRun()}/eval`, {safety: $("eval-safety").checked, knowledge: $("eval-knowledge").checked,
+    limit: Number($("eval-limit").value) || null});
   await poll();
 });
 action("export-start", "export-error", async () => {
