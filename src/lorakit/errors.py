@@ -6,7 +6,10 @@ its traceback.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
+    "mask_tokens",
     "LorakitError",
     "ConfigError",
     "DataError",
@@ -21,12 +24,30 @@ __all__ = [
 ]
 
 
+# A Hugging Face access token (hf_ + 34 letters and digits today; older ones were shorter).
+_TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+
+
+def mask_tokens(text: str) -> str:
+    """`text` with anything shaped like a Hugging Face token replaced by `hf_***`.
+
+    >>> mask_tokens("training.max_steps: not an integer (got 'hf_abcdefghijklmnopqrstuvwxyz0123')")
+    "training.max_steps: not an integer (got 'hf_***')"
+    """
+    return _TOKEN_LIKE.sub("hf_***", text)
+
+
 class LorakitError(Exception):
-    """Base class: a problem with the user's input or environment, reported without a traceback."""
+    """Base class: a problem with the user's input or environment, reported without a traceback.
+
+    Messages quote what the user gave (a config value, a `--set` line, a data field), and a token pasted in the
+    wrong place would then be printed, written to a studio job's log, sent in a studio JSON response and shown
+    in a `--debug` traceback (all of which print this message): so message and hint are masked here, once."""
 
     exit_code = 2
 
     def __init__(self, message: str, hint: str | None = None):
+        message, hint = mask_tokens(message), mask_tokens(hint) if hint is not None else None
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -40,7 +61,7 @@ class ConfigError(LorakitError):
 
     def __init__(self, source: str, problems: list[str]):
         self.source = source
-        self.problems = list(problems)
+        self.problems = [mask_tokens(problem) for problem in problems]
         lines = "\n".join(f"  - {p}" for p in self.problems)
         noun = "problem" if len(self.problems) == 1 else "problems"
         super().__init__(f"{source}: {len(self.problems)} config {noun}:\n{lines}")

@@ -6,11 +6,17 @@ must print exactly one error with one hint, no traceback, and exit 2.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import ssl
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,7 +30,7 @@ OTHER_TOKEN = "hf_ValidButNotGrantedAccess987654321"
 
 
 def _run_lorakit(directory: Path, endpoint: str, repo_id: str, token: str | None, offline: bool = False,
-                 command: str = "train"):
+                 command: str = "train", extra_env: dict | None = None):
     directory.mkdir()
     data = write_qa_jsonl(directory / "qa.jsonl")
     config = directory / "config.yaml"
@@ -34,7 +40,9 @@ def _run_lorakit(directory: Path, endpoint: str, repo_id: str, token: str | None
         "model": {"name": repo_id, "max_length": 128, **({"revision": revision} if revision else {})},
         "training": {"batch_size": 2, "max_steps": 1}, "data": {"train_file": str(data)},
     }))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "HUGGING_FACE")) and not k.lower().endswith("_proxy")}
+    env.update(extra_env or {})
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(directory / "hf-home"), HF_HUB_ETAG_TIMEOUT="1",
                HF_HUB_DOWNLOAD_TIMEOUT="1", LORAKIT_CACHE_DIR=str(directory / "cache"), COLUMNS="200")
     if token is not None:
@@ -66,23 +74,60 @@ SCENARIOS = {
     "unavailable": ("lorakit-tests/down-llama", None, False, "hub"),
     "cut-mid-file": ("lorakit-tests/cut-llama", None, False, "hub"),
     "gone-revision": ("lorakit-tests/tiny-llama@v0-deleted", None, False, "hub"),
+    # Issue 22 row 10: a proxy that cannot be reached (was "the Hub refused"), a TLS certificate that does not
+    # verify (was "Could not connect (ConnectError)").
+    "proxy": ("lorakit-tests/tiny-llama", None, False, "hub"),
+    "tls": ("lorakit-tests/tiny-llama", None, False, "tls"),
 }
+CLOSED_PROXY_PORT = free_port()
+# user:password in the proxy URL must not be printed
+SCENARIO_ENV = {"proxy": {"HTTP_PROXY": f"http://me:Pr0xyPassw0rd@127.0.0.1:{CLOSED_PROXY_PORT}",
+                          "HTTPS_PROXY": f"http://me:Pr0xyPassw0rd@127.0.0.1:{CLOSED_PROXY_PORT}"}}
+
+
+@contextlib.contextmanager
+def _self_signed_tls_server(directory: Path) -> Iterator[str]:
+    """An HTTPS server on 127.0.0.1 whose certificate is self-signed (as a proxy that inspects HTTPS shows)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    class Quiet(ThreadingHTTPServer):
+        def handle_error(self, request, client_address) -> None:  # the client hangs up mid-handshake: expected
+            pass
+
+    server = Quiet(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")
 def outcomes(tiny_llama_dir, tmp_path_factory):
     """Run every scenario's `lorakit train` concurrently (each is mostly interpreter start-up)."""
     root = tmp_path_factory.mktemp("hub-faults")
-    with FakeHub(valid_tokens={GOOD_TOKEN, OTHER_TOKEN}) as hub, FakeHub(hang=True) as silent:
+    with (FakeHub(valid_tokens={GOOD_TOKEN, OTHER_TOKEN}) as hub, FakeHub(hang=True) as silent,
+          _self_signed_tls_server(root) as tls):
         hub.add("lorakit-tests/tiny-llama", tiny_llama_dir)
         hub.add("lorakit-tests/gated-llama", tiny_llama_dir, gated=True, granted_tokens={GOOD_TOKEN})
         hub.add("lorakit-tests/busy-llama", tiny_llama_dir, fault=429, retry_after="30")
         hub.add("lorakit-tests/broken-llama", tiny_llama_dir, fault=500)
         hub.add("lorakit-tests/down-llama", tiny_llama_dir, fault=503, retry_after="120")
         hub.add("lorakit-tests/cut-llama", tiny_llama_dir, fault="cut")
-        endpoints = {"hub": hub.url, "silent": silent.url, "closed": f"http://127.0.0.1:{free_port()}"}
+        endpoints = {"hub": hub.url, "silent": silent.url, "closed": f"http://127.0.0.1:{free_port()}", "tls": tls}
         with ThreadPoolExecutor(max_workers=4) as pool:
-            futures = {name: pool.submit(_run_lorakit, root / name, endpoints[server], repo, token, offline, *command)
+            futures = {name: pool.submit(_run_lorakit, root / name, endpoints[server], repo, token, offline,
+                                         *(command or ["train"]), extra_env=SCENARIO_ENV.get(name))
                        for name, (repo, token, offline, server, *command) in SCENARIOS.items()}
             results = {name: future.result() for name, future in futures.items()}
         yield results, hub
@@ -195,3 +240,20 @@ def test_hub_faults_a_revision_that_no_longer_exists_is_named(outcomes):
     error, hint = _assert_one_message(outcomes[0]["gone-revision"][0])
     assert error == "error: lorakit-tests/tiny-llama has no revision 'v0-deleted'."
     assert hint.startswith("hint: Check model.revision against http://127.0.0.1:")
+
+
+def test_hub_faults_an_unreachable_proxy_is_named_without_its_password(outcomes):
+    result, hub = outcomes[0]["proxy"][0], outcomes[1]
+    error, hint = _assert_one_message(result)
+    assert error.startswith(f"error: Could not reach the proxy http://127.0.0.1:{CLOSED_PROXY_PORT} (ConnectError: ")
+    assert error.endswith(f") on the way to {hub.url} to download lorakit-tests/tiny-llama.")
+    assert hint.startswith("hint: Check HTTPS_PROXY / HTTP_PROXY (and NO_PROXY)")
+    assert "Pr0xyPassw0rd" not in result.stderr + result.stdout
+
+
+def test_hub_faults_a_self_signed_certificate_is_named_with_what_to_do(outcomes):
+    error, hint = _assert_one_message(outcomes[0]["tls"][0])
+    assert error.startswith("error: The TLS certificate of https://127.0.0.1:")
+    assert error.endswith("could not be verified (self-signed certificate) while downloading lorakit-tests/tiny-llama.")
+    assert hint.startswith("hint: A proxy or firewall that inspects HTTPS shows its own certificate: point "
+                           "SSL_CERT_FILE at its CA certificate")

@@ -49,7 +49,16 @@ class JobFinished:
 
 @dataclass(frozen=True)
 class JobFailed:
+    """The job's generation raised `error`; `batch` jobs were generating together (all failed with it)."""
+
     error: BaseException
+    batch: int = 1
+
+    @property
+    def out_of_memory(self) -> bool:
+        """Out of GPU memory: the request's fault no more than the server's, and worth a retry once the batch is
+        smaller (503), unlike a bug (500)."""
+        return isinstance(self.error, torch.OutOfMemoryError)
 
 
 JobEvent = TextPiece | JobFinished | JobFailed
@@ -177,12 +186,19 @@ class GenerationQueue:
                         self._finish(key, "cancelled")
                 if batch:
                     self._take(batch, batch.step())
-            except Exception as exc:  # every job in the batch gets a 500; the worker keeps serving
-                log.exception("generation failed")
+            except Exception as exc:  # every job in the batch fails with it; the worker keeps serving
+                failed = JobFailed(exc, batch=len(self._live))
+                if failed.out_of_memory:  # the batch's cache is what filled the GPU: a warning, not a traceback
+                    log.warning("Out of GPU memory while generating %d answer(s) together; they were answered 503 "
+                                "and the batch was freed.", failed.batch)
+                else:
+                    log.exception("generation failed")
                 for key in list(self._live):
-                    self._finish(key, JobFailed(exc))
+                    self._finish(key, failed)
                 batch = RunningBatch(batch.model, stop_ids=stop_token_ids(self.run), pad_id=_pad_id(self.run),
                                      device=self.run.device)
+                if failed.out_of_memory and torch.cuda.is_available():
+                    torch.cuda.empty_cache()  # the old batch's KV cache, released by the line above
 
     def _arrivals(self, block: bool, stopping: bool) -> tuple[list[RowRequest], bool]:
         """Rows for the jobs that fit the batch now (waiting for one when it is empty); True once told to stop."""

@@ -202,6 +202,17 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(error), status_code=500)
 
 
+def generation_error(failed: JobFailed, batch_size: int) -> ApiError:
+    """A failed generation as an answer: out of GPU memory is a 503 with Retry-After (the batch was freed and the
+    server goes on, so a retry may well pass) naming what to lower; anything else is a bug, 500."""
+    if not failed.out_of_memory:
+        return ApiError(500, f"Generation failed: {type(failed.error).__name__}: {failed.error}", type="server_error")
+    return ApiError(503, f"Out of GPU memory while generating {failed.batch} answer(s) together; the batch was freed "
+                    "and the server goes on. Retry, or ask for a lower max_tokens; if it happens often, restart "
+                    f"`lorakit serve` with a lower --batch-size (now {batch_size}).",
+                    type="server_error", code="out_of_memory", headers={"Retry-After": "1"})
+
+
 async def _read_body(request: Request, limit_bytes: int) -> bytes:
     """The body, refused (413) as soon as it passes the limit: an absurd upload is never held in memory."""
     too_large = ApiError(413, f"The request body is larger than this server's limit of {limit_bytes} bytes.",
@@ -229,7 +240,7 @@ async def _complete(server: _Server, job: GenerationJob, events: asyncio.Queue, 
                 return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
             continue
         if isinstance(event, JobFailed):
-            raise ApiError(500, f"Generation failed: {type(event.error).__name__}: {event.error}", type="server_error")
+            raise generation_error(event, server.options.batch_size)
         if isinstance(event, JobFinished):
             body = completion_body(new_completion_id(), server.model_id, server.content(event.answer),
                                    event.finish_reason, usage_body(prompt_tokens, event.completion_tokens))
@@ -248,9 +259,7 @@ async def _stream(server: _Server, job: GenerationJob, events: asyncio.Queue, ch
             if isinstance(event, TextPiece):
                 yield sse(chunk_body(completion_id, server.model_id, {"content": event.text}))
             elif isinstance(event, JobFailed):
-                error = ApiError(500, f"Generation failed: {type(event.error).__name__}: {event.error}",
-                                 type="server_error")
-                yield sse(error_body(error))
+                yield sse(error_body(generation_error(event, server.options.batch_size)))
                 break
             else:
                 if tail := server.content(event.answer)[len(event.answer):]:

@@ -6,6 +6,7 @@ copy loads in seconds. The cache key is the GGUF file's size and modification ti
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from lorakit.errors import ModelLoadError
+from lorakit.errors import DiskFullError, ModelLoadError
+from lorakit.runtime.atomic_files import is_disk_full
 from lorakit.runtime.cache_dir import cache_root
 from lorakit.runtime.logging import get_logger
 
@@ -78,10 +80,31 @@ def _convert(gguf_path: Path, target: Path) -> None:
             delattr(config, attribute)
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(gguf_model.state_dict())
+    _write_conversion(clean, tokenizer, target)
+
+
+def _write_conversion(model, tokenizer, target: Path) -> None:
+    """Save into a staging sibling and rename it into place; a failed write (a full disk, a read-only cache)
+    removes the staging folder, so the cache never holds a half-written conversion, and is one message."""
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    clean.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    except Exception as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_disk_full(exc):
+            raise DiskFullError(
+                f"The disk is full: converting the GGUF weights into the model cache {target.parent} failed "
+                f"({exc}; {shutil.disk_usage(target.parent).free / 2**20:.0f} MiB free there). Nothing was left "
+                "half-written in the cache.",
+                hint="Free space there (about twice the GGUF file's size is needed), or set LORAKIT_CACHE_DIR "
+                "to a folder on a disk with room, then run the command again.") from None
+        if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise ModelLoadError(
+                f"Cannot write the model cache {target.parent} ({exc.strerror}).",
+                hint="Set LORAKIT_CACHE_DIR to a folder you may write to, then run the command again.") from None
+        raise

@@ -7,6 +7,8 @@ stores it, and only asks whether one is configured to tell "not logged in" from 
 from __future__ import annotations
 
 import re
+import urllib.parse
+import urllib.request
 from http import HTTPStatus
 from pathlib import Path
 
@@ -150,7 +152,7 @@ def _hub_error(exc: HfHubHTTPError | LocalEntryNotFoundError, repo_id: str, revi
             f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it.",
             hint="Unset HF_HUB_OFFLINE to download it, or point model.name at a local directory.",
         )
-    return HubAccessError(f"{_unreachable(exc.__cause__)} {constants.ENDPOINT} to download {repo_id}.", hint=_OFFLINE_HINT)
+    return _connection_error(exc.__cause__, repo_id)
 
 
 def _http_status_error(exc: HfHubHTTPError, status: int, repo_id: str) -> HubAccessError:
@@ -192,6 +194,37 @@ def _broken_transfer(exc: BaseException, repo_id: str) -> HubAccessError:
         hint="Run the command again: files that finished stay in the Hugging Face cache, and the download resumes. "
         "If it keeps breaking, check your network or proxy.",
     )
+
+
+def _connection_error(cause: BaseException | None, repo_id: str) -> HubAccessError:
+    """No answer from the Hub: a TLS certificate that does not verify, a proxy that cannot be reached, or the Hub
+    itself unreachable, each named as what it is (a refused proxy used to read as a refused Hub)."""
+    text = str(cause)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        reason = text.split("certificate verify failed: ")[-1].split(" (_ssl")[0] if "verify failed" in text else text
+        return HubAccessError(
+            f"The TLS certificate of {constants.ENDPOINT} could not be verified ({reason}) while downloading "
+            f"{repo_id}.",
+            hint="A proxy or firewall that inspects HTTPS shows its own certificate: point SSL_CERT_FILE at its CA "
+            "certificate (your IT department has it); otherwise check HF_ENDPOINT.")
+    if (proxy := _proxy_for(constants.ENDPOINT)) is not None:
+        return HubAccessError(
+            f"Could not reach the proxy {proxy} ({type(cause).__name__}: {text}) on the way to {constants.ENDPOINT} "
+            f"to download {repo_id}.",
+            hint="Check HTTPS_PROXY / HTTP_PROXY (and NO_PROXY), or unset them on a network without a proxy. "
+            "If the model was downloaded before, HF_HUB_OFFLINE=1 uses the cached copy.")
+    return HubAccessError(f"{_unreachable(cause)} {constants.ENDPOINT} to download {repo_id}.", hint=_OFFLINE_HINT)
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment sets for `url` (as httpx reads it), without any user:password in it."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
+    proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return f"{proxy_parts.scheme}://{proxy_parts.hostname}" + (f":{proxy_parts.port}" if proxy_parts.port else "")
 
 
 def _unreachable(cause: BaseException | None) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 import yaml
 
 from lorakit.config import RunConfig, dump_config
-from lorakit.errors import ConfigError
+from lorakit.errors import ConfigError, mask_tokens
 from lorakit.run.layout import CONFIG, LOSS_CURVE, MANIFEST
 from lorakit.runtime.atomic_files import atomic_write_text
 from lorakit.runtime.logging import get_logger
@@ -29,7 +28,6 @@ __all__ = ["ExperimentTracker", "open_tracker", "tracked_params", "ARTIFACTS"]
 log = get_logger("training.tracking")
 
 ARTIFACTS = (MANIFEST, CONFIG, LOSS_CURVE)
-_TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 
 
 class ExperimentTracker(Protocol):
@@ -46,7 +44,7 @@ def tracked_params(config: RunConfig) -> dict[str, str]:
             for key, value in node.items():
                 walk(value, f"{prefix}{key}.")
         else:
-            flat[prefix.rstrip(".")] = _TOKEN_LIKE.sub("hf_***", json.dumps(node) if not isinstance(node, str) else node)
+            flat[prefix.rstrip(".")] = mask_tokens(json.dumps(node) if not isinstance(node, str) else node)
 
     walk(yaml.safe_load(dump_config(config)), "")
     return flat
