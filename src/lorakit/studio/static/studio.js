@@ -358,12 +358,9 @@ function reviewItem(a, index) {
   const status = el("span", {class: "status", id: id + "-status"});
   if (a.review) { (a.review.verdict === "good" ? good : bad).checked = true; corrected.value = a.review.corrected || "";
     note.value = a.review.note || ""; status.textContent = savedText(a.review); }
-  const item = el("article", {class: "review-item", id, "data-source": a.source, "data-item": a.item_id, "data-model": a.model},
-    el("h3", {text: `${SOURCE_TEXT[a.source]} ${a.item_id} · ${MODEL_TEXT[a.model]}`}),
-    el("p", {class: "q", text: "Q: " + a.prompt}), el("div", {class: "answer", text: a.answer || "(empty answer)"}),
-    el("p", {class: "verdict", text: evalText(a)}));
-  if (a.eval && a.eval.reference) item.append(el("details", {}, el("summary", {text: "Reference answer from the test data"}),
-    el("p", {class: "answer", text: a.eval.reference})));
+  const item = el("div", {class: "review-answer", id, "data-source": a.source, "data-item": a.item_id, "data-model": a.model},
+    el("h4", {text: `${MODEL_TEXT[a.model][0].toUpperCase()}${MODEL_TEXT[a.model].slice(1)} answer`}),
+    el("div", {class: "answer", text: a.answer || "(empty answer)"}), el("p", {class: "verdict", text: evalText(a)}));
   item.append(el("fieldset", {}, el("legend", {text: "Your verdict"}), good, el("label", {for: good.id, text: "Good"}),
       bad, el("label", {for: bad.id, text: "Bad"})),
     el("label", {for: corrected.id, text: "Corrected answer: how it should read (optional)"}), corrected,
@@ -408,7 +405,21 @@ async function loadReview(run) {
     `${reviewed} reviewed, ${data.reviews.length} reviews saved in all.` : data.finished ?
     "Nothing to review yet: evaluate the run first (step 4)." : "Nothing to review yet: train the run (step 3), then evaluate it (step 4).";
   $("review-state").dataset.count = String(data.answers.length);
-  data.answers.forEach((a, index) => $("review-list").append(reviewItem(a, index)));
+  // One card per question: its prompt once, then the base and fine-tuned answers side by side.
+  let card = null;
+  data.answers.forEach((a, index) => {
+    if (!card || card.dataset.key !== `${a.source}/${a.item_id}`) {
+      card = el("article", {class: "review-item", "data-key": `${a.source}/${a.item_id}`},
+        el("h3", {text: `${SOURCE_TEXT[a.source]} ${a.item_id.split("/").pop()}`}), el("p", {class: "q", text: "Q: " + a.prompt}));
+      if (a.source === "safety") card.append(el("p", {class: "small", text: "Your review is kept with the run; " +
+        "a safety question is never exported as training data."}));
+      if (a.eval && a.eval.reference) card.append(el("details", {}, el("summary", {text: "Reference answer from the test data"}),
+        el("p", {class: "answer", text: a.eval.reference})));
+      card.append(el("div", {class: "review-pair"}));
+      $("review-list").append(card);
+    }
+    card.querySelector(".review-pair").append(reviewItem(a, index));
+  });
   data.answers.forEach(wireReviewItem);
   renderSavedReviews(data.reviews);
 }
