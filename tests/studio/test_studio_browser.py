@@ -410,7 +410,8 @@ def test_review_correct_and_export_as_a_clinician_would(browser, studio, tiny_ll
     assert text(browser, "review-state") == "38 answers from the last evaluation; 0 reviewed, 0 reviews saved in all."
     wait_for(browser, "document.getElementById('chat-tuned-verdict').innerText.includes('safety pairs handled')", 10)
     assert text(browser, "review-1").startswith("Fine-tuned answer\n")
-    assert browser.execute_script("return document.querySelector('.review-item h3').innerText") == "Test question qa.jsonl:4"
+    first_card = browser.execute_script("return document.querySelector('.review-item h3').innerText")
+    assert first_card == "Test question qa.jsonl:4"
     assert "Evaluation: ROUGE-L" in text(browser, "review-1")
     assert "Evaluation: passed" in text(browser, "review-3") or "Evaluation: FAILED: " in text(browser, "review-3")
     click(browser, "review-0-save")  # no verdict yet: refused, nothing written

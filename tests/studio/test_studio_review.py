@@ -109,7 +109,8 @@ def test_export_writes_the_cli_files_into_the_data_folder_and_names_the_refused_
                                                    "model": "tuned", "verdict": "bad", "corrected": corrected})
     result = client.post("/api/runs/tiny/review/export", json={}).json()
     data = tmp_path / "work" / "data"
-    assert (result["sft_file"], result["preferences_file"]) == ("tiny.review-sft.jsonl", "tiny.review-preferences.jsonl")
+    assert (result["sft_file"], result["preferences_file"]) == ("tiny.review-sft.jsonl",
+                                                                "tiny.review-preferences.jsonl")
     assert (result["reviews"], result["sft_rows"], result["preference_rows"]) == (2, 1, 1)
     assert result["refused"] == [{"item_id": probe_tuned["item_id"], "probe_ids": [probe_tuned["item_id"]]}]
     assert result["command"] == (f"lorakit review export {run_dir} --sft {data / 'tiny.review-sft.jsonl'} "
@@ -143,7 +144,8 @@ def test_the_bundled_example_is_one_click_and_never_replaces_another_file(client
     assert client.post("/api/data/example").json() == {**first, "copied": False}
     copied.write_text('{"instruction": "mine", "response": "mine"}\n')
     clash = client.post("/api/data/example")
-    assert clash.status_code == 400 and clash.json()["error"] == f"{copied.resolve()} exists and is not the bundled example."
+    assert clash.status_code == 400
+    assert clash.json()["error"] == f"{copied.resolve()} exists and is not the bundled example."
     assert copied.read_text() == '{"instruction": "mine", "response": "mine"}\n'
 
 

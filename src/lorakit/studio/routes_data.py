@@ -16,7 +16,7 @@ from lorakit.config import DEFAULT_SYSTEM_PROMPT, EMBEDDED_MODEL_ALIAS, ModelCon
 from lorakit.errors import LorakitError
 from lorakit.runtime.atomic_files import atomic_write_bytes, fsync_directory
 
-__all__ = ["router", "MAX_UPLOAD_BYTES", "EXAMPLE_DATA"]
+__all__ = ["EXAMPLE_DATA", "MAX_UPLOAD_BYTES", "router"]
 
 router = APIRouter(prefix="/api/data")
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lorakit.errors import LorakitError
 from lorakit.run.layout import ANSWERS_FILE, EVAL, FINAL, SAFETY_ANSWERS_FILE
 
-__all__ = ["router", "export_file_names"]
+__all__ = ["export_file_names", "router"]
 
 router = APIRouter(prefix="/api/runs/{run}/review")
 
