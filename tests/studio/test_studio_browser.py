@@ -357,7 +357,7 @@ def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, smal
     wait_for(browser, "document.querySelector('#chat-tuned .a[data-done]') && document.querySelector('#chat-base .a[data-done]')",
              120, "both streamed answers")
     assert browser.execute_script("return document.querySelectorAll('#chat-tuned .disclaimer').length") == 1
-    screenshot(browser, tmp_path, "5-chat", "chat")
+    screenshot(browser, tmp_path, "6-chat", "chat")
     phase("chat")
 
     click(browser, "export-start")
@@ -368,7 +368,7 @@ def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, smal
     wait_for(browser, "document.getElementById('export-state').dataset.state === 'failed'", 120, "the refusal")
     refusal = text(browser, "export-error")
     assert "export/merged already exists; the export was not started.\nhint: Pass --overwrite to replace it" in refusal
-    screenshot(browser, tmp_path, "6-export", "export")
+    screenshot(browser, tmp_path, "7-export", "export")
     phase("export")
     print("studio end-to-end phases (s):", phases)
 
