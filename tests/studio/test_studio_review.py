@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -152,5 +153,12 @@ def test_the_bundled_example_is_one_click_and_never_replaces_another_file(client
 def test_the_gpu_field_is_what_the_planner_sees(client, monkeypatch):
     import torch
 
+    from lorakit.plan import run_plan
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert client.get("/api/gpu").json() == {"cuda": False, "name": None, "memory_gib": None}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(name="NVIDIA Test 12GB"))
+    monkeypatch.setattr(run_plan, "device_memory_bytes", lambda cuda: 12 * 2**30 if cuda else 0)  # the planner's view
+    assert client.get("/api/gpu").json() == {"cuda": True, "name": "NVIDIA Test 12GB", "memory_gib": 12.0}
