@@ -1,4 +1,5 @@
-"""The studio page in headless Chromium (Selenium), on a laptop-sized window (1366x768).
+"""The studio page in headless Chromium (Selenium), on a laptop-sized window (1366x768): data, plan, train, eval,
+chat, export (the slow full path), and review -> correct -> export on the evaluated tiny run of the eval tests.
 
 Skipped with the reason when chromium, chromedriver or selenium is missing (as tests/evaluation/
 test_report_browser.py). Screenshots of each step go to the test's tmp folder and, when
@@ -163,7 +164,7 @@ def test_accessible_on_a_laptop_screen_with_no_external_requests(browser, studio
     assert landmarks == [1, 1, 1, 1]
     headings = browser.execute_script("return Array.from(document.querySelectorAll('h1, h2')).map(h => h.tagName + ' ' + h.innerText)")
     assert headings == ["H1 lorakit studio", "H2 1. Data", "H2 2. Model and plan", "H2 3. Train", "H2 4. Evaluate",
-                        "H2 5. Chat", "H2 6. Export and push"]
+                        "H2 5. Review", "H2 6. Chat", "H2 7. Export and push"]
     # Keyboard: Tab reaches the controls in order, and the focused one has a visible outline.
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
@@ -367,7 +368,7 @@ def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, smal
     wait_for(browser, "document.querySelector('#chat-tuned .a[data-done]') && document.querySelector('#chat-base .a[data-done]')",
              120, "both streamed answers")
     assert browser.execute_script("return document.querySelectorAll('#chat-tuned .disclaimer').length") == 1
-    screenshot(browser, tmp_path, "5-chat", "chat")
+    screenshot(browser, tmp_path, "6-chat", "chat")
     phase("chat")
 
     click(browser, "export-start")
@@ -378,6 +379,86 @@ def test_full_path_with_a_reload_and_a_second_tab_watching(browser, studio, smal
     wait_for(browser, "document.getElementById('export-state').dataset.state === 'failed'", 120, "the refusal")
     refusal = text(browser, "export-error")
     assert "export/merged already exists; the export was not started.\nhint: Pass --overwrite to replace it" in refusal
-    screenshot(browser, tmp_path, "6-export", "export")
+    screenshot(browser, tmp_path, "7-export", "export")
     phase("export")
     print("studio end-to-end phases (s):", phases)
+
+
+def test_a_first_time_user_gets_the_format_the_example_and_no_made_up_gpu(browser, studio):
+    import torch
+
+    url, workdir = studio
+    open_page(browser, url)
+    assert '{"instruction": "What does blood pressure measure?", "response": ' in text(browser, "data-format")
+    assert browser.execute_script("return document.getElementById('gpu-memory').value") == ""
+    detected = "this machine: " if torch.cuda.is_available() else "no GPU found on this machine"
+    wait_for(browser, f"document.getElementById('gpu-detected').innerText.includes('{detected}')", 30, "the GPU")
+    # Plain words first, the command-line flag in small print after them.
+    flags = browser.execute_script("return Array.from(document.querySelectorAll('label .flag')).map(f => "
+                                   "[f.parentElement.getAttribute('for'), f.innerText])")
+    assert {"overrides": "--set key=value", "train-allow-phi": "--allow-phi", "eval-limit": "--limit",
+            "model-name": "Hub id", "stats-max-length": "max_length"}.items() <= dict(flags).items()
+    assert "--" not in text(browser, "model").split("--set")[0].replace("--gpu-memory", "")  # no flag leads a label
+    click(browser, "example-button")
+    wait_for(browser, "document.getElementById('example-result').innerText", 20, "the example")
+    assert text(browser, "example-result") == "medical_qa.jsonl: 94 examples, copied into the data folder and ticked."
+    assert browser.execute_script("return document.querySelector('#data-file-list input[value=\"medical_qa.jsonl\"]')"
+                                  ".checked") is True
+    assert (workdir / "data" / "medical_qa.jsonl").stat().st_size > 0
+    assert "It does not show that the fine-tuned model is better" in text(browser, "chat-notice")
+
+
+def test_review_correct_and_export_as_a_clinician_would(browser, studio, tiny_llama_dir, tmp_path_factory, tmp_path):
+    """On the evaluated tiny run: mark the fine-tuned answer to the test question bad and correct it, mark a safety
+    answer bad, reload (nothing saved is lost), export, and see the safety question refused by its probe id."""
+    from evaluation.eval_runs import copy_run, evaluated_tiny_run
+
+    url, workdir = studio
+    run_dir = copy_run(evaluated_tiny_run(tiny_llama_dir, tmp_path_factory.getbasetemp() / "eval-workspace"),
+                       workdir / "runs" / "tiny")
+    open_page(browser, f"{url}/#run=tiny")
+    wait_for(browser, "document.getElementById('review-state').dataset.count === '38'", 30, "the 38 answers")
+    assert text(browser, "review-state") == "38 answers from the last evaluation; 0 reviewed, 0 reviews saved in all."
+    wait_for(browser, "document.getElementById('chat-tuned-verdict').innerText.includes('safety pairs handled')", 10)
+    assert text(browser, "review-1").startswith("Fine-tuned answer\n")
+    first_card = browser.execute_script("return document.querySelector('.review-item h3').innerText")
+    assert first_card == "Test question qa.jsonl:4"
+    assert "Evaluation: ROUGE-L" in text(browser, "review-1")
+    assert "Evaluation: passed" in text(browser, "review-3") or "Evaluation: FAILED: " in text(browser, "review-3")
+    click(browser, "review-0-save")  # no verdict yet: refused, nothing written
+    wait_for(browser, "document.getElementById('review-error').innerText", 10, "the refusal")
+    assert text(browser, "review-error").startswith("error: Mark the answer good or bad first.")
+    assert not (run_dir / "review.jsonl").exists()
+    fill(browser, "reviewer-name", "Dr. Ada")
+    click(browser, "review-1-bad")
+    fill(browser, "review-1-corrected", "Asthma is a chronic disease of the airways.")
+    fill(browser, "review-1-note", "too short")
+    click(browser, "review-1-save")
+    wait_for(browser, "document.getElementById('review-1-status').innerText", 10, "the first save")
+    click(browser, "review-3-bad")
+    click(browser, "review-3-save")
+    wait_for(browser, "document.querySelectorAll('#review-saved tbody tr').length === 2", 10, "two saved reviews")
+    saved = [json.loads(line) for line in (run_dir / "review.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["verdict"], r["corrected"], r["note"], r["reviewer"]) for r in saved] == [
+        ("tuned", "bad", "Asthma is a chronic disease of the airways.", "too short", "Dr. Ada"),
+        ("tuned", "bad", None, None, "Dr. Ada")]
+    assert re.fullmatch(r"Saved \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: BAD, with a correction, by Dr\. Ada",
+                        text(browser, "review-1-status"))
+    browser.refresh()  # a closed tab: what was saved comes back from review.jsonl
+    wait_for(browser, "document.getElementById('review-state').dataset.count === '38'", 30, "the reloaded list")
+    assert browser.execute_script("return [document.getElementById('review-1-bad').checked, "
+                                  "document.getElementById('review-1-corrected').value]") == [
+        True, "Asthma is a chronic disease of the airways."]
+    assert text(browser, "review-state").endswith("2 reviewed, 2 reviews saved in all.")
+    click(browser, "review-export")
+    wait_for(browser, "document.getElementById('review-export-summary')", 20, "the export")
+    assert text(browser, "review-export-summary") == (
+        "From 2 reviews: tiny.review-sft.jsonl, 1 corrected answer(s) to train on; tiny.review-preferences.jsonl, "
+        "1 preference pair(s). Both are in the data folder (step 1).")
+    probe = saved[1]["item_id"]
+    assert text(browser, "review-refused") == f"{probe}: safety probe {probe}"
+    assert f"lorakit review export {run_dir} --sft " in text(browser, "review-export-result")
+    rows = [json.loads(line) for line in (workdir / "data" / "tiny.review-sft.jsonl").read_text().splitlines()]
+    assert [(r["instruction"], r["response"]) for r in rows] == [(saved[0]["prompt"], saved[0]["corrected"])]
+    wait_for(browser, "document.querySelector('#data-file-list input[value=\"tiny.review-preferences.jsonl\"]')", 10)
+    screenshot(browser, tmp_path, "5-review", "review")

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from lorakit.errors import LorakitError
 from lorakit.runtime.local_http import LOOPBACK_HOSTS, SameOriginGuard
 from lorakit.runtime.logging import get_logger
-from lorakit.studio import routes_chat, routes_data, routes_runs
+from lorakit.studio import routes_chat, routes_data, routes_review, routes_runs
 from lorakit.studio.chat_models import ChatModels
 from lorakit.studio.run_config import RefusedOverride
 from lorakit.studio.workspace import Workspace
@@ -54,7 +54,7 @@ def create_app(workdir: str | Path, allowed_hosts: tuple[str, ...] | None = LOOP
 
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     _add_error_handlers(app)
-    for module in (routes_data, routes_runs, routes_chat):
+    for module in (routes_data, routes_runs, routes_review, routes_chat):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

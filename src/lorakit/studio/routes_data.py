@@ -1,5 +1,5 @@
-"""Step 1, data: upload, check, token statistics with the length histogram, redaction. Each route is the
-library call behind `lorakit data check / stats / redact`."""
+"""Step 1, data: upload (or the bundled example in one click), check, token statistics with the length histogram,
+redaction. Each route is the library call behind `lorakit data check / stats / redact`."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from lorakit.config import DEFAULT_SYSTEM_PROMPT, EMBEDDED_MODEL_ALIAS, ModelCon
 from lorakit.errors import LorakitError
 from lorakit.runtime.atomic_files import atomic_write_bytes, fsync_directory
 
-__all__ = ["router", "MAX_UPLOAD_BYTES"]
+__all__ = ["EXAMPLE_DATA", "MAX_UPLOAD_BYTES", "router"]
 
 router = APIRouter(prefix="/api/data")
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+# The README's example data (examples/medical_qa.jsonl of the lorakit source tree: src/lorakit/studio/ -> root).
+EXAMPLE_DATA = Path(__file__).resolve().parents[3] / "examples" / "medical_qa.jsonl"
 
 
 class FilesRequest(BaseModel):
@@ -79,6 +81,24 @@ def _create_file(path: Path, data: bytes) -> None:
     finally:
         staging.unlink(missing_ok=True)
     fsync_directory(path.parent)
+
+
+@router.post("/example")
+async def use_example(request: Request) -> dict:
+    """Copy the bundled examples/medical_qa.jsonl into the data folder (kept if an identical copy is there), so a
+    first-time user can go through every step before preparing their own file."""
+    if not EXAMPLE_DATA.is_file():
+        raise LorakitError(f"The bundled example {EXAMPLE_DATA} is not in this installation.",
+                           hint="It ships with the lorakit source (examples/medical_qa.jsonl); upload your own file.")
+    path = _workspace(request).data_path(EXAMPLE_DATA.name, exists=False)
+    data = EXAMPLE_DATA.read_bytes()
+    copied = not path.exists()
+    if copied:
+        await run_in_threadpool(_create_file, path, data)
+    elif path.read_bytes() != data:
+        raise LorakitError(f"{path} exists and is not the bundled example.",
+                           hint="Rename or remove that file, or tick it in the list if it is the one you want.")
+    return {"name": path.name, "records": sum(1 for line in data.splitlines() if line.strip()), "copied": copied}
 
 
 @router.get("/files/{name}")

@@ -65,6 +65,21 @@ def presets() -> dict:
                         for name, p in PRESETS.items()}}
 
 
+@router.get("/gpu")
+def gpu() -> dict:
+    """The GPU that an empty "GPU memory" field plans for (the planner's own reading of it); none on a machine
+    without CUDA, where the page then pre-fills nothing and asks which card to plan for."""
+    import torch
+
+    from lorakit.plan.memory import GIB
+    from lorakit.plan.run_plan import device_memory_bytes
+
+    if not torch.cuda.is_available():
+        return {"cuda": False, "name": None, "memory_gib": None}
+    name = torch.cuda.get_device_properties(torch.cuda.current_device()).name
+    return {"cuda": True, "name": name, "memory_gib": round(device_memory_bytes(True) / GIB, 1)}
+
+
 @router.get("/runs")
 def runs(request: Request) -> dict:
     return {"runs": _workspace(request).runs()}

@@ -16,6 +16,7 @@ const POLL_MS = 1000;
 let currentRun = "";
 let lastEvalStamp = null;
 let chatHistory = [];
+let reviewAnswers = [];  // the answers of the last eval, as /api/runs/RUN/review lists them
 
 async function api(method, path, body, raw) {
   const options = {method, headers: {}};
@@ -135,6 +136,18 @@ action("redact-button", "data-error", async () => {
   await loadFiles([r.output]);
 });
 
+action("example-button", "data-error", async () => {
+  const r = await api("POST", "/api/data/example");
+  await loadFiles([r.name]);
+  $("example-result").textContent = `${r.name}: ${r.records} examples, ${r.copied ? "copied into" : "already in"} the data folder and ticked.`;
+});
+
+async function loadGpu() {
+  const gpu = await api("GET", "/api/gpu");
+  $("gpu-detected").textContent = gpu.cuda ? `(this machine: ${gpu.name}, ${gpu.memory_gib} GiB; leave empty to plan for it)`
+    : "(no GPU found on this machine: type the memory of the card you will train on)";
+}
+
 $("upload-input").addEventListener("change", async (event) => {
   showError("data-error", null);
   for (const file of event.target.files) {
@@ -200,8 +213,10 @@ async function loadRuns(select) {
 }
 
 function setRun(run) {
-  if (run !== currentRun) { lastEvalStamp = null; chatHistory = []; clearChat(); }
+  const changed = run !== currentRun;
+  if (changed) { lastEvalStamp = null; chatHistory = []; clearChat(); showChatVerdicts(null); }
   currentRun = run;
+  if (changed) loadReview(run).catch((error) => showError("review-error", error));
   history.replaceState(null, "", run ? "#run=" + encodeURIComponent(run) : location.pathname);
   poll();
 }
@@ -280,6 +295,8 @@ function renderEvalJob(run) {
 
 async function loadEval(run) {
   const {results} = await api("GET", `/api/runs/${encodeURIComponent(run)}/eval`);
+  showChatVerdicts(results);
+  await loadReview(run);
   if (!results) return;
   const q = results.eval.quality, s = results.eval.safety, fmt = (v) => v === null || v === undefined ? "n/a" : Number(v).toFixed(3);
   $("eval-quality").textContent = "";
@@ -342,6 +359,133 @@ function renderKnowledge(k) {
     el("p", {class: "note", text: "A model near the guess or same-letter scores knows little these questions can see; small models (about 100M parameters) sit there. " +
       "These questions test recall of textbook facts, not clinical competence."}));
   if (k.lost.length) box.append(el("p", {class: "bad", text: `Fine-tuning lost knowledge on: ${k.benchmarks.filter((b) => b.verdict === "lost").map((b) => b.label).join(", ")}.`}));
+}
+
+// ---- 5. Review -----------------------------------------------------------------------------------------
+const SOURCE_TEXT = {test: "Test question", safety: "Safety question"};
+const MODEL_TEXT = {base: "base model", tuned: "fine-tuned"};
+const score = (v) => v === null || v === undefined ? "n/a" : Number(v).toFixed(2);
+
+function evalText(a) {
+  const e = a.eval;
+  if (!e) return "Evaluation: no verdict recorded";
+  if (a.source === "safety") return `Evaluation: ${e.passed ? "passed" : "FAILED: " + e.failed_rules.join(", ")}` +
+    (e.truncated ? " (cut at the length limit)" : "") + ` · ${e.kind === "benign" ? "benign twin" : "risky question"}, ${e.category}`;
+  return `Evaluation: ROUGE-L ${score(e.rouge_l)}, token F1 ${score(e.token_f1)} against the reference answer`;
+}
+
+function savedText(r) {
+  return `Saved ${r.time.replace("T", " ").replace("+00:00", " UTC")}: ${r.verdict.toUpperCase()}` +
+    (r.corrected ? ", with a correction" : "") + (r.reviewer ? `, by ${r.reviewer}` : "");
+}
+
+function reviewItem(a, index) {
+  const id = `review-${index}`, group = id + "-verdict";
+  const radio = (value) => el("input", {type: "radio", name: group, id: `${id}-${value}`, value});
+  const good = radio("good"), bad = radio("bad");
+  const corrected = el("textarea", {id: id + "-corrected", rows: 2}), note = el("textarea", {id: id + "-note", rows: 1});
+  const status = el("span", {class: "status", id: id + "-status"});
+  if (a.review) { (a.review.verdict === "good" ? good : bad).checked = true; corrected.value = a.review.corrected || "";
+    note.value = a.review.note || ""; status.textContent = savedText(a.review); }
+  const item = el("div", {class: "review-answer", id, "data-source": a.source, "data-item": a.item_id, "data-model": a.model},
+    el("h4", {text: `${MODEL_TEXT[a.model][0].toUpperCase()}${MODEL_TEXT[a.model].slice(1)} answer`}),
+    el("div", {class: "answer", text: a.answer || "(empty answer)"}), el("p", {class: "verdict", text: evalText(a)}));
+  item.append(el("fieldset", {}, el("legend", {text: "Your verdict"}), good, el("label", {for: good.id, text: "Good"}),
+      bad, el("label", {for: bad.id, text: "Bad"})),
+    el("label", {for: corrected.id, text: "Corrected answer: how it should read (optional)"}), corrected,
+    el("label", {for: note.id, text: "Note (optional)"}), note,
+    el("div", {class: "row"}, el("button", {type: "button", id: id + "-save", text: "Save review"}), status));
+  return item;
+}
+
+function wireReviewItem(a, index) {
+  const id = `review-${index}`;
+  action(id + "-save", "review-error", async () => {
+    const verdict = document.querySelector(`input[name="${id}-verdict"]:checked`);
+    if (!verdict) throw {error: "Mark the answer good or bad first.", hint: `${SOURCE_TEXT[a.source]} ${a.item_id}, ${MODEL_TEXT[a.model]}.`};
+    const body = {source: a.source, item_id: a.item_id, model: a.model, verdict: verdict.value,
+      corrected: $(id + "-corrected").value, note: $(id + "-note").value, reviewer: $("reviewer-name").value};
+    const {saved} = await api("POST", `/api/runs/${needRun()}/review`, body);
+    $(id + "-status").textContent = savedText(saved);
+    renderSavedReviews((await api("GET", `/api/runs/${encodeURIComponent(currentRun)}/review`)).reviews);
+  });
+}
+
+function renderSavedReviews(reviews) {
+  const out = $("review-saved");
+  out.textContent = "";
+  if (!reviews.length) { out.append(el("p", {text: "None yet."})); return; }
+  out.append(table(["saved (UTC)", "question", "model", "verdict", "corrected answer", "note", "reviewer"],
+    reviews.map((r) => [r.time.replace("T", " ").replace("+00:00", ""), `${SOURCE_TEXT[r.source]} ${r.item_id}`, MODEL_TEXT[r.model],
+      el("span", {class: r.verdict, text: r.verdict.toUpperCase()}), r.corrected || "", r.note || "", r.reviewer || ""]), "saved-reviews"));
+}
+
+let reviewLoads = 0;  // only the latest of overlapping loads (a run picked, its eval read) renders
+async function loadReview(run) {
+  const ticket = ++reviewLoads;
+  const data = run ? await api("GET", `/api/runs/${encodeURIComponent(run)}/review`) : null;
+  if (ticket !== reviewLoads || run !== currentRun) return;
+  $("review-list").textContent = "";
+  $("review-export-result").textContent = "";
+  reviewAnswers = data ? data.answers : [];
+  if (!data) { $("review-state").textContent = "No run selected."; renderSavedReviews([]); return; }
+  const reviewed = data.answers.filter((a) => a.review).length;
+  $("review-state").textContent = data.answers.length ? `${data.answers.length} answers from the last evaluation; ` +
+    `${reviewed} reviewed, ${data.reviews.length} reviews saved in all.` : data.finished ?
+    "Nothing to review yet: evaluate the run first (step 4)." : "Nothing to review yet: train the run (step 3), then evaluate it (step 4).";
+  $("review-state").dataset.count = String(data.answers.length);
+  // One card per question: its prompt once, then the base and fine-tuned answers side by side.
+  let card = null;
+  data.answers.forEach((a, index) => {
+    if (!card || card.dataset.key !== `${a.source}/${a.item_id}`) {
+      card = el("article", {class: "review-item", "data-key": `${a.source}/${a.item_id}`},
+        el("h3", {text: `${SOURCE_TEXT[a.source]} ${a.item_id.split("/").pop()}`}), el("p", {class: "q", text: "Q: " + a.prompt}));
+      if (a.source === "safety") card.append(el("p", {class: "small", text: "Your review is kept with the run; " +
+        "a safety question is never exported as training data."}));
+      if (a.eval && a.eval.reference) card.append(el("details", {}, el("summary", {text: "Reference answer from the test data"}),
+        el("p", {class: "answer", text: a.eval.reference})));
+      card.append(el("div", {class: "review-pair"}));
+      $("review-list").append(card);
+    }
+    card.querySelector(".review-pair").append(reviewItem(a, index));
+  });
+  data.answers.forEach(wireReviewItem);
+  renderSavedReviews(data.reviews);
+}
+
+action("review-export", "review-error", async () => {
+  const r = await api("POST", `/api/runs/${needRun()}/review/export`, {overwrite: $("review-overwrite").checked});
+  const out = $("review-export-result");
+  out.textContent = "";
+  out.append(el("p", {id: "review-export-summary", text: `From ${r.reviews} reviews: ${r.sft_file}, ${r.sft_rows} corrected ` +
+    `answer(s) to train on; ${r.preferences_file}, ${r.preference_rows} preference pair(s). Both are in the data folder (step 1).`}));
+  if (r.refused.length) out.append(el("p", {class: "bad", text: `Not exported: ${r.refused.length} safety question(s). ` +
+    "A question the evaluation asks never becomes training data, or the evaluation would grade answers the model was trained on."}),
+    el("ul", {class: "refused", id: "review-refused"}, ...r.refused.map((x) => el("li", {text: `${x.item_id}: safety probe ${x.probe_ids.join(", ")}`}))));
+  for (const item of r.contradictory) out.append(el("p", {class: "sev-warning",
+    text: `Skipped ${item}: the answer marked good and the one marked bad are the same text.`}));
+  out.append(command(r.command));
+  await loadFiles();
+});
+
+// ---- 6. Chat: the eval's verdicts above each model's answers -------------------------------------------
+function showChatVerdicts(results) {
+  for (const model of ["tuned", "base"]) {
+    const box = $(`chat-${model}-verdict`);
+    if (!results) { box.textContent = "Not evaluated yet (step 4)."; continue; }
+    const q = results.eval.quality, s = results.eval.safety, parts = [];
+    if (s && s.overall_rates) { const o = s.overall_rates[model];
+      parts.push(`safety pairs handled ${o.pair_passed} of ${o.pairs} (${Math.round(o.pair_score * 100)}%)`); }
+    if (q) parts.push(`test answers ROUGE-L ${score(q[model].rouge_l)}`);
+    if (model === "tuned" && s && s.worse_categories && s.worse_categories.length)
+      parts.push(`WORSE than the base model in: ${s.worse_categories.join(", ")}`);
+    box.textContent = "Evaluation: " + (parts.join("; ") || "no results");
+  }
+}
+
+function questionVerdict(question, model) {
+  const a = reviewAnswers.find((x) => x.model === model && x.prompt.trim() === question.trim());
+  return a ? `This question was in the evaluation. ${evalText(a)}` : "";
 }
 
 function renderExport(run) {
@@ -438,6 +582,8 @@ $("chat-form").addEventListener("submit", async (event) => {
     const [tuned] = await Promise.all([streamAnswer(run, "tuned", messages, $("chat-tuned")),
                                        streamAnswer(run, "base", messages, $("chat-base"))]);
     chatHistory = messages.concat([{role: "assistant", content: tuned}]);
+    for (const model of ["tuned", "base"]) { const text = questionVerdict(question, model);
+      if (text) $(`chat-${model}`).append(el("p", {class: "verdict", text})); }
     $("chat-question").value = "";
   } catch (error) { showError("chat-error", error); }
   finally { button.disabled = false; button.removeAttribute("aria-busy"); }
@@ -447,8 +593,14 @@ $("chat-form").addEventListener("submit", async (event) => {
 window.addEventListener("DOMContentLoaded", async () => {
   try {
     await Promise.all([loadFiles(), loadPresets()]);
+    loadGpu().catch((error) => showError("model-error", error));
     const match = location.hash.match(/run=([^&]+)/);
     await loadRuns(match ? decodeURIComponent(match[1]) : "");
   } catch (error) { showError("data-error", error); }
   setInterval(poll, POLL_MS);
+});
+// A link to #run=NAME (or one typed in the address bar) picks that run, re-reading the list of runs.
+window.addEventListener("hashchange", () => {
+  const match = location.hash.match(/run=([^&]+)/);
+  if (match && decodeURIComponent(match[1]) !== currentRun) loadRuns(decodeURIComponent(match[1])).catch((e) => showError("train-error", e));
 });
