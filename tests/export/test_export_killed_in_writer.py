@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from export.export_runs import tiny_run
 
+from export.export_runs import tiny_run
 from lorakit.cli.app import run_cli
 
 KILLER = Path(__file__).with_name("kill_inside_writer.py")

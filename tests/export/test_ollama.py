@@ -8,6 +8,7 @@ import re
 import pytest
 
 from export.export_runs import tiny_run
+from export.gguf_parse_cache import gguf_parsed_once
 from export.go_template import render_go_template
 from lorakit.export.ollama import go_template, turn_format
 from lorakit.export.run_export import ExportRequest, export_run
@@ -53,7 +54,8 @@ def test_template_that_rewrites_content_is_refused(tokenizer):
 
 def test_ollama_export_folder(tiny_llama_dir, tmp_path_factory, tmp_path):
     run_dir = tiny_run(tiny_llama_dir, tmp_path_factory.mktemp("train-llama"), tmp_path / "run")
-    result = export_run(run_dir, ExportRequest("ollama", quant="q8_0"))
+    with gguf_parsed_once():  # the fidelity read-back's config and weight loaders share one parse of the file
+        result = export_run(run_dir, ExportRequest("ollama", quant="q8_0"))
     assert result.files == ["Modelfile", "README.md", "lorakit_export.json", "run-q8_0.gguf"]
     modelfile = (result.output / "Modelfile").read_text()
     assert "\nFROM ./run-q8_0.gguf\n" in modelfile

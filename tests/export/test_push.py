@@ -5,6 +5,8 @@ push into an existing public repo refused, and no data file name, source URL or 
 from __future__ import annotations
 
 import json
+import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -78,7 +80,13 @@ def test_push_public_merged(run_dir, hub_env):
                "'lorakit-tests' is not yours or your organization's."),
     ("network", 2, "failed while uploading to lorakit-tests/tiny-medical"),
 ])
-def test_push_faults_give_one_message_each(fault, exit_code, message, run_dir, hub_env, capsys):
+def test_push_faults_give_one_message_each(fault, exit_code, message, run_dir, hub_env, capsys, monkeypatch):
+    # huggingface_hub retries a dropped commit with back-off sleeps (1 + 2 + 4 + 8 + 8 s): record them instead of
+    # sleeping; the requests, the retries and the message after the last one are the same.
+    import huggingface_hub.utils._http as hub_http
+
+    waits: list[float] = []
+    monkeypatch.setattr(hub_http, "time", SimpleNamespace(**{**vars(time), "sleep": waits.append}))
     hub = FakeHub(valid_tokens={CANARY}, forbidden_namespaces={"lorakit-tests"} if fault == "403" else None,
                   drop_commit=fault == "network")
     token = {"no token": None, "bad token": "hf_WrongToken000000000000000000000"}.get(fault, CANARY)
@@ -87,6 +95,7 @@ def test_push_faults_give_one_message_each(fault, exit_code, message, run_dir, h
     err = capsys.readouterr().err
     assert message in err.replace("\n", " ") or message in err
     assert err.count("error:") == 1 and "Traceback" not in err and CANARY not in err
+    assert bool(waits) == (fault == "network")  # only the network failure is retried
 
 
 def _flag_identifiers(run_dir):

@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
+
 from evaluation.eval_runs import trained_tiny_run
 from inference.serve_harness import ServerThread
-
 from lorakit.config import ServeConfig
 from lorakit.inference.generate import load_run
 from lorakit.inference.running_batch import RunningBatch

@@ -9,10 +9,8 @@ import errno
 import os
 from pathlib import Path
 
-import pytest
-from evaluation.eval_runs import trained_tiny_run
-
 from conftest import write_config_file
+from evaluation.eval_runs import trained_tiny_run
 from lorakit.cli.app import run_cli
 
 HINT = ("hint: check the path: its folders must be folders (not files) you may write to, and an output file "

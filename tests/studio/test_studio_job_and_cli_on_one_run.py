@@ -8,7 +8,6 @@ import os
 import time
 
 from conftest import write_config_file
-
 from lorakit.run.lock import hold_run_lock
 from lorakit.studio.jobs import job_status, start_job
 

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
-
 from studio_harness import studio_client
 
 from lorakit.review.export import export_reviews
