@@ -123,6 +123,8 @@ def error_classes() -> list[tuple[str, int, str]]:
     rows = []
     for name in errors.__all__:
         cls = getattr(errors, name)
+        if not (isinstance(cls, type) and issubclass(cls, errors.LorakitError)):
+            continue  # a helper such as mask_tokens
         rows.append((name, cls.exit_code, " ".join((cls.__doc__ or "").split())))
     return rows
 
