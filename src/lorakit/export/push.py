@@ -8,22 +8,26 @@ from huggingface_hub itself (HF_TOKEN or `hf auth login`); lorakit never reads, 
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from lorakit.errors import DataError, HubAccessError
+from lorakit.errors import DataError, DiskFullError, HubAccessError
 from lorakit.evaluation.card_section import card_evaluation
-from lorakit.export.run_export import ExportRequest, export_run
+from lorakit.export.disk_estimate import BYTES_PER_PARAMETER, estimated_export_bytes
+from lorakit.export.run_export import ExportRequest, ExportResult, export_run
 from lorakit.export.steps import ExportSteps
 from lorakit.model.hub import model_page_url
 from lorakit.run.layout import MODEL_CARD
 from lorakit.run.model_card import model_card
 from lorakit.run.source import Permissions, RunSource, read_finished_run
+from lorakit.runtime.atomic_files import is_disk_full
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["PUSH_WHAT", "APPROVAL_NOTE", "PushRequest", "PushResult", "check_publishable", "push_run"]
@@ -114,16 +118,46 @@ def _is_network_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or type(exc).__module__.split(".")[0].startswith("httpx")
 
 
+def _tmpdir_full(request: PushRequest, tmpdir: Path, why: str) -> DiskFullError:
+    # The export's own advice (--output, output_dir) does not apply: push has neither; TMPDIR is the lever.
+    return DiskFullError(
+        f"Not enough free disk space in the temporary folder {tmpdir} (TMPDIR), where `lorakit push` exports the "
+        f"{request.what} before uploading it: {why}. Nothing was uploaded.",
+        hint=f"Set TMPDIR to a folder on a disk with more room (e.g. TMPDIR=/path/with/space lorakit push ...), or "
+        f"free some space in {tmpdir}.")
+
+
+@contextlib.contextmanager
+def _exported_in_tmpdir(run: RunSource, request: PushRequest, approval: str | None,
+                        on_step: Callable[[str, str], None] | None) -> Iterator[tuple[Path, ExportResult]]:
+    """The export and its card in a new folder under TMPDIR (removed on leaving). A TMPDIR too small for it, by
+    its free space or by a write that fills it, is one DiskFullError naming TMPDIR; nothing is left there."""
+    tmpdir = Path(tempfile.gettempdir())
+    known_quant = request.what != "gguf" or request.quant in BYTES_PER_PARAMETER  # else export_run names the quant
+    needed = estimated_export_bytes(run, request.what, request.quant) if known_quant else 0
+    free = shutil.disk_usage(tmpdir).free
+    if free < needed:
+        raise _tmpdir_full(request, tmpdir, f"it needs about {needed / 2**30:.2f} GiB and {free / 2**30:.2f} GiB "
+                                            "are free")
+    with tempfile.TemporaryDirectory(prefix="lorakit-push-") as scratch:
+        folder = Path(scratch) / request.what
+        try:
+            result = export_run(run.adapter_dir, ExportRequest(request.what, output=folder, quant=request.quant,
+                                                               permissions=request.permissions), on_step)
+            (folder / MODEL_CARD).write_text(model_card(
+                run, request.what, result.notes, approval, result.card_sections, evaluation=card_evaluation(run)))
+        except (DiskFullError, OSError) as exc:
+            if isinstance(exc, OSError) and not is_disk_full(exc):
+                raise
+            raise _tmpdir_full(request, tmpdir, "the disk filled up during the export") from None
+        yield folder, result
+
+
 def push_run(path: str | Path, request: PushRequest, on_step: Callable[[str, str], None] | None = None) -> PushResult:
     run = read_finished_run(path)
     approval = check_publishable(run, request.approved)
     steps = ExportSteps(on_step)
-    with tempfile.TemporaryDirectory(prefix="lorakit-push-") as scratch:
-        folder = Path(scratch) / request.what
-        result = export_run(run.adapter_dir, ExportRequest(request.what, output=folder, quant=request.quant,
-                                                             permissions=request.permissions), on_step)
-        (folder / MODEL_CARD).write_text(model_card(
-            run, request.what, result.notes, approval, result.card_sections, evaluation=card_evaluation(run)))
+    with _exported_in_tmpdir(run, request, approval, on_step) as (folder, result):
         with steps.step("upload", f"{len(result.files)} files to {request.repo_id} "
                                   f"({'private' if request.private else 'public'})"):
             api = HfApi(endpoint=constants.ENDPOINT)
