@@ -211,3 +211,18 @@ def test_push_with_a_full_tmpdir_names_tmpdir_and_uploads_nothing(fault, run_dir
     assert "--output" not in err  # push has no --output
     assert list(tmpdir.iterdir()) == []  # no half-written export left in TMPDIR
     assert hub.requests == [] and hub.created == {}  # nothing reached the Hub
+
+
+def test_push_with_a_full_model_cache_keeps_the_caches_message(run_dir, hub_env, tmp_path, capsys, monkeypatch):
+    """A full disk elsewhere than TMPDIR (the model cache a GGUF base is converted into) is not blamed on TMPDIR."""
+    from lorakit.errors import DiskFullError
+
+    def full_cache(*args, **kwargs):
+        raise DiskFullError(f"The model cache {tmp_path / 'cache'} is full.", hint="Set LORAKIT_CACHE_DIR elsewhere.")
+
+    monkeypatch.setattr("lorakit.export.push.export_run", full_cache)
+    with hub_env(FakeHub(valid_tokens={CANARY})) as hub:
+        assert run_cli(["push", str(run_dir), "--repo-id", REPO]) == 3
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: The model cache {tmp_path / 'cache'} is full." in err and "TMPDIR" not in err
+    assert hub.requests == []

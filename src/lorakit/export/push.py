@@ -20,7 +20,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from lorakit.errors import DataError, DiskFullError, HubAccessError
 from lorakit.evaluation.card_section import card_evaluation
-from lorakit.export.disk_estimate import BYTES_PER_PARAMETER, estimated_export_bytes
+from lorakit.export.disk_estimate import estimated_export_bytes
 from lorakit.export.run_export import ExportRequest, ExportResult, export_run
 from lorakit.export.steps import ExportSteps
 from lorakit.model.hub import model_page_url
@@ -118,11 +118,14 @@ def _is_network_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or type(exc).__module__.split(".")[0].startswith("httpx")
 
 
-def _tmpdir_full(request: PushRequest, tmpdir: Path, why: str) -> DiskFullError:
-    # The export's own advice (--output, output_dir) does not apply: push has neither; TMPDIR is the lever.
+def _tmpdir_full(run: RunSource, request: PushRequest, tmpdir: Path) -> DiskFullError:
+    """The export's own advice (--output, output_dir) does not apply to push, which has neither: TMPDIR is the
+    lever. Called after the export failed, so its size estimate resolves nothing new (no download, no check)."""
+    needed, free = estimated_export_bytes(run, request.what, request.quant), shutil.disk_usage(tmpdir).free
     return DiskFullError(
         f"Not enough free disk space in the temporary folder {tmpdir} (TMPDIR), where `lorakit push` exports the "
-        f"{request.what} before uploading it: {why}. Nothing was uploaded.",
+        f"{request.what} before uploading it (about {needed / 2**30:.2f} GiB; {free / 2**30:.2f} GiB free there "
+        "now). Nothing was uploaded.",
         hint=f"Set TMPDIR to a folder on a disk with more room (e.g. TMPDIR=/path/with/space lorakit push ...), or "
         f"free some space in {tmpdir}.")
 
@@ -130,15 +133,9 @@ def _tmpdir_full(request: PushRequest, tmpdir: Path, why: str) -> DiskFullError:
 @contextlib.contextmanager
 def _exported_in_tmpdir(run: RunSource, request: PushRequest, approval: str | None,
                         on_step: Callable[[str, str], None] | None) -> Iterator[tuple[Path, ExportResult]]:
-    """The export and its card in a new folder under TMPDIR (removed on leaving). A TMPDIR too small for it, by
-    its free space or by a write that fills it, is one DiskFullError naming TMPDIR; nothing is left there."""
-    tmpdir = Path(tempfile.gettempdir())
-    known_quant = request.what != "gguf" or request.quant in BYTES_PER_PARAMETER  # else export_run names the quant
-    needed = estimated_export_bytes(run, request.what, request.quant) if known_quant else 0
-    free = shutil.disk_usage(tmpdir).free
-    if free < needed:
-        raise _tmpdir_full(request, tmpdir, f"it needs about {needed / 2**30:.2f} GiB and {free / 2**30:.2f} GiB "
-                                            "are free")
+    """The export and its card in a new folder under TMPDIR (removed on leaving). A TMPDIR too small for it (the
+    export's free-space check, or a write that fills the disk) is one DiskFullError naming TMPDIR; nothing is
+    left there."""
     with tempfile.TemporaryDirectory(prefix="lorakit-push-") as scratch:
         folder = Path(scratch) / request.what
         try:
@@ -147,10 +144,18 @@ def _exported_in_tmpdir(run: RunSource, request: PushRequest, approval: str | No
             (folder / MODEL_CARD).write_text(model_card(
                 run, request.what, result.notes, approval, result.card_sections, evaluation=card_evaluation(run)))
         except (DiskFullError, OSError) as exc:
-            if isinstance(exc, OSError) and not is_disk_full(exc):
-                raise
-            raise _tmpdir_full(request, tmpdir, "the disk filled up during the export") from None
+            if not _fills(exc, Path(scratch)):
+                raise  # e.g. a full model cache while a GGUF base is converted: its own message names the cache
+            raise _tmpdir_full(run, request, Path(scratch).parent) from None
         yield folder, result
+
+
+def _fills(exc: DiskFullError | OSError, scratch: Path) -> bool:
+    """Whether a disk-full error is about the push's folder: a DiskFullError names the path it could not write
+    (the export's free-space check names `scratch`, a failed write the file inside it)."""
+    if isinstance(exc, OSError):
+        return is_disk_full(exc) and (exc.filename is None or str(scratch) in str(exc.filename))
+    return str(scratch) in exc.message
 
 
 def push_run(path: str | Path, request: PushRequest, on_step: Callable[[str, str], None] | None = None) -> PushResult:
