@@ -80,7 +80,8 @@ def _abuse(port: int) -> None:
     for client in clients:
         client.join(60)
     assert bad == [400, 413, 400]
-    assert set(statuses) == {200, 503} and len(statuses) == 8, statuses  # some answered, the rest told to retry
+    # Answered, or told to retry (how many of each depends on how fast the 8 arrive: test_serve.py counts them).
+    assert len(statuses) == 8 and set(statuses) <= {200, 503} and 200 in statuses, statuses
     health = _wait_idle(port)
     assert set(health["finished"]) <= {"length", "stop", "cancelled"}, health  # no generation failed
 
