@@ -163,3 +163,66 @@ def test_push_uploads_no_data_file_name_source_url_or_local_path(what, patient_r
     uploaded = hub.created[REPO].files
     assert "README.md" in uploaded and ("manifest.json" in uploaded) == (what == "adapter")
     assert leaks(uploaded, secrets_of(patient_run, tiny_llama_dir)) == []
+
+
+def _full_tmpdir(fault: str, tmpdir, monkeypatch) -> None:
+    """A TMPDIR with no room: its filesystem reports 1 MiB free (the export's pre-flight), or reports room and
+    then fills up while the export copies the adapter into it (ENOSPC). Other folders keep their real space."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    if fault == "reported full":
+        usage, real_usage = namedtuple("usage", "total used free"), shutil.disk_usage
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20)
+                            if str(path).startswith(str(tmpdir)) else real_usage(path))
+    else:
+        real_copy = shutil.copy2
+
+        def copy2(source, target, **kwargs):
+            if str(target).startswith(str(tmpdir)) and str(target).endswith(".safetensors"):
+                with open(target, "wb") as half:  # what a real full disk leaves: part of the file
+                    half.write(b"\0" * 1024)
+                raise OSError(errno.ENOSPC, "No space left on device", str(target))
+            return real_copy(source, target, **kwargs)
+
+        monkeypatch.setattr(shutil, "copy2", copy2)
+
+
+@pytest.mark.parametrize("fault", ["reported full", "ENOSPC mid-copy"])
+def test_push_with_a_full_tmpdir_names_tmpdir_and_uploads_nothing(fault, run_dir, hub_env, tmp_path, capsys,
+                                                                   monkeypatch):
+    """Issue 22, row 7: push exports into a folder under TMPDIR before uploading it; a small TMPDIR is one disk
+    error naming TMPDIR and what to do (exit 3, as every disk-full error), with nothing left there or uploaded."""
+    import tempfile
+
+    tmpdir = tmp_path / "small-tmp"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile caches the folder it found first
+    _full_tmpdir(fault, tmpdir, monkeypatch)
+    with hub_env(FakeHub(valid_tokens={CANARY})) as hub:
+        assert run_cli(["push", str(run_dir), "--repo-id", REPO]) == 3
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("error:") == 1 and "Traceback" not in err, err
+    assert f"Not enough free disk space in the temporary folder {tmpdir} (TMPDIR)" in err, err
+    assert "Nothing was uploaded." in err
+    assert "Set TMPDIR to a folder on a disk with more room (e.g. TMPDIR=/path/with/space lorakit push ...)" in err
+    assert "--output" not in err  # push has no --output
+    assert list(tmpdir.iterdir()) == []  # no half-written export left in TMPDIR
+    assert hub.requests == [] and hub.created == {}  # nothing reached the Hub
+
+
+def test_push_with_a_full_model_cache_keeps_the_caches_message(run_dir, hub_env, tmp_path, capsys, monkeypatch):
+    """A full disk elsewhere than TMPDIR (the model cache a GGUF base is converted into) is not blamed on TMPDIR."""
+    from lorakit.errors import DiskFullError
+
+    def full_cache(*args, **kwargs):
+        raise DiskFullError(f"The model cache {tmp_path / 'cache'} is full.", hint="Set LORAKIT_CACHE_DIR elsewhere.")
+
+    monkeypatch.setattr("lorakit.export.push.export_run", full_cache)
+    with hub_env(FakeHub(valid_tokens={CANARY})) as hub:
+        assert run_cli(["push", str(run_dir), "--repo-id", REPO]) == 3
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: The model cache {tmp_path / 'cache'} is full." in err and "TMPDIR" not in err
+    assert hub.requests == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from lorakit.errors import TrainingError
 from lorakit.plan.micro_batches import accumulation_after_split, halved, split_into_micro_batches
 from lorakit.run.checkpoints import verify_checkpoint
 from lorakit.training import loop
+from lorakit.training.dataset import example_length
 
 
 class OomInjector:
@@ -217,3 +219,64 @@ def test_oom_retry_is_said_exactly_once_on_the_command_line(tiny_llama_dir, tmp_
               "steps (same examples per optimizer step)")
     assert output.count(notice) == 1, output
     assert output.count("out of memory") == 1
+
+
+def test_oom_at_the_first_step_after_a_resume_stops_at_micro_batch_1_then_halves_like_any_step(
+    tiny_llama_dir, qa_file, tmp_path, monkeypatch, inject_oom
+):
+    """Issue 22, row 5: the out-of-memory error strikes the first step a resumed run takes (step 3, after
+    checkpoint step 2). With nothing fitting: a resumable checkpoint (the same step 2) and the step's longest
+    example; resumed again where micro-batch 2 fits: halved as anywhere else, on the uninterrupted run's examples."""
+    from lorakit.training.trainer import TrainerHooks
+
+    steps: list[list[tuple[str, int, int]]] = []  # per completed step: (file name, line, tokens) of its examples
+
+    class Examples(TrainerHooks):
+        def step_finished(self, trainer, step, groups):
+            train = trainer.session.data.splits.train
+            steps.append([(Path(train[i].source).name, train[i].line, example_length(train[i]))
+                          for group in groups for i in group])
+
+    train_with(monkeypatch, hooks=Examples())
+    injector = OomInjector()  # fits everything until a limit is set below
+    inject_oom(injector)
+    reference = loop.train(_config(tiny_llama_dir, qa_file, tmp_path / "reference"))
+    reference_steps, steps[:] = [sorted(s) for s in steps], []
+
+    config = _config(tiny_llama_dir, qa_file, tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(config, reporter=Recorder(crash_after_step=3))  # the checkpoint is step 2
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000002"
+    injector.max_rows = 0  # nothing fits
+    reporter = Recorder()
+    with pytest.raises(TrainingError) as failure:
+        loop.train(config, resume=True, reporter=reporter)
+    assert "resumed from step-00000002 (step 2)" in reporter.messages
+    assert [m for m in reporter.messages if m.startswith("out of memory")] == [
+        "out of memory at step 3 with micro-batch 4: retrying the step with micro-batch 2 and 2 accumulation steps "
+        "(same examples per optimizer step)",
+        "out of memory at step 3 with micro-batch 2: retrying the step with micro-batch 1 and 4 accumulation steps "
+        "(same examples per optimizer step)"]
+    file, line, tokens = max(reference_steps[2], key=lambda example: example[2])  # step 3's longest example
+    longest = [e for e in reference_steps[2] if e[2] == tokens]
+    assert failure.value.message in {
+        f"Out of memory at step 3 even with micro-batch 1. Saved a resumable checkpoint at {checkpoint}. The step's "
+        f"longest example is {qa_file.parent / f}:{n} ({t} tokens)." for f, n, t in longest}
+    assert verify_checkpoint(checkpoint) is None
+    state = json.loads((checkpoint / "trainer_state.json").read_text())["trainer"]
+    assert (state["step"], state["micro_batch_size"]) == (2, None)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000002"]
+
+    assert [sorted(s) for s in steps] == reference_steps[:3]  # the killed run's steps; none after the resume
+    injector.max_rows, steps[:] = 2, []  # micro-batch 2 fits
+    reporter = Recorder()
+    result = loop.train(config, resume=True, reporter=reporter)
+    assert [m for m in reporter.messages if m.startswith("out of memory")] == [
+        "out of memory at step 3 with micro-batch 4: retrying the step with micro-batch 2 and 2 accumulation steps "
+        "(same examples per optimizer step)"]
+    assert result.steps == 4 and [sorted(s) for s in steps] == reference_steps[2:]  # steps 3 and 4, same examples
+    settings = json.loads((result.adapter_dir / "manifest.json").read_text())["settings"]
+    assert (settings["micro_batch_size"], settings["gradient_accumulation_steps"]) == (2, 2)
+    ours, theirs = final_adapter(result.run_dir), final_adapter(reference.run_dir)
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-6)

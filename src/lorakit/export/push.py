@@ -8,22 +8,26 @@ from huggingface_hub itself (HF_TOKEN or `hf auth login`); lorakit never reads, 
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from lorakit.errors import DataError, HubAccessError
+from lorakit.errors import DataError, DiskFullError, HubAccessError
 from lorakit.evaluation.card_section import card_evaluation
-from lorakit.export.run_export import ExportRequest, export_run
+from lorakit.export.disk_estimate import estimated_export_bytes
+from lorakit.export.run_export import ExportRequest, ExportResult, export_run
 from lorakit.export.steps import ExportSteps
 from lorakit.model.hub import model_page_url
 from lorakit.run.layout import MODEL_CARD
 from lorakit.run.model_card import model_card
 from lorakit.run.source import Permissions, RunSource, read_finished_run
+from lorakit.runtime.atomic_files import is_disk_full
 from lorakit.runtime.logging import get_logger
 
 __all__ = ["PUSH_WHAT", "APPROVAL_NOTE", "PushRequest", "PushResult", "check_publishable", "push_run"]
@@ -114,16 +118,51 @@ def _is_network_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or type(exc).__module__.split(".")[0].startswith("httpx")
 
 
+def _tmpdir_full(run: RunSource, request: PushRequest, tmpdir: Path) -> DiskFullError:
+    """The export's own advice (--output, output_dir) does not apply to push, which has neither: TMPDIR is the
+    lever. Called after the export failed, so its size estimate resolves nothing new (no download, no check)."""
+    needed, free = estimated_export_bytes(run, request.what, request.quant), shutil.disk_usage(tmpdir).free
+    return DiskFullError(
+        f"Not enough free disk space in the temporary folder {tmpdir} (TMPDIR), where `lorakit push` exports the "
+        f"{request.what} before uploading it (about {needed / 2**30:.2f} GiB; {free / 2**30:.2f} GiB free there "
+        "now). Nothing was uploaded.",
+        hint=f"Set TMPDIR to a folder on a disk with more room (e.g. TMPDIR=/path/with/space lorakit push ...), or "
+        f"free some space in {tmpdir}.")
+
+
+@contextlib.contextmanager
+def _exported_in_tmpdir(run: RunSource, request: PushRequest, approval: str | None,
+                        on_step: Callable[[str, str], None] | None) -> Iterator[tuple[Path, ExportResult]]:
+    """The export and its card in a new folder under TMPDIR (removed on leaving). A TMPDIR too small for it (the
+    export's free-space check, or a write that fills the disk) is one DiskFullError naming TMPDIR; nothing is
+    left there."""
+    with tempfile.TemporaryDirectory(prefix="lorakit-push-") as scratch:
+        folder = Path(scratch) / request.what
+        try:
+            result = export_run(run.adapter_dir, ExportRequest(request.what, output=folder, quant=request.quant,
+                                                               permissions=request.permissions), on_step)
+            (folder / MODEL_CARD).write_text(model_card(
+                run, request.what, result.notes, approval, result.card_sections, evaluation=card_evaluation(run)))
+        except (DiskFullError, OSError) as exc:
+            if not _fills(exc, Path(scratch)):
+                raise  # e.g. a full model cache while a GGUF base is converted: its own message names the cache
+            raise _tmpdir_full(run, request, Path(scratch).parent) from None
+        yield folder, result
+
+
+def _fills(exc: DiskFullError | OSError, scratch: Path) -> bool:
+    """Whether a disk-full error is about the push's folder: a DiskFullError names the path it could not write
+    (the export's free-space check names `scratch`, a failed write the file inside it)."""
+    if isinstance(exc, OSError):
+        return is_disk_full(exc) and (exc.filename is None or str(scratch) in str(exc.filename))
+    return str(scratch) in exc.message
+
+
 def push_run(path: str | Path, request: PushRequest, on_step: Callable[[str, str], None] | None = None) -> PushResult:
     run = read_finished_run(path)
     approval = check_publishable(run, request.approved)
     steps = ExportSteps(on_step)
-    with tempfile.TemporaryDirectory(prefix="lorakit-push-") as scratch:
-        folder = Path(scratch) / request.what
-        result = export_run(run.adapter_dir, ExportRequest(request.what, output=folder, quant=request.quant,
-                                                             permissions=request.permissions), on_step)
-        (folder / MODEL_CARD).write_text(model_card(
-            run, request.what, result.notes, approval, result.card_sections, evaluation=card_evaluation(run)))
+    with _exported_in_tmpdir(run, request, approval, on_step) as (folder, result):
         with steps.step("upload", f"{len(result.files)} files to {request.repo_id} "
                                   f"({'private' if request.private else 'public'})"):
             api = HfApi(endpoint=constants.ENDPOINT)
