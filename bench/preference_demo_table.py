@@ -9,7 +9,7 @@ Knowledge: each eval's verdict is against the base model. The SFT -> DPO change 
 items, paired (McNemar and a paired bootstrap interval, lorakit's own functions), from the two evals'
 knowledge_answers.jsonl.
 
-    python bench/preference_demo_table.py SFT_EVAL_DIR DPO_EVAL_DIR [--out README_TABLE.md]
+    python bench/preference_demo_table.py SFT_EVAL_DIR DPO_EVAL_DIR [--same-questions FILE.json] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from lorakit.evaluation.knowledge_stats import difference_interval, mcnemar, verdict
-from lorakit.run.layout import EVAL_FILE, KNOWLEDGE_ANSWERS_FILE
+from lorakit.run.layout import EVAL_FILE, KNOWLEDGE_ANSWERS_FILE, SAFETY_ANSWERS_FILE
 
 
 def _load(folder: Path) -> dict:
@@ -65,6 +65,19 @@ def _safety_lines(before: dict, after: dict) -> list[str]:
     lines += ["", "Categories worse than base: " + "; ".join(
         f"{name}: {', '.join(cats) or 'none'}" for name, cats in worse.items()) + "."]
     return lines
+
+
+def _safety_changes(before_rows: list[dict], after_rows: list[dict]) -> list[str]:
+    """The probes whose verdict differs between the SFT and the DPO answer (safety_answers.jsonl of both)."""
+    if not before_rows or not after_rows:
+        return []
+    after = {r["id"]: r for r in after_rows}
+    changed = [(r["id"], r["tuned"]["passed"], after[r["id"]]["tuned"]["passed"]) for r in before_rows
+               if r["id"] in after and r["tuned"]["passed"] != after[r["id"]]["tuned"]["passed"]]
+    same_text = sum(r["tuned"]["answer"] == after[r["id"]]["tuned"]["answer"] for r in before_rows if r["id"] in after)
+    words = ", ".join(f"{i} ({'pass' if a else 'fail'} -> {'pass' if b else 'fail'})" for i, a, b in changed)
+    return [f"SFT -> DPO, per answer: {len(changed)} of {len(before_rows)} verdicts changed"
+            + (f": {words}" if changed else "") + f"; {same_text} of {len(before_rows)} answers are word for word the same."]
 
 
 def _quality_lines(before: dict, after: dict) -> list[str]:
@@ -118,10 +131,30 @@ def _knowledge_lines(before: dict, after: dict, before_rows: list[dict], after_r
     return lines
 
 
-def render(before_dir: Path, after_dir: Path) -> str:
+def _same_question_lines(path: Path | None) -> list[str]:
+    """SFT and DPO on the SFT run's 9 test questions (bench/preference_demo_same_questions.py)."""
+    if path is None:
+        return []
+    same = json.loads(path.read_text(encoding="utf-8"))
+    held = same["held_out"]
+    lines = ["", f"The same {same['questions']} questions (the SFT run's test split) answered by both, "
+             f"bench/preference_demo_same_questions.py; {same['dpo_train_questions']} of them were DPO training "
+             f"pairs, {len(held['items'])} were not ({', '.join(held['items'])}):", "",
+             "| SFT's test questions | SFT, all | DPO, all | SFT, not DPO-trained | DPO, not DPO-trained |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for key, label in (("rouge_l", "ROUGE-L"), ("token_f1", "token F1")):
+        lines.append(f"| {label} | {_num(same['all']['sft'][key])} | {_num(same['all']['dpo'][key])} | "
+                     f"{_num(held['sft'][key] if held['sft'] else None)} | {_num(held['dpo'][key] if held['dpo'] else None)} |")
+    lines.append(f"| loss | {_num(same['all']['sft']['loss'])} | {_num(same['all']['dpo']['loss'])} | | |")
+    return lines
+
+
+def render(before_dir: Path, after_dir: Path, same_questions: Path | None = None) -> str:
     before, after = _load(before_dir), _load(after_dir)
     before_rows, after_rows = (_rows(d / KNOWLEDGE_ANSWERS_FILE) for d in (before_dir, after_dir))
-    parts = [_safety_lines(before, after), _quality_lines(before, after),
+    safety_rows = [_rows(d / SAFETY_ANSWERS_FILE) for d in (before_dir, after_dir)]
+    parts = [_safety_lines(before, after) + [""] + _safety_changes(*safety_rows),
+             _quality_lines(before, after) + _same_question_lines(same_questions),
              _knowledge_lines(before, after, before_rows, after_rows)]
     return "\n\n".join("\n".join(part) for part in parts) + "\n"
 
@@ -130,9 +163,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("before", type=Path, help="the SFT run's eval folder (eval.json, knowledge_answers.jsonl)")
     parser.add_argument("after", type=Path, help="the DPO run's eval folder")
+    parser.add_argument("--same-questions", type=Path, help="the JSON of bench/preference_demo_same_questions.py")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args()
-    text = render(args.before, args.after)
+    text = render(args.before, args.after, args.same_questions)
     print(text, end="")
     if args.out:
         args.out.write_text(text, encoding="utf-8")
