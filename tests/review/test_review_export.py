@@ -65,6 +65,19 @@ def test_corrections_and_verdicts_become_rows_with_their_origin_and_probes_are_r
     assert check_preference_files([tmp_path / "pairs.jsonl"]).issues == []
 
 
+def test_one_correction_of_both_answers_is_one_sft_row_and_two_pairs(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    base_bad = replace(BASE, answer="A lung disease.", verdict="bad", corrected="Blood  pressure.")
+    append_review(run, base_bad)
+    append_review(run, TUNED)  # the same correction, but for whitespace
+    result = export_reviews(run, tmp_path / "sft.jsonl", tmp_path / "pairs.jsonl")
+    assert _rows(tmp_path / "sft.jsonl") == [
+        {"instruction": "What is BP?", "response": "Blood pressure.", "origin": _origin(TUNED)}]
+    assert [(r["chosen"], r["rejected"]) for r in result.preference_rows] == [
+        ("Blood pressure.", "A lung disease."), ("Blood pressure.", "A vitamin.")]
+
+
 def test_conversational_pairs_and_a_contradiction_skipped(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

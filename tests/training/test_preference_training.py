@@ -54,6 +54,7 @@ def test_dpo_from_an_sft_adapter_trains_logs_rewards_and_resumes_bit_exactly(tin
     assert "val_loss" in records[1]  # the held-out pairs' chosen answers
     sft, dpo = final_adapter(sft_run), final_adapter(straight)
     assert sft.keys() == dpo.keys() and not any("reference" in key for key in dpo)
+    assert not (straight / "final" / "reference").exists()  # the frozen reference adapter is not published
     assert any(not torch.equal(sft[k], dpo[k]) for k in sft)
     manifest = json.loads((straight / "final" / "manifest.json").read_text())
     assert manifest["identity"]["training_method"] == "dpo"

@@ -85,7 +85,10 @@ def review_rows(reviews: Sequence[Review], probes: Sequence[Probe], conversation
         corrected = [r for r in judged if r.corrected is not None]
         good = [r for r in judged if r.verdict == "good"]
         bad = [r for r in judged if r.verdict == "bad"]
-        for review in corrected:
+        # A reviewer who corrects both models' answers to one question usually writes the same correction
+        # twice: one SFT row per distinct text (the latest review's origin), or training over-weights it.
+        distinct = {" ".join(r.corrected.split()): r for r in corrected}
+        for review in distinct.values():
             result.sft_rows.append({"instruction": review.prompt, "response": review.corrected,
                                     "origin": _origin(review)})
         if corrected:

@@ -112,8 +112,10 @@ def finalize_run(run_dir: Path, session: TrainingSession, state: TrainerState, s
     # before it rewrites the run-level copies).
     plot_loss_curve(state.log_history, run_dir / LOSS_CURVE)
     with atomic_directory(adapter_dir) as staging:
+        # Only the trained adapter: DPO from a starting adapter also holds its frozen reference copy
+        # (training/preference_loss.py), which peft would otherwise save as final/reference/.
         session.model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False,  # no Hub lookup
-                                      state_dict=weights)
+                                      state_dict=weights, selected_adapters=[session.model.active_adapter])
         session.tokenizer.save_pretrained(staging)
         write_final_files(run_dir, staging, cfg, manifest)
     if test_loss is not None:
