@@ -36,7 +36,7 @@ def _upload(client, name: str, text: str) -> None:
 
 def test_upload_lists_the_file_and_never_replaces_one(client, tmp_path):
     _upload(client, "qa.jsonl", "{}\n")
-    assert client.get("/api/data/files").json()["files"] == [{"name": "qa.jsonl", "bytes": 3}]
+    assert client.get("/api/data/files").json()["files"] == [{"name": "qa.jsonl", "bytes": 3, "kind": "examples"}]
     again = client.put("/api/data/files/qa.jsonl", content=b"other")
     assert again.status_code == 400 and again.json()["error"].endswith("data/qa.jsonl already exists.")
     assert (tmp_path / "work" / "data" / "qa.jsonl").read_text() == "{}\n"
