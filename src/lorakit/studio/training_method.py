@@ -23,13 +23,13 @@ Method = Literal["sft", "dpo", "orpo"]
 # What the page says for each method (plain words first); defined here so the page and the docs agree.
 METHODS: dict[str, dict[str, str]] = {
     "sft": {"label": "Learn from example answers", "data": "examples",
-            "description": "Questions with the answers you wrote (step 1's files)."},
-    "dpo": {"label": "Learn from your reviews (DPO)", "data": "preferences",
-            "description": "Pairs of a preferred and a rejected answer (step 5's export); stays close to the run it "
-                           "starts from."},
-    "orpo": {"label": "Learn from your reviews (ORPO)", "data": "preferences",
-             "description": "Pairs of a preferred and a rejected answer; also trains on the preferred answer "
-                            "itself; needs no reference model."},
+            "description": "Questions with the answers you wrote: the files ticked in step 1."},
+    "dpo": {"label": "Learn from your reviews: preferred vs rejected answers", "data": "preferences",
+            "description": "Pairs of a better and a worse answer to one question (step 5's export). The model is "
+                           "pulled toward the better answer while staying close to the run it starts from."},
+    "orpo": {"label": "Learn from your reviews, and from the preferred answers themselves", "data": "preferences",
+             "description": "The same pairs; also trains on each preferred answer as an example, and needs no "
+                            "reference model."},
 }
 
 
