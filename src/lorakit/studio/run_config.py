@@ -1,5 +1,5 @@
-"""From the page's choices (model, data files, preset, extra `--set` lines) to a RunConfig, and to the YAML file
-RUN/studio.yaml that `lorakit train` runs exactly as the page does."""
+"""From the page's choices (model, data files, training method, starting run, preset, extra `--set` lines) to a
+RunConfig, and to the YAML file RUN/studio.yaml that `lorakit train` runs exactly as the page does."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lorakit.config import EMBEDDED_MODEL_ALIAS, RunConfig, dump_config, load_config, parse_overrides
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.studio.presets import DEFAULT_PRESET, preset_overrides
-from lorakit.studio.training_method import Method, StartingRun, method_problems, starting_run
+from lorakit.studio.training_method import Method, method_problems, starting_run
 from lorakit.studio.workspace import Workspace
 
 __all__ = ["STUDIO_CONFIG", "REFUSED_OVERRIDES", "RefusedOverride", "RunChoices", "refuse_locked_overrides",
@@ -102,12 +102,7 @@ def studio_config(workspace: Workspace, choices: RunChoices) -> tuple[RunConfig,
     refuse_locked_overrides(_page_lines(choices))
     run_dir = workspace.run_dir(choices.run, exists=False)
     data_paths = [workspace.data_path(name) for name in choices.data_files]
-    start = starting_run(workspace, choices.start_from) if choices.start_from else None
-    problems = [start] if isinstance(start, str) else []
-    start = start if isinstance(start, StartingRun) else None
-    if start is not None and start.run_dir == run_dir:
-        problems.append(f"training.init_adapter: run {choices.run} cannot start from itself; give the new run "
-                        "another name")
+    start, problems = starting_run(workspace, choices.start_from, run_dir) if choices.start_from else (None, [])
     problems += method_problems(choices.method, data_paths, choices.model, start)
     base = {
         "output_dir": str(run_dir),

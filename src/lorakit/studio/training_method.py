@@ -60,17 +60,19 @@ class StartingRun:
     lora: dict  # the saved lora section, applied to the new run so that the shapes match
 
 
-def starting_run(workspace: Workspace, name: str) -> StartingRun | str:
-    """The finished run `name`, or the problem that stops a run from starting from it."""
+def starting_run(workspace: Workspace, name: str, new_run_dir: Path) -> tuple[StartingRun | None, list[str]]:
+    """The finished run `name` that the run in `new_run_dir` starts from, or None with what stops it."""
     import yaml
 
     run_dir = workspace.run_dir(name)
+    if run_dir == new_run_dir:
+        return None, [f"training.init_adapter: run {name} cannot start from itself; give the new run another name"]
     saved = run_dir / FINAL / CONFIG
     if not saved.is_file():
-        return (f"training.init_adapter: run {name} has no finished adapter ({FINAL}/ with {CONFIG}); train it to "
-                "the end first (step 3), or start from a fresh adapter")
+        return None, [f"training.init_adapter: run {name} has no finished adapter ({FINAL}/ with {CONFIG}); train it "
+                      "to the end first (step 3), or start from a fresh adapter"]
     config = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    return StartingRun(name, run_dir, config["model"]["name"], config["lora"])
+    return StartingRun(name, run_dir, config["model"]["name"], config["lora"]), []
 
 
 def method_problems(method: Method, data_paths: list[Path], model: str, start: StartingRun | None) -> list[str]:
