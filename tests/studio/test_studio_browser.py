@@ -1,5 +1,7 @@
-"""The studio page in headless Chromium (Selenium), on a laptop-sized window (1366x768): data, plan, train, eval,
-chat, export (the slow full path), and review -> correct -> export on the evaluated tiny run of the eval tests.
+"""The studio page in headless Chromium (Selenium), on a laptop-sized window (1366x768) and an emulated phone
+(390x844): data, plan, train, eval, chat, export (the slow full path); the loop on the evaluated tiny run of the eval
+tests: review -> correct -> export -> a DPO run from those pairs and that run's adapter -> train -> eval -> the
+comparison; the stepper, type scale and verdict signs.
 
 Skipped with the reason when chromium, chromedriver or selenium is missing (as tests/evaluation/
 test_report_browser.py). Screenshots of each step go to the test's tmp folder and, when

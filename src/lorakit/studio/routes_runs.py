@@ -1,5 +1,6 @@
-"""Steps 2-4 and 6: the run's config and memory plan, and the train / eval / export / push jobs. Each job is
-the CLI command itself (`lorakit train RUN/studio.yaml`, `lorakit eval RUN`, ...) run by jobs.py."""
+"""Steps 2-4 and 7: the run's config and memory plan, the train / eval / export / push jobs, and a run's
+evaluation next to the run it started from (run_compare.py). Each job is the CLI command itself
+(`lorakit train RUN/studio.yaml`, `lorakit eval RUN`, ...) run by jobs.py."""
 
 from __future__ import annotations
 
