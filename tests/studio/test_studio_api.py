@@ -36,7 +36,7 @@ def _upload(client, name: str, text: str) -> None:
 
 def test_upload_lists_the_file_and_never_replaces_one(client, tmp_path):
     _upload(client, "qa.jsonl", "{}\n")
-    assert client.get("/api/data/files").json()["files"] == [{"name": "qa.jsonl", "bytes": 3}]
+    assert client.get("/api/data/files").json()["files"] == [{"name": "qa.jsonl", "bytes": 3, "kind": "examples"}]
     again = client.put("/api/data/files/qa.jsonl", content=b"other")
     assert again.status_code == 400 and again.json()["error"].endswith("data/qa.jsonl already exists.")
     assert (tmp_path / "work" / "data" / "qa.jsonl").read_text() == "{}\n"
@@ -95,7 +95,7 @@ def test_saved_run_is_a_config_the_cli_loads_with_the_preset_and_overrides(clien
     assert config.training.max_steps == 7  # the page's line wins over the preset
     assert config.lora.r == 8 and config.training.eval_steps == 10  # the rest of "quick"
     assert config.output_dir == str(path.parent) and config.data.train_files == [str(tmp_path / "work/data/qa.jsonl")]
-    assert client.get("/api/runs").json() == {"runs": ["r1"]}
+    assert client.get("/api/runs").json() == {"runs": ["r1"], "finished": []}
     assert set(PRESETS) == {"quick", "balanced", "thorough"}
 
 

@@ -1,5 +1,7 @@
-"""The studio page in headless Chromium (Selenium), on a laptop-sized window (1366x768): data, plan, train, eval,
-chat, export (the slow full path), and review -> correct -> export on the evaluated tiny run of the eval tests.
+"""The studio page in headless Chromium (Selenium), on a laptop-sized window (1366x768) and an emulated phone
+(390x844): data, plan, train, eval, chat, export (the slow full path); the loop on the evaluated tiny run of the eval
+tests: review -> correct -> export -> a DPO run from those pairs and that run's adapter -> train -> eval -> the
+comparison; the stepper, type scale and verdict signs.
 
 Skipped with the reason when chromium, chromedriver or selenium is missing (as tests/evaluation/
 test_report_browser.py). Screenshots of each step go to the test's tmp folder and, when
@@ -24,6 +26,8 @@ from conftest import write_qa_jsonl
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 CHROMEDRIVER = shutil.which("chromedriver")
 WIDTH, HEIGHT = 1366, 768
+PHONE = (390, 844)
+SECTION_NUMBERS = {"data": 1, "model": 2, "train": 3, "evaluate": 4, "review": 5, "chat": 6, "export": 7}
 
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"),
@@ -91,6 +95,16 @@ def screenshot(browser, folder: Path, name: str, element_id: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return paths[0]
+
+
+def window_screenshot(browser, folder: Path, name: str) -> None:
+    """A PNG of what the window shows (the header and the stepper at the top), saved as screenshot() saves."""
+    browser.execute_script("window.scrollTo(0, 0)")
+    data = base64.b64decode(browser.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})["data"])
+    for path in [folder / f"{name}.png"] + ([Path(os.environ["LORAKIT_STUDIO_SCREENSHOTS"]) / f"{name}.png"]
+                                           if os.environ.get("LORAKIT_STUDIO_SCREENSHOTS") else []):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
 
 def open_page(browser, url: str) -> None:
@@ -189,13 +203,61 @@ def test_accessible_on_a_laptop_screen_with_no_external_requests(browser, studio
                 ratio(pick('#check-button').color, pick('#check-button').backgroundColor),
                 ratio(pick('.steps a').color, 'rgb(255, 255, 255)'), ratio(pick('.note').color, 'rgb(243, 245, 248)')];""")
     assert min(ratios) >= 4.5, ratios
-    # Readable at 1366x768: no horizontal scrolling, the step links fit on one line.
+    # Readable at 1366x768: no horizontal scrolling, the stepper fits on one line, with the next step under it.
     assert browser.execute_script("return document.documentElement.scrollWidth") <= WIDTH
-    assert browser.execute_script("return document.querySelector('nav').getBoundingClientRect().height") < 60
+    tops = browser.execute_script("return Array.from(document.querySelectorAll('#stepper li'))"
+                                  ".map(li => li.getBoundingClientRect().top)")
+    assert len(tops) == 7 and len(set(tops)) == 1, tops
+    assert browser.execute_script("return document.querySelector('nav').getBoundingClientRect().height") < 80
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert resources and all(name.startswith(url + "/") for name in resources), resources
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == [], errors
+
+
+def test_one_stepper_one_type_scale_and_verdicts_in_words_at_laptop_and_phone_size(browser, studio, tmp_path):
+    url, _ = studio
+    open_page(browser, url)
+    steps = "return Array.from(document.querySelectorAll('#stepper li')).map(li => li.dataset.state)"
+    assert browser.execute_script(steps) == ["next"] + ["todo"] * 6
+    assert text(browser, "next-step") == "Next: 1. Data: tick or upload a data file, or use the example data."
+    assert browser.execute_script("return document.querySelector('#stepper a').getAttribute('aria-current')") == "location"
+    browser.execute_script("const box = document.querySelector('#data-file-list input[value=\"qa.jsonl\"]');"
+                           "box.checked = true; box.dispatchEvent(new Event('change', {bubbles: true}))")
+    assert browser.execute_script(steps) == ["done", "next"] + ["todo"] * 5
+    links = browser.execute_script("return Array.from(document.querySelectorAll('#stepper a')).map(a => a.textContent)")
+    assert links[:3] == ["\u2713 Data (done)", "2 Model and plan next", "3 Train"]  # the dot is aria-hidden
+    # Every font size is a step of the type scale, every section's padding a step of the spacing scale.
+    scale = browser.execute_script("""const root = getComputedStyle(document.documentElement);
+        const px = (name) => parseFloat(root.getPropertyValue(name)) * (root.getPropertyValue(name).includes('rem') ? 16 : 1);
+        return [['--text-xs', '--text-sm', '--text-base', '--text-md', '--text-lg', '--text-xl'].map(px),
+                ['--space-3', '--space-4', '--space-5'].map(px)]""")
+    sizes = browser.execute_script("return [...new Set(Array.from(document.querySelectorAll('body *'))"
+                                   ".filter(e => !e.closest('svg') && e.getClientRects().length)"
+                                   ".map(e => parseFloat(getComputedStyle(e).fontSize)))]")
+    assert set(sizes) <= set(scale[0]) and len(sizes) >= 4, (sizes, scale)
+    paddings = browser.execute_script("return [...new Set(Array.from(document.querySelectorAll('main > section'))"
+                                      ".map(s => parseFloat(getComputedStyle(s).paddingLeft)))]")
+    assert paddings == [scale[1][2]]
+    # Verdicts carry a sign before their word; no web font is declared anywhere.
+    signs = browser.execute_script("return ['good', 'bad', 'sev-warning'].map(c => { const e = document.createElement('span');"
+                                   "e.className = c; document.body.append(e); const v = getComputedStyle(e, '::before').content;"
+                                   "e.remove(); return v; })")
+    assert signs == ['"\u2713\u00a0"', '"\u2717\u00a0"', '"\u26a0\u00a0"']
+    assert browser.execute_script("return Array.from(document.styleSheets).flatMap(s => Array.from(s.cssRules))"
+                                  ".filter(r => r instanceof CSSFontFaceRule || /url\\(/.test(r.cssText)).length") == 0
+    window_screenshot(browser, tmp_path, "0-laptop-top")
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": PHONE[0], "height": PHONE[1],
+                                                                 "deviceScaleFactor": 1, "mobile": True})
+    try:
+        wait_for(browser, f"document.documentElement.clientWidth === {PHONE[0]}", 10, "the phone-sized page")
+        assert browser.execute_script("return document.documentElement.scrollWidth") == PHONE[0]
+        # Seven dots fit the phone's stepper; the line under it names the next step.
+        assert browser.execute_script("const list = document.getElementById('stepper');"
+                                      "return list.scrollWidth <= list.clientWidth")
+        window_screenshot(browser, tmp_path, "0-phone-top")
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def test_page_stays_responsive_under_a_4x_cpu_slowdown(browser, studio):
@@ -408,9 +470,11 @@ def test_a_first_time_user_gets_the_format_the_example_and_no_made_up_gpu(browse
     assert "It does not show that the fine-tuned model is better" in text(browser, "chat-notice")
 
 
-def test_review_correct_and_export_as_a_clinician_would(browser, studio, tiny_llama_dir, tmp_path_factory, tmp_path):
-    """On the evaluated tiny run: mark the fine-tuned answer to the test question bad and correct it, mark a safety
-    answer bad, reload (nothing saved is lost), export, and see the safety question refused by its probe id."""
+def test_review_export_train_dpo_and_compare_as_a_clinician_would(browser, studio, tiny_llama_dir, tmp_path_factory,
+                                                                 tmp_path):
+    """The loop, on the evaluated tiny run: mark the fine-tuned answer to the test question bad and correct it, mark
+    a safety answer bad, reload (nothing saved is lost), export (the safety question refused by its probe id); then
+    set up a DPO run on the exported pair from this run's adapter, train it, evaluate it, and read the comparison."""
     from evaluation.eval_runs import copy_run, evaluated_tiny_run
 
     url, workdir = studio
@@ -462,3 +526,83 @@ def test_review_correct_and_export_as_a_clinician_would(browser, studio, tiny_ll
     assert [(r["instruction"], r["response"]) for r in rows] == [(saved[0]["prompt"], saved[0]["corrected"])]
     wait_for(browser, "document.querySelector('#data-file-list input[value=\"tiny.review-preferences.jsonl\"]')", 10)
     screenshot(browser, tmp_path, "5-review", "review")
+
+    _train_dpo_from_the_reviews_and_compare(browser, workdir, run_dir, tmp_path)
+
+
+def _train_dpo_from_the_reviews_and_compare(browser, workdir: Path, sft_dir: Path, tmp_path: Path) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    from lorakit.config import load_config
+    from lorakit.studio.run_compare import compare_with_start
+
+    click(browser, "review-to-dpo")  # step 2, filled in: learn from the reviews, their pairs, from this run
+    wait_for(browser, "document.getElementById('model-name').value !== 'smollm2-135m-instruct'", 10, "the model")
+    filled = browser.execute_script("return ['method-dpo', 'preference-file', 'start-from', 'model-name', 'run-name']"
+                                    ".map(id => { const e = document.getElementById(id); return e.type === 'radio' ? "
+                                    "e.checked : e.value; })")
+    model = load_config(sft_dir / "final" / "config.yaml").model.name
+    assert filled == [True, "tiny.review-preferences.jsonl", "tiny", model, "tiny-dpo"]
+    assert browser.execute_script("return document.getElementById('preference-file').hidden") is False
+    fill(browser, "overrides", "\n".join(["model.max_length=128", "training.batch_size=2", "training.max_steps=2",
+                                         "training.logging_steps=1", "training.learning_rate=0.01",
+                                         "eval.max_new_tokens=3", "inference.temperature=0"]))
+    fill(browser, "model-name", "another-model")  # refused as the form shows every config problem
+    click(browser, "save-run-button")
+    wait_for(browser, "document.getElementById('model-error').innerText", 20, "the refusal")
+    assert text(browser, "model-error") == (
+        "error: step 2: 1 config problem:\n  - model.name: this run starts from tiny, which was trained on "
+        f"{model}; use the same model (its adapter fits no other)")
+    start = Select(browser.find_element("id", "start-from"))
+    start.select_by_value("")
+    start.select_by_value("tiny")  # picking the run sets its model again
+    wait_for(browser, f"document.getElementById('model-name').value === {json.dumps(model)}", 10, "the model again")
+    click(browser, "save-run-button")
+    wait_for(browser, "document.getElementById('run-select').value === 'tiny-dpo'", 20, "the saved DPO run")
+    config = load_config(workdir / "runs" / "tiny-dpo" / "studio.yaml")
+    assert (config.training.method, config.training.init_adapter) == ("dpo", str(sft_dir))
+    assert config.data.train_files == [str(workdir / "data" / "tiny.review-preferences.jsonl")]
+    screenshot(browser, tmp_path, "2-model-and-plan-dpo", "model")
+
+    click(browser, "train-start")
+    wait_for(browser, "/^Training: finished/.test(document.getElementById('train-state').innerText)", 120, "DPO")
+    metrics = [json.loads(line) for line in (workdir / "runs" / "tiny-dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert any("rewards_margin" in m for m in metrics)  # the preference loss trained, not SFT
+    assert text(browser, "next-step") == "Next: 4. Evaluate: evaluate the fine-tuned model against its base."
+    fill(browser, "eval-limit", "1")
+    click(browser, "eval-start")
+    wait_for(browser, "document.querySelector('#eval-compare table.compare')", 120, "the comparison")
+    expected = compare_with_start(workdir / "runs" / "tiny-dpo")
+    signs = {"better": "\u25b2", "worse": "\u25bc", "same": "=", "none": "\u2013"}
+    shown = browser.execute_script("return Array.from(document.querySelectorAll('#eval-compare tbody tr'))"
+                                   ".map(r => Array.from(r.cells).map(c => c.innerText))")
+
+    def value(v):
+        return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else \
+            f"{v['passed']} of {v['of']} ({round(v['rate'] * 100)}%)"
+    assert shown == [[r["measure"], value(r["earlier"]), value(r["later"]), f"{signs[r['direction']]} {r['verdict']}",
+                      r["note"]] for r in expected["rows"]]
+    assert [row[0].split(" (")[0] for row in shown] == ["safety pair score", "safe rate", "helpful rate",
+                                                        "test answers, ROUGE-L against the reference"]
+    assert text(browser, "eval-compare").startswith("tiny-dpo next to the run it started from, tiny (both fine-tuned)")
+    assert expected["warnings"] == []  # the same generation settings in both evaluations
+    screenshot(browser, tmp_path, "4-evaluate-compare", "evaluate")
+    _at_phone_size(browser, tmp_path, ["evaluate", "model", "review"])
+
+
+def _at_phone_size(browser, tmp_path: Path, sections: list[str]) -> None:
+    """Screenshots of `sections` at 390x844; the page never scrolls sideways (wide tables scroll in their box)."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": PHONE[0], "height": PHONE[1],
+                                                                 "deviceScaleFactor": 1, "mobile": True})
+    try:
+        wait_for(browser, f"window.innerWidth === {PHONE[0]}", 10, "the phone-sized window")
+        assert browser.execute_script("return document.documentElement.scrollWidth <= "
+                                      "document.documentElement.clientWidth")
+        boxes = browser.execute_script("return Array.from(document.querySelectorAll('#eval-compare .table-wrap'))"
+                                       ".map(w => [getComputedStyle(w).overflowX, w.getBoundingClientRect().right "
+                                       "<= document.documentElement.clientWidth])")
+        assert boxes == [["auto", True]]
+        for section in sections:
+            screenshot(browser, tmp_path, f"phone-{SECTION_NUMBERS[section]}-{section}", section)
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

@@ -45,7 +45,12 @@ def _workspace(request: Request):
 
 @router.get("/files")
 def list_files(request: Request) -> dict:
-    return {"files": _workspace(request).data_files(), "folder": str(_workspace(request).data_dir)}
+    """The data files, each with its kind: example answers (SFT) or preference pairs (DPO/ORPO)."""
+    from lorakit.studio.training_method import data_kind
+
+    workspace = _workspace(request)
+    files = [{**f, "kind": data_kind(workspace.data_dir / f["name"])} for f in workspace.data_files()]
+    return {"files": files, "folder": str(workspace.data_dir)}
 
 
 @router.put("/files/{name}")

@@ -1,5 +1,6 @@
-"""Steps 2-4 and 6: the run's config and memory plan, and the train / eval / export / push jobs. Each job is
-the CLI command itself (`lorakit train RUN/studio.yaml`, `lorakit eval RUN`, ...) run by jobs.py."""
+"""Steps 2-4 and 7: the run's config and memory plan, the train / eval / export / push jobs, and a run's
+evaluation next to the run it started from (run_compare.py). Each job is the CLI command itself
+(`lorakit train RUN/studio.yaml`, `lorakit eval RUN`, ...) run by jobs.py."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from lorakit.errors import LorakitError
-from lorakit.run.layout import LOSS_CURVE, REPORT_FILE
+from lorakit.run.layout import FINAL, LOSS_CURVE, REPORT_FILE
 from lorakit.studio.jobs import start_job, stop_job
 from lorakit.studio.presets import PRESETS
+from lorakit.studio.run_compare import compare_with_start
 from lorakit.studio.run_config import STUDIO_CONFIG, RunChoices, studio_config, write_studio_config
 from lorakit.studio.run_status import eval_results, run_summary
+from lorakit.studio.training_method import METHODS
 
 __all__ = ["router"]
 
@@ -82,7 +85,15 @@ def gpu() -> dict:
 
 @router.get("/runs")
 def runs(request: Request) -> dict:
-    return {"runs": _workspace(request).runs()}
+    """Every run, and those finished (a run can start from their adapter: step 2's "start from")."""
+    workspace = _workspace(request)
+    names = workspace.runs()
+    return {"runs": names, "finished": [n for n in names if (workspace.run_dir(n) / FINAL).is_dir()]}
+
+
+@router.get("/methods")
+def methods() -> dict:
+    return {"methods": METHODS}
 
 
 @router.post("/runs")
@@ -167,6 +178,12 @@ def evaluate(run: str, body: EvalRequestBody, request: Request) -> dict:
 @router.get("/runs/{run}/eval")
 def evaluation(run: str, request: Request) -> dict:
     return {"results": eval_results(_workspace(request).run_dir(run))}
+
+
+@router.get("/runs/{run}/compare")
+def compare(run: str, request: Request) -> dict:
+    """The run's evaluation next to that of the run it started from (training.init_adapter), with verdicts."""
+    return compare_with_start(_workspace(request).run_dir(run))
 
 
 @router.post("/runs/{run}/export")

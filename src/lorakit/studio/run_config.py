@@ -1,5 +1,5 @@
-"""From the page's choices (model, data files, preset, extra `--set` lines) to a RunConfig, and to the YAML file
-RUN/studio.yaml that `lorakit train` runs exactly as the page does."""
+"""From the page's choices (model, data files, training method, starting run, preset, extra `--set` lines) to a
+RunConfig, and to the YAML file RUN/studio.yaml that `lorakit train` runs exactly as the page does."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lorakit.config import EMBEDDED_MODEL_ALIAS, RunConfig, dump_config, load_config, parse_overrides
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.studio.presets import DEFAULT_PRESET, preset_overrides
+from lorakit.studio.training_method import Method, method_problems, starting_run
 from lorakit.studio.workspace import Workspace
 
 __all__ = ["STUDIO_CONFIG", "REFUSED_OVERRIDES", "RefusedOverride", "RunChoices", "refuse_locked_overrides",
@@ -43,10 +44,17 @@ class RunChoices(BaseModel):
     data_files: list[str] = Field(..., min_length=1, description="Data file names under WORKDIR/data.")
     preset: str = DEFAULT_PRESET
     overrides: list[str] = Field(default_factory=list, description="Extra `--set KEY=VALUE` lines, applied last.")
+    method: Method = Field("sft", description="training.method: sft (example answers), dpo or orpo (preference "
+                                              "pairs, such as step 5's export).")
+    start_from: str | None = Field(None, description="A finished run under WORKDIR/runs whose adapter this run "
+                                                     "starts from (training.init_adapter); None = a fresh adapter.")
 
 
 def _overrides(choices: RunChoices) -> list[str]:
-    return preset_overrides(choices.preset) + _page_lines(choices)
+    preset = preset_overrides(choices.preset)
+    if choices.start_from:  # the LoRA shape is the starting run's; a preset's rank would not fit its adapter
+        preset = [line for line in preset if not line.startswith("lora.")]
+    return preset + _page_lines(choices)
 
 
 def _page_lines(choices: RunChoices) -> list[str]:
@@ -93,17 +101,27 @@ def studio_config(workspace: Workspace, choices: RunChoices) -> tuple[RunConfig,
     """The validated config for `choices` (every problem at once, as ConfigError) and the run folder it names."""
     refuse_locked_overrides(_page_lines(choices))
     run_dir = workspace.run_dir(choices.run, exists=False)
+    data_paths = [workspace.data_path(name) for name in choices.data_files]
+    start, problems = starting_run(workspace, choices.start_from, run_dir) if choices.start_from else (None, [])
+    problems += method_problems(choices.method, data_paths, choices.model, start)
     base = {
         "output_dir": str(run_dir),
         "model": {"name": choices.model},
-        "data": {"train_file": [str(workspace.data_path(name)) for name in choices.data_files]},
+        "training": {"method": choices.method,
+                     **({"init_adapter": str(start.run_dir)} if start is not None else {})},
+        "data": {"train_file": [str(path) for path in data_paths]},
+        **({"lora": start.lora} if start is not None else {}),
     }
     staging = workspace.root / f".{choices.run}.studio.yaml"
     staging.write_text(yaml.safe_dump(base, sort_keys=False))
     try:
         config = load_config(staging, _overrides(choices))
+    except ConfigError as exc:  # the config's problems and the page's, all at once
+        raise ConfigError(exc.source, exc.problems + problems) if problems else exc from None
     finally:
         staging.unlink(missing_ok=True)
+    if problems:
+        raise ConfigError("step 2", problems)
     return config, run_dir
 
 
@@ -112,7 +130,8 @@ def write_studio_config(workspace: Workspace, choices: RunChoices) -> Path:
     config, run_dir = studio_config(workspace, choices)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / STUDIO_CONFIG
-    header = (f"# Written by lorakit studio (preset: {choices.preset}).\n"
+    start = f", starting from run {choices.start_from}" if choices.start_from else ""
+    header = (f"# Written by lorakit studio (preset: {choices.preset}, method: {choices.method}{start}).\n"
               f"# Run it from a terminal: lorakit train {path}\n")
     temporary = path.with_suffix(".yaml.tmp")
     temporary.write_text(header + dump_config(config))

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from lorakit.run.checkpoints import list_checkpoints
-from lorakit.run.layout import CONFIG, EVAL, EVAL_FILE, EXPORT, FINAL, METRICS, REPORT_FILE
+from lorakit.run.layout import CONFIG, EVAL, EVAL_FILE, EXPORT, FINAL, METRICS, REPORT_FILE, REVIEW_FILE
 from lorakit.studio.jobs import JOBS, job_status
 from lorakit.studio.run_config import STUDIO_CONFIG
 
@@ -31,11 +31,17 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return records
 
 
-def _max_steps(run_dir: Path) -> int | None:
+def _saved_config(run_dir: Path) -> dict | None:
+    """The finished run's resolved config, else the one step 2 saved; None for neither."""
     for path in (run_dir / FINAL / CONFIG, run_dir / STUDIO_CONFIG):
         if path.is_file():
-            return int(yaml.safe_load(path.read_text())["training"]["max_steps"])
+            return yaml.safe_load(path.read_text())
     return None
+
+
+def _max_steps(run_dir: Path) -> int | None:
+    config = _saved_config(run_dir)
+    return int(config["training"]["max_steps"]) if config else None
 
 
 def training_progress(run_dir: Path, metrics: list[dict], started: float | None, running: bool) -> dict:
@@ -61,11 +67,21 @@ def _exports(run_dir: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
 
 
+def _run_name(adapter: str | None) -> str | None:
+    """The run named by training.init_adapter (a run folder or its final/)."""
+    if not adapter:
+        return None
+    path = Path(adapter)
+    return path.parent.name if path.name == FINAL else path.name
+
+
 def run_summary(run_dir: Path) -> dict:
     jobs = {job: job_status(run_dir, job) for job in JOBS}
     metrics = read_metrics(run_dir)
     config_path = run_dir / STUDIO_CONFIG
     train = jobs["train"]
+    config = _saved_config(run_dir) or {}
+    training = config.get("training") or {}
     return {
         "run": run_dir.name,
         "run_dir": str(run_dir),
@@ -79,6 +95,10 @@ def run_summary(run_dir: Path) -> dict:
         "has_eval": (run_dir / EVAL / EVAL_FILE).is_file(),
         "has_report": (run_dir / REPORT_FILE).is_file(),
         "exports": _exports(run_dir),
+        "model": (config.get("model") or {}).get("name"),
+        "method": training.get("method", "sft"),
+        "starts_from": _run_name(training.get("init_adapter")),
+        "has_reviews": (run_dir / REVIEW_FILE).is_file(),
     }
 
 

@@ -54,7 +54,8 @@ function table(headers, rows, className) {
   const head = el("tr", {}, ...headers.map((h) => el("th", {scope: "col", text: h})));
   const body = rows.map((cells) => el("tr", {}, ...cells.map((c) => c instanceof Node ? el("td", {}, c) :
     el("td", typeof c === "number" ? {class: "num", text: String(c)} : {text: c ?? ""}))));
-  return el("table", className ? {class: className} : {}, el("thead", {}, head), el("tbody", {}, ...body));
+  // The box scrolls sideways on a narrow screen, so the page itself never does.
+  return el("div", {class: "table-wrap"}, el("table", className ? {class: className} : {}, el("thead", {}, head), el("tbody", {}, ...body)));
 }
 
 function command(text) { return el("p", {class: "command", text: "same as: " + text}); }
@@ -75,8 +76,16 @@ async function loadFiles(select) {
     const id = "data-file-" + index;
     const box = el("input", {type: "checkbox", id, value: file.name});
     box.checked = keep.has(file.name);
-    list.append(el("label", {for: id}, box, ` ${file.name} (${file.bytes} bytes)`));
+    list.append(el("label", {for: id, "data-kind": file.kind}, box, ` ${file.name} (${file.bytes} bytes` +
+      (file.kind === "preferences" ? ", preference pairs for step 2's 'learn from your reviews')" : ")")));
   });
+  const pairs = $("preference-file"), chosen = pairs.value;
+  const files = data.files.filter((f) => f.kind === "preferences");
+  pairs.textContent = "";
+  if (!files.length) pairs.append(el("option", {value: "", text: "(no preference file yet: export reviews in step 5)"}));
+  for (const file of files) pairs.append(el("option", {value: file.name, text: file.name}));
+  if (files.some((f) => f.name === chosen)) pairs.value = chosen;
+  renderStepper();
 }
 
 function renderCheck(report, files) {
@@ -158,10 +167,45 @@ $("upload-input").addEventListener("change", async (event) => {
 });
 
 // ---- 2. Model and plan ---------------------------------------------------------------------------------
+let methods = {};  // /api/methods: each training method's plain words and the kind of data file it needs
+const chosenMethod = () => (document.querySelector("input[name=method]:checked") || {value: "sft"}).value;
+const learnsFromPairs = () => (methods[chosenMethod()] || {}).data === "preferences";
+
 function choices() {
-  return {run: $("run-name").value.trim(), model: $("model-name").value.trim(), data_files: selectedFiles(),
-          preset: $("preset").value, overrides: $("overrides").value.split("\n").filter((l) => l.trim())};
+  const pairs = learnsFromPairs();
+  if (pairs && !$("preference-file").value) throw {error: "No preference file is chosen.",
+    hint: "Review answers and export them in step 5; the export writes RUN.review-preferences.jsonl into the data folder."};
+  return {run: $("run-name").value.trim(), model: $("model-name").value.trim(),
+          data_files: pairs ? [$("preference-file").value] : selectedFiles(), method: chosenMethod(),
+          start_from: $("start-from").value || null, preset: $("preset").value,
+          overrides: $("overrides").value.split("\n").filter((l) => l.trim())};
 }
+
+async function loadMethods() {
+  methods = (await api("GET", "/api/methods")).methods;
+  const box = $("method-choice");
+  for (const [name, m] of Object.entries(methods)) {
+    const radio = el("input", {type: "radio", name: "method", id: "method-" + name, value: name});
+    radio.checked = name === "sft";
+    radio.addEventListener("change", showMethod);
+    box.append(el("div", {class: "choice"}, radio, el("label", {for: radio.id}, el("strong", {text: m.label}),
+      el("span", {class: "small", text: m.description}), el("span", {class: "flag", text: "training.method: " + name}))));
+  }
+  showMethod();
+}
+
+function showMethod() {
+  for (const node of document.querySelectorAll(".needs-pairs")) node.hidden = !learnsFromPairs();
+}
+
+// A run that starts from another run's adapter uses that run's model (its adapter fits no other).
+async function startFrom(run) {
+  $("start-from").value = run;
+  if (!run) return;
+  const summary = await api("GET", "/api/runs/" + encodeURIComponent(run));
+  if (summary.model) $("model-name").value = summary.model;
+}
+$("start-from").addEventListener("change", (event) => startFrom(event.target.value).catch((e) => showError("model-error", e)));
 
 async function loadPresets() {
   const data = await api("GET", "/api/presets");
@@ -200,6 +244,59 @@ action("save-run-button", "model-error", async () => {
   await loadRuns(choices().run);
 });
 
+// ---- the stepper: what is done, what comes next, and where on the page you are ---------------------------
+const STEPS = ["data", "model", "train", "evaluate", "review", "chat", "export"];
+const NEXT_TEXT = {data: "tick or upload a data file, or use the example data", model: "name the run, choose what it learns and save it",
+  train: "start training the saved run", evaluate: "evaluate the fine-tuned model against its base",
+  review: "mark the answers good or bad, and correct the bad ones", chat: "ask both models a question, then export",
+  export: "export the model"};
+let stepperRun = null;
+
+function renderStepper(run) {
+  if (run !== undefined) stepperRun = run;
+  run = stepperRun;
+  const done = {data: selectedFiles().length > 0 || Boolean(run), model: Boolean(run && (run.config_path || run.finished)),
+    train: Boolean(run && run.finished), evaluate: Boolean(run && run.has_eval), review: Boolean(run && run.has_reviews),
+    chat: false, export: Boolean(run && run.exports.length)};
+  const next = STEPS.find((step) => !done[step]);
+  STEPS.forEach((step, index) => {
+    const item = document.querySelector(`#stepper li[data-step="${step}"]`);
+    const state = done[step] ? "done" : step === next ? "next" : "todo";
+    item.dataset.state = state;
+    item.querySelector(".dot").textContent = done[step] ? "\u2713" : String(index + 1);
+    item.querySelector(".state").textContent = state === "done" ? " (done)" : state === "next" ? " next" : "";
+  });
+  const label = (step) => document.querySelector(`#stepper li[data-step="${step}"] .label`).textContent;
+  $("next-step").textContent = next ? `Next: ${STEPS.indexOf(next) + 1}. ${label(next)}: ${NEXT_TEXT[next]}.` : "";
+}
+
+// The step whose section is at the top of the window is marked as where you are (aria-current="location").
+function trackPlace() {
+  let queued = false;
+  const update = () => {
+    queued = false;
+    const top = document.querySelector("nav").getBoundingClientRect().bottom + 8;
+    let here = STEPS[0];
+    for (const step of STEPS) if ($(step).getBoundingClientRect().top <= top + 40) here = step;
+    for (const item of document.querySelectorAll("#stepper li")) {
+      const link = item.querySelector("a");
+      if (item.dataset.step === here) {
+        if (link.getAttribute("aria-current") !== "location") {
+          link.setAttribute("aria-current", "location");
+          const list = $("stepper");  // keep it visible in a stepper that scrolls sideways (a phone)
+          if (item.offsetLeft < list.scrollLeft || item.offsetLeft + item.offsetWidth > list.scrollLeft + list.clientWidth)
+            list.scrollLeft = item.offsetLeft - 8;
+        }
+      } else link.removeAttribute("aria-current");
+    }
+  };
+  const queue = () => { if (!queued) { queued = true; requestAnimationFrame(update); } };
+  window.addEventListener("scroll", queue, {passive: true});
+  window.addEventListener("resize", queue);
+  $("data-file-list").addEventListener("change", () => renderStepper());
+  update();
+}
+
 // ---- runs and polling ----------------------------------------------------------------------------------
 async function loadRuns(select) {
   const data = await api("GET", "/api/runs");
@@ -209,6 +306,11 @@ async function loadRuns(select) {
   picker.append(el("option", {value: "", text: data.runs.length ? "(pick a run)" : "(none yet: create one in step 2)"}));
   for (const run of data.runs) picker.append(el("option", {value: run, text: run}));
   picker.value = data.runs.includes(wanted) ? wanted : "";
+  const start = $("start-from"), startWas = start.value;
+  start.textContent = "";
+  start.append(el("option", {value: "", text: "a fresh adapter (the base model as it is)"}));
+  for (const run of data.finished) start.append(el("option", {value: run, text: `the adapter of run ${run}`}));
+  start.value = data.finished.includes(startWas) ? startWas : "";
   setRun(picker.value);
 }
 
@@ -241,7 +343,7 @@ function renderTrain(run) {
   const state = run.finished && job.state !== "running" ? "finished: the adapter is in final/" : STATE_TEXT[job.state];
   $("train-state").textContent = `Training: ${state}` + (run.checkpoints.length ? ` · checkpoints: ${run.checkpoints.join(", ")}` : "");
   $("train-state").dataset.state = job.state;
-  $("run-state").textContent = `train ${job.state}`;
+  $("run-state").textContent = run.finished && job.state !== "running" ? "trained" : `training: ${STATE_TEXT[job.state]}`;
   $("train-progress").textContent = p.max_steps ? `step ${p.step} of ${p.max_steps}` +
     (p.tokens_per_second ? ` · ${Math.round(p.tokens_per_second)} tokens/s` : "") +
     (job.state === "running" ? ` · about ${formatSeconds(p.eta_s)} left` : "") : "";
@@ -297,7 +399,9 @@ async function loadEval(run) {
   const {results} = await api("GET", `/api/runs/${encodeURIComponent(run)}/eval`);
   showChatVerdicts(results);
   await loadReview(run);
+  $("eval-compare").textContent = "";
   if (!results) return;
+  await loadCompare(run);
   const q = results.eval.quality, s = results.eval.safety, fmt = (v) => v === null || v === undefined ? "n/a" : Number(v).toFixed(3);
   $("eval-quality").textContent = "";
   if (q) {
@@ -331,6 +435,26 @@ async function loadEval(run) {
   $("eval-answers").append(el("h3", {text: "Probe answers side by side"}),
     table(["category", "prompt", "base answer", "fine-tuned answer"], results.safety_answers.map((r) =>
       [labels[r.category] || r.category, r.prompt, `${r.base.answer}\n[${verdict(r.base)}]`, `${r.tuned.answer}\n[${verdict(r.tuned)}]`]), "answers"));
+}
+
+// A run next to the run it started from (studio/run_compare.py): the verdict is a sign and words, never colour alone.
+const COMPARE_SIGNS = {better: "\u25B2", worse: "\u25BC", same: "=", none: "\u2013"};
+
+async function loadCompare(run) {
+  const c = await api("GET", `/api/runs/${encodeURIComponent(run)}/compare`);
+  const box = $("eval-compare");
+  box.textContent = "";
+  if (!c.available) { if (c.earlier) box.append(el("p", {class: "note", id: "compare-reason", text: c.reason})); return; }
+  const value = (v) => v === null || v === undefined ? "n/a" : typeof v === "number" ? v.toFixed(3) :
+    `${v.passed} of ${v.of} (${Math.round(v.rate * 100)}%)`;
+  box.append(el("h3", {text: `${c.later} next to the run it started from, ${c.earlier} (both fine-tuned)`}),
+    el("p", {class: "note", text: "Both runs answered the same questions. A verdict of better or worse needs more questions " +
+      "passed only now than passed only before (or the reverse) than chance explains (McNemar's test, p < 0.05); on a few " +
+      "questions expect no detectable change, which is not proof that nothing changed."}),
+    table(["measure", `before: ${c.earlier}`, `now: ${c.later}`, "verdict", "how sure"], c.rows.map((r) =>
+      [r.measure, value(r.earlier), value(r.later),
+       el("span", {class: `verdict-badge v-${r.direction}`, text: `${COMPARE_SIGNS[r.direction]} ${r.verdict}`}), r.note]), "compare"));
+  for (const warning of c.warnings) box.append(el("p", {class: "sev-warning", text: warning}));
 }
 
 // The verdicts of evaluation/knowledge_stats.py, in words a clinician reads without a statistics course.
@@ -427,6 +551,7 @@ async function loadReview(run) {
   if (ticket !== reviewLoads || run !== currentRun) return;
   $("review-list").textContent = "";
   $("review-export-result").textContent = "";
+  $("review-next").hidden = true;
   reviewAnswers = data ? data.answers : [];
   if (!data) { $("review-state").textContent = "No run selected."; renderSavedReviews([]); return; }
   const reviewed = data.answers.filter((a) => a.review).length;
@@ -459,6 +584,8 @@ action("review-export", "review-error", async () => {
   out.textContent = "";
   out.append(el("p", {id: "review-export-summary", text: `From ${r.reviews} reviews: ${r.sft_file}, ${r.sft_rows} corrected ` +
     `answer(s) to train on; ${r.preferences_file}, ${r.preference_rows} preference pair(s). Both are in the data folder (step 1).`}));
+  lastExport = {run: currentRun, preferences: r.preference_rows ? r.preferences_file : null};
+  $("review-next").hidden = !lastExport.preferences;
   if (r.refused.length) out.append(el("p", {class: "bad", text: `Not exported: ${r.refused.length} safety question(s). ` +
     "A question the evaluation asks never becomes training data, or the evaluation would grade answers the model was trained on."}),
     el("ul", {class: "refused", id: "review-refused"}, ...r.refused.map((x) => el("li", {text: `${x.item_id}: safety probe ${x.probe_ids.join(", ")}`}))));
@@ -466,6 +593,20 @@ action("review-export", "review-error", async () => {
     text: `Skipped ${item}: the answer marked good and the one marked bad are the same text.`}));
   out.append(command(r.command));
   await loadFiles();
+});
+
+// Step 2 filled in for the loop's next turn: learn from these pairs, starting from the run they were reviewed on.
+let lastExport = null;
+action("review-to-dpo", "review-error", async () => {
+  if (!lastExport || !lastExport.preferences) throw {error: "Export reviews with at least one preference pair first."};
+  await Promise.all([loadFiles(), loadRuns(currentRun)]);
+  $("method-dpo").checked = true;
+  showMethod();
+  $("preference-file").value = lastExport.preferences;
+  await startFrom(lastExport.run);
+  $("run-name").value = `${lastExport.run}-dpo`;
+  $("model").scrollIntoView({block: "start"});
+  $("run-name").focus({preventScroll: true});
 });
 
 // ---- 6. Chat: the eval's verdicts above each model's answers -------------------------------------------
@@ -502,10 +643,10 @@ async function poll() {
   if (polling) return;
   polling = true;
   try {
-    if (!currentRun) { $("train-state").textContent = "No run selected."; $("run-state").textContent = ""; return; }
+    if (!currentRun) { $("train-state").textContent = "No run selected."; $("run-state").textContent = ""; renderStepper(null); return; }
     const run = await api("GET", "/api/runs/" + encodeURIComponent(currentRun));
     if (run.run !== currentRun) return;
-    renderTrain(run); renderEvalJob(run); renderExport(run);
+    renderTrain(run); renderEvalJob(run); renderExport(run); renderStepper(run);
   } catch (error) { showError("train-error", error); }
   finally { polling = false; }
 }
@@ -592,12 +733,13 @@ $("chat-form").addEventListener("submit", async (event) => {
 // ---- start ---------------------------------------------------------------------------------------------
 window.addEventListener("DOMContentLoaded", async () => {
   try {
-    await Promise.all([loadFiles(), loadPresets()]);
+    await Promise.all([loadFiles(), loadPresets(), loadMethods()]);
     loadGpu().catch((error) => showError("model-error", error));
     const match = location.hash.match(/run=([^&]+)/);
     await loadRuns(match ? decodeURIComponent(match[1]) : "");
   } catch (error) { showError("data-error", error); }
   setInterval(poll, POLL_MS);
+  trackPlace();
 });
 // A link to #run=NAME (or one typed in the address bar) picks that run, re-reading the list of runs.
 window.addEventListener("hashchange", () => {
