@@ -30,7 +30,7 @@ fi
 if [ "$part" = preference ]; then
     python bench/preference_speed.py --out "$out" --work /tmp/lorakit-preference-speed \
         --settings "${SETTINGS:-8gb-qlora,gpu-qlora}" --tools trl,lorakit \
-        --steps 8 --warmup 2 --row-timeout 150 2>&1 | tee "$out/stdout.txt"
+        --steps 8 --warmup 2 --row-timeout 140 --budget-seconds "${BUDGET_S:-440}" 2>&1 | tee "$out/stdout.txt"
     exit
 fi
 python bench/long_context.py --out "$out" --work /tmp/lorakit-peer-speed --lengths "${LENGTHS:-8192,16384,24576,32768}" \

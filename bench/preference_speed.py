@@ -125,7 +125,8 @@ def lorakit_config(work: Path, steps: int, smoke: bool) -> Path:
 
 def lorakit_step_counts(config: Path, warmup: int, steps: int) -> dict:
     """Real tokens, answer tokens and padded positions of each measured step of the `lorakit train` run of
-    `config`, from lorakit's own data preparation and data order (epoch_groups) with the run's seed."""
+    `config`, from lorakit's own data preparation and data order (epoch_groups) with the run's seed, and the mean
+    real tokens of a pair (both sides) over the whole file, to set beside TRL's tokenization of the same file."""
     from transformers import AutoTokenizer
 
     from lorakit.config import load_config
@@ -135,7 +136,8 @@ def lorakit_step_counts(config: Path, warmup: int, steps: int) -> dict:
     run = load_config(config, [])
     examples = prepare_data(run, AutoTokenizer.from_pretrained(run.model.name)).splits.train
     groups = epoch_groups(examples, MICRO_BATCH, run.seed, 0)
-    counts: dict[str, list[int]] = {"step_tokens": [], "step_labelled": [], "step_padded": []}
+    counts: dict = {"step_tokens": [], "step_labelled": [], "step_padded": [],
+                    "mean_tokens_per_pair": statistics.mean(pair.tokens for pair in examples)}
     for step in range(warmup, warmup + steps):
         micro = [[examples[i] for i in group] for group in groups[step * ACCUMULATION:(step + 1) * ACCUMULATION]]
         rows = [[row for pair in group for row in (pair.chosen, pair.rejected)] for group in micro]
@@ -200,13 +202,14 @@ def trl_row(setting: str, work: Path, args, log) -> dict:
 
 def table(rows: list[dict]) -> str:
     gib = lambda value: "-" if value is None else f"{value / 2**30:.2f}"  # noqa: E731
-    lines = ["| setting | tool | tokens/s | lorakit / TRL | pairs per step (micro x accum) | real tokens per step | "
+    lines = ["| setting | tool | tokens/s | lorakit / TRL | pairs per step (micro x accum) | real tokens per pair (file) | "
+             "real tokens per step | "
              "padded positions per step | PyTorch peak GiB alloc (reserved) | nvidia-smi peak GiB | how |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         batch = f"{row.get('micro_batch', '?')} x {row.get('accumulation', '?')}"
         if "error" in row:
-            lines.append(f"| {row['setting']} | {row['tool']} | failed | | {batch} | | | | | {row['error'][-150:]!r} |")
+            lines.append(f"| {row['setting']} | {row['tool']} | failed | | {batch} | | | | | | {row['error'][-150:]!r} |")
             continue
         peer = next((r for r in rows if r["setting"] == row["setting"] and r["tool"] == TRL and "error" not in r), None)
         ratio = (f"**{row['tokens_per_second'] / peer['tokens_per_second']:.2f}x**"
@@ -215,12 +218,13 @@ def table(rows: list[dict]) -> str:
         how = row.get("plan") or (f"{row.get('attention')}, liger layer kernels {row.get('liger_kernel')}, "
                                   f"checkpointing {row.get('checkpointing')}, padding_free {row.get('padding_free')}")
         lines.append(f"| {row['setting']} | {row['tool']} | {row['tokens_per_second']:,.0f} | {ratio} | {batch} | "
-                     f"{statistics.mean(row['step_tokens']):,.0f} | {statistics.mean(row['step_padded']):,.0f} | "
+                     f"{row.get('mean_tokens_per_pair', 0):,.1f} | {statistics.mean(row['step_tokens']):,.0f} | {statistics.mean(row['step_padded']):,.0f} | "
                      f"{gib(row.get('peak_allocated'))} ({gib(row.get('peak_reserved'))}) | {smi} | {how} |")
     return "\n".join(lines)
 
 
 def main() -> None:
+    began = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lorakit-preference-speed"))
@@ -230,6 +234,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--cap-gib", type=float, default=eight_gb_cap_gib(), help="allocator cap of the 8 GB card")
     parser.add_argument("--row-timeout", type=int, default=240)
+    parser.add_argument("--budget-seconds", type=float, default=None, help="start no row later than this many "
+                        "seconds less 90 after the start, preparation included (a device call's limit: the table is "
+                        "still written)")
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU: checks the script only")
     parser.add_argument("--prepare-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -252,6 +259,13 @@ def main() -> None:
         for setting in args.settings.split(","):
             for tool in args.tools.split(","):
                 started = time.perf_counter()
+                if args.budget_seconds is not None and started - began > args.budget_seconds - 90:
+                    row = {"setting": setting, "tool": TRL if tool == "trl" else "lorakit",
+                           "error": f"not run: {started - began:.0f} s of the {args.budget_seconds:.0f} s budget used"}
+                    print(json.dumps(row), flush=True)
+                    with open(rows_path, "a") as handle:
+                        handle.write(json.dumps(row) + "\n")
+                    continue
                 row = trl_row(setting, args.work, args, log) if tool == "trl" else lorakit_row(
                     setting, args.work, config, args, log)
                 row["wall_seconds"] = time.perf_counter() - started

@@ -111,6 +111,9 @@ def main() -> None:
     trainer = CountingTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                               peft_config=peft_config, callbacks=[Clock()])
     setup_seconds = time.perf_counter() - started
+    tokenized = trainer.train_dataset  # TRL's own tokenization: prompt_ids, chosen_ids, rejected_ids per pair
+    pair_tokens = [2 * len(p) + len(c) + len(r) for p, c, r in zip(
+        tokenized["prompt_ids"], tokenized["chosen_ids"], tokenized["rejected_ids"])]
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -123,7 +126,7 @@ def main() -> None:
         "tokens_per_step": statistics.mean(tokens), "step_tokens": tokens,
         "step_labelled": [sum(micro_labelled[s]) for s in per_step][args.warmup:],
         "step_padded": [sum(micro_padded[s]) for s in per_step][args.warmup:],
-        "micro_batch": args.micro_batch, "accumulation": args.accumulation,
+        "mean_tokens_per_pair": statistics.mean(pair_tokens), "micro_batch": args.micro_batch, "accumulation": args.accumulation,
         "attention": model.config._attn_implementation, "checkpointing": args.checkpointing,
         "liger_kernel": cuda, "padding_free": trainer.padding_free,
         "seconds_per_step": statistics.median(seconds), "setup_seconds": setup_seconds,
