@@ -3,12 +3,13 @@
 # src/ and the wheels of TRL, peft, transformers, bitsandbytes, liger-kernel and datasets on PYTHONPATH):
 #   bash bench/peer_speed_device.sh table OUT_DIR  # the four settings, TRL best practice and lorakit, equal tokens per step
 #   bash bench/peer_speed_device.sh long OUT_DIR   # the 8 GB card at 8k-32k tokens per example, both tools, and lorakit plan
+#   bash bench/peer_speed_device.sh preference OUT_DIR  # issue 24: DPO, lorakit vs TRL's DPOTrainer, 8 GB card and whole GPU
 # A row that does not finish inside the call's time is missing from rows.jsonl; a later call can run the rest
-# with SETTINGS=... (table) or LENGTHS=... (long) on the same prepared work folder.
+# with SETTINGS=... (table, preference) or LENGTHS=... (long) on the same prepared work folder.
 set -uo pipefail
-part=${1:?table or long}
+part=${1:?table, long or preference}
 out=${2:?results folder}
-case "$part" in table|long) ;; *) echo "unknown part '$part': table or long" >&2; exit 2;; esac
+case "$part" in table|long|preference) ;; *) echo "unknown part '$part': table, long or preference" >&2; exit 2;; esac
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 {
@@ -24,6 +25,12 @@ if [ "$part" = table ]; then
     python bench/peer_speed.py --out "$out" --work /tmp/lorakit-peer-speed \
         --settings "${SETTINGS:-8gb-qlora-512,gpu-bf16-512,gpu-qlora-512,8gb-qlora-2048}" --tools trl,lorakit \
         --steps 8 --warmup 2 --row-timeout 200 2>&1 | tee "$out/stdout.txt"
+    exit
+fi
+if [ "$part" = preference ]; then
+    python bench/preference_speed.py --out "$out" --work /tmp/lorakit-preference-speed \
+        --settings "${SETTINGS:-8gb-qlora,gpu-qlora}" --tools trl,lorakit \
+        --steps 8 --warmup 2 --row-timeout 140 --budget-seconds "${BUDGET_S:-440}" 2>&1 | tee "$out/stdout.txt"
     exit
 fi
 python bench/long_context.py --out "$out" --work /tmp/lorakit-peer-speed --lengths "${LENGTHS:-8192,16384,24576,32768}" \
