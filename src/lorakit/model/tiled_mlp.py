@@ -103,7 +103,7 @@ class TiledMLP(torch.autograd.Function):
             for part in _chunks(rows.shape[0], ctx.chunk_tokens):
                 piece = rows[part].detach().requires_grad_(need_x)
                 out = ctx.mlp_forward(piece.unsqueeze(0)).squeeze(0)
-                torch.autograd.backward(out, grad_rows[part])
+                torch.autograd.backward(out, grad_rows[part].to(out.dtype))
                 if need_x:
                     grad_x[part] = piece.grad
         grad_x = grad_x.view(x.shape) if need_x else None
