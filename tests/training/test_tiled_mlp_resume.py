@@ -37,15 +37,17 @@ def tiled_plan(monkeypatch) -> list[int]:
 
 def test_tiled_mlp_run_resumes_bit_identically(tiny_llama_dir, qa_file, tmp_path, tiled_plan):
     def config(run_dir):
-        return tiny_run_config(tiny_llama_dir, qa_file, run_dir, max_steps=3, save_steps=1, eval_steps=10,
+        return tiny_run_config(tiny_llama_dir, qa_file, run_dir, max_steps=2, save_steps=1, eval_steps=10,
                                gradient_checkpointing=True, packing=True)
 
     train(config(tmp_path / "straight"))
     assert tiled_plan and max(tiled_plan) > 16  # the MLPs ran tiled, in more than one chunk
     with pytest.raises(SimulatedCrash):
-        train(config(tmp_path / "resumed"), reporter=CrashAfterStep(2))  # the checkpoint is step 1
+        train(config(tmp_path / "resumed"), reporter=CrashAfterStep(2))  # the newest checkpoint is step 1
+    before_resume = len(tiled_plan)
     train(config(tmp_path / "resumed"), resume=True)
+    assert len(tiled_plan) > before_resume  # the resumed step ran tiled too
     straight, resumed = final_adapter(tmp_path / "straight"), final_adapter(tmp_path / "resumed")
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
     losses = [[r.get("train_loss") for r in metric_records(tmp_path / run)] for run in ("straight", "resumed")]
-    assert losses[0] == losses[1] and len(losses[0]) >= 3
+    assert losses[0] == losses[1] and len(losses[0]) >= 2
