@@ -9,7 +9,8 @@ expandable segments in both. Data: for each length L, synthetic clinical-note ex
 (a long note as the question, a summary of a quarter of the tokens as the answer; 15/16 to all of L, loss on the answer only).
 
 - lorakit: `lorakit train` with model.max_length=L, training.batch_size=1 and gradient_checkpointing auto (the
-  planner picks checkpointing and offloading itself); a refusal of the planner is recorded as such.
+  planner picks checkpointing, offloading and, where offloading is not enough, the MLP in sequence chunks,
+  model/tiled_mlp.py, itself); a refusal of the planner is recorded as such.
 - TRL best practice for long examples: SFTTrainer, no packing, batch 1, gradient checkpointing, TRL's activation
   offloading, its chunked LM head (TRL 1.16 always scores through it), liger's kernels, `sdpa` attention (one
   unpadded example per step: PyTorch's FlashAttention-2 kernel).
@@ -96,7 +97,8 @@ def planner_prediction(config: Path, length: int, memory_gib: float) -> dict:
     estimate = plan.chosen.estimate
     return {"predicted_peak_allocated": estimate.peak_allocated, "predicted_on_gpu": estimate.peak_on_gpu(),
             "planned": f"micro-batch {plan.micro_batch}, checkpointing {plan.checkpointed_layers} layers, "
-                       f"offload {plan.offload_activations}"}
+                       f"offload {plan.offload_activations}, tiled MLP {plan.tiled_mlp}",
+            "terms_gib": {term: round(gib, 3) for term, gib in estimate.rows()}}
 
 
 def lorakit_long_row(length: int, config: Path, data: Path, args, log) -> dict:

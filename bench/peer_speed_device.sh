@@ -5,7 +5,8 @@
 #   bash bench/peer_speed_device.sh long OUT_DIR   # the 8 GB card at 8k-32k tokens per example, both tools, and lorakit plan
 #   bash bench/peer_speed_device.sh preference OUT_DIR  # issue 24: DPO, lorakit vs TRL's DPOTrainer, 8 GB card and whole GPU
 # A row that does not finish inside the call's time is missing from rows.jsonl; a later call can run the rest
-# with SETTINGS=... (table, preference) or LENGTHS=... (long) on the same prepared work folder.
+# with SETTINGS=... (table, preference) or LENGTHS=... and TOOLS=lorakit|trl|lorakit,trl (long) on the same prepared
+# work folder.
 set -uo pipefail
 part=${1:?table, long or preference}
 out=${2:?results folder}
@@ -34,4 +35,4 @@ if [ "$part" = preference ]; then
     exit
 fi
 python bench/long_context.py --out "$out" --work /tmp/lorakit-peer-speed --lengths "${LENGTHS:-8192,16384,24576,32768}" \
-    --steps 3 --warmup 1 --row-timeout 150 2>&1 | tee "$out/stdout.txt"
+    --tools "${TOOLS:-lorakit,trl}" --steps 3 --warmup 1 --row-timeout 150 2>&1 | tee "$out/stdout.txt"

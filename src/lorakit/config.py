@@ -155,7 +155,8 @@ class TrainingConfig(_Section):
     )
     gradient_checkpointing: bool | Literal["auto"] = Field(
         False, description="'auto' = the memory planner checkpoints as many layers as it needs (the first n of the "
-        "model's; all, and offloaded to CPU, only when nothing else fits); true = every layer."
+        "model's; all, and offloaded to CPU, only when nothing else fits; past that, on one GPU, each MLP in sequence "
+        "chunks too); true = every layer."
     )
     packing: bool = Field(False, description="Pack examples into max_length rows, isolated per example.")
     distributed: Literal["auto", "ddp", "fsdp"] = Field(

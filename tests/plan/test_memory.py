@@ -193,13 +193,15 @@ def test_nothing_fits_names_the_need_and_the_fix():
     assert "needs at least" in caught.value.message and "Lower model.max_length" in caught.value.message
 
 
-def test_refusal_on_an_8gb_card_at_32k_advises_only_levers_not_yet_pulled():
-    """Issue 23: at 32k tokens with nf4 already set, the refusal advised `model.quantization: nf4`."""
+def test_refusal_on_an_8gb_card_at_64k_advises_only_levers_not_yet_pulled():
+    """Issue 23: at 32k tokens with nf4 already set, the refusal advised `model.quantization: nf4` (32k fits now,
+    with the tiled MLP: tests/plan/test_memory_tiled.py; 64k does not)."""
     with pytest.raises(ConfigError) as caught:
-        plan_training(run_config("nf4", max_length=32768, batch_size=1), PHI4_MINI, 8 * GIB, dtype_bytes=2,
+        plan_training(run_config("nf4", max_length=65536, batch_size=1), PHI4_MINI, 8 * GIB, dtype_bytes=2,
                       nf4_available=True)
     message = caught.value.message
-    assert "model.max_length=32768 needs at least" in message and "nf4, checkpointing all 32 layers" in message
+    assert "model.max_length=65536 needs at least" in message
+    assert "nf4, checkpointing all 32 layers, offloaded to CPU, MLP in sequence chunks)" in message
     assert message.endswith("Lower model.max_length, or pick a smaller model or a GPU with more memory.")
     with pytest.raises(ConfigError) as caught:  # bf16 with checkpointing off and micro-batch 4: all three levers
         plan_training(run_config("none", max_length=32768, batch_size=4, gradient_checkpointing=False), PHI4_MINI,

@@ -16,7 +16,8 @@ from lorakit.plan.run_plan import parse_memory_size, plan_run
 
 def _settings_text(candidate, layers: int) -> str:
     settings = candidate.settings
-    checkpointing = checkpointing_text(settings.checkpointed_layers, layers, settings.offload_activations)
+    checkpointing = checkpointing_text(settings.checkpointed_layers, layers, settings.offload_activations,
+                                       settings.tiled_mlp)
     return (f"{settings.quantization}, micro-batch {candidate.micro_batch} "
             f"({settings.tokens_per_micro_batch:,} tokens), checkpointing {checkpointing}")
 

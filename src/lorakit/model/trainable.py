@@ -12,6 +12,7 @@ from lorakit.model.checkpointing import apply_checkpointing, reentrant_checkpoin
 from lorakit.model.fused_lora import use_fused_lora
 from lorakit.model.fused_projections import use_fused_projections
 from lorakit.model.kernels import apply_fused_kernels
+from lorakit.model.tiled_mlp import use_tiled_mlp
 
 __all__ = ["make_trainable", "skip_fp32_input_copies", "add_neftune_noise"]
 
@@ -38,9 +39,11 @@ def add_neftune_noise(model, alpha: float) -> None:
 
 
 def make_trainable(model, config: RunConfig, *, device: torch.device, quantized: bool,
-                   checkpointed_layers: int, offload_activations: bool = False, sharded: bool = False):
+                   checkpointed_layers: int, offload_activations: bool = False, sharded: bool = False,
+                   tiled_mlp: bool = False):
     """Wrap `model` for training; returns the peft model. `checkpointed_layers`: how many of the first decoder
-    layers are checkpointed (0 = none); `sharded`: fsdp will shard it (training/sharding.py)."""
+    layers are checkpointed (0 = none); `sharded`: fsdp will shard it (training/sharding.py); `tiled_mlp`: the
+    planner's MLPs in sequence chunks (model/tiled_mlp.py)."""
     apply_fused_kernels(model, device)
     use_fused_projections(model, device)  # after liger, whose SwiGLU forward it replaces
     model = attach_lora(model, config.lora, quantized=quantized, gradient_checkpointing=False)
@@ -49,6 +52,8 @@ def make_trainable(model, config: RunConfig, *, device: torch.device, quantized:
     use_fused_lora(model)
     if config.training.packing:
         use_varlen_attention(model)
+    if tiled_mlp:  # after the fused projections and LoRA: it runs the MLP forward they leave
+        use_tiled_mlp(model, True)
     if config.training.neftune_noise_alpha is not None:
         add_neftune_noise(model, config.training.neftune_noise_alpha)
     apply_checkpointing(model, checkpointed_layers, reentrant=reentrant_checkpoints(offload_activations, sharded))

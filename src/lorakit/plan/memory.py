@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from lorakit.model.tiled_mlp import mlp_chunk_tokens
 from lorakit.plan.host_memory import PROCESS_BASELINE_BYTES, cpu_loss_bytes, heap_fragmentation_bytes
 
 __all__ = [
@@ -52,6 +53,7 @@ LORA_STATE_BYTES_PER_PARAM = 16
 MAX_TOKENS_PER_MICRO_BATCH = 8192
 _FUSED_PROJECTION_MODELS = {"phi3"}  # qkv_proj and gate_up_proj are single linear layers
 _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
+_MLP = ("gate_proj", "up_proj", "gate_up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class TrainSettings:
     mask_bytes: int = 1  # bytes per element of a dropout mask: 1 on CUDA (bool); the dtype's size on CPU
     dora: bool = False  # lora.use_dora: a magnitude per output feature, two more saved outputs per adapted layer
     on_cpu: bool = False  # CPU training: predict the process's peak resident set (plan/host_memory.py)
+    tiled_mlp: bool = False  # MLPs run in sequence chunks (model/tiled_mlp.py; all layers checkpointed)
 
 
 @dataclass(frozen=True)
@@ -138,12 +141,17 @@ class MemoryEstimate:
     dequantize_buffer: int
     process: int = 0  # on CPU: Python, PyTorch and the libraries themselves (on CUDA outside the allocator)
     heap_fragmentation: int = 0  # on CPU: freed heap that the process keeps resident
+    # The loss's tensors and a layer's backward working set are never alive together: with every layer's input
+    # offloaded nothing of the forward pass is left beside the loss, and its tensors are freed before any layer's
+    # backward. The peak counts the larger of the two (at 16k tokens the sum over-predicted the H100 by 5.1%).
+    loss_apart: bool = False
 
     @property
     def peak_allocated(self) -> int:
         """On CUDA the allocator's peak (`torch.cuda.max_memory_allocated`); on CPU the process's peak RSS."""
+        overlap = min(self.loss, self.backward_working) if self.loss_apart else 0
         return (self.weights + self.lora_states + self.saved_activations + self.backward_working + self.loss
-                + self.dequantize_buffer + self.process + self.heap_fragmentation)
+                - overlap + self.dequantize_buffer + self.process + self.heap_fragmentation)
 
     def peak_on_gpu(self) -> int:
         """What the GPU must have free: allocated peak + allocator slack + CUDA context."""
@@ -153,7 +161,10 @@ class MemoryEstimate:
         """(term, GiB) for display."""
         terms = ("weights", "lora_states", "saved_activations", "backward_working", "loss", "dequantize_buffer",
                  "process", "heap_fragmentation")
-        return [(term, getattr(self, term) / GIB) for term in terms] + [("peak_allocated", self.peak_allocated / GIB)]
+        rows = [(term, getattr(self, term) / GIB) for term in terms]
+        if self.loss_apart:
+            rows.append(("loss apart from backward_working", -min(self.loss, self.backward_working) / GIB))
+        return rows + [("peak_allocated", self.peak_allocated / GIB)]
 
 
 def _adapted(shape: ModelShape, targets: tuple[str, ...] | str) -> dict[str, tuple[int, int]]:
@@ -178,50 +189,79 @@ def dora_transient_bytes(shape: ModelShape, settings: TrainSettings) -> int:
                for fan_in, fan_out in _adapted(shape, settings.lora_targets).values())
 
 
-def layer_activation_bytes(shape: ModelShape, settings: TrainSettings) -> int:
-    """Bytes per token that autograd saves in one decoder layer that is not checkpointed.
-
-    Counted tensor by tensor for lorakit's path (see tests/plan/test_memory.py, which measures the plain
-    PyTorch path on CPU with saved-tensor hooks).
-    """
+def _adapted_bytes(shape: ModelShape, settings: TrainSettings, names: tuple[str, ...]) -> int:
+    """Per token, what the LoRA layers among `names` keep for backward: the lora_A output; a dropout mask and the
+    dropped copy of the input, or (without dropout) the input itself, once per distinct input; DoRA's outputs."""
     b, d, i = settings.dtype_bytes, shape.hidden, shape.intermediate
-    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    adapted = _adapted(shape, settings.lora_targets)
-    # RMSNorm x2: liger keeps its input (the residual stream); PyTorch's keeps an fp32 copy of it.
-    total = 2 * d * (b if settings.fused_kernels else 4)
-    # Attention: q, k, v and the output (variable-length flash), and fp32 log-sum-exp. Without a grouped-query
-    # mode in PyTorch's varlen flash, k and v are expanded to every query head (model/attention.py).
-    total += (2 * q + 2 * (q if settings.kv_expanded else kv)) * b + shape.heads * 4
-    # SwiGLU keeps gate and up (liger); PyTorch's also keeps silu(gate).
-    total += (2 * i if settings.fused_kernels else 3 * i) * b
-    # Inputs of the linear layers: frozen layers (bf16, and bitsandbytes' nf4 as measured) keep none; LoRA keeps a
-    # dropout mask + the dropped copy, or (without dropout) the input itself.
-    inputs = {"norm1": d, "attn_out": q, "norm2": d, "act": i}  # attn_out is already kept by attention
+    adapted = {name: dims for name, dims in _adapted(shape, settings.lora_targets).items() if name in names}
+    # Frozen layers (bf16, and bitsandbytes' nf4 as measured) keep no input; attn_out is already kept by attention.
+    inputs = {"norm1": d, "attn_out": 0, "norm2": d, "act": i}
     consumer = {"q_proj": "norm1", "k_proj": "norm1", "v_proj": "norm1", "qkv_proj": "norm1", "o_proj": "attn_out",
                 "gate_proj": "norm2", "up_proj": "norm2", "gate_up_proj": "norm2", "down_proj": "act"}
-    kept: set[str] = set()
+    total, kept = 0, set()
     for name, (fan_in, _) in adapted.items():
         total += settings.lora_rank * b  # lora_A output, kept by lora_B
         if settings.lora_dropout:
             total += fan_in * (settings.mask_bytes + b)
         else:
             kept.add(consumer[name])
-    kept.discard("attn_out")
     total += sum(inputs[name] for name in kept) * b
     if settings.dora:  # the magnitude's gradient needs the base and the LoRA outputs (measured on CPU, exact)
         total += sum(2 * fan_out * b for _, fan_out in adapted.values())
     return total
 
 
-def checkpointing_text(checkpointed_layers: int, layers: int, offload: bool = False) -> str:
+def mlp_activation_bytes(shape: ModelShape, settings: TrainSettings) -> int:
+    """Bytes per token that autograd saves in one untiled MLP: SwiGLU's gate and up (liger; PyTorch's also keeps
+    silu(gate)) and its LoRA layers' inputs. A tiled MLP keeps these for one chunk at a time."""
+    b, i = settings.dtype_bytes, shape.intermediate
+    return (2 * i if settings.fused_kernels else 3 * i) * b + _adapted_bytes(shape, settings, _MLP)
+
+
+def layer_activation_bytes(shape: ModelShape, settings: TrainSettings) -> int:
+    """Bytes per token that autograd saves in one decoder layer that is not checkpointed.
+
+    Counted tensor by tensor for lorakit's path (see tests/plan/test_memory.py, which measures the plain
+    PyTorch path on CPU with saved-tensor hooks).
+    """
+    b, d = settings.dtype_bytes, shape.hidden
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    # RMSNorm x2: liger keeps its input (the residual stream); PyTorch's keeps an fp32 copy of it.
+    total = 2 * d * (b if settings.fused_kernels else 4)
+    # Attention: q, k, v and the output (variable-length flash), and fp32 log-sum-exp. Without a grouped-query
+    # mode in PyTorch's varlen flash, k and v are expanded to every query head (model/attention.py).
+    total += (2 * q + 2 * (q if settings.kv_expanded else kv)) * b + shape.heads * 4
+    total += _adapted_bytes(shape, settings, _ATTENTION)
+    # A tiled MLP keeps only its input (the second norm's output) for the whole sequence.
+    return total + (d * b if settings.tiled_mlp else mlp_activation_bytes(shape, settings))
+
+
+def tiled_backward_bytes(shape: ModelShape, settings: TrainSettings, per_layer: int) -> int:
+    """A checkpointed layer's backward with a tiled MLP (model/tiled_mlp.py): the larger of two moments.
+    - The MLP's backward: the layer's recomputed activations, the incoming and the MLP input's gradients, and one
+      chunk's MLP activations and gradients (gate-up's and the activated output's, the input's).
+    - Attention's backward, once the MLP's input and the second norm's are freed: the residual's and the attention
+      output's gradients, and flash attention's: dq, its fp32 accumulator, k/v gradients expanded to every query
+      head, then summed per k/v head. At 32k tokens of Phi-4-mini this one is the larger."""
+    b, tokens, d, i = settings.dtype_bytes, settings.tokens_per_micro_batch, shape.hidden, shape.intermediate
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    chunk = min(tokens, mlp_chunk_tokens(i, b))
+    mlp = tokens * (per_layer + 2 * d * b) + chunk * (mlp_activation_bytes(shape, settings) + (3 * i + d) * b)
+    attention = tokens * (per_layer - 2 * d * b + (d + 4 * q + 2 * kv) * b + 4 * q)
+    return max(mlp, attention)
+
+
+def checkpointing_text(checkpointed_layers: int, layers: int, offload: bool = False, tiled_mlp: bool = False) -> str:
     """How a plan names its checkpointing.
 
     >>> checkpointing_text(0, 32), checkpointing_text(12, 32), checkpointing_text(32, 32, offload=True)
     ('none', '12 of 32 layers', 'all 32 layers, offloaded to CPU')
+    >>> checkpointing_text(32, 32, offload=True, tiled_mlp=True)
+    'all 32 layers, offloaded to CPU, MLP in sequence chunks'
     """
     text = "none" if not checkpointed_layers else (
         f"all {layers} layers" if checkpointed_layers == layers else f"{checkpointed_layers} of {layers} layers")
-    return text + (", offloaded to CPU" if offload else "")
+    return text + (", offloaded to CPU" if offload else "") + (", MLP in sequence chunks" if tiled_mlp else "")
 
 
 def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEstimate:
@@ -246,6 +286,8 @@ def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEs
     # layer's saved activations before the first recompute: the recompute adds to the peak only with all of them.
     gradients = (2 * i + 3 * d) * b
     working = tokens * ((per_layer if checkpointed == shape.layers else 0) + gradients)
+    if settings.tiled_mlp:
+        working = tiled_backward_bytes(shape, settings, per_layer)
     # Fused linear cross-entropy: final hidden states, selected rows, their gradient and one logits chunk.
     loss = tokens * d * b * 4
     estimate = MemoryEstimate(
@@ -255,6 +297,7 @@ def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEs
         backward_working=working,
         loss=loss,
         dequantize_buffer=dequantize + dora_transient_bytes(shape, settings),
+        loss_apart=settings.offload_activations and not settings.on_cpu,
     )
     if not settings.on_cpu:
         return estimate
@@ -276,7 +319,10 @@ def relative_step_time(shape: ModelShape, settings: TrainSettings) -> float:
     utilisation = settings.tokens_per_micro_batch / (settings.tokens_per_micro_batch + fixed_tokens)
     quantized = 1.3 if settings.quantization == "nf4" else 1.0
     offload = 1.35 if settings.offload_activations else 1.0  # measured: +36% per step on an H100 (bench/results)
-    return recompute * quantized * offload / utilisation
+    # An assumption until bench/long_context.py measures it: the MLP is ~2/3 of a layer's matmuls, run once more
+    # in backward, in a step of ~4 forward passes' work with every layer recomputed (+2/3 / 4).
+    tiled = 1.17 if settings.tiled_mlp else 1.0
+    return recompute * quantized * offload * tiled / utilisation
 
 
 @dataclass(frozen=True)
@@ -298,10 +344,12 @@ def plan_settings(
     checkpointed_layers: tuple[int, ...] | None = None,
     quantizations: tuple[str, ...] | None = None,
     estimate: Callable[[ModelShape, TrainSettings], MemoryEstimate] | None = None,
+    tiling: bool = True,
 ) -> list[Candidate]:
     """Every candidate (micro-batch x checkpointed layers x quantization, and offload with every layer
     checkpointed), fitting ones first, fastest first; the first one with `fits` is the plan. Offload comes
-    after every fitting candidate without it: it only serves when nothing else fits. Fixed settings are
+    after every fitting candidate without it: it only serves when nothing else fits, and the tiled MLP (on top of
+    offload; `tiling` False: never, as for several processes) only when offload alone does not fit. Fixed settings are
     passed as one-element tuples (`checkpointed_layers`: default every count from 0 to all). `estimate`: the
     memory of one GPU for a candidate (default `estimate_peak_memory`; fsdp's per-GPU one in plan/sharded.py)."""
     estimate = estimate or estimate_peak_memory
@@ -314,17 +362,25 @@ def plan_settings(
     for quantization in quantizations:
         for micro_batch in micro_batches:
             for layers in checkpointed_layers:
-                for offload in (False, True) if layers == shape.layers else (False,):
+                for offload, tiled in _memory_savers(layers == shape.layers, tiling):
                     settings = replace(base, quantization=quantization, tokens_per_micro_batch=micro_batch * max_length,
-                                       checkpointed_layers=layers, offload_activations=offload)
+                                       checkpointed_layers=layers, offload_activations=offload, tiled_mlp=tiled)
                     memory = estimate(shape, settings)
                     candidates.append(Candidate(settings, micro_batch, memory, relative_step_time(shape, settings),
                                                 memory.peak_on_gpu() <= gpu_memory_bytes))
     return sorted(candidates, key=candidate_order)
 
 
+def _memory_savers(all_checkpointed: bool, tiling: bool) -> tuple[tuple[bool, bool], ...]:
+    """(offload, tiled MLP) pairs a candidate may take: both need every layer checkpointed; tiling comes on top of
+    offload, for lengths where one layer's MLP is what no longer fits."""
+    if not all_checkpointed:
+        return ((False, False),)
+    return ((False, False), (True, False)) + (((True, True),) if tiling else ())
+
+
 def candidate_order(candidate: Candidate) -> tuple:
-    """Sort key of the plan: fitting first, offload only after every fitting plan without it, then fastest,
-    and among equally fast the one that leaves the most memory."""
-    return (not candidate.fits, candidate.settings.offload_activations, round(candidate.relative_time, 3),
-            candidate.estimate.peak_allocated)
+    """Sort key of the plan: fitting first, offload only after every fitting plan without it, the tiled MLP only
+    after every fitting plan without it, then fastest, and among equally fast the one that leaves the most memory."""
+    return (not candidate.fits, candidate.settings.offload_activations, candidate.settings.tiled_mlp,
+            round(candidate.relative_time, 3), candidate.estimate.peak_allocated)

@@ -97,7 +97,10 @@ def replan_for_memory(shape: ModelShape, base: TrainSettings, current: MemorySet
     micro_batches = tuple(sorted({current.micro_batch} | {m for m in (1, 2, 4, 8, 16, 32) if m < current.micro_batch}))
     candidates = plan_settings(shape, base, max_length=max_length, gpu_memory_bytes=memory_bytes,
                                micro_batches=micro_batches)
-    return next((c for c in candidates if c.fits and c.estimate.peak_allocated < failed.peak_allocated), None)
+    # A re-plan switches checkpointing and offload on the loaded model, never the tiled MLP: a length that needs
+    # it is planned with it from the start.
+    return next((c for c in candidates if c.fits and not c.settings.tiled_mlp
+                 and c.estimate.peak_allocated < failed.peak_allocated), None)
 
 
 def _live_settings(session, state) -> MemorySettings:

@@ -50,10 +50,11 @@ class TrainingPlan:
     candidates: list[Candidate]
     gpu_memory_bytes: int
     layers: int  # decoder layers of the model
+    tiled_mlp: bool = False  # MLPs in sequence chunks (model/tiled_mlp.py)
 
     @property
     def checkpointing_text(self) -> str:
-        return checkpointing_text(self.checkpointed_layers, self.layers, self.offload_activations)
+        return checkpointing_text(self.checkpointed_layers, self.layers, self.offload_activations, self.tiled_mlp)
 
 
 def parse_memory_size(text: str) -> int:
@@ -116,12 +117,14 @@ def check_max_length(config: RunConfig, model_config: dict) -> None:
 
 
 def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, *, dtype_bytes: int,
-                  nf4_available: bool, cuda: bool = True, longest_example: int | None = None, sharded_over: int = 1) -> TrainingPlan:
+                  nf4_available: bool, cuda: bool = True, longest_example: int | None = None, sharded_over: int = 1,
+                  single_process: bool = True) -> TrainingPlan:
     """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given.
 
     `longest_example` (tokens, when the data is known): without packing a micro-batch is padded to its longest
     example, not to max_length. On CPU the estimate is the process's peak RSS (plan/host_memory.py) for the
-    pieces that CPU training cuts each micro-batch into (plan/micro_batches.py's cpu_micro_batch_size)."""
+    pieces that CPU training cuts each micro-batch into (plan/micro_batches.py's cpu_micro_batch_size).
+    `single_process`: the tiled MLP is planned only then (its nested backward passes are untested under ddp/fsdp)."""
     training = config.training
     length = planned_length(config, longest_example)
     shape = ModelShape.from_config(model_config)
@@ -135,6 +138,7 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
         checkpointed_layers=fixed_checkpointing, quantizations=quantizations,
         # training.distributed fsdp: the weights and LoRA states of each GPU are its share
         estimate=partial(sharded_estimate, world_size=sharded_over) if sharded_over > 1 else None,
+        tiling=single_process and cuda,
     )
     if not cuda:
         candidates = [_as_cpu_pieces(candidate, shape, config.model.max_length, length) for candidate in candidates]
@@ -145,13 +149,13 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
             f"{model_config.get('model_type', 'this model')} at model.max_length={config.model.max_length} needs at least "
             f"{smallest.estimate.peak_on_gpu() / GIB:.1f} GiB of GPU memory (micro-batch {smallest.micro_batch}, "
             f"{smallest.settings.quantization}, checkpointing "
-            f"{checkpointing_text(smallest.settings.checkpointed_layers, shape.layers, smallest.settings.offload_activations)}"
+            f"{checkpointing_text(smallest.settings.checkpointed_layers, shape.layers, smallest.settings.offload_activations, smallest.settings.tiled_mlp)}"
             f"), but {gpu_memory_bytes / GIB:.1f} GiB is available.",
             refusal_advice(config),
         ])
     settings = chosen.settings
     return TrainingPlan(settings.quantization, chosen.micro_batch, settings.checkpointed_layers,
-                        settings.offload_activations, chosen, candidates, gpu_memory_bytes, shape.layers)
+                        settings.offload_activations, chosen, candidates, gpu_memory_bytes, shape.layers, settings.tiled_mlp)
 
 
 def refusal_advice(config: RunConfig) -> str:
@@ -216,6 +220,7 @@ class ResolvedSettings:
     checkpointed_layers: int  # the first n decoder layers; 0 = none
     offload_activations: bool
     plan: TrainingPlan | None
+    tiled_mlp: bool = False
 
 
 # What NCCL holds on each GPU of a several-GPU run, outside PyTorch's allocator: on 2 H200s nvidia-smi read
@@ -257,13 +262,13 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
         return ResolvedSettings(config, layers, False, None)
     plan = plan_training(config, model_config, memory_bytes, dtype_bytes=dtype_bytes,
                          nf4_available=nf4_available and cuda, cuda=cuda, longest_example=longest_example,
-                         sharded_over=sharded_over)
+                         sharded_over=sharded_over, single_process=world_size == 1)
     resolved = config.model_copy(update={
         "training": training.model_copy(update={"batch_size": plan.micro_batch,
                                                 "gradient_checkpointing": plan.checkpointed_layers > 0}),
         "model": config.model.model_copy(update={"quantization": plan.quantization}),
     })
-    return ResolvedSettings(resolved, plan.checkpointed_layers, plan.offload_activations, plan)
+    return ResolvedSettings(resolved, plan.checkpointed_layers, plan.offload_activations, plan, plan.tiled_mlp)
 
 
 def _per_process(config: RunConfig, model_config: dict, memory_bytes: int, world_size: int, *, cuda: bool,
@@ -283,7 +288,7 @@ def _resolve_distributed(config: RunConfig, model_config: dict, world_size: int,
     `auto` quantization is none (nf4 cannot be sharded)."""
     def one_gpu_fits() -> bool:
         try:
-            plan_training(config, model_config, memory_bytes, cuda=cuda, **plan_args)
+            plan_training(config, model_config, memory_bytes, cuda=cuda, single_process=world_size == 1, **plan_args)
         except ConfigError:
             return False
         return True
@@ -313,5 +318,5 @@ def plan_run(config: RunConfig, gpu_memory_bytes: int | None, world_size: int = 
     config, memory_bytes, sharded_over = _per_process(config, model_config, gpu_memory_bytes, world_size, cuda=True,
                                                       dtype_bytes=dtype_bytes, nf4_available=True)
     plan = plan_training(config, model_config, memory_bytes, dtype_bytes=dtype_bytes, nf4_available=True,
-                         sharded_over=sharded_over)
+                         sharded_over=sharded_over, single_process=world_size == 1)
     return plan, config, model_config

@@ -146,7 +146,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     targets = resolve_target_modules(model, config.lora.target_modules)
     model = make_trainable(model, config, device=device, quantized=quantized,
                            checkpointed_layers=resolved.checkpointed_layers, offload_activations=resolved.offload_activations,
-                           sharded=sharded)
+                           sharded=sharded, tiled_mlp=resolved.tiled_mlp)
     name_adapter_base(model, public_model_name(source))  # adapter_config.json names no local path
     method_identity = prepare_for_method(model, config, targets)  # starting adapter, DPO reference, dropout
     # Every module in training mode (from_pretrained leaves the base model's in eval mode under a training-mode
