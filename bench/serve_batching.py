@@ -88,37 +88,41 @@ class Server:
         return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="unused", max_retries=0, timeout=1800)
 
 
-def ask(api, question: str, max_tokens: int) -> dict:
-    """One streamed answer: its text, completion tokens, start, time to first token and end (perf_counter)."""
+def ask(api, question: str, max_tokens: int, **options) -> dict:
+    """One streamed answer: its text, completion tokens, start, time to first token and end (perf_counter).
+    `options` go to the request as they are (another server's sampling settings). Tokens: the usage chunk's
+    completion_tokens, or the number of content chunks from a server that sends no usage (one token each)."""
     started = time.perf_counter()
-    first, pieces, tokens = None, [], 0
+    first, pieces, tokens = None, [], None
     stream = api.chat.completions.create(model="run", messages=[{"role": "user", "content": question}],
-                                         max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
+                                         max_tokens=max_tokens, stream=True, stream_options={"include_usage": True},
+                                         **options)
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             first = first or time.perf_counter()
             pieces.append(chunk.choices[0].delta.content)
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
-    return {"text": "".join(pieces), "tokens": tokens, "start": started, "ttft": (first or time.perf_counter()) - started,
-            "end": time.perf_counter()}
+    return {"text": "".join(pieces), "tokens": len(pieces) if tokens is None else tokens, "start": started,
+            "ttft": (first or time.perf_counter()) - started, "end": time.perf_counter(),
+            "counted": "chunks" if tokens is None else "usage"}
 
 
-def one_client(server: Server, max_tokens: int) -> list[dict]:
+def one_client(server, max_tokens: int, **options) -> list[dict]:
     api = server.client()
-    ask(api, "Hello?", 4)  # warm-up: the first forward pass pays one-off costs
-    return [ask(api, question, max_tokens) for question in QUESTIONS]
+    ask(api, "Hello?", 4, **options)  # warm-up: the first forward pass pays one-off costs
+    return [ask(api, question, max_tokens, **options) for question in QUESTIONS]
 
 
-def concurrent_clients(server: Server, max_tokens: int, clients: int) -> list[dict]:
+def concurrent_clients(server, max_tokens: int, clients: int, **options) -> list[dict]:
     apis = [server.client() for _ in range(clients)]
-    ask(apis[0], "Hello?", 4)
+    ask(apis[0], "Hello?", 4, **options)
     results: list[dict | None] = [None] * clients
     start = threading.Barrier(clients)
 
     def run(index: int) -> None:
         start.wait()
-        results[index] = ask(apis[index], QUESTIONS[index % len(QUESTIONS)], max_tokens)
+        results[index] = ask(apis[index], QUESTIONS[index % len(QUESTIONS)], max_tokens, **options)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     for thread in threads:
