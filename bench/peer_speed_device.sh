@@ -4,15 +4,33 @@
 #   bash bench/peer_speed_device.sh table OUT_DIR  # the four settings, TRL best practice and lorakit, equal tokens per step
 #   bash bench/peer_speed_device.sh long OUT_DIR   # the 8 GB card at 8k-32k tokens per example, both tools, and lorakit plan
 #   bash bench/peer_speed_device.sh preference OUT_DIR  # issue 24: DPO, lorakit vs TRL's DPOTrainer, 8 GB card and whole GPU
+#   bash bench/peer_speed_device.sh serve OUT_DIR  # lorakit serve: 1 client vs 8 concurrent streamed clients
+#       (Phi-4-mini-shaped random-weight run; needs fastapi, starlette, uvicorn and openai too: bench/serve_wheels.sh
+#       adds their wheels to .whl/. SERVE_MODEL=smollm2-135m for the SmolLM2-135M shape, MAX_TOKENS, ROUNDS;
+#       on CPU, SERVE_MODEL=tiny MAX_TOKENS=16 ROUNDS=1 is the smoke test.)
 # A row that does not finish inside the call's time is missing from rows.jsonl; a later call can run the rest
 # with SETTINGS=... (table, preference) or LENGTHS=... and TOOLS=lorakit|trl|lorakit,trl (long) on the same prepared
 # work folder.
 set -uo pipefail
-part=${1:?table, long or preference}
+part=${1:?table, long, preference or serve}
 out=${2:?results folder}
-case "$part" in table|long|preference) ;; *) echo "unknown part '$part': table, long or preference" >&2; exit 2;; esac
+case "$part" in table|long|preference|serve) ;; *) echo "unknown part '$part': table, long, preference or serve" >&2; exit 2;; esac
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+if [ "$part" = serve ]; then
+    {
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+        python -c "import torch, transformers, peft, fastapi, uvicorn, openai, lorakit.cli.app
+print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'fastapi',
+      fastapi.__version__, 'uvicorn', uvicorn.__version__, 'openai', openai.__version__)"
+    } > "$out/checks.txt" 2>&1
+    cat "$out/checks.txt"
+    grep -q "^torch" "$out/checks.txt" || exit 1
+    python bench/serve_batching.py --random-model "${SERVE_MODEL:-phi4-mini}" --work /tmp/lorakit-serve-batching \
+        --clients 8 --max-tokens "${MAX_TOKENS:-128}" --rounds "${ROUNDS:-2}" --out "$out/table.md" \
+        --answers "$out/answers.jsonl" 2>&1 | tee "$out/stdout.txt"
+    exit
+fi
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python -c "import torch, transformers, trl, peft, bitsandbytes, liger_kernel, datasets, lorakit.cli.app

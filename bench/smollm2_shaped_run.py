@@ -27,14 +27,19 @@ def build_model(directory: Path) -> Path:
     return directory
 
 
-def main() -> None:
-    run_dir = Path(sys.argv[1])
-    model = build_model(run_dir.parent / f"{run_dir.name}-model")
+def train_one_step(model: Path, run_dir: Path) -> Path:
+    """A finished run of `model` (LoRA after one `lorakit train` step on the bundled data), as serve and chat read it."""
     subprocess.run([sys.executable, "-m", "lorakit", "train", str(REPO / "examples" / "config.yaml"), "--overwrite",
                     "--set", f"model.name={model}", "--set", f"output_dir={run_dir}", "--set", "mode=train",
                     "--set", "training.max_steps=1", "--set", "training.warmup_steps=0",
                     "--set", "training.early_stopping_patience=null"],
                    check=True, cwd=REPO)
+    return run_dir
+
+
+def main() -> None:
+    run_dir = Path(sys.argv[1])
+    train_one_step(build_model(run_dir.parent / f"{run_dir.name}-model"), run_dir)
 
 
 if __name__ == "__main__":
