@@ -534,7 +534,7 @@ def _train_dpo_from_the_reviews_and_compare(browser, workdir: Path, sft_dir: Pat
     from selenium.webdriver.support.ui import Select
 
     from lorakit.config import load_config
-    from lorakit.studio.run_compare import compare_with_start
+    from lorakit.evaluation.compare_runs import compare_with_start
 
     click(browser, "review-to-dpo")  # step 2, filled in: learn from the reviews, their pairs, from this run
     wait_for(browser, "document.getElementById('model-name').value !== 'smollm2-135m-instruct'", 10, "the model")

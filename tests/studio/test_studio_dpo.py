@@ -106,7 +106,7 @@ def _evaluated(run_dir: Path, pairs_passed: list[tuple[bool, bool]], rouge_l: fl
 
 
 def test_the_comparison_is_paired_and_says_its_verdict_in_words(workdir):
-    from lorakit.studio.run_compare import compare_with_start
+    from lorakit.evaluation.compare_runs import compare_with_start
 
     sft, dpo = workdir / "runs" / "sft", _finished_run(workdir / "runs" / "dpo", "tiny-model", method="dpo",
                                                       init_adapter=str(workdir / "runs" / "sft" / "final"))

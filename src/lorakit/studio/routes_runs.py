@@ -1,5 +1,5 @@
 """Steps 2-4 and 7: the run's config and memory plan, the train / eval / export / push jobs, and a run's
-evaluation next to the run it started from (run_compare.py). Each job is the CLI command itself
+evaluation next to the run it started from (evaluation/compare_runs.py). Each job is the CLI command itself
 (`lorakit train RUN/studio.yaml`, `lorakit eval RUN`, ...) run by jobs.py."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from lorakit.errors import LorakitError
+from lorakit.evaluation.compare_runs import compare_with_start
 from lorakit.run.layout import FINAL, LOSS_CURVE, REPORT_FILE
 from lorakit.studio.jobs import start_job, stop_job
 from lorakit.studio.presets import PRESETS
-from lorakit.studio.run_compare import compare_with_start
 from lorakit.studio.run_config import STUDIO_CONFIG, RunChoices, studio_config, write_studio_config
 from lorakit.studio.run_status import eval_results, run_summary
 from lorakit.studio.training_method import METHODS

@@ -437,7 +437,7 @@ async function loadEval(run) {
       [labels[r.category] || r.category, r.prompt, `${r.base.answer}\n[${verdict(r.base)}]`, `${r.tuned.answer}\n[${verdict(r.tuned)}]`]), "answers"));
 }
 
-// A run next to the run it started from (studio/run_compare.py): the verdict is a sign and words, never colour alone.
+// A run next to the run it started from (evaluation/compare_runs.py): the verdict is a sign and words, never colour alone.
 const COMPARE_SIGNS = {better: "\u25B2", worse: "\u25BC", same: "=", none: "\u2013"};
 
 async function loadCompare(run) {

@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from lorakit.evaluation.knowledge_stats import McNemar, mcnemar
 from lorakit.evaluation.knowledge_stats import verdict as paired_verdict
 from lorakit.run.layout import CONFIG, EVAL, EVAL_FILE, FINAL, KNOWLEDGE_ANSWERS_FILE, SAFETY_ANSWERS_FILE
+from lorakit.run.source import load_saved_config
 
 __all__ = ["VERDICT_WORDS", "compare_with_start", "starting_run_dir"]
 
@@ -37,7 +36,7 @@ def starting_run_dir(run_dir: Path) -> Path | None:
     saved = run_dir / FINAL / CONFIG
     if not saved.is_file():
         return None
-    start = (yaml.safe_load(saved.read_text(encoding="utf-8"))["training"] or {}).get("init_adapter")
+    start = load_saved_config(saved).training.init_adapter
     if not start:
         return None
     path = Path(start)
