@@ -3,8 +3,9 @@
 decode.py's `penalize_repeats` takes each row's answer as a Python list and copies it to the device, one
 host-to-device copy per row per token (each a stream synchronization on a GPU, where nothing else in a decoding
 step waits for the host). Serving many rows, the running batch keeps instead a [rows, width] tensor of token ids
-on the device, shifted left by one column as each token arrives: the penalty of a step is then a few kernels for
-all rows, whatever their number, and gives the same logits bit for bit (the same elementwise operations with
+on the device, shifted left by one column as each token arrives: the penalty of a step is then a gather of those
+tokens' logits, the penalty's elementwise kernels on [rows, width] values (not on the whole vocabulary) and a
+scatter back, for all rows at once, and gives the same logits bit for bit (the same elementwise operations with
 the same Python-number penalty: tests/inference/test_recent_tokens.py).
 """
 
@@ -55,23 +56,23 @@ class RecentTokens:
         self.penalties = [self.penalties[row] for row in rows]
 
     def penalize(self, logits: torch.Tensor) -> torch.Tensor:
-        """penalize_repeats for every row at once: logits of the tokens in a row's window divided by its penalty
-        (multiplied where <= 0)."""
-        vocabulary = logits.shape[-1]
-        seen = torch.zeros((logits.shape[0], vocabulary + 1), dtype=torch.bool, device=logits.device)
-        places = torch.where(self.window & (self.tokens != _NONE), self.tokens, vocabulary)  # empty -> extra column
-        seen = seen.scatter_(1, places, True)[:, :vocabulary]
-        if len(set(self.penalties)) == 1:
-            return _penalized(logits, seen, self.penalties[0])
-        for penalty in sorted(set(self.penalties)):  # rows with other penalties: one pass per distinct value
-            rows = torch.tensor([p == penalty for p in self.penalties], device=logits.device)
-            logits = _penalized(logits, seen & rows[:, None], penalty)
-        return logits
+        """penalize_repeats for every row at once: the logits of the tokens in a row's window divided by its
+        penalty (multiplied where <= 0). Only those [rows, width] logits are computed on, not the whole vocabulary."""
+        # An empty place points at the row's newest token, which every row has and always penalizes: duplicate
+        # places then write the same value, so the scatter is deterministic.
+        places = torch.where(self.window & (self.tokens != _NONE), self.tokens, self.tokens[:, -1:])
+        values = logits.gather(1, places)
+        penalized = values
+        for penalty in sorted(set(self.penalties) - {1.0}):
+            changed = _penalized(values, penalty)
+            if len(set(self.penalties)) > 1:  # only the rows with this penalty (a copy per distinct value)
+                rows = torch.tensor([p == penalty for p in self.penalties], device=logits.device)
+                changed = torch.where(rows[:, None], changed, penalized)
+            penalized = changed
+        return logits if penalized is values else logits.scatter(1, places, penalized)
 
 
-def _penalized(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+def _penalized(values: torch.Tensor, penalty: float) -> torch.Tensor:
     """decode.py's arithmetic exactly: a Python-number penalty (a GPU divides by a host scalar as a multiplication
     by its reciprocal, which a tensor of penalties would not do)."""
-    if penalty == 1.0:
-        return logits
-    return torch.where(seen, torch.where(logits <= 0, logits * penalty, logits / penalty), logits)
+    return torch.where(values <= 0, values * penalty, values / penalty)
