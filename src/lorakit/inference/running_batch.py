@@ -11,7 +11,9 @@ All rows share one KV cache (transformers' DynamicCache: per layer, keys and val
   of the rows that left) are cut away, so the cache is as long as its longest live row, however long the
   server has been running.
 Each row samples with its own settings and its own torch.Generator (a request's seed gives the same answer
-whatever shares its batch) and is penalized for its own prompt and answer only (decode.py's rules).
+whatever shares its batch) and is penalized for its own answer only (decode.py's rules), from one device tensor
+of every row's recent tokens (inference/recent_tokens.py): a step costs the host the same few kernel launches
+and one copy back (the new tokens) however many rows it decodes.
 
 Why not transformers' own continuous batching (`model.generate_batch`, 5.x): it drops the repetition
 penalty (RepetitionPenaltyLogitsProcessor.supports_continuous_batching is False), which every lorakit run
@@ -28,7 +30,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from lorakit.inference.decode import FinishReason, GenerationSettings, _choose, penalize_repeats
+from lorakit.inference.decode import FinishReason, GenerationSettings, _choose
+from lorakit.inference.recent_tokens import RecentTokens
 
 __all__ = ["RowRequest", "NewToken", "RunningBatch", "batching_blocker"]
 
@@ -96,7 +99,8 @@ class RunningBatch:
         self._pad_id = pad_id
         self._device = device
         self._requests: list[RowRequest] = []
-        self._answers: list[list[int]] = []  # tokens generated per row (the repetition penalty counts only these)
+        self._counts: list[int] = []  # tokens generated per row
+        self._recent = RecentTokens(device)  # each row's last answer tokens, for its repetition penalty
         self._cache: DynamicCache | None = None
         self._mask = self._positions = self._next = None  # [rows, length], [rows], [rows]
 
@@ -126,7 +130,7 @@ class RunningBatch:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                          cache=None, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1].to(dtype=torch.float32)
-        tokens = self._choose(logits, [[] for _ in requests], list(requests))
+        tokens = self._choose(logits, list(requests), penalize=False)  # nothing said yet: nothing to penalize
         self._append(list(requests), out.cache, mask, tokens)
         return self._after_choosing(tokens, first=len(self) - len(requests))
 
@@ -139,7 +143,8 @@ class RunningBatch:
                          cache=self._cache, use_cache=True, logits_to_keep=1)
         self._cache = out.cache
         self._positions = self._positions + 1
-        self._next = self._choose(out.logits[:, -1].to(dtype=torch.float32), self._answers, self._requests)
+        self._next = self._choose(out.logits[:, -1].to(dtype=torch.float32), self._requests, penalize=True)
+        self._recent.push(self._next)
         return self._after_choosing(self._next, first=0)
 
     def leave(self, keys: Sequence[Hashable]) -> None:
@@ -147,15 +152,11 @@ class RunningBatch:
         gone = set(keys)
         self._keep([row for row, request in enumerate(self._requests) if request.key not in gone])
 
-    def _choose(self, logits: torch.Tensor, answers: list[list[int]], requests: list[RowRequest]) -> torch.Tensor:
+    def _choose(self, logits: torch.Tensor, requests: list[RowRequest], penalize: bool) -> torch.Tensor:
         """Each row's next token: its own repetition penalty over its own answer (never its prompt, as chat and
         llama.cpp count it), then argmax or a sample from its own generator."""
-        penalties = {(r.settings.repetition_penalty, r.settings.repeat_last_n) for r in requests}
-        if len(penalties) == 1:
-            logits = penalize_repeats(logits, answers, *penalties.pop())
-        else:
-            logits = torch.cat([penalize_repeats(logits[i:i + 1], answers[i:i + 1], r.settings.repetition_penalty,
-                                                 r.settings.repeat_last_n) for i, r in enumerate(requests)])
+        if penalize:
+            logits = self._recent.penalize(logits)
         tokens = logits.argmax(dim=-1)
         for row, request in enumerate(requests):
             if request.settings.temperature > 0:
@@ -172,19 +173,21 @@ class RunningBatch:
             self._mask = torch.cat([F.pad(self._mask, (width - self.length, 0)), F.pad(mask, (width - mask.shape[1], 0))])
             self._positions = torch.cat([self._positions, positions])
             self._next = torch.cat([self._next, tokens])
+        self._recent.add_rows(tokens, [r.settings.repeat_last_n for r in requests],
+                              [r.settings.repetition_penalty for r in requests])
         self._requests += requests
-        self._answers += [[] for _ in requests]
+        self._counts += [0 for _ in requests]
 
     def _after_choosing(self, tokens: torch.Tensor, first: int) -> list[NewToken]:
         """Add the new tokens of rows `first`.. (already in `_next`) to their answers; rows that ended leave."""
         new, kept = [], list(range(first))
         for row, token in enumerate(tokens.tolist(), start=first):
             request = self._requests[row]
-            self._answers[row].append(token)
+            self._counts[row] += 1
             ended: FinishReason | None = None
             if token in self._stops:
                 ended = "stop"
-            elif len(self._answers[row]) >= request.settings.max_new_tokens:
+            elif self._counts[row] >= request.settings.max_new_tokens:
                 ended = "length"
             else:
                 kept.append(row)
@@ -198,11 +201,13 @@ class RunningBatch:
         if len(rows) == len(self):
             return
         self._requests = [self._requests[row] for row in rows]
-        self._answers = [self._answers[row] for row in rows]
+        self._counts = [self._counts[row] for row in rows]
         if not rows:
             self._cache = self._mask = self._positions = self._next = None
+            self._recent = RecentTokens(self._device)
             return
         index = torch.tensor(rows, device=self._device)
+        self._recent.keep(rows, index)
         used = self._mask[index].any(dim=0)
         start = int(used.nonzero()[0])  # every row has a real token, so some column is used
         self._cache = _rebuilt(self._cache, lambda t: t[index, :, start:])
