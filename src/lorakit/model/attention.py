@@ -35,6 +35,7 @@ __all__ = [
     "VARLEN_ATTENTION",
     "register_varlen_attention",
     "use_varlen_attention",
+    "uses_varlen_attention",
     "varlen_attention_forward",
     "expands_kv_heads",
 ]
@@ -52,15 +53,25 @@ def register_varlen_attention() -> str:
     return VARLEN_ATTENTION
 
 
-def use_varlen_attention(model) -> None:
-    """Switch a loaded transformers model (or a peft wrapper around one) to isolated packed attention."""
+def use_varlen_attention(model) -> bool:
+    """Switch a loaded transformers model (or a peft wrapper around one) to isolated packed attention; False if
+    the model cannot switch (its attention does not go through transformers' AttentionInterface)."""
     register_varlen_attention()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(VARLEN_ATTENTION)
+    if base.config._attn_implementation != VARLEN_ATTENTION:  # transformers warned and kept the model's own
+        return False
     # Probe the flash kernel now, not in the first forward: inside a checkpointed layer the probe's own
     # autograd tensors would count as the layer's, and the recompute (probe cached) would save fewer
     # ("A different number of tensors was saved", seen on an H200 with gradient_checkpointing: true).
     _flash_varlen()
+    return True
+
+
+def uses_varlen_attention(model) -> bool:
+    """Whether a model (or a peft wrapper around one) runs lorakit_varlen attention."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config._attn_implementation == VARLEN_ATTENTION
 
 
 def _boundaries_from_positions(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
