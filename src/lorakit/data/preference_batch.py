@@ -21,7 +21,7 @@ from lorakit.data.render import TokenizedExample, render_batch
 from lorakit.data.shared_prefix import collate_shared_prefix, common_prefix_length
 
 __all__ = ["PreferenceExample", "last_answer_only", "render_preferences", "collate_preferences",
-           "collate_preferences_shared"]
+           "collate_preferences_shared", "PairLayout", "pair_layout"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +112,25 @@ def collate_preferences_shared(examples: Sequence[PreferenceExample]) -> dict:
     count = len(examples)
     rows = [e.chosen for e in examples] + [e.rejected for e in examples]
     return collate_shared_prefix(rows, [None] * count + list(range(count)))
+
+
+@dataclass(frozen=True)
+class PairLayout:
+    """What one pair puts in a shared-prefix micro-batch at most, for the memory planner: the computed positions
+    (|P| + |C| + |R|) and the keys its attention gathers per computed position (|P| + |C| + |P| + |R| over that:
+    the rejected row reads the prefix's keys again). A micro-batch of b pairs holds at most b x `positions` positions."""
+
+    positions: int
+    keys_per_position: float
+
+
+def pair_layout(examples: Sequence[PreferenceExample]) -> PairLayout | None:
+    """The bounds over all pairs (None without pairs).
+
+    >>> pair_layout([PreferenceExample(TokenizedExample([1, 2, 3], [-100, 2, 3]), TokenizedExample([1, 4], [-100, 4]))])
+    PairLayout(positions=4, keys_per_position=1.25)
+    """
+    if not examples:
+        return None
+    # The keys of a pair are |P| + |C| (chosen) + |P| + |R| (rejected): both rows' tokens.
+    return PairLayout(max(e.shared_positions for e in examples), max(e.tokens / e.shared_positions for e in examples))

@@ -131,7 +131,8 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     # `auto` batch size, checkpointing and quantization: the memory planner, from config.json alone.
     resolved = resolve_auto_settings(config, read_model_config(source), cuda=device.type == "cuda",
                                      dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available(),
-                                     longest_example=data.longest_example, world_size=ranks.world_size)
+                                     longest_example=data.longest_example, world_size=ranks.world_size,
+                                     pairs=data.pair_layout)
     config = resolved.config
     agree_on_plan(ranks, config)
     sharded = config.training.distributed == "fsdp" and ranks.distributed
