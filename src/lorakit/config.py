@@ -187,6 +187,12 @@ class TrainingConfig(_Section):
         "default, 0.1."
     )
     simpo_gamma: float = Field(0.5, ge=0, le=100, description="SimPO's target reward margin (TRL's default, 0.5).")
+    shared_prefix: bool = Field(
+        True, description="Preference tuning (dpo/orpo/simpo): compute the tokens a pair's chosen and rejected "
+        "sequences share (system prompt, question, template, any first answer words) once, and pack a micro-batch's "
+        "pairs into one row without padding. Exact: the losses and gradients are those of the padded rows (up to "
+        "float rounding), for about half the positions. false = pad both sequences as TRL does. Ignored for sft."
+    )
     init_adapter: str | None = Field(
         None, description="Start from the LoRA adapter of a finished run (its folder or its final/ folder), e.g. "
         "the SFT run a DPO run refines; its r, alpha and target modules must match lora. null = a fresh adapter."
@@ -208,6 +214,11 @@ class TrainingConfig(_Section):
         """Rows a training example puts in a micro-batch: a preference pair is two (prompt + chosen answer,
         prompt + rejected answer), which the memory planner must count."""
         return 1 if self.method == "sft" else 2
+
+    @property
+    def shares_prefixes(self) -> bool:
+        """Preference pairs laid out with their common prefix computed once (data/shared_prefix.py)."""
+        return self.method != "sft" and self.shared_prefix
 
     @model_validator(mode="after")
     def _preference_tuning_is_padded_and_unsharded(self) -> TrainingConfig:

@@ -63,7 +63,7 @@ def test_chunked_token_log_probs_equal_log_softmax_in_value_and_gradient():
 
 
 def test_the_memory_plan_counts_both_sequences_of_a_pair():
-    """A micro-batch of b pairs is 2b rows: DPO at micro-batch 2 is planned as SFT at micro-batch 4."""
+    """A padded micro-batch of b pairs is 2b rows: DPO at micro-batch 2 is planned as SFT at micro-batch 4."""
     from conftest import PHI4_MINI
     from lorakit.config import RunConfig
     from lorakit.plan.run_plan import plan_training
@@ -71,7 +71,8 @@ def test_the_memory_plan_counts_both_sequences_of_a_pair():
     def plan(method, batch_size):
         config = RunConfig.model_validate({
             "model": {"quantization": "nf4", "max_length": 512}, "data": {"train_file": "x.jsonl"},
-            "training": {"method": method, "batch_size": batch_size, "gradient_checkpointing": True}})
+            "training": {"method": method, "batch_size": batch_size, "gradient_checkpointing": True,
+                         "shared_prefix": False}})
         return plan_training(config, PHI4_MINI, 80 * 2**30, dtype_bytes=2, nf4_available=True, longest_example=300)
 
     dpo, sft = plan("dpo", 2), plan("sft", 4)
@@ -93,3 +94,30 @@ def test_a_preference_method_refuses_settings_it_cannot_honour(settings, message
 
     with pytest.raises(ValidationError, match=message):
         RunConfig.model_validate({"data": {"train_file": "x.jsonl"}, **settings})
+
+
+def test_the_memory_plan_counts_what_a_shared_prefix_micro_batch_holds():
+    """With shared prefixes a pair puts |P| + |C| + |R| positions in the micro-batch, not 2 x its longer row; the
+    rejected rows' second read of the prefix adds keys and values only."""
+    from conftest import PHI4_MINI
+    from lorakit.config import RunConfig
+    from lorakit.data.preference_batch import PairLayout
+    from lorakit.plan.memory import ModelShape, layer_activation_bytes
+    from lorakit.plan.run_plan import plan_training
+
+    def plan(method, batch_size, pairs=None):
+        config = RunConfig.model_validate({
+            "model": {"quantization": "nf4", "max_length": 512}, "data": {"train_file": "x.jsonl"},
+            "training": {"method": method, "batch_size": batch_size, "gradient_checkpointing": True}})
+        return plan_training(config, PHI4_MINI, 80 * 2**30, dtype_bytes=2, nf4_available=True, longest_example=300,
+                             pairs=pairs)
+
+    shared = plan("dpo", 2, PairLayout(positions=450, keys_per_position=1.25))  # |P| = 150, |C| = |R| = 150
+    sft = plan("sft", 3)  # 3 x 300 = 2 x 450 tokens, the same positions
+    assert shared.chosen.settings.tokens_per_micro_batch == sft.chosen.settings.tokens_per_micro_batch == 900
+    shape = ModelShape.from_config(PHI4_MINI)
+    extra_keys = layer_activation_bytes(shape, shared.chosen.settings) - layer_activation_bytes(shape, sft.chosen.settings)
+    kv_width = 2 * shape.heads * shape.head_dim if shared.chosen.settings.kv_expanded else 2 * shape.kv_heads * shape.head_dim
+    assert extra_keys == round(kv_width * 0.25 * 2)  # a quarter more k and v per token, bf16
+    padded = plan("dpo", 2)  # without the data: 2 x max_length per pair, as the padded plan
+    assert shared.chosen.estimate.peak_allocated < padded.chosen.estimate.peak_allocated

@@ -12,6 +12,13 @@ derived from `position_ids`) and runs
   for the whole packed row, no mask, no padding;
 - elsewhere (CPU, fp32, old PyTorch): causal SDPA per example, the plain-PyTorch reference.
 No mask function is registered for it, so transformers builds none.
+
+Shared prefixes (data/shared_prefix.py): a batch that carries `kv_index` lets a segment attend to an earlier
+segment's prefix. The keys and values are gathered (`index_select` on the token dimension; autograd scatters
+their gradients back) so that segment i's keys are its parent's prefix followed by its own tokens, and
+`cu_seq_lens_k` then differs from `cu_seq_lens_q`. The causal mask is aligned to the bottom right: a segment's
+queries are the last tokens of its keys (flash attention's convention when seqlen_q < seqlen_k; SDPA's
+`is_causal` aligns top-left there, so the reference path builds the mask itself).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ __all__ = [
     "VARLEN_ATTENTION",
     "register_varlen_attention",
     "use_varlen_attention",
+    "uses_varlen_attention",
     "varlen_attention_forward",
     "expands_kv_heads",
 ]
@@ -45,15 +53,25 @@ def register_varlen_attention() -> str:
     return VARLEN_ATTENTION
 
 
-def use_varlen_attention(model) -> None:
-    """Switch a loaded transformers model (or a peft wrapper around one) to isolated packed attention."""
+def use_varlen_attention(model) -> bool:
+    """Switch a loaded transformers model (or a peft wrapper around one) to isolated packed attention; False if
+    the model cannot switch (its attention does not go through transformers' AttentionInterface)."""
     register_varlen_attention()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(VARLEN_ATTENTION)
+    if base.config._attn_implementation != VARLEN_ATTENTION:  # transformers warned and kept the model's own
+        return False
     # Probe the flash kernel now, not in the first forward: inside a checkpointed layer the probe's own
     # autograd tensors would count as the layer's, and the recompute (probe cached) would save fewer
     # ("A different number of tensors was saved", seen on an H200 with gradient_checkpointing: true).
     _flash_varlen()
+    return True
+
+
+def uses_varlen_attention(model) -> bool:
+    """Whether a model (or a peft wrapper around one) runs lorakit_varlen attention."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config._attn_implementation == VARLEN_ATTENTION
 
 
 def _boundaries_from_positions(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -106,8 +124,8 @@ def expands_kv_heads() -> bool:
     return found is None or found[2] is None
 
 
-def _flash_attention(query, key, value, cu, max_length: int, scaling: float) -> torch.Tensor | None:
-    """query [T, Hq, D], key/value [T, Hkv, D] -> [T, Hq, D] with one flash kernel; None if unavailable."""
+def _flash_attention(query, key, value, cu_q, cu_k, max_q: int, max_k: int, scaling: float) -> torch.Tensor | None:
+    """query [Tq, Hq, D], key/value [Tk, Hkv, D] -> [Tq, Hq, D] with one flash kernel; None if unavailable."""
     found = _flash_varlen()
     if found is None:
         return None
@@ -119,18 +137,27 @@ def _flash_attention(query, key, value, cu, max_length: int, scaling: float) -> 
             key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
         else:
             extra.update(grouped)
-    return varlen_attn(query, key, value, cu, cu, max_length, max_length, scale=scaling, **extra)
+    return varlen_attn(query, key, value, cu_q, cu_k, max_q, max_k, scale=scaling, **extra)
 
 
-def _per_example_attention(query, key, value, cu: torch.Tensor, scaling: float) -> torch.Tensor:
-    """The reference: causal SDPA on each example's slice. query [Hq, T, D] -> [T, Hq, D]."""
+def _per_example_attention(query, key, value, cu_q: torch.Tensor, cu_k: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The reference: causal SDPA on each example's slice. query [Hq, Tq, D], key/value [Hkv, Tk, D] -> [Tq, Hq, D].
+
+    A segment with more keys than queries (a shared prefix) gets an explicit bottom-right causal mask: query a
+    of Lq sees keys 0 .. a + (Lk - Lq)."""
     groups = query.shape[0] // key.shape[0]
     outputs = []
-    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        q, k, v = query[:, start:end], key[:, start:end], value[:, start:end]
+    for (q_start, q_end), (k_start, k_end) in zip(zip(cu_q[:-1].tolist(), cu_q[1:].tolist()),
+                                                  zip(cu_k[:-1].tolist(), cu_k[1:].tolist())):
+        q, k, v = query[:, q_start:q_end], key[:, k_start:k_end], value[:, k_start:k_end]
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=0), v.repeat_interleave(groups, dim=0)
-        outputs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling))
+        queries, keys = q_end - q_start, k_end - k_start
+        if queries == keys:
+            outputs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling))
+        else:
+            visible = torch.ones(queries, keys, dtype=torch.bool, device=q.device).tril(diagonal=keys - queries)
+            outputs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scaling))
     return torch.cat(outputs, dim=1).transpose(0, 1)
 
 
@@ -146,12 +173,16 @@ def varlen_attention_forward(
     cu_seq_lens_q: torch.Tensor | None = None,
     max_length_q: int | None = None,
     position_ids: torch.Tensor | None = None,
+    kv_index: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    max_length_k: int | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention interface: query [B, Hq, T, D], key/value [B, Hkv, T, D] -> ([B, T, Hq, D], None).
 
     A batch of several rows is treated as rows of one example each (right padding is harmless under a
-    causal mask: real tokens never see the pads after them); one packed row uses the example boundaries.
+    causal mask: real tokens never see the pads after them); one packed row uses the example boundaries;
+    with `kv_index` (shared prefixes), each segment's keys are gathered from the flat row first.
     """
     assert dropout == 0.0, "attention dropout is not supported by lorakit_varlen"
     batch, _, length, head_dim = query.shape
@@ -164,13 +195,19 @@ def varlen_attention_forward(
     else:
         cu = torch.arange(0, (batch + 1) * length, length, device=query.device, dtype=torch.int32)
         max_length = length
-    if sliding_window is not None and sliding_window < max_length:
-        raise ValueError(f"lorakit_varlen does not implement sliding windows ({sliding_window} < {max_length} tokens)")
     # [B, H, T, D] -> [B*T, H, D]: the layout variable-length kernels take.
     q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], head_dim) for t in (query, key, value))
+    cu_k, max_k = cu, max_length
+    if kv_index is not None:
+        assert cu_seq_lens_q is not None and cu_seq_lens_k is not None, "kv_index needs cu_seq_lens_q and _k"
+        index = kv_index.to(query.device)
+        k, v = k.index_select(0, index), v.index_select(0, index)
+        cu_k, max_k = cu_seq_lens_k.to(device=query.device, dtype=torch.int32), int(max_length_k)
+    if sliding_window is not None and sliding_window < max_k:
+        raise ValueError(f"lorakit_varlen does not implement sliding windows ({sliding_window} < {max_k} tokens)")
     output = None
     if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16):
-        output = _flash_attention(q.contiguous(), k.contiguous(), v.contiguous(), cu, max_length, scaling)
+        output = _flash_attention(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu_k, max_length, max_k, scaling)
     if output is None:
-        output = _per_example_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), cu, scaling)
+        output = _per_example_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), cu, cu_k, scaling)
     return output.reshape(batch, length, output.shape[1], head_dim), None

@@ -129,6 +129,9 @@ class TrainSettings:
     dora: bool = False  # lora.use_dora: a magnitude per output feature, two more saved outputs per adapted layer
     on_cpu: bool = False  # CPU training: predict the process's peak resident set (plan/host_memory.py)
     tiled_mlp: bool = False  # MLPs run in sequence chunks (model/tiled_mlp.py; all layers checkpointed)
+    # Keys and values attention keeps per query token: 1, or more in a shared-prefix preference batch, where each
+    # rejected row gathers its pair's prefix again (data/preference_batch.py's PairLayout).
+    keys_per_token: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,7 @@ def layer_activation_bytes(shape: ModelShape, settings: TrainSettings) -> int:
     total = 2 * d * (b if settings.fused_kernels else 4)
     # Attention: q, k, v and the output (variable-length flash), and fp32 log-sum-exp. Without a grouped-query
     # mode in PyTorch's varlen flash, k and v are expanded to every query head (model/attention.py).
-    total += (2 * q + 2 * (q if settings.kv_expanded else kv)) * b + shape.heads * 4
+    total += round((2 * q + 2 * (q if settings.kv_expanded else kv) * settings.keys_per_token) * b) + shape.heads * 4
     total += _adapted_bytes(shape, settings, _ATTENTION)
     # A tiled MLP keeps only its input (the second norm's output) for the whole sequence.
     return total + (d * b if settings.tiled_mlp else mlp_activation_bytes(shape, settings))
@@ -247,7 +250,7 @@ def tiled_backward_bytes(shape: ModelShape, settings: TrainSettings, per_layer: 
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     chunk = min(tokens, mlp_chunk_tokens(i, b))
     mlp = tokens * (per_layer + 2 * d * b) + chunk * (mlp_activation_bytes(shape, settings) + (3 * i + d) * b)
-    attention = tokens * (per_layer - 2 * d * b + (d + 4 * q + 2 * kv) * b + 4 * q)
+    attention = tokens * (per_layer - 2 * d * b + round((d + 4 * q + 2 * kv * settings.keys_per_token) * b) + 4 * q)
     return max(mlp, attention)
 
 

@@ -120,9 +120,10 @@ def replan_after_oom(session, state, step: int) -> str | None:
     config = session.config
     shape = ModelShape.from_config(read_model_config(session.source))
     base = train_settings(config, "nf4" if session.quantized else "none",
-                          dtype_bytes=torch.finfo(session.dtype).bits // 8, cuda=session.device.type == "cuda")
+                          dtype_bytes=torch.finfo(session.dtype).bits // 8, cuda=session.device.type == "cuda",
+                          pairs=session.data.pair_layout)
     before = _live_settings(session, state)
-    chosen = replan_for_memory(shape, base, before, max_length=planned_length(config, session.data.longest_example),
+    chosen = replan_for_memory(shape, base, before, max_length=planned_length(config, session.data.longest_example, session.data.pair_layout),
                                memory_bytes=memory_bytes)
     if chosen is None:
         return None

@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig, RunConfig
+from lorakit.data.preference_batch import PairLayout
 from lorakit.errors import ConfigError
 from lorakit.model.attention import expands_kv_heads
 from lorakit.plan.memory import (
@@ -118,19 +119,19 @@ def check_max_length(config: RunConfig, model_config: dict) -> None:
 
 def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, *, dtype_bytes: int,
                   nf4_available: bool, cuda: bool = True, longest_example: int | None = None, sharded_over: int = 1,
-                  single_process: bool = True) -> TrainingPlan:
+                  single_process: bool = True, pairs: PairLayout | None = None) -> TrainingPlan:
     """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given.
 
     `longest_example` (tokens, when the data is known): without packing a micro-batch is padded to its longest
-    example, not to max_length. On CPU the estimate is the process's peak RSS (plan/host_memory.py) for the
+    example, not to max_length; `pairs`: what a preference pair puts in a shared-prefix micro-batch. On CPU the estimate is the process's peak RSS (plan/host_memory.py) for the
     pieces that CPU training cuts each micro-batch into (plan/micro_batches.py's cpu_micro_batch_size).
     `single_process`: the tiled MLP is planned only then (its nested backward passes are untested under ddp/fsdp)."""
     training = config.training
-    length = planned_length(config, longest_example)
+    length = planned_length(config, longest_example, pairs)
     shape = ModelShape.from_config(model_config)
     quantization = config.model.quantization
     quantizations = (("none", "nf4") if nf4_available else ("none",)) if quantization == "auto" else (quantization,)
-    base = train_settings(config, quantizations[0], dtype_bytes=dtype_bytes, cuda=cuda)
+    base = train_settings(config, quantizations[0], dtype_bytes=dtype_bytes, cuda=cuda, pairs=pairs)
     fixed_checkpointing = {True: (shape.layers,), False: (0,)}.get(training.gradient_checkpointing)
     candidates = plan_settings(
         shape, base, max_length=length, gpu_memory_bytes=gpu_memory_bytes,
@@ -182,18 +183,31 @@ def refusal_advice(config: RunConfig) -> str:
     return ", ".join(levers) + ", or pick a smaller model or a GPU with more memory."
 
 
-def planned_length(config: RunConfig, longest_example: int | None) -> int:
+def planned_length(config: RunConfig, longest_example: int | None, pairs: PairLayout | None = None) -> int:
     """Tokens one example puts in a micro-batch: max_length, or without packing the data's longest sequence if
     shorter (a micro-batch is padded to its longest example, not to max_length); times two for a preference pair,
-    whose chosen and rejected sequences are both rows of the batch."""
+    whose chosen and rejected sequences are both rows of the batch. With shared prefixes (training.shared_prefix)
+    a pair puts |P| + |C| + |R| positions in one unpadded row: the data's largest such pair (`pairs`).
+
+    >>> from lorakit.config import RunConfig
+    >>> dpo = RunConfig.model_validate({"model": {"max_length": 512}, "data": {"train_file": "x.jsonl"},
+    ...                                 "training": {"method": "dpo"}})
+    >>> planned_length(dpo, 300, PairLayout(450, 1.3)), planned_length(dpo, 300), planned_length(
+    ...     dpo.model_copy(update={"training": dpo.training.model_copy(update={"shared_prefix": False})}), 300)
+    (450, 1024, 600)
+    """
+    if config.training.shares_prefixes:
+        return pairs.positions if pairs else 2 * config.model.max_length
     per_row = config.model.max_length
     if longest_example and not config.training.packing:
         per_row = min(config.model.max_length, longest_example)
     return per_row * config.training.sequences_per_example
 
 
-def train_settings(config: RunConfig, quantization: str, *, dtype_bytes: int, cuda: bool) -> TrainSettings:
-    """The planner's view of a run config (micro-batch and checkpointing are the plan's to fill in)."""
+def train_settings(config: RunConfig, quantization: str, *, dtype_bytes: int, cuda: bool,
+                   pairs: PairLayout | None = None) -> TrainSettings:
+    """The planner's view of a run config (micro-batch and checkpointing are the plan's to fill in). Shared-prefix
+    pairs without the data: a pair's keys are at most twice its positions."""
     targets = config.lora.target_modules
     return TrainSettings(
         quantization=quantization, dtype_bytes=dtype_bytes, lora_rank=config.lora.r,
@@ -201,6 +215,7 @@ def train_settings(config: RunConfig, quantization: str, *, dtype_bytes: int, cu
         lora_dropout=config.lora.dropout > 0, tokens_per_micro_batch=config.model.max_length,
         fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes, kv_expanded=expands_kv_heads(),
         dora=config.lora.use_dora, on_cpu=not cuda,
+        keys_per_token=(pairs.keys_per_position if pairs else 2.0) if config.training.shares_prefixes else 1.0,
     )
 
 
@@ -248,21 +263,23 @@ def device_memory_bytes(cuda: bool) -> int:
 
 def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, dtype_bytes: int,
                           nf4_available: bool, memory_bytes: int | None = None,
-                          longest_example: int | None = None, world_size: int = 1) -> ResolvedSettings:
+                          longest_example: int | None = None, world_size: int = 1,
+                          pairs: PairLayout | None = None) -> ResolvedSettings:
     """Run the planner when anything is `auto` (against `memory_bytes`, default the GPU's memory, or RAM on
     CPU), per GPU for the training.distributed strategy of `world_size` processes (which `auto` resolves to);
     fixed settings stay as they are. A max_length the model cannot take is refused first."""
     check_max_length(config, model_config)
     config, memory_bytes, sharded_over = _per_process(config, model_config, memory_bytes or device_memory_bytes(cuda),
                                                       world_size, cuda=cuda, dtype_bytes=dtype_bytes,
-                                                      nf4_available=nf4_available and cuda, longest_example=longest_example)
+                                                      nf4_available=nf4_available and cuda, longest_example=longest_example,
+                                                      pairs=pairs)
     training = config.training
     if "auto" not in (training.batch_size, training.gradient_checkpointing, config.model.quantization):
         layers = ModelShape.from_config(model_config).layers if training.gradient_checkpointing else 0
         return ResolvedSettings(config, layers, False, None)
     plan = plan_training(config, model_config, memory_bytes, dtype_bytes=dtype_bytes,
                          nf4_available=nf4_available and cuda, cuda=cuda, longest_example=longest_example,
-                         sharded_over=sharded_over, single_process=world_size == 1)
+                         sharded_over=sharded_over, single_process=world_size == 1, pairs=pairs)
     resolved = config.model_copy(update={
         "training": training.model_copy(update={"batch_size": plan.micro_batch,
                                                 "gradient_checkpointing": plan.checkpointed_layers > 0}),

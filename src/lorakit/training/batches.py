@@ -7,10 +7,10 @@ import torch
 
 from lorakit.data.collate import collate_padded
 from lorakit.data.packing import collate_packed, pack_best_fit
-from lorakit.data.preference_batch import PreferenceExample, collate_preferences
+from lorakit.data.preference_batch import PreferenceExample, collate_preferences, collate_preferences_shared
 from lorakit.data.render import TokenizedExample
 
-__all__ = ["epoch_seed", "epoch_groups", "packed_epoch_groups", "collate_group"]
+__all__ = ["epoch_seed", "epoch_groups", "packed_epoch_groups", "collate_group", "batch_tokens"]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -51,12 +51,26 @@ def packed_epoch_groups(examples: list[TokenizedExample], capacity_tokens: int, 
 
 def collate_group(
     examples: list[TokenizedExample] | list[PreferenceExample], group: list[int], pad_token_id: int, *,
-    packed: bool = False
+    packed: bool = False, shared_prefix: bool = False
 ) -> dict[str, torch.Tensor | int]:
     """Padded rows, or (packed) one flat row with per-example positions and boundaries; preference pairs: their
-    chosen rows, then their rejected rows (never packed: the config refuses it)."""
+    chosen rows, then their rejected rows, padded, or (shared_prefix) in one flat row with each pair's common
+    prefix computed once (never packed otherwise: the config refuses it)."""
     picked = [examples[i] for i in group]
     if picked and isinstance(picked[0], PreferenceExample):
         assert not packed, "preference pairs are never packed"
-        return collate_preferences(picked, pad_token_id)
+        return collate_preferences_shared(picked) if shared_prefix else collate_preferences(picked, pad_token_id)
     return collate_packed(picked) if packed else collate_padded(picked, pad_token_id)
+
+
+def batch_tokens(batch: dict) -> int:
+    """Real tokens of a collated micro-batch's rows, what tokens/s counts: pads excluded, and a shared-prefix
+    batch's rows counted whole (the work it stands for, as a padded batch of the same pairs counts it), not its
+    computed positions.
+
+    >>> batch_tokens({"input_ids": torch.ones(1, 5), "row_tokens": 9}), batch_tokens({"input_ids": torch.ones(1, 5)})
+    (9, 5)
+    """
+    if "row_tokens" in batch:
+        return int(batch["row_tokens"])
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from lorakit.config import RunConfig
 from lorakit.data.issues import DataReport
-from lorakit.data.preference_batch import PreferenceExample, render_preferences
+from lorakit.data.preference_batch import PairLayout, PreferenceExample, pair_layout, render_preferences
 from lorakit.data.records import Conversation
 from lorakit.data.render import TokenizedExample
 from lorakit.data.splits import Splits, split_conversations
@@ -41,6 +41,13 @@ class PreparedData:
         micro-batch is padded to its longest sequence, not to max_length, so the memory planner plans for this."""
         splits = self.splits
         return max(example_length(e) for examples in (splits.train, splits.validation, splits.test) for e in examples)
+
+
+    @property
+    def pair_layout(self) -> PairLayout | None:
+        """What the largest preference pair puts in a shared-prefix micro-batch (None for SFT data)."""
+        train = self.splits.train
+        return pair_layout(train) if train and isinstance(train[0], PreferenceExample) else None
 
 
 def example_length(example: TokenizedExample | PreferenceExample) -> int:

@@ -26,11 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from lorakit.data.masking import IGNORE_INDEX
+from lorakit.data.shared_prefix import MODEL_INPUTS
 from lorakit.model.kernels import _base_model, _fusable, loss_positions
 
 __all__ = ["PreferenceMethod", "PREFERENCE_METHODS", "PreferenceLoss", "sequence_logps", "answer_token_logps",
+           "shared_prefix_row_logps", "row_logps",
            "dpo_loss", "orpo_loss", "simpo_loss", "REFERENCE_ADAPTER", "add_reference_adapter", "reference_logps",
-           "preference_loss"]
+           "preference_loss", "batch_rows"]
 
 PreferenceMethod = Literal["dpo", "orpo", "simpo"]
 PREFERENCE_METHODS: tuple[str, ...] = ("dpo", "orpo", "simpo")
@@ -112,8 +114,19 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         return grad_hidden, None, None, None
 
 
+def _picked_logps(base, hidden: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets[i] | hidden[positions[i]]) through the chunked head; `hidden` [N, d] flat."""
+    weight = base.get_output_embeddings().weight
+    if torch.is_autocast_enabled(hidden.device.type):  # the head's matmul in the autocast dtype, as the model's own
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    selected = hidden.index_select(0, positions)
+    chunk_rows = max(1, _CHUNK_LOGIT_ELEMENTS // weight.shape[0])
+    return _ChunkedTokenLogps.apply(selected, weight, targets, chunk_rows)
+
+
 def answer_token_logps(model, batch: dict) -> torch.Tensor:
-    """log p(label) at every position that predicts a label, [B, T - 1], zero elsewhere.
+    """log p(label) at every position that predicts a label, [B, T - 1], zero elsewhere (a padded batch).
 
     Like `causal_lm_loss`, the LM head runs only on positions that predict an answer token, in chunks, so neither
     the prompts' nor the answers' [tokens, vocab] logits are ever held whole; a head that rescales its logits (or
@@ -131,15 +144,35 @@ def answer_token_logps(model, batch: dict) -> torch.Tensor:
     keep = loss_positions(labels).to(hidden.device)  # flat positions t with a label at t + 1
     width = labels.shape[1]
     rows, columns = keep // width, keep % width
-    weight = base.get_output_embeddings().weight
-    if torch.is_autocast_enabled(hidden.device.type):  # the head's matmul in the autocast dtype, as the model's own
-        dtype = torch.get_autocast_dtype(hidden.device.type)
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
-    selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
-    chunk_rows = max(1, _CHUNK_LOGIT_ELEMENTS // weight.shape[0])
-    picked = _ChunkedTokenLogps.apply(selected, weight, labels[rows, columns + 1].to(hidden.device), chunk_rows)
+    picked = _picked_logps(base, hidden.reshape(-1, hidden.shape[-1]), keep, labels[rows, columns + 1].to(hidden.device))
     # + 0 * hidden: a batch with no answer token left (truncated away) still has a graph for backward()
     return hidden.new_zeros(targets.shape, dtype=picked.dtype).index_put((rows, columns), picked) + hidden.sum() * 0.0
+
+
+def shared_prefix_row_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed answer log-probs, answer tokens) of every original row of a shared-prefix batch
+    (data/shared_prefix.py): one forward of the flat row, the head only on the predicting positions."""
+    inputs = {key: batch[key] for key in MODEL_INPUTS}
+    positions, targets = batch["predicting_positions"], batch["predicted_labels"]
+    base = _base_model(model)
+    if not _fusable(base):
+        logits = model(**inputs, use_cache=False).logits[0]
+        picked = logits.index_select(0, positions).float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        anchor = logits.sum() * 0.0
+    else:
+        hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state[0]
+        picked, anchor = _picked_logps(base, hidden, positions, targets), hidden.sum() * 0.0
+    sums = picked.new_zeros(batch["row_count"]).index_add(0, batch["label_rows"], picked)
+    return sums + anchor, batch["label_counts"].to(sums.device)
+
+
+def row_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed answer log-probs, answer tokens) per row of a preference batch, padded or shared-prefix: every loss
+    below is a function of these two, so the two layouts give the same losses and gradients."""
+    if "kv_index" in batch:
+        return shared_prefix_row_logps(model, batch)
+    mask = batch["labels"][:, 1:] != IGNORE_INDEX
+    return sequence_logps(answer_token_logps(model, batch), batch["labels"]), mask.sum(-1)
 
 
 def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
@@ -206,7 +239,7 @@ def _reference_model(model) -> Iterator[None]:
 def reference_logps(model, batch: dict) -> torch.Tensor:
     """Summed answer log-probs of every row under DPO's reference model (no gradient)."""
     with torch.no_grad(), _reference_model(model):
-        return sequence_logps(answer_token_logps(model, batch), batch["labels"])
+        return row_logps(model, batch)[0]
 
 
 def _chosen_nll(token_logps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -215,34 +248,39 @@ def _chosen_nll(token_logps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return -(token_logps * mask).sum() / mask.sum().clamp(min=1)
 
 
+def batch_rows(batch: dict) -> int:
+    """Rows of a preference batch (chosen rows, then as many rejected rows), in either layout."""
+    return batch["row_count"] if "kv_index" in batch else batch["labels"].shape[0]
+
+
 def preference_loss(model, batch: dict, method: PreferenceMethod, beta: float, simpo_gamma: float = 0.5,
                     reference: torch.Tensor | None = None, nll_labels: torch.Tensor | None = None) -> PreferenceLoss:
-    """The loss of one preference batch (2B rows, chosen first) in one forward of both halves.
+    """The loss of one preference batch (2B rows, chosen first) in one forward of both halves; the batch is
+    padded (`collate_preferences`) or shared-prefix (`collate_preferences_shared`).
 
     `reference`: DPO's reference log-probs of the 2B rows (default: `reference_logps`: the frozen starting adapter,
     or the adapter switched off).
-    `nll_labels`: ORPO's NLL targets for the chosen rows (default: the batch's labels, i.e. the chosen answers
-    as SFT supervises them; TRL scores the whole prompt too, which its equality test passes here).
+    `nll_labels` (padded batches): ORPO's NLL targets for the chosen rows (default: the batch's labels, i.e. the
+    chosen answers as SFT supervises them; TRL scores the whole prompt too, which its equality test passes here).
     """
-    labels = batch["labels"]
-    half = labels.shape[0] // 2
-    assert labels.shape[0] == 2 * half, "a preference batch holds chosen rows then as many rejected rows"
+    half = batch_rows(batch) // 2
+    assert batch_rows(batch) == 2 * half, "a preference batch holds chosen rows then as many rejected rows"
     if method == "dpo" and reference is None:
         reference = reference_logps(model, batch)
     if method == "orpo" and nll_labels is not None:
+        labels = batch["labels"]
         if ((labels[:half, 1:] != IGNORE_INDEX) & (nll_labels[:, 1:] == IGNORE_INDEX)).any():
             raise ValueError("nll_labels must label at least every answer token of the chosen rows")
         token_logps = answer_token_logps(model, {**batch, "labels": torch.cat([nll_labels, labels[half:]])})
         nll = _chosen_nll(token_logps[:half], nll_labels)
         means = sequence_logps(token_logps, labels, average=True)  # the answer tokens only, as without nll_labels
         return orpo_loss(means[:half], means[half:], nll, beta)
-    token_logps = answer_token_logps(model, batch)
+    sums, counts = row_logps(model, batch)
     if method == "dpo":
-        logps = sequence_logps(token_logps, labels)
-        return dpo_loss(logps[:half], logps[half:], reference[:half], reference[half:], beta)
-    means = sequence_logps(token_logps, labels, average=True)
-    if method == "orpo":
-        return orpo_loss(means[:half], means[half:], _chosen_nll(token_logps[:half], labels[:half]), beta)
+        return dpo_loss(sums[:half], sums[half:], reference[:half], reference[half:], beta)
+    means = sums / counts
+    if method == "orpo":  # the chosen answers' token-mean NLL, as SFT weighs tokens
+        return orpo_loss(means[:half], means[half:], -sums[:half].sum() / counts[:half].sum().clamp(min=1), beta)
     if method == "simpo":
         return simpo_loss(means[:half], means[half:], beta, simpo_gamma)
     raise ValueError(f"unknown preference method {method!r}; expected one of {', '.join(PREFERENCE_METHODS)}")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from lorakit.config import TrainingConfig
-from lorakit.training.preference_loss import PreferenceLoss, preference_loss
+from lorakit.model.kernels import LOSS_POSITIONS
+from lorakit.training.preference_loss import PreferenceLoss, batch_rows, preference_loss
 
 __all__ = ["PreferenceObjective", "REWARD_METRICS"]
 
@@ -30,10 +31,10 @@ class PreferenceObjective:
     @staticmethod
     def targets(batch: dict) -> int:
         """Pairs in a collated micro-batch (its rows are the chosen answers, then the rejected ones)."""
-        return batch["input_ids"].shape[0] // 2
+        return batch_rows(batch) // 2
 
     def _pair_loss(self, model, batch: dict) -> PreferenceLoss:
-        return preference_loss(model, {k: batch[k] for k in ("input_ids", "attention_mask", "labels")},
+        return preference_loss(model, {k: v for k, v in batch.items() if k != LOSS_POSITIONS},
                                self.method, self.beta, self.simpo_gamma)
 
     def loss(self, session, batch: dict, target_pairs: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from lorakit.model.adapters import (
     trainable_parameter_count,
     variant_identity,
 )
+from lorakit.model.attention import uses_varlen_attention
 from lorakit.model.kernels import LOSS_POSITIONS, loss_positions
 from lorakit.model.load import (
     ModelSource,
@@ -65,6 +66,7 @@ class TrainingSession:
     sharded_root: ShardedLoss | None = None  # training.distributed fsdp: the FSDP2 root around `model`
     ahead: BatchesAhead = field(default_factory=lambda: BatchesAhead())  # the next step's batches, made early
     epoch_groups: dict[int, list[list[int]]] = field(default_factory=dict)  # an epoch's micro-batches, by epoch
+    shared_prefix: bool = False  # preference pairs collated with their common prefix once (lorakit_varlen took)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -107,8 +109,9 @@ class BatchesAhead:
 def collate_for_step(session: TrainingSession, group: list[int]) -> dict:
     """One micro-batch on the CPU, with the positions the loss reads (so finding them costs no GPU sync)."""
     batch = collate_group(session.data.splits.train, group, session.tokenizer.pad_token_id,
-                          packed=session.config.training.packing)
-    batch[LOSS_POSITIONS] = loss_positions(batch["labels"])
+                          packed=session.config.training.packing, shared_prefix=session.shared_prefix)
+    if "labels" in batch:  # a shared-prefix batch carries its predicting positions instead
+        batch[LOSS_POSITIONS] = loss_positions(batch["labels"])
     return batch
 
 
@@ -128,7 +131,8 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     # `auto` batch size, checkpointing and quantization: the memory planner, from config.json alone.
     resolved = resolve_auto_settings(config, read_model_config(source), cuda=device.type == "cuda",
                                      dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available(),
-                                     longest_example=data.longest_example, world_size=ranks.world_size)
+                                     longest_example=data.longest_example, world_size=ranks.world_size,
+                                     pairs=data.pair_layout)
     config = resolved.config
     agree_on_plan(ranks, config)
     sharded = config.training.distributed == "fsdp" and ranks.distributed
@@ -180,5 +184,6 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         **method_identity,
     }
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
-                           resolved.offload_activations, ranks, root)
+                           resolved.offload_activations, ranks, root,
+                           shared_prefix=config.training.shares_prefixes and uses_varlen_attention(model))
 

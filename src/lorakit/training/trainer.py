@@ -26,6 +26,7 @@ from lorakit.runtime import host_heap
 from lorakit.runtime.ablation import enabled
 from lorakit.runtime.logging import get_logger
 from lorakit.runtime.seed import micro_batch_seed
+from lorakit.training.batches import batch_tokens
 from lorakit.training.data_order import make_next_batches, next_micro_batches, step_pieces
 from lorakit.training.data_parallel import NullMetricsSink, agree_on_step, shared_split_loss
 from lorakit.training.dataset import example_length
@@ -243,7 +244,7 @@ class Trainer:
             # Dropout/NEFTune draws depend on (seed, step, micro-batch) only, not on which process runs it.
             torch.manual_seed(micro_batch_seed(session.config.seed, step, index))
             if real:
-                seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+                seen_tokens += batch_tokens(batch)
             batch = {k: v.to(session.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             try:  # a CUDA out-of-memory error is retried by step(), on every rank together
                 with autocast, activation_offload(session.offload_activations):
