@@ -93,3 +93,15 @@ def test_the_reference_adapter_pass_goes_through_the_flat_row_too(tiny_llama_dir
     assert float(ours.margins.abs().max()) > 1e-3  # the reference differs from the policy
     assert abs(float(ours.loss) - float(theirs.loss)) < TOLERANCE
     assert float((ours.margins - theirs.margins).abs().max()) < TOLERANCE
+
+
+def test_a_resume_refuses_a_switched_layout_but_not_a_checkpoint_from_before_it_was_recorded():
+    """The layouts agree only up to float rounding, so a resume that switched training.shared_prefix would not be
+    bit-exact; a checkpoint written before the key was recorded still resumes (with the layout configured now, as
+    for the other keys recorded later)."""
+    from lorakit.errors import CheckpointError
+    from lorakit.training.resume_drift import check_same_run
+
+    with pytest.raises(CheckpointError, match="training.shared_prefix changed since the checkpoint"):
+        check_same_run({"preference_shared_prefix": True}, {"preference_shared_prefix": False})
+    check_same_run({}, {"preference_shared_prefix": True})
