@@ -79,6 +79,24 @@ def test_loss_rewards_and_lora_gradients_equal_the_padded_path(setup, method):
     assert max(float((grads[0][n] - grads[1][n]).abs().max()) for n in grads[0]) < TOLERANCE
 
 
+def test_kv_index_reaches_checkpointed_layers(tiny_llama_dir, tokenizer):
+    """lorakit checkpoints the first layers (model/checkpointing.py, reentrant by default): the gather index must
+    reach their attention in the recompute too, or the gradients would differ from the padded rows'."""
+    from lorakit.model.checkpointing import apply_checkpointing
+
+    torch.manual_seed(0)
+    model = lora_model_with_nonzero_b(tiny_llama_dir, dropout=0.0)
+    use_varlen_attention(model)
+    apply_checkpointing(model, 1, reentrant=True)
+    model.train()
+    examples = render_preferences(PAIRS, tokenizer, "Be careful.", 128)
+    grads = []
+    for batch in (collate_preferences(examples, tokenizer.pad_token_id), collate_preferences_shared(examples)):
+        preference_loss(model, batch, "simpo", beta=2.0).loss.backward()
+        grads.append(_grads(model))
+    assert max(float((grads[0][n] - grads[1][n]).abs().max()) for n in grads[0]) < TOLERANCE
+
+
 def test_the_reference_adapter_pass_goes_through_the_flat_row_too(tiny_llama_dir, tokenizer):
     torch.manual_seed(1)
     model = lora_model_with_nonzero_b(tiny_llama_dir, dropout=0.0)
