@@ -4,6 +4,8 @@
 #   bash bench/peer_speed_device.sh table OUT_DIR  # the four settings, TRL best practice and lorakit, equal tokens per step
 #   bash bench/peer_speed_device.sh long OUT_DIR   # the 8 GB card at 8k-32k tokens per example, both tools, and lorakit plan
 #   bash bench/peer_speed_device.sh preference OUT_DIR  # issue 24: DPO, lorakit vs TRL's DPOTrainer, 8 GB card and whole GPU
+#       (TOOLS=trl,lorakit,lorakit-unshared by default: the last is lorakit with training.shared_prefix=false, the lever;
+#       first bench/shared_prefix_check.py's exactness and timing check of the shared-prefix layout, ~1 min)
 #   bash bench/peer_speed_device.sh serve OUT_DIR  # lorakit serve: 1 client vs 8 concurrent streamed clients
 #       (Phi-4-mini-shaped random-weight run; needs fastapi, starlette, uvicorn and openai too: bench/serve_wheels.sh
 #       adds their wheels to .whl/. SERVE_MODEL=smollm2-135m for the SmolLM2-135M shape, MAX_TOKENS, ROUNDS;
@@ -47,8 +49,11 @@ if [ "$part" = table ]; then
     exit
 fi
 if [ "$part" = preference ]; then
+    if [ -z "${SETTINGS:-}" ]; then  # once per table, not on a re-run of some settings
+        python bench/shared_prefix_check.py --out "$out/shared_prefix_check.json" 2>&1 | tee "$out/shared_prefix_check.txt"
+    fi
     python bench/preference_speed.py --out "$out" --work /tmp/lorakit-preference-speed \
-        --settings "${SETTINGS:-8gb-qlora,gpu-qlora}" --tools trl,lorakit \
+        --settings "${SETTINGS:-8gb-qlora,gpu-qlora}" --tools "${TOOLS:-trl,lorakit,lorakit-unshared}" \
         --steps 8 --warmup 2 --row-timeout 140 --budget-seconds "${BUDGET_S:-440}" 2>&1 | tee "$out/stdout.txt"
     exit
 fi

@@ -9,12 +9,15 @@ safetensors, loaded as nf4 by both tools. Data: 512 synthetic preference pairs i
 prompt, question and template) is 200-512 tokens, the chosen and the rejected answer each lognormal around 270
 tokens, independently, and each side (prompt + answer) fits max_length 1024 in both tools, so neither truncates.
 
-Equal work per step: 8 pairs per optimizer step in both tools, as micro-batches of 4 pairs (8 padded rows:
-chosen, then rejected) x accumulation 2. Neither tool packs or drops padding: lorakit never packs preference
-pairs, and TRL 1.16's DPO `padding_free` is "temporarily unavailable" (it warns and pads). Each tool shuffles the
-pairs with its own generator, so the measured steps hold different pairs: the table gives the real tokens and
-padded positions per step of both (TRL's counted in trl_dpo_peer.py, lorakit's from lorakit's own data order on
-the same config and seed). tokens/s counts real (non-pad) tokens of chosen and rejected rows, prompt and answer.
+Equal work per step: 8 pairs per optimizer step in both tools, as micro-batches of 4 pairs x accumulation 2.
+TRL pads each micro-batch into 8 rows (chosen, then rejected; TRL 1.16's DPO `padding_free` is "temporarily
+unavailable": it warns and pads). lorakit by default (training.shared_prefix) lays the 4 pairs out as one flat row
+without pads, each pair's common prefix (system prompt, question, template) computed once
+(data/shared_prefix.py); the row "lorakit, shared_prefix off" pads like TRL, which measures that lever. Each tool
+shuffles the pairs with its own generator, so the measured steps hold different pairs: the table gives the real
+tokens, padded positions and positions computed per step (TRL's counted in trl_dpo_peer.py, lorakit's from
+lorakit's own data order on the same config and seed). tokens/s counts real (non-pad) tokens of chosen and
+rejected rows, prompt and answer, in every row, also where lorakit computes the shared prompt once.
 
 Settings: `8gb-qlora`: an 8 GB card emulated by capping PyTorch's allocator at --cap-gib (8 GiB minus the CUDA
 context; bench/lib/capped_run.py); TRL with gradient checkpointing on every layer (its DPOConfig default),
@@ -56,6 +59,8 @@ MICRO_BATCH, ACCUMULATION = 4, 2  # 8 pairs per optimizer step
 # name: (cap the allocator, TRL checkpointing)
 SETTINGS = {"8gb-qlora": (True, True), "gpu-qlora": (False, False)}
 TRL = "TRL DPOTrainer best practice"
+# --tools names: lorakit as configured (shared prefixes), and lorakit with training.shared_prefix=false (the lever)
+LORAKIT_TOOLS = {"lorakit": ("lorakit", True), "lorakit-unshared": ("lorakit, shared_prefix off", False)}
 
 
 def synthetic_pairs(tokenizer, system_prompt: str, count: int, seed: int, smoke: bool = False) -> list[dict]:
@@ -123,10 +128,11 @@ def lorakit_config(work: Path, steps: int, smoke: bool) -> Path:
     return path
 
 
-def lorakit_step_counts(config: Path, warmup: int, steps: int) -> dict:
-    """Real tokens, answer tokens and padded positions of each measured step of the `lorakit train` run of
-    `config`, from lorakit's own data preparation and data order (epoch_groups) with the run's seed, and the mean
-    real tokens of a pair (both sides) over the whole file, to set beside TRL's tokenization of the same file."""
+def lorakit_step_counts(config: Path, warmup: int, steps: int, shared: bool = True) -> dict:
+    """Real tokens, answer tokens, padded positions and positions computed (`shared`: each pair's |P|+|C|+|R|;
+    else the padded positions) of each measured step of the `lorakit train` run of `config`, from lorakit's own
+    data preparation and data order (epoch_groups) with the run's seed, and the mean real tokens of a pair (both
+    sides) over the whole file, to set beside TRL's tokenization of the same file."""
     from transformers import AutoTokenizer
 
     from lorakit.config import load_config
@@ -136,7 +142,7 @@ def lorakit_step_counts(config: Path, warmup: int, steps: int) -> dict:
     run = load_config(config, [])
     examples = prepare_data(run, AutoTokenizer.from_pretrained(run.model.name)).splits.train
     groups = epoch_groups(examples, MICRO_BATCH, run.seed, 0)
-    counts: dict = {"step_tokens": [], "step_labelled": [], "step_padded": [],
+    counts: dict = {"step_tokens": [], "step_labelled": [], "step_padded": [], "step_computed": [],
                     "mean_tokens_per_pair": statistics.mean(pair.tokens for pair in examples)}
     for step in range(warmup, warmup + steps):
         micro = [[examples[i] for i in group] for group in groups[step * ACCUMULATION:(step + 1) * ACCUMULATION]]
@@ -144,22 +150,25 @@ def lorakit_step_counts(config: Path, warmup: int, steps: int) -> dict:
         counts["step_tokens"].append(sum(len(row.input_ids) for group in rows for row in group))
         counts["step_labelled"].append(sum(label != -100 for group in rows for row in group for label in row.labels))
         counts["step_padded"].append(sum(len(group) * max(len(row.input_ids) for row in group) for group in rows))
+        counts["step_computed"].append(sum(pair.shared_positions for group in micro for pair in group) if shared
+                                       else counts["step_padded"][-1])
     return counts
 
 
-def lorakit_row(setting: str, work: Path, config: Path, args, log) -> dict:
+def lorakit_row(setting: str, work: Path, config: Path, args, log, tool: str = "lorakit") -> dict:
     capped, _ = SETTINGS[setting]
-    run_dir, peak_file = work / f"lorakit-{setting}", work / f"peak-{setting}.json"
+    name, shared = LORAKIT_TOOLS[tool]
+    run_dir, peak_file = work / f"{tool}-{setting}", work / f"peak-{tool}-{setting}.json"
     sets = [f"output_dir={run_dir}", f"model.quantization={'none' if args.smoke else 'nf4'}",
-            "training.gradient_checkpointing=auto"]
+            "training.gradient_checkpointing=auto", f"training.shared_prefix={str(shared).lower()}"]
     command = [sys.executable, str(REPO / "bench" / "lib" / "capped_run.py"), "--peak-file", str(peak_file)]
     if capped and not args.smoke:
         command += ["--cap-gib", str(args.cap_gib)]
     command += ["-m", "lorakit", "train", str(config), "--overwrite"]
     for item in sets:
         command += ["--set", item]
-    done, smi = _run(command, log, f"lorakit {setting}", args.row_timeout)
-    row = {"setting": setting, "tool": "lorakit", "nvidia_smi_peak_mib": smi.get(measured_gpu()),
+    done, smi = _run(command, log, f"{name} {setting}", args.row_timeout)
+    row = {"setting": setting, "tool": name, "nvidia_smi_peak_mib": smi.get(measured_gpu()),
            "micro_batch": MICRO_BATCH, "accumulation": ACCUMULATION}
     if done is None or done.returncode != 0:
         return row | {"error": "timeout" if done is None else done.stderr[-600:]}
@@ -167,7 +176,7 @@ def lorakit_row(setting: str, work: Path, config: Path, args, log) -> dict:
     plan = next((line for line in done.stdout.splitlines() + done.stderr.splitlines() if "memory plan" in line), "")
     row |= {"tokens_per_second": speed["tokens_per_second"], "measured_steps": speed["measured_steps"],
             "plan": plan.strip()[-160:], "losses": speed["train_losses"],
-            **lorakit_step_counts(config, args.warmup, args.steps)}
+            **lorakit_step_counts(config, args.warmup, args.steps, shared)}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     row["reward_margins"] = [r["rewards_margin"] for r in records if "rewards_margin" in r]
     if peak_file.exists():
@@ -193,7 +202,8 @@ def trl_row(setting: str, work: Path, args, log) -> dict:
         done, smi = _run(command, log, f"trl {setting} micro-batch {micro}", args.row_timeout)
         row = {"setting": setting, "tool": TRL, "nvidia_smi_peak_mib": smi.get(measured_gpu())}
         if done is not None and done.returncode == 0 and out.exists():
-            return row | json.loads(out.read_text())
+            measured = json.loads(out.read_text())  # TRL computes every padded position (no padding-free DPO)
+            return row | measured | {"step_computed": measured.get("step_padded")}
         out_of_memory = done is not None and "out of memory" in done.stderr.lower()
         if not out_of_memory or micro == 1:
             return row | {"micro_batch": micro, "error": "timeout" if done is None else done.stderr[-600:]}
@@ -204,12 +214,13 @@ def table(rows: list[dict]) -> str:
     gib = lambda value: "-" if value is None else f"{value / 2**30:.2f}"  # noqa: E731
     lines = ["| setting | tool | tokens/s | lorakit / TRL | pairs per step (micro x accum) | real tokens per pair (file) | "
              "real tokens per step | "
-             "padded positions per step | PyTorch peak GiB alloc (reserved) | nvidia-smi peak GiB | how |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "padded positions per step | positions computed per step | PyTorch peak GiB alloc (reserved) | "
+             "nvidia-smi peak GiB | how |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         batch = f"{row.get('micro_batch', '?')} x {row.get('accumulation', '?')}"
         if "error" in row:
-            lines.append(f"| {row['setting']} | {row['tool']} | failed | | {batch} | | | | | | {row['error'][-150:]!r} |")
+            lines.append(f"| {row['setting']} | {row['tool']} | failed | | {batch} | | | | | | | {row['error'][-150:]!r} |")
             continue
         peer = next((r for r in rows if r["setting"] == row["setting"] and r["tool"] == TRL and "error" not in r), None)
         ratio = (f"**{row['tokens_per_second'] / peer['tokens_per_second']:.2f}x**"
@@ -219,6 +230,7 @@ def table(rows: list[dict]) -> str:
                                   f"checkpointing {row.get('checkpointing')}, padding_free {row.get('padding_free')}")
         lines.append(f"| {row['setting']} | {row['tool']} | {row['tokens_per_second']:,.0f} | {ratio} | {batch} | "
                      f"{row.get('mean_tokens_per_pair', 0):,.1f} | {statistics.mean(row['step_tokens']):,.0f} | {statistics.mean(row['step_padded']):,.0f} | "
+                     f"{statistics.mean(row['step_computed']) if row.get('step_computed') else 0:,.0f} | "
                      f"{gib(row.get('peak_allocated'))} ({gib(row.get('peak_reserved'))}) | {smi} | {how} |")
     return "\n".join(lines)
 
@@ -229,7 +241,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lorakit-preference-speed"))
     parser.add_argument("--settings", default=",".join(SETTINGS))
-    parser.add_argument("--tools", default="trl,lorakit")
+    parser.add_argument("--tools", default="trl,lorakit,lorakit-unshared",
+                        help="trl, lorakit (shared prefixes) and lorakit-unshared (training.shared_prefix=false)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--cap-gib", type=float, default=eight_gb_cap_gib(), help="allocator cap of the 8 GB card")
@@ -260,14 +273,14 @@ def main() -> None:
             for tool in args.tools.split(","):
                 started = time.perf_counter()
                 if args.budget_seconds is not None and started - began > args.budget_seconds - 90:
-                    row = {"setting": setting, "tool": TRL if tool == "trl" else "lorakit",
+                    row = {"setting": setting, "tool": TRL if tool == "trl" else LORAKIT_TOOLS[tool][0],
                            "error": f"not run: {started - began:.0f} s of the {args.budget_seconds:.0f} s budget used"}
                     print(json.dumps(row), flush=True)
                     with open(rows_path, "a") as handle:
                         handle.write(json.dumps(row) + "\n")
                     continue
                 row = trl_row(setting, args.work, args, log) if tool == "trl" else lorakit_row(
-                    setting, args.work, config, args, log)
+                    setting, args.work, config, args, log, tool)
                 row["wall_seconds"] = time.perf_counter() - started
                 with open(rows_path, "a") as handle:
                     handle.write(json.dumps(row) + "\n")

@@ -118,3 +118,43 @@ def test_cuda_flash_varlen_matches_per_example_reference():
                                             cu_seq_lens_q=cu, max_length_q=max(lengths))
     error = (flash.float() - reference).norm() / reference.norm()
     assert error < 1e-2
+
+
+def _shared_rows(device="cpu", dtype=torch.float32, heads=(4, 2), dim=8, seed=0):
+    """Two rows sharing a 5-token prefix, laid out [P C][R] by collate_shared_prefix, and q/k/v per flat position."""
+    from lorakit.data.shared_prefix import collate_shared_prefix
+
+    rows = [TokenizedExample(list(range(1, 10)), list(range(1, 10))), TokenizedExample([1, 2, 3, 4, 5, 20, 21], [0] * 7)]
+    batch = collate_shared_prefix(rows, [None, 0])
+    generator = torch.Generator().manual_seed(seed)
+    flat = batch["input_ids"].shape[1]  # 9 + 2
+    query = torch.randn(1, heads[0], flat, dim, generator=generator).to(device, dtype)
+    key, value = (torch.randn(1, heads[1], flat, dim, generator=generator).to(device, dtype) for _ in range(2))
+    return batch, query, key, value
+
+
+def test_a_segment_with_a_parent_attends_to_the_prefix_then_causally_to_itself():
+    """[R]'s outputs equal plain causal attention over the rejected row rebuilt whole (P's keys, then R's)."""
+    batch, query, key, value = _shared_rows()
+    output, _ = varlen_attention_forward(
+        torch.nn.Module(), query, key, value, None, **{k: batch[k] for k in
+                                                       ("cu_seq_lens_q", "max_length_q", "kv_index", "cu_seq_lens_k", "max_length_k")})
+    assert batch["cu_seq_lens_q"].tolist() == [0, 9, 11] and batch["cu_seq_lens_k"].tolist() == [0, 9, 16]
+    rejected = torch.tensor([0, 1, 2, 3, 4, 9, 10])  # P's flat positions, then R's own
+    whole = F.scaled_dot_product_attention(query[:, :, rejected], key[:, :, rejected], value[:, :, rejected],
+                                           is_causal=True, enable_gqa=True).transpose(1, 2)
+    torch.testing.assert_close(output[:, 9:], whole[:, 5:], atol=1e-6, rtol=1e-5)
+    chosen = F.scaled_dot_product_attention(query[:, :, :9], key[:, :, :9], value[:, :, :9], is_causal=True,
+                                            enable_gqa=True).transpose(1, 2)
+    torch.testing.assert_close(output[:, :9], chosen, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash varlen kernels need a CUDA GPU")
+def test_cuda_flash_aligns_a_shared_prefix_segment_bottom_right():
+    batch, query, key, value = _shared_rows("cuda", torch.bfloat16, heads=(24, 8), dim=128)
+    kwargs = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()
+              if k in ("cu_seq_lens_q", "max_length_q", "kv_index", "cu_seq_lens_k", "max_length_k")}
+    flash, _ = varlen_attention_forward(torch.nn.Module(), query, key, value, None, **kwargs)
+    reference, _ = varlen_attention_forward(torch.nn.Module(), query.float(), key.float(), value.float(), None, **kwargs)
+    error = (flash.float() - reference).norm() / reference.norm()
+    assert error < 1e-2

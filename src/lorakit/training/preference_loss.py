@@ -3,7 +3,9 @@
 A preference batch (data/preference_batch.py) holds 2B rows: rows [0, B) are prompt + chosen answer, rows
 [B, 2B) the same prompts + rejected answer, labelled exactly as SFT labels them (each answer and its
 end-of-turn token; -100 elsewhere). Everything here is a function of per-sequence log-probabilities over
-those labelled tokens, so the loss sees what SFT would train on and nothing else.
+those labelled tokens, so the loss sees what SFT would train on and nothing else. The same rows may come as
+one flat shared-prefix row (data/shared_prefix.py: each pair's common prompt computed once, no pads); `row_logps`
+gives the same per-row sums and token counts from either layout, and every loss is a function of those.
 
 The formulas are TRL 1.16.0's (`DPOTrainer._compute_loss` with loss_type="sigmoid",
 `ORPOTrainer.odds_ratio_loss`, `CPOTrainer.cpo_loss` with loss_type="simpo"), and tests/training/

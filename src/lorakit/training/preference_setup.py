@@ -40,5 +40,7 @@ def method_identity(config: RunConfig) -> dict:
     training = config.training
     if training.method == "sft":
         return {}
+    # shared_prefix changes no loss, only the order of float additions: recorded so a resume stays bit-exact
     return {"training_method": training.method, "preference_beta": training.beta,
+            "preference_shared_prefix": training.shared_prefix,
             **({"simpo_gamma": training.simpo_gamma} if training.method == "simpo" else {})}

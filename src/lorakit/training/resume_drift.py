@@ -165,6 +165,7 @@ _IDENTITY_LABELS = {
     "neftune_noise_alpha": "training.neftune_noise_alpha",
     "chat_template_sha256": "model.chat_template",
     "tokenizer_sha256": "the tokenizer (its vocabulary, special tokens or chat template)",
+    "preference_shared_prefix": "training.shared_prefix",
 }
 
 
@@ -176,10 +177,10 @@ _IDENTITY_SETTINGS = {
     "system_prompt_sha256": "data.system_prompt", "batch_size": "training.batch_size", "packing": "training.packing",
     "lora_use_dora": "lora.use_dora", "lora_use_rslora": "lora.use_rslora",
     "loraplus_lr_ratio": "training.loraplus_lr_ratio", "neftune_noise_alpha": "training.neftune_noise_alpha",
-    "chat_template_sha256": "model.chat_template",
+    "chat_template_sha256": "model.chat_template", "preference_shared_prefix": "training.shared_prefix",
 }
 # Identity keys that older checkpoints do not record: compared only when the checkpoint has them.
-_RECORDED_LATER = {"tokenizer_sha256"}
+_RECORDED_LATER = {"tokenizer_sha256", "preference_shared_prefix"}
 
 
 def check_same_run(saved: dict, current: dict, changed_settings: list[tuple[str, str]] = ()) -> None:

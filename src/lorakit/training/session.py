@@ -183,7 +183,11 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
         **method_identity,
     }
+    shared_prefix = config.training.shares_prefixes and uses_varlen_attention(model)
+    if shared_prefix:
+        computed, tokens = (sum(getattr(pair, name) for pair in data.splits.train) for name in ("shared_positions", "tokens"))
+        reporter.message(f"preference pairs: each pair's common prompt computed once, no padding ({computed:,} positions "
+                         f"for {tokens:,} tokens of chosen and rejected sequences, {tokens / computed:.2f}x fewer)")
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
-                           resolved.offload_activations, ranks, root,
-                           shared_prefix=config.training.shares_prefixes and uses_varlen_attention(model))
+                           resolved.offload_activations, ranks, root, shared_prefix=shared_prefix)
 
