@@ -348,13 +348,17 @@ def plan_settings(
     quantizations: tuple[str, ...] | None = None,
     estimate: Callable[[ModelShape, TrainSettings], MemoryEstimate] | None = None,
     tiling: bool = True,
+    bin_positions: Callable[[int], int] | None = None,
 ) -> list[Candidate]:
     """Every candidate (micro-batch x checkpointed layers x quantization, and offload with every layer
     checkpointed), fitting ones first, fastest first; the first one with `fits` is the plan. Offload comes
     after every fitting candidate without it: it only serves when nothing else fits, and the tiled MLP (on top of
     offload; `tiling` False: never, as for several processes) only when offload alone does not fit. Fixed settings are
     passed as one-element tuples (`checkpointed_layers`: default every count from 0 to all). `estimate`: the
-    memory of one GPU for a candidate (default `estimate_peak_memory`; fsdp's per-GPU one in plan/sharded.py)."""
+    memory of one GPU for a candidate (default `estimate_peak_memory`; fsdp's per-GPU one in plan/sharded.py).
+    `bin_positions`: packed SFT rows with shared prefixes (data/shared_packing.py): the most positions a packed row
+    of n tokens computes; a candidate then counts those positions, and attention's gathered keys (at most the
+    row's n real tokens), instead of n positions."""
     estimate = estimate or estimate_peak_memory
     micro_batches = micro_batches or tuple(
         m for m in (1, 2, 4, 8, 16, 32, 64) if m == 1 or m * max_length <= MAX_TOKENS_PER_MICRO_BATCH
@@ -364,10 +368,13 @@ def plan_settings(
     candidates = []
     for quantization in quantizations:
         for micro_batch in micro_batches:
+            row = replace(base, quantization=quantization, tokens_per_micro_batch=micro_batch * max_length)
+            if bin_positions is not None:
+                positions = bin_positions(micro_batch * max_length)
+                row = replace(row, tokens_per_micro_batch=positions, keys_per_token=micro_batch * max_length / positions)
             for layers in checkpointed_layers:
                 for offload, tiled in _memory_savers(layers == shape.layers, tiling):
-                    settings = replace(base, quantization=quantization, tokens_per_micro_batch=micro_batch * max_length,
-                                       checkpointed_layers=layers, offload_activations=offload, tiled_mlp=tiled)
+                    settings = replace(row, checkpointed_layers=layers, offload_activations=offload, tiled_mlp=tiled)
                     memory = estimate(shape, settings)
                     candidates.append(Candidate(settings, micro_batch, memory, relative_step_time(shape, settings),
                                                 memory.peak_on_gpu() <= gpu_memory_bytes))
