@@ -23,7 +23,8 @@ SYSTEM = "You are a careful assistant for medical education. Say when a question
 QA = [("What is hypertension?", "Persistently high blood pressure."),
       ("What do kidneys do?", "They filter waste from the blood into urine."),
       ("What is insulin?", "A hormone that lowers blood sugar."),
-      ("What do kidneys do?", "They filter waste from the blood into urine.")]  # a duplicate of the second
+      ("What do kidneys do?", "They filter waste from the blood into urine."),  # a duplicate of the second
+      ("What do kidneys do?", "They filter air.")]  # shares into the answer: its first own token is labelled
 
 
 @pytest.fixture(scope="module", params=["tiny_llama_dir", "tiny_phi3_dir"])
@@ -56,8 +57,8 @@ def test_the_row_shares_the_system_prompt_once(setup, tokenizer):
     _, packed, shared, examples = setup
     prompt = len(tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM}], tokenize=True))
     positions = shared["input_ids"].shape[1]
-    # the four examples with SYSTEM share at least it; the duplicate computes nothing of its own
-    assert positions <= packed["input_ids"].shape[1] - 3 * (prompt - 2)
+    # the five examples with SYSTEM share at least it; the duplicate computes nothing of its own
+    assert positions <= packed["input_ids"].shape[1] - 4 * (prompt - 2)
     assert shared["cu_seq_lens_q"].numel() - 1 == len(examples) - 1
     assert len(shared["predicted_labels"]) == len(packed[LOSS_POSITIONS])
 
@@ -78,13 +79,13 @@ def test_a_packed_run_trains_the_same_with_and_without_sharing(tiny_llama_dir, q
                         or collate_packed_shared(examples))
     losses = []
     for shared in (True, False):
-        config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / str(shared), max_steps=2, save_steps=10,
-                                 eval_steps=2, packing=True, shared_prefix=shared, batch_size=4)
+        config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / str(shared), max_steps=1, save_steps=10,
+                                 eval_steps=1, packing=True, shared_prefix=shared, batch_size=4)
         # no LoRA dropout: its masks are drawn per computed position, so sharing changes the draws
         train(config.model_copy(update={"lora": config.lora.model_copy(update={"dropout": 0.0})}))
         losses.append([(r.get("train_loss"), r.get("val_loss")) for r in metric_records(tmp_path / str(shared))])
         assert (max(made, default=0) > 1) == shared  # the shared run collated rows of several examples, the other none
         made.clear()
-    assert len(losses[0]) == len(losses[1]) >= 2
+    assert len(losses[0]) == len(losses[1]) and all(value is not None for value in losses[0][-1])  # train and val
     for with_sharing, without in zip(*losses):
         assert with_sharing == pytest.approx(without, abs=1e-5)
