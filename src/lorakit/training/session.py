@@ -46,9 +46,12 @@ from lorakit.training.metrics import ProgressReporter
 from lorakit.training.preference_setup import prepare_for_method
 from lorakit.training.sharding import ShardedLoss, shard_model
 
-__all__ = ["TrainingSession", "BatchesAhead", "build_session", "collate_for_step", "takes_shared_prefixes"]
+__all__ = ["TrainingSession", "BatchesAhead", "build_session", "collate_for_step", "takes_shared_prefixes",
+           "SHARED_PACKING_MESSAGE"]
 
 log = get_logger("training.session")
+# What a packed SFT run says when its rows share prefixes (bench/peer_speed.py reads it to count the positions).
+SHARED_PACKING_MESSAGE = "packing: each packed row computes its examples' shared prefix once"
 
 
 @dataclass
@@ -187,9 +190,11 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
         **method_identity,
     }
+    shared_prefix = takes_shared_prefixes(config, model)
+    if shared_prefix and config.training.method == "sft":
+        reporter.message(f"{SHARED_PACKING_MESSAGE} (training.shared_prefix)")
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
-                           resolved.offload_activations, ranks, root,
-                           shared_prefix=takes_shared_prefixes(config, model))
+                           resolved.offload_activations, ranks, root, shared_prefix=shared_prefix)
 
 
 def takes_shared_prefixes(config: RunConfig, model) -> bool:
