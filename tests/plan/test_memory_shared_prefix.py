@@ -47,3 +47,18 @@ def test_without_the_data_or_without_sharing_the_row_is_counted_whole():
     for config, sharing in ((_config(True), None), (_config(False), SHARING)):
         plan = plan_training(config, PHI4_MINI, CARD, dtype_bytes=2, nf4_available=True, sharing=sharing)
         assert plan.chosen.settings.tokens_per_micro_batch == 8192
+
+
+def test_an_out_of_memory_replan_counts_the_shared_rows_too():
+    from lorakit.plan.oom import MemorySettings, replan_for_memory
+    from lorakit.plan.run_plan import train_settings
+
+    shape = ModelShape.from_config(PHI4_MINI)
+    base = train_settings(_config(True), "nf4", dtype_bytes=2, cuda=True)
+    # a micro-batch of 16 rows with no layer checkpointed ran out of memory on the 8 GB card
+    chosen = replan_for_memory(shape, base, MemorySettings(16, 0, False), max_length=512, memory_bytes=CARD,
+                               bin_positions=SHARING.bin_positions)
+    assert chosen is not None and chosen.fits and chosen.micro_batch == 16
+    assert chosen.settings.tokens_per_micro_batch == SHARING.bin_positions(8192)
+    whole = replan_for_memory(shape, base, MemorySettings(16, 0, False), max_length=512, memory_bytes=CARD)
+    assert chosen.settings.checkpointed_layers < whole.settings.checkpointed_layers

@@ -34,6 +34,7 @@ __all__ = [
     "checkpointing_text",
     "plan_settings",
     "candidate_order",
+    "micro_batch_settings",
 ]
 
 GIB = 1024**3
@@ -368,10 +369,7 @@ def plan_settings(
     candidates = []
     for quantization in quantizations:
         for micro_batch in micro_batches:
-            row = replace(base, quantization=quantization, tokens_per_micro_batch=micro_batch * max_length)
-            if bin_positions is not None:
-                positions = bin_positions(micro_batch * max_length)
-                row = replace(row, tokens_per_micro_batch=positions, keys_per_token=micro_batch * max_length / positions)
+            row = micro_batch_settings(replace(base, quantization=quantization), micro_batch * max_length, bin_positions)
             for layers in checkpointed_layers:
                 for offload, tiled in _memory_savers(layers == shape.layers, tiling):
                     settings = replace(row, checkpointed_layers=layers, offload_activations=offload, tiled_mlp=tiled)
@@ -379,6 +377,22 @@ def plan_settings(
                     candidates.append(Candidate(settings, micro_batch, memory, relative_step_time(shape, settings),
                                                 memory.peak_on_gpu() <= gpu_memory_bytes))
     return sorted(candidates, key=candidate_order)
+
+
+def micro_batch_settings(base: TrainSettings, tokens: int, bin_positions: Callable[[int], int] | None = None
+                         ) -> TrainSettings:
+    """`base` for a micro-batch of `tokens` tokens; with `bin_positions` (packed rows with shared prefixes), the
+    positions such a row computes at most, and the keys attention gathers (the row's real tokens, at most `tokens`).
+
+    >>> base = TrainSettings("nf4", 2, 16, "all-linear", True, tokens_per_micro_batch=512)
+    >>> row = micro_batch_settings(base, 8192, lambda tokens: tokens * 5 // 8)
+    >>> row.tokens_per_micro_batch, row.keys_per_token, micro_batch_settings(base, 8192).keys_per_token
+    (5120, 1.6, 1.0)
+    """
+    if bin_positions is None:
+        return replace(base, tokens_per_micro_batch=tokens)
+    positions = bin_positions(tokens)
+    return replace(base, tokens_per_micro_batch=positions, keys_per_token=tokens / positions)
 
 
 def _memory_savers(all_checkpointed: bool, tiling: bool) -> tuple[tuple[bool, bool], ...]:

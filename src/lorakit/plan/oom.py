@@ -27,6 +27,7 @@ from lorakit.plan.memory import (
     TrainSettings,
     checkpointing_text,
     estimate_peak_memory,
+    micro_batch_settings,
     plan_settings,
 )
 from lorakit.plan.micro_batches import accumulation_after_split
@@ -92,15 +93,12 @@ def replan_for_memory(shape: ModelShape, base: TrainSettings, current: MemorySet
     """The planner's fastest candidate that fits `memory_bytes` and needs less than `current` (which just ran out
     of memory), with micro-batches no bigger than the current one; None when there is none. `bin_positions`: as
     plan_settings takes it (packed SFT rows with shared prefixes)."""
+    failed = estimate_peak_memory(shape, replace(
+        micro_batch_settings(base, current.micro_batch * max_length, bin_positions),
+        checkpointed_layers=current.checkpointed_layers, offload_activations=current.offload_activations))
     micro_batches = tuple(sorted({current.micro_batch} | {m for m in (1, 2, 4, 8, 16, 32) if m < current.micro_batch}))
     candidates = plan_settings(shape, base, max_length=max_length, gpu_memory_bytes=memory_bytes,
                                micro_batches=micro_batches, bin_positions=bin_positions)
-    failed = next((c.estimate for c in candidates if c.micro_batch == current.micro_batch
-                   and c.settings.checkpointed_layers == current.checkpointed_layers
-                   and c.settings.offload_activations == current.offload_activations and not c.settings.tiled_mlp),
-                  None) or estimate_peak_memory(shape, replace(
-                      base, tokens_per_micro_batch=current.micro_batch * max_length,
-                      checkpointed_layers=current.checkpointed_layers, offload_activations=current.offload_activations))
     # A re-plan switches checkpointing and offload on the loaded model, never the tiled MLP: a length that needs
     # it is planned with it from the start.
     return next((c for c in candidates if c.fits and not c.settings.tiled_mlp
