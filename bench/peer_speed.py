@@ -16,13 +16,20 @@ earlier 16 bins of 512 were the same row shape, only emptier (7,551 real tokens 
 labelled positions and squared example lengths per measured step are counted for both: TRL's in trl_peer.py,
 lorakit's by lorakit's own packer (`packed_epoch_groups`) on the same config and seed.
 
+Shared prefixes (training.shared_prefix, on by default): lorakit computes each example's common prefix with its
+row's root example (the system prompt and template at least) once, so a step computes fewer positions than its
+real tokens; the table's "positions computed per step" says how many (TRL computes every real token), and lorakit's
+MFU counts the FLOPs on those positions and on the keys its attention gathers (bench/lib/flops.py). tokens/s counts
+real tokens for both tools. `--extra training.shared_prefix=false` adds the lorakit row without it (the lever's
+contribution).
+
 Each row is a fresh process. An 8 GB card is emulated by capping PyTorch's allocator at --cap-gib (8 GiB minus
 the CUDA context); lorakit's planner sees the capped allocator as that card (cap + context). Both tools run with
 lorakit's allocator settings (expandable segments). Reported per row: median tokens/s over the measured steps
 (real tokens; lorakit's own metrics.jsonl, TRL's counted in trl_peer.py), PyTorch's peak allocated and reserved,
-nvidia-smi's peak memory.used (CUDA context included), and MFU three ways (bench/lib/flops.py): on model FLOPs with
-the LM head where each tool runs it (labelled positions), on executed FLOPs (recomputation included), and the
-old count with the LM head on every token.
+nvidia-smi's peak memory.used (CUDA context included), and MFU three ways (bench/lib/flops.py): on the FLOPs each
+tool performs (computed positions, the LM head where each tool runs it: labelled positions), on executed FLOPs
+(recomputation included), and the old count with the LM head on every token.
 """
 
 from __future__ import annotations
@@ -150,13 +157,16 @@ def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str
         return row | {"error": "timeout" if done is None else done.stderr[-600:]}
     speed = run_speed(run_dir, args.warmup)
     plan = next((line for line in done.stdout.splitlines() + done.stderr.splitlines() if "memory plan" in line), "")
+    from lorakit.training.session import SHARED_PACKING_MESSAGE
+
     micro_batch = planned_micro_batch(plan) or rows
-    counts = lorakit_step_counts(config, max_length, micro_batch, args.warmup, args.steps)
+    shared = SHARED_PACKING_MESSAGE in done.stdout + done.stderr  # the run said its rows share prefixes
+    counts = lorakit_step_counts(config, max_length, micro_batch, args.warmup, args.steps, shared_prefix=shared)
     row |= {"tokens_per_second": speed["tokens_per_second"], "measured_steps": speed["measured_steps"],
-            "plan": plan.strip()[-160:], "losses": speed["train_losses"],
+            "plan": plan.strip()[-160:], "losses": speed["train_losses"], "shared_prefix": shared,
             "checkpointed_layers": planned_checkpointed_layers(plan) if capped else 0,
             "step_tokens": [c.tokens for c in counts], "step_labelled": [c.labelled for c in counts],
-            "step_square_lengths": [c.square_lengths for c in counts]}
+            "step_square_lengths": [c.square_lengths for c in counts], "step_positions": [c.computed for c in counts]}
     if peak_file.exists():
         row |= json.loads(peak_file.read_text())
     return row

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 23 on the GPU, in device calls of under 10 minutes each (run from the repository root, with lorakit's
 # src/ and the wheels of TRL, peft, transformers, bitsandbytes, liger-kernel and datasets on PYTHONPATH):
-#   bash bench/peer_speed_device.sh table OUT_DIR  # the four settings, TRL best practice and lorakit, equal tokens per step
+#   bash bench/peer_speed_device.sh table OUT_DIR  # the four settings, TRL best practice and lorakit, equal tokens per step,
+#       and lorakit with training.shared_prefix=false (EXTRA=... other --set rows, '' none)
 #   bash bench/peer_speed_device.sh long OUT_DIR   # the 8 GB card at 8k-32k tokens per example, both tools, and lorakit plan
 #   bash bench/peer_speed_device.sh preference OUT_DIR  # issue 24: DPO, lorakit vs TRL's DPOTrainer, 8 GB card and whole GPU
 #       (TOOLS=trl,lorakit,lorakit-unshared by default: the last is lorakit with training.shared_prefix=false, the lever;
@@ -45,7 +46,7 @@ grep -q "^torch" "$out/checks.txt" || exit 1
 if [ "$part" = table ]; then
     python bench/peer_speed.py --out "$out" --work /tmp/lorakit-peer-speed \
         --settings "${SETTINGS:-8gb-qlora-512,gpu-bf16-512,gpu-qlora-512,8gb-qlora-2048}" --tools trl,lorakit \
-        --steps 8 --warmup 2 --row-timeout 200 2>&1 | tee "$out/stdout.txt"
+        --extra "${EXTRA-training.shared_prefix=false}" --steps 8 --warmup 2 --row-timeout 200 2>&1 | tee "$out/stdout.txt"
     exit
 fi
 if [ "$part" = preference ]; then

@@ -1,8 +1,11 @@
 """FLOPs of a LoRA training step, counted three ways (issue 23: count what each tool does, name what is counted).
 
-- model FLOPs (MFU): the work the step needs, where the tool does it. Frozen linear layers: forward + input
-  gradient, 4 x parameters per real token. Causal attention: 6 n^2 x (heads x head_dim) per layer per example of
-  n tokens (forward 2, backward 4). LM head: 4 x vocab x hidden per *labelled* position (one that predicts an
+- model FLOPs (MFU): the work the step performs, where the tool does it. Frozen linear layers: forward + input
+  gradient, 4 x parameters per computed position (a real token; lorakit's shared-prefix packing computes an
+  example's prefix shared with the row's root once, so fewer positions than real tokens). Causal attention: 6 n^2 x
+  (heads x head_dim) per layer per example of n tokens (forward 2, backward 4); a shared-prefix segment of q own
+  tokens over k gathered keys (its prefix, then itself) attends q x (k - q) + q^2 / 2 pairs: q x (2k - q) in
+  place of n^2. LM head: 4 x vocab x hidden per *labelled* position (one that predicts an
   answer token): both lorakit (liger's fused linear cross-entropy on the loss positions) and TRL 1.16 (its own
   chunked LM head on the positions whose label is not -100) run the head only there.
 - executed FLOPs (HFU): model FLOPs + what the tool recomputes: the forward pass of every checkpointed layer again,
@@ -25,11 +28,31 @@ class StepCounts:
 
     tokens: int  # real (non-padding) tokens
     labelled: int  # positions that predict an answer token (where the LM head runs)
-    square_lengths: int  # sum over examples of (example tokens)^2, for attention
+    square_lengths: int  # sum over attention segments of queries x (2 keys - queries): n^2 for a whole example
+    positions: int | None = None  # positions the layers compute; None: every real token (no shared prefix)
+
+    @property
+    def computed(self) -> int:
+        """Positions the decoder layers compute.
+
+        >>> StepCounts(10, 4, 100).computed, StepCounts(10, 4, 80, positions=7).computed
+        (10, 7)
+        """
+        return self.tokens if self.positions is None else self.positions
 
     def __add__(self, other: StepCounts) -> StepCounts:
         return StepCounts(self.tokens + other.tokens, self.labelled + other.labelled,
-                          self.square_lengths + other.square_lengths)
+                          self.square_lengths + other.square_lengths, self.computed + other.computed)
+
+
+def segment_square(queries: int, keys: int) -> int:
+    """Attention's n^2 equivalent of a segment of `queries` own tokens over `keys` keys (its shared prefix, then
+    causally itself): twice its query-key pairs, q x (k - q) + q^2 / 2.
+
+    >>> segment_square(5, 5), segment_square(2, 5)
+    (25, 16)
+    """
+    return queries * (2 * keys - queries)
 
 
 def linear_params(shape: dict) -> int:
@@ -66,7 +89,7 @@ def model_flops(shape: dict, counts: StepCounts) -> float:
     >>> model_flops(shape, StepCounts(tokens=3, labelled=1, square_lengths=9))
     2296
     """
-    return (4 * linear_params(shape) * counts.tokens + attention_flops(shape, counts.square_lengths)
+    return (4 * linear_params(shape) * counts.computed + attention_flops(shape, counts.square_lengths)
             + 4 * head_params(shape) * counts.labelled)
 
 
@@ -83,7 +106,7 @@ def executed_flops(shape: dict, counts: StepCounts, *, checkpointed_layers: int,
     1112.0
     """
     fraction = checkpointed_layers / shape["num_hidden_layers"]
-    recompute = fraction * (2 * linear_params(shape) * counts.tokens + attention_flops(shape, counts.square_lengths, 2))
+    recompute = fraction * (2 * linear_params(shape) * counts.computed + attention_flops(shape, counts.square_lengths, 2))
     return model_flops(shape, counts) + recompute + (2 * head_params(shape) * counts.labelled if head_recomputed else 0)
 
 
@@ -95,7 +118,7 @@ def old_flops(shape: dict, counts: StepCounts) -> float:
     >>> old_flops(shape, StepCounts(tokens=3, labelled=1, square_lengths=9)) - 2296.0  # the head on 2 more tokens
     320.0
     """
-    return model_flops(shape, StepCounts(counts.tokens, counts.tokens, counts.square_lengths))
+    return model_flops(shape, StepCounts(counts.tokens, counts.tokens, counts.square_lengths, counts.positions))
 
 
 def utilisation(flops: float, tokens: int, tokens_per_second: float, matmul_tflops: float) -> float:

@@ -6,16 +6,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lib.flops import StepCounts, executed_flops, model_flops, old_flops, utilisation
+from lib.flops import StepCounts, executed_flops, model_flops, old_flops, segment_square, utilisation
 
 
-def lorakit_step_counts(config: Path, max_length: int, micro_batch: int, warmup: int, steps: int) -> list[StepCounts]:
-    """Real tokens, labelled positions and squared example lengths of each measured step of a `lorakit train` run
-    of `config` (accumulation 1), from lorakit's own data preparation and packer with the run's seed: the bins
-    lorakit trained on, in its order."""
+def lorakit_step_counts(config: Path, max_length: int, micro_batch: int, warmup: int, steps: int,
+                        shared_prefix: bool = False) -> list[StepCounts]:
+    """Real tokens, labelled positions, computed positions and attention's squared lengths of each measured step of
+    a `lorakit train` run of `config` (accumulation 1), from lorakit's own data preparation, packer and (with
+    `shared_prefix`: the run said it shares prefixes) shared-prefix collate with the run's seed: the rows lorakit
+    trained on, in its order."""
     from transformers import AutoTokenizer
 
     from lorakit.config import load_config
+    from lorakit.data.shared_packing import collate_packed_shared
     from lorakit.training.batches import packed_epoch_groups
     from lorakit.training.dataset import prepare_data
 
@@ -27,8 +30,15 @@ def lorakit_step_counts(config: Path, max_length: int, micro_batch: int, warmup:
         chosen = [examples[i] for i in group]
         # the first label of each example is ignored in a packed row (collate_packed), the rest as rendered
         labelled = sum(sum(label != -100 for label in e.labels[1:]) for e in chosen)
-        counts.append(StepCounts(sum(len(e.input_ids) for e in chosen), labelled,
-                                 sum(len(e.input_ids) ** 2 for e in chosen)))
+        tokens = sum(len(e.input_ids) for e in chosen)
+        if not shared_prefix:
+            counts.append(StepCounts(tokens, labelled, sum(len(e.input_ids) ** 2 for e in chosen)))
+            continue
+        batch = collate_packed_shared(chosen)
+        queries, keys = (batch[name].diff().tolist() for name in ("cu_seq_lens_q", "cu_seq_lens_k"))
+        assert len(batch["predicted_labels"]) == labelled
+        counts.append(StepCounts(tokens, labelled, sum(segment_square(q, k) for q, k in zip(queries, keys)),
+                                 positions=batch["input_ids"].shape[1]))
     return counts
 
 
@@ -61,8 +71,9 @@ def planned_checkpointed_layers(plan: str) -> int:
 def row_utilisation(row: dict, shape: dict, tflops: float) -> dict:
     """MFU on model FLOPs (LM head where the tool runs it), on executed FLOPs (recomputation included) and the old
     count (LM head on every token), from the row's measured step counts and median tokens/s."""
-    counts = sum((StepCounts(*c) for c in zip(row["step_tokens"], row["step_labelled"], row["step_square_lengths"])),
-                 StepCounts(0, 0, 0))
+    positions = row.get("step_positions", row["step_tokens"])  # TRL and unshared rows compute every real token
+    counts = sum((StepCounts(*c) for c in zip(row["step_tokens"], row["step_labelled"], row["step_square_lengths"],
+                                               positions)), StepCounts(0, 0, 0))
     speed = row["tokens_per_second"]
     executed = executed_flops(shape, counts, checkpointed_layers=row.get("checkpointed_layers", 0),
                               head_recomputed=row.get("head_recomputed", False))
@@ -70,18 +81,19 @@ def row_utilisation(row: dict, shape: dict, tflops: float) -> dict:
             "hfu": utilisation(executed, counts.tokens, speed, tflops),
             "mfu_old": utilisation(old_flops(shape, counts), counts.tokens, speed, tflops),
             "tokens_per_step": counts.tokens / len(row["step_tokens"]),
+            "positions_per_step": counts.computed / len(row["step_tokens"]),
             "labelled_per_step": counts.labelled / len(row["step_tokens"])}
 
 
 def table(rows: list[dict], data: dict, shape: dict) -> str:
     tflops = data.get("matmul_tflops") or 1.0  # smoke runs (CPU): a placeholder rate, the percentages mean nothing
-    lines = ["| setting | tool | tokens/s | vs TRL | real tokens / labelled per step | MFU (model FLOPs) | "
-             "HFU (executed) | old MFU (head on every token) | PyTorch peak GiB (alloc / reserved) | "
-             "nvidia-smi peak GiB | attention, plan |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | tool | tokens/s | vs TRL | real tokens / labelled per step | positions computed per step | "
+             "MFU (performed FLOPs) | HFU (executed) | old MFU (head on every token) | PyTorch peak GiB (alloc / "
+             "reserved) | nvidia-smi peak GiB | attention, plan |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['setting']} | {row['tool']} | failed | | | | | | | | {row['error'][-150:]!r} |")
+            lines.append(f"| {row['setting']} | {row['tool']} | failed | | | | | | | | | {row['error'][-150:]!r} |")
             continue
         peer = next((r for r in rows if r["setting"] == row["setting"] and r["tool"] == "TRL best practice"
                      and "error" not in r), None)
@@ -91,8 +103,8 @@ def table(rows: list[dict], data: dict, shape: dict) -> str:
         smi = "-" if row.get("nvidia_smi_peak_mib") is None else f"{row['nvidia_smi_peak_mib'] / 1024:.2f}"
         how = row.get("plan") or (f"{row.get('attention')}, allocator {row.get('allocator')}" if "attention" in row
                                   else "PyTorch varlen flash, expandable segments")
-        work = (f"{use['tokens_per_step']:,.0f} / {use['labelled_per_step']:,.0f} | {use['mfu']:.1%} | "
-                f"{use['hfu']:.1%} | {use['mfu_old']:.1%}") if use else "- | - | - | -"
+        work = (f"{use['tokens_per_step']:,.0f} / {use['labelled_per_step']:,.0f} | {use['positions_per_step']:,.0f} | "
+                f"{use['mfu']:.1%} | {use['hfu']:.1%} | {use['mfu_old']:.1%}") if use else "- | - | - | - | -"
         lines.append(f"| {row['setting']} | {row['tool']} | {row['tokens_per_second']:,.0f} | {ratio} | {work} | "
                      f"{gib(row.get('peak_allocated'))} / {gib(row.get('peak_reserved'))} | {smi} | {how} |")
     return "\n".join(lines)

@@ -188,10 +188,14 @@ class TrainingConfig(_Section):
     )
     simpo_gamma: float = Field(0.5, ge=0, le=100, description="SimPO's target reward margin (TRL's default, 0.5).")
     shared_prefix: bool = Field(
-        True, description="Preference tuning (dpo/orpo/simpo): compute the tokens a pair's chosen and rejected "
-        "sequences share (system prompt, question, template, any first answer words) once, and pack a micro-batch's "
-        "pairs into one row without padding. Exact: the losses and gradients are those of the padded rows (up to "
-        "float rounding), for about half the positions. false = pad both sequences as TRL does. Ignored for sft."
+        True, description="Compute tokens that several sequences of a micro-batch begin with once. Preference "
+        "tuning (dpo/orpo/simpo): a pair's chosen and rejected sequences share the system prompt, question, template "
+        "and any first answer words, and a micro-batch's pairs go into one row without padding (about half the "
+        "positions). SFT with packing: every example of a packed row shares its longest common prefix (the system "
+        "prompt and template, at least) with one example of the row (about a third fewer positions with lorakit's "
+        "default system prompt). Exact: the losses and gradients are those of the padded (or packed) rows, up to float "
+        "rounding; needs lorakit_varlen attention (and, for SFT, an unquantized LM head without logit scaling), else "
+        "it has no effect. false = pad pairs as TRL does; pack SFT examples whole. Ignored for SFT without packing."
     )
     init_adapter: str | None = Field(
         None, description="Start from the LoRA adapter of a finished run (its folder or its final/ folder), e.g. "
@@ -217,8 +221,9 @@ class TrainingConfig(_Section):
 
     @property
     def shares_prefixes(self) -> bool:
-        """Preference pairs laid out with their common prefix computed once (data/shared_prefix.py)."""
-        return self.method != "sft" and self.shared_prefix
+        """Preference pairs, or packed SFT examples, laid out with their common prefix computed once
+        (data/shared_prefix.py, data/shared_packing.py)."""
+        return self.shared_prefix and (self.method != "sft" or self.packing)
 
     @model_validator(mode="after")
     def _preference_tuning_is_padded_and_unsharded(self) -> TrainingConfig:

@@ -44,3 +44,15 @@ def test_row_utilisation_sums_the_measured_steps():
     assert use["mfu"] == flops.model_flops(PHI4_MINI, counts) / 15_638 * 10_000.0 / 800e12
     assert use["hfu"] == use["mfu"]  # nothing recomputed
     assert (use["tokens_per_step"], use["labelled_per_step"]) == (7_819, 3_500)
+
+
+def test_shared_prefix_rows_count_the_positions_they_compute():
+    """A lorakit row with shared prefixes: the linear layers' FLOPs on its computed positions, attention on the
+    segments' squares as given; tokens/s (and so the FLOPs per real token) still over the real tokens."""
+    row = {"step_tokens": [8192], "step_labelled": [4000], "step_square_lengths": [1_500_000], "step_positions": [5000],
+           "tokens_per_second": 10_000.0, "checkpointed_layers": 0}
+    use = peer_table.row_utilisation(row, PHI4_MINI, 800.0)
+    performed = 4 * flops.linear_params(PHI4_MINI) * 5000 + flops.attention_flops(PHI4_MINI, 1_500_000) \
+        + 4 * flops.head_params(PHI4_MINI) * 4000
+    assert use["mfu"] == pytest.approx(performed / 8192 * 10_000.0 / 800e12, rel=1e-12)
+    assert use["positions_per_step"] == 5000 and use["tokens_per_step"] == 8192

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lorakit.data.masking import IGNORE_INDEX
+from lorakit.data.shared_prefix import MODEL_INPUTS
 from lorakit.runtime.logging import get_logger
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "chunked_linear_cross_entropy",
     "linear_cross_entropy_sum",
     "causal_lm_loss",
+    "shared_prefix_loss",
     "loss_positions",
     "LOSS_POSITIONS",
 ]
@@ -174,8 +176,12 @@ def causal_lm_loss(model, batch: dict, num_items_in_batch: int | None = None) ->
 
     Same value as `model(**batch).loss`; packed batches (position_ids, cu_seq_lens) pass straight through.
     `batch[LOSS_POSITIONS]`, when present, is `loss_positions(labels)` computed ahead (no device sync here).
+    A shared-prefix batch (data/shared_packing.py: it has `kv_index`) has no labels row: its targets are explicit
+    (predicting flat position, label) pairs, see `shared_prefix_loss`.
     """
     base = _base_model(model)
+    if "kv_index" in batch:
+        return shared_prefix_loss(model, batch, num_items_in_batch)
     labels = batch["labels"]
     keep = batch.get(LOSS_POSITIONS)
     inputs = {key: value for key, value in batch.items() if key not in ("labels", LOSS_POSITIONS)}
@@ -192,3 +198,22 @@ def causal_lm_loss(model, batch: dict, num_items_in_batch: int | None = None) ->
     total = linear_cross_entropy_sum(hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep),
                                      base.get_output_embeddings().weight, targets.index_select(0, keep))
     return total / (num_items_in_batch if num_items_in_batch is not None else keep.numel())
+
+
+def shared_prefix_loss(model, batch: dict, num_items_in_batch: int | None = None) -> torch.Tensor:
+    """Next-token loss of a shared-prefix batch (data/shared_prefix.py): the hidden state at flat position
+    `predicting_positions[i]` predicts `predicted_labels[i]`. A position inside a shared prefix predicts the first
+    answer token of every example that shares it up to there, so positions may repeat (their gradients add up)."""
+    base = _base_model(model)
+    inputs = {key: batch[key] for key in MODEL_INPUTS}
+    positions, targets = batch["predicting_positions"], batch["predicted_labels"]
+    divisor = num_items_in_batch if num_items_in_batch is not None else positions.numel()
+    if not _fusable(base):  # full logits of the flat row, as the model's own loss would make them
+        logits = model(**inputs, use_cache=False).logits[0]
+        total = F.cross_entropy(logits.index_select(0, positions).float(), targets, reduction="sum")
+        return total / max(divisor, 1) + logits.sum() * 0.0
+    hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state[0]
+    if positions.numel() == 0:
+        return hidden.sum() * 0.0  # nothing to learn here, but keep the graph for backward()
+    total = linear_cross_entropy_sum(hidden.index_select(0, positions), base.get_output_embeddings().weight, targets)
+    return total / divisor

@@ -13,11 +13,8 @@ from lorakit.model.fused_lora import use_fused_lora
 from lorakit.model.fused_projections import use_fused_projections
 from lorakit.model.kernels import apply_fused_kernels
 from lorakit.model.tiled_mlp import use_tiled_mlp
-from lorakit.runtime.logging import get_logger
 
 __all__ = ["make_trainable", "skip_fp32_input_copies", "add_neftune_noise"]
-
-log = get_logger("model.trainable")
 
 
 def skip_fp32_input_copies(model) -> None:
@@ -55,9 +52,8 @@ def make_trainable(model, config: RunConfig, *, device: torch.device, quantized:
     use_fused_lora(model)
     if config.training.packing:
         use_varlen_attention(model)
-    elif config.training.shares_prefixes and not use_varlen_attention(model):
-        log.warning("%s cannot take lorakit_varlen attention: preference pairs are padded (training.shared_prefix "
-                    "has no effect)", type(model.get_base_model()).__name__)
+    elif config.training.shares_prefixes:
+        use_varlen_attention(model)  # training/session.takes_shared_prefixes warns if it did not take
     if tiled_mlp:  # after the fused projections and LoRA: it runs the MLP forward they leave
         use_tiled_mlp(model, True)
     if config.training.neftune_noise_alpha is not None:

@@ -34,6 +34,7 @@ __all__ = [
     "checkpointing_text",
     "plan_settings",
     "candidate_order",
+    "micro_batch_settings",
 ]
 
 GIB = 1024**3
@@ -348,13 +349,17 @@ def plan_settings(
     quantizations: tuple[str, ...] | None = None,
     estimate: Callable[[ModelShape, TrainSettings], MemoryEstimate] | None = None,
     tiling: bool = True,
+    bin_positions: Callable[[int], int] | None = None,
 ) -> list[Candidate]:
     """Every candidate (micro-batch x checkpointed layers x quantization, and offload with every layer
     checkpointed), fitting ones first, fastest first; the first one with `fits` is the plan. Offload comes
     after every fitting candidate without it: it only serves when nothing else fits, and the tiled MLP (on top of
     offload; `tiling` False: never, as for several processes) only when offload alone does not fit. Fixed settings are
     passed as one-element tuples (`checkpointed_layers`: default every count from 0 to all). `estimate`: the
-    memory of one GPU for a candidate (default `estimate_peak_memory`; fsdp's per-GPU one in plan/sharded.py)."""
+    memory of one GPU for a candidate (default `estimate_peak_memory`; fsdp's per-GPU one in plan/sharded.py).
+    `bin_positions`: packed SFT rows with shared prefixes (data/shared_packing.py): the most positions a packed row
+    of n tokens computes; a candidate then counts those positions, and attention's gathered keys (at most the
+    row's n real tokens), instead of n positions."""
     estimate = estimate or estimate_peak_memory
     micro_batches = micro_batches or tuple(
         m for m in (1, 2, 4, 8, 16, 32, 64) if m == 1 or m * max_length <= MAX_TOKENS_PER_MICRO_BATCH
@@ -364,14 +369,30 @@ def plan_settings(
     candidates = []
     for quantization in quantizations:
         for micro_batch in micro_batches:
+            row = micro_batch_settings(replace(base, quantization=quantization), micro_batch * max_length, bin_positions)
             for layers in checkpointed_layers:
                 for offload, tiled in _memory_savers(layers == shape.layers, tiling):
-                    settings = replace(base, quantization=quantization, tokens_per_micro_batch=micro_batch * max_length,
-                                       checkpointed_layers=layers, offload_activations=offload, tiled_mlp=tiled)
+                    settings = replace(row, checkpointed_layers=layers, offload_activations=offload, tiled_mlp=tiled)
                     memory = estimate(shape, settings)
                     candidates.append(Candidate(settings, micro_batch, memory, relative_step_time(shape, settings),
                                                 memory.peak_on_gpu() <= gpu_memory_bytes))
     return sorted(candidates, key=candidate_order)
+
+
+def micro_batch_settings(base: TrainSettings, tokens: int, bin_positions: Callable[[int], int] | None = None
+                         ) -> TrainSettings:
+    """`base` for a micro-batch of `tokens` tokens; with `bin_positions` (packed rows with shared prefixes), the
+    positions such a row computes at most, and the keys attention gathers (the row's real tokens, at most `tokens`).
+
+    >>> base = TrainSettings("nf4", 2, 16, "all-linear", True, tokens_per_micro_batch=512)
+    >>> row = micro_batch_settings(base, 8192, lambda tokens: tokens * 5 // 8)
+    >>> row.tokens_per_micro_batch, row.keys_per_token, micro_batch_settings(base, 8192).keys_per_token
+    (5120, 1.6, 1.0)
+    """
+    if bin_positions is None:
+        return replace(base, tokens_per_micro_batch=tokens)
+    positions = bin_positions(tokens)
+    return replace(base, tokens_per_micro_batch=positions, keys_per_token=tokens / positions)
 
 
 def _memory_savers(all_checkpointed: bool, tiling: bool) -> tuple[tuple[bool, bool], ...]:

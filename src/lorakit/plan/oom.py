@@ -27,10 +27,11 @@ from lorakit.plan.memory import (
     TrainSettings,
     checkpointing_text,
     estimate_peak_memory,
+    micro_batch_settings,
     plan_settings,
 )
 from lorakit.plan.micro_batches import accumulation_after_split
-from lorakit.plan.run_plan import device_memory_bytes, planned_length, train_settings
+from lorakit.plan.run_plan import device_memory_bytes, planned_length, shared_bin_positions, train_settings
 
 __all__ = ["OOM_ADVICE", "release_memory", "TorchRngSnapshot", "MemorySettings", "training_memory_bytes",
            "replan_for_memory", "replan_after_oom", "restore_memory_settings"]
@@ -88,15 +89,16 @@ def training_memory_bytes(device: torch.device) -> int | None:
 
 
 def replan_for_memory(shape: ModelShape, base: TrainSettings, current: MemorySettings, *, max_length: int,
-                      memory_bytes: int) -> Candidate | None:
+                      memory_bytes: int, bin_positions=None) -> Candidate | None:
     """The planner's fastest candidate that fits `memory_bytes` and needs less than `current` (which just ran out
-    of memory), with micro-batches no bigger than the current one; None when there is none."""
+    of memory), with micro-batches no bigger than the current one; None when there is none. `bin_positions`: as
+    plan_settings takes it (packed SFT rows with shared prefixes)."""
     failed = estimate_peak_memory(shape, replace(
-        base, tokens_per_micro_batch=current.micro_batch * max_length,
+        micro_batch_settings(base, current.micro_batch * max_length, bin_positions),
         checkpointed_layers=current.checkpointed_layers, offload_activations=current.offload_activations))
     micro_batches = tuple(sorted({current.micro_batch} | {m for m in (1, 2, 4, 8, 16, 32) if m < current.micro_batch}))
     candidates = plan_settings(shape, base, max_length=max_length, gpu_memory_bytes=memory_bytes,
-                               micro_batches=micro_batches)
+                               micro_batches=micro_batches, bin_positions=bin_positions)
     # A re-plan switches checkpointing and offload on the loaded model, never the tiled MLP: a length that needs
     # it is planned with it from the start.
     return next((c for c in candidates if c.fits and not c.settings.tiled_mlp
@@ -124,7 +126,9 @@ def replan_after_oom(session, state, step: int) -> str | None:
                           pairs=session.data.pair_layout)
     before = _live_settings(session, state)
     chosen = replan_for_memory(shape, base, before, max_length=planned_length(config, session.data.longest_example, session.data.pair_layout),
-                               memory_bytes=memory_bytes)
+                               memory_bytes=memory_bytes,
+                               bin_positions=shared_bin_positions(config, session.data.prefix_sharing)
+                               if session.shared_prefix else None)
     if chosen is None:
         return None
     after = MemorySettings(chosen.micro_batch, chosen.settings.checkpointed_layers, chosen.settings.offload_activations)

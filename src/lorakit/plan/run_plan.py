@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig, RunConfig
 from lorakit.data.preference_batch import PairLayout
+from lorakit.data.shared_packing import PrefixSharing
 from lorakit.errors import ConfigError
 from lorakit.model.attention import expands_kv_heads
 from lorakit.plan.memory import (
@@ -31,6 +32,7 @@ __all__ = [
     "check_max_length",
     "read_model_config_json",
     "planned_length",
+    "shared_bin_positions",
     "train_settings",
     "plan_training",
     "refusal_advice",
@@ -119,13 +121,16 @@ def check_max_length(config: RunConfig, model_config: dict) -> None:
 
 def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, *, dtype_bytes: int,
                   nf4_available: bool, cuda: bool = True, longest_example: int | None = None, sharded_over: int = 1,
-                  single_process: bool = True, pairs: PairLayout | None = None) -> TrainingPlan:
+                  single_process: bool = True, pairs: PairLayout | None = None,
+                  sharing: PrefixSharing | None = None) -> TrainingPlan:
     """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given.
 
     `longest_example` (tokens, when the data is known): without packing a micro-batch is padded to its longest
     example, not to max_length; `pairs`: what a preference pair puts in a shared-prefix micro-batch. On CPU the estimate is the process's peak RSS (plan/host_memory.py) for the
     pieces that CPU training cuts each micro-batch into (plan/micro_batches.py's cpu_micro_batch_size).
-    `single_process`: the tiled MLP is planned only then (its nested backward passes are untested under ddp/fsdp)."""
+    `single_process`: the tiled MLP is planned only then (its nested backward passes are untested under ddp/fsdp).
+    `sharing` (packed SFT with training.shared_prefix, when the data is known): a packed row is counted as the
+    positions it computes with its examples' shared prefix once (data/shared_packing.py), not its capacity."""
     training = config.training
     length = planned_length(config, longest_example, pairs)
     shape = ModelShape.from_config(model_config)
@@ -140,6 +145,7 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
         # training.distributed fsdp: the weights and LoRA states of each GPU are its share
         estimate=partial(sharded_estimate, world_size=sharded_over) if sharded_over > 1 else None,
         tiling=single_process and cuda,
+        bin_positions=shared_bin_positions(config, sharing),
     )
     if not cuda:
         candidates = [_as_cpu_pieces(candidate, shape, config.model.max_length, length) for candidate in candidates]
@@ -183,6 +189,14 @@ def refusal_advice(config: RunConfig) -> str:
     return ", ".join(levers) + ", or pick a smaller model or a GPU with more memory."
 
 
+def shared_bin_positions(config: RunConfig, sharing: PrefixSharing | None):
+    """The planner's `bin_positions` for a packed SFT run that shares prefixes (None otherwise, or without data)."""
+    training = config.training
+    if sharing is None or training.method != "sft" or not training.shares_prefixes:
+        return None
+    return sharing.bin_positions
+
+
 def planned_length(config: RunConfig, longest_example: int | None, pairs: PairLayout | None = None) -> int:
     """Tokens one example puts in a micro-batch: max_length, or without packing the data's longest sequence if
     shorter (a micro-batch is padded to its longest example, not to max_length); times two for a preference pair,
@@ -196,7 +210,7 @@ def planned_length(config: RunConfig, longest_example: int | None, pairs: PairLa
     ...     dpo.model_copy(update={"training": dpo.training.model_copy(update={"shared_prefix": False})}), 300)
     (450, 1024, 600)
     """
-    if config.training.shares_prefixes:
+    if config.training.shares_prefixes and config.training.method != "sft":
         return pairs.positions if pairs else 2 * config.model.max_length
     per_row = config.model.max_length
     if longest_example and not config.training.packing:
@@ -215,7 +229,8 @@ def train_settings(config: RunConfig, quantization: str, *, dtype_bytes: int, cu
         lora_dropout=config.lora.dropout > 0, tokens_per_micro_batch=config.model.max_length,
         fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes, kv_expanded=expands_kv_heads(),
         dora=config.lora.use_dora, on_cpu=not cuda,
-        keys_per_token=(pairs.keys_per_position if pairs else 2.0) if config.training.shares_prefixes else 1.0,
+        keys_per_token=(pairs.keys_per_position if pairs else 2.0)
+        if config.training.shares_prefixes and config.training.method != "sft" else 1.0,
     )
 
 
@@ -264,7 +279,7 @@ def device_memory_bytes(cuda: bool) -> int:
 def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, dtype_bytes: int,
                           nf4_available: bool, memory_bytes: int | None = None,
                           longest_example: int | None = None, world_size: int = 1,
-                          pairs: PairLayout | None = None) -> ResolvedSettings:
+                          pairs: PairLayout | None = None, sharing: PrefixSharing | None = None) -> ResolvedSettings:
     """Run the planner when anything is `auto` (against `memory_bytes`, default the GPU's memory, or RAM on
     CPU), per GPU for the training.distributed strategy of `world_size` processes (which `auto` resolves to);
     fixed settings stay as they are. A max_length the model cannot take is refused first."""
@@ -272,14 +287,14 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
     config, memory_bytes, sharded_over = _per_process(config, model_config, memory_bytes or device_memory_bytes(cuda),
                                                       world_size, cuda=cuda, dtype_bytes=dtype_bytes,
                                                       nf4_available=nf4_available and cuda, longest_example=longest_example,
-                                                      pairs=pairs)
+                                                      pairs=pairs, sharing=sharing)
     training = config.training
     if "auto" not in (training.batch_size, training.gradient_checkpointing, config.model.quantization):
         layers = ModelShape.from_config(model_config).layers if training.gradient_checkpointing else 0
         return ResolvedSettings(config, layers, False, None)
     plan = plan_training(config, model_config, memory_bytes, dtype_bytes=dtype_bytes,
                          nf4_available=nf4_available and cuda, cuda=cuda, longest_example=longest_example,
-                         sharded_over=sharded_over, single_process=world_size == 1, pairs=pairs)
+                         sharded_over=sharded_over, single_process=world_size == 1, pairs=pairs, sharing=sharing)
     resolved = config.model_copy(update={
         "training": training.model_copy(update={"batch_size": plan.micro_batch,
                                                 "gradient_checkpointing": plan.checkpointed_layers > 0}),

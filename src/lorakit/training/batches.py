@@ -9,6 +9,7 @@ from lorakit.data.collate import collate_padded
 from lorakit.data.packing import collate_packed, pack_best_fit
 from lorakit.data.preference_batch import PreferenceExample, collate_preferences, collate_preferences_shared
 from lorakit.data.render import TokenizedExample
+from lorakit.data.shared_packing import collate_packed_shared
 
 __all__ = ["epoch_seed", "epoch_groups", "packed_epoch_groups", "collate_group", "batch_tokens"]
 
@@ -53,14 +54,17 @@ def collate_group(
     examples: list[TokenizedExample] | list[PreferenceExample], group: list[int], pad_token_id: int, *,
     packed: bool = False, shared_prefix: bool = False
 ) -> dict[str, torch.Tensor | int]:
-    """Padded rows, or (packed) one flat row with per-example positions and boundaries; preference pairs: their
-    chosen rows, then their rejected rows, padded, or (shared_prefix) in one flat row with each pair's common
-    prefix computed once (never packed otherwise: the config refuses it)."""
+    """Padded rows, or (packed) one flat row with per-example positions and boundaries, with (shared_prefix) each
+    example's common prefix with the row's root example computed once; preference pairs: their chosen rows, then
+    their rejected rows, padded, or (shared_prefix) in one flat row with each pair's common prefix computed once
+    (never packed otherwise: the config refuses it)."""
     picked = [examples[i] for i in group]
     if picked and isinstance(picked[0], PreferenceExample):
         assert not packed, "preference pairs are never packed"
         return collate_preferences_shared(picked) if shared_prefix else collate_preferences(picked, pad_token_id)
-    return collate_packed(picked) if packed else collate_padded(picked, pad_token_id)
+    if packed:
+        return collate_packed_shared(picked) if shared_prefix else collate_packed(picked)
+    return collate_padded(picked, pad_token_id)
 
 
 def batch_tokens(batch: dict) -> int:

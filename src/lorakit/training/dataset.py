@@ -15,6 +15,7 @@ from lorakit.data.issues import DataReport
 from lorakit.data.preference_batch import PairLayout, PreferenceExample, pair_layout, render_preferences
 from lorakit.data.records import Conversation
 from lorakit.data.render import TokenizedExample
+from lorakit.data.shared_packing import PrefixSharing, prefix_sharing
 from lorakit.data.splits import Splits, split_conversations
 from lorakit.data.token_cache import render_cached
 from lorakit.data.validate import load_checked_conversations
@@ -42,6 +43,12 @@ class PreparedData:
         splits = self.splits
         return max(example_length(e) for examples in (splits.train, splits.validation, splits.test) for e in examples)
 
+
+    @property
+    def prefix_sharing(self) -> PrefixSharing | None:
+        """The SFT training examples' lengths and shared prefixes, for the planner (None for preference pairs)."""
+        train = self.splits.train
+        return prefix_sharing(train) if train and isinstance(train[0], TokenizedExample) else None
 
     @property
     def pair_layout(self) -> PairLayout | None:

@@ -39,6 +39,8 @@ class NextTokenObjective:
     (model/kernels.py); under fsdp the FSDP2 root computes it (training/sharding.py)."""
 
     def targets(self, batch: dict) -> int:
+        if "kv_index" in batch:  # a shared-prefix packed row: one (predicting position, label) pair per answer token
+            return len(batch["predicted_labels"])
         return len(batch[LOSS_POSITIONS])  # the positions that predict an answer token
 
     def loss(self, session: TrainingSession, batch: dict, target_tokens: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from lorakit.model.adapters import (
     variant_identity,
 )
 from lorakit.model.attention import uses_varlen_attention
-from lorakit.model.kernels import LOSS_POSITIONS, loss_positions
+from lorakit.model.kernels import LOSS_POSITIONS, _base_model, _fusable, loss_positions
 from lorakit.model.load import (
     ModelSource,
     load_base_model,
@@ -38,6 +38,7 @@ from lorakit.model.trainable import make_trainable
 from lorakit.plan.run_plan import resolve_auto_settings
 from lorakit.runtime.device import compute_dtype, pick_device
 from lorakit.runtime.distributed import Ranks, current_ranks
+from lorakit.runtime.logging import get_logger
 from lorakit.training.batches import collate_group
 from lorakit.training.data_parallel import agree_on_plan
 from lorakit.training.dataset import PreparedData, prepare_data
@@ -45,7 +46,12 @@ from lorakit.training.metrics import ProgressReporter
 from lorakit.training.preference_setup import prepare_for_method
 from lorakit.training.sharding import ShardedLoss, shard_model
 
-__all__ = ["TrainingSession", "BatchesAhead", "build_session", "collate_for_step"]
+__all__ = ["TrainingSession", "BatchesAhead", "build_session", "collate_for_step", "takes_shared_prefixes",
+           "SHARED_PACKING_MESSAGE"]
+
+log = get_logger("training.session")
+# What a packed SFT run says when its rows share prefixes (bench/peer_speed.py reads it to count the positions).
+SHARED_PACKING_MESSAGE = "packing: each packed row computes its examples' shared prefix once"
 
 
 @dataclass
@@ -66,7 +72,7 @@ class TrainingSession:
     sharded_root: ShardedLoss | None = None  # training.distributed fsdp: the FSDP2 root around `model`
     ahead: BatchesAhead = field(default_factory=lambda: BatchesAhead())  # the next step's batches, made early
     epoch_groups: dict[int, list[list[int]]] = field(default_factory=dict)  # an epoch's micro-batches, by epoch
-    shared_prefix: bool = False  # preference pairs collated with their common prefix once (lorakit_varlen took)
+    shared_prefix: bool = False  # pairs / packed examples collated with their common prefix once (takes_shared_prefixes)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -132,7 +138,8 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     resolved = resolve_auto_settings(config, read_model_config(source), cuda=device.type == "cuda",
                                      dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available(),
                                      longest_example=data.longest_example, world_size=ranks.world_size,
-                                     pairs=data.pair_layout)
+                                     pairs=data.pair_layout,
+                                     sharing=data.prefix_sharing if config.training.shares_prefixes else None)
     config = resolved.config
     agree_on_plan(ranks, config)
     sharded = config.training.distributed == "fsdp" and ranks.distributed
@@ -183,11 +190,31 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
         **method_identity,
     }
-    shared_prefix = config.training.shares_prefixes and uses_varlen_attention(model)
-    if shared_prefix:
+    shared_prefix = takes_shared_prefixes(config, model)
+    if shared_prefix and config.training.method == "sft":
+        reporter.message(f"{SHARED_PACKING_MESSAGE} (training.shared_prefix)")
+    elif shared_prefix:
         computed, tokens = (sum(getattr(pair, name) for pair in data.splits.train) for name in ("shared_positions", "tokens"))
         reporter.message(f"preference pairs: each pair's common prompt computed once, no padding ({computed:,} positions "
                          f"for {tokens:,} tokens of chosen and rejected sequences, {tokens / computed:.2f}x fewer)")
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
                            resolved.offload_activations, ranks, root, shared_prefix=shared_prefix)
+
+
+def takes_shared_prefixes(config: RunConfig, model) -> bool:
+    """training.shared_prefix where the model can take it: lorakit_varlen attention and, for packed SFT, an LM head
+    that the fused loss can run on the predicting positions alone (model/kernels.py); else one WARNING and the
+    padded (preference) or whole-example packed (SFT) rows."""
+    training = config.training
+    if not training.shares_prefixes:
+        return False
+    if not uses_varlen_attention(model):
+        log.warning("%s cannot take lorakit_varlen attention: training.shared_prefix has no effect",
+                    type(_base_model(model)).__name__)
+        return False
+    if training.method == "sft" and not _fusable(_base_model(model)):
+        log.warning("%s's LM head is quantized or scales its logits: packed rows keep every example whole "
+                    "(training.shared_prefix has no effect)", type(_base_model(model)).__name__)
+        return False
+    return True
 

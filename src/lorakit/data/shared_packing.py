@@ -1,0 +1,116 @@
+"""Packed SFT micro-batches with the examples' shared prefix computed once: `[S X1][X2]...[Xn]`.
+
+lorakit renders every example with the same system prompt (the default safety prompt: ~100 tokens, over a third of
+a typical medical Q&A example), so a packed micro-batch of n examples would compute those tokens n times. Under
+causal attention their hidden states are the same in every example, so one copy serves all of them: the bin's
+*root* example is laid out whole, and every other example keeps only what follows its longest common prefix with
+the root, attending to the root's prefix and then causally to itself (data/shared_prefix.py's generic layout,
+model/attention.py's `lorakit_varlen`). The loss reads each answer token's prediction from the flat position of
+the token before it, which may be inside the root's prefix; it is the packed loss and gradients up to float order.
+
+The root is the example that shares the most tokens with the others (ties: the earliest in the bin): found in
+O(n log n + n^2) integer work per bin from the rows sorted lexicographically, where the common prefix of two rows
+is the minimum of the adjacent common prefixes between them.
+
+`PrefixSharing` is what the memory planner needs before any bin exists: an upper bound on the positions a bin of
+a given capacity computes (model/plan/memory.py counts positions and gathered keys, not the bin's capacity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lorakit.data.packing import pack_best_fit
+from lorakit.data.render import TokenizedExample
+from lorakit.data.shared_prefix import collate_shared_prefix, common_prefix_length
+
+__all__ = ["sharing_root", "shared_layout_order", "collate_packed_shared", "PrefixSharing", "prefix_sharing"]
+
+
+def sharing_root(rows: Sequence[Sequence[int]]) -> int:
+    """The index of the row whose common prefixes with all the other rows sum highest (the earliest on a tie).
+
+    >>> sharing_root([[1, 9], [1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 7]])
+    1
+    >>> sharing_root([[5], [6]])
+    0
+    """
+    order = sorted(range(len(rows)), key=lambda i: (list(rows[i]), i))
+    adjacent = [common_prefix_length(rows[a], rows[b]) for a, b in zip(order, order[1:])]
+    best, best_total = 0, -1
+    for place, index in enumerate(order):
+        total, shared = 0, None
+        for step in range(place - 1, -1, -1):  # rows sorted before it: running minimum of adjacent prefixes
+            shared = adjacent[step] if shared is None else min(shared, adjacent[step])
+            total += shared
+        shared = None
+        for step in range(place, len(adjacent)):  # and after it
+            shared = adjacent[step] if shared is None else min(shared, adjacent[step])
+            total += shared
+        if total > best_total or (total == best_total and index < best):
+            best, best_total = index, total
+    return best
+
+
+def shared_layout_order(rows: Sequence[Sequence[int]]) -> list[int]:
+    """The bin's examples in layout order: the root first, the others in their bin order.
+
+    >>> shared_layout_order([[1, 9], [1, 2, 3, 4], [1, 2, 3, 5]])
+    [1, 0, 2]
+    """
+    root = sharing_root(rows)
+    return [root] + [i for i in range(len(rows)) if i != root]
+
+
+def collate_packed_shared(examples: Sequence[TokenizedExample]) -> dict:
+    """One flat row of a packed bin with every example's common prefix with the root computed once.
+
+    Holds the same examples, labels and real tokens as `collate_packed(examples)` (each example's first token
+    predicts nothing, as there); see data/shared_prefix.collate_shared_prefix for the keys.
+
+    >>> a = TokenizedExample([1, 2, 3, 4], [-100, -100, 3, 4])
+    >>> b = TokenizedExample([1, 2, 5], [-100, -100, 5])
+    >>> batch = collate_packed_shared([b, a])  # a shares 2 tokens with b and b 2 with a: the earliest, b, is root
+    >>> batch["input_ids"].tolist(), batch["position_ids"].tolist(), batch["kv_index"].tolist()
+    ([[1, 2, 5, 3, 4]], [[0, 1, 2, 2, 3]], [0, 1, 2, 0, 1, 3, 4])
+    >>> batch["predicting_positions"].tolist(), batch["predicted_labels"].tolist(), batch["row_tokens"]
+    ([1, 1, 3], [5, 3, 4], 7)
+    """
+    order = shared_layout_order([example.input_ids for example in examples])
+    return collate_shared_prefix([examples[i] for i in order], [None] + [0] * (len(order) - 1))
+
+
+@dataclass(frozen=True)
+class PrefixSharing:
+    """The training examples' lengths and, per example, its common prefix with one anchor example (the first).
+
+    Any two examples share at least the smaller of their anchor prefixes, so a bin whose root is chosen by
+    `sharing_root` computes at most sum(length - anchor prefix) + the largest anchor prefix in the bin."""
+
+    lengths: tuple[int, ...]
+    anchor_prefixes: tuple[int, ...]
+
+    def bin_positions(self, capacity_tokens: int) -> int:
+        """The most positions any packed bin of `capacity_tokens` computes (the bins lorakit's packer makes).
+
+        >>> sharing = PrefixSharing(lengths=(4, 3, 6), anchor_prefixes=(2, 2, 1))
+        >>> sharing.bin_positions(8), sharing.bin_positions(13)  # bins [6] and [4, 3]; then one bin of all three
+        (6, 10)
+        """
+        bins = pack_best_fit(self.lengths, capacity_tokens)
+        return max((sum(self.lengths[i] - self.anchor_prefixes[i] for i in group)
+                    + max(self.anchor_prefixes[i] for i in group) for group in bins), default=0)
+
+
+def prefix_sharing(examples: Sequence[TokenizedExample]) -> PrefixSharing | None:
+    """The planner's summary of `examples` (None without examples).
+
+    >>> prefix_sharing([TokenizedExample([1, 2, 3], [1, 2, 3]), TokenizedExample([1, 2, 5, 6], [1, 2, 5, 6])])
+    PrefixSharing(lengths=(3, 4), anchor_prefixes=(3, 2))
+    """
+    if not examples:
+        return None
+    anchor = examples[0].input_ids
+    return PrefixSharing(tuple(len(e.input_ids) for e in examples),
+                         tuple(common_prefix_length(anchor, e.input_ids) for e in examples))
