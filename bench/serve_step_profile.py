@@ -12,6 +12,7 @@ for all steps). Rows:
 - "loop": RunningBatch directly (no queue, no text): join the N prompts, then --steps `step()`s, synchronized
   at the ends; per step also the time inside the model's forward, inside `_choose` and in the rest
   (bookkeeping), each synchronized (the sync itself is charged to the part before it);
+- "loop, per-row penalty (before)": greedy choice as before commit 3345fce, one host-to-device copy per row;
 - "loop, bare forward": the floor of this model loop: only the forward, the mask column and argmax;
 - "loop, penalty 1.0": no repetition penalty (penalize_repeats skipped);
 - "loop, eager attention": transformers' eager attention instead of the loaded one (SDPA);
@@ -81,9 +82,12 @@ class Timed:
         return result
 
 
-def loop_row(run, count: int, steps: int, penalty: float | None = None, parts: bool = True) -> dict:
+def loop_row(run, count: int, steps: int, penalty: float | None = None, parts: bool = True,
+             per_row_penalty: bool = False) -> dict:
     """RunningBatch: join `count` prompts, `steps` steps. Wall times first, then (if `parts`) a second pass with
-    the forward and _choose timed separately."""
+    the forward and _choose timed separately. `per_row_penalty`: greedy choice as before commit 3345fce
+    (decode.py's penalize_repeats on each row's answer as a Python list: one host-to-device copy per row)."""
+    from lorakit.inference.decode import penalize_repeats
     from lorakit.inference.generate import _pad_id
     from lorakit.inference.running_batch import RowRequest, RunningBatch
 
@@ -93,13 +97,23 @@ def loop_row(run, count: int, steps: int, penalty: float | None = None, parts: b
     def once(split: bool, steps: int) -> dict:
         batch = RunningBatch(run.model, stop_ids=[], pad_id=_pad_id(run), device=run.device)
         forward = choose = None
+        answers = {row.key: [] for row in rows}
+        if per_row_penalty:
+            def choose_per_row(logits, requests, penalize: bool):
+                if penalize:
+                    logits = penalize_repeats(logits, [answers[r.key] for r in requests], chosen.repetition_penalty,
+                                              chosen.repeat_last_n)
+                return logits.argmax(dim=-1)
+
+            batch._choose = choose_per_row
         if split:
             batch.model = forward = Timed(run.model, run.device)
             if hasattr(batch, "_choose"):
                 batch._choose = choose = Timed(batch._choose, run.device)
         sync(run.device)
         started = time.perf_counter()
-        batch.join(rows)
+        for new in batch.join(rows):
+            answers[new.key].append(new.token)
         sync(run.device)
         joined = time.perf_counter()
         if forward is not None:
@@ -107,7 +121,8 @@ def loop_row(run, count: int, steps: int, penalty: float | None = None, parts: b
             if choose is not None:
                 choose.seconds = 0.0
         for _ in range(steps):
-            batch.step()
+            for new in batch.step():
+                answers[new.key].append(new.token)
         sync(run.device)
         ended = time.perf_counter()
         step_s = (ended - joined) / steps
@@ -332,6 +347,7 @@ def main() -> None:
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
 
     measure("loop", lambda n: loop_row(run, n, args.steps))
+    measure("loop, per-row penalty (before)", lambda n: loop_row(run, n, args.variant_steps, per_row_penalty=True))
     measure("loop, bare forward", lambda n: bare_row(run, n, args.variant_steps))
     measure("loop, penalty 1.0", lambda n: loop_row(run, n, args.variant_steps, penalty=1.0, parts=False))
     measure("queue", lambda n: queue_row(run, n, args.steps))
