@@ -22,6 +22,8 @@ for all steps). Rows:
   submitted at once, no HTTP;
 - "http": `lorakit serve RUN --batch-size 8` in a subprocess, N streamed `openai` clients at once
   (bench/serve_batching.py's Server and ask), when `openai` is installed and --no-http is not given.
+- "host only: ...": the loop and the queue on a stand-in model (HostOnlyModel: a lookup, no layers), so that
+  a step costs only lorakit's own host work: per step and per added row (`--host-only` runs only these);
 Then torch.profiler over a few steps at N=1 and N=8 (unmerged, as served): top ops by self CPU and by device
 time written to DIR/profile_n{N}_{cpu,cuda}.txt, and per step: kernel launches, memcpy and sync calls, and the
 device's busy time against the wall time (a step whose kernels take far less than its wall time is bound by
@@ -31,12 +33,14 @@ the host: Python, launches, syncs).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gzip
 import os
 import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_batching import QUESTIONS, Server, ask, device_line, random_run  # noqa: E402
@@ -176,20 +180,35 @@ def bare_row(run, count: int, steps: int) -> dict:
     return once(steps)
 
 
-def queue_row(run, count: int, steps: int) -> dict:
-    """GenerationQueue (worker thread, streaming text), `count` jobs at once, no HTTP."""
+def queue_row(run, count: int, steps: int, event_loop: bool = False) -> dict:
+    """GenerationQueue (worker thread, streaming text), `count` jobs at once, no HTTP. `event_loop`: events go
+    to an asyncio loop in another thread, as the server's do (call_soon_threadsafe), where each text piece is
+    formatted as the server's SSE chunk."""
     from lorakit.data.conversation import Message
-    from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished
+    from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished, TextPiece
+    from lorakit.inference.openai_api import chunk_body, sse
+
+    loop = asyncio.new_event_loop() if event_loop else None
+    if loop is not None:
+        threading.Thread(target=loop.run_forever, daemon=True).start()
 
     def once(steps: int) -> dict:
         work = GenerationQueue(run, max_waiting=count, batch_size=count)
         work.start()
-        done, tokens = threading.Semaphore(0), []
+        done, tokens, sent = threading.Semaphore(0), [], []
 
-        def emit(event) -> None:
-            if isinstance(event, JobFinished | JobFailed):
+        def receive(event) -> None:
+            if isinstance(event, TextPiece):
+                sent.append(sse(chunk_body("chatcmpl-1", "run", {"content": event.text})))
+            elif isinstance(event, JobFinished | JobFailed):
                 tokens.append(event.completion_tokens if isinstance(event, JobFinished) else repr(event.error))
                 done.release()
+
+        def emit(event) -> None:
+            if loop is None:
+                receive(event)
+            else:
+                loop.call_soon_threadsafe(receive, event)
 
         started = time.perf_counter()
         for index in range(count):
@@ -205,7 +224,52 @@ def queue_row(run, count: int, steps: int) -> dict:
                 "step_ms": 1000 * (ended - started) / (steps + 1)}
 
     once(4)
-    return once(steps)
+    result = once(steps)
+    if loop is not None:
+        loop.call_soon_threadsafe(loop.stop)
+    return result
+
+
+class HostOnlyModel:
+    """Stands in for the model so that a step costs only lorakit's own host work: a one-column cache per layer-less
+    step and logits over 1,024 tokens looked up from a fixed random table (stop ids never win)."""
+
+    def __init__(self, run, vocabulary: int = 1024):
+        import torch
+
+        self.config, self.generation_config = run.model.config, run.model.generation_config
+        generator = torch.Generator().manual_seed(0)
+        self.table = torch.randn((64, vocabulary), generator=generator).to(run.device)
+        from lorakit.inference.generate import stop_token_ids
+
+        self.table[:, [i for i in stop_token_ids(run) if i < vocabulary]] = -1e9
+
+    def __call__(self, input_ids, attention_mask, position_ids, cache, use_cache, logits_to_keep):
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache() if cache is None else cache
+        column = torch.zeros((input_ids.shape[0], 1, input_ids.shape[1], 1), device=input_ids.device)
+        cache.update(column, column, 0)
+        logits = self.table[(input_ids[:, -1:] + position_ids[:, -1:]) % self.table.shape[0]]
+        return SimpleNamespace(logits=logits, cache=cache)
+
+
+def host_rows(run, steps: int) -> list[tuple[str, int, dict]]:
+    """The loop and the queue (with and without an event loop receiving the events) on HostOnlyModel."""
+    from dataclasses import replace
+
+    stub = replace(run, model=HostOnlyModel(run))
+    rows = []
+    for name, function in (("host only: loop", lambda n: loop_row(stub, n, steps)),
+                           ("host only: loop, per-row penalty (before)",
+                            lambda n: loop_row(stub, n, steps, per_row_penalty=True)),
+                           ("host only: queue", lambda n: queue_row(stub, n, steps)),
+                           ("host only: queue + event loop", lambda n: queue_row(stub, n, steps, event_loop=True))):
+        for n in SIZES:
+            rows.append((name, n, function(n)))
+            print(f"  {name}, N={n}: " + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1][2].items()), flush=True)
+    return rows
 
 
 def http_rows(run_dir: Path, steps: int) -> dict[int, dict]:
@@ -294,12 +358,16 @@ def print_table(rows: list[tuple[str, int, dict]], out_lines: list[str]) -> None
              "|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r: dict, key: str) -> str:
-        return f"{r[key]:.1f}" if key in r else "-"
+        return f"{r[key]:.2f}" if key in r else "-"
 
     for name, n, r in rows:
         ratio = f"{r['tok_s'] / base[1]:.2f}x" if 1 in base else "-"
         lines.append(f"| {name} | {n} | {cell(r, 'step_ms')} | {cell(r, 'join_ms')} | {r['tok_s']:.1f} | {ratio} | "
                      f"{cell(r, 'forward_ms')} | {cell(r, 'choose_ms')} | {cell(r, 'rest_ms')} |")
+    steps = {(name, n): r["step_ms"] for name, n, r in rows}
+    lines += [f"- {name}: {1000 * (steps[name, max(SIZES)] - steps[name, 1]) / (max(SIZES) - 1):.0f} us more per step "
+              f"for each row beyond the first" for name in dict.fromkeys(name for name, _, _ in rows)
+              if (name, 1) in steps and (name, max(SIZES)) in steps]
     print("\n".join(lines), flush=True)
     out_lines += lines
 
@@ -315,6 +383,7 @@ def main() -> None:
     parser.add_argument("--variant-steps", type=int, default=24, help="Steps of the other rows (after 4 of warm-up).")
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--host-only", action="store_true", help="Only the host-work rows (HostOnlyModel), quick.")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.device == "cpu":
@@ -346,6 +415,11 @@ def main() -> None:
             print(f"  N={n}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[-1][2].items()), flush=True)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
 
+    rows += host_rows(run, args.steps)
+    if args.host_only:
+        print_table(rows, lines)
+        (args.out / "table.md").write_text("\n".join(lines) + "\n")
+        return
     measure("loop", lambda n: loop_row(run, n, args.steps))
     measure("loop, per-row penalty (before)", lambda n: loop_row(run, n, args.variant_steps, per_row_penalty=True))
     measure("loop, bare forward", lambda n: bare_row(run, n, args.variant_steps))
