@@ -339,7 +339,9 @@ def profile(run, count: int, steps: int, out: Path) -> str:
             f"(nested ones counted), kernel launches {calls('LaunchKernel'):.0f}/step, "
             f"cudaMemcpy* {calls('Memcpy'):.1f}/step (HtoD on the device {calls('HtoD', ('Memcpy',)):.1f}), "
             f"*Synchronize {calls('Synchronize'):.1f}/step, aten::_local_scalar_dense "
-            f"{calls('_local_scalar_dense', ('aten::',)):.1f}/step, aten::to {calls('aten::to', ('aten::',)):.1f}/step")
+            f"{calls('_local_scalar_dense', ('aten::',)):.1f}/step, aten::to {calls('aten::to', ('aten::',)):.1f}/step, "
+            f"aten::lift_fresh (tensors from Python data) {calls('lift_fresh', ('aten::',)):.1f}/step, "
+            f"cudaMalloc {calls('Malloc'):.2f}/step, cudaFree {calls('Free'):.2f}/step")
     if cuda:
         line += f", device busy {device_us / 1000 / steps:.1f} ms/step ({100 * device_us / 1e6 / wall:.0f}% of wall)"
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
