@@ -19,7 +19,9 @@ for all steps). Rows:
 - "loop, merged" / "merged, penalty 1.0" / "merged, bare forward": after peft's merge_and_unload (last, it
   changes the model);
 - "queue": GenerationQueue (the worker thread with _Live's TextStreamer and stop-string text), N jobs
-  submitted at once, no HTTP;
+  submitted at once, no HTTP; "queue + event loop": its events delivered to an asyncio loop in another thread
+  (call_soon_threadsafe, as the server does) where each text piece becomes the server's SSE chunk: the
+  generation thread and the loop share the GIL as in `lorakit serve`, without sockets;
 - "http": `lorakit serve RUN --batch-size 8` in a subprocess, N streamed `openai` clients at once
   (bench/serve_batching.py's Server and ask), when `openai` is installed and --no-http is not given.
 - "host only: ...": the loop and the queue on a stand-in model (HostOnlyModel: a lookup, no layers), so that
@@ -355,15 +357,15 @@ def profile(run, count: int, steps: int, out: Path) -> str:
 
 
 def print_table(rows: list[tuple[str, int, dict]], out_lines: list[str]) -> None:
-    base = {n: r["tok_s"] for name, n, r in rows if name == "loop"}
-    lines = ["| row | N | step ms | join ms | tokens/s | vs loop N=1 | forward ms | _choose ms | rest ms |",
+    base = {name: r["tok_s"] for name, n, r in rows if n == 1}
+    lines = ["| row | N | step ms | join ms | tokens/s | vs its N=1 | forward ms | _choose ms | rest ms |",
              "|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r: dict, key: str) -> str:
         return f"{r[key]:.2f}" if key in r else "-"
 
     for name, n, r in rows:
-        ratio = f"{r['tok_s'] / base[1]:.2f}x" if 1 in base else "-"
+        ratio = f"{r['tok_s'] / base[name]:.2f}x" if name in base else "-"
         lines.append(f"| {name} | {n} | {cell(r, 'step_ms')} | {cell(r, 'join_ms')} | {r['tok_s']:.1f} | {ratio} | "
                      f"{cell(r, 'forward_ms')} | {cell(r, 'choose_ms')} | {cell(r, 'rest_ms')} |")
     steps = {(name, n): r["step_ms"] for name, n, r in rows}
@@ -427,6 +429,7 @@ def main() -> None:
     measure("loop, bare forward", lambda n: bare_row(run, n, args.variant_steps))
     measure("loop, penalty 1.0", lambda n: loop_row(run, n, args.variant_steps, penalty=1.0, parts=False))
     measure("queue", lambda n: queue_row(run, n, args.steps))
+    measure("queue + event loop", lambda n: queue_row(run, n, args.steps, event_loop=True))
     if not args.no_http:
         try:
             import openai  # noqa: F401
