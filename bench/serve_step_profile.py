@@ -12,15 +12,20 @@ for all steps). Rows:
 - "loop": RunningBatch directly (no queue, no text): join the N prompts, then --steps `step()`s, synchronized
   at the ends; per step also the time inside the model's forward, inside `_choose` and in the rest
   (bookkeeping), each synchronized (the sync itself is charged to the part before it);
+- "loop, per-row penalty (before)": greedy choice as before commit 3345fce, one host-to-device copy per row;
 - "loop, bare forward": the floor of this model loop: only the forward, the mask column and argmax;
 - "loop, penalty 1.0": no repetition penalty (penalize_repeats skipped);
 - "loop, eager attention": transformers' eager attention instead of the loaded one (SDPA);
 - "loop, merged" / "merged, penalty 1.0" / "merged, bare forward": after peft's merge_and_unload (last, it
   changes the model);
 - "queue": GenerationQueue (the worker thread with _Live's TextStreamer and stop-string text), N jobs
-  submitted at once, no HTTP;
+  submitted at once, no HTTP; "queue + event loop": its events delivered to an asyncio loop in another thread
+  (call_soon_threadsafe, as the server does) where each text piece becomes the server's SSE chunk: the
+  generation thread and the loop share the GIL as in `lorakit serve`, without sockets;
 - "http": `lorakit serve RUN --batch-size 8` in a subprocess, N streamed `openai` clients at once
   (bench/serve_batching.py's Server and ask), when `openai` is installed and --no-http is not given.
+- "host only: ...": the loop and the queue on a stand-in model (HostOnlyModel: a lookup, no layers), so that
+  a step costs only lorakit's own host work: per step and per added row (`--host-only` runs only these);
 Then torch.profiler over a few steps at N=1 and N=8 (unmerged, as served): top ops by self CPU and by device
 time written to DIR/profile_n{N}_{cpu,cuda}.txt, and per step: kernel launches, memcpy and sync calls, and the
 device's busy time against the wall time (a step whose kernels take far less than its wall time is bound by
@@ -38,159 +43,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lib.decode_step_rows import SIZES, bare_row, host_rows, loop_row, prompts, queue_row, settings, sync  # noqa: E402
 from serve_batching import QUESTIONS, Server, ask, device_line, random_run  # noqa: E402
-
-SIZES = (1, 2, 4, 8)
-
-
-def sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def prompts(run, count: int) -> list[list[int]]:
-    from lorakit.data.conversation import Message
-    from lorakit.data.render import render_prompt_ids
-
-    return [render_prompt_ids((Message("user", QUESTIONS[i % len(QUESTIONS)]),), run.tokenizer, run.system_prompt)
-            for i in range(count)]
-
-
-def settings(run, steps: int, penalty: float | None = None):
-    from dataclasses import replace
-
-    from lorakit.inference.decode import GenerationSettings
-
-    base = replace(GenerationSettings.from_config(run.config), temperature=0.0, max_new_tokens=steps + 1)
-    return base if penalty is None else replace(base, repetition_penalty=penalty)
-
-
-class Timed:
-    """Wraps a callable: adds its synchronized wall time to `seconds`."""
-
-    def __init__(self, function, device):
-        self.function, self.device, self.seconds = function, device, 0.0
-
-    def __call__(self, *args, **kwargs):
-        started = time.perf_counter()
-        result = self.function(*args, **kwargs)
-        sync(self.device)
-        self.seconds += time.perf_counter() - started
-        return result
-
-
-def loop_row(run, count: int, steps: int, penalty: float | None = None, parts: bool = True) -> dict:
-    """RunningBatch: join `count` prompts, `steps` steps. Wall times first, then (if `parts`) a second pass with
-    the forward and _choose timed separately."""
-    from lorakit.inference.generate import _pad_id
-    from lorakit.inference.running_batch import RowRequest, RunningBatch
-
-    chosen = settings(run, 10**6, penalty)  # rows live for every step: they never reach max_new_tokens
-    rows = [RowRequest(i, p, chosen) for i, p in enumerate(prompts(run, count))]
-
-    def once(split: bool, steps: int) -> dict:
-        batch = RunningBatch(run.model, stop_ids=[], pad_id=_pad_id(run), device=run.device)
-        forward = choose = None
-        if split:
-            batch.model = forward = Timed(run.model, run.device)
-            if hasattr(batch, "_choose"):
-                batch._choose = choose = Timed(batch._choose, run.device)
-        sync(run.device)
-        started = time.perf_counter()
-        batch.join(rows)
-        sync(run.device)
-        joined = time.perf_counter()
-        if forward is not None:
-            forward.seconds = 0.0
-            if choose is not None:
-                choose.seconds = 0.0
-        for _ in range(steps):
-            batch.step()
-        sync(run.device)
-        ended = time.perf_counter()
-        step_s = (ended - joined) / steps
-        result = {"join_ms": 1000 * (joined - started), "step_ms": 1000 * step_s,
-                  "tok_s": count * (steps + 1) / (ended - started)}
-        if split:
-            result["forward_ms"] = 1000 * forward.seconds / steps
-            if choose is not None:
-                result["choose_ms"] = 1000 * choose.seconds / steps
-        return result
-
-    once(False, 4)  # warm-up: first steps at each batch size pay one-off costs (kernels picked, allocator grows)
-    result = once(False, steps)
-    if parts:
-        split = once(True, min(steps, 16))
-        result.update({k: v for k, v in split.items() if k in ("forward_ms", "choose_ms")})
-        result["rest_ms"] = result["step_ms"] - split["forward_ms"] - split.get("choose_ms", 0.0)
-    return result
-
-
-def bare_row(run, count: int, steps: int) -> dict:
-    """The floor: prefill, then forward + mask column + argmax only (no penalty, no bookkeeping)."""
-    import torch
-
-    from lorakit.inference.generate import _pad_id
-
-    def once(steps: int) -> dict:
-        batch = prompts(run, count)
-        width = max(map(len, batch))
-        ids = torch.tensor([[_pad_id(run)] * (width - len(p)) + p for p in batch], device=run.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=run.device)
-        sync(run.device)
-        started = time.perf_counter()
-        with torch.no_grad():
-            out = run.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                            cache=None, use_cache=True, logits_to_keep=1)
-            cache, positions, token = out.cache, mask.sum(-1), out.logits[:, -1].argmax(-1)
-            sync(run.device)
-            joined = time.perf_counter()
-            for _ in range(steps):
-                mask = torch.cat([mask, mask.new_ones((count, 1))], dim=1)
-                out = run.model(input_ids=token[:, None], attention_mask=mask, position_ids=positions[:, None],
-                                cache=cache, use_cache=True, logits_to_keep=1)
-                cache, positions, token = out.cache, positions + 1, out.logits[:, -1].argmax(-1)
-        sync(run.device)
-        ended = time.perf_counter()
-        return {"join_ms": 1000 * (joined - started), "step_ms": 1000 * (ended - joined) / steps,
-                "tok_s": count * (steps + 1) / (ended - started)}
-
-    once(4)
-    return once(steps)
-
-
-def queue_row(run, count: int, steps: int) -> dict:
-    """GenerationQueue (worker thread, streaming text), `count` jobs at once, no HTTP."""
-    from lorakit.data.conversation import Message
-    from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished
-
-    def once(steps: int) -> dict:
-        work = GenerationQueue(run, max_waiting=count, batch_size=count)
-        work.start()
-        done, tokens = threading.Semaphore(0), []
-
-        def emit(event) -> None:
-            if isinstance(event, JobFinished | JobFailed):
-                tokens.append(event.completion_tokens if isinstance(event, JobFinished) else repr(event.error))
-                done.release()
-
-        started = time.perf_counter()
-        for index in range(count):
-            message = (Message("user", QUESTIONS[index % len(QUESTIONS)]),)
-            job = GenerationJob(message, settings(run, steps), stop=(), seed=None, emit=emit)
-            assert work.submit(job)
-        for _ in range(count):
-            done.acquire()
-        ended = time.perf_counter()
-        work.stop()
-        assert all(isinstance(t, int) for t in tokens), tokens
-        return {"tok_s": sum(tokens) / (ended - started), "tokens": sum(tokens),
-                "step_ms": 1000 * (ended - started) / (steps + 1)}
-
-    once(4)
-    return once(steps)
 
 
 def http_rows(run_dir: Path, steps: int) -> dict[int, dict]:
@@ -260,7 +114,9 @@ def profile(run, count: int, steps: int, out: Path) -> str:
             f"(nested ones counted), kernel launches {calls('LaunchKernel'):.0f}/step, "
             f"cudaMemcpy* {calls('Memcpy'):.1f}/step (HtoD on the device {calls('HtoD', ('Memcpy',)):.1f}), "
             f"*Synchronize {calls('Synchronize'):.1f}/step, aten::_local_scalar_dense "
-            f"{calls('_local_scalar_dense', ('aten::',)):.1f}/step, aten::to {calls('aten::to', ('aten::',)):.1f}/step")
+            f"{calls('_local_scalar_dense', ('aten::',)):.1f}/step, aten::to {calls('aten::to', ('aten::',)):.1f}/step, "
+            f"aten::lift_fresh (tensors from Python data) {calls('lift_fresh', ('aten::',)):.1f}/step, "
+            f"cudaMalloc {calls('Malloc'):.2f}/step, cudaFree {calls('Free'):.2f}/step")
     if cuda:
         line += f", device busy {device_us / 1000 / steps:.1f} ms/step ({100 * device_us / 1e6 / wall:.0f}% of wall)"
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
@@ -274,17 +130,21 @@ def profile(run, count: int, steps: int, out: Path) -> str:
 
 
 def print_table(rows: list[tuple[str, int, dict]], out_lines: list[str]) -> None:
-    base = {n: r["tok_s"] for name, n, r in rows if name == "loop"}
-    lines = ["| row | N | step ms | join ms | tokens/s | vs loop N=1 | forward ms | _choose ms | rest ms |",
+    base = {name: r["tok_s"] for name, n, r in rows if n == 1}
+    lines = ["| row | N | step ms | join ms | tokens/s | vs its N=1 | forward ms | _choose ms | rest ms |",
              "|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r: dict, key: str) -> str:
-        return f"{r[key]:.1f}" if key in r else "-"
+        return f"{r[key]:.2f}" if key in r else "-"
 
     for name, n, r in rows:
-        ratio = f"{r['tok_s'] / base[1]:.2f}x" if 1 in base else "-"
+        ratio = f"{r['tok_s'] / base[name]:.2f}x" if name in base else "-"
         lines.append(f"| {name} | {n} | {cell(r, 'step_ms')} | {cell(r, 'join_ms')} | {r['tok_s']:.1f} | {ratio} | "
                      f"{cell(r, 'forward_ms')} | {cell(r, 'choose_ms')} | {cell(r, 'rest_ms')} |")
+    steps = {(name, n): r["step_ms"] for name, n, r in rows}
+    lines += [f"- {name}: {1000 * (steps[name, max(SIZES)] - steps[name, 1]) / (max(SIZES) - 1):.0f} us more per step "
+              f"for each row beyond the first" for name in dict.fromkeys(name for name, _, _ in rows)
+              if (name, 1) in steps and (name, max(SIZES)) in steps]
     print("\n".join(lines), flush=True)
     out_lines += lines
 
@@ -300,6 +160,7 @@ def main() -> None:
     parser.add_argument("--variant-steps", type=int, default=24, help="Steps of the other rows (after 4 of warm-up).")
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--host-only", action="store_true", help="Only the host-work rows (HostOnlyModel), quick.")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.device == "cpu":
@@ -331,10 +192,17 @@ def main() -> None:
             print(f"  N={n}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[-1][2].items()), flush=True)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
 
+    rows += host_rows(run, args.steps)
+    if args.host_only:
+        print_table(rows, lines)
+        (args.out / "table.md").write_text("\n".join(lines) + "\n")
+        return
     measure("loop", lambda n: loop_row(run, n, args.steps))
+    measure("loop, per-row penalty (before)", lambda n: loop_row(run, n, args.variant_steps, per_row_penalty=True))
     measure("loop, bare forward", lambda n: bare_row(run, n, args.variant_steps))
     measure("loop, penalty 1.0", lambda n: loop_row(run, n, args.variant_steps, penalty=1.0, parts=False))
     measure("queue", lambda n: queue_row(run, n, args.steps))
+    measure("queue + event loop", lambda n: queue_row(run, n, args.steps, event_loop=True))
     if not args.no_http:
         try:
             import openai  # noqa: F401

@@ -114,3 +114,34 @@ def test_models_whose_cache_cannot_be_padded_are_named():
     mistral = MistralConfig(**tiny, sliding_window=4096, max_position_embeddings=32768)
     assert batching_blocker(SimpleNamespace(config=mistral)) == (
         "its cache has DynamicSlidingWindowLayer layers (window 4096 < context 32768)")
+
+
+class _LookupModel:
+    """Logits looked up from a fixed table by the last token: a model with no layers, so that a step of the
+    running batch is only its own work."""
+
+    def __init__(self, vocabulary: int = 50):
+        self.table = torch.randn((vocabulary, vocabulary), generator=torch.Generator().manual_seed(0))
+
+    def __call__(self, input_ids, attention_mask, position_ids, cache, use_cache, logits_to_keep):
+        from transformers import DynamicCache
+
+        cache = DynamicCache() if cache is None else cache
+        column = torch.zeros((input_ids.shape[0], 1, input_ids.shape[1], 1))
+        cache.update(column, column, 0)
+        return SimpleNamespace(logits=self.table[input_ids[:, -1:]], cache=cache)
+
+
+def test_a_step_copies_no_python_data_to_the_device_however_many_rows():
+    """torch.tensor(Python data) is, on a GPU, a host-to-device copy and a stream synchronization; the
+    repetition penalty once made one per row per step. A step now makes none (rows leaving make one index)."""
+    from collections import Counter
+
+    settings = replace(GREEDY, max_new_tokens=100, repetition_penalty=1.3, repeat_last_n=4)
+    batch = RunningBatch(_LookupModel(), stop_ids=[], pad_id=0, device=torch.device("cpu"))
+    batch.join([RowRequest(row, [row + 1, 7][: 1 + row % 2], settings) for row in range(8)])
+    batch.step()
+    with torch.profiler.profile() as profile:
+        new = [batch.step() for _ in range(4)]
+    assert Counter(event.name for event in profile.events())["aten::lift_fresh"] == 0
+    assert [len(tokens) for tokens in new] == [8] * 4 and len(batch) == 8

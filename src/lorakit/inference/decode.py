@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 
 from lorakit.config import RunConfig
+from lorakit.inference.recent_tokens import RecentTokens
 
 __all__ = ["GenerationSettings", "Decoded", "FinishReason", "AnswerRepetitionPenalty", "penalize_repeats", "decode_batch"]
 
@@ -88,8 +89,9 @@ class _Batch:
         self.positions = self.positions[:, -1:] + 1
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
 
-    def keep(self, kept: list[int]) -> None:
-        """Drop the rows not in `kept` (batch positions) from every tensor and from the KV cache."""
+    def keep(self, kept: list[int]) -> torch.Tensor:
+        """Drop the rows not in `kept` (batch positions) from every tensor and from the KV cache; returns `kept`
+        on the device."""
         index = torch.tensor(kept, device=self.mask.device)
         self.cache.batch_select_indices(index)
         self.mask, self.positions = self.mask[index], self.positions[index]
@@ -97,6 +99,7 @@ class _Batch:
         self.rows = [self.rows[b] for b in kept]
         if self.adapter_names is not None:
             self.adapter_names = [self.adapter_names[b] for b in kept]
+        return index
 
 
 def penalize_repeats(logits: torch.Tensor, answers: Sequence[Sequence[int]], penalty: float, last_n: int) -> torch.Tensor:
@@ -176,10 +179,16 @@ def decode_batch(
         if on_done is not None:
             on_done(row, results[row])
 
+    recent = RecentTokens(device)  # the rows' last answer tokens on the device (no per-row copies per step)
     while batch.rows:
-        logits = penalize_repeats(batch.forward(model), [generated[row] for row in batch.rows],
-                                  settings.repetition_penalty, settings.repeat_last_n)
+        logits = batch.forward(model)
+        if len(recent):  # the first tokens have no answer before them to penalize
+            logits = recent.penalize(logits)
         next_tokens = _choose(logits, settings, generator)
+        if len(recent):
+            recent.push(next_tokens)
+        else:
+            recent.add_rows(next_tokens, [settings.repeat_last_n] * len(prompts), [settings.repetition_penalty] * len(prompts))
         kept = []
         for position, (row, token) in enumerate(zip(batch.rows, next_tokens.tolist())):
             generated[row].append(token)
@@ -196,7 +205,7 @@ def decode_batch(
         if len(kept) < len(batch.rows):
             if not kept:
                 break
-            batch.keep(kept)
+            recent.keep(kept, batch.keep(kept))
             next_tokens = next_tokens[kept]
         batch.advance(next_tokens)
     return results

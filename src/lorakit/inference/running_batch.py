@@ -12,8 +12,9 @@ All rows share one KV cache (transformers' DynamicCache: per layer, keys and val
   server has been running.
 Each row samples with its own settings and its own torch.Generator (a request's seed gives the same answer
 whatever shares its batch) and is penalized for its own answer only (decode.py's rules), from one device tensor
-of every row's recent tokens (inference/recent_tokens.py): a step costs the host the same few kernel launches
-and one copy back (the new tokens) however many rows it decodes.
+of every row's recent tokens (inference/recent_tokens.py): choosing greedy tokens costs the host the same few
+kernel launches and one copy back (the new tokens) however many rows it decodes (a sampled row still draws from
+its own generator, row by row).
 
 Why not transformers' own continuous batching (`model.generate_batch`, 5.x): it drops the repetition
 penalty (RepetitionPenaltyLogitsProcessor.supports_continuous_batching is False), which every lorakit run
