@@ -1,0 +1,140 @@
+"""`lorakit` processes forked from one Python that has imported lorakit's training stack once (a zygote).
+
+The kill-9 loop of test_crash_safety.py starts ~25 `lorakit train` processes; as `python -m lorakit` each spent
+~4-5 s of its ~7 s importing torch, transformers, peft and lorakit before its first step. A forked child starts
+with those modules already imported (and nothing yet run: the zygote only imports), then runs the same entry
+point as `python -m lorakit` (`sys.exit(run_cli(argv))`) as a real, separate process that the test can SIGKILL at
+any moment. Run as a script, this module is the zygote; `Zygote` is the test's side.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+# What `lorakit train` imports on its way (measured with sys.modules before and after one tiny run); anything
+# missed here is still imported by the child, only more slowly.
+PRELOAD = ("lorakit.cli.app", "lorakit.cli.train", "lorakit.pipeline.train_evaluate", "lorakit.training.loop",
+           "lorakit.training.session", "lorakit.training.trainer", "lorakit.training.finalize",
+           "lorakit.model.load", "lorakit.model.adapters", "lorakit.run.final", "lorakit.inference.generate",
+           "lorakit.evaluation.run_eval", "transformers.models.llama.modeling_llama", "peft")
+
+
+class ForkedProcess:
+    """The part of subprocess.Popen that the kill loop uses, for a child of the zygote (not of this process:
+    it is watched through a pidfd, and its exit code comes from the file it writes just before it exits)."""
+
+    def __init__(self, pid: int, folder: Path):
+        self.pid, self.returncode = pid, None
+        self._status, self._stderr = folder / "exit-code", folder / "stderr"
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # already gone (the kernel reaps the zygote's children)
+            self._pidfd = None
+
+    @property
+    def stderr(self) -> io.BytesIO:
+        return io.BytesIO(self._stderr.read_bytes() if self._stderr.is_file() else b"")
+
+    def poll(self) -> int | None:
+        if self.returncode is None and (self._pidfd is None or select.select([self._pidfd], [], [], 0)[0]):
+            self._finished()
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            if self._pidfd is not None:
+                select.select([self._pidfd], [], [])
+            self._finished()
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None and self._pidfd is not None:
+            signal.pidfd_send_signal(self._pidfd, sig)
+            if sig == signal.SIGKILL:
+                self.wait()
+                self.returncode = -sig
+
+    def _finished(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        text = self._status.read_text() if self._status.is_file() else ""
+        self.returncode = int(text) if text.strip() else -signal.SIGKILL  # killed before it could write its code
+
+
+class Zygote:
+    """Starts `lorakit ARGS` processes that share one import of lorakit (see the module docstring)."""
+
+    def __init__(self, env: dict):
+        self._process = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         env=env, text=True)
+        self._count = 0
+
+    def start(self, args: list[str], folder: Path) -> ForkedProcess:
+        """`lorakit ARGS` in a fresh child; its stderr and exit code go to files under `folder` (created here)."""
+        self._count += 1
+        folder = folder / f"process-{self._count}"
+        folder.mkdir(parents=True)
+        self._process.stdin.write(json.dumps({"args": args, "folder": str(folder)}) + "\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        assert line.strip().isdigit(), f"the zygote did not start a process (it said {line!r})"
+        return ForkedProcess(int(line), folder)
+
+    def close(self) -> None:
+        self._process.stdin.close()
+        self._process.wait(timeout=60)
+
+    def __enter__(self) -> Zygote:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _run_child(args: list[str], folder: Path) -> None:
+    """In the forked child: what `python -m lorakit ARGS` does, stdout to /dev/null, stderr to a file."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.dup2(os.open(folder / "stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+    code = 1
+    try:
+        from lorakit.cli.app import run_cli
+
+        code = run_cli(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        (folder / "exit-code").write_text(str(code))
+        os._exit(code)
+
+
+def _serve() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children; the test watches them by pidfd
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _run_child(request["args"], Path(request["folder"]))
+        print(pid, flush=True)
+
+
+if __name__ == "__main__":
+    _serve()
