@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from forked_lorakit import ForkedProcess, Zygote
 from safetensors.torch import load_file
 from simulated_crash import CrashAfterStep, SimulatedCrash
 
 from conftest import Recorder, final_adapter, metric_records, tiny_run_config, write_qa_jsonl
+from forked_lorakit import ForkedProcess, Zygote
 from lorakit.errors import CheckpointError
 from lorakit.run.checkpoints import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from lorakit.run.lock import hold_run_lock
@@ -270,7 +270,7 @@ def test_crash_safety_kill_9_loop_final_adapter_equals_uninterrupted(tiny_llama_
     env = _env(tmp_path)
     baseline_dir = tmp_path / "baseline"
     # The uninterrupted run is a plain `python -m lorakit`; the killed ones are forked from a zygote (see
-    # forked_lorakit.py), so their adapters equal to the bit also show that a forked run is a `lorakit train`.
+    # tests/forked_lorakit.py), so their adapters equal to the bit also show that a forked run is a `lorakit train`.
     baseline = _start(_kill_loop_config(tmp_path, tiny_llama_dir, qa_file, baseline_dir), env)
     assert baseline.wait() == 0, baseline.stderr.read().decode()
     expected = final_adapter(baseline_dir)

@@ -1,10 +1,12 @@
-"""`lorakit` processes forked from one Python that has imported lorakit's training stack once (a zygote).
+"""`lorakit` processes forked from one Python that has imported lorakit once (a zygote).
 
-The kill-9 loop of test_crash_safety.py starts ~25 `lorakit train` processes; as `python -m lorakit` each spent
-~4-5 s of its ~7 s importing torch, transformers, peft and lorakit before its first step. A forked child starts
-with those modules already imported (and nothing yet run: the zygote only imports), then runs the same entry
-point as `python -m lorakit` (`sys.exit(run_cli(argv))`) as a real, separate process that the test can SIGKILL at
-any moment. Run as a script, this module is the zygote; `Zygote` is the test's side.
+The kill-9 loop of training/test_crash_safety.py starts ~25 `lorakit train` processes; as `python -m lorakit` each
+spent ~4-5 s of its ~7 s importing torch, transformers, peft and lorakit before its first step. A forked child
+starts with those modules already imported (and nothing yet run: the zygote only imports), then runs the same
+entry point as `python -m lorakit` (`sys.exit(run_cli(argv))`) as a real, separate process that the test can
+SIGKILL at any moment. model/test_hub_faults.py forks its 17 failing commands from a zygote that imported only
+`lorakit.cli.app` (torch, not huggingface_hub, which reads the HF_* variables of each child's own environment when
+the child imports it). Run as a script, this module is the zygote; `Zygote` is the test's side.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 # What `lorakit train` imports on its way (measured with sys.modules before and after one tiny run); anything
 # missed here is still imported by the child, only more slowly.
-PRELOAD = ("lorakit.cli.app", "lorakit.cli.train", "lorakit.pipeline.train_evaluate", "lorakit.training.loop",
+TRAINING_STACK = ("lorakit.cli.app", "lorakit.cli.train", "lorakit.pipeline.train_evaluate", "lorakit.training.loop",
            "lorakit.training.session", "lorakit.training.trainer", "lorakit.training.finalize",
            "lorakit.model.load", "lorakit.model.adapters", "lorakit.run.final", "lorakit.inference.generate",
            "lorakit.evaluation.run_eval", "transformers.models.llama.modeling_llama", "peft")
@@ -42,15 +45,21 @@ class ForkedProcess:
     def stderr(self) -> io.BytesIO:
         return io.BytesIO(self._stderr.read_bytes() if self._stderr.is_file() else b"")
 
+    def output(self) -> tuple[str, str]:
+        """(stdout, stderr) as text, once the process has ended."""
+        stdout = self._stderr.with_name("stdout")
+        return stdout.read_text() if stdout.is_file() else "", self.stderr.read().decode()
+
     def poll(self) -> int | None:
         if self.returncode is None and (self._pidfd is None or select.select([self._pidfd], [], [], 0)[0]):
             self._finished()
         return self.returncode
 
-    def wait(self) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
-            if self._pidfd is not None:
-                select.select([self._pidfd], [], [])
+            if self._pidfd is not None and not select.select([self._pidfd], [], [], timeout)[0]:
+                self.send_signal(signal.SIGKILL)
+                raise subprocess.TimeoutExpired(f"lorakit (pid {self.pid})", timeout)
             self._finished()
         return self.returncode
 
@@ -72,19 +81,23 @@ class ForkedProcess:
 class Zygote:
     """Starts `lorakit ARGS` processes that share one import of lorakit (see the module docstring)."""
 
-    def __init__(self, env: dict):
-        self._process = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         env=env, text=True)
-        self._count = 0
+    def __init__(self, env: dict, preload: tuple[str, ...] = TRAINING_STACK, not_imported: tuple[str, ...] = ()):
+        """`preload`: modules the zygote imports; it refuses to start if that imported any of `not_imported`."""
+        plan = json.dumps({"preload": list(preload), "not_imported": list(not_imported)})
+        self._process = subprocess.Popen([sys.executable, __file__, plan], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, env=env, text=True)
+        self._count, self._lock = 0, threading.Lock()
 
-    def start(self, args: list[str], folder: Path) -> ForkedProcess:
-        """`lorakit ARGS` in a fresh child; its stderr and exit code go to files under `folder` (created here)."""
-        self._count += 1
-        folder = folder / f"process-{self._count}"
-        folder.mkdir(parents=True)
-        self._process.stdin.write(json.dumps({"args": args, "folder": str(folder)}) + "\n")
-        self._process.stdin.flush()
-        line = self._process.stdout.readline()
+    def start(self, args: list[str], folder: Path, env: dict | None = None) -> ForkedProcess:
+        """`lorakit ARGS` in a fresh child (with `env` as its whole environment, if given); its stdout, stderr and
+        exit code go to files under `folder` (created here)."""
+        with self._lock:  # one request, one answer: threads take turns
+            self._count += 1
+            folder = folder / f"process-{self._count}"
+            folder.mkdir(parents=True)
+            self._process.stdin.write(json.dumps({"args": args, "folder": str(folder), "env": env}) + "\n")
+            self._process.stdin.flush()
+            line = self._process.stdout.readline()
         assert line.strip().isdigit(), f"the zygote did not start a process (it said {line!r})"
         return ForkedProcess(int(line), folder)
 
@@ -99,10 +112,13 @@ class Zygote:
         self.close()
 
 
-def _run_child(args: list[str], folder: Path) -> None:
-    """In the forked child: what `python -m lorakit ARGS` does, stdout to /dev/null, stderr to a file."""
+def _run_child(args: list[str], folder: Path, env: dict | None) -> None:
+    """In the forked child: what `python -m lorakit ARGS` does, stdout and stderr to files."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    os.dup2(os.open(folder / "stdout", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
     os.dup2(os.open(folder / "stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
     code = 1
     try:
@@ -122,19 +138,22 @@ def _run_child(args: list[str], folder: Path) -> None:
         os._exit(code)
 
 
-def _serve() -> None:
+def _serve(plan: dict) -> None:
     import importlib
 
-    for name in PRELOAD:
+    for name in plan["preload"]:
         importlib.import_module(name)
+    imported = [name for name in plan["not_imported"] if name in sys.modules]
+    if imported:
+        sys.exit(f"the zygote's preload imported {imported}, which must be imported in each child")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children; the test watches them by pidfd
     for line in sys.stdin:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            _run_child(request["args"], Path(request["folder"]))
+            _run_child(request["args"], Path(request["folder"]), request["env"])
         print(pid, flush=True)
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(json.loads(sys.argv[1]))
