@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 # What `lorakit train` imports on its way (measured with sys.modules before and after one tiny run); anything
@@ -30,16 +31,20 @@ TRAINING_STACK = ("lorakit.cli.app", "lorakit.cli.train", "lorakit.pipeline.trai
 
 
 class ForkedProcess:
-    """The part of subprocess.Popen that the kill loop uses, for a child of the zygote (not of this process:
-    it is watched through a pidfd, and its exit code comes from the file it writes just before it exits)."""
+    """The part of subprocess.Popen that the tests use, for a child of the zygote (not of this process: it is
+    watched through a pidfd, or by polling its pid where the kernel refuses pidfds; its exit code comes from the
+    file it writes just before it exits)."""
 
     def __init__(self, pid: int, folder: Path):
         self.pid, self.returncode = pid, None
         self._status, self._stderr = folder / "exit-code", folder / "stderr"
+        self._pidfd, self._gone = None, False
         try:
             self._pidfd = os.pidfd_open(pid)
         except ProcessLookupError:  # already gone (the kernel reaps the zygote's children)
-            self._pidfd = None
+            self._gone = True
+        except OSError:  # no pidfds here (an old kernel, a seccomp filter): poll the pid instead
+            pass
 
     @property
     def stderr(self) -> io.BytesIO:
@@ -51,29 +56,50 @@ class ForkedProcess:
         return stdout.read_text() if stdout.is_file() else "", self.stderr.read().decode()
 
     def poll(self) -> int | None:
-        if self.returncode is None and (self._pidfd is None or select.select([self._pidfd], [], [], 0)[0]):
+        if self.returncode is None and self._ended(0):
             self._finished()
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
-            if self._pidfd is not None and not select.select([self._pidfd], [], [], timeout)[0]:
+            if not self._ended(timeout):
                 self.send_signal(signal.SIGKILL)
                 raise subprocess.TimeoutExpired(f"lorakit (pid {self.pid})", timeout)
             self._finished()
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None and self._pidfd is not None:
-            signal.pidfd_send_signal(self._pidfd, sig)
+        if self.returncode is None and not self._ended(0):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            else:
+                os.kill(self.pid, sig)
             if sig == signal.SIGKILL:
                 self.wait()
                 self.returncode = -sig
+
+    def _ended(self, timeout: float | None) -> bool:
+        if self._gone:
+            return True
+        if self._pidfd is not None:
+            self._gone = bool(select.select([self._pidfd], [], [], timeout)[0])
+            return self._gone
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                os.kill(self.pid, 0)  # the zygote's children are reaped at once: a dead one has no pid
+            except ProcessLookupError:
+                self._gone = True
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
 
     def _finished(self) -> None:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        self._gone = True
         text = self._status.read_text() if self._status.is_file() else ""
         self.returncode = int(text) if text.strip() else -signal.SIGKILL  # killed before it could write its code
 
