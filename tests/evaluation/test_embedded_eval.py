@@ -1,25 +1,21 @@
-"""End to end on the embedded SmolLM2-135M-Instruct: a short demo-config run, then eval with the safety probes
-and the report, through the real CLI. Three steps, one test question and one probe per category keep it
-to a few minutes on CPU."""
+"""End to end on the embedded SmolLM2-135M-Instruct: the shortened demo run of test_end_to_end.py (4 steps through
+`python -m lorakit train`, trained once per session: tests/embedded_demo.py), then eval with the safety probes and
+the report, through the real CLI. One test question and one probe per category keep it to a few minutes on CPU."""
 
 import json
-from pathlib import Path
 
 import pytest
 
+from embedded_demo import embedded_demo_run
+from evaluation.eval_runs import copy_run
 from lorakit.cli.app import run_cli
-
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
 
 
 @pytest.mark.slow
-def test_demo_run_eval_and_safety_on_the_embedded_model(tmp_path, capsys):
-    run = tmp_path / "demo"
-    overrides = [f"output_dir={run}", "mode=train", "training.max_steps=3", "training.batch_size=4",
-                 "training.warmup_steps=1", "training.eval_steps=3", "training.save_steps=3", "training.logging_steps=1",
-                 "model.max_length=256"]
-    assert run_cli(["train", str(DEMO_CONFIG), *[a for o in overrides for a in ("--set", o)]]) == 0
-    capsys.readouterr()
+def test_demo_run_eval_and_safety_on_the_embedded_model(tmp_path, tmp_path_factory, capsys):
+    demo, trained = embedded_demo_run(tmp_path_factory)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run = copy_run(demo, tmp_path / "demo")  # eval writes eval/ and report.html into the run folder
 
     assert run_cli(["eval", str(run), "--safety", "--limit", "1", "--max-new-tokens", "40"]) == 0
     out = " ".join(capsys.readouterr().out.split())

@@ -1,7 +1,8 @@
 """Issue 4, point 6: Hub faults against a local server playing the Hub (HF_ENDPOINT on 127.0.0.1).
 
-Each fault runs the real `lorakit train` in a subprocess (huggingface_hub reads HF_* variables at import) and
-must print exactly one error with one hint, no traceback, and exit 2.
+Each fault runs the real `lorakit train` in a process of its own (huggingface_hub reads HF_* variables at import;
+the processes are forked from a zygote that has not imported it: tests/forked_lorakit.py) and must print exactly
+one error with one hint, no traceback, and exit 2.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import os
 import shutil
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,13 +24,16 @@ import yaml
 
 from conftest import free_port, write_qa_jsonl
 from fake_hub import FakeHub
+from forked_lorakit import Zygote
 
+# Modules that read HF_* or proxy settings when imported: each forked child imports them itself.
+HUB_READERS = ("huggingface_hub", "transformers", "peft", "requests", "httpx")
 GOOD_TOKEN = "hf_GoodTokenForTheFakeHub0123456789"
 OTHER_TOKEN = "hf_ValidButNotGrantedAccess987654321"
 
 
-def _run_lorakit(directory: Path, endpoint: str, repo_id: str, token: str | None, offline: bool = False,
-                 command: str = "train", extra_env: dict | None = None):
+def _run_lorakit(zygote: Zygote, directory: Path, endpoint: str, repo_id: str, token: str | None,
+                 offline: bool = False, command: str = "train", extra_env: dict | None = None):
     directory.mkdir()
     data = write_qa_jsonl(directory / "qa.jsonl")
     config = directory / "config.yaml"
@@ -40,8 +43,7 @@ def _run_lorakit(directory: Path, endpoint: str, repo_id: str, token: str | None
         "model": {"name": repo_id, "max_length": 128, **({"revision": revision} if revision else {})},
         "training": {"batch_size": 2, "max_steps": 1}, "data": {"train_file": str(data)},
     }))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "HUGGING_FACE")) and not k.lower().endswith("_proxy")}
+    env = _base_env()
     env.update(extra_env or {})
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(directory / "hf-home"), HF_HUB_ETAG_TIMEOUT="1",
                HF_HUB_DOWNLOAD_TIMEOUT="1", LORAKIT_CACHE_DIR=str(directory / "cache"), COLUMNS="200")
@@ -51,9 +53,15 @@ def _run_lorakit(directory: Path, endpoint: str, repo_id: str, token: str | None
         env["HF_HUB_OFFLINE"] = "1"
     started = time.monotonic()
     extra = ["--gpu-memory", "8GB"] if command == "plan" else []
-    result = subprocess.run([sys.executable, "-m", "lorakit", command, str(config), *extra], capture_output=True,
-                            text=True, env=env, timeout=180)
-    return result, time.monotonic() - started
+    process = zygote.start([command, str(config), *extra], directory, env=env)
+    process.wait(timeout=180)
+    return subprocess.CompletedProcess(command, process.returncode, *process.output()), time.monotonic() - started
+
+
+def _base_env() -> dict:
+    """This environment without the Hub's variables and proxies (each scenario sets its own)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("HF_", "HUGGING_FACE")) and not k.lower().endswith("_proxy")}
 
 
 # name -> (repo id, token, offline, which server[, command]); all run at once, each test checks its own outcome.
@@ -114,10 +122,14 @@ def _self_signed_tls_server(directory: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def outcomes(tiny_llama_dir, tmp_path_factory):
-    """Run every scenario's `lorakit train` concurrently (each is mostly interpreter start-up)."""
+    """Run every scenario's `lorakit train` concurrently (each is mostly interpreter start-up). Each is a process
+    forked from a zygote that imported lorakit's CLI (and torch) but not huggingface_hub (the zygote checks), so
+    the child imports the Hub client under its own HF_* variables, as `python -m lorakit` would
+    (tests/forked_lorakit.py)."""
     root = tmp_path_factory.mktemp("hub-faults")
     with (FakeHub(valid_tokens={GOOD_TOKEN, OTHER_TOKEN}) as hub, FakeHub(hang=True) as silent,
-          _self_signed_tls_server(root) as tls):
+          _self_signed_tls_server(root) as tls,
+          Zygote(_base_env(), preload=("lorakit.cli.app",), not_imported=HUB_READERS) as zygote):
         hub.add("lorakit-tests/tiny-llama", tiny_llama_dir)
         hub.add("lorakit-tests/gated-llama", tiny_llama_dir, gated=True, granted_tokens={GOOD_TOKEN})
         hub.add("lorakit-tests/busy-llama", tiny_llama_dir, fault=429, retry_after="30")
@@ -126,7 +138,7 @@ def outcomes(tiny_llama_dir, tmp_path_factory):
         hub.add("lorakit-tests/cut-llama", tiny_llama_dir, fault="cut")
         endpoints = {"hub": hub.url, "silent": silent.url, "closed": f"http://127.0.0.1:{free_port()}", "tls": tls}
         with ThreadPoolExecutor(max_workers=4) as pool:
-            futures = {name: pool.submit(_run_lorakit, root / name, endpoints[server], repo, token, offline,
+            futures = {name: pool.submit(_run_lorakit, zygote, root / name, endpoints[server], repo, token, offline,
                                          *(command or ["train"]), extra_env=SCENARIO_ENV.get(name))
                        for name, (repo, token, offline, server, *command) in SCENARIOS.items()}
             results = {name: future.result() for name, future in futures.items()}

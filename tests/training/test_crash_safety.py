@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from simulated_crash import CrashAfterStep, SimulatedCrash
 
 from conftest import Recorder, final_adapter, metric_records, tiny_run_config, write_qa_jsonl
+from forked_lorakit import ForkedProcess, Zygote
 from lorakit.errors import CheckpointError
 from lorakit.run.checkpoints import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from lorakit.run.lock import hold_run_lock
@@ -205,6 +206,11 @@ def _start(config: Path, env: dict, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
 
+def _start_forked(zygote: Zygote, config: Path, *extra: str) -> ForkedProcess:
+    """`lorakit --quiet train CONFIG EXTRA` forked from the zygote: a real process, without ~4 s of imports."""
+    return zygote.start(["--quiet", "train", str(config), *extra], config.parent / "processes")
+
+
 def _staging_entries(run_dir: Path) -> list[str]:
     names = []
     for folder in (run_dir, run_dir / "checkpoints"):
@@ -213,7 +219,7 @@ def _staging_entries(run_dir: Path) -> list[str]:
     return names
 
 
-def _wait_and_kill(process: subprocess.Popen, run_dir: Path, mode: str, rng: random.Random) -> str | None:
+def _wait_and_kill(process: ForkedProcess, run_dir: Path, mode: str, rng: random.Random) -> str | None:
     """Kill `process` at a moment chosen by `mode`; returns None if it finished first, else what it was doing.
 
     Staging entries left by the previous kill are ignored (the new process removes them once it holds the lock)."""
@@ -263,10 +269,26 @@ def _losses(run_dir: Path) -> list[tuple]:
 def test_crash_safety_kill_9_loop_final_adapter_equals_uninterrupted(tiny_llama_dir, qa_file, tmp_path):
     env = _env(tmp_path)
     baseline_dir = tmp_path / "baseline"
+    # The uninterrupted run is a plain `python -m lorakit`; the killed ones are forked from a zygote (see
+    # tests/forked_lorakit.py), so their adapters equal to the bit also show that a forked run is a `lorakit train`.
     baseline = _start(_kill_loop_config(tmp_path, tiny_llama_dir, qa_file, baseline_dir), env)
     assert baseline.wait() == 0, baseline.stderr.read().decode()
     expected = final_adapter(baseline_dir)
+    with Zygote(env) as zygote:
+        kills, finished_runs, run_dir = _kill_loop(zygote, tmp_path, tiny_llama_dir, qa_file, expected, baseline_dir)
+    final = final_adapter(run_dir)
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(expected[k], final[k]) for k in expected), "the killed-and-resumed adapter differs"
+    assert _losses(run_dir) == _losses(baseline_dir)
+    assert not _staging_entries(run_dir)
+    print(f"\nkill loop: {KILLS} SIGKILLs {kills}; {finished_runs + 1} killed runs completed, all bit-identical")
+    assert sum(n for key, n in kills.items() if key.endswith("mid-write")) >= 3, kills
 
+
+def _kill_loop(zygote: Zygote, tmp_path: Path, tiny_llama_dir: Path, qa_file: Path, expected: dict,
+               baseline_dir: Path) -> tuple[dict[str, int], int, Path]:
+    """KILLS SIGKILLs of resumed runs, each finished run checked against the baseline; the last run resumed to
+    its end. Returns (kills by kind, runs finished before the last one, the last run's folder)."""
     rng = random.Random(SEED)
     modes = ["checkpoint-write", "while-training", "anytime", "final-write"]
     kills: dict[str, int] = {}
@@ -282,7 +304,7 @@ def test_crash_safety_kill_9_loop_final_adapter_equals_uninterrupted(tiny_llama_
             run_dir = tmp_path / f"killed-{run_index}"
             config = _kill_loop_config(tmp_path, tiny_llama_dir, qa_file, run_dir)
         mode = rng.choices(modes, weights=[4, 4, 2, 1])[0]
-        process = _start(config, env, "--resume")
+        process = _start_forked(zygote, config, "--resume")
         outcome = _wait_and_kill(process, run_dir, mode, rng)
         if outcome is None:  # the run finished before this kill
             assert process.returncode == 0, process.stderr.read().decode()
@@ -293,12 +315,6 @@ def test_crash_safety_kill_9_loop_final_adapter_equals_uninterrupted(tiny_llama_
         _check_on_disk_state(run_dir)
 
     if not (run_dir / "final" / "manifest.json").is_file():  # the last kill left it unfinished: resume once more
-        process = _start(config, env, "--resume")
+        process = _start_forked(zygote, config, "--resume")
         assert process.wait() == 0, process.stderr.read().decode()
-    final = final_adapter(run_dir)
-    assert final.keys() == expected.keys()
-    assert all(torch.equal(expected[k], final[k]) for k in expected), "the killed-and-resumed adapter differs"
-    assert _losses(run_dir) == _losses(baseline_dir)
-    assert not _staging_entries(run_dir)
-    print(f"\nkill loop: {total} SIGKILLs {kills}; {finished_runs + 1} killed runs completed, all bit-identical")
-    assert sum(n for key, n in kills.items() if key.endswith("mid-write")) >= 3, kills
+    return kills, finished_runs, run_dir

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ from conftest import (
     two_process_torchrun,
     write_config_file,
 )
+from lorakit.cli.app import run_cli
 from lorakit.config import NF4_FSDP_REFUSAL, load_config
 from lorakit.run.checkpoints import list_checkpoints
 from lorakit.training.loop import train
@@ -126,13 +126,13 @@ def test_fsdp_resumes_a_data_parallel_checkpoint(setup, tiny_llama_dir):
     assert max_adapter_diff(baseline, moved) <= TOLERANCE and max_metrics_diff(baseline, moved, MAX_STEPS) <= TOLERANCE
 
 
-def test_nf4_with_fsdp_is_refused_with_exit_code_2(tmp_path, tiny_llama_dir):
+def test_nf4_with_fsdp_is_refused_with_exit_code_2(tmp_path, tiny_llama_dir, capsys):
+    """A config refusal, before any process group: the in-process CLI says what `python -m lorakit` would."""
     config = write_config_file(tmp_path, tiny_llama_dir, seed=1, training={"distributed": "fsdp", "max_steps": 2},
                                model={"name": str(tiny_llama_dir), "quantization": "nf4"})
-    done = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config)], env=launcher_env(tmp_path / "cache"),
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    output = " ".join((done.stdout + done.stderr).split())
+    assert run_cli(["train", str(config)]) == 2
+    done = capsys.readouterr()
+    output = " ".join((done.out + done.err).split())
     assert f"(top level): {NF4_FSDP_REFUSAL}" in output
     assert NF4_FSDP_REFUSAL == (
         "model.quantization nf4 cannot be combined with training.distributed fsdp: bitsandbytes' 4-bit weights do not "

