@@ -56,3 +56,21 @@ def test_an_out_of_memory_replan_counts_padded_pairs_when_the_model_fell_back():
     pairs = PairLayout(positions=300, keys_per_position=1.5)
     assert planned_length(computed_config(shared), 400, pairs) == 300
     assert planned_length(computed_config(fell_back), 400, pairs) == 800
+
+
+def test_neftune_runs_keep_their_rows_whole(caplog):
+    """NEFTune scales its noise by 1 / sqrt(the row's length x hidden) (transformers' neftune_post_forward_hook), and
+    the shared layout changes the row's length (a DPO micro-batch of 4 pairs: one flat row about 6x the padded
+    width, so ~2.4x less noise), so the shared layout would not train as the rows it stands for: no sharing with
+    NEFTune, in the plan and the session alike, and one WARNING."""
+    from lorakit.training.session import takes_shared_prefixes
+
+    for method, packing in (("sft", True), ("dpo", False)):
+        config = _config(method, packing).model_copy(deep=True)
+        config.training.neftune_noise_alpha = 5.0
+        assert config.training.shared_prefix and not config.training.shares_prefixes
+        with caplog.at_level("WARNING"):
+            caplog.clear()
+            assert takes_shared_prefixes(config, model=None) is False
+        assert "training.neftune_noise_alpha" in caplog.text and "training.shared_prefix has no effect" in caplog.text
+    assert _config("dpo", packing=False).training.shares_prefixes

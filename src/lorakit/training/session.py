@@ -202,10 +202,13 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
 
 
 def takes_shared_prefixes(config: RunConfig, model) -> bool:
-    """training.shared_prefix where the model can take it: lorakit_varlen attention and, for packed SFT, an LM head
-    that the fused loss can run on the predicting positions alone (model/kernels.py); else one WARNING and the
-    padded (preference) or whole-example packed (SFT) rows."""
+    """training.shared_prefix where the run and the model can take it: no NEFTune (config.shares_prefixes),
+    lorakit_varlen attention and, for packed SFT, an LM head that the fused loss can run on the predicting positions
+    alone (model/kernels.py); else one WARNING and the padded (preference) or whole-example packed (SFT) rows."""
     training = config.training
+    if training.shared_prefix and training.neftune_noise_alpha is not None and (training.method != "sft" or training.packing):
+        log.warning("training.neftune_noise_alpha scales its noise by the row's length, which sharing would change: "
+                    "training.shared_prefix has no effect")
     if not training.shares_prefixes:
         return False
     if not uses_varlen_attention(model):
