@@ -19,16 +19,14 @@ import torch
 
 from lorakit.model.checkpointing import apply_checkpointing, decoder_layers, reentrant_checkpoints
 from lorakit.model.load import read_model_config
+from lorakit.plan.candidates import Candidate, micro_batch_settings, plan_settings
 from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
-    Candidate,
     ModelShape,
     TrainSettings,
     checkpointing_text,
     estimate_peak_memory,
-    micro_batch_settings,
-    plan_settings,
 )
 from lorakit.plan.micro_batches import accumulation_after_split
 from lorakit.plan.run_plan import device_memory_bytes, planned_length, shared_bin_positions, train_settings

@@ -13,15 +13,14 @@ from lorakit.data.preference_batch import PairLayout
 from lorakit.data.shared_packing import PrefixSharing
 from lorakit.errors import ConfigError
 from lorakit.model.attention import expands_kv_heads
+from lorakit.plan.candidates import Candidate, plan_settings
 from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
-    Candidate,
     ModelShape,
     TrainSettings,
     checkpointing_text,
     estimate_peak_memory,
-    plan_settings,
 )
 from lorakit.plan.micro_batches import cpu_micro_batch_size
 from lorakit.plan.sharded import choose_distributed, sharded_estimate
