@@ -61,7 +61,7 @@ def test_an_out_of_memory_replan_counts_padded_pairs_when_the_model_fell_back():
     assert computed_config(fell_back).training.shared_prefix is False
     assert computed_config(fell_back).training.model_dump(exclude={"shared_prefix"}) == config.training.model_dump(
         exclude={"shared_prefix"})
-    from lorakit.plan.run_plan import planned_length
+    from lorakit.plan.config_view import planned_length
 
     pairs = PairLayout(positions=300, keys_per_position=1.5)
     assert planned_length(computed_config(shared), 400, pairs) == 300

@@ -20,6 +20,7 @@ import torch
 from lorakit.model.checkpointing import apply_checkpointing, decoder_layers, reentrant_checkpoints
 from lorakit.model.load import read_model_config
 from lorakit.plan.candidates import Candidate, micro_batch_settings, plan_settings
+from lorakit.plan.config_view import planned_length, shared_bin_positions, train_settings
 from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
@@ -29,7 +30,7 @@ from lorakit.plan.memory import (
     estimate_peak_memory,
 )
 from lorakit.plan.micro_batches import accumulation_after_split
-from lorakit.plan.run_plan import device_memory_bytes, planned_length, shared_bin_positions, train_settings
+from lorakit.plan.run_plan import device_memory_bytes
 
 __all__ = ["OOM_ADVICE", "release_memory", "TorchRngSnapshot", "MemorySettings", "training_memory_bytes",
            "replan_for_memory", "replan_after_oom", "restore_memory_settings", "computed_config"]
