@@ -105,3 +105,39 @@ def test_packed_shared_rows_with_lora_dropout_train_alike_on_two_gloo_processes(
     assert max_metrics_diff(tmp_path / "one", tmp_path / "two", steps) < 1e-5
     losses = [r["train_loss"] for r in metric_records(tmp_path / "one") if "train_loss" in r]
     assert len(losses) == steps and losses[-1] < losses[0]
+
+
+def test_a_head_the_fused_loss_cannot_run_gives_the_padded_losses_and_gradients_too(tiny_llama_dir, tokenizer,
+                                                                                     monkeypatch):
+    """Preference tuning takes the shared layout with any head (only SFT needs a fusable one): a quantized head or
+    one that scales its logits (Gemma, Cohere) scores the flat row's full logits (model/kernels.flat_row_outputs)."""
+    import torch
+
+    from conftest import lora_model_with_nonzero_b
+    from lorakit.data.conversation import Message
+    from lorakit.data.preference import PreferencePair
+    from lorakit.data.preference_batch import collate_preferences, collate_preferences_shared, render_preferences
+    from lorakit.model import kernels
+    from lorakit.model.attention import use_varlen_attention
+    from lorakit.training import preference_loss as losses
+
+    calls = []
+    monkeypatch.setattr(kernels, "_fusable", lambda base: calls.append(base) and False)
+    monkeypatch.setattr(losses, "_fusable", lambda base: False)
+    torch.manual_seed(0)
+    model = lora_model_with_nonzero_b(tiny_llama_dir, dropout=0.0)
+    use_varlen_attention(model)
+    pairs = [PreferencePair((Message("user", "What do kidneys do?"),), "They filter waste from the blood.",
+                            "They filter air."),
+             PreferencePair((Message("user", "What is insulin?"),), "A hormone", "A hormone you take whenever.")]
+    examples = render_preferences(pairs, tokenizer, "Be careful.", 128)
+    results = []
+    for batch in (collate_preferences(examples, tokenizer.pad_token_id), collate_preferences_shared(examples)):
+        model.zero_grad(set_to_none=True)
+        loss = losses.preference_loss(model, batch, "orpo", beta=0.5)
+        loss.loss.backward()
+        results.append((float(loss.loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    assert calls  # the shared row went through the logits path
+    (padded, padded_grads), (shared, shared_grads) = results
+    assert abs(padded - shared) < 1e-5
+    assert max(float((padded_grads[n] - shared_grads[n]).abs().max()) for n in padded_grads) < 1e-5
