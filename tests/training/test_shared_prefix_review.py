@@ -141,3 +141,31 @@ def test_a_head_the_fused_loss_cannot_run_gives_the_padded_losses_and_gradients_
     (padded, padded_grads), (shared, shared_grads) = results
     assert abs(padded - shared) < 1e-5
     assert max(float((padded_grads[n] - shared_grads[n]).abs().max()) for n in padded_grads) < 1e-5
+
+
+def test_after_an_out_of_memory_split_the_bound_covers_the_pieces_the_run_computes():
+    """After an out-of-memory error a packed run cuts each bin of its micro-batch into smaller ones
+    (plan/micro_batches.split_into_micro_batches), not the bins a fresh run of the smaller micro-batch would
+    pack; the re-plan's positions must bound those pieces (before: 256 computed where 254 were planned)."""
+    import random
+
+    from lorakit.data.packing import pack_best_fit
+    from lorakit.data.render import TokenizedExample
+    from lorakit.data.shared_packing import collate_packed_shared, prefix_sharing
+    from lorakit.plan.micro_batches import split_into_micro_batches
+
+    generator = random.Random(20)  # a seed where the pieces differ from a fresh packing at the smaller capacity
+    lengths = tuple(generator.randint(20, 120) for _ in range(60))
+    anchors = tuple(min(length, generator.choice([0, 5, 60, 100])) for length in lengths)
+    # examples that share exactly their anchor prefix with the first (and the anchor's shorter prefixes with each other)
+    anchor = [1] * max(lengths)
+    examples = [TokenizedExample(anchor[:a] + [2 + i] * (length - a), [0] * length)
+                for i, (length, a) in enumerate(zip(lengths, anchors))]
+    examples[0] = TokenizedExample(anchor[:lengths[0]], [0] * lengths[0])
+    sharing = prefix_sharing(examples)
+    bins = pack_best_fit(lengths, 4 * 128)
+    pieces = split_into_micro_batches(bins, 2, 4, examples=examples, packed=True, max_length=128)
+    computed = max(collate_packed_shared([examples[i] for i in piece])["input_ids"].shape[1] for piece in pieces)
+    assert computed == 256 > sharing.bin_positions(2 * 128)  # a fresh packing at 256 tokens: 254 at most
+    assert computed <= sharing.bin_positions(2 * 128, packed_as=4 * 128)
+    assert sharing.bin_positions(4 * 128, packed_as=4 * 128) == sharing.bin_positions(4 * 128)

@@ -6,6 +6,8 @@ from these and plan/oom.py re-plans after an out-of-memory error, so both count 
 
 from __future__ import annotations
 
+from functools import partial
+
 from lorakit.config import RunConfig
 from lorakit.data.preference_batch import PairLayout
 from lorakit.data.shared_packing import PrefixSharing
@@ -15,11 +17,15 @@ from lorakit.plan.memory import TrainSettings
 __all__ = ["train_settings", "planned_length", "shared_bin_positions"]
 
 
-def shared_bin_positions(config: RunConfig, sharing: PrefixSharing | None):
-    """The planner's `bin_positions` for a packed SFT run that shares prefixes (None otherwise, or without data)."""
+def shared_bin_positions(config: RunConfig, sharing: PrefixSharing | None, *, replanning: bool = False):
+    """The planner's `bin_positions` for a packed SFT run that shares prefixes (None otherwise, or without data).
+    `replanning` (after an out-of-memory error): the run keeps its bins of training.batch_size rows and cuts them
+    into smaller micro-batches, so a smaller candidate is bounded over those pieces."""
     training = config.training
     if sharing is None or training.method != "sft" or not training.shares_prefixes:
         return None
+    if replanning:
+        return partial(sharing.bin_positions, packed_as=training.batch_size * config.model.max_length)
     return sharing.bin_positions
 
 

@@ -136,7 +136,7 @@ def replan_after_oom(session, state, step: int) -> str | None:
     before = _live_settings(session, state)
     chosen = replan_for_memory(shape, base, before, max_length=planned_length(config, session.data.longest_example, session.data.pair_layout),
                                memory_bytes=memory_bytes,
-                               bin_positions=shared_bin_positions(config, session.data.prefix_sharing))
+                               bin_positions=shared_bin_positions(config, session.data.prefix_sharing, replanning=True))
     if chosen is None:
         return None
     after = MemorySettings(chosen.micro_batch, chosen.settings.checkpointed_layers, chosen.settings.offload_activations)
