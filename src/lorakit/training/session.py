@@ -163,6 +163,8 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     # Every module in training mode (from_pretrained leaves the base model's in eval mode under a training-mode
     # peft wrapper): a step then switches modes only after an evaluation flipped the root (Trainer.step).
     model.train()
+    # before fully_shard: a sharded LM head's weight is a DTensor, which the fused-head check reads as quantized
+    shared_prefix = takes_shared_prefixes(config, model)
     root = shard_model(model) if sharded else None
     if sharded:
         reporter.message(f"fsdp: frozen weights and LoRA states sharded over {ranks.world_size} processes (FSDP2)")
@@ -190,7 +192,6 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
         **method_identity,
     }
-    shared_prefix = takes_shared_prefixes(config, model)
     if shared_prefix and config.training.method == "sft":
         reporter.message(f"{SHARED_PACKING_MESSAGE} (training.shared_prefix)")
     elif shared_prefix:
