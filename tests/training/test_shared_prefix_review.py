@@ -171,3 +171,44 @@ def test_after_an_out_of_memory_split_the_bound_covers_the_pieces_the_run_comput
     assert computed == 256 > sharing.bin_positions(2 * 128)  # a fresh packing at 256 tokens: 254 at most
     assert computed <= sharing.bin_positions(2 * 128, packed_as=4 * 128)
     assert sharing.bin_positions(4 * 128, packed_as=4 * 128) == sharing.bin_positions(4 * 128)
+
+
+def test_tiled_mlp_and_non_reentrant_checkpoints_see_the_flat_rows_tokens(tiny_llama_dir, tokenizer):
+    """The tiled MLP cuts the flat row into chunks along the sequence (7 tokens here, across segment boundaries) and
+    lorakit's non-reentrant checkpoint recomputes a layer with the gather index: the packed rows' loss and LoRA
+    gradients still (within 1e-5)."""
+    import torch
+
+    from conftest import lora_model_with_nonzero_b
+    from lorakit.data.conversation import Conversation, Message
+    from lorakit.data.packing import collate_packed
+    from lorakit.data.render import render_batch
+    from lorakit.data.shared_packing import collate_packed_shared
+    from lorakit.model.attention import use_varlen_attention
+    from lorakit.model.checkpointing import apply_checkpointing
+    from lorakit.model.kernels import LOSS_POSITIONS, causal_lm_loss, loss_positions
+    from lorakit.model.tiled_mlp import use_tiled_mlp
+
+    torch.manual_seed(0)
+    model = lora_model_with_nonzero_b(tiny_llama_dir, dropout=0.0)
+    use_varlen_attention(model)
+    assert use_tiled_mlp(model, True, chunk_tokens=7) == 2
+    apply_checkpointing(model, 1, reentrant=False)
+    model.train()
+    qa = [("What is hypertension?", "Persistently high blood pressure."), ("What is insulin?", "A hormone."),
+          ("What do kidneys do?", "They filter waste from the blood.")]
+    examples = render_batch([Conversation((Message("user", q), Message("assistant", a))) for q, a in qa], tokenizer,
+                            "Be careful and kind.", 128)
+    packed = collate_packed(examples)
+    packed[LOSS_POSITIONS] = loss_positions(packed["labels"])
+    shared = collate_packed_shared(examples)
+    assert shared["input_ids"].shape[1] < packed["input_ids"].shape[1]
+    results = []
+    for batch in (packed, shared):
+        model.zero_grad(set_to_none=True)
+        loss = causal_lm_loss(model, batch, num_items_in_batch=len(packed[LOSS_POSITIONS]))
+        loss.backward()
+        results.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (packed_loss, packed_grads), (shared_loss, shared_grads) = results
+    assert abs(packed_loss - shared_loss) < 1e-5
+    assert max(float((packed_grads[n] - shared_grads[n]).abs().max()) for n in packed_grads) < 1e-5
