@@ -194,8 +194,9 @@ class TrainingConfig(_Section):
         "positions). SFT with packing: every example of a packed row shares its longest common prefix (the system "
         "prompt and template, at least) with one example of the row (about a third fewer positions with lorakit's "
         "default system prompt). Exact: the losses and gradients are those of the padded (or packed) rows, up to float "
-        "rounding; needs lorakit_varlen attention (and, for SFT, an unquantized LM head without logit scaling), else "
-        "it has no effect. false = pad pairs as TRL does; pack SFT examples whole. Ignored for SFT without packing."
+        "rounding (SFT's LoRA dropout draws one mask for a shared prefix, not one per example); needs lorakit_varlen "
+        "attention (and, for SFT, an unquantized LM head without logit scaling) and no NEFTune, else it has no effect. "
+        "false = pad pairs as TRL does; pack SFT examples whole. Ignored for SFT without packing."
     )
     init_adapter: str | None = Field(
         None, description="Start from the LoRA adapter of a finished run (its folder or its final/ folder), e.g. "
@@ -222,8 +223,9 @@ class TrainingConfig(_Section):
     @property
     def shares_prefixes(self) -> bool:
         """Preference pairs, or packed SFT examples, laid out with their common prefix computed once
-        (data/shared_prefix.py, data/shared_packing.py)."""
-        return self.shared_prefix and (self.method != "sft" or self.packing)
+        (data/shared_prefix.py, data/shared_packing.py). Not with NEFTune: its noise is scaled by the row's length,
+        which the shared layout changes, so it would not train as the rows it stands for."""
+        return self.shared_prefix and self.neftune_noise_alpha is None and (self.method != "sft" or self.packing)
 
     @model_validator(mode="after")
     def _preference_tuning_is_padded_and_unsharded(self) -> TrainingConfig:

@@ -15,14 +15,13 @@ from conftest import PHI4_MINI
 from lorakit.config import RunConfig
 from lorakit.errors import ConfigError
 from lorakit.model.checkpointing import activation_offload, apply_checkpointing, decoder_layers
+from lorakit.plan.candidates import plan_settings, relative_step_time
 from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
     ModelShape,
     TrainSettings,
     estimate_peak_memory,
-    plan_settings,
-    relative_step_time,
 )
 from lorakit.plan.run_plan import parse_memory_size, plan_training, resolve_auto_settings
 

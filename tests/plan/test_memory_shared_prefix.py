@@ -50,8 +50,8 @@ def test_without_the_data_or_without_sharing_the_row_is_counted_whole():
 
 
 def test_an_out_of_memory_replan_counts_the_shared_rows_too():
+    from lorakit.plan.config_view import train_settings
     from lorakit.plan.oom import MemorySettings, replan_for_memory
-    from lorakit.plan.run_plan import train_settings
 
     shape = ModelShape.from_config(PHI4_MINI)
     base = train_settings(_config(True), "nf4", dtype_bytes=2, cuda=True)

@@ -12,7 +12,8 @@ import pytest
 from conftest import PHI4_MINI
 from lorakit.config import RunConfig
 from lorakit.errors import ConfigError
-from lorakit.plan.memory import GIB, ModelShape, TrainSettings, estimate_peak_memory, plan_settings
+from lorakit.plan.candidates import plan_settings
+from lorakit.plan.memory import GIB, ModelShape, TrainSettings, estimate_peak_memory
 from lorakit.plan.run_plan import plan_training, resolve_auto_settings
 
 LONG_ROWS = Path(__file__).resolve().parents[2] / "bench/results/peer_speed_honest/long_h100_session8/rows.jsonl"

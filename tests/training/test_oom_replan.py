@@ -12,9 +12,9 @@ import torch
 from conftest import PHI4_MINI, Recorder, final_adapter, tiny_run_config, train_with
 from lorakit.model.checkpointing import decoder_layers
 from lorakit.plan import oom
+from lorakit.plan.config_view import train_settings
 from lorakit.plan.memory import CUDA_CONTEXT_BYTES, GIB, ModelShape, TrainSettings, estimate_peak_memory
 from lorakit.plan.oom import MemorySettings, replan_for_memory
-from lorakit.plan.run_plan import train_settings
 from lorakit.training import loop
 
 

@@ -91,14 +91,21 @@ class PrefixSharing:
     lengths: tuple[int, ...]
     anchor_prefixes: tuple[int, ...]
 
-    def bin_positions(self, capacity_tokens: int) -> int:
-        """The most positions any packed bin of `capacity_tokens` computes (the bins lorakit's packer makes).
+    def bin_positions(self, capacity_tokens: int, packed_as: int | None = None) -> int:
+        """The most positions any packed bin of `capacity_tokens` computes (the bins lorakit's packer makes), or with
+        `packed_as` (a run that packed bins of that many tokens and, after an out-of-memory error, cuts each into
+        bins of `capacity_tokens`: plan/micro_batches.split_into_micro_batches) of those pieces.
 
         >>> sharing = PrefixSharing(lengths=(4, 3, 6), anchor_prefixes=(2, 2, 1))
         >>> sharing.bin_positions(8), sharing.bin_positions(13)  # bins [6] and [4, 3]; then one bin of all three
         (6, 10)
+        >>> sharing.bin_positions(8, packed_as=13)  # the bin of all three cut into [6] and [4, 3]
+        6
         """
-        bins = pack_best_fit(self.lengths, capacity_tokens)
+        bins = pack_best_fit(self.lengths, max(capacity_tokens, packed_as or 0))
+        if packed_as is not None and capacity_tokens < packed_as:  # as split_into_micro_batches cuts them
+            bins = [[group[j] for j in piece] for group in bins
+                    for piece in pack_best_fit([self.lengths[i] for i in group], capacity_tokens)]
         return max((sum(self.lengths[i] - self.anchor_prefixes[i] for i in group)
                     + max(self.anchor_prefixes[i] for i in group) for group in bins), default=0)
 

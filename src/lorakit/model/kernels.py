@@ -31,6 +31,7 @@ __all__ = [
     "linear_cross_entropy_sum",
     "causal_lm_loss",
     "shared_prefix_loss",
+    "flat_row_outputs",
     "loss_positions",
     "LOSS_POSITIONS",
 ]
@@ -200,20 +201,29 @@ def causal_lm_loss(model, batch: dict, num_items_in_batch: int | None = None) ->
     return total / (num_items_in_batch if num_items_in_batch is not None else keep.numel())
 
 
+def flat_row_outputs(model, batch: dict) -> tuple[torch.Tensor, bool]:
+    """One forward of a shared-prefix batch's flat row (data/shared_prefix.py), for the SFT loss and the preference
+    log-probs alike: its final hidden states [T, hidden] where the fused head can run on the predicting positions
+    alone, else the model's own full logits [T, vocab] (a head that is quantized or scales its logits); and
+    whether they are logits."""
+    base = _base_model(model)
+    inputs = {key: batch[key] for key in MODEL_INPUTS}
+    if _fusable(base):
+        return base.get_decoder()(**inputs, use_cache=False).last_hidden_state[0], False
+    return model(**inputs, use_cache=False).logits[0], True
+
+
 def shared_prefix_loss(model, batch: dict, num_items_in_batch: int | None = None) -> torch.Tensor:
     """Next-token loss of a shared-prefix batch (data/shared_prefix.py): the hidden state at flat position
     `predicting_positions[i]` predicts `predicted_labels[i]`. A position inside a shared prefix predicts the first
     answer token of every example that shares it up to there, so positions may repeat (their gradients add up)."""
-    base = _base_model(model)
-    inputs = {key: batch[key] for key in MODEL_INPUTS}
+    outputs, are_logits = flat_row_outputs(model, batch)
     positions, targets = batch["predicting_positions"], batch["predicted_labels"]
     divisor = num_items_in_batch if num_items_in_batch is not None else positions.numel()
-    if not _fusable(base):  # full logits of the flat row, as the model's own loss would make them
-        logits = model(**inputs, use_cache=False).logits[0]
-        total = F.cross_entropy(logits.index_select(0, positions).float(), targets, reduction="sum")
-        return total / max(divisor, 1) + logits.sum() * 0.0
-    hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state[0]
+    if are_logits:  # full logits of the flat row, as the model's own loss would make them
+        total = F.cross_entropy(outputs.index_select(0, positions).float(), targets, reduction="sum")
+        return total / max(divisor, 1) + outputs.sum() * 0.0
     if positions.numel() == 0:
-        return hidden.sum() * 0.0  # nothing to learn here, but keep the graph for backward()
-    total = linear_cross_entropy_sum(hidden.index_select(0, positions), base.get_output_embeddings().weight, targets)
-    return total / divisor
+        return outputs.sum() * 0.0  # nothing to learn here, but keep the graph for backward()
+    weight = _base_model(model).get_output_embeddings().weight
+    return linear_cross_entropy_sum(outputs.index_select(0, positions), weight, targets) / divisor

@@ -19,22 +19,21 @@ import torch
 
 from lorakit.model.checkpointing import apply_checkpointing, decoder_layers, reentrant_checkpoints
 from lorakit.model.load import read_model_config
+from lorakit.plan.candidates import Candidate, micro_batch_settings, plan_settings
+from lorakit.plan.config_view import planned_length, shared_bin_positions, train_settings
 from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
-    Candidate,
     ModelShape,
     TrainSettings,
     checkpointing_text,
     estimate_peak_memory,
-    micro_batch_settings,
-    plan_settings,
 )
 from lorakit.plan.micro_batches import accumulation_after_split
-from lorakit.plan.run_plan import device_memory_bytes, planned_length, shared_bin_positions, train_settings
+from lorakit.plan.run_plan import device_memory_bytes
 
 __all__ = ["OOM_ADVICE", "release_memory", "TorchRngSnapshot", "MemorySettings", "training_memory_bytes",
-           "replan_for_memory", "replan_after_oom", "restore_memory_settings"]
+           "replan_for_memory", "replan_after_oom", "restore_memory_settings", "computed_config"]
 
 OOM_ADVICE = (
     "To use less memory per step: turn on training.gradient_checkpointing (true or 'auto'), or use QLoRA "
@@ -111,6 +110,16 @@ def _live_settings(session, state) -> MemorySettings:
                           sum(layer.gradient_checkpointing for layer in layers), session.offload_activations)
 
 
+def computed_config(session):
+    """The session's config as its batches are computed: training.shared_prefix off where the model could not take
+    the shared layout (training/session.takes_shared_prefixes fell back to padded pairs or whole packed examples),
+    so a re-plan counts the rows that really ran out of memory, not the fewer positions the config asked for."""
+    config = session.config
+    if session.shared_prefix or not config.training.shared_prefix:
+        return config
+    return config.model_copy(update={"training": config.training.model_copy(update={"shared_prefix": False})})
+
+
 def replan_after_oom(session, state, step: int) -> str | None:
     """Re-plan after an out-of-memory error in `step`: switch the model's checkpointing/offload and the
     micro-batch in `state` (a checkpoint saves them, so a resume keeps them); returns the message that says
@@ -119,7 +128,7 @@ def replan_after_oom(session, state, step: int) -> str | None:
     if memory_bytes is None:
         return None
     memory_bytes = int(session.ranks.agree([memory_bytes], op="min")[0])  # every rank takes the same plan
-    config = session.config
+    config = computed_config(session)
     shape = ModelShape.from_config(read_model_config(session.source))
     base = train_settings(config, "nf4" if session.quantized else "none",
                           dtype_bytes=torch.finfo(session.dtype).bits // 8, cuda=session.device.type == "cuda",
@@ -127,8 +136,7 @@ def replan_after_oom(session, state, step: int) -> str | None:
     before = _live_settings(session, state)
     chosen = replan_for_memory(shape, base, before, max_length=planned_length(config, session.data.longest_example, session.data.pair_layout),
                                memory_bytes=memory_bytes,
-                               bin_positions=shared_bin_positions(config, session.data.prefix_sharing)
-                               if session.shared_prefix else None)
+                               bin_positions=shared_bin_positions(config, session.data.prefix_sharing, replanning=True))
     if chosen is None:
         return None
     after = MemorySettings(chosen.micro_batch, chosen.settings.checkpointed_layers, chosen.settings.offload_activations)

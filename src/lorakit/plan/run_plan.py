@@ -12,16 +12,14 @@ from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig, RunConfig
 from lorakit.data.preference_batch import PairLayout
 from lorakit.data.shared_packing import PrefixSharing
 from lorakit.errors import ConfigError
-from lorakit.model.attention import expands_kv_heads
+from lorakit.plan.candidates import Candidate, plan_settings
+from lorakit.plan.config_view import planned_length, shared_bin_positions, train_settings
 from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
-    Candidate,
     ModelShape,
-    TrainSettings,
     checkpointing_text,
     estimate_peak_memory,
-    plan_settings,
 )
 from lorakit.plan.micro_batches import cpu_micro_batch_size
 from lorakit.plan.sharded import choose_distributed, sharded_estimate
@@ -31,9 +29,6 @@ __all__ = [
     "ResolvedSettings",
     "check_max_length",
     "read_model_config_json",
-    "planned_length",
-    "shared_bin_positions",
-    "train_settings",
     "plan_training",
     "refusal_advice",
     "resolve_auto_settings",
@@ -187,51 +182,6 @@ def refusal_advice(config: RunConfig) -> str:
     if config.training.gradient_checkpointing is False:
         levers.append("set training.gradient_checkpointing: auto")
     return ", ".join(levers) + ", or pick a smaller model or a GPU with more memory."
-
-
-def shared_bin_positions(config: RunConfig, sharing: PrefixSharing | None):
-    """The planner's `bin_positions` for a packed SFT run that shares prefixes (None otherwise, or without data)."""
-    training = config.training
-    if sharing is None or training.method != "sft" or not training.shares_prefixes:
-        return None
-    return sharing.bin_positions
-
-
-def planned_length(config: RunConfig, longest_example: int | None, pairs: PairLayout | None = None) -> int:
-    """Tokens one example puts in a micro-batch: max_length, or without packing the data's longest sequence if
-    shorter (a micro-batch is padded to its longest example, not to max_length); times two for a preference pair,
-    whose chosen and rejected sequences are both rows of the batch. With shared prefixes (training.shared_prefix)
-    a pair puts |P| + |C| + |R| positions in one unpadded row: the data's largest such pair (`pairs`).
-
-    >>> from lorakit.config import RunConfig
-    >>> dpo = RunConfig.model_validate({"model": {"max_length": 512}, "data": {"train_file": "x.jsonl"},
-    ...                                 "training": {"method": "dpo"}})
-    >>> planned_length(dpo, 300, PairLayout(450, 1.3)), planned_length(dpo, 300), planned_length(
-    ...     dpo.model_copy(update={"training": dpo.training.model_copy(update={"shared_prefix": False})}), 300)
-    (450, 1024, 600)
-    """
-    if config.training.shares_prefixes and config.training.method != "sft":
-        return pairs.positions if pairs else 2 * config.model.max_length
-    per_row = config.model.max_length
-    if longest_example and not config.training.packing:
-        per_row = min(config.model.max_length, longest_example)
-    return per_row * config.training.sequences_per_example
-
-
-def train_settings(config: RunConfig, quantization: str, *, dtype_bytes: int, cuda: bool,
-                   pairs: PairLayout | None = None) -> TrainSettings:
-    """The planner's view of a run config (micro-batch and checkpointing are the plan's to fill in). Shared-prefix
-    pairs without the data: a pair's keys are at most twice its positions."""
-    targets = config.lora.target_modules
-    return TrainSettings(
-        quantization=quantization, dtype_bytes=dtype_bytes, lora_rank=config.lora.r,
-        lora_targets=targets if targets == "all-linear" else tuple(targets),
-        lora_dropout=config.lora.dropout > 0, tokens_per_micro_batch=config.model.max_length,
-        fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes, kv_expanded=expands_kv_heads(),
-        dora=config.lora.use_dora, on_cpu=not cuda,
-        keys_per_token=(pairs.keys_per_position if pairs else 2.0)
-        if config.training.shares_prefixes and config.training.method != "sft" else 1.0,
-    )
 
 
 def _as_cpu_pieces(candidate: Candidate, shape: ModelShape, max_length: int, length: int) -> Candidate:

@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from lorakit.data.masking import IGNORE_INDEX
-from lorakit.data.shared_prefix import MODEL_INPUTS
-from lorakit.model.kernels import _base_model, _fusable, loss_positions
+from lorakit.model.kernels import _base_model, _fusable, flat_row_outputs, loss_positions
 
 __all__ = ["PreferenceMethod", "PREFERENCE_METHODS", "PreferenceLoss", "sequence_logps", "answer_token_logps",
            "shared_prefix_row_logps", "row_logps",
@@ -154,16 +153,13 @@ def answer_token_logps(model, batch: dict) -> torch.Tensor:
 def shared_prefix_row_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed answer log-probs, answer tokens) of every original row of a shared-prefix batch
     (data/shared_prefix.py): one forward of the flat row, the head only on the predicting positions."""
-    inputs = {key: batch[key] for key in MODEL_INPUTS}
+    outputs, are_logits = flat_row_outputs(model, batch)
     positions, targets = batch["predicting_positions"], batch["predicted_labels"]
-    base = _base_model(model)
-    if not _fusable(base):
-        logits = model(**inputs, use_cache=False).logits[0]
-        picked = logits.index_select(0, positions).float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
-        anchor = logits.sum() * 0.0
+    if are_logits:
+        picked = outputs.index_select(0, positions).float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
     else:
-        hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state[0]
-        picked, anchor = _picked_logps(base, hidden, positions, targets), hidden.sum() * 0.0
+        picked = _picked_logps(_base_model(model), outputs, positions, targets)
+    anchor = outputs.sum() * 0.0  # a batch with no answer token left still has a graph for backward()
     sums = picked.new_zeros(batch["row_count"]).index_add(0, batch["label_rows"], picked)
     return sums + anchor, batch["label_counts"].to(sums.device)
 

@@ -26,7 +26,7 @@ def prepare_for_method(model, config: RunConfig, targets: list[str]) -> dict:
     if training.init_adapter is not None:
         identity["init_adapter_sha256"] = load_init_adapter(model, training.init_adapter, config.lora, targets)
     if training.method == "sft":
-        return identity
+        return {**identity, **method_identity(config)}
     if training.method == "dpo" and training.init_adapter is not None:
         add_reference_adapter(model)
     for module in model.modules():
@@ -36,10 +36,12 @@ def prepare_for_method(model, config: RunConfig, targets: list[str]) -> dict:
 
 
 def method_identity(config: RunConfig) -> dict:
-    """The preference settings a resume must find unchanged (none for SFT, so SFT runs resume as before)."""
+    """The method's settings a resume must find unchanged: the preference settings, and for packed SFT only
+    training.shared_prefix (unpacked SFT records nothing, so those runs resume as before)."""
     training = config.training
     if training.method == "sft":
-        return {}
+        # a packed row's layout (float order) depends on shared_prefix, as a preference batch's does
+        return {"packed_shared_prefix": training.shared_prefix} if training.packing else {}
     # shared_prefix changes no loss, only the order of float additions: recorded so a resume stays bit-exact
     return {"training_method": training.method, "preference_beta": training.beta,
             "preference_shared_prefix": training.shared_prefix,

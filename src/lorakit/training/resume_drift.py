@@ -166,6 +166,7 @@ _IDENTITY_LABELS = {
     "chat_template_sha256": "model.chat_template",
     "tokenizer_sha256": "the tokenizer (its vocabulary, special tokens or chat template)",
     "preference_shared_prefix": "training.shared_prefix",
+    "packed_shared_prefix": "training.shared_prefix",
 }
 
 
@@ -178,9 +179,10 @@ _IDENTITY_SETTINGS = {
     "lora_use_dora": "lora.use_dora", "lora_use_rslora": "lora.use_rslora",
     "loraplus_lr_ratio": "training.loraplus_lr_ratio", "neftune_noise_alpha": "training.neftune_noise_alpha",
     "chat_template_sha256": "model.chat_template", "preference_shared_prefix": "training.shared_prefix",
+    "packed_shared_prefix": "training.shared_prefix",
 }
 # Identity keys that older checkpoints do not record: compared only when the checkpoint has them.
-_RECORDED_LATER = {"tokenizer_sha256", "preference_shared_prefix"}
+_RECORDED_LATER = {"tokenizer_sha256", "preference_shared_prefix", "packed_shared_prefix"}
 
 
 def check_same_run(saved: dict, current: dict, changed_settings: list[tuple[str, str]] = ()) -> None:

@@ -163,6 +163,8 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     # Every module in training mode (from_pretrained leaves the base model's in eval mode under a training-mode
     # peft wrapper): a step then switches modes only after an evaluation flipped the root (Trainer.step).
     model.train()
+    # before fully_shard: a sharded LM head's weight is a DTensor, which the fused-head check reads as quantized
+    shared_prefix = takes_shared_prefixes(config, model)
     root = shard_model(model) if sharded else None
     if sharded:
         reporter.message(f"fsdp: frozen weights and LoRA states sharded over {ranks.world_size} processes (FSDP2)")
@@ -190,7 +192,6 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
         **method_identity,
     }
-    shared_prefix = takes_shared_prefixes(config, model)
     if shared_prefix and config.training.method == "sft":
         reporter.message(f"{SHARED_PACKING_MESSAGE} (training.shared_prefix)")
     elif shared_prefix:
@@ -202,10 +203,13 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
 
 
 def takes_shared_prefixes(config: RunConfig, model) -> bool:
-    """training.shared_prefix where the model can take it: lorakit_varlen attention and, for packed SFT, an LM head
-    that the fused loss can run on the predicting positions alone (model/kernels.py); else one WARNING and the
-    padded (preference) or whole-example packed (SFT) rows."""
+    """training.shared_prefix where the run and the model can take it: no NEFTune (config.shares_prefixes),
+    lorakit_varlen attention and, for packed SFT, an LM head that the fused loss can run on the predicting positions
+    alone (model/kernels.py); else one WARNING and the padded (preference) or whole-example packed (SFT) rows."""
     training = config.training
+    if training.shared_prefix and training.neftune_noise_alpha is not None and (training.method != "sft" or training.packing):
+        log.warning("training.neftune_noise_alpha scales its noise by the row's length, which sharing would change: "
+                    "training.shared_prefix has no effect")
     if not training.shares_prefixes:
         return False
     if not uses_varlen_attention(model):
