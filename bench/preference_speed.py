@@ -231,7 +231,7 @@ def table(rows: list[dict]) -> str:
         if "error" in row or "skipped" in row:
             why = f"{row['error'][-150:]!r}" if "error" in row else row["skipped"]
             lines.append(f"| {row['setting']} | {row['tool']} | {'failed' if 'error' in row else 'skipped'} | | "
-                         f"{batch} | | | | | | | {why} |")
+                         f"{batch if 'error' in row else ''} | | | | | | | {why} |")
             continue
         peer = next((r for r in rows if r["setting"] == row["setting"] and r["tool"] == TRL and "error" not in r), None)
         ratio = (f"**{row['tokens_per_second'] / peer['tokens_per_second']:.2f}x**"
