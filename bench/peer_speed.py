@@ -23,6 +23,11 @@ MFU counts the FLOPs on those positions and on the keys its attention gathers (b
 real tokens for both tools. `--extra training.shared_prefix=false` adds the lorakit row without it (the lever's
 contribution).
 
+At no higher peak (issue 23): `--tools trl,lorakit,lorakit-at-peer-peak` adds, for the capped (8 GB) settings only,
+lorakit run again with the allocator capped at the TRL row's PyTorch peak reserved of the same setting in this run
+(OUT's rows.jsonl; bench/lib/peer_peak.py), so its planner plans for TRL's own footprint; the label gives the cap
+and its source. No TRL row, or a failed one: the row is skipped, with the reason. --smoke runs it uncapped (CPU).
+
 Each row is a fresh process. An 8 GB card is emulated by capping PyTorch's allocator at --cap-gib (8 GiB minus
 the CUDA context); lorakit's planner sees the capped allocator as that card (cap + context). Both tools run with
 lorakit's allocator settings (expandable segments). Reported per row: median tokens/s over the measured steps
@@ -50,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from lib.capped_run import eight_gb_cap_gib  # noqa: E402
 from lib.gpu_runs import SAFE_ENV, GpuMemorySampler, matmul_tflops  # noqa: E402
+from lib.peer_peak import PEER_PEAK_TOOL, PeerPeakCap, peer_peak_cap, skipped_row  # noqa: E402
 from lib.peer_table import lorakit_step_counts, planned_checkpointed_layers, planned_micro_batch, table  # noqa: E402
 from lib.phi4_mini_run import PHI4_MINI, SMOKE, TOKENIZER  # noqa: E402
 from lib.step_speed import run_speed  # noqa: E402
@@ -129,11 +135,15 @@ def _run(command: list[str], log, name: str, timeout: int, extra_env: dict | Non
     return done, sampler.peak
 
 
-def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str = "", extra: str = "") -> dict:
+def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str = "", extra: str = "",
+                peer_cap: PeerPeakCap | None = None) -> dict:
     """`disabled`: optimisations switched off for this row (LORAKIT_DISABLE, '+'-joined), to measure each one.
-    `extra`: '+'-joined `--set` items applied after the setting's own (a planner choice to compare)."""
+    `extra`: '+'-joined `--set` items applied after the setting's own (a planner choice to compare).
+    `peer_cap`: the row lorakit-at-peer-peak (the allocator capped at TRL's measured peak, not --cap-gib)."""
     max_length, rows, quantization, _, capped = SETTINGS[setting]
-    suffix = (f"-without-{disabled}" if disabled else "") + (f"-{extra_slug(extra)}" if extra else "")
+    cap_gib = peer_cap.cap_gib if peer_cap else args.cap_gib
+    suffix = ((f"-without-{disabled}" if disabled else "") + (f"-{extra_slug(extra)}" if extra else "")
+              + ("-at-peer-peak" if peer_cap else ""))
     run_dir, peak_file = work / f"lorakit-{setting}{suffix}", work / f"peak-{setting}{suffix}.json"
     quantization = "none" if args.smoke else quantization  # nf4 needs CUDA
     sets = [f"output_dir={run_dir}", f"model.max_length={max_length}", f"model.quantization={quantization}"]
@@ -143,13 +153,14 @@ def lorakit_row(setting: str, work: Path, config: Path, args, log, disabled: str
         sets += [f"training.batch_size={rows}", "training.gradient_checkpointing=false"]
     sets += [item for item in extra.split("+") if item]
     command = [sys.executable, str(REPO / "bench" / "lib" / "capped_run.py"), "--peak-file", str(peak_file)]
-    if capped and not args.smoke:
-        command += ["--cap-gib", str(args.cap_gib)]
+    if capped and not args.smoke and cap_gib is not None:
+        command += ["--cap-gib", str(cap_gib)]
     command += ["-m", "lorakit", "train", str(config), "--overwrite"]
     for item in sets:
         command += ["--set", item]
     tool = f"lorakit without {disabled.replace('+', ', ')}" if disabled else "lorakit"
     tool += f" with {extra.replace('+', ', ')}" if extra else ""
+    tool = peer_cap.label if peer_cap else tool
     done, smi = _run(command, log, f"{tool} {setting}", args.row_timeout,
                      {"LORAKIT_DISABLE": disabled.replace("+", ",")} if disabled else None)
     row = {"setting": setting, "tool": tool, "nvidia_smi_peak_mib": smi.get(measured_gpu())}
@@ -247,7 +258,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lorakit-peer-speed"))
     parser.add_argument("--settings", default=",".join(SETTINGS))
-    parser.add_argument("--tools", default="trl,lorakit", help="comma list of trl, lorakit, guide")
+    parser.add_argument("--tools", default="trl,lorakit", help=f"comma list of trl, lorakit, guide, {PEER_PEAK_TOOL} "
+                        "(capped settings only: lorakit with the allocator capped at the TRL row's peak_reserved of "
+                        "the setting, measured earlier in this run; needs trl in the run or in OUT's rows.jsonl)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--cap-gib", type=float, default=eight_gb_cap_gib(),
@@ -291,13 +304,26 @@ def main() -> None:
                         + [("", v) for v in args.extra.split(",") if v])
     with open(args.out / "log.txt", "a") as log:
         for setting in args.settings.split(","):
-            for tool in ("trl", "lorakit"):
+            for tool in ("trl", "lorakit", PEER_PEAK_TOOL):
                 if tool not in tools:
                     continue
+                peer_cap = None
+                if tool == PEER_PEAK_TOOL:
+                    if not SETTINGS[setting][4]:
+                        print(f"{PEER_PEAK_TOOL} {setting}: not run (only for the capped settings)", flush=True)
+                        continue
+                    measured = [json.loads(line) for line in rows_path.read_text().splitlines()] \
+                        if rows_path.exists() else []
+                    peer_cap = peer_peak_cap(measured, setting, "TRL best practice", smoke=args.smoke)
+                    if peer_cap.skip:
+                        print(f"{PEER_PEAK_TOOL} {setting}: skipped, {peer_cap.skip}", flush=True)
+                        with open(rows_path, "a") as handle:
+                            handle.write(json.dumps(skipped_row(setting, peer_cap)) + "\n")
+                        continue
                 for disabled, extra in lorakit_variants if tool == "lorakit" else [("", "")]:
                     started = time.perf_counter()
                     row = trl_row(setting, args.work, args, log) if tool == "trl" else lorakit_row(
-                        setting, args.work, config, args, log, disabled, extra)
+                        setting, args.work, config, args, log, disabled, extra, peer_cap)
                     row["wall_seconds"] = time.perf_counter() - started
                     with open(rows_path, "a") as handle:
                         handle.write(json.dumps(row) + "\n")

@@ -27,6 +27,11 @@ micro-batch 4, the row is re-run at 2 x 4, then 1 x 8 (what a TRL user would do)
 Each row is a fresh process, both with lorakit's allocator settings (expandable segments). Reported per row:
 median tokens/s over the measured steps (lorakit's own metrics.jsonl, TRL's timed in trl_dpo_peer.py), PyTorch's
 peak allocated and reserved, nvidia-smi's peak memory.used (CUDA context included), TRL's attention and kernels.
+
+At no higher peak (issue 24): `--tools ...,lorakit-at-peer-peak` (after trl) adds, for the capped setting only, lorakit
+run again with the allocator capped at the TRL row's PyTorch peak reserved of that setting in this run (rows.jsonl;
+bench/lib/peer_peak.py), so its planner plans for TRL's own footprint; the label gives the cap and its source. No
+TRL row, or a failed one: the row is skipped, with the reason. --smoke runs it uncapped (CPU) and says so.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from lib.capped_run import eight_gb_cap_gib  # noqa: E402
+from lib.peer_peak import PEER_PEAK_TOOL, PeerPeakCap, peer_peak_cap, skipped_row  # noqa: E402
 from lib.phi4_mini_run import PHI4_MINI, SMOKE, TOKENIZER  # noqa: E402
 from lib.step_speed import run_speed  # noqa: E402
 from lib.synthetic_chat import _text  # noqa: E402
@@ -155,15 +161,18 @@ def lorakit_step_counts(config: Path, warmup: int, steps: int, shared: bool = Tr
     return counts
 
 
-def lorakit_row(setting: str, work: Path, config: Path, args, log, tool: str = "lorakit") -> dict:
+def lorakit_row(setting: str, work: Path, config: Path, args, log, tool: str = "lorakit",
+                peer_cap: PeerPeakCap | None = None) -> dict:
+    """`peer_cap`: the row lorakit-at-peer-peak (shared prefixes, allocator capped at TRL's measured peak)."""
     capped, _ = SETTINGS[setting]
-    name, shared = LORAKIT_TOOLS[tool]
+    name, shared = (peer_cap.label, True) if peer_cap else LORAKIT_TOOLS[tool]
+    cap_gib = peer_cap.cap_gib if peer_cap else args.cap_gib
     run_dir, peak_file = work / f"{tool}-{setting}", work / f"peak-{tool}-{setting}.json"
     sets = [f"output_dir={run_dir}", f"model.quantization={'none' if args.smoke else 'nf4'}",
             "training.gradient_checkpointing=auto", f"training.shared_prefix={str(shared).lower()}"]
     command = [sys.executable, str(REPO / "bench" / "lib" / "capped_run.py"), "--peak-file", str(peak_file)]
-    if capped and not args.smoke:
-        command += ["--cap-gib", str(args.cap_gib)]
+    if capped and not args.smoke and cap_gib is not None:
+        command += ["--cap-gib", str(cap_gib)]
     command += ["-m", "lorakit", "train", str(config), "--overwrite"]
     for item in sets:
         command += ["--set", item]
@@ -219,8 +228,10 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         batch = f"{row.get('micro_batch', '?')} x {row.get('accumulation', '?')}"
-        if "error" in row:
-            lines.append(f"| {row['setting']} | {row['tool']} | failed | | {batch} | | | | | | | {row['error'][-150:]!r} |")
+        if "error" in row or "skipped" in row:
+            why = f"{row['error'][-150:]!r}" if "error" in row else row["skipped"]
+            lines.append(f"| {row['setting']} | {row['tool']} | {'failed' if 'error' in row else 'skipped'} | | "
+                         f"{batch if 'error' in row else ''} | | | | | | | {why} |")
             continue
         peer = next((r for r in rows if r["setting"] == row["setting"] and r["tool"] == TRL and "error" not in r), None)
         ratio = (f"**{row['tokens_per_second'] / peer['tokens_per_second']:.2f}x**"
@@ -242,7 +253,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/lorakit-preference-speed"))
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--tools", default="trl,lorakit,lorakit-unshared",
-                        help="trl, lorakit (shared prefixes) and lorakit-unshared (training.shared_prefix=false)")
+                        help="trl, lorakit (shared prefixes), lorakit-unshared (training.shared_prefix=false) and "
+                        f"{PEER_PEAK_TOOL} (capped settings only: lorakit with the allocator capped at the TRL row's "
+                        "peak_reserved of the setting, measured earlier in this run; list it after trl)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--cap-gib", type=float, default=eight_gb_cap_gib(), help="allocator cap of the 8 GB card")
@@ -272,15 +285,29 @@ def main() -> None:
         for setting in args.settings.split(","):
             for tool in args.tools.split(","):
                 started = time.perf_counter()
+                peer_cap = None
+                if tool == PEER_PEAK_TOOL:
+                    if not SETTINGS[setting][0]:
+                        print(f"{PEER_PEAK_TOOL} {setting}: not run (only for the capped settings)", flush=True)
+                        continue
+                    measured = [json.loads(line) for line in rows_path.read_text().splitlines()] \
+                        if rows_path.exists() else []
+                    peer_cap = peer_peak_cap(measured, setting, TRL, smoke=args.smoke)
+                    if peer_cap.skip:
+                        print(f"{PEER_PEAK_TOOL} {setting}: skipped, {peer_cap.skip}", flush=True)
+                        with open(rows_path, "a") as handle:
+                            handle.write(json.dumps(skipped_row(setting, peer_cap)) + "\n")
+                        continue
                 if args.budget_seconds is not None and started - began > args.budget_seconds - 90:
-                    row = {"setting": setting, "tool": TRL if tool == "trl" else LORAKIT_TOOLS[tool][0],
+                    label = peer_cap.label if peer_cap else TRL if tool == "trl" else LORAKIT_TOOLS[tool][0]
+                    row = {"setting": setting, "tool": label,
                            "error": f"not run: {started - began:.0f} s of the {args.budget_seconds:.0f} s budget used"}
                     print(json.dumps(row), flush=True)
                     with open(rows_path, "a") as handle:
                         handle.write(json.dumps(row) + "\n")
                     continue
                 row = trl_row(setting, args.work, args, log) if tool == "trl" else lorakit_row(
-                    setting, args.work, config, args, log, tool)
+                    setting, args.work, config, args, log, tool, peer_cap)
                 row["wall_seconds"] = time.perf_counter() - started
                 with open(rows_path, "a") as handle:
                     handle.write(json.dumps(row) + "\n")

@@ -92,8 +92,10 @@ def table(rows: list[dict], data: dict, shape: dict) -> str:
              "reserved) | nvidia-smi peak GiB | attention, plan |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        if "error" in row:
-            lines.append(f"| {row['setting']} | {row['tool']} | failed | | | | | | | | | {row['error'][-150:]!r} |")
+        if "error" in row or "skipped" in row:
+            why = f"{row['error'][-150:]!r}" if "error" in row else row["skipped"]
+            lines.append(f"| {row['setting']} | {row['tool']} | {'failed' if 'error' in row else 'skipped'} | "
+                         f"| | | | | | | | {why} |")
             continue
         peer = next((r for r in rows if r["setting"] == row["setting"] and r["tool"] == "TRL best practice"
                      and "error" not in r), None)
