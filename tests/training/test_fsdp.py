@@ -18,6 +18,7 @@ from conftest import (
     launcher_env,
     max_adapter_diff,
     max_metrics_diff,
+    metric_records,
     two_process_torchrun,
     write_config_file,
 )
@@ -25,6 +26,7 @@ from lorakit.cli.app import run_cli
 from lorakit.config import NF4_FSDP_REFUSAL, load_config
 from lorakit.run.checkpoints import list_checkpoints
 from lorakit.training.loop import train
+from lorakit.training.session import SHARED_PACKING_MESSAGE
 
 # Max abs difference allowed between the 1-process and the 2-process fsdp runs. Measured on this config: 1.4e-05
 # in the adapter weights, 9.5e-07 in the logged losses. Each step has 3 micro-batches,
@@ -36,7 +38,7 @@ MOMENT_TOLERANCE = 1e-4
 MAX_STEPS = 8
 SETTINGS = dict(batch_size=2, gradient_accumulation_steps=3, max_steps=MAX_STEPS, learning_rate=0.01, logging_steps=1,
                 eval_steps=4, save_steps=2, save_total_limit=20, lr_scheduler="cosine", warmup_steps=2,
-                distributed="fsdp")
+                distributed="fsdp", packing=True)  # packed rows share their prefix (training.shared_prefix) on every rank
 RESUMED_FROM = "step-00000004"
 
 
@@ -62,6 +64,9 @@ def setup(tiny_llama_dir, tmp_path_factory):
 def test_fsdp_two_gloo_processes_equal_one_process(setup):
     _, _, baseline, run, output = setup
     assert "fsdp: frozen weights and LoRA states sharded over 2 processes (FSDP2)" in output
+    # Every rank collates the shared layout as one process does (deciding after sharding read fsdp's DTensor LM
+    # head as quantized: rows were packed whole, with a wrong warning, other dropout masks and a wrong plan).
+    assert SHARED_PACKING_MESSAGE in output and "training.shared_prefix has no effect" not in output
     adapter_diff, metrics_diff = max_adapter_diff(baseline, run), max_metrics_diff(baseline, run, MAX_STEPS)
     print(f"\nfsdp 2 processes vs 1: max abs diff adapter {adapter_diff:.2e}, logged losses {metrics_diff:.2e}")
     assert adapter_diff <= TOLERANCE and metrics_diff <= TOLERANCE
@@ -77,6 +82,8 @@ def test_fsdp_two_gloo_processes_equal_one_process(setup):
                        for n in first["state"] for k in first["state"][n])
         print(f"{one.name}: AdamW state max relative diff {relative:.2e}")
         assert relative <= MOMENT_TOLERANCE
+    losses = [r["train_loss"] for r in metric_records(baseline) if "train_loss" in r]
+    assert len(losses) == MAX_STEPS and losses[-1] < losses[0]  # LoRA dropout on, shared rows: it still trains
     assert output.count("done: 8 steps") == 1 and output.count("adapter saved to") == 1
     manifest = json.loads((run / "final" / "manifest.json").read_text())
     assert manifest["metrics"]["test_loss"] == pytest.approx(

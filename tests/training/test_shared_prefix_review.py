@@ -5,25 +5,15 @@ take the shared layout), not the ones the config asked for."""
 
 from __future__ import annotations
 
-import subprocess
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import (
-    launcher_env,
-    max_adapter_diff,
-    max_metrics_diff,
-    metric_records,
-    two_process_torchrun,
-    write_config_file,
-)
-from lorakit.config import RunConfig, load_config
+from lorakit.config import RunConfig
 from lorakit.data.preference_batch import PairLayout
 from lorakit.errors import CheckpointError
 from lorakit.training.preference_setup import prepare_for_method
 from lorakit.training.resume_drift import check_same_run
-from lorakit.training.session import SHARED_PACKING_MESSAGE
 
 
 def _config(method: str = "sft", packing: bool = True, shared_prefix: bool = True) -> RunConfig:
@@ -84,29 +74,6 @@ def test_neftune_runs_keep_their_rows_whole(caplog):
             assert takes_shared_prefixes(config, model=None) is False
         assert "training.neftune_noise_alpha" in caplog.text and "training.shared_prefix has no effect" in caplog.text
     assert _config("dpo", packing=False).training.shares_prefixes
-
-
-def test_packed_shared_rows_with_lora_dropout_train_alike_under_fsdp_and_in_one_process(tiny_llama_dir, tmp_path):
-    """Every rank collates the shared layout, as one process does, also under fsdp (whose sharded LM head weight,
-    a DTensor, once read as 'quantized': the fsdp run packed examples whole, with a wrong warning, drew other
-    dropout masks and was planned for positions it did not compute); LoRA dropout on still trains."""
-    from lorakit.training.loop import train
-
-    steps = 4
-    training = dict(batch_size=2, gradient_accumulation_steps=2, max_steps=steps, learning_rate=0.01, logging_steps=1,
-                    eval_steps=2, save_steps=4, lr_scheduler="constant", packing=True, distributed="fsdp")
-    config = write_config_file(tmp_path, tiny_llama_dir, seed=11, training=training,
-                               lora={"r": 4, "alpha": 8, "dropout": 0.1})
-    train(load_config(config, [f"output_dir={tmp_path / 'one'}"]))
-    done = subprocess.run(two_process_torchrun("train", str(config), "--set", f"output_dir={tmp_path / 'two'}"),
-                          env=launcher_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    said = done.stdout + done.stderr
-    assert SHARED_PACKING_MESSAGE in said and "training.shared_prefix has no effect" not in said
-    assert max_adapter_diff(tmp_path / "one", tmp_path / "two") < 1e-4  # tests/training/test_fsdp.py's tolerance
-    assert max_metrics_diff(tmp_path / "one", tmp_path / "two", steps) < 1e-4
-    losses = [r["train_loss"] for r in metric_records(tmp_path / "one") if "train_loss" in r]
-    assert len(losses) == steps and losses[-1] < losses[0]
 
 
 def test_a_head_the_fused_loss_cannot_run_gives_the_padded_losses_and_gradients_too(tiny_llama_dir, tokenizer,
