@@ -55,9 +55,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from lib.capped_run import eight_gb_cap_gib  # noqa: E402
 from lib.gpu_runs import SAFE_ENV, GpuMemorySampler, matmul_tflops  # noqa: E402
-from lib.peer_peak import PEER_PEAK_TOOL, PeerPeakCap, peer_peak_cap, skipped_row  # noqa: E402
+from lib.peer_peak import PEER_PEAK_TOOL, PeerPeakCap, peer_cap_or_skip  # noqa: E402
 from lib.peer_table import lorakit_step_counts, planned_checkpointed_layers, planned_micro_batch, table  # noqa: E402
-from lib.phi4_mini_run import PHI4_MINI, SMOKE, TOKENIZER  # noqa: E402
+from lib.phi4_mini_run import PHI4_MINI, SMOKE, TOKENIZER, save_random_phi3  # noqa: E402
 from lib.step_speed import run_speed  # noqa: E402
 from lib.synthetic_chat import synthetic_conversations  # noqa: E402
 
@@ -73,18 +73,12 @@ SETTINGS = {
 def prepare(work: Path, smoke: bool) -> dict:
     """Model, tokenizer, both data files and the matmul rate, in this (child) process."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Phi3Config
+    from transformers import AutoTokenizer
 
     from lorakit.config import DEFAULT_SYSTEM_PROMPT
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(Phi3Config(**(SMOKE if smoke else PHI4_MINI)), dtype=torch.bfloat16)
-    model.save_pretrained(work / "model")
-    tokenizer.save_pretrained(work / "model")
-    del model
+    save_random_phi3(work / "model", tokenizer, smoke)
     lengths = []
     with open(work / "lorakit.jsonl", "w") as ours, open(work / "trl.jsonl", "w") as theirs:
         for conversation in synthetic_conversations(256 if smoke else 2048, seed=0):
@@ -97,7 +91,7 @@ def prepare(work: Path, smoke: bool) -> dict:
             lengths.append(len(ids))
             ours.write(json.dumps({"instruction": user, "response": assistant}) + "\n")
             theirs.write(json.dumps({"prompt": messages[:2], "completion": messages[2:]}) + "\n")
-    tflops = matmul_tflops() if device == "cuda" else None
+    tflops = matmul_tflops() if torch.cuda.is_available() and not smoke else None
     return {"examples": len(lengths), "mean_length": statistics.mean(lengths),
             "mean_square_length": statistics.mean(n * n for n in lengths), "matmul_tflops": tflops,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
@@ -309,16 +303,8 @@ def main() -> None:
                     continue
                 peer_cap = None
                 if tool == PEER_PEAK_TOOL:
-                    if not SETTINGS[setting][4]:
-                        print(f"{PEER_PEAK_TOOL} {setting}: not run (only for the capped settings)", flush=True)
-                        continue
-                    measured = [json.loads(line) for line in rows_path.read_text().splitlines()] \
-                        if rows_path.exists() else []
-                    peer_cap = peer_peak_cap(measured, setting, "TRL best practice", smoke=args.smoke)
-                    if peer_cap.skip:
-                        print(f"{PEER_PEAK_TOOL} {setting}: skipped, {peer_cap.skip}", flush=True)
-                        with open(rows_path, "a") as handle:
-                            handle.write(json.dumps(skipped_row(setting, peer_cap)) + "\n")
+                    peer_cap = peer_cap_or_skip(rows_path, setting, SETTINGS[setting][4], "TRL best practice", args.smoke)
+                    if peer_cap is None:
                         continue
                 for disabled, extra in lorakit_variants if tool == "lorakit" else [("", "")]:
                     started = time.perf_counter()

@@ -52,8 +52,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from lib.capped_run import eight_gb_cap_gib  # noqa: E402
-from lib.peer_peak import PEER_PEAK_TOOL, PeerPeakCap, peer_peak_cap, skipped_row  # noqa: E402
-from lib.phi4_mini_run import PHI4_MINI, SMOKE, TOKENIZER  # noqa: E402
+from lib.peer_peak import PEER_PEAK_TOOL, PeerPeakCap, peer_cap_or_skip  # noqa: E402
+from lib.phi4_mini_run import TOKENIZER, save_random_phi3  # noqa: E402
 from lib.step_speed import run_speed  # noqa: E402
 from lib.synthetic_chat import _text  # noqa: E402
 from peer_speed import _run, measured_gpu  # noqa: E402
@@ -94,18 +94,12 @@ def synthetic_pairs(tokenizer, system_prompt: str, count: int, seed: int, smoke:
 def prepare(work: Path, smoke: bool) -> dict:
     """Model, tokenizer and the pairs file, in this (child) process."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Phi3Config
+    from transformers import AutoTokenizer
 
     from lorakit.config import DEFAULT_SYSTEM_PROMPT
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(Phi3Config(**(SMOKE if smoke else PHI4_MINI)), dtype=torch.bfloat16)
-    model.save_pretrained(work / "model")
-    tokenizer.save_pretrained(work / "model")
-    del model
+    save_random_phi3(work / "model", tokenizer, smoke)
     pairs = synthetic_pairs(tokenizer, DEFAULT_SYSTEM_PROMPT, SMOKE_PAIRS if smoke else PAIRS, seed=0, smoke=smoke)
     with open(work / "pairs.jsonl", "w") as handle:
         for pair in pairs:
@@ -287,16 +281,8 @@ def main() -> None:
                 started = time.perf_counter()
                 peer_cap = None
                 if tool == PEER_PEAK_TOOL:
-                    if not SETTINGS[setting][0]:
-                        print(f"{PEER_PEAK_TOOL} {setting}: not run (only for the capped settings)", flush=True)
-                        continue
-                    measured = [json.loads(line) for line in rows_path.read_text().splitlines()] \
-                        if rows_path.exists() else []
-                    peer_cap = peer_peak_cap(measured, setting, TRL, smoke=args.smoke)
-                    if peer_cap.skip:
-                        print(f"{PEER_PEAK_TOOL} {setting}: skipped, {peer_cap.skip}", flush=True)
-                        with open(rows_path, "a") as handle:
-                            handle.write(json.dumps(skipped_row(setting, peer_cap)) + "\n")
+                    peer_cap = peer_cap_or_skip(rows_path, setting, SETTINGS[setting][0], TRL, args.smoke)
+                    if peer_cap is None:
                         continue
                 if args.budget_seconds is not None and started - began > args.budget_seconds - 90:
                     label = peer_cap.label if peer_cap else TRL if tool == "trl" else LORAKIT_TOOLS[tool][0]

@@ -55,3 +55,21 @@ def peer_peak_cap(rows: list[dict], setting: str, peer_tool: str, smoke: bool = 
 def skipped_row(setting: str, cap: PeerPeakCap) -> dict:
     """The rows.jsonl entry of a skipped row: the table shows it as skipped, with the reason."""
     return {"setting": setting, "tool": cap.label, "skipped": cap.skip}
+
+
+def peer_cap_or_skip(rows_path, setting: str, capped: bool, peer_tool: str, smoke: bool) -> PeerPeakCap | None:
+    """The peer-peak cap for `setting` from the rows already written to `rows_path`, or None when the row is not
+    run: an uncapped setting (said on stdout), or no usable peer row (said, and a `skipped` row appended)."""
+    import json
+
+    if not capped:
+        print(f"{PEER_PEAK_TOOL} {setting}: not run (only for the capped settings)", flush=True)
+        return None
+    measured = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    cap = peer_peak_cap(measured, setting, peer_tool, smoke=smoke)
+    if cap.skip:
+        print(f"{PEER_PEAK_TOOL} {setting}: skipped, {cap.skip}", flush=True)
+        with open(rows_path, "a") as handle:
+            handle.write(json.dumps(skipped_row(setting, cap)) + "\n")
+        return None
+    return cap

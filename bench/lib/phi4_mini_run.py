@@ -59,3 +59,17 @@ def write_config(root: Path, model_dir: Path, *, smoke: bool, steps: int) -> Pat
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def save_random_phi3(folder, tokenizer, smoke: bool) -> None:
+    """The benchmark's model: a Phi-4-mini-shaped Phi3 (SMOKE's tiny shape with `smoke`) with random weights (seed 0),
+    bf16, saved with `tokenizer` to `folder`; built on the GPU when there is one (the smoke model on the CPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Phi3Config
+
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(Phi3Config(**(SMOKE if smoke else PHI4_MINI)), dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for lib.capped_run
 from lib.capped_run import cap_allocator  # noqa: E402
+from lib.step_clock import step_clock  # noqa: E402
 
 
 def main() -> None:
@@ -59,7 +60,7 @@ def main() -> None:
 
     from datasets import load_dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import DPOConfig, DPOTrainer
 
     model_kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32, "attn_implementation": "sdpa"}
@@ -87,17 +88,6 @@ def main() -> None:
             micro_padded.append(inputs["input_ids"].numel())
             return super().training_step(model, inputs, num_items_in_batch)
 
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args_, state, control, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args_, state, control, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()
-            step_seconds.append(time.perf_counter() - self.start)
-
     config = DPOConfig(
         output_dir="/tmp/trl-dpo-peer", max_length=args.max_length, padding_free=False,
         per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=args.accumulation,
@@ -109,7 +99,7 @@ def main() -> None:
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                              task_type="CAUSAL_LM")
     trainer = CountingTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                              peft_config=peft_config, callbacks=[Clock()])
+                              peft_config=peft_config, callbacks=[step_clock(step_seconds, cuda)])
     setup_seconds = time.perf_counter() - started
     tokenized = trainer.train_dataset  # TRL's own tokenization: prompt_ids, chosen_ids, rejected_ids per pair
     pair_tokens = [2 * len(p) + len(c) + len(r) for p, c, r in zip(

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for lib.capped_run
 from lib.capped_run import cap_allocator  # noqa: E402
+from lib.step_clock import step_clock  # noqa: E402
 
 
 def main() -> None:
@@ -66,7 +67,7 @@ def main() -> None:
 
     from datasets import load_dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
     attention = "flex_attention" if cuda and args.packing else "sdpa"
@@ -97,17 +98,6 @@ def main() -> None:
             step_square_lengths.append(counts[2])
             return super().training_step(model, inputs, num_items_in_batch)
 
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args_, state, control, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args_, state, control, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()
-            step_seconds.append(time.perf_counter() - self.start)
-
     config = SFTConfig(
         output_dir="/tmp/trl-peer", max_length=args.max_length, packing=args.packing, packing_strategy="bfd",
         per_device_train_batch_size=args.rows, gradient_accumulation_steps=1,
@@ -120,7 +110,7 @@ def main() -> None:
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                              task_type="CAUSAL_LM")
     trainer = CountingTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                              peft_config=peft_config, callbacks=[Clock()])
+                              peft_config=peft_config, callbacks=[step_clock(step_seconds, cuda)])
     setup_seconds = time.perf_counter() - started
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -93,3 +93,18 @@ def test_scripts_pass_the_peer_cap_to_capped_run(module, setting, trl, run_dir, 
 
     plain_command = _command_of(module, setting, plain, monkeypatch, tmp_path)
     assert plain_command[plain_command.index("--cap-gib") + 1] == "7.25"  # the existing row keeps the 8 GB card
+
+
+def test_both_scripts_decide_the_row_from_the_rows_file(tmp_path, capsys):
+    """peer_cap_or_skip, the one decision both scripts call: uncapped settings never run it, a missing TRL row appends
+    a `skipped` row naming why, a TRL row's peak reserved becomes the cap."""
+    import json
+
+    rows = tmp_path / "rows.jsonl"
+    assert peer_peak.peer_cap_or_skip(rows, "gpu", False, "TRL", smoke=False) is None
+    assert "gpu: not run (only for the capped settings)" in capsys.readouterr().out and not rows.exists()
+    assert peer_peak.peer_cap_or_skip(rows, "8gb", True, "TRL", smoke=False) is None
+    skipped = json.loads(rows.read_text())
+    assert skipped["setting"] == "8gb" and "no TRL row of 8gb in this run" in json.dumps(skipped)
+    rows.write_text(json.dumps({"setting": "8gb", "tool": "TRL", "peak_reserved": 6 * 2**30}) + "\n")
+    assert peer_peak.peer_cap_or_skip(rows, "8gb", True, "TRL", smoke=False).cap_gib == 6.0
