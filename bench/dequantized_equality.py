@@ -7,8 +7,9 @@ bitsandbytes computes, on the real bitsandbytes, for Phi-4-mini's four linear sh
 For each shape (nf4, double quantization, bf16 compute, as lorakit loads QLoRA), under bf16 autocast as lorakit
 trains: lorakit's one-node LoRA layer (LoraLinear, dropout 0.1) and the frozen layer alone under autograd (peft's
 unfused path), once with bitsandbytes dequantizing in every pass and once with the kept weight. Prints max |diff| of
-the output and of the input, lora_A and lora_B gradients (0.0 = bit for bit), and on CUDA the milliseconds of one
-forward + backward each way. bitsandbytes below 1,537 rows may use its own fused CUDA kernel, so --tokens stays
+the output and of the input, lora_A and lora_B gradients (0.0 = bit for bit), and on CUDA the milliseconds of the
+pair (the LoRA layer's and the frozen layer's forward + backward) each way, a rough view of what the lever saves per
+layer. bitsandbytes below 1,537 rows may use its own fused CUDA kernel, so --tokens stays
 above that on CUDA (a training micro-batch of packed rows has thousands).
 """
 
