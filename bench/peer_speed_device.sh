@@ -7,6 +7,9 @@
 #       just measured (issue 23's "at no higher peak"; TOOLS=trl,lorakit drops it). Rows take ~35-95 s each, so the
 #       four settings (14 rows) do not fit one 10-minute call: pass SETTINGS=8gb-qlora-512,8gb-qlora-2048 (8 rows,
 #       ~6 min) in one call and SETTINGS=gpu-bf16-512,gpu-qlora-512 (6 rows) in another, with the same OUT_DIR.
+#       ABLATE=dequantized_weights adds lorakit with that optimisation off (LORAKIT_DISABLE; comma list) to each
+#       setting: with SETTINGS=gpu-qlora-512 TOOLS=lorakit EXTRA='' the QLoRA row without its frozen weights kept
+#       dequantized (plan/dequantized.py; the plan column says how many layers the lever kept).
 #   bash bench/peer_speed_device.sh long OUT_DIR   # the 8 GB card at 8k-32k tokens per example, both tools, and lorakit plan
 #   bash bench/peer_speed_device.sh preference OUT_DIR  # issue 24: DPO, lorakit vs TRL's DPOTrainer, 8 GB card and whole GPU
 #       (TOOLS=trl,lorakit,lorakit-unshared,lorakit-at-peer-peak by default: lorakit-unshared is lorakit with
@@ -53,7 +56,7 @@ grep -q "^torch" "$out/checks.txt" || exit 1
 if [ "$part" = table ]; then
     python bench/peer_speed.py --out "$out" --work /tmp/lorakit-peer-speed \
         --settings "${SETTINGS:-8gb-qlora-512,gpu-bf16-512,gpu-qlora-512,8gb-qlora-2048}" --tools "${TOOLS:-trl,lorakit,lorakit-at-peer-peak}" \
-        --extra "${EXTRA-training.shared_prefix=false}" --steps 8 --warmup 2 --row-timeout 200 2>&1 | tee "$out/stdout.txt"
+        --extra "${EXTRA-training.shared_prefix=false}" --ablate "${ABLATE-}" --steps 8 --warmup 2 --row-timeout 200 2>&1 | tee "$out/stdout.txt"
     exit
 fi
 if [ "$part" = preference ]; then

@@ -63,6 +63,9 @@ def planned_checkpointed_layers(plan: str) -> int:
     32
     >>> planned_checkpointed_layers("memory plan: none, micro-batch 16, checkpointing none, predicted peak 30 GiB")
     0
+    >>> planned_checkpointed_layers("memory plan: nf4, micro-batch 16, checkpointing none, dequantized weights kept: "
+    ...                             "32 of 32 layers, 6.0 GiB, predicted peak 37.6 GiB per GPU")
+    0
     """
     found = re.search(r"checkpointing (?:(\d+) of \d+|all (\d+)) layers", plan)
     return int(found.group(1) or found.group(2)) if found else 0

@@ -28,6 +28,15 @@ def test_plan_for_8gb_prints_the_fitting_settings(plan_config, capsys):
     assert "planned for 8.0 GiB" in out
     assert "plan: nf4, micro-batch 1 (2,048 tokens), checkpointing 18 of 32 layers" in out  # fewest that fit
     assert "peak_allocated" in out
+    assert "dequantized weights kept: none" in out  # the plan checkpoints layers to fit: no memory to spare
+
+
+def test_plan_for_a_whole_gpu_keeps_qlora_weights_dequantized(plan_config, capsys):
+    assert run_cli(["plan", str(plan_config), "--gpu-memory", "80GB", "--set", "model.quantization=nf4"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: nf4, micro-batch 1 (2,048 tokens), checkpointing none" in out
+    assert "dequantized weights kept: 32 of 32 layers, 6.0 GiB" in out
+    assert "dequantized_weights" in out and "6.00" in out  # a row of the predicted peak
 
 
 def test_plan_that_cannot_fit_exits_with_the_needed_memory(plan_config, capsys):

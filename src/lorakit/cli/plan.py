@@ -41,6 +41,8 @@ def plan(
     # shards the weights and LoRA states over the GPUs (plan/sharded.py).
     strategy = f", {config.training.distributed} over {gpus} GPUs" if gpus > 1 else ""
     console.print(f"[green]plan:[/] {_settings_text(chosen, chosen_plan.layers)}{strategy}")
+    if chosen_plan.dequantized_text:  # nf4: what the plan leaves, spent last (plan/dequantized.py)
+        console.print(chosen_plan.dequantized_text)
     breakdown = Table(title="predicted peak per GPU (GiB)", show_header=False)
     for term, gib in chosen.estimate.rows():
         breakdown.add_row(term, f"{gib:.2f}")

@@ -22,6 +22,7 @@ import types
 
 import torch
 
+from lorakit.model.dequantized_weights import kept_weight
 from lorakit.runtime.ablation import enabled
 
 __all__ = ["use_fused_lora", "FusedLoraAdd", "LoraLinear"]
@@ -77,7 +78,8 @@ class LoraLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight_a, weight_b, frozen, scaling, p):
-        result = frozen(x)  # autograd is off inside forward: no graph, and bitsandbytes takes its no-grad path
+        # autograd is off inside forward: no graph, and bitsandbytes takes its no-grad path (or the kept weight's)
+        result = frozen(x)
         if result._base is not None:  # never write into a view of another tensor
             result = result.clone()
         dropped, mask = torch.native_dropout(x, p, True) if p > 0 else (x, None)
@@ -110,10 +112,14 @@ class LoraLinear(torch.autograd.Function):
 
 
 def _frozen_weight(frozen: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """The frozen layer's [out, in] weight in `dtype` (a 4-bit one dequantized, as bitsandbytes' backward does)."""
+    """The frozen layer's [out, in] weight in `dtype` (a 4-bit one dequantized, as bitsandbytes' backward does, or
+    the dequantized copy it keeps where the memory plan had room: model/dequantized_weights.py)."""
     quant_state = getattr(frozen.weight, "quant_state", None)
     if quant_state is None:
         return frozen.weight.to(dtype)
+    kept = kept_weight(frozen)
+    if kept is not None:  # kept in quant_state.dtype, as the dequantization below: the same values
+        return kept.to(dtype)
     import bitsandbytes.functional as bnb_functional
 
     return bnb_functional.dequantize_4bit(frozen.weight.view(-1, 1), quant_state).to(dtype)

@@ -9,6 +9,7 @@ from lorakit.config import RunConfig
 from lorakit.model.adapters import attach_lora
 from lorakit.model.attention import use_varlen_attention
 from lorakit.model.checkpointing import apply_checkpointing, reentrant_checkpoints
+from lorakit.model.dequantized_weights import keep_dequantized_weights
 from lorakit.model.fused_lora import use_fused_lora
 from lorakit.model.fused_projections import use_fused_projections
 from lorakit.model.kernels import apply_fused_kernels
@@ -40,16 +41,18 @@ def add_neftune_noise(model, alpha: float) -> None:
 
 def make_trainable(model, config: RunConfig, *, device: torch.device, quantized: bool,
                    checkpointed_layers: int, offload_activations: bool = False, sharded: bool = False,
-                   tiled_mlp: bool = False):
+                   tiled_mlp: bool = False, dequantized_layers: int = 0):
     """Wrap `model` for training; returns the peft model. `checkpointed_layers`: how many of the first decoder
     layers are checkpointed (0 = none); `sharded`: fsdp will shard it (training/sharding.py); `tiled_mlp`: the
-    planner's MLPs in sequence chunks (model/tiled_mlp.py)."""
+    planner's MLPs in sequence chunks (model/tiled_mlp.py); `dequantized_layers`: the first n decoder layers' 4-bit
+    weights kept dequantized (model/dequantized_weights.py)."""
     apply_fused_kernels(model, device)
     use_fused_projections(model, device)  # after liger, whose SwiGLU forward it replaces
     model = attach_lora(model, config.lora, quantized=quantized, gradient_checkpointing=False)
     if model.get_input_embeddings().weight.dtype != torch.float32:  # trained under autocast (training/loop.py)
         skip_fp32_input_copies(model)
     use_fused_lora(model)
+    keep_dequantized_weights(model, dequantized_layers)
     if config.training.packing:
         use_varlen_attention(model)
     elif config.training.shares_prefixes:

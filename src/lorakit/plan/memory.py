@@ -126,6 +126,8 @@ class TrainSettings:
     # Keys and values attention keeps per query token: 1, or more in a shared-prefix preference batch, where each
     # rejected row gathers its pair's prefix again (data/preference_batch.py's PairLayout).
     keys_per_token: float = 1.0
+    # nf4: the first n decoder layers' frozen weights also kept dequantized for the run (plan/dequantized.py)
+    dequantized_layers: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class MemoryEstimate:
     dequantize_buffer: int
     process: int = 0  # on CPU: Python, PyTorch and the libraries themselves (on CUDA outside the allocator)
     heap_fragmentation: int = 0  # on CPU: freed heap that the process keeps resident
+    dequantized_weights: int = 0  # nf4 weights also kept dequantized (plan/dequantized.py), on top of the 4-bit ones
     # The loss's tensors and a layer's backward working set are never alive together: with every layer's input
     # offloaded nothing of the forward pass is left beside the loss, and its tensors are freed before any layer's
     # backward. The peak counts the larger of the two (at 16k tokens the sum over-predicted the H100 by 5.1%).
@@ -148,7 +151,7 @@ class MemoryEstimate:
         """On CUDA the allocator's peak (`torch.cuda.max_memory_allocated`); on CPU the process's peak RSS."""
         overlap = min(self.loss, self.backward_working) if self.loss_apart else 0
         return (self.weights + self.lora_states + self.saved_activations + self.backward_working + self.loss
-                - overlap + self.dequantize_buffer + self.process + self.heap_fragmentation)
+                - overlap + self.dequantize_buffer + self.process + self.heap_fragmentation + self.dequantized_weights)
 
     def peak_on_gpu(self) -> int:
         """What the GPU must have free: allocated peak + allocator slack + CUDA context."""
@@ -159,6 +162,8 @@ class MemoryEstimate:
         terms = ("weights", "lora_states", "saved_activations", "backward_working", "loss", "dequantize_buffer",
                  "process", "heap_fragmentation")
         rows = [(term, getattr(self, term) / GIB) for term in terms]
+        if self.dequantized_weights:
+            rows.append(("dequantized_weights", self.dequantized_weights / GIB))
         if self.loss_apart:
             rows.append(("loss apart from backward_working", -min(self.loss, self.backward_working) / GIB))
         return rows + [("peak_allocated", self.peak_allocated / GIB)]
@@ -271,6 +276,7 @@ def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEs
         dequantize = largest * b  # one linear's weight, dequantized for its matmul, then freed
     else:
         weights, dequantize = (linear + other) * b, 0
+    assert settings.quantization == "nf4" or not settings.dequantized_layers, "only 4-bit weights are dequantized"
     per_layer = layer_activation_bytes(shape, settings)
     checkpointed = settings.checkpointed_layers
     assert 0 <= checkpointed <= shape.layers, f"{checkpointed} checkpointed layers of {shape.layers}"
@@ -295,6 +301,8 @@ def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEs
         loss=loss,
         dequantize_buffer=dequantize + dora_transient_bytes(shape, settings),
         loss_apart=settings.offload_activations and not settings.on_cpu,
+        # The layer's whole weights in the compute dtype. dequantize_buffer stays: layers not kept still dequantize.
+        dequantized_weights=settings.dequantized_layers * shape.linear_params_per_layer * b,
     )
     if not settings.on_cpu:
         return estimate

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from lorakit.model.checkpointing import apply_checkpointing, decoder_layers, reentrant_checkpoints
+from lorakit.model.dequantized_weights import drop_dequantized_weights
 from lorakit.model.load import read_model_config
 from lorakit.plan.candidates import Candidate, micro_batch_settings, plan_settings
 from lorakit.plan.config_view import planned_length, shared_bin_positions, train_settings
@@ -123,7 +124,14 @@ def computed_config(session):
 def replan_after_oom(session, state, step: int) -> str | None:
     """Re-plan after an out-of-memory error in `step`: switch the model's checkpointing/offload and the
     micro-batch in `state` (a checkpoint saves them, so a resume keeps them); returns the message that says
-    what changed, or None when no plan that needs less memory fits (then the caller halves)."""
+    what changed, or None when no plan that needs less memory fits (then the caller halves). Weights kept
+    dequantized (plan/dequantized.py) go first, alone: they were the last thing the plan spent memory on."""
+    layers, freed = drop_dequantized_weights(session.model)
+    if layers:
+        live = _live_settings(session, state)  # recorded as a re-plan, so that a resume keeps them dropped
+        state.checkpointed_layers, state.offload_activations = live.checkpointed_layers, live.offload_activations
+        return (f"out of memory at step {step}: dropped the dequantized weights kept for {layers} layers "
+                f"({freed / GIB:.1f} GiB), retrying the step with the same settings")
     memory_bytes = training_memory_bytes(session.device)
     if memory_bytes is None:
         return None
@@ -161,6 +169,8 @@ def _apply(session, state, checkpointed_layers: int, offload_activations: bool) 
 
 
 def restore_memory_settings(session, state) -> None:
-    """On resume: the checkpointing/offload an out-of-memory re-plan chose, saved in the trainer state."""
+    """On resume: the checkpointing/offload an out-of-memory re-plan chose, saved in the trainer state, and no weights
+    kept dequantized (the re-plan dropped them first)."""
     if state.checkpointed_layers is not None:
+        drop_dequantized_weights(session.model)
         _apply(session, state, state.checkpointed_layers, state.offload_activations)

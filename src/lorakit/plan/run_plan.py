@@ -14,6 +14,12 @@ from lorakit.data.shared_packing import PrefixSharing
 from lorakit.errors import ConfigError
 from lorakit.plan.candidates import Candidate, plan_settings
 from lorakit.plan.config_view import planned_length, shared_bin_positions, train_settings
+from lorakit.plan.dequantized import (
+    dequantized_text,
+    fixed_settings_candidate,
+    keep_dequantized_layers,
+    memory_to_spare,
+)
 from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
@@ -53,6 +59,18 @@ class TrainingPlan:
     @property
     def checkpointing_text(self) -> str:
         return checkpointing_text(self.checkpointed_layers, self.layers, self.offload_activations, self.tiled_mlp)
+
+    @property
+    def dequantized_layers(self) -> int:
+        """nf4: the first n decoder layers whose weights are also kept dequantized (plan/dequantized.py)."""
+        return self.chosen.settings.dequantized_layers
+
+    @property
+    def dequantized_text(self) -> str | None:
+        """'dequantized weights kept: 32 of 32 layers, 6.0 GiB' (or 'none') for an nf4 plan; None otherwise."""
+        if self.quantization != "nf4":
+            return None
+        return dequantized_text(self.chosen.estimate, self.chosen.settings, self.layers)
 
 
 def parse_memory_size(text: str) -> int:
@@ -155,6 +173,8 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
             f"), but {gpu_memory_bytes / GIB:.1f} GiB is available.",
             refusal_advice(config),
         ])
+    if cuda and single_process and sharded_over == 1 and memory_to_spare(chosen, candidates):
+        chosen = keep_dequantized_layers(shape, chosen, gpu_memory_bytes)  # spent last (plan/dequantized.py)
     settings = chosen.settings
     return TrainingPlan(settings.quantization, chosen.micro_batch, settings.checkpointed_layers,
                         settings.offload_activations, chosen, candidates, gpu_memory_bytes, shape.layers, settings.tiled_mlp)
@@ -201,6 +221,7 @@ class ResolvedSettings:
     offload_activations: bool
     plan: TrainingPlan | None
     tiled_mlp: bool = False
+    dequantized_layers: int = 0  # nf4: the first n decoder layers' weights kept dequantized (plan/dequantized.py)
 
 
 # What NCCL holds on each GPU of a several-GPU run, outside PyTorch's allocator: on 2 H200s nvidia-smi read
@@ -240,8 +261,17 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
                                                       pairs=pairs, sharing=sharing)
     training = config.training
     if "auto" not in (training.batch_size, training.gradient_checkpointing, config.model.quantization):
-        layers = ModelShape.from_config(model_config).layers if training.gradient_checkpointing else 0
-        return ResolvedSettings(config, layers, False, None)
+        shape = ModelShape.from_config(model_config)
+        layers = shape.layers if training.gradient_checkpointing else 0
+        if not (cuda and world_size == 1 and config.model.quantization == "nf4"):
+            return ResolvedSettings(config, layers, False, None)
+        # fixed settings as the plan's only candidate: what they leave may keep weights dequantized (a plan only then)
+        fixed = fixed_settings_candidate(config, shape, memory_bytes, dtype_bytes=dtype_bytes,
+                                         longest_example=longest_example, pairs=pairs, sharing=sharing)
+        chosen = keep_dequantized_layers(shape, fixed, memory_bytes)
+        kept = chosen.settings.dequantized_layers
+        plan = TrainingPlan("nf4", chosen.micro_batch, layers, False, chosen, [fixed], memory_bytes, shape.layers)
+        return ResolvedSettings(config, layers, False, plan if kept else None, dequantized_layers=kept)
     plan = plan_training(config, model_config, memory_bytes, dtype_bytes=dtype_bytes,
                          nf4_available=nf4_available and cuda, cuda=cuda, longest_example=longest_example,
                          sharded_over=sharded_over, single_process=world_size == 1, pairs=pairs, sharing=sharing)
@@ -250,7 +280,8 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
                                                 "gradient_checkpointing": plan.checkpointed_layers > 0}),
         "model": config.model.model_copy(update={"quantization": plan.quantization}),
     })
-    return ResolvedSettings(resolved, plan.checkpointed_layers, plan.offload_activations, plan, plan.tiled_mlp)
+    return ResolvedSettings(resolved, plan.checkpointed_layers, plan.offload_activations, plan, plan.tiled_mlp,
+                            plan.dequantized_layers)
 
 
 def _per_process(config: RunConfig, model_config: dict, memory_bytes: int, world_size: int, *, cuda: bool,

@@ -23,6 +23,8 @@ OPTIMISATIONS = {
                             "= non-reentrant checkpoints",
     "host_overlap": "one host-device sync per optimizer step, the next step's batches collated during this step's "
                     "backward pass (training/loop.py)",
+    "dequantized_weights": "QLoRA's frozen 4-bit weights kept dequantized where the memory plan has room "
+                           "(plan/dequantized.py); off = dequantized in every pass, as bitsandbytes does",
 }
 
 

@@ -146,6 +146,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     if resolved.plan is not None:
         reporter.message(f"memory plan: {config.model.quantization}, micro-batch {config.training.batch_size}, "
                          f"checkpointing {resolved.plan.checkpointing_text}, "
+                         + (f"{resolved.plan.dequantized_text}, " if resolved.plan.dequantized_text else "")
                          + (f"fsdp over {ranks.world_size} processes, " if sharded else "")
                          + f"predicted peak {resolved.plan.chosen.estimate.peak_allocated / 2**30:.1f} GiB "
                          f"{'per GPU' if device.type == 'cuda' else 'of RAM'}")
@@ -157,7 +158,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     targets = resolve_target_modules(model, config.lora.target_modules)
     model = make_trainable(model, config, device=device, quantized=quantized,
                            checkpointed_layers=resolved.checkpointed_layers, offload_activations=resolved.offload_activations,
-                           sharded=sharded, tiled_mlp=resolved.tiled_mlp)
+                           sharded=sharded, tiled_mlp=resolved.tiled_mlp, dequantized_layers=resolved.dequantized_layers)
     name_adapter_base(model, public_model_name(source))  # adapter_config.json names no local path
     method_identity = prepare_for_method(model, config, targets)  # starting adapter, DPO reference, dropout
     # Every module in training mode (from_pretrained leaves the base model's in eval mode under a training-mode
