@@ -19,7 +19,12 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from lorakit.model.tiled_mlp import mlp_chunk_tokens
-from lorakit.plan.host_memory import PROCESS_BASELINE_BYTES, cpu_loss_bytes, heap_fragmentation_bytes
+from lorakit.plan.host_memory import (
+    CHUNK_LOGIT_ELEMENTS,
+    PROCESS_BASELINE_BYTES,
+    cpu_loss_bytes,
+    heap_fragmentation_bytes,
+)
 
 __all__ = [
     "GIB",
@@ -30,6 +35,7 @@ __all__ = [
     "estimate_peak_memory",
     "layer_activation_bytes",
     "checkpointing_text",
+    "logit_chunk_bytes",
 ]
 
 GIB = 1024**3
@@ -126,6 +132,9 @@ class TrainSettings:
     # Keys and values attention keeps per query token: 1, or more in a shared-prefix preference batch, where each
     # rejected row gathers its pair's prefix again (data/preference_batch.py's PairLayout).
     keys_per_token: float = 1.0
+    # Preference losses score answers through their own chunked LM head (training/preference_loss.py), whose fp32
+    # logits chunks live beside the saved activations (`logit_chunk_bytes`).
+    chunked_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -248,6 +257,18 @@ def tiled_backward_bytes(shape: ModelShape, settings: TrainSettings, per_layer: 
     return max(mlp, attention)
 
 
+def logit_chunk_bytes(tokens: int, vocab: int) -> int:
+    """The preference head's transient (training/preference_loss._ChunkedTokenLogps) at its largest, in the backward
+    pass that starts while every saved activation is alive: one chunk's bf16 logits made fp32, their softmax beside
+    them, and its bf16 copy: 10 bytes per logit (the forward's fp32 logits and logsumexp's temporary take 8). The
+    session-10 H100 rows of bench/results/preference_speed were 0.47 GiB above a prediction without it.
+
+    >>> logit_chunk_bytes(100, 1000), logit_chunk_bytes(10**6, 200_064) == 10 * (CHUNK_LOGIT_ELEMENTS // 200_064) * 200_064
+    (1000000, True)
+    """
+    return 10 * min(tokens, max(1, CHUNK_LOGIT_ELEMENTS // vocab)) * vocab
+
+
 def checkpointing_text(checkpointed_layers: int, layers: int, offload: bool = False, tiled_mlp: bool = False) -> str:
     """How a plan names its checkpointing.
 
@@ -286,7 +307,7 @@ def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEs
     if settings.tiled_mlp:
         working = tiled_backward_bytes(shape, settings, per_layer)
     # Fused linear cross-entropy: final hidden states, selected rows, their gradient and one logits chunk.
-    loss = tokens * d * b * 4
+    loss = tokens * d * b * 4 + (logit_chunk_bytes(tokens, shape.vocab) if settings.chunked_head else 0)
     estimate = MemoryEstimate(
         weights=weights,
         lora_states=lora_parameter_count(shape, settings) * LORA_STATE_BYTES_PER_PARAM,
