@@ -8,7 +8,8 @@ the same run without the GPU: the Phi-4-mini shape's config.json (no weights), t
 (preference_speed.synthetic_pairs, seed 0), the same config (preference_speed.lorakit_config), lorakit's own data
 preparation, the run's data order (training/batches.run_pair_layout) and the planner as `lorakit train` calls it.
 For each row it prints the planner's MemoryEstimate terms at the settings the row ran with (micro-batch 4, the
-checkpointing its plan chose), the prediction over the measured peak, and the plan it would choose now.
+checkpointing its plan chose), the prediction over the measured peak, and the plan it would choose now; and the
+same for the padded rows ("lorakit, shared_prefix off").
 
 The H100 run's torch 2.11 flash kernel took grouped-query k/v without expanding them (its plan line is reproduced
 only so), so the estimate here uses kv_expanded=False whatever this machine's torch says.
@@ -69,12 +70,15 @@ def check(work: Path) -> list[dict]:
     shape = ModelShape.from_config(model_config)
     base = replace(train_settings(run, "nf4", dtype_bytes=2, cuda=True, pairs=pairs), kv_expanded=False)
     positions, keys = pair_micro_batches(run, pairs)(4)
-    measured = {r["setting"]: r for r in map(json.loads, ROWS.read_text().splitlines()) if r["tool"] == "lorakit"}
+    rows = [json.loads(line) for line in ROWS.read_text().splitlines()]
+    measured = {r["setting"]: r for r in rows if r["tool"] == "lorakit"}
     results = []
     for setting, (layers, memory) in SETTINGS.items():
         settings = replace(micro_batch_settings(base, 0, layout=(positions, keys)), checkpointed_layers=layers)
         estimate = estimate_peak_memory(shape, settings)
         row = measured[setting]
+        padded = _padded_row(run, data, shape, next(r for r in rows if r["setting"] == setting
+                                                     and r["tool"] == "lorakit, shared_prefix off"))
         memory = memory or int(eight_gb_cap_gib() * GIB) + CUDA_CONTEXT_BYTES
         plan = plan_training(run.model_copy(update={"training": run.training.model_copy(update={"batch_size": 4})}),
                              model_config, memory, dtype_bytes=2, nf4_available=True, longest_example=data.longest_example,
@@ -87,8 +91,25 @@ def check(work: Path) -> list[dict]:
             "session10_plan": row["plan"],
             "plan_now": f"micro-batch {plan.micro_batch}, checkpointing {plan.checkpointing_text}, "
                         f"predicted peak {plan.chosen.estimate.peak_allocated / GIB:.2f} GiB",
+            "padded": padded,
         })
     return results
+
+
+def _padded_row(run, data, shape, row: dict) -> dict:
+    """The row "lorakit, shared_prefix off": 4 pairs padded into 8 rows of the data's longest sequence (which the
+    measured steps reached: 8,120 positions), at the checkpointing its plan chose (from its plan line)."""
+    from lorakit.plan.config_view import planned_length, train_settings
+    from lorakit.plan.memory import GIB, estimate_peak_memory
+
+    padded = run.model_copy(update={"training": run.training.model_copy(update={"shared_prefix": False})})
+    layers = 0 if "checkpointing none" in row["plan"] else int(row["plan"].split("checkpointing ")[1].split(" of")[0])
+    settings = replace(train_settings(padded, "nf4", dtype_bytes=2, cuda=True), kv_expanded=False, checkpointed_layers=layers,
+                       tokens_per_micro_batch=4 * planned_length(padded, data.longest_example))
+    predicted = estimate_peak_memory(shape, settings).peak_allocated
+    return {"positions": settings.tokens_per_micro_batch, "checkpointed_layers": layers,
+            "predicted_gib": round(predicted / GIB, 3), "measured_gib": round(row["peak_allocated"] / GIB, 3),
+            "over_measured": round(predicted / row["peak_allocated"] - 1, 4), "session10_plan": row["plan"]}
 
 
 def main() -> None:
@@ -106,6 +127,10 @@ def main() -> None:
         print(f"    measured (H100, session 10)          {result['measured_gib']:7.3f} GiB: predicted "
               f"{result['over_measured']:+.1%}")
         print(f"    session 10: {result['session10_plan']}\n    now:        {result['plan_now']}")
+        padded = result["padded"]
+        print(f"  shared_prefix off: {padded['positions']} padded positions, {padded['checkpointed_layers']} layers "
+              f"checkpointed: predicted {padded['predicted_gib']:.3f} GiB, measured {padded['measured_gib']:.3f} "
+              f"({padded['over_measured']:+.1%}; session 10: {padded['session10_plan']})")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "rows.json").write_text(json.dumps(results, indent=1) + "\n")
