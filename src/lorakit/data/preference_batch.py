@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import accumulate
 
 import torch
 
@@ -120,13 +119,14 @@ class PairLayout:
     """The training pairs as the memory planner sees them in shared-prefix micro-batches: per pair, the positions it
     computes (|P| + |C| + |R|) and the keys its attention gathers (|P| + |C| + |P| + |R|: the rejected row reads the
     prefix's keys again, so these are both rows' tokens); and, where the run is known, its data order (`order`:
-    epoch -> the pairs' indices in that epoch's order, training/batches.epoch_order) and how many micro-batches the
+    epoch -> the pairs' indices in that epoch's order, training/batches.epoch_permutation) and how many micro-batches the
     run trains on (`micro_batches`)."""
 
     positions: tuple[int, ...]
     keys: tuple[int, ...]
-    order: Callable[[int], Sequence[int]] | None = field(default=None, compare=False, repr=False)
+    order: Callable[[int], Sequence[int] | torch.Tensor] | None = field(default=None, compare=False, repr=False)
     micro_batches: int = 0
+    _bounds: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def largest_pair(self) -> int:
@@ -157,20 +157,28 @@ class PairLayout:
         """
         if self.order is None:
             return (sum(sorted(self.positions, reverse=True)[:pairs]), sum(sorted(self.keys, reverse=True)[:pairs]))
-        size, runs = cut_from or pairs, max(self.micro_batches, 1)
-        per_epoch = -(-len(self.positions) // size)
-        positions = keys = 0
+        key = (pairs, cut_from or pairs)
+        if key not in self._bounds:  # the planner asks once per candidate and quantization
+            self._bounds[key] = self._run_bound(pairs, cut_from or pairs)
+        return self._bounds[key]
+
+    def _run_bound(self, pairs: int, size: int) -> tuple[int, int]:
+        """Over the run's micro-batches of `size` pairs, each cut into pieces of `pairs`: the most positions and the
+        most keys of a piece, from prefix sums over each epoch's order (vectorized: a long run visits millions)."""
+        sizes = torch.tensor([self.positions, self.keys], dtype=torch.int64)
+        runs, per_epoch = max(self.micro_batches, 1), -(-len(self.positions) // size)
+        best = torch.zeros(2, dtype=torch.int64)
         for epoch in range(-(-runs // per_epoch)):
-            order = list(self.order(epoch))[:min(per_epoch, runs - epoch * per_epoch) * size]
-            position_sums = list(accumulate((self.positions[i] for i in order), initial=0))
-            key_sums = list(accumulate((self.keys[i] for i in order), initial=0))
-            for start in range(0, len(order), size):  # a micro-batch of `size`, cut into pieces of `pairs`
-                end = min(start + size, len(order))
-                for piece in range(start, end, pairs):
-                    last = min(piece + pairs, end)
-                    positions = max(positions, position_sums[last] - position_sums[piece])
-                    keys = max(keys, key_sums[last] - key_sums[piece])
-        return positions, keys
+            order = torch.as_tensor(self.order(epoch), dtype=torch.int64)
+            order = order[:min(per_epoch, runs - epoch * per_epoch) * size]
+            sums = torch.nn.functional.pad(sizes[:, order].cumsum(1), (1, 0))
+            groups = torch.arange(0, len(order), size)
+            starts = groups[:, None] + torch.arange(0, size, pairs)[None, :]
+            ends = torch.clamp(groups + size, max=len(order))[:, None].expand_as(starts)
+            inside = starts < ends
+            starts, ends = starts[inside], torch.minimum(starts + pairs, ends)[inside]
+            best = torch.maximum(best, (sums[:, ends] - sums[:, starts]).amax(1))
+        return int(best[0]), int(best[1])
 
 
 def pair_layout(examples: Sequence[PreferenceExample]) -> PairLayout | None:

@@ -49,8 +49,13 @@ def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
     >>> sorted(epoch_order(5, seed=0, epoch=1)) == [0, 1, 2, 3, 4]
     True
     """
+    return epoch_permutation(count, seed, epoch).tolist()
+
+
+def epoch_permutation(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """`epoch_order` as a tensor (what the planner reads, epoch after epoch)."""
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-    return torch.randperm(count, generator=generator).tolist()
+    return torch.randperm(count, generator=generator)
 
 
 def run_pair_layout(pairs: PairLayout | None, config: RunConfig) -> PairLayout | None:
@@ -59,7 +64,7 @@ def run_pair_layout(pairs: PairLayout | None, config: RunConfig) -> PairLayout |
     if pairs is None:
         return None
     training = config.training
-    return replace(pairs, order=functools.partial(epoch_order, len(pairs.positions), config.seed),
+    return replace(pairs, order=functools.partial(epoch_permutation, len(pairs.positions), config.seed),
                    micro_batches=training.max_steps * training.gradient_accumulation_steps)
 
 
