@@ -260,8 +260,9 @@ def tiled_backward_bytes(shape: ModelShape, settings: TrainSettings, per_layer: 
 def logit_chunk_bytes(tokens: int, vocab: int) -> int:
     """The preference head's transient (training/preference_loss._ChunkedTokenLogps) at its largest, in the backward
     pass that starts while every saved activation is alive: one chunk's bf16 logits made fp32, their softmax beside
-    them, and its bf16 copy: 10 bytes per logit (the forward's fp32 logits and logsumexp's temporary take 8). The
-    session-10 H100 rows of bench/results/preference_speed were 0.47 GiB above a prediction without it.
+    them, and its bf16 copy: 10 bytes per logit (the forward's fp32 logits and logsumexp's temporary take 8): 0.63 GiB
+    at Phi-4-mini's vocabulary. The session-10 H100 rows (bench/preference_plan_check.py) held 0.52 and 0.53 GiB
+    more than a prediction without it.
 
     >>> logit_chunk_bytes(100, 1000), logit_chunk_bytes(10**6, 200_064) == 10 * (CHUNK_LOGIT_ELEMENTS // 200_064) * 200_064
     (1000000, True)
