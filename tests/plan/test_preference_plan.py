@@ -91,8 +91,8 @@ def test_the_session10_h100_rows_are_predicted_within_10_percent_above_their_pea
 def test_the_session10_padded_rows_are_never_predicted_below_their_peaks():
     """training.shared_prefix false: 4 pairs as 8 rows of the data's longest sequence (8,120 positions, which the
     measured steps reached). The 8 GB row's plan was 3.5% below its peak in session 10 (the preference head's
-    logits were not counted); both are above now (+6.5%, +12.7%: the dropout terms stand in for an unexplained
-    8.7 KB per position and layer of the padded layout)."""
+    logits were not counted); both are above now (+6.5%, +12.7%: the dropout terms stand in for the padded
+    layout's 8.7 KB per position and layer, most of it sdpa's k/v repeated to every head: plan/config_view.py)."""
     rows = {row["setting"]: row for row in map(json.loads, (
         RESULTS / "table_h100_session10" / "rows.jsonl").read_text().splitlines()) if row["tool"] == "lorakit, shared_prefix off"}
     config = _config(batch_size=4, shared_prefix=False)

@@ -70,8 +70,11 @@ def train_settings(config: RunConfig, quantization: str, *, dtype_bytes: int, cu
     Preference methods train without LoRA dropout (training/preference_setup.py), so a shared-prefix micro-batch
     keeps no dropout masks or dropped copies: counting them put the session-10 whole-GPU row (bench/results/
     preference_speed) 3.0 GiB above its measured peak. Padded pairs keep that count for now: their H100 row measured
-    8.7 KB per position and layer more than a dropout-free count (28.34 GiB against 26.24), for a reason not yet
-    found, and the dropout terms (23.5 KB) cover it. Their answers' log-probs come from the chunked preference
+    8.7 KB per position and layer more than a dropout-free count (28.34 GiB against 26.24), and the dropout terms
+    (23.5 KB) cover it. Most of it is likely k and v repeated to every query head: padded pairs run the model's own
+    sdpa attention, not lorakit_varlen (model/trainable.py), and transformers repeats k/v on CUDA whenever a padding
+    mask is given (integrations/sdpa_attention.use_gqa_in_sdpa): 8,192 of those bytes for Phi-4-mini; counting that
+    alone left the row 0.4% under its peak, so the stand-in stays until a GPU run measures the rest. Their answers' log-probs come from the chunked preference
     head (`chunked_head`) in both layouts."""
     targets = config.lora.target_modules
     training = config.training
