@@ -126,7 +126,7 @@ class PairLayout:
     keys: tuple[int, ...]
     order: Callable[[int], Sequence[int] | torch.Tensor] | None = field(default=None, compare=False, repr=False)
     micro_batches: int = 0
-    _bounds: dict = field(default_factory=dict, compare=False, repr=False)
+    _bounds: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # each copy its own
 
     @property
     def largest_pair(self) -> int:

@@ -74,8 +74,8 @@ def train_settings(config: RunConfig, quantization: str, *, dtype_bytes: int, cu
     (23.5 KB) cover it. Most of it is likely k and v repeated to every query head: padded pairs run the model's own
     sdpa attention, not lorakit_varlen (model/trainable.py), and transformers repeats k/v on CUDA whenever a padding
     mask is given (integrations/sdpa_attention.use_gqa_in_sdpa): 8,192 of those bytes for Phi-4-mini; counting that
-    alone left the row 0.4% under its peak, so the stand-in stays until a GPU run measures the rest. Their answers' log-probs come from the chunked preference
-    head (`chunked_head`) in both layouts."""
+    alone left the row 0.4% under its peak, so the stand-in stays until a GPU run measures the rest. Both layouts
+    score answers through the chunked preference head (`chunked_head`)."""
     targets = config.lora.target_modules
     training = config.training
     preference = training.method != "sft"
