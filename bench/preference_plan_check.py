@@ -35,7 +35,8 @@ SETTINGS = {"8gb-qlora": (29, None), "gpu-qlora": (0, 80 * 2**30)}
 
 
 def prepare(work: Path) -> Path:
-    """config.json + tokenizer (no weights), the pairs file and the run config, as preference_speed.prepare makes them."""
+    """config.json + tokenizer (no weights), the pairs file and the run config, as preference_speed.prepare makes
+    them."""
     from transformers import AutoTokenizer, Phi3Config
 
     from lorakit.config import DEFAULT_SYSTEM_PROMPT
@@ -81,12 +82,13 @@ def check(work: Path) -> list[dict]:
                                                      and r["tool"] == "lorakit, shared_prefix off"))
         memory = memory or int(eight_gb_cap_gib() * GIB) + CUDA_CONTEXT_BYTES
         plan = plan_training(run.model_copy(update={"training": run.training.model_copy(update={"batch_size": 4})}),
-                             model_config, memory, dtype_bytes=2, nf4_available=True, longest_example=data.longest_example,
-                             pairs=pairs)
+                             model_config, memory, dtype_bytes=2, nf4_available=True,
+                             longest_example=data.longest_example, pairs=pairs)
         results.append({
             "setting": setting, "micro_batch_positions": positions, "micro_batch_keys": keys,
             "checkpointed_layers": layers, "terms_gib": {k: round(v, 3) for k, v in estimate.rows()},
-            "predicted_gib": round(estimate.peak_allocated / GIB, 3), "measured_gib": round(row["peak_allocated"] / GIB, 3),
+            "predicted_gib": round(estimate.peak_allocated / GIB, 3),
+            "measured_gib": round(row["peak_allocated"] / GIB, 3),
             "over_measured": round(estimate.peak_allocated / row["peak_allocated"] - 1, 4),
             "session10_plan": row["plan"],
             "plan_now": f"micro-batch {plan.micro_batch}, checkpointing {plan.checkpointing_text}, "
@@ -104,7 +106,8 @@ def _padded_row(run, data, shape, row: dict) -> dict:
 
     padded = run.model_copy(update={"training": run.training.model_copy(update={"shared_prefix": False})})
     layers = 0 if "checkpointing none" in row["plan"] else int(row["plan"].split("checkpointing ")[1].split(" of")[0])
-    settings = replace(train_settings(padded, "nf4", dtype_bytes=2, cuda=True), kv_expanded=False, checkpointed_layers=layers,
+    settings = replace(train_settings(padded, "nf4", dtype_bytes=2, cuda=True), kv_expanded=False,
+                       checkpointed_layers=layers,
                        tokens_per_micro_batch=4 * planned_length(padded, data.longest_example))
     predicted = estimate_peak_memory(shape, settings).peak_allocated
     return {"positions": settings.tokens_per_micro_batch, "checkpointed_layers": layers,

@@ -23,6 +23,10 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "preferenc
 PAIRS = PairLayout(positions=(100, 400, 250, 150), keys=(140, 520, 400, 180))
 
 
+def _session10_rows() -> list[dict]:
+    return [json.loads(line) for line in (RESULTS / "table_h100_session10" / "rows.jsonl").read_text().splitlines()]
+
+
 def _config(**training) -> RunConfig:
     return RunConfig.model_validate({
         "model": {"quantization": "nf4", "max_length": 512}, "data": {"train_file": "x.jsonl"},
@@ -72,10 +76,10 @@ def test_an_out_of_memory_replan_counts_pairs_the_same_way():
 
 def test_the_session10_h100_rows_are_predicted_within_10_percent_above_their_peaks():
     """The plan at each row's settings, for the largest micro-batch its 10 steps trained on (4,274 positions, 5,945
-    keys: bench/preference_plan_check.py rebuilds the run's data and order on a CPU), against PyTorch's measured peak."""
+    keys: bench/preference_plan_check.py rebuilds the run's data and order on a CPU), against PyTorch's measured
+    peak."""
     check = {row["setting"]: row for row in json.loads((RESULTS / "plan_check" / "rows.json").read_text())}
-    measured = {row["setting"]: row["peak_allocated"] for row in map(
-        json.loads, (RESULTS / "table_h100_session10" / "rows.jsonl").read_text().splitlines()) if row["tool"] == "lorakit"}
+    measured = {row["setting"]: row["peak_allocated"] for row in _session10_rows() if row["tool"] == "lorakit"}
     config = _config(batch_size=4, gradient_checkpointing="auto")
     config.model.max_length = 1024
     shape = ModelShape.from_config(PHI4_MINI)
@@ -93,14 +97,15 @@ def test_the_session10_padded_rows_are_never_predicted_below_their_peaks():
     measured steps reached). The 8 GB row's plan was 3.5% below its peak in session 10 (the preference head's
     logits were not counted); both are above now (+6.5%, +12.7%: the dropout terms stand in for the padded
     layout's 8.7 KB per position and layer, most of it sdpa's k/v repeated to every head: plan/config_view.py)."""
-    rows = {row["setting"]: row for row in map(json.loads, (
-        RESULTS / "table_h100_session10" / "rows.jsonl").read_text().splitlines()) if row["tool"] == "lorakit, shared_prefix off"}
+    rows = {row["setting"]: row for row in _session10_rows() if row["tool"] == "lorakit, shared_prefix off"}
     config = _config(batch_size=4, shared_prefix=False)
     shape = ModelShape.from_config(PHI4_MINI)
-    base = replace(train_settings(config, "nf4", dtype_bytes=2, cuda=True), kv_expanded=False, tokens_per_micro_batch=8120)
+    base = replace(train_settings(config, "nf4", dtype_bytes=2, cuda=True), kv_expanded=False,
+                   tokens_per_micro_batch=8120)
     for setting, layers in (("8gb-qlora", 31), ("gpu-qlora", 0)):
         predicted = estimate_peak_memory(shape, replace(base, checkpointed_layers=layers)).peak_allocated
-        assert 0 <= predicted / rows[setting]["peak_allocated"] - 1 < 0.15, (setting, predicted / rows[setting]["peak_allocated"])
+        over = predicted / rows[setting]["peak_allocated"] - 1
+        assert 0 <= over < 0.15, (setting, over)
 
 
 def test_the_planned_logits_chunk_is_the_preference_heads():

@@ -12,7 +12,8 @@ from lorakit.plan import oom
 from lorakit.training import loop
 
 
-def test_a_dpo_replan_counts_the_runs_own_micro_batches(tiny_llama_dir, tmp_path, monkeypatch, inject_oom):  # noqa: F811
+def test_a_dpo_replan_counts_the_runs_own_micro_batches(tiny_llama_dir, tmp_path, monkeypatch,
+                                                        inject_oom):  # noqa: F811
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": q, "chosen": a, "rejected": QA_PAIRS[(i + 1) % len(QA_PAIRS)][1]})
                              + "\n" for i, (q, a) in enumerate(QA_PAIRS)))

@@ -119,8 +119,8 @@ class PairLayout:
     """The training pairs as the memory planner sees them in shared-prefix micro-batches: per pair, the positions it
     computes (|P| + |C| + |R|) and the keys its attention gathers (|P| + |C| + |P| + |R|: the rejected row reads the
     prefix's keys again, so these are both rows' tokens); and, where the run is known, its data order (`order`:
-    epoch -> the pairs' indices in that epoch's order, training/batches.epoch_permutation) and how many micro-batches the
-    run trains on (`micro_batches`)."""
+    epoch -> the pairs' indices in that epoch's order, training/batches.epoch_permutation) and how many
+    micro-batches the run trains on (`micro_batches`)."""
 
     positions: tuple[int, ...]
     keys: tuple[int, ...]
@@ -148,8 +148,8 @@ class PairLayout:
         >>> layout = PairLayout(positions=(10, 40, 20, 30), keys=(15, 60, 30, 45))
         >>> layout.micro_batch(2)  # the two largest: 40 + 30 positions, 60 + 45 keys
         (70, 105)
-        >>> ordered = PairLayout((10, 40, 20, 30), (15, 60, 30, 45), order=lambda epoch: [[0, 1, 2, 3], [3, 2, 1, 0]][epoch % 2],
-        ...                      micro_batches=2)
+        >>> ordered = PairLayout((10, 40, 20, 30), (15, 60, 30, 45),
+        ...                      order=lambda epoch: [[0, 1, 2, 3], [3, 2, 1, 0]][epoch % 2], micro_batches=2)
         >>> ordered.micro_batch(2)  # epoch 0's micro-batches [0, 1] and [2, 3]: 50 positions each
         (50, 75)
         >>> ordered.micro_batch(1, cut_from=4)  # its micro-batch of 4 cut into pieces of one pair

@@ -83,8 +83,9 @@ def plan_settings(
     candidates = []
     for quantization in quantizations:
         for micro_batch in micro_batches:
-            row = micro_batch_settings(replace(base, quantization=quantization), micro_batch * max_length, bin_positions,
-                                       micro_batch_layout(micro_batch) if micro_batch_layout else None)
+            layout = micro_batch_layout(micro_batch) if micro_batch_layout else None
+            row = micro_batch_settings(replace(base, quantization=quantization), micro_batch * max_length,
+                                       bin_positions, layout)
             for layers in checkpointed_layers:
                 for offload, tiled in _memory_savers(layers == shape.layers, tiling):
                     settings = replace(row, checkpointed_layers=layers, offload_activations=offload, tiled_mlp=tiled)

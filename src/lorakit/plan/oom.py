@@ -136,8 +136,8 @@ def replan_after_oom(session, state, step: int) -> str | None:
                           dtype_bytes=torch.finfo(session.dtype).bits // 8, cuda=session.device.type == "cuda",
                           pairs=session.pair_layout)
     before = _live_settings(session, state)
-    chosen = replan_for_memory(shape, base, before, max_length=planned_length(config, session.data.longest_example, session.pair_layout),
-                               memory_bytes=memory_bytes,
+    length = planned_length(config, session.data.longest_example, session.pair_layout)
+    chosen = replan_for_memory(shape, base, before, max_length=length, memory_bytes=memory_bytes,
                                bin_positions=shared_bin_positions(config, session.data.prefix_sharing, replanning=True),
                                micro_batch_layout=pair_micro_batches(config, session.pair_layout, replanning=True))
     if chosen is None:

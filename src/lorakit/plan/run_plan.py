@@ -121,9 +121,10 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
     """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given.
 
     `longest_example` (tokens, when the data is known): without packing a micro-batch is padded to its longest
-    example, not to max_length; `pairs`: what preference pairs put in a shared-prefix micro-batch (with the run's data
-    order where the session knows it: data/preference_batch.PairLayout). On CPU the estimate is the process's peak RSS (plan/host_memory.py) for the
-    pieces that CPU training cuts each micro-batch into (plan/micro_batches.py's cpu_micro_batch_size).
+    example, not to max_length; `pairs`: what preference pairs put in a shared-prefix micro-batch (with the run's
+    data order where the session knows it: data/preference_batch.PairLayout). On CPU the estimate is the process's
+    peak RSS (plan/host_memory.py) for the pieces that CPU training cuts each micro-batch into
+    (plan/micro_batches.py's cpu_micro_batch_size).
     `single_process`: the tiled MLP is planned only then (its nested backward passes are untested under ddp/fsdp).
     `sharing` (packed SFT with training.shared_prefix, when the data is known): a packed row is counted as the
     positions it computes with its examples' shared prefix once (data/shared_packing.py), not its capacity."""

@@ -15,7 +15,8 @@ from lorakit.data.preference_batch import PairLayout, PreferenceExample, collate
 from lorakit.data.render import TokenizedExample
 from lorakit.data.shared_packing import collate_packed_shared
 
-__all__ = ["epoch_seed", "epoch_groups", "epoch_order", "run_pair_layout", "packed_epoch_groups", "collate_group", "batch_tokens"]
+__all__ = ["epoch_seed", "epoch_groups", "epoch_order", "epoch_permutation", "run_pair_layout", "packed_epoch_groups",
+           "collate_group", "batch_tokens"]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

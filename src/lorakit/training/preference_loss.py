@@ -205,8 +205,8 @@ def orpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, chosen_nll
     p / (1 - p) of the per-token mean log-prob; rewards beta * mean log-prob. No reference model.
 
     A mean of 0 (p = 1: an answer with no tokens left, `answer_means`, or one the model is certain of to float
-    precision) has infinite odds; it is taken as the negative normal float nearest 0 instead (-1.2e-38: odds ~1e38), so the
-    loss stays finite. Any mean below that is unchanged, so TRL's numbers stay equal."""
+    precision) has infinite odds; it is taken as the negative normal float nearest 0 instead (-1.2e-38: odds
+    ~1e38), so the loss stays finite. Any mean below that is unchanged, so TRL's numbers stay equal."""
     chosen_mean, rejected_mean = chosen_mean.float(), rejected_mean.float()
     ceiling = -torch.finfo(torch.float32).tiny
     chosen, rejected = chosen_mean.clamp(max=ceiling), rejected_mean.clamp(max=ceiling)
