@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -63,9 +64,11 @@ def test_chunked_token_log_probs_equal_log_softmax_in_value_and_gradient():
 
 
 def test_the_memory_plan_counts_both_sequences_of_a_pair():
-    """A padded micro-batch of b pairs is 2b rows: DPO at micro-batch 2 is planned as SFT at micro-batch 4."""
+    """A padded micro-batch of b pairs is 2b rows: DPO at micro-batch 2 is planned as SFT at micro-batch 4, plus the
+    preference head's logits chunk (the answers' log-probs do not go through SFT's fused loss)."""
     from conftest import PHI4_MINI
     from lorakit.config import RunConfig
+    from lorakit.plan.memory import logit_chunk_bytes
     from lorakit.plan.run_plan import plan_training
 
     def plan(method, batch_size):
@@ -77,7 +80,7 @@ def test_the_memory_plan_counts_both_sequences_of_a_pair():
 
     dpo, sft = plan("dpo", 2), plan("sft", 4)
     assert dpo.chosen.settings.tokens_per_micro_batch == sft.chosen.settings.tokens_per_micro_batch == 4 * 300
-    assert dpo.chosen.estimate.peak_allocated == sft.chosen.estimate.peak_allocated
+    assert dpo.chosen.estimate.peak_allocated == sft.chosen.estimate.peak_allocated + logit_chunk_bytes(1200, 200064)
     assert plan("sft", 2).chosen.estimate.peak_allocated < dpo.chosen.estimate.peak_allocated
 
 
@@ -112,11 +115,15 @@ def test_the_memory_plan_counts_what_a_shared_prefix_micro_batch_holds():
         return plan_training(config, PHI4_MINI, 80 * 2**30, dtype_bytes=2, nf4_available=True, longest_example=300,
                              pairs=pairs)
 
-    shared = plan("dpo", 2, PairLayout(positions=450, keys_per_position=1.25))  # |P| = 150, |C| = |R| = 150
+    shared = plan("dpo", 2, PairLayout(positions=(450, 450), keys=(600, 525)))  # |P| = 150 and 75, |C| = |R| = 150
     sft = plan("sft", 3)  # 3 x 300 = 2 x 450 tokens, the same positions
     assert shared.chosen.settings.tokens_per_micro_batch == sft.chosen.settings.tokens_per_micro_batch == 900
+    assert shared.chosen.settings.keys_per_token == 1125 / 900
+    # preference methods train without LoRA dropout (training/preference_setup.py): no masks, no dropped copies
+    assert sft.chosen.settings.lora_dropout and not shared.chosen.settings.lora_dropout
     shape = ModelShape.from_config(PHI4_MINI)
-    extra_keys = layer_activation_bytes(shape, shared.chosen.settings) - layer_activation_bytes(shape, sft.chosen.settings)
+    extra_keys = layer_activation_bytes(shape, shared.chosen.settings) - layer_activation_bytes(
+        shape, replace(shared.chosen.settings, keys_per_token=1.0))
     kv_width = 2 * shape.heads * shape.head_dim if shared.chosen.settings.kv_expanded else 2 * shape.kv_heads * shape.head_dim
     assert extra_keys == round(kv_width * 0.25 * 2)  # a quarter more k and v per token, bf16
     padded = plan("dpo", 2)  # without the data: 2 x max_length per pair, as the padded plan

@@ -53,7 +53,7 @@ def test_an_out_of_memory_replan_counts_padded_pairs_when_the_model_fell_back():
         exclude={"shared_prefix"})
     from lorakit.plan.config_view import planned_length
 
-    pairs = PairLayout(positions=300, keys_per_position=1.5)
+    pairs = PairLayout(positions=(300, 200), keys=(450, 300))
     assert planned_length(computed_config(shared), 400, pairs) == 300
     assert planned_length(computed_config(fell_back), 400, pairs) == 800
 

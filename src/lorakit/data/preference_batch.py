@@ -9,8 +9,8 @@ rows out padding-free with each pair's common prompt computed once (data/shared_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -116,21 +116,77 @@ def collate_preferences_shared(examples: Sequence[PreferenceExample]) -> dict:
 
 @dataclass(frozen=True)
 class PairLayout:
-    """What one pair puts in a shared-prefix micro-batch at most, for the memory planner: the computed positions
-    (|P| + |C| + |R|) and the keys its attention gathers per computed position (|P| + |C| + |P| + |R| over that:
-    the rejected row reads the prefix's keys again). A micro-batch of b pairs holds at most b x `positions` positions."""
+    """The training pairs as the memory planner sees them in shared-prefix micro-batches: per pair, the positions it
+    computes (|P| + |C| + |R|) and the keys its attention gathers (|P| + |C| + |P| + |R|: the rejected row reads the
+    prefix's keys again, so these are both rows' tokens); and, where the run is known, its data order (`order`:
+    epoch -> the pairs' indices in that epoch's order, training/batches.epoch_permutation) and how many
+    micro-batches the run trains on (`micro_batches`)."""
 
-    positions: int
-    keys_per_position: float
+    positions: tuple[int, ...]
+    keys: tuple[int, ...]
+    order: Callable[[int], Sequence[int] | torch.Tensor] | None = field(default=None, compare=False, repr=False)
+    micro_batches: int = 0
+    _bounds: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # each copy its own
+
+    @property
+    def largest_pair(self) -> int:
+        """The positions of the largest pair (what one pair puts in a micro-batch at most)."""
+        return max(self.positions)
+
+    @property
+    def keys_per_position(self) -> float:
+        """The most keys per computed position of any pair (a bound for any micro-batch of them)."""
+        return max(k / p for k, p in zip(self.keys, self.positions))
+
+    def micro_batch(self, pairs: int, cut_from: int | None = None) -> tuple[int, int]:
+        """(positions, keys) that bound every micro-batch of `pairs` pairs: the most positions of any and the most
+        keys of any (a step's memory grows with both). With the run's order: over the micro-batches the run really
+        trains on (`cut_from`: the run's micro-batches of that many pairs, each cut into pieces of `pairs` as
+        plan/micro_batches.split_into_micro_batches cuts them after an out-of-memory error). Without: the `pairs`
+        largest pairs, whatever the order (a tiny data set's order is not a sample: the bound holds for any).
+
+        >>> layout = PairLayout(positions=(10, 40, 20, 30), keys=(15, 60, 30, 45))
+        >>> layout.micro_batch(2)  # the two largest: 40 + 30 positions, 60 + 45 keys
+        (70, 105)
+        >>> ordered = PairLayout((10, 40, 20, 30), (15, 60, 30, 45),
+        ...                      order=lambda epoch: [[0, 1, 2, 3], [3, 2, 1, 0]][epoch % 2], micro_batches=2)
+        >>> ordered.micro_batch(2)  # epoch 0's micro-batches [0, 1] and [2, 3]: 50 positions each
+        (50, 75)
+        >>> ordered.micro_batch(1, cut_from=4)  # its micro-batch of 4 cut into pieces of one pair
+        (40, 60)
+        """
+        if self.order is None:
+            return (sum(sorted(self.positions, reverse=True)[:pairs]), sum(sorted(self.keys, reverse=True)[:pairs]))
+        key = (pairs, cut_from or pairs)
+        if key not in self._bounds:  # the planner asks once per candidate and quantization
+            self._bounds[key] = self._run_bound(pairs, cut_from or pairs)
+        return self._bounds[key]
+
+    def _run_bound(self, pairs: int, size: int) -> tuple[int, int]:
+        """Over the run's micro-batches of `size` pairs, each cut into pieces of `pairs`: the most positions and the
+        most keys of a piece, from prefix sums over each epoch's order (vectorized: a long run visits millions)."""
+        sizes = torch.tensor([self.positions, self.keys], dtype=torch.int64)
+        runs, per_epoch = max(self.micro_batches, 1), -(-len(self.positions) // size)
+        best = torch.zeros(2, dtype=torch.int64)
+        for epoch in range(-(-runs // per_epoch)):
+            order = torch.as_tensor(self.order(epoch), dtype=torch.int64)
+            order = order[:min(per_epoch, runs - epoch * per_epoch) * size]
+            sums = torch.nn.functional.pad(sizes[:, order].cumsum(1), (1, 0))
+            groups = torch.arange(0, len(order), size)
+            starts = groups[:, None] + torch.arange(0, size, pairs)[None, :]
+            ends = torch.clamp(groups + size, max=len(order))[:, None].expand_as(starts)
+            inside = starts < ends
+            starts, ends = starts[inside], torch.minimum(starts + pairs, ends)[inside]
+            best = torch.maximum(best, (sums[:, ends] - sums[:, starts]).amax(1))
+        return int(best[0]), int(best[1])
 
 
 def pair_layout(examples: Sequence[PreferenceExample]) -> PairLayout | None:
-    """The bounds over all pairs (None without pairs).
+    """Every pair's positions and keys (None without pairs), without the run's order.
 
     >>> pair_layout([PreferenceExample(TokenizedExample([1, 2, 3], [-100, 2, 3]), TokenizedExample([1, 4], [-100, 4]))])
-    PairLayout(positions=4, keys_per_position=1.25)
+    PairLayout(positions=(4,), keys=(5,), micro_batches=0)
     """
     if not examples:
         return None
-    # The keys of a pair are |P| + |C| (chosen) + |P| + |R| (rejected): both rows' tokens.
-    return PairLayout(max(e.shared_positions for e in examples), max(e.tokens / e.shared_positions for e in examples))
+    return PairLayout(tuple(e.shared_positions for e in examples), tuple(e.tokens for e in examples))

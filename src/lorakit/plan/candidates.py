@@ -61,6 +61,7 @@ def plan_settings(
     estimate: Callable[[ModelShape, TrainSettings], MemoryEstimate] | None = None,
     tiling: bool = True,
     bin_positions: Callable[[int], int] | None = None,
+    micro_batch_layout: Callable[[int], tuple[int, int]] | None = None,
 ) -> list[Candidate]:
     """Every candidate (micro-batch x checkpointed layers x quantization, and offload with every layer
     checkpointed), fitting ones first, fastest first; the first one with `fits` is the plan. Offload comes
@@ -70,7 +71,9 @@ def plan_settings(
     memory of one GPU for a candidate (default `estimate_peak_memory`; fsdp's per-GPU one in plan/sharded.py).
     `bin_positions`: packed SFT rows with shared prefixes (data/shared_packing.py): the most positions a packed row
     of n tokens computes; a candidate then counts those positions, and attention's gathered keys (at most the
-    row's n real tokens), instead of n positions."""
+    row's n real tokens), instead of n positions. `micro_batch_layout`: shared-prefix preference pairs
+    (data/preference_batch.PairLayout.micro_batch): micro-batch size -> the most positions and keys of such a
+    micro-batch, which a candidate then counts."""
     estimate = estimate or estimate_peak_memory
     micro_batches = micro_batches or tuple(
         m for m in (1, 2, 4, 8, 16, 32, 64) if m == 1 or m * max_length <= MAX_TOKENS_PER_MICRO_BATCH
@@ -80,7 +83,9 @@ def plan_settings(
     candidates = []
     for quantization in quantizations:
         for micro_batch in micro_batches:
-            row = micro_batch_settings(replace(base, quantization=quantization), micro_batch * max_length, bin_positions)
+            layout = micro_batch_layout(micro_batch) if micro_batch_layout else None
+            row = micro_batch_settings(replace(base, quantization=quantization), micro_batch * max_length,
+                                       bin_positions, layout)
             for layers in checkpointed_layers:
                 for offload, tiled in _memory_savers(layers == shape.layers, tiling):
                     settings = replace(row, checkpointed_layers=layers, offload_activations=offload, tiled_mlp=tiled)
@@ -90,16 +95,22 @@ def plan_settings(
     return sorted(candidates, key=candidate_order)
 
 
-def micro_batch_settings(base: TrainSettings, tokens: int, bin_positions: Callable[[int], int] | None = None
-                         ) -> TrainSettings:
+def micro_batch_settings(base: TrainSettings, tokens: int, bin_positions: Callable[[int], int] | None = None,
+                         layout: tuple[int, int] | None = None) -> TrainSettings:
     """`base` for a micro-batch of `tokens` tokens; with `bin_positions` (packed rows with shared prefixes), the
-    positions such a row computes at most, and the keys attention gathers (the row's real tokens, at most `tokens`).
+    positions such a row computes at most, and the keys attention gathers (the row's real tokens, at most `tokens`);
+    with `layout` (shared-prefix preference pairs), its (positions, keys).
 
     >>> base = TrainSettings("nf4", 2, 16, "all-linear", True, tokens_per_micro_batch=512)
     >>> row = micro_batch_settings(base, 8192, lambda tokens: tokens * 5 // 8)
     >>> row.tokens_per_micro_batch, row.keys_per_token, micro_batch_settings(base, 8192).keys_per_token
     (5120, 1.6, 1.0)
+    >>> pairs = micro_batch_settings(base, 4 * 1513, layout=(4274, 5945))
+    >>> pairs.tokens_per_micro_batch, round(pairs.keys_per_token, 3)
+    (4274, 1.391)
     """
+    if layout is not None:
+        return replace(base, tokens_per_micro_batch=layout[0], keys_per_token=layout[1] / layout[0])
     if bin_positions is None:
         return replace(base, tokens_per_micro_batch=tokens)
     positions = bin_positions(tokens)

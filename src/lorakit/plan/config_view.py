@@ -1,7 +1,8 @@
 """The planner's view of a run config: the TrainSettings it starts from (`train_settings`), the tokens one example
-puts in a micro-batch (`planned_length`: padded, packed, or a preference pair's shared-prefix positions), and the
-positions a packed row with shared prefixes computes (`shared_bin_positions`). plan/run_plan.py plans a new run
-from these and plan/oom.py re-plans after an out-of-memory error, so both count a micro-batch alike.
+puts in a micro-batch (`planned_length`: padded, packed, or a preference pair's shared-prefix positions), the
+positions a packed row with shared prefixes computes (`shared_bin_positions`), and the positions and keys of a
+micro-batch of shared-prefix preference pairs (`pair_micro_batches`). plan/run_plan.py plans a new run from these
+and plan/oom.py re-plans after an out-of-memory error, so both count a micro-batch alike.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from lorakit.data.shared_packing import PrefixSharing
 from lorakit.model.attention import expands_kv_heads
 from lorakit.plan.memory import TrainSettings
 
-__all__ = ["train_settings", "planned_length", "shared_bin_positions"]
+__all__ = ["train_settings", "planned_length", "shared_bin_positions", "pair_micro_batches"]
 
 
 def shared_bin_positions(config: RunConfig, sharing: PrefixSharing | None, *, replanning: bool = False):
@@ -29,6 +30,17 @@ def shared_bin_positions(config: RunConfig, sharing: PrefixSharing | None, *, re
     return sharing.bin_positions
 
 
+def pair_micro_batches(config: RunConfig, pairs: PairLayout | None, *, replanning: bool = False):
+    """The planner's `micro_batch_layout` for shared-prefix preference pairs (None otherwise, or without data):
+    micro-batch size -> (positions, keys) of the largest micro-batch (data/preference_batch.PairLayout.micro_batch:
+    the run's own micro-batches where the session gave its order). `replanning` (after an out-of-memory error): the
+    run keeps its micro-batches of training.batch_size pairs and cuts them into smaller pieces."""
+    training = config.training
+    if pairs is None or training.method == "sft" or not training.shares_prefixes:
+        return None
+    return partial(pairs.micro_batch, cut_from=training.batch_size) if replanning else pairs.micro_batch
+
+
 def planned_length(config: RunConfig, longest_example: int | None, pairs: PairLayout | None = None) -> int:
     """Tokens one example puts in a micro-batch: max_length, or without packing the data's longest sequence if
     shorter (a micro-batch is padded to its longest example, not to max_length); times two for a preference pair,
@@ -38,12 +50,12 @@ def planned_length(config: RunConfig, longest_example: int | None, pairs: PairLa
     >>> from lorakit.config import RunConfig
     >>> dpo = RunConfig.model_validate({"model": {"max_length": 512}, "data": {"train_file": "x.jsonl"},
     ...                                 "training": {"method": "dpo"}})
-    >>> planned_length(dpo, 300, PairLayout(450, 1.3)), planned_length(dpo, 300), planned_length(
+    >>> planned_length(dpo, 300, PairLayout((450, 320), (600, 400))), planned_length(dpo, 300), planned_length(
     ...     dpo.model_copy(update={"training": dpo.training.model_copy(update={"shared_prefix": False})}), 300)
     (450, 1024, 600)
     """
     if config.training.shares_prefixes and config.training.method != "sft":
-        return pairs.positions if pairs else 2 * config.model.max_length
+        return pairs.largest_pair if pairs else 2 * config.model.max_length
     per_row = config.model.max_length
     if longest_example and not config.training.packing:
         per_row = min(config.model.max_length, longest_example)
@@ -53,12 +65,25 @@ def planned_length(config: RunConfig, longest_example: int | None, pairs: PairLa
 def train_settings(config: RunConfig, quantization: str, *, dtype_bytes: int, cuda: bool,
                    pairs: PairLayout | None = None) -> TrainSettings:
     """The planner's view of a run config (micro-batch and checkpointing are the plan's to fill in). Shared-prefix
-    pairs without the data: a pair's keys are at most twice its positions."""
+    pairs without the data: a pair's keys are at most twice its positions.
+
+    Preference methods train without LoRA dropout (training/preference_setup.py), so a shared-prefix micro-batch
+    keeps no dropout masks or dropped copies: counting them put the session-10 whole-GPU row (bench/results/
+    preference_speed) 3.0 GiB above its measured peak. Padded pairs keep that count for now: their H100 row measured
+    8.7 KB per position and layer more than a dropout-free count (28.34 GiB against 26.24), and the dropout terms
+    (23.5 KB) cover it. Most of it is likely k and v repeated to every query head: padded pairs run the model's own
+    sdpa attention, not lorakit_varlen (model/trainable.py), and transformers repeats k/v on CUDA whenever a padding
+    mask is given (integrations/sdpa_attention.use_gqa_in_sdpa): 8,192 of those bytes for Phi-4-mini; counting that
+    alone left the row 0.4% under its peak, so the stand-in stays until a GPU run measures the rest. Both layouts
+    score answers through the chunked preference head (`chunked_head`)."""
     targets = config.lora.target_modules
+    training = config.training
+    preference = training.method != "sft"
     return TrainSettings(
         quantization=quantization, dtype_bytes=dtype_bytes, lora_rank=config.lora.r,
         lora_targets=targets if targets == "all-linear" else tuple(targets),
-        lora_dropout=config.lora.dropout > 0, tokens_per_micro_batch=config.model.max_length,
+        lora_dropout=config.lora.dropout > 0 and not (preference and training.shares_prefixes),
+        chunked_head=preference, tokens_per_micro_batch=config.model.max_length,
         fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes, kv_expanded=expands_kv_heads(),
         dora=config.lora.use_dora, on_cpu=not cuda,
         keys_per_token=(pairs.keys_per_position if pairs else 2.0)

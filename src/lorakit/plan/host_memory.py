@@ -26,7 +26,8 @@ PROCESS_BASELINE_BYTES = int(0.45 * GIB)
 # more than the first: the README demo's plan says 2.6 GiB, its steps peak at 2.68 GiB (2.89 when the buffers
 # were freed and re-allocated every step; bench/results/cpu_demo_memory.txt).
 HEAP_FRAGMENTATION = 0.5
-# model/kernels.py's _CHUNK_LOGIT_ELEMENTS: fp32 logits per chunk of the CPU cross-entropy (a test keeps them equal).
+# model/kernels.py's and training/preference_loss.py's _CHUNK_LOGIT_ELEMENTS: fp32 logits per chunk of the CPU
+# cross-entropy and of the preference head (tests keep them equal).
 CHUNK_LOGIT_ELEMENTS = 64 * 1024 * 1024
 
 

@@ -19,7 +19,12 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from lorakit.model.tiled_mlp import mlp_chunk_tokens
-from lorakit.plan.host_memory import PROCESS_BASELINE_BYTES, cpu_loss_bytes, heap_fragmentation_bytes
+from lorakit.plan.host_memory import (
+    CHUNK_LOGIT_ELEMENTS,
+    PROCESS_BASELINE_BYTES,
+    cpu_loss_bytes,
+    heap_fragmentation_bytes,
+)
 
 __all__ = [
     "GIB",
@@ -30,6 +35,7 @@ __all__ = [
     "estimate_peak_memory",
     "layer_activation_bytes",
     "checkpointing_text",
+    "logit_chunk_bytes",
 ]
 
 GIB = 1024**3
@@ -128,6 +134,9 @@ class TrainSettings:
     keys_per_token: float = 1.0
     # nf4: the first n decoder layers' frozen weights also kept dequantized for the run (plan/dequantized.py)
     dequantized_layers: int = 0
+    # Preference losses score answers through their own chunked LM head (training/preference_loss.py), whose fp32
+    # logits chunks live beside the saved activations (`logit_chunk_bytes`).
+    chunked_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,6 +262,19 @@ def tiled_backward_bytes(shape: ModelShape, settings: TrainSettings, per_layer: 
     return max(mlp, attention)
 
 
+def logit_chunk_bytes(tokens: int, vocab: int) -> int:
+    """The preference head's transient (training/preference_loss._ChunkedTokenLogps) at its largest, in the backward
+    pass that starts while every saved activation is alive: one chunk's bf16 logits made fp32, their softmax beside
+    them, and its bf16 copy: 10 bytes per logit (the forward's fp32 logits and logsumexp's temporary take 8): 0.63 GiB
+    at Phi-4-mini's vocabulary. The session-10 H100 rows (bench/preference_plan_check.py) held 0.52 and 0.53 GiB
+    more than a prediction without it.
+
+    >>> logit_chunk_bytes(100, 1000), logit_chunk_bytes(10**6, 200_064) // 2**20
+    (1000000, 639)
+    """
+    return 10 * min(tokens, max(1, CHUNK_LOGIT_ELEMENTS // vocab)) * vocab
+
+
 def checkpointing_text(checkpointed_layers: int, layers: int, offload: bool = False, tiled_mlp: bool = False) -> str:
     """How a plan names its checkpointing.
 
@@ -292,7 +314,7 @@ def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEs
     if settings.tiled_mlp:
         working = tiled_backward_bytes(shape, settings, per_layer)
     # Fused linear cross-entropy: final hidden states, selected rows, their gradient and one logits chunk.
-    loss = tokens * d * b * 4
+    loss = tokens * d * b * 4 + (logit_chunk_bytes(tokens, shape.vocab) if settings.chunked_head else 0)
     estimate = MemoryEstimate(
         weights=weights,
         lora_states=lora_parameter_count(shape, settings) * LORA_STATE_BYTES_PER_PARAM,

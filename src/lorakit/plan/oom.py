@@ -21,7 +21,7 @@ from lorakit.model.checkpointing import apply_checkpointing, decoder_layers, ree
 from lorakit.model.dequantized_weights import drop_dequantized_weights
 from lorakit.model.load import read_model_config
 from lorakit.plan.candidates import Candidate, micro_batch_settings, plan_settings
-from lorakit.plan.config_view import planned_length, shared_bin_positions, train_settings
+from lorakit.plan.config_view import pair_micro_batches, planned_length, shared_bin_positions, train_settings
 from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
@@ -89,16 +89,18 @@ def training_memory_bytes(device: torch.device) -> int | None:
 
 
 def replan_for_memory(shape: ModelShape, base: TrainSettings, current: MemorySettings, *, max_length: int,
-                      memory_bytes: int, bin_positions=None) -> Candidate | None:
+                      memory_bytes: int, bin_positions=None, micro_batch_layout=None) -> Candidate | None:
     """The planner's fastest candidate that fits `memory_bytes` and needs less than `current` (which just ran out
-    of memory), with micro-batches no bigger than the current one; None when there is none. `bin_positions`: as
-    plan_settings takes it (packed SFT rows with shared prefixes)."""
+    of memory), with micro-batches no bigger than the current one; None when there is none. `bin_positions` and
+    `micro_batch_layout`: as plan_settings takes them (packed SFT rows, preference pairs, with shared prefixes)."""
     failed = estimate_peak_memory(shape, replace(
-        micro_batch_settings(base, current.micro_batch * max_length, bin_positions),
+        micro_batch_settings(base, current.micro_batch * max_length, bin_positions,
+                             micro_batch_layout(current.micro_batch) if micro_batch_layout else None),
         checkpointed_layers=current.checkpointed_layers, offload_activations=current.offload_activations))
     micro_batches = tuple(sorted({current.micro_batch} | {m for m in (1, 2, 4, 8, 16, 32) if m < current.micro_batch}))
     candidates = plan_settings(shape, base, max_length=max_length, gpu_memory_bytes=memory_bytes,
-                               micro_batches=micro_batches, bin_positions=bin_positions)
+                               micro_batches=micro_batches, bin_positions=bin_positions,
+                               micro_batch_layout=micro_batch_layout)
     # A re-plan switches checkpointing and offload on the loaded model, never the tiled MLP: a length that needs
     # it is planned with it from the start.
     return next((c for c in candidates if c.fits and not c.settings.tiled_mlp
@@ -140,11 +142,12 @@ def replan_after_oom(session, state, step: int) -> str | None:
     shape = ModelShape.from_config(read_model_config(session.source))
     base = train_settings(config, "nf4" if session.quantized else "none",
                           dtype_bytes=torch.finfo(session.dtype).bits // 8, cuda=session.device.type == "cuda",
-                          pairs=session.data.pair_layout)
+                          pairs=session.pair_layout)
     before = _live_settings(session, state)
-    chosen = replan_for_memory(shape, base, before, max_length=planned_length(config, session.data.longest_example, session.data.pair_layout),
-                               memory_bytes=memory_bytes,
-                               bin_positions=shared_bin_positions(config, session.data.prefix_sharing, replanning=True))
+    length = planned_length(config, session.data.longest_example, session.pair_layout)
+    chosen = replan_for_memory(shape, base, before, max_length=length, memory_bytes=memory_bytes,
+                               bin_positions=shared_bin_positions(config, session.data.prefix_sharing, replanning=True),
+                               micro_batch_layout=pair_micro_batches(config, session.pair_layout, replanning=True))
     if chosen is None:
         return None
     after = MemorySettings(chosen.micro_batch, chosen.settings.checkpointed_layers, chosen.settings.offload_activations)

@@ -13,7 +13,7 @@ from lorakit.data.preference_batch import PairLayout
 from lorakit.data.shared_packing import PrefixSharing
 from lorakit.errors import ConfigError
 from lorakit.plan.candidates import Candidate, plan_settings
-from lorakit.plan.config_view import planned_length, shared_bin_positions, train_settings
+from lorakit.plan.config_view import pair_micro_batches, planned_length, shared_bin_positions, train_settings
 from lorakit.plan.dequantized import (
     dequantized_text,
     fixed_settings_candidate,
@@ -139,8 +139,10 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
     """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given.
 
     `longest_example` (tokens, when the data is known): without packing a micro-batch is padded to its longest
-    example, not to max_length; `pairs`: what a preference pair puts in a shared-prefix micro-batch. On CPU the estimate is the process's peak RSS (plan/host_memory.py) for the
-    pieces that CPU training cuts each micro-batch into (plan/micro_batches.py's cpu_micro_batch_size).
+    example, not to max_length; `pairs`: what preference pairs put in a shared-prefix micro-batch (with the run's
+    data order where the session knows it: data/preference_batch.PairLayout). On CPU the estimate is the process's
+    peak RSS (plan/host_memory.py) for the pieces that CPU training cuts each micro-batch into
+    (plan/micro_batches.py's cpu_micro_batch_size).
     `single_process`: the tiled MLP is planned only then (its nested backward passes are untested under ddp/fsdp).
     `sharing` (packed SFT with training.shared_prefix, when the data is known): a packed row is counted as the
     positions it computes with its examples' shared prefix once (data/shared_packing.py), not its capacity."""
@@ -159,6 +161,7 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
         estimate=partial(sharded_estimate, world_size=sharded_over) if sharded_over > 1 else None,
         tiling=single_process and cuda,
         bin_positions=shared_bin_positions(config, sharing),
+        micro_batch_layout=pair_micro_batches(config, pairs),
     )
     if not cuda:
         candidates = [_as_cpu_pieces(candidate, shape, config.model.max_length, length) for candidate in candidates]

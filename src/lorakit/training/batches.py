@@ -3,15 +3,20 @@ exactly the batches the uninterrupted run would have seen."""
 
 from __future__ import annotations
 
+import functools
+from dataclasses import replace
+
 import torch
 
+from lorakit.config import RunConfig
 from lorakit.data.collate import collate_padded
 from lorakit.data.packing import collate_packed, pack_best_fit
-from lorakit.data.preference_batch import PreferenceExample, collate_preferences, collate_preferences_shared
+from lorakit.data.preference_batch import PairLayout, PreferenceExample, collate_preferences, collate_preferences_shared
 from lorakit.data.render import TokenizedExample
 from lorakit.data.shared_packing import collate_packed_shared
 
-__all__ = ["epoch_seed", "epoch_groups", "packed_epoch_groups", "collate_group", "batch_tokens"]
+__all__ = ["epoch_seed", "epoch_groups", "epoch_order", "epoch_permutation", "run_pair_layout", "packed_epoch_groups",
+           "collate_group", "batch_tokens"]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -34,9 +39,34 @@ def epoch_groups(examples: list[TokenizedExample], batch_size: int, seed: int, e
     >>> epoch_groups([TokenizedExample([1], [1])] * 5, 2, seed=0, epoch=0) == epoch_groups([TokenizedExample([1], [1])] * 5, 2, 0, 0)
     True
     """
-    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-    order = torch.randperm(len(examples), generator=generator).tolist()
+    order = epoch_order(len(examples), seed, epoch)
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled indices of `count` examples in one epoch (unpacked runs cut it into micro-batches); the memory
+    planner bounds preference micro-batches over it (data/preference_batch.PairLayout, `run_pair_layout`).
+
+    >>> sorted(epoch_order(5, seed=0, epoch=1)) == [0, 1, 2, 3, 4]
+    True
+    """
+    return epoch_permutation(count, seed, epoch).tolist()
+
+
+def epoch_permutation(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """`epoch_order` as a tensor (what the planner reads, epoch after epoch)."""
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return torch.randperm(count, generator=generator)
+
+
+def run_pair_layout(pairs: PairLayout | None, config: RunConfig) -> PairLayout | None:
+    """`pairs` with the run's data order: the planner then bounds the micro-batches the run really trains on
+    (max_steps x gradient_accumulation_steps of them, epoch after epoch), not `batch_size` x the largest pair."""
+    if pairs is None:
+        return None
+    training = config.training
+    return replace(pairs, order=functools.partial(epoch_permutation, len(pairs.positions), config.seed),
+                   micro_batches=training.max_steps * training.gradient_accumulation_steps)
 
 
 def packed_epoch_groups(examples: list[TokenizedExample], capacity_tokens: int, seed: int, epoch: int) -> list[list[int]]:

@@ -52,7 +52,8 @@ class PreparedData:
 
     @property
     def pair_layout(self) -> PairLayout | None:
-        """What the largest preference pair puts in a shared-prefix micro-batch (None for SFT data)."""
+        """What each preference pair puts in a shared-prefix micro-batch (None for SFT data); without the data order,
+        which training/batches.run_pair_layout adds for the planner."""
         train = self.splits.train
         return pair_layout(train) if train and isinstance(train[0], PreferenceExample) else None
 

@@ -31,7 +31,7 @@ from lorakit.data.masking import IGNORE_INDEX
 from lorakit.model.kernels import _base_model, _fusable, flat_row_outputs, loss_positions
 
 __all__ = ["PreferenceMethod", "PREFERENCE_METHODS", "PreferenceLoss", "sequence_logps", "answer_token_logps",
-           "shared_prefix_row_logps", "row_logps",
+           "shared_prefix_row_logps", "row_logps", "answer_means",
            "dpo_loss", "orpo_loss", "simpo_loss", "REFERENCE_ADAPTER", "add_reference_adapter", "reference_logps",
            "preference_loss", "batch_rows"]
 
@@ -64,8 +64,20 @@ class PreferenceLoss:
                 "rewards_accuracy": float(self.accuracies.mean())}
 
 
+def answer_means(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per-row mean answer log-prob (SimPO, ORPO), over at least one token: a row whose answer max_length cut away
+    (0 tokens) gets 0 / 1 = 0, never 0 / 0 = NaN, which one such row would spread to the whole micro-batch's loss
+    and then to every LoRA weight. `lorakit data check` and training refuse such pairs (data/preference_check.py:
+    no-answer-left); the floor only keeps a batch that gets one anyway finite.
+
+    >>> answer_means(torch.tensor([-6.0, 0.0]), torch.tensor([3, 0])).tolist()
+    [-2.0, 0.0]
+    """
+    return sums / counts.clamp(min=1)
+
+
 def sequence_logps(token_logps: torch.Tensor, labels: torch.Tensor, average: bool = False) -> torch.Tensor:
-    """Sum (or mean) over each row of the log-probs of its labelled tokens.
+    """Sum (or mean, `answer_means`) over each row of the log-probs of its labelled tokens.
 
     `token_logps[b, t]` is log p(labels[b, t + 1] | tokens <= t), shape [B, T - 1]; unlabelled positions are
     ignored whatever they hold.
@@ -77,7 +89,7 @@ def sequence_logps(token_logps: torch.Tensor, labels: torch.Tensor, average: boo
     """
     mask = labels[:, 1:] != IGNORE_INDEX
     total = (token_logps * mask).sum(-1)
-    return total / mask.sum(-1) if average else total
+    return answer_means(total, mask.sum(-1)) if average else total
 
 
 # Transient fp32 logits per chunk: ~256 MiB at Phi-4-mini's 200,064-wide vocabulary.
@@ -190,9 +202,15 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
 def orpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, chosen_nll: torch.Tensor,
               beta: float) -> PreferenceLoss:
     """ORPO: chosen_nll - beta * mean(log sigmoid(log odds(chosen) - log odds(rejected))), where odds(p) =
-    p / (1 - p) of the per-token mean log-prob; rewards beta * mean log-prob. No reference model."""
+    p / (1 - p) of the per-token mean log-prob; rewards beta * mean log-prob. No reference model.
+
+    A mean of 0 (p = 1: an answer with no tokens left, `answer_means`, or one the model is certain of to float
+    precision) has infinite odds; it is taken as the negative normal float nearest 0 instead (-1.2e-38: odds
+    ~1e38), so the loss stays finite. Any mean below that is unchanged, so TRL's numbers stay equal."""
     chosen_mean, rejected_mean = chosen_mean.float(), rejected_mean.float()
-    log_odds = (chosen_mean - rejected_mean) - (_log1mexp(chosen_mean) - _log1mexp(rejected_mean))
+    ceiling = -torch.finfo(torch.float32).tiny
+    chosen, rejected = chosen_mean.clamp(max=ceiling), rejected_mean.clamp(max=ceiling)
+    log_odds = (chosen - rejected) - (_log1mexp(chosen) - _log1mexp(rejected))
     loss = chosen_nll - (beta * F.logsigmoid(log_odds)).mean()
     return PreferenceLoss(loss, beta * chosen_mean.detach(), beta * rejected_mean.detach())
 
@@ -276,7 +294,7 @@ def preference_loss(model, batch: dict, method: PreferenceMethod, beta: float, s
     sums, counts = row_logps(model, batch)
     if method == "dpo":
         return dpo_loss(sums[:half], sums[half:], reference[:half], reference[half:], beta)
-    means = sums / counts
+    means = answer_means(sums, counts)
     if method == "orpo":  # the chosen answers' token-mean NLL, as SFT weighs tokens
         return orpo_loss(means[:half], means[half:], -sums[:half].sum() / counts[:half].sum().clamp(min=1), beta)
     if method == "simpo":

@@ -14,6 +14,7 @@ import torch
 
 from lorakit.config import RunConfig
 from lorakit.data.chat_template import chat_template_identity
+from lorakit.data.preference_batch import PairLayout
 from lorakit.errors import TrainingError
 from lorakit.model.adapters import (
     name_adapter_base,
@@ -39,7 +40,7 @@ from lorakit.plan.run_plan import resolve_auto_settings
 from lorakit.runtime.device import compute_dtype, pick_device
 from lorakit.runtime.distributed import Ranks, current_ranks
 from lorakit.runtime.logging import get_logger
-from lorakit.training.batches import collate_group
+from lorakit.training.batches import collate_group, run_pair_layout
 from lorakit.training.data_parallel import agree_on_plan
 from lorakit.training.dataset import PreparedData, prepare_data
 from lorakit.training.metrics import ProgressReporter
@@ -73,6 +74,7 @@ class TrainingSession:
     ahead: BatchesAhead = field(default_factory=lambda: BatchesAhead())  # the next step's batches, made early
     epoch_groups: dict[int, list[list[int]]] = field(default_factory=dict)  # an epoch's micro-batches, by epoch
     shared_prefix: bool = False  # pairs / packed examples collated with their common prefix once (takes_shared_prefixes)
+    pair_layout: PairLayout | None = None  # preference pairs as the planner counts them (an OOM re-plan too)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -135,10 +137,11 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     reporter.message(f"data: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test examples"
                      + (f", {data.truncated} truncated to {config.model.max_length} tokens" if data.truncated else ""))
     # `auto` batch size, checkpointing and quantization: the memory planner, from config.json alone.
+    pairs = run_pair_layout(data.pair_layout, config)  # preference pairs, with the run's data order
     resolved = resolve_auto_settings(config, read_model_config(source), cuda=device.type == "cuda",
                                      dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available(),
                                      longest_example=data.longest_example, world_size=ranks.world_size,
-                                     pairs=data.pair_layout,
+                                     pairs=pairs,
                                      sharing=data.prefix_sharing if config.training.shares_prefixes else None)
     config = resolved.config
     agree_on_plan(ranks, config)
@@ -200,7 +203,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
         reporter.message(f"preference pairs: each pair's common prompt computed once, no padding ({computed:,} positions "
                          f"for {tokens:,} tokens of chosen and rejected sequences, {tokens / computed:.2f}x fewer)")
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
-                           resolved.offload_activations, ranks, root, shared_prefix=shared_prefix)
+                           resolved.offload_activations, ranks, root, shared_prefix=shared_prefix, pair_layout=pairs)
 
 
 def takes_shared_prefixes(config: RunConfig, model) -> bool:
