@@ -4,6 +4,7 @@ the streaming work and the HTTP server, at 1, 2, 4 and 8 rows.
     python bench/serve_step_profile.py --random-model phi4-mini --out DIR        # on a GPU machine
     python bench/serve_step_profile.py --random-model tiny --device cpu --out DIR # smoke test
     python bench/serve_step_profile.py --run-dir RUN --out DIR                   # a finished run
+    python bench/serve_step_profile.py --random-model phi4-mini --only cudnn --out DIR  # cuDNN's cost, fresh process
 
 The run is bench/serve_batching.py's (its builder, reused when --work already holds it), loaded once with
 lorakit's load_run. Every row does the same work: N requests (bench/serve_batching.py's questions), each
@@ -43,6 +44,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lib.cudnn_rows import cudnn_rows  # noqa: E402
 from lib.decode_step_rows import SIZES, bare_row, host_rows, loop_row, prompts, queue_row, settings, sync  # noqa: E402
 from serve_batching import QUESTIONS, Server, ask, device_line, random_run  # noqa: E402
 
@@ -161,6 +163,8 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--host-only", action="store_true", help="Only the host-work rows (HostOnlyModel), quick.")
+    parser.add_argument("--only", choices=["cudnn"], help="cudnn: only ms/step with SDPA's cuDNN backend allowed vs "
+                        "excluded at new KV lengths, N=1 and N=8 (bench/lib/cudnn_rows.py); run it in a fresh process.")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.device == "cpu":
@@ -192,6 +196,11 @@ def main() -> None:
             print(f"  N={n}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[-1][2].items()), flush=True)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
 
+    if args.only == "cudnn":
+        rows += cudnn_rows(run, args.steps)
+        print_table(rows, lines)
+        (args.out / "table.md").write_text("\n".join(lines) + "\n")
+        return
     rows += host_rows(run, args.steps)
     if args.host_only:
         print_table(rows, lines)

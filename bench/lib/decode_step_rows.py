@@ -149,10 +149,16 @@ def bare_row(run, count: int, steps: int) -> dict:
 def queue_row(run, count: int, steps: int, event_loop: bool = False) -> dict:
     """GenerationQueue (worker thread, streaming text), `count` jobs at once, no HTTP. `event_loop`: events go
     to an asyncio loop in another thread, as the server's do (call_soon_threadsafe), where each text piece is
-    formatted as the server's SSE chunk."""
+    formatted as the server's SSE chunk (each job's events go to its own asyncio.Queue, read by a task as the
+    server's stream does; one loop wake-up per step with job_events.LoopInbox, per event before it)."""
     from lorakit.data.conversation import Message
     from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished, TextPiece
     from lorakit.inference.openai_api import chunk_body, sse
+
+    try:
+        from lorakit.inference.job_events import LoopInbox
+    except ImportError:  # lorakit before session 11 (bench it with PYTHONPATH=<old checkout>/src)
+        LoopInbox = None
 
     loop = asyncio.new_event_loop() if event_loop else None
     if loop is not None:
@@ -170,16 +176,25 @@ def queue_row(run, count: int, steps: int, event_loop: bool = False) -> dict:
                 tokens.append(event.completion_tokens if isinstance(event, JobFinished) else repr(event.error))
                 done.release()
 
-        def emit(event) -> None:
-            if loop is None:
+        async def consume(events: asyncio.Queue) -> None:  # the server's _stream, without the socket
+            while True:
+                event = await events.get()
                 receive(event)
-            else:
-                loop.call_soon_threadsafe(receive, event)
+                if not isinstance(event, TextPiece):
+                    return
+
+        def emit_to(events: asyncio.Queue):
+            if loop is None:
+                return receive
+            asyncio.run_coroutine_threadsafe(consume(events), loop)
+            if LoopInbox is not None:  # as served since session 11: one wake-up of the loop per step
+                return LoopInbox(loop, events)
+            return lambda event: loop.call_soon_threadsafe(events.put_nowait, event)  # before: one per event
 
         started = time.perf_counter()
         for index in range(count):
             message = (Message("user", QUESTIONS[index % len(QUESTIONS)]),)
-            job = GenerationJob(message, settings(run, steps), stop=(), seed=None, emit=emit)
+            job = GenerationJob(message, settings(run, steps), stop=(), seed=None, emit=emit_to(asyncio.Queue()))
             assert work.submit(job)
         for _ in range(count):
             done.acquire()

@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 
 from lorakit.config import RunConfig
+from lorakit.inference.attention_backend import decoding_attention
 from lorakit.inference.recent_tokens import RecentTokens
 
 __all__ = ["GenerationSettings", "Decoded", "FinishReason", "AnswerRepetitionPenalty", "penalize_repeats", "decode_batch"]
@@ -79,8 +80,9 @@ class _Batch:
     def forward(self, model) -> torch.Tensor:
         """Logits (float32) of the next token for every row."""
         extra = {"adapter_names": self.adapter_names} if self.adapter_names is not None else {}
-        out = model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=self.positions,
-                    cache=self.cache, use_cache=True, logits_to_keep=1, **extra)
+        with decoding_attention():  # no cuDNN graph build for each new KV length (attention_backend.py)
+            out = model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=self.positions,
+                        cache=self.cache, use_cache=True, logits_to_keep=1, **extra)
         self.cache = out.cache
         return out.logits[:, -1].to(dtype=torch.float32)
 

@@ -15,7 +15,9 @@ from lorakit.data.chat_spans import AnswerSpanError
 from lorakit.data.chat_template import end_of_turn_token
 from lorakit.data.records import Message
 from lorakit.data.render import render_prompt_ids
+from lorakit.inference.attention_backend import decoding_attention
 from lorakit.inference.decode import AnswerRepetitionPenalty, Decoded, FinishReason, GenerationSettings, decode_batch
+from lorakit.model.adapter_dtype import cast_adapter_for_inference
 from lorakit.model.load import load_base_model, load_tokenizer, resolve_model_source
 from lorakit.model.quantize import nf4_config
 from lorakit.run.layout import CONFIG
@@ -80,6 +82,7 @@ def load_run(path: str | Path, *, base_only: bool = False, permissions: Permissi
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, trained.adapter_dir)
+        cast_adapter_for_inference(model, dtype)  # no fp32 LoRA products or per-module casts in a decoding step
     model.eval()
     return LoadedRun(model, tokenizer, config, None if base_only else trained.adapter_dir, device, trained)
 
@@ -170,7 +173,7 @@ def stream_answer(
 
     def work() -> None:
         try:
-            with torch.no_grad():
+            with torch.no_grad(), decoding_attention():
                 outputs.append(run.model.generate(**kwargs, streamer=streamer))
         except BaseException as exc:  # surfaced in the caller's thread below
             errors.append(exc)
@@ -200,7 +203,8 @@ def _finish_reason(new_ids: Sequence[int], stops: Sequence[int], settings: Gener
 def generate_answer(run: LoadedRun, messages: tuple[Message, ...], settings: GenerationSettings) -> tuple[str, list[int]]:
     """The decoded answer and its raw new token ids (which end with the end-of-turn id when the model stopped)."""
     kwargs = _generate_kwargs(run, messages, settings)
-    output = run.model.generate(**kwargs)
+    with decoding_attention():
+        output = run.model.generate(**kwargs)
     new_ids = output[0, kwargs["input_ids"].shape[1]:].tolist()
     return run.tokenizer.decode(new_ids, skip_special_tokens=True).strip(), new_ids
 

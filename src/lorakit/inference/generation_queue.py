@@ -4,7 +4,8 @@ The server's request handlers only enqueue jobs and read their events, so a slow
 loop, and a full queue is refused at once (503) instead of piling up memory. The worker decodes up to
 `batch_size` jobs together (continuous batching, inference/running_batch.py): a job joins the running batch
 between two decoding steps and leaves at its own end-of-turn, stop string or max_tokens, and its text streams
-as its own tokens arrive. A job whose client left is cancelled: skipped if it was still waiting, otherwise
+as its own tokens arrive; a step's events reach the server's event loop in one wake-up (inference/job_events.py).
+A job whose client left is cancelled: skipped if it was still waiting, otherwise
 dropped from the batch at the next step.
 """
 
@@ -26,6 +27,7 @@ from lorakit.data.conversation import Message
 from lorakit.data.render import render_prompt_ids
 from lorakit.inference.answer_text import AnswerText
 from lorakit.inference.generate import GenerationSettings, LoadedRun, _pad_id, stop_token_ids
+from lorakit.inference.job_events import Outbox
 from lorakit.inference.running_batch import NewToken, RowRequest, RunningBatch, batching_blocker
 
 __all__ = ["TextPiece", "JobFinished", "JobFailed", "GenerationJob", "GenerationQueue"]
@@ -66,7 +68,8 @@ JobEvent = TextPiece | JobFinished | JobFailed
 
 @dataclass
 class GenerationJob:
-    """One request's generation; `emit` must be safe to call from the worker thread."""
+    """One request's generation; `emit` must be safe to call from the worker thread (a job_events.LoopInbox
+    shares one event-loop wake-up per step with the other jobs on its loop)."""
 
     messages: tuple[Message, ...]
     settings: GenerationSettings
@@ -91,8 +94,8 @@ class _PieceStreamer(TextStreamer):
 class _Live:
     """A job in the running batch: its text so far, cut at its stop strings."""
 
-    def __init__(self, job: GenerationJob, tokenizer):
-        self.job = job
+    def __init__(self, job: GenerationJob, tokenizer, send: Callable[[GenerationJob, JobEvent], None]):
+        self.job, self._send = job, send
         self.text = AnswerText(job.stop)
         self.streamer = _PieceStreamer(tokenizer)
         self.tokens = 0
@@ -107,11 +110,11 @@ class _Live:
         pieces, self.streamer.pieces = self.streamer.pieces, []
         for piece in pieces:
             if (sent := self.text.feed(piece)) and not self.job.cancel.is_set():
-                _emit(self.job, TextPiece(sent))
+                self._send(self.job, TextPiece(sent))
 
     def finished(self, reason: str) -> JobFinished:
         if (rest := self.text.finish()) and not self.job.cancel.is_set():
-            _emit(self.job, TextPiece(rest))
+            self._send(self.job, TextPiece(rest))
         return JobFinished("stop" if self.text.stopped else reason, self.tokens, self.text.sent)
 
 
@@ -133,6 +136,7 @@ class GenerationQueue:
         self._seconds_per_job = 1.0  # running mean, for Retry-After
         self.finished = Counter()
         self.tokens_generated = 0
+        self._outbox = Outbox()  # the worker's events of this step, delivered together
 
     def start(self) -> None:
         self._thread.start()
@@ -180,6 +184,7 @@ class GenerationQueue:
             try:
                 if arrived:
                     self._take(batch, batch.join(arrived))
+                    self._outbox.flush()  # first tokens at once: time to first token is not one step later
                 if cancelled := [key for key in batch.keys if self._live[key].job.cancel.is_set()]:
                     batch.leave(cancelled)
                     for key in cancelled:
@@ -199,11 +204,14 @@ class GenerationQueue:
                                      device=self.run.device)
                 if failed.out_of_memory and torch.cuda.is_available():
                     torch.cuda.empty_cache()  # the old batch's KV cache, released by the line above
+            self._outbox.flush()
 
     def _arrivals(self, block: bool, stopping: bool) -> tuple[list[RowRequest], bool]:
         """Rows for the jobs that fit the batch now (waiting for one when it is empty); True once told to stop."""
         rows: list[RowRequest] = []
         while not stopping and len(self._live) < self.batch_size:
+            if block and not rows:
+                self._outbox.flush()  # nothing held back while the worker waits
             try:
                 job = self._waiting.get(block=block and not rows)
             except queue.Empty:
@@ -227,7 +235,7 @@ class GenerationQueue:
         if job.seed is not None and job.settings.temperature > 0:
             generator = torch.Generator(device=self.run.device).manual_seed(job.seed)
         with self._lock:
-            self._live[id(job)] = _Live(job, self.run.tokenizer)
+            self._live[id(job)] = _Live(job, self.run.tokenizer, self._send)
         return RowRequest(id(job), prompt, job.settings, generator)
 
     def _take(self, batch: RunningBatch, tokens: list[NewToken]) -> None:
@@ -253,11 +261,8 @@ class GenerationQueue:
                 self.tokens_generated += outcome.completion_tokens
             else:
                 self.finished["error"] += 1
-        _emit(job, outcome)
+        self._send(job, outcome)
 
-
-def _emit(job: GenerationJob, event: JobEvent) -> None:
-    try:
-        job.emit(event)
-    except RuntimeError:  # the server's event loop closed (shutdown): nobody is listening any more
-        job.cancel.set()
+    def _send(self, job: GenerationJob, event: JobEvent) -> None:
+        """Hold `event` for this step's flush; a closed event loop (shutdown) cancels the job."""
+        self._outbox.add(job.emit, event, job.cancel.set)

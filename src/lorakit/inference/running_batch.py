@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+from lorakit.inference.attention_backend import decoding_attention
 from lorakit.inference.decode import FinishReason, GenerationSettings, _choose
 from lorakit.inference.recent_tokens import RecentTokens
 
@@ -128,8 +129,9 @@ class RunningBatch:
             ids[row, width - len(request.prompt):] = torch.tensor(list(request.prompt), dtype=torch.long)
             mask[row, width - len(request.prompt):] = 1
         ids, mask = ids.to(self._device), mask.to(self._device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                         cache=None, use_cache=True, logits_to_keep=1)
+        with decoding_attention():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                             cache=None, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1].to(dtype=torch.float32)
         tokens = self._choose(logits, list(requests), penalize=False)  # nothing said yet: nothing to penalize
         self._append(list(requests), out.cache, mask, tokens)
@@ -140,8 +142,9 @@ class RunningBatch:
         """Feed every row its last token and choose the next one."""
         assert self._requests, "no rows to decode"
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(self), 1))], dim=1)
-        out = self.model(input_ids=self._next[:, None], attention_mask=self._mask, position_ids=self._positions[:, None],
-                         cache=self._cache, use_cache=True, logits_to_keep=1)
+        with decoding_attention():  # no cuDNN graph build for each new KV length (attention_backend.py)
+            out = self.model(input_ids=self._next[:, None], attention_mask=self._mask,
+                             position_ids=self._positions[:, None], cache=self._cache, use_cache=True, logits_to_keep=1)
         self._cache = out.cache
         self._positions = self._positions + 1
         self._next = self._choose(out.logits[:, -1].to(dtype=torch.float32), self._requests, penalize=True)

@@ -29,6 +29,7 @@ from lorakit.config import ServeConfig
 from lorakit.data.render import render_prompt_ids
 from lorakit.inference.generate import GenerationSettings, LoadedRun, load_run, with_disclaimer
 from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished, TextPiece
+from lorakit.inference.job_events import LoopInbox
 from lorakit.inference.openai_api import (
     ApiError,
     ChatRequest,
@@ -148,8 +149,7 @@ def create_app(run: LoadedRun, options: ServeConfig) -> FastAPI:
         prompt_tokens, settings = server.plan(chat)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        job = GenerationJob(chat.messages, settings, chat.stop, chat.seed,
-                            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        job = GenerationJob(chat.messages, settings, chat.stop, chat.seed, emit=LoopInbox(loop, events))
         if not server.queue.submit(job):
             raise server.busy_error()
         if chat.stream:

@@ -25,6 +25,10 @@ OPTIMISATIONS = {
                     "backward pass (training/loop.py)",
     "dequantized_weights": "QLoRA's frozen 4-bit weights kept dequantized where the memory plan has room "
                            "(plan/dequantized.py); off = dequantized in every pass, as bitsandbytes does",
+    "decode_without_cudnn": "decoding steps (serve, chat, eval answers) with SDPA's cuDNN attention backend off "
+                            "(inference/attention_backend.py); off = PyTorch's own choice (cuDNN on H100)",
+    "adapter_in_base_dtype": "a loaded run's LoRA weights cast to the base model's dtype for inference "
+                             "(model/adapter_dtype.py); off = peft's fp32 adapter, cast per module per step",
 }
 
 
