@@ -12,6 +12,7 @@ from pathlib import Path
 from lorakit.data.records import Message
 from lorakit.inference.generate import GenerationSettings, LoadedRun, load_run, with_disclaimer
 from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished, TextPiece
+from lorakit.inference.job_events import LoopInbox
 
 __all__ = ["CHAT_MODELS", "ChatModels", "sse_event", "stream_events"]
 
@@ -63,7 +64,7 @@ class ChatModels:
             settings = GenerationSettings(max_new_tokens, settings.temperature, settings.top_p,
                                           settings.repetition_penalty, settings.repeat_last_n)
         job = GenerationJob(messages, settings, (), None,
-                            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+                            emit=LoopInbox(loop, events))  # one event-loop wake-up per decoding step, as serve
         return (job, events) if queue.submit(job) else (None, events)
 
 
