@@ -151,6 +151,10 @@ def padded_sdpa_repeats_kv_heads() -> bool:
     mask = torch.ones(3, 3, dtype=torch.bool, device=device).tril()[None, None]
     with _KernelKeys() as seen:
         sdpa_attention_forward(module, query, key, value, mask)
+    if not seen.calls:
+        log.warning("transformers' sdpa attention did not call F.scaled_dot_product_attention: planning padded "
+                    "batches with k/v repeated to every query head")
+        return True
     heads, grouped = seen.calls[0]
     return heads == query.shape[1] and not grouped
 
