@@ -100,13 +100,16 @@ def check(work: Path) -> list[dict]:
 
 def _padded_row(run, data, shape, row: dict) -> dict:
     """The row "lorakit, shared_prefix off": 4 pairs padded into 8 rows of the data's longest sequence (which the
-    measured steps reached: 8,120 positions), at the checkpointing its plan chose (from its plan line)."""
+    measured steps reached: 8,120 positions), at the checkpointing its plan chose (from its plan line). Its attention
+    is transformers' sdpa under a padding mask (plan/attention_memory.py): k/v repeated to every query head as this
+    machine's transformers does under a mask, and the mask."""
     from lorakit.plan.config_view import planned_length, train_settings
     from lorakit.plan.memory import GIB, estimate_peak_memory
 
     padded = run.model_copy(update={"training": run.training.model_copy(update={"shared_prefix": False})})
     layers = 0 if "checkpointing none" in row["plan"] else int(row["plan"].split("checkpointing ")[1].split(" of")[0])
-    settings = replace(train_settings(padded, "nf4", dtype_bytes=2, cuda=True), kv_expanded=False,
+    settings = replace(train_settings(padded, "nf4", dtype_bytes=2, cuda=True, longest_example=data.longest_example),
+                       kv_expanded=False,
                        checkpointed_layers=layers,
                        tokens_per_micro_batch=4 * planned_length(padded, data.longest_example))
     predicted = estimate_peak_memory(shape, settings).peak_allocated

@@ -64,7 +64,8 @@ def test_chunked_token_log_probs_equal_log_softmax_in_value_and_gradient():
 
 
 def test_the_memory_plan_counts_both_sequences_of_a_pair():
-    """A padded micro-batch of b pairs is 2b rows: DPO at micro-batch 2 is planned as SFT at micro-batch 4, plus the
+    """A padded micro-batch of b pairs is 2b rows: DPO at micro-batch 2 is planned as SFT at micro-batch 4 (both
+    padded rows under sdpa's padding mask; SFT without LoRA dropout, as preference methods train), plus the
     preference head's logits chunk (the answers' log-probs do not go through SFT's fused loss)."""
     from conftest import PHI4_MINI
     from lorakit.config import RunConfig
@@ -74,8 +75,8 @@ def test_the_memory_plan_counts_both_sequences_of_a_pair():
     def plan(method, batch_size):
         config = RunConfig.model_validate({
             "model": {"quantization": "nf4", "max_length": 512}, "data": {"train_file": "x.jsonl"},
-            "training": {"method": method, "batch_size": batch_size, "gradient_checkpointing": True,
-                         "shared_prefix": False}})
+            "lora": {"dropout": 0.0}, "training": {"method": method, "batch_size": batch_size,
+                                                   "gradient_checkpointing": True, "shared_prefix": False}})
         return plan_training(config, PHI4_MINI, 80 * 2**30, dtype_bytes=2, nf4_available=True, longest_example=300)
 
     dpo, sft = plan("dpo", 2), plan("sft", 4)

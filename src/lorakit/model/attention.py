@@ -13,6 +13,9 @@ derived from `position_ids`) and runs
 - elsewhere (CPU, fp32, old PyTorch): causal SDPA per example, the plain-PyTorch reference.
 No mask function is registered for it, so transformers builds none.
 
+Padded batches (no packing; preference pairs without shared prefixes) do not run it: they run the model's own
+`sdpa` attention with transformers' padding mask. `padded_sdpa_repeats_kv_heads` says what that costs in memory.
+
 Shared prefixes (data/shared_prefix.py): a batch that carries `kv_index` lets a segment attend to an earlier
 segment's prefix. The keys and values are gathered (`index_select` on the token dimension; autograd scatters
 their gradients back) so that segment i's keys are its parent's prefix followed by its own tokens, and
@@ -38,6 +41,7 @@ __all__ = [
     "uses_varlen_attention",
     "varlen_attention_forward",
     "expands_kv_heads",
+    "padded_sdpa_repeats_kv_heads",
 ]
 
 log = get_logger("model.attention")
@@ -122,6 +126,51 @@ def expands_kv_heads() -> bool:
     """Whether grouped-query k/v are repeated to every query head before the flash kernel."""
     found = _flash_varlen()
     return found is None or found[2] is None
+
+
+@functools.cache
+def padded_sdpa_repeats_kv_heads() -> bool:
+    """Whether transformers' sdpa attention, given a padding mask, repeats grouped-query k/v to every query head
+    before PyTorch's kernel instead of passing `enable_gqa`: then each layer keeps [tokens, heads, head_dim] keys and
+    values for backward, not [tokens, kv_heads, head_dim]. transformers 5.x repeats them on CUDA whenever a mask is
+    given (integrations/sdpa_attention.use_gqa_in_sdpa: PyTorch's GQA under a mask would fall back to the math
+    kernel). Observed, not looked up by version: its attention function runs once on a tiny grouped-query input with
+    a mask, and the keys it hands `F.scaled_dot_product_attention` are counted. Its choice reads the mask and the
+    platform (XPU, MPS), not the tensors' device, so the probe runs on the GPU only where there is one."""
+    try:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    except ImportError as error:
+        log.warning("cannot observe transformers' sdpa attention (%s): planning padded batches with k/v repeated "
+                    "to every query head", error)
+        return True
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    query = torch.zeros(1, 4, 3, 8, device=device)
+    key, value = torch.zeros(1, 2, 3, 8, device=device), torch.zeros(1, 2, 3, 8, device=device)
+    mask = torch.ones(3, 3, dtype=torch.bool, device=device).tril()[None, None]
+    with _KernelKeys() as seen:
+        sdpa_attention_forward(module, query, key, value, mask)
+    if not seen.calls:
+        log.warning("transformers' sdpa attention did not call F.scaled_dot_product_attention: planning padded "
+                    "batches with k/v repeated to every query head")
+        return True
+    heads, grouped = seen.calls[0]
+    return heads == query.shape[1] and not grouped
+
+
+class _KernelKeys(torch.overrides.TorchFunctionMode):
+    """Records (key heads, enable_gqa) of each `F.scaled_dot_product_attention` call made inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[int, bool]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            self.calls.append((args[1].shape[1], bool(kwargs.get("enable_gqa", False))))
+        return func(*args, **kwargs)
 
 
 def _flash_attention(query, key, value, cu_q, cu_k, max_q: int, max_k: int, scaling: float) -> torch.Tensor | None:

@@ -12,7 +12,7 @@ from functools import partial
 from lorakit.config import RunConfig
 from lorakit.data.preference_batch import PairLayout
 from lorakit.data.shared_packing import PrefixSharing
-from lorakit.model.attention import expands_kv_heads
+from lorakit.model.attention import expands_kv_heads, padded_sdpa_repeats_kv_heads
 from lorakit.plan.memory import TrainSettings
 
 __all__ = ["train_settings", "planned_length", "shared_bin_positions", "pair_micro_batches"]
@@ -63,29 +63,32 @@ def planned_length(config: RunConfig, longest_example: int | None, pairs: PairLa
 
 
 def train_settings(config: RunConfig, quantization: str, *, dtype_bytes: int, cuda: bool,
-                   pairs: PairLayout | None = None) -> TrainSettings:
+                   pairs: PairLayout | None = None, longest_example: int | None = None) -> TrainSettings:
     """The planner's view of a run config (micro-batch and checkpointing are the plan's to fill in). Shared-prefix
-    pairs without the data: a pair's keys are at most twice its positions.
+    pairs without the data: a pair's keys are at most twice its positions. `longest_example` (tokens, when the data
+    is known): a padded row is padded to it, not to max_length (`planned_length`).
 
-    Preference methods train without LoRA dropout (training/preference_setup.py), so a shared-prefix micro-batch
-    keeps no dropout masks or dropped copies: counting them put the session-10 whole-GPU row (bench/results/
-    preference_speed) 3.0 GiB above its measured peak. Padded pairs keep that count for now: their H100 row measured
-    8.7 KB per position and layer more than a dropout-free count (28.34 GiB against 26.24), and the dropout terms
-    (23.5 KB) cover it. Most of it is likely k and v repeated to every query head: padded pairs run the model's own
-    sdpa attention, not lorakit_varlen (model/trainable.py), and transformers repeats k/v on CUDA whenever a padding
-    mask is given (integrations/sdpa_attention.use_gqa_in_sdpa): 8,192 of those bytes for Phi-4-mini; counting that
-    alone left the row 0.4% under its peak, so the stand-in stays until a GPU run measures the rest. Both layouts
-    score answers through the chunked preference head (`chunked_head`)."""
+    Preference methods train without LoRA dropout (training/preference_setup.py), so no dropout masks or dropped
+    copies are counted for them: counting them put the session-10 whole-GPU row (bench/results/preference_speed)
+    3.0 GiB above its measured peak. Padded batches (no packing; preference pairs without shared prefixes) run the
+    model's own sdpa attention under a padding mask on CUDA, not lorakit_varlen (model/trainable.py), and are
+    counted as that (plan/attention_memory.py: k/v repeated where transformers repeats them, the mask); on CPU they
+    keep lorakit's count. Both preference layouts score answers through the chunked preference head
+    (`chunked_head`)."""
     targets = config.lora.target_modules
     training = config.training
     preference = training.method != "sft"
+    varlen = training.packing or training.shares_prefixes  # model/trainable.py switches these to lorakit_varlen
+    padded_row = planned_length(config, longest_example) // training.sequences_per_example
     return TrainSettings(
         quantization=quantization, dtype_bytes=dtype_bytes, lora_rank=config.lora.r,
         lora_targets=targets if targets == "all-linear" else tuple(targets),
-        lora_dropout=config.lora.dropout > 0 and not (preference and training.shares_prefixes),
+        lora_dropout=config.lora.dropout > 0 and not preference,
         chunked_head=preference, tokens_per_micro_batch=config.model.max_length,
         fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes, kv_expanded=expands_kv_heads(),
         dora=config.lora.use_dora, on_cpu=not cuda,
         keys_per_token=(pairs.keys_per_position if pairs else 2.0)
         if config.training.shares_prefixes and config.training.method != "sft" else 1.0,
+        padded_row_tokens=0 if varlen or not cuda else padded_row,
+        masked_kv_expanded=padded_sdpa_repeats_kv_heads() if cuda and not varlen else True,
     )

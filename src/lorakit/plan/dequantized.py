@@ -78,7 +78,8 @@ def fixed_settings_candidate(config: RunConfig, shape: ModelShape, gpu_memory_by
     the plan's candidate, so that the memory they leave can keep weights dequantized. Counted as plan/run_plan.py
     counts a planned run (the micro-batch's tokens, shared-prefix rows)."""
     training = config.training
-    base = train_settings(config, "nf4", dtype_bytes=dtype_bytes, cuda=True, pairs=pairs)
+    base = train_settings(config, "nf4", dtype_bytes=dtype_bytes, cuda=True, pairs=pairs,
+                          longest_example=longest_example)
     length = planned_length(config, longest_example, pairs)
     settings = replace(micro_batch_settings(base, training.batch_size * length, shared_bin_positions(config, sharing)),
                        checkpointed_layers=shape.layers if training.gradient_checkpointing else 0)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from lorakit.model.tiled_mlp import mlp_chunk_tokens
+from lorakit.plan.attention_memory import attention_kernel_bytes, kv_width, padding_mask
 from lorakit.plan.host_memory import (
     CHUNK_LOGIT_ELEMENTS,
     PROCESS_BASELINE_BYTES,
@@ -137,6 +138,12 @@ class TrainSettings:
     # Preference losses score answers through their own chunked LM head (training/preference_loss.py), whose fp32
     # logits chunks live beside the saved activations (`logit_chunk_bytes`).
     chunked_head: bool = False
+    # Padded batches on CUDA (no packing; preference pairs without shared prefixes) run transformers' sdpa under a
+    # padding mask, not lorakit_varlen: the length of their rows, which the mask spans per query (`padding_mask`).
+    # 0: lorakit_varlen, or CPU training, whose counts tests/plan/test_memory_cpu.py measures.
+    padded_row_tokens: int = 0
+    # Under that mask transformers repeats k/v to every query head (model/attention.padded_sdpa_repeats_kv_heads).
+    masked_kv_expanded: bool = True
 
 
 @dataclass(frozen=True)
@@ -233,16 +240,13 @@ def layer_activation_bytes(shape: ModelShape, settings: TrainSettings) -> int:
     """Bytes per token that autograd saves in one decoder layer that is not checkpointed.
 
     Counted tensor by tensor for lorakit's path (see tests/plan/test_memory.py, which measures the plain
-    PyTorch path on CPU with saved-tensor hooks).
+    PyTorch path on CPU with saved-tensor hooks); padded rows on CUDA (`padding_mask`) run sdpa under a mask, which
+    keeps the same tensors with k/v repeated where transformers repeats them, and the mask.
     """
     b, d = settings.dtype_bytes, shape.hidden
-    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     # RMSNorm x2: liger keeps its input (the residual stream); PyTorch's keeps an fp32 copy of it.
     total = 2 * d * (b if settings.fused_kernels else 4)
-    # Attention: q, k, v and the output (variable-length flash), and fp32 log-sum-exp. Without a grouped-query
-    # mode in PyTorch's varlen flash, k and v are expanded to every query head (model/attention.py).
-    total += round((2 * q + 2 * (q if settings.kv_expanded else kv) * settings.keys_per_token) * b) + shape.heads * 4
-    total += _adapted_bytes(shape, settings, _ATTENTION)
+    total += attention_kernel_bytes(shape, settings) + _adapted_bytes(shape, settings, _ATTENTION)
     # A tiled MLP keeps only its input (the second norm's output) for the whole sequence.
     return total + (d * b if settings.tiled_mlp else mlp_activation_bytes(shape, settings))
 
@@ -255,7 +259,7 @@ def tiled_backward_bytes(shape: ModelShape, settings: TrainSettings, per_layer: 
       output's gradients, and flash attention's: dq, its fp32 accumulator, k/v gradients expanded to every query
       head, then summed per k/v head. At 32k tokens of Phi-4-mini this one is the larger."""
     b, tokens, d, i = settings.dtype_bytes, settings.tokens_per_micro_batch, shape.hidden, shape.intermediate
-    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    q, kv = shape.heads * shape.head_dim, kv_width(shape, settings)
     chunk = min(tokens, mlp_chunk_tokens(i, b))
     mlp = tokens * (per_layer + 2 * d * b) + chunk * (mlp_activation_bytes(shape, settings) + (3 * i + d) * b)
     attention = tokens * (per_layer - 2 * d * b + round((d + 4 * q + 2 * kv * settings.keys_per_token) * b) + 4 * q)
@@ -306,6 +310,8 @@ def estimate_peak_memory(shape: ModelShape, settings: TrainSettings) -> MemoryEs
     layer_input = d * b
     on_gpu_checkpoints = 0 if settings.offload_activations else checkpointed * layer_input
     saved = tokens * (on_gpu_checkpoints + (shape.layers - checkpointed) * per_layer + layer_input)
+    # transformers' boolean padding mask, one per forward, which every checkpointed layer's recompute reads again.
+    saved += tokens * settings.padded_row_tokens if padding_mask(settings) else 0
     # During backward: a layer's gradients, and a checkpointed layer's recomputed activations. Only the first
     # layers are checkpointed (model/checkpointing.py), so while any layer is not, backward frees at least one
     # layer's saved activations before the first recompute: the recompute adds to the peak only with all of them.

@@ -142,7 +142,7 @@ def replan_after_oom(session, state, step: int) -> str | None:
     shape = ModelShape.from_config(read_model_config(session.source))
     base = train_settings(config, "nf4" if session.quantized else "none",
                           dtype_bytes=torch.finfo(session.dtype).bits // 8, cuda=session.device.type == "cuda",
-                          pairs=session.pair_layout)
+                          pairs=session.pair_layout, longest_example=session.data.longest_example)
     before = _live_settings(session, state)
     length = planned_length(config, session.data.longest_example, session.pair_layout)
     chosen = replan_for_memory(shape, base, before, max_length=length, memory_bytes=memory_bytes,

@@ -151,7 +151,8 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
     shape = ModelShape.from_config(model_config)
     quantization = config.model.quantization
     quantizations = (("none", "nf4") if nf4_available else ("none",)) if quantization == "auto" else (quantization,)
-    base = train_settings(config, quantizations[0], dtype_bytes=dtype_bytes, cuda=cuda, pairs=pairs)
+    base = train_settings(config, quantizations[0], dtype_bytes=dtype_bytes, cuda=cuda, pairs=pairs,
+                          longest_example=longest_example)
     fixed_checkpointing = {True: (shape.layers,), False: (0,)}.get(training.gradient_checkpointing)
     candidates = plan_settings(
         shape, base, max_length=length, gpu_memory_bytes=gpu_memory_bytes,
