@@ -129,3 +129,27 @@ def test_one_event_loop_wake_up_per_step_for_all_streams_in_the_same_order(run):
     assert any(isinstance(e, TextPiece) for e in per_step[0]) and per_row_wake_ups == events
     # The join's first tokens, then GREEDY.max_new_tokens - 1 steps: one wake-up each, for all four jobs.
     assert wake_ups.count("lorakit-generation") <= GREEDY.max_new_tokens < events
+
+
+def test_the_flag_is_restored_when_decoding_fails_and_across_threads():
+    """An out-of-memory error (or any) inside a decoding step gives the flag back; two threads (serve's worker and
+    the studio's) share one count."""
+    with pytest.raises(torch.OutOfMemoryError):
+        with decoding_attention():
+            raise torch.OutOfMemoryError("CUDA out of memory")
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    inside, leave = threading.Barrier(2), threading.Event()
+
+    def decoder():
+        with decoding_attention():
+            inside.wait(timeout=10)
+            leave.wait(timeout=10)
+
+    other = threading.Thread(target=decoder)
+    other.start()
+    with decoding_attention():
+        inside.wait(timeout=10)
+    assert not torch.backends.cuda.cudnn_sdp_enabled(), "restored while the other thread still decodes"
+    leave.set()
+    other.join(timeout=10)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
