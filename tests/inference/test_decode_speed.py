@@ -153,3 +153,29 @@ def test_the_flag_is_restored_when_decoding_fails_and_across_threads():
     leave.set()
     other.join(timeout=10)
     assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_a_closed_event_loop_cancels_its_jobs_and_the_other_loops_still_get_theirs_in_order():
+    """Server shutdown: the loop is closed, call_soon_threadsafe raises RuntimeError; the outbox cancels every job
+    bound for that loop (the worker then drops them) and still delivers the rest, each queue in emitted order."""
+    from lorakit.inference.job_events import Outbox
+
+    closed, live = asyncio.new_event_loop(), asyncio.new_event_loop()
+    closed.close()
+    try:
+        gone, kept = [asyncio.Queue(), asyncio.Queue()], asyncio.Queue()
+        cancelled, called = [], []
+        outbox = Outbox()
+        for step in range(3):
+            outbox.add(LoopInbox(closed, gone[step % 2]), step, lambda step=step: cancelled.append(step))
+            outbox.add(LoopInbox(live, kept), step, lambda: cancelled.append("live"))
+            outbox.add(called.append, step, lambda: cancelled.append("plain"))
+        outbox.flush()
+        assert sorted(cancelled) == [0, 1, 2] and called == [0, 1, 2]
+        live.run_until_complete(asyncio.sleep(0))
+        assert [kept.get_nowait() for _ in range(kept.qsize())] == [0, 1, 2]
+        outbox.flush()  # nothing held: nothing delivered twice
+        live.run_until_complete(asyncio.sleep(0))
+        assert kept.empty() and called == [0, 1, 2]
+    finally:
+        live.close()
