@@ -129,3 +129,53 @@ def test_one_event_loop_wake_up_per_step_for_all_streams_in_the_same_order(run):
     assert any(isinstance(e, TextPiece) for e in per_step[0]) and per_row_wake_ups == events
     # The join's first tokens, then GREEDY.max_new_tokens - 1 steps: one wake-up each, for all four jobs.
     assert wake_ups.count("lorakit-generation") <= GREEDY.max_new_tokens < events
+
+
+def test_the_flag_is_restored_when_decoding_fails_and_across_threads():
+    """An out-of-memory error (or any) inside a decoding step gives the flag back; two threads (serve's worker and
+    the studio's) share one count."""
+    with pytest.raises(torch.OutOfMemoryError):
+        with decoding_attention():
+            raise torch.OutOfMemoryError("CUDA out of memory")
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    inside, leave = threading.Barrier(2), threading.Event()
+
+    def decoder():
+        with decoding_attention():
+            inside.wait(timeout=10)
+            leave.wait(timeout=10)
+
+    other = threading.Thread(target=decoder)
+    other.start()
+    with decoding_attention():
+        inside.wait(timeout=10)
+    assert not torch.backends.cuda.cudnn_sdp_enabled(), "restored while the other thread still decodes"
+    leave.set()
+    other.join(timeout=10)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_a_closed_event_loop_cancels_its_jobs_and_the_other_loops_still_get_theirs_in_order():
+    """Server shutdown: the loop is closed, call_soon_threadsafe raises RuntimeError; the outbox cancels every job
+    bound for that loop (the worker then drops them) and still delivers the rest, each queue in emitted order."""
+    from lorakit.inference.job_events import Outbox
+
+    closed, live = asyncio.new_event_loop(), asyncio.new_event_loop()
+    closed.close()
+    try:
+        gone, kept = [asyncio.Queue(), asyncio.Queue()], asyncio.Queue()
+        cancelled, called = [], []
+        outbox = Outbox()
+        for step in range(3):
+            outbox.add(LoopInbox(closed, gone[step % 2]), step, lambda step=step: cancelled.append(step))
+            outbox.add(LoopInbox(live, kept), step, lambda: cancelled.append("live"))
+            outbox.add(called.append, step, lambda: cancelled.append("plain"))
+        outbox.flush()
+        assert sorted(cancelled) == [0, 1, 2] and called == [0, 1, 2]
+        live.run_until_complete(asyncio.sleep(0))
+        assert [kept.get_nowait() for _ in range(kept.qsize())] == [0, 1, 2]
+        outbox.flush()  # nothing held: nothing delivered twice
+        live.run_until_complete(asyncio.sleep(0))
+        assert kept.empty() and called == [0, 1, 2]
+    finally:
+        live.close()

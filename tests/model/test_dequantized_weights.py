@@ -137,3 +137,37 @@ def test_out_of_memory_drops_the_kept_weights_first_and_a_resume_keeps_them_drop
     assert all(kept_weight(layer) is None and "forward" not in vars(layer) for layer in model.layers)
     assert (state.checkpointed_layers, state.offload_activations) == (2, False)  # a resume re-applies, keeps none
     assert replan_after_oom(session, state, 7) is None  # nothing left to drop; on CPU no re-plan
+
+
+def test_a_resume_after_the_drop_keeps_no_weight_dequantized(monkeypatch):
+    """The resumed session's make_trainable switches the planned layers on again; restore_memory_settings (before
+    the first step) switches them off where the saved state records a re-plan, and only there."""
+    from lorakit.plan import oom
+
+    monkeypatch.setattr(oom, "_apply", lambda session, state, layers, offload: None)  # the checkpointing: not here
+    for recorded, kept in ((None, 2), (2, 0)):
+        model = _Decoder(3, torch.bfloat16)
+        keep_dequantized_weights(model, 2)  # what the resumed session's plan asks again
+        state = types.SimpleNamespace(checkpointed_layers=recorded, offload_activations=False)
+        oom.restore_memory_settings(types.SimpleNamespace(model=model), state)
+        for layer in model.layers:
+            layer(torch.randn(2, 48, dtype=torch.bfloat16))
+        assert sum(kept_weight(layer) is not None for layer in model.layers) == kept
+
+
+def test_the_kept_copy_is_in_no_state_dict_and_is_freed_when_dropped():
+    """A checkpoint or adapter save reads state_dict: the bf16 copy must not be in it; and after the drop nothing
+    (no closure, no cache) holds the copy, so its memory really goes back."""
+    import gc
+    import weakref
+
+    model = _Decoder(2, torch.bfloat16)
+    keys = set(model.state_dict())
+    keep_dequantized_weights(model, 2)
+    x = torch.randn(2, 48, dtype=torch.bfloat16, requires_grad=True)
+    sum(layer(x).sum() for layer in model.layers).backward()
+    copies = [weakref.ref(kept_weight(layer)) for layer in model.layers]
+    assert all(copy() is not None for copy in copies) and set(model.state_dict()) == keys
+    drop_dequantized_weights(model)
+    gc.collect()
+    assert all(copy() is None for copy in copies)

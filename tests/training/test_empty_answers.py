@@ -57,3 +57,19 @@ def test_an_answer_with_no_tokens_left_keeps_the_loss_and_gradients_finite(metho
     assert float(result.rejected_rewards[0]) == 0.0  # 0 / 1 token: a mean log-prob of 0, not 0 / 0
     gradients = [p.grad for p in model.parameters() if p.requires_grad]
     assert gradients and all(torch.isfinite(g).all() for g in gradients)
+
+
+@pytest.mark.parametrize("mean", [0.0, -1e-9, -1e-20, -1e-3])
+def test_orpo_gradients_stay_finite_for_a_mean_log_prob_next_to_zero(mean):
+    """A short answer the model is all but certain of has a mean log-prob like -1e-9 (fp32 log_softmax of a logit
+    ahead by ~21): exp(mean) rounds to 1, and the branch of log(1 - exp(x)) that torch.where does not select, log1p(-1)
+    = -inf, used to send 0 x inf = NaN back to the chosen mean and from it to every LoRA weight."""
+    from lorakit.training.preference_loss import orpo_loss
+
+    chosen = torch.tensor([mean, -0.5], requires_grad=True)
+    rejected = torch.tensor([-1.0, -1.0], requires_grad=True)
+    result = orpo_loss(chosen, rejected, torch.tensor(1.0), beta=0.1)
+    result.loss.backward()
+    assert torch.isfinite(result.loss)
+    assert torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()
+    assert float(chosen.grad[1]) == pytest.approx(-0.0348272, rel=1e-5)  # the other pair's gradient is unchanged

@@ -195,8 +195,12 @@ def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Ten
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x < 0, stable on both sides of -ln 2."""
-    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+    """log(1 - exp(x)) for x < 0, stable on both sides of -ln 2. Each branch sees only its own side's x: torch.where
+    sends the unselected branch a zero gradient, and log1p(-exp(x)) at x ~ -1e-9 (exp rounds to 1) is -inf with an
+    infinite derivative, 0 x inf = NaN."""
+    low = x < -0.6931471805599453
+    return torch.where(low, torch.log1p(-torch.exp(x.clamp(max=-0.6931471805599453))),
+                       torch.log(-torch.expm1(x.clamp(min=-0.6931471805599453))))
 
 
 def orpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, chosen_nll: torch.Tensor,
