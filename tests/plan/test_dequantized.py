@@ -105,3 +105,17 @@ def test_fixed_nf4_settings_get_the_lever_too_but_not_several_processes_or_the_c
                                  memory_bytes=80 * GIB, world_size=2).dequantized_layers == 0
     assert resolve_auto_settings(_config(), PHI4_MINI, cuda=False, dtype_bytes=4, nf4_available=False,
                                  memory_bytes=80 * GIB).dequantized_layers == 0
+
+
+def test_fixed_settings_keep_weights_only_within_nine_tenths_of_the_gpu():
+    """The user's fixed settings leave no proof of spare memory: the kept weights may take the plan's predicted peak
+    to 90% of the GPU at most (the planner's prediction margin), not to the last byte."""
+    config = _config(batch_size=1, gradient_checkpointing=True).model_copy(deep=True)
+    config.model.max_length = 4096
+    memory = 8 * GIB
+    resolved = resolve_auto_settings(config, PHI4_MINI, cuda=True, dtype_bytes=2, nf4_available=True,
+                                     memory_bytes=memory)
+    peak = resolved.plan.chosen.estimate.peak_on_gpu()
+    one_more = replace(resolved.plan.chosen.settings, dequantized_layers=resolved.dequantized_layers + 1)
+    assert 0 < resolved.dequantized_layers < 32
+    assert peak <= 0.9 * memory < estimate_peak_memory(ModelShape.from_config(PHI4_MINI), one_more).peak_on_gpu()

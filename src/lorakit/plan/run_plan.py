@@ -15,6 +15,7 @@ from lorakit.errors import ConfigError
 from lorakit.plan.candidates import Candidate, plan_settings
 from lorakit.plan.config_view import pair_micro_batches, planned_length, shared_bin_positions, train_settings
 from lorakit.plan.dequantized import (
+    FIXED_SETTINGS_SHARE,
     dequantized_text,
     fixed_settings_candidate,
     keep_dequantized_layers,
@@ -272,7 +273,7 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
         # fixed settings as the plan's only candidate: what they leave may keep weights dequantized (a plan only then)
         fixed = fixed_settings_candidate(config, shape, memory_bytes, dtype_bytes=dtype_bytes,
                                          longest_example=longest_example, pairs=pairs, sharing=sharing)
-        chosen = keep_dequantized_layers(shape, fixed, memory_bytes)
+        chosen = keep_dequantized_layers(shape, fixed, int(memory_bytes * FIXED_SETTINGS_SHARE))
         kept = chosen.settings.dequantized_layers
         plan = TrainingPlan("nf4", chosen.micro_batch, layers, False, chosen, [fixed], memory_bytes, shape.layers)
         return ResolvedSettings(config, layers, False, plan if kept else None, dequantized_layers=kept)
