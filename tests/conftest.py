@@ -15,6 +15,10 @@ import torch
 
 from lorakit.training.metrics import SilentReporter
 
+# The session's caches in a temporary folder (tests/session_caches.py); full garbage collections that skip what
+# the session imported (tests/gc_freeze.py).
+pytest_plugins = ["session_caches", "gc_freeze"]
+
 # SmolLM2's tokenizer and ChatML template, extracted once from the embedded GGUF (see tests/fixtures/README.md).
 TOKENIZER_DIR = Path(__file__).resolve().parent / "fixtures" / "smollm2-tokenizer"
 # Phi-4-mini's config.json numbers that memory planning reads (the planner's tests plan for it).

@@ -70,9 +70,10 @@ def test_stats_tokenizer_accepts_the_embedded_alias(tmp_path, capsys, monkeypatc
 
 
 @pytest.mark.slow
-def test_stats_tokenizer_embedded_alias_for_real(tmp_path, capsys, monkeypatch):
-    """The real embedded model (converted once into a private cache) counts like the committed fixture tokenizer."""
-    monkeypatch.setenv("LORAKIT_CACHE_DIR", str(tmp_path / "cache"))
+def test_stats_tokenizer_embedded_alias_for_real(tmp_path, capsys):
+    """The real embedded model counts like the committed fixture tokenizer. Its GGUF is converted into the session's
+    cache (a fresh temporary folder: tests/session_caches.py), which the session's later embedded-model tests read,
+    instead of a private cache that cost the session one more conversion."""
     data = write_qa_jsonl(tmp_path / "qa.jsonl")
     code, alias_out, err = _run(capsys, "data", "stats", str(data), "--tokenizer", EMBEDDED_MODEL_ALIAS, "--json",
                                 "--no-histogram")
