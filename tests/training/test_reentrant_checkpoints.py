@@ -62,3 +62,20 @@ def test_make_trainable_checkpoints_sharded_models_non_reentrantly(tiny_llama_di
         assert first.gradient_checkpointing and not decoder_layers(model)[1].gradient_checkpointing
         kinds[sharded] = first._gradient_checkpointing_func.keywords["use_reentrant"]
     assert kinds == {False: True, True: False}
+
+
+def test_make_trainable_runs_varlen_attention_for_packed_rows_and_shared_prefix_pairs(tiny_llama_dir, qa_file,
+                                                                                       tmp_path):
+    """lorakit_varlen for packed SFT rows and for shared-prefix preference pairs (without it the session falls back to
+    padded pairs with only a warning: training/session.takes_shared_prefixes); padded pairs keep the model's own."""
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.model.attention import uses_varlen_attention
+    from lorakit.model.trainable import make_trainable
+
+    runs = (({"packing": True}, True), ({"method": "dpo"}, True), ({"method": "dpo", "shared_prefix": False}, False))
+    for training, varlen in runs:
+        config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path, **training)
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+        model = make_trainable(model, config, device=torch.device("cpu"), quantized=False, checkpointed_layers=0)
+        assert uses_varlen_attention(model) is varlen, training

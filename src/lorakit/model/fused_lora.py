@@ -22,7 +22,7 @@ import types
 
 import torch
 
-from lorakit.model.dequantized_weights import kept_weight
+from lorakit.model.dequantized_weights import is_4bit_linear, kept_weight
 from lorakit.runtime.ablation import enabled
 
 __all__ = ["use_fused_lora", "FusedLoraAdd", "LoraLinear"]
@@ -128,8 +128,7 @@ def _frozen_weight(frozen: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
 def _frozen_plain_linear(frozen: torch.nn.Module) -> bool:
     """A frozen nn.Linear or bitsandbytes 4-bit layer without trainable bias. Exactly those classes: backward
     recomputes the input gradient from the weight as a plain `x @ W^T + b` layer has it."""
-    linear = type(frozen) is torch.nn.Linear or (type(frozen).__name__ == "Linear4bit"
-                                                  and type(frozen).__module__.startswith("bitsandbytes"))
+    linear = type(frozen) is torch.nn.Linear or is_4bit_linear(frozen)
     return linear and not frozen.weight.requires_grad and (frozen.bias is None or not frozen.bias.requires_grad)
 
 

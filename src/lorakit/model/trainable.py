@@ -53,10 +53,8 @@ def make_trainable(model, config: RunConfig, *, device: torch.device, quantized:
         skip_fp32_input_copies(model)
     use_fused_lora(model)
     keep_dequantized_weights(model, dequantized_layers)
-    if config.training.packing:
-        use_varlen_attention(model)
-    elif config.training.shares_prefixes:
-        use_varlen_attention(model)  # training/session.takes_shared_prefixes warns if it did not take
+    if config.training.packing or config.training.shares_prefixes:
+        use_varlen_attention(model)  # shared prefixes: training/session.takes_shared_prefixes warns if it did not take
     if tiled_mlp:  # after the fused projections and LoRA: it runs the MLP forward they leave
         use_tiled_mlp(model, True)
     if config.training.neftune_noise_alpha is not None:

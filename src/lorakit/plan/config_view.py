@@ -87,8 +87,7 @@ def train_settings(config: RunConfig, quantization: str, *, dtype_bytes: int, cu
         chunked_head=preference, tokens_per_micro_batch=config.model.max_length,
         fused_kernels=cuda, mask_bytes=1 if cuda else dtype_bytes, kv_expanded=expands_kv_heads(),
         dora=config.lora.use_dora, on_cpu=not cuda,
-        keys_per_token=(pairs.keys_per_position if pairs else 2.0)
-        if config.training.shares_prefixes and config.training.method != "sft" else 1.0,
+        keys_per_token=(pairs.keys_per_position if pairs else 2.0) if training.shares_prefixes and preference else 1.0,
         padded_row_tokens=0 if varlen or not cuda else padded_row,
         masked_kv_expanded=padded_sdpa_repeats_kv_heads() if cuda and not varlen else True,
     )
