@@ -34,16 +34,11 @@ def is_4bit_linear(module: torch.nn.Module) -> bool:
 
 
 def dequantize_as_bitsandbytes(layer: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """The layer's [out, in] weight as bitsandbytes' `gemm_4bit` dequantizes it for its `F.linear`: the nested
-    absmax rebuilt in fp32, then the 4-bit weight dequantized straight into `dtype`."""
+    """The layer's [out, in] weight dequantized by bitsandbytes itself (the nested absmax rebuilt in fp32, then the 4-bit
+    weight in the quant state's dtype: what its `gemm_4bit` multiplies by), in `dtype`."""
     import bitsandbytes.functional as bnb_functional
 
-    state = layer.weight.quant_state
-    absmax = state.absmax
-    if state.nested:
-        absmax = bnb_functional.dequantize_blockwise(state.absmax, state.state2) + state.offset
-    return torch.ops.bitsandbytes.dequantize_4bit.default(layer.weight.view(-1, 1), absmax.float(), state.blocksize,
-                                                          state.quant_type, state.shape, dtype)
+    return bnb_functional.dequantize_4bit(layer.weight.view(-1, 1), layer.weight.quant_state).to(dtype)
 
 
 def kept_weight(layer: torch.nn.Module) -> torch.Tensor | None:

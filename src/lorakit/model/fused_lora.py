@@ -22,7 +22,7 @@ import types
 
 import torch
 
-from lorakit.model.dequantized_weights import is_4bit_linear, kept_weight
+from lorakit.model.dequantized_weights import dequantize_as_bitsandbytes, is_4bit_linear, kept_weight
 from lorakit.runtime.ablation import enabled
 
 __all__ = ["use_fused_lora", "FusedLoraAdd", "LoraLinear"]
@@ -120,9 +120,7 @@ def _frozen_weight(frozen: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
     kept = kept_weight(frozen)
     if kept is not None:  # kept in quant_state.dtype, as the dequantization below: the same values
         return kept.to(dtype)
-    import bitsandbytes.functional as bnb_functional
-
-    return bnb_functional.dequantize_4bit(frozen.weight.view(-1, 1), quant_state).to(dtype)
+    return dequantize_as_bitsandbytes(frozen, dtype)
 
 
 def _frozen_plain_linear(frozen: torch.nn.Module) -> bool:
