@@ -179,3 +179,28 @@ def test_tiled_mlp_and_non_reentrant_checkpoints_see_the_flat_rows_tokens(tiny_l
     (packed_loss, packed_grads), (shared_loss, shared_grads) = results
     assert abs(packed_loss - shared_loss) < 1e-5
     assert max(float((packed_grads[n] - shared_grads[n]).abs().max()) for n in packed_grads) < 1e-5
+
+
+def test_packed_sft_shares_only_where_the_fused_head_runs_and_pairs_wherever_varlen_runs(monkeypatch, caplog):
+    """Packed SFT shares prefixes only with an LM head the fused loss runs on (else one WARNING and whole examples);
+    preference pairs take the model's own logits instead, so they share with any head; neither shares without
+    lorakit_varlen attention."""
+    from lorakit.training import session
+
+    fusable, varlen = [True], [True]
+    monkeypatch.setattr(session, "_base_model", lambda model: model)
+    monkeypatch.setattr(session, "_fusable", lambda base: fusable[0])
+    monkeypatch.setattr(session, "uses_varlen_attention", lambda model: varlen[0])
+    sft, dpo = _config("sft", packing=True), _config("dpo", packing=False)
+    assert session.takes_shared_prefixes(sft, model=object()) and session.takes_shared_prefixes(dpo, model=object())
+    fusable[0] = False
+    with caplog.at_level("WARNING"):
+        caplog.clear()
+        assert session.takes_shared_prefixes(sft, model=object()) is False
+    assert "LM head is quantized" in caplog.text and "training.shared_prefix has no effect" in caplog.text
+    assert session.takes_shared_prefixes(dpo, model=object()) is True
+    varlen[0] = False
+    with caplog.at_level("WARNING"):
+        caplog.clear()
+        assert session.takes_shared_prefixes(dpo, model=object()) is False
+    assert "cannot take lorakit_varlen attention" in caplog.text

@@ -30,8 +30,7 @@ import torch
 from lorakit.data.masking import IGNORE_INDEX
 from lorakit.data.render import TokenizedExample
 
-__all__ = ["MODEL_INPUTS", "Segment", "common_prefix_length", "layout_segments", "collate_shared_prefix",
-           "computed_positions"]
+__all__ = ["MODEL_INPUTS", "Segment", "common_prefix_length", "layout_segments", "collate_shared_prefix"]
 
 # The keys of a shared-prefix batch that the model's forward takes (the rest are the loss's).
 MODEL_INPUTS = ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
@@ -93,15 +92,6 @@ def layout_segments(rows: Sequence[Sequence[int]], parents: Sequence[int | None]
             segments.append(Segment(start, len(row) - shared, segments[parent].start, shared))
         start += segments[-1].length
     return segments
-
-
-def computed_positions(rows: Sequence[Sequence[int]], parents: Sequence[int | None]) -> int:
-    """Token positions the shared layout computes (the flat row's length), against sum(len(row)) when padded.
-
-    >>> computed_positions([[1, 2, 3, 4], [1, 2, 5]], [None, 0])
-    5
-    """
-    return sum(segment.length for segment in layout_segments(rows, parents))
 
 
 def collate_shared_prefix(rows: Sequence[TokenizedExample], parents: Sequence[int | None]) -> dict:

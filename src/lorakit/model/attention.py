@@ -57,19 +57,18 @@ def register_varlen_attention() -> str:
     return VARLEN_ATTENTION
 
 
-def use_varlen_attention(model) -> bool:
-    """Switch a loaded transformers model (or a peft wrapper around one) to isolated packed attention; False if
-    the model cannot switch (its attention does not go through transformers' AttentionInterface)."""
+def use_varlen_attention(model) -> None:
+    """Switch a loaded transformers model (or a peft wrapper around one) to isolated packed attention where it can
+    (its attention goes through transformers' AttentionInterface); `uses_varlen_attention` says whether it did."""
     register_varlen_attention()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(VARLEN_ATTENTION)
-    if base.config._attn_implementation != VARLEN_ATTENTION:  # transformers warned and kept the model's own
-        return False
+    if not uses_varlen_attention(base):  # transformers warned and kept the model's own
+        return
     # Probe the flash kernel now, not in the first forward: inside a checkpointed layer the probe's own
     # autograd tensors would count as the layer's, and the recompute (probe cached) would save fewer
     # ("A different number of tensors was saved", seen on an H200 with gradient_checkpointing: true).
     _flash_varlen()
-    return True
 
 
 def uses_varlen_attention(model) -> bool:

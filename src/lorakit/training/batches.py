@@ -15,7 +15,7 @@ from lorakit.data.preference_batch import PairLayout, PreferenceExample, collate
 from lorakit.data.render import TokenizedExample
 from lorakit.data.shared_packing import collate_packed_shared
 
-__all__ = ["epoch_seed", "epoch_groups", "epoch_order", "epoch_permutation", "run_pair_layout", "packed_epoch_groups",
+__all__ = ["epoch_seed", "epoch_groups", "epoch_permutation", "run_pair_layout", "packed_epoch_groups",
            "collate_group", "batch_tokens"]
 
 
@@ -39,22 +39,17 @@ def epoch_groups(examples: list[TokenizedExample], batch_size: int, seed: int, e
     >>> epoch_groups([TokenizedExample([1], [1])] * 5, 2, seed=0, epoch=0) == epoch_groups([TokenizedExample([1], [1])] * 5, 2, 0, 0)
     True
     """
-    order = epoch_order(len(examples), seed, epoch)
+    order = epoch_permutation(len(examples), seed, epoch).tolist()
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled indices of `count` examples in one epoch (unpacked runs cut it into micro-batches); the memory
-    planner bounds preference micro-batches over it (data/preference_batch.PairLayout, `run_pair_layout`).
+def epoch_permutation(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled indices of `count` examples in one epoch (unpacked runs cut it into micro-batches, `epoch_groups`);
+    the memory planner bounds preference micro-batches over it (data/preference_batch.PairLayout, `run_pair_layout`).
 
-    >>> sorted(epoch_order(5, seed=0, epoch=1)) == [0, 1, 2, 3, 4]
+    >>> sorted(epoch_permutation(5, seed=0, epoch=1).tolist()) == [0, 1, 2, 3, 4]
     True
     """
-    return epoch_permutation(count, seed, epoch).tolist()
-
-
-def epoch_permutation(count: int, seed: int, epoch: int) -> torch.Tensor:
-    """`epoch_order` as a tensor (what the planner reads, epoch after epoch)."""
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return torch.randperm(count, generator=generator)
 

@@ -43,7 +43,6 @@ class PreparedData:
         splits = self.splits
         return max(example_length(e) for examples in (splits.train, splits.validation, splits.test) for e in examples)
 
-
     @property
     def prefix_sharing(self) -> PrefixSharing | None:
         """The SFT training examples' lengths and shared prefixes, for the planner (None for preference pairs)."""

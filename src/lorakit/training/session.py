@@ -199,7 +199,7 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
     if shared_prefix and config.training.method == "sft":
         reporter.message(f"{SHARED_PACKING_MESSAGE} (training.shared_prefix)")
     elif shared_prefix:
-        computed, tokens = (sum(getattr(pair, name) for pair in data.splits.train) for name in ("shared_positions", "tokens"))
+        computed, tokens = sum(pairs.positions), sum(pairs.keys)  # the planner's per-pair counts, not counted again
         reporter.message(f"preference pairs: each pair's common prompt computed once, no padding ({computed:,} positions "
                          f"for {tokens:,} tokens of chosen and rejected sequences, {tokens / computed:.2f}x fewer)")
     return TrainingSession(config, source, tokenizer, model, data, device, dtype, quantized, identity,
