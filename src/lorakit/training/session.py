@@ -24,7 +24,7 @@ from lorakit.model.adapters import (
     variant_identity,
 )
 from lorakit.model.attention import uses_varlen_attention
-from lorakit.model.kernels import LOSS_POSITIONS, _base_model, _fusable, loss_positions
+from lorakit.model.kernels import LOSS_POSITIONS, lm_head_is_fusable, loss_positions, unwrap_peft_model
 from lorakit.model.load import (
     ModelSource,
     load_base_model,
@@ -218,11 +218,11 @@ def takes_shared_prefixes(config: RunConfig, model) -> bool:
         return False
     if not uses_varlen_attention(model):
         log.warning("%s cannot take lorakit_varlen attention: training.shared_prefix has no effect",
-                    type(_base_model(model)).__name__)
+                    type(unwrap_peft_model(model)).__name__)
         return False
-    if training.method == "sft" and not _fusable(_base_model(model)):
+    if training.method == "sft" and not lm_head_is_fusable(unwrap_peft_model(model)):
         log.warning("%s's LM head is quantized or scales its logits: packed rows keep every example whole "
-                    "(training.shared_prefix has no effect)", type(_base_model(model)).__name__)
+                    "(training.shared_prefix has no effect)", type(unwrap_peft_model(model)).__name__)
         return False
     return True
 
