@@ -25,8 +25,8 @@ def _config(method: str = "sft", packing: bool = True, shared_prefix: bool = Tru
 
 def _identity(config: RunConfig) -> dict:
     """The run-identity entries build_session records for the method (an SFT run without init_adapter touches no
-    model here)."""
-    return prepare_for_method(None, config, [])
+    model here), for a model that takes the shared layout wherever the config asks for it."""
+    return prepare_for_method(None, config, [], shares_prefixes=config.training.shares_prefixes)
 
 
 def test_a_packed_sft_resume_refuses_a_switched_layout():

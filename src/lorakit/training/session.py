@@ -163,12 +163,13 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
                            checkpointed_layers=resolved.checkpointed_layers, offload_activations=resolved.offload_activations,
                            sharded=sharded, tiled_mlp=resolved.tiled_mlp, dequantized_layers=resolved.dequantized_layers)
     name_adapter_base(model, public_model_name(source))  # adapter_config.json names no local path
-    method_identity = prepare_for_method(model, config, targets)  # starting adapter, DPO reference, dropout
+    # before fully_shard: a sharded LM head's weight is a DTensor, which the fused-head check reads as quantized
+    shared_prefix = takes_shared_prefixes(config, model)
+    # starting adapter, DPO reference, dropout; the identity records whether rows share prefixes
+    method_identity = prepare_for_method(model, config, targets, shares_prefixes=shared_prefix)
     # Every module in training mode (from_pretrained leaves the base model's in eval mode under a training-mode
     # peft wrapper): a step then switches modes only after an evaluation flipped the root (Trainer.step).
     model.train()
-    # before fully_shard: a sharded LM head's weight is a DTensor, which the fused-head check reads as quantized
-    shared_prefix = takes_shared_prefixes(config, model)
     root = shard_model(model) if sharded else None
     if sharded:
         reporter.message(f"fsdp: frozen weights and LoRA states sharded over {ranks.world_size} processes (FSDP2)")
