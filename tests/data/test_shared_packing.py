@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import itertools
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from lorakit.data.packing import collate_packed, pack_best_fit
 from lorakit.data.render import TokenizedExample
 from lorakit.data.shared_packing import collate_packed_shared, prefix_sharing, sharing_root
+from lorakit.data.shared_prefix import common_prefix_length
 from lorakit.training.batches import batch_tokens
 
 # S = [1, 2, 3] is the "system prompt"; D duplicates B; E shares only the first token ("the template").
@@ -61,3 +65,44 @@ def test_planner_bound_covers_every_bin():
     # example's prefix with A only (D's 3, not 6) and counts the largest of them (A's own 5) once: 24 - 10 = 14.
     assert collate_packed_shared(examples)["input_ids"].shape[1] == 11
     assert sharing.bin_positions(30) == 14
+
+
+def _quadratic_sharing_root(rows) -> int:
+    """sharing_root as it was before session 12: each row's running minima summed directly, O(n^2) per bin."""
+    order = sorted(range(len(rows)), key=lambda i: (list(rows[i]), i))
+    adjacent = [common_prefix_length(rows[a], rows[b]) for a, b in zip(order, order[1:])]
+    best, best_total = 0, -1
+    for place, index in enumerate(order):
+        total, shared = 0, None
+        for step in range(place - 1, -1, -1):  # rows sorted before it: running minimum of adjacent prefixes
+            shared = adjacent[step] if shared is None else min(shared, adjacent[step])
+            total += shared
+        shared = None
+        for step in range(place, len(adjacent)):  # and after it
+            shared = adjacent[step] if shared is None else min(shared, adjacent[step])
+            total += shared
+        if total > best_total or (total == best_total and index < best):
+            best, best_total = index, total
+    return best
+
+
+# Bins of up to 40 rows over a 3-token alphabet, so that rows share long prefixes, repeat, and tie.
+BINS = st.lists(st.lists(st.integers(0, 2), min_size=1, max_size=12), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=BINS)
+def test_root_is_the_quadratic_search_s_on_random_bins(rows):
+    assert sharing_root(rows) == _quadratic_sharing_root(rows)
+
+
+def test_root_of_a_bin_with_a_shared_system_prompt_is_the_quadratic_search_s():
+    """A bin like lorakit's real ones: every row starts with the same ~100-token system prompt."""
+    import random
+
+    generator = random.Random(12)
+    prompt = [generator.randrange(50_000) for _ in range(100)]
+    for _ in range(20):
+        rows = [prompt + [generator.randrange(4) for _ in range(generator.randrange(1, 30))]
+                for _ in range(generator.randrange(1, 60))]
+        assert sharing_root(rows) == _quadratic_sharing_root(rows)

@@ -25,8 +25,8 @@ def _config(method: str = "sft", packing: bool = True, shared_prefix: bool = Tru
 
 def _identity(config: RunConfig) -> dict:
     """The run-identity entries build_session records for the method (an SFT run without init_adapter touches no
-    model here)."""
-    return prepare_for_method(None, config, [])
+    model here), for a model that takes the shared layout wherever the config asks for it."""
+    return prepare_for_method(None, config, [], shares_prefixes=config.training.shares_prefixes)
 
 
 def test_a_packed_sft_resume_refuses_a_switched_layout():
@@ -91,8 +91,8 @@ def test_a_head_the_fused_loss_cannot_run_gives_the_padded_losses_and_gradients_
     from lorakit.training import preference_loss as losses
 
     calls = []
-    monkeypatch.setattr(kernels, "_fusable", lambda base: calls.append(base) and False)
-    monkeypatch.setattr(losses, "_fusable", lambda base: False)
+    monkeypatch.setattr(kernels, "lm_head_is_fusable", lambda base: calls.append(base) and False)
+    monkeypatch.setattr(losses, "lm_head_is_fusable", lambda base: False)
     torch.manual_seed(0)
     model = lora_model_with_nonzero_b(tiny_llama_dir, dropout=0.0)
     use_varlen_attention(model)
@@ -188,8 +188,8 @@ def test_packed_sft_shares_only_where_the_fused_head_runs_and_pairs_wherever_var
     from lorakit.training import session
 
     fusable, varlen = [True], [True]
-    monkeypatch.setattr(session, "_base_model", lambda model: model)
-    monkeypatch.setattr(session, "_fusable", lambda base: fusable[0])
+    monkeypatch.setattr(session, "unwrap_peft_model", lambda model: model)
+    monkeypatch.setattr(session, "lm_head_is_fusable", lambda base: fusable[0])
     monkeypatch.setattr(session, "uses_varlen_attention", lambda model: varlen[0])
     sft, dpo = _config("sft", packing=True), _config("dpo", packing=False)
     assert session.takes_shared_prefixes(sft, model=object()) and session.takes_shared_prefixes(dpo, model=object())

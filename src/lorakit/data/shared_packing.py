@@ -8,9 +8,9 @@ the root, attending to the root's prefix and then causally to itself (data/share
 model/attention.py's `lorakit_varlen`). The loss reads each answer token's prediction from the flat position of
 the token before it, which may be inside the root's prefix; it is the packed loss and gradients up to float order.
 
-The root is the example that shares the most tokens with the others (ties: the earliest in the bin): found in
-O(n log n + n^2) integer work per bin from the rows sorted lexicographically, where the common prefix of two rows
-is the minimum of the adjacent common prefixes between them.
+The root is the example that shares the most tokens with the others (ties: the earliest in the bin): found from
+the rows sorted lexicographically (O(n log n) row comparisons per bin), where the common prefix of two rows is the
+minimum of the adjacent common prefixes between them, and each row's sum of those minima takes O(n) in all.
 
 `PrefixSharing` is what the memory planner needs before any bin exists: an upper bound on the positions a bin of
 a given capacity computes (model/plan/memory.py counts positions and gathered keys, not the bin's capacity).
@@ -38,19 +38,35 @@ def sharing_root(rows: Sequence[Sequence[int]]) -> int:
     """
     order = sorted(range(len(rows)), key=lambda i: (list(rows[i]), i))
     adjacent = [common_prefix_length(rows[a], rows[b]) for a, b in zip(order, order[1:])]
+    before = _running_minimum_sums(adjacent)  # before[p]: sum over the rows sorted before place p
+    after = _running_minimum_sums(adjacent[::-1])[::-1]  # after[p]: sum over the rows sorted after it
     best, best_total = 0, -1
     for place, index in enumerate(order):
-        total, shared = 0, None
-        for step in range(place - 1, -1, -1):  # rows sorted before it: running minimum of adjacent prefixes
-            shared = adjacent[step] if shared is None else min(shared, adjacent[step])
-            total += shared
-        shared = None
-        for step in range(place, len(adjacent)):  # and after it
-            shared = adjacent[step] if shared is None else min(shared, adjacent[step])
-            total += shared
+        total = before[place] + after[place]
         if total > best_total or (total == best_total and index < best):
             best, best_total = index, total
     return best
+
+
+def _running_minimum_sums(adjacent: Sequence[int]) -> list[int]:
+    """sums[p] = sum over q < p of min(adjacent[q:p]), for p in 0..len(adjacent): in sorted rows, the common prefixes
+    of row p with every row before it. O(n) with a stack of (value, how many q it is the minimum for), where a
+    direct sum is O(n^2) per bin, on the collate thread.
+
+    >>> _running_minimum_sums([3, 1, 2])  # row 2: min(3, 1) + 1; row 3: min(3, 1, 2) + min(1, 2) + 2
+    [0, 3, 2, 4]
+    """
+    sums, stack, total = [0], [], 0
+    for value in adjacent:
+        count = 1
+        while stack and stack[-1][0] >= value:  # earlier starts whose minimum this value now lowers
+            lowered, lowered_count = stack.pop()
+            total -= lowered * lowered_count
+            count += lowered_count
+        stack.append((value, count))
+        total += value * count
+        sums.append(total)
+    return sums
 
 
 def shared_layout_order(rows: Sequence[Sequence[int]]) -> list[int]:

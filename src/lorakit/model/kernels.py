@@ -26,7 +26,9 @@ from lorakit.runtime.logging import get_logger
 __all__ = [
     "liger_available",
     "quiet_liger",
+    "unwrap_peft_model",
     "apply_fused_kernels",
+    "lm_head_is_fusable",
     "chunked_linear_cross_entropy",
     "linear_cross_entropy_sum",
     "causal_lm_loss",
@@ -59,7 +61,7 @@ def quiet_liger() -> None:
     warnings.filterwarnings("ignore", message=r"liger-cute-kernels is not installed")
 
 
-def _base_model(model):
+def unwrap_peft_model(model):
     """The transformers model inside a peft wrapper (LoRA layers are injected into it in place)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -78,7 +80,7 @@ def apply_fused_kernels(model, device: torch.device) -> list[str]:
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
-    base = _base_model(model)
+    base = unwrap_peft_model(model)
     if base.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         log.warning("liger-kernel has no kernels for %s; using plain PyTorch modules", base.config.model_type)
         return []
@@ -144,7 +146,9 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets
     return chunked_linear_cross_entropy(hidden, weight, targets)
 
 
-def _fusable(base) -> bool:
+def lm_head_is_fusable(base) -> bool:
+    """Whether the fused linear cross-entropy can stand in for this model's LM head: a plain, unquantized,
+    bias-free Linear whose logits the model neither rescales nor soft-caps (else the model's own forward runs)."""
     head = base.get_output_embeddings()
     config = base.config.to_dict()
     return (
@@ -180,13 +184,13 @@ def causal_lm_loss(model, batch: dict, num_items_in_batch: int | None = None) ->
     A shared-prefix batch (data/shared_packing.py: it has `kv_index`) has no labels row: its targets are explicit
     (predicting flat position, label) pairs, see `shared_prefix_loss`.
     """
-    base = _base_model(model)
+    base = unwrap_peft_model(model)
     if "kv_index" in batch:
         return shared_prefix_loss(model, batch, num_items_in_batch)
     labels = batch["labels"]
     keep = batch.get(LOSS_POSITIONS)
     inputs = {key: value for key, value in batch.items() if key not in ("labels", LOSS_POSITIONS)}
-    if not _fusable(base):
+    if not lm_head_is_fusable(base):
         return model(**inputs, labels=labels, use_cache=False, num_items_in_batch=num_items_in_batch).loss
     hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
     # Position t predicts label t+1; the last position of each row predicts nothing.
@@ -206,9 +210,9 @@ def flat_row_outputs(model, batch: dict) -> tuple[torch.Tensor, bool]:
     log-probs alike: its final hidden states [T, hidden] where the fused head can run on the predicting positions
     alone, else the model's own full logits [T, vocab] (a head that is quantized or scales its logits); and
     whether they are logits."""
-    base = _base_model(model)
+    base = unwrap_peft_model(model)
     inputs = {key: batch[key] for key in MODEL_INPUTS}
-    if _fusable(base):
+    if lm_head_is_fusable(base):
         return base.get_decoder()(**inputs, use_cache=False).last_hidden_state[0], False
     return model(**inputs, use_cache=False).logits[0], True
 
@@ -225,5 +229,5 @@ def shared_prefix_loss(model, batch: dict, num_items_in_batch: int | None = None
         return total / max(divisor, 1) + outputs.sum() * 0.0
     if positions.numel() == 0:
         return outputs.sum() * 0.0  # nothing to learn here, but keep the graph for backward()
-    weight = _base_model(model).get_output_embeddings().weight
+    weight = unwrap_peft_model(model).get_output_embeddings().weight
     return linear_cross_entropy_sum(outputs.index_select(0, positions), weight, targets) / divisor

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lorakit.plan.memory import ModelShape, TrainSettings
+    from lorakit.plan.memory import TrainSettings
+    from lorakit.plan.model_shape import ModelShape
 
 __all__ = ["padding_mask", "kv_width", "padding_mask_bytes", "attention_kernel_bytes"]
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from lorakit.plan.memory import MemoryEstimate, ModelShape, TrainSettings, estimate_peak_memory
+from lorakit.plan.memory import MemoryEstimate, TrainSettings, estimate_peak_memory
+from lorakit.plan.model_shape import ModelShape
 
 __all__ = ["Candidate", "relative_step_time", "plan_settings", "micro_batch_settings", "candidate_order",
            "MAX_TOKENS_PER_MICRO_BATCH"]

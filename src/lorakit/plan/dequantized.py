@@ -25,7 +25,8 @@ from lorakit.data.preference_batch import PairLayout
 from lorakit.data.shared_packing import PrefixSharing
 from lorakit.plan.candidates import Candidate, micro_batch_settings, relative_step_time
 from lorakit.plan.config_view import planned_length, shared_bin_positions, train_settings
-from lorakit.plan.memory import GIB, MemoryEstimate, ModelShape, TrainSettings, estimate_peak_memory
+from lorakit.plan.memory import GIB, MemoryEstimate, TrainSettings, estimate_peak_memory
+from lorakit.plan.model_shape import ModelShape
 from lorakit.runtime.ablation import enabled
 
 __all__ = ["memory_to_spare", "keep_dequantized_layers", "dequantized_text", "fixed_settings_candidate",

@@ -10,7 +10,8 @@ so a wrong prediction shows which term was wrong. CUDA's own context is not allo
 fit check adds it separately (`CUDA_CONTEXT_BYTES`), and the allocator's slack on top of the allocated peak
 (`ALLOCATOR_SLACK`, for lorakit's expandable-segments allocator: runtime/device.py).
 
-The search over settings that fit, and the speed model that ranks them, are plan/candidates.py.
+The model's numbers come from plan/model_shape.py; the search over settings that fit, and the speed model that
+ranks them, are plan/candidates.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from lorakit.plan.host_memory import (
     cpu_loss_bytes,
     heap_fragmentation_bytes,
 )
+from lorakit.plan.model_shape import ModelShape  # re-exported: the planner's callers take it with the estimate
 
 __all__ = [
     "GIB",
@@ -52,64 +54,8 @@ ALLOCATOR_SLACK = 0.08
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
 # fp32 LoRA weight, its gradient, AdamW's two moments.
 LORA_STATE_BYTES_PER_PARAM = 16
-_FUSED_PROJECTION_MODELS = {"phi3"}  # qkv_proj and gate_up_proj are single linear layers
 _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
 _MLP = ("gate_proj", "up_proj", "gate_up_proj", "down_proj")
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The numbers of a decoder-only transformer that memory depends on, read from config.json."""
-
-    model_type: str
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied_embeddings: bool
-
-    @classmethod
-    def from_config(cls, config: dict) -> ModelShape:
-        required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-        missing = [key for key in required if key not in config]
-        if missing:
-            raise ValueError(f"config.json lacks {', '.join(missing)}; cannot plan memory for this model")
-        heads = config["num_attention_heads"]
-        return cls(
-            model_type=config.get("model_type", "unknown"),
-            hidden=config["hidden_size"],
-            intermediate=config["intermediate_size"],
-            layers=config["num_hidden_layers"],
-            heads=heads,
-            kv_heads=config.get("num_key_value_heads") or heads,  # absent or null means no grouped-query attention
-            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-            vocab=config["vocab_size"],
-            tied_embeddings=bool(config.get("tie_word_embeddings", False)),
-        )
-
-    def linears(self) -> dict[str, tuple[int, int]]:
-        """(in_features, out_features) of each linear layer in one decoder layer, by module name."""
-        q, kv, d, i = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.hidden, self.intermediate
-        if self.model_type in _FUSED_PROJECTION_MODELS:
-            return {"qkv_proj": (d, q + 2 * kv), "o_proj": (q, d), "gate_up_proj": (d, 2 * i), "down_proj": (i, d)}
-        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
-                "gate_proj": (d, i), "up_proj": (d, i), "down_proj": (i, d)}
-
-    @property
-    def linear_params_per_layer(self) -> int:
-        return sum(a * b for a, b in self.linears().values())
-
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab * self.hidden
-
-    @property
-    def head_params(self) -> int:
-        """The LM head's own parameters (0 when tied to the input embeddings)."""
-        return 0 if self.tied_embeddings else self.vocab * self.hidden
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,12 @@ from lorakit.plan.config_view import pair_micro_batches, planned_length, shared_
 from lorakit.plan.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
-    ModelShape,
     TrainSettings,
     checkpointing_text,
     estimate_peak_memory,
 )
 from lorakit.plan.micro_batches import accumulation_after_split
+from lorakit.plan.model_shape import ModelShape
 from lorakit.plan.run_plan import device_memory_bytes
 
 __all__ = ["OOM_ADVICE", "release_memory", "TorchRngSnapshot", "MemorySettings", "training_memory_bytes",

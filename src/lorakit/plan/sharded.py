@@ -17,11 +17,11 @@ from dataclasses import replace
 
 from lorakit.plan.memory import (
     MemoryEstimate,
-    ModelShape,
     TrainSettings,
     estimate_peak_memory,
     lora_parameter_count,
 )
+from lorakit.plan.model_shape import ModelShape
 
 __all__ = ["UNSHARDED_LAYERS", "sharded_estimate", "choose_distributed"]
 

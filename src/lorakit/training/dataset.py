@@ -9,6 +9,7 @@ chosen answers as SFT examples, so validation and test loss read "how likely the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from lorakit.config import RunConfig
 from lorakit.data.issues import DataReport
@@ -36,14 +37,17 @@ class PreparedData:
     source_urls: list[str] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
 
-    @property
+    # The two summaries below walk every example; the data never changes after prepare_data, and the planner asks
+    # again on every out-of-memory re-plan (plan/oom.py), so each is computed once. cached_property writes the
+    # instance's __dict__ directly, which a frozen dataclass allows.
+    @cached_property
     def longest_example(self) -> int:
         """Tokens of the longest sequence in any split (of a pair: its longer answer's): without packing a
         micro-batch is padded to its longest sequence, not to max_length, so the memory planner plans for this."""
         splits = self.splits
         return max(example_length(e) for examples in (splits.train, splits.validation, splits.test) for e in examples)
 
-    @property
+    @cached_property
     def prefix_sharing(self) -> PrefixSharing | None:
         """The SFT training examples' lengths and shared prefixes, for the planner (None for preference pairs)."""
         train = self.splits.train

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from lorakit.data.masking import IGNORE_INDEX
-from lorakit.model.kernels import _base_model, _fusable, flat_row_outputs, loss_positions
+from lorakit.model.kernels import flat_row_outputs, lm_head_is_fusable, loss_positions, unwrap_peft_model
 
 __all__ = ["PreferenceMethod", "PREFERENCE_METHODS", "PreferenceLoss", "sequence_logps", "answer_token_logps",
            "shared_prefix_row_logps", "row_logps", "answer_means",
@@ -147,9 +147,9 @@ def answer_token_logps(model, batch: dict) -> torch.Tensor:
     """
     labels = batch["labels"]
     inputs = {key: value for key, value in batch.items() if key != "labels"}
-    base = _base_model(model)
+    base = unwrap_peft_model(model)
     targets = labels[:, 1:]
-    if not _fusable(base):
+    if not lm_head_is_fusable(base):
         logits = model(**inputs, use_cache=False).logits[:, :-1].float()
         picked = torch.gather(logits.log_softmax(-1), -1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return picked.masked_fill(targets == IGNORE_INDEX, 0.0)
@@ -170,7 +170,7 @@ def shared_prefix_row_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Ten
     if are_logits:
         picked = outputs.index_select(0, positions).float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
     else:
-        picked = _picked_logps(_base_model(model), outputs, positions, targets)
+        picked = _picked_logps(unwrap_peft_model(model), outputs, positions, targets)
     anchor = outputs.sum() * 0.0  # a batch with no answer token left still has a graph for backward()
     sums = picked.new_zeros(batch["row_count"]).index_add(0, batch["label_rows"], picked)
     return sums + anchor, batch["label_counts"].to(sums.device)

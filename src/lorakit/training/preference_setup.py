@@ -18,30 +18,45 @@ from lorakit.training.preference_loss import add_reference_adapter
 __all__ = ["prepare_for_method", "method_identity"]
 
 
-def prepare_for_method(model, config: RunConfig, targets: list[str]) -> dict:
+def prepare_for_method(model, config: RunConfig, targets: list[str], *, shares_prefixes: bool) -> dict:
     """Load the starting adapter, freeze DPO's reference, switch dropout off; returns the run-identity entries
-    (what a resume must find unchanged)."""
+    (what a resume must find unchanged). `shares_prefixes`: whether the session collates with shared prefixes
+    (training/session.takes_shared_prefixes)."""
     training = config.training
     identity: dict = {}
     if training.init_adapter is not None:
         identity["init_adapter_sha256"] = load_init_adapter(model, training.init_adapter, config.lora, targets)
     if training.method == "sft":
-        return {**identity, **method_identity(config)}
+        return {**identity, **method_identity(config, shares_prefixes)}
     if training.method == "dpo" and training.init_adapter is not None:
         add_reference_adapter(model)
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
-    return {**identity, **method_identity(config)}
+    return {**identity, **method_identity(config, shares_prefixes)}
 
 
-def method_identity(config: RunConfig) -> dict:
-    """The method's settings a resume must find unchanged: the preference settings, and for packed SFT only
-    training.shared_prefix (unpacked SFT records nothing, so those runs resume as before)."""
+def method_identity(config: RunConfig, shares_prefixes: bool) -> dict:
+    """The method's settings a resume must find unchanged: the preference settings, and for packed SFT whether its
+    rows share prefixes (unpacked SFT records nothing, so those runs resume as before).
+
+    A packed row's layout (float order) depends on whether sharing took effect, not on training.shared_prefix alone:
+    a NEFTune run, or a model without lorakit_varlen or with a quantized head, packs examples whole whatever the flag
+    says. `packed_shared_prefix` (the flag, which checkpoints recorded alone until session 12) is kept beside it:
+    a checkpoint without `packed_rows_share_prefixes` is compared on the flag, as it was written
+    (training/resume_drift.py).
+
+    >>> from lorakit.config import RunConfig
+    >>> neftune = RunConfig.model_validate({"data": {"train_file": "x.jsonl"},
+    ...                                     "training": {"packing": True, "neftune_noise_alpha": 5}})
+    >>> method_identity(neftune, neftune.training.shares_prefixes)
+    {'packed_shared_prefix': True, 'packed_rows_share_prefixes': False}
+    """
     training = config.training
     if training.method == "sft":
-        # a packed row's layout (float order) depends on shared_prefix, as a preference batch's does
-        return {"packed_shared_prefix": training.shared_prefix} if training.packing else {}
+        if not training.packing:
+            return {}
+        return {"packed_shared_prefix": training.shared_prefix, "packed_rows_share_prefixes": shares_prefixes}
     # shared_prefix changes no loss, only the order of float additions: recorded so a resume stays bit-exact
     return {"training_method": training.method, "preference_beta": training.beta,
             "preference_shared_prefix": training.shared_prefix,

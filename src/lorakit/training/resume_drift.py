@@ -49,6 +49,8 @@ WARNED_SETTINGS = {
     "training.early_stopping_min_delta": "early stopping judges the remaining evaluations by the new rule",
     "training.tracker": "metrics go to the new tracker from here on",
     "data.train_file": "the contents are the same (their sha256 is checked); only the path changed",
+    "training.shared_prefix": "rows are laid out as before (the run identity refuses a resume that would switch "
+    "the shared-prefix layout; this flag had no effect in the checkpoint's run or has none now)",
 }
 # Sections and settings that training does not read.
 IGNORED_PREFIXES = ("inference.", "eval.", "serve.", "mode", "output_dir", "model.trust_remote_code",
@@ -167,6 +169,7 @@ _IDENTITY_LABELS = {
     "tokenizer_sha256": "the tokenizer (its vocabulary, special tokens or chat template)",
     "preference_shared_prefix": "training.shared_prefix",
     "packed_shared_prefix": "training.shared_prefix",
+    "packed_rows_share_prefixes": "training.shared_prefix",
 }
 
 
@@ -179,17 +182,22 @@ _IDENTITY_SETTINGS = {
     "lora_use_dora": "lora.use_dora", "lora_use_rslora": "lora.use_rslora",
     "loraplus_lr_ratio": "training.loraplus_lr_ratio", "neftune_noise_alpha": "training.neftune_noise_alpha",
     "chat_template_sha256": "model.chat_template", "preference_shared_prefix": "training.shared_prefix",
-    "packed_shared_prefix": "training.shared_prefix",
+    "packed_shared_prefix": "training.shared_prefix", "packed_rows_share_prefixes": "training.shared_prefix",
 }
 # Identity keys that older checkpoints do not record: compared only when the checkpoint has them.
-_RECORDED_LATER = {"tokenizer_sha256", "preference_shared_prefix", "packed_shared_prefix"}
+_RECORDED_LATER = {"tokenizer_sha256", "preference_shared_prefix", "packed_shared_prefix", "packed_rows_share_prefixes"}
+# Keys that a later key decides when the checkpoint has it: compared only for checkpoints written before it. Packed
+# SFT recorded only the training.shared_prefix flag until session 12, then also whether sharing took effect (it does
+# not under NEFTune, whatever the flag says): preference_setup.method_identity.
+_SUPERSEDED_BY = {"packed_shared_prefix": "packed_rows_share_prefixes"}
 
 
 def check_same_run(saved: dict, current: dict, changed_settings: list[tuple[str, str]] = ()) -> None:
     """Refuse to resume when the data, model or LoRA shape changed since the checkpoint, or any of
     `changed_settings` (setting key, description) that training/resume_drift.py refuses."""
     changed = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)
-               and not (key in _RECORDED_LATER and key not in saved)]
+               and not (key in _RECORDED_LATER and key not in saved)
+               and not (key in _SUPERSEDED_BY and _SUPERSEDED_BY[key] in saved)]
     if "chat_template_sha256" in changed and "tokenizer_sha256" in changed:  # the override is the tokenizer's template
         changed.remove("tokenizer_sha256")
     named = {_IDENTITY_SETTINGS.get(key) for key in changed}

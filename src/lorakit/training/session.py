@@ -24,7 +24,7 @@ from lorakit.model.adapters import (
     variant_identity,
 )
 from lorakit.model.attention import uses_varlen_attention
-from lorakit.model.kernels import LOSS_POSITIONS, _base_model, _fusable, loss_positions
+from lorakit.model.kernels import LOSS_POSITIONS, lm_head_is_fusable, loss_positions, unwrap_peft_model
 from lorakit.model.load import (
     ModelSource,
     load_base_model,
@@ -163,12 +163,13 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
                            checkpointed_layers=resolved.checkpointed_layers, offload_activations=resolved.offload_activations,
                            sharded=sharded, tiled_mlp=resolved.tiled_mlp, dequantized_layers=resolved.dequantized_layers)
     name_adapter_base(model, public_model_name(source))  # adapter_config.json names no local path
-    method_identity = prepare_for_method(model, config, targets)  # starting adapter, DPO reference, dropout
+    # before fully_shard: a sharded LM head's weight is a DTensor, which the fused-head check reads as quantized
+    shared_prefix = takes_shared_prefixes(config, model)
+    # starting adapter, DPO reference, dropout; the identity records whether rows share prefixes
+    method_identity = prepare_for_method(model, config, targets, shares_prefixes=shared_prefix)
     # Every module in training mode (from_pretrained leaves the base model's in eval mode under a training-mode
     # peft wrapper): a step then switches modes only after an evaluation flipped the root (Trainer.step).
     model.train()
-    # before fully_shard: a sharded LM head's weight is a DTensor, which the fused-head check reads as quantized
-    shared_prefix = takes_shared_prefixes(config, model)
     root = shard_model(model) if sharded else None
     if sharded:
         reporter.message(f"fsdp: frozen weights and LoRA states sharded over {ranks.world_size} processes (FSDP2)")
@@ -218,11 +219,11 @@ def takes_shared_prefixes(config: RunConfig, model) -> bool:
         return False
     if not uses_varlen_attention(model):
         log.warning("%s cannot take lorakit_varlen attention: training.shared_prefix has no effect",
-                    type(_base_model(model)).__name__)
+                    type(unwrap_peft_model(model)).__name__)
         return False
-    if training.method == "sft" and not _fusable(_base_model(model)):
+    if training.method == "sft" and not lm_head_is_fusable(unwrap_peft_model(model)):
         log.warning("%s's LM head is quantized or scales its logits: packed rows keep every example whole "
-                    "(training.shared_prefix has no effect)", type(_base_model(model)).__name__)
+                    "(training.shared_prefix has no effect)", type(unwrap_peft_model(model)).__name__)
         return False
     return True
 
