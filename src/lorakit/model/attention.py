@@ -32,6 +32,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from lorakit.model.kernels import unwrap_peft_model
 from lorakit.runtime.logging import get_logger
 
 __all__ = [
@@ -61,7 +62,7 @@ def use_varlen_attention(model) -> None:
     """Switch a loaded transformers model (or a peft wrapper around one) to isolated packed attention where it can
     (its attention goes through transformers' AttentionInterface); `uses_varlen_attention` says whether it did."""
     register_varlen_attention()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft_model(model)
     base.set_attn_implementation(VARLEN_ATTENTION)
     if not uses_varlen_attention(base):  # transformers warned and kept the model's own
         return
@@ -73,7 +74,7 @@ def use_varlen_attention(model) -> None:
 
 def uses_varlen_attention(model) -> bool:
     """Whether a model (or a peft wrapper around one) runs lorakit_varlen attention."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft_model(model)
     return base.config._attn_implementation == VARLEN_ATTENTION
 
 

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from lorakit.model.kernels import unwrap_peft_model
 from lorakit.runtime.ablation import enabled
 
 __all__ = ["decoder_layers", "apply_checkpointing", "activation_offload", "reentrant_checkpoints"]
@@ -21,7 +22,7 @@ __all__ = ["decoder_layers", "apply_checkpointing", "activation_offload", "reent
 
 def decoder_layers(model) -> list[torch.nn.Module]:
     """The decoder layers of a transformers causal LM (through a peft wrapper, if any)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft_model(model)
     return list(base.get_decoder().layers)
 
 
@@ -42,7 +43,7 @@ def apply_checkpointing(model, checkpointed_layers: int, *, reentrant: bool = Fa
     `reentrant`: `reentrant_checkpoints()` decides. CPU offload needs it: only reentrant checkpoints save their
     inputs through autograd's saved-tensor hooks, which `activation_offload` moves to the CPU.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft_model(model)
     layers = decoder_layers(model)
     assert 0 <= checkpointed_layers <= len(layers), f"{checkpointed_layers} checkpointed layers of {len(layers)}"
     if base.is_gradient_checkpointing:  # start from none: every enable adds an input-gradient hook

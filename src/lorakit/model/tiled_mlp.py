@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from lorakit.model.checkpointing import decoder_layers
+from lorakit.model.kernels import unwrap_peft_model
 
 __all__ = ["MLP_CHUNK_BYTES", "mlp_chunk_tokens", "TiledMLP", "use_tiled_mlp"]
 
@@ -122,7 +123,7 @@ def use_tiled_mlp(model, tiled: bool, chunk_tokens: int | None = None) -> int:
     returns how many MLPs were switched. `chunk_tokens`: default `mlp_chunk_tokens` of the model's intermediate
     size and the activations' dtype. Call after anything else that replaces an MLP's forward (fused projections):
     the tiled forward runs whatever forward the MLP had when first tiled."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft_model(model)
     intermediate = getattr(base.config, "intermediate_size", None) or 4 * base.config.hidden_size
     switched = 0
     for layer in decoder_layers(model):
