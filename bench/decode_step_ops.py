@@ -1,0 +1,107 @@
+"""Issue 23: the ATen ops one decoding step of a loaded LoRA run dispatches, by source, with each inference
+optimisation on and off (LORAKIT_DISABLE), on CPU.
+
+    python bench/decode_step_ops.py --out bench/results/decode_step_ops        # Phi-4-mini's 32 layers, tiny widths
+    python bench/decode_step_ops.py --run-dir RUN --out DIR                     # a finished run (e.g. the demo's)
+
+The random model has Phi-4-mini's architecture and layer count (Phi3, 32 layers, 24 heads over 8 KV heads, partial
+rotary, tied embeddings, LoRA on every linear layer as `lorakit train` adapts it) at tiny widths: the ops a step
+dispatches do not depend on the widths, so its counts are Phi-4-mini's (bench/lib/step_ops.py says what is counted).
+The run is loaded by lorakit's load_run (as chat, eval, serve and the studio load it), one request joins
+serve's RunningBatch (repetition penalty 1.1, greedy), a few steps warm it up, and one step is counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lib.step_ops import ROLES, OpCount, count_ops  # noqa: E402
+
+# name in the table -> LORAKIT_DISABLE for it; the first is the reference ("before" = every row's ablation).
+VARIANTS = {"now (all on)": "", "inference_lora off (peft's LoRA forward)": "inference_lora"}
+PHI4_MINI_LAYERS = dict(vocab_size=49152, hidden_size=192, intermediate_size=256, num_hidden_layers=32,
+                        num_attention_heads=24, num_key_value_heads=8, partial_rotary_factor=0.75,
+                        tie_word_embeddings=True, max_position_embeddings=131072, rms_norm_eps=1e-5, hidden_act="silu",
+                        resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, bos_token_id=1, eos_token_id=2,
+                        pad_token_id=2)
+
+
+def random_run(work: Path) -> Path:
+    """A finished run of the random model: one `lorakit train` step on the bundled data (bench/smollm2_shaped_run)."""
+    import smollm2_shaped_run
+    from lib.phi4_mini_run import build_model
+
+    run_dir = work / "phi4-mini-layers-run"
+    if not (run_dir / "final").is_dir():
+        model = work / "phi4-mini-layers-model"
+        build_model(model, PHI4_MINI_LAYERS)
+        smollm2_shaped_run.train_one_step(model, run_dir)
+    return run_dir
+
+
+def step_ops(run_dir: Path, rows: int) -> OpCount:
+    """One RunningBatch step's ops at `rows` rows, after a join and three warm-up steps."""
+    from lorakit.data.records import Message
+    from lorakit.data.render import render_prompt_ids
+    from lorakit.inference.decode import GenerationSettings
+    from lorakit.inference.generate import load_run
+    from lorakit.inference.running_batch import RowRequest, RunningBatch
+
+    run = load_run(run_dir)
+    settings = GenerationSettings(max_new_tokens=64, temperature=0.0, repetition_penalty=1.1)
+    batch = RunningBatch(run.model, stop_ids=[], pad_id=0, device=run.device)
+    questions = ["What is insulin?", "What are the warning signs of a stroke?", "Fever?", "What do kidneys do?"]
+    batch.join([RowRequest(i, render_prompt_ids((Message("user", questions[i % 4]),), run.tokenizer,
+                                                run.system_prompt), settings) for i in range(rows)])
+    for _ in range(3):
+        batch.step()
+    return count_ops(run.model, batch.step)
+
+
+def table(counts: dict[str, OpCount]) -> list[str]:
+    names = list(counts)
+    head = "| source | " + " | ".join(f"{n}: ops (kernels)" for n in names) + " |"
+    lines = [head, "|" + "---|" * (len(names) + 1)]
+    for role in ROLES + sorted({s for c in counts.values() for s in c.by_source} - set(ROLES)):
+        if any(c.by_source[role] for c in counts.values()):
+            cells = [f"{c.by_source[role]} ({c.kernels_by_source[role]})" for c in counts.values()]
+            lines.append(f"| {role} | " + " | ".join(cells) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{c.total} ({c.kernels})**" for c in counts.values()) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, help="A finished run; default: the random Phi-4-mini-layered one.")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/lorakit-decode-step-ops"))
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--out", type=Path, help="Also write table.md and op_names.txt here.")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    run_dir = args.run_dir or random_run(args.work)
+    lines = [f"# python bench/decode_step_ops.py {' '.join(sys.argv[1:])}",
+             f"# run {run_dir}, torch {torch.__version__}, CPU, fp32; ops (kernel-launching ops) per decoding step"]
+    names: list[str] = []
+    for rows in args.rows:
+        counts = {}
+        for variant, disabled in VARIANTS.items():
+            os.environ["LORAKIT_DISABLE"] = disabled
+            counts[variant] = step_ops(run_dir, rows)
+        lines += ["", f"## {rows} row{'s' if rows > 1 else ''}", "", *table(counts)]
+        for variant, count in counts.items():
+            names += [f"## {rows} rows, {variant}", *(f"{n} {c}" for n, c in count.by_name.most_common())]
+    print("\n".join(lines))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "table.md").write_text("\n".join(lines) + "\n")
+        (args.out / "op_names.txt").write_text("\n".join(names) + "\n")
+
+
+if __name__ == "__main__":
+    main()
