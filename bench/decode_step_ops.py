@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,23 +45,51 @@ def random_run(work: Path) -> Path:
     return run_dir
 
 
-def step_ops(run_dir: Path, rows: int) -> OpCount:
-    """One RunningBatch step's ops at `rows` rows, after a join and three warm-up steps."""
+def load(run_dir: Path, disabled: str, dtype: str):
+    """load_run with LORAKIT_DISABLE=`disabled`, in `dtype` (bf16 stands in for a GPU's dtype on the CPU)."""
+    import torch
+
+    from lorakit.inference import generate
+
+    os.environ["LORAKIT_DISABLE"] = disabled
+    if dtype == "bf16":
+        generate.compute_dtype = lambda precision, device: torch.bfloat16
+    try:
+        return generate.load_run(run_dir)
+    finally:
+        os.environ["LORAKIT_DISABLE"] = ""
+
+
+def joined_batch(run, rows: int, max_new_tokens: int):
+    """Serve's RunningBatch with `rows` requests joined (greedy, repetition penalty 1.1) and three warm-up steps."""
     from lorakit.data.records import Message
     from lorakit.data.render import render_prompt_ids
     from lorakit.inference.decode import GenerationSettings
-    from lorakit.inference.generate import load_run
     from lorakit.inference.running_batch import RowRequest, RunningBatch
 
-    run = load_run(run_dir)
-    settings = GenerationSettings(max_new_tokens=64, temperature=0.0, repetition_penalty=1.1)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.1)
     batch = RunningBatch(run.model, stop_ids=[], pad_id=0, device=run.device)
     questions = ["What is insulin?", "What are the warning signs of a stroke?", "Fever?", "What do kidneys do?"]
     batch.join([RowRequest(i, render_prompt_ids((Message("user", questions[i % 4]),), run.tokenizer,
                                                 run.system_prompt), settings) for i in range(rows)])
     for _ in range(3):
         batch.step()
-    return count_ops(run.model, batch.step)
+    return batch
+
+
+def step_ms(runs: dict, rows: int, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Median ms per RunningBatch step over `steps` steps, per variant, `rounds` rounds alternating the variants."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            batch = joined_batch(run, rows, steps + 4)
+            per_step = []
+            for _ in range(steps):
+                started = time.perf_counter()
+                batch.step()
+                per_step.append(time.perf_counter() - started)
+            times[name].append(1000 * statistics.median(per_step))
+    return times
 
 
 def table(counts: dict[str, OpCount]) -> list[str]:
@@ -79,23 +109,31 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, help="A finished run; default: the random Phi-4-mini-layered one.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lorakit-decode-step-ops"))
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="fp32: what load_run gives on a CPU; bf16: what it gives on a GPU (counts as a GPU's).")
+    parser.add_argument("--time-steps", type=int, default=0, help="Also time this many steps per variant and round.")
+    parser.add_argument("--rounds", type=int, default=5, help="Timing rounds, the variants alternating.")
     parser.add_argument("--out", type=Path, help="Also write table.md and op_names.txt here.")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
     run_dir = args.run_dir or random_run(args.work)
+    runs = {variant: load(run_dir, disabled, args.dtype) for variant, disabled in VARIANTS.items()}
     lines = [f"# python bench/decode_step_ops.py {' '.join(sys.argv[1:])}",
-             f"# run {run_dir}, torch {torch.__version__}, CPU, fp32; ops (kernel-launching ops) per decoding step"]
+             f"# run {run_dir}, torch {torch.__version__}, CPU ({os.cpu_count()} cores, 1 thread), {args.dtype}; "
+             "ops (of which kernel-launching) per RunningBatch decoding step"]
     names: list[str] = []
     for rows in args.rows:
-        counts = {}
-        for variant, disabled in VARIANTS.items():
-            os.environ["LORAKIT_DISABLE"] = disabled
-            counts[variant] = step_ops(run_dir, rows)
+        counts = {variant: count_ops(run.model, joined_batch(run, rows, 8).step) for variant, run in runs.items()}
         lines += ["", f"## {rows} row{'s' if rows > 1 else ''}", "", *table(counts)]
         for variant, count in counts.items():
             names += [f"## {rows} rows, {variant}", *(f"{n} {c}" for n, c in count.by_name.most_common())]
+        if args.time_steps:
+            times = step_ms(runs, rows, args.time_steps, args.rounds)
+            lines += ["", f"ms per step (median of {args.time_steps} steps), {args.rounds} rounds alternating:"]
+            lines += [f"- {variant}: {', '.join(f'{t:.2f}' for t in ts)} (median {statistics.median(ts):.2f})"
+                      for variant, ts in times.items()]
     print("\n".join(lines))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
