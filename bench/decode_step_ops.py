@@ -113,7 +113,7 @@ def main() -> None:
                         help="fp32: what load_run gives on a CPU; bf16: what it gives on a GPU (counts as a GPU's).")
     parser.add_argument("--time-steps", type=int, default=0, help="Also time this many steps per variant and round.")
     parser.add_argument("--rounds", type=int, default=5, help="Timing rounds, the variants alternating.")
-    parser.add_argument("--out", type=Path, help="Also write table.md and op_names.txt here.")
+    parser.add_argument("--out", type=Path, help="Also write table_DTYPE.md and op_names_DTYPE.txt here.")
     args = parser.parse_args()
     import torch
 
@@ -137,8 +137,8 @@ def main() -> None:
     print("\n".join(lines))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "table.md").write_text("\n".join(lines) + "\n")
-        (args.out / "op_names.txt").write_text("\n".join(names) + "\n")
+        (args.out / f"table_{args.dtype}.md").write_text("\n".join(lines) + "\n")
+        (args.out / f"op_names_{args.dtype}.txt").write_text("\n".join(names) + "\n")
 
 
 if __name__ == "__main__":
