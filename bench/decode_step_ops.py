@@ -18,6 +18,7 @@ import os
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,6 +93,25 @@ def step_ms(runs: dict, rows: int, steps: int, rounds: int) -> dict[str, list[fl
     return times
 
 
+def layer_us(run, calls: int, rounds: int) -> dict[str, list[float]]:
+    """Microseconds per call of one adapted layer (the run's first) on a one-token row under no_grad: peft's forward
+    and the inference forward, `rounds` rounds alternating; the whole step's host time without its noise."""
+    import torch
+
+    layer = next(m for m in run.model.modules() if hasattr(m, "lora_A") and "forward" in vars(m))
+    x = torch.randn(1, 1, layer.in_features, dtype=layer.lora_A[layer.active_adapters[0]].weight.dtype)
+    forwards = {"inference forward": layer.forward, "peft's forward": types.MethodType(type(layer).forward, layer)}
+    times: dict[str, list[float]] = {name: [] for name in forwards}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, forward in forwards.items():
+                started = time.perf_counter()
+                for _ in range(calls):
+                    forward(x)
+                times[name].append(1e6 * (time.perf_counter() - started) / calls)
+    return times
+
+
 def table(counts: dict[str, OpCount]) -> list[str]:
     names = list(counts)
     head = "| source | " + " | ".join(f"{n}: ops (kernels)" for n in names) + " |"
@@ -112,6 +132,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                         help="fp32: what load_run gives on a CPU; bf16: what it gives on a GPU (counts as a GPU's).")
     parser.add_argument("--time-steps", type=int, default=0, help="Also time this many steps per variant and round.")
+    parser.add_argument("--layer-calls", type=int, default=0, help="Also time one adapted layer alone, this many calls.")
     parser.add_argument("--rounds", type=int, default=5, help="Timing rounds, the variants alternating.")
     parser.add_argument("--out", type=Path, help="Also write table_DTYPE.md and op_names_DTYPE.txt here.")
     args = parser.parse_args()
@@ -134,6 +155,11 @@ def main() -> None:
             lines += ["", f"ms per step (median of {args.time_steps} steps), {args.rounds} rounds alternating:"]
             lines += [f"- {variant}: {', '.join(f'{t:.2f}' for t in ts)} (median {statistics.median(ts):.2f})"
                       for variant, ts in times.items()]
+    if args.layer_calls:
+        times = layer_us(runs["now (all on)"], args.layer_calls, args.rounds)
+        lines += ["", f"us per call of one adapted layer (one token, {args.layer_calls} calls), {args.rounds} rounds alternating:"]
+        lines += [f"- {name}: {', '.join(f'{t:.1f}' for t in ts)} (median {statistics.median(ts):.1f})"
+                  for name, ts in times.items()]
     print("\n".join(lines))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

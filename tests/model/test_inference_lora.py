@@ -89,6 +89,30 @@ def test_every_state_that_peft_computes_differently_goes_to_peft(tiny_phi3_dir):
     assert (_logits(model) - expected).abs().max() < 1e-4
 
 
+def test_the_active_adapter_is_read_at_every_call(tiny_phi3_dir):
+    """A second adapter, switched to with set_adapter after the switch: its own weights, as peft computes them."""
+    from peft import LoraConfig
+
+    model = _model(tiny_phi3_dir)
+    model.add_adapter("other", LoraConfig(r=4, lora_alpha=8, target_modules=["qkv_proj", "o_proj"]))
+    for name, parameter in model.named_parameters():
+        if "lora_B.other" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    model.eval()
+    expected = {}
+    for adapter in ("other", "default"):
+        model.set_adapter(adapter)
+        expected[adapter] = _logits(model)
+    assert use_inference_lora(model) == 8
+    for adapter in ("other", "default", "other"):
+        model.set_adapter(adapter)
+        assert torch.equal(_logits(model), expected[adapter])
+    model.base_model.set_adapter(["default", "other"])  # both at once: peft's sum, by peft
+    with peft_forward(model):
+        both = _logits(model)
+    assert torch.equal(_logits(model), both)
+
+
 def test_merge_and_unload_still_gives_the_adapted_model(tiny_phi3_dir):
     model = _model(tiny_phi3_dir)
     use_inference_lora(model)

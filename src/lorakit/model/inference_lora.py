@@ -35,13 +35,17 @@ def _inference_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if args or kwargs or self.training or self.merged or self.disable_adapters or torch.is_grad_enabled():
         return type(self).forward(self, x, *args, **kwargs)
     adapters = self.active_adapters
-    name = adapters[0] if len(adapters) == 1 else None
-    if name not in self.lora_A or name in self.lora_variant or self.lora_A[name].weight.dtype != x.dtype:
+    lora_a = self.lora_A  # each submodule lookup costs the host ~0.6 us, and this runs 128 times a step
+    if len(adapters) != 1 or adapters[0] not in lora_a or adapters[0] in self.lora_variant:
+        return type(self).forward(self, x, *args, **kwargs)
+    name = adapters[0]
+    weight_a = lora_a[name].weight
+    if weight_a.dtype != x.dtype:
         return type(self).forward(self, x, *args, **kwargs)
     result = self.base_layer(x)
     if result._base is not None:  # never write into a view of another tensor
         result = result.clone()
-    middle = x.reshape(-1, x.shape[-1]) @ self.lora_A[name].weight.t()  # [tokens, r]
+    middle = x.reshape(-1, x.shape[-1]) @ weight_a.t()  # [tokens, r]
     result.view(-1, result.shape[-1]).addmm_(middle, self.lora_B[name].weight.t(), alpha=self.scaling[name])
     return result
 
