@@ -24,8 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lib.step_ops import ROLES, OpCount, count_ops  # noqa: E402
 
-# name in the table -> LORAKIT_DISABLE for it; the first is the reference ("before" = every row's ablation).
-VARIANTS = {"now (all on)": "", "inference_lora off (peft's LoRA forward)": "inference_lora"}
+# name in the table -> LORAKIT_DISABLE for it (on a CPU's fp32 the adapter's dtype is the base's: the last two agree).
+VARIANTS = {"now (all on)": "", "inference_lora off (peft's LoRA forward)": "inference_lora",
+            "also adapter_in_base_dtype off (before session 11)": "inference_lora,adapter_in_base_dtype"}
 PHI4_MINI_LAYERS = dict(vocab_size=49152, hidden_size=192, intermediate_size=256, num_hidden_layers=32,
                         num_attention_heads=24, num_key_value_heads=8, partial_rotary_factor=0.75,
                         tie_word_embeddings=True, max_position_embeddings=131072, rms_norm_eps=1e-5, hidden_act="silu",
