@@ -14,7 +14,7 @@ same two products, and in bf16 it is rounded once (in the addmm's fp32 accumulat
 peft's module stays in the model and is the one that saves, merges, unloads and switches adapters: only its
 `forward` is replaced, per instance, and it hands the call to peft's own whenever the result could differ or
 autograd is needed: gradients enabled, training mode (dropout), adapters disabled (`disable_adapter()`), merged,
-several or no active adapters, a LoRA variant (DoRA), peft's mixed-batch `adapter_names` or any other argument,
+several or no active adapters, a LoRA variant (DoRA), a bias on lora_B (peft's `lora_bias`), peft's mixed-batch `adapter_names` or any other argument,
 an input whose dtype is not the adapter's (LORAKIT_DISABLE=adapter_in_base_dtype on a bf16 base).
 `LORAKIT_DISABLE=inference_lora` keeps peft's forward (runtime/ablation.py).
 """
@@ -36,7 +36,8 @@ def _inference_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return type(self).forward(self, x, *args, **kwargs)
     adapters = self.active_adapters
     lora_a = self.lora_A  # each submodule lookup costs the host ~0.6 us, and this runs 128 times a step
-    if len(adapters) != 1 or adapters[0] not in lora_a or adapters[0] in self.lora_variant:
+    if (len(adapters) != 1 or adapters[0] not in lora_a or adapters[0] in self.lora_variant
+            or self.lora_bias[adapters[0]]):
         return type(self).forward(self, x, *args, **kwargs)
     name = adapters[0]
     weight_a = lora_a[name].weight
