@@ -14,8 +14,9 @@ same two products, and in bf16 it is rounded once (in the addmm's fp32 accumulat
 peft's module stays in the model and is the one that saves, merges, unloads and switches adapters: only its
 `forward` is replaced, per instance, and it hands the call to peft's own whenever the result could differ or
 autograd is needed: gradients enabled, training mode (dropout), adapters disabled (`disable_adapter()`), merged,
-several or no active adapters, a LoRA variant (DoRA), a bias on lora_B (peft's `lora_bias`), peft's mixed-batch `adapter_names` or any other argument,
-an input whose dtype is not the adapter's (LORAKIT_DISABLE=adapter_in_base_dtype on a bf16 base).
+several or no active adapters, a LoRA variant (DoRA), a bias on lora_B (peft's `lora_bias`), peft's mixed-batch
+`adapter_names` or any other argument, an input whose dtype is not the adapter's (LORAKIT_DISABLE=
+adapter_in_base_dtype on a bf16 base). A 4-bit base (QLoRA on CUDA) takes the same path, untested here (no GPU).
 `LORAKIT_DISABLE=inference_lora` keeps peft's forward (runtime/ablation.py).
 """
 
