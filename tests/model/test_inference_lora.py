@@ -3,6 +3,7 @@ and hands the call back to peft wherever the result or autograd would differ."""
 
 from __future__ import annotations
 
+import importlib.util
 from contextlib import contextmanager
 
 import pytest
@@ -189,3 +190,35 @@ def test_bf16_base_runs_the_branch_in_the_adapters_dtype_only(tiny_phi3_dir):
     # adapters (fp32 logits ~5): mean error 0.0144 (peft) vs 0.0132 (here), here smaller in 10 of 12, at most 1.16x
     # peft's; seed 0: 0.0122 vs 0.0105. A dropped or misscaled branch would be off by more than 1.
     assert fused.mean() < 1.25 * peft.mean() and fused.max() < 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
+                    reason="4-bit layers need CUDA + bitsandbytes")
+def test_4bit_base_matches_peft_within_bf16_rounding(tiny_phi3_dir):
+    """QLoRA as load_run loads it on a GPU (nf4 base, bf16 compute, the adapter cast to bf16): bitsandbytes'
+    product, then the branch added in place. (Written without a GPU in session 12: not yet run.)"""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.model.quantize import nf4_config
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_phi3_dir, dtype=torch.bfloat16,
+                                                 quantization_config=nf4_config(torch.bfloat16), device_map={"": 0})
+    # as PeftModel.from_pretrained wraps it in load_run (no k-bit training preparation: the layers' inputs stay bf16)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    torch.manual_seed(0)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    cast_adapter_for_inference(model, torch.bfloat16)
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=IDS.cuda(), attention_mask=MASK.cuda()).logits.float()
+        with model.disable_adapter():
+            base = model(input_ids=IDS.cuda(), attention_mask=MASK.cuda()).logits.float()
+        assert use_inference_lora(model) == 8
+        with _AddmmDtypes() as seen:
+            fused = model(input_ids=IDS.cuda(), attention_mask=MASK.cuda()).logits.float()
+    assert seen.dtypes == [torch.bfloat16] * 8
+    assert (expected - base).abs().max() > 1.0
+    assert (fused - expected).abs().mean() < 0.05 * (expected - base).abs().mean()
