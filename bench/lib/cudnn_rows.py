@@ -1,7 +1,8 @@
 """bench/serve_step_profile.py --only cudnn: what SDPA's cuDNN backend costs a decoding step at KV lengths the
 process has not decoded before (a server's every step), against the same steps with cuDNN excluded
 (inference/attention_backend.py), and against lengths already seen (cuDNN's cached graphs), at N=1 and N=8.
-Also the excluded step with the LoRA weights back in fp32 (peft's load, before model/adapter_dtype.py).
+Also the excluded step with peft's LoRA forward (before model/inference_lora.py), and with the LoRA weights back in
+fp32 as well (peft's load, before model/adapter_dtype.py: an fp32 adapter on a bf16 base is peft's forward anyway).
 
 Every measurement decodes its own range of lengths, never used before in this process: a warm-up of 4 steps
 in one range (kernels picked, allocator grown), then the timed steps in the next."""
@@ -66,6 +67,20 @@ def _lora_dtype(run, dtype) -> None:
             parameter.data = parameter.data.to(dtype)
 
 
+class _PeftForward:
+    """peft's own forward on every LoRA layer inside the block (load_run's inference forward put back after)."""
+
+    def __init__(self, model):
+        self.model, self.saved = model, {}
+
+    def __enter__(self):
+        self.saved = {m: vars(m).pop("forward") for m in self.model.modules() if "forward" in vars(m)}
+
+    def __exit__(self, *exc):
+        for module, forward in self.saved.items():
+            module.forward = forward
+
+
 def cudnn_rows(run, steps: int) -> list[tuple[str, int, dict]]:
     import torch
 
@@ -80,11 +95,14 @@ def cudnn_rows(run, steps: int) -> list[tuple[str, int, dict]]:
                      _measure(run, count, steps, lengths, repeat_at=start)[0]))
         _cudnn(allowed=False)
         rows.append(("cuDNN excluded (as served), new lengths", count, _measure(run, count, steps, lengths)[0]))
+        with _PeftForward(run.model):
+            rows.append(("cuDNN excluded, peft's LoRA forward (before), new lengths", count,
+                         _measure(run, count, steps, lengths)[0]))
         _lora_dtype(run, torch.float32)
         rows.append(("cuDNN excluded, LoRA fp32 (before), new lengths", count,
                      _measure(run, count, steps, lengths)[0]))
         _lora_dtype(run, dtype)
-        for name, n, result in rows[-4:]:
+        for name, n, result in rows[-5:]:
             print(f"  {name}, N={n}: {result['step_ms']:.2f} ms/step, {result['tok_s']:.1f} tok/s", flush=True)
     _cudnn(allowed=False)
     return rows

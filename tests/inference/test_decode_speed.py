@@ -70,6 +70,8 @@ def test_nested_and_concurrent_decoders_restore_the_flag_only_when_the_last_one_
 
 def test_adapter_weights_take_the_base_dtype_after_an_inference_load(tiny_llama_dir, tmp_path_factory, monkeypatch):
     monkeypatch.setattr(generate_module, "compute_dtype", lambda precision, device: torch.bfloat16)
+    # peft's LoRA forward, which calls the lora_A module hooked below (model/inference_lora.py reads its weight)
+    monkeypatch.setenv("LORAKIT_DISABLE", "inference_lora")
     run = load_run(trained_tiny_run(tiny_llama_dir, tmp_path_factory.getbasetemp() / "eval-workspace"))
     lora = {name: p.dtype for name, p in run.model.named_parameters() if "lora_" in name}
     assert lora and set(lora.values()) == {torch.bfloat16}

@@ -18,6 +18,7 @@ from lorakit.data.render import render_prompt_ids
 from lorakit.inference.attention_backend import decoding_attention
 from lorakit.inference.decode import AnswerRepetitionPenalty, Decoded, FinishReason, GenerationSettings, decode_batch
 from lorakit.model.adapter_dtype import cast_adapter_for_inference
+from lorakit.model.inference_lora import use_inference_lora
 from lorakit.model.load import load_base_model, load_tokenizer, resolve_model_source
 from lorakit.model.quantize import nf4_config
 from lorakit.run.layout import CONFIG
@@ -83,6 +84,7 @@ def load_run(path: str | Path, *, base_only: bool = False, permissions: Permissi
 
         model = PeftModel.from_pretrained(model, trained.adapter_dir)
         cast_adapter_for_inference(model, dtype)  # no fp32 LoRA products or per-module casts in a decoding step
+        use_inference_lora(model)  # 2 kernels per LoRA layer instead of 4 (model/inference_lora.py)
     model.eval()
     return LoadedRun(model, tokenizer, config, None if base_only else trained.adapter_dir, device, trained)
 

@@ -29,6 +29,8 @@ OPTIMISATIONS = {
                             "(inference/attention_backend.py); off = PyTorch's own choice (cuDNN on H100)",
     "adapter_in_base_dtype": "a loaded run's LoRA weights cast to the base model's dtype for inference "
                              "(model/adapter_dtype.py); off = peft's fp32 adapter, cast per module per step",
+    "inference_lora": "a loaded run's LoRA layers as the frozen product plus two products added in place, the "
+                      "scaling in the second's epilogue (model/inference_lora.py); off = peft's LoRA forward",
 }
 
 
