@@ -171,8 +171,9 @@ def main() -> None:
                         "backend allowed vs excluded at new KV lengths, N=1 and N=8 (bench/lib/cudnn_rows.py); run it "
                         "in a fresh process. host-bound: bench/lib/host_bound_rows.py.")
     parser.add_argument("--busy-ms", type=float, default=40.0, help="host-bound: host CPU ms per forward.")
-    parser.add_argument("--busy-kind", choices=["python", "torch"], default="python",
-                        help="host-bound: a pure-Python burn, or small torch ops (each releases the GIL).")
+    parser.add_argument("--busy-kind", choices=["python", "torch", "none"], default="python",
+                        help="host-bound: a pure-Python burn, or small torch ops (each releases the GIL), on a "
+                        "stand-in model; none: the run's own model (on a GPU: the real step).")
     parser.add_argument("--repeats", type=int, default=3, help="host-bound: interleaved repeats.")
     parser.add_argument("--before-src", type=Path, help="host-bound: also serve from this src/ (an older checkout).")
     parser.add_argument("--out", type=Path, required=True)

@@ -36,7 +36,7 @@ class BoundServer:
         self.port = free_port()
         self.args = [sys.executable, str(BENCH / "lib" / "host_bound_server.py"), str(run_dir), str(self.port),
                      str(busy_ms), kind]
-        self.env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{BENCH}", "OMP_NUM_THREADS": "1"}
+        self.env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{BENCH}"}
 
     def __enter__(self) -> BoundServer:
         self.process = subprocess.Popen(self.args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -128,8 +128,13 @@ def http_row(server: BoundServer, count: int, steps: int, profile_to: Path | Non
 def host_bound_rows(run, run_dir: Path, srcs: dict[str, Path], busy_ms: float, kind: str, steps: int,
                     repeats: int, out: Path) -> list[tuple[str, int, dict]]:
     """The rows above; cProfile tables of the event loop at N=8 of the last repeat go to out/loop_profile_*.txt."""
+    import torch
+
     rows: list[tuple[str, int, dict]] = []
-    stub = replace(run, model=HostBoundModel(HostOnlyModel(run), busy_ms, kind))
+    stub = run
+    if kind != "none":  # as host_bound_server.py does: the same stand-in, one torch thread
+        stub = replace(run, model=HostBoundModel(HostOnlyModel(run), busy_ms, kind))
+        torch.set_num_threads(1)
     answers: dict[int, list] = {}
     for repeat in range(1, repeats + 1):
         for n in SIZES:

@@ -9,7 +9,8 @@ released inside torch), so that contention never shows. Here every forward first
 generation thread's own CPU time (thread time: the burn is a fixed amount of work, so time the event loop takes
 the GIL away lengthens the step, as on the GPU), then answers from bench/lib/decode_step_rows.py's HostOnlyModel.
 KIND "python": a pure-Python loop that gives the GIL up only at the interpreter's switch interval (5 ms);
-"torch": small torch ops between a little Python, each op releasing the GIL briefly (the GPU's launch pattern).
+"torch": small torch ops between a little Python, each op releasing the GIL briefly (the GPU's launch pattern);
+"none": the run's own model, unchanged (on a GPU: its real host-bound step; BUSY_MS is ignored).
 
 The app is create_app's, from SRC (an old checkout's src/ for the before row), with two routes for the bench:
 GET /bench/cpu (CPU seconds of the event loop's thread and of the generation thread) and
@@ -74,9 +75,10 @@ def main() -> None:
     from lorakit.inference.generate import load_run
     from lorakit.inference.serve import create_app
 
-    torch.set_num_threads(1)
     run = load_run(run_dir)
-    run = replace(run, model=HostBoundModel(HostOnlyModel(run), busy_ms, kind))
+    if kind != "none":
+        torch.set_num_threads(1)  # the stand-in's ops are tiny: no OpenMP threads spinning on the 2 cores
+        run = replace(run, model=HostBoundModel(HostOnlyModel(run), busy_ms, kind))
     app = create_app(run, ServeConfig(batch_size=8, queue_size=8, disclaimer=False))
     loop_thread = threading.get_ident()  # uvicorn.run below runs the event loop in this thread
     profiler: list[cProfile.Profile] = []
