@@ -8,7 +8,8 @@ Rows, each at N = 1, 2, 4, 8 streamed clients of 1 + steps tokens:
   to the server) reading the SSE stream, interleaved: repeat 1 of every src, then repeat 2, ...
 Per row: ms per step, aggregate tokens/s, the event loop's and the generation thread's CPU ms per step (their
 thread clocks), HTTP body writes per streamed event (chunked transfer: one HTTP chunk per write), time to first
-token. Every http answer's text, finish_reason and usage must be the first src's (checked, else it raises).
+token, and the prefills of the burst (how many joins its N requests took; stand-in models only). Every http
+answer's text, finish_reason and usage must be the first src's (checked, else it raises).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def http_row(server: BoundServer, count: int, steps: int, profile_to: Path | Non
            "generation_cpu_ms": 1000 * (cpu_after["generation_s"] - cpu_before["generation_s"]) / (steps + 1),
            "writes_per_event": sum(r["chunks"] for r in results) / events,
            "loop_cpu_us_per_event": 1e6 * (cpu_after["loop_s"] - cpu_before["loop_s"]) / events,
-           "ttft_ms": 1000 * max(r["ttft"] for r in results)}
+           "ttft_ms": 1000 * max(r["ttft"] for r in results),
+           "prefills": cpu_after["prefills"] - cpu_before["prefills"]}
     return row, [r["answer"] for r in results]
 
 
@@ -157,7 +159,7 @@ def host_bound_rows(run, run_dir: Path, srcs: dict[str, Path], busy_ms: float, k
 def table(rows: list[tuple[str, int, dict]]) -> list[str]:
     base = {name: r for name, n, r in rows if n == 1}
     lines = ["| row | N | step ms | tokens/s | vs its N=1 | event loop CPU ms/step | generation CPU ms/step | "
-             "loop CPU us/event | body writes/event | TTFT ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "loop CPU us/event | body writes/event | TTFT ms | prefills |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r: dict, key: str, digits: int = 2) -> str:
         return f"{r[key]:.{digits}f}" if key in r else "-"
@@ -165,7 +167,7 @@ def table(rows: list[tuple[str, int, dict]]) -> list[str]:
     for name, n, r in rows:
         lines.append(f"| {name} | {n} | {r['step_ms']:.1f} | {r['tok_s']:.1f} | {r['tok_s'] / base[name]['tok_s']:.2f}x | "
                      f"{cell(r, 'loop_cpu_ms')} | {cell(r, 'generation_cpu_ms')} | {cell(r, 'loop_cpu_us_per_event', 0)} | "
-                     f"{cell(r, 'writes_per_event')} | {cell(r, 'ttft_ms', 0)} |")
+                     f"{cell(r, 'writes_per_event')} | {cell(r, 'ttft_ms', 0)} | {cell(r, 'prefills', 0)} |")
     steps = {(name, n): r["step_ms"] for name, n, r in rows}
     lines += [f"- {name}: {(steps[name, max(SIZES)] - steps[name, 1]) / (max(SIZES) - 1):.2f} ms more per step for "
               "each row beyond the first" for name in base]

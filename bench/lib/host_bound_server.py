@@ -13,7 +13,7 @@ KIND "python": a pure-Python loop that gives the GIL up only at the interpreter'
 "none": the run's own model, unchanged (on a GPU: its real host-bound step; BUSY_MS is ignored).
 
 The app is create_app's, from SRC (an old checkout's src/ for the before row), with two routes for the bench:
-GET /bench/cpu (CPU seconds of the event loop's thread and of the generation thread) and
+GET /bench/cpu (CPU seconds of the event loop's thread and of the generation thread, prefills so far) and
 POST /bench/profile/{start,stop} (cProfile of the event loop's thread; stop writes the table to ?path=).
 """
 
@@ -55,8 +55,10 @@ class HostBoundModel:
     def __init__(self, inner, busy_ms: float, kind: str):
         self.inner, self.busy_s, self.kind = inner, busy_ms / 1000, kind
         self.config, self.generation_config = inner.config, inner.generation_config
+        self.prefills = 0  # forwards over more than one new token: joins of arriving requests
 
     def __call__(self, **inputs):
+        self.prefills += inputs["input_ids"].shape[1] > 1
         burn(self.busy_s, self.kind)
         return self.inner(**inputs)
 
@@ -85,7 +87,8 @@ def main() -> None:
 
     async def cpu() -> dict:
         generation = next((t.ident for t in threading.enumerate() if t.name == "lorakit-generation"), None)
-        return {"loop_s": thread_cpu_s(loop_thread), "generation_s": thread_cpu_s(generation)}
+        return {"loop_s": thread_cpu_s(loop_thread), "generation_s": thread_cpu_s(generation),
+                "prefills": getattr(run.model, "prefills", -1)}  # -1: the run's own model (KIND none)
 
     async def profile_start() -> dict:
         profiler[:] = [cProfile.Profile(time.thread_time)]  # CPU time: waits for the GIL excluded
