@@ -5,6 +5,8 @@ the streaming work and the HTTP server, at 1, 2, 4 and 8 rows.
     python bench/serve_step_profile.py --random-model tiny --device cpu --out DIR # smoke test
     python bench/serve_step_profile.py --run-dir RUN --out DIR                   # a finished run
     python bench/serve_step_profile.py --random-model phi4-mini --only cudnn --out DIR  # cuDNN's cost, fresh process
+    python bench/serve_step_profile.py --random-model tiny --device cpu --only host-bound --busy-ms 40 \
+        --repeats 3 --before-src OLD/src --out DIR   # the HTTP side under a GIL-holding generation thread, on CPU
 
 The run is bench/serve_batching.py's (its builder, reused when --work already holds it), loaded once with
 lorakit's load_run. Every row does the same work: N requests (bench/serve_batching.py's questions), each
@@ -27,6 +29,7 @@ for all steps). Rows:
   (bench/serve_batching.py's Server and ask), when `openai` is installed and --no-http is not given.
 - "host only: ...": the loop and the queue on a stand-in model (HostOnlyModel: a lookup, no layers), so that
   a step costs only lorakit's own host work: per step and per added row (`--host-only` runs only these);
+- "--only host-bound": bench/lib/host_bound_rows.py (the GPU's host-bound step on CPU, queue vs http per src);
 Then torch.profiler over a few steps at N=1 and N=8 (unmerged, as served): top ops by self CPU and by device
 time written to DIR/profile_n{N}_{cpu,cuda}.txt, and per step: kernel launches, memcpy and sync calls, and the
 device's busy time against the wall time (a step whose kernels take far less than its wall time is bound by
@@ -46,6 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lib.cudnn_rows import cudnn_rows  # noqa: E402
 from lib.decode_step_rows import SIZES, bare_row, host_rows, loop_row, prompts, queue_row, settings, sync  # noqa: E402
+from lib.host_bound_rows import host_bound_rows, table  # noqa: E402
 from serve_batching import QUESTIONS, Server, ask, device_line, random_run  # noqa: E402
 
 
@@ -163,8 +167,15 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--host-only", action="store_true", help="Only the host-work rows (HostOnlyModel), quick.")
-    parser.add_argument("--only", choices=["cudnn"], help="cudnn: only ms/step with SDPA's cuDNN backend allowed vs "
-                        "excluded at new KV lengths, N=1 and N=8 (bench/lib/cudnn_rows.py); run it in a fresh process.")
+    parser.add_argument("--only", choices=["cudnn", "host-bound"], help="cudnn: only ms/step with SDPA's cuDNN "
+                        "backend allowed vs excluded at new KV lengths, N=1 and N=8 (bench/lib/cudnn_rows.py); run it "
+                        "in a fresh process. host-bound: bench/lib/host_bound_rows.py.")
+    parser.add_argument("--busy-ms", type=float, default=40.0, help="host-bound: host CPU ms per forward.")
+    parser.add_argument("--busy-kind", choices=["python", "torch", "none"], default="python",
+                        help="host-bound: a pure-Python burn, or small torch ops (each releases the GIL), on a "
+                        "stand-in model; none: the run's own model (on a GPU: the real step).")
+    parser.add_argument("--repeats", type=int, default=3, help="host-bound: interleaved repeats.")
+    parser.add_argument("--before-src", type=Path, help="host-bound: also serve from this src/ (an older checkout).")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.device == "cpu":
@@ -199,6 +210,15 @@ def main() -> None:
     if args.only == "cudnn":
         rows += cudnn_rows(run, args.steps)
         print_table(rows, lines)
+        (args.out / "table.md").write_text("\n".join(lines) + "\n")
+        return
+    if args.only == "host-bound":
+        srcs = ({"before": args.before_src.resolve()} if args.before_src else {}) | {"after": Path(__file__).
+                                                                                      resolve().parents[1] / "src"}
+        lines[-1] += f", busy {args.busy_ms} ms per forward ({args.busy_kind})"
+        lines += table(host_bound_rows(run, run_dir, srcs, args.busy_ms, args.busy_kind, args.steps, args.repeats,
+                                       args.out))
+        print("\n".join(lines), flush=True)
         (args.out / "table.md").write_text("\n".join(lines) + "\n")
         return
     rows += host_rows(run, args.steps)

@@ -94,6 +94,34 @@ def test_streamed_completion_adds_up_to_the_plain_one(server):
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 2  # streamed, not one piece
 
 
+def test_streamed_body_writes_hold_whole_events_and_the_last_ends_the_stream(server):
+    """Raw HTTP chunks (one per body write): whole SSE events only, the role chunk alone first, at most one write
+    per generated token after it, and the last write carries the finish chunk, the usage chunk and [DONE]."""
+    request = {"messages": QUESTION, "temperature": 1.0, "seed": 11, "max_tokens": 40,
+               "stream_options": {"include_usage": True}}
+    sock = open_stream(server.port, request)
+    received = read_until(sock, b"\r\n0\r\n\r\n")  # the chunked body's last chunk
+    sock.close()
+    rest = received.partition(b"\r\n\r\n")[2]
+    writes = []
+    while (size := int(rest.partition(b"\r\n")[0], 16)) > 0:
+        writes.append(rest.partition(b"\r\n")[2][:size].decode())
+        rest = rest.partition(b"\r\n")[2][size + 2:]
+    events = [[e.removeprefix("data: ") for e in w.split("\n\n")[:-1]] for w in writes]
+    assert all(w.endswith("\n\n") for w in writes) and all(e and w.startswith("data: ") for e, w in zip(events, writes))
+    assert json.loads(events[0][0])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert len(events[0]) == 1
+    *last_choices, usage, done = events[-1]
+    assert (json.loads(last_choices[-1])["choices"][0]["finish_reason"], done) == ("length", "[DONE]")
+    assert json.loads(usage)["usage"]["completion_tokens"] == 40
+    assert len(writes) <= 1 + 40
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for w in events[1:] for e in w
+                   if e != "[DONE]" and json.loads(e)["choices"])
+    plain = client(server).chat.completions.create(model="run", messages=QUESTION, temperature=1.0, seed=11,
+                                                   max_tokens=40)
+    assert text == plain.choices[0].message.content
+
+
 def test_seed_temperature_top_p_max_tokens_and_stop(server):
     api = client(server)
     request = dict(model="run", messages=QUESTION, temperature=1.0, top_p=0.95, seed=3, max_tokens=30)

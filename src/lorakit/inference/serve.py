@@ -31,9 +31,10 @@ from lorakit.inference.generate import GenerationSettings, LoadedRun, load_run, 
 from lorakit.inference.generation_queue import GenerationJob, GenerationQueue, JobFailed, JobFinished, TextPiece
 from lorakit.inference.job_events import LoopInbox
 from lorakit.inference.openai_api import (
+    SSE_DONE,
     ApiError,
     ChatRequest,
-    chunk_body,
+    StreamChunks,
     completion_body,
     context_error,
     error_body,
@@ -250,28 +251,41 @@ async def _complete(server: _Server, job: GenerationJob, events: asyncio.Queue, 
 async def _stream(server: _Server, job: GenerationJob, events: asyncio.Queue, chat: ChatRequest,
                   prompt_tokens: int) -> AsyncIterator[str]:
     """Server-sent chunks as tokens arrive. Starlette cancels this generator when the client disconnects,
-    and `finally` then drops its row from the batch at the next step, which frees its place for a waiting job."""
-    completion_id = new_completion_id()
+    and `finally` then drops its row from the batch at the next step, which frees its place for a waiting job.
+
+    Every event waiting in the request's queue goes out in one body write (several SSE events, each its own
+    `data:` line): why, bench/results/serve_batching/session12_host_cpu/README.md. While the event loop keeps up
+    that is one write per decoding step; the last one carries the finish chunk, the usage chunk and [DONE]."""
+    chunks = StreamChunks(new_completion_id(), server.model_id)
     try:
-        yield sse(chunk_body(completion_id, server.model_id, {"role": "assistant", "content": ""}))
-        while True:
+        yield chunks.role()
+        ended = False
+        while not ended:
             event = await events.get()
-            if isinstance(event, TextPiece):
-                yield sse(chunk_body(completion_id, server.model_id, {"content": event.text}))
-            elif isinstance(event, JobFailed):
-                yield sse(error_body(generation_error(event, server.options.batch_size)))
-                break
-            else:
-                if tail := server.content(event.answer)[len(event.answer):]:
-                    yield sse(chunk_body(completion_id, server.model_id, {"content": tail}))
-                yield sse(chunk_body(completion_id, server.model_id, {}, finish_reason=event.finish_reason))
-                if chat.include_usage:
-                    usage = usage_body(prompt_tokens, event.completion_tokens)
-                    yield sse(chunk_body(completion_id, server.model_id, {}, usage=usage))
-                break
-        yield sse("[DONE]")
+            body = []
+            while True:
+                text, ended = _event_sse(server, chunks, event, chat.include_usage, prompt_tokens)
+                body.append(text)
+                if ended or events.empty():
+                    break
+                event = events.get_nowait()
+            yield "".join(body)
     finally:
         job.cancel.set()
+
+
+def _event_sse(server: _Server, chunks: StreamChunks, event: TextPiece | JobFinished | JobFailed,
+               include_usage: bool, prompt_tokens: int) -> tuple[str, bool]:
+    """One job event as server-sent events, and whether the stream ends with it ([DONE] included then)."""
+    if isinstance(event, TextPiece):
+        return chunks.content(event.text), False
+    if isinstance(event, JobFailed):
+        return sse(error_body(generation_error(event, server.options.batch_size))) + SSE_DONE, True
+    text = chunks.content(tail) if (tail := server.content(event.answer)[len(event.answer):]) else ""
+    text += chunks.finish(event.finish_reason)
+    if include_usage:
+        text += chunks.usage(usage_body(prompt_tokens, event.completion_tokens))
+    return text + SSE_DONE, True
 
 
 def serve_run(run_dir: str | Path, options: ServeConfig, permissions: Permissions = Permissions()) -> None:
