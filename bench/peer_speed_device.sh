@@ -17,10 +17,13 @@
 #       allocator capped at TRL's peak_reserved just measured, issue 24's "at no higher peak"; first
 #       bench/shared_prefix_check.py's exactness and timing check of the shared-prefix layout, ~1 min; 7 rows, ~6-7
 #       min; a row not started within BUDGET_S is listed as not run: SETTINGS=gpu-qlora runs that setting again)
-#   bash bench/peer_speed_device.sh serve OUT_DIR  # lorakit serve: 1 client vs 8 concurrent streamed clients
-#       (Phi-4-mini-shaped random-weight run; needs fastapi, starlette, uvicorn and openai too: bench/serve_wheels.sh
-#       adds their wheels to .whl/. SERVE_MODEL=smollm2-135m for the SmolLM2-135M shape, MAX_TOKENS, ROUNDS;
-#       on CPU, SERVE_MODEL=tiny MAX_TOKENS=16 ROUNDS=1 is the smoke test.)
+#   bash bench/peer_speed_device.sh serve OUT_DIR  # lorakit serve, ~8 min in one call: first the decoding step's
+#       fixes one by one (bench/serve_step_profile.py --only cudnn: cuDNN allowed vs excluded, peft's LoRA forward,
+#       fp32 adapter; OUT_DIR/cudnn/, at most PROFILE_S=270 s; PROFILE='' skips it), then 1 client vs 8 concurrent
+#       streamed clients (bench/serve_batching.py, ROUNDS=1, at most TABLE_S=280 s). Phi-4-mini-shaped random-weight
+#       run; needs fastapi, starlette, uvicorn and openai too: bench/serve_wheels.sh adds their wheels to .whl/.
+#       SERVE_MODEL=smollm2-135m for the SmolLM2-135M shape, MAX_TOKENS; on CPU, SERVE_MODEL=tiny MAX_TOKENS=16 is
+#       the smoke test (no profile).
 # A row that does not finish inside the call's time is missing from rows.jsonl; a later call can run the rest
 # with SETTINGS=... (table, preference) or LENGTHS=... and TOOLS=lorakit|trl|lorakit,trl (long) on the same prepared
 # work folder.
@@ -39,9 +42,14 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     } > "$out/checks.txt" 2>&1
     cat "$out/checks.txt"
     grep -q "^torch" "$out/checks.txt" || exit 1
-    python bench/serve_batching.py --random-model "${SERVE_MODEL:-phi4-mini}" --work /tmp/lorakit-serve-batching \
-        --clients 8 --max-tokens "${MAX_TOKENS:-128}" --rounds "${ROUNDS:-2}" --out "$out/table.md" \
-        --answers "$out/answers.jsonl" 2>&1 | tee "$out/stdout.txt"
+    if [ -n "${PROFILE:-1}" ] && [ "${SERVE_MODEL:-phi4-mini}" != tiny ]; then  # what each decoding fix is worth
+        mkdir -p "$out/cudnn"
+        timeout "${PROFILE_S:-270}" python bench/serve_step_profile.py --random-model "${SERVE_MODEL:-phi4-mini}" \
+            --only cudnn --out "$out/cudnn" 2>&1 | tee "$out/cudnn/stdout.txt"
+    fi
+    timeout "${TABLE_S:-280}" python bench/serve_batching.py --random-model "${SERVE_MODEL:-phi4-mini}" \
+        --work /tmp/lorakit-serve-batching --clients 8 --max-tokens "${MAX_TOKENS:-128}" --rounds "${ROUNDS:-1}" \
+        --skip-batch-1 --out "$out/table.md" --answers "$out/answers.jsonl" 2>&1 | tee "$out/stdout.txt"
     exit
 fi
 {
