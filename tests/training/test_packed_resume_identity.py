@@ -13,6 +13,8 @@ from simulated_crash import CrashAfterStep, SimulatedCrash
 
 from conftest import build_tiny_model, tiny_run_config, write_qa_jsonl
 from lorakit.errors import CheckpointError
+from lorakit.run.checkpoints import read_identity
+from lorakit.training import run_dir
 from lorakit.training.loop import train
 from lorakit.training.preference_setup import method_identity
 from lorakit.training.resume_drift import check_same_run
@@ -52,7 +54,9 @@ def test_the_recorded_layout_decides_once_the_checkpoint_has_it():
         check_same_run(shared, whole)
 
 
-def test_a_packed_neftune_run_resumes_with_the_flag_flipped_and_names_it(tmp_path, caplog):
+def test_a_packed_neftune_run_resumes_with_the_flag_flipped_and_names_it(tmp_path, caplog, monkeypatch):
+    """...unless its checkpoint predates the recorded layout (no packed_* key): then the flag is all it has, and a
+    flip is refused, as it was before."""
     model_dir = build_tiny_model(tmp_path / "model")
     data = write_qa_jsonl(tmp_path / "qa.jsonl")
     config = tiny_run_config(model_dir, data, tmp_path / "run", packing=True, neftune_noise_alpha=5.0)
@@ -61,6 +65,15 @@ def test_a_packed_neftune_run_resumes_with_the_flag_flipped_and_names_it(tmp_pat
     shutil.copytree(tmp_path / "run", tmp_path / "flipped")
     flipped = tiny_run_config(model_dir, data, tmp_path / "flipped", packing=True, neftune_noise_alpha=5.0,
                               shared_prefix=False)
+    shutil.copytree(tmp_path / "run", tmp_path / "old")
+    with monkeypatch.context() as patched:  # the checkpoint as lorakit wrote it before it recorded the layout
+        patched.setattr(run_dir, "read_identity", lambda checkpoint: {
+            key: value for key, value in read_identity(checkpoint).items()
+            if key not in ("packed_shared_prefix", "packed_rows_share_prefixes")})
+        with pytest.raises(CheckpointError, match=r"training.shared_prefix: checkpoint has True, now False \(the "
+                                                  r"checkpoint does not record whether its rows shared prefixes"):
+            train(tiny_run_config(model_dir, data, tmp_path / "old", packing=True, neftune_noise_alpha=5.0,
+                                  shared_prefix=False), resume=True)
     with caplog.at_level(logging.WARNING, logger="lorakit"):
         assert train(flipped, resume=True).steps == 4
     assert any("training.shared_prefix: checkpoint has True, now False (rows are laid out as before" in r.getMessage()
