@@ -78,3 +78,19 @@ def test_a_packed_neftune_run_resumes_with_the_flag_flipped_and_names_it(tmp_pat
         assert train(flipped, resume=True).steps == 4
     assert any("training.shared_prefix: checkpoint has True, now False (rows are laid out as before" in r.getMessage()
                for r in caplog.records)
+
+
+def test_the_identity_records_the_sessions_layout_not_the_configs(tmp_path, monkeypatch):
+    """A model whose LM head the fused loss cannot run on packs examples whole with the flag on and no NEFTune
+    (training/session.takes_shared_prefixes; the tiny model shares without the patch): the identity says so, as
+    the collate does."""
+    from lorakit.training import session as session_module
+    from lorakit.training.metrics import SilentReporter
+
+    model_dir = build_tiny_model(tmp_path / "model")
+    config = tiny_run_config(model_dir, write_qa_jsonl(tmp_path / "qa.jsonl"), tmp_path / "run", packing=True)
+    assert config.training.shares_prefixes
+    monkeypatch.setattr(session_module, "lm_head_is_fusable", lambda base: False)
+    session = session_module.build_session(config, SilentReporter())
+    assert session.shared_prefix is False
+    assert session.identity["packed_rows_share_prefixes"] is False and session.identity["packed_shared_prefix"] is True
