@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+from types import SimpleNamespace
 
 import pytest
 from simulated_crash import CrashAfterStep, SimulatedCrash
 
 from conftest import build_tiny_model, tiny_run_config, write_qa_jsonl
 from lorakit.errors import CheckpointError
-from lorakit.run.checkpoints import read_identity
+from lorakit.run.checkpoints import latest_good_checkpoint, read_identity
 from lorakit.training import run_dir
 from lorakit.training.loop import train
 from lorakit.training.preference_setup import method_identity
@@ -65,15 +66,17 @@ def test_a_packed_neftune_run_resumes_with_the_flag_flipped_and_names_it(tmp_pat
     shutil.copytree(tmp_path / "run", tmp_path / "flipped")
     flipped = tiny_run_config(model_dir, data, tmp_path / "flipped", packing=True, neftune_noise_alpha=5.0,
                               shared_prefix=False)
-    shutil.copytree(tmp_path / "run", tmp_path / "old")
-    with monkeypatch.context() as patched:  # the checkpoint as lorakit wrote it before it recorded the layout
-        patched.setattr(run_dir, "read_identity", lambda checkpoint: {
-            key: value for key, value in read_identity(checkpoint).items()
+    # The same checkpoint as lorakit wrote it before it recorded the layout; the flipped run's identity (what
+    # build_session records for it, without loading a model again): refused before any tensor is read.
+    checkpoint = latest_good_checkpoint(tmp_path / "run")
+    resuming = SimpleNamespace(config=flipped, identity={**read_identity(checkpoint), "packed_shared_prefix": False})
+    with monkeypatch.context() as patched:
+        patched.setattr(run_dir, "read_identity", lambda path: {
+            key: value for key, value in read_identity(path).items()
             if key not in ("packed_shared_prefix", "packed_rows_share_prefixes")})
         with pytest.raises(CheckpointError, match=r"training.shared_prefix: checkpoint has True, now False \(the "
                                                   r"checkpoint does not record whether its rows shared prefixes"):
-            train(tiny_run_config(model_dir, data, tmp_path / "old", packing=True, neftune_noise_alpha=5.0,
-                                  shared_prefix=False), resume=True)
+            run_dir.resume_state(tmp_path / "run", resuming, None, None, None, None, None)
     with caplog.at_level(logging.WARNING, logger="lorakit"):
         assert train(flipped, resume=True).steps == 4
     assert any("training.shared_prefix: checkpoint has True, now False (rows are laid out as before" in r.getMessage()
