@@ -122,6 +122,8 @@ def unrecorded_layout_settings(saved_identity: dict, saved: dict[str, object]) -
 
     >>> sorted(unrecorded_layout_settings({"packing": True}, {"training.method": "sft", "training.packing": True}))
     ['training.shared_prefix']
+    >>> sorted(unrecorded_layout_settings({"training_method": "dpo"}, {"training.method": "dpo"}))
+    ['training.shared_prefix']
     >>> sorted(unrecorded_layout_settings({"packed_shared_prefix": True}, {"training.packing": True}))
     []
     >>> sorted(unrecorded_layout_settings({}, {"training.method": "sft", "training.packing": False}))
