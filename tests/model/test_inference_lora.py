@@ -222,3 +222,91 @@ def test_4bit_base_matches_peft_within_bf16_rounding(tiny_phi3_dir):
     assert seen.dtypes == [torch.bfloat16] * 8
     assert (expected - base).abs().max() > 1.0
     assert (fused - expected).abs().mean() < 0.05 * (expected - base).abs().mean()
+
+
+class _OneProjection(torch.nn.Module):
+    """One adapted projection, for layer-level checks that need no model: an `nn.Linear` or GPT-2's `Conv1D`."""
+
+    def __init__(self, projection: torch.nn.Module):
+        super().__init__()
+        self.proj = projection
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def _one_layer(projection: torch.nn.Module, **lora) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(_OneProjection(projection), LoraConfig(r=4, lora_alpha=8, target_modules=["proj"], **lora))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    return model.eval()
+
+
+ROWS = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(1))
+
+
+def test_autocast_goes_to_peft():
+    """An fp32 layer under bf16 autocast: peft runs both products in bf16 and adds; the in-place addmm_ would get a
+    bf16 product and an fp32 lora_B (it raised 'self and mat2 must have the same dtype')."""
+    model = _one_layer(torch.nn.Linear(16, 12, bias=False))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(ROWS)
+        assert use_inference_lora(model) == 1
+        assert torch.equal(model(ROWS), expected) and expected.dtype == torch.bfloat16
+
+
+def test_conv1d_base_rslora_and_a_scaling_changed_after_the_switch():
+    """GPT-2's Conv1D base (fan_in_fan_out: only merging transposes; A and B are nn.Linear either way), rsLoRA's
+    alpha / sqrt(r), and peft's set_scale after the switch: the scaling is read at every call."""
+    from transformers.pytorch_utils import Conv1D
+
+    model = _one_layer(Conv1D(12, 16), fan_in_fan_out=True, use_rslora=True)
+    layer = model.base_model.model.proj
+    assert layer.scaling["default"] == 8 / 2  # alpha / sqrt(4)
+    with torch.no_grad():
+        with model.disable_adapter():
+            base = model(ROWS)
+        expected = model(ROWS)
+        layer.set_scale("default", 0.25)
+        rescaled = model(ROWS)
+        layer.set_scale("default", 1.0)
+        assert use_inference_lora(model) == 1
+        assert torch.allclose(model(ROWS), expected, atol=1e-5, rtol=0)
+        layer.set_scale("default", 0.25)
+        assert torch.allclose(model(ROWS), rescaled, atol=1e-5, rtol=0)
+    assert (expected - base).abs().max() > 1.0 and (rescaled - expected).abs().max() > 1.0
+
+
+def test_inference_mode_and_a_biased_base():
+    """torch.inference_mode (knowledge benchmarks) as no_grad, on a base with a bias (F.linear on 3-d rows returns a
+    view of its addmm under no_grad, a plain tensor under inference_mode: the clone path and the in-place path)."""
+    model = _one_layer(torch.nn.Linear(16, 12, bias=True))
+    with torch.no_grad():
+        expected = model(ROWS)
+    use_inference_lora(model)
+    with torch.inference_mode():
+        assert torch.allclose(model(ROWS), expected, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        assert torch.allclose(model(ROWS), expected, atol=1e-6, rtol=0)
+
+
+def test_a_dora_adapter_added_after_the_switch_goes_to_peft():
+    """The switch skips layers that hold DoRA; a DoRA adapter added to a switched layer later is peft's at the call."""
+    from peft import LoraConfig
+
+    model = _one_layer(torch.nn.Linear(16, 12, bias=False))
+    assert use_inference_lora(model) == 1
+    model.add_adapter("dora", LoraConfig(r=4, lora_alpha=8, target_modules=["proj"], use_dora=True))
+    model.set_adapter("dora")
+    torch.nn.init.normal_(model.base_model.model.proj.lora_B["dora"].weight, std=0.5)
+    model.eval()
+    with torch.no_grad():
+        with peft_forward(model):
+            expected = model(ROWS)
+        plain = ROWS @ model.base_model.model.proj.base_layer.weight.t()
+        assert (expected - plain).abs().max() > 1.0
+        assert torch.equal(model(ROWS), expected)

@@ -16,7 +16,8 @@ peft's module stays in the model and is the one that saves, merges, unloads and 
 autograd is needed: gradients enabled, training mode (dropout), adapters disabled (`disable_adapter()`), merged,
 several or no active adapters, a LoRA variant (DoRA), a bias on lora_B (peft's `lora_bias`), peft's mixed-batch
 `adapter_names` or any other argument, an input whose dtype is not the adapter's (LORAKIT_DISABLE=
-adapter_in_base_dtype on a bf16 base). A 4-bit base (QLoRA on CUDA) takes the same path, untested here (no GPU).
+adapter_in_base_dtype on a bf16 base), autocast on (it runs the products in its dtype, and `addmm_` refuses
+mixed dtypes: an fp32 model under bf16 autocast failed; eval's loss runs under autocast, not decoding). A 4-bit base (QLoRA on CUDA) takes the same path, untested here (no GPU).
 `LORAKIT_DISABLE=inference_lora` keeps peft's forward (runtime/ablation.py).
 """
 
@@ -33,7 +34,8 @@ __all__ = ["use_inference_lora"]
 
 def _inference_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """frozen(x) + scaling * (x @ A^T) @ B^T for one plain active adapter under no_grad; else peft's forward."""
-    if args or kwargs or self.training or self.merged or self.disable_adapters or torch.is_grad_enabled():
+    if (args or kwargs or self.training or self.merged or self.disable_adapters or torch.is_grad_enabled()
+            or torch._C._is_any_autocast_enabled()):  # the in-place product takes one dtype; autocast mixes them
         return type(self).forward(self, x, *args, **kwargs)
     adapters = self.active_adapters
     lora_a = self.lora_A  # each submodule lookup costs the host ~0.6 us, and this runs 128 times a step

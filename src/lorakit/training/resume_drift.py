@@ -33,7 +33,7 @@ from lorakit.run.layout import CONFIG
 from lorakit.run.manifest import package_versions
 
 __all__ = ["check_same_run", "SettingChange", "ResumeDrift", "flat_settings", "settings_drift", "read_saved_settings",
-           "current_environment", "environment_changes", "WARNED_SETTINGS", "IGNORED_PREFIXES"]
+           "unrecorded_layout_settings", "current_environment", "environment_changes", "WARNED_SETTINGS", "IGNORED_PREFIXES"]
 
 # Why continuing with a new value is legitimate, and what the remaining steps then do differently.
 WARNED_SETTINGS = {
@@ -65,7 +65,13 @@ _REFUSAL_REASONS = {
     "data.validation_split": "the data would be re-split, scoring examples already trained on as validation",
     "data.test_split": "the data would be re-split, scoring examples already trained on as test",
     "lora.dropout": "the steps so far trained with the checkpoint's dropout",
+    "training.shared_prefix": "the checkpoint does not record whether its rows shared prefixes (written before lorakit "
+    "recorded it), so the layout may switch, and the layouts agree only up to float rounding",
 }
+# The identity keys that record a run's shared-prefix layout (preference_setup.method_identity). A checkpoint of
+# packed SFT or preference pairs that holds none of them was written before they were recorded: only the flag in
+# its config tells its layout, so switching training.shared_prefix stays refused for it, as it was then.
+_LAYOUT_KEYS = ("packed_rows_share_prefixes", "packed_shared_prefix", "preference_shared_prefix")
 
 
 @dataclass(frozen=True)
@@ -109,8 +115,30 @@ def flat_settings(config: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def settings_drift(saved: dict[str, object], current: dict[str, object]) -> ResumeDrift:
-    """Sort the settings that differ between a checkpoint's config and the resuming one (both flat).
+def unrecorded_layout_settings(saved_identity: dict, saved: dict[str, object]) -> frozenset[str]:
+    """The warned settings a resume from this checkpoint must refuse all the same: training.shared_prefix where
+    the checkpoint's rows could have shared prefixes (packed SFT, preference pairs) and its identity does not say
+    whether they did. `saved`: the checkpoint's flat config.
+
+    >>> sorted(unrecorded_layout_settings({"packing": True}, {"training.method": "sft", "training.packing": True}))
+    ['training.shared_prefix']
+    >>> sorted(unrecorded_layout_settings({"training_method": "dpo"}, {"training.method": "dpo"}))
+    ['training.shared_prefix']
+    >>> sorted(unrecorded_layout_settings({"packed_shared_prefix": True}, {"training.packing": True}))
+    []
+    >>> sorted(unrecorded_layout_settings({}, {"training.method": "sft", "training.packing": False}))
+    []
+    """
+    if any(key in saved_identity for key in _LAYOUT_KEYS):
+        return frozenset()
+    could_share = saved.get("training.method", "sft") != "sft" or bool(saved.get("training.packing"))
+    return frozenset({"training.shared_prefix"}) if could_share else frozenset()
+
+
+def settings_drift(saved: dict[str, object], current: dict[str, object],
+                   refuse: frozenset[str] = frozenset()) -> ResumeDrift:
+    """Sort the settings that differ between a checkpoint's config and the resuming one (both flat); `refuse`:
+    warned settings refused for this checkpoint (`unrecorded_layout_settings`).
 
     >>> drift = settings_drift({"training.learning_rate": 0.1, "training.max_steps": 4, "eval.safety": True},
     ...                        {"training.learning_rate": 0.2, "training.max_steps": 8, "eval.safety": False})
@@ -122,7 +150,7 @@ def settings_drift(saved: dict[str, object], current: dict[str, object]) -> Resu
         old, new = saved.get(key), current.get(key)
         if old == new or key.startswith(IGNORED_PREFIXES):
             continue
-        (warned if key in WARNED_SETTINGS else refused).append(SettingChange(key, old, new))
+        (warned if key in WARNED_SETTINGS and key not in refuse else refused).append(SettingChange(key, old, new))
     return ResumeDrift(refused, warned)
 
 

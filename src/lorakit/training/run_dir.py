@@ -28,6 +28,7 @@ from lorakit.training.resume_drift import (
     flat_settings,
     read_saved_settings,
     settings_drift,
+    unrecorded_layout_settings,
 )
 
 if TYPE_CHECKING:
@@ -55,8 +56,10 @@ def resume_state(run_dir: Path, session: TrainingSession, optimizer, scheduler, 
         return TrainerState()
     # Compare identities and settings before loading tensors: a different LoRA shape would otherwise fail as a
     # size mismatch, and a changed learning rate would be overwritten by the checkpoint's scheduler.
-    drift = settings_drift(read_saved_settings(checkpoint), flat_settings(session.config.model_dump(mode="json")))
-    check_same_run(read_identity(checkpoint), session.identity,
+    saved, identity = read_saved_settings(checkpoint), read_identity(checkpoint)
+    drift = settings_drift(saved, flat_settings(session.config.model_dump(mode="json")),
+                           refuse=unrecorded_layout_settings(identity, saved))
+    check_same_run(identity, session.identity,
                    [(change.key, text) for change, text in zip(drift.refused, drift.refused_details())])
     state, _ = load_checkpoint(checkpoint, model=session.model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     if finished is not None and (state.stopped_early or state.step >= session.config.training.max_steps):
