@@ -78,6 +78,7 @@ def test_sdpa_inputs_kv_cache_and_logits_are_bitwise_transformers(tiny_phi3_dir,
     for call, expected in zip(calls, expected_calls):
         assert _equal(call[:3], expected[:3])  # q, k, v as SDPA receives them (after transformers' GQA handling)
         assert call[3][1:] == expected[3][1:] and call[3][-1] == 1  # q: only the stride between rows differs
+        assert call[4] == expected[4]  # k as the KV cache's torch.cat lays it out, as before
     assert all(_equal(layer, expected) for layer, expected in zip(cache, expected_cache))
     assert _equal(logits, expected_logits)
 

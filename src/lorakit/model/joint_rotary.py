@@ -9,17 +9,17 @@ same order: 6 kernels per layer, 192 fewer per Phi-4-mini decoding step. Each el
 `mul`, `mul`, `add` on the same operands, so q and k are bitwise equal to transformers' (fp32 and bf16;
 tests/model/test_joint_rotary.py, bench/rotary_joint_check.py), and so are the keys the KV cache stores.
 
-Layout: transformers hands SDPA q and k as the contiguous outputs of two `cat`s. Here they are two slices
-(`joint[:, :heads]`, `joint[:, heads:]`) of one contiguous `cat` output: within a row each is contiguous as before
+Layout: transformers hands SDPA q as the contiguous output of a `cat`. Here q and k are two slices
+(`joint[:, :heads]`, `joint[:, heads:]`) of one contiguous `cat` output: within a row each is laid out as before
 (head_dim stride 1, seq stride head_dim, head stride seq * head_dim); only the stride between rows is
-(heads + kv_heads) * seq * head_dim instead of heads (or kv_heads) * seq * head_dim, and k starts heads * seq *
-head_dim elements into the buffer. PyTorch's flash and memory-efficient SDPA backends require the last stride
-to be 1 (sdp_utils' check_last_dim_stride_equals_1), and the memory-efficient kernel wants the other strides and
-the start aligned to its vector width (8 elements in 16 bits): every stride and offset here is a multiple of
-head_dim (Phi-4-mini: 128), so they should pick the same kernel as before; not yet checked on a GPU (none this
-session). The GQA `pack_gqa` reshape of a one-token q stays a view. A prefill's cache keys are a view of the
-joint tensor until the next step's `torch.cat` (transformers' values are views of the qkv
-output in the same way), so q's prefill buffer lives one step longer.
+(heads + kv_heads) * seq * head_dim instead of heads * seq * head_dim. k goes through the KV cache, whose
+`torch.cat` copies it (transformers' DynamicCache cats from the first step on), so with a cache SDPA receives the
+same contiguous keys and values as before and only q's row stride differs (tests/model/test_joint_rotary.py checks
+the strides). PyTorch's flash and memory-efficient SDPA backends require the last stride to be 1 (sdp_utils'
+check_last_dim_stride_equals_1), and the memory-efficient kernel wants the other strides aligned to its vector width
+(8 elements in 16 bits): q's strides are multiples of head_dim (Phi-4-mini: 128), so they should pick the same
+kernel as before; not yet checked on a GPU (none this session). The GQA `pack_gqa` reshape of a one-token q stays a
+view (the op counts are unchanged outside the rotary).
 
 Where the result could differ or the path is not the one written here, the module hands the call to
 transformers' own forward: training mode or gradients enabled (training in the same process never runs this;
