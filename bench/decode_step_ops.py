@@ -24,9 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lib.step_ops import ROLES, OpCount, count_ops  # noqa: E402
 
-# name in the table -> LORAKIT_DISABLE for it (on a CPU's fp32 the adapter's dtype is the base's: the last two agree).
-VARIANTS = {"now (all on)": "", "inference_lora off (peft's LoRA forward)": "inference_lora",
-            "also adapter_in_base_dtype off (before session 11)": "inference_lora,adapter_in_base_dtype"}
+# name in the table -> LORAKIT_DISABLE for it, each switching one more off (on a CPU's fp32 the adapter's dtype is the
+# base's: the last two agree).
+VARIANTS = {"now (all on)": "", "joint_rotary off (transformers' rotary)": "joint_rotary",
+            "also inference_lora off (peft's LoRA forward)": "joint_rotary,inference_lora",
+            "also adapter_in_base_dtype off (before session 11)": "joint_rotary,inference_lora,adapter_in_base_dtype"}
 PHI4_MINI_LAYERS = dict(vocab_size=49152, hidden_size=192, intermediate_size=256, num_hidden_layers=32,
                         num_attention_heads=24, num_key_value_heads=8, partial_rotary_factor=0.75,
                         tie_word_embeddings=True, max_position_embeddings=131072, rms_norm_eps=1e-5, hidden_act="silu",
@@ -113,6 +115,36 @@ def layer_us(run, calls: int, rounds: int) -> dict[str, list[float]]:
     return times
 
 
+def rotary_us(rows: int, calls: int, rounds: int) -> dict[str, list[float]]:
+    """Microseconds per layer of rotating one token's q and k per row at Phi-4-mini's real widths (24 over 8 heads of
+    128, rotary 96), fp32: transformers' slices + apply_rotary_pos_emb, and model/joint_rotary.py's one rotation."""
+    import torch
+    from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
+
+    from lorakit.model.joint_rotary import rotate_query_and_key
+
+    heads, kv_heads, head_dim = 24, 8, 128
+    qkv = torch.randn(rows, 1, (heads + 2 * kv_heads) * head_dim)
+    cos, sin = torch.randn(rows, 1, 96), torch.randn(rows, 1, 96)
+
+    def transformers_rotary():
+        q = qkv[..., :heads * head_dim].view(rows, 1, -1, head_dim).transpose(1, 2)
+        k = qkv[..., heads * head_dim:(heads + kv_heads) * head_dim].view(rows, 1, -1, head_dim).transpose(1, 2)
+        return apply_rotary_pos_emb(q, k, cos, sin)
+
+    forwards = {"transformers": transformers_rotary,
+                "joint": lambda: rotate_query_and_key(qkv, heads, kv_heads, head_dim, cos, sin)}
+    times: dict[str, list[float]] = {name: [] for name in forwards}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, forward in forwards.items():
+                started = time.perf_counter()
+                for _ in range(calls):
+                    forward()
+                times[name].append(1e6 * (time.perf_counter() - started) / calls)
+    return times
+
+
 def table(counts: dict[str, OpCount]) -> list[str]:
     names = list(counts)
     head = "| source | " + " | ".join(f"{n}: ops (kernels)" for n in names) + " |"
@@ -134,6 +166,7 @@ def main() -> None:
                         help="fp32: what load_run gives on a CPU; bf16: what it gives on a GPU (counts as a GPU's).")
     parser.add_argument("--time-steps", type=int, default=0, help="Also time this many steps per variant and round.")
     parser.add_argument("--layer-calls", type=int, default=0, help="Also time one adapted layer alone, this many calls.")
+    parser.add_argument("--rotary-calls", type=int, default=0, help="Also time one layer's rotary alone, this many calls.")
     parser.add_argument("--rounds", type=int, default=5, help="Timing rounds, the variants alternating.")
     parser.add_argument("--out", type=Path, help="Also write table_DTYPE.md and op_names_DTYPE.txt here.")
     args = parser.parse_args()
@@ -161,6 +194,13 @@ def main() -> None:
         lines += ["", f"us per call of one adapted layer (one token, {args.layer_calls} calls), {args.rounds} rounds alternating:"]
         lines += [f"- {name}: {', '.join(f'{t:.1f}' for t in ts)} (median {statistics.median(ts):.1f})"
                   for name, ts in times.items()]
+    if args.rotary_calls:
+        for rows in args.rows:
+            times = rotary_us(rows, args.rotary_calls, args.rounds)
+            lines += ["", f"us per layer of rotary, q and k of one token x {rows} row(s) at Phi-4-mini's widths, fp32 "
+                      f"({args.rotary_calls} calls), {args.rounds} rounds alternating:"]
+            lines += [f"- {name}: {', '.join(f'{t:.1f}' for t in ts)} (median {statistics.median(ts):.1f})"
+                      for name, ts in times.items()]
     print("\n".join(lines))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

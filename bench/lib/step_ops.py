@@ -33,6 +33,7 @@ FUNCTION_SOURCES = [
     ("/modeling_phi3.py", "rotate_half", "rotary"),
     ("/modeling_llama.py", "apply_rotary_pos_emb", "rotary"),
     ("/modeling_llama.py", "rotate_half", "rotary"),
+    ("lorakit/model/joint_rotary.py", "rotate_query_and_key", "rotary"),
     ("lorakit/inference/recent_tokens.py", None, "sampling and penalty"),
     ("lorakit/inference/decode.py", "_choose", "sampling and penalty"),
     ("lorakit/inference/running_batch.py", "_choose", "sampling and penalty"),

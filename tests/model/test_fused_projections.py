@@ -106,7 +106,7 @@ def test_unknown_optimisation_name_is_refused(monkeypatch):
         enabled("split_qkv")
     assert caught.value.problems == [
         "unknown optimisation 'fused_swiglu'; known: fused_lora, fused_layer, split_qkv, fused_gate_up, reentrant_checkpoint, "
-        "host_overlap, dequantized_weights, decode_without_cudnn, adapter_in_base_dtype, inference_lora"]
+        "host_overlap, dequantized_weights, decode_without_cudnn, adapter_in_base_dtype, inference_lora, joint_rotary"]
     assert str(caught.value).startswith("LORAKIT_DISABLE (environment variable): 1 config problem:")
 
 

@@ -19,6 +19,7 @@ from lorakit.inference.attention_backend import decoding_attention
 from lorakit.inference.decode import AnswerRepetitionPenalty, Decoded, FinishReason, GenerationSettings, decode_batch
 from lorakit.model.adapter_dtype import cast_adapter_for_inference
 from lorakit.model.inference_lora import use_inference_lora
+from lorakit.model.joint_rotary import use_joint_rotary
 from lorakit.model.load import load_base_model, load_tokenizer, resolve_model_source
 from lorakit.model.quantize import nf4_config
 from lorakit.run.layout import CONFIG
@@ -85,6 +86,7 @@ def load_run(path: str | Path, *, base_only: bool = False, permissions: Permissi
         model = PeftModel.from_pretrained(model, trained.adapter_dir)
         cast_adapter_for_inference(model, dtype)  # no fp32 LoRA products or per-module casts in a decoding step
         use_inference_lora(model)  # 2 kernels per LoRA layer instead of 4 (model/inference_lora.py)
+    use_joint_rotary(model)  # Phi3: q and k rotated as one tensor, 6 kernels per layer instead of 12
     model.eval()
     return LoadedRun(model, tokenizer, config, None if base_only else trained.adapter_dir, device, trained)
 

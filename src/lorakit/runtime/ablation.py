@@ -31,6 +31,8 @@ OPTIMISATIONS = {
                              "(model/adapter_dtype.py); off = peft's fp32 adapter, cast per module per step",
     "inference_lora": "a loaded run's LoRA layers as the frozen product plus two products added in place, the "
                       "scaling in the second's epilogue (model/inference_lora.py); off = peft's LoRA forward",
+    "joint_rotary": "a loaded Phi3 run's rotary embedding applied to q and k as one tensor (model/joint_rotary.py); "
+                    "off = transformers' apply_rotary_pos_emb, q and k one after the other",
 }
 
 
