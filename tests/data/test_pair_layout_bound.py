@@ -9,9 +9,11 @@ import random
 import time
 from dataclasses import replace
 
+import pytest
 import torch
 
 from lorakit.config import RunConfig
+from lorakit.data import preference_batch
 from lorakit.data.preference_batch import PairLayout
 from lorakit.training.batches import epoch_permutation, run_pair_layout
 
@@ -46,11 +48,16 @@ def _random_layout(rng: random.Random, count: int) -> PairLayout:
     return PairLayout(positions, tuple(p + rng.randint(0, 40) for p in positions))
 
 
-def test_the_bound_is_the_walked_bound_on_random_runs():
+@pytest.mark.parametrize(("first_block", "block_elements"), [(256, 1 << 20), (2, 64), (1, 16)])
+def test_the_bound_is_the_walked_bound_on_random_runs(first_block, block_elements, monkeypatch):
     """Random pair counts, sizes, run lengths and seeds (the run's real order, training/batches.run_pair_layout), each
-    micro-batch size asked in a random order of the same layout (the order cache must not leak between sizes)."""
+    micro-batch size asked in a random order of the same layout (the order cache must not leak between sizes); and
+    with blocks that grow from a few epochs, or of one, as a data set of over a million pairs is bounded."""
+    assert (preference_batch._FIRST_BLOCK_EPOCHS, preference_batch._BLOCK_ELEMENTS) == (256, 1 << 20)
+    monkeypatch.setattr(preference_batch, "_FIRST_BLOCK_EPOCHS", first_block)
+    monkeypatch.setattr(preference_batch, "_BLOCK_ELEMENTS", block_elements)
     rng = random.Random(12)
-    for _ in range(60):
+    for _ in range(30):
         count = rng.randint(1, 13)
         config = _config(rng.randint(0, 2**32 - 1), rng.randint(1, count + 2), rng.randint(1, 40), rng.randint(1, 3))
         layout = run_pair_layout(_random_layout(rng, count), config)

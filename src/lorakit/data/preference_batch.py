@@ -175,7 +175,10 @@ class PairLayout:
         runs, per_epoch = max(self.micro_batches, 1), -(-count // size)
         starts, ends, group_of_piece = _epoch_pieces(count, size, pairs)
         best = torch.zeros(2, dtype=torch.int64)
-        epochs, first, block = -(-runs // per_epoch), 0, 256
+        # blocks of epochs grow from _FIRST_BLOCK_EPOCHS (a tiny data set often reaches the ceiling in its first
+        # epochs) to about _BLOCK_ELEMENTS pair indices; a data set larger than that is bounded one epoch at a time
+        widest = max(1, _BLOCK_ELEMENTS // count)
+        epochs, first, block = -(-runs // per_epoch), 0, min(_FIRST_BLOCK_EPOCHS, widest)
         while first < epochs:
             numbers = torch.arange(first, min(first + block, epochs))
             orders = self._epoch_orders(first, len(numbers))
@@ -188,8 +191,7 @@ class PairLayout:
             best = torch.maximum(best, pieces.masked_fill(~trained, 0).amax((1, 2)))
             if bool((best >= ceiling).all()):
                 break
-            # blocks grow (a tiny data set often reaches the ceiling in its first epochs), up to ~_BLOCK_ELEMENTS
-            first, block = first + block, min(2 * block, max(256, _BLOCK_ELEMENTS // count))
+            first, block = first + block, min(2 * block, widest)
         return int(best[0]), int(best[1])
 
     def _epoch_orders(self, first: int, count: int) -> torch.Tensor:
@@ -213,6 +215,7 @@ class PairLayout:
         return (sum(sorted(self.positions, reverse=True)[:pairs]), sum(sorted(self.keys, reverse=True)[:pairs]))
 
 
+_FIRST_BLOCK_EPOCHS = 256
 _BLOCK_ELEMENTS = 1 << 20  # pair indices bounded at once (x2 sizes x 8 bytes: ~32 MiB of int64 at most)
 _CACHED_ELEMENTS = 1 << 22  # epoch orders kept between bounds (32 MiB of int64 at most)
 
