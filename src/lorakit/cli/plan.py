@@ -12,8 +12,8 @@ from rich.table import Table
 from lorakit.cli.console import console
 from lorakit.config import load_config
 from lorakit.plan.memory import GIB, checkpointing_text
-from lorakit.plan.run_plan import parse_memory_size, plan_run
-from lorakit.training.planned_pairs import read_planned_pairs
+from lorakit.plan.run_plan import parse_memory_size
+from lorakit.training.planned_pairs import plan_run_on_data
 
 
 def _settings_text(candidate, layers: int) -> str:
@@ -34,10 +34,9 @@ def plan(
 ) -> None:
     """Predict peak GPU memory and pick the fastest quantization, micro-batch and checkpointing that fit."""
     config = load_config(config_path, list(overrides))
-    memory_bytes = parse_memory_size(gpu_memory) if gpu_memory else None
-    pairs = read_planned_pairs(config)  # DPO/ORPO/SimPO: the run's own pairs where its data can be read
-    chosen_plan, config, model_config = plan_run(config, memory_bytes, gpus, pairs=pairs.layout if pairs else None,
-                                                 longest_example=pairs.longest_example if pairs else None)
+    # DPO/ORPO/SimPO: on the run's own pairs where its data can be read
+    chosen_plan, config, model_config, pairs = plan_run_on_data(
+        config, parse_memory_size(gpu_memory) if gpu_memory else None, gpus)
     chosen = chosen_plan.chosen
     console.print(f"[bold]{config.model.name}[/] ({model_config.get('model_type', '?')}), max_length "
                   f"{config.model.max_length}, LoRA r={config.lora.r}, planned for {chosen_plan.gpu_memory_bytes / GIB:.1f} GiB per GPU"

@@ -17,10 +17,11 @@ from lorakit.config import RunConfig
 from lorakit.data.preference_batch import PairLayout
 from lorakit.errors import ModelLoadError
 from lorakit.model.named_tokenizer import load_model_tokenizer
+from lorakit.plan.run_plan import TrainingPlan, plan_run
 from lorakit.training.batches import run_pair_layout
 from lorakit.training.dataset import prepare_data
 
-__all__ = ["PlannedPairs", "read_planned_pairs"]
+__all__ = ["PlannedPairs", "read_planned_pairs", "plan_run_on_data"]
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,13 @@ def read_planned_pairs(config: RunConfig) -> PlannedPairs | None:
         return PlannedPairs(None, None, f"data-free bound: {named} leaves no training pairs after splitting")
     return PlannedPairs(layout, data.longest_example, f"planned on {len(layout.positions):,} pairs of {named} (the run's "
                         "training split, in its data order)")
+
+
+def plan_run_on_data(config: RunConfig, gpu_memory_bytes: int | None,
+                     world_size: int = 1) -> tuple[TrainingPlan, RunConfig, dict, PlannedPairs | None]:
+    """`lorakit plan` and the studio's plan: plan/run_plan.plan_run, on a preference run's own pairs where they can
+    be read (`read_planned_pairs`, whose note the caller shows; None for SFT)."""
+    pairs = read_planned_pairs(config)
+    plan, config, model_config = plan_run(config, gpu_memory_bytes, world_size, pairs=pairs.layout if pairs else None,
+                                          longest_example=pairs.longest_example if pairs else None)
+    return plan, config, model_config, pairs
