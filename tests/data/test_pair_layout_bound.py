@@ -107,10 +107,13 @@ def test_the_bound_is_many_times_faster_than_the_walk():
     start = time.perf_counter()
     walked = _walked_bound(layout, 4, 4)
     walk_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    fast = layout.micro_batch(4)
-    assert fast == walked
-    assert time.perf_counter() - start < walk_seconds / 4
+    seconds = []
+    for _ in range(3):  # the quickest of three fresh layouts: a busy machine's hiccup is not the code's
+        fresh = replace(layout)
+        start = time.perf_counter()
+        assert fresh.micro_batch(4) == walked
+        seconds.append(time.perf_counter() - start)
+    assert min(seconds) < walk_seconds / 4, (seconds, walk_seconds)  # ~3 ms against ~120 ms on 2 busy CPU cores
 
 
 def test_a_resumed_run_sees_the_bound_of_the_uninterrupted_one():
