@@ -1,5 +1,6 @@
 """`lorakit plan CONFIG [--gpu-memory 8GB] [--gpus N]`: predicted peak GPU memory and the fastest settings that fit,
-from the model's config.json alone (no weights are downloaded)."""
+from the model's config.json alone (no weights are downloaded); a preference run's plan counts the run's own pairs
+where its data files and the model's tokenizer can be read (training/planned_pairs.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from rich.table import Table
 from lorakit.cli.console import console
 from lorakit.config import load_config
 from lorakit.plan.memory import GIB, checkpointing_text
-from lorakit.plan.run_plan import parse_memory_size, plan_run
+from lorakit.plan.run_plan import parse_memory_size
+from lorakit.training.planned_pairs import plan_run_on_data
 
 
 def _settings_text(candidate, layers: int) -> str:
@@ -32,11 +34,15 @@ def plan(
 ) -> None:
     """Predict peak GPU memory and pick the fastest quantization, micro-batch and checkpointing that fit."""
     config = load_config(config_path, list(overrides))
-    chosen_plan, config, model_config = plan_run(config, parse_memory_size(gpu_memory) if gpu_memory else None, gpus)
+    # DPO/ORPO/SimPO: on the run's own pairs where its data can be read
+    chosen_plan, config, model_config, pairs = plan_run_on_data(
+        config, parse_memory_size(gpu_memory) if gpu_memory else None, gpus)
     chosen = chosen_plan.chosen
     console.print(f"[bold]{config.model.name}[/] ({model_config.get('model_type', '?')}), max_length "
                   f"{config.model.max_length}, LoRA r={config.lora.r}, planned for {chosen_plan.gpu_memory_bytes / GIB:.1f} GiB per GPU"
                   + (" (after NCCL's buffers)" if gpus > 1 else ""))
+    if pairs is not None:
+        console.print(f"preference pairs: {pairs.note}", markup=False, highlight=False)
     # ddp replicates the model, LoRA and optimizer state on every GPU, so one GPU's plan is every GPU's; fsdp
     # shards the weights and LoRA states over the GPUs (plan/sharded.py).
     strategy = f", {config.training.distributed} over {gpus} GPUs" if gpus > 1 else ""

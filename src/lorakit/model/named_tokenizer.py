@@ -14,12 +14,12 @@ from lorakit.errors import ModelLoadError
 from lorakit.model.hub import download_tokenizer, is_hub_id
 from lorakit.model.load import ModelSource, load_tokenizer, resolve_model_source
 
-__all__ = ["load_named_tokenizer"]
+__all__ = ["load_named_tokenizer", "load_model_tokenizer"]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def _source(name: str, option: str) -> ModelSource:
+def _source(name: str, option: str, revision: str | None = None) -> ModelSource:
     path = Path(name).expanduser()
     if path.is_dir():
         if not any((path / file).is_file() for file in _TOKENIZER_FILES):
@@ -28,7 +28,7 @@ def _source(name: str, option: str) -> ModelSource:
     if name == EMBEDDED_MODEL_ALIAS or (name.endswith(".gguf") and path.is_file()):
         return resolve_model_source(ModelConfig(name=name))
     if not path.exists() and not name.startswith((".", "/", "~")) and is_hub_id(name):
-        return ModelSource(download_tokenizer(name, None), name, None, "hub")
+        return ModelSource(download_tokenizer(name, revision), name, revision, "hub")
     raise ModelLoadError(
         f"{option}: '{name}' is neither a model or tokenizer folder, a .gguf file, a Hub id (owner/name), nor the "
         f"embedded model '{EMBEDDED_MODEL_ALIAS}'.",
@@ -39,3 +39,9 @@ def _source(name: str, option: str) -> ModelSource:
 def load_named_tokenizer(name: str, *, option: str = "--tokenizer"):
     """The tokenizer (with its chat template) that `name` names; `option` is how the user gave it, for messages."""
     return load_tokenizer(_source(name, option), ModelConfig(name=name))
+
+
+def load_model_tokenizer(model: ModelConfig):
+    """The tokenizer `lorakit train` renders with for `model` (its revision and chat template override too), without
+    the weights: for `lorakit plan`, which renders a preference run's pairs (training/planned_pairs.py)."""
+    return load_tokenizer(_source(model.name, "model.name", model.revision), model)

@@ -280,9 +280,11 @@ def _resolve_distributed(config: RunConfig, model_config: dict, world_size: int,
     return config.model_copy(update=update)
 
 
-def plan_run(config: RunConfig, gpu_memory_bytes: int | None, world_size: int = 1) -> tuple[TrainingPlan, RunConfig, dict]:
+def plan_run(config: RunConfig, gpu_memory_bytes: int | None, world_size: int = 1, *, pairs: PairLayout | None = None,
+             longest_example: int | None = None) -> tuple[TrainingPlan, RunConfig, dict]:
     """`lorakit plan`: the plan per GPU for `gpu_memory_bytes` (default: this machine's GPU) and `world_size` GPUs,
-    the config with training.distributed resolved as `lorakit train` would, and the model's config.json."""
+    the config with training.distributed resolved as `lorakit train` would, and the model's config.json. `pairs` and
+    `longest_example`: a preference run's data as `lorakit train` plans on it (training/planned_pairs.py)."""
     if gpu_memory_bytes is None:
         import torch
 
@@ -293,7 +295,9 @@ def plan_run(config: RunConfig, gpu_memory_bytes: int | None, world_size: int = 
     check_max_length(config, model_config)
     dtype_bytes = 4 if config.training.precision == "fp32" else 2
     config, memory_bytes, sharded_over = _per_process(config, model_config, gpu_memory_bytes, world_size, cuda=True,
-                                                      dtype_bytes=dtype_bytes, nf4_available=True)
+                                                      dtype_bytes=dtype_bytes, nf4_available=True, pairs=pairs,
+                                                      longest_example=longest_example)
     plan = plan_training(config, model_config, memory_bytes, dtype_bytes=dtype_bytes, nf4_available=True,
-                         sharded_over=sharded_over, single_process=world_size == 1)
+                         sharded_over=sharded_over, single_process=world_size == 1, pairs=pairs,
+                         longest_example=longest_example)
     return plan, config, model_config

@@ -105,11 +105,12 @@ def save_run(body: RunChoices, request: Request) -> dict:
 
 def _plan(choices: PlanRequest, workspace) -> dict:
     from lorakit.plan.memory import GIB, checkpointing_text
-    from lorakit.plan.run_plan import parse_memory_size, plan_run
+    from lorakit.plan.run_plan import parse_memory_size
+    from lorakit.training.planned_pairs import plan_run_on_data
 
     config, _ = studio_config(workspace, choices)
     memory = parse_memory_size(choices.gpu_memory) if choices.gpu_memory and choices.gpu_memory.strip() else None
-    plan, _, model_config = plan_run(config, memory)
+    plan, _, model_config, pairs = plan_run_on_data(config, memory)  # a preference run: on its own pairs
 
     def row(candidate) -> dict:
         settings = candidate.settings
@@ -124,6 +125,7 @@ def _plan(choices: PlanRequest, workspace) -> dict:
             "gpu_gib": round(plan.gpu_memory_bytes / GIB, 1), "chosen": row(plan.chosen),
             "breakdown": [[term, round(gib, 2)] for term, gib in plan.chosen.estimate.rows()],
             "candidates": [row(c) for c in plan.candidates[:5]],
+            "pairs": pairs.note if pairs else None,  # which pairs a preference plan counted (lorakit plan's line)
             "command": "lorakit plan CONFIG" + (f" --gpu-memory {choices.gpu_memory}" if memory else "")}
 
 

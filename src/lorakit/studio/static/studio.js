@@ -230,6 +230,7 @@ action("plan-button", "model-error", async () => {
       el("p", {id: "plan-summary", text: `${plan.model} (${plan.model_type}), max_length ${plan.max_length}, LoRA r=${plan.lora_r}, ` +
         `planned for ${plan.gpu_gib.toFixed(1)} GiB: ${c.quantization}, micro-batch ${c.micro_batch}, checkpointing ${c.checkpointing}, ` +
         `${c.on_gpu_gib} GiB on the GPU`}),
+      ...(plan.pairs ? [el("p", {id: "plan-pairs", text: `Preference pairs: ${plan.pairs}`})] : []),
       table(["predicted peak", "GiB"], plan.breakdown),
       table(["quantization", "micro-batch", "checkpointing", "peak GiB", "on GPU GiB", "relative time", "fits"],
         plan.candidates.map((r) => [r.quantization, r.micro_batch, r.checkpointing, r.peak_gib, r.on_gpu_gib, r.relative_time, r.fits ? "yes" : "no"])),

@@ -1,0 +1,106 @@
+"""`lorakit plan` on a DPO config plans on the run's own pairs where the data files and the model's tokenizer can be
+read (training/planned_pairs.py, the calls `lorakit train` makes), says so, and otherwise keeps the data-free bound
+with its reason; a broken pairs file stops it with the error `lorakit train` stops with (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import PHI4_MINI, QA_PAIRS
+from lorakit.cli.app import run_cli
+from lorakit.config import load_config
+from lorakit.model.named_tokenizer import load_model_tokenizer
+from lorakit.plan.run_plan import resolve_auto_settings
+from lorakit.training.batches import run_pair_layout
+from lorakit.training.dataset import prepare_data
+
+TOKENIZER = Path(__file__).resolve().parents[1] / "fixtures" / "smollm2-tokenizer"
+DATA_FREE_TOKENS = 4 * 2 * 1024  # 4 pairs of two max_length rows: what the plan counts without data
+
+
+def _write_pairs(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"prompt": q, "chosen": a, "rejected": QA_PAIRS[(i + 1) % len(QA_PAIRS)][1]})
+                            + "\n" for i, (q, a) in enumerate(QA_PAIRS)))
+    return path
+
+
+def _write_config(path: Path, model: Path, pairs: Path) -> Path:
+    path.write_text(f"model:\n  name: {model}\n  max_length: 1024\n  quantization: nf4\ntraining:\n  method: dpo\n"
+                    "  batch_size: 4\n  gradient_checkpointing: auto\n  max_steps: 2\n  gradient_accumulation_steps: 1\n"
+                    f"data:\n  train_file: {pairs}\n  validation_split: 0.2\n  test_split: 0.0\n")
+    return path
+
+
+@pytest.fixture
+def phi4_folder(tmp_path) -> Path:
+    """Phi-4-mini's config.json and a tokenizer, no weights (the plan reads nothing else)."""
+    model = tmp_path / "phi4-mini-no-weights"
+    shutil.copytree(TOKENIZER, model)
+    (model / "config.json").write_text(json.dumps(PHI4_MINI))
+    return model
+
+
+def _line(out: str, start: str) -> str:
+    [line] = [line for line in out.splitlines() if line.startswith(start)]
+    return line
+
+
+def test_a_dpo_plan_counts_the_runs_own_pairs_as_train_does(phi4_folder, tmp_path, capsys):
+    pairs = _write_pairs(tmp_path / "pairs.jsonl")
+    config_path = _write_config(tmp_path / "dpo.yaml", phi4_folder, pairs)
+    assert run_cli(["plan", str(config_path), "--gpu-memory", "8GB"]) == 0
+    out = capsys.readouterr().out
+    train_pairs = len(QA_PAIRS) - round(0.2 * len(QA_PAIRS))
+    assert _line(out, "preference pairs:") == (f"preference pairs: planned on {train_pairs} pairs of {pairs} (the run's "
+                                               "training split, in its data order)")
+    # the plan `lorakit train` makes on the same config (training/session.build_session's calls)
+    config = load_config(config_path, [])
+    data = prepare_data(config, load_model_tokenizer(config.model))
+    layout = run_pair_layout(data.pair_layout, config)
+    assert len(layout.positions) == train_pairs
+    trained = resolve_auto_settings(config, PHI4_MINI, cuda=True, dtype_bytes=2, nf4_available=True,
+                                    memory_bytes=8 * 2**30, longest_example=data.longest_example, pairs=layout)
+    positions = layout.micro_batch(4)[0]  # the larger of the run's 2 micro-batches of 4 pairs
+    assert positions < layout.micro_batch_any_order(4)[0] < DATA_FREE_TOKENS  # not the 4 largest: the run's order
+    assert _line(out, "plan:") == (f"plan: nf4, micro-batch 4 ({positions:,} tokens), checkpointing "
+                                   f"{trained.plan.checkpointing_text}")
+
+
+def test_a_missing_pairs_file_keeps_the_data_free_bound(phi4_folder, tmp_path, capsys):
+    missing = tmp_path / "not-yet.jsonl"
+    assert run_cli(["plan", str(_write_config(tmp_path / "dpo.yaml", phi4_folder, missing)), "--gpu-memory", "8GB"]) == 0
+    out = capsys.readouterr().out
+    assert _line(out, "preference pairs:") == f"preference pairs: data-free bound: {missing} not read (no such file)"
+    assert _line(out, "plan:").startswith(f"plan: nf4, micro-batch 4 ({DATA_FREE_TOKENS:,} tokens), checkpointing ")
+
+
+def test_a_model_folder_without_a_tokenizer_keeps_the_data_free_bound(tmp_path, capsys):
+    model = tmp_path / "config-only"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(PHI4_MINI))
+    pairs = _write_pairs(tmp_path / "pairs.jsonl")
+    assert run_cli(["plan", str(_write_config(tmp_path / "dpo.yaml", model, pairs)), "--gpu-memory", "8GB"]) == 0
+    assert _line(capsys.readouterr().out, "preference pairs:") == (
+        f"preference pairs: data-free bound: {pairs} not read (no tokenizer to render it: model.name: {model} holds no "
+        "tokenizer (no tokenizer.json or tokenizer_config.json).)")
+
+
+def test_a_broken_pairs_file_stops_plan_with_trains_error(tiny_llama_dir, tmp_path, capsys):
+    """Line 2 has no rejected answer: `lorakit plan` exits 2 with the file:line:field message `lorakit train` gives."""
+    pairs = tmp_path / "broken.jsonl"
+    rows = [{"prompt": "What is insulin?", "chosen": "A hormone.", "rejected": "A bone."},
+            {"prompt": "What is anemia?", "chosen": "Too few red cells."}]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config_path = _write_config(tmp_path / "dpo.yaml", tiny_llama_dir, pairs)
+    with open(config_path, "a") as handle:
+        handle.write(f"output_dir: {tmp_path / 'run'}\n")
+    assert run_cli(["plan", str(config_path), "--gpu-memory", "8GB"]) == 2
+    planned = capsys.readouterr().err
+    assert run_cli(["train", str(config_path)]) == 2
+    trained = capsys.readouterr().err
+    assert f"{pairs}:2" in planned and "rejected" in planned
+    assert planned.strip() in trained
