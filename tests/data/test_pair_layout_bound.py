@@ -6,7 +6,6 @@ and stops once no micro-batch can hold more."""
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import replace
 
 import pytest
@@ -98,22 +97,15 @@ def test_a_tiny_data_set_over_a_long_run_draws_each_order_once_and_stops_at_the_
     assert len(drawn) == len(set(drawn)) <= 16_000  # at most the 2,000 x 16 / 2 epochs that micro-batches of 16 walk
 
 
-def test_the_bound_is_many_times_faster_than_the_walk():
-    """20 pairs in micro-batches of 4 over 6,400 micro-batches (1,280 epochs), both from the same drawn orders."""
+def test_the_bound_over_many_epochs_is_the_walked_bound():
+    """20 pairs in micro-batches of 4 over 6,400 micro-batches (1,280 epochs), both from the same drawn orders.
+    How much faster it is lives in bench/preference_plan_speed.py, not in a timed test."""
     rng = random.Random(1)
     base = _random_layout(rng, 20)
     orders = [epoch_permutation(20, 7, epoch) for epoch in range(1280)]
     layout = PairLayout(base.positions, base.keys, order=orders.__getitem__, micro_batches=6400)
-    start = time.perf_counter()
     walked = _walked_bound(layout, 4, 4)
-    walk_seconds = time.perf_counter() - start
-    seconds = []
-    for _ in range(3):  # the quickest of three fresh layouts: a busy machine's hiccup is not the code's
-        fresh = replace(layout)
-        start = time.perf_counter()
-        assert fresh.micro_batch(4) == walked
-        seconds.append(time.perf_counter() - start)
-    assert min(seconds) < walk_seconds / 4, (seconds, walk_seconds)  # ~3 ms against ~120 ms on 2 busy CPU cores
+    assert replace(layout).micro_batch(4) == walked
 
 
 def test_a_resumed_run_sees_the_bound_of_the_uninterrupted_one():
