@@ -18,7 +18,6 @@ import os
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,14 +102,22 @@ def layer_us(run, calls: int, rounds: int) -> dict[str, list[float]]:
 
     layer = next(m for m in run.model.modules() if hasattr(m, "lora_A") and "forward" in vars(m))
     x = torch.randn(1, 1, layer.in_features, dtype=layer.lora_A[layer.active_adapters[0]].weight.dtype)
-    forwards = {"inference forward": layer.forward, "peft's forward": types.MethodType(type(layer).forward, layer)}
+    forwards = {"inference forward": lambda: layer.forward(x),
+                "peft's forward": lambda: type(layer).forward(layer, x)}
+    return _alternating_us(forwards, calls, rounds)
+
+
+def _alternating_us(forwards: dict, calls: int, rounds: int) -> dict[str, list[float]]:
+    """Microseconds per call of each no-argument callable under no_grad, `rounds` rounds alternating between them."""
+    import torch
+
     times: dict[str, list[float]] = {name: [] for name in forwards}
     with torch.no_grad():
         for _ in range(rounds):
             for name, forward in forwards.items():
                 started = time.perf_counter()
                 for _ in range(calls):
-                    forward(x)
+                    forward()
                 times[name].append(1e6 * (time.perf_counter() - started) / calls)
     return times
 
@@ -134,15 +141,7 @@ def rotary_us(rows: int, calls: int, rounds: int) -> dict[str, list[float]]:
 
     forwards = {"transformers": transformers_rotary,
                 "joint": lambda: rotate_query_and_key(qkv, heads, kv_heads, head_dim, cos, sin)}
-    times: dict[str, list[float]] = {name: [] for name in forwards}
-    with torch.no_grad():
-        for _ in range(rounds):
-            for name, forward in forwards.items():
-                started = time.perf_counter()
-                for _ in range(calls):
-                    forward()
-                times[name].append(1e6 * (time.perf_counter() - started) / calls)
-    return times
+    return _alternating_us(forwards, calls, rounds)
 
 
 def table(counts: dict[str, OpCount]) -> list[str]:

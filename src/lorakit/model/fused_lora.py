@@ -25,7 +25,7 @@ import torch
 from lorakit.model.dequantized_weights import dequantize_as_bitsandbytes, is_4bit_linear, kept_weight
 from lorakit.runtime.ablation import enabled
 
-__all__ = ["use_fused_lora", "FusedLoraAdd", "LoraLinear"]
+__all__ = ["use_fused_lora", "plain_lora_layers", "FusedLoraAdd", "LoraLinear"]
 
 
 def _add_lora_product(base, dropped, weight_a, weight_b, scaling: float):
@@ -156,10 +156,21 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 def use_fused_lora(model) -> int:
     """Give every plain LoRA linear layer (bf16/fp32 or bitsandbytes 4-bit base) the fused forward; DoRA layers
     keep peft's. Returns how many layers were switched. Calling it again re-reads LORAKIT_DISABLE."""
-    from peft.tuners.lora.layer import Linear
-
     if not enabled("fused_lora"):
         return 0
+    switched, whole_layer = 0, enabled("fused_layer")
+    for module in plain_lora_layers(model):
+        module.forward = types.MethodType(_fused_forward, module)
+        module.lorakit_fused_layer = whole_layer and _frozen_plain_linear(module.base_layer)  # (decided once)
+        switched += 1
+    return switched
+
+
+def plain_lora_layers(model):
+    """peft's LoRA linear layers of `model` whose base is an nn.Linear or bitsandbytes' 4-bit one and that use no
+    DoRA: the layers whose forward lorakit may replace (training's fused layer, inference's addmm_)."""
+    from peft.tuners.lora.layer import Linear
+
     classes: tuple[type, ...] = (Linear,)
     try:
         from peft.tuners.lora.bnb import Linear4bit
@@ -167,10 +178,4 @@ def use_fused_lora(model) -> int:
         classes += (Linear4bit,)
     except ImportError:  # bitsandbytes not installed: no 4-bit layers either
         pass
-    switched, whole_layer = 0, enabled("fused_layer")
-    for module in model.modules():
-        if type(module) in classes and not any(module.use_dora.values()):
-            module.forward = types.MethodType(_fused_forward, module)
-            module.lorakit_fused_layer = whole_layer and _frozen_plain_linear(module.base_layer)  # (decided once)
-            switched += 1
-    return switched
+    return [module for module in model.modules() if type(module) in classes and not any(module.use_dora.values())]

@@ -27,6 +27,7 @@ import types
 
 import torch
 
+from lorakit.model.fused_lora import plain_lora_layers
 from lorakit.runtime.ablation import enabled
 
 __all__ = ["use_inference_lora"]
@@ -58,20 +59,9 @@ def use_inference_lora(model: torch.nn.Module) -> int:
     """Give every plain LoRA linear layer of `model` (nn.Linear or bitsandbytes 4-bit base; DoRA layers keep peft's)
     the inference forward, for a model that only generates (load_run). Returns how many layers were switched; 0
     when `LORAKIT_DISABLE` lists inference_lora."""
-    from peft.tuners.lora.layer import Linear
-
     if not enabled("inference_lora"):
         return 0
-    classes: tuple[type, ...] = (Linear,)
-    try:
-        from peft.tuners.lora.bnb import Linear4bit
-
-        classes += (Linear4bit,)
-    except ImportError:  # bitsandbytes not installed: no 4-bit layers either
-        pass
-    switched = 0
-    for module in model.modules():
-        if type(module) in classes and not any(module.use_dora.values()):
-            module.forward = types.MethodType(_inference_forward, module)
-            switched += 1
-    return switched
+    layers = plain_lora_layers(model)
+    for module in layers:
+        module.forward = types.MethodType(_inference_forward, module)
+    return len(layers)
