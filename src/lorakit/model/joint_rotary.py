@@ -28,17 +28,37 @@ it also patches only the loaded model's own attention modules, never a class or 
 installs module-wide, keeps running where it ran before). Llama-architecture models (SmolLM2) keep transformers'
 path: their q and k come from two projections, so one rotation would need a `cat` first (not done).
 `LORAKIT_DISABLE=joint_rotary` keeps transformers' forward (runtime/ablation.py).
+
+A copy cannot follow transformers: pyproject.toml only sets a lower bound, so a newer release whose
+Phi3Attention.forward, apply_rotary_pos_emb or rotate_half reads differently (a q/k norm, another cache call) would
+otherwise run this 5.25 copy and answer differently without a word. `use_joint_rotary` therefore switches only
+where the three functions' source is the text this forward was copied from (`COPIED_SOURCE_SHA256`), and otherwise
+keeps transformers' forward with one WARNING; re-check the copy (tests/model/test_joint_rotary.py) and update the
+digests on a new transformers.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
 import types
 
 import torch
 
 from lorakit.runtime.ablation import enabled
+from lorakit.runtime.logging import get_logger
 
-__all__ = ["rotate_query_and_key", "use_joint_rotary"]
+__all__ = ["COPIED_SOURCE_SHA256", "rotate_query_and_key", "transformers_source_changed", "use_joint_rotary"]
+
+log = get_logger("model.joint_rotary")
+
+# the first 16 hex digits of the sha256 of inspect.getsource of what _joint_rotary_forward reproduces, in transformers 5.25.0's modeling_phi3
+COPIED_SOURCE_SHA256 = {
+    "Phi3Attention.forward": "006f9a6e76b28dde",
+    "apply_rotary_pos_emb": "0d2d41fdeedae17a",
+    "rotate_half": "f714a4b1160c694e",
+}
 
 
 def rotate_query_and_key(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int, cos: torch.Tensor,
@@ -83,17 +103,43 @@ def _joint_rotary_forward(self, hidden_states, position_embeddings, attention_ma
     return self.o_proj(attn_output), attn_weights
 
 
+def _source_digest(function) -> str:
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):  # no source shipped: nothing to compare the copy with
+        return "unreadable"
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def transformers_source_changed() -> tuple[str, ...]:
+    """The names in COPIED_SOURCE_SHA256 whose installed source differs from the copied text (empty: the copy holds).
+    Read once per process, from the class and module attributes as transformers defines them."""
+    from transformers.models.phi3 import modeling_phi3
+
+    installed = {"Phi3Attention.forward": modeling_phi3.Phi3Attention.forward,
+                 "apply_rotary_pos_emb": modeling_phi3.apply_rotary_pos_emb, "rotate_half": modeling_phi3.rotate_half}
+    return tuple(name for name, function in installed.items()
+                 if _source_digest(function) != COPIED_SOURCE_SHA256[name])
+
+
 def use_joint_rotary(model: torch.nn.Module) -> int:
     """Give every Phi3 attention module of `model` that still runs its class's forward the joint-rotary forward,
-    for a model that only generates (load_run). Returns how many were switched: 0 for other architectures and when
-    `LORAKIT_DISABLE` lists joint_rotary."""
+    for a model that only generates (load_run). Returns how many were switched: 0 for other architectures, when
+    `LORAKIT_DISABLE` lists joint_rotary, and when the installed transformers no longer reads as the copied text."""
     from transformers.models.phi3.modeling_phi3 import Phi3Attention
 
     if not enabled("joint_rotary"):
         return 0
-    switched = 0
-    for module in model.modules():
-        if isinstance(module, Phi3Attention) and "forward" not in vars(module):
-            module.forward = types.MethodType(_joint_rotary_forward, module)
-            switched += 1
-    return switched
+    attention = [module for module in model.modules()
+                 if isinstance(module, Phi3Attention) and "forward" not in vars(module)]
+    if attention and transformers_source_changed():
+        import transformers
+
+        log.warning("joint rotary off: transformers %s's %s differ from the 5.25.0 text model/joint_rotary.py copies; "
+                    "the model keeps transformers' own attention forward", transformers.__version__,
+                    ", ".join(transformers_source_changed()))
+        return 0
+    for module in attention:
+        module.forward = types.MethodType(_joint_rotary_forward, module)
+    return len(attention)
