@@ -168,3 +168,33 @@ def test_a_transformers_whose_phi3_attention_reads_differently_keeps_its_own_for
     assert [r.getMessage() for r in caplog.records] == [
         f"joint rotary off: transformers {__import__('transformers').__version__}'s Phi3Attention.forward differ from "
         "the 5.25.0 text model/joint_rotary.py copies; the model keeps transformers' own attention forward"]
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_without_a_cache_and_with_eager_attention_the_logits_are_bitwise_transformers(tiny_phi3_dir, implementation):
+    """Eval loss and any forward with use_cache=False hand the attention k as a strided slice (no cache cat), and the
+    eager attention reads q and k through matmul: the logits stay transformers' to the bit."""
+    def logits(joint: bool, use_cache: bool):
+        model = AutoModelForCausalLM.from_pretrained(tiny_phi3_dir, dtype=torch.bfloat16,
+                                                     attn_implementation=implementation).eval()
+        if joint:
+            assert use_joint_rotary(model) == LAYERS
+        with torch.no_grad():
+            return model(input_ids=IDS, attention_mask=MASK, use_cache=use_cache).logits
+
+    for use_cache in (False, True):
+        assert torch.equal(logits(True, use_cache), logits(False, use_cache))
+
+
+def test_generate_with_a_static_cache_is_bitwise_transformers(tiny_phi3_dir):
+    """lorakit's decoding keeps a DynamicCache; a StaticCache (transformers' generate, cache_implementation="static")
+    writes k in place at the cache positions the forward passes on in its kwargs, as transformers' forward does."""
+    def scores(joint: bool):
+        model = _model(tiny_phi3_dir, joint=joint)
+        out = model.generate(input_ids=IDS, attention_mask=MASK, max_new_tokens=3, do_sample=False,
+                             cache_implementation="static", output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=0)
+        return out.sequences, out.logits
+
+    (ids, logits), (expected_ids, expected_logits) = scores(True), scores(False)
+    assert torch.equal(ids, expected_ids) and _equal(logits, expected_logits) and len(logits) == 3
