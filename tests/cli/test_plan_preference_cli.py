@@ -90,7 +90,8 @@ def test_a_model_folder_without_a_tokenizer_keeps_the_data_free_bound(tmp_path, 
 
 
 def test_a_broken_pairs_file_stops_plan_with_trains_error(tiny_llama_dir, tmp_path, capsys):
-    """Line 2 has no rejected answer: `lorakit plan` exits 2 with the file:line:field message `lorakit train` gives."""
+    """Line 2 has no rejected answer: `lorakit plan` exits 2 with the file:line:field message `lorakit train` gives,
+    saying that the plan stopped."""
     pairs = tmp_path / "broken.jsonl"
     rows = [{"prompt": "What is insulin?", "chosen": "A hormone.", "rejected": "A bone."},
             {"prompt": "What is anemia?", "chosen": "Too few red cells."}]
@@ -103,4 +104,8 @@ def test_a_broken_pairs_file_stops_plan_with_trains_error(tiny_llama_dir, tmp_pa
     assert run_cli(["train", str(config_path)]) == 2
     trained = capsys.readouterr().err
     assert f"{pairs}:2" in planned and "rejected" in planned
-    assert planned.strip() in trained
+    # the same error, naming the command that stopped: plan's says plan stopped (not "training did not start")
+    assert "1 problem in the data; `lorakit plan` stopped, and `lorakit train` would not start:" in planned
+    assert "did not start:" not in planned
+    assert planned.strip().replace("`lorakit plan` stopped, and `lorakit train` would not start",
+                                   "preference training did not start") in trained
