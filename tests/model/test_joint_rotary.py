@@ -149,25 +149,37 @@ def test_switch_and_other_architectures_keep_transformers_forward(tiny_phi3_dir,
 def test_a_transformers_whose_phi3_attention_reads_differently_keeps_its_own_forward(tiny_phi3_dir, monkeypatch,
                                                                                        caplog):
     """pyproject.toml sets no upper bound on transformers: where its Phi3Attention.forward (or the rotation) is not
-    the copied text, load_run must not run the 5.25 copy. The installed one is (the tests above switch)."""
+    the copied text, load_run must not run the 5.25 copy. The installed one is (the tests above switch), also where
+    liger has replaced the module's apply_rotary_pos_emb (its RoPE keeps running by the forward's own check)."""
+    import inspect
+
+    source = inspect.getsource(modeling_phi3)
+    assert joint_rotary.copied_source_changed(source) == ()
     assert joint_rotary.transformers_source_changed() == ()
+    newer = source.replace("        cos, sin = position_embeddings\n",
+                           "        cos, sin = position_embeddings\n        query_states = self.q_norm(query_states)\n")
+    assert newer.count("q_norm") == 1 and joint_rotary.copied_source_changed(newer) == ("Phi3Attention.forward",)
+    assert joint_rotary.copied_source_changed(source.replace("def rotate_half(", "def _rotate_half(")) == (
+        "rotate_half",)
     model = _model(tiny_phi3_dir, joint=False)
-
-    def newer_forward(self, hidden_states, position_embeddings, attention_mask, cache=None, **kwargs):
-        raise AssertionError("a stand-in for a newer release's forward: only its source is read")
-
-    monkeypatch.setattr(modeling_phi3.Phi3Attention, "forward", newer_forward)
+    monkeypatch.setattr(joint_rotary, "copied_source_changed", lambda text: ("Phi3Attention.forward",))
+    monkeypatch.setattr(modeling_phi3, "apply_rotary_pos_emb", liger_rope_stand_in)  # not read: the file is
     joint_rotary.transformers_source_changed.cache_clear()
     try:
         with caplog.at_level("WARNING", logger="lorakit.model.joint_rotary"):
             assert use_joint_rotary(model) == 0
-        assert joint_rotary.transformers_source_changed() == ("Phi3Attention.forward",)
     finally:
         joint_rotary.transformers_source_changed.cache_clear()
     assert not any("forward" in vars(module) for module in model.modules())
     assert [r.getMessage() for r in caplog.records] == [
         f"joint rotary off: transformers {__import__('transformers').__version__}'s Phi3Attention.forward differ from "
         "the 5.25.0 text model/joint_rotary.py copies; the model keeps transformers' own attention forward"]
+    monkeypatch.undo()
+    monkeypatch.setattr(modeling_phi3, "apply_rotary_pos_emb", liger_rope_stand_in)
+    try:
+        assert joint_rotary.transformers_source_changed() == () and use_joint_rotary(model) == LAYERS
+    finally:
+        joint_rotary.transformers_source_changed.cache_clear()
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])

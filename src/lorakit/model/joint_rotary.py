@@ -39,6 +39,7 @@ digests on a new transformers.
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import inspect
@@ -49,15 +50,17 @@ import torch
 from lorakit.runtime.ablation import enabled
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["COPIED_SOURCE_SHA256", "rotate_query_and_key", "transformers_source_changed", "use_joint_rotary"]
+__all__ = ["COPIED_SOURCE_SHA256", "copied_source_changed", "rotate_query_and_key", "transformers_source_changed",
+           "use_joint_rotary"]
 
 log = get_logger("model.joint_rotary")
 
-# the first 16 hex digits of the sha256 of inspect.getsource of what _joint_rotary_forward reproduces, in transformers 5.25.0's modeling_phi3
+# What _joint_rotary_forward reproduces, as transformers 5.25.0's modeling_phi3.py spells it: the first 16 hex digits
+# of the sha256 of each function's text (ast.get_source_segment: without decorators)
 COPIED_SOURCE_SHA256 = {
-    "Phi3Attention.forward": "006f9a6e76b28dde",
-    "apply_rotary_pos_emb": "0d2d41fdeedae17a",
-    "rotate_half": "f714a4b1160c694e",
+    "Phi3Attention.forward": "060a441fb4996609",
+    "apply_rotary_pos_emb": "4186d7f3139ccebb",
+    "rotate_half": "c3e95bb5f330fa3c",
 }
 
 
@@ -103,24 +106,29 @@ def _joint_rotary_forward(self, hidden_states, position_embeddings, attention_ma
     return self.o_proj(attn_output), attn_weights
 
 
-def _source_digest(function) -> str:
-    try:
-        source = inspect.getsource(function)
-    except (OSError, TypeError):  # no source shipped: nothing to compare the copy with
-        return "unreadable"
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
+def copied_source_changed(module_source: str) -> tuple[str, ...]:
+    """The names in COPIED_SOURCE_SHA256 whose text in `module_source` (modeling_phi3.py's) differs from the copied
+    text, or that it lacks (empty: the copy holds). Read from the file, not the module's attributes: liger replaces
+    modeling_phi3.apply_rotary_pos_emb module-wide, and its RoPE keeps running where it did (the forward's own check)."""
+    tree = ast.parse(module_source)
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    functions.update({f"{cls.name}.{node.name}": node for cls in tree.body if isinstance(cls, ast.ClassDef)
+                      for node in cls.body if isinstance(node, ast.FunctionDef)})
+    digests = {name: hashlib.sha256(ast.get_source_segment(module_source, node).encode()).hexdigest()[:16]
+               for name, node in functions.items()}
+    return tuple(name for name, digest in COPIED_SOURCE_SHA256.items() if digests.get(name) != digest)
 
 
 @functools.cache
 def transformers_source_changed() -> tuple[str, ...]:
-    """The names in COPIED_SOURCE_SHA256 whose installed source differs from the copied text (empty: the copy holds).
-    Read once per process, from the class and module attributes as transformers defines them."""
+    """`copied_source_changed` of the installed transformers' modeling_phi3.py (read once per process); all three
+    names where its source cannot be read."""
     from transformers.models.phi3 import modeling_phi3
 
-    installed = {"Phi3Attention.forward": modeling_phi3.Phi3Attention.forward,
-                 "apply_rotary_pos_emb": modeling_phi3.apply_rotary_pos_emb, "rotate_half": modeling_phi3.rotate_half}
-    return tuple(name for name, function in installed.items()
-                 if _source_digest(function) != COPIED_SOURCE_SHA256[name])
+    try:
+        return copied_source_changed(inspect.getsource(modeling_phi3))
+    except (OSError, TypeError, SyntaxError):  # no source shipped: nothing to compare the copy with
+        return tuple(COPIED_SOURCE_SHA256)
 
 
 def use_joint_rotary(model: torch.nn.Module) -> int:
