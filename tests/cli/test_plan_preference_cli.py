@@ -90,7 +90,8 @@ def test_a_model_folder_without_a_tokenizer_keeps_the_data_free_bound(tmp_path, 
 
 
 def test_a_broken_pairs_file_stops_plan_with_trains_error(tiny_llama_dir, tmp_path, capsys):
-    """Line 2 has no rejected answer: `lorakit plan` exits 2 with the file:line:field message `lorakit train` gives."""
+    """Line 2 has no rejected answer: `lorakit plan` exits 2 with the file:line:field message `lorakit train` gives,
+    saying that the plan stopped."""
     pairs = tmp_path / "broken.jsonl"
     rows = [{"prompt": "What is insulin?", "chosen": "A hormone.", "rejected": "A bone."},
             {"prompt": "What is anemia?", "chosen": "Too few red cells."}]
@@ -103,4 +104,32 @@ def test_a_broken_pairs_file_stops_plan_with_trains_error(tiny_llama_dir, tmp_pa
     assert run_cli(["train", str(config_path)]) == 2
     trained = capsys.readouterr().err
     assert f"{pairs}:2" in planned and "rejected" in planned
-    assert planned.strip() in trained
+    # the same error, naming the command that stopped: plan's says plan stopped (not "training did not start")
+    assert "1 problem in the data; `lorakit plan` stopped, and `lorakit train` would not start:" in planned
+    assert "did not start:" not in planned
+    assert planned.strip().replace("`lorakit plan` stopped, and `lorakit train` would not start",
+                                   "preference training did not start") in trained
+
+
+def test_a_gguf_model_is_planned_on_its_pairs_only_once_converted(tmp_path, monkeypatch):
+    """The tokenizer of a GGUF (the embedded model's too) comes from its safetensors conversion, which loads and
+    writes every weight: `lorakit plan` never converts (45 s and 0.5 GB for the embedded model); it keeps the
+    data-free bound until `lorakit train` has converted the file, then plans on the pairs."""
+    from lorakit.model import gguf_cache
+    from lorakit.training.planned_pairs import read_planned_pairs
+
+    monkeypatch.setenv("LORAKIT_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF not parsed: the plan must not read past the cache key")
+    pairs = _write_pairs(tmp_path / "pairs.jsonl")
+    config = load_config(_write_config(tmp_path / "dpo.yaml", gguf, pairs), [])
+    planned = read_planned_pairs(config)
+    assert (planned.layout, planned.note) == (None, (
+        f"data-free bound: {pairs} not read (no tokenizer to render it: model.name: model.gguf is not converted to "
+        "safetensors yet (`lorakit train` converts it once; the plan converts no weights))"))
+    assert not (tmp_path / "cache").exists()
+    converted = gguf_cache._conversion_dir(gguf)  # what `lorakit train` leaves: weights and tokenizer
+    shutil.copytree(TOKENIZER, converted)
+    (converted / "model.safetensors").write_bytes(b"")
+    planned = read_planned_pairs(config)
+    assert planned.note.startswith(f"planned on {len(planned.layout.positions)} pairs of {pairs}")

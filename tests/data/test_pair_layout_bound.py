@@ -105,7 +105,12 @@ def test_the_bound_over_many_epochs_is_the_walked_bound():
     orders = [epoch_permutation(20, 7, epoch) for epoch in range(1280)]
     layout = PairLayout(base.positions, base.keys, order=orders.__getitem__, micro_batches=6400)
     walked = _walked_bound(layout, 4, 4)
-    assert replace(layout).micro_batch(4) == walked
+    drawn = []
+    counted = replace(layout, order=lambda epoch: drawn.append(epoch) or orders[epoch])
+    assert counted.micro_batch(4) == walked
+    # the 4 largest pairs first meet after the first block of 256 epochs: the growing blocks are what is compared
+    assert drawn == list(range(256 + 512)) and walked == layout.micro_batch_any_order(4)
+    assert _walked_bound(replace(layout, micro_batches=5 * 256), 4, 4) < walked
 
 
 def test_a_resumed_run_sees_the_bound_of_the_uninterrupted_one():

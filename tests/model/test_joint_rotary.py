@@ -144,3 +144,69 @@ def test_switch_and_other_architectures_keep_transformers_forward(tiny_phi3_dir,
     llama = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     assert use_joint_rotary(llama) == 0
     assert not any("forward" in vars(module) for module in llama.modules())
+
+
+def test_a_transformers_whose_phi3_attention_reads_differently_keeps_its_own_forward(tiny_phi3_dir, monkeypatch,
+                                                                                       caplog):
+    """pyproject.toml sets no upper bound on transformers: where its Phi3Attention.forward (or the rotation) is not
+    the copied text, load_run must not run the 5.25 copy. The installed one is (the tests above switch), also where
+    liger has replaced the module's apply_rotary_pos_emb (its RoPE keeps running by the forward's own check)."""
+    import inspect
+
+    source = inspect.getsource(modeling_phi3)
+    assert joint_rotary.copied_source_changed(source) == ()
+    assert joint_rotary.transformers_source_changed() == ()
+    newer = source.replace("        cos, sin = position_embeddings\n",
+                           "        cos, sin = position_embeddings\n        query_states = self.q_norm(query_states)\n")
+    assert newer.count("q_norm") == 1 and joint_rotary.copied_source_changed(newer) == ("Phi3Attention.forward",)
+    assert joint_rotary.copied_source_changed(source.replace("def rotate_half(", "def _rotate_half(")) == (
+        "rotate_half",)
+    model = _model(tiny_phi3_dir, joint=False)
+    monkeypatch.setattr(joint_rotary, "copied_source_changed", lambda text: ("Phi3Attention.forward",))
+    monkeypatch.setattr(modeling_phi3, "apply_rotary_pos_emb", liger_rope_stand_in)  # not read: the file is
+    joint_rotary.transformers_source_changed.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="lorakit.model.joint_rotary"):
+            assert use_joint_rotary(model) == 0
+    finally:
+        joint_rotary.transformers_source_changed.cache_clear()
+    assert not any("forward" in vars(module) for module in model.modules())
+    assert [r.getMessage() for r in caplog.records] == [
+        f"joint rotary off: transformers {__import__('transformers').__version__}'s Phi3Attention.forward differ from "
+        "the 5.25.0 text model/joint_rotary.py copies; the model keeps transformers' own attention forward"]
+    monkeypatch.undo()
+    monkeypatch.setattr(modeling_phi3, "apply_rotary_pos_emb", liger_rope_stand_in)
+    try:
+        assert joint_rotary.transformers_source_changed() == () and use_joint_rotary(model) == LAYERS
+    finally:
+        joint_rotary.transformers_source_changed.cache_clear()
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_without_a_cache_and_with_eager_attention_the_logits_are_bitwise_transformers(tiny_phi3_dir, implementation):
+    """Eval loss and any forward with use_cache=False hand the attention k as a strided slice (no cache cat), and the
+    eager attention reads q and k through matmul: the logits stay transformers' to the bit."""
+    def logits(joint: bool, use_cache: bool):
+        model = AutoModelForCausalLM.from_pretrained(tiny_phi3_dir, dtype=torch.bfloat16,
+                                                     attn_implementation=implementation).eval()
+        if joint:
+            assert use_joint_rotary(model) == LAYERS
+        with torch.no_grad():
+            return model(input_ids=IDS, attention_mask=MASK, use_cache=use_cache).logits
+
+    for use_cache in (False, True):
+        assert torch.equal(logits(True, use_cache), logits(False, use_cache))
+
+
+def test_generate_with_a_static_cache_is_bitwise_transformers(tiny_phi3_dir):
+    """lorakit's decoding keeps a DynamicCache; a StaticCache (transformers' generate, cache_implementation="static")
+    writes k in place at the cache positions the forward passes on in its kwargs, as transformers' forward does."""
+    def scores(joint: bool):
+        model = _model(tiny_phi3_dir, joint=joint)
+        out = model.generate(input_ids=IDS, attention_mask=MASK, max_new_tokens=3, do_sample=False,
+                             cache_implementation="static", output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=0)
+        return out.sequences, out.logits
+
+    (ids, logits), (expected_ids, expected_logits) = scores(True), scores(False)
+    assert torch.equal(ids, expected_ids) and _equal(logits, expected_logits) and len(logits) == 3

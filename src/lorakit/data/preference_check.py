@@ -134,13 +134,15 @@ def check_preference_files(paths: Sequence[str | Path], tokenizer=None, max_leng
 
 
 def load_checked_preferences(paths: Sequence[str], tokenizer, max_length: int, system_prompt: str,
-                             allow_phi: bool) -> tuple[list[PreferencePair], DataReport]:
-    """The pairs of the files when they are clean (what preference training reads); a DataError otherwise."""
+                             allow_phi: bool, action: str = "preference training did not start",
+                             ) -> tuple[list[PreferencePair], DataReport]:
+    """The pairs of the files when they are clean (what preference training reads); a DataError otherwise, saying
+    that `action` happened (the command that read them: `lorakit plan` reads them too)."""
     checker = _PreferenceChecker(tokenizer, max_length, system_prompt, True, allow_phi, None)
     pairs = [pair for path in paths for pair in checker.read(path)]
     checker.report.data_sha256 = checker.digest.hexdigest()
     if checker.report.errors:
-        raise refusal_error(list(paths), checker.report, action="preference training did not start")
+        raise refusal_error(list(paths), checker.report, action=action)
     return pairs, checker.report
 
 

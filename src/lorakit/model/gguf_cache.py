@@ -19,7 +19,7 @@ from lorakit.runtime.atomic_files import is_disk_full
 from lorakit.runtime.cache_dir import cache_root
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["embedded_gguf_path", "cached_gguf_conversion"]
+__all__ = ["embedded_gguf_path", "cached_gguf_conversion", "gguf_is_converted"]
 
 log = get_logger("model.gguf_cache")
 
@@ -52,9 +52,19 @@ def _fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _conversion_dir(gguf_path: Path) -> Path:
+    return cache_root() / "gguf" / f"{gguf_path.stem}-{_fingerprint(gguf_path)}"
+
+
+def gguf_is_converted(gguf_path: Path) -> bool:
+    """Whether `cached_gguf_conversion(gguf_path)` would read its cache rather than dequantize the weights (for
+    `lorakit plan`, which converts no weights)."""
+    return (_conversion_dir(gguf_path) / "model.safetensors").is_file()
+
+
 def cached_gguf_conversion(gguf_path: Path) -> Path:
     """A directory with safetensors weights + tokenizer equivalent to `gguf_path`, converted on first use."""
-    target = cache_root() / "gguf" / f"{gguf_path.stem}-{_fingerprint(gguf_path)}"
+    target = _conversion_dir(gguf_path)
     if (target / "model.safetensors").is_file():
         return target
     log.warning("Converting %s to safetensors once (later runs load the cache at %s)", gguf_path.name, target)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig
 from lorakit.errors import ModelLoadError
+from lorakit.model.gguf_cache import embedded_gguf_path, gguf_is_converted
 from lorakit.model.hub import download_tokenizer, is_hub_id
 from lorakit.model.load import ModelSource, load_tokenizer, resolve_model_source
 
@@ -43,5 +44,12 @@ def load_named_tokenizer(name: str, *, option: str = "--tokenizer"):
 
 def load_model_tokenizer(model: ModelConfig):
     """The tokenizer `lorakit train` renders with for `model` (its revision and chat template override too), without
-    the weights: for `lorakit plan`, which renders a preference run's pairs (training/planned_pairs.py)."""
+    the weights: for `lorakit plan`, which renders a preference run's pairs (training/planned_pairs.py). A GGUF's
+    (the embedded model's too) is read from its safetensors conversion, which loads and writes every weight (45 s and
+    0.5 GB for the embedded 135M model): a GGUF not yet converted is a ModelLoadError here, not a conversion."""
+    # the path model/load.resolve_model_source converts (the conversion's folder is named by the file's stem)
+    gguf = embedded_gguf_path() if model.name == EMBEDDED_MODEL_ALIAS else Path(model.name).expanduser().resolve()
+    if gguf.suffix == ".gguf" and gguf.is_file() and not gguf_is_converted(gguf):
+        raise ModelLoadError(f"model.name: {gguf.name} is not converted to safetensors yet (`lorakit train` converts "
+                             "it once; the plan converts no weights)")
     return load_tokenizer(_source(model.name, "model.name", model.revision), model)

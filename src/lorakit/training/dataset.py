@@ -83,10 +83,10 @@ def _tokenize(conversations: list[Conversation], tokenizer, config: RunConfig) -
     return render_cached(conversations, tokenizer, config.data.system_prompt, config.model.max_length)
 
 
-def _prepare_preferences(config: RunConfig, tokenizer) -> PreparedData:
+def _prepare_preferences(config: RunConfig, tokenizer, action: str) -> PreparedData:
     """Pairs split as their chosen conversations are (the split `lorakit eval` recomputes); train: the pairs
     rendered, validation and test: the chosen answers rendered as SFT examples."""
-    pairs, report = read_preference_pairs(config, tokenizer)
+    pairs, report = read_preference_pairs(config, tokenizer, action=action)
     chosen = [pair.conversations()[0] for pair in pairs]
     pair_of = {id(conversation): pair for conversation, pair in zip(chosen, pairs)}
     by_split = split_conversations(chosen, config.data.validation_split, config.data.test_split, config.seed)
@@ -99,10 +99,11 @@ def _prepare_preferences(config: RunConfig, tokenizer) -> PreparedData:
                         without_targets=0, notes=report.manifest_notes())
 
 
-def prepare_data(config: RunConfig, tokenizer) -> PreparedData:
-    """Read, split (by seed and content), render and mask; drop examples left with nothing to learn."""
+def prepare_data(config: RunConfig, tokenizer, *, action: str = "preference training did not start") -> PreparedData:
+    """Read, split (by seed and content), render and mask; drop examples left with nothing to learn. `action`: what
+    a broken preference file's DataError says happened (`lorakit plan` reads the pairs too)."""
     if config.training.method != "sft":
-        return _prepare_preferences(config, tokenizer)
+        return _prepare_preferences(config, tokenizer, action)
     conversations, report = read_train_conversations(config, tokenizer)
     by_split = split_conversations(conversations, config.data.validation_split, config.data.test_split, config.seed)
     tokenized = {name: _tokenize(getattr(by_split, name), tokenizer, config) for name in ("train", "validation", "test")}

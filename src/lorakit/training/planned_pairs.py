@@ -5,7 +5,7 @@
 model's tokenizer can be read without its weights (model/named_tokenizer.load_model_tokenizer), so both print the
 same plan for the same config; otherwise it keeps the data-free bound (a micro-batch of the largest pair
 model.max_length allows) and says why. A data file that exists but is broken stops `lorakit plan` with the DataError
-(file, line, field) that `lorakit train` would stop with.
+(file, line, field) that `lorakit train` would stop with, saying `lorakit plan` stopped.
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ from lorakit.plan.run_plan import TrainingPlan, plan_run
 from lorakit.training.batches import run_pair_layout
 from lorakit.training.dataset import prepare_data
 
-__all__ = ["PlannedPairs", "read_planned_pairs", "plan_run_on_data"]
+__all__ = ["PLAN_STOPPED", "PlannedPairs", "read_planned_pairs", "plan_run_on_data"]
+
+# what a broken pairs file's DataError says under `lorakit plan` (under `lorakit train`: preference training did not
+# start); the problems listed and the hint are train's
+PLAN_STOPPED = "`lorakit plan` stopped, and `lorakit train` would not start"
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ def read_planned_pairs(config: RunConfig) -> PlannedPairs | None:
         tokenizer = load_model_tokenizer(config.model)
     except ModelLoadError as exc:  # e.g. a folder with config.json alone: the plan still stands without data
         return PlannedPairs(None, None, f"data-free bound: {named} not read (no tokenizer to render it: {exc.message})")
-    data = prepare_data(config, tokenizer)  # a broken file: the DataError `lorakit train` stops with
+    data = prepare_data(config, tokenizer, action=PLAN_STOPPED)  # a broken file: `lorakit train`'s DataError
     layout = run_pair_layout(data.pair_layout, config)
     if layout is None:
         return PlannedPairs(None, None, f"data-free bound: {named} leaves no training pairs after splitting")

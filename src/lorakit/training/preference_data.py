@@ -13,8 +13,10 @@ from lorakit.errors import DataError
 __all__ = ["read_preference_pairs"]
 
 
-def read_preference_pairs(config: RunConfig, tokenizer) -> tuple[list[PreferencePair], DataReport]:
-    """The pairs of data.train_file when they are clean; a DataError naming the file (and line) otherwise."""
+def read_preference_pairs(config: RunConfig, tokenizer, *, action: str = "preference training did not start",
+                          ) -> tuple[list[PreferencePair], DataReport]:
+    """The pairs of data.train_file when they are clean; a DataError naming the file (and line) otherwise, whose
+    message says that `action` happened."""
     method = config.training.method
     for path in config.data.train_files:
         if not is_preference_file(path):
@@ -22,4 +24,4 @@ def read_preference_pairs(config: RunConfig, tokenizer) -> tuple[list[Preference
                             "prompt/chosen/rejected pairs", hint="Point data.train_file at a preference file "
                             "(`lorakit review export RUN --preferences FILE` writes one), or set training.method: sft.")
     return load_checked_preferences(config.data.train_files, tokenizer, config.model.max_length,
-                                    config.data.system_prompt, config.data.allow_phi)
+                                    config.data.system_prompt, config.data.allow_phi, action)
