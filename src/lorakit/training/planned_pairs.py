@@ -16,7 +16,6 @@ from pathlib import Path
 from lorakit.config import RunConfig
 from lorakit.data.preference_batch import PairLayout
 from lorakit.errors import ModelLoadError
-from lorakit.model.named_tokenizer import load_model_tokenizer
 from lorakit.plan.run_plan import TrainingPlan, plan_run
 from lorakit.training.batches import run_pair_layout
 from lorakit.training.dataset import prepare_data
@@ -49,6 +48,10 @@ def read_planned_pairs(config: RunConfig) -> PlannedPairs | None:
     if missing:
         return PlannedPairs(None, None, f"data-free bound: {', '.join(missing)} not read (no such file)")
     try:
+        # imported here: model/hub imports huggingface_hub, which the CLI imports only in the command that needs
+        # it, so HF_* variables set for a child process are read there (tests/model/test_hub_faults.py's zygote)
+        from lorakit.model.named_tokenizer import load_model_tokenizer
+
         tokenizer = load_model_tokenizer(config.model)
     except ModelLoadError as exc:  # e.g. a folder with config.json alone: the plan still stands without data
         return PlannedPairs(None, None, f"data-free bound: {named} not read (no tokenizer to render it: {exc.message})")
