@@ -109,7 +109,9 @@ def test_a_head_the_fused_loss_cannot_run_gives_the_padded_losses_and_gradients_
     assert calls  # the shared row went through the logits path
     (padded, padded_grads), (shared, shared_grads) = results
     assert abs(padded - shared) < 1e-5
-    assert max(float((padded_grads[n] - shared_grads[n]).abs().max()) for n in padded_grads) < 1e-5
+    # fp32 noise relative to the gradients' size (up to ~7 here): a wrong layout differs by O(the gradient)
+    scale = max(1.0, max(float(g.abs().max()) for g in padded_grads.values()))
+    assert max(float((padded_grads[n] - shared_grads[n]).abs().max()) for n in padded_grads) < 1e-5 * scale
 
 
 def test_after_an_out_of_memory_split_the_bound_covers_the_pieces_the_run_computes():
