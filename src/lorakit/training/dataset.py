@@ -68,14 +68,17 @@ def example_length(example: TokenizedExample | PreferenceExample) -> int:
     return len(example.input_ids)
 
 
-def read_train_conversations(config: RunConfig, tokenizer) -> tuple[list[Conversation], DataReport]:
+def read_train_conversations(config: RunConfig, tokenizer, *, action: str | None = None,
+                             ) -> tuple[list[Conversation], DataReport]:
     """All conversations of the configured train files (the one place train files are read), checked like
     `lorakit data check`: errors and privacy findings raise a DataError here, before the model is loaded.
-    Preference pairs are read as their chosen conversations (prompt + chosen answer)."""
+    Preference pairs are read as their chosen conversations (prompt + chosen answer). `action`: what a broken
+    file's DataError says happened (by default, that training did not start; `lorakit eval` reads them too)."""
     if config.training.method != "sft":
-        pairs, report = read_preference_pairs(config, tokenizer)
+        pairs, report = read_preference_pairs(config, tokenizer, action=action or "preference training did not start")
         return [pair.conversations()[0] for pair in pairs], report
-    return load_checked_conversations(config.data, tokenizer, config.model.max_length)
+    return load_checked_conversations(config.data, tokenizer, config.model.max_length,
+                                      action=action or "training did not start")
 
 
 def _tokenize(conversations: list[Conversation], tokenizer, config: RunConfig) -> list[TokenizedExample]:
@@ -99,12 +102,13 @@ def _prepare_preferences(config: RunConfig, tokenizer, action: str) -> PreparedD
                         without_targets=0, notes=report.manifest_notes())
 
 
-def prepare_data(config: RunConfig, tokenizer, *, action: str = "preference training did not start") -> PreparedData:
+def prepare_data(config: RunConfig, tokenizer, *, action: str | None = None) -> PreparedData:
     """Read, split (by seed and content), render and mask; drop examples left with nothing to learn. `action`: what
-    a broken preference file's DataError says happened (`lorakit plan` reads the pairs too)."""
+    a broken file's DataError says happened (by default, that training did not start; `lorakit plan` reads the
+    pairs too, `lorakit eval` the test split)."""
     if config.training.method != "sft":
-        return _prepare_preferences(config, tokenizer, action)
-    conversations, report = read_train_conversations(config, tokenizer)
+        return _prepare_preferences(config, tokenizer, action or "preference training did not start")
+    conversations, report = read_train_conversations(config, tokenizer, action=action)
     by_split = split_conversations(conversations, config.data.validation_split, config.data.test_split, config.seed)
     tokenized = {name: _tokenize(getattr(by_split, name), tokenizer, config) for name in ("train", "validation", "test")}
     truncated = sum(example.truncated for examples in tokenized.values() for example in examples)
