@@ -13,6 +13,7 @@ from functools import cached_property
 
 from lorakit.config import RunConfig
 from lorakit.data.issues import DataReport
+from lorakit.data.packing import pack_best_fit
 from lorakit.data.preference_batch import PairLayout, PreferenceExample, pair_layout, render_preferences
 from lorakit.data.records import Conversation
 from lorakit.data.render import TokenizedExample
@@ -52,6 +53,15 @@ class PreparedData:
         """The SFT training examples' lengths and shared prefixes, for the planner (None for preference pairs)."""
         train = self.splits.train
         return prefix_sharing(train) if train and isinstance(train[0], TokenizedExample) else None
+
+    def rows_to_fill(self, *, packing: bool, max_length: int) -> int:
+        """The most rows one micro-batch of the training split can fill, where the planner caps an `auto` micro-batch
+        (plan/candidates.micro_batch_choices): its examples or pairs; packed, the `max_length` rows its examples pack
+        into (a bigger packed micro-batch holds the same examples in one row)."""
+        train = self.splits.train
+        if not packing or not train or not isinstance(train[0], TokenizedExample):
+            return len(train)
+        return len(pack_best_fit([len(example.input_ids) for example in train], max_length))
 
     @property
     def pair_layout(self) -> PairLayout | None:
