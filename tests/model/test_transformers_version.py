@@ -26,7 +26,8 @@ def test_a_too_old_transformers_stops_train_with_the_upgrade_command(tiny_llama_
     config = write_config_file(tmp_path, tiny_llama_dir, seed=1, training={"max_steps": 1, "batch_size": 2})
     assert run_cli(["train", str(config)]) == 2
     assert capsys.readouterr().err.endswith(
-        "error: lorakit needs transformers>=5.24.0; you have 5.23.0.\nhint: pip install -U transformers\n")
+        "error: lorakit needs transformers>=5.24.0; you have 5.23.0.\nhint: pip install -U transformers\n"
+    )
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -14,11 +14,13 @@ from lorakit.training.dataset import PreparedData
 
 
 def _config(**training) -> RunConfig:
-    return RunConfig.model_validate({
-        "model": {"name": "phi4", "max_length": 512, "quantization": "nf4"},
-        "training": {"packing": True, "batch_size": "auto", "gradient_checkpointing": "auto", **training},
-        "data": {"train_file": "x.jsonl"},
-    })
+    return RunConfig.model_validate(
+        {
+            "model": {"name": "phi4", "max_length": 512, "quantization": "nf4"},
+            "training": {"packing": True, "batch_size": "auto", "gradient_checkpointing": "auto", **training},
+            "data": {"train_file": "x.jsonl"},
+        }
+    )
 
 
 def test_the_planner_caps_the_micro_batch_at_the_rows_the_data_fills():
@@ -35,11 +37,13 @@ def test_the_planner_caps_the_micro_batch_at_the_rows_the_data_fills():
 
 def test_a_fixed_micro_batch_is_the_users_and_stays():
     fixed = _config(batch_size=8, gradient_checkpointing=True)
-    resolved = resolve_auto_settings(fixed, PHI4_MINI, cuda=True, dtype_bytes=2, nf4_available=True,
-                                     memory_bytes=8 * GIB, data_rows=3)
+    resolved = resolve_auto_settings(
+        fixed, PHI4_MINI, cuda=True, dtype_bytes=2, nf4_available=True, memory_bytes=8 * GIB, data_rows=3
+    )
     assert resolved.config.training.batch_size == 8
-    auto = resolve_auto_settings(_config(), PHI4_MINI, cuda=True, dtype_bytes=2, nf4_available=True,
-                                 memory_bytes=8 * GIB, data_rows=3)
+    auto = resolve_auto_settings(
+        _config(), PHI4_MINI, cuda=True, dtype_bytes=2, nf4_available=True, memory_bytes=8 * GIB, data_rows=3
+    )
     assert auto.config.training.batch_size == 3 and auto.plan.micro_batch == 3
 
 

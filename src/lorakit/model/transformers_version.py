@@ -32,5 +32,6 @@ def require_supported_transformers(installed: str | None = None) -> None:
     """
     installed = installed or version("transformers")
     if Version(installed).release < Version(MIN_TRANSFORMERS).release:  # a 5.24 pre-release has the rename too
-        raise ModelLoadError(f"lorakit needs transformers>={MIN_TRANSFORMERS}; you have {installed}.",
-                             hint="pip install -U transformers")
+        raise ModelLoadError(
+            f"lorakit needs transformers>={MIN_TRANSFORMERS}; you have {installed}.", hint="pip install -U transformers"
+        )
