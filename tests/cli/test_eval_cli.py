@@ -107,3 +107,33 @@ def test_train_evaluates_and_reports_when_asked(tiny_llama_dir, tmp_path, capsys
     result = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
     assert result["quality"]["answered"] == 1 and result["safety"]["probes"] == 9
     assert "Clinical safety: safe and helpful" in (tmp_path / "run" / "report.html").read_text()
+
+
+
+@pytest.mark.parametrize("method,field,problem", [("orpo", "rejected", "is missing"), ("sft", "response", "missing")])
+def test_eval_of_a_run_whose_train_file_broke_names_file_line_and_field_in_evals_words(tiny_llama_dir, tmp_path, capsys,
+                                                                                     method, field, problem):
+    """A run trained on a clean file (ORPO pairs, SFT instructions); line 2 then loses a field: `lorakit eval` exits 2
+    with the file:line:field problem, saying that the eval did not run (not that training did not start, nor to pass
+    --skip-invalid) and what to do, and writes no eval.json."""
+    from conftest import QA_PAIRS, tiny_run_config
+    from lorakit.training.loop import train
+
+    data = tmp_path / "train.jsonl"
+    rows = ([{"prompt": q, "chosen": a, "rejected": QA_PAIRS[(i + 1) % len(QA_PAIRS)][1]}
+             for i, (q, a) in enumerate(QA_PAIRS)] if method == "orpo"
+            else [{"instruction": q, "response": a} for q, a in QA_PAIRS])
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    train(tiny_run_config(tiny_llama_dir, data, tmp_path / "run", method=method, max_steps=1, save_steps=1,
+                          eval_steps=1))
+    del rows[1][field]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert run_cli(["eval", str(tmp_path / "run"), "--limit", "1", "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err[err.index("error:"):] == (  # after transformers' weight-loading bar
+        f"error: {data}: 1 problem in the data; `lorakit eval` did not run:\n"
+        f"  {data}:2: error: field '{field}': {problem}\n"
+        "hint: These are the files this run was trained on, and eval recomputes the held-out split from them: restore "
+        "them as they were when the run trained, or fix them and train again. Run `lorakit data check` on the files to "
+        "see every problem with its fix.\n")
+    assert not (tmp_path / "run" / "eval" / "eval.json").exists()

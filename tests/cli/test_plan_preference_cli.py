@@ -14,9 +14,10 @@ from conftest import PHI4_MINI, QA_PAIRS
 from lorakit.cli.app import run_cli
 from lorakit.config import load_config
 from lorakit.model.named_tokenizer import load_model_tokenizer
-from lorakit.plan.run_plan import resolve_auto_settings
+from lorakit.plan.run_plan import plan_run, resolve_auto_settings
 from lorakit.training.batches import run_pair_layout
 from lorakit.training.dataset import prepare_data
+from lorakit.training.planned_pairs import read_planned_pairs
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "fixtures" / "smollm2-tokenizer"
 DATA_FREE_TOKENS = 4 * 2 * 1024  # 4 pairs of two max_length rows: what the plan counts without data
@@ -116,7 +117,6 @@ def test_a_gguf_model_is_planned_on_its_pairs_only_once_converted(tmp_path, monk
     writes every weight: `lorakit plan` never converts (45 s and 0.5 GB for the embedded model); it keeps the
     data-free bound until `lorakit train` has converted the file, then plans on the pairs."""
     from lorakit.model import gguf_cache
-    from lorakit.training.planned_pairs import read_planned_pairs
 
     monkeypatch.setenv("LORAKIT_CACHE_DIR", str(tmp_path / "cache"))
     gguf = tmp_path / "model.gguf"
@@ -133,3 +133,20 @@ def test_a_gguf_model_is_planned_on_its_pairs_only_once_converted(tmp_path, monk
     (converted / "model.safetensors").write_bytes(b"")
     planned = read_planned_pairs(config)
     assert planned.note.startswith(f"planned on {len(planned.layout.positions)} pairs of {pairs}")
+
+
+def test_an_auto_micro_batch_is_capped_at_the_runs_training_pairs(phi4_folder, tmp_path, capsys):
+    """10 training pairs: `lorakit plan` with batch_size auto says micro-batch 10 where the data-free plan takes more
+    (pairs that do not exist would be planned for), and counts the memory of those 10 pairs."""
+    pairs = _write_pairs(tmp_path / "pairs.jsonl")
+    config_path = _write_config(tmp_path / "dpo.yaml", phi4_folder, pairs)
+    config_path.write_text(config_path.read_text().replace("batch_size: 4", "batch_size: auto"))
+    train_pairs = len(QA_PAIRS) - round(0.2 * len(QA_PAIRS))
+    planned = read_planned_pairs(load_config(config_path, []))
+    uncapped, _, _ = plan_run(load_config(config_path, []), 8 * 2**30, pairs=planned.layout,
+                              longest_example=planned.longest_example)
+    assert (planned.data_rows, uncapped.micro_batch) == (train_pairs, 16)
+    assert run_cli(["plan", str(config_path), "--gpu-memory", "8GB"]) == 0
+    positions = planned.layout.micro_batch(train_pairs)[0]
+    assert _line(capsys.readouterr().out, "plan:").startswith(
+        f"plan: nf4, micro-batch {train_pairs} ({positions:,} tokens), checkpointing ")

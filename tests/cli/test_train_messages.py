@@ -5,6 +5,7 @@ only where it helps, and Ctrl-C with the exact --resume command."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import pytest
@@ -143,6 +144,8 @@ def test_memory_plan_is_printed_after_the_data_is_read(tmp_path, tiny_llama_dir,
     assert run_cli(["train", str(config)]) == 0
     err = capsys.readouterr().err
     assert err.index("data: 10 train / 1 validation / 1 test examples") < err.index("memory plan:")
+    # batch_size auto on 10 training examples: micro-batch 10, the most they fill (64 x 128 tokens fit in RAM)
+    assert re.search(r"memory plan: none, micro-batch (\d+),", err).group(1) == "10"
 
 
 def test_skip_invalid_hint_only_for_bad_lines_without_the_flag(tmp_path, tiny_llama_dir, capsys):

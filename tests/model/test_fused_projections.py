@@ -176,3 +176,38 @@ def test_gate_up_switch_finds_mlps_of_a_model_loaded_before_liger_renamed_the_cl
     (grad,) = torch.autograd.grad(output.square().sum(), hidden)
     torch.testing.assert_close(output, expected)
     torch.testing.assert_close(grad, expected_grad)
+
+
+def test_split_qkv_runs_only_where_transformers_attention_reads_as_the_copied_text(tiny_phi3_dir, monkeypatch,
+                                                                                    caplog):
+    """pyproject.toml sets no upper bound on transformers: where its Phi3Attention.forward is not the 5.25.0 text
+    the split copies, training keeps transformers' forward (one WARNING) and computes what it computes; the SwiGLU
+    switch, which copies no transformers text, is unaffected. The installed transformers is the copied text."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.phi3 import modeling_phi3
+
+    from lorakit.model import fused_projections
+
+    def forward(model):
+        torch.manual_seed(3)
+        hidden = torch.randn(2, 6, model.config.hidden_size, dtype=torch.float64)
+        attention = model.model.layers[0].self_attn
+        return attention(hidden, model.model.rotary_emb(hidden, torch.arange(6)[None]), None)[0]
+
+    stock = AutoModelForCausalLM.from_pretrained(tiny_phi3_dir, dtype=torch.float64)
+    assert fused_projections.COPIED_SOURCE.changed() == ()
+    model = copy.deepcopy(stock)
+    assert use_fused_projections(model, torch.device("cpu")) == ["split_qkv"]
+    assert model.model.layers[0].self_attn.forward.__func__ is split_qkv_attention_forward
+    monkeypatch.setitem(fused_projections.COPIED_SOURCE.sha256, "Phi3Attention.forward", "0" * 16)
+    monkeypatch.setattr(modeling_phi3, "Phi3MLP", type("LigerPhi3SwiGLUMLP", (torch.nn.Module,), {}))
+    monkeypatch.setattr(fused_projections, "liger_available", lambda: True)
+    monkeypatch.setattr(fused_projections, "_fused_gate_up_swiglu", lambda: _RowsSwiGLU)
+    kept = copy.deepcopy(stock)
+    with caplog.at_level("WARNING", logger="lorakit.model.fused_projections"):
+        assert use_fused_projections(kept, torch.device("cuda")) == ["fused_gate_up"]
+    assert not any("forward" in vars(module) for module in kept.modules() if isinstance(module, modeling_phi3.Phi3Attention))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"split qkv off: transformers {__import__('transformers').__version__}'s Phi3Attention.forward differ from "
+        "the 5.25.0 text model/fused_projections.py copies; the model keeps transformers' own attention forward"]
+    assert torch.equal(forward(kept), forward(stock)) and torch.equal(forward(model), forward(stock))

@@ -13,6 +13,7 @@ from transformers.models.phi3 import modeling_phi3
 
 from lorakit.model import joint_rotary
 from lorakit.model.joint_rotary import rotate_query_and_key, use_joint_rotary
+from lorakit.model.transformers_source_guard import changed_functions
 
 # Two left-padded rows of 5 tokens: the prefill, then greedy decoding steps on the KV cache.
 IDS = torch.tensor([[1, 17, 230, 4051, 99], [0, 0, 5, 802, 3001]])
@@ -153,33 +154,24 @@ def test_a_transformers_whose_phi3_attention_reads_differently_keeps_its_own_for
     liger has replaced the module's apply_rotary_pos_emb (its RoPE keeps running by the forward's own check)."""
     import inspect
 
-    source = inspect.getsource(modeling_phi3)
-    assert joint_rotary.copied_source_changed(source) == ()
-    assert joint_rotary.transformers_source_changed() == ()
+    source, copied = inspect.getsource(modeling_phi3), joint_rotary.COPIED_SOURCE.sha256
+    assert changed_functions(source, copied) == () and joint_rotary.COPIED_SOURCE.changed() == ()
     newer = source.replace("        cos, sin = position_embeddings\n",
                            "        cos, sin = position_embeddings\n        query_states = self.q_norm(query_states)\n")
-    assert newer.count("q_norm") == 1 and joint_rotary.copied_source_changed(newer) == ("Phi3Attention.forward",)
-    assert joint_rotary.copied_source_changed(source.replace("def rotate_half(", "def _rotate_half(")) == (
-        "rotate_half",)
+    assert newer.count("q_norm") == 1 and changed_functions(newer, copied) == ("Phi3Attention.forward",)
+    assert changed_functions(source.replace("def rotate_half(", "def _rotate_half("), copied) == ("rotate_half",)
     model = _model(tiny_phi3_dir, joint=False)
-    monkeypatch.setattr(joint_rotary, "copied_source_changed", lambda text: ("Phi3Attention.forward",))
+    monkeypatch.setitem(copied, "rotate_half", "0" * 16)  # as a transformers whose rotate_half reads otherwise
     monkeypatch.setattr(modeling_phi3, "apply_rotary_pos_emb", liger_rope_stand_in)  # not read: the file is
-    joint_rotary.transformers_source_changed.cache_clear()
-    try:
-        with caplog.at_level("WARNING", logger="lorakit.model.joint_rotary"):
-            assert use_joint_rotary(model) == 0
-    finally:
-        joint_rotary.transformers_source_changed.cache_clear()
+    with caplog.at_level("WARNING", logger="lorakit.model.joint_rotary"):
+        assert use_joint_rotary(model) == 0
     assert not any("forward" in vars(module) for module in model.modules())
     assert [r.getMessage() for r in caplog.records] == [
-        f"joint rotary off: transformers {__import__('transformers').__version__}'s Phi3Attention.forward differ from "
+        f"joint rotary off: transformers {__import__('transformers').__version__}'s rotate_half differ from "
         "the 5.25.0 text model/joint_rotary.py copies; the model keeps transformers' own attention forward"]
     monkeypatch.undo()
     monkeypatch.setattr(modeling_phi3, "apply_rotary_pos_emb", liger_rope_stand_in)
-    try:
-        assert joint_rotary.transformers_source_changed() == () and use_joint_rotary(model) == LAYERS
-    finally:
-        joint_rotary.transformers_source_changed.cache_clear()
+    assert use_joint_rotary(model) == LAYERS
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])

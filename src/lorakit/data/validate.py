@@ -189,11 +189,13 @@ def check_files(paths: Sequence[str | Path], format: str = "auto", tokenizer=Non
     return checker.finish()
 
 
-def load_checked_conversations(data: DataConfig, tokenizer, max_length: int) -> tuple[list[Conversation], DataReport]:
+def load_checked_conversations(data: DataConfig, tokenizer, max_length: int, action: str = "training did not start",
+                               ) -> tuple[list[Conversation], DataReport]:
     """The configured train files as conversations, checked like `lorakit data check` (privacy scan on).
 
-    Raises DataError on errors, and on privacy findings unless `data.allow_phi`. With `data.skip_invalid`
-    the records with errors are left out and `report.skipped` lists their (file, line)s.
+    Raises DataError on errors, and on privacy findings unless `data.allow_phi`, saying that `action` happened
+    (the command that read them). With `data.skip_invalid` the records with errors are left out and
+    `report.skipped` lists their (file, line)s.
     """
     checker = DataChecker(data.format, tokenizer, max_length, data.system_prompt, scan_phi=True,
                           allow_phi=data.allow_phi)
@@ -203,7 +205,7 @@ def load_checked_conversations(data: DataConfig, tokenizer, max_length: int) -> 
     if not errors:
         return conversations, report
     if not data.skip_invalid or any(issue.line is None for issue in errors):
-        raise refusal_error(data.train_files, report, skip_invalid_given=data.skip_invalid)
+        raise refusal_error(data.train_files, report, action=action, skip_invalid_given=data.skip_invalid)
     bad = {(issue.path, line) for issue in errors for line in issue.lines()}
     kept = [c for c in conversations if (c.source, c.line) not in bad]
     report.skipped = sorted(bad, key=lambda item: (data.train_files.index(item[0])

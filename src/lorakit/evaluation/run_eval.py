@@ -23,7 +23,7 @@ import torch
 from lorakit.data.records import Conversation, Message
 from lorakit.data.splits import split_conversations
 from lorakit.data.stats import token_stats
-from lorakit.errors import CheckpointError
+from lorakit.errors import CheckpointError, DataError
 from lorakit.evaluation import safety
 from lorakit.evaluation.answer_journal import AnswerJournal, prompt_key
 from lorakit.evaluation.judge_client import JudgeSpec, open_judge
@@ -40,7 +40,7 @@ from lorakit.runtime.logging import get_logger
 from lorakit.training.dataset import prepare_data, read_train_conversations
 from lorakit.training.held_out_loss import perplexity, split_loss
 
-__all__ = ["MODELS", "EvalRequest", "Progress", "run_root", "eval_dir", "adapter_fingerprint", "evaluate_run"]
+__all__ = ["EVAL_STOPPED", "MODELS", "EvalRequest", "Progress", "run_root", "eval_dir", "adapter_fingerprint", "evaluate_run"]
 
 log = get_logger("evaluation.run_eval")
 
@@ -48,6 +48,12 @@ MODELS = ("base", "tuned")
 # Answers so far, while a section runs (removed when its result files are written).
 # Loss is weighted per answer token, so the batch size changes speed only, never the number.
 _LOSS_BATCH_SIZE = 4
+
+# What a broken train file's DataError says happened, and what to do: eval re-reads the files the run was trained on
+# to recompute its held-out split (the messages of training and `lorakit plan` would talk about training).
+EVAL_STOPPED = "`lorakit eval` did not run"
+_CHANGED_DATA_HINT = ("These are the files this run was trained on, and eval recomputes the held-out split from "
+                      "them: restore them as they were when the run trained, or fix them and train again.")
 
 Progress = Callable[[str, int, int], None]
 """Called as (stage, done, total) while answers are generated; stage is 'quality' or 'safety', total counts
@@ -95,11 +101,23 @@ def adapter_fingerprint(adapter_dir: Path) -> str:
     return resolve_run_source(adapter_dir).fingerprint
 
 
+@contextmanager
+def _data_problems_in_evals_words() -> Iterator[None]:
+    """A DataError of the run's train files (read with action=EVAL_STOPPED) gets eval's advice in front of its hint:
+    training read the same files clean with the same config, so they changed since (or lorakit checks more)."""
+    try:
+        yield
+    except DataError as exc:
+        exc.hint = f"{_CHANGED_DATA_HINT} {exc.hint}" if exc.hint else _CHANGED_DATA_HINT
+        raise
+
+
 def _split_conversations(run: LoadedRun) -> dict[str, list[Conversation]]:
     """The same deterministic split training used (seed + content hash), as conversations with their text;
     refused when the data changed since training (the held-out split would not be the one held out)."""
     config = run.config
-    conversations, report = read_train_conversations(config, run.tokenizer)
+    with _data_problems_in_evals_words():
+        conversations, report = read_train_conversations(config, run.tokenizer, action=EVAL_STOPPED)
     _check_same_data(run, report.data_sha256)
     split = split_conversations(conversations, config.data.validation_split, config.data.test_split, config.seed)
     return {"train": split.train, "validation": split.validation, "test": split.test}
@@ -164,7 +182,8 @@ def _split_at_last_answer(conversation: Conversation) -> tuple[tuple, str]:
 
 def _quality(run: LoadedRun, request: EvalRequest, test: list[Conversation], progress: Progress) -> tuple[dict, list]:
     config = run.config
-    examples = prepare_data(config, run.tokenizer).splits.test
+    with _data_problems_in_evals_words():
+        examples = prepare_data(config, run.tokenizer, action=EVAL_STOPPED).splits.test
     dtype = compute_dtype("auto", run.device)
     autocast = dtype if dtype != torch.float32 else None
     limit = request.limit or config.eval.max_examples

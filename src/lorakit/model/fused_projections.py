@@ -14,6 +14,11 @@ Phi-4-mini at 8,192 tokens) and skips three copies.
 
 Both give the same numbers as the modules they replace (tests/model/test_fused_projections.py: the split on
 CPU, the SwiGLU's glue on CPU with liger's kernel stood in for, and the kernel itself on a GPU).
+
+The split forward is a copy of transformers 5.25.0's Phi3Attention.forward, which a newer release may change (a
+q/k norm, another cache call): it is installed only where the installed transformers' Phi3Attention.forward reads
+as the copied text (`COPIED_SOURCE`, model/transformers_source_guard.py); otherwise the attention keeps
+transformers' forward (with its three slices) and one WARNING says so.
 """
 
 from __future__ import annotations
@@ -24,12 +29,18 @@ import types
 import torch
 
 from lorakit.model.kernels import liger_available
+from lorakit.model.transformers_source_guard import CopiedSource
 from lorakit.runtime.ablation import enabled
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["split_qkv_attention_forward", "fused_gate_up_mlp_forward", "use_fused_projections"]
+__all__ = ["COPIED_SOURCE", "split_qkv_attention_forward", "fused_gate_up_mlp_forward", "use_fused_projections"]
 
 log = get_logger("model.fused_projections")
+
+# What split_qkv_attention_forward reproduces, as transformers 5.25.0's modeling_phi3.py spells it (the rotation,
+# the attention interface and the cache are looked up at call time, so their text is transformers' own)
+COPIED_SOURCE = CopiedSource("model/fused_projections.py", "5.25.0", "transformers.models.phi3.modeling_phi3",
+                             {"Phi3Attention.forward": "060a441fb4996609"})
 
 
 def split_qkv_attention_forward(self, hidden_states, position_embeddings, attention_mask, cache=None,
@@ -90,17 +101,20 @@ PHI3_MLP_CLASSES = ("Phi3MLP", "LigerPhi3SwiGLUMLP")
 
 
 def use_fused_projections(model, device: torch.device) -> list[str]:
-    """Switch a Phi3-architecture model's attention (every device) and, on CUDA with liger, its SwiGLU MLP to
-    the copy-free forwards above; returns what was switched. Call before LoRA wraps the projections (or after:
-    the forwards call `self.qkv_proj` / `self.gate_up_proj` whatever they are)."""
+    """Switch a Phi3-architecture model's attention (every device, where transformers' forward is still the text
+    the split copies) and, on CUDA with liger, its SwiGLU MLP to the copy-free forwards above; returns what was
+    switched. Call before LoRA wraps the projections (or after: the forwards call `self.qkv_proj` /
+    `self.gate_up_proj` whatever they are)."""
     try:
         from transformers.models.phi3.modeling_phi3 import Phi3Attention
     except ImportError:
         return []
     switched = []
     mlp_kernel = device.type == "cuda" and liger_available() and _fused_gate_up_swiglu() is not None
+    split_qkv = (enabled("split_qkv") and any(isinstance(module, Phi3Attention) for module in model.modules())
+                 and COPIED_SOURCE.holds(log, "split qkv", "attention forward"))
     for module in model.modules():
-        if isinstance(module, Phi3Attention) and enabled("split_qkv"):
+        if isinstance(module, Phi3Attention) and split_qkv:
             module.forward = types.MethodType(split_qkv_attention_forward, module)
             switched.append("split_qkv")
         elif type(module).__name__ in PHI3_MLP_CLASSES and mlp_kernel and enabled("fused_gate_up"):

@@ -32,36 +32,32 @@ path: their q and k come from two projections, so one rotation would need a `cat
 A copy cannot follow transformers: pyproject.toml only sets a lower bound, so a newer release whose
 Phi3Attention.forward, apply_rotary_pos_emb or rotate_half reads differently (a q/k norm, another cache call) would
 otherwise run this 5.25 copy and answer differently without a word. `use_joint_rotary` therefore switches only
-where the three functions' source is the text this forward was copied from (`COPIED_SOURCE_SHA256`), and otherwise
-keeps transformers' forward with one WARNING; re-check the copy (tests/model/test_joint_rotary.py) and update the
-digests on a new transformers.
+where the three functions' source is the text this forward was copied from (`COPIED_SOURCE`,
+model/transformers_source_guard.py), and otherwise keeps transformers' forward with one WARNING; re-check the copy
+(tests/model/test_joint_rotary.py) and update the digests on a new transformers.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
-import hashlib
-import inspect
 import types
 
 import torch
 
+from lorakit.model.transformers_source_guard import CopiedSource
 from lorakit.runtime.ablation import enabled
 from lorakit.runtime.logging import get_logger
 
-__all__ = ["COPIED_SOURCE_SHA256", "copied_source_changed", "rotate_query_and_key", "transformers_source_changed",
-           "use_joint_rotary"]
+__all__ = ["COPIED_SOURCE", "rotate_query_and_key", "use_joint_rotary"]
 
 log = get_logger("model.joint_rotary")
 
 # What _joint_rotary_forward reproduces, as transformers 5.25.0's modeling_phi3.py spells it: the first 16 hex digits
 # of the sha256 of each function's text (ast.get_source_segment: without decorators)
-COPIED_SOURCE_SHA256 = {
+COPIED_SOURCE = CopiedSource("model/joint_rotary.py", "5.25.0", "transformers.models.phi3.modeling_phi3", {
     "Phi3Attention.forward": "060a441fb4996609",
     "apply_rotary_pos_emb": "4186d7f3139ccebb",
     "rotate_half": "c3e95bb5f330fa3c",
-}
+})
 
 
 def rotate_query_and_key(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int, cos: torch.Tensor,
@@ -106,31 +102,6 @@ def _joint_rotary_forward(self, hidden_states, position_embeddings, attention_ma
     return self.o_proj(attn_output), attn_weights
 
 
-def copied_source_changed(module_source: str) -> tuple[str, ...]:
-    """The names in COPIED_SOURCE_SHA256 whose text in `module_source` (modeling_phi3.py's) differs from the copied
-    text, or that it lacks (empty: the copy holds). Read from the file, not the module's attributes: liger replaces
-    modeling_phi3.apply_rotary_pos_emb module-wide, and its RoPE keeps running where it did (the forward's own check)."""
-    tree = ast.parse(module_source)
-    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
-    functions.update({f"{cls.name}.{node.name}": node for cls in tree.body if isinstance(cls, ast.ClassDef)
-                      for node in cls.body if isinstance(node, ast.FunctionDef)})
-    digests = {name: hashlib.sha256(ast.get_source_segment(module_source, node).encode()).hexdigest()[:16]
-               for name, node in functions.items()}
-    return tuple(name for name, digest in COPIED_SOURCE_SHA256.items() if digests.get(name) != digest)
-
-
-@functools.cache
-def transformers_source_changed() -> tuple[str, ...]:
-    """`copied_source_changed` of the installed transformers' modeling_phi3.py (read once per process); all three
-    names where its source cannot be read."""
-    from transformers.models.phi3 import modeling_phi3
-
-    try:
-        return copied_source_changed(inspect.getsource(modeling_phi3))
-    except (OSError, TypeError, SyntaxError):  # no source shipped: nothing to compare the copy with
-        return tuple(COPIED_SOURCE_SHA256)
-
-
 def use_joint_rotary(model: torch.nn.Module) -> int:
     """Give every Phi3 attention module of `model` that still runs its class's forward the joint-rotary forward,
     for a model that only generates (load_run). Returns how many were switched: 0 for other architectures, when
@@ -141,12 +112,7 @@ def use_joint_rotary(model: torch.nn.Module) -> int:
         return 0
     attention = [module for module in model.modules()
                  if isinstance(module, Phi3Attention) and "forward" not in vars(module)]
-    if attention and transformers_source_changed():
-        import transformers
-
-        log.warning("joint rotary off: transformers %s's %s differ from the 5.25.0 text model/joint_rotary.py copies; "
-                    "the model keeps transformers' own attention forward", transformers.__version__,
-                    ", ".join(transformers_source_changed()))
+    if attention and not COPIED_SOURCE.holds(log, "joint rotary", "attention forward"):
         return 0
     for module in attention:
         module.forward = types.MethodType(_joint_rotary_forward, module)

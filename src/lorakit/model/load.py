@@ -15,6 +15,7 @@ from lorakit.config import EMBEDDED_MODEL_ALIAS, ModelConfig
 from lorakit.errors import ModelLoadError
 from lorakit.model.gguf_cache import cached_gguf_conversion, embedded_gguf_path
 from lorakit.model.hub import download_model
+from lorakit.model.transformers_version import require_supported_transformers
 from lorakit.model.weights_integrity import check_safetensors_complete
 from lorakit.runtime.logging import get_logger
 
@@ -156,6 +157,8 @@ def load_base_model(
 ):
     """The base causal LM on `device`, weights from safetensors unless pickle is explicitly allowed."""
     from transformers import AutoModelForCausalLM
+
+    require_supported_transformers()  # before minutes of loading, not at the first answer
 
     kwargs = {}
     if device.type == "cuda":

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from lorakit.plan.memory import MemoryEstimate, TrainSettings, estimate_peak_memory
 from lorakit.plan.model_shape import ModelShape
 
-__all__ = ["Candidate", "relative_step_time", "plan_settings", "micro_batch_settings", "candidate_order",
-           "MAX_TOKENS_PER_MICRO_BATCH"]
+__all__ = ["Candidate", "relative_step_time", "plan_settings", "micro_batch_choices", "micro_batch_settings",
+           "candidate_order", "MAX_TOKENS_PER_MICRO_BATCH"]
 
 # Micro-batches past this many tokens barely speed up a step; bigger ones only cost memory.
 MAX_TOKENS_PER_MICRO_BATCH = 8192
@@ -63,6 +63,7 @@ def plan_settings(
     tiling: bool = True,
     bin_positions: Callable[[int], int] | None = None,
     micro_batch_layout: Callable[[int], tuple[int, int]] | None = None,
+    data_rows: int | None = None,
 ) -> list[Candidate]:
     """Every candidate (micro-batch x checkpointed layers x quantization, and offload with every layer
     checkpointed), fitting ones first, fastest first; the first one with `fits` is the plan. Offload comes
@@ -74,11 +75,10 @@ def plan_settings(
     of n tokens computes; a candidate then counts those positions, and attention's gathered keys (at most the
     row's n real tokens), instead of n positions. `micro_batch_layout`: shared-prefix preference pairs
     (data/preference_batch.PairLayout.micro_batch): micro-batch size -> the most positions and keys of such a
-    micro-batch, which a candidate then counts."""
+    micro-batch, which a candidate then counts. `data_rows` (when the data is known): the most rows a micro-batch of
+    the training data can fill (`micro_batch_choices`)."""
     estimate = estimate or estimate_peak_memory
-    micro_batches = micro_batches or tuple(
-        m for m in (1, 2, 4, 8, 16, 32, 64) if m == 1 or m * max_length <= MAX_TOKENS_PER_MICRO_BATCH
-    )
+    micro_batches = micro_batches or micro_batch_choices(max_length, data_rows)
     checkpointed_layers = checkpointed_layers or tuple(range(shape.layers + 1))
     quantizations = quantizations or (base.quantization,)
     candidates = []
@@ -94,6 +94,20 @@ def plan_settings(
                     candidates.append(Candidate(settings, micro_batch, memory, relative_step_time(shape, settings),
                                                 memory.peak_on_gpu() <= gpu_memory_bytes))
     return sorted(candidates, key=candidate_order)
+
+
+def micro_batch_choices(max_length: int, data_rows: int | None = None) -> tuple[int, ...]:
+    """The micro-batches the planner tries: powers of two up to MAX_TOKENS_PER_MICRO_BATCH tokens of `max_length`
+    rows (1 whatever the length), none past the `data_rows` rows the training data can fill (its examples, pairs, or
+    packed rows): a micro-batch of 16 on 5 examples trains on 5 while the plan says 16 and counts memory for 16.
+
+    >>> micro_batch_choices(512), micro_batch_choices(512, data_rows=5), micro_batch_choices(4096, data_rows=1)
+    ((1, 2, 4, 8, 16), (1, 2, 4, 5), (1,))
+    """
+    choices = [m for m in (1, 2, 4, 8, 16, 32, 64) if m == 1 or m * max_length <= MAX_TOKENS_PER_MICRO_BATCH]
+    if data_rows:
+        choices = sorted({min(m, data_rows) for m in choices})
+    return tuple(choices)
 
 
 def micro_batch_settings(base: TrainSettings, tokens: int, bin_positions: Callable[[int], int] | None = None,

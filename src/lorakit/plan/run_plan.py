@@ -95,7 +95,7 @@ def parse_memory_size(text: str) -> int:
 def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, *, dtype_bytes: int,
                   nf4_available: bool, cuda: bool = True, longest_example: int | None = None, sharded_over: int = 1,
                   single_process: bool = True, pairs: PairLayout | None = None,
-                  sharing: PrefixSharing | None = None) -> TrainingPlan:
+                  sharing: PrefixSharing | None = None, data_rows: int | None = None) -> TrainingPlan:
     """Resolve `auto` settings to the fastest that fit `gpu_memory_bytes`; fixed settings stay as given.
 
     `longest_example` (tokens, when the data is known): without packing a micro-batch is padded to its longest
@@ -105,7 +105,9 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
     (plan/micro_batches.py's cpu_micro_batch_size).
     `single_process`: the tiled MLP is planned only then (its nested backward passes are untested under ddp/fsdp).
     `sharing` (packed SFT with training.shared_prefix, when the data is known): a packed row is counted as the
-    positions it computes with its examples' shared prefix once (data/shared_packing.py), not its capacity."""
+    positions it computes with its examples' shared prefix once (data/shared_packing.py), not its capacity.
+    `data_rows` (when the data is known: training/dataset.PreparedData.rows_to_fill): an `auto` micro-batch is at
+    most the rows the training data fills (plan/candidates.micro_batch_choices)."""
     training = config.training
     length = planned_length(config, longest_example, pairs)
     shape = ModelShape.from_config(model_config)
@@ -123,6 +125,7 @@ def plan_training(config: RunConfig, model_config: dict, gpu_memory_bytes: int, 
         tiling=single_process and cuda,
         bin_positions=shared_bin_positions(config, sharing),
         micro_batch_layout=pair_micro_batches(config, pairs),
+        data_rows=data_rows,
     )
     if not cuda:
         candidates = [_as_cpu_pieces(candidate, shape, config.model.max_length, length) for candidate in candidates]
@@ -214,7 +217,8 @@ def device_memory_bytes(cuda: bool) -> int:
 def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, dtype_bytes: int,
                           nf4_available: bool, memory_bytes: int | None = None,
                           longest_example: int | None = None, world_size: int = 1,
-                          pairs: PairLayout | None = None, sharing: PrefixSharing | None = None) -> ResolvedSettings:
+                          pairs: PairLayout | None = None, sharing: PrefixSharing | None = None,
+                          data_rows: int | None = None) -> ResolvedSettings:
     """Run the planner when anything is `auto` (against `memory_bytes`, default the GPU's memory, or RAM on
     CPU), per GPU for the training.distributed strategy of `world_size` processes (which `auto` resolves to);
     fixed settings stay as they are. A max_length the model cannot take is refused first."""
@@ -222,7 +226,7 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
     config, memory_bytes, sharded_over = _per_process(config, model_config, memory_bytes or device_memory_bytes(cuda),
                                                       world_size, cuda=cuda, dtype_bytes=dtype_bytes,
                                                       nf4_available=nf4_available and cuda, longest_example=longest_example,
-                                                      pairs=pairs, sharing=sharing)
+                                                      pairs=pairs, sharing=sharing, data_rows=data_rows)
     training = config.training
     if "auto" not in (training.batch_size, training.gradient_checkpointing, config.model.quantization):
         shape = ModelShape.from_config(model_config)
@@ -238,7 +242,8 @@ def resolve_auto_settings(config: RunConfig, model_config: dict, *, cuda: bool, 
         return ResolvedSettings(config, layers, False, plan if kept else None, dequantized_layers=kept)
     plan = plan_training(config, model_config, memory_bytes, dtype_bytes=dtype_bytes,
                          nf4_available=nf4_available and cuda, cuda=cuda, longest_example=longest_example,
-                         sharded_over=sharded_over, single_process=world_size == 1, pairs=pairs, sharing=sharing)
+                         sharded_over=sharded_over, single_process=world_size == 1, pairs=pairs, sharing=sharing,
+                         data_rows=data_rows)
     resolved = config.model_copy(update={
         "training": training.model_copy(update={"batch_size": plan.micro_batch,
                                                 "gradient_checkpointing": plan.checkpointed_layers > 0}),
@@ -281,10 +286,11 @@ def _resolve_distributed(config: RunConfig, model_config: dict, world_size: int,
 
 
 def plan_run(config: RunConfig, gpu_memory_bytes: int | None, world_size: int = 1, *, pairs: PairLayout | None = None,
-             longest_example: int | None = None) -> tuple[TrainingPlan, RunConfig, dict]:
+             longest_example: int | None = None, data_rows: int | None = None) -> tuple[TrainingPlan, RunConfig, dict]:
     """`lorakit plan`: the plan per GPU for `gpu_memory_bytes` (default: this machine's GPU) and `world_size` GPUs,
-    the config with training.distributed resolved as `lorakit train` would, and the model's config.json. `pairs` and
-    `longest_example`: a preference run's data as `lorakit train` plans on it (training/planned_pairs.py)."""
+    the config with training.distributed resolved as `lorakit train` would, and the model's config.json. `pairs`,
+    `longest_example` and `data_rows`: a preference run's data as `lorakit train` plans on it
+    (training/planned_pairs.py)."""
     if gpu_memory_bytes is None:
         import torch
 
@@ -296,8 +302,8 @@ def plan_run(config: RunConfig, gpu_memory_bytes: int | None, world_size: int = 
     dtype_bytes = 4 if config.training.precision == "fp32" else 2
     config, memory_bytes, sharded_over = _per_process(config, model_config, gpu_memory_bytes, world_size, cuda=True,
                                                       dtype_bytes=dtype_bytes, nf4_available=True, pairs=pairs,
-                                                      longest_example=longest_example)
+                                                      longest_example=longest_example, data_rows=data_rows)
     plan = plan_training(config, model_config, memory_bytes, dtype_bytes=dtype_bytes, nf4_available=True,
                          sharded_over=sharded_over, single_process=world_size == 1, pairs=pairs,
-                         longest_example=longest_example)
+                         longest_example=longest_example, data_rows=data_rows)
     return plan, config, model_config

@@ -13,6 +13,7 @@ from functools import cached_property
 
 from lorakit.config import RunConfig
 from lorakit.data.issues import DataReport
+from lorakit.data.packing import pack_best_fit
 from lorakit.data.preference_batch import PairLayout, PreferenceExample, pair_layout, render_preferences
 from lorakit.data.records import Conversation
 from lorakit.data.render import TokenizedExample
@@ -53,6 +54,15 @@ class PreparedData:
         train = self.splits.train
         return prefix_sharing(train) if train and isinstance(train[0], TokenizedExample) else None
 
+    def rows_to_fill(self, *, packing: bool, max_length: int) -> int:
+        """The most rows one micro-batch of the training split can fill, where the planner caps an `auto` micro-batch
+        (plan/candidates.micro_batch_choices): its examples or pairs; packed, the `max_length` rows its examples pack
+        into (a bigger packed micro-batch holds the same examples in one row)."""
+        train = self.splits.train
+        if not packing or not train or not isinstance(train[0], TokenizedExample):
+            return len(train)
+        return len(pack_best_fit([len(example.input_ids) for example in train], max_length))
+
     @property
     def pair_layout(self) -> PairLayout | None:
         """What each preference pair puts in a shared-prefix micro-batch (None for SFT data); without the data order,
@@ -68,14 +78,17 @@ def example_length(example: TokenizedExample | PreferenceExample) -> int:
     return len(example.input_ids)
 
 
-def read_train_conversations(config: RunConfig, tokenizer) -> tuple[list[Conversation], DataReport]:
+def read_train_conversations(config: RunConfig, tokenizer, *, action: str | None = None,
+                             ) -> tuple[list[Conversation], DataReport]:
     """All conversations of the configured train files (the one place train files are read), checked like
     `lorakit data check`: errors and privacy findings raise a DataError here, before the model is loaded.
-    Preference pairs are read as their chosen conversations (prompt + chosen answer)."""
+    Preference pairs are read as their chosen conversations (prompt + chosen answer). `action`: what a broken
+    file's DataError says happened (by default, that training did not start; `lorakit eval` reads them too)."""
     if config.training.method != "sft":
-        pairs, report = read_preference_pairs(config, tokenizer)
+        pairs, report = read_preference_pairs(config, tokenizer, action=action or "preference training did not start")
         return [pair.conversations()[0] for pair in pairs], report
-    return load_checked_conversations(config.data, tokenizer, config.model.max_length)
+    return load_checked_conversations(config.data, tokenizer, config.model.max_length,
+                                      action=action or "training did not start")
 
 
 def _tokenize(conversations: list[Conversation], tokenizer, config: RunConfig) -> list[TokenizedExample]:
@@ -99,12 +112,13 @@ def _prepare_preferences(config: RunConfig, tokenizer, action: str) -> PreparedD
                         without_targets=0, notes=report.manifest_notes())
 
 
-def prepare_data(config: RunConfig, tokenizer, *, action: str = "preference training did not start") -> PreparedData:
+def prepare_data(config: RunConfig, tokenizer, *, action: str | None = None) -> PreparedData:
     """Read, split (by seed and content), render and mask; drop examples left with nothing to learn. `action`: what
-    a broken preference file's DataError says happened (`lorakit plan` reads the pairs too)."""
+    a broken file's DataError says happened (by default, that training did not start; `lorakit plan` reads the
+    pairs too, `lorakit eval` the test split)."""
     if config.training.method != "sft":
-        return _prepare_preferences(config, tokenizer, action)
-    conversations, report = read_train_conversations(config, tokenizer)
+        return _prepare_preferences(config, tokenizer, action or "preference training did not start")
+    conversations, report = read_train_conversations(config, tokenizer, action=action)
     by_split = split_conversations(conversations, config.data.validation_split, config.data.test_split, config.seed)
     tokenized = {name: _tokenize(getattr(by_split, name), tokenizer, config) for name in ("train", "validation", "test")}
     truncated = sum(example.truncated for examples in tokenized.values() for example in examples)

@@ -35,6 +35,7 @@ class PlannedPairs:
     layout: PairLayout | None
     longest_example: int | None
     note: str
+    data_rows: int | None = None  # the training pairs: the most an `auto` micro-batch takes
 
 
 def read_planned_pairs(config: RunConfig) -> PlannedPairs | None:
@@ -60,7 +61,8 @@ def read_planned_pairs(config: RunConfig) -> PlannedPairs | None:
     if layout is None:
         return PlannedPairs(None, None, f"data-free bound: {named} leaves no training pairs after splitting")
     return PlannedPairs(layout, data.longest_example, f"planned on {len(layout.positions):,} pairs of {named} (the run's "
-                        "training split, in its data order)")
+                        "training split, in its data order)",
+                        data.rows_to_fill(packing=config.training.packing, max_length=config.model.max_length))
 
 
 def plan_run_on_data(config: RunConfig, gpu_memory_bytes: int | None,
@@ -69,5 +71,6 @@ def plan_run_on_data(config: RunConfig, gpu_memory_bytes: int | None,
     be read (`read_planned_pairs`, whose note the caller shows; None for SFT)."""
     pairs = read_planned_pairs(config)
     plan, config, model_config = plan_run(config, gpu_memory_bytes, world_size, pairs=pairs.layout if pairs else None,
-                                          longest_example=pairs.longest_example if pairs else None)
+                                          longest_example=pairs.longest_example if pairs else None,
+                                          data_rows=pairs.data_rows if pairs else None)
     return plan, config, model_config, pairs

@@ -37,27 +37,31 @@ def prepare_for_method(model, config: RunConfig, targets: list[str], *, shares_p
 
 
 def method_identity(config: RunConfig, shares_prefixes: bool) -> dict:
-    """The method's settings a resume must find unchanged: the preference settings, and for packed SFT whether its
-    rows share prefixes (unpacked SFT records nothing, so those runs resume as before).
+    """The method's settings a resume must find unchanged: the preference settings, and for packed SFT and
+    preference pairs whether their rows share prefixes (unpacked SFT records nothing, so those runs resume as before).
 
-    A packed row's layout (float order) depends on whether sharing took effect, not on training.shared_prefix alone:
-    a NEFTune run, or a model without lorakit_varlen or with a quantized head, packs examples whole whatever the flag
-    says. `packed_shared_prefix` (the flag, which checkpoints recorded alone until session 12) is kept beside it:
-    a checkpoint without `packed_rows_share_prefixes` is compared on the flag, as it was written
-    (training/resume_drift.py).
+    shared_prefix changes no loss, only the order of float additions: recorded so a resume stays bit-exact. The
+    layout depends on whether sharing took effect, not on training.shared_prefix alone: a NEFTune run, or a model
+    without lorakit_varlen (for packed SFT also one with a quantized head), keeps packed examples whole or pairs
+    padded whatever the flag says. The flag (`packed_shared_prefix`, `preference_shared_prefix`: what checkpoints
+    recorded alone until sessions 12 and 13) is kept beside the effect: a checkpoint without the effect's key is
+    compared on the flag, as it was written (training/resume_drift.py).
 
     >>> from lorakit.config import RunConfig
     >>> neftune = RunConfig.model_validate({"data": {"train_file": "x.jsonl"},
     ...                                     "training": {"packing": True, "neftune_noise_alpha": 5}})
     >>> method_identity(neftune, neftune.training.shares_prefixes)
     {'packed_shared_prefix': True, 'packed_rows_share_prefixes': False}
+    >>> dpo = RunConfig.model_validate({"data": {"train_file": "x.jsonl"},
+    ...                                 "training": {"method": "dpo", "neftune_noise_alpha": 5}})
+    >>> method_identity(dpo, dpo.training.shares_prefixes)["preference_pairs_share_prefixes"]
+    False
     """
     training = config.training
     if training.method == "sft":
         if not training.packing:
             return {}
         return {"packed_shared_prefix": training.shared_prefix, "packed_rows_share_prefixes": shares_prefixes}
-    # shared_prefix changes no loss, only the order of float additions: recorded so a resume stays bit-exact
     return {"training_method": training.method, "preference_beta": training.beta,
-            "preference_shared_prefix": training.shared_prefix,
+            "preference_shared_prefix": training.shared_prefix, "preference_pairs_share_prefixes": shares_prefixes,
             **({"simpo_gamma": training.simpo_gamma} if training.method == "simpo" else {})}

@@ -68,10 +68,20 @@ _REFUSAL_REASONS = {
     "training.shared_prefix": "the checkpoint does not record whether its rows shared prefixes (written before lorakit "
     "recorded it), so the layout may switch, and the layouts agree only up to float rounding",
 }
-# The identity keys that record a run's shared-prefix layout (preference_setup.method_identity). A checkpoint of
-# packed SFT or preference pairs that holds none of them was written before they were recorded: only the flag in
-# its config tells its layout, so switching training.shared_prefix stays refused for it, as it was then.
-_LAYOUT_KEYS = ("packed_rows_share_prefixes", "packed_shared_prefix", "preference_shared_prefix")
+# The rules for the identity keys that record a run's training.shared_prefix layout (preference_setup.method_identity),
+# in one place: key -> the key that decides it where the checkpoint has that one. Each flag key (the setting as the
+# user set it, all that checkpoints recorded until sessions 12 and 13) is decided by the key recording whether
+# sharing took effect (it does not under NEFTune, whatever the flag says); a checkpoint without the effect's key is
+# compared on the flag, as it was written. All are recorded later than the first checkpoints: compared only where the
+# checkpoint has them, and one of packed SFT or preference pairs that holds none of them was written before any was
+# recorded: only the flag in its config tells its layout, so switching training.shared_prefix stays refused for it
+# (unrecorded_layout_settings), as it was then.
+_LAYOUT_KEYS: dict[str, str | None] = {
+    "packed_shared_prefix": "packed_rows_share_prefixes",
+    "packed_rows_share_prefixes": None,
+    "preference_shared_prefix": "preference_pairs_share_prefixes",
+    "preference_pairs_share_prefixes": None,
+}
 
 
 @dataclass(frozen=True)
@@ -195,9 +205,7 @@ _IDENTITY_LABELS = {
     "neftune_noise_alpha": "training.neftune_noise_alpha",
     "chat_template_sha256": "model.chat_template",
     "tokenizer_sha256": "the tokenizer (its vocabulary, special tokens or chat template)",
-    "preference_shared_prefix": "training.shared_prefix",
-    "packed_shared_prefix": "training.shared_prefix",
-    "packed_rows_share_prefixes": "training.shared_prefix",
+    **dict.fromkeys(_LAYOUT_KEYS, "training.shared_prefix"),
 }
 
 
@@ -209,15 +217,13 @@ _IDENTITY_SETTINGS = {
     "system_prompt_sha256": "data.system_prompt", "batch_size": "training.batch_size", "packing": "training.packing",
     "lora_use_dora": "lora.use_dora", "lora_use_rslora": "lora.use_rslora",
     "loraplus_lr_ratio": "training.loraplus_lr_ratio", "neftune_noise_alpha": "training.neftune_noise_alpha",
-    "chat_template_sha256": "model.chat_template", "preference_shared_prefix": "training.shared_prefix",
-    "packed_shared_prefix": "training.shared_prefix", "packed_rows_share_prefixes": "training.shared_prefix",
+    "chat_template_sha256": "model.chat_template", **dict.fromkeys(_LAYOUT_KEYS, "training.shared_prefix"),
 }
 # Identity keys that older checkpoints do not record: compared only when the checkpoint has them.
-_RECORDED_LATER = {"tokenizer_sha256", "preference_shared_prefix", "packed_shared_prefix", "packed_rows_share_prefixes"}
-# Keys that a later key decides when the checkpoint has it: compared only for checkpoints written before it. Packed
-# SFT recorded only the training.shared_prefix flag until session 12, then also whether sharing took effect (it does
-# not under NEFTune, whatever the flag says): preference_setup.method_identity.
-_SUPERSEDED_BY = {"packed_shared_prefix": "packed_rows_share_prefixes"}
+_RECORDED_LATER = {"tokenizer_sha256", *_LAYOUT_KEYS}
+# Keys that a later key decides when the checkpoint has it: compared only for checkpoints written before it
+# (the shared-prefix flags: _LAYOUT_KEYS).
+_SUPERSEDED_BY = {key: later for key, later in _LAYOUT_KEYS.items() if later is not None}
 
 
 def check_same_run(saved: dict, current: dict, changed_settings: list[tuple[str, str]] = ()) -> None:

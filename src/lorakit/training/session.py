@@ -142,7 +142,9 @@ def build_session(config: RunConfig, reporter: ProgressReporter) -> TrainingSess
                                      dtype_bytes=torch.finfo(dtype).bits // 8, nf4_available=bitsandbytes_available(),
                                      longest_example=data.longest_example, world_size=ranks.world_size,
                                      pairs=pairs,
-                                     sharing=data.prefix_sharing if config.training.shares_prefixes else None)
+                                     sharing=data.prefix_sharing if config.training.shares_prefixes else None,
+                                     data_rows=data.rows_to_fill(packing=config.training.packing,
+                                                                 max_length=config.model.max_length))
     config = resolved.config
     agree_on_plan(ranks, config)
     sharded = config.training.distributed == "fsdp" and ranks.distributed
