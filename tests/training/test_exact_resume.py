@@ -179,3 +179,29 @@ def test_exact_resume_before_the_first_checkpoint_starts_from_step_0(tiny_llama_
     straight = _config(tiny_llama_dir, qa_file, tmp_path / "straight", max_steps=4, save_steps=3)
     train(straight)
     assert_bit_identical(final_adapter(tmp_path / "run"), final_adapter(tmp_path / "straight"))
+
+
+def test_exact_resume_of_a_checkpoint_planned_before_the_micro_batch_cap(tiny_llama_dir, qa_file, tmp_path, monkeypatch):
+    """batch_size auto on 8 training examples: a checkpoint planned before the planner capped an auto micro-batch at the
+    rows the data fills (micro-batch 64) resumes under the cap (micro-batch 8): both take all 8 examples in one
+    micro-batch, so the run is not refused and ends bit-identical to an uninterrupted capped run."""
+    from lorakit.plan import candidates
+
+    straight = tmp_path / "straight"
+    train(_config(tiny_llama_dir, qa_file, straight, batch_size="auto"))
+    assert yaml.safe_load((straight / "final" / "config.yaml").read_text())["training"]["batch_size"] == 8
+
+    resumed = tmp_path / "resumed"
+    config = _config(tiny_llama_dir, qa_file, resumed, batch_size="auto")
+    capped = candidates.micro_batch_choices
+    monkeypatch.setattr(candidates, "micro_batch_choices", lambda max_length, data_rows=None: capped(max_length))
+    with pytest.raises(SimulatedCrash):
+        train(config, reporter=CrashAfterStep(6))
+    checkpoint = max((resumed / "checkpoints").glob("step-*"))  # the newest: the one a resume reads
+    assert yaml.safe_load((checkpoint / "config.yaml").read_text())["training"]["batch_size"] == 64
+    monkeypatch.setattr(candidates, "micro_batch_choices", capped)
+    result = train(config, resume=True)
+
+    assert result.steps == 8
+    assert_bit_identical(final_adapter(straight), final_adapter(resumed))
+    assert _logged_losses(straight) == _logged_losses(resumed)

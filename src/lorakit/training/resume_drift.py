@@ -33,7 +33,8 @@ from lorakit.run.layout import CONFIG
 from lorakit.run.manifest import package_versions
 
 __all__ = ["check_same_run", "SettingChange", "ResumeDrift", "flat_settings", "settings_drift", "read_saved_settings",
-           "unrecorded_layout_settings", "current_environment", "environment_changes", "WARNED_SETTINGS", "IGNORED_PREFIXES"]
+           "unrecorded_layout_settings", "same_micro_batches", "as_micro_batch", "current_environment",
+           "environment_changes", "WARNED_SETTINGS", "IGNORED_PREFIXES"]
 
 # Why continuing with a new value is legitimate, and what the remaining steps then do differently.
 WARNED_SETTINGS = {
@@ -143,6 +144,35 @@ def unrecorded_layout_settings(saved_identity: dict, saved: dict[str, object]) -
         return frozenset()
     could_share = saved.get("training.method", "sft") != "sft" or bool(saved.get("training.packing"))
     return frozenset({"training.shared_prefix"}) if could_share else frozenset()
+
+
+def same_micro_batches(saved_batch: object, current_batch: object, data_rows: int) -> bool:
+    """Whether a checkpoint's micro-batch and the resuming run's differ but cut the training data into the same
+    micro-batches: both take every row the data fills (`data_rows`: PreparedData.rows_to_fill), one micro-batch of all
+    of them per epoch. An `auto` micro-batch is capped at those rows (plan/candidates.micro_batch_choices); a
+    checkpoint planned before the cap holds a bigger one, which trained on the same batches.
+
+    >>> same_micro_batches(64, 8, data_rows=8), same_micro_batches(16, 10, data_rows=12), same_micro_batches(8, 8, 8)
+    (True, False, False)
+    """
+    return (isinstance(saved_batch, int) and isinstance(current_batch, int) and saved_batch != current_batch
+            and min(saved_batch, data_rows) == min(current_batch, data_rows))
+
+
+def as_micro_batch(saved: dict[str, object], saved_identity: dict, micro_batch: int) -> tuple[dict[str, object], dict]:
+    """A checkpoint's flat config and identity read as if it had trained with `micro_batch` (same_micro_batches
+    holds): training.batch_size, the identity's batch_size and its effective batch size (x its gradient accumulation).
+
+    >>> as_micro_batch({"training.batch_size": 64}, {"batch_size": 64, "effective_batch_size": 128}, 8)
+    ({'training.batch_size': 8}, {'batch_size': 8, 'effective_batch_size': 16})
+    """
+    old = saved_identity["batch_size"]
+    identity = {**saved_identity, "batch_size": micro_batch}
+    if "effective_batch_size" in identity:
+        identity["effective_batch_size"] = identity["effective_batch_size"] // old * micro_batch
+    if saved.get("training.batch_size") == old:
+        saved = {**saved, "training.batch_size": micro_batch}
+    return saved, identity
 
 
 def settings_drift(saved: dict[str, object], current: dict[str, object],

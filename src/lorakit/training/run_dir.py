@@ -22,11 +22,13 @@ from lorakit.run.folder import finished_steps
 from lorakit.run.layout import FINAL
 from lorakit.runtime.logging import get_logger
 from lorakit.training.resume_drift import (
+    as_micro_batch,
     check_same_run,
     current_environment,
     environment_changes,
     flat_settings,
     read_saved_settings,
+    same_micro_batches,
     settings_drift,
     unrecorded_layout_settings,
 )
@@ -56,7 +58,7 @@ def resume_state(run_dir: Path, session: TrainingSession, optimizer, scheduler, 
         return TrainerState()
     # Compare identities and settings before loading tensors: a different LoRA shape would otherwise fail as a
     # size mismatch, and a changed learning rate would be overwritten by the checkpoint's scheduler.
-    saved, identity = read_saved_settings(checkpoint), read_identity(checkpoint)
+    saved, identity = _as_planned_now(read_saved_settings(checkpoint), read_identity(checkpoint), session)
     drift = settings_drift(saved, flat_settings(session.config.model_dump(mode="json")),
                            refuse=unrecorded_layout_settings(identity, saved))
     check_same_run(identity, session.identity,
@@ -69,6 +71,19 @@ def resume_state(run_dir: Path, session: TrainingSession, optimizer, scheduler, 
     stopper.load_state_dict(state.early_stopping) if state.early_stopping else None
     reporter.message(f"resumed from {checkpoint.name} (step {state.step})")
     return state
+
+
+def _as_planned_now(saved: dict, identity: dict, session: TrainingSession) -> tuple[dict, dict]:
+    """The checkpoint's settings and identity, with its micro-batch read as this run's where both take every row the
+    training data fills (a checkpoint planned before an `auto` micro-batch was capped at those rows): the micro-batches
+    are the same, so the resume is not refused for it."""
+    config = session.config
+    rows = session.data.rows_to_fill(packing=config.training.packing, max_length=config.model.max_length)
+    if not same_micro_batches(identity.get("batch_size"), config.training.batch_size, rows):
+        return saved, identity
+    log.info("the checkpoint's micro-batch %s and this run's %s both take all %s rows of the training data: "
+             "the same micro-batches", identity["batch_size"], config.training.batch_size, rows)
+    return as_micro_batch(saved, identity, config.training.batch_size)
 
 
 def _record_drift(state: TrainerState, checkpoint: Path, drift, environment: list) -> None:
