@@ -13,7 +13,9 @@ get() {
 }
 get transformers==5.25.0 tokenizers==0.23.3 huggingface_hub==2.5.0 trl==1.16.0 peft==0.22.0 accelerate==1.16.0 \
     datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0 pydantic==2.14.4 pydantic_core==2.50.5 \
-    annotated-types==0.8.0 typing-inspection==0.4.5 liger-kernel bitsandbytes==0.50.2
+    annotated-types==0.8.0 typing-inspection==0.4.5 liger-kernel==0.8.5 bitsandbytes==0.50.2
+# huggingface_hub 2.x's HTTP stack, and the newer click/idna/anyio/h11 it and httpx2 require than the image has
+get httpx2==2.17.0 httpcore2==2.17.0 truststore==0.10.5 hf-xet==1.8.0 click==8.5.1 idna==3.21 anyio==4.16.0 h11==0.16.0
 # bitsandbytes: keep the CUDA 13 library only (the wheel holds one per CUDA version)
 bnb=$(ls .whl/bitsandbytes-*.whl)
 tmp=$(mktemp -d)

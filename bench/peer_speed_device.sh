@@ -34,6 +34,9 @@ out=${2:?results folder}
 case "$part" in table|long|preference|serve) ;; *) echo "unknown part '$part': table, long, preference or serve" >&2; exit 2;; esac
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+# transformers >= 5.25 kernelizes every from_pretrained with Hub kernels by default (needs the `kernels` package
+# and the Hub): off for the peers, as lorakit's own loads turn it off (model/load.py), so both run as on 5.24
+export USE_HUB_KERNELS=0
 if [ "$part" = serve ]; then
     {
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -43,7 +46,7 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
     } > "$out/checks.txt" 2>&1
     cat "$out/checks.txt"
     grep -q "^torch" "$out/checks.txt" || exit 1
-    if [ -n "${PROFILE:-1}" ] && [ "${SERVE_MODEL:-phi4-mini}" != tiny ]; then  # what each decoding fix is worth
+    if [ -n "${PROFILE-1}" ] && [ "${SERVE_MODEL:-phi4-mini}" != tiny ]; then  # what each decoding fix is worth
         mkdir -p "$out/cudnn"
         timeout "${PROFILE_S:-270}" python bench/serve_step_profile.py --random-model "${SERVE_MODEL:-phi4-mini}" \
             --only cudnn --out "$out/cudnn" 2>&1 | tee "$out/cudnn/stdout.txt"

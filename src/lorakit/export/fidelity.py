@@ -155,7 +155,7 @@ def read_back(folder: Path, gguf_name: str | None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if gguf_name is None:
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_kernels=False)
     config = AutoConfig.from_pretrained(folder, gguf_file=gguf_name)
     if config.model_type == "phi3":
         # transformers' phi3 GGUF mapping drops rope.dimension_count; give a Phi-4 partial rotary factor back.
@@ -163,7 +163,8 @@ def read_back(folder: Path, gguf_name: str | None):
 
         rope_dims = gguf.GGUFReader(folder / gguf_name).get_field("phi3.rope.dimension_count").contents()
         config.rope_parameters["partial_rotary_factor"] = rope_dims / (config.hidden_size // config.num_attention_heads)
-    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, config=config, dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, config=config, dtype=torch.float32,
+                                                use_kernels=False)
 
 
 def fidelity_card_lines(fidelity: dict, dtype: str | None) -> list[str]:

@@ -80,7 +80,8 @@ def _convert(gguf_path: Path, target: Path) -> None:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32,
+                                                          use_kernels=False)  # no Hub kernels (model/load.py)
     except (ValueError, OSError, KeyError) as exc:
         raise ModelLoadError(f"Could not read GGUF file {gguf_path}: {exc}") from None
     # transformers marks GGUF-loaded models as quantized and refuses to save them; copy into a clean model.

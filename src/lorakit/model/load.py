@@ -170,6 +170,9 @@ def load_base_model(
             use_safetensors=not config.allow_pickle or any(source.directory.glob("*.safetensors")),
             trust_remote_code=config.trust_remote_code,
             quantization_config=quantization_config,
+            # transformers >= 5.25 kernelizes with Hub kernels by default (code fetched from the Hub at load,
+            # and an error where the `kernels` package is missing): lorakit picks its own kernels
+            use_kernels=False,
             **kwargs,
         )
     except pickle.UnpicklingError:
