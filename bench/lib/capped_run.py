@@ -4,7 +4,8 @@
 
 --cap-gib caps PyTorch's allocator (torch.cuda.set_per_process_memory_fraction) before the module runs, so
 the program sees a card of that much allocatable memory (an 8 GB card is ~8 GiB minus the CUDA context).
-At exit the peak allocated/reserved bytes go to --peak-file. The module itself runs unchanged (runpy).
+At exit the peak allocated/reserved bytes and the allocator's retry and cudaMalloc/cudaFree counts go to
+--peak-file. The module itself runs unchanged (runpy).
 """
 
 from __future__ import annotations
@@ -50,8 +51,14 @@ def main() -> None:
 
     def record_peak() -> None:
         with open(args.peak_file, "w") as handle:
+            stats = torch.cuda.memory_stats(0)
+            # retries: allocations that hit the cap, freed the cache and tried again (each a device sync): a
+            # capped run that needs them pays in speed what the cap saved in memory
             json.dump({"peak_allocated": torch.cuda.max_memory_allocated(0),
-                       "peak_reserved": torch.cuda.max_memory_reserved(0)}, handle)
+                       "peak_reserved": torch.cuda.max_memory_reserved(0),
+                       "alloc_retries": stats.get("num_alloc_retries"), "ooms": stats.get("num_ooms"),
+                       "device_allocs": stats.get("num_device_alloc"), "device_frees": stats.get("num_device_free")},
+                      handle)
 
     atexit.register(record_peak)
     sys.argv = [args.module, *rest]

@@ -108,6 +108,8 @@ def table(rows: list[dict], data: dict, shape: dict) -> str:
         smi = "-" if row.get("nvidia_smi_peak_mib") is None else f"{row['nvidia_smi_peak_mib'] / 1024:.2f}"
         how = row.get("plan") or (f"{row.get('attention')}, allocator {row.get('allocator')}" if "attention" in row
                                   else "PyTorch varlen flash, expandable segments")
+        if row.get("alloc_retries"):  # lorakit rows record them (bench/lib/capped_run.py)
+            how += f"; allocator retries {row['alloc_retries']:,}"
         work = (f"{use['tokens_per_step']:,.0f} / {use['labelled_per_step']:,.0f} | {use['positions_per_step']:,.0f} | "
                 f"{use['mfu']:.1%} | {use['hfu']:.1%} | {use['mfu_old']:.1%}") if use else "- | - | - | - | -"
         lines.append(f"| {row['setting']} | {row['tool']} | {row['tokens_per_second']:,.0f} | {ratio} | {work} | "
