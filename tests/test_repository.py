@@ -4,9 +4,8 @@ pyproject comments that name files which exist."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 from lorakit.cli.app import run_cli
 

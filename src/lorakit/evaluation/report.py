@@ -9,7 +9,7 @@ template engine (autoescape), so an answer containing HTML is shown, never run.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
@@ -135,7 +135,7 @@ def build_report(path: str | Path) -> str:
     context = {
         "title": root.resolve().name,
         "run_dir": str(root.resolve()),
-        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "lorakit_version": version("lorakit"),
         "config_yaml": config_file.read_text(encoding="utf-8") if config_file.is_file() else None,
         "manifest": manifest,
