@@ -101,3 +101,22 @@ def test_save_dtype_keeps_the_change_unless_bfloat16_is_asked_for():
     assert save_dtype(model, "auto") == (torch.float32, [])
     assert save_dtype(model, "fp16") == (torch.float16, [])
     assert save_dtype(model, "bf16") == (torch.bfloat16, [BF16_NOTE])
+
+
+def test_a_train_file_broken_since_training_gives_fixed_questions_in_the_exports_words(tiny_llama_dir,
+                                                                                         tmp_path_factory, tmp_path):
+    """Export fidelity falls back to its fixed questions when the run's train file no longer reads; the reason it
+    gives is about the export's questions, not "training did not start" (a message from another command)."""
+    from transformers import AutoTokenizer
+
+    from lorakit.export.fidelity import FIXED_QUESTIONS
+
+    run_dir = tiny_run(tiny_llama_dir, tmp_path_factory.mktemp("train-broken"), tmp_path / "run")
+    run = read_finished_run(run_dir)
+    train_file = run.config.data.train_files[0]
+    with open(train_file, "a", encoding="utf-8") as handle:
+        handle.write('{"instruction": "What is a fever?"}\n')
+    questions, source = fidelity_questions(run, AutoTokenizer.from_pretrained(tiny_llama_dir))
+    assert questions == list(FIXED_QUESTIONS)
+    assert source.startswith("fixed questions (") and "; the test questions were not read" in source
+    assert "training did not start" not in source

@@ -89,7 +89,8 @@ def _test_questions(run: RunSource, tokenizer) -> list[str]:
     from lorakit.training.dataset import read_train_conversations
 
     config = run.config
-    conversations, report = read_train_conversations(config, tokenizer)
+    # a broken train file reads "...; the test questions were not read", not "training did not start"
+    conversations, report = read_train_conversations(config, tokenizer, action="the test questions were not read")
     if report.data_sha256 != run.manifest["data"].get("sha256"):
         raise ValueError("the data files changed since training")
     test = split_conversations(conversations, config.data.validation_split, config.data.test_split, config.seed).test
