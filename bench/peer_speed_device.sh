@@ -11,6 +11,8 @@
 #       setting: with SETTINGS=gpu-qlora-512 TOOLS=lorakit EXTRA='' the QLoRA row without its frozen weights kept
 #       dequantized (plan/dequantized.py; the plan column says how many layers the lever kept). PROFILE_BF16=1 then
 #       profiles the gpu-bf16-512 step (bench/profile_step.py, OUT_DIR/profile/, at most PROFILE_S=150 s).
+#       STEPS=16 ROW_TIMEOUT=300: more measured steps per row (8 by default): single steps vary up to ~2x on the
+#       8 GB rows (session 10: 0.39 s for 6,475 positions, 0.58 s for 4,518), so 8 steps decide little there.
 #   bash bench/peer_speed_device.sh long OUT_DIR   # the 8 GB card at 8k-32k tokens per example, both tools, and lorakit plan
 #   bash bench/peer_speed_device.sh preference OUT_DIR  # issue 24: DPO, lorakit vs TRL's DPOTrainer, 8 GB card and whole GPU
 #       (TOOLS=trl,lorakit,lorakit-unshared,lorakit-at-peer-peak by default: lorakit-unshared is lorakit with
@@ -68,7 +70,7 @@ grep -q "^torch" "$out/checks.txt" || exit 1
 if [ "$part" = table ]; then
     python bench/peer_speed.py --out "$out" --work /tmp/lorakit-peer-speed \
         --settings "${SETTINGS:-8gb-qlora-512,gpu-bf16-512,gpu-qlora-512,8gb-qlora-2048}" --tools "${TOOLS:-trl,lorakit,lorakit-at-peer-peak}" \
-        --extra "${EXTRA-training.shared_prefix=false}" --ablate "${ABLATE-}" --steps 8 --warmup 2 --row-timeout 200 2>&1 | tee "$out/stdout.txt"
+        --extra "${EXTRA-training.shared_prefix=false}" --ablate "${ABLATE-}" --steps "${STEPS:-8}" --warmup 2 --row-timeout "${ROW_TIMEOUT:-200}" 2>&1 | tee "$out/stdout.txt"
     if [ -n "${PROFILE_BF16:-}" ]; then  # where the whole-GPU bf16 step's time goes now (the next lever, MFU)
         config=$(python bench/peer_speed.py --prepare-only --work /tmp/lorakit-peer-speed | tail -1)
         timeout "${PROFILE_S:-150}" python bench/profile_step.py "$config" --set output_dir=/tmp/lorakit-profile-bf16 \
