@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,6 +122,17 @@ def straight_adapter(tiny_llama_dir, tmp_path_factory):
     return load_file(result.adapter_dir / "adapter_model.safetensors")
 
 
+@pytest.fixture(scope="module")
+def crashed_after_step_5(tiny_llama_dir, tmp_path_factory):
+    """(data file, run folder) of the run crashed after step 5 (checkpoints at steps 2 and 4), trained once for all
+    damage kinds; each test damages and resumes its own copy."""
+    root = tmp_path_factory.mktemp("crashed")
+    data = write_qa_jsonl(root / "qa.jsonl")
+    with pytest.raises(SimulatedCrash):
+        train(tiny_run_config(tiny_llama_dir, data, root / "run", **DAMAGE_SETTINGS), reporter=CrashAfterStep(5))
+    return data, root / "run"
+
+
 def _corrupt_flip_a_byte(path: Path) -> None:
     data = bytearray((path / "adapter_model.safetensors").read_bytes())
     data[-1] ^= 0xFF
@@ -150,11 +162,11 @@ def _corrupt_lose_a_file(path: Path) -> None:
     ],
 )
 def test_crash_safety_damaged_checkpoint_is_reported_and_the_previous_good_one_used(
-    tiny_llama_dir, qa_file, tmp_path, caplog, straight_adapter, damage, reported
+    tiny_llama_dir, tmp_path, caplog, straight_adapter, crashed_after_step_5, damage, reported
 ):
-    config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", **DAMAGE_SETTINGS)
-    with pytest.raises(SimulatedCrash):
-        train(config, reporter=CrashAfterStep(5))
+    data, crashed = crashed_after_step_5
+    shutil.copytree(crashed, tmp_path / "run")
+    config = tiny_run_config(tiny_llama_dir, data, tmp_path / "run", **DAMAGE_SETTINGS)
     newest = tmp_path / "run" / "checkpoints" / "step-00000004"
     damage(newest)
     assert verify_checkpoint(newest) == reported
