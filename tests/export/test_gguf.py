@@ -25,31 +25,11 @@ PROMPT = torch.tensor([[1, 200, 300, 400, 500, 600, 700, 2, 1, 900]])
 LOGIT_ATOL = {"f16": 0.02, "q8_0": 0.4, "q4_0": 4.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def _parse_each_gguf_once():
-    """Each file is read by several loaders; parsing its vocabulary once per file saves ~70% of these tests (once
-    per module: the exports below are shared by the tests)."""
+    """Each file is read by several loaders; parsing its vocabulary once per file saves ~70% of these tests."""
     with gguf_parsed_once() as cache:
         yield cache
-
-
-@pytest.fixture(scope="module")
-def gguf_export(request, tmp_path_factory):
-    """export(arch, quant) -> (run folder, ExportResult): the tiny trained run on `arch` exported to GGUF `quant`
-    (with its fidelity check), once per module; the tests only read the files."""
-    made = {}
-
-    def export(arch: str, quant: str):
-        if arch not in made:
-            model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
-            made[arch] = tiny_run(model_dir, tmp_path_factory.mktemp(f"train-{arch}"),
-                                  tmp_path_factory.mktemp(f"export-{arch}") / "run"), {}
-        run_dir, results = made[arch]
-        if quant not in results:
-            results[quant] = export_run(run_dir, ExportRequest("gguf", output=run_dir.parent / quant, quant=quant))
-        return run_dir, results[quant]
-
-    return export
 
 
 def _reference(run):
@@ -73,12 +53,14 @@ def load_gguf_model(folder, name: str, arch: str):
 
 
 @pytest.mark.parametrize("arch", ["llama", "phi3"])
-def test_gguf_reads_back_with_matching_logits(arch, gguf_export):
-    run = read_finished_run(gguf_export(arch, "f16")[0])
+def test_gguf_reads_back_with_matching_logits(arch, request, tmp_path_factory, tmp_path):
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    run_dir = tiny_run(model_dir, tmp_path_factory.mktemp(f"train-{arch}"), tmp_path / "run")
+    run = read_finished_run(run_dir)
     with torch.no_grad():
         expected = _reference(run)(PROMPT).logits
     for quant, atol in LOGIT_ATOL.items():
-        result = gguf_export(arch, quant)[1]
+        result = export_run(run_dir, ExportRequest("gguf", output=tmp_path / quant, quant=quant))
         name = f"run-{quant}.gguf"
         assert result.files == sorted(["README.md", name, "lorakit_export.json"])
         with torch.no_grad():
@@ -94,11 +76,12 @@ def test_gguf_reads_back_with_matching_logits(arch, gguf_export):
             assert difference < LOGIT_ATOL["q8_0"] / 10
 
 
-def test_gguf_metadata_and_end_of_turn_stop(tiny_llama_dir, gguf_export):
+def test_gguf_metadata_and_end_of_turn_stop(tiny_llama_dir, tmp_path_factory, tmp_path):
     from transformers import AutoTokenizer
 
-    run_dir, result = gguf_export("llama", "q8_0")
+    run_dir = tiny_run(tiny_llama_dir, tmp_path_factory.mktemp("train-llama"), tmp_path / "run")
     run = read_finished_run(run_dir)
+    result = export_run(run_dir, ExportRequest("gguf", quant="q8_0"))
     path = result.output / "run-q8_0.gguf"
     reader = gguf.GGUFReader(path)
     field = lambda key: reader.get_field(key).contents()  # noqa: E731
