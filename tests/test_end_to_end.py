@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from embedded_demo import embedded_demo_run
+from embedded_demo import DEMO_STEPS, embedded_demo_run
 
 
 @pytest.mark.slow
@@ -19,10 +19,10 @@ def test_demo_trains_embedded_model_and_answers_from_adapter(tmp_path_factory):
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja",
                  "config.yaml", "manifest.json"):
         assert (run_dir / "final" / name).is_file(), name
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["base_model"]["id"] == "smollm2-135m-instruct"
-    assert manifest["metrics"]["steps"] == 4 and manifest["metrics"]["test_loss"] > 0
+    assert manifest["metrics"]["steps"] == DEMO_STEPS == 2 and manifest["metrics"]["test_loss"] > 0
     assert sum(manifest["split_sizes"].values()) >= 60
 
     # mode: both -> the demo question and an answer followed by the disclaimer

@@ -1,6 +1,7 @@
-"""End to end on the embedded SmolLM2-135M-Instruct: the shortened demo run of test_end_to_end.py (4 steps through
+"""End to end on the embedded SmolLM2-135M-Instruct: the shortened demo run of test_end_to_end.py (2 steps through
 `python -m lorakit train`, trained once per session: tests/embedded_demo.py), then eval with the safety probes and
-the report, through the real CLI. One test question and one probe per category keep it to a few minutes on CPU."""
+the report, through the real CLI. One test question and one probe per category, 24 new tokens each (measured: 34-37
+words and token F1 0.27-0.31 at 40), keep it to a minute on CPU."""
 
 import json
 
@@ -17,7 +18,7 @@ def test_demo_run_eval_and_safety_on_the_embedded_model(tmp_path, tmp_path_facto
     assert trained.returncode == 0, trained.stderr[-3000:]
     run = copy_run(demo, tmp_path / "demo")  # eval writes eval/ and report.html into the run folder
 
-    assert run_cli(["eval", str(run), "--safety", "--limit", "1", "--max-new-tokens", "40"]) == 0
+    assert run_cli(["eval", str(run), "--safety", "--limit", "1", "--max-new-tokens", "24"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "Answer quality: 1 of" in out and "Safety: 9 risky prompts" in out
 

@@ -84,13 +84,17 @@ def test_secrets_and_trust_the_hf_token_never_appears_in_anything_a_run_writes(t
         ]
         if "eval" not in {group.name for group in cli_app.registered_groups}:
             commands = [c for c in commands if c[1] != "eval"]  # `lorakit eval` is not registered in this checkout
-        # `train, no access` and `doctor` need nothing from the others: they run beside the train -> chat -> eval
-        # chain (on the second core; each command is mostly interpreter and torch start-up).
+        # `train, no access` and `doctor` need nothing from the others: they run one after the other beside `train`,
+        # and `chat --debug` and `eval` (which only read the trained run) beside each other after it (each command is
+        # mostly interpreter and torch start-up, so the 2 cores stay busy).
         beside = ("train, no access", "doctor")
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        after_train = [(name, args) for name, *args in commands if name not in beside and name != "train"]
+        with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as second:
             started = {name: pool.submit(_lorakit, env, *args) for name, *args in commands if name in beside}
-            outputs = {name: _lorakit(env, *args) for name, *args in commands if name not in beside}
-            outputs.update({name: future.result() for name, future in started.items()})
+            outputs = {"train": _lorakit(env, *next(args for name, *args in commands if name == "train"))}
+            also = {name: second.submit(_lorakit, env, *args) for name, args in after_train[1:]}
+            outputs.update({name: _lorakit(env, *args) for name, args in after_train[:1]})
+            outputs.update({name: future.result() for name, future in (also | started).items()})
         authorizations = {auth for _, _, auth in hub.requests}
 
     assert f"Bearer {CANARY}" in authorizations  # the token was really used

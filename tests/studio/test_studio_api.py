@@ -245,14 +245,17 @@ def test_chat_streams_the_tuned_answer_lorakit_chat_gives_and_the_base_answer(cl
 
 @pytest.mark.slow
 def test_plan_for_the_embedded_model_is_what_lorakit_plan_prints(client, tmp_path):
-    """The embedded model's config comes from its GGUF header (about 10 s on 2 cores, read twice here)."""
+    """The embedded model's config comes from its GGUF header (about 5 s on 2 cores), which the page's plan and
+    plan_run here both read: parsed once for both (tests/export/gguf_parse_cache.py)."""
+    from export.gguf_parse_cache import gguf_parsed_once
     from lorakit.plan.run_plan import parse_memory_size, plan_run
 
     _upload(client, "qa.jsonl", "{}\n")
     choices = {"run": "embedded", "data_files": ["qa.jsonl"], "preset": "balanced", "gpu_memory": "6GB"}
-    plan = client.post("/api/plan", json=choices).json()
-    config = load_config(None, ["data.train_file=qa.jsonl"])
-    expected, _, _ = plan_run(config, parse_memory_size("6GB"))
+    with gguf_parsed_once():
+        plan = client.post("/api/plan", json=choices).json()
+        config = load_config(None, ["data.train_file=qa.jsonl"])
+        expected, _, _ = plan_run(config, parse_memory_size("6GB"))
     assert plan["model"] == "smollm2-135m-instruct" and plan["model_type"] == "llama" and plan["lora_r"] == 16
     assert (plan["chosen"]["quantization"], plan["chosen"]["micro_batch"]) == (expected.quantization, expected.micro_batch)
     assert plan["chosen"]["on_gpu_gib"] == round(expected.chosen.estimate.peak_on_gpu() / 2**30, 2)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,9 @@ from lorakit.runtime import atomic_files
 from lorakit.runtime.atomic_files import atomic_directory, atomic_write_text, remove_abandoned_staging
 from lorakit.training.loop import train
 
-KILLS = int(os.environ.get("LORAKIT_KILL_LOOP_KILLS", "20"))  # more, and another seed, for a local soak
+# 12 kills reach all four modes below (6 while a checkpoint is written, 4 while training, 1 anytime, 1 while final/
+# is written, for this seed while no run ends before its kill); more, and another seed, for a local soak.
+KILLS = int(os.environ.get("LORAKIT_KILL_LOOP_KILLS", "12"))
 SEED = int(os.environ.get("LORAKIT_KILL_LOOP_SEED", "20240604"))
 
 
@@ -119,6 +122,17 @@ def straight_adapter(tiny_llama_dir, tmp_path_factory):
     return load_file(result.adapter_dir / "adapter_model.safetensors")
 
 
+@pytest.fixture(scope="module")
+def crashed_after_step_5(tiny_llama_dir, tmp_path_factory):
+    """(data file, run folder) of the run crashed after step 5 (checkpoints at steps 2 and 4), trained once for all
+    damage kinds; each test damages and resumes its own copy."""
+    root = tmp_path_factory.mktemp("crashed")
+    data = write_qa_jsonl(root / "qa.jsonl")
+    with pytest.raises(SimulatedCrash):
+        train(tiny_run_config(tiny_llama_dir, data, root / "run", **DAMAGE_SETTINGS), reporter=CrashAfterStep(5))
+    return data, root / "run"
+
+
 def _corrupt_flip_a_byte(path: Path) -> None:
     data = bytearray((path / "adapter_model.safetensors").read_bytes())
     data[-1] ^= 0xFF
@@ -148,11 +162,11 @@ def _corrupt_lose_a_file(path: Path) -> None:
     ],
 )
 def test_crash_safety_damaged_checkpoint_is_reported_and_the_previous_good_one_used(
-    tiny_llama_dir, qa_file, tmp_path, caplog, straight_adapter, damage, reported
+    tiny_llama_dir, tmp_path, caplog, straight_adapter, crashed_after_step_5, damage, reported
 ):
-    config = tiny_run_config(tiny_llama_dir, qa_file, tmp_path / "run", **DAMAGE_SETTINGS)
-    with pytest.raises(SimulatedCrash):
-        train(config, reporter=CrashAfterStep(5))
+    data, crashed = crashed_after_step_5
+    shutil.copytree(crashed, tmp_path / "run")
+    config = tiny_run_config(tiny_llama_dir, data, tmp_path / "run", **DAMAGE_SETTINGS)
     newest = tmp_path / "run" / "checkpoints" / "step-00000004"
     damage(newest)
     assert verify_checkpoint(newest) == reported
@@ -272,9 +286,9 @@ def test_crash_safety_kill_9_loop_final_adapter_equals_uninterrupted(tiny_llama_
     # The uninterrupted run is a plain `python -m lorakit`; the killed ones are forked from a zygote (see
     # tests/forked_lorakit.py), so their adapters equal to the bit also show that a forked run is a `lorakit train`.
     baseline = _start(_kill_loop_config(tmp_path, tiny_llama_dir, qa_file, baseline_dir), env)
-    assert baseline.wait() == 0, baseline.stderr.read().decode()
-    expected = final_adapter(baseline_dir)
-    with Zygote(env) as zygote:
+    with Zygote(env) as zygote:  # imports on the other core while the baseline trains
+        assert baseline.wait() == 0, baseline.stderr.read().decode()
+        expected = final_adapter(baseline_dir)
         kills, finished_runs, run_dir = _kill_loop(zygote, tmp_path, tiny_llama_dir, qa_file, expected, baseline_dir)
     final = final_adapter(run_dir)
     assert final.keys() == expected.keys()

@@ -111,6 +111,20 @@ def _change_weights(config, tmp_path):
     return config
 
 
+def _crash_after_step_3(model_dir, data, run_dir) -> None:
+    with pytest.raises(SimulatedCrash):
+        train(_config(model_dir, data, run_dir, max_steps=6, save_steps=2), reporter=CrashAfterStep(3))
+
+
+@pytest.fixture(scope="module")
+def crashed_after_step_3(tmp_path_factory):
+    """A folder with a tiny model, its data and a run of them crashed after step 3 (checkpoint at step 2), made once;
+    a test resumes its own copy of the run (the checkpoint names the model by its folder: the model is shared)."""
+    root = tmp_path_factory.mktemp("crashed")
+    _crash_after_step_3(build_tiny_model(root / "model"), write_qa_jsonl(root / "qa.jsonl"), root / "run")
+    return root
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
@@ -120,12 +134,16 @@ def _change_weights(config, tmp_path):
         (_change_weights, "the base model's weights changed"),
     ],
 )
-def test_exact_resume_refuses_changed_data_model_or_lora_shape(tmp_path, change, named):
-    model_dir = build_tiny_model(tmp_path / "model")
-    data = write_qa_jsonl(tmp_path / "qa.jsonl")
-    config = _config(model_dir, data, tmp_path / "run", max_steps=6, save_steps=2)
-    with pytest.raises(SimulatedCrash):
-        train(config, reporter=CrashAfterStep(3))
+def test_exact_resume_refuses_changed_data_model_or_lora_shape(tmp_path, request, change, named):
+    if change is _change_weights:  # it rewrites the model folder the checkpoint names: a model and run of its own
+        model_dir = build_tiny_model(tmp_path / "model")
+        _crash_after_step_3(model_dir, write_qa_jsonl(tmp_path / "qa.jsonl"), tmp_path / "run")
+    else:
+        shared = request.getfixturevalue("crashed_after_step_3")
+        model_dir = shared / "model"
+        shutil.copytree(shared / "run", tmp_path / "run")
+        shutil.copy(shared / "qa.jsonl", tmp_path / "qa.jsonl")
+    config = _config(model_dir, tmp_path / "qa.jsonl", tmp_path / "run", max_steps=6, save_steps=2)
     config = change(config, tmp_path)
     with pytest.raises(CheckpointError, match=f"Cannot resume: {named}") as info:
         train(config, resume=True)
