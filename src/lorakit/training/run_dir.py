@@ -78,6 +78,8 @@ def _as_planned_now(saved: dict, identity: dict, session: TrainingSession) -> tu
     training data fills (a checkpoint planned before an `auto` micro-batch was capped at those rows): the micro-batches
     are the same, so the resume is not refused for it."""
     config = session.config
+    if identity.get("batch_size") == config.training.batch_size:  # the usual resume: nothing to reconcile
+        return saved, identity
     rows = session.data.rows_to_fill(packing=config.training.packing, max_length=config.model.max_length)
     if not same_micro_batches(identity.get("batch_size"), config.training.batch_size, rows):
         return saved, identity
