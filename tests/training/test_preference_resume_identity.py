@@ -101,8 +101,8 @@ def test_a_neftune_simpo_run_resumes_with_the_flag_flipped_and_a_shared_one_refu
         for r in caplog.records
     )
 
-    checkpoint = _crashed_run(tiny_llama_dir, pairs, tmp_path / "shared")
+    checkpoint = _crashed_run(tiny_llama_dir, pairs, tmp_path / "prefix-sharing-run")
     assert read_identity(checkpoint)["preference_pairs_share_prefixes"] is True
-    padded = tiny_run_config(tiny_llama_dir, pairs, tmp_path / "shared", method="simpo", shared_prefix=False)
+    padded = tiny_run_config(tiny_llama_dir, pairs, tmp_path / "prefix-sharing-run", method="simpo", shared_prefix=False)
     with pytest.raises(CheckpointError, match="Cannot resume: " + FLIPPED.format("preference_pairs_share_prefixes")):
         train(padded, resume=True)
