@@ -182,8 +182,8 @@ def _split_at_last_answer(conversation: Conversation) -> tuple[tuple, str]:
 
 def _quality(run: LoadedRun, request: EvalRequest, test: list[Conversation], progress: Progress) -> tuple[dict, list]:
     config = run.config
-    with _data_problems_in_evals_words():
-        examples = prepare_data(config, run.tokenizer, action=EVAL_STOPPED).splits.test
+    # the same files _split_conversations read clean (else eval stopped there, in eval's words)
+    examples = prepare_data(config, run.tokenizer, action=EVAL_STOPPED).splits.test
     dtype = compute_dtype("auto", run.device)
     autocast = dtype if dtype != torch.float32 else None
     limit = request.limit or config.eval.max_examples

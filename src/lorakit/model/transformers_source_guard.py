@@ -51,7 +51,11 @@ def changed_functions(module_source: str, copied: Mapping[str, str]) -> tuple[st
     >>> changed_functions(source, {"rotate_half": function_digests(source)["rotate_half"], "Phi3Attention.forward": ""})
     ('Phi3Attention.forward',)
     """
-    digests = function_digests(module_source)
+    return _differing(function_digests(module_source), copied)
+
+
+def _differing(digests: Mapping[str, str], copied: Mapping[str, str]) -> tuple[str, ...]:
+    """The names in `copied` whose digest `digests` lacks or holds differently."""
     return tuple(name for name, digest in copied.items() if digests.get(name) != digest)
 
 
@@ -79,9 +83,7 @@ class CopiedSource:
     def changed(self) -> tuple[str, ...]:
         """The copied functions whose installed text differs or is missing; all of them where no source is shipped."""
         digests = installed_function_digests(self.module)
-        if digests is None:
-            return tuple(self.sha256)
-        return tuple(name for name, digest in self.sha256.items() if digests.get(name) != digest)
+        return tuple(self.sha256) if digests is None else _differing(digests, self.sha256)
 
     def holds(self, log: logging.Logger, feature: str, kept: str) -> bool:
         """Whether the installed transformers reads as the copied text; where not, one WARNING on `log` says that
